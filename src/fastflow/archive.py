@@ -1,0 +1,345 @@
+"""Archive storage: a small interface and its S3 implementation.
+
+Guarantees of ``S3Store.put_verified``: the returned ``StoredObject`` describes an object
+that the server confirmed (HEAD) with exactly the size and SHA-256 of the bytes read from
+the local file during the upload; anything else raises ``ArchiveError``. Uploads stream
+(bounded memory whatever the file size). Error text never contains credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from fastflow.config import Settings
+from fastflow.errors import ArchiveError, ArchiveNotConfigured
+
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 30
+TOTAL_MAX_ATTEMPTS = 3
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
+PART_CONCURRENCY = 4
+HASH_CHUNK = 1024 * 1024
+META_SHA256 = "sha256"
+
+
+# --- metadata encoding ------------------------------------------------------------------
+
+
+def encode_meta(value: str) -> str:
+    """S3 metadata is US-ASCII: non-ASCII values become RFC 2047 ``=?UTF-8?B?...?=``."""
+    if value.isascii() and value.isprintable() and not value.startswith("=?"):
+        return value
+    return "=?UTF-8?B?" + base64.b64encode(value.encode("utf-8")).decode("ascii") + "?="
+
+
+_RFC2047 = re.compile(r"^=\?UTF-8\?B\?([A-Za-z0-9+/=]*)\?=$", re.IGNORECASE)
+
+
+def decode_meta(value: str) -> str:
+    """Inverse of ``encode_meta``."""
+    m = _RFC2047.match(value)
+    if not m:
+        return value
+    try:
+        return base64.b64decode(m.group(1)).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return value
+
+
+# --- the interface ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    metadata: dict[str, str]
+
+
+class ArchiveStore(Protocol):
+    bucket: str
+
+    def key_for(self, pipeline_name: str, run_id: str, filename: str) -> str: ...
+
+    def put_verified(self, key: str, path: Path, metadata: dict[str, str]) -> StoredObject: ...
+
+    def verify(self, key: str, size: int, sha256: str) -> None: ...
+
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    def open(self, key: str, start: int = 0) -> Iterator[bytes]: ...
+
+
+def sha256_of(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a file, streaming."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+class _HashingReader:
+    """File wrapper that hashes and counts every byte handed to the uploader."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if offset != 0 or whence != 0:
+            raise OSError("hashing reader can only rewind to the start")
+        self.hash = hashlib.sha256()
+        self.size = 0
+        return self._f.seek(0)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+
+# --- errors in plain words --------------------------------------------------------------
+
+_CONNECTION_ERRORS = (
+    EndpointConnectionError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen: set[int] = set()
+    current: BaseException = exc
+    while id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ClientError | BotoCoreError):
+            return current
+        nxt = current.__cause__ or current.__context__
+        if nxt is None:
+            break
+        current = nxt
+    return exc
+
+
+def describe_error(exc: BaseException, settings: Settings) -> ArchiveError:
+    """Turn any exception from boto3 into an ``ArchiveError`` a user can act on."""
+    cause = _root_cause(exc)
+    endpoint = settings.s3_endpoint_url or "the S3 endpoint"
+    bucket = settings.s3_bucket or "?"
+    connection = False
+    if isinstance(cause, EndpointConnectionError | ConnectionClosedError):
+        msg = f"connection failed to {endpoint}: server unreachable or connection dropped"
+        connection = True
+    elif isinstance(cause, ConnectTimeoutError):
+        msg = f"connection to {endpoint} timed out"
+        connection = True
+    elif isinstance(cause, ReadTimeoutError):
+        msg = f"no answer from {endpoint} within {READ_TIMEOUT_S} s (read timeout)"
+        connection = True
+    elif isinstance(cause, ClientError):
+        err = cause.response.get("Error", {})
+        code = str(err.get("Code", "?"))
+        status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchBucket",) or (code == "404" and "bucket" in str(err).lower()):
+            msg = f"bucket '{bucket}' does not exist"
+        elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+            msg = (
+                f"access denied ({code}): check S3_ACCESS_KEY, S3_SECRET_ACCESS_KEY and the "
+                f"permissions on bucket '{bucket}'"
+            )
+        elif isinstance(status, int) and status >= 500:
+            msg = f"S3 server error {status} ({code}) from {endpoint}"
+            connection = status in (502, 503, 504)
+        else:
+            msg = f"S3 request failed: {code} (HTTP {status}): {err.get('Message', '')}".strip()
+    elif isinstance(cause, BotoCoreError):
+        msg = f"S3 client error: {cause}"
+        connection = "connect" in str(cause).lower()
+    elif isinstance(cause, OSError):
+        msg = f"cannot read local file: {cause.strerror or cause}"
+    else:
+        msg = f"{type(cause).__name__}: {cause}"
+    return ArchiveError(scrub(msg, settings), connection_level=connection)
+
+
+def scrub(text: str, settings: Settings) -> str:
+    """Remove credentials from a message (values shorter than 4 characters would mangle
+    ordinary words and are not plausible credentials)."""
+    for secret in (settings.s3_secret_access_key, settings.s3_access_key):
+        if secret is not None and len(secret.get_secret_value()) >= 4:
+            text = text.replace(secret.get_secret_value(), "***")
+    return text
+
+
+# --- S3 ---------------------------------------------------------------------------------
+
+
+def make_client(settings: Settings, *, connect_timeout: float = CONNECT_TIMEOUT_S,
+                read_timeout: float = READ_TIMEOUT_S, attempts: int = TOTAL_MAX_ATTEMPTS) -> Any:
+    """A boto3 S3 client from settings; raises ``ArchiveNotConfigured`` if incomplete."""
+    missing = settings.s3_missing()
+    if missing:
+        raise ArchiveNotConfigured(
+            "S3 backup is enabled but not configured: missing " + ", ".join(missing)
+        )
+    assert settings.s3_access_key is not None and settings.s3_secret_access_key is not None
+    cfg = Config(
+        region_name=settings.s3_region,
+        signature_version="s3v4",
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"mode": "standard", "total_max_attempts": attempts},
+        s3={"addressing_style": "path" if settings.s3_use_path_style else "virtual"},
+        max_pool_connections=max(10, settings.s3_max_concurrency * PART_CONCURRENCY),
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id=settings.s3_access_key.get_secret_value(),
+        aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+        config=cfg,
+    )
+
+
+class S3Store:
+    """``ArchiveStore`` on any S3-compatible server (MinIO, AWS S3, ...)."""
+
+    def __init__(self, settings: Settings, client: Any | None = None) -> None:
+        self.settings = settings
+        self.client = client or make_client(settings)
+        assert settings.s3_bucket is not None
+        self.bucket = settings.s3_bucket
+        self.prefix = settings.s3_prefix
+        self._transfer = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=MULTIPART_CHUNKSIZE,
+            max_concurrency=PART_CONCURRENCY,
+            use_threads=True,
+        )
+
+    def key_for(self, pipeline_name: str, run_id: str, filename: str) -> str:
+        parts = [self.prefix] if self.prefix else []
+        return "/".join([*parts, pipeline_name, run_id, filename])
+
+    def put_verified(self, key: str, path: Path, metadata: dict[str, str]) -> StoredObject:
+        """Upload ``path`` to ``key`` streaming, then HEAD and compare size and SHA-256."""
+        try:
+            size, digest = sha256_of(path)
+            meta = {k: encode_meta(v) for k, v in metadata.items()}
+            meta[META_SHA256] = digest
+            with path.open("rb") as f:
+                reader = _HashingReader(f)
+                self.client.upload_fileobj(
+                    reader,
+                    self.bucket,
+                    key,
+                    ExtraArgs={"Metadata": meta, "ContentType": _content_type(key)},
+                    Config=self._transfer,
+                )
+        except ArchiveError:
+            raise
+        except Exception as e:  # every boto3/botocore/OS error is a failed archive
+            raise describe_error(e, self.settings) from e
+        if reader.size != size or reader.hash.hexdigest() != digest:
+            raise ArchiveError(
+                f"local file {path.name} changed while it was uploaded "
+                f"({size} bytes hashed, {reader.size} bytes sent); not deleting it"
+            )
+        self.verify(key, size, digest)
+        return StoredObject(key=key, size=size, sha256=digest)
+
+    def verify(self, key: str, size: int, sha256: str) -> None:
+        """HEAD ``key``; raise unless its size and stored SHA-256 match."""
+        info = self.head(key)
+        if info is None:
+            raise ArchiveError(f"verification failed: s3://{self.bucket}/{key} does not exist")
+        if info.size != size:
+            raise ArchiveError(
+                f"verification failed: s3://{self.bucket}/{key} has {info.size} bytes, "
+                f"expected {size}"
+            )
+        stored = info.metadata.get(META_SHA256)
+        if stored != sha256:
+            raise ArchiveError(
+                f"verification failed: checksum mismatch for s3://{self.bucket}/{key} "
+                f"(stored {stored or 'none'}, expected {sha256})"
+            )
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise describe_error(e, self.settings) from e
+        except Exception as e:
+            raise describe_error(e, self.settings) from e
+        meta = {k.lower(): decode_meta(v) for k, v in resp.get("Metadata", {}).items()}
+        return ObjectInfo(key=key, size=int(resp["ContentLength"]), metadata=meta)
+
+    def open(self, key: str, start: int = 0) -> Iterator[bytes]:
+        """Stream an object from byte ``start`` in bounded chunks."""
+        try:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+            if start > 0:
+                kwargs["Range"] = f"bytes={start}-"
+            body = self.client.get_object(**kwargs)["Body"]
+        except Exception as e:
+            raise describe_error(e, self.settings) from e
+        return _stream_body(body, self.settings)
+
+
+def _stream_body(body: Any, settings: Settings) -> Iterator[bytes]:
+    try:
+        yield from body.iter_chunks(chunk_size=64 * 1024)
+    except Exception as e:
+        raise describe_error(e, settings) from e
+    finally:
+        body.close()
+
+
+def _content_type(key: str) -> str:
+    return "application/x-ndjson" if key.endswith(".jsonl") else "text/plain; charset=utf-8"
+
+
+def open_store(settings: Settings) -> S3Store:
+    """The configured store; ``ArchiveNotConfigured`` names the missing variables."""
+    return S3Store(settings)

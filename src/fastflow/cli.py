@@ -1,0 +1,210 @@
+"""The ``fastflow`` command.
+
+Exit codes: 0 success; 1 a failed run, failed backups or another error; 2 invalid
+configuration or usage; 3 another cleanup pass is running.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from fastflow import __version__, pipelines, runs
+from fastflow.app_context import Context, bootstrap
+from fastflow.config import Settings, load_settings
+from fastflow.errors import ConfigError, FastflowError, PassAlreadyRunning, RunNotFound
+from fastflow.models import RunStatus, Trigger
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_BUSY = 3
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    click.echo(f"fastflow: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def _context(ctx: click.Context) -> Context:
+    return bootstrap(_settings(ctx))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fastflow")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """fastflow: run Python pipelines; keep their logs bounded, archived and verified."""
+    ctx.obj = load_settings()
+
+
+@cli.command("run")
+@click.argument("pipeline")
+@click.pass_context
+def run_cmd(ctx: click.Context, pipeline: str) -> None:
+    """Run PIPELINE now in the foreground; print the run id as the last line."""
+    from fastflow.runner import run_pipeline
+
+    app = _context(ctx)
+    echo = None
+    if sys.stdout.isatty():
+
+        def echo(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    result = run_pipeline(app.db, app.settings, pipeline, Trigger.CLI.value, echo=echo)
+    code = "-" if result.exit_code is None else str(result.exit_code)
+    click.echo(
+        f"run {result.run_id} of {result.pipeline_name!r}: {result.status.value} "
+        f"(exit code {code}); log: {result.log_path}",
+        err=True,
+    )
+    click.echo(str(result.run_id))
+    sys.exit(0 if result.status == RunStatus.SUCCESS else EXIT_FAILED)
+
+
+@cli.command("runs")
+@click.option("--pipeline", "pipeline", default=None, help="Only runs of this pipeline.")
+@click.option("--status", default=None, help="Only runs with this status.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def runs_cmd(
+    ctx: click.Context, pipeline: str | None, status: str | None, limit: int, as_json: bool
+) -> None:
+    """List runs, newest first."""
+    app = _context(ctx)
+    rows = runs.list_runs(app.db, pipeline=pipeline, status=status, limit=limit)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no runs", err=True)
+        return
+    click.echo(f"{'RUN ID':36}  {'PIPELINE':24}  {'STATUS':9}  {'TRIGGER':8}  STARTED (UTC)")
+    for r in rows:
+        started = r.started_at.strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(
+            f"{r.id!s:36}  {r.pipeline_name[:24]:24}  {r.status:9}  {r.triggered_by:8}  {started}"
+        )
+
+
+@cli.command("logs")
+@click.argument("run_id")
+@click.pass_context
+def logs_cmd(ctx: click.Context, run_id: str) -> None:
+    """Print the log of RUN_ID (from local disk, or from the archive)."""
+    from fastflow.logreader import open_log
+
+    app = _context(ctx)
+    rid = runs.parse_run_id(run_id)
+    source = open_log(app, rid, runs.get(app.db, rid))
+    if source.origin == "archive":
+        click.echo(f"(read back from the archive: {source.location})", err=True)
+    out = sys.stdout.buffer
+    for chunk in source.chunks:
+        out.write(chunk)
+    out.flush()
+
+
+@cli.command("cleanup")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.pass_context
+def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    """Run one cleanup pass now: retention, verified archive, truncation."""
+    from fastflow.cleanup import run_pass
+    from fastflow.progress import ProgressLine
+
+    app = _context(ctx)
+    bar = ProgressLine(sys.stderr) if sys.stderr.isatty() and not dry_run else None
+    try:
+        summary = run_pass(app, "cli", dry_run=dry_run, progress=bar.update if bar else None)
+    except PassAlreadyRunning as e:
+        _fail(f"{e}; try again when it has finished", EXIT_BUSY)
+    finally:
+        if bar:
+            bar.close()
+    if as_json:
+        data = summary.to_dict()
+        if not dry_run:
+            data.pop("plan")
+        click.echo(json.dumps(data, ensure_ascii=False))
+    elif dry_run:
+        for line in summary.plan:
+            click.echo(line)
+        click.echo(
+            f"dry run: {summary.planned_runs} runs to archive and delete, "
+            f"{summary.planned_truncations} logs to truncate; nothing changed",
+            err=True,
+        )
+    else:
+        click.echo(_summary_line(summary), err=True)
+        for failure in summary.failures[:20]:
+            who = f"{failure.pipeline_name} run {failure.run_id}" if failure.run_id else "pass"
+            click.echo(f"  failed: {who}: {failure.error}", err=True)
+    if summary.config_error:
+        _fail(summary.config_error, EXIT_CONFIG)
+    if summary.backup_failures and not dry_run:
+        sys.exit(EXIT_FAILED)
+
+
+def _summary_line(summary: Any) -> str:
+    return (
+        f"cleanup: {summary.archived_runs} archived ({summary.bytes_archived} bytes), "
+        f"{summary.deleted_runs} runs deleted, {summary.truncated_logs} logs truncated, "
+        f"{summary.backup_failures} failures, {summary.skipped_runs} skipped "
+        f"in {summary.duration_s:.1f} s"
+    )
+
+
+@cli.command("pipelines")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def pipelines_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List the pipelines found in PIPELINES_DIR."""
+    settings = _settings(ctx)
+    found = pipelines.discover(settings.pipelines_dir)
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in found], ensure_ascii=False))
+        return
+    if not found:
+        click.echo(f"no pipelines in {settings.pipelines_dir}", err=True)
+        return
+    for p in found:
+        click.echo(f"{p.name}\t{p.description}")
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.pass_context
+def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the API and web UI, and run scheduled cleanup passes."""
+    import uvicorn
+
+    from fastflow.api.app import create_app
+
+    app = create_app(_context(ctx))
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: map domain errors to one stderr line and an exit code."""
+    try:
+        return cli.main(args=argv, prog_name="fastflow", standalone_mode=True)
+    except ConfigError as e:
+        _fail(str(e), EXIT_CONFIG)
+    except RunNotFound as e:
+        _fail(str(e), EXIT_FAILED)
+    except FastflowError as e:
+        _fail(str(e), EXIT_FAILED)

@@ -1,0 +1,196 @@
+"""Typed settings read from the environment and ``.env``.
+
+``load_settings()`` is the only constructor used by entry points; it turns every
+validation problem into one ``ConfigError`` line that names the variable and the value,
+with secrets masked.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from croniter import croniter
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from fastflow.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///./data/fastflow.db"
+DEFAULT_DATA_DIR = Path("./data")
+DEFAULT_LOGS_DIR = Path("./logs")
+DEFAULT_PIPELINES_DIR = Path("./pipelines")
+DEFAULT_CLEANUP_SCHEDULE = "0 2 * * *"
+DEFAULT_S3_REGION = "us-east-1"
+DEFAULT_S3_PREFIX = "pipeline-logs"
+DEFAULT_S3_MAX_CONCURRENCY = 8
+DEFAULT_SMTP_PORT = 587
+DEFAULT_BASE_URL = "http://localhost:8000"
+
+SECRET_FIELDS = frozenset(
+    {"s3_access_key", "s3_secret_access_key", "smtp_password", "teams_webhook_url"}
+)
+S3_REQUIRED = ("s3_endpoint_url", "s3_bucket", "s3_access_key", "s3_secret_access_key")
+
+_EMAIL_RE = re.compile(r"^[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+$|^[^@\s,<>]+@localhost$")
+
+
+def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as e:
+        raise ValueError("has an invalid port") from e
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of fastflow; field ``x_y`` is read from variable ``X_Y``."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    database_url: str = DEFAULT_DATABASE_URL
+    data_dir: Path = DEFAULT_DATA_DIR
+    logs_dir: Path = DEFAULT_LOGS_DIR
+    pipelines_dir: Path = DEFAULT_PIPELINES_DIR
+
+    log_retention_runs: int | None = Field(default=None, ge=0)
+    log_retention_days: int | None = Field(default=None, ge=0)
+    log_max_size_mb: int | None = Field(default=None, gt=0)
+    cleanup_schedule: str = DEFAULT_CLEANUP_SCHEDULE
+
+    s3_backup_enabled: bool = False
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = DEFAULT_S3_REGION
+    s3_prefix: str = DEFAULT_S3_PREFIX
+    s3_use_path_style: bool = True
+    s3_max_concurrency: int = Field(default=DEFAULT_S3_MAX_CONCURRENCY, ge=1, le=64)
+
+    email_enabled: bool = False
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=DEFAULT_SMTP_PORT, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str | None = None
+    smtp_security: Literal["ssl", "starttls", "none"] | None = None
+    email_recipients: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    teams_enabled: bool = False
+    teams_webhook_url: SecretStr | None = None
+
+    fastflow_base_url: str = DEFAULT_BASE_URL
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", v):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return v
+
+    @field_validator("log_retention_runs", "log_retention_days", mode="before")
+    @classmethod
+    def _zero_is_unlimited(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip() in ("0", "+0"):
+            return None
+        return None if v == 0 else v
+
+    @field_validator("cleanup_schedule")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        v = " ".join(v.split())
+        if len(v.split(" ")) != 5 or not croniter.is_valid(v):
+            raise ValueError("must be a 5-field cron expression such as '0 2 * * *'")
+        return v
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_url(cls, v: str | None) -> str | None:
+        return _check_url(v, ("http", "https"))
+
+    @field_validator("fastflow_base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        checked = _check_url(v, ("http", "https"))
+        assert checked is not None
+        return checked.rstrip("/")
+
+    @field_validator("teams_webhook_url")
+    @classmethod
+    def _teams_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            _check_url(v.get_secret_value(), ("http", "https"))
+        return v
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        if any(part in ("", ".", "..") for part in v.split("/")) and v:
+            raise ValueError("must not contain empty, '.' or '..' segments")
+        return v
+
+    @field_validator("smtp_from")
+    @classmethod
+    def _from(cls, v: str | None) -> str | None:
+        if v is not None and not _EMAIL_RE.match(v.strip()):
+            raise ValueError("must be an e-mail address")
+        return v.strip() if v else v
+
+    @field_validator("email_recipients", mode="before")
+    @classmethod
+    def _recipients(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            items = [item.strip() for item in v.split(",")]
+            items = [item for item in items if item]
+        else:
+            items = list(v or [])
+        bad = [item for item in items if not _EMAIL_RE.match(item)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an e-mail address")
+        return items
+
+    # --- derived views -------------------------------------------------------------
+
+    def s3_missing(self) -> list[str]:
+        """Names of the variables that S3 backup still needs (empty when configured)."""
+        return [name.upper() for name in S3_REQUIRED if getattr(self, name) is None]
+
+    @property
+    def logs_root(self) -> Path:
+        """Absolute ``LOGS_DIR``."""
+        return self.logs_dir.expanduser().resolve()
+
+
+def _describe(loc: tuple[int | str, ...], value: Any) -> str:
+    field = str(loc[0]) if loc else "?"
+    shown = "***" if field in SECRET_FIELDS else value
+    if isinstance(shown, str | int | float | bool):
+        return f"{field.upper()}={shown!s}"
+    return field.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build ``Settings`` from the environment; raise ``ConfigError`` with one line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        where = _describe(tuple(err.get("loc", ())), err.get("input"))
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise ConfigError(f"invalid configuration: {where}: {msg}{more}") from None

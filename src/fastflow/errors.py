@@ -1,0 +1,69 @@
+"""Domain errors. Each carries a user-facing message and, where useful, a hint.
+
+Services raise these; the CLI and the API map them to exit codes and HTTP statuses in
+one place each. Error text never contains secrets.
+"""
+
+from __future__ import annotations
+
+
+class FastflowError(Exception):
+    """Base class: ``str(err)`` is a one-line message a user can act on."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(FastflowError):
+    """A configuration value is invalid or missing."""
+
+
+class InvalidPipelineName(FastflowError):
+    """A pipeline name breaks the naming rules (see ``pipelines.validate_name``)."""
+
+
+class PipelineNotFound(FastflowError):
+    """No pipeline folder with a ``main.py`` exists for the name."""
+
+
+class InvalidPipelineConfig(FastflowError):
+    """A ``pipeline.json`` cannot be read or holds invalid values."""
+
+
+class RunNotFound(FastflowError):
+    """No run (and no archive ledger entry) with that id exists."""
+
+
+class LogNotAvailable(FastflowError):
+    """A run exists but its log is neither local nor archived."""
+
+
+class UnsafePath(FastflowError):
+    """A path would resolve outside ``LOGS_DIR``."""
+
+
+class ArchiveError(FastflowError):
+    """Uploading, verifying or reading an archived object failed."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, connection_level: bool = False
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.connection_level = connection_level
+
+
+class ArchiveNotConfigured(ConfigError):
+    """S3 backup is enabled but some required settings are missing."""
+
+
+class PassAlreadyRunning(FastflowError):
+    """Another cleanup pass holds the lock."""
+
+    def __init__(self, message: str, *, started_at: str | None = None) -> None:
+        super().__init__(message)
+        self.started_at = started_at

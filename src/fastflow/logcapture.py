@@ -1,0 +1,105 @@
+"""Turn a process's combined output into a timestamped log, line by line.
+
+Guarantees:
+- every line is written once, whole, prefixed with its UTC arrival time
+  ``[YYYY-MM-DD HH:MM:SS.mmm] ``;
+- invalid UTF-8 becomes U+FFFD; a multi-byte character split across reads is kept whole;
+- memory is bounded: a line longer than ``LONG_LINE`` characters is written as it
+  arrives instead of being held until its newline;
+- no per-line system calls: lines read together are formatted in one string and the
+  caller owns flushing and fsync.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+LONG_LINE = 64 * 1024
+
+
+class LogCapture:
+    """Feed raw bytes; formatted text goes to ``out`` (and to ``echo`` when given)."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        echo: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._out = out
+        self._echo = echo
+        self._clock = clock
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending: list[str] = []
+        self._pending_len = 0
+        self._pending_stamp = ""
+        self._line_open = False  # a long line is partly written, its prefix included
+        self._last_ms = -1
+        self._last_stamp = ""
+
+    def _stamp(self) -> str:
+        ms = int(self._clock() * 1000)
+        if ms != self._last_ms:
+            self._last_ms = ms
+            base = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000))
+            self._last_stamp = f"[{base}.{ms % 1000:03d}] "
+        return self._last_stamp
+
+    def _write(self, text: str) -> None:
+        self._out.write(text)
+        if self._echo is not None:
+            self._echo(text)
+
+    def feed(self, data: bytes) -> None:
+        text = self._decoder.decode(data)
+        if not text:
+            return
+        stamp = self._stamp()
+        if self._line_open:
+            nl = text.find("\n")
+            if nl < 0:
+                self._write(text)
+                return
+            self._write(text[: nl + 1])
+            self._line_open = False
+            text = text[nl + 1 :]
+        if "\n" in text:
+            head, _, text = text.rpartition("\n")
+            lines = head.split("\n")
+            first = (self._pending_stamp or stamp) + "".join(self._pending) + lines[0]
+            self._pending, self._pending_len, self._pending_stamp = [], 0, ""
+            if len(lines) > 1:
+                self._write(first + "\n" + stamp + ("\n" + stamp).join(lines[1:]) + "\n")
+            else:
+                self._write(first + "\n")
+        if text:
+            if not self._pending:
+                self._pending_stamp = stamp
+            self._pending.append(text)
+            self._pending_len += len(text)
+            if self._pending_len > LONG_LINE:
+                self._write(self._pending_stamp + "".join(self._pending))
+                self._pending, self._pending_len, self._pending_stamp = [], 0, ""
+                self._line_open = True
+
+    def close(self) -> None:
+        """End of output: complete the last line if it had no newline."""
+        tail = self._decoder.decode(b"", final=True)
+        if tail:
+            self.feed(tail.encode("utf-8"))
+        if self._line_open:
+            self._write("\n")
+            self._line_open = False
+        elif self._pending:
+            self._write(self._pending_stamp + "".join(self._pending) + "\n")
+            self._pending, self._pending_len, self._pending_stamp = [], 0, ""
+
+    def write_note(self, text: str) -> None:
+        """Write a fastflow note as its own line (never inside an open line)."""
+        if self._line_open:
+            self._write("\n")
+            self._line_open = False
+        self._write(f"{self._stamp()}[fastflow] {text}\n")

@@ -1,0 +1,82 @@
+"""Where a run's files live, and safe access to them.
+
+Guarantee: every path this module returns lies inside ``LOGS_DIR``; a stored relative
+path that would escape it (``..``, absolute paths, symlinks pointing out) raises
+``UnsafePath`` instead of being opened or deleted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from fastflow.errors import UnsafePath
+
+LOG_NAME = "run.log"
+METRICS_NAME = "metrics.jsonl"
+READ_CHUNK = 64 * 1024
+
+
+def run_dir_rel(pipeline_name: str, run_id: str) -> str:
+    return f"{pipeline_name}/{run_id}"
+
+
+def log_rel(pipeline_name: str, run_id: str) -> str:
+    return f"{run_dir_rel(pipeline_name, run_id)}/{LOG_NAME}"
+
+
+def metrics_rel(pipeline_name: str, run_id: str) -> str:
+    return f"{run_dir_rel(pipeline_name, run_id)}/{METRICS_NAME}"
+
+
+def resolve(logs_root: Path, rel: str) -> Path:
+    """Absolute path of ``rel`` under ``logs_root``; raise ``UnsafePath`` if it escapes."""
+    root = logs_root.resolve()
+    if not rel or "\x00" in rel or Path(rel).is_absolute():
+        raise UnsafePath(f"refusing log path {rel!r}: not a relative path under LOGS_DIR")
+    candidate = (root / rel).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise UnsafePath(f"refusing log path {rel!r}: it resolves outside LOGS_DIR")
+    return candidate
+
+
+def size_of(path: Path) -> int | None:
+    """Size in bytes, or None when the file does not exist."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def iter_file(path: Path, start: int = 0, chunk: int = READ_CHUNK) -> Iterator[bytes]:
+    """Stream a file from ``start`` in bounded chunks."""
+    with path.open("rb") as f:
+        f.seek(start)
+        while data := f.read(chunk):
+            yield data
+
+
+def tail_start(size: int, tail_bytes: int | None) -> int:
+    return 0 if tail_bytes is None or tail_bytes >= size else size - tail_bytes
+
+
+def remove_quietly(path: Path) -> bool:
+    """Delete a file; a file already gone counts as deleted. Returns True if it existed."""
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def remove_empty_dirs(start: Path, stop: Path) -> None:
+    """Remove ``start`` and its empty parents up to, not including, ``stop``."""
+    current = start
+    root = stop.resolve()
+    while current.resolve() != root and root in current.resolve().parents:
+        try:
+            os.rmdir(current)
+        except OSError:
+            return
+        current = current.parent

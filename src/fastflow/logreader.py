@@ -1,0 +1,65 @@
+"""Read a run's log back: from local disk, or from the archive via the ledger.
+
+A run archived by retention stays readable after its files and its ``pipeline_runs`` row
+are gone, as long as its ``archived_runs`` entry exists and S3 is configured.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fastflow import archive, logfiles
+from fastflow.app_context import Context
+from fastflow.errors import ArchiveNotConfigured, LogNotAvailable, RunNotFound
+from fastflow.models import ArchivedRun, PipelineRun
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """Where a log is read from, its size, and the stream of its bytes."""
+
+    origin: str  # "local" or "archive"
+    size: int
+    chunks: Iterator[bytes]
+    location: str
+
+
+def ledger_entry(app: Context, run_id: uuid.UUID) -> ArchivedRun | None:
+    with app.db.session() as s:
+        return s.get(ArchivedRun, run_id)
+
+
+def open_log(
+    app: Context, run_id: uuid.UUID, run: PipelineRun | None, tail_bytes: int | None = None
+) -> LogSource:
+    """Stream the log (or its last ``tail_bytes``); local copy first, then the archive."""
+    if run is not None and run.log_file:
+        path = logfiles.resolve(app.settings.logs_root, run.log_file)
+        size = logfiles.size_of(path)
+        if size is not None:
+            start = logfiles.tail_start(size, tail_bytes)
+            return LogSource("local", size, logfiles.iter_file(path, start), str(path))
+    entry = ledger_entry(app, run_id)
+    if entry is None or entry.log_key is None:
+        if run is None:
+            raise RunNotFound(f"run {run_id} not found")
+        raise LogNotAvailable(f"run {run_id} has no log: it is neither local nor archived")
+    try:
+        store = archive.open_store(app.settings)
+    except ArchiveNotConfigured as e:
+        raise LogNotAvailable(
+            f"the log of run {run_id} is archived at s3://{entry.bucket}/{entry.log_key}, "
+            f"but it cannot be read back: {e}"
+        ) from e
+    size = entry.log_size or 0
+    start = logfiles.tail_start(size, tail_bytes)
+    location = f"s3://{entry.bucket}/{entry.log_key}"
+    return LogSource("archive", size, store.open(entry.log_key, start), location)
+
+
+def open_log_stream(
+    app: Context, run_id: uuid.UUID, run: PipelineRun | None, tail_bytes: int | None = None
+) -> Iterator[bytes]:
+    return open_log(app, run_id, run, tail_bytes).chunks

@@ -1,0 +1,105 @@
+"""Sample CPU and memory of a run's whole process tree into ``metrics.jsonl``.
+
+One JSON object per line: ``timestamp`` (ISO 8601 UTC), ``cpu_percent``, ``ram_mb``.
+Samples every ``interval`` seconds while the run lives, plus one exit sample computed
+from the reaped child's resource usage, so even a very short run has one line.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from typing import TextIO
+
+import psutil
+
+SAMPLE_INTERVAL_S = 2.0
+
+
+def _line(cpu_percent: float, ram_mb: float, **extra: object) -> str:
+    record: dict[str, object] = {
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "cpu_percent": round(cpu_percent, 1),
+        "ram_mb": round(ram_mb, 2),
+    }
+    record.update(extra)
+    return json.dumps(record) + "\n"
+
+
+class TreeSampler:
+    """Background thread sampling the process tree rooted at ``pid``."""
+
+    def __init__(self, pid: int, out: TextIO, interval: float = SAMPLE_INTERVAL_S) -> None:
+        self._root_pid = pid
+        self._out = out
+        self._interval = interval
+        self._stop = threading.Event()
+        self._procs: dict[int, psutil.Process] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name=f"metrics-{pid}", daemon=True)
+        self.samples = 0
+        self.peak_rss = 0
+
+    def start(self) -> None:
+        self._prime()
+        self._thread.start()
+
+    def _measure(self) -> tuple[float, int, bool]:
+        cpu = 0.0
+        rss = 0
+        alive = False
+        for p in self._tree():
+            try:
+                with p.oneshot():
+                    cpu += p.cpu_percent(None)
+                    rss += p.memory_info().rss
+                alive = True
+            except psutil.Error:
+                continue
+        self.peak_rss = max(self.peak_rss, rss)
+        return cpu, rss, alive
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self._root_pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+        current: list[psutil.Process] = []
+        for p in procs:
+            known = self._procs.get(p.pid)
+            if known is None:
+                self._procs[p.pid] = p
+                known = p
+            current.append(known)
+        return current
+
+    def _prime(self) -> None:
+        self._measure()  # cpu_percent needs a first call; also seeds the peak RSS
+
+    def sample(self) -> None:
+        cpu, rss, alive = self._measure()
+        if alive:
+            self._emit(_line(cpu, rss / 1_048_576))
+
+    def _emit(self, text: str) -> None:
+        with self._lock:
+            self._out.write(text)
+            self._out.flush()
+            self.samples += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.sample()
+
+    def stop(self, *, cpu_seconds: float, wall_seconds: float) -> None:
+        """Stop sampling and write the exit sample.
+
+        Its ``cpu_percent`` is the whole run's average (CPU time of the reaped tree over
+        wall time); its ``ram_mb`` is the peak tree RSS observed while sampling.
+        """
+        self._stop.set()
+        self._thread.join(timeout=5)
+        cpu = 100.0 * cpu_seconds / wall_seconds if wall_seconds > 0 else 0.0
+        self._emit(_line(cpu, self.peak_rss / 1_048_576, exit=True))

@@ -1,0 +1,19 @@
+"""Alembic environment: always run online on the connection passed by ``db.migrate``."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from fastflow.models import Base
+
+connection = context.config.attributes.get("connection")
+if connection is None:  # pragma: no cover - only reachable via the alembic CLI
+    raise RuntimeError("run migrations through fastflow (fastflow.db.migrate)")
+
+context.configure(
+    connection=connection,
+    target_metadata=Base.metadata,
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+with context.begin_transaction():
+    context.run_migrations()

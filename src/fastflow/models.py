@@ -1,0 +1,214 @@
+"""Database tables. Timestamps are stored as naive UTC and read back as aware UTC."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC; returns aware UTC. Naive inputs are taken as UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class RunStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    TIMEOUT = "TIMEOUT"
+    CANCELLED = "CANCELLED"
+
+
+ACTIVE_STATUSES = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+
+
+class Trigger(enum.StrEnum):
+    MANUAL = "manual"
+    CLI = "cli"
+    API = "api"
+    SCHEDULE = "schedule"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PipelineRun(Base):
+    """One execution of a pipeline. ``log_file``/``metrics_file`` are relative to LOGS_DIR."""
+
+    __tablename__ = "pipeline_runs"
+    __table_args__ = (
+        Index("ix_pipeline_runs_pipeline_started", "pipeline_name", "started_at"),
+        Index("ix_pipeline_runs_started", "started_at"),
+        Index("ix_pipeline_runs_status", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    pipeline_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=RunStatus.PENDING)
+    triggered_by: Mapped[str] = mapped_column(String(16), nullable=False, default=Trigger.MANUAL)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    log_file: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metrics_file: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Size of the finished log in bytes (kept current by truncation), so that the planner
+    # can find oversized logs in SQL instead of calling stat() on every run.
+    log_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Who executes the run, so that a later process can tell a dead runner from a live one.
+    runner_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    runner_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    runner_started: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "pipeline_name": self.pipeline_name,
+            "status": self.status,
+            "triggered_by": self.triggered_by,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "exit_code": self.exit_code,
+            "log_file": self.log_file,
+            "metrics_file": self.metrics_file,
+            "log_size": self.log_size,
+        }
+
+
+class ArchivedRun(Base):
+    """Ledger: one row per run whose files were uploaded and verified in S3.
+
+    Written after verification and before any local delete, so it always names an
+    object that exists with the recorded size and SHA-256.
+    """
+
+    __tablename__ = "archived_runs"
+    __table_args__ = (Index("ix_archived_runs_pipeline_started", "pipeline_name", "started_at"),)
+
+    run_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    pipeline_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    triggered_by: Mapped[str] = mapped_column(String(16), nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    bucket: Mapped[str] = mapped_column(String(255), nullable=False)
+    log_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    log_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    metrics_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metrics_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    metrics_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(String(32), nullable=False)
+    archived_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    local_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": str(self.run_id),
+            "pipeline_name": self.pipeline_name,
+            "status": self.status,
+            "triggered_by": self.triggered_by,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "exit_code": self.exit_code,
+            "bucket": self.bucket,
+            "log_key": self.log_key,
+            "log_size": self.log_size,
+            "log_sha256": self.log_sha256,
+            "metrics_key": self.metrics_key,
+            "metrics_size": self.metrics_size,
+            "metrics_sha256": self.metrics_sha256,
+            "reason": self.reason,
+            "archived_at": _iso(self.archived_at),
+            "local_deleted_at": _iso(self.local_deleted_at),
+        }
+
+
+class BackupFailure(Base):
+    """One failed archive attempt of one run in one pass (bounded to the newest 1,000)."""
+
+    __tablename__ = "backup_failures"
+    __table_args__ = (
+        Index("ix_backup_failures_created", "created_at"),
+        Index("ix_backup_failures_run", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    pipeline_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error_message: Mapped[str] = mapped_column(Text, nullable=False)
+    pass_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "run_id": str(self.run_id) if self.run_id else None,
+            "pipeline_name": self.pipeline_name,
+            "error_message": self.error_message,
+            "created_at": _iso(self.created_at),
+            "resolved_at": _iso(self.resolved_at),
+        }
+
+
+class CleanupPass(Base):
+    """One cleanup pass: when, why, what it did."""
+
+    __tablename__ = "cleanup_passes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trigger: Mapped[str] = mapped_column(String(16), nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    summary: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    archived_runs: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    deleted_runs: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    backup_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    bytes_archived: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

@@ -1,0 +1,234 @@
+"""Execute one pipeline run: subprocess, log capture, metrics, final status.
+
+Guarantees: the run's row reaches a final status (SUCCESS, FAILED, TIMEOUT, CANCELLED)
+whatever the pipeline does; on timeout or cancel the whole process tree is killed; output
+is captured line by line with bounded memory (see ``logcapture``) and fsynced at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from fastflow import logfiles, pipelines, runs
+from fastflow.config import Settings
+from fastflow.db import Database
+from fastflow.logcapture import LogCapture
+from fastflow.metrics import TreeSampler
+from fastflow.models import RunStatus
+
+READ_SIZE = 256 * 1024
+FLUSH_EVERY_S = 0.5
+DRAIN_AFTER_EXIT_S = 2.0
+KILL_GRACE_S = 3.0
+
+# stdout and stderr share one pipe so that the log keeps the order in which the pipeline
+# wrote; line buffering makes each line one write(), so lines of the two streams never mix.
+_BOOTSTRAP = (
+    "import os, runpy, sys\n"
+    "sys.stdout.reconfigure(line_buffering=True)\n"
+    "sys.stderr.reconfigure(line_buffering=True)\n"
+    "sys.argv = sys.argv[1:]\n"
+    "sys.path[0] = os.path.dirname(sys.argv[0])\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: uuid.UUID
+    pipeline_name: str
+    status: RunStatus
+    exit_code: int | None
+    log_path: Path
+    metrics_path: Path
+
+
+def run_pipeline(
+    db: Database,
+    settings: Settings,
+    name: str,
+    triggered_by: str,
+    *,
+    echo: Callable[[str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> RunResult:
+    """Create a run of pipeline ``name`` and execute it in the foreground."""
+    pipeline = pipelines.load(settings.pipelines_dir, name)
+    run = runs.create(db, pipeline.name, triggered_by, pid=os.getpid())
+    return execute(db, settings, pipeline, run.id, echo=echo, cancel=cancel)
+
+
+def _kill_tree(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for child in children:
+        try:
+            child.send_signal(sig)
+        except psutil.Error:
+            pass
+
+
+def execute(
+    db: Database,
+    settings: Settings,
+    pipeline: pipelines.Pipeline,
+    run_id: uuid.UUID,
+    *,
+    echo: Callable[[str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> RunResult:
+    """Execute an existing PENDING run of ``pipeline``."""
+    logs_root = settings.logs_root
+    log_path = logfiles.resolve(logs_root, logfiles.log_rel(pipeline.name, str(run_id)))
+    metrics_path = logfiles.resolve(logs_root, logfiles.metrics_rel(pipeline.name, str(run_id)))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    runs.mark_running(db, run_id, pid=os.getpid())
+
+    env = {**os.environ, **pipeline.env}
+    env.update(
+        FASTFLOW_RUN_ID=str(run_id),
+        FASTFLOW_PIPELINE=pipeline.name,
+    )
+    status = RunStatus.FAILED
+    exit_code: int | None = None
+    with (
+        log_path.open("w", encoding="utf-8", newline="", buffering=1 << 20) as log_out,
+        metrics_path.open("w", encoding="utf-8", newline="") as metrics_out,
+    ):
+        capture = LogCapture(log_out, echo=echo)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOTSTRAP, str(pipeline.main.resolve())],
+                cwd=pipeline.path,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as e:
+            capture.write_note(f"could not start the pipeline: {e}")
+            _close(log_out)
+            runs.finish(db, run_id, RunStatus.FAILED, None, logfiles.size_of(log_path))
+            return RunResult(run_id, pipeline.name, RunStatus.FAILED, None, log_path, metrics_path)
+
+        sampler = TreeSampler(proc.pid, metrics_out)
+        sampler.start()
+        started = time.monotonic()
+        outcome, wait_status, rusage = _pump(proc, capture, log_out, pipeline.timeout, cancel)
+        wall = time.monotonic() - started
+        cpu_seconds = rusage.ru_utime + rusage.ru_stime if rusage is not None else 0.0
+        sampler.stop(cpu_seconds=cpu_seconds, wall_seconds=wall)
+        exit_code = os.waitstatus_to_exitcode(wait_status) if wait_status is not None else None
+        if outcome == "timeout":
+            status = RunStatus.TIMEOUT
+            capture.write_note(f"timeout after {pipeline.timeout:g} s: process tree killed")
+        elif outcome == "cancelled":
+            status = RunStatus.CANCELLED
+            capture.write_note("run cancelled: process tree killed")
+        else:
+            status = RunStatus.SUCCESS if exit_code == 0 else RunStatus.FAILED
+            if exit_code is not None and exit_code < 0:
+                capture.write_note(f"pipeline killed by signal {-exit_code}")
+        _close(log_out)
+        _close(metrics_out)
+    runs.finish(db, run_id, status, exit_code, logfiles.size_of(log_path))
+    return RunResult(run_id, pipeline.name, status, exit_code, log_path, metrics_path)
+
+
+def _close(f: object) -> None:
+    """Flush and fsync so that the finished log survives a power loss."""
+    try:
+        f.flush()  # type: ignore[attr-defined]
+        os.fsync(f.fileno())  # type: ignore[attr-defined]
+    except (OSError, ValueError):
+        pass
+
+
+def _pump(
+    proc: subprocess.Popen[bytes],
+    capture: LogCapture,
+    log_out: object,
+    timeout: float | None,
+    cancel: threading.Event | None,
+) -> tuple[str, int | None, resource.struct_rusage | None]:
+    """Read the output pipe until EOF; reap the child with ``wait4``.
+
+    Returns (outcome, wait status, rusage) with outcome one of exited, timeout, cancelled.
+    """
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    fd_open = True
+    deadline = time.monotonic() + timeout if timeout else None
+    outcome = "exited"
+    wait_status: int | None = None
+    rusage: resource.struct_rusage | None = None
+    exited_at: float | None = None
+    killed_at: float | None = None
+    last_flush = time.monotonic()
+    while fd_open or wait_status is None:
+        if fd_open and sel.select(timeout=0.2):
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                data = None
+            if data:
+                capture.feed(data)
+            elif data is not None:
+                sel.unregister(fd)
+                fd_open = False
+                capture.close()
+        elif not fd_open:
+            time.sleep(0.05)  # output closed early; keep watching the process and deadline
+        now = time.monotonic()
+        if now - last_flush >= FLUSH_EVERY_S:
+            log_out.flush()  # type: ignore[attr-defined]
+            last_flush = now
+        if wait_status is None:
+            pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                wait_status, rusage, exited_at = st, ru, now
+                proc.returncode = os.waitstatus_to_exitcode(st)
+        if wait_status is None and killed_at is None:
+            if deadline is not None and now >= deadline:
+                outcome = "timeout"
+            elif cancel is not None and cancel.is_set():
+                outcome = "cancelled"
+            if outcome != "exited":
+                _kill_tree(proc, signal.SIGTERM)
+                killed_at = now
+        if killed_at is not None and wait_status is None and now - killed_at > KILL_GRACE_S:
+            _kill_tree(proc, signal.SIGKILL)
+        if exited_at is not None and fd_open and now - exited_at > DRAIN_AFTER_EXIT_S:
+            # leftover descendants keep the pipe open: the run owns its tree, end it
+            _kill_tree(proc, signal.SIGKILL)
+            sel.unregister(fd)
+            fd_open = False
+            capture.close()
+    sel.close()
+    if outcome != "exited":
+        _kill_tree(proc, signal.SIGKILL)
+    proc.stdout.close()
+    return outcome, wait_status, rusage

@@ -1,0 +1,159 @@
+"""Queries and state changes of ``pipeline_runs`` rows."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+from sqlalchemy import select
+
+from fastflow import logfiles
+from fastflow.db import Database
+from fastflow.errors import RunNotFound
+from fastflow.models import ACTIVE_STATUSES, PipelineRun, RunStatus, utcnow
+
+HOSTNAME = socket.gethostname()
+
+
+def parse_run_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(raw).strip())
+    except ValueError:
+        raise RunNotFound(f"{raw!r} is not a valid run id (expected a UUID)") from None
+
+
+def _process_started(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def create(db: Database, pipeline_name: str, triggered_by: str, *, pid: int) -> PipelineRun:
+    """Insert a PENDING run owned by process ``pid`` on this host."""
+    run_id = uuid.uuid4()
+    run = PipelineRun(
+        id=run_id,
+        pipeline_name=pipeline_name,
+        status=RunStatus.PENDING.value,
+        triggered_by=triggered_by,
+        started_at=utcnow(),
+        log_file=logfiles.log_rel(pipeline_name, str(run_id)),
+        metrics_file=logfiles.metrics_rel(pipeline_name, str(run_id)),
+        runner_host=HOSTNAME,
+        runner_pid=pid,
+        runner_started=_process_started(pid),
+    )
+    with db.session() as s:
+        s.add(run)
+    return run
+
+
+def mark_running(db: Database, run_id: uuid.UUID, *, pid: int) -> None:
+    with db.session() as s:
+        run = s.get(PipelineRun, run_id)
+        if run is None:
+            raise RunNotFound(f"run {run_id} not found")
+        run.status = RunStatus.RUNNING.value
+        run.started_at = utcnow()
+        run.runner_pid = pid
+        run.runner_started = _process_started(pid)
+
+
+def finish(
+    db: Database,
+    run_id: uuid.UUID,
+    status: RunStatus,
+    exit_code: int | None,
+    log_size: int | None,
+) -> None:
+    with db.session() as s:
+        run = s.get(PipelineRun, run_id)
+        if run is None:
+            return
+        run.status = status.value
+        run.exit_code = exit_code
+        run.finished_at = utcnow()
+        run.log_size = log_size
+
+
+def get(db: Database, run_id: uuid.UUID) -> PipelineRun | None:
+    with db.session() as s:
+        return s.get(PipelineRun, run_id)
+
+
+def list_runs(
+    db: Database,
+    *,
+    pipeline: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[PipelineRun]:
+    """Runs, newest first."""
+    q = select(PipelineRun)
+    if pipeline:
+        q = q.where(PipelineRun.pipeline_name == pipeline)
+    if status:
+        q = q.where(PipelineRun.status == status.upper())
+    q = q.order_by(PipelineRun.started_at.desc(), PipelineRun.id).limit(limit).offset(offset)
+    with db.session() as s:
+        return list(s.scalars(q))
+
+
+def _runner_alive(run: PipelineRun) -> bool:
+    if run.runner_pid is None:
+        return False
+    started = _process_started(run.runner_pid)
+    if started is None:
+        return False
+    # a recycled pid belongs to a process started later than the recorded one
+    return run.runner_started is None or abs(started - run.runner_started) < 1.0
+
+
+def recover_orphans(db: Database, logs_root: Path, now: datetime | None = None) -> int:
+    """Mark runs left PENDING/RUNNING by a dead process on this host as FAILED.
+
+    Runs owned by a live process or by another host are left alone. A note is appended
+    to each recovered run's log. Returns the number of recovered runs.
+    """
+    now = now or utcnow()
+    recovered = 0
+    with db.session() as s:
+        rows = s.scalars(
+            select(PipelineRun).where(
+                PipelineRun.status.in_(ACTIVE_STATUSES), PipelineRun.runner_host == HOSTNAME
+            )
+        ).all()
+        for run in rows:
+            if _runner_alive(run):
+                continue
+            run.status = RunStatus.FAILED.value
+            run.finished_at = now
+            recovered += 1
+            if run.log_file:
+                run.log_size = _append_note(
+                    logs_root,
+                    run.log_file,
+                    f"run interrupted: the fastflow process (pid {run.runner_pid}) that ran "
+                    f"it is gone; marked FAILED at {now.isoformat(timespec='seconds')}",
+                )
+    return recovered
+
+
+def _append_note(logs_root: Path, rel: str, text: str) -> int | None:
+    """Append a fastflow note line to a log; return the new size (None if impossible)."""
+    try:
+        path = logfiles.resolve(logs_root, rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = utcnow().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        with path.open("a+b") as f:
+            needs_newline = f.tell() > 0 and (f.seek(-1, 2), f.read(1))[1] != b"\n"
+            line = f"[{stamp}] [fastflow] {text}\n".encode()
+            f.write(b"\n" + line if needs_newline else line)
+            return f.tell()
+    except OSError:
+        return None

@@ -1,0 +1,99 @@
+"""Streaming, atomic, line-safe truncation of a log to its newest bytes.
+
+Guarantees: the result is at most ``limit`` bytes, starts with one marker line
+``[... N bytes truncated by fastflow at <UTC time> ...]``, continues at a line boundary
+(or, for a single line longer than the budget, at a UTF-8 character boundary) and is valid
+UTF-8 if the input was. The tail is copied to a temporary file in the same folder, fsynced
+and renamed over the original: a crash leaves the old file or the new one, never a
+partial or empty one. Memory is constant whatever the file size.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+COPY_CHUNK = 1024 * 1024
+SCAN_LIMIT = 1024 * 1024  # how far to look for the next newline before cutting mid-line
+MARKER_RESERVE = 120  # bytes kept free for the marker line
+
+
+@dataclass(frozen=True)
+class TruncateResult:
+    old_size: int
+    new_size: int
+    removed: int
+
+
+def marker(removed: int, now: datetime) -> bytes:
+    stamp = now.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"[... {removed} bytes truncated by fastflow at {stamp} ...]\n".encode()
+
+
+def _tail_start(fh: BinaryIO, size: int, budget: int) -> int:
+    """Offset of the first byte to keep: after a newline, or at a UTF-8 char start."""
+    start = max(0, size - budget)
+    if start == 0:
+        return 0
+    fh.seek(start - 1)
+    window = fh.read(min(SCAN_LIMIT, size - start + 1))
+    nl = window.find(b"\n")
+    if nl >= 0:
+        return start + nl  # window[0] is the byte before start
+    # one very long line: cut at a character boundary instead
+    offset = start
+    fh.seek(start)
+    head = fh.read(4)
+    for byte in head:
+        if byte & 0xC0 != 0x80:
+            break
+        offset += 1
+    return offset
+
+
+def truncate_log(path: Path, limit: int, now: datetime) -> TruncateResult | None:
+    """Keep the newest bytes of ``path`` within ``limit``; None if already small enough.
+
+    Raises ``OSError`` (disk full, permissions, ...) with the original file untouched.
+    """
+    size = path.stat().st_size
+    if size <= limit:
+        return None
+    budget = max(0, limit - MARKER_RESERVE)
+    with path.open("rb") as src:
+        start = _tail_start(src, size, budget)
+        removed = start
+        fd, tmp_name = tempfile.mkstemp(prefix=".truncate-", suffix=".tmp", dir=path.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                dst.write(marker(removed, now))
+                src.seek(start)
+                while chunk := src.read(COPY_CHUNK):
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    _fsync_dir(path.parent)
+    return TruncateResult(old_size=size, new_size=path.stat().st_size, removed=removed)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

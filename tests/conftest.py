@@ -1,0 +1,97 @@
+"""Shared fixtures: an isolated fastflow environment per test, pipelines, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fastflow.app_context import Context, bootstrap
+from fastflow.config import Settings, load_settings
+
+pytest_plugins = ["tests.harness.fixtures"]
+
+# every variable fastflow reads; cleared so that the developer's shell cannot leak in
+FASTFLOW_VARS = [name.upper() for name in Settings.model_fields] + ["FASTFLOW_SECRET_KEY"]
+
+
+@pytest.fixture
+def ff_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A clean fastflow environment rooted in ``tmp_path`` (also the working directory)."""
+    for name in FASTFLOW_VARS:
+        monkeypatch.delenv(name, raising=False)
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'fastflow.db'}",
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOGS_DIR": str(tmp_path / "logs"),
+        "PIPELINES_DIR": str(tmp_path / "pipelines"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "pipelines").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return env
+
+
+MakePipeline = Callable[..., Path]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        pause.wait(0.02)
+
+
+@pytest.fixture
+def make_pipeline(ff_env: dict[str, str]) -> MakePipeline:
+    """Write ``PIPELINES_DIR/<name>/main.py`` (dedented) and optional ``pipeline.json``."""
+
+    def make(name: str, code: str = "print('ok')\n", config: str | None = None) -> Path:
+        folder = Path(ff_env["PIPELINES_DIR"]) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "main.py").write_text(textwrap.dedent(code), encoding="utf-8")
+        if config is not None:
+            (folder / "pipeline.json").write_text(config, encoding="utf-8")
+        return folder
+
+    return make
+
+
+@pytest.fixture
+def app(ff_env: dict[str, str]) -> Iterator[Context]:
+    """A bootstrapped context (settings from the environment, migrated database)."""
+    ctx = bootstrap(load_settings())
+    yield ctx
+    ctx.db.dispose()
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``fastflow`` command in a subprocess with the current environment."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "fastflow", *args],
+        env=full_env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return run_cli
+

@@ -1,0 +1,117 @@
+"""The fastflow command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from subprocess import CompletedProcess
+
+import pytest
+
+from tests.conftest import MakePipeline
+
+Cli = Callable[..., CompletedProcess[str]]
+
+
+def test_run_success_prints_run_id_last(cli: Cli, make_pipeline: MakePipeline,
+                                        ff_env: dict[str, str]) -> None:
+    make_pipeline("ok", "print('fine')\n")
+    res = cli("run", "ok")
+    assert res.returncode == 0, res.stderr
+    run_id = res.stdout.strip().splitlines()[-1]
+    uuid.UUID(run_id)
+    assert (Path(ff_env["LOGS_DIR"]) / "ok" / run_id / "run.log").exists()
+    assert (Path(ff_env["LOGS_DIR"]) / "ok" / run_id / "metrics.jsonl").exists()
+    assert "SUCCESS" in res.stderr
+
+
+def test_run_failure_exits_1(cli: Cli, make_pipeline: MakePipeline) -> None:
+    make_pipeline("bad", "raise SystemExit(4)\n")
+    res = cli("run", "bad")
+    assert res.returncode == 1
+    uuid.UUID(res.stdout.strip().splitlines()[-1])
+    assert "FAILED" in res.stderr and "exit code 4" in res.stderr
+
+
+def test_run_unknown_pipeline(cli: Cli, ff_env: dict[str, str]) -> None:
+    res = cli("run", "ghost")
+    assert res.returncode == 1
+    assert "pipeline 'ghost' not found" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", ".hidden"])
+def test_run_rejects_bad_names(cli: Cli, ff_env: dict[str, str], name: str) -> None:
+    res = cli("run", name)
+    assert res.returncode == 1
+    assert "pipeline name" in res.stderr and "Traceback" not in res.stderr
+    assert not (Path(ff_env["LOGS_DIR"]).exists() and any(Path(ff_env["LOGS_DIR"]).iterdir()))
+
+
+def test_runs_json_and_table(cli: Cli, make_pipeline: MakePipeline) -> None:
+    make_pipeline("a", "print(1)\n")
+    make_pipeline("b b", "raise SystemExit(1)\n")
+    first = cli("run", "a").stdout.split()[-1]
+    second = cli("run", "b b").stdout.split()[-1]
+    res = cli("runs", "--json")
+    assert res.returncode == 0
+    rows = json.loads(res.stdout)
+    assert [r["id"] for r in rows] == [second, first]  # newest first
+    keys = {"id", "pipeline_name", "status", "triggered_by", "started_at", "finished_at",
+            "exit_code", "log_file", "metrics_file"}
+    assert all(keys <= set(r) for r in rows)
+    assert rows[0]["status"] == "FAILED" and rows[0]["exit_code"] == 1
+    assert rows[1]["triggered_by"] == "cli"
+    only_a = json.loads(cli("runs", "--pipeline", "a", "--json").stdout)
+    assert [r["id"] for r in only_a] == [first]
+    assert len(json.loads(cli("runs", "--limit", "1", "--json").stdout)) == 1
+    table = cli("runs").stdout
+    assert first in table and second in table
+
+
+def test_logs_prints_the_log(cli: Cli, make_pipeline: MakePipeline) -> None:
+    make_pipeline("talk", "print('äöü line one')\nprint('line two')\n")
+    run_id = cli("run", "talk").stdout.split()[-1]
+    res = cli("logs", run_id)
+    assert res.returncode == 0
+    assert res.stdout.endswith("] line two\n") and "äöü line one" in res.stdout
+
+
+def test_logs_unknown_and_malformed_ids(cli: Cli, ff_env: dict[str, str]) -> None:
+    res = cli("logs", str(uuid.uuid4()))
+    assert res.returncode == 1 and "not found" in res.stderr
+    res = cli("logs", "not-a-uuid")
+    assert res.returncode == 1 and "not a valid run id" in res.stderr
+
+
+def test_pipelines_lists(cli: Cli, make_pipeline: MakePipeline) -> None:
+    make_pipeline("one", config='{"description": "first"}')
+    make_pipeline("zwei")
+    res = cli("pipelines")
+    assert res.stdout.splitlines() == ["one\tfirst", "zwei\t"]
+    assert [p["name"] for p in json.loads(cli("pipelines", "--json").stdout)] == ["one", "zwei"]
+
+
+@pytest.mark.parametrize("command", [["runs"], ["run", "x"], ["logs", "x"], ["pipelines"],
+                                     ["serve"], ["cleanup"]])
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [("LOG_MAX_SIZE_MB", "abc"), ("LOG_RETENTION_RUNS", "-1"), ("CLEANUP_SCHEDULE", "bad")],
+)
+def test_invalid_config_stops_every_command(
+    cli: Cli, ff_env: dict[str, str], command: list[str], var: str, value: str
+) -> None:
+    res = cli(*command, env={var: value})
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert var in lines[0] and value in lines[0]
+    assert "Traceback" not in res.stderr
+
+
+def test_invalid_secret_is_masked_on_stderr(cli: Cli, ff_env: dict[str, str]) -> None:
+    res = cli("runs", env={"TEAMS_WEBHOOK_URL": "nohost/topsecret"})
+    assert res.returncode == 2
+    assert "TEAMS_WEBHOOK_URL" in res.stderr and "topsecret" not in res.stderr

@@ -1,0 +1,96 @@
+"""Database: migrations on SQLite and PostgreSQL, UTC timestamps, the run index."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from fastflow.config import load_settings
+from fastflow.db import Database
+from fastflow.models import PipelineRun
+
+TABLES = {"pipeline_runs", "archived_runs", "backup_failures", "cleanup_passes"}
+
+
+def _check_schema(db: Database) -> None:
+    insp = inspect(db.engine)
+    assert TABLES <= set(insp.get_table_names())
+    cols = {c["name"] for c in insp.get_columns("pipeline_runs")}
+    assert {
+        "id", "pipeline_name", "status", "triggered_by", "started_at", "finished_at",
+        "exit_code", "log_file", "metrics_file",
+    } <= cols
+    indexes = {tuple(i["column_names"]) for i in insp.get_indexes("pipeline_runs")}
+    assert ("pipeline_name", "started_at") in indexes
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _roundtrip_utc(db: Database) -> None:
+    berlin = timezone(timedelta(hours=1))
+    rid = uuid.uuid4()
+    with db.session() as s:
+        s.add(
+            PipelineRun(
+                id=rid, pipeline_name="p", status="SUCCESS", triggered_by="cli",
+                started_at=datetime(2026, 1, 1, 13, 0, tzinfo=berlin),
+            )
+        )
+    with db.session() as s:
+        run = s.get(PipelineRun, rid)
+        assert run is not None
+        assert run.started_at == datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+        assert run.started_at.tzinfo is not None
+
+
+def test_sqlite_migrates_creates_folder_and_is_idempotent(tmp_path: Path) -> None:
+    db = Database(load_settings(database_url=f"sqlite:///{tmp_path}/new/dir/ff.db"))
+    db.migrate()
+    db.migrate()
+    assert (tmp_path / "new" / "dir" / "ff.db").exists()
+    _check_schema(db)
+    _roundtrip_utc(db)
+    db.dispose()
+
+
+def test_postgres_migrates_and_keeps_utc(pg_url: str) -> None:
+    db = Database(load_settings(database_url=pg_url))
+    db.migrate()
+    db.migrate()
+    _check_schema(db)
+    _roundtrip_utc(db)
+    db.dispose()
+
+
+def test_postgres_concurrent_startups_migrate_once(pg_url: str) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            db = Database(load_settings(database_url=pg_url))
+            db.migrate()
+            db.dispose()
+        except BaseException as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_unwritable_sqlite_folder_is_a_config_error(tmp_path: Path) -> None:
+    from fastflow.errors import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError):
+        Database(load_settings(database_url=f"sqlite:///{blocker}/sub/ff.db"))

@@ -1,0 +1,104 @@
+"""Pipeline names, discovery and pipeline.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fastflow import pipelines
+from fastflow.errors import InvalidPipelineConfig, InvalidPipelineName, PipelineNotFound
+from tests.conftest import MakePipeline
+
+VALID = ["etl", "daily-report", "load_orders.v2", "Übersicht 2024", "日本語", "a" * 100, "x.y"]
+INVALID = [
+    "",
+    "a/b",
+    "a\\b",
+    "..",
+    ".hidden",
+    "../etc",
+    "tab\tname",
+    "new\nline",
+    "nul\x00",
+    "a" * 101,
+    " leading",
+    "trailing ",
+    "semi;colon",
+    "star*",
+]
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_valid_names(name: str) -> None:
+    assert pipelines.validate_name(name) == name
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_invalid_names_are_rejected_clearly(name: str) -> None:
+    with pytest.raises(InvalidPipelineName) as err:
+        pipelines.validate_name(name)
+    assert "pipeline name" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_discover_lists_valid_pipelines_sorted(
+    make_pipeline: MakePipeline, ff_env: dict[str, str]
+) -> None:
+    make_pipeline("zeta")
+    make_pipeline("Äpfel zählen", config='{"description": "counts apples"}')
+    make_pipeline("alpha")
+    (Path(ff_env["PIPELINES_DIR"]) / "not_a_pipeline").mkdir()
+    (Path(ff_env["PIPELINES_DIR"]) / ".hidden").mkdir()
+    (Path(ff_env["PIPELINES_DIR"]) / ".hidden" / "main.py").write_text("print(1)")
+    found = pipelines.discover(Path(ff_env["PIPELINES_DIR"]))
+    assert [p.name for p in found] == ["alpha", "zeta", "Äpfel zählen"]
+    assert found[2].description == "counts apples"
+
+
+def test_discover_missing_dir_is_empty(tmp_path: Path) -> None:
+    assert pipelines.discover(tmp_path / "nope") == []
+
+
+def test_load_reads_pipeline_json(make_pipeline: MakePipeline, ff_env: dict[str, str]) -> None:
+    make_pipeline(
+        "cfg",
+        config='{"timeout": 5, "env": {"A": 1, "B": "x"}, "description": "d", '
+        '"retention": {"runs": 3, "days": 0, "max_size_mb": 2}}',
+    )
+    p = pipelines.load(Path(ff_env["PIPELINES_DIR"]), "cfg")
+    assert p.timeout == 5.0
+    assert p.env == {"A": "1", "B": "x"}
+    assert p.retention == pipelines.Retention(runs=3, days=0, max_size_mb=2)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "{not json",
+        "[1, 2]",
+        '{"timeout": -1}',
+        '{"timeout": "soon"}',
+        '{"env": ["A"]}',
+        '{"retention": {"runs": -2}}',
+        '{"retention": {"max_size_mb": 0}}',
+        '{"retention": 5}',
+    ],
+)
+def test_bad_pipeline_json_is_a_clear_error(
+    make_pipeline: MakePipeline, ff_env: dict[str, str], config: str
+) -> None:
+    make_pipeline("bad", config=config)
+    with pytest.raises(InvalidPipelineConfig) as err:
+        pipelines.load(Path(ff_env["PIPELINES_DIR"]), "bad")
+    assert "pipeline.json" in str(err.value)
+
+
+def test_missing_pipeline(ff_env: dict[str, str]) -> None:
+    with pytest.raises(PipelineNotFound):
+        pipelines.load(Path(ff_env["PIPELINES_DIR"]), "ghost")
+
+
+def test_load_refuses_traversal_names(ff_env: dict[str, str]) -> None:
+    with pytest.raises(InvalidPipelineName):
+        pipelines.load(Path(ff_env["PIPELINES_DIR"]), "../outside")

@@ -1,0 +1,285 @@
+"""The runner against real pipelines in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fastflow import runs
+from fastflow.app_context import Context, bootstrap
+from fastflow.config import load_settings
+from fastflow.models import PipelineRun, RunStatus
+from fastflow.runner import run_pipeline
+from tests.conftest import MakePipeline, wait_until
+
+LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] (.*)$", re.DOTALL)
+
+
+def _payloads(path: Path) -> list[str]:
+    out = []
+    for line in path.read_text(encoding="utf-8").split("\n")[:-1]:
+        m = LINE.match(line)
+        assert m, f"line without prefix: {line[:80]!r}"
+        out.append(m.group(1))
+    return out
+
+
+def test_success_writes_log_metrics_and_row(app: Context, make_pipeline: MakePipeline) -> None:
+    make_pipeline(
+        "hello",
+        """
+        import os, sys
+        print("run", os.environ["FASTFLOW_RUN_ID"], os.environ["FASTFLOW_PIPELINE"])
+        print("cwd", os.getcwd())
+        print("env", os.environ["GREETING"])
+        print("to stderr", file=sys.stderr)
+        """,
+        config='{"env": {"GREETING": "hi"}}',
+    )
+    result = run_pipeline(app.db, app.settings, "hello", "cli")
+    assert result.status == RunStatus.SUCCESS and result.exit_code == 0
+    lines = _payloads(result.log_path)
+    assert lines == [
+        f"run {result.run_id} hello",
+        f"cwd {app.settings.pipelines_dir.resolve() / 'hello'}",
+        "env hi",
+        "to stderr",
+    ]
+    assert result.log_path == app.settings.logs_root / "hello" / str(result.run_id) / "run.log"
+    samples = [json.loads(x) for x in result.metrics_path.read_text().splitlines()]
+    assert len(samples) >= 1  # a short run still gets its exit sample
+    for s in samples:
+        assert set(s) >= {"timestamp", "cpu_percent", "ram_mb"}
+        assert s["timestamp"].endswith("+00:00")
+    row = runs.get(app.db, result.run_id)
+    assert row is not None
+    assert row.status == "SUCCESS" and row.exit_code == 0 and row.triggered_by == "cli"
+    assert row.finished_at is not None and row.finished_at >= row.started_at
+    assert row.log_file == f"hello/{result.run_id}/run.log"
+    assert row.metrics_file == f"hello/{result.run_id}/metrics.jsonl"
+
+
+def test_failed_exit_code_recorded(app: Context, make_pipeline: MakePipeline) -> None:
+    make_pipeline("boom", "import sys\nprint('x')\nsys.exit(7)\n")
+    result = run_pipeline(app.db, app.settings, "boom", "cli")
+    assert result.status == RunStatus.FAILED and result.exit_code == 7
+    row = runs.get(app.db, result.run_id)
+    assert row is not None and row.status == "FAILED" and row.exit_code == 7
+
+
+def test_exception_traceback_is_in_log(app: Context, make_pipeline: MakePipeline) -> None:
+    make_pipeline("exc", "raise ValueError('broken input')\n")
+    result = run_pipeline(app.db, app.settings, "exc", "cli")
+    assert result.status == RunStatus.FAILED and result.exit_code == 1
+    assert any("ValueError: broken input" in x for x in _payloads(result.log_path))
+
+
+def test_stdout_and_stderr_keep_order(app: Context, make_pipeline: MakePipeline) -> None:
+    make_pipeline(
+        "mix",
+        """
+        import sys
+        for i in range(3000):
+            print(f"line {i}", file=sys.stderr if i % 3 == 0 else sys.stdout)
+        """,
+    )
+    result = run_pipeline(app.db, app.settings, "mix", "cli")
+    assert _payloads(result.log_path) == [f"line {i}" for i in range(3000)]
+
+
+def test_concurrent_writers_never_merge_lines(app: Context, make_pipeline: MakePipeline) -> None:
+    make_pipeline(
+        "threads",
+        """
+        import sys, threading
+        def spam(stream, ch):
+            for i in range(2000):
+                print(ch * 200 + str(i), file=stream)
+        ts = [threading.Thread(target=spam, args=(s, c))
+              for s, c in ((sys.stdout, "a"), (sys.stderr, "b"), (sys.stdout, "c"))]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        """,
+    )
+    result = run_pipeline(app.db, app.settings, "threads", "cli")
+    lines = _payloads(result.log_path)
+    assert len(lines) == 6000
+    for line in lines:
+        assert re.fullmatch(r"(a{200}|b{200}|c{200})\d+", line), line[:60]
+    for ch in "abc":
+        got = sorted(int(x[200:]) for x in lines if x[0] == ch)
+        assert got == list(range(2000))
+
+
+def test_invalid_utf8_and_binary_garbage(app: Context, make_pipeline: MakePipeline) -> None:
+    make_pipeline(
+        "garbage",
+        r"""
+        import sys
+        sys.stdout.buffer.write(b"ok \xff\xfe\x00 bin\n")
+        sys.stdout.buffer.write(bytes(range(256)).replace(b"\n", b"") + b"\n")
+        sys.stdout.buffer.write("gr\u00fc\u00dfe \u20ac\n".encode())
+        """,
+    )
+    result = run_pipeline(app.db, app.settings, "garbage", "cli")
+    assert result.status == RunStatus.SUCCESS
+    raw = result.log_path.read_bytes()
+    raw.decode("utf-8")  # the whole log is valid UTF-8
+    lines = _payloads(result.log_path)
+    assert lines[0] == "ok \ufffd\ufffd\x00 bin"
+    assert lines[2] == "grüße €"
+    assert len(lines) == 3
+
+
+def test_ten_megabyte_line_is_kept_whole(app: Context, make_pipeline: MakePipeline) -> None:
+    make_pipeline(
+        "longline",
+        """
+        import sys
+        for _ in range(160):
+            sys.stdout.write("x" * 65536)
+        sys.stdout.write("\\nafter\\n")
+        sys.stdout.write("tail without newline")
+        """,
+    )
+    result = run_pipeline(app.db, app.settings, "longline", "cli")
+    lines = _payloads(result.log_path)
+    assert len(lines) == 3
+    assert lines[0] == "x" * (160 * 65536)
+    assert lines[1:] == ["after", "tail without newline"]
+
+
+def _max_rss_kb(args: list[str], env: dict[str, str]) -> int:
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0
+    return usage.ru_maxrss
+
+
+def test_long_line_memory_is_bounded(ff_env: dict[str, str], make_pipeline: MakePipeline) -> None:
+    make_pipeline("short", "print('hi')\n")
+    make_pipeline(
+        "huge",
+        """
+        import sys
+        for _ in range(1280):  # 80 MiB in one line, written in 64 KiB pieces
+            sys.stdout.write("y" * 65536)
+        sys.stdout.write("\\n")
+        """,
+    )
+    env = {**os.environ, **ff_env}
+    cmd = [sys.executable, "-m", "fastflow", "run"]
+    baseline = _max_rss_kb([*cmd, "short"], env)
+    huge = _max_rss_kb([*cmd, "huge"], env)
+    # holding the line would cost well over 80 MiB; streaming costs a few MiB at most
+    assert huge - baseline < 30 * 1024, (baseline, huge)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_timeout_kills_the_whole_tree(
+    app: Context, make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    make_pipeline(
+        "sleepy",
+        f"""
+        import subprocess, time
+        child = subprocess.Popen(["sleep", "300"])
+        open({str(pidfile)!r}, "w").write(str(child.pid))
+        print("started", flush=True)
+        time.sleep(300)
+        """,
+        config='{"timeout": 1.5}',
+    )
+    result = run_pipeline(app.db, app.settings, "sleepy", "cli")
+    assert result.status == RunStatus.TIMEOUT
+    row = runs.get(app.db, result.run_id)
+    assert row is not None and row.status == "TIMEOUT" and row.finished_at is not None
+    assert _gone(int(pidfile.read_text()))
+    assert any("timeout after 1.5 s" in x for x in _payloads(result.log_path))
+
+
+def test_periodic_metrics_samples(app: Context, make_pipeline: MakePipeline) -> None:
+    make_pipeline(
+        "busy",
+        """
+        import time
+        end = time.monotonic() + 4.5
+        data = bytearray(30 * 1024 * 1024)
+        while time.monotonic() < end:
+            pass
+        """,
+    )
+    result = run_pipeline(app.db, app.settings, "busy", "cli")
+    samples = [json.loads(x) for x in result.metrics_path.read_text().splitlines()]
+    assert len(samples) >= 3  # two periodic samples plus the exit sample
+    assert max(s["ram_mb"] for s in samples) > 30
+    assert max(s["cpu_percent"] for s in samples) > 50
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_startup_fails_runs_of_dead_processes(ff_env: dict[str, str], app: Context) -> None:
+    dead_id, live_id, foreign_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    log_rel = f"p/{dead_id}/run.log"
+    log = app.settings.logs_root / log_rel
+    log.parent.mkdir(parents=True)
+    log.write_text("[2026-01-01 00:00:00.000] partial output")
+    with app.db.session() as s:
+        s.add(PipelineRun(id=dead_id, pipeline_name="p", status="RUNNING",
+                          triggered_by="cli", log_file=log_rel,
+                          runner_host=socket.gethostname(), runner_pid=_dead_pid()))
+        me = psutil.Process()
+        s.add(PipelineRun(id=live_id, pipeline_name="p", status="RUNNING",
+                          triggered_by="cli", runner_host=socket.gethostname(),
+                          runner_pid=me.pid, runner_started=me.create_time()))
+        s.add(PipelineRun(id=foreign_id, pipeline_name="p", status="RUNNING",
+                          triggered_by="cli", runner_host="other-host", runner_pid=1))
+    ctx = bootstrap(load_settings())
+    dead = runs.get(ctx.db, dead_id)
+    assert dead is not None and dead.status == "FAILED" and dead.finished_at is not None
+    text = log.read_text()
+    assert text.startswith("[2026-01-01 00:00:00.000] partial output\n")
+    assert "run interrupted" in text
+    live, foreign = runs.get(ctx.db, live_id), runs.get(ctx.db, foreign_id)
+    assert live is not None and live.status == "RUNNING"
+    assert foreign is not None and foreign.status == "RUNNING"
+
+
+def test_killed_cli_run_is_recovered(ff_env: dict[str, str], make_pipeline: MakePipeline) -> None:
+    make_pipeline("long", "import time\nprint('working', flush=True)\ntime.sleep(300)\n")
+    env = {**os.environ, **ff_env}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastflow", "run", "long"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    logs = Path(ff_env["LOGS_DIR"]) / "long"
+    # wait until the run has written its first line, then kill runner and pipeline
+    wait_until(lambda: any(p.read_text() for p in logs.glob("*/run.log")), 60, "run start")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ctx = bootstrap(load_settings())
+    (row,) = runs.list_runs(ctx.db, pipeline="long")
+    assert row.status == "FAILED"
+    assert "run interrupted" in (logs / str(row.id) / "run.log").read_text()
