@@ -15,8 +15,9 @@ from tests.conftest import MakePipeline
 Cli = Callable[..., CompletedProcess[str]]
 
 
-def test_run_success_prints_run_id_last(cli: Cli, make_pipeline: MakePipeline,
-                                        ff_env: dict[str, str]) -> None:
+def test_run_success_prints_run_id_last(
+    cli: Cli, make_pipeline: MakePipeline, ff_env: dict[str, str]
+) -> None:
     make_pipeline("ok", "print('fine')\n")
     res = cli("run", "ok")
     assert res.returncode == 0, res.stderr
@@ -59,8 +60,17 @@ def test_runs_json_and_table(cli: Cli, make_pipeline: MakePipeline) -> None:
     assert res.returncode == 0
     rows = json.loads(res.stdout)
     assert [r["id"] for r in rows] == [second, first]  # newest first
-    keys = {"id", "pipeline_name", "status", "triggered_by", "started_at", "finished_at",
-            "exit_code", "log_file", "metrics_file"}
+    keys = {
+        "id",
+        "pipeline_name",
+        "status",
+        "triggered_by",
+        "started_at",
+        "finished_at",
+        "exit_code",
+        "log_file",
+        "metrics_file",
+    }
     assert all(keys <= set(r) for r in rows)
     assert rows[0]["status"] == "FAILED" and rows[0]["exit_code"] == 1
     assert rows[1]["triggered_by"] == "cli"
@@ -94,8 +104,9 @@ def test_pipelines_lists(cli: Cli, make_pipeline: MakePipeline) -> None:
     assert [p["name"] for p in json.loads(cli("pipelines", "--json").stdout)] == ["one", "zwei"]
 
 
-@pytest.mark.parametrize("command", [["runs"], ["run", "x"], ["logs", "x"], ["pipelines"],
-                                     ["serve"], ["cleanup"]])
+@pytest.mark.parametrize(
+    "command", [["runs"], ["run", "x"], ["logs", "x"], ["pipelines"], ["serve"], ["cleanup"]]
+)
 @pytest.mark.parametrize(
     ("var", "value"),
     [("LOG_MAX_SIZE_MB", "abc"), ("LOG_RETENTION_RUNS", "-1"), ("CLEANUP_SCHEDULE", "bad")],

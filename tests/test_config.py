@@ -53,11 +53,14 @@ GOOD = [
     ("SMTP_PORT", "465", "smtp_port", 465),
     ("SMTP_USER", "bot", "smtp_user", "bot"),
     ("SMTP_FROM", "fastflow@example.org", "smtp_from", "fastflow@example.org"),
-    ("EMAIL_RECIPIENTS", "a@example.org, b@example.org,", "email_recipients",
-     ["a@example.org", "b@example.org"]),
+    (
+        "EMAIL_RECIPIENTS",
+        "a@example.org, b@example.org,",
+        "email_recipients",
+        ["a@example.org", "b@example.org"],
+    ),
     ("TEAMS_ENABLED", "true", "teams_enabled", True),
-    ("FASTFLOW_BASE_URL", "https://ff.example.org/", "fastflow_base_url",
-     "https://ff.example.org"),
+    ("FASTFLOW_BASE_URL", "https://ff.example.org/", "fastflow_base_url", "https://ff.example.org"),
     ("DATABASE_URL", "postgresql://u@db/ff", "database_url", "postgresql://u@db/ff"),
 ]
 

@@ -18,11 +18,18 @@ TABLES = {"pipeline_runs", "archived_runs", "backup_failures", "cleanup_passes"}
 
 def _check_schema(db: Database) -> None:
     insp = inspect(db.engine)
-    assert TABLES <= set(insp.get_table_names())
+    assert set(insp.get_table_names()) >= TABLES
     cols = {c["name"] for c in insp.get_columns("pipeline_runs")}
     assert {
-        "id", "pipeline_name", "status", "triggered_by", "started_at", "finished_at",
-        "exit_code", "log_file", "metrics_file",
+        "id",
+        "pipeline_name",
+        "status",
+        "triggered_by",
+        "started_at",
+        "finished_at",
+        "exit_code",
+        "log_file",
+        "metrics_file",
     } <= cols
     indexes = {tuple(i["column_names"]) for i in insp.get_indexes("pipeline_runs")}
     assert ("pipeline_name", "started_at") in indexes
@@ -36,7 +43,10 @@ def _roundtrip_utc(db: Database) -> None:
     with db.session() as s:
         s.add(
             PipelineRun(
-                id=rid, pipeline_name="p", status="SUCCESS", triggered_by="cli",
+                id=rid,
+                pipeline_name="p",
+                status="SUCCESS",
+                triggered_by="cli",
                 started_at=datetime(2026, 1, 1, 13, 0, tzinfo=berlin),
             )
         )
@@ -76,7 +86,7 @@ def test_postgres_concurrent_startups_migrate_once(pg_url: str) -> None:
             db = Database(load_settings(database_url=pg_url))
             db.migrate()
             db.dispose()
-        except BaseException as e:  # noqa: BLE001 - collected and asserted below
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=start) for _ in range(4)]
@@ -94,3 +104,14 @@ def test_unwritable_sqlite_folder_is_a_config_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(ConfigError):
         Database(load_settings(database_url=f"sqlite:///{blocker}/sub/ff.db"))
+
+
+def test_head_revision_constant_matches_migration_scripts() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from fastflow.db import HEAD_REVISION, MIGRATIONS_DIR
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD_REVISION

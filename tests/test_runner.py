@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import psutil
-import pytest
 
 from fastflow import runs
 from fastflow.app_context import Context, bootstrap
@@ -27,7 +26,7 @@ LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] (.*)$", re.DOTALL
 
 def _payloads(path: Path) -> list[str]:
     out = []
-    for line in path.read_text(encoding="utf-8").split("\n")[:-1]:
+    for line in path.read_bytes().decode("utf-8").split("\n")[:-1]:
         m = LINE.match(line)
         assert m, f"line without prefix: {line[:80]!r}"
         out.append(m.group(1))
@@ -98,13 +97,16 @@ def test_stdout_and_stderr_keep_order(app: Context, make_pipeline: MakePipeline)
 
 
 def test_concurrent_writers_never_merge_lines(app: Context, make_pipeline: MakePipeline) -> None:
+    # A line written with one write() call is never split or mixed, whichever thread and
+    # stream it comes from. (print() makes two writes, text and newline; threads printing
+    # at the same moment can interleave inside Python itself, as on a terminal.)
     make_pipeline(
         "threads",
         """
         import sys, threading
         def spam(stream, ch):
-            for i in range(2000):
-                print(ch * 200 + str(i), file=stream)
+            for i in range(3000):
+                stream.write(ch * 300 + str(i) + "\\n")
         ts = [threading.Thread(target=spam, args=(s, c))
               for s, c in ((sys.stdout, "a"), (sys.stderr, "b"), (sys.stdout, "c"))]
         for t in ts: t.start()
@@ -113,12 +115,12 @@ def test_concurrent_writers_never_merge_lines(app: Context, make_pipeline: MakeP
     )
     result = run_pipeline(app.db, app.settings, "threads", "cli")
     lines = _payloads(result.log_path)
-    assert len(lines) == 6000
+    assert len(lines) == 9000
     for line in lines:
-        assert re.fullmatch(r"(a{200}|b{200}|c{200})\d+", line), line[:60]
+        assert re.fullmatch(r"(a{300}|b{300}|c{300})\d+", line), line[:60]
     for ch in "abc":
-        got = sorted(int(x[200:]) for x in lines if x[0] == ch)
-        assert got == list(range(2000))
+        got = [int(x[300:]) for x in lines if x[0] == ch]
+        assert got == list(range(3000))  # each thread's lines in its own order
 
 
 def test_invalid_utf8_and_binary_garbage(app: Context, make_pipeline: MakePipeline) -> None:
@@ -247,15 +249,39 @@ def test_startup_fails_runs_of_dead_processes(ff_env: dict[str, str], app: Conte
     log.parent.mkdir(parents=True)
     log.write_text("[2026-01-01 00:00:00.000] partial output")
     with app.db.session() as s:
-        s.add(PipelineRun(id=dead_id, pipeline_name="p", status="RUNNING",
-                          triggered_by="cli", log_file=log_rel,
-                          runner_host=socket.gethostname(), runner_pid=_dead_pid()))
+        s.add(
+            PipelineRun(
+                id=dead_id,
+                pipeline_name="p",
+                status="RUNNING",
+                triggered_by="cli",
+                log_file=log_rel,
+                runner_host=socket.gethostname(),
+                runner_pid=_dead_pid(),
+            )
+        )
         me = psutil.Process()
-        s.add(PipelineRun(id=live_id, pipeline_name="p", status="RUNNING",
-                          triggered_by="cli", runner_host=socket.gethostname(),
-                          runner_pid=me.pid, runner_started=me.create_time()))
-        s.add(PipelineRun(id=foreign_id, pipeline_name="p", status="RUNNING",
-                          triggered_by="cli", runner_host="other-host", runner_pid=1))
+        s.add(
+            PipelineRun(
+                id=live_id,
+                pipeline_name="p",
+                status="RUNNING",
+                triggered_by="cli",
+                runner_host=socket.gethostname(),
+                runner_pid=me.pid,
+                runner_started=me.create_time(),
+            )
+        )
+        s.add(
+            PipelineRun(
+                id=foreign_id,
+                pipeline_name="p",
+                status="RUNNING",
+                triggered_by="cli",
+                runner_host="other-host",
+                runner_pid=1,
+            )
+        )
     ctx = bootstrap(load_settings())
     dead = runs.get(ctx.db, dead_id)
     assert dead is not None and dead.status == "FAILED" and dead.finished_at is not None
@@ -272,7 +298,10 @@ def test_killed_cli_run_is_recovered(ff_env: dict[str, str], make_pipeline: Make
     env = {**os.environ, **ff_env}
     proc = subprocess.Popen(
         [sys.executable, "-m", "fastflow", "run", "long"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     logs = Path(ff_env["LOGS_DIR"]) / "long"
     # wait until the run has written its first line, then kill runner and pipeline

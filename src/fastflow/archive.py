@@ -209,8 +209,13 @@ def scrub(text: str, settings: Settings) -> str:
 # --- S3 ---------------------------------------------------------------------------------
 
 
-def make_client(settings: Settings, *, connect_timeout: float = CONNECT_TIMEOUT_S,
-                read_timeout: float = READ_TIMEOUT_S, attempts: int = TOTAL_MAX_ATTEMPTS) -> Any:
+def make_client(
+    settings: Settings,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    read_timeout: float = READ_TIMEOUT_S,
+    attempts: int = TOTAL_MAX_ATTEMPTS,
+) -> Any:
     """A boto3 S3 client from settings; raises ``ArchiveNotConfigured`` if incomplete."""
     missing = settings.s3_missing()
     if missing:

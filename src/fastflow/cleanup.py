@@ -98,8 +98,14 @@ def _meta(run: RunRef) -> dict[str, str]:
 class PassRun:
     """State of one executing pass (counters are updated under a lock by workers)."""
 
-    def __init__(self, ctx: Context, summary: PassSummary, now: datetime,
-                 store: S3Store | None, progress: Progress | None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        summary: PassSummary,
+        now: datetime,
+        store: S3Store | None,
+        progress: Progress | None,
+    ) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
         self.db = ctx.db
@@ -164,8 +170,10 @@ class PassRun:
 
     def _local_files(self, run: RunRef) -> dict[str, Path]:
         files: dict[str, Path] = {}
-        for name, rel in ((logfiles.LOG_NAME, run.log_file),
-                          (logfiles.METRICS_NAME, run.metrics_file)):
+        for name, rel in (
+            (logfiles.LOG_NAME, run.log_file),
+            (logfiles.METRICS_NAME, run.metrics_file),
+        ):
             if rel is None:
                 continue
             path = logfiles.resolve(self.logs_root, rel)
@@ -261,9 +269,18 @@ class PassRun:
         rid = str(entry.run_id)
         log_rel = row.log_file if row else logfiles.log_rel(entry.pipeline_name, rid)
         metrics_rel = row.metrics_file if row else logfiles.metrics_rel(entry.pipeline_name, rid)
-        ref = RunRef(entry.run_id, entry.pipeline_name, entry.status, entry.triggered_by,
-                     entry.started_at, entry.finished_at, entry.exit_code, log_rel, metrics_rel,
-                     None)
+        ref = RunRef(
+            entry.run_id,
+            entry.pipeline_name,
+            entry.status,
+            entry.triggered_by,
+            entry.started_at,
+            entry.finished_at,
+            entry.exit_code,
+            log_rel,
+            metrics_rel,
+            None,
+        )
         try:
             for rel, key, size, digest in (
                 (log_rel, entry.log_key, entry.log_size, entry.log_sha256),
@@ -287,8 +304,11 @@ class PassRun:
             now = utcnow()
             if row is None:
                 with self.db.session() as s:
-                    s.execute(update(ArchivedRun).where(ArchivedRun.run_id == entry.run_id)
-                              .values(local_deleted_at=now))
+                    s.execute(
+                        update(ArchivedRun)
+                        .where(ArchivedRun.run_id == entry.run_id)
+                        .values(local_deleted_at=now)
+                    )
             elif entry.reason == ActionKind.ARCHIVE_AND_DROP_FILES.value:
                 reaper.drop_file_columns(self.db, entry.run_id, now, archived=True)
                 self._bump(dropped_files_runs=1)
@@ -315,8 +335,11 @@ class PassRun:
             return
         if result is not None:
             with self.db.session() as s:
-                s.execute(update(PipelineRun).where(PipelineRun.id == run.id)
-                          .values(log_size=result.new_size))
+                s.execute(
+                    update(PipelineRun)
+                    .where(PipelineRun.id == run.id)
+                    .values(log_size=result.new_size)
+                )
             self._bump(truncated_logs=1)
 
 
@@ -459,8 +482,10 @@ def _prune_failures(ctx: Context) -> None:
     """Keep the newest ``MAX_FAILURE_ROWS`` failures."""
     with ctx.db.session() as s:
         cutoff = s.scalar(
-            select(BackupFailure.id).order_by(BackupFailure.id.desc())
-            .offset(MAX_FAILURE_ROWS).limit(1)
+            select(BackupFailure.id)
+            .order_by(BackupFailure.id.desc())
+            .offset(MAX_FAILURE_ROWS)
+            .limit(1)
         )
         if cutoff is not None:
             s.execute(delete(BackupFailure).where(BackupFailure.id <= cutoff))

@@ -11,6 +11,7 @@ import sys
 from typing import Any, NoReturn
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from fastflow import __version__, pipelines, runs
 from fastflow.app_context import Context, bootstrap
@@ -208,3 +209,6 @@ def main(argv: list[str] | None = None) -> Any:
         _fail(str(e), EXIT_FAILED)
     except FastflowError as e:
         _fail(str(e), EXIT_FAILED)
+    except SQLAlchemyError as e:
+        detail = str(getattr(e, "orig", None) or e).splitlines()[0]
+        _fail(f"database error: {detail} (check DATABASE_URL)", EXIT_FAILED)
