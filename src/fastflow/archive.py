@@ -31,8 +31,6 @@ from botocore.exceptions import (
 from fastflow.config import Settings
 from fastflow.errors import ArchiveError, ArchiveNotConfigured
 
-CONNECT_TIMEOUT_S = 5
-READ_TIMEOUT_S = 30
 TOTAL_MAX_ATTEMPTS = 3
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
@@ -169,7 +167,7 @@ def describe_error(exc: BaseException, settings: Settings) -> ArchiveError:
         msg = f"connection to {endpoint} timed out"
         connection = True
     elif isinstance(cause, ReadTimeoutError):
-        msg = f"no answer from {endpoint} within {READ_TIMEOUT_S} s (read timeout)"
+        msg = f"no answer from {endpoint} within {settings.s3_read_timeout:g} s (read timeout)"
         connection = True
     elif isinstance(cause, ClientError):
         err = cause.response.get("Error", {})
@@ -212,8 +210,8 @@ def scrub(text: str, settings: Settings) -> str:
 def make_client(
     settings: Settings,
     *,
-    connect_timeout: float = CONNECT_TIMEOUT_S,
-    read_timeout: float = READ_TIMEOUT_S,
+    connect_timeout: float | None = None,
+    read_timeout: float | None = None,
     attempts: int = TOTAL_MAX_ATTEMPTS,
 ) -> Any:
     """A boto3 S3 client from settings; raises ``ArchiveNotConfigured`` if incomplete."""
@@ -226,8 +224,8 @@ def make_client(
     cfg = Config(
         region_name=settings.s3_region,
         signature_version="s3v4",
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
+        connect_timeout=connect_timeout or settings.s3_connect_timeout,
+        read_timeout=read_timeout or settings.s3_read_timeout,
         retries={"mode": "standard", "total_max_attempts": attempts},
         s3={"addressing_style": "path" if settings.s3_use_path_style else "virtual"},
         max_pool_connections=max(10, settings.s3_max_concurrency * PART_CONCURRENCY),

@@ -215,6 +215,10 @@ class PassRun:
         with self._lock:
             self._conn_failures = 0
 
+    def _has_ledger_entry(self, run: RunRef) -> bool:
+        with self.db.session() as s:
+            return s.get(ArchivedRun, run.id) is not None
+
     def archive_then_remove(self, action: Action) -> None:
         """Archive (when enabled) and then delete the run or drop its files."""
         run = action.run
@@ -228,6 +232,10 @@ class PassRun:
             if files:
                 if self.summary.config_error is not None:
                     self._bump(skipped_runs=1)  # needs an archive that cannot be made
+                    return
+                if self._has_ledger_entry(run):
+                    # resume() owns runs that were archived before; never upload over them
+                    self._bump(skipped_runs=1)
                     return
                 if self.store is not None:
                     self._upload(run, files, action)

@@ -26,6 +26,8 @@ DEFAULT_CLEANUP_SCHEDULE = "0 2 * * *"
 DEFAULT_S3_REGION = "us-east-1"
 DEFAULT_S3_PREFIX = "pipeline-logs"
 DEFAULT_S3_MAX_CONCURRENCY = 8
+DEFAULT_S3_CONNECT_TIMEOUT = 5.0
+DEFAULT_S3_READ_TIMEOUT = 30.0
 DEFAULT_SMTP_PORT = 587
 DEFAULT_BASE_URL = "http://localhost:8000"
 
@@ -80,6 +82,8 @@ class Settings(BaseSettings):
     s3_prefix: str = DEFAULT_S3_PREFIX
     s3_use_path_style: bool = True
     s3_max_concurrency: int = Field(default=DEFAULT_S3_MAX_CONCURRENCY, ge=1, le=64)
+    s3_connect_timeout: float = Field(default=DEFAULT_S3_CONNECT_TIMEOUT, gt=0, le=300)
+    s3_read_timeout: float = Field(default=DEFAULT_S3_READ_TIMEOUT, gt=0, le=3600)
 
     email_enabled: bool = False
     smtp_host: str | None = None

@@ -1,0 +1,428 @@
+"""The cleanup pass against a real S3 server (moto) behind a fault-injecting proxy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastflow import archive
+from fastflow.app_context import Context, bootstrap
+from fastflow.cleanup import PassSummary, run_pass
+from fastflow.config import load_settings
+from fastflow.errors import PassAlreadyRunning
+from fastflow.passlock import PassLock
+from tests.harness.faultproxy import method_is
+from tests.harness.fixtures import S3Env
+from tests.lifecycle import (
+    NOW,
+    failures,
+    keys,
+    ledger,
+    object_bytes,
+    run_row,
+    seed_run,
+    seed_series,
+    unchanged,
+)
+
+
+def tune(ctx: Context, **overrides: Any) -> Context:
+    """The same database with other settings (validated like the environment)."""
+    data = ctx.settings.model_dump()
+    data.update(overrides)
+    return Context(settings=load_settings(**data), db=ctx.db)
+
+
+@pytest.fixture
+def s3_app(ff_env: dict[str, str], s3: S3Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("S3_CONNECT_TIMEOUT", "2")
+    monkeypatch.setenv("S3_READ_TIMEOUT", "2")
+    ctx = bootstrap(load_settings())
+    yield ctx
+    ctx.db.dispose()
+
+
+def _key(run_id: object, pipeline: str, name: str = "run.log") -> str:
+    return f"pipeline-logs/{pipeline}/{run_id}/{name}"
+
+
+def _pass(ctx: Context, **kw: Any) -> PassSummary:
+    return run_pass(ctx, "test", now=NOW, **kw)
+
+
+# --- the three scenarios ----------------------------------------------------------------
+
+
+def test_retention_by_count_archives_verifies_then_deletes(s3_app: Context, s3: S3Env) -> None:
+    ctx = tune(s3_app, log_retention_runs=2)
+    runs = seed_series(ctx, "etl", 5)
+    summary = _pass(ctx)
+    assert (summary.archived_runs, summary.deleted_runs) == (3, 3)
+    assert (summary.deleted_logs, summary.deleted_metrics) == (3, 3)
+    assert summary.backup_failures == 0 and summary.planned_runs == 3
+    client = s3.client()
+    entries = ledger(ctx)
+    for old in runs[:3]:
+        assert not old.log.exists() and not old.metrics.exists()
+        assert not old.log.parent.exists()
+        assert run_row(ctx, old.id) is None
+        assert object_bytes(client, s3.bucket, _key(old.id, "etl")) == old.log_bytes
+        assert object_bytes(client, s3.bucket, _key(old.id, "etl", "metrics.jsonl")) == (
+            old.metrics_bytes
+        )
+        head = client.head_object(Bucket=s3.bucket, Key=_key(old.id, "etl"))
+        meta = head["Metadata"]
+        assert meta["sha256"] == old.sha and meta["run_id"] == str(old.id)
+        assert {
+            "pipeline_name",
+            "started_at",
+            "finished_at",
+            "status",
+            "triggered_by",
+            "exit_code",
+        } <= set(meta)
+        entry = entries[old.id]
+        assert entry.log_sha256 == old.sha and entry.log_size == len(old.log_bytes)
+        assert entry.local_deleted_at is not None and entry.bucket == s3.bucket
+    for kept in runs[3:]:
+        assert kept.log.exists() and run_row(ctx, kept.id) is not None
+    assert summary.bytes_archived == sum(len(r.log_bytes) + len(r.metrics_bytes) for r in runs[:3])
+
+
+def test_retention_by_age(s3_app: Context, s3: S3Env) -> None:
+    ctx = tune(s3_app, log_retention_days=7)
+    old = seed_run(ctx, "daily", NOW - timedelta(days=8))
+    young = seed_run(ctx, "daily", NOW - timedelta(days=6))
+    summary = _pass(ctx)
+    assert summary.archived_runs == 1 and summary.deleted_runs == 1
+    assert run_row(ctx, old.id) is None and not old.log.exists()
+    assert run_row(ctx, young.id) is not None and young.log.exists()
+    assert _key(old.id, "daily") in keys(s3.client(), s3.bucket)
+
+
+def test_oversized_log_is_truncated_without_archive(s3_app: Context, s3: S3Env) -> None:
+    ctx = tune(s3_app, log_max_size_mb=1)
+    big = seed_run(ctx, "big", NOW - timedelta(hours=1), log=b"line of text\n" * 200_000)
+    summary = _pass(ctx)
+    assert summary.truncated_logs == 1 and summary.archived_runs == 0
+    assert big.log.stat().st_size <= 1024 * 1024
+    assert big.log.read_bytes().startswith(b"[... ")
+    row = run_row(ctx, big.id)
+    assert row is not None and row.log_size == big.log.stat().st_size
+    assert keys(s3.client(), s3.bucket) == set()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1.6 MB filesystem (tmpfs), so that writes fail with ENOSPC."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs for the disk-full test: {res.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs (needs root): {res.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_truncation_failure_falls_back_to_archive_and_drops_files(
+    s3_app: Context, s3: S3Env, small_disk: Path
+) -> None:
+    ctx = tune(s3_app, log_max_size_mb=1, logs_dir=str(small_disk / "logs"))
+    content = b"".join(b"%07d some log text of a noisy pipeline\n" % i for i in range(32_000))
+    assert len(content) > 1_300_000  # the 1 MB tail copy cannot fit in what is left
+    big = seed_run(ctx, "big", NOW - timedelta(hours=1), log=content)
+    summary = _pass(ctx)
+    assert summary.truncated_logs == 0
+    assert summary.dropped_files_runs == 1 and summary.archived_runs == 1
+    assert summary.deleted_runs == 0 and summary.backup_failures == 0
+    assert not big.log.exists() and not big.metrics.exists()
+    assert not list(big.log.parent.parent.glob("*/.truncate-*"))
+    kept = run_row(ctx, big.id)
+    assert kept is not None and kept.log_file is None and kept.metrics_file is None
+    assert object_bytes(s3.client(), s3.bucket, _key(big.id, "big")) == content
+    entry = ledger(ctx)[big.id]
+    assert entry.reason == "archive_and_drop_files" and entry.local_deleted_at is not None
+
+
+def test_truncation_failure_with_s3_down_keeps_everything(
+    s3_app: Context, s3: S3Env, small_disk: Path
+) -> None:
+    ctx = tune(s3_app, log_max_size_mb=1, logs_dir=str(small_disk / "logs"))
+    content = b"z" * 80 + b"\n"
+    big = seed_run(ctx, "big", NOW - timedelta(hours=1), log=content * 17_000)
+    s3.proxy.stop()
+    with unchanged(big.log):
+        summary = _pass(ctx)
+    assert summary.backup_failures == 1 and summary.dropped_files_runs == 0
+    row = run_row(ctx, big.id)
+    assert row is not None and row.log_file is not None
+
+
+# --- no backup ---------------------------------------------------------------------------
+
+
+def test_s3_disabled_deletes_without_upload(s3_app: Context, s3: S3Env) -> None:
+    ctx = tune(s3_app, log_retention_runs=1, s3_backup_enabled=False)
+    old, new = seed_series(ctx, "p", 2)
+    summary = _pass(ctx)
+    assert summary.deleted_runs == 1 and summary.archived_runs == 0
+    assert not old.log.exists() and run_row(ctx, old.id) is None
+    assert new.log.exists()
+    assert keys(s3.client(), s3.bucket) == set() and s3.proxy.requests == []
+
+
+def test_run_without_files_is_deleted_even_when_s3_is_down(s3_app: Context, s3: S3Env) -> None:
+    ctx = tune(s3_app, log_retention_runs=1)
+    empty = seed_run(ctx, "p", NOW - timedelta(days=3), metrics=False, write_log=False)
+    seed_run(ctx, "p", NOW - timedelta(days=1))
+    s3.proxy.stop()
+    summary = _pass(ctx)
+    assert summary.deleted_runs == 1 and summary.backup_failures == 0
+    assert run_row(ctx, empty.id) is None
+
+
+def test_incomplete_s3_config_deletes_nothing_that_needs_an_archive(
+    s3_app: Context, s3: S3Env
+) -> None:
+    ctx = tune(s3_app, log_retention_runs=1, s3_bucket=None, s3_secret_access_key=None)
+    old, _ = seed_series(ctx, "p", 2)
+    empty = seed_run(ctx, "p", NOW - timedelta(days=5), metrics=False, write_log=False)
+    with unchanged(old.log):
+        summary = _pass(ctx)
+    assert summary.config_error is not None
+    assert "S3_BUCKET" in summary.config_error and "S3_SECRET_ACCESS_KEY" in summary.config_error
+    assert run_row(ctx, old.id) is not None
+    assert run_row(ctx, empty.id) is None  # nothing to archive: deleted as before
+    assert summary.skipped_runs == 1 and summary.deleted_runs == 1
+    (failure,) = failures(ctx)
+    assert failure.run_id is None and "S3_BUCKET" in failure.error_message
+
+
+# --- failures: nothing deleted, recorded, retried, resolved --------------------------------
+
+
+def _assert_kept(ctx: Context, runs: list[Any]) -> None:
+    for r in runs:
+        assert r.log.read_bytes() == r.log_bytes and r.metrics.exists()
+        assert run_row(ctx, r.id) is not None
+
+
+FAULTS = {
+    "refused": (lambda s3: s3.proxy.stop(), "connection failed"),
+    "500": (lambda s3: s3.proxy.fail(500), "S3 server error 500"),
+    "503": (lambda s3: s3.proxy.fail(503, code="ServiceUnavailable"), "S3 server error 503"),
+    "slow": (lambda s3: s3.proxy.delay(5), "read timeout"),
+    "credentials": (
+        lambda s3: s3.proxy.fail(403, code="InvalidAccessKeyId"),
+        "access denied (InvalidAccessKeyId)",
+    ),
+    "dropped": (lambda s3: s3.proxy.drop(match=method_is("PUT"), after_bytes=100), "connection"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_upload_fault_keeps_everything_and_next_pass_recovers(
+    s3_app: Context, s3: S3Env, fault: str
+) -> None:
+    inject, text = FAULTS[fault]
+    ctx = tune(s3_app, log_retention_runs=1)
+    runs = seed_series(ctx, "p", 3)
+    inject(s3)
+    summary = _pass(ctx)
+    _assert_kept(ctx, runs)
+    assert summary.archived_runs == 0 and summary.deleted_runs == 0
+    assert summary.backup_failures >= 1
+    assert summary.backup_failures + summary.skipped_runs == 2
+    recorded = failures(ctx)
+    assert recorded and all(text in f.error_message for f in recorded), recorded[0].error_message
+    assert s3.secret_key not in recorded[0].error_message
+    assert ledger(ctx) == {}
+    # the server is back: the next pass archives and resolves the failures
+    s3.proxy.clear()
+    if not s3.proxy.running:
+        s3.proxy.start()
+    again = _pass(ctx)
+    assert again.archived_runs == 2 and again.deleted_runs == 2 and again.backup_failures == 0
+    assert failures(ctx) == []
+    assert all(f.resolved_at is not None for f in failures(ctx, unresolved=False))
+
+
+def test_missing_bucket_is_named(s3_app: Context, s3: S3Env) -> None:
+    ctx = tune(s3_app, log_retention_runs=1, s3_bucket="no-such-bucket")
+    runs = seed_series(ctx, "p", 2)
+    summary = _pass(ctx)
+    _assert_kept(ctx, runs)
+    assert summary.backup_failures == 1
+    assert failures(ctx)[0].error_message == "bucket 'no-such-bucket' does not exist"
+
+
+def test_503_once_then_success_is_retried_within_the_pass(s3_app: Context, s3: S3Env) -> None:
+    ctx = tune(s3_app, log_retention_runs=1)
+    old, _ = seed_series(ctx, "p", 2)
+    s3.proxy.fail(503, times=1, match=method_is("PUT"), code="SlowDown")
+    summary = _pass(ctx)
+    assert summary.archived_runs == 1 and summary.backup_failures == 0
+    assert run_row(ctx, old.id) is None
+
+
+def test_s3_down_ends_the_pass_quickly_and_skips_the_rest(s3_app: Context, s3: S3Env) -> None:
+    ctx = tune(s3_app, log_retention_runs=1, s3_max_concurrency=2)
+    runs = seed_series(ctx, "p", 30)
+    s3.proxy.stop()
+    summary = _pass(ctx)
+    _assert_kept(ctx, runs)
+    assert summary.backup_failures >= 3 and summary.skipped_runs >= 20
+    assert summary.backup_failures + summary.skipped_runs == 29
+    assert summary.duration_s < 60
+
+
+def test_checksum_mismatch_is_refused(s3_app: Context, s3: S3Env) -> None:
+    store = archive.open_store(s3_app.settings)
+    client = s3.client()
+    client.put_object(
+        Bucket=s3.bucket, Key="k/run.log", Body=b"stored bytes", Metadata={"sha256": "0" * 64}
+    )
+    with pytest.raises(archive.ArchiveError, match="checksum mismatch"):
+        store.verify("k/run.log", len(b"stored bytes"), "f" * 64)
+    with pytest.raises(archive.ArchiveError, match="has 12 bytes, expected 13"):
+        store.verify("k/run.log", 13, "0" * 64)
+    with pytest.raises(archive.ArchiveError, match="does not exist"):
+        store.verify("k/missing.log", 1, "0" * 64)
+
+
+def test_local_file_changed_after_archiving_is_not_deleted(s3_app: Context, s3: S3Env) -> None:
+    """A ledger entry whose local file no longer matches the archive keeps the file."""
+    ctx = tune(s3_app, log_retention_runs=1)
+    old, _ = seed_series(ctx, "p", 2)
+    s3.proxy.fail(500, match=lambda m, p: m == "DELETE")  # irrelevant; keep proxy in path
+    store = archive.open_store(ctx.settings)
+    stored = store.put_verified(_key(old.id, "p"), old.log, {"run_id": str(old.id)})
+    from fastflow.models import ArchivedRun
+
+    with ctx.db.session() as s:
+        s.add(
+            ArchivedRun(
+                run_id=old.id,
+                pipeline_name="p",
+                status="SUCCESS",
+                triggered_by="schedule",
+                started_at=NOW,
+                bucket=s3.bucket,
+                log_key=stored.key,
+                log_size=stored.size,
+                log_sha256=stored.sha256,
+                reason="archive_and_delete_run",
+            )
+        )
+    old.log.write_bytes(b"rewritten after archiving\n")
+    summary = _pass(ctx)
+    assert old.log.read_bytes() == b"rewritten after archiving\n"
+    assert run_row(ctx, old.id) is not None
+    assert "changed since it was archived" in failures(ctx)[0].error_message
+    assert summary.backup_failures == 1
+    # the archived copy was not overwritten
+    assert object_bytes(s3.client(), s3.bucket, stored.key) == old.log_bytes
+
+
+# --- names, active runs, dry run ----------------------------------------------------------
+
+
+def test_non_ascii_pipeline_names_and_metadata(s3_app: Context, s3: S3Env) -> None:
+    ctx = tune(s3_app, log_retention_runs=1)
+    name = "Übersicht 2024 — 日本"
+    old, _ = seed_series(ctx, name, 2)
+    summary = _pass(ctx)
+    assert summary.archived_runs == 1
+    head = s3.client().head_object(Bucket=s3.bucket, Key=_key(old.id, name))
+    raw = head["Metadata"]["pipeline_name"]
+    assert raw.isascii() and raw.startswith("=?UTF-8?B?")
+    assert archive.decode_meta(raw) == name
+
+
+@pytest.mark.parametrize("value", ["plain", "Grüße", "=?UTF-8?B?looks-encoded?=", "tab\there", ""])
+def test_metadata_encoding_roundtrips(value: str) -> None:
+    encoded = archive.encode_meta(value)
+    assert encoded.isascii()
+    assert archive.decode_meta(encoded) == value
+
+
+def test_active_runs_are_never_touched(s3_app: Context, s3: S3Env) -> None:
+    ctx = tune(s3_app, log_retention_runs=1, log_retention_days=1, log_max_size_mb=1)
+    running = seed_run(ctx, "p", NOW - timedelta(days=400), status="RUNNING", log=b"x" * 2_000_000)
+    pending = seed_run(ctx, "p", NOW - timedelta(days=300), status="PENDING")
+    seed_series(ctx, "p", 3)
+    with unchanged(running.log), unchanged(pending.log):
+        summary = _pass(ctx)
+    assert summary.deleted_runs == 2  # the newest finished run is kept
+    assert run_row(ctx, running.id) is not None and run_row(ctx, pending.id) is not None
+    assert not any(
+        str(running.id) in k or str(pending.id) in k for k in keys(s3.client(), s3.bucket)
+    )
+
+
+def test_dry_run_changes_nothing(s3_app: Context, s3: S3Env) -> None:
+    ctx = tune(s3_app, log_retention_runs=1, log_max_size_mb=1)
+    runs = seed_series(ctx, "p", 3)
+    big = seed_run(ctx, "q", NOW, log=b"y" * 1_500_000)
+    with unchanged(runs[0].log), unchanged(big.log):
+        summary = _pass(ctx, dry_run=True)
+    assert summary.planned_runs == 2 and summary.planned_truncations == 1
+    assert len(summary.plan) == 3
+    assert any(
+        "archive_and_delete_run" in line and str(runs[0].id) in line for line in summary.plan
+    )
+    assert any("truncate_log" in line and str(big.id) in line for line in summary.plan)
+    assert all(run_row(ctx, r.id) is not None for r in runs)
+    assert s3.proxy.requests == [] and ledger(ctx) == {}
+
+
+# --- one pass at a time ---------------------------------------------------------------------
+
+
+def test_second_pass_while_one_runs_fails_fast(s3_app: Context) -> None:
+    with PassLock(s3_app.db), pytest.raises(PassAlreadyRunning):
+        _pass(s3_app)
+
+
+def test_concurrent_passes_on_postgres_one_runs(
+    pg_url: str, s3: S3Env, ff_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    ctx = tune(bootstrap(load_settings(database_url=pg_url)), log_retention_runs=1)
+    seed_series(ctx, "p", 6)
+    s3.proxy.delay(0.3, match=method_is("PUT"))  # keep the first pass busy for a while
+    results: list[object] = []
+
+    def attempt() -> None:
+        other = Context(settings=ctx.settings, db=bootstrap(ctx.settings, recover=False).db)
+        try:
+            results.append(_pass(other))
+        except PassAlreadyRunning as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=attempt) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    passes = [r for r in results if isinstance(r, PassSummary)]
+    assert len(passes) == 1 and passes[0].archived_runs == 5
+    assert sum(isinstance(r, PassAlreadyRunning) for r in results) == 2
+    assert len(ledger(ctx)) == 5
