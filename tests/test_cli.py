@@ -10,7 +10,9 @@ from subprocess import CompletedProcess
 
 import pytest
 
+from fastflow.app_context import Context
 from tests.conftest import MakePipeline
+from tests.harness.fixtures import S3Env
 
 Cli = Callable[..., CompletedProcess[str]]
 
@@ -126,3 +128,123 @@ def test_invalid_secret_is_masked_on_stderr(cli: Cli, ff_env: dict[str, str]) ->
     res = cli("runs", env={"TEAMS_WEBHOOK_URL": "nohost/topsecret"})
     assert res.returncode == 2
     assert "TEAMS_WEBHOOK_URL" in res.stderr and "topsecret" not in res.stderr
+
+
+# --- cleanup and logs with a real S3 server ------------------------------------------------
+
+
+def _seed_cli_runs(cli: Cli, make_pipeline: MakePipeline, n: int) -> list[str]:
+    make_pipeline("job", "import os\nprint('output of', os.environ['FASTFLOW_RUN_ID'])\n")
+    return [cli("run", "job").stdout.split()[-1] for _ in range(n)]
+
+
+def test_cleanup_json_archives_and_logs_reads_back(
+    cli: Cli, make_pipeline: MakePipeline, s3: S3Env
+) -> None:
+    ids = _seed_cli_runs(cli, make_pipeline, 3)
+    env = {**s3.env(), "LOG_RETENTION_RUNS": "1"}
+    res = cli("cleanup", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    for key in (
+        "deleted_runs",
+        "deleted_logs",
+        "deleted_metrics",
+        "truncated_logs",
+        "archived_runs",
+        "backup_failures",
+        "skipped_runs",
+        "bytes_archived",
+        "duration_s",
+    ):
+        assert key in summary
+    assert summary["archived_runs"] == 2 and summary["deleted_runs"] == 2
+    assert summary["deleted_logs"] == 2 and summary["deleted_metrics"] == 2
+    assert summary["bytes_archived"] > 0 and summary["backup_failures"] == 0
+    remaining = [r["id"] for r in json.loads(cli("runs", "--json").stdout)]
+    assert remaining == [ids[-1]]
+    # the oldest run's row and files are gone; its log comes back from the archive
+    res = cli("logs", ids[0], env=env)
+    assert res.returncode == 0, res.stderr
+    assert f"output of {ids[0]}" in res.stdout
+    assert "read back from the archive" in res.stderr
+
+
+def test_cleanup_exit_1_when_backups_fail(cli: Cli, make_pipeline: MakePipeline, s3: S3Env) -> None:
+    _seed_cli_runs(cli, make_pipeline, 2)
+    s3.proxy.fail(500)
+    res = cli("cleanup", "--json", env={**s3.env(), "LOG_RETENTION_RUNS": "1"})
+    assert res.returncode == 1
+    summary = json.loads(res.stdout)
+    assert summary["backup_failures"] == 1 and summary["deleted_runs"] == 0
+    assert s3.secret_key not in res.stdout + res.stderr
+
+
+def test_cleanup_exit_2_when_s3_incomplete(cli: Cli, make_pipeline: MakePipeline) -> None:
+    _seed_cli_runs(cli, make_pipeline, 2)
+    res = cli(
+        "cleanup", env={"S3_BACKUP_ENABLED": "true", "S3_BUCKET": "b", "LOG_RETENTION_RUNS": "1"}
+    )
+    assert res.returncode == 2
+    last = res.stderr.strip().splitlines()[-1]
+    assert "S3_ENDPOINT_URL" in last and "S3_ACCESS_KEY" in last
+    assert "S3_SECRET_ACCESS_KEY" in last and "S3_BUCKET" not in last.split("missing")[1]
+    assert len(json.loads(cli("runs", "--json").stdout)) == 2
+
+
+def test_cleanup_exit_3_when_another_pass_runs(
+    cli: Cli, make_pipeline: MakePipeline, app: Context
+) -> None:
+    from fastflow.passlock import PassLock
+
+    with PassLock(app.db):
+        res = cli("cleanup")
+    assert res.returncode == 3
+    assert "another cleanup pass is running" in res.stderr
+
+
+def test_cleanup_dry_run_prints_plan_and_changes_nothing(
+    cli: Cli, make_pipeline: MakePipeline, s3: S3Env
+) -> None:
+    ids = _seed_cli_runs(cli, make_pipeline, 3)
+    res = cli("cleanup", "--dry-run", env={**s3.env(), "LOG_RETENTION_RUNS": "1"})
+    assert res.returncode == 0
+    lines = res.stdout.splitlines()
+    assert len(lines) == 2 and all("archive_and_delete_run" in x for x in lines)
+    assert ids[0] in res.stdout and ids[1] in res.stdout and ids[2] not in res.stdout
+    assert "more than 1 finished runs" in res.stdout
+    assert len(json.loads(cli("runs", "--json").stdout)) == 3
+    assert s3.proxy.requests == []
+
+
+def test_serve_answers_health(ff_env: dict[str, str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import wait_until
+    from tests.harness.ports import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastflow", "serve", "--port", str(port)],
+        env={**os.environ, **ff_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200
+            except httpx.HTTPError:
+                assert proc.poll() is None, "fastflow serve exited"
+                return False
+
+        wait_until(healthy, 60, "fastflow serve to answer /api/health")
+        assert httpx.get(f"http://127.0.0.1:{port}/api/health").json()["status"] == "ok"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
