@@ -79,7 +79,9 @@ def test_sigkill_at_random_instants_never_loses_a_log(
             start_new_session=True,
         )
         wait_until(
-            lambda: len(s3.proxy.requests) >= target or proc.poll() is not None,
+            lambda proc=proc, target=target: (  # type: ignore[misc]
+                len(s3.proxy.requests) >= target or proc.poll() is not None
+            ),
             60,
             f"{target} S3 requests (attempt {attempt})",
         )
