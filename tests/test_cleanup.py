@@ -224,7 +224,7 @@ def _assert_kept(ctx: Context, runs: list[Any]) -> None:
 
 
 FAULTS = {
-    "refused": (lambda s3: s3.proxy.stop(), "connection failed"),
+    "refused": (lambda s3: s3.proxy.stop(), "connection refused at http://127.0.0.1:"),
     "500": (lambda s3: s3.proxy.fail(500), "S3 server error 500"),
     "503": (lambda s3: s3.proxy.fail(503, code="ServiceUnavailable"), "S3 server error 503"),
     "slow": (lambda s3: s3.proxy.delay(5), "read timeout"),

@@ -110,8 +110,8 @@ def test_head_revision_constant_matches_migration_scripts() -> None:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from fastflow.db import HEAD_REVISION, MIGRATIONS_DIR
+    from fastflow.db import MIGRATIONS_DIR, head_revision
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD_REVISION
+    assert ScriptDirectory.from_config(cfg).get_current_head() == head_revision()

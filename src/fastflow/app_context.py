@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastflow import runs
 from fastflow.config import Settings
@@ -11,14 +11,33 @@ from fastflow.db import Database
 
 @dataclass
 class Context:
+    """What every service needs. ``settings`` are the effective settings (environment plus
+    the overrides saved in the database); ``base`` are the environment's alone."""
+
     settings: Settings
     db: Database
+    base: Settings = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.base is None:
+            self.base = self.settings
+
+    def reload_settings(self) -> Settings:
+        """Re-read the stored overrides (after a change through the API)."""
+        from fastflow import settings_store
+
+        overrides = settings_store.load_overrides(self.db, self.base)
+        self.settings = settings_store.effective(self.base, overrides)
+        return self.settings
 
 
 def bootstrap(settings: Settings, *, recover: bool = True) -> Context:
-    """Open the database, apply migrations, and fail runs orphaned by a dead process."""
+    """Open the database, apply migrations and stored setting overrides, and fail runs
+    orphaned by a dead process."""
     db = Database(settings)
     db.migrate()
+    ctx = Context(settings=settings, db=db)
+    ctx.reload_settings()
     if recover:
-        runs.recover_orphans(db, settings.logs_root)
-    return Context(settings=settings, db=db)
+        runs.recover_orphans(db, ctx.settings.logs_root)
+    return ctx

@@ -160,8 +160,17 @@ def describe_error(exc: BaseException, settings: Settings) -> ArchiveError:
     endpoint = settings.s3_endpoint_url or "the S3 endpoint"
     bucket = settings.s3_bucket or "?"
     connection = False
-    if isinstance(cause, EndpointConnectionError | ConnectionClosedError):
-        msg = f"connection failed to {endpoint}: server unreachable or connection dropped"
+    if isinstance(cause, EndpointConnectionError):
+        detail = str(cause.kwargs.get("error", ""))
+        if "refused" in detail.lower():
+            msg = f"connection refused at {endpoint}: is the S3 server running?"
+        elif "resolve" in detail.lower() or "name or service" in detail.lower():
+            msg = f"cannot resolve the host of {endpoint}: check S3_ENDPOINT_URL"
+        else:
+            msg = f"cannot connect to {endpoint}: server unreachable"
+        connection = True
+    elif isinstance(cause, ConnectionClosedError):
+        msg = f"connection to {endpoint} dropped during the request"
         connection = True
     elif isinstance(cause, ConnectTimeoutError):
         msg = f"connection to {endpoint} timed out"

@@ -32,7 +32,13 @@ DEFAULT_SMTP_PORT = 587
 DEFAULT_BASE_URL = "http://localhost:8000"
 
 SECRET_FIELDS = frozenset(
-    {"s3_access_key", "s3_secret_access_key", "smtp_password", "teams_webhook_url"}
+    {
+        "s3_access_key",
+        "s3_secret_access_key",
+        "smtp_password",
+        "teams_webhook_url",
+        "fastflow_secret_key",
+    }
 )
 S3_REQUIRED = ("s3_endpoint_url", "s3_bucket", "s3_access_key", "s3_secret_access_key")
 
@@ -98,6 +104,7 @@ class Settings(BaseSettings):
     teams_webhook_url: SecretStr | None = None
 
     fastflow_base_url: str = DEFAULT_BASE_URL
+    fastflow_secret_key: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod

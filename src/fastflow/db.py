@@ -15,9 +15,16 @@ from fastflow.config import Settings
 from fastflow.errors import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-# The newest revision in migrations/versions (a test keeps the two in step). When the
-# database is already there, start-up skips importing Alembic (a tenth of a second).
-HEAD_REVISION = "0001"
+
+
+def head_revision() -> str:
+    """The newest migration, read from the file names (revisions are numbered ``NNNN_``).
+
+    Cheap on purpose: when the database is already there, start-up skips importing
+    Alembic (a tenth of a second); a test keeps this equal to Alembic's own head.
+    """
+    names = sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    return names[-1][:4]
 _MIGRATION_LOCK_KEY = 0x66617374  # "fast": serialises concurrent start-ups on PostgreSQL
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -71,7 +78,7 @@ def current_revision(engine: Engine) -> str | None:
 
 def migrate(engine: Engine) -> None:
     """Apply every Alembic migration (idempotent; safe when processes start together)."""
-    if current_revision(engine) == HEAD_REVISION:
+    if current_revision(engine) == head_revision():
         return
     from alembic import command
     from alembic.config import Config

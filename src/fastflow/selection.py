@@ -38,6 +38,12 @@ _COLUMNS = (
 )
 
 
+def _key_tuple(key: Boundary) -> Any:
+    """A (started_at, id) literal typed like the columns, so that timestamps bind as naive
+    UTC whatever the database session's time zone."""
+    return tuple_(*key, types=[PipelineRun.started_at.type, PipelineRun.id.type])
+
+
 def pipeline_names(db: Database) -> list[str]:
     """Every pipeline that has runs (an index scan)."""
     with db.session() as s:
@@ -73,7 +79,7 @@ def _pages(db: Database, base: Any, batch: int) -> Iterator[list[RunRef]]:
     while True:
         q = base
         if cursor is not None:
-            q = q.where(tuple_(PipelineRun.started_at, PipelineRun.id) > tuple_(*cursor))
+            q = q.where(tuple_(PipelineRun.started_at, PipelineRun.id) > _key_tuple(cursor))
         q = q.order_by(PipelineRun.started_at, PipelineRun.id).limit(batch)
         with db.session() as s:
             rows = [_ref(r) for r in s.execute(q)]
@@ -93,7 +99,7 @@ def deletion_candidates(
     cutoff = age_cutoff(policy, now)
     conds = []
     if boundary is not None:
-        conds.append(tuple_(PipelineRun.started_at, PipelineRun.id) < tuple_(*boundary))
+        conds.append(tuple_(PipelineRun.started_at, PipelineRun.id) < _key_tuple(boundary))
     if cutoff is not None:
         conds.append(PipelineRun.started_at < cutoff)
     if not conds:
@@ -125,7 +131,7 @@ def truncation_candidates(
         or_(PipelineRun.log_size > policy.max_log_bytes, PipelineRun.log_size.is_(None)),
     ]
     if boundary is not None:
-        conds.append(tuple_(PipelineRun.started_at, PipelineRun.id) >= tuple_(*boundary))
+        conds.append(tuple_(PipelineRun.started_at, PipelineRun.id) >= _key_tuple(boundary))
     if cutoff is not None:
         conds.append(PipelineRun.started_at >= cutoff)
     base = select(*_COLUMNS).where(*_finished(pipeline), and_(*conds))  # type: ignore[arg-type]

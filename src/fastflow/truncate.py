@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,7 +30,7 @@ class TruncateResult:
 
 
 def marker(removed: int, now: datetime) -> bytes:
-    stamp = now.strftime("%Y-%m-%d %H:%M:%S UTC")
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return f"[... {removed} bytes truncated by fastflow at {stamp} ...]\n".encode()
 
 
@@ -42,7 +42,7 @@ def _tail_start(fh: BinaryIO, size: int, budget: int) -> int:
     fh.seek(start - 1)
     window = fh.read(min(SCAN_LIMIT, size - start + 1))
     nl = window.find(b"\n")
-    if nl >= 0:
+    if nl >= 0 and start + nl < size:
         return start + nl  # window[0] is the byte before start
     # one very long line: cut at a character boundary instead
     offset = start

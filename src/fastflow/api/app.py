@@ -1,15 +1,39 @@
-"""Build the FastAPI application from a bootstrapped context."""
+"""Build the FastAPI application from a bootstrapped context (the one wiring module)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
-from fastflow import __version__
+from fastflow import __version__, accounts
+from fastflow.api import errors
+from fastflow.api.routers import auth, pipelines, runs, settings
 from fastflow.app_context import Context
+from fastflow.background import RunLauncher
 from fastflow.scheduler import CleanupScheduler
+
+log = logging.getLogger("fastflow.api")
+
+FIRST_ADMIN_HINT = (
+    "no user exists yet: create the first admin with\n"
+    "    fastflow user create admin --role admin\n"
+    "(the password is prompted, or read from stdin)"
+)
+
+
+def _after_scheduled_pass(ctx: Context) -> Any:
+    def hook(summary: object) -> None:
+        try:
+            from fastflow import notify
+        except ImportError:  # pragma: no cover
+            return
+        notify.after_pass(ctx, summary)  # type: ignore[arg-type]
+
+    return hook
 
 
 def create_app(ctx: Context, *, schedule: bool = True) -> FastAPI:
@@ -17,7 +41,9 @@ def create_app(ctx: Context, *, schedule: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        scheduler = CleanupScheduler(ctx) if schedule else None
+        if accounts.count_users(ctx.db) == 0:
+            log.warning(FIRST_ADMIN_HINT)
+        scheduler = CleanupScheduler(ctx, on_pass=_after_scheduled_pass(ctx)) if schedule else None
         if scheduler:
             scheduler.start()
         try:
@@ -28,9 +54,17 @@ def create_app(ctx: Context, *, schedule: bool = True) -> FastAPI:
 
     app = FastAPI(title="fastflow", version=__version__, lifespan=lifespan)
     app.state.ctx = ctx
+    app.state.launcher = RunLauncher(ctx)
+    errors.install(app)
 
-    @app.get("/api/health")
+    @app.get("/api/health", tags=["health"])
     def health() -> dict[str, str]:
+        """Liveness; the only route that needs no authentication."""
         return {"status": "ok", "version": __version__}
 
+    for router in (auth.router, runs.router, pipelines.router, settings.router):
+        app.include_router(router)
+    from fastflow.web.views import install as install_web
+
+    install_web(app)
     return app

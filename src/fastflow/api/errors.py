@@ -1,0 +1,54 @@
+"""One place that maps domain errors to HTTP statuses (services never raise HTTPException)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from fastflow import archive
+from fastflow.accounts import AuthError, Forbidden, InvalidInput
+from fastflow.errors import (
+    ArchiveError,
+    ConfigError,
+    FastflowError,
+    InvalidPipelineConfig,
+    InvalidPipelineName,
+    LogNotAvailable,
+    PassAlreadyRunning,
+    PipelineNotFound,
+    RunNotFound,
+    UnsafePath,
+)
+
+STATUS: list[tuple[type[FastflowError], int]] = [
+    (AuthError, 401),
+    (Forbidden, 403),
+    (RunNotFound, 404),
+    (PipelineNotFound, 404),
+    (LogNotAvailable, 404),
+    (PassAlreadyRunning, 409),
+    (InvalidInput, 422),
+    (InvalidPipelineName, 422),
+    (InvalidPipelineConfig, 422),
+    (ConfigError, 422),
+    (UnsafePath, 400),
+    (ArchiveError, 502),
+]
+
+
+def status_for(exc: FastflowError) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(FastflowError)
+    async def _domain_error(request: Request, exc: FastflowError) -> JSONResponse:
+        ctx = request.app.state.ctx
+        body: dict[str, object] = {"detail": archive.scrub(str(exc), ctx.settings)}
+        if isinstance(exc, PassAlreadyRunning) and exc.started_at:
+            body["started_at"] = exc.started_at
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
+        return JSONResponse(body, status_code=status_for(exc), headers=headers)

@@ -1,0 +1,34 @@
+"""Pipelines and starting runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from fastflow import pipelines, runs
+from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
+from fastflow.models import Trigger
+
+router = APIRouter(prefix="/api/pipelines", tags=["pipelines"])
+
+
+@router.get("")
+def list_pipelines(ctx: CtxDep, _: PrincipalDep) -> list[dict[str, Any]]:
+    """Discovered pipelines with their last run."""
+    out = []
+    for p in pipelines.discover(ctx.settings.pipelines_dir):
+        data = p.to_dict()
+        last = runs.list_runs(ctx.db, pipeline=p.name, limit=1)
+        data["last_run"] = last[0].to_dict() if last else None
+        out.append(data)
+    return out
+
+
+@router.post("/{name}/run", status_code=202)
+def start_run(name: str, launcher: LauncherDep, _: AdminDep) -> JSONResponse:
+    """Start a run in the background; 202 with its id."""
+    run_id = launcher.start(name, Trigger.API.value)
+    return JSONResponse({"run_id": str(run_id), "pipeline_name": name, "status": "PENDING"},
+                        status_code=202)

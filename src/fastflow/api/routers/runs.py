@@ -1,0 +1,82 @@
+"""Runs, their logs and metrics, and the archive ledger."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from fastflow import runs as run_rows
+from fastflow import runviews
+from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
+from fastflow.errors import RunNotFound
+from fastflow.logreader import open_log
+from fastflow.models import RunStatus
+
+router = APIRouter(prefix="/api", tags=["runs"])
+
+
+@router.get("/runs")
+def list_runs(
+    ctx: CtxDep,
+    _: PrincipalDep,
+    pipeline_name: str | None = None,
+    status: RunStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[dict[str, Any]]:
+    """Runs, newest first, with archive information."""
+    return runviews.list_views(
+        ctx, pipeline=pipeline_name, status=status.value if status else None,
+        limit=limit, offset=offset,
+    )
+
+
+@router.get("/runs/{run_id}")
+def get_run(run_id: uuid.UUID, ctx: CtxDep, _: PrincipalDep) -> dict[str, Any]:
+    return runviews.get_view(ctx, run_id)
+
+
+@router.get("/runs/{run_id}/logs", response_class=StreamingResponse)
+def get_logs(
+    run_id: uuid.UUID,
+    ctx: CtxDep,
+    _: PrincipalDep,
+    tail_bytes: Annotated[int | None, Query(ge=0)] = None,
+) -> StreamingResponse:
+    """The log as text (streamed), from local disk or read back from the archive."""
+    source = open_log(ctx, run_id, run_rows.get(ctx.db, run_id), tail_bytes)
+    return StreamingResponse(
+        source.chunks,
+        media_type="text/plain; charset=utf-8",
+        headers={"X-Log-Source": source.origin, "X-Log-Size": str(source.size),
+                 "Cache-Control": "no-store"},
+    )
+
+
+@router.get("/runs/{run_id}/metrics")
+def get_metrics(run_id: uuid.UUID, ctx: CtxDep, _: PrincipalDep) -> list[dict[str, Any]]:
+    return runviews.metrics(ctx, run_id)
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel_run(run_id: uuid.UUID, launcher: LauncherDep, _: AdminDep) -> dict[str, bool]:
+    """Cancel a run that this server executes (its process tree is killed)."""
+    if not launcher.cancel(run_id):
+        raise RunNotFound(f"run {run_id} is not running in this server")
+    return {"cancelled": True}
+
+
+@router.get("/archive")
+def list_archive(
+    ctx: CtxDep,
+    _: PrincipalDep,
+    pipeline_name: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[dict[str, Any]]:
+    """Archive ledger entries, newest first."""
+    return runviews.list_archive(ctx, pipeline_name, limit, offset)
+

@@ -1,0 +1,104 @@
+"""Settings, the S3 connection test, forced cleanup, passes and backup failures."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+
+from fastflow import failures, s3probe, settings_store
+from fastflow.api.deps import AdminDep, CtxDep, PrincipalDep
+from fastflow.cleanup import current_pass_started, run_pass
+from fastflow.errors import PassAlreadyRunning
+
+router = APIRouter(prefix="/api/settings", tags=["settings"])
+
+
+def _view(ctx: CtxDep) -> dict[str, Any]:
+    overrides = settings_store.load_overrides(ctx.db, ctx.base)
+    data = settings_store.public_view(ctx.settings, set(overrides))
+    data["last_s3_test"] = s3probe.last(ctx.db)
+    last = failures.last_backup_at(ctx)
+    data["last_backup_at"] = last.isoformat() if last else None
+    data["unresolved_backup_failures"] = failures.unresolved_count(ctx)
+    data["notifications"] = _notification_results(ctx)
+    return data
+
+
+def _notification_results(ctx: CtxDep) -> dict[str, Any]:
+    try:
+        from fastflow import notify
+    except ImportError:  # pragma: no cover - notifications not installed
+        return {}
+    fn = getattr(notify, "last_results", None)  # TEMP until notify lands
+    return fn(ctx) if fn else {}
+
+
+@router.get("")
+def get_settings(ctx: CtxDep, _: PrincipalDep) -> dict[str, Any]:
+    """Effective settings; secrets only as ``<name>_configured``."""
+    return _view(ctx)
+
+
+@router.put("")
+def put_settings(
+    ctx: CtxDep, _: AdminDep, changes: Annotated[dict[str, Any], Body()]
+) -> dict[str, Any]:
+    """Store changes (validated like the environment; null restores the environment)."""
+    settings_store.update(ctx.db, ctx.base, changes)
+    ctx.reload_settings()
+    return _view(ctx)
+
+
+@router.post("/s3/test")
+def test_s3(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
+    """Write, read back and delete a probe object under the prefix."""
+    result = s3probe.probe(ctx.settings)
+    s3probe.remember(ctx.db, result)
+    return {"ok": result.ok, "error": result.error, "tested_at": result.tested_at}
+
+
+@router.post("/cleanup/force")
+def force_cleanup(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
+    """Run a cleanup pass now (in a worker thread); 409 while another pass runs."""
+    try:
+        summary = run_pass(ctx, "api")
+    except PassAlreadyRunning as e:
+        started = current_pass_started(ctx)
+        raise PassAlreadyRunning(
+            str(e) + (f" (started {started.isoformat()})" if started else ""),
+            started_at=started.isoformat() if started else None,
+        ) from e
+    _notify(ctx, summary)
+    data = summary.to_dict()
+    data.pop("plan", None)
+    return data
+
+
+def _notify(ctx: CtxDep, summary: Any) -> None:
+    try:
+        from fastflow import notify
+    except ImportError:  # pragma: no cover
+        return
+    fn = getattr(notify, "after_pass", None)  # TEMP
+    if fn:
+        fn(ctx, summary)
+
+
+@router.get("/cleanup/passes")
+def passes(
+    ctx: CtxDep, _: PrincipalDep, limit: Annotated[int, Query(ge=1, le=200)] = 20
+) -> list[dict[str, Any]]:
+    return failures.recent_passes(ctx, limit)
+
+
+@router.get("/backup-failures")
+def backup_failures(
+    ctx: CtxDep, _: PrincipalDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    """Persisted failures, unresolved first, newest first; and the last successful backup."""
+    last = failures.last_backup_at(ctx)
+    return {
+        "failures": failures.recent_failures(ctx, limit),
+        "last_backup_at": last.isoformat() if last else None,
+    }

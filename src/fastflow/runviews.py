@@ -1,0 +1,148 @@
+"""Run objects as the API and UI show them: the row, plus archive information; a run
+whose row was deleted by retention is shown from its archive ledger entry."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import select
+
+from fastflow import archive, logfiles, runs
+from fastflow.app_context import Context
+from fastflow.errors import ArchiveNotConfigured, LogNotAvailable, RunNotFound
+from fastflow.models import ArchivedRun, PipelineRun
+
+MAX_METRIC_LINES = 200_000
+
+
+def _archive_info(entry: ArchivedRun | None) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    return {
+        "bucket": entry.bucket,
+        "log_key": entry.log_key,
+        "log_sha256": entry.log_sha256,
+        "log_size": entry.log_size,
+        "metrics_key": entry.metrics_key,
+        "archived_at": entry.archived_at.isoformat(),
+        "local_deleted_at": entry.local_deleted_at.isoformat() if entry.local_deleted_at else None,
+        "reason": entry.reason,
+    }
+
+
+def _ledger(ctx: Context, ids: list[uuid.UUID]) -> dict[uuid.UUID, ArchivedRun]:
+    if not ids:
+        return {}
+    with ctx.db.session() as s:
+        rows = s.scalars(select(ArchivedRun).where(ArchivedRun.run_id.in_(ids)))
+        return {r.run_id: r for r in rows}
+
+
+def view(run: PipelineRun, entry: ArchivedRun | None) -> dict[str, Any]:
+    data = run.to_dict()
+    data["duration_s"] = (
+        round((run.finished_at - run.started_at).total_seconds(), 3) if run.finished_at else None
+    )
+    data["archived"] = entry is not None
+    data["archive"] = _archive_info(entry)
+    data["row_deleted"] = False
+    return data
+
+
+def view_from_ledger(entry: ArchivedRun) -> dict[str, Any]:
+    return {
+        "id": str(entry.run_id),
+        "pipeline_name": entry.pipeline_name,
+        "status": entry.status,
+        "triggered_by": entry.triggered_by,
+        "started_at": entry.started_at.isoformat(),
+        "finished_at": entry.finished_at.isoformat() if entry.finished_at else None,
+        "exit_code": entry.exit_code,
+        "log_file": None,
+        "metrics_file": None,
+        "log_size": entry.log_size,
+        "duration_s": (
+            round((entry.finished_at - entry.started_at).total_seconds(), 3)
+            if entry.finished_at else None
+        ),
+        "archived": True,
+        "archive": _archive_info(entry),
+        "row_deleted": True,
+    }
+
+
+def list_views(ctx: Context, **filters: Any) -> list[dict[str, Any]]:
+    rows = runs.list_runs(ctx.db, **filters)
+    ledger = _ledger(ctx, [r.id for r in rows])
+    return [view(r, ledger.get(r.id)) for r in rows]
+
+
+def get_view(ctx: Context, run_id: uuid.UUID) -> dict[str, Any]:
+    run = runs.get(ctx.db, run_id)
+    entry = _ledger(ctx, [run_id]).get(run_id)
+    if run is not None:
+        return view(run, entry)
+    if entry is not None:
+        return view_from_ledger(entry)
+    raise RunNotFound(f"run {run_id} not found")
+
+
+def list_archive(ctx: Context, pipeline: str | None, limit: int, offset: int) -> list[
+    dict[str, Any]
+]:
+    q = select(ArchivedRun)
+    if pipeline:
+        q = q.where(ArchivedRun.pipeline_name == pipeline)
+    q = q.order_by(ArchivedRun.archived_at.desc(), ArchivedRun.run_id).limit(limit).offset(offset)
+    with ctx.db.session() as s:
+        return [e.to_dict() for e in s.scalars(q)]
+
+
+def _metric_lines(ctx: Context, run_id: uuid.UUID) -> Iterator[bytes]:
+    run = runs.get(ctx.db, run_id)
+    if run is not None and run.metrics_file:
+        path = logfiles.resolve(ctx.settings.logs_root, run.metrics_file)
+        if path.exists():
+            yield from logfiles.iter_file(path)
+            return
+    entry = _ledger(ctx, [run_id]).get(run_id)
+    if entry is None:
+        if run is None:
+            raise RunNotFound(f"run {run_id} not found")
+        return
+    if entry.metrics_key is None:
+        return
+    try:
+        store = archive.open_store(ctx.settings)
+    except ArchiveNotConfigured as e:
+        raise LogNotAvailable(f"the metrics of run {run_id} are archived but {e}") from e
+    yield from store.open(entry.metrics_key)
+
+
+def metrics(ctx: Context, run_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The run's samples (malformed lines are skipped)."""
+    out: list[dict[str, Any]] = []
+    pending = b""
+    for chunk in _metric_lines(ctx, run_id):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            _add_sample(out, line)
+        if len(out) >= MAX_METRIC_LINES:
+            break
+    _add_sample(out, pending)
+    return out[:MAX_METRIC_LINES]
+
+
+def _add_sample(out: list[dict[str, Any]], line: bytes) -> None:
+    if not line.strip():
+        return
+    try:
+        item = json.loads(line)
+    except ValueError:
+        return
+    if isinstance(item, dict):
+        out.append(item)

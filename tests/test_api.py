@@ -1,0 +1,412 @@
+"""The HTTP API: authentication on every route, runs, logs, settings, cleanup."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from fastflow import accounts
+from fastflow.api.app import create_app
+from fastflow.api.deps import require_admin
+from fastflow.app_context import Context, bootstrap
+from fastflow.config import load_settings
+from fastflow.models import PipelineRun, SettingOverride
+from tests.conftest import MakePipeline, wait_until
+from tests.harness.faultproxy import method_is
+from tests.harness.fixtures import S3Env
+from tests.lifecycle import NOW, seed_run, seed_series
+
+SECRETS = {
+    "S3_SECRET_ACCESS_KEY": "s3-secret-DO-NOT-LEAK-1",
+    "SMTP_PASSWORD": "smtp-secret-DO-NOT-LEAK-2",
+    "TEAMS_WEBHOOK_URL": "https://example.org/webhook/abc/teams-token-DO-NOT-LEAK-3",
+}
+LEAK_MARKERS = ("DO-NOT-LEAK",)
+
+
+class Api:
+    def __init__(self, client: TestClient, ctx: Context) -> None:
+        self.client = client
+        self.ctx = ctx
+        self.admin = {"Authorization": f"Bearer {accounts.create_token(ctx.db, 'a', 'admin')}"}
+        self.viewer = {"Authorization": f"Bearer {accounts.create_token(ctx.db, 'v', 'viewer')}"}
+
+
+@pytest.fixture
+def api(ff_env: dict[str, str]) -> Iterator[Api]:
+    ctx = bootstrap(load_settings())
+    app = create_app(ctx, schedule=False)
+    with TestClient(app) as client:
+        yield Api(client, ctx)
+    ctx.db.dispose()
+
+
+@pytest.fixture
+def s3_api(ff_env: dict[str, str], s3: S3Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("S3_READ_TIMEOUT", "2")
+    ctx = bootstrap(load_settings())
+    with TestClient(create_app(ctx, schedule=False)) as client:
+        yield Api(client, ctx)
+    ctx.db.dispose()
+
+
+def _flatten(routes: list[Any]) -> Iterator[Any]:
+    """Every route, also inside included routers (FastAPI wraps those)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flatten(inner.routes)
+        else:
+            yield route
+
+
+def _routes(api: Api) -> list[tuple[str, str, bool]]:
+    out = []
+    for route in _flatten(api.client.app.routes):  # type: ignore[attr-defined]
+        if not isinstance(route, APIRoute) or not route.path.startswith("/api"):
+            continue
+        admin = any(d.call is require_admin for d in _walk(route.dependant))
+        for method in sorted(route.methods - {"HEAD", "OPTIONS"}):
+            out.append((method, route.path, admin))
+    return out
+
+
+def _walk(dep: Any) -> Iterator[Any]:
+    for sub in dep.dependencies:
+        yield sub
+        yield from _walk(sub)
+
+
+def _fill(path: str) -> str:
+    return path.replace("{run_id}", str(uuid.uuid4())).replace("{name}", "nothing")
+
+
+PUBLIC = {("GET", "/api/health"), ("POST", "/api/auth/login")}
+
+
+def test_every_route_needs_auth_and_admin_routes_refuse_viewers(api: Api) -> None:
+    routes = _routes(api)
+    assert len(routes) >= 15
+    admin_routes = {(m, p) for m, p, admin in routes if admin}
+    assert ("POST", "/api/settings/cleanup/force") in admin_routes
+    assert ("PUT", "/api/settings") in admin_routes
+    assert ("POST", "/api/pipelines/{name}/run") in admin_routes
+    for method, path, admin in routes:
+        if (method, path) in PUBLIC:
+            continue
+        res = api.client.request(method, _fill(path))
+        assert res.status_code == 401, (method, path, res.status_code)
+        assert "detail" in res.json()
+        res = api.client.request(method, _fill(path), headers={"Authorization": "Bearer nope"})
+        assert res.status_code == 401, (method, path)
+        res = api.client.request(method, _fill(path), headers=api.viewer)
+        if admin:
+            assert res.status_code == 403, (method, path, res.status_code)
+        else:
+            assert res.status_code != 403, (method, path)
+    assert api.client.get("/api/health").status_code == 200
+
+
+def test_revoked_token_is_refused(api: Api) -> None:
+    token = accounts.create_token(api.ctx.db, "temp", "viewer")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert api.client.get("/api/runs", headers=headers).status_code == 200
+    assert accounts.revoke_token(api.ctx.db, "temp") == 1
+    assert api.client.get("/api/runs", headers=headers).status_code == 401
+
+
+def test_runs_logs_metrics(api: Api) -> None:
+    runs = seed_series(api.ctx, "etl", 3)
+    res = api.client.get("/api/runs", headers=api.viewer)
+    assert [r["id"] for r in res.json()] == [str(r.id) for r in reversed(runs)]
+    first = res.json()[0]
+    for key in (
+        "id",
+        "pipeline_name",
+        "status",
+        "triggered_by",
+        "started_at",
+        "finished_at",
+        "exit_code",
+        "log_file",
+        "metrics_file",
+        "archived",
+        "archive",
+    ):
+        assert key in first
+    assert api.client.get("/api/runs?limit=1&offset=1", headers=api.viewer).json()[0]["id"] == (
+        str(runs[1].id)
+    )
+    assert api.client.get("/api/runs?status=FAILED", headers=api.viewer).json() == []
+    assert api.client.get("/api/runs?status=BOGUS", headers=api.viewer).status_code == 422
+    one = api.client.get(f"/api/runs/{runs[0].id}", headers=api.viewer)
+    assert one.status_code == 200 and one.json()["pipeline_name"] == "etl"
+    assert api.client.get(f"/api/runs/{uuid.uuid4()}", headers=api.viewer).status_code == 404
+    assert api.client.get("/api/runs/not-a-uuid", headers=api.viewer).status_code == 422
+    log = api.client.get(f"/api/runs/{runs[0].id}/logs", headers=api.viewer)
+    assert log.status_code == 200 and log.content == runs[0].log_bytes
+    assert log.headers["content-type"].startswith("text/plain")
+    tail = api.client.get(f"/api/runs/{runs[0].id}/logs?tail_bytes=10", headers=api.viewer)
+    assert tail.content == runs[0].log_bytes[-10:]
+    metrics = api.client.get(f"/api/runs/{runs[0].id}/metrics", headers=api.viewer).json()
+    assert metrics == [json.loads(runs[0].metrics_bytes)]
+
+
+def test_log_path_outside_logs_dir_is_refused(api: Api) -> None:
+    run = seed_run(api.ctx, "etl", NOW)
+    with api.ctx.db.session() as s:
+        row = s.get(PipelineRun, run.id)
+        assert row is not None
+        row.log_file = "../../../../etc/passwd"
+    res = api.client.get(f"/api/runs/{run.id}/logs", headers=api.viewer)
+    assert res.status_code == 400 and "outside LOGS_DIR" in res.json()["detail"]
+    assert "root:" not in res.text
+
+
+@pytest.mark.parametrize("name", ["..%2F..%2Fetc", ".hidden", "a%5Cb"])
+def test_bad_pipeline_names_are_refused(api: Api, name: str) -> None:
+    res = api.client.post(f"/api/pipelines/{name}/run", headers=api.admin)
+    assert res.status_code in (404, 422), res.text
+    with api.ctx.db.session() as s:
+        assert s.scalars(select(PipelineRun)).all() == []
+
+
+def test_start_run_in_background(api: Api, make_pipeline: MakePipeline) -> None:
+    make_pipeline("hello", "print('hi from api')\n")
+    res = api.client.post("/api/pipelines/hello/run", headers=api.admin)
+    assert res.status_code == 202
+    run_id = res.json()["run_id"]
+
+    def finished() -> bool:
+        status = api.client.get(f"/api/runs/{run_id}", headers=api.viewer).json()["status"]
+        return status not in ("PENDING", "RUNNING")
+
+    wait_until(finished, 60, "the API run to finish")
+    run = api.client.get(f"/api/runs/{run_id}", headers=api.viewer).json()
+    assert run["status"] == "SUCCESS" and run["triggered_by"] == "api"
+    assert "hi from api" in api.client.get(f"/api/runs/{run_id}/logs", headers=api.viewer).text
+    listed = api.client.get("/api/pipelines", headers=api.viewer).json()
+    assert listed[0]["name"] == "hello" and listed[0]["last_run"]["id"] == run_id
+    assert api.client.post("/api/pipelines/ghost/run", headers=api.admin).status_code == 404
+
+
+def test_session_login_csrf_and_logout(api: Api) -> None:
+    accounts.create_user(api.ctx.db, "ada", "correct horse", "admin")
+    assert (
+        api.client.post(
+            "/api/auth/login", json={"username": "ada", "password": "wrong"}
+        ).status_code
+        == 401
+    )
+    res = api.client.post("/api/auth/login", json={"username": "ada", "password": "correct horse"})
+    assert res.status_code == 200
+    cookie = res.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax")
+    csrf = res.json()["csrf_token"]
+    assert api.client.get("/api/runs").status_code == 200  # the cookie authenticates
+    body = {"log_retention_runs": 5}
+    assert api.client.put("/api/settings", json=body).status_code == 403  # no CSRF token
+    assert (
+        api.client.put("/api/settings", json=body, headers={"X-CSRF-Token": "forged"}).status_code
+        == 403
+    )
+    ok = api.client.put("/api/settings", json=body, headers={"X-CSRF-Token": csrf})
+    assert ok.status_code == 200 and ok.json()["log_retention_runs"] == 5
+    assert api.client.post("/api/auth/logout", headers={"X-CSRF-Token": csrf}).status_code == 200
+    assert api.client.get("/api/runs").status_code == 401
+
+
+def test_settings_validation_overrides_and_encrypted_secrets(api: Api) -> None:
+    bad = api.client.put("/api/settings", json={"log_retention_runs": -1}, headers=api.admin)
+    assert bad.status_code == 422 and "LOG_RETENTION_RUNS" in bad.json()["detail"]
+    bad = api.client.put("/api/settings", json={"cleanup_schedule": "nope"}, headers=api.admin)
+    assert bad.status_code == 422 and "CLEANUP_SCHEDULE" in bad.json()["detail"]
+    bad = api.client.put("/api/settings", json={"database_url": "sqlite://"}, headers=api.admin)
+    assert bad.status_code == 422
+    good = api.client.put(
+        "/api/settings",
+        json={
+            "s3_backup_enabled": True,
+            "s3_bucket": "logs",
+            "s3_secret_access_key": "zz-top-secret",
+            "email_recipients": "a@example.org, b@example.org",
+            "log_max_size_mb": 20,
+        },
+        headers=api.admin,
+    )
+    assert good.status_code == 200, good.text
+    view = api.client.get("/api/settings", headers=api.viewer).json()
+    assert view["s3_bucket"] == "logs" and view["s3_secret_access_key_configured"] is True
+    assert view["email_recipients"] == ["a@example.org", "b@example.org"]
+    assert view["log_max_size_mb"] == 20 and "s3_bucket" in view["overridden"]
+    assert "S3_ENDPOINT_URL" in view["s3_missing"]
+    assert "zz-top-secret" not in json.dumps(view)
+    with api.ctx.db.session() as s:
+        stored = s.get(SettingOverride, "s3_secret_access_key")
+        assert (
+            stored is not None and stored.encrypted and "zz-top-secret" not in (stored.value or "")
+        )
+    # the running process uses the new values, and a restart keeps them
+    assert api.ctx.settings.log_max_size_mb == 20
+    again = bootstrap(load_settings())
+    assert again.settings.s3_secret_access_key is not None
+    assert again.settings.s3_secret_access_key.get_secret_value() == "zz-top-secret"
+    # an empty secret keeps the stored one; null removes an override
+    api.client.put(
+        "/api/settings", json={"s3_secret_access_key": "", "s3_bucket": None}, headers=api.admin
+    )
+    view = api.client.get("/api/settings", headers=api.viewer).json()
+    assert view["s3_secret_access_key_configured"] is True and view["s3_bucket"] is None
+
+
+def test_no_secret_in_any_response(ff_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in SECRETS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("S3_BACKUP_ENABLED", "true")
+    monkeypatch.setenv("S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    ctx = bootstrap(load_settings())
+    seed_series(ctx, "etl", 2)
+    with TestClient(create_app(ctx, schedule=False)) as client:
+        api = Api(client, ctx)
+        bodies = []
+        for method, path, _ in _routes(api):
+            if method == "GET":
+                bodies.append(client.get(_fill(path), headers=api.admin).text)
+        bodies.append(client.post("/api/settings/s3/test", headers=api.admin).text)
+        bodies.append(client.post("/api/settings/cleanup/force", headers=api.admin).text)
+        bodies.append(client.get("/api/settings/backup-failures", headers=api.admin).text)
+        for page in ("/settings", "/runs", "/archive", "/pipelines"):
+            bodies.append(client.get(page, headers=api.admin).text)
+    for body in bodies:
+        for secret in SECRETS.values():
+            assert secret not in body
+        assert not any(marker in body for marker in LEAK_MARKERS)
+
+
+# --- with the S3 server ------------------------------------------------------------------
+
+
+def test_archived_log_is_readable_after_the_row_was_deleted(s3_api: Api, s3: S3Env) -> None:
+    api = s3_api
+    api.client.put("/api/settings", json={"log_retention_runs": 1}, headers=api.admin)
+    old, new = seed_series(api.ctx, "etl", 2)
+    summary = api.client.post("/api/settings/cleanup/force", headers=api.admin).json()
+    assert summary["archived_runs"] == 1 and summary["deleted_runs"] == 1
+    for key in (
+        "deleted_runs",
+        "deleted_logs",
+        "deleted_metrics",
+        "truncated_logs",
+        "archived_runs",
+        "backup_failures",
+    ):
+        assert key in summary
+    run = api.client.get(f"/api/runs/{old.id}", headers=api.viewer).json()
+    assert run["row_deleted"] is True and run["archived"] is True
+    assert run["archive"]["log_key"] == f"pipeline-logs/etl/{old.id}/run.log"
+    assert run["archive"]["log_sha256"] == old.sha
+    log = api.client.get(f"/api/runs/{old.id}/logs", headers=api.viewer)
+    assert log.status_code == 200 and log.content == old.log_bytes
+    assert log.headers["x-log-source"] == "archive"
+    tail = api.client.get(f"/api/runs/{old.id}/logs?tail_bytes=7", headers=api.viewer)
+    assert tail.content == old.log_bytes[-7:]
+    metrics = api.client.get(f"/api/runs/{old.id}/metrics", headers=api.viewer).json()
+    assert metrics == [json.loads(old.metrics_bytes)]
+    ledger = api.client.get("/api/archive?pipeline_name=etl", headers=api.viewer).json()
+    assert [e["run_id"] for e in ledger] == [str(old.id)]
+    assert api.client.get("/api/archive?pipeline_name=other", headers=api.viewer).json() == []
+    assert new.log.exists()
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("ok", None),
+        ("stopped", "connection refused at http://127.0.0.1:"),
+        ("bucket", "bucket 'missing-bucket' does not exist"),
+        ("credentials", "access denied (InvalidAccessKeyId)"),
+    ],
+)
+def test_s3_connection_test(s3_api: Api, s3: S3Env, fault: str, expected: str | None) -> None:
+    api = s3_api
+    if fault == "stopped":
+        s3.proxy.stop()
+    elif fault == "bucket":
+        api.client.put("/api/settings", json={"s3_bucket": "missing-bucket"}, headers=api.admin)
+    elif fault == "credentials":
+        s3.proxy.fail(403, code="InvalidAccessKeyId")
+    res = api.client.post("/api/settings/s3/test", headers=api.admin).json()
+    assert res["ok"] is (expected is None)
+    if expected:
+        assert expected in res["error"]
+        assert s3.secret_key not in res["error"]
+    else:
+        assert res["error"] is None
+        # the probe was written, read back and deleted
+        methods = [r.method for r in s3.proxy.requests]
+        assert {"PUT", "GET", "DELETE"} <= set(methods)
+        assert s3.client().list_objects_v2(Bucket=s3.bucket).get("KeyCount", 0) == 0
+    assert res["tested_at"]
+    shown = api.client.get("/api/settings", headers=api.viewer).json()["last_s3_test"]
+    assert shown["ok"] is res["ok"] and shown["tested_at"] == res["tested_at"]
+
+
+def test_force_cleanup_answers_409_while_a_pass_runs(s3_api: Api, s3: S3Env) -> None:
+    api = s3_api
+    api.client.put("/api/settings", json={"log_retention_runs": 1}, headers=api.admin)
+    seed_series(api.ctx, "etl", 4)
+    s3.proxy.delay(1.5, match=method_is("PUT"))
+    first: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: first.append(
+            api.client.post("/api/settings/cleanup/force", headers=api.admin)
+        )
+    )
+    thread.start()
+    wait_until(lambda: any(r.method == "PUT" for r in s3.proxy.requests), 30, "the first pass")
+    second = api.client.post("/api/settings/cleanup/force", headers=api.admin)
+    assert second.status_code == 409
+    assert second.json()["started_at"]
+    assert "another cleanup pass is running" in second.json()["detail"]
+    s3.proxy.clear()
+    thread.join(60)
+    assert first[0].status_code == 200 and first[0].json()["archived_runs"] == 3
+    passes = api.client.get("/api/settings/cleanup/passes", headers=api.viewer).json()
+    assert passes[0]["archived_runs"] == 3 and passes[0]["trigger"] == "api"
+
+
+def test_backup_failures_are_persisted_unresolved_first(s3_api: Api, s3: S3Env) -> None:
+    api = s3_api
+    api.client.put("/api/settings", json={"log_retention_runs": 1}, headers=api.admin)
+    runs = seed_series(api.ctx, "etl", 3)
+    s3.proxy.fail(500)
+    api.client.post("/api/settings/cleanup/force", headers=api.admin)
+    data = api.client.get("/api/settings/backup-failures", headers=api.viewer).json()
+    assert set(data) >= {"failures", "last_backup_at"} and data["last_backup_at"] is None
+    assert len(data["failures"]) == 2
+    for f in data["failures"]:
+        assert {"run_id", "pipeline_name", "error_message", "created_at"} <= set(f)
+        assert "S3 server error 500" in f["error_message"]
+    assert {f["run_id"] for f in data["failures"]} == {str(runs[0].id), str(runs[1].id)}
+    # a restart keeps them (they live in the database)
+    ctx2 = bootstrap(load_settings())
+    with TestClient(create_app(ctx2, schedule=False)) as client2:
+        again = client2.get("/api/settings/backup-failures", headers=api.viewer).json()
+    assert [f["id"] for f in again["failures"]] == [f["id"] for f in data["failures"]]
+    s3.proxy.clear()
+    api.client.post("/api/settings/cleanup/force", headers=api.admin)
+    later = api.client.get("/api/settings/backup-failures", headers=api.viewer).json()
+    assert later["last_backup_at"] is not None
+    assert all(f["resolved_at"] for f in later["failures"])
+    _ = timedelta
