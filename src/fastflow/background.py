@@ -13,6 +13,7 @@ import uuid
 
 from fastflow import pipelines, runner, runs
 from fastflow.app_context import Context
+from fastflow.models import RunStatus
 
 log = logging.getLogger("fastflow.background")
 
@@ -43,7 +44,7 @@ class RunLauncher:
             runner.execute(self._ctx.db, self._ctx.settings, pipeline, run_id, cancel=cancel)
         except Exception:
             log.exception("run %s of %s failed to execute", run_id, pipeline.name)
-            runs.finish(self._ctx.db, run_id, runs.RunStatus.FAILED, None, None)
+            runs.finish(self._ctx.db, run_id, RunStatus.FAILED, None, None)
         finally:
             with self._lock:
                 self._active.pop(run_id, None)

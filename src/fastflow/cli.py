@@ -224,7 +224,7 @@ def token_list(ctx: click.Context, as_json: bool) -> None:
     from fastflow import accounts
 
     app = _context(ctx.find_root())
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"id": t.id, "name": t.name, "role": t.role, "prefix": t.prefix,
          "created_at": t.created_at.isoformat(),
          "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,

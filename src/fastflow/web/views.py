@@ -31,6 +31,7 @@ from fastflow.api.deps import SESSION_COOKIE
 from fastflow.api.routers.auth import set_session_cookie
 from fastflow.app_context import Context
 from fastflow.errors import FastflowError
+from fastflow.models import RunStatus
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -127,7 +128,7 @@ def install(app: FastAPI) -> None:
         return _render(request, "runs.html", principal, runs=rows[:PAGE_SIZE],
                        has_next=len(rows) > PAGE_SIZE, page=page, pipeline=pipeline or "",
                        status=status or "", pipeline_names=names,
-                       statuses=[s.value for s in runs.RunStatus])
+                       statuses=[s.value for s in RunStatus])
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
     def run_page(request: Request, run_id: str) -> Response:
