@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench install browser screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# Browser tests use Debian's Chromium (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 ## Start fastflow on http://127.0.0.1:8000 with SQLite and the example pipelines.
 run: install
 	PIPELINES_DIR=$${PIPELINES_DIR:-examples/pipelines} $(BIN)/fastflow serve --host 127.0.0.1 --port 8000
 
 ## Run the whole test suite (starts its own S3, SMTP and Teams test servers).
-test: install
+test: install browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
@@ -33,6 +39,10 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+## Refresh the screenshots in docs/img from the browser tests.
+screenshots: install browser
+	FASTFLOW_SCREENSHOTS=$(CURDIR)/docs/img $(BIN)/pytest -q tests/test_ui.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -139,6 +139,9 @@ const fastflow = (() => {
     save(SEEN_KEY, seen);
     localStorage.setItem("fastflow.seenKeys", JSON.stringify([...seenKeys].slice(-2000)));
     renderCenter();
+    const count = document.getElementById("failure-count");
+    if (count) count.textContent = String(failures.length);
+    return failures;
   }
 
   function setupBell() {
