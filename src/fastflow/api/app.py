@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from fastflow import __version__, accounts
+from fastflow import __version__
 from fastflow.api import errors
 from fastflow.api.routers import auth, pipelines, runs, settings
 from fastflow.app_context import Context
@@ -41,8 +41,6 @@ def create_app(ctx: Context, *, schedule: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if accounts.count_users(ctx.db) == 0:
-            log.warning(FIRST_ADMIN_HINT)
         scheduler = CleanupScheduler(ctx, on_pass=_after_scheduled_pass(ctx)) if schedule else None
         if scheduler:
             scheduler.start()

@@ -37,8 +37,11 @@ def login(body: Credentials, ctx: CtxDep, request: Request, response: Response) 
     set_session_cookie(response, token, request)
     principal = accounts.session_principal(ctx.db, token)
     assert principal is not None
-    return {"username": principal.name, "role": principal.role.value,
-            "csrf_token": session.csrf_token}
+    return {
+        "username": principal.name,
+        "role": principal.role.value,
+        "csrf_token": session.csrf_token,
+    }
 
 
 @router.post("/logout")
@@ -52,5 +55,9 @@ def logout(request: Request, response: Response, ctx: CtxDep, _: PrincipalDep) -
 
 @router.get("/me")
 def me(principal: PrincipalDep) -> dict[str, Any]:
-    return {"name": principal.name, "role": principal.role.value, "kind": principal.kind,
-            "csrf_token": principal.csrf_token}
+    return {
+        "name": principal.name,
+        "role": principal.role.value,
+        "kind": principal.kind,
+        "csrf_token": principal.csrf_token,
+    }

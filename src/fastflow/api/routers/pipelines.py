@@ -30,5 +30,6 @@ def list_pipelines(ctx: CtxDep, _: PrincipalDep) -> list[dict[str, Any]]:
 def start_run(name: str, launcher: LauncherDep, _: AdminDep) -> JSONResponse:
     """Start a run in the background; 202 with its id."""
     run_id = launcher.start(name, Trigger.API.value)
-    return JSONResponse({"run_id": str(run_id), "pipeline_name": name, "status": "PENDING"},
-                        status_code=202)
+    return JSONResponse(
+        {"run_id": str(run_id), "pipeline_name": name, "status": "PENDING"}, status_code=202
+    )

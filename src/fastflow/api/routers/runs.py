@@ -29,8 +29,11 @@ def list_runs(
 ) -> list[dict[str, Any]]:
     """Runs, newest first, with archive information."""
     return runviews.list_views(
-        ctx, pipeline=pipeline_name, status=status.value if status else None,
-        limit=limit, offset=offset,
+        ctx,
+        pipeline=pipeline_name,
+        status=status.value if status else None,
+        limit=limit,
+        offset=offset,
     )
 
 
@@ -51,8 +54,11 @@ def get_logs(
     return StreamingResponse(
         source.chunks,
         media_type="text/plain; charset=utf-8",
-        headers={"X-Log-Source": source.origin, "X-Log-Size": str(source.size),
-                 "Cache-Control": "no-store"},
+        headers={
+            "X-Log-Source": source.origin,
+            "X-Log-Size": str(source.size),
+            "Cache-Control": "no-store",
+        },
     )
 
 
@@ -79,4 +85,3 @@ def list_archive(
 ) -> list[dict[str, Any]]:
     """Archive ledger entries, newest first."""
     return runviews.list_archive(ctx, pipeline_name, limit, offset)
-
