@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -410,3 +411,28 @@ def test_backup_failures_are_persisted_unresolved_first(s3_api: Api, s3: S3Env) 
     assert later["last_backup_at"] is not None
     assert all(f["resolved_at"] for f in later["failures"])
     _ = timedelta
+
+
+def test_prometheus_metrics_need_a_token_and_report_the_backlog(
+    s3_api: Api, s3: S3Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = s3_api
+    assert api.client.get("/metrics").status_code == 401
+    api.client.put("/api/settings", json={"log_retention_runs": 1}, headers=api.admin)
+    seed_series(api.ctx, "etl", 3)
+    s3.proxy.fail(500)
+    api.client.post("/api/settings/cleanup/force", headers=api.admin)
+    text = api.client.get("/metrics", headers=api.viewer).text
+    assert 'fastflow_runs{status="SUCCESS"} 3.0' in text
+    assert "fastflow_backup_failures_unresolved 2.0" in text
+    assert "fastflow_cleanup_passes_total 1.0" in text
+    backlog = re.search(r"^fastflow_retention_backlog_oldest_seconds (\S+)$", text, re.M)
+    assert backlog and float(backlog.group(1)) > 2 * 86400  # the oldest run is 3 days old
+    s3.proxy.clear()
+    api.client.post("/api/settings/cleanup/force", headers=api.admin)
+    text = api.client.get("/metrics", headers=api.viewer).text
+    assert "fastflow_archived_runs_total 2.0" in text
+    assert "fastflow_retention_backlog_oldest_seconds 0.0" in text
+    assert "fastflow_backup_failures_unresolved 0.0" in text
+    api.ctx.settings = api.ctx.settings.model_copy(update={"metrics_public": True})
+    assert api.client.get("/metrics").status_code == 200

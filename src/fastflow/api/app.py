@@ -7,13 +7,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fastflow import __version__
+from fastflow.accounts import AuthError
 from fastflow.api import errors
+from fastflow.api.deps import optional_principal
 from fastflow.api.routers import auth, pipelines, runs, settings
 from fastflow.app_context import Context
 from fastflow.background import RunLauncher
+from fastflow.prom import registry_for
 from fastflow.scheduler import CleanupScheduler
 
 log = logging.getLogger("fastflow.api")
@@ -62,7 +67,19 @@ def create_app(ctx: Context, *, schedule: bool = True) -> FastAPI:
 
     for router in (auth.router, runs.router, pipelines.router, settings.router):
         app.include_router(router)
+    _install_metrics(app, ctx)
     from fastflow.web.views import install as install_web
 
     install_web(app)
     return app
+
+
+def _install_metrics(app: FastAPI, ctx: Context) -> None:
+    registry = registry_for(ctx)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics; needs a token unless METRICS_PUBLIC=true."""
+        if not ctx.settings.metrics_public and optional_principal(request, ctx) is None:
+            raise AuthError("authentication required: send 'Authorization: Bearer <token>'")
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
