@@ -426,3 +426,48 @@ def test_concurrent_passes_on_postgres_one_runs(
     assert len(passes) == 1 and passes[0].archived_runs == 5
     assert sum(isinstance(r, PassAlreadyRunning) for r in results) == 2
     assert len(ledger(ctx)) == 5
+
+
+# --- compression and server-side options ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("codec", "suffix"), [("gzip", ".gz"), ("zstd", ".zst")])
+def test_compressed_archive_verifies_stored_bytes_and_reads_back(
+    s3_app: Context, s3: S3Env, codec: str, suffix: str
+) -> None:
+    import hashlib
+
+    from fastflow.logreader import open_log
+    from fastflow.verify import verify
+
+    ctx = tune(s3_app, log_retention_runs=1, s3_compression=codec)
+    text = b"".join(
+        b"[2026-01-01 00:00:00.000] line %d of a chatty log\\n" % i for i in range(20_000)
+    )
+    old = seed_run(ctx, "zip", NOW - timedelta(days=2), log=text)
+    seed_run(ctx, "zip", NOW - timedelta(days=1))
+    summary = _pass(ctx)
+    assert summary.archived_runs == 1 and not old.log.exists()
+    key = _key(old.id, "zip") + suffix
+    client = s3.client()
+    stored = object_bytes(client, s3.bucket, key)
+    assert len(stored) < len(text) / 4  # log text compresses well
+    meta = client.head_object(Bucket=s3.bucket, Key=key)["Metadata"]
+    assert meta["sha256"] == hashlib.sha256(stored).hexdigest()
+    assert meta["original_sha256"] == old.sha and meta["encoding"] == codec
+    entry = ledger(ctx)[old.id]
+    assert entry.encoding == codec and entry.log_original_sha256 == old.sha
+    assert entry.log_size == len(stored) and entry.log_original_size == len(text)
+    source = open_log(ctx, old.id, None)
+    assert b"".join(source.chunks) == text and source.size == len(text)
+    assert b"".join(open_log(ctx, old.id, None, tail_bytes=100).chunks) == text[-100:]
+    assert verify(ctx, deep=True).ok
+
+
+def test_server_side_encryption_and_storage_class_are_sent(s3_app: Context, s3: S3Env) -> None:
+    ctx = tune(s3_app, log_retention_runs=1, s3_sse="AES256", s3_storage_class="STANDARD_IA")
+    old, _ = seed_series(ctx, "enc", 2)
+    assert _pass(ctx).archived_runs == 1
+    head = s3.client().head_object(Bucket=s3.bucket, Key=_key(old.id, "enc"))
+    assert head["ServerSideEncryption"] == "AES256"
+    assert head["StorageClass"] == "STANDARD_IA"

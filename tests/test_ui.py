@@ -20,11 +20,20 @@ from tests.harness.fixtures import S3Env
 from tests.harness.ports import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-quic"]
-SCREENSHOTS = Path(os.environ.get("FASTFLOW_SCREENSHOTS", "")) if os.environ.get(
-    "FASTFLOW_SCREENSHOTS") else None
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+SCREENSHOTS = (
+    Path(os.environ.get("FASTFLOW_SCREENSHOTS", ""))
+    if os.environ.get("FASTFLOW_SCREENSHOTS")
+    else None
+)
 PASSWORD = "ui-test-password"
 
 
@@ -35,22 +44,31 @@ class Server:
 
 
 @pytest.fixture
-def server(
-    ff_env: dict[str, str], s3: S3Env, make_pipeline: MakePipeline
-) -> Iterator[Server]:
-    make_pipeline("hello world", "print('hello from the UI test')\nprint('second line')\n",
-                  config='{"description": "says hello"}')
+def server(ff_env: dict[str, str], s3: S3Env, make_pipeline: MakePipeline) -> Iterator[Server]:
+    make_pipeline(
+        "hello world",
+        "print('hello from the UI test')\nprint('second line')\n",
+        config='{"description": "says hello"}',
+    )
     make_pipeline("nightly-etl", "import sys\nprint('extract')\nprint('oops', file=sys.stderr)\n")
-    env = {**os.environ, **ff_env, **s3.env(), "LOG_RETENTION_RUNS": "5",
-           "S3_CONNECT_TIMEOUT": "1", "S3_READ_TIMEOUT": "2"}
+    env = {
+        **os.environ,
+        **ff_env,
+        **s3.env(),
+        "LOG_RETENTION_RUNS": "5",
+        "S3_CONNECT_TIMEOUT": "1",
+        "S3_READ_TIMEOUT": "2",
+    }
     for _ in range(2):
         assert run_cli("run", "nightly-etl", env=env).returncode == 0
     res = run_cli("user", "create", "admin", "--role", "admin", env=env, input=PASSWORD + "\n")
     assert res.returncode == 0, res.stderr
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastflow", "serve", "--port", str(port)], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "fastflow", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -70,7 +88,7 @@ def server(
 @pytest.fixture(scope="session")
 def chromium() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
-        message = "Debian chromium is not installed (make test installs it: apt-get install chromium)"
+        message = "Debian chromium is missing (make test installs it: apt-get install chromium)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -146,7 +164,8 @@ def test_failed_backup_shows_toast_bell_and_links_to_the_run(
     page: Any, server: Server, s3: S3Env
 ) -> None:
     httpx.put(  # keep only the newest run, so that the older one must be archived
-        server.url + "/api/settings", json={"log_retention_runs": 1},
+        server.url + "/api/settings",
+        json={"log_retention_runs": 1},
         headers={"Authorization": "Bearer " + _admin_token(server)},
     ).raise_for_status()
     s3.proxy.stop()

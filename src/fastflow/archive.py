@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from fastflow import compression
 from fastflow.config import Settings
 from fastflow.errors import ArchiveError, ArchiveNotConfigured
 
@@ -68,9 +71,15 @@ def decode_meta(value: str) -> str:
 
 @dataclass(frozen=True)
 class StoredObject:
+    """An object the server confirmed. ``size``/``sha256`` describe the stored bytes; the
+    ``original_*`` fields the local file (they differ only with compression)."""
+
     key: str
     size: int
     sha256: str
+    original_size: int
+    original_sha256: str
+    encoding: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,10 @@ class ArchiveStore(Protocol):
     def verify(self, key: str, size: int, sha256: str) -> None: ...
 
     def head(self, key: str) -> ObjectInfo | None: ...
+
+    def open_original(self, key: str, encoding: str | None) -> Iterator[bytes]:
+        """The bytes of the local file the object came from (decompressed, streaming)."""
+        return compression.decompress(self.open(key), encoding)
 
     def open(self, key: str, start: int = 0) -> Iterator[bytes]: ...
 
@@ -241,9 +254,13 @@ def make_client(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
+    verify: bool | str = settings.s3_verify_tls
+    if settings.s3_ca_bundle is not None:
+        verify = str(settings.s3_ca_bundle)
     return boto3.session.Session().client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
+        verify=verify,
         aws_access_key_id=settings.s3_access_key.get_secret_value(),
         aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
         config=cfg,
@@ -259,6 +276,14 @@ class S3Store:
         assert settings.s3_bucket is not None
         self.bucket = settings.s3_bucket
         self.prefix = settings.s3_prefix
+        self.codec = settings.s3_compression
+        self._extra: dict[str, str] = {}
+        if settings.s3_sse:
+            self._extra["ServerSideEncryption"] = settings.s3_sse
+        if settings.s3_sse_kms_key_id:
+            self._extra["SSEKMSKeyId"] = settings.s3_sse_kms_key_id
+        if settings.s3_storage_class:
+            self._extra["StorageClass"] = settings.s3_storage_class
         self._transfer = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=MULTIPART_CHUNKSIZE,
@@ -268,13 +293,48 @@ class S3Store:
 
     def key_for(self, pipeline_name: str, run_id: str, filename: str) -> str:
         parts = [self.prefix] if self.prefix else []
-        return "/".join([*parts, pipeline_name, run_id, filename])
+        return "/".join([*parts, pipeline_name, run_id, filename]) + compression.SUFFIX[self.codec]
 
     def put_verified(self, key: str, path: Path, metadata: dict[str, str]) -> StoredObject:
-        """Upload ``path`` to ``key`` streaming, then HEAD and compare size and SHA-256."""
+        """Upload ``path`` to ``key`` streaming (compressed when configured), then HEAD and
+        compare size and SHA-256 of the stored bytes."""
+        if self.codec == "none":
+            size, digest = self._upload(key, path, metadata, {})
+            return StoredObject(key, size, digest, size, digest)
+        tmp_dir = self.settings.data_dir.expanduser().resolve() / "tmp"
+        try:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix="archive-", suffix=".part", dir=tmp_dir)
+            os.close(fd)
+        except OSError as e:
+            raise ArchiveError(f"cannot create a temporary file in {tmp_dir}: {e}") from e
+        tmp = Path(name)
+        try:
+            try:
+                packed = compression.compress_file(path, tmp, self.codec)
+            except OSError as e:
+                raise ArchiveError(f"cannot compress {path.name}: {e.strerror or e}") from e
+            extra = {
+                "encoding": self.codec,
+                "original_sha256": packed.original_sha256,
+                "original_size": str(packed.original_size),
+            }
+            size, digest = self._upload(key, tmp, metadata, extra)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if (size, digest) != (packed.stored_size, packed.stored_sha256):
+            raise ArchiveError(f"compressed copy of {path.name} changed while it was uploaded")
+        return StoredObject(
+            key, size, digest, packed.original_size, packed.original_sha256, self.codec
+        )
+
+    def _upload(
+        self, key: str, path: Path, metadata: dict[str, str], extra: dict[str, str]
+    ) -> tuple[int, str]:
         try:
             size, digest = sha256_of(path)
             meta = {k: encode_meta(v) for k, v in metadata.items()}
+            meta.update(extra)
             meta[META_SHA256] = digest
             with path.open("rb") as f:
                 reader = _HashingReader(f)
@@ -282,7 +342,7 @@ class S3Store:
                     reader,
                     self.bucket,
                     key,
-                    ExtraArgs={"Metadata": meta, "ContentType": _content_type(key)},
+                    ExtraArgs={"Metadata": meta, "ContentType": _content_type(key), **self._extra},
                     Config=self._transfer,
                 )
         except ArchiveError:
@@ -295,7 +355,7 @@ class S3Store:
                 f"({size} bytes hashed, {reader.size} bytes sent); not deleting it"
             )
         self.verify(key, size, digest)
-        return StoredObject(key=key, size=size, sha256=digest)
+        return size, digest
 
     def verify(self, key: str, size: int, sha256: str) -> None:
         """HEAD ``key``; raise unless its size and stored SHA-256 match."""
@@ -327,6 +387,10 @@ class S3Store:
         meta = {k.lower(): decode_meta(v) for k, v in resp.get("Metadata", {}).items()}
         return ObjectInfo(key=key, size=int(resp["ContentLength"]), metadata=meta)
 
+    def open_original(self, key: str, encoding: str | None) -> Iterator[bytes]:
+        """The bytes of the local file the object came from (decompressed, streaming)."""
+        return compression.decompress(self.open(key), encoding)
+
     def open(self, key: str, start: int = 0) -> Iterator[bytes]:
         """Stream an object from byte ``start`` in bounded chunks."""
         try:
@@ -349,6 +413,8 @@ def _stream_body(body: Any, settings: Settings) -> Iterator[bytes]:
 
 
 def _content_type(key: str) -> str:
+    if key.endswith((".gz", ".zst")):
+        return "application/zstd" if key.endswith(".zst") else "application/gzip"
     return "application/x-ndjson" if key.endswith(".jsonl") else "text/plain; charset=utf-8"
 
 

@@ -206,6 +206,11 @@ class PassRun:
                     metrics_key=metrics.key if metrics else None,
                     metrics_size=metrics.size if metrics else None,
                     metrics_sha256=metrics.sha256 if metrics else None,
+                    encoding=self.store.codec if self.store.codec != "none" else None,
+                    log_original_size=log.original_size if log else None,
+                    log_original_sha256=log.original_sha256 if log else None,
+                    metrics_original_size=metrics.original_size if metrics else None,
+                    metrics_original_sha256=metrics.original_sha256 if metrics else None,
                     reason=action.kind.value,
                     archived_at=utcnow(),
                     local_deleted_at=None,
@@ -290,9 +295,15 @@ class PassRun:
             None,
         )
         try:
-            for rel, key, size, digest in (
-                (log_rel, entry.log_key, entry.log_size, entry.log_sha256),
-                (metrics_rel, entry.metrics_key, entry.metrics_size, entry.metrics_sha256),
+            for rel, which, key, size, digest in (
+                (log_rel, "log", entry.log_key, entry.log_size, entry.log_sha256),
+                (
+                    metrics_rel,
+                    "metrics",
+                    entry.metrics_key,
+                    entry.metrics_size,
+                    entry.metrics_sha256,
+                ),
             ):
                 if rel is None:
                     continue
@@ -302,7 +313,7 @@ class PassRun:
                 if key is None or size is None or digest is None:
                     raise ArchiveError(f"{path.name} exists locally but was not archived")
                 local = archive.sha256_of(path)
-                if local != (size, digest):
+                if local != entry.original(which):
                     raise ArchiveError(
                         f"{path.name} changed since it was archived; keeping it (archived "
                         f"copy s3://{entry.bucket}/{key} left untouched)"

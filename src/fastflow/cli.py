@@ -283,14 +283,14 @@ def archive_get(ctx: click.Context, run_id: str, output: str | None) -> None:
     if output:
         tmp = output + ".part"
         with open(tmp, "wb") as f:
-            for chunk in store.open(entry.log_key):
+            for chunk in store.open_original(entry.log_key, entry.encoding):
                 f.write(chunk)
         import os
 
         os.replace(tmp, output)
         click.echo(f"wrote s3://{entry.bucket}/{entry.log_key} to {output}", err=True)
     else:
-        for chunk in store.open(entry.log_key):
+        for chunk in store.open_original(entry.log_key, entry.encoding):
             sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
 

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fastflow import archive, logfiles
+from fastflow import archive, compression, logfiles
 from fastflow.app_context import Context
 from fastflow.errors import ArchiveNotConfigured, LogNotAvailable, RunNotFound
 from fastflow.models import ArchivedRun, PipelineRun
@@ -53,9 +53,14 @@ def open_log(
             f"the log of run {run_id} is archived at s3://{entry.bucket}/{entry.log_key}, "
             f"but it cannot be read back: {e}"
         ) from e
-    size = entry.log_size or 0
-    start = logfiles.tail_start(size, tail_bytes)
     location = f"s3://{entry.bucket}/{entry.log_key}"
+    size = entry.original("log")[0] or 0
+    if entry.encoding:
+        chunks = store.open_original(entry.log_key, entry.encoding)
+        if tail_bytes is not None:
+            chunks = compression.tail(chunks, tail_bytes)
+        return LogSource("archive", size, chunks, location)
+    start = logfiles.tail_start(size, tail_bytes)
     return LogSource("archive", size, store.open(entry.log_key, start), location)
 
 

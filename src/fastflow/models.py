@@ -139,8 +139,24 @@ class ArchivedRun(Base):
     metrics_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     metrics_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reason: Mapped[str] = mapped_column(String(32), nullable=False)
+    # With S3_COMPRESSION the objects hold compressed bytes: log_size/log_sha256 describe
+    # the stored object, the original_* columns the local file it came from.
+    encoding: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    log_original_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    log_original_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    metrics_original_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    metrics_original_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     archived_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     local_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    def original(self, which: str) -> tuple[int | None, str | None]:
+        """(size, SHA-256) of the local file that ``which`` ("log"/"metrics") came from."""
+        size, sha = getattr(self, f"{which}_size"), getattr(self, f"{which}_sha256")
+        if self.encoding:
+            return getattr(self, f"{which}_original_size"), getattr(
+                self, f"{which}_original_sha256"
+            )
+        return size, sha
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,6 +175,9 @@ class ArchivedRun(Base):
             "metrics_size": self.metrics_size,
             "metrics_sha256": self.metrics_sha256,
             "reason": self.reason,
+            "encoding": self.encoding,
+            "log_original_size": self.log_original_size,
+            "log_original_sha256": self.log_original_sha256,
             "archived_at": _iso(self.archived_at),
             "local_deleted_at": _iso(self.local_deleted_at),
         }

@@ -119,7 +119,7 @@ def _metric_lines(ctx: Context, run_id: uuid.UUID) -> Iterator[bytes]:
         store = archive.open_store(ctx.settings)
     except ArchiveNotConfigured as e:
         raise LogNotAvailable(f"the metrics of run {run_id} are archived but {e}") from e
-    yield from store.open(entry.metrics_key)
+    yield from store.open_original(entry.metrics_key, entry.encoding)
 
 
 def metrics(ctx: Context, run_id: uuid.UUID) -> list[dict[str, Any]]:
