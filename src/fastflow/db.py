@@ -40,6 +40,7 @@ def make_engine(settings: Settings) -> Engine:
     """Create the engine; for SQLite, create the parent folder and enable WAL."""
     url = make_url(normalise_url(settings.database_url))
     kwargs: dict[str, Any] = {}
+    busy_ms = SQLITE_BUSY_TIMEOUT_MS
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             try:
@@ -48,19 +49,27 @@ def make_engine(settings: Settings) -> Engine:
                 raise ConfigError(
                     f"cannot create the database folder for DATABASE_URL: {e.strerror}"
                 ) from e
-        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        # ?timeout=SECONDS in the URL sets how long a writer waits for a locked database
+        raw = url.query.get("timeout")
+        if isinstance(raw, str):
+            try:
+                busy_ms = int(float(raw) * 1000)
+            except ValueError:
+                raise ConfigError(f"invalid DATABASE_URL: timeout={raw!r} is not seconds") from None
+        url = url.difference_update_query(["timeout"])
+        kwargs["connect_args"] = {"timeout": busy_ms / 1000}
     else:
         kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", lambda conn, _rec: _sqlite_pragmas(conn, busy_ms))
     return engine
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, busy_ms: int) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute(f"PRAGMA busy_timeout={busy_ms}")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
