@@ -72,7 +72,8 @@ def create_user(db: Database, username: str, password: str, role: str) -> User:
         if s.scalar(select(User).where(User.username == username)) is not None:
             raise InvalidInput(f"user {username!r} exists already")
         user = User(
-            username=username, password_hash=security.hash_password(password),
+            username=username,
+            password_hash=security.hash_password(password),
             role=parse_role(role).value,
         )
         s.add(user)
@@ -87,8 +88,10 @@ def login(db: Database, username: str, password: str) -> tuple[str, WebSession]:
             raise AuthError("wrong username or password")
         token = secrets.token_urlsafe(32)
         row = WebSession(
-            id_hash=security.token_hash(token), user_id=user.id,
-            csrf_token=secrets.token_urlsafe(32), expires_at=utcnow() + SESSION_LIFETIME,
+            id_hash=security.token_hash(token),
+            user_id=user.id,
+            csrf_token=secrets.token_urlsafe(32),
+            expires_at=utcnow() + SESSION_LIFETIME,
         )
         s.add(row)
     return token, row
@@ -119,8 +122,14 @@ def create_token(db: Database, name: str, role: str) -> str:
         raise InvalidInput("token name must be 1-100 characters")
     token = security.new_token()
     with db.session() as s:
-        s.add(ApiToken(name=name.strip(), token_hash=security.token_hash(token),
-                       prefix=token[:10], role=parse_role(role).value))
+        s.add(
+            ApiToken(
+                name=name.strip(),
+                token_hash=security.token_hash(token),
+                prefix=token[:10],
+                role=parse_role(role).value,
+            )
+        )
     return token
 
 
@@ -133,8 +142,10 @@ def revoke_token(db: Database, ident: str) -> int:
     """Revoke by id or name; returns how many tokens were revoked."""
     with db.session() as s:
         q = select(ApiToken).where(ApiToken.revoked_at.is_(None))
-        q = q.where(ApiToken.id == int(ident)) if ident.isdigit() else q.where(
-            ApiToken.name == ident
+        q = (
+            q.where(ApiToken.id == int(ident))
+            if ident.isdigit()
+            else q.where(ApiToken.name == ident)
         )
         rows = list(s.scalars(q))
         for row in rows:

@@ -30,7 +30,9 @@ class RunLauncher:
         run = runs.create(self._ctx.db, pipeline.name, triggered_by, pid=os.getpid())
         cancel = threading.Event()
         thread = threading.Thread(
-            target=self._execute, args=(pipeline, run.id, cancel), name=f"run-{run.id}",
+            target=self._execute,
+            args=(pipeline, run.id, cancel),
+            name=f"run-{run.id}",
             daemon=True,
         )
         with self._lock:
@@ -38,8 +40,9 @@ class RunLauncher:
         thread.start()
         return run.id
 
-    def _execute(self, pipeline: pipelines.Pipeline, run_id: uuid.UUID,
-                 cancel: threading.Event) -> None:
+    def _execute(
+        self, pipeline: pipelines.Pipeline, run_id: uuid.UUID, cancel: threading.Event
+    ) -> None:
         try:
             runner.execute(self._ctx.db, self._ctx.settings, pipeline, run_id, cancel=cancel)
         except Exception:

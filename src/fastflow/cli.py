@@ -135,6 +135,11 @@ def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     finally:
         if bar:
             bar.close()
+    if not dry_run:
+        from fastflow import notify
+
+        # delivery runs in the background; wait a bounded time so it can finish
+        notify.after_pass(app, summary).wait(notify.CLI_WAIT_S)
     if as_json:
         data = summary.to_dict()
         if not dry_run:
@@ -314,6 +319,28 @@ def archive_ls(ctx: click.Context, pipeline: str | None, limit: int, as_json: bo
             f"{e['archived_at'][:19]}  {e['pipeline_name'][:24]:24}  {e['run_id']}  "
             f"s3://{e['bucket']}/{e['log_key']}  {e['log_size']} B  {e['log_sha256']}"
         )
+
+
+@cli.group("notify")
+def notify_group() -> None:
+    """E-mail and Microsoft Teams notifications."""
+
+
+@notify_group.command("test")
+@click.option("--email", is_flag=True, help="Only e-mail.")
+@click.option("--teams", is_flag=True, help="Only Teams.")
+@click.pass_context
+def notify_test(ctx: click.Context, email: bool, teams: bool) -> None:
+    """Send a test message through the real delivery path; exit 1 if one fails."""
+    from fastflow import notify
+
+    app = _context(ctx)
+    if not email and not teams:
+        email = teams = True
+    results = notify.send_test(app, email=email, teams=teams)
+    for r in results:
+        click.echo(f"{r.channel}: {'ok' if r.ok else 'FAILED: ' + (r.error or '')}")
+    sys.exit(0 if results and all(r.ok for r in results) else EXIT_FAILED)
 
 
 @cli.group("token")

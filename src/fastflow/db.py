@@ -25,6 +25,8 @@ def head_revision() -> str:
     """
     names = sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
     return names[-1][:4]
+
+
 _MIGRATION_LOCK_KEY = 0x66617374  # "fast": serialises concurrent start-ups on PostgreSQL
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

@@ -36,9 +36,11 @@ def unresolved_count(ctx: Context) -> int:
     with ctx.db.session() as s:
         return int(
             s.scalar(
-                select(func.count()).select_from(BackupFailure)
+                select(func.count())
+                .select_from(BackupFailure)
                 .where(BackupFailure.resolved_at.is_(None))
-            ) or 0
+            )
+            or 0
         )
 
 
@@ -49,16 +51,18 @@ def recent_passes(ctx: Context, limit: int = 20) -> list[dict[str, Any]]:
         for p in s.scalars(q):
             summary = json.loads(p.summary) if p.summary else {}
             summary.pop("failures", None)
-            out.append({
-                "id": p.id,
-                "trigger": p.trigger,
-                "started_at": p.started_at.isoformat(),
-                "finished_at": p.finished_at.isoformat() if p.finished_at else None,
-                "archived_runs": p.archived_runs,
-                "deleted_runs": p.deleted_runs,
-                "backup_failures": p.backup_failures,
-                "bytes_archived": p.bytes_archived,
-                "error": p.error,
-                "summary": summary,
-            })
+            out.append(
+                {
+                    "id": p.id,
+                    "trigger": p.trigger,
+                    "started_at": p.started_at.isoformat(),
+                    "finished_at": p.finished_at.isoformat() if p.finished_at else None,
+                    "archived_runs": p.archived_runs,
+                    "deleted_runs": p.deleted_runs,
+                    "backup_failures": p.backup_failures,
+                    "bytes_archived": p.bytes_archived,
+                    "error": p.error,
+                    "summary": summary,
+                }
+            )
         return out

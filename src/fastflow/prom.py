@@ -15,6 +15,7 @@ from fastflow import selection
 from fastflow.app_context import Context
 from fastflow.cleanup import PassRun, PassSummary
 from fastflow.models import ArchivedRun, BackupFailure, CleanupPass, PipelineRun, utcnow
+from fastflow.notify.models import NotificationDelivery
 
 
 class FastflowCollector(Collector):
@@ -110,16 +111,20 @@ class FastflowCollector(Collector):
 
 def _notification_metrics(ctx: Context) -> Iterator[CounterMetricFamily]:
     c = CounterMetricFamily(
-        "fastflow_notification_failures", "Failed notification deliveries", labels=["channel"]
+        "fastflow_notification_failures",
+        "Failed notification deliveries (recent records)",
+        labels=["channel"],
     )
-    try:
-        from fastflow import notify
-
-        counts = getattr(notify, "failure_counts", None)
-        for channel, n in (counts(ctx) if counts else {}).items():
-            c.add_metric([channel], n)
-    except ImportError:  # pragma: no cover
-        pass
+    with ctx.db.session() as s:
+        rows = s.execute(
+            select(NotificationDelivery.channel, func.count())
+            .where(NotificationDelivery.ok.is_(False))
+            .group_by(NotificationDelivery.channel)
+        ).all()
+    counts = dict.fromkeys(("email", "teams"), 0)
+    counts.update({channel: n for channel, n in rows})
+    for channel, n in sorted(counts.items()):
+        c.add_metric([channel], n)
     yield c
 
 

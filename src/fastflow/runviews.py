@@ -66,7 +66,8 @@ def view_from_ledger(entry: ArchivedRun) -> dict[str, Any]:
         "log_size": entry.log_size,
         "duration_s": (
             round((entry.finished_at - entry.started_at).total_seconds(), 3)
-            if entry.finished_at else None
+            if entry.finished_at
+            else None
         ),
         "archived": True,
         "archive": _archive_info(entry),
@@ -90,9 +91,9 @@ def get_view(ctx: Context, run_id: uuid.UUID) -> dict[str, Any]:
     raise RunNotFound(f"run {run_id} not found")
 
 
-def list_archive(ctx: Context, pipeline: str | None, limit: int, offset: int) -> list[
-    dict[str, Any]
-]:
+def list_archive(
+    ctx: Context, pipeline: str | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
     q = select(ArchivedRun)
     if pipeline:
         q = q.where(ArchivedRun.pipeline_name == pipeline)

@@ -29,7 +29,9 @@ def probe(settings: Settings) -> ProbeResult:
     now = utcnow().isoformat()
     try:
         client = archive.make_client(
-            settings, connect_timeout=PROBE_CONNECT_TIMEOUT, read_timeout=PROBE_READ_TIMEOUT,
+            settings,
+            connect_timeout=PROBE_CONNECT_TIMEOUT,
+            read_timeout=PROBE_READ_TIMEOUT,
             attempts=1,
         )
     except ArchiveNotConfigured as e:
@@ -43,8 +45,7 @@ def probe(settings: Settings) -> ProbeResult:
     except Exception as e:  # every boto3 error becomes a plain-words message
         return ProbeResult(False, str(archive.describe_error(e, settings)), now)
     if back != body:
-        return ProbeResult(False, "the probe object read back differs from what was written",
-                           now)
+        return ProbeResult(False, "the probe object read back differs from what was written", now)
     return ProbeResult(True, None, now)
 
 

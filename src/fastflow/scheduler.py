@@ -10,11 +10,15 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from croniter import croniter
 
 from fastflow.app_context import Context
 from fastflow.errors import PassAlreadyRunning
+
+if TYPE_CHECKING:
+    from fastflow.cleanup import PassSummary
 
 log = logging.getLogger("fastflow.scheduler")
 
@@ -30,7 +34,7 @@ class CleanupScheduler:
     def __init__(
         self,
         ctx: Context,
-        on_pass: Callable[[object], None] | None = None,
+        on_pass: Callable[[PassSummary], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now().astimezone(),
     ) -> None:
         self._ctx = ctx

@@ -105,8 +105,11 @@ def update(db: Database, base: Settings, changes: dict[str, Any]) -> Settings:
             secret = key in SECRET_FIELDS
             stored = security.encrypt(base, text) if secret else text
             if row is None:
-                s.add(SettingOverride(key=key, value=stored, encrypted=int(secret),
-                                      updated_at=utcnow()))
+                s.add(
+                    SettingOverride(
+                        key=key, value=stored, encrypted=int(secret), updated_at=utcnow()
+                    )
+                )
             else:
                 row.value, row.encrypted, row.updated_at = stored, int(secret), utcnow()
     return new

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fastflow import __version__
+from fastflow import __version__, notify
 from fastflow.accounts import AuthError
 from fastflow.api import errors
 from fastflow.api.deps import optional_principal
 from fastflow.api.routers import auth, pipelines, runs, settings
 from fastflow.app_context import Context
 from fastflow.background import RunLauncher
+from fastflow.cleanup import PassSummary
 from fastflow.prom import registry_for
 from fastflow.scheduler import CleanupScheduler
 
@@ -30,13 +30,9 @@ FIRST_ADMIN_HINT = (
 )
 
 
-def _after_scheduled_pass(ctx: Context) -> Any:
-    def hook(summary: object) -> None:
-        try:
-            from fastflow import notify
-        except ImportError:  # pragma: no cover
-            return
-        notify.after_pass(ctx, summary)  # type: ignore[arg-type]
+def _after_scheduled_pass(ctx: Context) -> Callable[[PassSummary], None]:
+    def hook(summary: PassSummary) -> None:
+        notify.after_pass(ctx, summary)
 
     return hook
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import fastflow.notify.models  # noqa: F401 - registers the notification tables
 from fastflow.models import Base
 
 connection = context.config.attributes.get("connection")

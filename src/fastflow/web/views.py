@@ -19,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 from fastflow import (
     accounts,
     failures,
+    notify,
     pipelines,
     runs,
     runviews,
@@ -73,9 +74,13 @@ def install(app: FastAPI) -> None:
     def login_page(request: Request, next: str | None = None) -> Response:
         ctx = _ctx(request)
         return templates.TemplateResponse(
-            request, "login.html",
-            {"next": _safe_next(next), "error": None,
-             "no_users": accounts.count_users(ctx.db) == 0},
+            request,
+            "login.html",
+            {
+                "next": _safe_next(next),
+                "error": None,
+                "no_users": accounts.count_users(ctx.db) == 0,
+            },
         )
 
     @app.post("/login", response_class=HTMLResponse, include_in_schema=False)
@@ -90,8 +95,9 @@ def install(app: FastAPI) -> None:
             token, _ = accounts.login(ctx.db, username, password)
         except AuthError as e:
             return templates.TemplateResponse(
-                request, "login.html", {"next": _safe_next(next), "error": str(e),
-                                        "no_users": False},
+                request,
+                "login.html",
+                {"next": _safe_next(next), "error": str(e), "no_users": False},
                 status_code=401,
             )
         response = RedirectResponse(_safe_next(next), status_code=303)
@@ -102,8 +108,11 @@ def install(app: FastAPI) -> None:
     def logout(request: Request, csrf_token: str = Form("")) -> Response:
         principal = _principal(request)
         cookie = request.cookies.get(SESSION_COOKIE)
-        if principal and cookie and principal.csrf_token and security.same(
-            csrf_token, principal.csrf_token
+        if (
+            principal
+            and cookie
+            and principal.csrf_token
+            and security.same(csrf_token, principal.csrf_token)
         ):
             accounts.logout(_ctx(request).db, cookie)
         response = RedirectResponse("/login", status_code=303)
@@ -115,20 +124,34 @@ def install(app: FastAPI) -> None:
         return RedirectResponse("/runs", status_code=303)
 
     @app.get("/runs", response_class=HTMLResponse, include_in_schema=False)
-    def runs_page(request: Request, pipeline: str | None = None, status: str | None = None,
-                  page: int = 1) -> Response:
+    def runs_page(
+        request: Request, pipeline: str | None = None, status: str | None = None, page: int = 1
+    ) -> Response:
         principal = _principal(request)
         if principal is None:
             return _login_redirect(request)
         ctx = _ctx(request)
         page = max(1, page)
-        rows = runviews.list_views(ctx, pipeline=pipeline or None, status=status or None,
-                                   limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
+        rows = runviews.list_views(
+            ctx,
+            pipeline=pipeline or None,
+            status=status or None,
+            limit=PAGE_SIZE + 1,
+            offset=(page - 1) * PAGE_SIZE,
+        )
         names = sorted({p.name for p in pipelines.discover(ctx.settings.pipelines_dir)})
-        return _render(request, "runs.html", principal, runs=rows[:PAGE_SIZE],
-                       has_next=len(rows) > PAGE_SIZE, page=page, pipeline=pipeline or "",
-                       status=status or "", pipeline_names=names,
-                       statuses=[s.value for s in RunStatus])
+        return _render(
+            request,
+            "runs.html",
+            principal,
+            runs=rows[:PAGE_SIZE],
+            has_next=len(rows) > PAGE_SIZE,
+            page=page,
+            pipeline=pipeline or "",
+            status=status or "",
+            pipeline_names=names,
+            statuses=[s.value for s in RunStatus],
+        )
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
     def run_page(request: Request, run_id: str) -> Response:
@@ -141,7 +164,9 @@ def install(app: FastAPI) -> None:
         except (ValueError, FastflowError) as e:
             message = str(e) if isinstance(e, FastflowError) else f"{run_id!r} is not a run id"
             return templates.TemplateResponse(
-                request, "error.html", {"user": principal, "active": "runs", "message": message},
+                request,
+                "error.html",
+                {"user": principal, "active": "runs", "message": message},
                 status_code=404,
             )
         return _render(request, "run.html", principal, run=run)
@@ -165,10 +190,18 @@ def install(app: FastAPI) -> None:
             return _login_redirect(request)
         ctx = _ctx(request)
         page = max(1, page)
-        entries = runviews.list_archive(ctx, pipeline or None, PAGE_SIZE + 1,
-                                        (page - 1) * PAGE_SIZE)
-        return _render(request, "archive.html", principal, entries=entries[:PAGE_SIZE],
-                       has_next=len(entries) > PAGE_SIZE, page=page, pipeline=pipeline or "")
+        entries = runviews.list_archive(
+            ctx, pipeline or None, PAGE_SIZE + 1, (page - 1) * PAGE_SIZE
+        )
+        return _render(
+            request,
+            "archive.html",
+            principal,
+            entries=entries[:PAGE_SIZE],
+            has_next=len(entries) > PAGE_SIZE,
+            page=page,
+            pipeline=pipeline or "",
+        )
 
     @app.get("/settings", response_class=HTMLResponse, include_in_schema=False)
     def settings_page(request: Request) -> Response:
@@ -179,17 +212,15 @@ def install(app: FastAPI) -> None:
         overrides = settings_store.load_overrides(ctx.db, ctx.base)
         view = settings_store.public_view(ctx.settings, set(overrides))
         last = failures.last_backup_at(ctx)
-        try:
-            from fastflow import notify
-
-            fn = getattr(notify, "last_results", None)  # TEMP
-            notes: dict[str, Any] = fn(ctx) if fn else {}
-        except ImportError:  # pragma: no cover
-            notes = {}
+        notes = notify.last_results(ctx)
         return _render(
-            request, "settings.html", principal, s=view,
+            request,
+            "settings.html",
+            principal,
+            s=view,
             last_backup_at=last.isoformat() if last else None,
-            last_s3_test=s3probe.last(ctx.db), passes=failures.recent_passes(ctx, 10),
+            last_s3_test=s3probe.last(ctx.db),
+            passes=failures.recent_passes(ctx, 10),
             failures=[f for f in failures.recent_failures(ctx, 100) if not f["resolved_at"]],
             notifications=notes,
         )

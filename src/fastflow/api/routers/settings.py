@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query
 
-from fastflow import failures, s3probe, settings_store
+from fastflow import failures, notify, s3probe, settings_store
 from fastflow.api.deps import AdminDep, CtxDep, PrincipalDep
-from fastflow.cleanup import current_pass_started, run_pass
+from fastflow.cleanup import PassSummary, current_pass_started, run_pass
 from fastflow.errors import PassAlreadyRunning
 
 router = APIRouter(prefix="/api/settings", tags=["settings"])
@@ -26,12 +26,7 @@ def _view(ctx: CtxDep) -> dict[str, Any]:
 
 
 def _notification_results(ctx: CtxDep) -> dict[str, Any]:
-    try:
-        from fastflow import notify
-    except ImportError:  # pragma: no cover - notifications not installed
-        return {}
-    fn = getattr(notify, "last_results", None)  # TEMP until notify lands
-    return fn(ctx) if fn else {}
+    return notify.last_results(ctx)
 
 
 @router.get("")
@@ -75,14 +70,19 @@ def force_cleanup(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
     return data
 
 
-def _notify(ctx: CtxDep, summary: Any) -> None:
-    try:
-        from fastflow import notify
-    except ImportError:  # pragma: no cover
-        return
-    fn = getattr(notify, "after_pass", None)  # TEMP
-    if fn:
-        fn(ctx, summary)
+def _notify(ctx: CtxDep, summary: PassSummary) -> None:
+    notify.after_pass(ctx, summary)  # returns at once; delivery runs in the background
+
+
+@router.post("/notifications/test")
+def test_notifications(
+    ctx: CtxDep, _: AdminDep, channel: Literal["email", "teams", "all"] = "all"
+) -> list[dict[str, Any]]:
+    """Send a test message through the same path as real notifications."""
+    results = notify.send_test(
+        ctx, email=channel in ("email", "all"), teams=channel in ("teams", "all")
+    )
+    return [r.to_dict() for r in results]
 
 
 @router.get("/cleanup/passes")

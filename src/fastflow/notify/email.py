@@ -1,0 +1,200 @@
+"""E-mail through SMTP: one message to all ``EMAIL_RECIPIENTS``, plain text plus HTML.
+
+Best-effort: ``send`` never raises; it returns an ``Outcome`` whose error text names the
+server and what went wrong, never the password. Transport security follows
+``SMTP_SECURITY`` or, when unset, the port: 465 implicit TLS, 587 STARTTLS, anything else
+plain. With STARTTLS the message is never sent in clear when the server does not offer
+it. Login happens only when both ``SMTP_USER`` and ``SMTP_PASSWORD`` are set.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import socket
+import ssl
+from datetime import datetime
+from email import policy
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from typing import Literal
+
+from fastflow.config import Settings
+from fastflow.notify.redact import redact
+from fastflow.notify.retry import Budget, DeliveryOptions, Outcome
+
+log = logging.getLogger("fastflow.notify.email")
+
+Security = Literal["ssl", "starttls", "none"]
+# Python folds a long subject that starts with "[" before its first word, which readers
+# then show with a leading space; RFC 5322 allows lines up to 998 characters.
+_POLICY = policy.SMTP.clone(max_line_length=998)
+IMPLICIT_TLS_PORT = 465
+STARTTLS_PORT = 587
+
+
+class _Permanent(Exception):
+    """A failure that another attempt would not fix (wrong password, no STARTTLS, ...)."""
+
+
+def security(settings: Settings) -> Security:
+    """The transport security in effect for these settings."""
+    if settings.smtp_security is not None:
+        return settings.smtp_security
+    if settings.smtp_port == IMPLICIT_TLS_PORT:
+        return "ssl"
+    if settings.smtp_port == STARTTLS_PORT:
+        return "starttls"
+    return "none"
+
+
+def missing(settings: Settings) -> list[str]:
+    """Variables that e-mail still needs (empty when configured)."""
+    needed = {
+        "SMTP_HOST": settings.smtp_host,
+        "SMTP_FROM": settings.smtp_from,
+        "EMAIL_RECIPIENTS": settings.email_recipients,
+    }
+    return [name for name, value in needed.items() if not value]
+
+
+def build(settings: Settings, subject: str, text: str, html: str, at: datetime) -> EmailMessage:
+    """The message: UTF-8 subject and text, with the HTML part as an alternative."""
+    assert settings.smtp_from is not None
+    msg = EmailMessage(policy=_POLICY)
+    msg["Subject"] = subject
+    msg["From"] = settings.smtp_from
+    msg["To"] = ", ".join(settings.email_recipients)
+    msg["Date"] = format_datetime(at)
+    msg["Message-ID"] = make_msgid(domain=settings.smtp_from.rpartition("@")[2] or None)
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no out-of-office replies
+    msg.set_content(text, charset="utf-8")
+    msg.add_alternative(html, subtype="html", charset="utf-8")
+    return msg
+
+
+def deliver(
+    settings: Settings, subject: str, text: str, html: str, at: datetime, options: DeliveryOptions
+) -> Outcome:
+    """Build the message and send it (or say which variables are missing)."""
+    gaps = missing(settings)
+    if gaps:
+        return Outcome(False, "e-mail is enabled but not configured: missing " + ", ".join(gaps), 0)
+    return send(settings, build(settings, subject, text, html, at), options)
+
+
+def send(settings: Settings, message: EmailMessage, options: DeliveryOptions) -> Outcome:
+    """Deliver ``message`` to every recipient; up to ``options.attempts`` tries.
+
+    Needs a configured ``settings`` (see ``missing``).
+    """
+    assert settings.smtp_host is not None
+    where = f"SMTP {settings.smtp_host}:{settings.smtp_port} ({security(settings)})"
+    budget = Budget(options)
+    error = "not attempted"
+    attempt = 0
+    while attempt < options.attempts:
+        if attempt and not budget.pause(options.pause_before(attempt + 1)):
+            error += "; gave up: delivery time budget spent"
+            break
+        attempt += 1
+        try:
+            _send_once(settings, message, budget.timeout(), options.ssl_context)
+            return Outcome(True, None, attempt)
+        except _Permanent as e:
+            return Outcome(False, redact(f"{where}: {e}", settings), attempt)
+        except Exception as e:  # every other failure may be transient: try again
+            error = _describe(e)
+            log.info("e-mail attempt %d failed: %s", attempt, redact(error, settings))
+    tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
+    return Outcome(False, redact(f"{where}: {error} ({tries})", settings), attempt)
+
+
+def _send_once(
+    settings: Settings, message: EmailMessage, timeout: float, context: ssl.SSLContext | None
+) -> None:
+    assert settings.smtp_host is not None and settings.smtp_from is not None
+    mode = security(settings)
+    tls = context if context is not None else ssl.create_default_context()
+    client: smtplib.SMTP
+    try:
+        if mode == "ssl":
+            client = smtplib.SMTP_SSL(
+                settings.smtp_host, settings.smtp_port, timeout=timeout, context=tls
+            )
+        else:
+            client = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout)
+    except ssl.SSLCertVerificationError as e:
+        raise _Permanent(f"TLS certificate not trusted: {e.verify_message}") from None
+    with client:
+        client.ehlo()
+        if mode == "starttls":
+            if not client.has_extn("starttls"):
+                raise _Permanent("the server does not offer STARTTLS (set SMTP_SECURITY?)")
+            try:
+                client.starttls(context=tls)
+            except ssl.SSLCertVerificationError as e:
+                raise _Permanent(f"TLS certificate not trusted: {e.verify_message}") from None
+            client.ehlo()
+        if settings.smtp_user and settings.smtp_password is not None:
+            try:
+                client.login(settings.smtp_user, settings.smtp_password.get_secret_value())
+            except smtplib.SMTPAuthenticationError as e:
+                raise _Permanent(
+                    f"authentication as {settings.smtp_user!r} failed: {_reply(e)}"
+                ) from None
+            except smtplib.SMTPNotSupportedError:
+                raise _Permanent(
+                    "the server offers no authentication (unset SMTP_USER/SMTP_PASSWORD, "
+                    "or use TLS)"
+                ) from None
+        try:
+            refused = client.send_message(
+                message, from_addr=settings.smtp_from, to_addrs=settings.email_recipients
+            )
+        except smtplib.SMTPNotSupportedError as e:  # e.g. non-ASCII address, no SMTPUTF8
+            raise _Permanent(str(e)) from None
+        except smtplib.SMTPRecipientsRefused as e:
+            raise _Permanent(f"every recipient was refused: {_refused(e.recipients)}") from None
+        except smtplib.SMTPResponseException as e:
+            if e.smtp_code >= 500:
+                raise _Permanent(f"the server refused the message: {_reply(e)}") from None
+            raise
+        if refused:
+            # the others got it: another attempt would send them a duplicate
+            raise _Permanent(f"some recipients were refused: {_refused(refused)}")
+
+
+def _reply(e: smtplib.SMTPResponseException) -> str:
+    message = e.smtp_error
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+    return f"{e.smtp_code} {' '.join(text.split())}"
+
+
+def _refused(recipients: dict[str, tuple[int, bytes]]) -> str:
+    return ", ".join(
+        f"{addr} ({code} {msg.decode('utf-8', 'replace')})"
+        for addr, (code, msg) in sorted(recipients.items())
+    )
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, smtplib.SMTPResponseException):
+        return f"the server answered {_reply(e)}"
+    if isinstance(e, smtplib.SMTPServerDisconnected):
+        return (
+            f"the server closed the connection ({e})"
+            if str(e)
+            else "the server closed the connection"
+        )
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve the host name ({e.strerror})"
+    if isinstance(e, TimeoutError | socket.timeout):
+        return "timed out"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS error ({e.reason or e})"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

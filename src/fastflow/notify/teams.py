@@ -1,0 +1,170 @@
+"""Microsoft Teams: POST an Adaptive Card message to ``TEAMS_WEBHOOK_URL``.
+
+Best-effort: ``post`` never raises. It retries on 429 and 5xx (honouring ``Retry-After``,
+capped) and on network errors, up to ``options.attempts`` tries within the time budget.
+The URL must be https, except http on a loopback address (local testing). The webhook
+URL carries its credential in the path and query, so it is only ever shown masked
+(``https://host/first-segment/***``) — in errors, records and log lines, including
+httpx's own request log line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from fastflow.config import Settings
+from fastflow.notify.redact import mask_url, redact
+from fastflow.notify.retry import Budget, DeliveryOptions, Outcome
+
+log = logging.getLogger("fastflow.notify.teams")
+
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_MAX_BODY_CHARS = 200
+
+
+class _MaskWebhookUrls(logging.Filter):
+    """Mask webhook URLs in httpx's ``HTTP Request: POST <url> ...`` INFO line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._urls: set[str] = set()
+
+    def add(self, url: str) -> None:
+        with self._lock:
+            self._urls.add(url)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(a, httpx.URL) and str(a) in self._urls for a in record.args
+        ):
+            record.args = tuple(
+                mask_url(str(a)) if isinstance(a, httpx.URL) else a for a in record.args
+            )
+        return True
+
+
+_httpx_filter = _MaskWebhookUrls()
+logging.getLogger("httpx").addFilter(_httpx_filter)
+
+
+def check_url(url: str) -> str | None:
+    """None when ``url`` may be used; otherwise why not (the URL masked)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "TEAMS_WEBHOOK_URL is not a valid URL"
+    if not host:
+        return f"TEAMS_WEBHOOK_URL has no host: {mask_url(url)}"
+    if parts.scheme == "https":
+        return None
+    if parts.scheme == "http" and is_loopback(host):
+        return None
+    return (
+        f"TEAMS_WEBHOOK_URL must use https (http only on a loopback address such as "
+        f"127.0.0.1): {mask_url(url)}"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def retry_after(value: str | None, now: datetime, cap: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), capped."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            date = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if date.tzinfo is None:
+            date = date.replace(tzinfo=UTC)
+        seconds = (date - now).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(0.0, seconds), cap)
+
+
+def post(settings: Settings, card: dict[str, Any], options: DeliveryOptions) -> Outcome:
+    """POST ``card``; success is any 2xx answer."""
+    if settings.teams_webhook_url is None:
+        return Outcome(False, "Teams is enabled but not configured: missing TEAMS_WEBHOOK_URL", 0)
+    url = settings.teams_webhook_url.get_secret_value()
+    refused = check_url(url)
+    if refused is not None:
+        return Outcome(False, redact(refused, settings), 0)
+    _httpx_filter.add(url)
+    where = f"Teams webhook {mask_url(url)}"
+    body = json.dumps(card, ensure_ascii=False).encode("utf-8")
+    budget = Budget(options)
+    error = "not attempted"
+    wait: float | None = None
+    attempt = 0
+    with httpx.Client(follow_redirects=False) as client:
+        while attempt < options.attempts:
+            if attempt:
+                pause = wait if wait is not None else options.pause_before(attempt + 1)
+                if not budget.pause(pause):
+                    error += "; gave up: delivery time budget spent"
+                    break
+            attempt += 1
+            wait = None
+            try:
+                response = client.post(
+                    url,
+                    content=body,
+                    headers={"Content-Type": "application/json; charset=utf-8"},
+                    timeout=httpx.Timeout(budget.timeout()),
+                )
+            except httpx.TimeoutException:
+                error = "timed out"
+            except httpx.HTTPError as e:
+                error = _network_error(e)
+            else:
+                if 200 <= response.status_code < 300:
+                    return Outcome(True, None, attempt)
+                error = f"HTTP {response.status_code}{_excerpt(response)}"
+                if response.status_code not in _RETRY_STATUSES:
+                    return Outcome(False, redact(f"{where}: {error}", settings), attempt)
+                wait = retry_after(
+                    response.headers.get("Retry-After"),
+                    datetime.now(UTC),
+                    options.max_retry_after_s,
+                )
+            log.info("Teams attempt %d failed: %s", attempt, redact(error, settings))
+    tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
+    return Outcome(False, redact(f"{where}: {error} ({tries})", settings), attempt)
+
+
+def _network_error(e: httpx.HTTPError) -> str:
+    cause = e.__cause__ or e.__context__
+    text = str(cause or e) or type(e).__name__
+    if "refused" in text.lower():
+        return "connection refused"
+    return f"{type(e).__name__}: {text}"
+
+
+def _excerpt(response: httpx.Response) -> str:
+    text = " ".join(response.text.split())[:_MAX_BODY_CHARS]
+    return f": {text}" if text else ""
