@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -116,31 +116,6 @@ def sha256_of(path: Path) -> tuple[int, str]:
             h.update(chunk)
             size += len(chunk)
     return size, h.hexdigest()
-
-
-class _HashingReader:
-    """File wrapper that hashes and counts every byte handed to the uploader."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self._f = f
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if offset != 0 or whence != 0:
-            raise OSError("hashing reader can only rewind to the start")
-        self.hash = hashlib.sha256()
-        self.size = 0
-        return self._f.seek(0)
-
-    def tell(self) -> int:
-        return self._f.tell()
 
 
 # --- errors in plain words --------------------------------------------------------------
@@ -331,28 +306,30 @@ class S3Store:
     def _upload(
         self, key: str, path: Path, metadata: dict[str, str], extra: dict[str, str]
     ) -> tuple[int, str]:
+        """Upload by file name: s3transfer then streams every part from disk (a file
+        object would make it buffer parts in memory). The file is hashed before and after
+        the upload; a change in between is a failure."""
         try:
             size, digest = sha256_of(path)
             meta = {k: encode_meta(v) for k, v in metadata.items()}
             meta.update(extra)
             meta[META_SHA256] = digest
-            with path.open("rb") as f:
-                reader = _HashingReader(f)
-                self.client.upload_fileobj(
-                    reader,
-                    self.bucket,
-                    key,
-                    ExtraArgs={"Metadata": meta, "ContentType": _content_type(key), **self._extra},
-                    Config=self._transfer,
-                )
+            self.client.upload_file(
+                str(path),
+                self.bucket,
+                key,
+                ExtraArgs={"Metadata": meta, "ContentType": _content_type(key), **self._extra},
+                Config=self._transfer,
+            )
+            after = sha256_of(path)
         except ArchiveError:
             raise
         except Exception as e:  # every boto3/botocore/OS error is a failed archive
             raise describe_error(e, self.settings) from e
-        if reader.size != size or reader.hash.hexdigest() != digest:
+        if after != (size, digest):
             raise ArchiveError(
                 f"local file {path.name} changed while it was uploaded "
-                f"({size} bytes hashed, {reader.size} bytes sent); not deleting it"
+                f"({size} bytes before, {after[0]} after); not deleting it"
             )
         self.verify(key, size, digest)
         return size, digest

@@ -38,6 +38,7 @@ from fastflow.truncate import truncate_log
 MAX_FAILURE_ROWS = 1000
 CIRCUIT_BREAK_AFTER = 3  # consecutive connection-level failures: the server is down
 MAX_LISTED_FAILURES = 200
+MAX_PLAN_LINES = 10_000
 
 
 @dataclass
@@ -371,16 +372,28 @@ def _open_store(ctx: Context) -> tuple[S3Store | None, str | None]:
         return None, str(e)
 
 
-def _plan_only(ctx: Context, summary: PassSummary, now: datetime) -> PassSummary:
+def _plan_only(
+    ctx: Context, summary: PassSummary, now: datetime, sink: Callable[[str], None] | None
+) -> PassSummary:
+    """Count the plan; each line goes to ``sink`` (streamed, constant memory) or, without
+    one, into ``summary.plan`` (the first ``MAX_PLAN_LINES``)."""
     p = PassRun(ctx, summary, now, None, None)
+
+    def emit(actions: list[Action]) -> None:
+        for action in actions:
+            if sink is not None:
+                sink(action.describe())
+            elif len(summary.plan) < MAX_PLAN_LINES:
+                summary.plan.append(action.describe())
+
     for name in selection.pipeline_names(ctx.db):
         policy = p.policy(name)
         for batch in selection.deletion_candidates(ctx.db, name, policy, now):
             summary.planned_runs += len(batch)
-            summary.plan.extend(a.describe() for a in batch)
+            emit(batch)
         for batch in selection.truncation_candidates(ctx.db, name, policy, now, p.logs_root):
             summary.planned_truncations += len(batch)
-            summary.plan.extend(a.describe() for a in batch)
+            emit(batch)
     return summary
 
 
@@ -402,6 +415,7 @@ def run_pass(
     now: datetime | None = None,
     dry_run: bool = False,
     progress: Progress | None = None,
+    plan_sink: Callable[[str], None] | None = None,
 ) -> PassSummary:
     """Run one cleanup pass; raise ``PassAlreadyRunning`` if another one holds the lock."""
     started = time.monotonic()
@@ -410,7 +424,7 @@ def run_pass(
     store, config_error = _open_store(ctx)
     summary.config_error = config_error
     if dry_run:
-        _plan_only(ctx, summary, now)
+        _plan_only(ctx, summary, now, plan_sink)
         summary.duration_s = round(time.monotonic() - started, 3)
         return summary
     with PassLock(ctx.db):

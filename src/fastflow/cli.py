@@ -129,7 +129,13 @@ def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     app = _context(ctx)
     bar = ProgressLine(sys.stderr) if sys.stderr.isatty() and not dry_run else None
     try:
-        summary = run_pass(app, "cli", dry_run=dry_run, progress=bar.update if bar else None)
+        summary = run_pass(
+            app,
+            "cli",
+            dry_run=dry_run,
+            progress=bar.update if bar else None,
+            plan_sink=click.echo if dry_run and not as_json else None,
+        )
     except PassAlreadyRunning as e:
         _fail(f"{e}; try again when it has finished", EXIT_BUSY)
     finally:
@@ -146,8 +152,6 @@ def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
             data.pop("plan")
         click.echo(json.dumps(data, ensure_ascii=False))
     elif dry_run:
-        for line in summary.plan:
-            click.echo(line)
         click.echo(
             f"dry run: {summary.planned_runs} runs to archive and delete, "
             f"{summary.planned_truncations} logs to truncate; nothing changed",

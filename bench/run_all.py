@@ -1,0 +1,224 @@
+"""Run every benchmark, each in its own subprocess, and print one Markdown summary table.
+
+``make bench`` runs this. ``BENCH_QUICK=1`` shrinks every size (100k runner lines, 300
+cleanup runs, a 20 MiB log, 50k planning runs) for a smoke run (~30 s on an idle 2-CPU box).
+The per-script variables (``BENCH_LINES``, ``BENCH_RUNS``, ``BENCH_SIZES_MB``,
+``BENCH_PLAN_RUNS``, ...) still win over both defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+SCRIPTS = ("runner_throughput", "cleanup_throughput", "archive_rss", "planning")
+QUICK_ENV = {"BENCH_LINES": "100000"}  # runner_throughput has no quick mode of its own
+
+_CHILD = (
+    "import importlib, json, sys\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "result = importlib.import_module(sys.argv[2]).main()\n"
+    "with open(sys.argv[3], 'w') as f:\n"
+    "    json.dump(result, f, default=str)\n"
+)
+
+
+def _run(name: str) -> tuple[dict[str, Any] | None, float, str | None]:
+    """Run ``bench/<name>.py``'s ``main()`` in a subprocess: (result, seconds, error)."""
+    env = dict(os.environ)
+    if QUICK:
+        for key, value in QUICK_ENV.items():
+            env.setdefault(key, value)
+    with tempfile.TemporaryDirectory(prefix="ff-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(BENCH_DIR), name, str(out)],
+            env=env,
+            cwd=str(REPO_ROOT),
+        )
+        elapsed = time.perf_counter() - t0
+        if proc.returncode != 0 or not out.exists():
+            return None, elapsed, f"failed (exit status {proc.returncode})"
+        result: dict[str, Any] = json.loads(out.read_text())
+    return result, elapsed, None
+
+
+def _machine() -> str:
+    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{os.cpu_count()} CPUs, {ram_gib:.1f} GiB RAM, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}, load average {load}"
+    )
+
+
+# --- one formatter per script: rows of (benchmark, figure, value) --------------------------
+
+Row = tuple[str, str, str]
+
+
+def _runner_rows(r: dict[str, Any]) -> list[Row]:
+    lines = os.environ.get("BENCH_LINES", QUICK_ENV["BENCH_LINES"] if QUICK else "1000000")
+    return [
+        (
+            f"runner capture ({int(lines):,} lines)",
+            "capture ratio vs `python main.py > file` (goal <= 1.5)",
+            f"{r['capture_ratio']:.2f}",
+        ),
+        (
+            "",
+            "whole `fastflow run` vs baseline (incl. start-up)",
+            f"{r['ratio']:.2f} ({r['fastflow_s']:.2f} s vs {r['baseline_s']:.2f} s; "
+            f"start-up {r['startup_s']:.2f} s)",
+        ),
+    ]
+
+
+def _cleanup_rows(r: dict[str, Any]) -> list[Row]:
+    counts = "OK" if r["counts_ok"] else "MISMATCH"
+    return [
+        (
+            f"cleanup pass ({r['runs']:,} runs, 2 files each)",
+            f"fastflow runs/s (S3_MAX_CONCURRENCY={r['concurrency']})",
+            f"{r['fastflow_runs_per_s']:,.1f} ({r['fastflow_s']:.1f} s)",
+        ),
+        ("", "naive sequential `upload_file` runs/s", f"{r['naive_runs_per_s']:,.1f}"),
+        ("", "ratio fastflow / naive", f"{r['ratio']:.2f}"),
+        (
+            "",
+            "ratio vs naive `upload_file` + `head_object` (same request count)",
+            f"{r['ratio_vs_verified']:.2f} (naive {r['naive_verified_runs_per_s']:,.1f} runs/s)",
+        ),
+        (
+            "",
+            "archived / deleted runs / failures (expected)",
+            f"{r['archived_runs']:,} / {r['deleted_runs']:,} / {r['backup_failures']} "
+            f"({r['expected_archived']:,}) {counts}",
+        ),
+    ]
+
+
+def _rss_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = [
+        (
+            "archive peak RSS",
+            "baseline child (imports + 1-byte upload)",
+            f"{r['baseline_peak_rss_mib']:.0f} MiB",
+        )
+    ]
+    for size, v in r["sizes"].items():
+        label = f"{int(size):,} MiB log"
+        if "skipped" in v:
+            rows.append(("", label, v["skipped"]))
+        else:
+            rows.append(
+                (
+                    "",
+                    label,
+                    f"peak {v['peak_rss_mib']:.0f} MiB, delta {v['delta_mib']:+.0f} MiB "
+                    f"({v['mib_per_s']:.0f} MiB/s)",
+                )
+            )
+    if "delta_spread_mib" in r:
+        rows.append(
+            ("", "delta spread across sizes (flat ~ 0)", f"{r['delta_spread_mib']:.0f} MiB")
+        )
+    return rows
+
+
+def _planning_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for key, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
+        v = r.get(key, {})
+        title = f"planning, {label} ({r['runs']:,} runs)"
+        if "skipped" in v:
+            rows.append((title, "", v["skipped"]))
+            continue
+        counts = "OK" if v["counts_ok"] else "MISMATCH"
+        rows += [
+            (
+                title,
+                "plan seconds (per 1M runs)",
+                f"{v['plan_s']:.2f} s ({v['plan_s_per_million']:.2f} s / 1M)",
+            ),
+            (
+                "",
+                "baseline `SELECT count(*)`, ratio",
+                f"{v['count_s'] * 1000:.1f} ms, {v['ratio_vs_count']:,.0f}x",
+            ),
+            (
+                "",
+                "actions: deletions + truncations",
+                f"{v['deletions']:,} + {v['truncations']:,} {counts}",
+            ),
+            ("", "peak RSS growth while planning", f"{v['rss_growth_mib']:+.1f} MiB"),
+            (
+                "",
+                "dry-run pass (keeps the printed plan)",
+                f"{v['dry_run_s']:.2f} s, RSS growth {v['dry_run_rss_growth_mib']:+.1f} MiB",
+            ),
+        ]
+    return rows
+
+
+FORMATTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "runner_throughput": _runner_rows,
+    "cleanup_throughput": _cleanup_rows,
+    "archive_rss": _rss_rows,
+    "planning": _planning_rows,
+}
+
+
+def _table(rows: list[Row]) -> str:
+    out = ["| benchmark | figure | value |", "|---|---|---|"]
+    out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(out)
+
+
+def main() -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    rows: list[Row] = []
+    failed = []
+    machine = _machine()  # load average before the first benchmark
+    total0 = time.perf_counter()
+    for name in SCRIPTS:
+        print(f"== {name}{' (quick)' if QUICK else ''}", flush=True)
+        result, elapsed, error = _run(name)
+        results[name] = result if result is not None else {"error": error}
+        if result is None:
+            failed.append(name)
+            rows.append((name, "", error or "failed"))
+            continue
+        try:
+            rows += FORMATTERS[name](result)
+        except (KeyError, TypeError, ValueError) as e:
+            rows.append((name, "", f"unexpected result ({type(e).__name__}: {e})"))
+        print(f"   ({elapsed:.1f} s)", flush=True)
+    total = time.perf_counter() - total0
+    print()
+    print(
+        f"Machine: {machine} (at start; now {', '.join(f'{x:.1f}' for x in os.getloadavg())})."
+        f" Total {total:.0f} s{' (BENCH_QUICK=1)' if QUICK else ''}."
+    )
+    print()
+    print(_table(rows))
+    results["machine"] = machine
+    results["total_s"] = total
+    results["failed"] = failed
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main()["failed"] else 0)
