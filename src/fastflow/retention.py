@@ -10,6 +10,7 @@ Invariants kept here and relied on by the executor:
 from __future__ import annotations
 
 import enum
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -114,14 +115,13 @@ def decide(
     """
     if run.status in ACTIVE_STATUSES:
         return None
-    reasons: list[str] = []
-    if policy.keep_runs is not None and count_boundary is not None and run.key < count_boundary:
-        reasons.append(f"more than {policy.keep_runs} finished runs of this pipeline")
+    by_count = (
+        policy.keep_runs is not None and count_boundary is not None and run.key < count_boundary
+    )
     cutoff = age_cutoff(policy, now)
-    if cutoff is not None and run.started_at < cutoff:
-        reasons.append(f"older than {policy.max_age_days} days")
-    if reasons:
-        return Action(ActionKind.ARCHIVE_AND_DELETE_RUN, run, tuple(reasons))
+    by_age = cutoff is not None and run.started_at < cutoff
+    if by_count or by_age:
+        return Action(ActionKind.ARCHIVE_AND_DELETE_RUN, run, _reasons(policy, by_count, by_age))
     if (
         policy.max_log_bytes is not None
         and run.log_file is not None
@@ -134,6 +134,16 @@ def decide(
             (f"log is {run.log_size} bytes, limit {policy.max_log_bytes} bytes",),
         )
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _reasons(policy: Policy, by_count: bool, by_age: bool) -> tuple[str, ...]:
+    out = []
+    if by_count:
+        out.append(f"more than {policy.keep_runs} finished runs of this pipeline")
+    if by_age:
+        out.append(f"older than {policy.max_age_days} days")
+    return tuple(out)
 
 
 def fallback(action: Action, error: str) -> Action:
