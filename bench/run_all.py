@@ -22,7 +22,14 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-SCRIPTS = ("runner_throughput", "cleanup_throughput", "archive_rss", "planning")
+SCRIPTS = (
+    "runner_throughput",
+    "cleanup_throughput",
+    "archive_rss",
+    "planning",
+    "archive_read",
+    "load",
+)
 QUICK_ENV = {"BENCH_LINES": "100000"}  # runner_throughput has no quick mode of its own
 
 _CHILD = (
@@ -178,7 +185,53 @@ def _planning_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _read_rows(r: dict[str, Any]) -> list[Row]:
+    title = f"archived-log reads ({r['size_mb']} MiB log)"
+    rows: list[Row] = [
+        (title, "tail 200 KB from local disk (baseline)", f"{r['local_tail_ms']:.1f} ms")
+    ]
+    for codec, v in r["codecs"].items():
+        rows.append(
+            (
+                "",
+                f"{codec}: ratio, compress speed",
+                f"{v['ratio']:.1f}x, {v['compress_mb_s']:.0f} MiB/s",
+            )
+        )
+        rows.append(
+            (
+                "",
+                f"{codec}: archive (compress + upload + verify), tail read",
+                f"{v['archive_s']:.2f} s, {v['tail_ms']:.1f} ms",
+            )
+        )
+    return rows
+
+
+def _load_rows(r: dict[str, Any]) -> list[Row]:
+    title = (
+        f"API under load ({r['clients']} clients every {r['interval_s']:g} s, "
+        f"{r['seconds']:g} s, pass over {r['runs']:,} runs)"
+    )
+    return [
+        (title, "requests, errors", f"{r['requests']:,} ({r['rps']:.0f}/s), {r['errors']}"),
+        (
+            "",
+            "latency p50 / p95 / p99 (goal p99 < 200 ms)",
+            f"{r['p50_ms']:.0f} / {r['p95_ms']:.0f} / {r['p99_ms']:.0f} ms",
+        ),
+        (
+            "",
+            "pass with load vs without",
+            f"{r['pass_loaded_s']:.1f} s vs {r['pass_quiet_s']:.1f} s "
+            f"({r['archived_loaded']} archived, {r['failures_loaded']} failures)",
+        ),
+    ]
+
+
 FORMATTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "archive_read": _read_rows,
+    "load": _load_rows,
     "runner_throughput": _runner_rows,
     "cleanup_throughput": _cleanup_rows,
     "archive_rss": _rss_rows,

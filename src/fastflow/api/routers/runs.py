@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from fastflow import runs as run_rows
 from fastflow import runviews
@@ -63,8 +63,9 @@ def get_logs(
 
 
 @router.get("/runs/{run_id}/metrics")
-def get_metrics(run_id: uuid.UUID, ctx: CtxDep, _: PrincipalDep) -> list[dict[str, Any]]:
-    return runviews.metrics(ctx, run_id)
+def get_metrics(run_id: uuid.UUID, ctx: CtxDep, _: PrincipalDep) -> JSONResponse:
+    """The run's CPU/RAM samples."""
+    return JSONResponse(runviews.metrics(ctx, run_id))
 
 
 @router.post("/runs/{run_id}/cancel")
@@ -82,6 +83,6 @@ def list_archive(
     pipeline_name: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[dict[str, Any]]:
+) -> JSONResponse:
     """Archive ledger entries, newest first."""
-    return runviews.list_archive(ctx, pipeline_name, limit, offset)
+    return JSONResponse(runviews.list_archive(ctx, pipeline_name, limit, offset))

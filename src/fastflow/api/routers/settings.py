@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query
+from fastapi.responses import JSONResponse
 
 from fastflow import failures, notify, s3probe, settings_store
 from fastflow.api.deps import AdminDep, CtxDep, PrincipalDep
@@ -95,10 +96,12 @@ def passes(
 @router.get("/backup-failures")
 def backup_failures(
     ctx: CtxDep, _: PrincipalDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Persisted failures, unresolved first, newest first; and the last successful backup."""
     last = failures.last_backup_at(ctx)
-    return {
-        "failures": failures.recent_failures(ctx, limit),
-        "last_backup_at": last.isoformat() if last else None,
-    }
+    return JSONResponse(
+        {
+            "failures": failures.recent_failures(ctx, limit),
+            "last_backup_at": last.isoformat() if last else None,
+        }
+    )
