@@ -9,7 +9,6 @@ without load is the baseline for "the pass is unaffected". Prints p50/p95/p99 la
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,8 +23,8 @@ if str(REPO_ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 from tests.harness.loadgen import LoadStats, hammer, seed_finished_runs  # noqa: E402
-from tests.harness.ports import free_port  # noqa: E402
 from tests.harness.s3server import MotoS3Server  # noqa: E402
+from tests.harness.serve import fastflow_serve  # noqa: E402
 
 from fastflow import accounts  # noqa: E402
 from fastflow.app_context import bootstrap  # noqa: E402
@@ -78,25 +77,7 @@ def _scenario(server: MotoS3Server, root: Path, bucket: str, with_load: bool) ->
     seed_finished_runs(ctx, RUNS, datetime.now(UTC))
     headers = {"Authorization": f"Bearer {accounts.create_token(ctx.db, 'bench', 'admin')}"}
     ctx.db.dispose()
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fastflow", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/api/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("fastflow serve did not start")
-            threading.Event().wait(0.1)
+    with fastflow_serve(env) as base:
         result: list[Any] = []
 
         def clean() -> None:
@@ -110,9 +91,6 @@ def _scenario(server: MotoS3Server, root: Path, bucket: str, with_load: bool) ->
             hammer(base, headers, PATHS, CLIENTS, SECONDS, INTERVAL) if with_load else LoadStats()
         )
         cleaner.join()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     pass_s, summary = result[0]
     return {"stats": stats, "pass_s": pass_s, "summary": summary}
 

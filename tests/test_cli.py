@@ -219,32 +219,12 @@ def test_cleanup_dry_run_prints_plan_and_changes_nothing(
 
 def test_serve_answers_health(ff_env: dict[str, str]) -> None:
     import os
-    import subprocess
-    import sys
 
     import httpx
 
-    from tests.conftest import wait_until
-    from tests.harness.ports import free_port
+    from tests.harness.serve import fastflow_serve
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fastflow", "serve", "--port", str(port)],
-        env={**os.environ, **ff_env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200
-            except httpx.HTTPError:
-                assert proc.poll() is None, "fastflow serve exited"
-                return False
-
-        wait_until(healthy, 60, "fastflow serve to answer /api/health")
-        assert httpx.get(f"http://127.0.0.1:{port}/api/health").json()["status"] == "ok"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with fastflow_serve({**os.environ, **ff_env}) as url:
+        res = httpx.get(url + "/api/health")
+        assert res.status_code == 200 and res.json()["status"] == "ok"
+        assert httpx.get(url + "/api/runs").status_code == 401

@@ -4,8 +4,6 @@ the pass is unaffected. (The full-size figures come from bench/load.py.)"""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 from datetime import UTC, datetime
 
@@ -15,10 +13,9 @@ import pytest
 from fastflow import accounts
 from fastflow.app_context import bootstrap
 from fastflow.config import load_settings
-from tests.conftest import wait_until
 from tests.harness.fixtures import S3Env
 from tests.harness.loadgen import hammer, seed_finished_runs
-from tests.harness.ports import free_port
+from tests.harness.serve import fastflow_serve
 
 PATHS = ["/api/settings/backup-failures", "/api/runs?limit=50"]
 
@@ -34,23 +31,7 @@ def test_polling_clients_during_a_pass(
     seed_finished_runs(ctx, 200, datetime.now(UTC))
     token = accounts.create_token(ctx.db, "load", "admin")
     headers = {"Authorization": f"Bearer {token}"}
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fastflow", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(base + "/api/health").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 60, "fastflow serve")
+    with fastflow_serve(env) as base:
         result: list[httpx.Response] = []
         cleaner = threading.Thread(
             target=lambda: result.append(
@@ -60,9 +41,6 @@ def test_polling_clients_during_a_pass(
         cleaner.start()
         stats = hammer(base, headers, PATHS, clients=20, seconds=5)
         cleaner.join(300)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     assert stats.errors == []
     assert len(stats.latencies) > 100
     summary = result[0].json()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import MakePipeline, run_cli, wait_until
+from tests.conftest import MakePipeline, run_cli
 from tests.harness.fixtures import S3Env
-from tests.harness.ports import free_port
+from tests.harness.serve import fastflow_serve
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -63,26 +61,8 @@ def server(ff_env: dict[str, str], s3: S3Env, make_pipeline: MakePipeline) -> It
         assert run_cli("run", "nightly-etl", env=env).returncode == 0
     res = run_cli("user", "create", "admin", "--role", "admin", env=env, input=PASSWORD + "\n")
     assert res.returncode == 0, res.stderr
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fastflow", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, "fastflow serve exited"
-        try:
-            return httpx.get(url + "/api/health").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, 60, "fastflow serve")
-    yield Server(url, env)
-    proc.terminate()
-    proc.wait(timeout=30)
+    with fastflow_serve(env) as url:
+        yield Server(url, env)
 
 
 @pytest.fixture(scope="session")

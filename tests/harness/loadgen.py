@@ -4,6 +4,7 @@ runs quickly, and poll API routes from many concurrent clients, recording latenc
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -130,5 +131,16 @@ def hammer(
 ) -> LoadStats:
     """Poll ``paths`` round-robin from ``clients`` concurrent connections for ``seconds``;
     each client waits until ``interval`` seconds after its previous request started
-    (0 = back to back: a saturation test)."""
-    return asyncio.run(hammer_async(base, headers, paths, clients, seconds, interval))
+    (0 = back to back: a saturation test). Runs its own event loop in a thread, so it also
+    works where the calling thread has one (e.g. next to Playwright's sync API)."""
+    out: list[LoadStats] = []
+    worker = threading.Thread(
+        target=lambda: out.append(
+            asyncio.run(hammer_async(base, headers, paths, clients, seconds, interval))
+        )
+    )
+    worker.start()
+    worker.join()
+    if not out:
+        raise RuntimeError("the load generator failed; see the thread's traceback above")
+    return out[0]
