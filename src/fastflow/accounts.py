@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from fastflow import security
+from fastflow import readcache, security
 from fastflow.db import Database
 from fastflow.errors import FastflowError
 from fastflow.models import ApiToken, User, WebSession, utcnow
@@ -102,6 +102,7 @@ def logout(db: Database, token: str) -> None:
         row = s.get(WebSession, security.token_hash(token))
         if row is not None:
             s.delete(row)
+    readcache.invalidate()
 
 
 def session_principal(db: Database, token: str, now: datetime | None = None) -> Principal | None:
@@ -150,7 +151,8 @@ def revoke_token(db: Database, ident: str) -> int:
         rows = list(s.scalars(q))
         for row in rows:
             row.revoked_at = utcnow()
-        return len(rows)
+    readcache.invalidate()
+    return len(rows)
 
 
 def token_principal(db: Database, token: str) -> Principal | None:

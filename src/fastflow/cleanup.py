@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
-from fastflow import archive, logfiles, pipelines, reaper, selection
+from fastflow import archive, logfiles, pipelines, readcache, reaper, selection
 from fastflow.app_context import Context
 from fastflow.archive import S3Store, StoredObject
 from fastflow.errors import ArchiveError, ArchiveNotConfigured, FastflowError, UnsafePath
@@ -156,6 +156,7 @@ class PassRun:
                         error=message,
                     )
                 )
+        readcache.invalidate()
         self._bump(backup_failures=1)
 
     def policy(self, pipeline: str) -> Policy:
@@ -442,6 +443,7 @@ def run_pass(
             error = f"{type(e).__name__}: {archive.scrub(str(e), ctx.settings)}"
             raise
         finally:
+            readcache.invalidate()
             summary.finished_at = utcnow().isoformat()
             summary.duration_s = round(time.monotonic() - started, 3)
             _close_pass_row(ctx, summary, error)

@@ -120,8 +120,12 @@ def logs_cmd(ctx: click.Context, run_id: str) -> None:
 @cli.command("cleanup")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--trigger", default="cli", hidden=True)
+@click.option("--no-notify", is_flag=True, hidden=True, help="The caller notifies.")
 @click.pass_context
-def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+def cleanup_cmd(
+    ctx: click.Context, dry_run: bool, as_json: bool, trigger: str, no_notify: bool
+) -> None:
     """Run one cleanup pass now: retention, verified archive, truncation."""
     from fastflow.cleanup import run_pass
     from fastflow.progress import ProgressLine
@@ -131,7 +135,7 @@ def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     try:
         summary = run_pass(
             app,
-            "cli",
+            trigger,
             dry_run=dry_run,
             progress=bar.update if bar else None,
             plan_sink=click.echo if dry_run and not as_json else None,
@@ -141,7 +145,7 @@ def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     finally:
         if bar:
             bar.close()
-    if not dry_run:
+    if not dry_run and not no_notify:
         from fastflow import notify
 
         # delivery runs in the background; wait a bounded time so it can finish

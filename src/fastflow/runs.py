@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 from sqlalchemy import select
 
-from fastflow import logfiles
+from fastflow import logfiles, readcache
 from fastflow.db import Database
 from fastflow.errors import RunNotFound
 from fastflow.models import ACTIVE_STATUSES, PipelineRun, RunStatus, utcnow
@@ -49,6 +49,7 @@ def create(db: Database, pipeline_name: str, triggered_by: str, *, pid: int) -> 
     )
     with db.session() as s:
         s.add(run)
+    readcache.invalidate()
     return run
 
 
@@ -61,6 +62,7 @@ def mark_running(db: Database, run_id: uuid.UUID, *, pid: int) -> None:
         run.started_at = utcnow()
         run.runner_pid = pid
         run.runner_started = _process_started(pid)
+    readcache.invalidate()
 
 
 def finish(
@@ -78,6 +80,7 @@ def finish(
         run.exit_code = exit_code
         run.finished_at = utcnow()
         run.log_size = log_size
+    readcache.invalidate()
 
 
 def get(db: Database, run_id: uuid.UUID) -> PipelineRun | None:

@@ -51,7 +51,7 @@ class CleanupScheduler:
         self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        from fastflow.cleanup import run_pass
+        from fastflow.passrunner import run_pass_in_child
 
         expr = self._ctx.settings.cleanup_schedule
         while not self._stop.is_set():
@@ -61,7 +61,7 @@ class CleanupScheduler:
             if self._stop.wait(max(0.0, (fire - now).total_seconds())):
                 return
             try:
-                summary = run_pass(self._ctx, "schedule")
+                summary = run_pass_in_child(self._ctx, "schedule")
                 log.info(
                     "scheduled cleanup: %s archived, %s deleted, %s failures",
                     summary.archived_runs,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from fastflow import accounts, security
+from fastflow import accounts, readcache, security
 from fastflow.accounts import AuthError, Forbidden, Principal
 from fastflow.app_context import Context
 from fastflow.background import RunLauncher
@@ -32,13 +32,21 @@ def optional_principal(request: Request, ctx: CtxDep) -> Principal | None:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("use 'Authorization: Bearer <token>'")
-        principal = accounts.token_principal(ctx.db, token.strip())
+        token = token.strip()
+        principal: Principal | None = readcache.cached(
+            ("token", security.token_hash(token)),
+            lambda: accounts.token_principal(ctx.db, token),
+        )
         if principal is None:
             raise AuthError("invalid or revoked API token")
         return principal
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
-        return accounts.session_principal(ctx.db, cookie)
+        found: Principal | None = readcache.cached(
+            ("session", security.token_hash(cookie)),
+            lambda: accounts.session_principal(ctx.db, cookie),
+        )
+        return found
     return None
 
 

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from fastflow import readcache, runviews
 from fastflow import runs as run_rows
-from fastflow import runviews
 from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
 from fastflow.errors import RunNotFound
 from fastflow.logreader import open_log
@@ -26,14 +26,19 @@ def list_runs(
     status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[dict[str, Any]]:
+) -> JSONResponse:
     """Runs, newest first, with archive information."""
-    return runviews.list_views(
-        ctx,
-        pipeline=pipeline_name,
-        status=status.value if status else None,
-        limit=limit,
-        offset=offset,
+    return JSONResponse(
+        readcache.cached(
+            ("runs", pipeline_name, status, limit, offset),
+            lambda: runviews.list_views(
+                ctx,
+                pipeline=pipeline_name,
+                status=status.value if status else None,
+                limit=limit,
+                offset=offset,
+            ),
+        )
     )
 
 

@@ -7,10 +7,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
 
-from fastflow import failures, notify, s3probe, settings_store
+from fastflow import failures, notify, readcache, s3probe, settings_store
 from fastflow.api.deps import AdminDep, CtxDep, PrincipalDep
-from fastflow.cleanup import PassSummary, current_pass_started, run_pass
+from fastflow.cleanup import PassSummary, current_pass_started
 from fastflow.errors import PassAlreadyRunning
+from fastflow.passrunner import run_pass_in_child
 
 router = APIRouter(prefix="/api/settings", tags=["settings"])
 
@@ -43,6 +44,7 @@ def put_settings(
     """Store changes (validated like the environment; null restores the environment)."""
     settings_store.update(ctx.db, ctx.base, changes)
     ctx.reload_settings()
+    readcache.invalidate()
     return _view(ctx)
 
 
@@ -56,9 +58,10 @@ def test_s3(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
 
 @router.post("/cleanup/force")
 def force_cleanup(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
-    """Run a cleanup pass now (in a worker thread); 409 while another pass runs."""
+    """Run a cleanup pass now (a worker thread runs it in a child process, so the API
+    stays responsive); 409 while another pass runs."""
     try:
-        summary = run_pass(ctx, "api")
+        summary = run_pass_in_child(ctx, "api")
     except PassAlreadyRunning as e:
         started = current_pass_started(ctx)
         raise PassAlreadyRunning(
@@ -98,10 +101,12 @@ def backup_failures(
     ctx: CtxDep, _: PrincipalDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> JSONResponse:
     """Persisted failures, unresolved first, newest first; and the last successful backup."""
-    last = failures.last_backup_at(ctx)
-    return JSONResponse(
-        {
+
+    def compute() -> dict[str, Any]:
+        last = failures.last_backup_at(ctx)
+        return {
             "failures": failures.recent_failures(ctx, limit),
             "last_backup_at": last.isoformat() if last else None,
         }
-    )
+
+    return JSONResponse(readcache.cached(("backup-failures", limit), compute))
