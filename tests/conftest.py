@@ -40,6 +40,21 @@ def ff_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return env
 
 
+# the fields DESIGN.md promises on every run object (CLI --json, API, database columns)
+RUN_FIELDS = frozenset(
+    {
+        "id",
+        "pipeline_name",
+        "status",
+        "triggered_by",
+        "started_at",
+        "finished_at",
+        "exit_code",
+        "log_file",
+        "metrics_file",
+    }
+)
+
 MakePipeline = Callable[..., Path]
 
 

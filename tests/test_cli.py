@@ -11,7 +11,7 @@ from subprocess import CompletedProcess
 import pytest
 
 from fastflow.app_context import Context
-from tests.conftest import MakePipeline
+from tests.conftest import RUN_FIELDS, MakePipeline
 from tests.harness.fixtures import S3Env
 
 Cli = Callable[..., CompletedProcess[str]]
@@ -62,18 +62,7 @@ def test_runs_json_and_table(cli: Cli, make_pipeline: MakePipeline) -> None:
     assert res.returncode == 0
     rows = json.loads(res.stdout)
     assert [r["id"] for r in rows] == [second, first]  # newest first
-    keys = {
-        "id",
-        "pipeline_name",
-        "status",
-        "triggered_by",
-        "started_at",
-        "finished_at",
-        "exit_code",
-        "log_file",
-        "metrics_file",
-    }
-    assert all(keys <= set(r) for r in rows)
+    assert all(set(r) >= RUN_FIELDS for r in rows)
     assert rows[0]["status"] == "FAILED" and rows[0]["exit_code"] == 1
     assert rows[1]["triggered_by"] == "cli"
     only_a = json.loads(cli("runs", "--pipeline", "a", "--json").stdout)

@@ -12,6 +12,7 @@ from sqlalchemy import inspect, text
 from fastflow.config import load_settings
 from fastflow.db import Database
 from fastflow.models import PipelineRun
+from tests.conftest import RUN_FIELDS
 
 TABLES = {"pipeline_runs", "archived_runs", "backup_failures", "cleanup_passes"}
 
@@ -20,17 +21,7 @@ def _check_schema(db: Database) -> None:
     insp = inspect(db.engine)
     assert set(insp.get_table_names()) >= TABLES
     cols = {c["name"] for c in insp.get_columns("pipeline_runs")}
-    assert {
-        "id",
-        "pipeline_name",
-        "status",
-        "triggered_by",
-        "started_at",
-        "finished_at",
-        "exit_code",
-        "log_file",
-        "metrics_file",
-    } <= cols
+    assert cols >= RUN_FIELDS
     indexes = {tuple(i["column_names"]) for i in insp.get_indexes("pipeline_runs")}
     assert ("pipeline_name", "started_at") in indexes
     with db.engine.connect() as conn:
