@@ -471,3 +471,32 @@ def test_server_side_encryption_and_storage_class_are_sent(s3_app: Context, s3: 
     head = s3.client().head_object(Bucket=s3.bucket, Key=_key(old.id, "enc"))
     assert head["ServerSideEncryption"] == "AES256"
     assert head["StorageClass"] == "STANDARD_IA"
+
+
+def test_child_pass_gets_exactly_the_server_settings(
+    s3_app: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastflow.passrunner import settings_env
+
+    ctx = tune(s3_app, s3_prefix="/", log_retention_runs=3, email_recipients=["a@b.org"])
+    assert ctx.settings.s3_prefix == ""
+    for key, value in settings_env(ctx.settings).items():
+        monkeypatch.setenv(key, value)
+    again = load_settings()
+    assert again.s3_prefix == "" and again.log_retention_runs == 3
+    assert again.email_recipients == ["a@b.org"]
+    assert again.s3_secret_access_key == ctx.settings.s3_secret_access_key
+
+
+def test_huge_tail_of_a_compressed_archive_streams(s3_app: Context, s3: S3Env) -> None:
+    from fastflow.logreader import open_log
+
+    ctx = tune(s3_app, log_retention_runs=1, s3_compression="zstd")
+    text = b"".join(b"line %d\\n" % i for i in range(50_000))
+    old = seed_run(ctx, "zt", NOW - timedelta(days=2), log=text)
+    seed_run(ctx, "zt", NOW - timedelta(days=1))
+    assert _pass(ctx).archived_runs == 1
+    whole = open_log(ctx, old.id, None, tail_bytes=10**12)
+    chunks = list(whole.chunks)
+    assert b"".join(chunks) == text
+    assert b"".join(open_log(ctx, old.id, None, tail_bytes=12).chunks) == text[-12:]

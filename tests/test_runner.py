@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import psutil
+import pytest
 
 from fastflow import runs
 from fastflow.app_context import Context, bootstrap
@@ -312,3 +313,20 @@ def test_killed_cli_run_is_recovered(ff_env: dict[str, str], make_pipeline: Make
     (row,) = runs.list_runs(ctx.db, pipeline="long")
     assert row.status == "FAILED"
     assert "run interrupted" in (logs / str(row.id) / "run.log").read_text()
+
+
+def test_pipelines_do_not_see_fastflow_secrets(
+    app: Context, make_pipeline: MakePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "do-not-leak-into-pipelines")
+    monkeypatch.setenv("SMTP_PASSWORD", "smtp-do-not-leak")
+    monkeypatch.setenv("UNRELATED_VARIABLE", "visible")
+    make_pipeline(
+        "envdump",
+        "import os\nfor k in sorted(os.environ): print(k, os.environ[k])\n",
+        config='{"env": {"OWN": "mine"}}',
+    )
+    result = run_pipeline(app.db, app.settings, "envdump", "cli")
+    text = result.log_path.read_text()
+    assert "do-not-leak" not in text and "DATABASE_URL" not in text
+    assert "UNRELATED_VARIABLE visible" in text and "OWN mine" in text

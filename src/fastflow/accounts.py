@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -18,6 +19,11 @@ from fastflow.models import ApiToken, User, WebSession, utcnow
 SESSION_LIFETIME = timedelta(hours=12)
 _USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,100}$")
 MIN_PASSWORD = 8
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return security.hash_password("fastflow-timing-equaliser")
 
 
 class Role(enum.StrEnum):
@@ -84,7 +90,9 @@ def login(db: Database, username: str, password: str) -> tuple[str, WebSession]:
     """Check the password; return a new session token (for the cookie) and its row."""
     with db.session() as s:
         user = s.scalar(select(User).where(User.username == username))
-        if user is None or not security.verify_password(user.password_hash, password):
+        # an unknown user costs the same hash check, so timing does not reveal user names
+        stored = user.password_hash if user is not None else _dummy_hash()
+        if not security.verify_password(stored, password) or user is None:
             raise AuthError("wrong username or password")
         token = secrets.token_urlsafe(32)
         row = WebSession(

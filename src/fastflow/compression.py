@@ -102,11 +102,11 @@ def decompress(chunks: Iterator[bytes], codec: str | None) -> Iterator[bytes]:
     raise ValueError(f"unknown compression {codec!r}")
 
 
-def tail(chunks: Iterator[bytes], n: int) -> Iterator[bytes]:
-    """The last ``n`` bytes of a stream, keeping at most about ``n`` + one chunk in memory."""
-    buf = bytearray()
+def skip(chunks: Iterator[bytes], n: int) -> Iterator[bytes]:
+    """The stream without its first ``n`` bytes (streaming: nothing is held back)."""
     for chunk in chunks:
-        buf += chunk
-        if len(buf) > n:
-            del buf[: len(buf) - n]
-    yield bytes(buf)
+        if n >= len(chunk):
+            n -= len(chunk)
+            continue
+        yield chunk[n:] if n else chunk
+        n = 0

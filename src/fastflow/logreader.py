@@ -55,12 +55,11 @@ def open_log(
         ) from e
     location = f"s3://{entry.bucket}/{entry.log_key}"
     size = entry.original("log")[0] or 0
-    if entry.encoding:
-        chunks = store.open_original(entry.log_key, entry.encoding)
-        if tail_bytes is not None:
-            chunks = compression.tail(chunks, tail_bytes)
-        return LogSource("archive", size, chunks, location)
     start = logfiles.tail_start(size, tail_bytes)
+    if entry.encoding:
+        # a compressed object cannot be read from the middle: decompress and skip, streaming
+        chunks = compression.skip(store.open_original(entry.log_key, entry.encoding), start)
+        return LogSource("archive", size, chunks, location)
     return LogSource("archive", size, store.open(entry.log_key, start), location)
 
 

@@ -40,6 +40,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = "true" if value else "false"
         elif isinstance(value, list):
             value = ",".join(value)
+        elif value == "" and name == "s3_prefix":
+            value = "/"  # an empty variable counts as unset; "/" is the empty prefix
         env[key] = str(value)
     return env
 

@@ -30,6 +30,7 @@ from fastflow.metrics import TreeSampler
 from fastflow.models import RunStatus
 
 READ_SIZE = 256 * 1024
+SETTINGS_VARS = frozenset(name.upper() for name in Settings.model_fields)
 FLUSH_EVERY_S = 0.5
 DRAIN_AFTER_EXIT_S = 2.0
 KILL_GRACE_S = 3.0
@@ -117,7 +118,9 @@ def execute(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     runs.mark_running(db, run_id, pid=os.getpid())
 
-    env = {**os.environ, **pipeline.env}
+    # fastflow's own settings (credentials, database URL, ...) are not the pipeline's business
+    env = {k: v for k, v in os.environ.items() if k.upper() not in SETTINGS_VARS}
+    env.update(pipeline.env)
     env.update(
         FASTFLOW_RUN_ID=str(run_id),
         FASTFLOW_PIPELINE=pipeline.name,

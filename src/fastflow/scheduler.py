@@ -53,8 +53,8 @@ class CleanupScheduler:
     def _loop(self) -> None:
         from fastflow.passrunner import run_pass_in_child
 
-        expr = self._ctx.settings.cleanup_schedule
         while not self._stop.is_set():
+            expr = self._ctx.settings.cleanup_schedule  # may change at runtime (settings page)
             now = self._clock()
             fire = next_fire(expr, now)
             log.info("next cleanup pass at %s", fire.isoformat(timespec="seconds"))
