@@ -46,8 +46,9 @@ class Api:
 def api(ff_env: dict[str, str]) -> Iterator[Api]:
     ctx = bootstrap(load_settings())
     app = create_app(ctx, schedule=False)
-    with TestClient(app) as client:
-        yield Api(client, ctx)
+    # no context manager: the app needs no lifespan here (schedule=False), and a long-lived
+    # TestClient portal thread can hang at exit; each request gets its own short portal
+    yield Api(TestClient(app), ctx)
     ctx.db.dispose()
 
 
@@ -57,8 +58,7 @@ def s3_api(ff_env: dict[str, str], s3: S3Env, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("S3_READ_TIMEOUT", "2")
     ctx = bootstrap(load_settings())
-    with TestClient(create_app(ctx, schedule=False)) as client:
-        yield Api(client, ctx)
+    yield Api(TestClient(create_app(ctx, schedule=False)), ctx)
     ctx.db.dispose()
 
 
@@ -265,17 +265,17 @@ def test_no_secret_in_any_response(ff_env: dict[str, str], monkeypatch: pytest.M
     monkeypatch.setenv("S3_ENDPOINT_URL", "http://127.0.0.1:9")
     ctx = bootstrap(load_settings())
     seed_series(ctx, "etl", 2)
-    with TestClient(create_app(ctx, schedule=False)) as client:
-        api = Api(client, ctx)
-        bodies = []
-        for method, path, _ in _routes(api):
-            if method == "GET":
-                bodies.append(client.get(_fill(path), headers=api.admin).text)
-        bodies.append(client.post("/api/settings/s3/test", headers=api.admin).text)
-        bodies.append(client.post("/api/settings/cleanup/force", headers=api.admin).text)
-        bodies.append(client.get("/api/settings/backup-failures", headers=api.admin).text)
-        for page in ("/settings", "/runs", "/archive", "/pipelines"):
-            bodies.append(client.get(page, headers=api.admin).text)
+    client = TestClient(create_app(ctx, schedule=False))
+    api = Api(client, ctx)
+    bodies = []
+    for method, path, _ in _routes(api):
+        if method == "GET":
+            bodies.append(client.get(_fill(path), headers=api.admin).text)
+    bodies.append(client.post("/api/settings/s3/test", headers=api.admin).text)
+    bodies.append(client.post("/api/settings/cleanup/force", headers=api.admin).text)
+    bodies.append(client.get("/api/settings/backup-failures", headers=api.admin).text)
+    for page in ("/settings", "/runs", "/archive", "/pipelines"):
+        bodies.append(client.get(page, headers=api.admin).text)
     for body in bodies:
         for secret in SECRETS.values():
             assert secret not in body
@@ -389,8 +389,8 @@ def test_backup_failures_are_persisted_unresolved_first(s3_api: Api, s3: S3Env) 
     assert {f["run_id"] for f in data["failures"]} == {str(runs[0].id), str(runs[1].id)}
     # a restart keeps them (they live in the database)
     ctx2 = bootstrap(load_settings())
-    with TestClient(create_app(ctx2, schedule=False)) as client2:
-        again = client2.get("/api/settings/backup-failures", headers=api.viewer).json()
+    client2 = TestClient(create_app(ctx2, schedule=False))
+    again = client2.get("/api/settings/backup-failures", headers=api.viewer).json()
     assert [f["id"] for f in again["failures"]] == [f["id"] for f in data["failures"]]
     s3.proxy.clear()
     api.client.post("/api/settings/cleanup/force", headers=api.admin)

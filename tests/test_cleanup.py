@@ -500,3 +500,27 @@ def test_huge_tail_of_a_compressed_archive_streams(s3_app: Context, s3: S3Env) -
     chunks = list(whole.chunks)
     assert b"".join(chunks) == text
     assert b"".join(open_log(ctx, old.id, None, tail_bytes=12).chunks) == text[-12:]
+
+
+def test_server_side_sha256_is_sent_and_checked(s3_app: Context, s3: S3Env) -> None:
+    import base64
+    import hashlib
+
+    ctx = tune(s3_app, log_retention_runs=1)
+    old, _ = seed_series(ctx, "ck", 2)
+    assert _pass(ctx).archived_runs == 1
+    head = s3.client().head_object(Bucket=s3.bucket, Key=_key(old.id, "ck"), ChecksumMode="ENABLED")
+    assert base64.b64decode(head["ChecksumSHA256"]).hex() == old.sha
+    # an object whose bytes differ from what its metadata claims is caught by the server's hash
+    store = archive.open_store(ctx.settings)
+    forged = b"x" * len(old.log_bytes)
+    s3.client().put_object(
+        Bucket=s3.bucket,
+        Key="forged/run.log",
+        Body=forged,
+        ChecksumAlgorithm="SHA256",
+        Metadata={"sha256": old.sha},
+    )
+    with pytest.raises(archive.ArchiveError, match="server's SHA-256"):
+        store.verify("forged/run.log", len(forged), old.sha)
+    assert hashlib.sha256(forged).hexdigest() != old.sha

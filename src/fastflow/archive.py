@@ -87,6 +87,7 @@ class ObjectInfo:
     key: str
     size: int
     metadata: dict[str, str]
+    server_sha256: str | None = None  # hex; computed by the server (single-part uploads)
 
 
 class ArchiveStore(Protocol):
@@ -259,6 +260,9 @@ class S3Store:
             self._extra["SSEKMSKeyId"] = settings.s3_sse_kms_key_id
         if settings.s3_storage_class:
             self._extra["StorageClass"] = settings.s3_storage_class
+        if settings.s3_checksum == "sha256":
+            # the server checks the bytes it receives against this and stores the result
+            self._extra["ChecksumAlgorithm"] = "SHA256"
         self._transfer = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=MULTIPART_CHUNKSIZE,
@@ -350,10 +354,18 @@ class S3Store:
                 f"verification failed: checksum mismatch for s3://{self.bucket}/{key} "
                 f"(stored {stored or 'none'}, expected {sha256})"
             )
+        if info.server_sha256 is not None and info.server_sha256 != sha256:
+            raise ArchiveError(
+                f"verification failed: the server's SHA-256 of s3://{self.bucket}/{key} is "
+                f"{info.server_sha256}, expected {sha256}"
+            )
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
-            resp = self.client.head_object(Bucket=self.bucket, Key=key)
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+            if self.settings.s3_checksum == "sha256":
+                kwargs["ChecksumMode"] = "ENABLED"
+            resp = self.client.head_object(**kwargs)
         except ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchKey", "NotFound"):
@@ -362,7 +374,12 @@ class S3Store:
         except Exception as e:
             raise describe_error(e, self.settings) from e
         meta = {k.lower(): decode_meta(v) for k, v in resp.get("Metadata", {}).items()}
-        return ObjectInfo(key=key, size=int(resp["ContentLength"]), metadata=meta)
+        return ObjectInfo(
+            key=key,
+            size=int(resp["ContentLength"]),
+            metadata=meta,
+            server_sha256=_full_object_sha256(resp.get("ChecksumSHA256")),
+        )
 
     def open_original(self, key: str, encoding: str | None) -> Iterator[bytes]:
         """The bytes of the local file the object came from (decompressed, streaming)."""
@@ -378,6 +395,17 @@ class S3Store:
         except Exception as e:
             raise describe_error(e, self.settings) from e
         return _stream_body(body, self.settings)
+
+
+def _full_object_sha256(value: object) -> str | None:
+    """Hex SHA-256 from a HEAD's ChecksumSHA256; None for multipart (composite) checksums."""
+    if not isinstance(value, str) or "-" in value:
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
+    return raw.hex() if len(raw) == 32 else None
 
 
 def _stream_body(body: Any, settings: Settings) -> Iterator[bytes]:

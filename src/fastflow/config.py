@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     s3_connect_timeout: float = Field(default=DEFAULT_S3_CONNECT_TIMEOUT, gt=0, le=300)
     s3_read_timeout: float = Field(default=DEFAULT_S3_READ_TIMEOUT, gt=0, le=3600)
     s3_compression: Literal["none", "gzip", "zstd"] = "none"
+    s3_checksum: Literal["sha256", "none"] = "sha256"
     s3_sse: Literal["AES256", "aws:kms"] | None = None
     s3_sse_kms_key_id: str | None = None
     s3_storage_class: str | None = None
