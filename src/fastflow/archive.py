@@ -91,7 +91,14 @@ class ObjectInfo:
 
 
 class ArchiveStore(Protocol):
-    bucket: str
+    """What the cleanup pass and the readers need from an archive (one implementation:
+    ``S3Store``; the contract tests run against a real S3 server)."""
+
+    @property
+    def bucket(self) -> str: ...
+
+    @property
+    def codec(self) -> str: ...
 
     def key_for(self, pipeline_name: str, run_id: str, filename: str) -> str: ...
 
@@ -101,11 +108,9 @@ class ArchiveStore(Protocol):
 
     def head(self, key: str) -> ObjectInfo | None: ...
 
-    def open_original(self, key: str, encoding: str | None) -> Iterator[bytes]:
-        """The bytes of the local file the object came from (decompressed, streaming)."""
-        return compression.decompress(self.open(key), encoding)
-
     def open(self, key: str, start: int = 0) -> Iterator[bytes]: ...
+
+    def open_original(self, key: str, encoding: str | None) -> Iterator[bytes]: ...
 
 
 def sha256_of(path: Path) -> tuple[int, str]:
@@ -378,7 +383,7 @@ class S3Store:
             key=key,
             size=int(resp["ContentLength"]),
             metadata=meta,
-            server_sha256=_full_object_sha256(resp.get("ChecksumSHA256")),
+            server_sha256=_full_object_sha256(resp),
         )
 
     def open_original(self, key: str, encoding: str | None) -> Iterator[bytes]:
@@ -397,9 +402,16 @@ class S3Store:
         return _stream_body(body, self.settings)
 
 
-def _full_object_sha256(value: object) -> str | None:
-    """Hex SHA-256 from a HEAD's ChecksumSHA256; None for multipart (composite) checksums."""
-    if not isinstance(value, str) or "-" in value:
+def _full_object_sha256(resp: dict[str, Any]) -> str | None:
+    """Hex SHA-256 of the whole object from a HEAD, or None when the server gave none or
+    only a checksum of part checksums (multipart uploads: ETag ``…-N`` or type COMPOSITE;
+    not every server labels these, so both signs are checked)."""
+    value = resp.get("ChecksumSHA256")
+    kind = resp.get("ChecksumType")
+    multipart = "-" in str(resp.get("ETag", ""))
+    if not isinstance(value, str) or "-" in value or kind == "COMPOSITE":
+        return None
+    if kind != "FULL_OBJECT" and multipart:
         return None
     try:
         raw = base64.b64decode(value, validate=True)

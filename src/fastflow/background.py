@@ -59,7 +59,3 @@ class RunLauncher:
             return False
         entry[1].set()
         return True
-
-    def active(self) -> list[uuid.UUID]:
-        with self._lock:
-            return list(self._active)

@@ -28,7 +28,8 @@ from sqlalchemy import delete, select, update
 
 from fastflow import archive, logfiles, pipelines, readcache, reaper, selection
 from fastflow.app_context import Context
-from fastflow.archive import S3Store, StoredObject
+from fastflow.archive import ArchiveStore, StoredObject
+from fastflow.config import Settings
 from fastflow.errors import ArchiveError, ArchiveNotConfigured, FastflowError, UnsafePath
 from fastflow.models import ArchivedRun, BackupFailure, CleanupPass, PipelineRun, utcnow
 from fastflow.passlock import PassLock
@@ -81,6 +82,15 @@ class PassSummary:
 Progress = Callable[[PassSummary], None]
 
 
+def pipeline_policy(settings: Settings, pipeline: str) -> Policy:
+    """The global retention settings with the pipeline's ``pipeline.json`` overrides."""
+    try:
+        overrides = pipelines.load(settings.pipelines_dir, pipeline).retention
+    except FastflowError:
+        overrides = None  # pipeline folder gone or invalid: the global policy applies
+    return policy_for(settings, overrides)
+
+
 def _meta(run: RunRef) -> dict[str, str]:
     def iso(v: datetime | None) -> str:
         return v.isoformat() if v else ""
@@ -104,7 +114,7 @@ class PassRun:
         ctx: Context,
         summary: PassSummary,
         now: datetime,
-        store: S3Store | None,
+        store: ArchiveStore | None,
         progress: Progress | None,
     ) -> None:
         self.ctx = ctx
@@ -161,11 +171,7 @@ class PassRun:
 
     def policy(self, pipeline: str) -> Policy:
         if pipeline not in self._policies:
-            try:
-                overrides = pipelines.load(self.settings.pipelines_dir, pipeline).retention
-            except FastflowError:
-                overrides = None  # pipeline folder gone or invalid: global policy applies
-            self._policies[pipeline] = policy_for(self.settings, overrides)
+            self._policies[pipeline] = pipeline_policy(self.settings, pipeline)
         return self._policies[pipeline]
 
     # --- archive + delete ------------------------------------------------------------
@@ -364,7 +370,7 @@ class PassRun:
             self._bump(truncated_logs=1)
 
 
-def _open_store(ctx: Context) -> tuple[S3Store | None, str | None]:
+def _open_store(ctx: Context) -> tuple[ArchiveStore | None, str | None]:
     if not ctx.settings.s3_backup_enabled:
         return None, None
     try:
@@ -378,7 +384,6 @@ def _plan_only(
 ) -> PassSummary:
     """Count the plan; each line goes to ``sink`` (streamed, constant memory) or, without
     one, into ``summary.plan`` (the first ``MAX_PLAN_LINES``)."""
-    p = PassRun(ctx, summary, now, None, None)
 
     def emit(actions: list[Action]) -> None:
         for action in actions:
@@ -388,11 +393,13 @@ def _plan_only(
                 summary.plan.append(action.describe())
 
     for name in selection.pipeline_names(ctx.db):
-        policy = p.policy(name)
+        policy = pipeline_policy(ctx.settings, name)
         for batch in selection.deletion_candidates(ctx.db, name, policy, now):
             summary.planned_runs += len(batch)
             emit(batch)
-        for batch in selection.truncation_candidates(ctx.db, name, policy, now, p.logs_root):
+        for batch in selection.truncation_candidates(
+            ctx.db, name, policy, now, ctx.settings.logs_root
+        ):
             summary.planned_truncations += len(batch)
             emit(batch)
     return summary

@@ -61,9 +61,3 @@ def open_log(
         chunks = compression.skip(store.open_original(entry.log_key, entry.encoding), start)
         return LogSource("archive", size, chunks, location)
     return LogSource("archive", size, store.open(entry.log_key, start), location)
-
-
-def open_log_stream(
-    app: Context, run_id: uuid.UUID, run: PipelineRun | None, tail_bytes: int | None = None
-) -> Iterator[bytes]:
-    return open_log(app, run_id, run, tail_bytes).chunks

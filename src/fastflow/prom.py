@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from fastflow import selection
 from fastflow.app_context import Context
-from fastflow.cleanup import PassRun, PassSummary
+from fastflow.cleanup import pipeline_policy
 from fastflow.models import ArchivedRun, BackupFailure, CleanupPass, PipelineRun, utcnow
 from fastflow.notify.models import NotificationDelivery
 
@@ -97,11 +97,10 @@ class FastflowCollector(Collector):
 
     def _backlog_age(self, now: datetime) -> float:
         ctx = self._ctx
-        planner = PassRun(ctx, PassSummary(trigger="metrics"), now, None, None)
         oldest: datetime | None = None
         for name in selection.pipeline_names(ctx.db):
             for batch in selection.deletion_candidates(
-                ctx.db, name, planner.policy(name), now, batch=1
+                ctx.db, name, pipeline_policy(ctx.settings, name), now, batch=1
             ):
                 started = batch[0].run.started_at
                 oldest = started if oldest is None or started < oldest else oldest

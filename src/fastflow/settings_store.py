@@ -86,12 +86,8 @@ def update(db: Database, base: Settings, changes: dict[str, Any]) -> Settings:
     """Validate and store ``changes`` (None removes an override); return the new settings."""
     changes = _normalise(changes)
     current = load_overrides(db, base)
-    merged = {**current, **changes}
-    data = base.model_dump()
-    for key, value in merged.items():
-        data[key] = value
     try:
-        new = load_settings(**data)
+        new = effective(base, {**current, **changes})
     except ConfigError as e:
         raise InvalidInput(str(e).removeprefix("invalid configuration: ")) from None
     with db.session() as s:
