@@ -109,15 +109,31 @@ def test_retention_by_age(s3_app: Context, s3: S3Env) -> None:
     assert _key(old.id, "daily") in keys(s3.client(), s3.bucket)
 
 
-def test_oversized_log_is_truncated_without_archive(s3_app: Context, s3: S3Env) -> None:
+def test_oversized_log_is_archived_whole_then_truncated(s3_app: Context, s3: S3Env) -> None:
     ctx = tune(s3_app, log_max_size_mb=1)
     big = seed_run(ctx, "big", NOW - timedelta(hours=1), log=b"line of text\n" * 200_000)
     summary = _pass(ctx)
     assert summary.truncated_logs == 1 and summary.archived_runs == 0
+    assert summary.archived_before_truncation == 1
     assert big.log.stat().st_size <= 1024 * 1024
     assert big.log.read_bytes().startswith(b"[... ")
     row = run_row(ctx, big.id)
     assert row is not None and row.log_size == big.log.stat().st_size
+    assert keys(s3.client(), s3.bucket) == {_key(big.id, "big")}
+    assert object_bytes(s3.client(), s3.bucket, _key(big.id, "big")) == big.log_bytes
+    entry = ledger(ctx)[big.id]
+    assert entry.log_truncated_at is not None and entry.local_deleted_at is None
+    assert entry.local_log_size == big.log.stat().st_size
+
+
+def test_oversized_log_is_truncated_without_archive_when_s3_is_disabled(
+    s3_app: Context, s3: S3Env
+) -> None:
+    ctx = tune(s3_app, log_max_size_mb=1, s3_backup_enabled=False)
+    big = seed_run(ctx, "big", NOW - timedelta(hours=1), log=b"line of text\n" * 200_000)
+    summary = _pass(ctx)
+    assert summary.truncated_logs == 1 and summary.archived_before_truncation == 0
+    assert big.log.stat().st_size <= 1024 * 1024
     assert keys(s3.client(), s3.bucket) == set()
 
 

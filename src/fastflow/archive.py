@@ -32,7 +32,7 @@ from botocore.exceptions import (
 
 from fastflow import compression
 from fastflow.config import Settings
-from fastflow.errors import ArchiveError, ArchiveNotConfigured
+from fastflow.errors import ArchiveError, ArchiveNotConfigured, ObjectMissing
 
 TOTAL_MAX_ATTEMPTS = 3
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -40,6 +40,8 @@ MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 PART_CONCURRENCY = 4
 HASH_CHUNK = 1024 * 1024
 META_SHA256 = "sha256"
+PING_CONNECT_TIMEOUT = 5.0  # a server that does not answer a HEAD of the bucket in
+PING_READ_TIMEOUT = 10.0  # this time is treated as down for the whole pass
 
 
 # --- metadata encoding ------------------------------------------------------------------
@@ -106,6 +108,8 @@ class ArchiveStore(Protocol):
 
     def verify(self, key: str, size: int, sha256: str) -> None: ...
 
+    def ping(self) -> None: ...
+
     def head(self, key: str) -> ObjectInfo | None: ...
 
     def open(self, key: str, start: int = 0) -> Iterator[bytes]: ...
@@ -153,7 +157,7 @@ def describe_error(exc: BaseException, settings: Settings) -> ArchiveError:
     cause = _root_cause(exc)
     endpoint = settings.s3_endpoint_url or "the S3 endpoint"
     bucket = settings.s3_bucket or "?"
-    connection = False
+    connection = timed_out = False
     if isinstance(cause, EndpointConnectionError):
         detail = str(cause.kwargs.get("error", ""))
         if "refused" in detail.lower():
@@ -168,10 +172,10 @@ def describe_error(exc: BaseException, settings: Settings) -> ArchiveError:
         connection = True
     elif isinstance(cause, ConnectTimeoutError):
         msg = f"connection to {endpoint} timed out"
-        connection = True
+        timed_out = True
     elif isinstance(cause, ReadTimeoutError):
-        msg = f"no answer from {endpoint} within {settings.s3_read_timeout:g} s (read timeout)"
-        connection = True
+        msg = f"no answer from {endpoint} (read timeout)"
+        timed_out = True
     elif isinstance(cause, ClientError):
         err = cause.response.get("Error", {})
         code = str(err.get("Code", "?"))
@@ -195,7 +199,7 @@ def describe_error(exc: BaseException, settings: Settings) -> ArchiveError:
         msg = f"cannot read local file: {cause.strerror or cause}"
     else:
         msg = f"{type(cause).__name__}: {cause}"
-    return ArchiveError(scrub(msg, settings), connection_level=connection)
+    return ArchiveError(scrub(msg, settings), connection_level=connection, timed_out=timed_out)
 
 
 def scrub(text: str, settings: Settings) -> str:
@@ -347,7 +351,7 @@ class S3Store:
         """HEAD ``key``; raise unless its size and stored SHA-256 match."""
         info = self.head(key)
         if info is None:
-            raise ArchiveError(f"verification failed: s3://{self.bucket}/{key} does not exist")
+            raise ObjectMissing(f"verification failed: s3://{self.bucket}/{key} does not exist")
         if info.size != size:
             raise ArchiveError(
                 f"verification failed: s3://{self.bucket}/{key} has {info.size} bytes, "
@@ -364,6 +368,20 @@ class S3Store:
                 f"verification failed: the server's SHA-256 of s3://{self.bucket}/{key} is "
                 f"{info.server_sha256}, expected {sha256}"
             )
+
+    def ping(self) -> None:
+        """HEAD the bucket with short timeouts and no retry; raise ``ArchiveError`` (with
+        ``connection_level`` when the server is unreachable or silent)."""
+        client = make_client(
+            self.settings,
+            connect_timeout=min(PING_CONNECT_TIMEOUT, self.settings.s3_connect_timeout),
+            read_timeout=min(PING_READ_TIMEOUT, self.settings.s3_read_timeout),
+            attempts=1,
+        )
+        try:
+            client.head_bucket(Bucket=self.bucket)
+        except Exception as e:
+            raise describe_error(e, self.settings) from e
 
     def head(self, key: str) -> ObjectInfo | None:
         try:

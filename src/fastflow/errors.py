@@ -51,10 +51,20 @@ class ArchiveError(FastflowError):
     """Uploading, verifying or reading an archived object failed."""
 
     def __init__(
-        self, message: str, *, hint: str | None = None, connection_level: bool = False
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        connection_level: bool = False,
+        timed_out: bool = False,
     ) -> None:
         super().__init__(message, hint=hint)
-        self.connection_level = connection_level
+        self.connection_level = connection_level or timed_out
+        self.timed_out = timed_out
+
+
+class ObjectMissing(ArchiveError):
+    """An archived object the ledger names does not exist (any more)."""
 
 
 class ArchiveNotConfigured(ConfigError):
@@ -67,3 +77,12 @@ class PassAlreadyRunning(FastflowError):
     def __init__(self, message: str, *, started_at: str | None = None) -> None:
         super().__init__(message)
         self.started_at = started_at
+
+
+class PassLockLost(FastflowError):
+    """The pass no longer holds its lock (its database connection ended); it must stop
+    before the next destructive step."""
+
+
+class FileChanged(ArchiveError):
+    """A local file differs from the bytes that were archived and verified; it is kept."""

@@ -16,6 +16,8 @@ from fastflow.errors import UnsafePath
 LOG_NAME = "run.log"
 METRICS_NAME = "metrics.jsonl"
 READ_CHUNK = 64 * 1024
+TEMP_PREFIX = ".truncate-"  # fastflow's own temporary files in a run folder
+TEMP_SUFFIX = ".tmp"
 
 
 def run_dir_rel(pipeline_name: str, run_id: str) -> str:
@@ -80,3 +82,22 @@ def remove_empty_dirs(start: Path, stop: Path) -> None:
         except OSError:
             return
         current = current.parent
+
+
+def is_own_temp(path: Path) -> bool:
+    """True for a temporary file of fastflow's own naming (left by a killed truncation)."""
+    return path.name.startswith(TEMP_PREFIX) and path.name.endswith(TEMP_SUFFIX)
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Remove fastflow's temporary files in a run folder (only while holding the pass
+    lock: truncation runs only inside a pass). Returns how many were removed."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.is_file(follow_symlinks=False) and is_own_temp(Path(entry.path)):
+            removed += remove_quietly(Path(entry.path))
+    return removed

@@ -98,6 +98,11 @@ class PipelineRun(Base):
     runner_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
     runner_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     runner_started: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The pipeline's own process (leader of its process group) and its start time, so that
+    # a restart can end a tree left behind by a killed runner without ever killing a
+    # recycled pid.
+    pipeline_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pipeline_started: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +117,9 @@ class PipelineRun(Base):
             "metrics_file": self.metrics_file,
             "log_size": self.log_size,
         }
+
+
+TRUNCATION_REASON = "truncate_log"  # ledger reason of a full log archived before truncation
 
 
 class ArchivedRun(Base):
@@ -148,6 +156,11 @@ class ArchivedRun(Base):
     metrics_original_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     archived_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     local_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Archive before truncate: the log object is the *full* log; the local copy was then
+    # truncated (at ``log_truncated_at``) to the bytes described by ``local_log_*``.
+    log_truncated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    local_log_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    local_log_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     def original(self, which: str) -> tuple[int | None, str | None]:
         """(size, SHA-256) of the local file that ``which`` ("log"/"metrics") came from."""
@@ -157,6 +170,18 @@ class ArchivedRun(Base):
                 self, f"{which}_original_sha256"
             )
         return size, sha
+
+    def local_identity(self, which: str) -> tuple[int | None, str | None]:
+        """(size, SHA-256) the local file must still have to be deleted: the archived
+        bytes, or for a log truncated after archiving, the truncated copy."""
+        if which == "log" and self.log_truncated_at is not None:
+            return self.local_log_size, self.local_log_sha256
+        return self.original(which)
+
+    @property
+    def full_log_archived(self) -> bool:
+        """True when the local log is a truncated copy of the archived full log."""
+        return self.reason == TRUNCATION_REASON or self.log_truncated_at is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -180,6 +205,7 @@ class ArchivedRun(Base):
             "log_original_sha256": self.log_original_sha256,
             "archived_at": _iso(self.archived_at),
             "local_deleted_at": _iso(self.local_deleted_at),
+            "log_truncated_at": _iso(self.log_truncated_at),
         }
 
 

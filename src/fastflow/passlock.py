@@ -3,12 +3,18 @@
 PostgreSQL: a session-level advisory lock held on a dedicated connection. SQLite: an
 exclusive ``flock`` on a file next to the database. Both are released by the operating
 system or the server when the holding process dies, so a crash never leaves a stale lock.
+
+A PostgreSQL lock is lost when its connection ends (``pg_terminate_backend``, a server
+restart, a network cut): ``check()`` asks the server on that connection whether this
+session still holds the lock and raises ``PassLockLost`` otherwise. The pass calls it
+before every destructive step.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +22,13 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from fastflow.db import Database, is_postgres
-from fastflow.errors import PassAlreadyRunning
+from fastflow.errors import PassAlreadyRunning, PassLockLost
 
 PG_LOCK_KEY = 0x66666C77  # "fflw"
+_HELD = text(
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND pid = pg_backend_pid() AND classid = 0 AND objid = :k AND objsubid = 1"
+)
 
 
 class PassLock:
@@ -28,6 +38,8 @@ class PassLock:
         self._db = db
         self._conn: Any = None
         self._fd: int | None = None
+        self._check_lock = threading.Lock()
+        self._lost: str | None = None
 
     def _lock_file(self) -> Path:
         url = make_url(self._db.engine.url)
@@ -56,13 +68,37 @@ class PassLock:
             raise PassAlreadyRunning("another cleanup pass is running") from None
         self._fd = fd
 
+    def check(self) -> None:
+        """Raise ``PassLockLost`` unless this process still holds the lock (thread-safe)."""
+        with self._check_lock:
+            if self._lost is None and self._conn is not None:
+                try:
+                    held = self._conn.execute(_HELD, {"k": PG_LOCK_KEY}).scalar()
+                    self._conn.commit()
+                except Exception as e:  # the connection is gone, and the lock with it
+                    held = 0
+                    self._lost = f"its database connection ended ({type(e).__name__})"
+                if not held and self._lost is None:
+                    self._lost = "the database no longer shows it as the holder"
+            if self._lost is not None:
+                raise PassLockLost(
+                    f"the cleanup pass lost its lock: {self._lost}; stopped before the next "
+                    "destructive step (another pass may be running)"
+                )
+
     def release(self) -> None:
         if self._conn is not None:
             try:
-                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
-                self._conn.commit()
+                if self._lost is None:
+                    self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
+                    self._conn.commit()
+            except Exception:
+                pass  # a dead connection holds no lock
             finally:
-                self._conn.close()
+                try:
+                    self._conn.close()
+                except Exception:
+                    pass
                 self._conn = None
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

@@ -4,10 +4,16 @@ Every function here is idempotent: a file already gone counts as deleted, a row 
 gone is not an error, so a pass interrupted at any instant can simply be run again.
 The callers (``cleanup``) guarantee the precondition: a committed ``archived_runs`` row
 for the run (or S3 backup disabled, or nothing to archive).
+
+``delete_files`` with ``expect`` proves that each file it removes is the file that was
+verified: device, inode, size and modification time must be those recorded when the file
+was hashed, checked immediately before unlinking; otherwise nothing is deleted and
+``FileChanged`` is raised. A run row is deleted only while the run is finished.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +24,8 @@ from sqlalchemy import CursorResult, delete, update
 
 from fastflow import logfiles
 from fastflow.db import Database
-from fastflow.models import ArchivedRun, BackupFailure, PipelineRun
+from fastflow.errors import FileChanged
+from fastflow.models import ACTIVE_STATUSES, ArchivedRun, BackupFailure, PipelineRun
 
 
 @dataclass
@@ -27,25 +34,77 @@ class Removed:
     metrics: bool = False
 
 
-def delete_files(logs_root: Path, log_file: str | None, metrics_file: str | None) -> Removed:
-    """Delete the run's log and metrics files and its then-empty folders."""
+@dataclass(frozen=True)
+class FileIdentity:
+    """What identifies one version of a file without reading it again."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity:
+        st = os.stat(path)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+Expected = dict[str, FileIdentity]  # "log"/"metrics" -> the identity that was verified
+
+
+def _check_unchanged(path: Path, which: str, expect: Expected) -> None:
+    wanted = expect.get(which)
+    if wanted is None:
+        return
+    try:
+        now = FileIdentity.of(path)
+    except FileNotFoundError:
+        return  # already gone: nothing to protect
+    if now != wanted:
+        raise FileChanged(
+            f"{path.name} changed after it was archived and verified ({wanted.size} bytes "
+            f"verified, {now.size} bytes now); kept — the next pass archives it again"
+        )
+
+
+def delete_files(
+    logs_root: Path,
+    log_file: str | None,
+    metrics_file: str | None,
+    expect: Expected | None = None,
+) -> Removed:
+    """Delete the run's log and metrics files and its then-empty folders.
+
+    With ``expect``, every file is first checked against its verified identity; if one
+    differs, nothing is deleted and ``FileChanged`` is raised.
+    """
     removed = Removed()
     folder: Path | None = None
-    for rel, attr in ((log_file, "log"), (metrics_file, "metrics")):
-        if rel is None:
-            continue
-        path = logfiles.resolve(logs_root, rel)
+    paths = [
+        (logfiles.resolve(logs_root, rel), attr)
+        for rel, attr in ((log_file, "log"), (metrics_file, "metrics"))
+        if rel is not None
+    ]
+    for path, attr in paths:
+        _check_unchanged(path, attr, expect or {})
+    for path, attr in paths:
         folder = path.parent
         setattr(removed, attr, logfiles.remove_quietly(path))
     if folder is not None:
+        logfiles.remove_stale_temp_files(folder)
         logfiles.remove_empty_dirs(folder, logs_root)
     return removed
 
 
 def delete_run_row(db: Database, run_id: uuid.UUID, now: datetime, *, archived: bool) -> bool:
-    """Delete the run row; mark its ledger entry as locally deleted in the same commit."""
+    """Delete the run row (never an active one); mark its ledger entry as locally deleted
+    in the same commit."""
     with db.session() as s:
-        result = s.execute(delete(PipelineRun).where(PipelineRun.id == run_id))
+        result = s.execute(
+            delete(PipelineRun).where(
+                PipelineRun.id == run_id, PipelineRun.status.not_in(ACTIVE_STATUSES)
+            )
+        )
         gone = cast(CursorResult[Any], result).rowcount
         if archived:
             s.execute(

@@ -41,7 +41,15 @@ KILL_GRACE_S = 3.0
 # pending buffer is not thread-safe on Python 3.11, hence write-through), and output is
 # block-buffered for speed. A daemon thread flushes every 0.2 s so output shows up live.
 _BOOTSTRAP = (
-    "import io, runpy, sys, threading\n"
+    "import io, os, runpy, sys, threading\n"
+    # die with the supervisor: a killed `fastflow run` never leaves the pipeline running
+    # unsupervised (prctl(PR_SET_PDEATHSIG, SIGKILL); then close the race with its death)
+    "if sys.platform.startswith('linux'):\n"
+    "    import ctypes\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(137)\n"
+    "del sys.argv[1]\n"
     "_buf = io.BufferedWriter(io.FileIO(1, 'w', closefd=False), 65536)\n"
     "def _text(old):\n"
     "    return io.TextIOWrapper(_buf, encoding='utf-8', errors=old.errors,\n"
@@ -134,7 +142,13 @@ def execute(
         capture = LogCapture(log_out, echo=echo)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOTSTRAP, str(pipeline.main.resolve())],
+                [
+                    sys.executable,
+                    "-c",
+                    _BOOTSTRAP,
+                    str(os.getpid()),
+                    str(pipeline.main.resolve()),
+                ],
                 cwd=pipeline.path,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -148,6 +162,7 @@ def execute(
             runs.finish(db, run_id, RunStatus.FAILED, None, logfiles.size_of(log_path))
             return RunResult(run_id, pipeline.name, RunStatus.FAILED, None, log_path, metrics_path)
 
+        runs.mark_pipeline_process(db, run_id, proc.pid)
         sampler = TreeSampler(proc.pid, metrics_out)
         sampler.start()
         started = time.monotonic()

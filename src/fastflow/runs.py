@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from datetime import datetime
@@ -63,6 +64,15 @@ def mark_running(db: Database, run_id: uuid.UUID, *, pid: int) -> None:
         run.runner_pid = pid
         run.runner_started = _process_started(pid)
     readcache.invalidate()
+
+
+def mark_pipeline_process(db: Database, run_id: uuid.UUID, pid: int) -> None:
+    """Record the pipeline's process (its group leader) and start time."""
+    with db.session() as s:
+        run = s.get(PipelineRun, run_id)
+        if run is not None:
+            run.pipeline_pid = pid
+            run.pipeline_started = _process_started(pid)
 
 
 def finish(
@@ -134,6 +144,7 @@ def recover_orphans(db: Database, logs_root: Path, now: datetime | None = None) 
         for run in rows:
             if _runner_alive(run):
                 continue
+            kill_orphaned_group(run.pipeline_pid, run.pipeline_started)
             run.status = RunStatus.FAILED.value
             run.finished_at = now
             recovered += 1
@@ -145,6 +156,29 @@ def recover_orphans(db: Database, logs_root: Path, now: datetime | None = None) 
                     f"it is gone; marked FAILED at {now.isoformat(timespec='seconds')}",
                 )
     return recovered
+
+
+def kill_orphaned_group(pgid: int | None, started: float | None) -> int:
+    """SIGKILL what is left of a dead runner's pipeline process group; return how many
+    processes were signalled. A recycled pid is never killed: the group leader, if it
+    still exists, must have the recorded start time, and without a leader only members
+    started after it are signalled (a process group id is not reused while members
+    live)."""
+    if pgid is None or started is None or pgid <= 1:
+        return 0
+    leader = _process_started(pgid)
+    if leader is not None and abs(leader - started) >= 1.0:
+        return 0  # the pid now belongs to another process
+    killed = 0
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if os.getpgid(proc.pid) != pgid or proc.info["create_time"] < started - 1.0:
+                continue
+            proc.kill()
+            killed += 1
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return killed
 
 
 def _append_note(logs_root: Path, rel: str, text: str) -> int | None:

@@ -10,12 +10,16 @@ partial or empty one. Memory is constant whatever the file size.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
+
+from fastflow.logfiles import TEMP_PREFIX, TEMP_SUFFIX
 
 COPY_CHUNK = 1024 * 1024
 SCAN_LIMIT = 1024 * 1024  # how far to look for the next newline before cutting mid-line
@@ -27,6 +31,12 @@ class TruncateResult:
     old_size: int
     new_size: int
     removed: int
+    sha256: str = field(default="", compare=False)  # of the new, truncated file
+
+
+# Called with (size, SHA-256) of the truncated copy after it is on disk and before it
+# replaces the log; raising aborts the truncation with the log untouched.
+BeforeReplace = Callable[[int, str], None]
 
 
 def marker(removed: int, now: datetime) -> bytes:
@@ -55,10 +65,19 @@ def _tail_start(fh: BinaryIO, size: int, budget: int) -> int:
     return offset
 
 
-def truncate_log(path: Path, limit: int, now: datetime) -> TruncateResult | None:
+def truncate_log(
+    path: Path,
+    limit: int,
+    now: datetime,
+    *,
+    before_replace: BeforeReplace | None = None,
+    journal: Path | None = None,
+) -> TruncateResult | None:
     """Keep the newest bytes of ``path`` within ``limit``; None if already small enough.
 
     Raises ``OSError`` (disk full, permissions, ...) with the original file untouched.
+    ``journal``, when given, names the temporary file while it exists, so that a later
+    pass can remove it after a kill (``remove_journaled_temp``).
     """
     size = path.stat().st_size
     if size <= limit:
@@ -67,23 +86,63 @@ def truncate_log(path: Path, limit: int, now: datetime) -> TruncateResult | None
     with path.open("rb") as src:
         start = _tail_start(src, size, budget)
         removed = start
-        fd, tmp_name = tempfile.mkstemp(prefix=".truncate-", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
         tmp = Path(tmp_name)
         try:
+            if journal is not None:
+                _write_journal(journal, tmp)
+            digest = hashlib.sha256()
             with os.fdopen(fd, "wb") as dst:
-                dst.write(marker(removed, now))
+                head = marker(removed, now)
+                dst.write(head)
+                digest.update(head)
                 src.seek(start)
                 while chunk := src.read(COPY_CHUNK):
                     dst.write(chunk)
+                    digest.update(chunk)
                 dst.flush()
                 os.fsync(dst.fileno())
+            new_size = tmp.stat().st_size
+            if before_replace is not None:
+                before_replace(new_size, digest.hexdigest())
             os.chmod(tmp, path.stat().st_mode & 0o777)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        finally:
+            if journal is not None:
+                journal.unlink(missing_ok=True)
     _fsync_dir(path.parent)
-    return TruncateResult(old_size=size, new_size=path.stat().st_size, removed=removed)
+    return TruncateResult(
+        old_size=size, new_size=new_size, removed=removed, sha256=digest.hexdigest()
+    )
+
+
+def _write_journal(journal: Path, tmp: Path) -> None:
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    with journal.open("w", encoding="utf-8") as f:
+        f.write(str(tmp))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def remove_journaled_temp(journal: Path) -> Path | None:
+    """Remove the temporary file a killed truncation left behind; return its path."""
+    try:
+        name = journal.read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    tmp = Path(name)
+    removed = None
+    if tmp.name.startswith(TEMP_PREFIX) and tmp.name.endswith(TEMP_SUFFIX):
+        try:
+            tmp.unlink()
+            removed = tmp
+        except OSError:
+            pass
+    journal.unlink(missing_ok=True)
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,0 +1,122 @@
+"""The archive ledger (``archived_runs``): one row per run with verified objects in S3.
+
+Guarantees: a row is written only after its objects were verified, and before any local
+file of the run is deleted; writes are idempotent upserts (two processes writing the
+same row — e.g. a pass that lost its lock and its successor — never fail on a duplicate
+key); a row never loses the keys of objects it recorded earlier.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.exc import IntegrityError
+
+from fastflow import logfiles
+from fastflow.archive import StoredObject
+from fastflow.db import Database
+from fastflow.models import TRUNCATION_REASON, ArchivedRun, utcnow
+from fastflow.retention import RunRef
+
+_WHICH = {logfiles.LOG_NAME: "log", logfiles.METRICS_NAME: "metrics"}
+
+
+def get(db: Database, run_id: uuid.UUID) -> ArchivedRun | None:
+    with db.session() as s:
+        return s.get(ArchivedRun, run_id)
+
+
+def pending(db: Database) -> list[ArchivedRun]:
+    """Entries whose local deletion did not complete (a crash, a failure): the resume
+    phase finishes them. Full logs archived before truncation are not pending: their
+    run stays until retention removes it."""
+    with db.session() as s:
+        return list(
+            s.scalars(
+                select(ArchivedRun).where(
+                    ArchivedRun.local_deleted_at.is_(None),
+                    ArchivedRun.reason != TRUNCATION_REASON,
+                )
+            )
+        )
+
+
+def object_values(stored: dict[str, StoredObject], codec: str) -> dict[str, Any]:
+    """Ledger columns describing verified objects (by local file name)."""
+    values: dict[str, Any] = {}
+    for name, obj in stored.items():
+        which = _WHICH[name]
+        values.update(
+            {
+                f"{which}_key": obj.key,
+                f"{which}_size": obj.size,
+                f"{which}_sha256": obj.sha256,
+                f"{which}_original_size": obj.original_size,
+                f"{which}_original_sha256": obj.original_sha256,
+            }
+        )
+    if stored:
+        values["encoding"] = codec if codec != "none" else None
+    return values
+
+
+def record(
+    db: Database,
+    run: RunRef,
+    bucket: str,
+    values: dict[str, Any],
+    reason: str,
+) -> None:
+    """Upsert the run's entry with newly verified objects (``object_values``); the entry
+    is pending local deletion again (``local_deleted_at`` cleared)."""
+    row = {
+        "pipeline_name": run.pipeline_name,
+        "status": run.status,
+        "triggered_by": run.triggered_by,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "exit_code": run.exit_code,
+        "bucket": bucket,
+        "reason": reason,
+        "archived_at": utcnow(),
+        "local_deleted_at": None,
+        **values,
+    }
+    _upsert(db, run.id, row)
+
+
+def mark_truncated(db: Database, run_id: uuid.UUID, at: datetime, size: int, sha: str) -> None:
+    """The local log is now a truncated copy (``size``/``sha``) of the archived full log."""
+    with db.session() as s:
+        s.execute(
+            update(ArchivedRun)
+            .where(ArchivedRun.run_id == run_id)
+            .values(log_truncated_at=at, local_log_size=size, local_log_sha256=sha)
+        )
+
+
+def mark_local_deleted(db: Database, run_id: uuid.UUID, at: datetime) -> None:
+    with db.session() as s:
+        s.execute(
+            update(ArchivedRun)
+            .where(ArchivedRun.run_id == run_id, ArchivedRun.local_deleted_at.is_(None))
+            .values(local_deleted_at=at)
+        )
+
+
+def _upsert(db: Database, run_id: uuid.UUID, values: dict[str, Any]) -> None:
+    for attempt in range(3):
+        try:
+            with db.session() as s:
+                result = s.execute(
+                    update(ArchivedRun).where(ArchivedRun.run_id == run_id).values(**values)
+                )
+                if cast(CursorResult[Any], result).rowcount == 0:
+                    s.add(ArchivedRun(run_id=run_id, **values))
+            return
+        except IntegrityError:
+            if attempt == 2:
+                raise  # pragma: no cover - a row that keeps appearing and vanishing

@@ -1,0 +1,446 @@
+"""The executor of one cleanup pass: archive → verify → ledger → delete, and archive →
+truncate, one run at a time (several runs in parallel threads).
+
+Safety invariants (each proven by a test):
+- a local file is deleted only after the server confirmed an object with its exact size
+  and SHA-256, the ledger row is committed, and — immediately before unlinking — the file
+  still has the identity (device, inode, size, mtime) it had when it was hashed; a file
+  that changed is kept (``FileChanged``) and archived again by the next pass;
+- with S3 enabled, a log is truncated only after its full copy is archived and verified;
+  the truncated copy is never uploaded over the full log;
+- every destructive step first checks that the pass still holds its lock
+  (``PassLockLost`` stops the pass; failures seen after the loss are not recorded);
+- a server that does not answer a bucket HEAD within seconds is treated as down for the
+  whole pass, and the first timeout stops new uploads (the circuit opens).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import threading
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import update
+
+from fastflow import archive, ledger, logfiles, pipelines, readcache, reaper
+from fastflow.app_context import Context
+from fastflow.archive import ArchiveStore
+from fastflow.config import Settings
+from fastflow.errors import ArchiveError, FastflowError, FileChanged, PassLockLost, UnsafePath
+from fastflow.models import TRUNCATION_REASON, ArchivedRun, BackupFailure, PipelineRun, utcnow
+from fastflow.passlock import PassLock
+from fastflow.reaper import Expected, FileIdentity
+from fastflow.retention import Action, ActionKind, Policy, RunRef, fallback, policy_for
+from fastflow.summary import Failure, PassSummary, Progress
+from fastflow.truncate import TruncateResult, truncate_log
+
+CIRCUIT_BREAK_AFTER = 3  # consecutive connection-level failures: the server is down
+MAX_LISTED_FAILURES = 200
+WHICH = {logfiles.LOG_NAME: "log", logfiles.METRICS_NAME: "metrics"}
+
+
+def identify(path: Path) -> tuple[FileIdentity, int, str]:
+    """Identity, size and SHA-256 of a file that is not being written; ``FileChanged``
+    when it changes while it is read."""
+    before = FileIdentity.of(path)
+    size, digest = archive.sha256_of(path)
+    if FileIdentity.of(path) != before or size != before.size:
+        raise FileChanged(f"{path.name} is being written to; kept for the next pass")
+    return before, size, digest
+
+
+def grew_from(path: Path, size: int | None, sha: str | None) -> bool:
+    """True when the file's first ``size`` bytes are exactly the archived ones (the file
+    only grew: archiving it again loses nothing that the archive held)."""
+    if size is None or sha is None or logfiles.size_of(path) is None:
+        return False
+    if (logfiles.size_of(path) or 0) <= size:
+        return False
+    h = hashlib.sha256()
+    left = size
+    with path.open("rb") as f:
+        while left and (chunk := f.read(min(archive.HASH_CHUNK, left))):
+            h.update(chunk)
+            left -= len(chunk)
+    return left == 0 and h.hexdigest() == sha
+
+
+def pipeline_policy(settings: Settings, pipeline: str) -> Policy:
+    """The global retention settings with the pipeline's ``pipeline.json`` overrides."""
+    try:
+        overrides = pipelines.load(settings.pipelines_dir, pipeline).retention
+    except FastflowError:
+        overrides = None  # pipeline folder gone or invalid: the global policy applies
+    return policy_for(settings, overrides)
+
+
+def _meta(run: RunRef) -> dict[str, str]:
+    def iso(v: datetime | None) -> str:
+        return v.isoformat() if v else ""
+
+    return {
+        "pipeline_name": run.pipeline_name,
+        "run_id": str(run.id),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "status": run.status,
+        "triggered_by": run.triggered_by,
+        "exit_code": "" if run.exit_code is None else str(run.exit_code),
+    }
+
+
+class PassRun:
+    """State of one executing pass (counters are updated under a lock by workers)."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        summary: PassSummary,
+        now: datetime,
+        store: ArchiveStore | None,
+        progress: Progress | None,
+        lock: PassLock | None = None,
+        policies: dict[str, Policy] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.db = ctx.db
+        self.logs_root = ctx.settings.logs_root
+        self.summary = summary
+        self.now = now
+        self.store = store
+        self.progress = progress
+        self.lock = lock
+        self.policies = policies if policies is not None else {}
+        self.journal = ctx.settings.data_dir.expanduser().resolve() / "truncate.journal"
+        self._mutex = threading.Lock()
+        self._conn_failures = 0
+        self.circuit_open = False
+        self.incomplete = False  # some due run was not tried (circuit open, no archive)
+        self._reachable: bool | None = None
+        self._probe_mutex = threading.Lock()
+
+    # --- bookkeeping -----------------------------------------------------------------
+
+    def bump(self, **counts: int) -> None:
+        with self._mutex:
+            for name, n in counts.items():
+                setattr(self.summary, name, getattr(self.summary, name) + n)
+            if self.progress is not None:
+                self.progress(self.summary)
+
+    def guard(self) -> None:
+        """Raise ``PassLockLost`` unless the pass still holds its lock."""
+        if self.lock is not None:
+            self.lock.check()
+
+    def lock_lost(self) -> bool:
+        try:
+            self.guard()
+        except PassLockLost:
+            return True
+        return False
+
+    def record_failure(self, run: RunRef | None, err: ArchiveError | str) -> None:
+        """Record a failure — unless the pass lost its lock: then what went wrong may be
+        the other pass's doing, and the pass stops instead."""
+        if self.lock_lost():
+            self.guard()
+        message = str(err)
+        with self.db.session() as s:
+            s.add(
+                BackupFailure(
+                    run_id=run.id if run else None,
+                    pipeline_name=run.pipeline_name if run else None,
+                    started_at=run.started_at if run else None,
+                    error_message=message,
+                    pass_id=self.summary.pass_id,
+                    created_at=utcnow(),
+                )
+            )
+        with self._mutex:
+            if isinstance(err, ArchiveError) and err.connection_level:
+                self._conn_failures += 1
+                if err.timed_out or self._conn_failures >= CIRCUIT_BREAK_AFTER:
+                    self.circuit_open = True
+            if len(self.summary.failures) < MAX_LISTED_FAILURES:
+                self.summary.failures.append(
+                    Failure(
+                        run_id=str(run.id) if run else None,
+                        pipeline_name=run.pipeline_name if run else None,
+                        started_at=run.started_at.isoformat() if run else None,
+                        error=message,
+                    )
+                )
+        readcache.invalidate()
+        self.bump(backup_failures=1)
+
+    def fail_from(self, run: RunRef, e: Exception) -> None:
+        """Record an exception of one run's work as that run's failure."""
+        if isinstance(e, ArchiveError):
+            self.record_failure(run, e)
+        elif isinstance(e, UnsafePath):
+            self.record_failure(run, ArchiveError(str(e)))
+        elif isinstance(e, OSError):
+            self.record_failure(run, ArchiveError(f"local file error: {e.strerror or e}"))
+        else:
+            raise e
+
+    def reachable(self, run: RunRef) -> bool:
+        """Ask the server once per pass (short timeouts, no retry). A server that does
+        not answer at all opens the circuit: the failure is recorded for ``run`` and the
+        pass gives up in seconds instead of waiting out every upload's read timeout.
+        Any answer, even an error (a key without ListBucket gets 403), lets the uploads
+        go ahead and report for themselves."""
+        with self._probe_mutex:
+            if self._reachable is None:
+                assert self.store is not None
+                try:
+                    self.store.ping()
+                    self._reachable = True
+                except ArchiveError as e:
+                    self._reachable = not e.timed_out
+                    if not self._reachable:
+                        self.record_failure(
+                            run,
+                            ArchiveError(
+                                f"{e}: the S3 server did not answer a HEAD of the bucket; "
+                                "nothing is uploaded or deleted in this pass",
+                                timed_out=True,
+                            ),
+                        )
+                        return False
+            elif not self._reachable:
+                self.bump(skipped_runs=1)
+        return self._reachable
+
+    def can_archive(self, run: RunRef) -> bool:
+        """False (and the run counted as skipped, or failed) when no archive can be made."""
+        if self.summary.config_error is not None or self.circuit_open:
+            self.incomplete = True
+            self.bump(skipped_runs=1)
+            return False
+        if not self.reachable(run):
+            self.incomplete = True
+            return False
+        return True
+
+    def policy(self, pipeline: str) -> Policy:
+        if pipeline not in self.policies:
+            self.policies[pipeline] = pipeline_policy(self.settings, pipeline)
+        return self.policies[pipeline]
+
+    # --- archiving -------------------------------------------------------------------
+
+    def local_files(self, log_file: str | None, metrics_file: str | None) -> dict[str, Path]:
+        files: dict[str, Path] = {}
+        for name, rel in ((logfiles.LOG_NAME, log_file), (logfiles.METRICS_NAME, metrics_file)):
+            if rel is None:
+                continue
+            path = logfiles.resolve(self.logs_root, rel)
+            if path.exists():
+                files[name] = path
+        return files
+
+    def archive_files(
+        self,
+        run: RunRef,
+        files: dict[str, Path],
+        reason: str,
+        counter: str = "archived_runs",
+        store: ArchiveStore | None = None,
+    ) -> Expected:
+        """Upload and verify ``files``, commit the ledger row; return the identities the
+        files had while they were hashed (the delete step checks them again)."""
+        store = store or self.store
+        assert store is not None
+        stored, expect = {}, {}
+        meta = _meta(run)
+        for name, path in files.items():
+            before = FileIdentity.of(path)
+            key = store.key_for(run.pipeline_name, str(run.id), name)
+            obj = store.put_verified(key, path, meta)
+            after = FileIdentity.of(path)
+            if after != before or after.size != obj.original_size:
+                raise FileChanged(f"{path.name} changed while it was archived; kept")
+            stored[name] = obj
+            expect[WHICH[name]] = after
+        self.guard()
+        ledger.record(self.db, run, store.bucket, ledger.object_values(stored, store.codec), reason)
+        self.bump(**{counter: 1}, bytes_archived=sum(o.size for o in stored.values()))
+        with self._mutex:
+            self._conn_failures = 0
+        return expect
+
+    def archive_then_remove(self, action: Action) -> None:
+        """Archive (when enabled) and then delete the run or drop its files."""
+        run = action.run
+        if self.circuit_open:
+            self.incomplete = True
+            self.bump(skipped_runs=1)
+            return
+        try:
+            self.guard()
+            files = self.local_files(run.log_file, run.metrics_file)
+            expect: Expected = {}
+            archived = False
+            if files and (self.store is not None or self.summary.config_error is not None):
+                if not self.can_archive(run):
+                    return
+                assert self.store is not None
+                entry = ledger.get(self.db, run.id)
+                if entry is not None and not entry.full_log_archived:
+                    self.bump(skipped_runs=1)  # the resume phase owns it; never upload over it
+                    return
+                if entry is not None:
+                    expect = self._retire_truncated(run, files, entry, action)
+                else:
+                    expect = self.archive_files(run, files, action.kind.value)
+                archived = True
+            self.guard()
+            self.remove(run.id, run.log_file, run.metrics_file, expect, action.kind, archived)
+        except PassLockLost:
+            raise
+        except Exception as e:
+            self.fail_from(run, e)
+
+    def remove(
+        self,
+        run_id: uuid.UUID,
+        log_file: str | None,
+        metrics_file: str | None,
+        expect: Expected,
+        kind: ActionKind | str,
+        archived: bool,
+    ) -> None:
+        """Delete the files (identity-checked) and the row, or drop the file columns."""
+        removed = reaper.delete_files(self.logs_root, log_file, metrics_file, expect)
+        now = utcnow()
+        if kind == ActionKind.ARCHIVE_AND_DROP_FILES:
+            reaper.drop_file_columns(self.db, run_id, now, archived=archived)
+            self.bump(dropped_files_runs=1)
+        elif reaper.delete_run_row(self.db, run_id, now, archived=archived):
+            self.bump(deleted_runs=1)
+        self.bump(deleted_logs=int(removed.log), deleted_metrics=int(removed.metrics))
+        if archived:
+            reaper.resolve_failures(self.db, run_id, now)
+
+    def store_for(self, entry: ArchivedRun) -> ArchiveStore:
+        """The store, writing with the encoding of the entry's earlier objects (one
+        encoding per ledger row, even if ``S3_COMPRESSION`` changed since)."""
+        assert self.store is not None
+        codec = entry.encoding or "none"
+        if codec == self.store.codec:
+            return self.store
+        clone = copy.copy(self.store)
+        clone.codec = codec  # type: ignore[misc]
+        return clone
+
+    def _retire_truncated(
+        self, run: RunRef, files: dict[str, Path], entry: ArchivedRun, action: Action
+    ) -> Expected:
+        """Retention reached a run whose full log was archived before truncation: the
+        full log stays as it is (the local copy is never uploaded over it); the metrics
+        file is archived now."""
+        assert self.store is not None and entry.log_key is not None
+        expect: Expected = {}
+        log = files.pop(logfiles.LOG_NAME, None)
+        if log is not None:
+            ident, size, sha = identify(log)
+            if (size, sha) not in (entry.local_identity("log"), entry.original("log")):
+                raise FileChanged(
+                    f"{log.name} changed after its full copy was archived at "
+                    f"s3://{entry.bucket}/{entry.log_key}; kept"
+                )
+            assert entry.log_size is not None and entry.log_sha256 is not None
+            self.store.verify(entry.log_key, entry.log_size, entry.log_sha256)
+            expect["log"] = ident
+        if files:
+            expect.update(
+                self.archive_files(
+                    run, files, action.kind.value, "archived_runs", self.store_for(entry)
+                )
+            )
+        else:
+            self.guard()
+            ledger.record(self.db, run, entry.bucket, {}, action.kind.value)
+        return expect
+
+    # --- truncation ------------------------------------------------------------------
+
+    def truncate(self, action: Action, limit: int) -> None:
+        """Truncate an oversized log; with S3 enabled, archive the full log first."""
+        run = action.run
+        assert run.log_file is not None
+        archive_first = self.store is not None or self.summary.config_error is not None
+        try:
+            self.guard()
+            path = logfiles.resolve(self.logs_root, run.log_file)
+            logfiles.remove_stale_temp_files(path.parent)
+            if archive_first:
+                result = self._archive_and_truncate(run, path, limit)
+            else:
+                result = truncate_log(path, limit, self.now, journal=self.journal)
+        except FileNotFoundError:
+            return  # nothing left to truncate
+        except PassLockLost:
+            raise
+        except ArchiveError as e:
+            self.record_failure(run, e)
+            return
+        except (OSError, UnsafePath) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            self.archive_then_remove(fallback(action, reason))
+            return
+        if result is not None:
+            with self.db.session() as s:
+                s.execute(
+                    update(PipelineRun)
+                    .where(PipelineRun.id == run.id)
+                    .values(log_size=result.new_size)
+                )
+            self.bump(truncated_logs=1)
+
+    def _archive_and_truncate(self, run: RunRef, path: Path, limit: int) -> TruncateResult | None:
+        """Archive the full log (unless it already is), then truncate; None when skipped."""
+        if not self.can_archive(run):
+            return None
+        assert self.store is not None
+        entry = ledger.get(self.db, run.id)
+        if entry is not None and not entry.full_log_archived:
+            self.bump(skipped_runs=1)  # the resume phase owns it
+            return None
+        ident, size, sha = identify(path)
+        if size <= limit:
+            return None
+        if entry is not None and (size, sha) in (
+            entry.local_identity("log"),
+            entry.original("log"),
+        ):
+            assert entry.log_key and entry.log_size is not None and entry.log_sha256
+            self.store.verify(entry.log_key, entry.log_size, entry.log_sha256)
+        elif entry is None or (
+            entry.log_truncated_at is None and grew_from(path, *entry.original("log"))
+        ):
+            counter = "archived_before_truncation" if entry is None else "rearchived_runs"
+            store = self.store if entry is None else self.store_for(entry)
+            files = {logfiles.LOG_NAME: path}
+            ident = self.archive_files(run, files, TRUNCATION_REASON, counter, store)["log"]
+        else:
+            raise FileChanged(
+                f"{path.name} changed after it was truncated (its full log is archived at "
+                f"s3://{entry.bucket}/{entry.log_key}); kept, not truncated again"
+            )
+
+        def before_replace(new_size: int, new_sha: str) -> None:
+            self.guard()
+            if FileIdentity.of(path) != ident:
+                raise FileChanged(f"{path.name} changed while it was truncated; kept")
+            ledger.mark_truncated(self.db, run.id, utcnow(), new_size, new_sha)
+
+        return truncate_log(
+            path, limit, self.now, before_replace=before_replace, journal=self.journal
+        )

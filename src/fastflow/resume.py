@@ -1,0 +1,122 @@
+"""Resume phase: finish every ledger entry whose local deletion did not complete.
+
+A pass killed after verifying and recording an archive, a file that could not be
+deleted, a file that grew after it was archived: the next pass starts here. For each
+pending entry it checks every local file against the ledger, HEADs the object, and only
+then deletes (identity-checked, like the main path). Guarantees:
+- a local file identical to its archived bytes is deleted once its object verifies;
+- a file that only grew since (the archived bytes are its prefix), or whose object
+  vanished from the bucket, is archived again from the local copy, then deleted — the
+  new object holds everything the old one did;
+- a file rewritten otherwise is kept and reported; its archived copy is never replaced;
+- one run's problem (an immutable file, a permission error) is recorded for that run and
+  never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastflow import ledger, logfiles
+from fastflow.errors import ArchiveError, FileChanged, ObjectMissing, PassLockLost
+from fastflow.models import ArchivedRun, PipelineRun
+from fastflow.passrun import WHICH, PassRun, grew_from, identify
+from fastflow.reaper import Expected, FileIdentity
+from fastflow.retention import RunRef
+
+log = logging.getLogger(__name__)
+
+
+def resume(p: PassRun) -> None:
+    """Finish every pending ledger entry (S3 enabled only)."""
+    if p.store is None:
+        return
+    for entry in ledger.pending(p.db):
+        if p.circuit_open:
+            p.bump(skipped_runs=1)
+            continue
+        resume_one(p, entry)
+
+
+def _ref(entry: ArchivedRun, row: PipelineRun | None) -> RunRef:
+    rid = str(entry.run_id)
+    return RunRef(
+        entry.run_id,
+        entry.pipeline_name,
+        entry.status,
+        entry.triggered_by,
+        entry.started_at,
+        entry.finished_at,
+        entry.exit_code,
+        row.log_file if row else logfiles.log_rel(entry.pipeline_name, rid),
+        row.metrics_file if row else logfiles.metrics_rel(entry.pipeline_name, rid),
+        None,
+    )
+
+
+def resume_one(p: PassRun, entry: ArchivedRun) -> None:
+    with p.db.session() as s:
+        row = s.get(PipelineRun, entry.run_id)
+    ref = _ref(entry, row)
+    try:
+        p.guard()
+        if not p.can_archive(ref):
+            return
+        files = p.local_files(ref.log_file, ref.metrics_file)
+        expect: Expected = {}
+        again: dict[str, Path] = {}
+        for name, path in files.items():
+            ident = _check_one(p, entry, name, path)
+            if ident is None:
+                again[name] = path
+            else:
+                expect[WHICH[name]] = ident
+        if again:
+            log.warning(
+                "run %s: archiving %s again from the local copy (it grew after archiving, "
+                "or its object is gone from the bucket)",
+                entry.run_id,
+                ", ".join(again),
+            )
+            store = p.store_for(entry)
+            expect.update(p.archive_files(ref, again, entry.reason, "rearchived_runs", store))
+        p.guard()
+        p.remove(entry.run_id, ref.log_file, ref.metrics_file, expect, entry.reason, True)
+    except PassLockLost:
+        raise
+    except Exception as e:
+        p.fail_from(ref, e)
+
+
+def _check_one(p: PassRun, entry: ArchivedRun, name: str, path: Path) -> FileIdentity | None:
+    """The identity to delete ``path`` with, or None when it must be archived again."""
+    assert p.store is not None
+    which = WHICH[name]
+    key = getattr(entry, f"{which}_key")
+    stored = getattr(entry, f"{which}_size"), getattr(entry, f"{which}_sha256")
+    if key is None or None in stored:
+        raise ArchiveError(f"{path.name} exists locally but was not archived")
+    ident, size, sha = identify(path)
+    truncated_copy = (which == "log" and entry.log_truncated_at is not None) and (
+        size,
+        sha,
+    ) == entry.local_identity("log")
+    if (size, sha) in (entry.local_identity(which), entry.original(which)):
+        try:
+            p.store.verify(key, *stored)
+        except ObjectMissing as e:
+            if truncated_copy:
+                raise ObjectMissing(
+                    f"the full log archived at s3://{entry.bucket}/{key} is missing; the "
+                    "local truncated copy is kept"
+                ) from e
+            return None  # the object vanished: archive the local file again
+        return ident
+    full_lineage = which != "log" or entry.log_truncated_at is None
+    if full_lineage and grew_from(path, *entry.original(which)):
+        return None
+    raise FileChanged(
+        f"{path.name} changed since it was archived; keeping it (archived copy "
+        f"s3://{entry.bucket}/{key} left untouched)"
+    )

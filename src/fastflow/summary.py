@@ -1,0 +1,55 @@
+"""What one cleanup pass did: the summary the CLI prints, the API returns and the
+notifications read (field names are part of the outside interface)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Failure:
+    run_id: str | None
+    pipeline_name: str | None
+    started_at: str | None
+    error: str
+
+
+@dataclass
+class PassSummary:
+    """What one pass did. Counts are independent of each other."""
+
+    trigger: str
+    dry_run: bool = False
+    pass_id: int | None = None
+    started_at: str = ""
+    finished_at: str = ""
+    duration_s: float = 0.0
+    planned_runs: int = 0
+    planned_truncations: int = 0
+    archived_runs: int = 0
+    deleted_runs: int = 0
+    deleted_logs: int = 0
+    deleted_metrics: int = 0
+    truncated_logs: int = 0
+    dropped_files_runs: int = 0
+    backup_failures: int = 0
+    skipped_runs: int = 0
+    bytes_archived: int = 0
+    # full logs archived (verified) before their local copy was truncated
+    archived_before_truncation: int = 0
+    # runs archived again: the local file grew after archiving, or the object vanished
+    rearchived_runs: int = 0
+    stale_temp_files_removed: int = 0
+    config_error: str | None = None
+    # why the pass stopped early (lost its lock); the counts say what it did until then
+    error: str | None = None
+    failures: list[Failure] = field(default_factory=list)
+    plan: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Progress = Callable[[PassSummary], None]
