@@ -101,14 +101,19 @@ def runs_cmd(
 
 @cli.command("logs")
 @click.argument("run_id")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="A log truncated locally: print the full copy from the archive.",
+)
 @click.pass_context
-def logs_cmd(ctx: click.Context, run_id: str) -> None:
+def logs_cmd(ctx: click.Context, run_id: str, full: bool) -> None:
     """Print the log of RUN_ID (from local disk, or from the archive)."""
     from fastflow.logreader import open_log
 
     app = _context(ctx)
     rid = runs.parse_run_id(run_id)
-    source = open_log(app, rid, runs.get(app.db, rid))
+    source = open_log(app, rid, runs.get(app.db, rid), full=full)
     if source.origin == "archive":
         click.echo(f"(read back from the archive: {source.location})", err=True)
     out = sys.stdout.buffer

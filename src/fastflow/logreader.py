@@ -32,9 +32,20 @@ def ledger_entry(app: Context, run_id: uuid.UUID) -> ArchivedRun | None:
 
 
 def open_log(
-    app: Context, run_id: uuid.UUID, run: PipelineRun | None, tail_bytes: int | None = None
+    app: Context,
+    run_id: uuid.UUID,
+    run: PipelineRun | None,
+    tail_bytes: int | None = None,
+    *,
+    full: bool = False,
 ) -> LogSource:
-    """Stream the log (or its last ``tail_bytes``); local copy first, then the archive."""
+    """Stream the log (or its last ``tail_bytes``); local copy first, then the archive.
+
+    ``full``: when the local log was truncated after its full copy was archived, read
+    the full log from the archive (otherwise the local copy is the full log)."""
+    entry = ledger_entry(app, run_id) if full else None
+    if entry is not None and entry.full_log_archived and entry.log_key is not None:
+        return _from_archive(app, run_id, entry, tail_bytes)
     if run is not None and run.log_file:
         path = logfiles.resolve(app.settings.logs_root, run.log_file)
         size = logfiles.size_of(path)
@@ -46,6 +57,13 @@ def open_log(
         if run is None:
             raise RunNotFound(f"run {run_id} not found")
         raise LogNotAvailable(f"run {run_id} has no log: it is neither local nor archived")
+    return _from_archive(app, run_id, entry, tail_bytes)
+
+
+def _from_archive(
+    app: Context, run_id: uuid.UUID, entry: ArchivedRun, tail_bytes: int | None
+) -> LogSource:
+    assert entry.log_key is not None
     try:
         store = archive.open_store(app.settings)
     except ArchiveNotConfigured as e:

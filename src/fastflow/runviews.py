@@ -30,6 +30,8 @@ def _archive_info(entry: ArchivedRun | None) -> dict[str, Any] | None:
         "archived_at": entry.archived_at.isoformat(),
         "local_deleted_at": entry.local_deleted_at.isoformat() if entry.local_deleted_at else None,
         "reason": entry.reason,
+        "log_truncated_at": entry.log_truncated_at.isoformat() if entry.log_truncated_at else None,
+        "full_log_archived": entry.full_log_archived,
     }
 
 

@@ -53,9 +53,11 @@ def get_logs(
     ctx: CtxDep,
     _: PrincipalDep,
     tail_bytes: Annotated[int | None, Query(ge=0)] = None,
+    full: bool = False,
 ) -> StreamingResponse:
-    """The log as text (streamed), from local disk or read back from the archive."""
-    source = open_log(ctx, run_id, run_rows.get(ctx.db, run_id), tail_bytes)
+    """The log as text (streamed), from local disk or read back from the archive;
+    ``full=true`` reads the full archived copy of a log that was truncated locally."""
+    source = open_log(ctx, run_id, run_rows.get(ctx.db, run_id), tail_bytes, full=full)
     return StreamingResponse(
         source.chunks,
         media_type="text/plain; charset=utf-8",

@@ -1,0 +1,505 @@
+"""Guarantee violations found by the fault matrix (issue 9), reproduced through the real
+S3 server and the fault proxy: each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from fastflow import archive, ledger
+from fastflow.app_context import Context, bootstrap
+from fastflow.cleanup import run_pass
+from fastflow.config import load_settings
+from fastflow.models import ArchivedRun, BackupFailure
+from fastflow.passlock import PG_LOCK_KEY
+from tests.conftest import wait_until
+from tests.harness.fixtures import S3Env
+from tests.lifecycle import (
+    NOW,
+    failures,
+    keys,
+    ledger as ledger_rows,
+    object_bytes,
+    run_row,
+    seed_run,
+    seed_series,
+)
+
+
+def _key(run_id: object, pipeline: str, name: str = "run.log") -> str:
+    return f"pipeline-logs/{pipeline}/{run_id}/{name}"
+
+
+def _object_head(path: str) -> bool:
+    """Matches a HEAD of an object (not of the bucket, which the pass probes first)."""
+    return path.rstrip("/").count("/") >= 2
+
+
+@pytest.fixture
+def env(ff_env: dict[str, str], s3: S3Env, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    full = {**ff_env, **s3.env(), "LOG_RETENTION_RUNS": "1", "S3_READ_TIMEOUT": "20"}
+    for key, value in full.items():
+        monkeypatch.setenv(key, value)
+    return full
+
+
+@pytest.fixture
+def ctx(env: dict[str, str]) -> Iterator[Context]:
+    context = bootstrap(load_settings())
+    yield context
+    context.db.dispose()
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastflow", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# --- B1: bytes appended after verification ------------------------------------------------
+
+
+def test_line_appended_during_a_slow_head_is_never_deleted(
+    ctx: Context, env: dict[str, str], s3: S3Env
+) -> None:
+    """The issue's reproduction: HEAD delayed 3 s, a line appended once the object is on
+    the server. Before the fix: exit 0, log deleted, the line in no archive."""
+    old, new = seed_series(ctx, "p", 2)
+    s3.proxy.delay(3, match=lambda m, p: m == "HEAD" and _object_head(p))
+    proc = _cli(env, "cleanup", "--json")
+    client = s3.client()
+    wait_until(lambda: _key(old.id, "p") in keys(client, s3.bucket), 30, "the upload")
+    with old.log.open("ab") as f:
+        f.write(b"appended after the upload\n")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    summary = json.loads(out)
+    assert summary["deleted_runs"] == 0 and summary["backup_failures"] == 1
+    error = summary["failures"][0]["error"]
+    assert "run.log changed" in error and "kept" in error
+    assert old.log.read_bytes() == old.log_bytes + b"appended after the upload\n"
+    assert run_row(ctx, old.id) is not None
+    # the next pass archives the grown file again (nothing the old object held is lost)
+    s3.proxy.clear()
+    again = run_pass(ctx, "test", now=NOW)
+    assert again.archived_runs + again.rearchived_runs == 1
+    assert again.deleted_runs == 1 and again.backup_failures == 0
+    assert not old.log.exists() and run_row(ctx, old.id) is None
+    stored = object_bytes(client, s3.bucket, _key(old.id, "p"))
+    assert stored == old.log_bytes + b"appended after the upload\n"
+    entry = ledger_rows(ctx)[old.id]
+    assert entry.log_size == len(stored) and entry.local_deleted_at is not None
+    assert failures(ctx) == []
+    assert new.log.exists()
+
+
+def test_delete_refuses_a_file_that_changed_after_verification(tmp_path: Path) -> None:
+    """The last check before unlinking: same inode, size and mtime as when hashed."""
+    from fastflow import reaper
+    from fastflow.errors import FileChanged
+
+    run_dir = tmp_path / "p" / "r"
+    run_dir.mkdir(parents=True)
+    log, metrics = run_dir / "run.log", run_dir / "metrics.jsonl"
+    log.write_bytes(b"verified\n")
+    metrics.write_bytes(b"{}\n")
+    expect = {"log": reaper.FileIdentity.of(log), "metrics": reaper.FileIdentity.of(metrics)}
+    with log.open("ab") as f:
+        f.write(b"late line\n")
+    with pytest.raises(FileChanged, match="changed after it was archived"):
+        reaper.delete_files(tmp_path, "p/r/run.log", "p/r/metrics.jsonl", expect)
+    assert log.read_bytes() == b"verified\nlate line\n" and metrics.exists()  # nothing deleted
+    expect["log"] = reaper.FileIdentity.of(log)
+    removed = reaper.delete_files(tmp_path, "p/r/run.log", "p/r/metrics.jsonl", expect)
+    assert removed.log and removed.metrics and not run_dir.exists()
+
+
+def test_concurrent_appender_loses_no_byte(ctx: Context, s3: S3Env) -> None:
+    """A writer appends to every old log every 10 ms while passes run with slow HEADs:
+    every appended line ends up local or in a verified archive."""
+    seeded = seed_series(ctx, "busy", 7)
+    old = seeded[:-1]
+    stop = threading.Event()
+    written: dict[Path, list[bytes]] = {r.log: [] for r in old}
+
+    def append() -> None:
+        n = 0
+        while not stop.is_set():
+            for path, lines in written.items():
+                line = f"appended {n}\n".encode()
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # never re-creates it
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.write(fd, line)
+                    lines.append(line)
+                finally:
+                    os.close(fd)
+            n += 1
+            stop.wait(0.01)
+
+    s3.proxy.delay(0.5, match=lambda m, p: m == "HEAD" and _object_head(p))
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        first = run_pass(ctx, "test", now=NOW)
+    finally:
+        stop.set()
+        writer.join()
+    s3.proxy.clear()
+    run_pass(ctx, "test", now=NOW)  # archives what grew meanwhile
+    client = s3.client()
+    assert first.backup_failures >= 1  # the appends were noticed
+    for run in old:
+        if run.log.exists():
+            text = run.log.read_bytes()
+        else:
+            text = object_bytes(client, s3.bucket, _key(run.id, "busy"))
+        for line in written[run.log]:
+            assert line in text, f"{line!r} of run {run.id} is neither local nor archived"
+
+
+# --- B2: a lost PostgreSQL lock -------------------------------------------------------------
+
+
+def _terminate_lock_holder(admin_url: str) -> int:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND granted",
+            (PG_LOCK_KEY,),
+        ).fetchone()
+        assert row is not None, "no pass holds the lock"
+        conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        return int(row[0])
+
+
+@pytest.mark.slow
+def test_pass_that_loses_its_postgres_lock_stops_cleanly(
+    env: dict[str, str], s3: S3Env, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {**env, "DATABASE_URL": pg_url, "S3_MAX_CONCURRENCY": "2"}
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    ctx = bootstrap(load_settings())
+    runs = seed_series(ctx, "locked", 30)
+    s3.proxy.delay(0.3, match=lambda m, p: m == "PUT")
+    first = _cli(env, "cleanup", "--json")
+    wait_until(lambda: len(ledger_rows(ctx)) >= 2, 60, "the first archives")
+    admin = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    _terminate_lock_holder(admin)
+    second = run_pass(ctx, "test")  # takes the lock the first one lost
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 1, err
+    summary = json.loads(out)
+    assert "lost its lock" in summary["error"]
+    assert "duplicate key" not in err and "Traceback" not in err
+    s3.proxy.clear()
+    third = run_pass(ctx, "test")
+    assert second.error is None and third.error is None
+    with ctx.db.session() as s:
+        run_failures = [f for f in s.query(BackupFailure) if f.run_id is not None]
+    assert run_failures == [], [f.error_message for f in run_failures]
+    for run in runs[:-1]:
+        assert not run.log.exists() and run_row(ctx, run.id) is None
+    assert runs[-1].log.exists()
+    assert len(ledger_rows(ctx)) == len(runs) - 1
+    ctx.db.dispose()
+
+
+def test_ledger_writes_are_idempotent(ctx: Context, s3: S3Env) -> None:
+    (run,) = seed_series(ctx, "p", 1)
+    ref = _ref(ctx, run.id)
+    ledger.record(ctx.db, ref, s3.bucket, {"log_key": "a", "log_size": 1}, "x")
+    ledger.record(ctx.db, ref, s3.bucket, {"metrics_key": "m"}, "y")
+    entry = ledger_rows(ctx)[run.id]
+    assert (entry.log_key, entry.metrics_key, entry.reason) == ("a", "m", "y")
+
+
+def _ref(ctx: Context, run_id: Any) -> Any:
+    from fastflow.retention import RunRef
+
+    row = run_row(ctx, run_id)
+    assert row is not None
+    return RunRef(
+        row.id,
+        row.pipeline_name,
+        row.status,
+        row.triggered_by,
+        row.started_at,
+        row.finished_at,
+        row.exit_code,
+        row.log_file,
+        row.metrics_file,
+        row.log_size,
+    )
+
+
+# --- B3: one undeletable file ------------------------------------------------------------
+
+
+def _chattr(flag: str, path: Path) -> None:
+    res = subprocess.run(["chattr", flag, str(path)], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"chattr {flag} failed (needs root with CAP_LINUX_IMMUTABLE): {res.stderr}")
+        pytest.skip(f"chattr {flag} not permitted here: {res.stderr.strip()}")
+
+
+def test_immutable_file_does_not_block_later_passes(ctx: Context, s3: S3Env) -> None:
+    stuck, *_ = seed_series(ctx, "p", 2)
+    _chattr("+i", stuck.log)
+    try:
+        run_pass(ctx, "test", now=NOW)  # archived; the delete fails; pending in the ledger
+        later = [seed_run(ctx, "p", NOW - timedelta(hours=h)) for h in (3, 2, 1)]
+        summary = run_pass(ctx, "test", now=NOW)  # the resume phase meets it again
+        assert summary.backup_failures == 1 and summary.error is None
+        assert "Operation not permitted" in summary.failures[0].error
+        assert summary.deleted_runs == 3  # every other due run was processed
+        assert stuck.log.exists() and run_row(ctx, stuck.id) is not None
+        assert later[-1].log.exists()
+    finally:
+        _chattr("-i", stuck.log)
+    final = run_pass(ctx, "test", now=NOW)
+    assert final.deleted_runs == 1 and final.backup_failures == 0
+    assert failures(ctx) == []
+
+
+# --- smaller items ------------------------------------------------------------------------
+
+
+def test_silent_server_gives_up_in_seconds_not_minutes(ctx: Context, s3: S3Env) -> None:
+    """The server accepts connections and never answers. The read timeout is 20 s; the
+    pass must not wait it out (before: two rounds of timeouts, minutes)."""
+    runs = seed_series(ctx, "p", 12)
+    s3.proxy.delay(300)
+    try:
+        started = time.monotonic()
+        summary = run_pass(ctx, "test", now=NOW)
+        took = time.monotonic() - started
+    finally:
+        s3.proxy.clear()
+    assert took < ctx.settings.s3_read_timeout, f"the pass took {took:.1f} s"
+    assert summary.backup_failures == 1 and summary.skipped_runs == 10
+    assert "did not answer" in summary.failures[0].error
+    assert all(r.log.exists() and run_row(ctx, r.id) is not None for r in runs)
+    assert not any(r.method == "PUT" for r in s3.proxy.requests)
+
+
+def _pending_entry(ctx: Context, s3: S3Env, run: Any, pipeline: str) -> str:
+    """Archive the run's log and record it as archived but not yet deleted locally."""
+    store = archive.open_store(ctx.settings)
+    stored = store.put_verified(_key(run.id, pipeline), run.log, {"run_id": str(run.id)})
+    with ctx.db.session() as s:
+        s.add(
+            ArchivedRun(
+                run_id=run.id,
+                pipeline_name=pipeline,
+                status="SUCCESS",
+                triggered_by="schedule",
+                started_at=NOW,
+                bucket=s3.bucket,
+                log_key=stored.key,
+                log_size=stored.size,
+                log_sha256=stored.sha256,
+                reason="archive_and_delete_run",
+            )
+        )
+    return stored.key
+
+
+def test_vanished_object_is_archived_again_from_the_local_copy(ctx: Context, s3: S3Env) -> None:
+    old = seed_run(ctx, "p", NOW - timedelta(days=3), metrics=False)
+    seed_run(ctx, "p", NOW - timedelta(days=1), metrics=False)
+    key = _pending_entry(ctx, s3, old, "p")
+    s3.client().delete_object(Bucket=s3.bucket, Key=key)  # gone from the bucket
+    summary = run_pass(ctx, "test", now=NOW)
+    assert summary.rearchived_runs == 1 and summary.backup_failures == 0
+    assert summary.deleted_runs == 1 and not old.log.exists()
+    assert object_bytes(s3.client(), s3.bucket, key) == old.log_bytes
+
+
+def test_failures_are_resolved_when_their_run_is_no_longer_due(
+    ctx: Context, env: dict[str, str], s3: S3Env
+) -> None:
+    old, _ = seed_series(ctx, "p", 2)
+    s3.proxy.fail(500, match=lambda m, p: m == "PUT")
+    assert run_pass(ctx, "test", now=NOW).backup_failures == 1
+    s3.proxy.clear()
+    assert len(failures(ctx)) == 1
+    relaxed = bootstrap(load_settings(log_retention_runs=5))
+    summary = run_pass(relaxed, "test", now=NOW)  # the run is kept now: nothing is due
+    assert summary.planned_runs == 0 and summary.backup_failures == 0
+    assert failures(ctx) == []
+    assert old.log.exists()
+    relaxed.db.dispose()
+
+
+def test_stale_temp_files_of_a_killed_truncation_are_removed(ctx: Context) -> None:
+    journal = ctx.settings.data_dir.resolve() / "truncate.journal"
+    run = seed_run(ctx, "p", NOW - timedelta(hours=1))
+    tmp = run.log.parent / ".truncate-abc123.tmp"
+    tmp.write_bytes(b"half a copy")
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_text(str(tmp))
+    compress_tmp = ctx.settings.data_dir.resolve() / "tmp" / "archive-x.part"
+    compress_tmp.parent.mkdir(parents=True, exist_ok=True)
+    compress_tmp.write_bytes(b"x")
+    summary = run_pass(ctx, "test", now=NOW)
+    assert summary.stale_temp_files_removed == 2
+    assert not tmp.exists() and not journal.exists() and not compress_tmp.exists()
+    assert run.log.read_bytes() == run.log_bytes
+
+
+def test_temp_file_in_a_deleted_run_folder_goes_with_it(ctx: Context, s3: S3Env) -> None:
+    old, _ = seed_series(ctx, "p", 2)
+    (old.log.parent / ".truncate-zz.tmp").write_bytes(b"left over")
+    summary = run_pass(ctx, "test", now=NOW)
+    assert summary.deleted_runs == 1 and not old.log.parent.exists()
+
+
+# --- archive before truncate ---------------------------------------------------------------
+
+
+def test_oversized_log_is_archived_byte_identical_before_truncation(
+    ctx: Context, env: dict[str, str], s3: S3Env
+) -> None:
+    big_log = b"".join(f"line {i} of the noisy pipeline\n".encode() for i in range(400_000))
+    assert len(big_log) > 10 * 1024 * 1024
+    big = seed_run(ctx, "noisy", NOW - timedelta(hours=1), log=big_log)
+    tight = bootstrap(load_settings(log_max_size_mb=1, log_retention_runs=None))
+    summary = run_pass(tight, "test", now=NOW)
+    assert summary.archived_before_truncation == 1 and summary.truncated_logs == 1
+    assert big.log.stat().st_size <= 1024 * 1024
+    assert object_bytes(s3.client(), s3.bucket, _key(big.id, "noisy")) == big_log
+    full = subprocess.run(
+        [sys.executable, "-m", "fastflow", "logs", str(big.id), "--full"],
+        env={**os.environ, **env, "LOG_RETENTION_RUNS": ""},
+        capture_output=True,
+        check=False,
+    )
+    assert full.returncode == 0, full.stderr
+    assert full.stdout == big_log
+    local = subprocess.run(
+        [sys.executable, "-m", "fastflow", "logs", str(big.id)],
+        env={**os.environ, **env, "LOG_RETENTION_RUNS": ""},
+        capture_output=True,
+        check=False,
+    )
+    assert local.stdout == big.log.read_bytes() and local.stdout.startswith(b"[... ")
+    tight.db.dispose()
+
+
+def test_truncation_waits_for_a_working_archive(ctx: Context, s3: S3Env) -> None:
+    big = seed_run(ctx, "noisy", NOW - timedelta(hours=1), log=b"y" * 2_000_000 + b"\n")
+    tight = bootstrap(load_settings(log_max_size_mb=1))
+    s3.proxy.fail(500)
+    first = run_pass(tight, "test", now=NOW)
+    assert first.truncated_logs == 0 and first.backup_failures == 1
+    assert big.log.stat().st_size == 2_000_001  # nothing cut without a copy
+    s3.proxy.clear()
+    second = run_pass(tight, "test", now=NOW)
+    assert second.truncated_logs == 1 and second.archived_before_truncation == 1
+    assert failures(ctx) == []
+    tight.db.dispose()
+
+
+def test_retention_keeps_the_full_archived_log_of_a_truncated_run(ctx: Context, s3: S3Env) -> None:
+    big_log = b"z" * 3_000_000 + b"\n"
+    big = seed_run(ctx, "noisy", NOW - timedelta(days=2), log=big_log)
+    tight = bootstrap(load_settings(log_max_size_mb=1, log_retention_runs=None))
+    run_pass(tight, "test", now=NOW)
+    truncated = big.log.read_bytes()
+    assert len(truncated) <= 1024 * 1024
+    seed_run(ctx, "noisy", NOW - timedelta(days=1))
+    summary = run_pass(ctx, "test", now=NOW)  # LOG_RETENTION_RUNS=1 removes the big run
+    assert summary.deleted_runs == 1 and summary.backup_failures == 0
+    assert not big.log.exists() and run_row(ctx, big.id) is None
+    client = s3.client()
+    assert object_bytes(client, s3.bucket, _key(big.id, "noisy")) == big_log  # not replaced
+    assert object_bytes(client, s3.bucket, _key(big.id, "noisy", "metrics.jsonl")) == (
+        big.metrics_bytes
+    )
+    entry = ledger_rows(ctx)[big.id]
+    assert entry.metrics_key is not None and entry.local_deleted_at is not None
+    tight.db.dispose()
+
+
+# --- a killed runner ----------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_killed_runner_takes_its_pipeline_tree_with_it(
+    ff_env: dict[str, str], make_pipeline: Any, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    make_pipeline(
+        "tree",
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "print('working', flush=True)\n"
+        "time.sleep(300)\n",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastflow", "run", "tree"],
+        env={**os.environ, **ff_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: pids.exists() and " " in pids.read_text(), 60, "the pipeline tree")
+    leader, grandchild = (int(x) for x in pids.read_text().split())
+    try:
+        proc.kill()
+        proc.wait()
+        wait_until(lambda: not _alive(leader), 10, "the pipeline to die with its runner")
+        assert _alive(grandchild)  # outside the direct child: ended at the next start
+        ctx = bootstrap(load_settings())  # recovers the orphaned run
+        wait_until(lambda: not _alive(grandchild), 10, "the orphaned group to be killed")
+        from fastflow import runs
+
+        (row,) = runs.list_runs(ctx.db, pipeline="tree")
+        assert row.status == "FAILED"
+        ctx.db.dispose()
+    finally:
+        for pid in (leader, grandchild):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+
+
+def test_recycled_pid_is_never_killed() -> None:
+    from fastflow.runs import kill_orphaned_group
+
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        # same pid, but recorded with an older start time: it is another process
+        assert kill_orphaned_group(sleeper.pid, time.time() - 3600) == 0
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
