@@ -29,11 +29,13 @@ from tests.lifecycle import (
     NOW,
     failures,
     keys,
-    ledger as ledger_rows,
     object_bytes,
     run_row,
     seed_run,
     seed_series,
+)
+from tests.lifecycle import (
+    ledger as ledger_rows,
 )
 
 
