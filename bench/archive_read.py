@@ -26,11 +26,11 @@ if str(REPO_ROOT) not in sys.path:
 from tests.harness.s3server import MotoS3Server  # noqa: E402
 
 from fastflow import compression  # noqa: E402
-from fastflow.app_context import Context, bootstrap  # noqa: E402
-from fastflow.archive import S3Store  # noqa: E402
+from fastflow.archive.s3 import S3Store  # noqa: E402
 from fastflow.config import load_settings  # noqa: E402
-from fastflow.logreader import open_log  # noqa: E402
-from fastflow.models import ArchivedRun, PipelineRun  # noqa: E402
+from fastflow.context import Context, bootstrap  # noqa: E402
+from fastflow.db.models import ArchivedRun, PipelineRun  # noqa: E402
+from fastflow.runs.readback import open_log  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 SIZE_MB = int(os.environ.get("BENCH_READ_MB", "16" if QUICK else "64"))

@@ -56,7 +56,7 @@ def _status_kib(field: str) -> int:
 
 def _child(path: str, key: str) -> None:
     """Run in a fresh interpreter: the same imports for the baseline and every size."""
-    from fastflow.archive import S3Store
+    from fastflow.archive.s3 import S3Store
     from fastflow.config import load_settings
 
     settings = load_settings(_env_file=None)  # S3_* come from the environment

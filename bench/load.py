@@ -27,8 +27,8 @@ from tests.harness.s3server import MotoS3Server  # noqa: E402
 from tests.harness.serve import fastflow_serve  # noqa: E402
 
 from fastflow import accounts  # noqa: E402
-from fastflow.app_context import bootstrap  # noqa: E402
 from fastflow.config import load_settings  # noqa: E402
+from fastflow.context import bootstrap  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "20" if QUICK else "100"))

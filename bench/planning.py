@@ -136,8 +136,8 @@ def _populate(url: str, root: Path, n: int, now: datetime) -> tuple[Expected, fl
     """Create the schema and insert ``n`` runs in chunks; (expected counts, seconds)."""
     from sqlalchemy import insert, text
 
-    from fastflow.app_context import bootstrap
-    from fastflow.models import PipelineRun
+    from fastflow.context import bootstrap
+    from fastflow.db.models import PipelineRun
 
     ctx = bootstrap(_settings(url, root))
     exp = Expected()
@@ -184,11 +184,11 @@ def _reset_peak() -> int:
 def _child(url: str, root: str, now_iso: str) -> None:
     from sqlalchemy import text
 
-    from fastflow import selection
-    from fastflow.app_context import Context
-    from fastflow.cleanup import run_pass
-    from fastflow.db import Database
-    from fastflow.retention import ActionKind, policy_for
+    from fastflow.context import Context
+    from fastflow.db.engine import Database
+    from fastflow.lifecycle import selection
+    from fastflow.lifecycle.cleanup import run_pass
+    from fastflow.lifecycle.policy import ActionKind, policy_for
 
     now = datetime.fromisoformat(now_iso)
     settings = _settings(url, Path(root))
@@ -220,7 +220,7 @@ def _child(url: str, root: str, now_iso: str) -> None:
 
     # Steady state: the same table, a policy that keeps all but ~50 runs per pipeline (what
     # a nightly pass sees once the backlog is gone). This is index work, not per-row work.
-    from fastflow.retention import Policy
+    from fastflow.lifecycle.policy import Policy
 
     per_pipeline = total // max(1, len(names))
     steady = Policy(keep_runs=max(1, per_pipeline - 50))

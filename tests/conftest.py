@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fastflow.app_context import Context, bootstrap
 from fastflow.config import Settings, load_settings
+from fastflow.context import Context, bootstrap
 
 pytest_plugins = ["tests.harness.fixtures"]
 

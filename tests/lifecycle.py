@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from fastflow import logfiles
-from fastflow.app_context import Context
-from fastflow.models import ArchivedRun, BackupFailure, PipelineRun
+from fastflow.context import Context
+from fastflow.db.models import ArchivedRun, BackupFailure, PipelineRun
+from fastflow.runs import files as logfiles
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

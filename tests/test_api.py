@@ -18,9 +18,9 @@ from sqlalchemy import select
 from fastflow import accounts
 from fastflow.api.app import create_app
 from fastflow.api.deps import require_admin
-from fastflow.app_context import Context, bootstrap
 from fastflow.config import load_settings
-from fastflow.models import PipelineRun, SettingOverride
+from fastflow.context import Context, bootstrap
+from fastflow.db.models import PipelineRun, SettingOverride
 from tests.conftest import RUN_FIELDS, MakePipeline, wait_until
 from tests.harness.faultproxy import method_is
 from tests.harness.fixtures import S3Env

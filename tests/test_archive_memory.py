@@ -13,7 +13,7 @@ from tests.harness.fixtures import S3Env
 _CHILD = """
 import sys
 from pathlib import Path
-from fastflow.archive import S3Store
+from fastflow.archive.s3 import S3Store
 from fastflow.config import load_settings
 
 url, bucket, key, secret, path = sys.argv[1:6]

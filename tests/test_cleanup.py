@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from fastflow import archive
-from fastflow.app_context import Context, bootstrap
-from fastflow.cleanup import PassSummary, run_pass
+from fastflow.archive import s3 as archive
 from fastflow.config import load_settings
+from fastflow.context import Context, bootstrap
 from fastflow.errors import PassAlreadyRunning
-from fastflow.passlock import PassLock
+from fastflow.lifecycle.cleanup import PassSummary, run_pass
+from fastflow.lifecycle.lock import PassLock
 from tests.harness.faultproxy import method_is
 from tests.harness.fixtures import S3Env
 from tests.lifecycle import (
@@ -329,7 +329,7 @@ def test_local_file_changed_after_archiving_is_not_deleted(s3_app: Context, s3: 
     s3.proxy.fail(500, match=lambda m, p: m == "DELETE")  # irrelevant; keep proxy in path
     store = archive.open_store(ctx.settings)
     stored = store.put_verified(_key(old.id, "p"), old.log, {"run_id": str(old.id)})
-    from fastflow.models import ArchivedRun
+    from fastflow.db.models import ArchivedRun
 
     with ctx.db.session() as s:
         s.add(
@@ -453,8 +453,8 @@ def test_compressed_archive_verifies_stored_bytes_and_reads_back(
 ) -> None:
     import hashlib
 
-    from fastflow.logreader import open_log
-    from fastflow.verify import verify
+    from fastflow.archive.audit import verify
+    from fastflow.runs.readback import open_log
 
     ctx = tune(s3_app, log_retention_runs=1, s3_compression=codec)
     text = b"".join(
@@ -492,7 +492,7 @@ def test_server_side_encryption_and_storage_class_are_sent(s3_app: Context, s3: 
 def test_child_pass_gets_exactly_the_server_settings(
     s3_app: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fastflow.passrunner import settings_env
+    from fastflow.lifecycle.child import settings_env
 
     ctx = tune(s3_app, s3_prefix="/", log_retention_runs=3, email_recipients=["a@b.org"])
     assert ctx.settings.s3_prefix == ""
@@ -505,7 +505,7 @@ def test_child_pass_gets_exactly_the_server_settings(
 
 
 def test_huge_tail_of_a_compressed_archive_streams(s3_app: Context, s3: S3Env) -> None:
-    from fastflow.logreader import open_log
+    from fastflow.runs.readback import open_log
 
     ctx = tune(s3_app, log_retention_runs=1, s3_compression="zstd")
     text = b"".join(b"line %d\\n" % i for i in range(50_000))

@@ -10,7 +10,7 @@ from subprocess import CompletedProcess
 
 import pytest
 
-from fastflow.app_context import Context
+from fastflow.context import Context
 from tests.conftest import RUN_FIELDS, MakePipeline
 from tests.harness.fixtures import S3Env
 
@@ -184,7 +184,7 @@ def test_cleanup_exit_2_when_s3_incomplete(cli: Cli, make_pipeline: MakePipeline
 def test_cleanup_exit_3_when_another_pass_runs(
     cli: Cli, make_pipeline: MakePipeline, app: Context
 ) -> None:
-    from fastflow.passlock import PassLock
+    from fastflow.lifecycle.lock import PassLock
 
     with PassLock(app.db):
         res = cli("cleanup")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fastflow.app_context import bootstrap
 from fastflow.config import load_settings
+from fastflow.context import bootstrap
 from tests.conftest import wait_until
 from tests.harness.faultproxy import method_is
 from tests.harness.fixtures import S3Env

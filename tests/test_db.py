@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import inspect, text
 
 from fastflow.config import load_settings
-from fastflow.db import Database
-from fastflow.models import PipelineRun
+from fastflow.db.engine import Database
+from fastflow.db.models import PipelineRun
 from tests.conftest import RUN_FIELDS
 
 TABLES = {"pipeline_runs", "archived_runs", "backup_failures", "cleanup_passes"}
@@ -101,7 +101,7 @@ def test_head_revision_constant_matches_migration_scripts() -> None:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from fastflow.db import MIGRATIONS_DIR, head_revision
+    from fastflow.db.engine import MIGRATIONS_DIR, head_revision
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fastflow.app_context import Context, bootstrap
-from fastflow.cleanup import run_pass
 from fastflow.config import load_settings
+from fastflow.context import Context, bootstrap
+from fastflow.lifecycle.cleanup import run_pass
 from tests.harness.fixtures import S3Env
 from tests.lifecycle import NOW, failures, keys, ledger, run_row, seed_series
 

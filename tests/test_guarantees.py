@@ -17,12 +17,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from fastflow import archive, ledger
-from fastflow.app_context import Context, bootstrap
-from fastflow.cleanup import run_pass
+from fastflow.archive import ledger
+from fastflow.archive import s3 as archive
 from fastflow.config import load_settings
-from fastflow.models import ArchivedRun, BackupFailure
-from fastflow.passlock import PG_LOCK_KEY
+from fastflow.context import Context, bootstrap
+from fastflow.db.models import ArchivedRun, BackupFailure
+from fastflow.lifecycle.cleanup import run_pass
+from fastflow.lifecycle.lock import PG_LOCK_KEY
 from tests.conftest import wait_until
 from tests.harness.fixtures import S3Env
 from tests.lifecycle import (
@@ -112,8 +113,8 @@ def test_line_appended_during_a_slow_head_is_never_deleted(
 
 def test_delete_refuses_a_file_that_changed_after_verification(tmp_path: Path) -> None:
     """The last check before unlinking: same inode, size and mtime as when hashed."""
-    from fastflow import reaper
     from fastflow.errors import FileChanged
+    from fastflow.lifecycle import deletion as reaper
 
     run_dir = tmp_path / "p" / "r"
     run_dir.mkdir(parents=True)
@@ -233,7 +234,7 @@ def test_ledger_writes_are_idempotent(ctx: Context, s3: S3Env) -> None:
 
 
 def _ref(ctx: Context, run_id: Any) -> Any:
-    from fastflow.retention import RunRef
+    from fastflow.lifecycle.policy import RunRef
 
     row = run_row(ctx, run_id)
     assert row is not None
@@ -479,7 +480,7 @@ def test_killed_runner_takes_its_pipeline_tree_with_it(
         assert _alive(grandchild)  # outside the direct child: ended at the next start
         ctx = bootstrap(load_settings())  # recovers the orphaned run
         wait_until(lambda: not _alive(grandchild), 10, "the orphaned group to be killed")
-        from fastflow import runs
+        from fastflow.runs import store as runs
 
         (row,) = runs.list_runs(ctx.db, pipeline="tree")
         assert row.status == "FAILED"
@@ -493,7 +494,7 @@ def test_killed_runner_takes_its_pipeline_tree_with_it(
 
 
 def test_recycled_pid_is_never_killed() -> None:
-    from fastflow.runs import kill_orphaned_group
+    from fastflow.runs.store import kill_orphaned_group
 
     sleeper = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from fastflow import accounts
-from fastflow.app_context import bootstrap
 from fastflow.config import load_settings
+from fastflow.context import bootstrap
 from tests.harness.fixtures import S3Env
 from tests.harness.loadgen import hammer, seed_finished_runs
 from tests.harness.serve import fastflow_serve

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import re
 
-from fastflow.logcapture import LONG_LINE, LogCapture
+from fastflow.runs.capture import LONG_LINE, LogCapture
 
 STAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] ")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from fastflow.app_context import bootstrap
 from fastflow.config import load_settings
-from fastflow.models import CleanupPass
+from fastflow.context import bootstrap
+from fastflow.db.models import CleanupPass
 from tests.conftest import wait_until
 from tests.harness.faultproxy import method_is
 from tests.harness.fixtures import S3Env

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from fastflow import notify
-from fastflow.app_context import Context
 from fastflow.config import load_settings
+from fastflow.context import Context
 from fastflow.notify import email, messages
 from fastflow.notify.incidents import Kind
 from fastflow.notify.messages import FailedRun, Notice

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import text
 
 from fastflow import notify
-from fastflow.app_context import Context, bootstrap
-from fastflow.cleanup import PassSummary, run_pass
 from fastflow.config import load_settings
-from fastflow.db import Database
+from fastflow.context import Context, bootstrap
+from fastflow.db.engine import Database
+from fastflow.lifecycle.cleanup import PassSummary, run_pass
 from fastflow.notify.models import NotificationDelivery, NotificationIncident
 from tests.harness.fixtures import S3Env
 from tests.harness.smtp import SmtpCapture

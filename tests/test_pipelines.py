@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fastflow import pipelines
 from fastflow.errors import InvalidPipelineConfig, InvalidPipelineName, PipelineNotFound
+from fastflow.runs import pipelines
 from tests.conftest import MakePipeline
 
 VALID = ["etl", "daily-report", "load_orders.v2", "Übersicht 2024", "日本語", "a" * 100, "x.y"]

@@ -7,11 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fastflow import pipelines
 from fastflow.config import load_settings
-from fastflow.models import RunStatus
-from fastflow.pipelines import Retention
-from fastflow.retention import (
+from fastflow.db.models import RunStatus
+from fastflow.lifecycle.policy import (
     MB,
     Action,
     ActionKind,
@@ -22,6 +20,8 @@ from fastflow.retention import (
     fallback,
     policy_for,
 )
+from fastflow.runs import pipelines
+from fastflow.runs.pipelines import Retention
 from tests.conftest import MakePipeline
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -15,11 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fastflow import runs
-from fastflow.app_context import Context, bootstrap
 from fastflow.config import load_settings
-from fastflow.models import PipelineRun, RunStatus
-from fastflow.runner import run_pipeline
+from fastflow.context import Context, bootstrap
+from fastflow.db.models import PipelineRun, RunStatus
+from fastflow.runs import store as runs
+from fastflow.runs.runner import run_pipeline
 from tests.conftest import MakePipeline, wait_until
 
 LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] (.*)$", re.DOTALL)

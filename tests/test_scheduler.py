@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timedelta, timezone
 
-from fastflow.app_context import Context
-from fastflow.cleanup import PassSummary
-from fastflow.scheduler import CleanupScheduler, next_fire
+from fastflow.context import Context
+from fastflow.lifecycle.cleanup import PassSummary
+from fastflow.lifecycle.scheduler import CleanupScheduler, next_fire
 from tests.lifecycle import run_row, seed_series
 
 BERLIN = timezone(timedelta(hours=1))

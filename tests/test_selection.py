@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import event, insert
 
-from fastflow import selection
 from fastflow.config import load_settings
-from fastflow.db import Database
-from fastflow.models import PipelineRun, RunStatus
-from fastflow.retention import Action, ActionKind, Policy
+from fastflow.db.engine import Database
+from fastflow.db.models import PipelineRun, RunStatus
+from fastflow.lifecycle import selection
+from fastflow.lifecycle.policy import Action, ActionKind, Policy
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fastflow.truncate import MARKER_RESERVE, TruncateResult, marker, truncate_log
+from fastflow.lifecycle.truncate import MARKER_RESERVE, TruncateResult, marker, truncate_log
 
 NOW = datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
 STAMP = "2026-05-04 03:02:01"
@@ -265,7 +265,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fastflow.truncate import truncate_log
+from fastflow.lifecycle.truncate import truncate_log
 
 if sys.argv[1] == "truncate":
     result = truncate_log(Path(sys.argv[2]), int(sys.argv[3]), datetime.now(UTC))

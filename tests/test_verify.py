@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
 
-from fastflow.app_context import bootstrap
-from fastflow.cleanup import run_pass
 from fastflow.config import load_settings
+from fastflow.context import bootstrap
+from fastflow.lifecycle.cleanup import run_pass
 from tests.harness.fixtures import S3Env
 from tests.lifecycle import NOW, Seeded, seed_series
 

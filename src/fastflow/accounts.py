@@ -11,10 +11,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from fastflow import readcache, security
-from fastflow.db import Database
+from fastflow import security
+from fastflow.api import cache as readcache
+from fastflow.db.engine import Database
+from fastflow.db.models import ApiToken, User, WebSession, utcnow
 from fastflow.errors import FastflowError
-from fastflow.models import ApiToken, User, WebSession, utcnow
 
 SESSION_LIFETIME = timedelta(hours=12)
 _USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,100}$")

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 from sqlalchemy import insert
 
-from fastflow import logfiles
-from fastflow.app_context import Context
-from fastflow.models import PipelineRun
+from fastflow.context import Context
+from fastflow.db.models import PipelineRun
+from fastflow.runs import files as logfiles
 
 
 def seed_finished_runs(ctx: Context, n: int, now: datetime, pipelines: int = 4) -> None:

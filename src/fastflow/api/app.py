@@ -14,12 +14,12 @@ from fastflow import __version__, notify
 from fastflow.accounts import AuthError
 from fastflow.api import errors
 from fastflow.api.deps import optional_principal
+from fastflow.api.prometheus import registry_for
 from fastflow.api.routers import auth, pipelines, runs, settings
-from fastflow.app_context import Context
-from fastflow.background import RunLauncher
-from fastflow.cleanup import PassSummary
-from fastflow.prom import registry_for
-from fastflow.scheduler import CleanupScheduler
+from fastflow.context import Context
+from fastflow.lifecycle.cleanup import PassSummary
+from fastflow.lifecycle.scheduler import CleanupScheduler
+from fastflow.runs.launcher import RunLauncher
 
 log = logging.getLogger("fastflow.api")
 

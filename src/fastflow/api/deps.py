@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from fastflow import accounts, readcache, security
+from fastflow import accounts, security
 from fastflow.accounts import AuthError, Forbidden, Principal
-from fastflow.app_context import Context
-from fastflow.background import RunLauncher
+from fastflow.api import cache as readcache
+from fastflow.context import Context
+from fastflow.runs.launcher import RunLauncher
 
 SESSION_COOKIE = "fastflow_session"
 CSRF_HEADER = "X-CSRF-Token"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from fastflow import archive
 from fastflow.accounts import AuthError, Forbidden, InvalidInput
+from fastflow.archive import s3 as archive
 from fastflow.errors import (
     ArchiveError,
     ConfigError,

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from fastflow.app_context import Context
-from fastflow.db import Database
-from fastflow.models import utcnow
+from fastflow.context import Context
+from fastflow.db.engine import Database
+from fastflow.db.models import utcnow
 from fastflow.notify import email, messages, records, teams
 from fastflow.notify.incidents import PASS_KEY, Kind
 from fastflow.notify.messages import FailedRun, Notice
@@ -35,7 +35,7 @@ from fastflow.notify.redact import redact
 from fastflow.notify.retry import DeliveryOptions, Outcome
 
 if TYPE_CHECKING:
-    from fastflow.cleanup import PassSummary
+    from fastflow.lifecycle.cleanup import PassSummary
 
 log = logging.getLogger("fastflow.notify")
 

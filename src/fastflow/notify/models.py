@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from fastflow.models import Base, UTCDateTime, utcnow
+from fastflow.db.models import Base, UTCDateTime, utcnow
 
 
 class NotificationIncident(Base):

@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
-from fastflow.db import Database
-from fastflow.models import ArchivedRun, utcnow
+from fastflow.db.engine import Database
+from fastflow.db.models import ArchivedRun, utcnow
 from fastflow.notify.incidents import PASS_KEY, Decision, Incident, decide
 from fastflow.notify.models import NotificationDelivery, NotificationIncident
 from fastflow.notify.retry import Outcome

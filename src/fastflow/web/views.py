@@ -16,23 +16,19 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from fastflow import (
-    accounts,
-    failures,
-    notify,
-    pipelines,
-    runs,
-    runviews,
-    s3probe,
-    security,
-    settings_store,
-)
+from fastflow import accounts, notify, security
 from fastflow.accounts import AuthError, Principal
 from fastflow.api.deps import SESSION_COOKIE
 from fastflow.api.routers.auth import set_session_cookie
-from fastflow.app_context import Context
+from fastflow.archive import probe as s3probe
+from fastflow.context import Context
+from fastflow.db import settings_store
+from fastflow.db.models import RunStatus
 from fastflow.errors import FastflowError
-from fastflow.models import RunStatus
+from fastflow.lifecycle import records as failures
+from fastflow.runs import pipelines
+from fastflow.runs import store as runs
+from fastflow.runs import views as runviews
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))

@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from fastflow import pipelines, runs
 from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
-from fastflow.models import Trigger
+from fastflow.db.models import Trigger
+from fastflow.runs import pipelines
+from fastflow.runs import store as runs
 
 router = APIRouter(prefix="/api/pipelines", tags=["pipelines"])
 

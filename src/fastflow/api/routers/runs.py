@@ -8,12 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from fastflow import readcache, runviews
-from fastflow import runs as run_rows
+from fastflow.api import cache as readcache
 from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
+from fastflow.db.models import RunStatus
 from fastflow.errors import RunNotFound
-from fastflow.logreader import open_log
-from fastflow.models import RunStatus
+from fastflow.runs import store as run_rows
+from fastflow.runs import views as runviews
+from fastflow.runs.readback import open_log
 
 router = APIRouter(prefix="/api", tags=["runs"])
 

@@ -7,11 +7,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
 
-from fastflow import failures, notify, readcache, s3probe, settings_store
+from fastflow import notify
+from fastflow.api import cache as readcache
 from fastflow.api.deps import AdminDep, CtxDep, PrincipalDep
-from fastflow.cleanup import PassSummary, current_pass_started
+from fastflow.archive import probe as s3probe
+from fastflow.db import settings_store
 from fastflow.errors import PassAlreadyRunning
-from fastflow.passrunner import run_pass_in_child
+from fastflow.lifecycle import records as failures
+from fastflow.lifecycle.child import run_pass_in_child
+from fastflow.lifecycle.cleanup import PassSummary, current_pass_started
 
 router = APIRouter(prefix="/api/settings", tags=["settings"])
 

@@ -6,11 +6,11 @@ import json
 import uuid
 from dataclasses import asdict, dataclass
 
-from fastflow import archive
+from fastflow.archive import s3 as archive
 from fastflow.config import Settings
-from fastflow.db import Database
+from fastflow.db.engine import Database
+from fastflow.db.models import AppState, utcnow
 from fastflow.errors import ArchiveNotConfigured
-from fastflow.models import AppState, utcnow
 
 PROBE_CONNECT_TIMEOUT = 3.0
 PROBE_READ_TIMEOUT = 5.0

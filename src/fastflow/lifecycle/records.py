@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 
-from fastflow.app_context import Context
-from fastflow.models import ArchivedRun, BackupFailure, CleanupPass
+from fastflow.context import Context
+from fastflow.db.models import ArchivedRun, BackupFailure, CleanupPass
 
 
 def last_backup_at(ctx: Context) -> datetime | None:

@@ -30,7 +30,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from fastflow import compression
+from fastflow.archive import compression
 from fastflow.config import Settings
 from fastflow.errors import ArchiveError, ArchiveNotConfigured, ObjectMissing
 

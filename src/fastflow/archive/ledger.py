@@ -15,11 +15,11 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 
-from fastflow import logfiles
-from fastflow.archive import StoredObject
-from fastflow.db import Database
-from fastflow.models import TRUNCATION_REASON, ArchivedRun, utcnow
-from fastflow.retention import RunRef
+from fastflow.archive.s3 import StoredObject
+from fastflow.db.engine import Database
+from fastflow.db.models import TRUNCATION_REASON, ArchivedRun, utcnow
+from fastflow.lifecycle.policy import RunRef
+from fastflow.runs import files as logfiles
 
 _WHICH = {logfiles.LOG_NAME: "log", logfiles.METRICS_NAME: "metrics"}
 

@@ -25,17 +25,22 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from fastflow import archive, ledger, logfiles, pipelines, readcache, reaper
-from fastflow.app_context import Context
-from fastflow.archive import ArchiveStore
+from fastflow.api import cache as readcache
+from fastflow.archive import ledger
+from fastflow.archive import s3 as archive
+from fastflow.archive.s3 import ArchiveStore
 from fastflow.config import Settings
+from fastflow.context import Context
+from fastflow.db.models import TRUNCATION_REASON, ArchivedRun, BackupFailure, PipelineRun, utcnow
 from fastflow.errors import ArchiveError, FastflowError, FileChanged, PassLockLost, UnsafePath
-from fastflow.models import TRUNCATION_REASON, ArchivedRun, BackupFailure, PipelineRun, utcnow
-from fastflow.passlock import PassLock
-from fastflow.reaper import Expected, FileIdentity
-from fastflow.retention import Action, ActionKind, Policy, RunRef, fallback, policy_for
-from fastflow.summary import Failure, PassSummary, Progress
-from fastflow.truncate import TruncateResult, truncate_log
+from fastflow.lifecycle import deletion as reaper
+from fastflow.lifecycle.deletion import Expected, FileIdentity
+from fastflow.lifecycle.lock import PassLock
+from fastflow.lifecycle.policy import Action, ActionKind, Policy, RunRef, fallback, policy_for
+from fastflow.lifecycle.summary import Failure, PassSummary, Progress
+from fastflow.lifecycle.truncate import TruncateResult, truncate_log
+from fastflow.runs import files as logfiles
+from fastflow.runs import pipelines
 
 CIRCUIT_BREAK_AFTER = 3  # consecutive connection-level failures: the server is down
 MAX_LISTED_FAILURES = 200

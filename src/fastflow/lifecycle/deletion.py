@@ -22,10 +22,10 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, update
 
-from fastflow import logfiles
-from fastflow.db import Database
+from fastflow.db.engine import Database
+from fastflow.db.models import ACTIVE_STATUSES, ArchivedRun, BackupFailure, PipelineRun
 from fastflow.errors import FileChanged
-from fastflow.models import ACTIVE_STATUSES, ArchivedRun, BackupFailure, PipelineRun
+from fastflow.runs import files as logfiles
 
 
 @dataclass

@@ -17,10 +17,10 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from fastflow.app_context import Context
-from fastflow.cleanup import Failure, PassSummary
 from fastflow.config import Settings
+from fastflow.context import Context
 from fastflow.errors import ConfigError, FastflowError, PassAlreadyRunning
+from fastflow.lifecycle.cleanup import Failure, PassSummary
 
 EXIT_BUSY = 3
 

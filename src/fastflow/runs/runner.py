@@ -22,12 +22,14 @@ from pathlib import Path
 
 import psutil
 
-from fastflow import logfiles, pipelines, runs
 from fastflow.config import Settings
-from fastflow.db import Database
-from fastflow.logcapture import LogCapture
-from fastflow.metrics import TreeSampler
-from fastflow.models import RunStatus
+from fastflow.db.engine import Database
+from fastflow.db.models import RunStatus
+from fastflow.runs import files as logfiles
+from fastflow.runs import pipelines
+from fastflow.runs import store as runs
+from fastflow.runs.capture import LogCapture
+from fastflow.runs.sampler import TreeSampler
 
 READ_SIZE = 256 * 1024
 SETTINGS_VARS = frozenset(name.upper() for name in Settings.model_fields)

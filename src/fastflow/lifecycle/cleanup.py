@@ -24,17 +24,20 @@ from datetime import datetime
 
 from sqlalchemy import delete, or_, select, update
 
-from fastflow import archive, logfiles, readcache, selection
-from fastflow.app_context import Context
-from fastflow.archive import ArchiveStore
+from fastflow.api import cache as readcache
+from fastflow.archive import s3 as archive
+from fastflow.archive.s3 import ArchiveStore
+from fastflow.context import Context
+from fastflow.db.models import ArchivedRun, BackupFailure, CleanupPass, PipelineRun, utcnow
 from fastflow.errors import ArchiveNotConfigured, PassLockLost
-from fastflow.models import ArchivedRun, BackupFailure, CleanupPass, PipelineRun, utcnow
-from fastflow.passlock import PassLock
-from fastflow.passrun import PassRun, pipeline_policy
-from fastflow.resume import resume
-from fastflow.retention import Action
-from fastflow.summary import Failure, PassSummary, Progress
-from fastflow.truncate import remove_journaled_temp
+from fastflow.lifecycle import selection
+from fastflow.lifecycle.executor import PassRun, pipeline_policy
+from fastflow.lifecycle.lock import PassLock
+from fastflow.lifecycle.policy import Action
+from fastflow.lifecycle.resume import resume
+from fastflow.lifecycle.summary import Failure, PassSummary, Progress
+from fastflow.lifecycle.truncate import remove_journaled_temp
+from fastflow.runs import files as logfiles
 
 __all__ = ["Failure", "PassSummary", "Progress", "pipeline_policy", "run_pass"]
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from fastflow.logfiles import TEMP_PREFIX, TEMP_SUFFIX
+from fastflow.runs.files import TEMP_PREFIX, TEMP_SUFFIX
 
 COPY_CHUNK = 1024 * 1024
 SCAN_LIMIT = 1024 * 1024  # how far to look for the next newline before cutting mid-line

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from fastflow.db import Database, is_postgres
+from fastflow.db.engine import Database, is_postgres
 from fastflow.errors import PassAlreadyRunning, PassLockLost
 
 PG_LOCK_KEY = 0x66666C77  # "fflw"

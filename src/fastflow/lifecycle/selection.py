@@ -16,11 +16,11 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select, tuple_
 
-from fastflow import logfiles
-from fastflow.db import Database
+from fastflow.db.engine import Database
+from fastflow.db.models import ACTIVE_STATUSES, PipelineRun
 from fastflow.errors import UnsafePath
-from fastflow.models import ACTIVE_STATUSES, PipelineRun
-from fastflow.retention import Action, Boundary, Policy, RunRef, age_cutoff, decide
+from fastflow.lifecycle.policy import Action, Boundary, Policy, RunRef, age_cutoff, decide
+from fastflow.runs import files as logfiles
 
 BATCH_SIZE = 1000
 

@@ -10,10 +10,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fastflow import archive, compression, logfiles
-from fastflow.app_context import Context
+from fastflow.archive import compression
+from fastflow.archive import s3 as archive
+from fastflow.context import Context
+from fastflow.db.models import ArchivedRun, PipelineRun
 from fastflow.errors import ArchiveNotConfigured, LogNotAvailable, RunNotFound
-from fastflow.models import ArchivedRun, PipelineRun
+from fastflow.runs import files as logfiles
 
 
 @dataclass(frozen=True)

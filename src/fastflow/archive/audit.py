@@ -16,10 +16,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from fastflow import archive
-from fastflow.app_context import Context
+from fastflow.archive import s3 as archive
+from fastflow.context import Context
+from fastflow.db.models import ArchivedRun
 from fastflow.errors import ArchiveError
-from fastflow.models import ArchivedRun
 
 BATCH = 500
 

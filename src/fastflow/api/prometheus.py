@@ -11,10 +11,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select
 
-from fastflow import selection
-from fastflow.app_context import Context
-from fastflow.cleanup import pipeline_policy
-from fastflow.models import ArchivedRun, BackupFailure, CleanupPass, PipelineRun, utcnow
+from fastflow.context import Context
+from fastflow.db.models import ArchivedRun, BackupFailure, CleanupPass, PipelineRun, utcnow
+from fastflow.lifecycle import selection
+from fastflow.lifecycle.cleanup import pipeline_policy
 from fastflow.notify.models import NotificationDelivery
 
 

@@ -10,10 +10,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from fastflow import archive, logfiles, runs
-from fastflow.app_context import Context
+from fastflow.archive import s3 as archive
+from fastflow.context import Context
+from fastflow.db.models import ArchivedRun, PipelineRun
 from fastflow.errors import ArchiveNotConfigured, LogNotAvailable, RunNotFound
-from fastflow.models import ArchivedRun, PipelineRun
+from fastflow.runs import files as logfiles
+from fastflow.runs import store as runs
 
 MAX_METRIC_LINES = 200_000
 

@@ -13,11 +13,13 @@ from typing import Any, NoReturn
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from fastflow import __version__, pipelines, runs
-from fastflow.app_context import Context, bootstrap
+from fastflow import __version__
 from fastflow.config import Settings, load_settings
+from fastflow.context import Context, bootstrap
+from fastflow.db.models import RunStatus, Trigger
 from fastflow.errors import ConfigError, FastflowError, PassAlreadyRunning, RunNotFound
-from fastflow.models import RunStatus, Trigger
+from fastflow.runs import pipelines
+from fastflow.runs import store as runs
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -52,7 +54,7 @@ def cli(ctx: click.Context) -> None:
 @click.pass_context
 def run_cmd(ctx: click.Context, pipeline: str) -> None:
     """Run PIPELINE now in the foreground; print the run id as the last line."""
-    from fastflow.runner import run_pipeline
+    from fastflow.runs.runner import run_pipeline
 
     app = _context(ctx)
     echo = None
@@ -109,7 +111,7 @@ def runs_cmd(
 @click.pass_context
 def logs_cmd(ctx: click.Context, run_id: str, full: bool) -> None:
     """Print the log of RUN_ID (from local disk, or from the archive)."""
-    from fastflow.logreader import open_log
+    from fastflow.runs.readback import open_log
 
     app = _context(ctx)
     rid = runs.parse_run_id(run_id)
@@ -132,8 +134,8 @@ def cleanup_cmd(
     ctx: click.Context, dry_run: bool, as_json: bool, trigger: str, no_notify: bool
 ) -> None:
     """Run one cleanup pass now: retention, verified archive, truncation."""
-    from fastflow.cleanup import run_pass
-    from fastflow.progress import ProgressLine
+    from fastflow.cli.progress import ProgressLine
+    from fastflow.lifecycle.cleanup import run_pass
 
     app = _context(ctx)
     bar = ProgressLine(sys.stderr) if sys.stderr.isatty() and not dry_run else None
@@ -242,7 +244,7 @@ def archive_verify(
     """Check every archived object against the ledger; exit 1 if any is not intact."""
     from datetime import UTC
 
-    from fastflow.verify import verify
+    from fastflow.archive.audit import verify
 
     app = _context(ctx)
     tty = sys.stderr.isatty() and not as_json
@@ -289,8 +291,8 @@ def archive_verify(
 @click.pass_context
 def archive_get(ctx: click.Context, run_id: str, output: str | None) -> None:
     """Download the archived log of RUN_ID."""
-    from fastflow import archive
-    from fastflow.logreader import ledger_entry
+    from fastflow.archive import s3 as archive
+    from fastflow.runs.readback import ledger_entry
 
     app = _context(ctx)
     rid = runs.parse_run_id(run_id)
@@ -320,7 +322,7 @@ def archive_get(ctx: click.Context, run_id: str, output: str | None) -> None:
 @click.pass_context
 def archive_ls(ctx: click.Context, pipeline: str | None, limit: int, as_json: bool) -> None:
     """List archive ledger entries, newest first."""
-    from fastflow import runviews
+    from fastflow.runs import views as runviews
 
     app = _context(ctx)
     entries = runviews.list_archive(app, pipeline, limit, 0)

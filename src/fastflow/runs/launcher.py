@@ -11,9 +11,10 @@ import os
 import threading
 import uuid
 
-from fastflow import pipelines, runner, runs
-from fastflow.app_context import Context
-from fastflow.models import RunStatus
+from fastflow.context import Context
+from fastflow.db.models import RunStatus
+from fastflow.runs import pipelines, runner
+from fastflow.runs import store as runs
 
 log = logging.getLogger("fastflow.background")
 

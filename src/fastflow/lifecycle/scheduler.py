@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 from croniter import croniter
 
-from fastflow.app_context import Context
+from fastflow.context import Context
 from fastflow.errors import PassAlreadyRunning
 
 if TYPE_CHECKING:
-    from fastflow.cleanup import PassSummary
+    from fastflow.lifecycle.cleanup import PassSummary
 
 log = logging.getLogger("fastflow.scheduler")
 
@@ -51,7 +51,7 @@ class CleanupScheduler:
         self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        from fastflow.passrunner import run_pass_in_child
+        from fastflow.lifecycle.child import run_pass_in_child
 
         while not self._stop.is_set():
             expr = self._ctx.settings.cleanup_schedule  # may change at runtime (settings page)

@@ -11,10 +11,11 @@ from pathlib import Path
 import psutil
 from sqlalchemy import select
 
-from fastflow import logfiles, readcache
-from fastflow.db import Database
+from fastflow.api import cache as readcache
+from fastflow.db.engine import Database
+from fastflow.db.models import ACTIVE_STATUSES, PipelineRun, RunStatus, utcnow
 from fastflow.errors import RunNotFound
-from fastflow.models import ACTIVE_STATUSES, PipelineRun, RunStatus, utcnow
+from fastflow.runs import files as logfiles
 
 HOSTNAME = socket.gethostname()
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fastflow import ledger, logfiles
+from fastflow.archive import ledger
+from fastflow.db.models import ArchivedRun, PipelineRun
 from fastflow.errors import ArchiveError, FileChanged, ObjectMissing, PassLockLost
-from fastflow.models import ArchivedRun, PipelineRun
-from fastflow.passrun import WHICH, PassRun, grew_from, identify
-from fastflow.reaper import Expected, FileIdentity
-from fastflow.retention import RunRef
+from fastflow.lifecycle.deletion import Expected, FileIdentity
+from fastflow.lifecycle.executor import WHICH, PassRun, grew_from, identify
+from fastflow.lifecycle.policy import RunRef
+from fastflow.runs import files as logfiles
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fastflow import runs
 from fastflow.config import Settings
-from fastflow.db import Database
+from fastflow.db.engine import Database
+from fastflow.runs import store as runs
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Context:
 
     def reload_settings(self) -> Settings:
         """Re-read the stored overrides (after a change through the API)."""
-        from fastflow import settings_store
+        from fastflow.db import settings_store
 
         overrides = settings_store.load_overrides(self.db, self.base)
         self.settings = settings_store.effective(self.base, overrides)

@@ -15,9 +15,9 @@ from sqlalchemy import select
 from fastflow import security
 from fastflow.accounts import InvalidInput
 from fastflow.config import SECRET_FIELDS, Settings, load_settings
-from fastflow.db import Database
+from fastflow.db.engine import Database
+from fastflow.db.models import SettingOverride, utcnow
 from fastflow.errors import ConfigError
-from fastflow.models import SettingOverride, utcnow
 
 OVERRIDABLE = (
     "log_retention_runs",

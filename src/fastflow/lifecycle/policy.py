@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from fastflow.config import Settings
-from fastflow.models import ACTIVE_STATUSES
-from fastflow.pipelines import Retention
+from fastflow.db.models import ACTIVE_STATUSES
+from fastflow.runs.pipelines import Retention
 
 MB = 1024 * 1024
 

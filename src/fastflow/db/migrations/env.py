@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 import fastflow.notify.models  # noqa: F401 - registers the notification tables
-from fastflow.models import Base
+from fastflow.db.models import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only reachable via the alembic CLI
