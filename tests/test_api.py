@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from fastflow import accounts
-from fastflow.api.app import create_app
 from fastflow.api.deps import require_admin
 from fastflow.config import load_settings
 from fastflow.context import Context, bootstrap
 from fastflow.db.models import PipelineRun, SettingOverride
+from fastflow.server import create_app
 from tests.conftest import RUN_FIELDS, MakePipeline, wait_until
 from tests.harness.faultproxy import method_is
 from tests.harness.fixtures import S3Env

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 
 from fastflow import security
-from fastflow.api import cache as readcache
+from fastflow.db import cache as readcache
 from fastflow.db.engine import Database
 from fastflow.db.models import ApiToken, User, WebSession, utcnow
 from fastflow.errors import FastflowError

@@ -1,4 +1,4 @@
-"""Build the FastAPI application from a bootstrapped context (the one wiring module)."""
+"""Build the JSON API (FastAPI) from a bootstrapped context."""
 
 from __future__ import annotations
 
@@ -37,8 +37,14 @@ def _after_scheduled_pass(ctx: Context) -> Callable[[PassSummary], None]:
     return hook
 
 
-def create_app(ctx: Context, *, schedule: bool = True) -> FastAPI:
-    """The app; with ``schedule`` it runs cleanup passes on ``CLEANUP_SCHEDULE``."""
+def create_app(
+    ctx: Context,
+    *,
+    schedule: bool = True,
+    extend: Callable[[FastAPI], None] | None = None,
+) -> FastAPI:
+    """The JSON API; with ``schedule`` it runs cleanup passes on ``CLEANUP_SCHEDULE``.
+    ``extend`` adds more routes (``fastflow.server`` adds the web UI this way)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -64,9 +70,8 @@ def create_app(ctx: Context, *, schedule: bool = True) -> FastAPI:
     for router in (auth.router, runs.router, pipelines.router, settings.router):
         app.include_router(router)
     _install_metrics(app, ctx)
-    from fastflow.web.views import install as install_web
-
-    install_web(app)
+    if extend is not None:
+        extend(app)
     return app
 
 

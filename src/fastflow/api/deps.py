@@ -8,11 +8,11 @@ from fastapi import Depends, Request
 
 from fastflow import accounts, security
 from fastflow.accounts import AuthError, Forbidden, Principal
-from fastflow.api import cache as readcache
 from fastflow.context import Context
+from fastflow.db import cache as readcache
 from fastflow.runs.launcher import RunLauncher
+from fastflow.session_cookie import SESSION_COOKIE
 
-SESSION_COOKIE = "fastflow_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 

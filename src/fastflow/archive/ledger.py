@@ -18,8 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from fastflow.archive.s3 import StoredObject
 from fastflow.db.engine import Database
 from fastflow.db.models import TRUNCATION_REASON, ArchivedRun, utcnow
-from fastflow.lifecycle.policy import RunRef
 from fastflow.runs import files as logfiles
+from fastflow.runs.refs import RunRef
 
 _WHICH = {logfiles.LOG_NAME: "log", logfiles.METRICS_NAME: "metrics"}
 

@@ -1,4 +1,5 @@
-"""The ``fastflow`` command.
+"""The ``fastflow`` command: one entry point over every package (it may import them
+all; nothing imports it).
 
 Exit codes: 0 success; 1 a failed run, failed backups or another error; 2 invalid
 configuration or usage; 3 another cleanup pass is running.
@@ -216,7 +217,7 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
     import uvicorn
 
     from fastflow import accounts
-    from fastflow.api.app import FIRST_ADMIN_HINT, create_app
+    from fastflow.server import FIRST_ADMIN_HINT, create_app
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

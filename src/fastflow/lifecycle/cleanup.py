@@ -24,10 +24,10 @@ from datetime import datetime
 
 from sqlalchemy import delete, or_, select, update
 
-from fastflow.api import cache as readcache
 from fastflow.archive import s3 as archive
 from fastflow.archive.s3 import ArchiveStore
 from fastflow.context import Context
+from fastflow.db import cache as readcache
 from fastflow.db.models import ArchivedRun, BackupFailure, CleanupPass, PipelineRun, utcnow
 from fastflow.errors import ArchiveNotConfigured, PassLockLost
 from fastflow.lifecycle import selection

@@ -25,12 +25,12 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from fastflow.api import cache as readcache
 from fastflow.archive import ledger
 from fastflow.archive import s3 as archive
 from fastflow.archive.s3 import ArchiveStore
 from fastflow.config import Settings
 from fastflow.context import Context
+from fastflow.db import cache as readcache
 from fastflow.db.models import TRUNCATION_REASON, ArchivedRun, BackupFailure, PipelineRun, utcnow
 from fastflow.errors import ArchiveError, FastflowError, FileChanged, PassLockLost, UnsafePath
 from fastflow.lifecycle import deletion as reaper

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from fastflow.config import Settings
 from fastflow.db.models import ACTIVE_STATUSES
 from fastflow.runs.pipelines import Retention
+from fastflow.runs.refs import RunRef as RunRef
 
 MB = 1024 * 1024
 
@@ -66,26 +67,6 @@ class ActionKind(enum.StrEnum):
     ARCHIVE_AND_DELETE_RUN = "archive_and_delete_run"
     TRUNCATE_LOG = "truncate_log"
     ARCHIVE_AND_DROP_FILES = "archive_and_drop_files"
-
-
-@dataclass(frozen=True)
-class RunRef:
-    """The facts about a run that planning and archiving need."""
-
-    id: uuid.UUID
-    pipeline_name: str
-    status: str
-    triggered_by: str
-    started_at: datetime
-    finished_at: datetime | None
-    exit_code: int | None
-    log_file: str | None
-    metrics_file: str | None
-    log_size: int | None
-
-    @property
-    def key(self) -> tuple[datetime, uuid.UUID]:
-        return (self.started_at, self.id)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 from sqlalchemy import select
 
-from fastflow.api import cache as readcache
+from fastflow.db import cache as readcache
 from fastflow.db.engine import Database
 from fastflow.db.models import ACTIVE_STATUSES, PipelineRun, RunStatus, utcnow
 from fastflow.errors import RunNotFound

@@ -1,0 +1,6 @@
+"""The web UI: server-rendered pages (``views``, Jinja2 ``templates/``) and their
+``static/`` scripts and styles, on the same app and sessions as the API.
+
+May import ``lifecycle``, ``notify`` and everything below; never ``api`` or ``cli``
+(``fastflow.server`` joins the two).
+"""

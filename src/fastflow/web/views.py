@@ -18,8 +18,6 @@ from fastapi.templating import Jinja2Templates
 
 from fastflow import accounts, notify, security
 from fastflow.accounts import AuthError, Principal
-from fastflow.api.deps import SESSION_COOKIE
-from fastflow.api.routers.auth import set_session_cookie
 from fastflow.archive import probe as s3probe
 from fastflow.context import Context
 from fastflow.db import settings_store
@@ -29,6 +27,7 @@ from fastflow.lifecycle import records as failures
 from fastflow.runs import pipelines
 from fastflow.runs import store as runs
 from fastflow.runs import views as runviews
+from fastflow.session_cookie import SESSION_COOKIE, clear_session_cookie, set_session_cookie
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -112,7 +111,7 @@ def install(app: FastAPI) -> None:
         ):
             accounts.logout(_ctx(request).db, cookie)
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(SESSION_COOKIE, path="/")
+        clear_session_cookie(response)
         return response
 
     @app.get("/", include_in_schema=False)

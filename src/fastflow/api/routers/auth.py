@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from fastflow import accounts
-from fastflow.api.deps import SESSION_COOKIE, CtxDep, PrincipalDep
+from fastflow.api.deps import CtxDep, PrincipalDep
+from fastflow.session_cookie import SESSION_COOKIE, clear_session_cookie, set_session_cookie
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
@@ -16,18 +17,6 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
 class Credentials(BaseModel):
     username: str
     password: str
-
-
-def set_session_cookie(response: Response, token: str, request: Request) -> None:
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        httponly=True,
-        samesite="lax",
-        path="/",
-        secure=request.url.scheme == "https",
-        max_age=int(accounts.SESSION_LIFETIME.total_seconds()),
-    )
 
 
 @router.post("/login")
@@ -49,7 +38,7 @@ def logout(request: Request, response: Response, ctx: CtxDep, _: PrincipalDep) -
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         accounts.logout(ctx.db, cookie)
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    clear_session_cookie(response)
     return {"ok": True}
 
 

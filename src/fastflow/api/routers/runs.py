@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from fastflow.api import cache as readcache
 from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
+from fastflow.db import cache as readcache
 from fastflow.db.models import RunStatus
 from fastflow.errors import RunNotFound
 from fastflow.runs import store as run_rows

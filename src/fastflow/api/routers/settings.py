@@ -8,9 +8,9 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
 
 from fastflow import notify
-from fastflow.api import cache as readcache
 from fastflow.api.deps import AdminDep, CtxDep, PrincipalDep
 from fastflow.archive import probe as s3probe
+from fastflow.db import cache as readcache
 from fastflow.db import settings_store
 from fastflow.errors import PassAlreadyRunning
 from fastflow.lifecycle import records as failures
