@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint bench install browser screenshots clean
+.PHONY: run test test-fast lint bench install browser screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ test: install browser
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
+## The pure and unit tests only (no S3, PostgreSQL, browser or subprocess servers): seconds.
+FAST_TESTS := tests/test_config.py tests/test_architecture.py tests/lifecycle/test_retention.py \
+	tests/lifecycle/test_selection.py tests/lifecycle/test_truncate.py tests/runs/test_logcapture.py \
+	tests/runs/test_pipelines.py tests/notify/test_notify_incidents.py
+test-fast: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/pytest -q -m "not slow" $(FAST_TESTS)
+
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -42,7 +50,7 @@ bench: install
 
 ## Refresh the screenshots in docs/img from the browser tests.
 screenshots: install browser
-	FASTFLOW_SCREENSHOTS=$(CURDIR)/docs/img $(BIN)/pytest -q tests/test_ui.py
+	FASTFLOW_SCREENSHOTS=$(CURDIR)/docs/img $(BIN)/pytest -q tests/web/test_ui.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

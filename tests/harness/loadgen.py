@@ -1,4 +1,4 @@
-"""Load generation shared by tests/test_load.py and bench/load.py: seed many finished
+"""Load generation shared by tests/system/test_load.py and bench/load.py: seed many finished
 runs quickly, and poll API routes from many concurrent clients, recording latencies."""
 
 from __future__ import annotations

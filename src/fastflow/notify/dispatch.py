@@ -1,6 +1,6 @@
 """After a pass: decide, record, and deliver in the background — never raising, never blocking.
 
-Guarantees (guarantee 6 of DESIGN.md; pinned by ``tests/test_notify_pass.py``):
+Guarantees (guarantee 6 of DESIGN.md; pinned by ``tests/notify/test_notify_pass.py``):
 
 - ``after_pass`` only reads and writes the database (the incident state and one
   "in progress" delivery row per channel) before it returns; all network traffic happens

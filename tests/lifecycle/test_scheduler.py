@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from fastflow.context import Context
 from fastflow.lifecycle.cleanup import PassSummary
 from fastflow.lifecycle.scheduler import CleanupScheduler, next_fire
-from tests.lifecycle import run_row, seed_series
+from tests.seeding import run_row, seed_series
 
 BERLIN = timezone(timedelta(hours=1))
 

@@ -18,7 +18,7 @@ from fastflow.context import bootstrap
 from tests.conftest import wait_until
 from tests.harness.faultproxy import method_is
 from tests.harness.fixtures import S3Env
-from tests.lifecycle import keys, ledger, run_row, seed_run
+from tests.seeding import keys, ledger, run_row, seed_run
 
 RUNS = 36
 KILLS = 10

@@ -21,7 +21,7 @@ from tests.conftest import wait_until
 from tests.harness.faultproxy import method_is
 from tests.harness.fixtures import S3Env
 from tests.harness.ports import free_port
-from tests.lifecycle import keys, ledger, run_row, seed_series
+from tests.seeding import keys, ledger, run_row, seed_series
 
 RUNS = 40
 

@@ -12,7 +12,7 @@ from fastflow.config import load_settings
 from fastflow.context import bootstrap
 from fastflow.lifecycle.cleanup import run_pass
 from tests.harness.fixtures import S3Env
-from tests.lifecycle import NOW, Seeded, seed_series
+from tests.seeding import NOW, Seeded, seed_series
 
 Cli = Callable[..., CompletedProcess[str]]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,12 +15,12 @@ import pytest
 from fastflow.archive import s3 as archive
 from fastflow.config import load_settings
 from fastflow.context import Context, bootstrap
-from fastflow.errors import PassAlreadyRunning
+from fastflow.errors import ArchiveError, PassAlreadyRunning
 from fastflow.lifecycle.cleanup import PassSummary, run_pass
 from fastflow.lifecycle.lock import PassLock
 from tests.harness.faultproxy import method_is
 from tests.harness.fixtures import S3Env
-from tests.lifecycle import (
+from tests.seeding import (
     NOW,
     failures,
     keys,
@@ -239,7 +239,7 @@ def _assert_kept(ctx: Context, runs: list[Any]) -> None:
         assert run_row(ctx, r.id) is not None
 
 
-FAULTS = {
+FAULTS: dict[str, tuple[Callable[[S3Env], object], str]] = {
     "refused": (lambda s3: s3.proxy.stop(), "connection refused at http://127.0.0.1:"),
     "500": (lambda s3: s3.proxy.fail(500), "S3 server error 500"),
     "503": (lambda s3: s3.proxy.fail(503, code="ServiceUnavailable"), "S3 server error 503"),
@@ -314,11 +314,11 @@ def test_checksum_mismatch_is_refused(s3_app: Context, s3: S3Env) -> None:
     client.put_object(
         Bucket=s3.bucket, Key="k/run.log", Body=b"stored bytes", Metadata={"sha256": "0" * 64}
     )
-    with pytest.raises(archive.ArchiveError, match="checksum mismatch"):
+    with pytest.raises(ArchiveError, match="checksum mismatch"):
         store.verify("k/run.log", len(b"stored bytes"), "f" * 64)
-    with pytest.raises(archive.ArchiveError, match="has 12 bytes, expected 13"):
+    with pytest.raises(ArchiveError, match="has 12 bytes, expected 13"):
         store.verify("k/run.log", 13, "0" * 64)
-    with pytest.raises(archive.ArchiveError, match="does not exist"):
+    with pytest.raises(ArchiveError, match="does not exist"):
         store.verify("k/missing.log", 1, "0" * 64)
 
 
@@ -537,6 +537,6 @@ def test_server_side_sha256_is_sent_and_checked(s3_app: Context, s3: S3Env) -> N
         ChecksumAlgorithm="SHA256",
         Metadata={"sha256": old.sha},
     )
-    with pytest.raises(archive.ArchiveError, match="server's SHA-256"):
+    with pytest.raises(ArchiveError, match="server's SHA-256"):
         store.verify("forged/run.log", len(forged), old.sha)
     assert hashlib.sha256(forged).hexdigest() != old.sha

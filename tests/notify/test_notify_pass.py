@@ -22,7 +22,7 @@ from fastflow.notify.models import NotificationDelivery, NotificationIncident
 from tests.harness.fixtures import S3Env
 from tests.harness.smtp import SmtpCapture
 from tests.harness.teams import TeamsEndpoint
-from tests.lifecycle import NOW, seed_run, seed_series
+from tests.seeding import NOW, seed_run, seed_series
 
 SMTP_PASSWORD = "smtp-Pa55word-7f3k"
 TOKEN = "SECRET-TOKEN"  # the secret path part of ``TeamsEndpoint.url``

@@ -26,7 +26,7 @@ from fastflow.lifecycle.cleanup import run_pass
 from fastflow.lifecycle.lock import PG_LOCK_KEY
 from tests.conftest import wait_until
 from tests.harness.fixtures import S3Env
-from tests.lifecycle import (
+from tests.seeding import (
     NOW,
     failures,
     keys,
@@ -35,7 +35,7 @@ from tests.lifecycle import (
     seed_run,
     seed_series,
 )
-from tests.lifecycle import (
+from tests.seeding import (
     ledger as ledger_rows,
 )
 

@@ -15,7 +15,7 @@ from fastflow.config import load_settings
 from fastflow.context import Context, bootstrap
 from fastflow.lifecycle.cleanup import run_pass
 from tests.harness.fixtures import S3Env
-from tests.lifecycle import NOW, failures, keys, ledger, run_row, seed_series
+from tests.seeding import NOW, failures, keys, ledger, run_row, seed_series
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from fastflow.server import create_app
 from tests.conftest import RUN_FIELDS, MakePipeline, wait_until
 from tests.harness.faultproxy import method_is
 from tests.harness.fixtures import S3Env
-from tests.lifecycle import NOW, seed_run, seed_series
+from tests.seeding import NOW, seed_run, seed_series
 
 SECRETS = {
     "S3_SECRET_ACCESS_KEY": "s3-secret-DO-NOT-LEAK-1",
@@ -78,7 +78,7 @@ def _routes(api: Api) -> list[tuple[str, str, bool]]:
         if not isinstance(route, APIRoute) or not route.path.startswith("/api"):
             continue
         admin = any(d.call is require_admin for d in _walk(route.dependant))
-        for method in sorted(route.methods - {"HEAD", "OPTIONS"}):
+        for method in sorted((route.methods or set()) - {"HEAD", "OPTIONS"}):
             out.append((method, route.path, admin))
     return out
 
