@@ -14,6 +14,7 @@ LAYERS: dict[str, int] = {
     "config": 0,
     "errors": 0,
     "security": 0,
+    "exit_codes": 0,
     "db": 1,
     "runs": 1,
     "archive": 1,
