@@ -15,7 +15,9 @@ from fastflow import security
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database
 from fastflow.db.models import ApiToken, User, WebSession, utcnow
-from fastflow.errors import FastflowError
+from fastflow.errors import AuthError as AuthError
+from fastflow.errors import Forbidden as Forbidden
+from fastflow.errors import InvalidInput as InvalidInput
 
 SESSION_LIFETIME = timedelta(hours=12)
 _USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,100}$")
@@ -30,18 +32,6 @@ def _dummy_hash() -> str:
 class Role(enum.StrEnum):
     ADMIN = "admin"
     VIEWER = "viewer"
-
-
-class AuthError(FastflowError):
-    """Missing or invalid credentials (HTTP 401)."""
-
-
-class Forbidden(FastflowError):
-    """Valid credentials without the needed role (HTTP 403)."""
-
-
-class InvalidInput(FastflowError):
-    """A value supplied by the user is not acceptable (HTTP 422)."""
 
 
 @dataclass(frozen=True)

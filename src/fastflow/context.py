@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fastflow import security
 from fastflow.config import Settings
 from fastflow.db.engine import Database
 from fastflow.runs import store as runs
@@ -28,6 +29,7 @@ class Context:
 
         overrides = settings_store.load_overrides(self.db, self.base)
         self.settings = settings_store.effective(self.base, overrides)
+        security.install_log_redaction(self.settings)
         return self.settings
 
 
@@ -38,6 +40,7 @@ def bootstrap(settings: Settings, *, recover: bool = True) -> Context:
     db.migrate()
     ctx = Context(settings=settings, db=db)
     ctx.reload_settings()
+    security.install_log_redaction(ctx.settings)
     if recover:
         runs.recover_orphans(db, ctx.settings.logs_root)
     return ctx

@@ -19,6 +19,18 @@ class FastflowError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
+class AuthError(FastflowError):
+    """Missing or invalid credentials (HTTP 401)."""
+
+
+class Forbidden(FastflowError):
+    """Valid credentials without the needed role (HTTP 403)."""
+
+
+class InvalidInput(FastflowError):
+    """A value supplied by the user is not acceptable (HTTP 422)."""
+
+
 class ConfigError(FastflowError):
     """A configuration value is invalid or missing."""
 

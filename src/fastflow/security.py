@@ -1,9 +1,12 @@
-"""Password hashing, token hashing and encryption of stored secrets.
+"""Password hashing, token hashing, encryption of stored secrets, and the one redactor.
 
 Guarantees: passwords are stored as argon2 hashes; API tokens and session ids only as
 SHA-256 (they are 256-bit random, so a fast hash is enough); secrets saved in the database
 are encrypted (Fernet) with ``FASTFLOW_SECRET_KEY`` or, when unset, a key generated once
-into ``DATA_DIR/secret.key`` (mode 0600).
+into ``DATA_DIR/secret.key`` (mode 0600). ``redact`` is the one way secrets are kept out
+of text fastflow shows or stores: API errors, CLI errors, notifications, pass records and
+log records (every field in ``config.SECRET_FIELDS`` and the token parts of the Teams
+webhook URL become ``***``).
 """
 
 from __future__ import annotations
@@ -11,15 +14,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.fernet import Fernet, InvalidToken
+from pydantic import SecretStr
 
-from fastflow.config import Settings
+from fastflow.config import SECRET_FIELDS, Settings
 from fastflow.errors import ConfigError
 
 _hasher = PasswordHasher()
@@ -85,3 +91,83 @@ def decrypt(settings: Settings, value: str) -> str:
             "a stored secret cannot be decrypted: FASTFLOW_SECRET_KEY or DATA_DIR/secret.key "
             "changed since it was saved; enter the secret again in the settings"
         ) from e
+
+
+# --- redaction ----------------------------------------------------------------------
+
+MASK = "***"
+_MIN_SECRET_LEN = 4  # shorter values would mangle ordinary words and are not credentials
+_MIN_TOKEN_LEN = 6
+
+
+def mask_url(url: str) -> str:
+    """``scheme://host[:port]/first-segment/***``: enough to recognise, never the token."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return MASK
+    if ":" in host:
+        host = f"[{host}]"
+    shown = f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+    segments = [s for s in parts.path.split("/") if s]
+    if segments:
+        shown += "/" + segments[0]
+    if len(segments) > 1 or parts.query or parts.fragment:
+        shown += "/" + MASK
+    return shown
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of ``url`` that must not be shown: the URL itself and its token parts."""
+    out = [url]
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return out
+    segments = [s for s in parts.path.split("/") if s]
+    out.extend(s for s in segments[1:] if len(s) >= _MIN_TOKEN_LEN)
+    out.extend(v for _, v in parse_qsl(parts.query) if len(v) >= _MIN_TOKEN_LEN)
+    if parts.query and len(parts.query) >= _MIN_TOKEN_LEN:
+        out.append(parts.query)
+    return out
+
+
+def redact(text: str, settings: Settings) -> str:
+    """``text`` with every secret of ``settings`` replaced by ``***``."""
+    if settings.teams_webhook_url is not None:
+        url = settings.teams_webhook_url.get_secret_value()
+        text = text.replace(url, mask_url(url))
+        for part in sorted(url_secrets(url)[1:], key=len, reverse=True):
+            text = text.replace(part, MASK)
+    for name in sorted(SECRET_FIELDS):
+        secret = getattr(settings, name, None)
+        value = secret.get_secret_value() if isinstance(secret, SecretStr) else None
+        if value and len(value) >= _MIN_SECRET_LEN:
+            text = text.replace(value, MASK)
+    return text
+
+
+_log_settings: list[Settings] = []
+
+
+def install_log_redaction(settings: Settings) -> None:
+    """Redact every log record created from now on in this process, whichever logger
+    (fastflow's, uvicorn's, botocore's) creates it; the latest settings apply."""
+    if not _log_settings:
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            try:
+                message = record.getMessage()
+            except Exception:  # a malformed record stays as logging would show it
+                return record
+            clean = redact(message, _log_settings[-1])
+            if clean != message:
+                record.msg, record.args = clean, None
+            return record
+
+        logging.setLogRecordFactory(factory)
+    _log_settings[:] = [settings]

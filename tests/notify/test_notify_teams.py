@@ -15,7 +15,7 @@ from fastflow.context import Context
 from fastflow.notify import messages, teams
 from fastflow.notify.incidents import Kind
 from fastflow.notify.messages import FailedRun, Notice
-from fastflow.notify.redact import mask_url, redact
+from fastflow.security import mask_url, redact
 from tests.harness.teams import TeamsEndpoint
 
 FAST = notify.DeliveryOptions(

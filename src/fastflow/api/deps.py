@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from fastflow import accounts, security
-from fastflow.accounts import AuthError, Forbidden, Principal
+from fastflow.accounts import Principal
 from fastflow.context import Context
 from fastflow.db import cache as readcache
+from fastflow.errors import AuthError, Forbidden
 from fastflow.runs.launcher import RunLauncher
 from fastflow.session_cookie import SESSION_COOKIE
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from fastflow.accounts import AuthError, Forbidden, InvalidInput
-from fastflow.archive import s3 as archive
 from fastflow.errors import (
     ArchiveError,
+    AuthError,
     ConfigError,
     FastflowError,
+    Forbidden,
+    InvalidInput,
     InvalidPipelineConfig,
     InvalidPipelineName,
     LogNotAvailable,
@@ -19,6 +20,7 @@ from fastflow.errors import (
     RunNotFound,
     UnsafePath,
 )
+from fastflow.security import redact
 
 STATUS: list[tuple[type[FastflowError], int]] = [
     (AuthError, 401),
@@ -47,7 +49,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(FastflowError)
     async def _domain_error(request: Request, exc: FastflowError) -> JSONResponse:
         ctx = request.app.state.ctx
-        body: dict[str, object] = {"detail": archive.scrub(str(exc), ctx.settings)}
+        body: dict[str, object] = {"detail": redact(str(exc), ctx.settings)}
         if isinstance(exc, PassAlreadyRunning) and exc.started_at:
             body["started_at"] = exc.started_at
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None

@@ -33,6 +33,7 @@ from botocore.exceptions import (
 from fastflow.archive import compression
 from fastflow.config import Settings
 from fastflow.errors import ArchiveError, ArchiveNotConfigured, ObjectMissing
+from fastflow.security import redact
 
 TOTAL_MAX_ATTEMPTS = 3
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -199,16 +200,7 @@ def describe_error(exc: BaseException, settings: Settings) -> ArchiveError:
         msg = f"cannot read local file: {cause.strerror or cause}"
     else:
         msg = f"{type(cause).__name__}: {cause}"
-    return ArchiveError(scrub(msg, settings), connection_level=connection, timed_out=timed_out)
-
-
-def scrub(text: str, settings: Settings) -> str:
-    """Remove credentials from a message (values shorter than 4 characters would mangle
-    ordinary words and are not plausible credentials)."""
-    for secret in (settings.s3_secret_access_key, settings.s3_access_key):
-        if secret is not None and len(secret.get_secret_value()) >= 4:
-            text = text.replace(secret.get_secret_value(), "***")
-    return text
+    return ArchiveError(redact(msg, settings), connection_level=connection, timed_out=timed_out)
 
 
 # --- S3 ---------------------------------------------------------------------------------

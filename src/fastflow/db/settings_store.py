@@ -13,11 +13,10 @@ from typing import Any
 from sqlalchemy import select
 
 from fastflow import security
-from fastflow.accounts import InvalidInput
 from fastflow.config import SECRET_FIELDS, Settings, load_settings
 from fastflow.db.engine import Database
 from fastflow.db.models import SettingOverride, utcnow
-from fastflow.errors import ConfigError
+from fastflow.errors import ConfigError, InvalidInput
 
 OVERRIDABLE = (
     "log_retention_runs",

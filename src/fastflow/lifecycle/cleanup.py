@@ -38,6 +38,7 @@ from fastflow.lifecycle.resume import resume
 from fastflow.lifecycle.summary import Failure, PassSummary, Progress
 from fastflow.lifecycle.truncate import remove_journaled_temp
 from fastflow.runs import files as logfiles
+from fastflow.security import redact
 
 __all__ = ["Failure", "PassSummary", "Progress", "pipeline_policy", "run_pass"]
 
@@ -133,7 +134,7 @@ def run_pass(
             error = summary.error = str(e)
             _record_lock_loss(p, error)
         except Exception as e:
-            error = f"{type(e).__name__}: {archive.scrub(str(e), ctx.settings)}"
+            error = f"{type(e).__name__}: {redact(str(e), ctx.settings)}"
             raise
         finally:
             readcache.invalidate()

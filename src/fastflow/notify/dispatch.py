@@ -31,8 +31,8 @@ from fastflow.db.models import utcnow
 from fastflow.notify import email, messages, records, teams
 from fastflow.notify.incidents import PASS_KEY, Kind
 from fastflow.notify.messages import FailedRun, Notice
-from fastflow.notify.redact import redact
 from fastflow.notify.retry import DeliveryOptions, Outcome
+from fastflow.security import redact
 
 if TYPE_CHECKING:
     from fastflow.lifecycle.cleanup import PassSummary

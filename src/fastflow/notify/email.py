@@ -20,8 +20,8 @@ from email.utils import format_datetime, make_msgid
 from typing import Literal
 
 from fastflow.config import Settings
-from fastflow.notify.redact import redact
 from fastflow.notify.retry import Budget, DeliveryOptions, Outcome
+from fastflow.security import redact
 
 log = logging.getLogger("fastflow.notify.email")
 

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from fastflow.config import Settings
-from fastflow.notify.redact import mask_url, redact
 from fastflow.notify.retry import Budget, DeliveryOptions, Outcome
+from fastflow.security import mask_url, redact
 
 log = logging.getLogger("fastflow.notify.teams")
 

@@ -1,0 +1,45 @@
+"""One redactor (``security.redact``) for API errors, pass records, notifications and log
+records: no secret of the settings ever appears in their text."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from fastflow.config import load_settings
+from fastflow.security import install_log_redaction, mask_url, redact
+
+S3_SECRET = "s3-secret-value-123"
+SMTP_PASSWORD = "smtp-pass-456"
+WEBHOOK = "https://example.webhook.office.com/webhookb2/abc-def-token/IncomingWebhook/xyz-sig?sig=qwerty123"
+
+
+@pytest.fixture
+def settings(ff_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    return load_settings(
+        s3_secret_access_key=S3_SECRET,
+        s3_access_key="AKIAEXAMPLEKEY",
+        smtp_password=SMTP_PASSWORD,
+        teams_webhook_url=WEBHOOK,
+    )
+
+
+def test_redact_masks_every_secret_field_and_the_webhook_tokens(settings: object) -> None:
+    text = f"boom {S3_SECRET} {SMTP_PASSWORD} AKIAEXAMPLEKEY {WEBHOOK} sig=qwerty123"
+    clean = redact(text, settings)  # type: ignore[arg-type]
+    for secret in (S3_SECRET, SMTP_PASSWORD, "AKIAEXAMPLEKEY", "qwerty123", "abc-def-token"):
+        assert secret not in clean
+    assert mask_url(WEBHOOK) in clean and "boom" in clean
+
+
+def test_log_records_are_redacted_whatever_the_logger(
+    settings: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    install_log_redaction(settings)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("botocore.something").warning("key %s refused", S3_SECRET)
+        logging.getLogger("fastflow.notify").info("smtp login with %s", SMTP_PASSWORD)
+    text = caplog.text
+    assert S3_SECRET not in text and SMTP_PASSWORD not in text
+    assert "key *** refused" in text
