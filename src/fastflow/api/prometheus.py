@@ -3,7 +3,6 @@ so several server processes report the same numbers)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -11,89 +10,43 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select
 
+from fastflow.archive import ledger
 from fastflow.context import Context
-from fastflow.db.models import ArchivedRun, BackupFailure, CleanupPass, PipelineRun, utcnow
-from fastflow.lifecycle import selection
+from fastflow.db.engine import Database
+from fastflow.db.models import utcnow
+from fastflow.lifecycle import records, selection
 from fastflow.lifecycle.cleanup import pipeline_policy
 from fastflow.notify.models import NotificationDelivery
+from fastflow.runs import store as run_store
+
+Family = GaugeMetricFamily | CounterMetricFamily
+
+
+def _one(kind: type[Family], name: str, doc: str, value: float | None) -> Family:
+    family = kind(name, doc)
+    if value is not None:
+        family.add_metric([], value)
+    return family
 
 
 class FastflowCollector(Collector):
+    """One helper per metric family; every value comes from the database."""
+
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        ctx = self._ctx
-        with ctx.db.session() as s:
-            by_status = s.execute(
-                select(PipelineRun.status, func.count()).group_by(PipelineRun.status)
-            ).all()
-            local_bytes = s.scalar(
-                select(func.coalesce(func.sum(PipelineRun.log_size), 0)).where(
-                    PipelineRun.log_file.is_not(None)
-                )
-            )
-            archived = s.execute(
-                select(
-                    func.count(),
-                    func.coalesce(func.sum(ArchivedRun.log_size), 0),
-                    func.coalesce(func.sum(ArchivedRun.metrics_size), 0),
-                )
-            ).one()
-            passes = s.scalar(select(func.count()).select_from(CleanupPass))
-            last = s.scalars(
-                select(CleanupPass)
-                .where(CleanupPass.finished_at.is_not(None))
-                .order_by(CleanupPass.id.desc())
-                .limit(1)
-            ).first()
-            failures_total = s.scalar(select(func.count()).select_from(BackupFailure))
-            unresolved = s.scalar(
-                select(func.count())
-                .select_from(BackupFailure)
-                .where(BackupFailure.resolved_at.is_(None))
-            )
-        g = GaugeMetricFamily("fastflow_runs", "Runs in the database by status", labels=["status"])
-        for status, n in by_status:
-            g.add_metric([status], n)
-        yield g
-        c = CounterMetricFamily("fastflow_cleanup_passes", "Cleanup passes run")
-        c.add_metric([], passes or 0)
-        yield c
-        g = GaugeMetricFamily(
-            "fastflow_cleanup_last_pass_duration_seconds",
-            "Duration of the last finished cleanup pass",
-        )
-        if last is not None and last.summary:
-            g.add_metric([], float(json.loads(last.summary).get("duration_s", 0.0)))
-        yield g
-        c = CounterMetricFamily("fastflow_archived_runs", "Runs archived and verified in S3")
-        c.add_metric([], archived[0])
-        yield c
-        c = CounterMetricFamily("fastflow_archived_bytes", "Bytes archived and verified in S3")
-        c.add_metric([], int(archived[1] or 0) + int(archived[2] or 0))
-        yield c
-        c = CounterMetricFamily(
-            "fastflow_backup_failures", "Backup failures recorded (the newest 1,000 are kept)"
-        )
-        c.add_metric([], failures_total or 0)
-        yield c
-        g = GaugeMetricFamily(
-            "fastflow_backup_failures_unresolved",
-            "Backup failures not yet resolved by a later pass",
-        )
-        g.add_metric([], unresolved or 0)
-        yield g
-        g = GaugeMetricFamily("fastflow_local_log_bytes", "Bytes of run logs on local disk")
-        g.add_metric([], local_bytes or 0)
-        yield g
-        g = GaugeMetricFamily(
+    def collect(self) -> Iterator[Family]:
+        db = self._ctx.db
+        yield from _run_metrics(db)
+        yield from _pass_metrics(records.pass_stats(db))
+        yield from _archive_metrics(*ledger.totals(db))
+        yield _one(
+            GaugeMetricFamily,
             "fastflow_retention_backlog_oldest_seconds",
             "Age of the oldest run due for deletion but not yet archived (0 = no backlog)",
+            self._backlog_age(utcnow()),
         )
-        g.add_metric([], self._backlog_age(utcnow()))
-        yield g
-        yield from _notification_metrics(ctx)
+        yield from _notification_metrics(self._ctx)
 
     def _backlog_age(self, now: datetime) -> float:
         ctx = self._ctx
@@ -106,6 +59,54 @@ class FastflowCollector(Collector):
                 oldest = started if oldest is None or started < oldest else oldest
                 break
         return max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
+
+
+def _run_metrics(db: Database) -> Iterator[Family]:
+    by_status, local_bytes = run_store.status_counts(db), run_store.local_log_bytes(db)
+    g = GaugeMetricFamily("fastflow_runs", "Runs in the database by status", labels=["status"])
+    for status, n in by_status:
+        g.add_metric([status], n)
+    yield g
+    yield _one(
+        GaugeMetricFamily,
+        "fastflow_local_log_bytes",
+        "Bytes of run logs on local disk",
+        local_bytes,
+    )
+
+
+def _pass_metrics(stats: records.PassStats) -> Iterator[Family]:
+    yield _one(CounterMetricFamily, "fastflow_cleanup_passes", "Cleanup passes run", stats.passes)
+    yield _one(
+        GaugeMetricFamily,
+        "fastflow_cleanup_last_pass_duration_seconds",
+        "Duration of the last finished cleanup pass",
+        stats.last_duration_s,
+    )
+    yield _one(
+        CounterMetricFamily,
+        "fastflow_backup_failures",
+        "Backup failures recorded (the newest 1,000 are kept)",
+        stats.failures_total,
+    )
+    yield _one(
+        GaugeMetricFamily,
+        "fastflow_backup_failures_unresolved",
+        "Backup failures not yet resolved by a later pass",
+        stats.failures_unresolved,
+    )
+
+
+def _archive_metrics(runs: int, stored_bytes: int) -> Iterator[Family]:
+    yield _one(
+        CounterMetricFamily, "fastflow_archived_runs", "Runs archived and verified in S3", runs
+    )
+    yield _one(
+        CounterMetricFamily,
+        "fastflow_archived_bytes",
+        "Bytes archived and verified in S3",
+        stored_bytes,
+    )
 
 
 def _notification_metrics(ctx: Context) -> Iterator[CounterMetricFamily]:

@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
+from fastflow.archive import ledger
 from fastflow.archive import s3 as archive
 from fastflow.context import Context
 from fastflow.db.models import ArchivedRun
@@ -55,21 +54,7 @@ class VerifyReport:
 def _entries(
     ctx: Context, pipeline: str | None, since: datetime | None
 ) -> Iterator[list[ArchivedRun]]:
-    cursor = None
-    while True:
-        q = select(ArchivedRun).order_by(ArchivedRun.run_id).limit(BATCH)
-        if pipeline:
-            q = q.where(ArchivedRun.pipeline_name == pipeline)
-        if since:
-            q = q.where(ArchivedRun.archived_at >= since)
-        if cursor is not None:
-            q = q.where(ArchivedRun.run_id > cursor)
-        with ctx.db.session() as s:
-            rows = list(s.scalars(q))
-        if not rows:
-            return
-        yield rows
-        cursor = rows[-1].run_id
+    return ledger.entries(ctx.db, pipeline, since, BATCH)
 
 
 def _check(

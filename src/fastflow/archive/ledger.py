@@ -1,4 +1,5 @@
 """The archive ledger (``archived_runs``): one row per run with verified objects in S3.
+This module is the one owner of ``ArchivedRun``: every read and write goes through it.
 
 Guarantees: a row is written only after its objects were verified, and before any local
 file of the run is deleted; writes are idempotent upserts (two processes writing the
@@ -9,11 +10,13 @@ key); a row never loses the keys of objects it recorded earlier.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, Select, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.dml import Update
 
 from fastflow.archive.s3 import StoredObject
 from fastflow.db.engine import Database
@@ -98,15 +101,6 @@ def mark_truncated(db: Database, run_id: uuid.UUID, at: datetime, size: int, sha
         )
 
 
-def mark_local_deleted(db: Database, run_id: uuid.UUID, at: datetime) -> None:
-    with db.session() as s:
-        s.execute(
-            update(ArchivedRun)
-            .where(ArchivedRun.run_id == run_id, ArchivedRun.local_deleted_at.is_(None))
-            .values(local_deleted_at=at)
-        )
-
-
 def _upsert(db: Database, run_id: uuid.UUID, values: dict[str, Any]) -> None:
     for attempt in range(3):
         try:
@@ -120,3 +114,93 @@ def _upsert(db: Database, run_id: uuid.UUID, values: dict[str, Any]) -> None:
         except IntegrityError:
             if attempt == 2:
                 raise  # pragma: no cover - a row that keeps appearing and vanishing
+
+
+def mark_local_deleted_stmt(run_id: uuid.UUID, at: datetime) -> Update:
+    """The statement that stamps ``local_deleted_at`` — for the caller's own transaction
+    (the run row is deleted in the same commit)."""
+    return (
+        update(ArchivedRun)
+        .where(ArchivedRun.run_id == run_id, ArchivedRun.local_deleted_at.is_(None))
+        .values(local_deleted_at=at)
+    )
+
+
+def pending_ids() -> Select[Any]:
+    """Subquery: run ids whose local files still wait for deletion."""
+    return select(ArchivedRun.run_id).where(ArchivedRun.local_deleted_at.is_(None))
+
+
+def entries(
+    db: Database, pipeline: str | None = None, since: datetime | None = None, batch: int = 500
+) -> Iterator[list[ArchivedRun]]:
+    """Every entry (optionally of one pipeline, archived since a time), in batches by
+    run id (keyset pages: bounded memory for any ledger size)."""
+    cursor = None
+    while True:
+        q = select(ArchivedRun).order_by(ArchivedRun.run_id).limit(batch)
+        if pipeline:
+            q = q.where(ArchivedRun.pipeline_name == pipeline)
+        if since:
+            q = q.where(ArchivedRun.archived_at >= since)
+        if cursor is not None:
+            q = q.where(ArchivedRun.run_id > cursor)
+        with db.session() as s:
+            rows = list(s.scalars(q))
+        if not rows:
+            return
+        yield rows
+        cursor = rows[-1].run_id
+
+
+def get_many(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, ArchivedRun]:
+    if not ids:
+        return {}
+    with db.session() as s:
+        rows = s.scalars(select(ArchivedRun).where(ArchivedRun.run_id.in_(ids)))
+        return {r.run_id: r for r in rows}
+
+
+def page(db: Database, pipeline: str | None, limit: int, offset: int) -> list[ArchivedRun]:
+    """Entries newest first."""
+    q = select(ArchivedRun)
+    if pipeline:
+        q = q.where(ArchivedRun.pipeline_name == pipeline)
+    q = q.order_by(ArchivedRun.archived_at.desc(), ArchivedRun.run_id).limit(limit).offset(offset)
+    with db.session() as s:
+        return list(s.scalars(q))
+
+
+def count_archived(db: Database, ids: list[uuid.UUID]) -> int:
+    """How many of ``ids`` have an entry."""
+    total = 0
+    with db.session() as s:
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            total += (
+                s.scalar(
+                    select(func.count())
+                    .select_from(ArchivedRun)
+                    .where(ArchivedRun.run_id.in_(chunk))
+                )
+                or 0
+            )
+    return total
+
+
+def totals(db: Database) -> tuple[int, int]:
+    """(entries, bytes stored) for ``/metrics``."""
+    with db.session() as s:
+        n, logs, metrics = s.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(ArchivedRun.log_size), 0),
+                func.coalesce(func.sum(ArchivedRun.metrics_size), 0),
+            )
+        ).one()
+    return int(n), int(logs or 0) + int(metrics or 0)
+
+
+def last_archived_at(db: Database) -> datetime | None:
+    with db.session() as s:
+        return s.scalar(select(func.max(ArchivedRun.archived_at)))

@@ -16,21 +16,18 @@ Safety invariants (each proven by a test; the executor's are listed in ``passrun
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from sqlalchemy import delete, or_, select, update
-
 from fastflow.archive import s3 as archive
 from fastflow.archive.s3 import ArchiveStore
 from fastflow.context import Context
 from fastflow.db import cache as readcache
-from fastflow.db.models import ArchivedRun, BackupFailure, CleanupPass, PipelineRun, utcnow
+from fastflow.db.models import utcnow
 from fastflow.errors import ArchiveNotConfigured, PassLockLost
-from fastflow.lifecycle import selection
+from fastflow.lifecycle import records, selection
 from fastflow.lifecycle.executor import PassRun, pipeline_policy
 from fastflow.lifecycle.lock import PassLock
 from fastflow.lifecycle.policy import Action
@@ -42,7 +39,6 @@ from fastflow.security import redact
 
 __all__ = ["Failure", "PassSummary", "Progress", "pipeline_policy", "run_pass"]
 
-MAX_FAILURE_ROWS = 1000
 MAX_PLAN_LINES = 10_000
 
 
@@ -83,18 +79,8 @@ def _plan_only(
 
 
 def current_pass_started(ctx: Context) -> datetime | None:
-    """Start time of the pass that is running now — or, if it finished a moment ago (a
-    409 answer races with its end), of the latest pass."""
-    with ctx.db.session() as s:
-        running = s.scalar(
-            select(CleanupPass.started_at)
-            .where(CleanupPass.finished_at.is_(None))
-            .order_by(CleanupPass.started_at.desc())
-            .limit(1)
-        )
-        if running is not None:
-            return running
-        return s.scalar(select(CleanupPass.started_at).order_by(CleanupPass.id.desc()).limit(1))
+    """Start time of the running pass (or of the latest, if it just ended)."""
+    return records.current_pass_started(ctx.db)
 
 
 def run_pass(
@@ -129,7 +115,9 @@ def run_pass(
                 p.record_failure(None, config_error)
             resume(p)
             _execute(ctx, p)
-            _resolve_settled_failures(ctx, p)
+            records.resolve_settled(
+                ctx.db, summary.pass_id, complete=store is not None and not p.incomplete
+            )
         except PassLockLost as e:
             error = summary.error = str(e)
             _record_lock_loss(p, error)
@@ -140,8 +128,8 @@ def run_pass(
             readcache.invalidate()
             summary.finished_at = utcnow().isoformat()
             summary.duration_s = round(time.monotonic() - started, 3)
-            _close_pass_row(ctx, summary, error)
-            _prune_failures(ctx)
+            records.close_pass(ctx.db, summary.pass_id, summary.to_dict(), error)
+            records.prune_failures(ctx.db)
     return summary
 
 
@@ -176,8 +164,7 @@ def _sweep_temp_files(p: PassRun) -> None:
 
 def _record_lock_loss(p: PassRun, error: str) -> None:
     try:
-        with p.db.session() as s:
-            s.add(BackupFailure(error_message=error, pass_id=p.summary.pass_id))
+        records.add_failure(p.db, None, error, p.summary.pass_id)
     except Exception:  # the database itself may be what went away; the summary says it
         pass
     p.summary.failures.append(Failure(None, None, None, error))
@@ -185,82 +172,5 @@ def _record_lock_loss(p: PassRun, error: str) -> None:
 
 
 def _open_pass_row(ctx: Context, summary: PassSummary) -> None:
-    with ctx.db.session() as s:
-        # we hold the lock: any unfinished pass row belongs to a process that died
-        s.execute(
-            update(CleanupPass)
-            .where(CleanupPass.finished_at.is_(None))
-            .values(finished_at=utcnow(), error="interrupted (the process ended mid-pass)")
-        )
-        row = CleanupPass(trigger=summary.trigger, started_at=utcnow())
-        s.add(row)
-        s.flush()
-        summary.pass_id = row.id
-        summary.started_at = row.started_at.isoformat()
-
-
-def _close_pass_row(ctx: Context, summary: PassSummary, error: str | None) -> None:
-    data = summary.to_dict()
-    data.pop("plan", None)
-    data["failures"] = data["failures"][:50]
-    with ctx.db.session() as s:
-        s.execute(
-            update(CleanupPass)
-            .where(CleanupPass.id == summary.pass_id)
-            .values(
-                finished_at=utcnow(),
-                summary=json.dumps(data),
-                archived_runs=summary.archived_runs,
-                deleted_runs=summary.deleted_runs,
-                backup_failures=summary.backup_failures,
-                bytes_archived=summary.bytes_archived,
-                error=error or summary.config_error,
-            )
-        )
-
-
-def _resolve_settled_failures(ctx: Context, p: PassRun) -> None:
-    """Resolve failures that no longer describe a problem: those of runs that are gone
-    (archived and deleted, or deleted) and, after a complete pass — every due run was
-    tried — those of runs that did not fail again (archived, truncated or no longer due),
-    and pass-level failures (configuration, unreachable server) once archiving works."""
-    now = utcnow()
-    complete = p.store is not None and not p.incomplete
-    pending = select(ArchivedRun.run_id).where(ArchivedRun.local_deleted_at.is_(None))
-    unresolved = BackupFailure.resolved_at.is_(None)
-    with ctx.db.session() as s:
-        s.execute(
-            update(BackupFailure)
-            .where(
-                unresolved,
-                BackupFailure.run_id.is_not(None),
-                BackupFailure.run_id.not_in(select(PipelineRun.id)),
-                BackupFailure.run_id.not_in(pending),
-            )
-            .values(resolved_at=now)
-        )
-        if complete:
-            s.execute(
-                update(BackupFailure)
-                .where(
-                    unresolved,
-                    or_(
-                        BackupFailure.pass_id.is_(None),
-                        BackupFailure.pass_id != p.summary.pass_id,
-                    ),
-                )
-                .values(resolved_at=now)
-            )
-
-
-def _prune_failures(ctx: Context) -> None:
-    """Keep the newest ``MAX_FAILURE_ROWS`` failures."""
-    with ctx.db.session() as s:
-        cutoff = s.scalar(
-            select(BackupFailure.id)
-            .order_by(BackupFailure.id.desc())
-            .offset(MAX_FAILURE_ROWS)
-            .limit(1)
-        )
-        if cutoff is not None:
-            s.execute(delete(BackupFailure).where(BackupFailure.id <= cutoff))
+    pass_id, started = records.open_pass(ctx.db, summary.trigger)
+    summary.pass_id, summary.started_at = pass_id, started.isoformat()

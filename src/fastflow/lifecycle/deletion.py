@@ -22,8 +22,9 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, update
 
+from fastflow.archive import ledger
 from fastflow.db.engine import Database
-from fastflow.db.models import ACTIVE_STATUSES, ArchivedRun, BackupFailure, PipelineRun
+from fastflow.db.models import ACTIVE_STATUSES, PipelineRun
 from fastflow.errors import FileChanged
 from fastflow.runs import files as logfiles
 
@@ -107,11 +108,7 @@ def delete_run_row(db: Database, run_id: uuid.UUID, now: datetime, *, archived: 
         )
         gone = cast(CursorResult[Any], result).rowcount
         if archived:
-            s.execute(
-                update(ArchivedRun)
-                .where(ArchivedRun.run_id == run_id, ArchivedRun.local_deleted_at.is_(None))
-                .values(local_deleted_at=now)
-            )
+            s.execute(ledger.mark_local_deleted_stmt(run_id, now))
     return bool(gone)
 
 
@@ -124,17 +121,4 @@ def drop_file_columns(db: Database, run_id: uuid.UUID, now: datetime, *, archive
             .values(log_file=None, metrics_file=None, log_size=None)
         )
         if archived:
-            s.execute(
-                update(ArchivedRun)
-                .where(ArchivedRun.run_id == run_id, ArchivedRun.local_deleted_at.is_(None))
-                .values(local_deleted_at=now)
-            )
-
-
-def resolve_failures(db: Database, run_id: uuid.UUID, now: datetime) -> None:
-    with db.session() as s:
-        s.execute(
-            update(BackupFailure)
-            .where(BackupFailure.run_id == run_id, BackupFailure.resolved_at.is_(None))
-            .values(resolved_at=now)
-        )
+            s.execute(ledger.mark_local_deleted_stmt(run_id, now))

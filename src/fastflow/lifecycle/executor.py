@@ -31,9 +31,10 @@ from fastflow.archive.s3 import ArchiveStore
 from fastflow.config import Settings
 from fastflow.context import Context
 from fastflow.db import cache as readcache
-from fastflow.db.models import TRUNCATION_REASON, ArchivedRun, BackupFailure, PipelineRun, utcnow
+from fastflow.db.models import TRUNCATION_REASON, ArchivedRun, PipelineRun, utcnow
 from fastflow.errors import ArchiveError, FastflowError, FileChanged, PassLockLost, UnsafePath
 from fastflow.lifecycle import deletion as reaper
+from fastflow.lifecycle import records
 from fastflow.lifecycle.deletion import Expected, FileIdentity
 from fastflow.lifecycle.lock import PassLock
 from fastflow.lifecycle.policy import Action, ActionKind, Policy, RunRef, fallback, policy_for
@@ -155,17 +156,7 @@ class PassRun:
         if self.lock_lost():
             self.guard()
         message = str(err)
-        with self.db.session() as s:
-            s.add(
-                BackupFailure(
-                    run_id=run.id if run else None,
-                    pipeline_name=run.pipeline_name if run else None,
-                    started_at=run.started_at if run else None,
-                    error_message=message,
-                    pass_id=self.summary.pass_id,
-                    created_at=utcnow(),
-                )
-            )
+        records.add_failure(self.db, run, message, self.summary.pass_id)
         with self._mutex:
             if isinstance(err, ArchiveError) and err.connection_level:
                 self._conn_failures += 1
@@ -331,7 +322,7 @@ class PassRun:
             self.bump(deleted_runs=1)
         self.bump(deleted_logs=int(removed.log), deleted_metrics=int(removed.metrics))
         if archived:
-            reaper.resolve_failures(self.db, run_id, now)
+            records.resolve_failures(self.db, run_id, now)
 
     def store_for(self, entry: ArchivedRun) -> ArchiveStore:
         """The store, writing with the encoding of the entry's earlier objects (one

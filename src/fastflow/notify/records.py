@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 
+from fastflow.archive import ledger
 from fastflow.db.engine import Database
-from fastflow.db.models import ArchivedRun, utcnow
+from fastflow.db.models import utcnow
 from fastflow.notify.incidents import PASS_KEY, Decision, Incident, decide
 from fastflow.notify.models import NotificationDelivery, NotificationIncident
 from fastflow.notify.retry import Outcome
@@ -103,19 +104,7 @@ def archived_among(db: Database, keys: Iterable[str]) -> int:
             ids.append(uuid.UUID(key))
         except ValueError:
             continue
-    total = 0
-    with db.session() as s:
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            total += (
-                s.scalar(
-                    select(func.count())
-                    .select_from(ArchivedRun)
-                    .where(ArchivedRun.run_id.in_(chunk))
-                )
-                or 0
-            )
-    return total
+    return ledger.count_archived(db, ids)
 
 
 def start_delivery(

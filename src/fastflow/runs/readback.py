@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fastflow.archive import compression
+from fastflow.archive import compression, ledger
 from fastflow.archive import s3 as archive
 from fastflow.context import Context
 from fastflow.db.models import ArchivedRun, PipelineRun
@@ -29,8 +29,7 @@ class LogSource:
 
 
 def ledger_entry(app: Context, run_id: uuid.UUID) -> ArchivedRun | None:
-    with app.db.session() as s:
-        return s.get(ArchivedRun, run_id)
+    return ledger.get(app.db, run_id)
 
 
 def open_log(

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import psutil
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database
@@ -116,6 +116,26 @@ def list_runs(
     q = q.order_by(PipelineRun.started_at.desc(), PipelineRun.id).limit(limit).offset(offset)
     with db.session() as s:
         return list(s.scalars(q))
+
+
+def status_counts(db: Database) -> list[tuple[str, int]]:
+    """(status, number of runs) for every status present."""
+    with db.session() as s:
+        rows = s.execute(
+            select(PipelineRun.status, func.count()).group_by(PipelineRun.status)
+        ).all()
+    return [(str(status), int(n)) for status, n in rows]
+
+
+def local_log_bytes(db: Database) -> int:
+    """Bytes of the logs that are still on local disk (from the recorded sizes)."""
+    with db.session() as s:
+        total = s.scalar(
+            select(func.coalesce(func.sum(PipelineRun.log_size), 0)).where(
+                PipelineRun.log_file.is_not(None)
+            )
+        )
+    return int(total or 0)
 
 
 def _runner_alive(run: PipelineRun) -> bool:
