@@ -8,9 +8,6 @@ is captured line by line with bounded memory (see ``logcapture``) and fsynced at
 from __future__ import annotations
 
 import os
-import resource
-import selectors
-import signal
 import subprocess
 import sys
 import threading
@@ -29,13 +26,10 @@ from fastflow.runs import files as logfiles
 from fastflow.runs import pipelines
 from fastflow.runs import store as runs
 from fastflow.runs.capture import LogCapture
+from fastflow.runs.pump import Pump
 from fastflow.runs.sampler import TreeSampler
 
-READ_SIZE = 256 * 1024
 SETTINGS_VARS = frozenset(name.upper() for name in Settings.model_fields)
-FLUSH_EVERY_S = 0.5
-DRAIN_AFTER_EXIT_S = 2.0
-KILL_GRACE_S = 3.0
 
 # stdout and stderr share one pipe and one locked BufferedWriter inside the pipeline; the
 # text layers write through to it. So the log keeps the exact order in which the pipeline
@@ -168,7 +162,8 @@ def execute(
         sampler = TreeSampler(proc.pid, metrics_out)
         sampler.start()
         started = time.monotonic()
-        outcome, wait_status, rusage = _pump(proc, capture, log_out, pipeline.timeout, cancel)
+        ended = Pump(proc, capture, log_out, _kill_tree, pipeline.timeout, cancel).run()
+        outcome, wait_status, rusage = ended.kind, ended.wait_status, ended.rusage
         wall = time.monotonic() - started
         cpu_seconds = rusage.ru_utime + rusage.ru_stime if rusage is not None else 0.0
         sampler.stop(cpu_seconds=cpu_seconds, wall_seconds=wall)
@@ -196,73 +191,3 @@ def _close(f: object) -> None:
         os.fsync(f.fileno())  # type: ignore[attr-defined]
     except (OSError, ValueError):
         pass
-
-
-def _pump(
-    proc: subprocess.Popen[bytes],
-    capture: LogCapture,
-    log_out: object,
-    timeout: float | None,
-    cancel: threading.Event | None,
-) -> tuple[str, int | None, resource.struct_rusage | None]:
-    """Read the output pipe until EOF; reap the child with ``wait4``.
-
-    Returns (outcome, wait status, rusage) with outcome one of exited, timeout, cancelled.
-    """
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    os.set_blocking(fd, False)
-    sel = selectors.DefaultSelector()
-    sel.register(fd, selectors.EVENT_READ)
-    fd_open = True
-    deadline = time.monotonic() + timeout if timeout else None
-    outcome = "exited"
-    wait_status: int | None = None
-    rusage: resource.struct_rusage | None = None
-    exited_at: float | None = None
-    killed_at: float | None = None
-    last_flush = time.monotonic()
-    while fd_open or wait_status is None:
-        if fd_open and sel.select(timeout=0.2):
-            try:
-                data = os.read(fd, READ_SIZE)
-            except BlockingIOError:
-                data = None
-            if data:
-                capture.feed(data)
-            elif data is not None:
-                sel.unregister(fd)
-                fd_open = False
-                capture.close()
-        elif not fd_open:
-            time.sleep(0.05)  # output closed early; keep watching the process and deadline
-        now = time.monotonic()
-        if now - last_flush >= FLUSH_EVERY_S:
-            log_out.flush()  # type: ignore[attr-defined]
-            last_flush = now
-        if wait_status is None:
-            pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                wait_status, rusage, exited_at = st, ru, now
-                proc.returncode = os.waitstatus_to_exitcode(st)
-        if wait_status is None and killed_at is None:
-            if deadline is not None and now >= deadline:
-                outcome = "timeout"
-            elif cancel is not None and cancel.is_set():
-                outcome = "cancelled"
-            if outcome != "exited":
-                _kill_tree(proc, signal.SIGTERM)
-                killed_at = now
-        if killed_at is not None and wait_status is None and now - killed_at > KILL_GRACE_S:
-            _kill_tree(proc, signal.SIGKILL)
-        if exited_at is not None and fd_open and now - exited_at > DRAIN_AFTER_EXIT_S:
-            # leftover descendants keep the pipe open: the run owns its tree, end it
-            _kill_tree(proc, signal.SIGKILL)
-            sel.unregister(fd)
-            fd_open = False
-            capture.close()
-    sel.close()
-    if outcome != "exited":
-        _kill_tree(proc, signal.SIGKILL)
-    proc.stdout.close()
-    return outcome, wait_status, rusage
