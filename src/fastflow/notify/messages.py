@@ -214,85 +214,83 @@ def email_html(n: Notice) -> str:
 # --- Teams ----------------------------------------------------------------------------------
 
 
-def teams_card(n: Notice) -> dict[str, Any]:
-    """A Teams message with one Adaptive Card (renders in Teams Workflows webhooks)."""
-    body: list[dict[str, Any]] = [
+def _card_heading(n: Notice) -> dict[str, Any]:
+    return {
+        "type": "TextBlock",
+        "text": headline(n),
+        "weight": "Bolder",
+        "size": "Medium",
+        "style": "heading",
+        "color": "Good" if n.kind in (Kind.RECOVERY, Kind.TEST) else "Attention",
+        "wrap": True,
+    }
+
+
+def _card_run(n: Notice, run: FailedRun) -> dict[str, Any]:
+    """One failed run: its facts and a button that opens it."""
+    facts = [
+        {"title": "Pipeline", "value": run.pipeline_name},
         {
-            "type": "TextBlock",
-            "text": headline(n),
-            "weight": "Bolder",
-            "size": "Medium",
-            "style": "heading",
-            "color": "Good" if n.kind in (Kind.RECOVERY, Kind.TEST) else "Attention",
-            "wrap": True,
-        }
+            "title": "Run",
+            "value": run.run_id + (" (new)" if run.new and n.kind == Kind.GROWN else ""),
+        },
+        {"title": "Started", "value": when(run.started_at)},
+        {"title": "Error", "value": _cut(run.error, MAX_CARD_ERROR_CHARS)},
     ]
+    open_run = {"type": "Action.OpenUrl", "title": "Open run", "url": n.run_url(run.run_id)}
+    return {
+        "type": "Container",
+        "separator": True,
+        "items": [
+            {"type": "FactSet", "facts": facts},
+            {"type": "ActionSet", "actions": [open_run]},
+        ],
+    }
+
+
+def _card_recovery(n: Notice) -> dict[str, Any]:
+    assert n.since is not None
+    return {
+        "type": "FactSet",
+        "facts": [
+            {"title": "Failing since", "value": when(n.since)},
+            {"title": "Runs that failed", "value": str(n.incident_runs)},
+            {"title": "Archived now", "value": str(n.recovered_runs)},
+            {"title": "Archived in this pass", "value": str(n.archived_runs)},
+        ],
+    }
+
+
+def _card_body(n: Notice) -> list[dict[str, Any]]:
+    body = [_card_heading(n)]
     body += [{"type": "TextBlock", "text": p, "wrap": True} for p in _intro(n)]
     if n.kind not in (Kind.TEST, Kind.RECOVERY):
         shown, more = _listed(n, MAX_CARD_RUNS)
-        for run in shown:
-            facts = [
-                {"title": "Pipeline", "value": run.pipeline_name},
-                {
-                    "title": "Run",
-                    "value": run.run_id + (" (new)" if run.new and n.kind == Kind.GROWN else ""),
-                },
-                {"title": "Started", "value": when(run.started_at)},
-                {"title": "Error", "value": _cut(run.error, MAX_CARD_ERROR_CHARS)},
-            ]
-            body.append(
-                {
-                    "type": "Container",
-                    "separator": True,
-                    "items": [
-                        {"type": "FactSet", "facts": facts},
-                        {
-                            "type": "ActionSet",
-                            "actions": [
-                                {
-                                    "type": "Action.OpenUrl",
-                                    "title": "Open run",
-                                    "url": n.run_url(run.run_id),
-                                }
-                            ],
-                        },
-                    ],
-                }
-            )
+        body += [_card_run(n, run) for run in shown]
         if more:
             body.append({"type": "TextBlock", "text": f"and {more} more", "wrap": True})
     elif n.kind == Kind.RECOVERY and n.since is not None:
-        body.append(
-            {
-                "type": "FactSet",
-                "facts": [
-                    {"title": "Failing since", "value": when(n.since)},
-                    {"title": "Runs that failed", "value": str(n.incident_runs)},
-                    {"title": "Archived now", "value": str(n.recovered_runs)},
-                    {"title": "Archived in this pass", "value": str(n.archived_runs)},
-                ],
-            }
-        )
+        body.append(_card_recovery(n))
+    return body
+
+
+def teams_card(n: Notice) -> dict[str, Any]:
+    """A Teams message with one Adaptive Card (renders in Teams Workflows webhooks)."""
+    card = {
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": "1.4",
+        "msteams": {"width": "Full"},
+        "body": _card_body(n),
+        "actions": [{"type": "Action.OpenUrl", "title": "Open settings", "url": n.settings_url}],
+    }
     return {
         "type": "message",
         "attachments": [
             {
                 "contentType": "application/vnd.microsoft.card.adaptive",
                 "contentUrl": None,
-                "content": {
-                    "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
-                    "type": "AdaptiveCard",
-                    "version": "1.4",
-                    "msteams": {"width": "Full"},
-                    "body": body,
-                    "actions": [
-                        {
-                            "type": "Action.OpenUrl",
-                            "title": "Open settings",
-                            "url": n.settings_url,
-                        }
-                    ],
-                },
+                "content": card,
             }
         ],
     }
