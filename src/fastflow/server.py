@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastflow.api.app import FIRST_ADMIN_HINT
 from fastflow.api.app import create_app as create_api
 from fastflow.context import Context
-from fastflow.web.views import install as install_web
+from fastflow.web.pages import install as install_web
 
 __all__ = ["FIRST_ADMIN_HINT", "create_app"]
 

@@ -354,7 +354,7 @@ def test_force_cleanup_answers_409_while_a_pass_runs(s3_api: Api, s3: S3Env) -> 
     api = s3_api
     api.client.put("/api/settings", json={"log_retention_runs": 1}, headers=api.admin)
     seed_series(api.ctx, "etl", 4)
-    s3.proxy.delay(1.5, match=method_is("PUT"))
+    s3.proxy.delay(120, match=method_is("PUT"))  # held until clear(): the first pass is busy
     first: list[Any] = []
     thread = threading.Thread(
         target=lambda: first.append(

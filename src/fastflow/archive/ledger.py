@@ -18,7 +18,7 @@ from sqlalchemy import CursorResult, Select, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Update
 
-from fastflow.archive.s3 import StoredObject
+from fastflow.archive.store import StoredObject
 from fastflow.db.engine import Database
 from fastflow.db.models import TRUNCATION_REASON, ArchivedRun, utcnow
 from fastflow.runs import files as logfiles

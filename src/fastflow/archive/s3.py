@@ -9,14 +9,12 @@ the local file during the upload; anything else raises ``ArchiveError``. Uploads
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -31,6 +29,11 @@ from botocore.exceptions import (
 )
 
 from fastflow.archive import compression
+from fastflow.archive.store import HASH_CHUNK as HASH_CHUNK
+from fastflow.archive.store import ArchiveStore as ArchiveStore
+from fastflow.archive.store import ObjectInfo as ObjectInfo
+from fastflow.archive.store import StoredObject as StoredObject
+from fastflow.archive.store import sha256_of as sha256_of
 from fastflow.config import Settings
 from fastflow.errors import ArchiveError, ArchiveNotConfigured, ObjectMissing
 from fastflow.security import redact
@@ -39,7 +42,6 @@ TOTAL_MAX_ATTEMPTS = 3
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 PART_CONCURRENCY = 4
-HASH_CHUNK = 1024 * 1024
 META_SHA256 = "sha256"
 PING_CONNECT_TIMEOUT = 5.0  # a server that does not answer a HEAD of the bucket in
 PING_READ_TIMEOUT = 10.0  # this time is treated as down for the whole pass
@@ -67,66 +69,6 @@ def decode_meta(value: str) -> str:
         return base64.b64decode(m.group(1)).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         return value
-
-
-# --- the interface ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    """An object the server confirmed. ``size``/``sha256`` describe the stored bytes; the
-    ``original_*`` fields the local file (they differ only with compression)."""
-
-    key: str
-    size: int
-    sha256: str
-    original_size: int
-    original_sha256: str
-    encoding: str | None = None
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-    metadata: dict[str, str]
-    server_sha256: str | None = None  # hex; computed by the server (single-part uploads)
-
-
-class ArchiveStore(Protocol):
-    """What the cleanup pass and the readers need from an archive (one implementation:
-    ``S3Store``; the contract tests run against a real S3 server)."""
-
-    @property
-    def bucket(self) -> str: ...
-
-    @property
-    def codec(self) -> str: ...
-
-    def key_for(self, pipeline_name: str, run_id: str, filename: str) -> str: ...
-
-    def put_verified(self, key: str, path: Path, metadata: dict[str, str]) -> StoredObject: ...
-
-    def verify(self, key: str, size: int, sha256: str) -> None: ...
-
-    def ping(self) -> None: ...
-
-    def head(self, key: str) -> ObjectInfo | None: ...
-
-    def open(self, key: str, start: int = 0) -> Iterator[bytes]: ...
-
-    def open_original(self, key: str, encoding: str | None) -> Iterator[bytes]: ...
-
-
-def sha256_of(path: Path) -> tuple[int, str]:
-    """Size and SHA-256 of a file, streaming."""
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
 
 
 # --- errors in plain words --------------------------------------------------------------

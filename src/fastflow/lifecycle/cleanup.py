@@ -22,12 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from fastflow.archive import s3 as archive
-from fastflow.archive.s3 import ArchiveStore
+from fastflow.archive.store import ArchiveStore
 from fastflow.context import Context
 from fastflow.db import cache as readcache
 from fastflow.db.models import utcnow
 from fastflow.errors import ArchiveNotConfigured, PassLockLost
-from fastflow.lifecycle import records, selection
+from fastflow.lifecycle import oversized, records, selection
 from fastflow.lifecycle.executor import PassRun, pipeline_policy
 from fastflow.lifecycle.lock import PassLock
 from fastflow.lifecycle.policy import Action
@@ -148,7 +148,7 @@ def _execute(ctx: Context, p: PassRun) -> None:
         for batch in selection.truncation_candidates(ctx.db, name, policy, p.now, p.logs_root):
             p.bump(planned_truncations=len(batch))
             for action in batch:
-                p.truncate(action, policy.max_log_bytes)
+                oversized.truncate(p, action, policy.max_log_bytes)
 
 
 def _sweep_temp_files(p: PassRun) -> None:

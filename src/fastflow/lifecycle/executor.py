@@ -23,23 +23,20 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import update
-
 from fastflow.archive import ledger
 from fastflow.archive import s3 as archive
-from fastflow.archive.s3 import ArchiveStore
+from fastflow.archive.store import ArchiveStore
 from fastflow.config import Settings
 from fastflow.context import Context
 from fastflow.db import cache as readcache
-from fastflow.db.models import TRUNCATION_REASON, ArchivedRun, PipelineRun, utcnow
+from fastflow.db.models import ArchivedRun, utcnow
 from fastflow.errors import ArchiveError, FastflowError, FileChanged, PassLockLost, UnsafePath
 from fastflow.lifecycle import deletion as reaper
 from fastflow.lifecycle import records
 from fastflow.lifecycle.deletion import Expected, FileIdentity
 from fastflow.lifecycle.lock import PassLock
-from fastflow.lifecycle.policy import Action, ActionKind, Policy, RunRef, fallback, policy_for
+from fastflow.lifecycle.policy import Action, ActionKind, Policy, RunRef, policy_for
 from fastflow.lifecycle.summary import Failure, PassSummary, Progress
-from fastflow.lifecycle.truncate import TruncateResult, truncate_log
 from fastflow.runs import files as logfiles
 from fastflow.runs import pipelines
 
@@ -364,79 +361,3 @@ class PassRun:
             self.guard()
             ledger.record(self.db, run, entry.bucket, {}, action.kind.value)
         return expect
-
-    # --- truncation ------------------------------------------------------------------
-
-    def truncate(self, action: Action, limit: int) -> None:
-        """Truncate an oversized log; with S3 enabled, archive the full log first."""
-        run = action.run
-        assert run.log_file is not None
-        archive_first = self.store is not None or self.summary.config_error is not None
-        try:
-            self.guard()
-            path = logfiles.resolve(self.logs_root, run.log_file)
-            logfiles.remove_stale_temp_files(path.parent)
-            if archive_first:
-                result = self._archive_and_truncate(run, path, limit)
-            else:
-                result = truncate_log(path, limit, self.now, journal=self.journal)
-        except FileNotFoundError:
-            return  # nothing left to truncate
-        except PassLockLost:
-            raise
-        except ArchiveError as e:
-            self.record_failure(run, e)
-            return
-        except (OSError, UnsafePath) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            self.archive_then_remove(fallback(action, reason))
-            return
-        if result is not None:
-            with self.db.session() as s:
-                s.execute(
-                    update(PipelineRun)
-                    .where(PipelineRun.id == run.id)
-                    .values(log_size=result.new_size)
-                )
-            self.bump(truncated_logs=1)
-
-    def _archive_and_truncate(self, run: RunRef, path: Path, limit: int) -> TruncateResult | None:
-        """Archive the full log (unless it already is), then truncate; None when skipped."""
-        if not self.can_archive(run):
-            return None
-        assert self.store is not None
-        entry = ledger.get(self.db, run.id)
-        if entry is not None and not entry.full_log_archived:
-            self.bump(skipped_runs=1)  # the resume phase owns it
-            return None
-        ident, size, sha = identify(path)
-        if size <= limit:
-            return None
-        if entry is not None and (size, sha) in (
-            entry.local_identity("log"),
-            entry.original("log"),
-        ):
-            assert entry.log_key and entry.log_size is not None and entry.log_sha256
-            self.store.verify(entry.log_key, entry.log_size, entry.log_sha256)
-        elif entry is None or (
-            entry.log_truncated_at is None and grew_from(path, *entry.original("log"))
-        ):
-            counter = "archived_before_truncation" if entry is None else "rearchived_runs"
-            store = self.store if entry is None else self.store_for(entry)
-            files = {logfiles.LOG_NAME: path}
-            ident = self.archive_files(run, files, TRUNCATION_REASON, counter, store)["log"]
-        else:
-            raise FileChanged(
-                f"{path.name} changed after it was truncated (its full log is archived at "
-                f"s3://{entry.bucket}/{entry.log_key}); kept, not truncated again"
-            )
-
-        def before_replace(new_size: int, new_sha: str) -> None:
-            self.guard()
-            if FileIdentity.of(path) != ident:
-                raise FileChanged(f"{path.name} changed while it was truncated; kept")
-            ledger.mark_truncated(self.db, run.id, utcnow(), new_size, new_sha)
-
-        return truncate_log(
-            path, limit, self.now, before_replace=before_replace, journal=self.journal
-        )

@@ -1,4 +1,4 @@
-"""The web UI: server-rendered pages (``views``, Jinja2 ``templates/``) and their
+"""The web UI: server-rendered pages (``pages``; ``render`` for Jinja2 ``templates/``) and their
 ``static/`` scripts and styles, on the same app and sessions as the API.
 
 May import ``lifecycle``, ``notify`` and everything below; never ``api`` or ``cli``

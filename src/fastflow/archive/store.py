@@ -1,0 +1,70 @@
+"""The archive interface: ``ArchiveStore`` (what the cleanup pass, the readers and the
+audit need from any archive) and the values it returns. One implementation today,
+``s3.S3Store``; the contract tests run against a real S3 server."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+HASH_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object the server confirmed. ``size``/``sha256`` describe the stored bytes; the
+    ``original_*`` fields the local file (they differ only with compression)."""
+
+    key: str
+    size: int
+    sha256: str
+    original_size: int
+    original_sha256: str
+    encoding: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    metadata: dict[str, str]
+    server_sha256: str | None = None  # hex; computed by the server (single-part uploads)
+
+
+class ArchiveStore(Protocol):
+    """What the cleanup pass and the readers need from an archive (one implementation:
+    ``S3Store``; the contract tests run against a real S3 server)."""
+
+    @property
+    def bucket(self) -> str: ...
+
+    @property
+    def codec(self) -> str: ...
+
+    def key_for(self, pipeline_name: str, run_id: str, filename: str) -> str: ...
+
+    def put_verified(self, key: str, path: Path, metadata: dict[str, str]) -> StoredObject: ...
+
+    def verify(self, key: str, size: int, sha256: str) -> None: ...
+
+    def ping(self) -> None: ...
+
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    def open(self, key: str, start: int = 0) -> Iterator[bytes]: ...
+
+    def open_original(self, key: str, encoding: str | None) -> Iterator[bytes]: ...
+
+
+def sha256_of(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a file, streaming."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()

@@ -1,0 +1,97 @@
+"""Oversized logs: with S3 backup enabled, archive the full log (verified, ledgered),
+then truncate the local copy; without S3, truncate only.
+
+Guarantees: nothing is truncated before the full log's archive is verified and recorded
+(when archiving fails, nothing is truncated and the failure is recorded); the truncated
+copy is never uploaded over the full log; the ledger learns the truncated copy's size
+and SHA-256 before it replaces the log, so a crash at any instant leaves a local file
+the ledger recognises; a truncation that fails (disk full, permissions) falls back to
+archive-and-drop-files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import update
+
+from fastflow.archive import ledger
+from fastflow.db.models import TRUNCATION_REASON, PipelineRun, utcnow
+from fastflow.errors import ArchiveError, FileChanged, PassLockLost, UnsafePath
+from fastflow.lifecycle.deletion import FileIdentity
+from fastflow.lifecycle.executor import PassRun, grew_from, identify
+from fastflow.lifecycle.policy import Action, RunRef, fallback
+from fastflow.lifecycle.truncate import TruncateResult, truncate_log
+from fastflow.runs import files as logfiles
+
+
+def truncate(p: PassRun, action: Action, limit: int) -> None:
+    """Truncate an oversized log; with S3 enabled, archive the full log first."""
+    run = action.run
+    assert run.log_file is not None
+    archive_first = p.store is not None or p.summary.config_error is not None
+    try:
+        p.guard()
+        path = logfiles.resolve(p.logs_root, run.log_file)
+        logfiles.remove_stale_temp_files(path.parent)
+        if archive_first:
+            result = _archive_and_truncate(p, run, path, limit)
+        else:
+            result = truncate_log(path, limit, p.now, journal=p.journal)
+    except FileNotFoundError:
+        return  # nothing left to truncate
+    except PassLockLost:
+        raise
+    except ArchiveError as e:
+        p.record_failure(run, e)
+        return
+    except (OSError, UnsafePath) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        p.archive_then_remove(fallback(action, reason))
+        return
+    if result is not None:
+        with p.db.session() as s:
+            s.execute(
+                update(PipelineRun).where(PipelineRun.id == run.id).values(log_size=result.new_size)
+            )
+        p.bump(truncated_logs=1)
+
+
+def _archive_and_truncate(p: PassRun, run: RunRef, path: Path, limit: int) -> TruncateResult | None:
+    """Archive the full log (unless it already is), then truncate; None when skipped."""
+    if not p.can_archive(run):
+        return None
+    assert p.store is not None
+    entry = ledger.get(p.db, run.id)
+    if entry is not None and not entry.full_log_archived:
+        p.bump(skipped_runs=1)  # the resume phase owns it
+        return None
+    ident, size, sha = identify(path)
+    if size <= limit:
+        return None
+    if entry is not None and (size, sha) in (
+        entry.local_identity("log"),
+        entry.original("log"),
+    ):
+        assert entry.log_key and entry.log_size is not None and entry.log_sha256
+        p.store.verify(entry.log_key, entry.log_size, entry.log_sha256)
+    elif entry is None or (
+        entry.log_truncated_at is None and grew_from(path, *entry.original("log"))
+    ):
+        counter = "archived_before_truncation" if entry is None else "rearchived_runs"
+        store = p.store if entry is None else p.store_for(entry)
+        files = {logfiles.LOG_NAME: path}
+        ident = p.archive_files(run, files, TRUNCATION_REASON, counter, store)["log"]
+    else:
+        raise FileChanged(
+            f"{path.name} changed after it was truncated (its full log is archived at "
+            f"s3://{entry.bucket}/{entry.log_key}); kept, not truncated again"
+        )
+
+    def before_replace(new_size: int, new_sha: str) -> None:
+        p.guard()
+        if FileIdentity.of(path) != ident:
+            raise FileChanged(f"{path.name} changed while it was truncated; kept")
+        ledger.mark_truncated(p.db, run.id, utcnow(), new_size, new_sha)
+
+    return truncate_log(path, limit, p.now, before_replace=before_replace, journal=p.journal)

@@ -1,0 +1,246 @@
+"""Server-rendered web UI pages (Jinja2 via ``render``, a little plain JavaScript, no
+external assets).
+
+Every page but the login form needs a logged-in session (``PageUserDep``): without one the
+browser is redirected to ``/login?next=<path>``. State-changing form posts carry the
+session's CSRF token. Interactive parts call the JSON API with the X-CSRF-Token header.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from fastflow import accounts, notify, security
+from fastflow.accounts import AuthError, Principal
+from fastflow.archive import probe as s3probe
+from fastflow.context import Context
+from fastflow.db import settings_store
+from fastflow.db.models import RunStatus
+from fastflow.errors import FastflowError
+from fastflow.lifecycle import records as failures
+from fastflow.runs import pipelines
+from fastflow.runs import store as runs
+from fastflow.runs import views as runviews
+from fastflow.session_cookie import SESSION_COOKIE, clear_session_cookie, set_session_cookie
+from fastflow.web.render import render, render_login, render_not_found
+
+STATIC_DIR = Path(__file__).parent / "static"
+PAGE_SIZE = 50
+
+router = APIRouter(include_in_schema=False)
+
+
+# --- the logged-in user -------------------------------------------------------------
+
+
+class LoginRequired(Exception):
+    """A page was asked for without a logged-in session; ``install`` registers the handler
+    that answers it with a redirect to the login page."""
+
+
+def _ctx(request: Request) -> Context:
+    ctx = request.app.state.ctx
+    assert isinstance(ctx, Context)
+    return ctx
+
+
+def session_user(request: Request) -> Principal | None:
+    """The user of the request's session cookie, if it names a live session."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return accounts.session_principal(_ctx(request).db, cookie) if cookie else None
+
+
+def page_user(request: Request) -> Principal:
+    """Dependency: the logged-in user, else ``LoginRequired``."""
+    principal = session_user(request)
+    if principal is None:
+        raise LoginRequired
+    return principal
+
+
+PageUserDep = Annotated[Principal, Depends(page_user)]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The logged-in user of a paged list and the (1-based) page asked for."""
+
+    user: Principal
+    page: int
+
+
+def listing(request: Request, page: int = 1) -> Listing:
+    """Dependency of the paged pages. ``page`` is declared here rather than on the view so
+    that an invalid one is answered 422 before the login check: FastAPI calls a view's
+    dependencies before it validates the view's own query parameters."""
+    return Listing(page_user(request), max(1, page))
+
+
+ListingDep = Annotated[Listing, Depends(listing)]
+
+
+def login_redirect(request: Request, exc: Exception) -> Response:
+    """Handler of ``LoginRequired``: 303 to ``/login?next=<path and query, quoted>``."""
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+
+
+def _safe_next(target: str | None) -> str:
+    """A same-site path to go to after login; anything else (absolute, ``//host``) is
+    replaced by ``/runs``."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return "/runs"
+    return target
+
+
+# --- login and logout ---------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str | None = None) -> Response:
+    no_users = accounts.count_users(_ctx(request).db) == 0
+    return render_login(request, _safe_next(next), error=None, no_users=no_users)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login_submit(
+    request: Request,
+    username: str = Form(""),
+    password: str = Form(""),
+    next: str = Form("/runs"),
+) -> Response:
+    try:
+        token, _ = accounts.login(_ctx(request).db, username, password)
+    except AuthError as e:
+        return render_login(
+            request, _safe_next(next), error=str(e), no_users=False, status_code=401
+        )
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    set_session_cookie(response, token, request)
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, csrf_token: str = Form("")) -> Response:
+    """Ends the session only with its CSRF token; always clears the cookie."""
+    principal = session_user(request)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if (
+        principal
+        and cookie
+        and principal.csrf_token
+        and security.same(csrf_token, principal.csrf_token)
+    ):
+        accounts.logout(_ctx(request).db, cookie)
+    response = RedirectResponse("/login", status_code=303)
+    clear_session_cookie(response)
+    return response
+
+
+# --- pages --------------------------------------------------------------------------
+
+
+@router.get("/")
+def home() -> RedirectResponse:
+    return RedirectResponse("/runs", status_code=303)
+
+
+@router.get("/runs", response_class=HTMLResponse)
+def runs_page(
+    request: Request, paged: ListingDep, pipeline: str | None = None, status: str | None = None
+) -> Response:
+    ctx = _ctx(request)
+    rows = runviews.list_views(
+        ctx,
+        pipeline=pipeline or None,
+        status=status or None,
+        limit=PAGE_SIZE + 1,
+        offset=(paged.page - 1) * PAGE_SIZE,
+    )
+    names = sorted({p.name for p in pipelines.discover(ctx.settings.pipelines_dir)})
+    return render(
+        request,
+        "runs.html",
+        paged.user,
+        runs=rows[:PAGE_SIZE],
+        has_next=len(rows) > PAGE_SIZE,
+        page=paged.page,
+        pipeline=pipeline or "",
+        status=status or "",
+        pipeline_names=names,
+        statuses=[s.value for s in RunStatus],
+    )
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, run_id: str, user: PageUserDep) -> Response:
+    try:
+        run = runviews.get_view(_ctx(request), uuid.UUID(run_id))
+    except (ValueError, FastflowError) as e:
+        message = str(e) if isinstance(e, FastflowError) else f"{run_id!r} is not a run id"
+        return render_not_found(request, user, message)
+    return render(request, "run.html", user, run=run)
+
+
+@router.get("/pipelines", response_class=HTMLResponse)
+def pipelines_page(request: Request, user: PageUserDep) -> Response:
+    ctx = _ctx(request)
+    items = []
+    for p in pipelines.discover(ctx.settings.pipelines_dir):
+        last = runs.list_runs(ctx.db, pipeline=p.name, limit=1)
+        items.append({"pipeline": p, "last": last[0] if last else None})
+    return render(request, "pipelines.html", user, items=items)
+
+
+@router.get("/archive", response_class=HTMLResponse)
+def archive_page(request: Request, paged: ListingDep, pipeline: str | None = None) -> Response:
+    entries = runviews.list_archive(
+        _ctx(request), pipeline or None, PAGE_SIZE + 1, (paged.page - 1) * PAGE_SIZE
+    )
+    return render(
+        request,
+        "archive.html",
+        paged.user,
+        entries=entries[:PAGE_SIZE],
+        has_next=len(entries) > PAGE_SIZE,
+        page=paged.page,
+        pipeline=pipeline or "",
+    )
+
+
+@router.get("/settings", response_class=HTMLResponse)
+def settings_page(request: Request, user: PageUserDep) -> Response:
+    ctx = _ctx(request)
+    overrides = settings_store.load_overrides(ctx.db, ctx.base)
+    view = settings_store.public_view(ctx.settings, set(overrides))
+    last = failures.last_backup_at(ctx)
+    notes = notify.last_results(ctx)
+    return render(
+        request,
+        "settings.html",
+        user,
+        s=view,
+        last_backup_at=last.isoformat() if last else None,
+        last_s3_test=s3probe.last(ctx.db),
+        passes=failures.recent_passes(ctx, 10),
+        failures=[f for f in failures.recent_failures(ctx, 100) if not f["resolved_at"]],
+        notifications=notes,
+    )
+
+
+# --- wiring -------------------------------------------------------------------------
+
+
+def install(app: FastAPI) -> None:
+    """Add the static files, the pages and the login redirect to ``app``."""
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    app.include_router(router)
+    app.add_exception_handler(LoginRequired, login_redirect)
