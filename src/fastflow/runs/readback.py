@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from fastflow.archive import compression, ledger
 from fastflow.archive import s3 as archive
@@ -32,6 +33,40 @@ def ledger_entry(app: Context, run_id: uuid.UUID) -> ArchivedRun | None:
     return ledger.get(app.db, run_id)
 
 
+FileKind = Literal["log", "metrics"]
+
+
+def open_run_file(
+    app: Context,
+    run_id: uuid.UUID,
+    kind: FileKind,
+    run: PipelineRun | None = None,
+    tail_bytes: int | None = None,
+    *,
+    full: bool = False,
+) -> LogSource | None:
+    """The one reader of a run's files: the local copy first, then the archived object
+    (through the ledger). None when the run has no such file anywhere; ``RunNotFound``
+    when neither the run nor a ledger entry exists. ``full`` (logs): when the local log
+    was truncated after its full copy was archived, read the full copy."""
+    entry = ledger_entry(app, run_id) if full and kind == "log" else None
+    if entry is not None and entry.full_log_archived:
+        return _from_archive(app, run_id, entry, kind, tail_bytes)
+    rel = (run.log_file if kind == "log" else run.metrics_file) if run is not None else None
+    if rel:
+        path = logfiles.resolve(app.settings.logs_root, rel)
+        size = logfiles.size_of(path)
+        if size is not None:
+            start = logfiles.tail_start(size, tail_bytes)
+            return LogSource("local", size, logfiles.iter_file(path, start), str(path))
+    entry = entry or ledger_entry(app, run_id)
+    if entry is None and run is None:
+        raise RunNotFound(f"run {run_id} not found")
+    if entry is None or getattr(entry, f"{kind}_key") is None:
+        return None
+    return _from_archive(app, run_id, entry, kind, tail_bytes)
+
+
 def open_log(
     app: Context,
     run_id: uuid.UUID,
@@ -40,43 +75,30 @@ def open_log(
     *,
     full: bool = False,
 ) -> LogSource:
-    """Stream the log (or its last ``tail_bytes``); local copy first, then the archive.
-
-    ``full``: when the local log was truncated after its full copy was archived, read
-    the full log from the archive (otherwise the local copy is the full log)."""
-    entry = ledger_entry(app, run_id) if full else None
-    if entry is not None and entry.full_log_archived and entry.log_key is not None:
-        return _from_archive(app, run_id, entry, tail_bytes)
-    if run is not None and run.log_file:
-        path = logfiles.resolve(app.settings.logs_root, run.log_file)
-        size = logfiles.size_of(path)
-        if size is not None:
-            start = logfiles.tail_start(size, tail_bytes)
-            return LogSource("local", size, logfiles.iter_file(path, start), str(path))
-    entry = ledger_entry(app, run_id)
-    if entry is None or entry.log_key is None:
-        if run is None:
-            raise RunNotFound(f"run {run_id} not found")
+    """Stream the log (or its last ``tail_bytes``); ``LogNotAvailable`` when it is
+    neither local nor archived."""
+    source = open_run_file(app, run_id, "log", run, tail_bytes, full=full)
+    if source is None:
         raise LogNotAvailable(f"run {run_id} has no log: it is neither local nor archived")
-    return _from_archive(app, run_id, entry, tail_bytes)
+    return source
 
 
 def _from_archive(
-    app: Context, run_id: uuid.UUID, entry: ArchivedRun, tail_bytes: int | None
+    app: Context, run_id: uuid.UUID, entry: ArchivedRun, kind: FileKind, tail_bytes: int | None
 ) -> LogSource:
-    assert entry.log_key is not None
+    key = getattr(entry, f"{kind}_key")
+    assert key is not None
+    location = f"s3://{entry.bucket}/{key}"
     try:
         store = archive.open_store(app.settings)
     except ArchiveNotConfigured as e:
         raise LogNotAvailable(
-            f"the log of run {run_id} is archived at s3://{entry.bucket}/{entry.log_key}, "
-            f"but it cannot be read back: {e}"
+            f"the {kind} of run {run_id} is archived at {location}, but it cannot be read back: {e}"
         ) from e
-    location = f"s3://{entry.bucket}/{entry.log_key}"
-    size = entry.original("log")[0] or 0
+    size = entry.original(kind)[0] or 0
     start = logfiles.tail_start(size, tail_bytes)
     if entry.encoding:
         # a compressed object cannot be read from the middle: decompress and skip, streaming
-        chunks = compression.skip(store.open_original(entry.log_key, entry.encoding), start)
+        chunks = compression.skip(store.open_original(key, entry.encoding), start)
         return LogSource("archive", size, chunks, location)
-    return LogSource("archive", size, store.open(entry.log_key, start), location)
+    return LogSource("archive", size, store.open(key, start), location)
