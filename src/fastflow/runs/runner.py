@@ -26,7 +26,7 @@ from fastflow.runs import files as logfiles
 from fastflow.runs import pipelines
 from fastflow.runs import store as runs
 from fastflow.runs.capture import LogCapture
-from fastflow.runs.pump import Pump
+from fastflow.runs.pump import Outcome, Pump
 from fastflow.runs.sampler import TreeSampler
 
 SETTINGS_VARS = frozenset(name.upper() for name in Settings.model_fields)
@@ -106,6 +106,45 @@ def _kill_tree(proc: subprocess.Popen[bytes], sig: int) -> None:
             pass
 
 
+def _pipeline_env(pipeline: pipelines.Pipeline, run_id: uuid.UUID) -> dict[str, str]:
+    """The pipeline's environment: fastflow's own settings (credentials, database URL,
+    ...) are not the pipeline's business."""
+    env = {k: v for k, v in os.environ.items() if k.upper() not in SETTINGS_VARS}
+    env.update(pipeline.env)
+    env.update(FASTFLOW_RUN_ID=str(run_id), FASTFLOW_PIPELINE=pipeline.name)
+    return env
+
+
+def _start(pipeline: pipelines.Pipeline, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The pipeline in its own session, under the bootstrap (dies with this process)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), str(pipeline.main.resolve())],
+        cwd=pipeline.path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _final_status(
+    ended: Outcome, timeout: float | None, capture: LogCapture
+) -> tuple[RunStatus, int | None]:
+    """Status and exit code from how the process ended; a note in the log says why."""
+    status = ended.wait_status
+    exit_code = os.waitstatus_to_exitcode(status) if status is not None else None
+    if ended.kind == "timeout":
+        capture.write_note(f"timeout after {timeout:g} s: process tree killed")
+        return RunStatus.TIMEOUT, exit_code
+    if ended.kind == "cancelled":
+        capture.write_note("run cancelled: process tree killed")
+        return RunStatus.CANCELLED, exit_code
+    if exit_code is not None and exit_code < 0:
+        capture.write_note(f"pipeline killed by signal {-exit_code}")
+    return (RunStatus.SUCCESS if exit_code == 0 else RunStatus.FAILED), exit_code
+
+
 def execute(
     db: Database,
     settings: Settings,
@@ -121,63 +160,27 @@ def execute(
     metrics_path = logfiles.resolve(logs_root, logfiles.metrics_rel(pipeline.name, str(run_id)))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     runs.mark_running(db, run_id, pid=os.getpid())
-
-    # fastflow's own settings (credentials, database URL, ...) are not the pipeline's business
-    env = {k: v for k, v in os.environ.items() if k.upper() not in SETTINGS_VARS}
-    env.update(pipeline.env)
-    env.update(
-        FASTFLOW_RUN_ID=str(run_id),
-        FASTFLOW_PIPELINE=pipeline.name,
-    )
-    status = RunStatus.FAILED
-    exit_code: int | None = None
+    status, exit_code = RunStatus.FAILED, None
     with (
         log_path.open("w", encoding="utf-8", newline="", buffering=1 << 20) as log_out,
         metrics_path.open("w", encoding="utf-8", newline="") as metrics_out,
     ):
         capture = LogCapture(log_out, echo=echo)
         try:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _BOOTSTRAP,
-                    str(os.getpid()),
-                    str(pipeline.main.resolve()),
-                ],
-                cwd=pipeline.path,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            proc = _start(pipeline, _pipeline_env(pipeline, run_id))
         except OSError as e:
             capture.write_note(f"could not start the pipeline: {e}")
-            _close(log_out)
-            runs.finish(db, run_id, RunStatus.FAILED, None, logfiles.size_of(log_path))
-            return RunResult(run_id, pipeline.name, RunStatus.FAILED, None, log_path, metrics_path)
-
-        runs.mark_pipeline_process(db, run_id, proc.pid)
-        sampler = TreeSampler(proc.pid, metrics_out)
-        sampler.start()
-        started = time.monotonic()
-        ended = Pump(proc, capture, log_out, _kill_tree, pipeline.timeout, cancel).run()
-        outcome, wait_status, rusage = ended.kind, ended.wait_status, ended.rusage
-        wall = time.monotonic() - started
-        cpu_seconds = rusage.ru_utime + rusage.ru_stime if rusage is not None else 0.0
-        sampler.stop(cpu_seconds=cpu_seconds, wall_seconds=wall)
-        exit_code = os.waitstatus_to_exitcode(wait_status) if wait_status is not None else None
-        if outcome == "timeout":
-            status = RunStatus.TIMEOUT
-            capture.write_note(f"timeout after {pipeline.timeout:g} s: process tree killed")
-        elif outcome == "cancelled":
-            status = RunStatus.CANCELLED
-            capture.write_note("run cancelled: process tree killed")
-        else:
-            status = RunStatus.SUCCESS if exit_code == 0 else RunStatus.FAILED
-            if exit_code is not None and exit_code < 0:
-                capture.write_note(f"pipeline killed by signal {-exit_code}")
+            proc = None
+        if proc is not None:
+            runs.mark_pipeline_process(db, run_id, proc.pid)
+            sampler = TreeSampler(proc.pid, metrics_out)
+            sampler.start()
+            started = time.monotonic()
+            ended = Pump(proc, capture, log_out, _kill_tree, pipeline.timeout, cancel).run()
+            ru = ended.rusage
+            cpu_seconds = ru.ru_utime + ru.ru_stime if ru is not None else 0.0
+            sampler.stop(cpu_seconds=cpu_seconds, wall_seconds=time.monotonic() - started)
+            status, exit_code = _final_status(ended, pipeline.timeout, capture)
         _close(log_out)
         _close(metrics_out)
     runs.finish(db, run_id, status, exit_code, logfiles.size_of(log_path))
