@@ -350,6 +350,13 @@ def test_s3_connection_test(s3_api: Api, s3: S3Env, fault: str, expected: str | 
     assert shown["ok"] is res["ok"] and shown["tested_at"] == res["tested_at"]
 
 
+def _pass_running(ctx: Context) -> bool:
+    from fastflow.db.models import CleanupPass
+
+    with ctx.db.session() as s:
+        return s.query(CleanupPass).filter(CleanupPass.finished_at.is_(None)).count() > 0
+
+
 def test_force_cleanup_answers_409_while_a_pass_runs(s3_api: Api, s3: S3Env) -> None:
     api = s3_api
     api.client.put("/api/settings", json={"log_retention_runs": 1}, headers=api.admin)
@@ -362,7 +369,7 @@ def test_force_cleanup_answers_409_while_a_pass_runs(s3_api: Api, s3: S3Env) -> 
         )
     )
     thread.start()
-    wait_until(lambda: any(r.method == "PUT" for r in s3.proxy.requests), 30, "the first pass")
+    wait_until(lambda: _pass_running(api.ctx), 60, "the first pass")
     second = api.client.post("/api/settings/cleanup/force", headers=api.admin)
     assert second.status_code == 409
     assert second.json()["started_at"]

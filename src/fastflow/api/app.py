@@ -16,6 +16,7 @@ from fastflow.api import errors
 from fastflow.api.deps import optional_principal
 from fastflow.api.prometheus import registry_for
 from fastflow.api.routers import auth, pipelines, runs, settings
+from fastflow.api.schemas import HealthOut
 from fastflow.context import Context
 from fastflow.lifecycle.cleanup import PassSummary
 from fastflow.lifecycle.scheduler import CleanupScheduler
@@ -62,7 +63,7 @@ def create_app(
     app.state.launcher = RunLauncher(ctx)
     errors.install(app)
 
-    @app.get("/api/health", tags=["health"])
+    @app.get("/api/health", tags=["health"], response_model=HealthOut)
     def health() -> dict[str, str]:
         """Liveness; the only route that needs no authentication."""
         return {"status": "ok", "version": __version__}

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from fastflow import accounts
 from fastflow.api.deps import CtxDep, PrincipalDep
+from fastflow.api.schemas import LoginOut, LogoutOut, MeOut
 from fastflow.session_cookie import SESSION_COOKIE, clear_session_cookie, set_session_cookie
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -19,7 +20,7 @@ class Credentials(BaseModel):
     password: str
 
 
-@router.post("/login")
+@router.post("/login", response_model=LoginOut)
 def login(body: Credentials, ctx: CtxDep, request: Request, response: Response) -> dict[str, Any]:
     """Start a session; the cookie is HttpOnly and SameSite=Lax."""
     token, session = accounts.login(ctx.db, body.username, body.password)
@@ -33,7 +34,7 @@ def login(body: Credentials, ctx: CtxDep, request: Request, response: Response) 
     }
 
 
-@router.post("/logout")
+@router.post("/logout", response_model=LogoutOut)
 def logout(request: Request, response: Response, ctx: CtxDep, _: PrincipalDep) -> dict[str, bool]:
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
@@ -42,7 +43,7 @@ def logout(request: Request, response: Response, ctx: CtxDep, _: PrincipalDep) -
     return {"ok": True}
 
 
-@router.get("/me")
+@router.get("/me", response_model=MeOut)
 def me(principal: PrincipalDep) -> dict[str, Any]:
     return {
         "name": principal.name,

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
+from fastflow.api.schemas import PipelineListOut, RunStartedOut
 from fastflow.db.models import Trigger
 from fastflow.runs import pipelines
 from fastflow.runs import store as runs
@@ -15,7 +16,7 @@ from fastflow.runs import store as runs
 router = APIRouter(prefix="/api/pipelines", tags=["pipelines"])
 
 
-@router.get("")
+@router.get("", response_model=PipelineListOut)
 def list_pipelines(ctx: CtxDep, _: PrincipalDep) -> list[dict[str, Any]]:
     """Discovered pipelines with their last run."""
     out = []
@@ -27,7 +28,7 @@ def list_pipelines(ctx: CtxDep, _: PrincipalDep) -> list[dict[str, Any]]:
     return out
 
 
-@router.post("/{name}/run", status_code=202)
+@router.post("/{name}/run", status_code=202, response_model=RunStartedOut)
 def start_run(name: str, launcher: LauncherDep, _: AdminDep) -> JSONResponse:
     """Start a run in the background; 202 with its id."""
     run_id = launcher.start(name, Trigger.API.value)

@@ -9,6 +9,13 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
+from fastflow.api.schemas import (
+    ArchiveEntryListOut,
+    CancelOut,
+    MetricSampleListOut,
+    RunListOut,
+    RunOut,
+)
 from fastflow.db import cache as readcache
 from fastflow.db.models import RunStatus
 from fastflow.errors import RunNotFound
@@ -18,8 +25,16 @@ from fastflow.runs.readback import open_log
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
+# The log is streamed as text; its media type is declared for the OpenAPI schema.
+LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The log (UTF-8 text), or its last ``tail_bytes`` bytes.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
 
-@router.get("/runs")
+
+@router.get("/runs", response_model=RunListOut)
 def list_runs(
     ctx: CtxDep,
     _: PrincipalDep,
@@ -43,12 +58,12 @@ def list_runs(
     )
 
 
-@router.get("/runs/{run_id}")
+@router.get("/runs/{run_id}", response_model=RunOut)
 def get_run(run_id: uuid.UUID, ctx: CtxDep, _: PrincipalDep) -> dict[str, Any]:
     return runviews.get_view(ctx, run_id)
 
 
-@router.get("/runs/{run_id}/logs", response_class=StreamingResponse)
+@router.get("/runs/{run_id}/logs", response_class=StreamingResponse, responses=LOG_RESPONSES)
 def get_logs(
     run_id: uuid.UUID,
     ctx: CtxDep,
@@ -70,13 +85,13 @@ def get_logs(
     )
 
 
-@router.get("/runs/{run_id}/metrics")
+@router.get("/runs/{run_id}/metrics", response_model=MetricSampleListOut)
 def get_metrics(run_id: uuid.UUID, ctx: CtxDep, _: PrincipalDep) -> JSONResponse:
     """The run's CPU/RAM samples."""
     return JSONResponse(runviews.metrics(ctx, run_id))
 
 
-@router.post("/runs/{run_id}/cancel")
+@router.post("/runs/{run_id}/cancel", response_model=CancelOut)
 def cancel_run(run_id: uuid.UUID, launcher: LauncherDep, _: AdminDep) -> dict[str, bool]:
     """Cancel a run that this server executes (its process tree is killed)."""
     if not launcher.cancel(run_id):
@@ -84,7 +99,7 @@ def cancel_run(run_id: uuid.UUID, launcher: LauncherDep, _: AdminDep) -> dict[st
     return {"cancelled": True}
 
 
-@router.get("/archive")
+@router.get("/archive", response_model=ArchiveEntryListOut)
 def list_archive(
     ctx: CtxDep,
     _: PrincipalDep,

@@ -9,6 +9,14 @@ from fastapi.responses import JSONResponse
 
 from fastflow import notify
 from fastflow.api.deps import AdminDep, CtxDep, PrincipalDep
+from fastflow.api.schemas import (
+    BackupFailuresOut,
+    ChannelResultListOut,
+    CleanupPassListOut,
+    PassSummaryOut,
+    S3TestOut,
+    SettingsOut,
+)
 from fastflow.archive import probe as s3probe
 from fastflow.db import cache as readcache
 from fastflow.db import settings_store
@@ -35,13 +43,13 @@ def _notification_results(ctx: CtxDep) -> dict[str, Any]:
     return notify.last_results(ctx)
 
 
-@router.get("")
+@router.get("", response_model=SettingsOut)
 def get_settings(ctx: CtxDep, _: PrincipalDep) -> dict[str, Any]:
     """Effective settings; secrets only as ``<name>_configured``."""
     return _view(ctx)
 
 
-@router.put("")
+@router.put("", response_model=SettingsOut)
 def put_settings(
     ctx: CtxDep, _: AdminDep, changes: Annotated[dict[str, Any], Body()]
 ) -> dict[str, Any]:
@@ -52,7 +60,7 @@ def put_settings(
     return _view(ctx)
 
 
-@router.post("/s3/test")
+@router.post("/s3/test", response_model=S3TestOut)
 def test_s3(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
     """Write, read back and delete a probe object under the prefix."""
     result = s3probe.probe(ctx.settings)
@@ -60,7 +68,7 @@ def test_s3(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
     return {"ok": result.ok, "error": result.error, "tested_at": result.tested_at}
 
 
-@router.post("/cleanup/force")
+@router.post("/cleanup/force", response_model=PassSummaryOut)
 def force_cleanup(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
     """Run a cleanup pass now (a worker thread runs it in a child process, so the API
     stays responsive); 409 while another pass runs."""
@@ -82,7 +90,7 @@ def _notify(ctx: CtxDep, summary: PassSummary) -> None:
     notify.after_pass(ctx, summary)  # returns at once; delivery runs in the background
 
 
-@router.post("/notifications/test")
+@router.post("/notifications/test", response_model=ChannelResultListOut)
 def test_notifications(
     ctx: CtxDep, _: AdminDep, channel: Literal["email", "teams", "all"] = "all"
 ) -> list[dict[str, Any]]:
@@ -93,14 +101,15 @@ def test_notifications(
     return [r.to_dict() for r in results]
 
 
-@router.get("/cleanup/passes")
+# older passes stored fewer summary keys: return the stored keys only
+@router.get("/cleanup/passes", response_model=CleanupPassListOut, response_model_exclude_unset=True)
 def passes(
     ctx: CtxDep, _: PrincipalDep, limit: Annotated[int, Query(ge=1, le=200)] = 20
 ) -> list[dict[str, Any]]:
     return failures.recent_passes(ctx, limit)
 
 
-@router.get("/backup-failures")
+@router.get("/backup-failures", response_model=BackupFailuresOut)
 def backup_failures(
     ctx: CtxDep, _: PrincipalDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> JSONResponse:

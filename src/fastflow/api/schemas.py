@@ -1,0 +1,308 @@
+"""Response models of the JSON API: they name and document every ``/api`` response.
+
+They describe the JSON exactly as the dict builders produce it (``runs.views``, the
+``to_dict`` methods, ``settings_store.public_view``, ``PassSummary``): same keys in the
+same order, same types. Timestamps are ISO 8601 strings, never re-serialised datetimes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, RootModel
+
+
+class HealthOut(BaseModel):
+    status: str
+    version: str
+
+
+# --- auth -------------------------------------------------------------------------------
+
+
+class LoginOut(BaseModel):
+    username: str
+    role: str
+    csrf_token: str
+
+
+class LogoutOut(BaseModel):
+    ok: bool
+
+
+class MeOut(BaseModel):
+    name: str
+    role: str
+    kind: str  # "session" or "token"
+    csrf_token: str | None  # None for API tokens
+
+
+# --- runs and the archive ledger --------------------------------------------------------
+
+
+class RunRowOut(BaseModel):
+    """A run row as stored (``PipelineRun.to_dict``)."""
+
+    id: str
+    pipeline_name: str
+    status: str
+    triggered_by: str
+    started_at: str
+    finished_at: str | None
+    exit_code: int | None
+    log_file: str | None
+    metrics_file: str | None
+    log_size: int | None
+
+
+class ArchiveInfoOut(BaseModel):
+    """The archive ledger entry of a run, as embedded in a run object."""
+
+    bucket: str
+    log_key: str | None
+    log_sha256: str | None
+    log_size: int | None
+    metrics_key: str | None
+    archived_at: str
+    local_deleted_at: str | None
+    reason: str
+    log_truncated_at: str | None
+    full_log_archived: bool
+
+
+class RunOut(RunRowOut):
+    """A run with archive information; ``row_deleted`` when shown from the ledger only
+    (then ``log_file`` and ``metrics_file`` are null)."""
+
+    duration_s: float | None
+    archived: bool
+    archive: ArchiveInfoOut | None
+    row_deleted: bool
+
+
+class RunListOut(RootModel[list[RunOut]]):
+    """Runs, newest first."""
+
+
+class RunStartedOut(BaseModel):
+    run_id: str
+    pipeline_name: str
+    status: str
+
+
+class CancelOut(BaseModel):
+    cancelled: bool
+
+
+class MetricSampleOut(BaseModel):
+    """One line of ``metrics.jsonl``, passed through as written by the sampler (other keys
+    of the line are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    timestamp: str
+    cpu_percent: float
+    ram_mb: float
+    exit: bool | None = None  # present (true) only on the exit sample
+
+
+class MetricSampleListOut(RootModel[list[MetricSampleOut]]):
+    """The run's CPU/RAM samples, oldest first."""
+
+
+class ArchiveEntryOut(BaseModel):
+    """An archive ledger entry (``ArchivedRun.to_dict``)."""
+
+    run_id: str
+    pipeline_name: str
+    status: str
+    triggered_by: str
+    started_at: str
+    finished_at: str | None
+    exit_code: int | None
+    bucket: str
+    log_key: str | None
+    log_size: int | None
+    log_sha256: str | None
+    metrics_key: str | None
+    metrics_size: int | None
+    metrics_sha256: str | None
+    reason: str
+    encoding: str | None
+    log_original_size: int | None
+    log_original_sha256: str | None
+    archived_at: str
+    local_deleted_at: str | None
+    log_truncated_at: str | None
+
+
+class ArchiveEntryListOut(RootModel[list[ArchiveEntryOut]]):
+    """Archive ledger entries, newest first."""
+
+
+# --- pipelines --------------------------------------------------------------------------
+
+
+class RetentionOut(BaseModel):
+    runs: int | None
+    days: int | None
+    max_size_mb: int | None
+
+
+class PipelineOut(BaseModel):
+    name: str
+    description: str
+    timeout: float | None
+    retention: RetentionOut
+    last_run: RunRowOut | None
+
+
+class PipelineListOut(RootModel[list[PipelineOut]]):
+    """Discovered pipelines, each with its last run."""
+
+
+# --- settings ---------------------------------------------------------------------------
+
+
+class S3TestOut(BaseModel):
+    ok: bool
+    error: str | None
+    tested_at: str
+
+
+class NotificationStatusOut(BaseModel):
+    """The last delivery on one channel (all null when it never sent anything; ``ok``
+    null while a delivery is in progress)."""
+
+    ok: bool | None
+    error: str | None
+    at: str | None
+    kind: str | None
+    enabled: bool
+    channel: str
+
+
+class SettingsOut(BaseModel):
+    """Effective settings; secrets only as ``<name>_configured``."""
+
+    log_retention_runs: int | None
+    log_retention_days: int | None
+    log_max_size_mb: int | None
+    cleanup_schedule: str
+    s3_backup_enabled: bool
+    s3_endpoint_url: str | None
+    s3_bucket: str | None
+    s3_region: str
+    s3_prefix: str
+    s3_use_path_style: bool
+    email_enabled: bool
+    smtp_host: str | None
+    smtp_port: int
+    smtp_user: str | None
+    smtp_from: str | None
+    smtp_security: Literal["ssl", "starttls", "none"] | None
+    email_recipients: list[str]
+    teams_enabled: bool
+    fastflow_base_url: str
+    s3_access_key_configured: bool
+    s3_secret_access_key_configured: bool
+    smtp_password_configured: bool
+    teams_webhook_url_configured: bool
+    s3_configured: bool
+    s3_missing: list[str]
+    overridden: list[str]
+    last_s3_test: S3TestOut | None
+    last_backup_at: str | None
+    unresolved_backup_failures: int
+    notifications: dict[str, NotificationStatusOut]  # keyed by channel
+
+
+class ChannelResultOut(BaseModel):
+    channel: str
+    ok: bool
+    error: str | None
+    at: str
+    attempts: int
+
+
+class ChannelResultListOut(RootModel[list[ChannelResultOut]]):
+    """One result per chosen channel."""
+
+
+# --- cleanup passes and backup failures -------------------------------------------------
+
+
+class FailureOut(BaseModel):
+    run_id: str | None
+    pipeline_name: str | None
+    started_at: str | None
+    error: str
+
+
+class PassCountsOut(BaseModel):
+    """What a pass did, as stored with the pass (``PassSummary`` without ``plan`` and
+    ``failures``). Passes recorded by older versions lack the newer keys; the API returns
+    the stored keys only, so every key is optional here."""
+
+    trigger: str = ""
+    dry_run: bool = False
+    pass_id: int | None = None
+    started_at: str = ""
+    finished_at: str = ""
+    duration_s: float = 0.0
+    planned_runs: int = 0
+    planned_truncations: int = 0
+    archived_runs: int = 0
+    deleted_runs: int = 0
+    deleted_logs: int = 0
+    deleted_metrics: int = 0
+    truncated_logs: int = 0
+    dropped_files_runs: int = 0
+    backup_failures: int = 0
+    skipped_runs: int = 0
+    bytes_archived: int = 0
+    archived_before_truncation: int = 0
+    rearchived_runs: int = 0
+    stale_temp_files_removed: int = 0
+    config_error: str | None = None
+    error: str | None = None
+
+
+class PassSummaryOut(PassCountsOut):
+    """The summary of the pass just run (``PassSummary`` without ``plan``); every key
+    is always present."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    failures: list[FailureOut]
+
+
+class CleanupPassOut(BaseModel):
+    id: int
+    trigger: str
+    started_at: str
+    finished_at: str | None
+    archived_runs: int
+    deleted_runs: int
+    backup_failures: int
+    bytes_archived: int
+    error: str | None
+    summary: PassCountsOut  # {} while the pass runs or when it was interrupted
+
+
+class CleanupPassListOut(RootModel[list[CleanupPassOut]]):
+    """Passes, newest first."""
+
+
+class BackupFailureOut(BaseModel):
+    id: int
+    run_id: str | None
+    pipeline_name: str | None
+    error_message: str
+    created_at: str
+    resolved_at: str | None
+
+
+class BackupFailuresOut(BaseModel):
+    failures: list[BackupFailureOut]  # unresolved first, then newest first
+    last_backup_at: str | None
