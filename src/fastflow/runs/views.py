@@ -8,14 +8,12 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import select
-
-from fastflow.archive import s3 as archive
+from fastflow.archive import ledger
 from fastflow.context import Context
 from fastflow.db.models import ArchivedRun, PipelineRun
-from fastflow.errors import ArchiveNotConfigured, LogNotAvailable, RunNotFound
-from fastflow.runs import files as logfiles
+from fastflow.errors import RunNotFound
 from fastflow.runs import store as runs
+from fastflow.runs.readback import open_run_file
 
 MAX_METRIC_LINES = 200_000
 
@@ -38,11 +36,7 @@ def _archive_info(entry: ArchivedRun | None) -> dict[str, Any] | None:
 
 
 def _ledger(ctx: Context, ids: list[uuid.UUID]) -> dict[uuid.UUID, ArchivedRun]:
-    if not ids:
-        return {}
-    with ctx.db.session() as s:
-        rows = s.scalars(select(ArchivedRun).where(ArchivedRun.run_id.in_(ids)))
-        return {r.run_id: r for r in rows}
+    return ledger.get_many(ctx.db, ids)
 
 
 def view(run: PipelineRun, entry: ArchivedRun | None) -> dict[str, Any]:
@@ -81,8 +75,8 @@ def view_from_ledger(entry: ArchivedRun) -> dict[str, Any]:
 
 def list_views(ctx: Context, **filters: Any) -> list[dict[str, Any]]:
     rows = runs.list_runs(ctx.db, **filters)
-    ledger = _ledger(ctx, [r.id for r in rows])
-    return [view(r, ledger.get(r.id)) for r in rows]
+    entries = _ledger(ctx, [r.id for r in rows])
+    return [view(r, entries.get(r.id)) for r in rows]
 
 
 def get_view(ctx: Context, run_id: uuid.UUID) -> dict[str, Any]:
@@ -98,33 +92,13 @@ def get_view(ctx: Context, run_id: uuid.UUID) -> dict[str, Any]:
 def list_archive(
     ctx: Context, pipeline: str | None, limit: int, offset: int
 ) -> list[dict[str, Any]]:
-    q = select(ArchivedRun)
-    if pipeline:
-        q = q.where(ArchivedRun.pipeline_name == pipeline)
-    q = q.order_by(ArchivedRun.archived_at.desc(), ArchivedRun.run_id).limit(limit).offset(offset)
-    with ctx.db.session() as s:
-        return [e.to_dict() for e in s.scalars(q)]
+    return [e.to_dict() for e in ledger.page(ctx.db, pipeline, limit, offset)]
 
 
 def _metric_lines(ctx: Context, run_id: uuid.UUID) -> Iterator[bytes]:
-    run = runs.get(ctx.db, run_id)
-    if run is not None and run.metrics_file:
-        path = logfiles.resolve(ctx.settings.logs_root, run.metrics_file)
-        if path.exists():
-            yield from logfiles.iter_file(path)
-            return
-    entry = _ledger(ctx, [run_id]).get(run_id)
-    if entry is None:
-        if run is None:
-            raise RunNotFound(f"run {run_id} not found")
-        return
-    if entry.metrics_key is None:
-        return
-    try:
-        store = archive.open_store(ctx.settings)
-    except ArchiveNotConfigured as e:
-        raise LogNotAvailable(f"the metrics of run {run_id} are archived but {e}") from e
-    yield from store.open_original(entry.metrics_key, entry.encoding)
+    source = open_run_file(ctx, run_id, "metrics", runs.get(ctx.db, run_id))
+    if source is not None:
+        yield from source.chunks
 
 
 def metrics(ctx: Context, run_id: uuid.UUID) -> list[dict[str, Any]]:
