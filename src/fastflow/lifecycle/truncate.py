@@ -91,17 +91,8 @@ def truncate_log(
         try:
             if journal is not None:
                 _write_journal(journal, tmp)
-            digest = hashlib.sha256()
             with os.fdopen(fd, "wb") as dst:
-                head = marker(removed, now)
-                dst.write(head)
-                digest.update(head)
-                src.seek(start)
-                while chunk := src.read(COPY_CHUNK):
-                    dst.write(chunk)
-                    digest.update(chunk)
-                dst.flush()
-                os.fsync(dst.fileno())
+                digest = _copy_tail(src, start, dst, marker(removed, now))
             new_size = tmp.stat().st_size
             if before_replace is not None:
                 before_replace(new_size, digest.hexdigest())
@@ -117,6 +108,19 @@ def truncate_log(
     return TruncateResult(
         old_size=size, new_size=new_size, removed=removed, sha256=digest.hexdigest()
     )
+
+
+def _copy_tail(src: BinaryIO, start: int, dst: BinaryIO, head: bytes) -> hashlib._Hash:
+    """Write ``head`` and ``src`` from ``start`` to ``dst``, fsync; return their SHA-256."""
+    digest = hashlib.sha256(head)
+    dst.write(head)
+    src.seek(start)
+    while chunk := src.read(COPY_CHUNK):
+        dst.write(chunk)
+        digest.update(chunk)
+    dst.flush()
+    os.fsync(dst.fileno())
+    return digest
 
 
 def _write_journal(journal: Path, tmp: Path) -> None:
