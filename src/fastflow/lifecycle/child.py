@@ -1,28 +1,36 @@
-"""Run a cleanup pass in a child process (`fastflow cleanup --json`) for the server.
+"""Run a cleanup pass in a child process for the server:
+``python -m fastflow.lifecycle.child --trigger X``.
 
 The pass hashes, uploads and deletes with several threads; inside the server process it
 would compete with every API request for Python's GIL. In a child process it has its own
 interpreter, the API stays responsive, and a crash of the pass cannot take the server
-down. The child gets exactly the effective settings of the server; the server sends the
-notifications itself (the child is told not to).
+down. The child gets exactly the effective settings of the server (``settings_env``) and
+does not notify: the server sends the notifications itself.
+
+The child prints the pass summary as one JSON object on stdout and exits with a code of
+``fastflow.exit_codes``: OK; FAILED when backups failed or on another error; CONFIG for
+invalid configuration; BUSY when another pass runs. Errors are one line on stderr.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+import traceback
 from typing import Any
 
 from pydantic import SecretStr
 
-from fastflow.config import Settings
-from fastflow.context import Context
+from fastflow import exit_codes
+from fastflow.config import Settings, load_settings
+from fastflow.context import Context, bootstrap
 from fastflow.errors import ConfigError, FastflowError, PassAlreadyRunning
-from fastflow.lifecycle.cleanup import Failure, PassSummary
+from fastflow.lifecycle.cleanup import Failure, PassSummary, run_pass
 
-EXIT_BUSY = 3
+ENTRY_POINT = "fastflow.lifecycle.child"
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -49,32 +57,59 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def run_pass_in_child(ctx: Context, trigger: str, timeout: float | None = None) -> PassSummary:
     """Run one pass in a child process; raise like ``cleanup.run_pass`` would."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fastflow",
-            "cleanup",
-            "--json",
-            "--trigger",
-            trigger,
-            "--no-notify",
-        ],
+        [sys.executable, "-m", ENTRY_POINT, "--trigger", trigger],
         env=settings_env(ctx.settings),
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
-    if proc.returncode == EXIT_BUSY:
+    if proc.returncode == exit_codes.BUSY:
         raise PassAlreadyRunning("another cleanup pass is running")
     try:
         data = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         detail = detail.removeprefix("fastflow: ")
-        if proc.returncode == 2:
+        if proc.returncode == exit_codes.CONFIG:
             raise ConfigError(detail) from None
         raise FastflowError(f"the cleanup pass failed: {detail}") from None
     data["failures"] = [Failure(**f) for f in data.get("failures", [])]
     data.setdefault("plan", [])
     return PassSummary(**data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The child: bootstrap like ``fastflow cleanup``, run one pass without notifying,
+    print its summary; return the exit code."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {ENTRY_POINT}",
+        description="Run one cleanup pass for the server; print its summary as JSON.",
+    )
+    parser.add_argument("--trigger", required=True, help="Recorded with the pass.")
+    trigger: str = parser.parse_args(argv).trigger
+    try:
+        summary = run_pass(bootstrap(load_settings()), trigger)
+    except PassAlreadyRunning as e:
+        return _fail(f"{e}; try again when it has finished", exit_codes.BUSY)
+    except Exception as e:
+        known = exit_codes.for_error(e)
+        if known is None:
+            traceback.print_exc()
+            return exit_codes.FAILED
+        return _fail(known[1], known[0])
+    data = summary.to_dict()
+    data.pop("plan")
+    print(json.dumps(data, ensure_ascii=False), flush=True)
+    if summary.config_error:
+        return _fail(summary.config_error, exit_codes.CONFIG)
+    return exit_codes.FAILED if summary.backup_failures else exit_codes.OK
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"fastflow: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""``fastflow serve``, ``user``, ``token`` and ``notify test``: run the server and
+administer its users, API tokens and notifications."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from fastflow import exit_codes
+from fastflow.cli import _context, _fail
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.pass_context
+def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the API and web UI, and run scheduled cleanup passes."""
+    import logging
+
+    import uvicorn
+
+    from fastflow import accounts
+    from fastflow.server import FIRST_ADMIN_HINT, create_app
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    context = _context(ctx)
+    if accounts.count_users(context.db) == 0:
+        click.echo(f"fastflow: {FIRST_ADMIN_HINT}", err=True)
+    uvicorn.run(create_app(context), host=host, port=port, log_level="info")
+
+
+@click.group("notify")
+def notify_group() -> None:
+    """E-mail and Microsoft Teams notifications."""
+
+
+@notify_group.command("test")
+@click.option("--email", is_flag=True, help="Only e-mail.")
+@click.option("--teams", is_flag=True, help="Only Teams.")
+@click.pass_context
+def notify_test(ctx: click.Context, email: bool, teams: bool) -> None:
+    """Send a test message through the real delivery path; exit 1 if one fails."""
+    from fastflow import notify
+
+    app = _context(ctx)
+    if not email and not teams:
+        email = teams = True
+    results = notify.send_test(app, email=email, teams=teams)
+    for r in results:
+        click.echo(f"{r.channel}: {'ok' if r.ok else 'FAILED: ' + (r.error or '')}")
+    ok = bool(results) and all(r.ok for r in results)
+    sys.exit(exit_codes.OK if ok else exit_codes.FAILED)
+
+
+@click.group("token")
+def token_group() -> None:
+    """API tokens for scripts (Authorization: Bearer <token>)."""
+
+
+@token_group.command("create")
+@click.option("--name", required=True, help="What the token is for.")
+@click.option("--role", type=click.Choice(["admin", "viewer"]), required=True)
+@click.pass_context
+def token_create(ctx: click.Context, name: str, role: str) -> None:
+    """Create a token; it is printed once, as the only line on stdout."""
+    from fastflow import accounts
+
+    app = _context(ctx.find_root())
+    click.echo(accounts.create_token(app.db, name, role))
+
+
+@token_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def token_list(ctx: click.Context, as_json: bool) -> None:
+    """List tokens (never their values)."""
+    from fastflow import accounts
+
+    app = _context(ctx.find_root())
+    rows: list[dict[str, Any]] = [
+        {
+            "id": t.id,
+            "name": t.name,
+            "role": t.role,
+            "prefix": t.prefix,
+            "created_at": t.created_at.isoformat(),
+            "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
+            "revoked": t.revoked_at is not None,
+        }
+        for t in accounts.list_tokens(app.db)
+    ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        state = "revoked" if r["revoked"] else "active"
+        click.echo(f"{r['id']:>4}  {r['name'][:30]:30}  {r['role']:7}  {r['prefix']}…  {state}")
+
+
+@token_group.command("revoke")
+@click.argument("token_id_or_name")
+@click.pass_context
+def token_revoke(ctx: click.Context, token_id_or_name: str) -> None:
+    """Revoke a token by its id or name."""
+    from fastflow import accounts
+
+    app = _context(ctx.find_root())
+    n = accounts.revoke_token(app.db, token_id_or_name)
+    if n == 0:
+        _fail(f"no active token {token_id_or_name!r}")
+    click.echo(f"revoked {n} token(s)", err=True)
+
+
+@click.group("user")
+def user_group() -> None:
+    """Users who log in to the web UI."""
+
+
+@user_group.command("create")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["admin", "viewer"]), required=True)
+@click.pass_context
+def user_create(ctx: click.Context, username: str, role: str) -> None:
+    """Create a user; the password is prompted, or read from stdin when it is not a TTY."""
+    from fastflow import accounts
+
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    app = _context(ctx.find_root())
+    accounts.create_user(app.db, username, password, role)
+    click.echo(f"user {username!r} created with role {role}", err=True)
+
+
+COMMANDS: tuple[click.Command, ...] = (serve_cmd, notify_group, token_group, user_group)

@@ -1,0 +1,125 @@
+"""``fastflow archive verify|get|ls``: audit, read back and list the S3 archive."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from fastflow import exit_codes
+from fastflow.cli import _context, _fail
+
+
+@click.group("archive")
+def archive_group() -> None:
+    """Inspect, read back and audit the S3 archive."""
+
+
+@archive_group.command("verify")
+@click.option("--pipeline", default=None, help="Only runs of this pipeline.")
+@click.option("--since", type=click.DateTime(), default=None, help="Archived on or after (UTC).")
+@click.option("--deep", is_flag=True, help="Download and re-hash every object.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def archive_verify(
+    ctx: click.Context, pipeline: str | None, since: Any, deep: bool, as_json: bool
+) -> None:
+    """Check every archived object against the ledger; exit 1 if any is not intact."""
+    from datetime import UTC
+
+    from fastflow.archive.audit import verify
+
+    app = _context(ctx)
+    tty = sys.stderr.isatty() and not as_json
+
+    def show(r: Any) -> None:
+        click.echo(
+            f"\r\x1b[Kverified {r.checked_runs} runs: {r.intact} intact, "
+            f"{r.missing} missing, {r.changed} changed, {r.errors} errors",
+            err=True,
+            nl=False,
+        )
+
+    report = verify(
+        app,
+        pipeline=pipeline,
+        deep=deep,
+        since=since.replace(tzinfo=UTC) if since else None,
+        progress=show if tty else None,
+    )
+    if tty:
+        click.echo("", err=True)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        for p in report.problems:
+            click.echo(f"{p.state.upper():8} {p.pipeline_name} {p.run_id} {p.key}: {p.detail}")
+        click.echo(
+            f"{report.checked_runs} runs checked: {report.intact} objects intact, "
+            f"{report.missing} missing, {report.changed} changed, {report.errors} errors",
+            err=True,
+        )
+    sys.exit(exit_codes.OK if report.ok else exit_codes.FAILED)
+
+
+@archive_group.command("get")
+@click.argument("run_id")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write to this file instead of stdout.",
+)
+@click.pass_context
+def archive_get(ctx: click.Context, run_id: str, output: str | None) -> None:
+    """Download the archived log of RUN_ID."""
+    from fastflow.archive import s3 as archive
+    from fastflow.runs import store
+    from fastflow.runs.readback import ledger_entry
+
+    app = _context(ctx)
+    rid = store.parse_run_id(run_id)
+    entry = ledger_entry(app, rid)
+    if entry is None or entry.log_key is None:
+        _fail(f"run {rid} is not in the archive ledger")
+    objects = archive.open_store(app.settings)
+    if output:
+        tmp = output + ".part"
+        with open(tmp, "wb") as f:
+            for chunk in objects.open_original(entry.log_key, entry.encoding):
+                f.write(chunk)
+        import os
+
+        os.replace(tmp, output)
+        click.echo(f"wrote s3://{entry.bucket}/{entry.log_key} to {output}", err=True)
+    else:
+        for chunk in objects.open_original(entry.log_key, entry.encoding):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+
+@archive_group.command("ls")
+@click.option("--pipeline", default=None)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def archive_ls(ctx: click.Context, pipeline: str | None, limit: int, as_json: bool) -> None:
+    """List archive ledger entries, newest first."""
+    from fastflow.runs import views as runviews
+
+    app = _context(ctx)
+    entries = runviews.list_archive(app, pipeline, limit, 0)
+    if as_json:
+        click.echo(json.dumps(entries, ensure_ascii=False))
+        return
+    for e in entries:
+        click.echo(
+            f"{e['archived_at'][:19]}  {e['pipeline_name'][:24]:24}  {e['run_id']}  "
+            f"s3://{e['bucket']}/{e['log_key']}  {e['log_size']} B  {e['log_sha256']}"
+        )
+
+
+COMMANDS: tuple[click.Command, ...] = (archive_group,)

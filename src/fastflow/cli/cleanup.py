@@ -1,0 +1,85 @@
+"""``fastflow cleanup``: one cleanup pass now, in the foreground. (The server runs its
+passes through ``fastflow.lifecycle.child`` instead.)"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from fastflow import exit_codes
+from fastflow.cli import _context, _fail
+
+if TYPE_CHECKING:
+    from fastflow.lifecycle.summary import PassSummary
+
+
+@click.command("cleanup")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.pass_context
+def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    """Run one cleanup pass now: retention, verified archive, truncation."""
+    from fastflow.cli.progress import ProgressLine
+    from fastflow.errors import PassAlreadyRunning
+    from fastflow.lifecycle.cleanup import run_pass
+
+    app = _context(ctx)
+    bar = ProgressLine(sys.stderr) if sys.stderr.isatty() and not dry_run else None
+    try:
+        summary = run_pass(
+            app,
+            "cli",
+            dry_run=dry_run,
+            progress=bar.update if bar else None,
+            plan_sink=click.echo if dry_run and not as_json else None,
+        )
+    except PassAlreadyRunning as e:
+        _fail(f"{e}; try again when it has finished", exit_codes.BUSY)
+    finally:
+        if bar:
+            bar.close()
+    if not dry_run:
+        from fastflow import notify
+
+        # delivery runs in the background; wait a bounded time so it can finish
+        notify.after_pass(app, summary).wait(notify.CLI_WAIT_S)
+    _report(summary, dry_run, as_json)
+    if summary.config_error:
+        _fail(summary.config_error, exit_codes.CONFIG)
+    if summary.backup_failures and not dry_run:
+        sys.exit(exit_codes.FAILED)
+
+
+def _report(summary: PassSummary, dry_run: bool, as_json: bool) -> None:
+    """The summary: one JSON object on stdout, or lines on stderr."""
+    if as_json:
+        data = summary.to_dict()
+        if not dry_run:
+            data.pop("plan")
+        click.echo(json.dumps(data, ensure_ascii=False))
+    elif dry_run:
+        click.echo(
+            f"dry run: {summary.planned_runs} runs to archive and delete, "
+            f"{summary.planned_truncations} logs to truncate; nothing changed",
+            err=True,
+        )
+    else:
+        click.echo(_summary_line(summary), err=True)
+        for failure in summary.failures[:20]:
+            who = f"{failure.pipeline_name} run {failure.run_id}" if failure.run_id else "pass"
+            click.echo(f"  failed: {who}: {failure.error}", err=True)
+
+
+def _summary_line(summary: PassSummary) -> str:
+    return (
+        f"cleanup: {summary.archived_runs} archived ({summary.bytes_archived} bytes), "
+        f"{summary.deleted_runs} runs deleted, {summary.truncated_logs} logs truncated, "
+        f"{summary.backup_failures} failures, {summary.skipped_runs} skipped "
+        f"in {summary.duration_s:.1f} s"
+    )
+
+
+COMMANDS: tuple[click.Command, ...] = (cleanup_cmd,)

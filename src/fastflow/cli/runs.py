@@ -1,0 +1,113 @@
+"""``fastflow run``, ``runs``, ``logs`` and ``pipelines``: run pipelines and read their
+runs and logs."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from fastflow import exit_codes
+from fastflow.cli import _context, _settings
+
+
+@click.command("run")
+@click.argument("pipeline")
+@click.pass_context
+def run_cmd(ctx: click.Context, pipeline: str) -> None:
+    """Run PIPELINE now in the foreground; print the run id as the last line."""
+    from fastflow.db.models import RunStatus, Trigger
+    from fastflow.runs.runner import run_pipeline
+
+    app = _context(ctx)
+    echo = None
+    if sys.stdout.isatty():
+
+        def echo(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    result = run_pipeline(app.db, app.settings, pipeline, Trigger.CLI.value, echo=echo)
+    code = "-" if result.exit_code is None else str(result.exit_code)
+    click.echo(
+        f"run {result.run_id} of {result.pipeline_name!r}: {result.status.value} "
+        f"(exit code {code}); log: {result.log_path}",
+        err=True,
+    )
+    click.echo(str(result.run_id))
+    sys.exit(exit_codes.OK if result.status == RunStatus.SUCCESS else exit_codes.FAILED)
+
+
+@click.command("runs")
+@click.option("--pipeline", "pipeline", default=None, help="Only runs of this pipeline.")
+@click.option("--status", default=None, help="Only runs with this status.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def runs_cmd(
+    ctx: click.Context, pipeline: str | None, status: str | None, limit: int, as_json: bool
+) -> None:
+    """List runs, newest first."""
+    from fastflow.runs import store
+
+    app = _context(ctx)
+    rows = store.list_runs(app.db, pipeline=pipeline, status=status, limit=limit)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no runs", err=True)
+        return
+    click.echo(f"{'RUN ID':36}  {'PIPELINE':24}  {'STATUS':9}  {'TRIGGER':8}  STARTED (UTC)")
+    for r in rows:
+        started = r.started_at.strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(
+            f"{r.id!s:36}  {r.pipeline_name[:24]:24}  {r.status:9}  {r.triggered_by:8}  {started}"
+        )
+
+
+@click.command("logs")
+@click.argument("run_id")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="A log truncated locally: print the full copy from the archive.",
+)
+@click.pass_context
+def logs_cmd(ctx: click.Context, run_id: str, full: bool) -> None:
+    """Print the log of RUN_ID (from local disk, or from the archive)."""
+    from fastflow.runs import store
+    from fastflow.runs.readback import open_log
+
+    app = _context(ctx)
+    rid = store.parse_run_id(run_id)
+    source = open_log(app, rid, store.get(app.db, rid), full=full)
+    if source.origin == "archive":
+        click.echo(f"(read back from the archive: {source.location})", err=True)
+    out = sys.stdout.buffer
+    for chunk in source.chunks:
+        out.write(chunk)
+    out.flush()
+
+
+@click.command("pipelines")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def pipelines_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List the pipelines found in PIPELINES_DIR."""
+    from fastflow.runs import pipelines
+
+    settings = _settings(ctx)
+    found = pipelines.discover(settings.pipelines_dir)
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in found], ensure_ascii=False))
+        return
+    if not found:
+        click.echo(f"no pipelines in {settings.pipelines_dir}", err=True)
+        return
+    for p in found:
+        click.echo(f"{p.name}\t{p.description}")
+
+
+COMMANDS: tuple[click.Command, ...] = (run_cmd, runs_cmd, logs_cmd, pipelines_cmd)

@@ -1,0 +1,30 @@
+"""Exit codes of the ``fastflow`` command and of the child cleanup pass, defined once.
+
+0 success; 1 a failed run, failed backups or another error; 2 invalid configuration or
+usage; 3 another cleanup pass is running. ``for_error`` maps an exception to its code
+and one-line message.
+"""
+
+from __future__ import annotations
+
+from fastflow.errors import ConfigError, FastflowError
+
+OK = 0
+FAILED = 1
+CONFIG = 2
+BUSY = 3
+
+
+def for_error(exc: BaseException) -> tuple[int, str] | None:
+    """The exit code and one-line message for an error a user can act on; ``None`` for
+    anything else (a bug: let its traceback show)."""
+    if isinstance(exc, ConfigError):
+        return CONFIG, str(exc)
+    if isinstance(exc, FastflowError):
+        return FAILED, str(exc)
+    from sqlalchemy.exc import SQLAlchemyError  # only on this error path: start-up time
+
+    if isinstance(exc, SQLAlchemyError):
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        return FAILED, f"database error: {detail} (check DATABASE_URL)"
+    return None
