@@ -152,6 +152,12 @@ def redact(text: str, settings: Settings) -> str:
 _log_settings: list[Settings] = []
 
 
+def redact_current(text: str) -> str:
+    """``redact`` with the settings this process bootstrapped with (unchanged text before
+    any bootstrap: then no secret was loaded either)."""
+    return redact(text, _log_settings[-1]) if _log_settings else text
+
+
 def install_log_redaction(settings: Settings) -> None:
     """Redact every log record created from now on in this process, whichever logger
     (fastflow's, uvicorn's, botocore's) creates it; the latest settings apply."""

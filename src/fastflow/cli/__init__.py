@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> Any:
         known = exit_codes.for_error(e)
         if known is None:
             raise
-        _fail(known[1], known[0])
+        from fastflow.security import redact_current
+
+        _fail(redact_current(known[1]), known[0])
 
 
 # The commands import the helpers above, so they are registered last.
