@@ -29,15 +29,15 @@ class LogSource:
     location: str
 
 
-def ledger_entry(app: Context, run_id: uuid.UUID) -> ArchivedRun | None:
-    return ledger.get(app.db, run_id)
+def ledger_entry(ctx: Context, run_id: uuid.UUID) -> ArchivedRun | None:
+    return ledger.get(ctx.db, run_id)
 
 
 FileKind = Literal["log", "metrics"]
 
 
 def open_run_file(
-    app: Context,
+    ctx: Context,
     run_id: uuid.UUID,
     kind: FileKind,
     run: PipelineRun | None = None,
@@ -49,26 +49,26 @@ def open_run_file(
     (through the ledger). None when the run has no such file anywhere; ``RunNotFound``
     when neither the run nor a ledger entry exists. ``full`` (logs): when the local log
     was truncated after its full copy was archived, read the full copy."""
-    entry = ledger_entry(app, run_id) if full and kind == "log" else None
+    entry = ledger_entry(ctx, run_id) if full and kind == "log" else None
     if entry is not None and entry.full_log_archived:
-        return _from_archive(app, run_id, entry, kind, tail_bytes)
+        return _from_archive(ctx, run_id, entry, kind, tail_bytes)
     rel = (run.log_file if kind == "log" else run.metrics_file) if run is not None else None
     if rel:
-        path = logfiles.resolve(app.settings.logs_root, rel)
+        path = logfiles.resolve(ctx.settings.logs_root, rel)
         size = logfiles.size_of(path)
         if size is not None:
             start = logfiles.tail_start(size, tail_bytes)
             return LogSource("local", size, logfiles.iter_file(path, start), str(path))
-    entry = entry or ledger_entry(app, run_id)
+    entry = entry or ledger_entry(ctx, run_id)
     if entry is None and run is None:
         raise RunNotFound(f"run {run_id} not found")
     if entry is None or getattr(entry, f"{kind}_key") is None:
         return None
-    return _from_archive(app, run_id, entry, kind, tail_bytes)
+    return _from_archive(ctx, run_id, entry, kind, tail_bytes)
 
 
 def open_log(
-    app: Context,
+    ctx: Context,
     run_id: uuid.UUID,
     run: PipelineRun | None,
     tail_bytes: int | None = None,
@@ -77,20 +77,20 @@ def open_log(
 ) -> LogSource:
     """Stream the log (or its last ``tail_bytes``); ``LogNotAvailable`` when it is
     neither local nor archived."""
-    source = open_run_file(app, run_id, "log", run, tail_bytes, full=full)
+    source = open_run_file(ctx, run_id, "log", run, tail_bytes, full=full)
     if source is None:
         raise LogNotAvailable(f"run {run_id} has no log: it is neither local nor archived")
     return source
 
 
 def _from_archive(
-    app: Context, run_id: uuid.UUID, entry: ArchivedRun, kind: FileKind, tail_bytes: int | None
+    ctx: Context, run_id: uuid.UUID, entry: ArchivedRun, kind: FileKind, tail_bytes: int | None
 ) -> LogSource:
     key = getattr(entry, f"{kind}_key")
     assert key is not None
     location = f"s3://{entry.bucket}/{key}"
     try:
-        store = archive.open_store(app.settings)
+        store = archive.open_store(ctx.settings)
     except ArchiveNotConfigured as e:
         raise LogNotAvailable(
             f"the {kind} of run {run_id} is archived at {location}, but it cannot be read back: {e}"
