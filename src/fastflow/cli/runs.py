@@ -91,13 +91,15 @@ def logs_cmd(ctx: click.Context, run_id: str, full: bool) -> None:
     out.flush()
 
 
-@click.command("pipelines")
+@click.group("pipelines", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def pipelines_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List the pipelines found in PIPELINES_DIR."""
+    """List the pipelines found in PIPELINES_DIR (or check them: pipelines check)."""
     from fastflow.runs import pipelines
 
+    if ctx.invoked_subcommand is not None:
+        return
     settings = _settings(ctx)
     found = pipelines.discover(settings.pipelines_dir)
     if as_json:
@@ -108,6 +110,37 @@ def pipelines_cmd(ctx: click.Context, as_json: bool) -> None:
         return
     for p in found:
         click.echo(f"{p.name}\t{p.description}")
+
+
+@pipelines_cmd.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.pass_context
+def pipelines_check_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Validate every pipeline folder; exit 1 on any error (warnings do not fail)."""
+    from dataclasses import asdict
+
+    from fastflow.runs import pipelines
+
+    settings = _settings(ctx.find_root())
+    found, problems = pipelines.check_all(settings.pipelines_dir)
+    errors = [p for p in problems if p.level == "error"]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": not errors,
+                    "pipelines": [p.name for p in found],
+                    "problems": [asdict(p) for p in problems],
+                },
+                ensure_ascii=False,
+            )
+        )
+    else:
+        for p in problems:
+            click.echo(f"{p.level}: {p.pipeline}: {p.message}", err=True)
+        click.echo(f"{len(found)} pipelines valid, {len(errors)} errors", err=True)
+    if errors:
+        sys.exit(exit_codes.FAILED)
 
 
 COMMANDS: tuple[click.Command, ...] = (run_cmd, runs_cmd, logs_cmd, pipelines_cmd)

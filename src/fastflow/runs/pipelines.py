@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fastflow.errors import InvalidPipelineConfig, InvalidPipelineName, PipelineNotFound
+from fastflow.runs.pipeline_config import PipelineConfig, parse
 
 MAX_NAME_LENGTH = 100
 _ALLOWED_PUNCT = frozenset(" -_.")
@@ -65,6 +66,7 @@ class Pipeline:
     timeout: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     retention: Retention = field(default_factory=Retention)
+    config: PipelineConfig = field(default_factory=PipelineConfig)
 
     @property
     def main(self) -> Path:
@@ -115,17 +117,12 @@ def load(pipelines_dir: Path, name: str) -> Pipeline:
         )
     data = _read_config(path)
     cfg_file = path / "pipeline.json"
-    timeout = data.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        raise InvalidPipelineConfig(f"{cfg_file}: timeout must be a positive number of seconds")
-    env = data.get("env", {})
-    if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
-        raise InvalidPipelineConfig(f"{cfg_file}: env must be an object of strings")
-    ret = data.get("retention", {})
+    ret = data.pop("retention", {})
     if not isinstance(ret, dict):
         raise InvalidPipelineConfig(f"{cfg_file}: retention must be an object")
+    unknown = sorted(set(ret) - {"runs", "days", "max_size_mb"})
+    if unknown:
+        raise InvalidPipelineConfig(f"{cfg_file}: retention.{unknown[0]} is not a known key")
     retention = Retention(
         runs=_int_or_none(ret.get("runs"), "retention.runs", cfg_file, minimum=0),
         days=_int_or_none(ret.get("days"), "retention.days", cfg_file, minimum=0),
@@ -133,14 +130,15 @@ def load(pipelines_dir: Path, name: str) -> Pipeline:
             ret.get("max_size_mb"), "retention.max_size_mb", cfg_file, minimum=1
         ),
     )
-    description = data.get("description", "")
+    config = parse(data, cfg_file)
     return Pipeline(
         name=name,
         path=path,
-        description=description if isinstance(description, str) else str(description),
-        timeout=float(timeout) if timeout is not None else None,
-        env={k: str(v) for k, v in env.items()},
+        description=config.description,
+        timeout=config.timeout,
+        env=config.env,
         retention=retention,
+        config=config,
     )
 
 
@@ -161,3 +159,72 @@ def discover(pipelines_dir: Path) -> list[Pipeline]:
         except (InvalidPipelineName, InvalidPipelineConfig):
             continue
     return found
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of ``check_all``: ``level`` is ``error`` or ``warning``."""
+
+    pipeline: str
+    level: str
+    message: str
+
+
+def _folders(pipelines_dir: Path) -> list[Path]:
+    if not pipelines_dir.is_dir():
+        return []
+    return sorted((c for c in pipelines_dir.iterdir() if (c / "main.py").is_file()), key=str)
+
+
+def trigger_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """A cycle in the downstream-trigger graph (``a -> b -> a`` as ``[a, b, a]``)."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt] if nxt in path else [node, nxt]
+            if state.get(nxt) is None and (found := visit(nxt, [*path, nxt])):
+                return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if state.get(start) is None and (found := visit(start, [start])):
+            return found
+    return None
+
+
+def check_all(pipelines_dir: Path) -> tuple[list[Pipeline], list[Problem]]:
+    """Load every pipeline folder: the valid pipelines, and every problem (invalid names
+    or ``pipeline.json``, triggers naming unknown pipelines, trigger cycles, webhook keys
+    committed in a file)."""
+    found: list[Pipeline] = []
+    problems: list[Problem] = []
+    for folder in _folders(pipelines_dir):
+        try:
+            found.append(load(pipelines_dir, folder.name))
+        except (InvalidPipelineName, InvalidPipelineConfig) as e:
+            problems.append(Problem(folder.name, "error", str(e)))
+    names = {p.name for p in found}
+    graph: dict[str, tuple[str, ...]] = {}
+    for p in found:
+        targets = (*p.config.triggers.on_success, *p.config.triggers.on_failure)
+        graph[p.name] = tuple(dict.fromkeys(targets))
+        for target in graph[p.name]:
+            if target not in names:
+                problems.append(Problem(p.name, "error", f"triggers unknown pipeline {target!r}"))
+        if p.config.webhook_keys:
+            problems.append(
+                Problem(
+                    p.name,
+                    "warning",
+                    "webhook_key in pipeline.json is a secret stored in the repository; "
+                    "prefer 'fastflow webhook create'",
+                )
+            )
+    cycle = trigger_cycle(graph)
+    if cycle:
+        problems.append(Problem(cycle[0], "error", "trigger cycle refused: " + " -> ".join(cycle)))
+    return found, problems

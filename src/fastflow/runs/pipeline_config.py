@@ -1,0 +1,447 @@
+"""Parse a ``pipeline.json``: fastflow's own keys and Fast-Flow's aliases for them.
+
+Guarantees: every key is either understood or refused — an unknown key, or a Fast-Flow
+key fastflow does not implement yet, is an ``InvalidPipelineConfig`` naming the key and
+the file, never silently ignored; every value is checked (type, range, cron syntax, time
+zone, ISO 8601 times) with a message that names the key. Aliases mean exactly what their
+native counterparts mean (docs/migrating-from-fast-flow.md maps every key).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastflow.errors import InvalidPipelineConfig
+from fastflow.runs.specs import (
+    DEFAULT_MISFIRE_GRACE_S,
+    NotifySpec,
+    Overlap,
+    RetrySpec,
+    ScheduleSpec,
+    TriggerSpec,
+)
+
+NATIVE_KEYS = frozenset(
+    {
+        "description",
+        "timeout",
+        "env",
+        "retention",
+        "schedules",
+        "max_instances",
+        "on_overlap",
+        "retries",
+        "triggers",
+        "notify",
+        "enabled",
+        "tags",
+    }
+)
+FASTFLOW_KEYS = frozenset(
+    {
+        "schedule_cron",
+        "schedule_interval_seconds",
+        "schedule_start",
+        "schedule_end",
+        "run_once_at",
+        "retry_attempts",
+        "retry_strategy",
+        "downstream_triggers",
+        "default_env",
+        "webhook_key",
+        "type",
+    }
+)
+# Fast-Flow keys with no fastflow meaning yet: refused, so that nobody relies on them
+NOT_IMPLEMENTED = {
+    "restart_on_crash": "daemon restarts are not implemented",
+    "restart_cooldown": "daemon restarts are not implemented",
+    "restart_interval": "daemon restarts are not implemented",
+    "cells": "notebook pipelines are not implemented",
+    "encrypted_env": "encrypted env values are not implemented yet",
+    "python_version": "per-pipeline Python versions are not implemented yet",
+    "cpu_hard_limit": "resource limits are not implemented yet",
+    "mem_hard_limit": "resource limits are not implemented yet",
+    "cpu_soft_limit": "resource limits are not implemented yet",
+    "mem_soft_limit": "resource limits are not implemented yet",
+}
+SCHEDULE_KEYS = frozenset(
+    {
+        "cron",
+        "interval_seconds",
+        "timezone",
+        "start",
+        "end",
+        "env",
+        "enabled",
+        "misfire_grace_seconds",
+        # Fast-Flow's names inside ``schedules[]``
+        "id",
+        "schedule_cron",
+        "schedule_interval_seconds",
+        "schedule_start",
+        "schedule_end",
+        "default_env",
+        "timeout",
+        "retry_attempts",
+        "retry_strategy",
+        "webhook_key",
+    }
+)
+MAX_RETRIES = 100
+MAX_INSTANCES = 1000
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a ``pipeline.json`` says beyond the retention overrides."""
+
+    description: str = ""
+    timeout: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    enabled: bool = True
+    tags: tuple[str, ...] = ()
+    schedules: tuple[ScheduleSpec, ...] = ()
+    max_instances: int = 1
+    on_overlap: Overlap = "skip"
+    retries: RetrySpec = field(default_factory=RetrySpec)
+    triggers: TriggerSpec = field(default_factory=TriggerSpec)
+    notify: NotifySpec = field(default_factory=NotifySpec)
+    # webhook keys from the file (Fast-Flow): run_config_id (None = pipeline) -> key
+    webhook_keys: dict[str | None, str] = field(default_factory=dict)
+    # per schedule (run_config_id) overrides of timeout and retries (Fast-Flow)
+    schedule_timeouts: dict[str, float | None] = field(default_factory=dict)
+    schedule_retries: dict[str, RetrySpec] = field(default_factory=dict)
+
+
+class _Reader:
+    """Typed access to one JSON object, with errors that name the file and the key."""
+
+    def __init__(self, data: dict[str, Any], where: Path, prefix: str = "") -> None:
+        self.data, self.where, self.prefix = data, where, prefix
+
+    def fail(self, key: str, what: str) -> InvalidPipelineConfig:
+        return InvalidPipelineConfig(f"{self.where}: {self.prefix}{key} {what}")
+
+    def has(self, key: str) -> bool:
+        return key in self.data and self.data[key] is not None
+
+    def number(self, key: str, *, minimum: float, integer: bool = False) -> float | None:
+        raw = self.data.get(key)
+        if raw is None:
+            return None
+        ok = isinstance(raw, int) if integer else isinstance(raw, int | float)
+        if isinstance(raw, bool) or not ok or raw < minimum or raw != raw:
+            kind = "an integer" if integer else "a number"
+            raise self.fail(key, f"must be {kind} >= {minimum:g} (got {raw!r})")
+        if raw > 10**12:
+            raise self.fail(key, f"is too large (got {raw!r})")
+        return float(raw)
+
+    def integer(self, key: str, *, minimum: int) -> int | None:
+        value = self.number(key, minimum=minimum, integer=True)
+        return None if value is None else int(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        raw = self.data.get(key, default)
+        if not isinstance(raw, bool):
+            raise self.fail(key, f"must be true or false (got {raw!r})")
+        return raw
+
+    def text(self, key: str) -> str | None:
+        raw = self.data.get(key)
+        if raw is None:
+            return None
+        if not isinstance(raw, str) or not raw.strip():
+            raise self.fail(key, f"must be a non-empty string (got {raw!r})")
+        return raw
+
+    def env(self, key: str) -> dict[str, str]:
+        raw = self.data.get(key, {})
+        if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+            raise self.fail(key, "must be an object of strings")
+        return {k: str(v) for k, v in raw.items()}
+
+    def names(self, key: str) -> tuple[str, ...]:
+        raw = self.data.get(key, [])
+        if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+            raise self.fail(key, "must be a list of pipeline names")
+        return tuple(raw)
+
+    def when(self, key: str) -> datetime | None:
+        raw = self.text(key)
+        if raw is None:
+            return None
+        try:
+            value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise self.fail(key, f"must be an ISO 8601 time (got {raw!r})") from None
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+
+    def obj(self, key: str) -> dict[str, Any]:
+        raw = self.data.get(key, {})
+        if not isinstance(raw, dict):
+            raise self.fail(key, "must be an object")
+        return raw
+
+    def unknown(self, known: frozenset[str]) -> None:
+        for key in self.data:
+            if key in NOT_IMPLEMENTED:
+                raise self.fail(key, f"is not supported: {NOT_IMPLEMENTED[key]}")
+            if key not in known:
+                raise self.fail(key, "is not a known pipeline.json key")
+
+
+def _check_cron(r: _Reader, key: str, expr: str) -> str:
+    from croniter import croniter
+
+    if len(expr.split()) != 5 or not croniter.is_valid(expr):
+        raise r.fail(key, f"must be a 5-field cron expression (got {expr!r})")
+    return expr
+
+
+def _check_tz(r: _Reader, key: str, name: str | None) -> str | None:
+    if name is None:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise r.fail(
+            key, f"must be an IANA time zone such as 'Europe/Berlin' (got {name!r})"
+        ) from None
+    return name
+
+
+def _retry_strategy(r: _Reader, attempts: int | None) -> RetrySpec:
+    """Fast-Flow's ``retry_attempts`` + ``retry_strategy``."""
+    s = _Reader(r.obj("retry_strategy"), r.where, f"{r.prefix}retry_strategy.")
+    kind = s.data.get("type", "fixed_delay")
+    s.unknown(frozenset({"type", "initial_delay", "max_delay", "multiplier", "delay", "delays"}))
+    base = RetrySpec(max=attempts or 0, delay_seconds=60.0)
+    if kind == "exponential_backoff":
+        return RetrySpec(
+            max=base.max,
+            backoff="exponential",
+            delay_seconds=s.number("initial_delay", minimum=0) or 60.0,
+            max_delay_seconds=s.number("max_delay", minimum=0),
+            multiplier=s.number("multiplier", minimum=1) or 2.0,
+        )
+    if kind == "fixed_delay":
+        delay = s.number("delay", minimum=0)
+        return RetrySpec(max=base.max, delay_seconds=60.0 if delay is None else delay)
+    if kind == "custom_schedule":
+        return RetrySpec(max=base.max, backoff="custom_schedule", delays=_delays(s))
+    raise s.fail("type", f"must be exponential_backoff, fixed_delay or custom_schedule ({kind!r})")
+
+
+def _delays(r: _Reader) -> tuple[float, ...]:
+    raw = r.data.get("delays", [])
+    ok = isinstance(raw, list) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x <= 10**9 for x in raw
+    )
+    if not ok or not raw:
+        raise r.fail("delays", "must be a non-empty list of seconds >= 0")
+    return tuple(float(x) for x in raw)
+
+
+def _retries(r: _Reader) -> RetrySpec:
+    if r.has("retries"):
+        n = _Reader(r.obj("retries"), r.where, "retries.")
+        n.unknown(frozenset({"max", "delay_seconds", "backoff", "max_delay_seconds", "delays"}))
+        backoff = n.data.get("backoff", "fixed")
+        if backoff not in ("exponential", "fixed", "custom_schedule"):
+            raise n.fail("backoff", f"must be exponential, fixed or custom_schedule ({backoff!r})")
+        return RetrySpec(
+            max=n.integer("max", minimum=0) or 0,
+            delay_seconds=n.number("delay_seconds", minimum=0) or 0.0,
+            backoff=backoff,
+            max_delay_seconds=n.number("max_delay_seconds", minimum=0),
+            delays=_delays(n) if backoff == "custom_schedule" else (),
+        )
+    attempts = r.integer("retry_attempts", minimum=0)
+    if r.has("retry_strategy") or attempts:
+        return _retry_strategy(r, attempts)
+    return RetrySpec()
+
+
+def _limit_retries(r: _Reader, spec: RetrySpec) -> RetrySpec:
+    if spec.max > MAX_RETRIES:
+        raise r.fail("retries", f"allow at most {MAX_RETRIES} attempts after the first")
+    return spec
+
+
+def _one_schedule(r: _Reader, key: str) -> ScheduleSpec:
+    """One ``schedules[]`` entry, native or Fast-Flow names."""
+    r.unknown(SCHEDULE_KEYS)
+    cron = r.text("cron") or r.text("schedule_cron")
+    interval = r.integer("interval_seconds", minimum=1)
+    if interval is None:
+        interval = r.integer("schedule_interval_seconds", minimum=1)
+    if cron is not None and interval is not None:
+        if r.has("cron") or r.has("interval_seconds"):
+            raise r.fail("cron", "and interval_seconds exclude each other: give one")
+        interval = None  # Fast-Flow: cron wins when both are given
+    if cron is None and interval is None:
+        raise r.fail("cron", "or interval_seconds is required in every schedule")
+    start = r.when("start") or r.when("schedule_start")
+    end = r.when("end") or r.when("schedule_end")
+    if start is not None and end is not None and end < start:
+        raise r.fail("end", "is before start")
+    env = r.env("env") if r.has("env") else r.env("default_env")
+    config_id = r.text("id")
+    return ScheduleSpec(
+        key=config_id or key,
+        cron=_check_cron(r, "cron", cron) if cron is not None else None,
+        interval_seconds=interval,
+        timezone=_check_tz(r, "timezone", r.text("timezone")),
+        start=start,
+        end=end,
+        env=env,
+        enabled=r.boolean("enabled", True),
+        misfire_grace_seconds=_grace(r),
+        run_config_id=config_id,
+    )
+
+
+def _grace(r: _Reader) -> int:
+    grace = r.integer("misfire_grace_seconds", minimum=0)
+    return DEFAULT_MISFIRE_GRACE_S if grace is None else grace
+
+
+def _max_instances(r: _Reader) -> int:
+    n = r.integer("max_instances", minimum=1)
+    if n is not None and n > MAX_INSTANCES:
+        raise r.fail("max_instances", f"must be at most {MAX_INSTANCES} (got {n})")
+    return n or 1
+
+
+def _schedules(r: _Reader) -> tuple[ScheduleSpec, ...]:
+    raw = r.data.get("schedules")
+    if raw:
+        if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+            raise r.fail("schedules", "must be a list of objects")
+        specs = [
+            _one_schedule(_Reader(item, r.where, f"schedules[{i}]."), str(i))
+            for i, item in enumerate(raw)
+        ]
+        keys = [s.key for s in specs]
+        if len(set(keys)) != len(keys):
+            raise r.fail("schedules", "have duplicate ids")
+        return tuple(specs)
+    top = {
+        k: r.data[k]
+        for k in ("schedule_cron", "schedule_interval_seconds", "schedule_start", "schedule_end")
+        if r.has(k)
+    }
+    out = []
+    if "schedule_cron" in top or "schedule_interval_seconds" in top:
+        out.append(_one_schedule(_Reader(top, r.where), "0"))
+    once = r.when("run_once_at")
+    if once is not None:
+        out.append(ScheduleSpec(key="once", once_at=once, misfire_grace_seconds=10**9))
+    return tuple(out)
+
+
+def _triggers(r: _Reader) -> TriggerSpec:
+    success: list[str] = []
+    failure: list[str] = []
+    if r.has("triggers"):
+        t = _Reader(r.obj("triggers"), r.where, "triggers.")
+        t.unknown(frozenset({"on_success", "on_failure"}))
+        success += t.names("on_success")
+        failure += t.names("on_failure")
+    raw = r.data.get("downstream_triggers", [])
+    if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+        raise r.fail("downstream_triggers", "must be a list of objects")
+    for i, item in enumerate(raw):
+        d = _Reader(item, r.where, f"downstream_triggers[{i}].")
+        d.unknown(frozenset({"pipeline", "on_success", "on_failure", "run_config_id", "on_route"}))
+        if d.has("on_route"):
+            raise d.fail("on_route", "is not supported: route-based triggers are not implemented")
+        name = d.text("pipeline")
+        if name is None:
+            raise d.fail("pipeline", "is required")
+        if d.boolean("on_success", True):
+            success.append(name)
+        if d.boolean("on_failure", False):
+            failure.append(name)
+    return TriggerSpec(tuple(dict.fromkeys(success)), tuple(dict.fromkeys(failure)))
+
+
+def _notify(r: _Reader) -> NotifySpec:
+    n = _Reader(r.obj("notify"), r.where, "notify.")
+    n.unknown(frozenset({"on_failure", "on_recovery"}))
+    return NotifySpec(n.boolean("on_failure", True), n.boolean("on_recovery", True))
+
+
+def _timeout(r: _Reader) -> float | None:
+    value = r.number("timeout", minimum=0)
+    return value or None  # 0 = no timeout (as in Fast-Flow)
+
+
+def _webhook_keys(r: _Reader) -> dict[str | None, str]:
+    keys: dict[str | None, str] = {}
+    top = r.text("webhook_key")
+    if top:
+        keys[None] = top
+    for i, item in enumerate(r.data.get("schedules") or []):
+        key = _Reader(item, r.where, f"schedules[{i}].").text("webhook_key")
+        if key:
+            if key in keys.values():
+                raise r.fail(f"schedules[{i}].webhook_key", "is used twice in this pipeline")
+            keys[str(item.get("id", i))] = key
+    return keys
+
+
+def _per_schedule(r: _Reader) -> tuple[dict[str, float | None], dict[str, RetrySpec]]:
+    timeouts: dict[str, float | None] = {}
+    retries: dict[str, RetrySpec] = {}
+    for i, item in enumerate(r.data.get("schedules") or []):
+        s = _Reader(item, r.where, f"schedules[{i}].")
+        key = str(item.get("id", i))
+        if s.has("timeout"):
+            timeouts[key] = _timeout(s)
+        if s.has("retry_attempts") or s.has("retry_strategy"):
+            retries[key] = _limit_retries(s, _retries(s))
+    return timeouts, retries
+
+
+def _type(r: _Reader) -> None:
+    kind = r.data.get("type", "script")
+    if kind != "script":
+        raise r.fail("type", f"is not supported: only 'script' pipelines run ({kind!r})")
+
+
+def parse(data: dict[str, Any], where: Path) -> PipelineConfig:
+    """The configuration in ``data`` (the JSON object of ``where``)."""
+    r = _Reader(data, where)
+    r.unknown(NATIVE_KEYS | FASTFLOW_KEYS)
+    _type(r)
+    on_overlap = data.get("on_overlap", "skip")
+    if on_overlap not in ("skip", "queue"):
+        raise r.fail("on_overlap", f"must be 'skip' or 'queue' (got {on_overlap!r})")
+    tags = data.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise r.fail("tags", "must be a list of strings")
+    description = data.get("description", "")
+    timeouts, per_schedule_retries = _per_schedule(r)
+    return PipelineConfig(
+        description=description if isinstance(description, str) else str(description),
+        timeout=_timeout(r),
+        env={**r.env("default_env"), **r.env("env")},
+        enabled=r.boolean("enabled", True),
+        tags=tuple(tags),
+        schedules=_schedules(r),
+        max_instances=_max_instances(r),
+        on_overlap=on_overlap,
+        retries=_limit_retries(r, _retries(r)),
+        triggers=_triggers(r),
+        notify=_notify(r),
+        webhook_keys=_webhook_keys(r),
+        schedule_timeouts=timeouts,
+        schedule_retries=per_schedule_retries,
+    )

@@ -1,0 +1,151 @@
+"""pipeline.json: the orchestration keys, native and as Fast-Flow aliases; every unknown
+or unsupported key is refused with a message naming it."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastflow.errors import InvalidPipelineConfig
+from fastflow.runs.pipeline_config import parse
+from fastflow.runs.specs import RetrySpec, ScheduleSpec, TriggerSpec
+
+WHERE = Path("/p/etl/pipeline.json")
+
+NATIVE = {
+    "schedules": [
+        {"cron": "*/15 * * * *", "timezone": "Europe/Berlin", "env": {"MODE": "incremental"}},
+        {"interval_seconds": 3600, "start": "2026-12-01T00:00:00Z", "end": "2027-06-30T00:00:00Z"},
+    ],
+    "max_instances": 1,
+    "on_overlap": "skip",
+    "retries": {"max": 2, "delay_seconds": 30, "backoff": "exponential", "max_delay_seconds": 600},
+    "triggers": {"on_success": ["load_dwh"], "on_failure": ["page_oncall"]},
+    "notify": {"on_failure": True, "on_recovery": True},
+}
+
+
+def test_the_native_example_of_the_issue() -> None:
+    cfg = parse(dict(NATIVE), WHERE)
+    first, second = cfg.schedules
+    assert first == ScheduleSpec(
+        key="0", cron="*/15 * * * *", timezone="Europe/Berlin", env={"MODE": "incremental"}
+    )
+    assert second.interval_seconds == 3600 and second.key == "1"
+    assert second.start == datetime(2026, 12, 1, tzinfo=UTC)
+    assert second.end == datetime(2027, 6, 30, tzinfo=UTC)
+    assert cfg.retries == RetrySpec(
+        max=2, delay_seconds=30, backoff="exponential", max_delay_seconds=600
+    )
+    assert cfg.triggers == TriggerSpec(("load_dwh",), ("page_oncall",))
+    assert cfg.max_instances == 1 and cfg.on_overlap == "skip"
+
+
+def test_fast_flow_keys_mean_the_same() -> None:
+    fast_flow: dict[str, Any] = {
+        "description": "Täglicher Report",
+        "schedule_cron": "0 9 * * *",
+        "schedule_start": "2025-01-01",
+        "schedule_end": "2025-12-31T23:59:59",
+        "retry_attempts": 3,
+        "retry_strategy": {
+            "type": "exponential_backoff",
+            "initial_delay": 60,
+            "max_delay": 3600,
+            "multiplier": 2.0,
+        },
+        "max_instances": 2,
+        "default_env": {"LOG_LEVEL": "INFO"},
+        "downstream_triggers": [
+            {"pipeline": "pipeline_b", "on_success": True, "on_failure": False},
+            {"pipeline": "pipeline_c", "on_success": True, "on_failure": True},
+        ],
+        "tags": ["daily"],
+        "enabled": True,
+        "timeout": 0,
+        "type": "script",
+    }
+    cfg = parse(fast_flow, WHERE)
+    (schedule,) = cfg.schedules
+    assert schedule.cron == "0 9 * * *" and schedule.start == datetime(2025, 1, 1, tzinfo=UTC)
+    assert cfg.retries == RetrySpec(
+        max=3, backoff="exponential", delay_seconds=60, max_delay_seconds=3600, multiplier=2.0
+    )
+    assert cfg.triggers == TriggerSpec(("pipeline_b", "pipeline_c"), ("pipeline_c",))
+    assert cfg.env == {"LOG_LEVEL": "INFO"} and cfg.max_instances == 2
+    assert cfg.timeout is None  # 0 = no timeout
+    assert cfg.tags == ("daily",)
+
+
+def test_fast_flow_named_schedules_and_webhook_keys() -> None:
+    cfg = parse(
+        {
+            "default_env": {"LOG_LEVEL": "INFO"},
+            "webhook_key": "top-secret-key",
+            "schedules": [
+                {
+                    "id": "prod",
+                    "schedule_cron": "0 8 * * *",
+                    "default_env": {"ENVIRONMENT": "production"},
+                    "retry_attempts": 1,
+                    "retry_strategy": {"type": "fixed_delay", "delay": 120},
+                    "timeout": 60,
+                },
+                {"id": "staging", "schedule_interval_seconds": 3600, "enabled": False},
+            ],
+            "run_once_at": "2026-01-15T12:00:00",
+        },
+        WHERE,
+    )
+    prod, staging = cfg.schedules[:2]
+    assert prod.key == "prod" and prod.run_config_id == "prod"
+    assert prod.env == {"ENVIRONMENT": "production"}
+    assert not staging.enabled
+    assert cfg.schedule_retries["prod"] == RetrySpec(max=1, delay_seconds=120)
+    assert cfg.schedule_timeouts["prod"] == 60
+    assert cfg.webhook_keys == {None: "top-secret-key"}
+
+
+def test_custom_retry_schedule_native_and_alias() -> None:
+    native = parse({"retries": {"max": 3, "backoff": "custom_schedule", "delays": [1, 5]}}, WHERE)
+    alias = parse(
+        {"retry_attempts": 3, "retry_strategy": {"type": "custom_schedule", "delays": [1, 5]}},
+        WHERE,
+    )
+    assert native.retries.delays == alias.retries.delays == (1.0, 5.0)
+    assert native.retries.backoff == alias.retries.backoff == "custom_schedule"
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"scheduel": []}, "scheduel is not a known pipeline.json key"),
+        ({"restart_on_crash": True}, "restart_on_crash is not supported"),
+        ({"type": "notebook"}, "type is not supported"),
+        ({"schedules": [{"cron": "61 * * * *"}]}, "schedules[0].cron must be a 5-field cron"),
+        ({"schedules": [{"cron": "* * * *"}]}, "5-field cron"),
+        ({"schedules": [{"interval_seconds": 0}]}, "interval_seconds must be an integer >= 1"),
+        ({"schedules": [{"cron": "* * * * *", "interval_seconds": 5}]}, "exclude each other"),
+        ({"schedules": [{"timezone": "UTC"}]}, "cron or interval_seconds is required"),
+        ({"schedules": [{"cron": "* * * * *", "timezone": "Mars/Olympus"}]}, "IANA time zone"),
+        ({"schedules": [{"cron": "* * * * *", "start": "yesterday"}]}, "ISO 8601"),
+        ({"schedules": [{"cron": "* * * * *", "colour": "red"}]}, "schedules[0].colour"),
+        ({"max_instances": 0}, "max_instances must be an integer >= 1"),
+        ({"on_overlap": "wait"}, "on_overlap must be 'skip' or 'queue'"),
+        ({"retries": {"max": 1e9}}, "retries.max must be an integer"),
+        ({"retries": {"max": 1000}}, "at most 100"),
+        ({"retries": {"max": 2, "backoff": "random"}}, "retries.backoff"),
+        ({"triggers": {"on_success": "b"}}, "triggers.on_success must be a list"),
+        ({"downstream_triggers": [{"pipeline": "b", "on_route": "x"}]}, "on_route"),
+        ({"notify": {"on_failure": "yes"}}, "notify.on_failure must be true or false"),
+        ({"timeout": float("nan")}, "timeout must be a number"),
+    ],
+)
+def test_bad_values_name_the_key(data: dict[str, Any], needle: str) -> None:
+    with pytest.raises(InvalidPipelineConfig) as err:
+        parse(json.loads(json.dumps(data)) if "nan" not in str(data) else data, WHERE)
+    assert needle in str(err.value) and str(WHERE) in str(err.value)
