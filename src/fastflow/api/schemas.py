@@ -53,6 +53,12 @@ class RunRowOut(BaseModel):
     log_file: str | None
     metrics_file: str | None
     log_size: int | None
+    attempt: int = 1
+    retry_of: str | None = None
+    upstream_run_id: str | None = None
+    scheduled_for: str | None = None
+    queued_at: str | None = None
+    run_config_id: str | None = None
 
 
 class ArchiveInfoOut(BaseModel):

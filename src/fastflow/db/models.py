@@ -50,6 +50,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class RunStatus(enum.StrEnum):
+    QUEUED = "QUEUED"
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCESS = "SUCCESS"
@@ -58,7 +59,8 @@ class RunStatus(enum.StrEnum):
     CANCELLED = "CANCELLED"
 
 
-ACTIVE_STATUSES = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+ACTIVE_STATUSES = (RunStatus.QUEUED.value, RunStatus.PENDING.value, RunStatus.RUNNING.value)
+FINAL_STATUSES = ("SUCCESS", "FAILED", "TIMEOUT", "CANCELLED")
 
 
 class Trigger(enum.StrEnum):
@@ -66,6 +68,9 @@ class Trigger(enum.StrEnum):
     CLI = "cli"
     API = "api"
     SCHEDULE = "schedule"
+    WEBHOOK = "webhook"
+    UPSTREAM = "upstream"
+    RETRY = "retry"
 
 
 class Base(DeclarativeBase):
@@ -80,6 +85,14 @@ class PipelineRun(Base):
         Index("ix_pipeline_runs_pipeline_started", "pipeline_name", "started_at"),
         Index("ix_pipeline_runs_started", "started_at"),
         Index("ix_pipeline_runs_status", "status"),
+        Index(
+            "ux_pipeline_runs_schedule_tick",
+            "pipeline_name",
+            "schedule_key",
+            "scheduled_for",
+            unique=True,
+        ),
+        Index("ix_pipeline_runs_queue", "status", "queued_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -103,6 +116,19 @@ class PipelineRun(Base):
     # recycled pid.
     pipeline_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pipeline_started: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Orchestration: attempts of one run share ``retry_of`` (the first attempt's id);
+    # a run started by another one names it in ``upstream_run_id``; a scheduled run names
+    # its schedule and tick (unique: one run per tick, whatever the number of servers).
+    attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    retry_of: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    upstream_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    run_config_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    schedule_key: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    env_overrides: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON object
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,10 +142,46 @@ class PipelineRun(Base):
             "log_file": self.log_file,
             "metrics_file": self.metrics_file,
             "log_size": self.log_size,
+            "attempt": self.attempt or 1,
+            "retry_of": str(self.retry_of) if self.retry_of else None,
+            "upstream_run_id": str(self.upstream_run_id) if self.upstream_run_id else None,
+            "scheduled_for": _iso(self.scheduled_for),
+            "queued_at": _iso(self.queued_at),
+            "run_config_id": self.run_config_id,
         }
 
 
 TRUNCATION_REASON = "truncate_log"  # ledger reason of a full log archived before truncation
+
+
+class ScheduleTick(Base):
+    """One schedule tick, claimed once across all servers (primary key), with what came
+    of it: ``queued`` (``run_id``) or ``skipped`` (the pipeline was at its limit)."""
+
+    __tablename__ = "schedule_ticks"
+
+    pipeline_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    schedule_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class Webhook(Base):
+    """A webhook key of a pipeline (stored as SHA-256 only)."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (Index("ix_webhooks_pipeline", "pipeline_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    run_config_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)  # cli | file
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ArchivedRun(Base):

@@ -62,6 +62,12 @@ def view_from_ledger(entry: ArchivedRun) -> dict[str, Any]:
         "log_file": None,
         "metrics_file": None,
         "log_size": entry.log_size,
+        "attempt": 1,
+        "retry_of": None,
+        "upstream_run_id": None,
+        "scheduled_for": None,
+        "queued_at": None,
+        "run_config_id": None,
         "duration_s": (
             round((entry.finished_at - entry.started_at).total_seconds(), 3)
             if entry.finished_at
