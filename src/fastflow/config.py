@@ -29,6 +29,8 @@ DEFAULT_S3_MAX_CONCURRENCY = 8
 DEFAULT_S3_CONNECT_TIMEOUT = 5.0
 DEFAULT_S3_READ_TIMEOUT = 30.0
 DEFAULT_SMTP_PORT = 587
+DEFAULT_MAX_CONCURRENT_RUNS = 4
+DEFAULT_CANCEL_GRACE_S = 10.0
 DEFAULT_BASE_URL = "http://localhost:8000"
 
 SECRET_FIELDS = frozenset(
@@ -110,6 +112,11 @@ class Settings(BaseSettings):
     teams_enabled: bool = False
     teams_webhook_url: SecretStr | None = None
 
+    max_concurrent_runs: int = Field(default=DEFAULT_MAX_CONCURRENT_RUNS, ge=1, le=1000)
+    scheduler_timezone: str = "UTC"
+    cancel_grace_seconds: float = Field(default=DEFAULT_CANCEL_GRACE_S, ge=0, le=3600)
+    webhook_rate_per_minute: int = Field(default=60, ge=1, le=100_000)
+
     fastflow_base_url: str = DEFAULT_BASE_URL
     fastflow_secret_key: SecretStr | None = None
     metrics_public: bool = False
@@ -127,6 +134,17 @@ class Settings(BaseSettings):
         if isinstance(v, str) and v.strip() in ("0", "+0"):
             return None
         return None if v == 0 else v
+
+    @field_validator("scheduler_timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone such as UTC or Europe/Berlin") from None
+        return v
 
     @field_validator("cleanup_schedule")
     @classmethod

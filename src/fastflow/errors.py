@@ -51,6 +51,10 @@ class RunNotFound(FastflowError):
     """No run (and no archive ledger entry) with that id exists."""
 
 
+class RunAlreadyFinished(FastflowError):
+    """A cancel (or similar) for a run that has already ended (HTTP 409)."""
+
+
 class LogNotAvailable(FastflowError):
     """A run exists but its log is neither local nor archived."""
 

@@ -20,7 +20,7 @@ from fastflow.api.schemas import HealthOut
 from fastflow.context import Context
 from fastflow.lifecycle.cleanup import PassSummary
 from fastflow.lifecycle.scheduler import CleanupScheduler
-from fastflow.runs.launcher import RunLauncher
+from fastflow.orchestration.dispatcher import Dispatcher
 
 log = logging.getLogger("fastflow.api")
 
@@ -52,15 +52,18 @@ def create_app(
         scheduler = CleanupScheduler(ctx, on_pass=_after_scheduled_pass(ctx)) if schedule else None
         if scheduler:
             scheduler.start()
+        dispatcher.ensure_running()  # queued runs (also from other servers) start here
         try:
             yield
         finally:
+            dispatcher.stop()
             if scheduler:
                 scheduler.stop()
 
     app = FastAPI(title="fastflow", version=__version__, lifespan=lifespan)
     app.state.ctx = ctx
-    app.state.launcher = RunLauncher(ctx)
+    dispatcher = Dispatcher(ctx)
+    app.state.launcher = dispatcher
     errors.install(app)
 
     @app.get("/api/health", tags=["health"], response_model=HealthOut)

@@ -11,7 +11,7 @@ from fastflow.accounts import Principal
 from fastflow.context import Context
 from fastflow.db import cache as readcache
 from fastflow.errors import AuthError, Forbidden
-from fastflow.runs.launcher import RunLauncher
+from fastflow.orchestration.dispatcher import Dispatcher
 from fastflow.session_cookie import SESSION_COOKIE
 
 CSRF_HEADER = "X-CSRF-Token"
@@ -76,10 +76,10 @@ def require_admin(principal: PrincipalDep) -> Principal:
 AdminDep = Annotated[Principal, Depends(require_admin)]
 
 
-def get_launcher(request: Request) -> RunLauncher:
+def get_launcher(request: Request) -> Dispatcher:
     launcher = request.app.state.launcher
-    assert isinstance(launcher, RunLauncher)
+    assert isinstance(launcher, Dispatcher)
     return launcher
 
 
-LauncherDep = Annotated[RunLauncher, Depends(get_launcher)]
+LauncherDep = Annotated[Dispatcher, Depends(get_launcher)]

@@ -17,6 +17,7 @@ from fastflow.errors import (
     LogNotAvailable,
     PassAlreadyRunning,
     PipelineNotFound,
+    RunAlreadyFinished,
     RunNotFound,
     UnsafePath,
 )
@@ -29,6 +30,7 @@ STATUS: list[tuple[type[FastflowError], int]] = [
     (PipelineNotFound, 404),
     (LogNotAvailable, 404),
     (PassAlreadyRunning, 409),
+    (RunAlreadyFinished, 409),
     (InvalidInput, 422),
     (InvalidPipelineName, 422),
     (InvalidPipelineConfig, 422),

@@ -51,6 +51,7 @@ class Pump:
     kill_tree: Callable[[subprocess.Popen[bytes], int], None]
     timeout: float | None = None
     cancel: threading.Event | None = None
+    kill_grace: float = KILL_GRACE_S
     outcome: Outcome = field(default_factory=Outcome)
     _fd: int = -1
     _sel: selectors.BaseSelector | None = None
@@ -127,7 +128,7 @@ class Pump:
             if self.outcome.kind != "exited":
                 self.kill_tree(self.proc, signal.SIGTERM)
                 self._killed_at = now
-        if running and self._killed_at is not None and now - self._killed_at > KILL_GRACE_S:
+        if running and self._killed_at is not None and now - self._killed_at > self.kill_grace:
             self.kill_tree(self.proc, signal.SIGKILL)
         exited = self._exited_at
         if exited is not None and self._sel is not None and now - exited > DRAIN_AFTER_EXIT_S:

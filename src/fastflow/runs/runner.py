@@ -106,11 +106,15 @@ def _kill_tree(proc: subprocess.Popen[bytes], sig: int) -> None:
             pass
 
 
-def _pipeline_env(pipeline: pipelines.Pipeline, run_id: uuid.UUID) -> dict[str, str]:
+def _pipeline_env(
+    pipeline: pipelines.Pipeline, run_id: uuid.UUID, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """The pipeline's environment: fastflow's own settings (credentials, database URL,
-    ...) are not the pipeline's business."""
+    ...) are not the pipeline's business; ``extra`` (run parameters) wins over the
+    pipeline's ``env``."""
     env = {k: v for k, v in os.environ.items() if k.upper() not in SETTINGS_VARS}
     env.update(pipeline.env)
+    env.update(extra or {})
     env.update(FASTFLOW_RUN_ID=str(run_id), FASTFLOW_PIPELINE=pipeline.name)
     return env
 
@@ -153,6 +157,8 @@ def execute(
     *,
     echo: Callable[[str], None] | None = None,
     cancel: threading.Event | None = None,
+    extra_env: dict[str, str] | None = None,
+    kill_grace: float | None = None,
 ) -> RunResult:
     """Execute an existing PENDING run of ``pipeline``."""
     logs_root = settings.logs_root
@@ -167,7 +173,7 @@ def execute(
     ):
         capture = LogCapture(log_out, echo=echo)
         try:
-            proc = _start(pipeline, _pipeline_env(pipeline, run_id))
+            proc = _start(pipeline, _pipeline_env(pipeline, run_id, extra_env))
         except OSError as e:
             capture.write_note(f"could not start the pipeline: {e}")
             proc = None
@@ -176,7 +182,10 @@ def execute(
             sampler = TreeSampler(proc.pid, metrics_out)
             sampler.start()
             started = time.monotonic()
-            ended = Pump(proc, capture, log_out, _kill_tree, pipeline.timeout, cancel).run()
+            pump = Pump(proc, capture, log_out, _kill_tree, pipeline.timeout, cancel)
+            if kill_grace is not None:
+                pump.kill_grace = kill_grace
+            ended = pump.run()
             ru = ended.rusage
             cpu_seconds = ru.ru_utime + ru.ru_stime if ru is not None else 0.0
             sampler.stop(cpu_seconds=cpu_seconds, wall_seconds=time.monotonic() - started)

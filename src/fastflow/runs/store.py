@@ -18,6 +18,7 @@ from fastflow.errors import RunNotFound
 from fastflow.runs import files as logfiles
 
 HOSTNAME = socket.gethostname()
+FINAL = ("SUCCESS", "FAILED", "TIMEOUT", "CANCELLED")
 
 
 def parse_run_id(raw: str) -> uuid.UUID:
@@ -27,7 +28,7 @@ def parse_run_id(raw: str) -> uuid.UUID:
         raise RunNotFound(f"{raw!r} is not a valid run id (expected a UUID)") from None
 
 
-def _process_started(pid: int) -> float | None:
+def process_started(pid: int) -> float | None:
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:
@@ -47,7 +48,7 @@ def create(db: Database, pipeline_name: str, triggered_by: str, *, pid: int) -> 
         metrics_file=logfiles.metrics_rel(pipeline_name, str(run_id)),
         runner_host=HOSTNAME,
         runner_pid=pid,
-        runner_started=_process_started(pid),
+        runner_started=process_started(pid),
     )
     with db.session() as s:
         s.add(run)
@@ -63,7 +64,7 @@ def mark_running(db: Database, run_id: uuid.UUID, *, pid: int) -> None:
         run.status = RunStatus.RUNNING.value
         run.started_at = utcnow()
         run.runner_pid = pid
-        run.runner_started = _process_started(pid)
+        run.runner_started = process_started(pid)
     readcache.invalidate()
 
 
@@ -73,7 +74,7 @@ def mark_pipeline_process(db: Database, run_id: uuid.UUID, pid: int) -> None:
         run = s.get(PipelineRun, run_id)
         if run is not None:
             run.pipeline_pid = pid
-            run.pipeline_started = _process_started(pid)
+            run.pipeline_started = process_started(pid)
 
 
 def finish(
@@ -141,7 +142,7 @@ def local_log_bytes(db: Database) -> int:
 def _runner_alive(run: PipelineRun) -> bool:
     if run.runner_pid is None:
         return False
-    started = _process_started(run.runner_pid)
+    started = process_started(run.runner_pid)
     if started is None:
         return False
     # a recycled pid belongs to a process started later than the recorded one
@@ -187,7 +188,7 @@ def kill_orphaned_group(pgid: int | None, started: float | None) -> int:
     live)."""
     if pgid is None or started is None or pgid <= 1:
         return 0
-    leader = _process_started(pgid)
+    leader = process_started(pgid)
     if leader is not None and abs(leader - started) >= 1.0:
         return 0  # the pid now belongs to another process
     killed = 0
@@ -200,6 +201,19 @@ def kill_orphaned_group(pgid: int | None, started: float | None) -> int:
         except (ProcessLookupError, psutil.Error, OSError):
             continue
     return killed
+
+
+def fail_with_note(db: Database, logs_root: Path, run_id: uuid.UUID, text: str) -> None:
+    """End a run that could not be executed as FAILED, with the reason in its log."""
+    with db.session() as s:
+        run = s.get(PipelineRun, run_id)
+        if run is None or run.status in FINAL:
+            return
+        run.status = RunStatus.FAILED.value
+        run.finished_at = utcnow()
+        if run.log_file:
+            run.log_size = _append_note(logs_root, run.log_file, text)
+    readcache.invalidate()
 
 
 def _append_note(logs_root: Path, rel: str, text: str) -> int | None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
 from fastflow.api.schemas import PipelineListOut, RunStartedOut
@@ -28,10 +29,19 @@ def list_pipelines(ctx: CtxDep, _: PrincipalDep) -> list[dict[str, Any]]:
     return out
 
 
+class RunParams(BaseModel):
+    """Optional run parameters: environment variables for this run only."""
+
+    env: dict[str, str] = Field(default_factory=dict, max_length=200)
+
+
 @router.post("/{name}/run", status_code=202, response_model=RunStartedOut)
-def start_run(name: str, launcher: LauncherDep, _: AdminDep) -> JSONResponse:
-    """Start a run in the background; 202 with its id."""
-    run_id = launcher.start(name, Trigger.API.value)
+def start_run(
+    name: str, launcher: LauncherDep, _: AdminDep, params: RunParams | None = None
+) -> JSONResponse:
+    """Queue a run (it starts when a slot is free); 202 with its id."""
+    env = params.env if params is not None else None
+    run_id = launcher.start(name, Trigger.API.value, env=env)
     return JSONResponse(
-        {"run_id": str(run_id), "pipeline_name": name, "status": "PENDING"}, status_code=202
+        {"run_id": str(run_id), "pipeline_name": name, "status": "QUEUED"}, status_code=202
     )

@@ -18,7 +18,7 @@ from fastflow.api.schemas import (
 )
 from fastflow.db import cache as readcache
 from fastflow.db.models import RunStatus
-from fastflow.errors import RunNotFound
+from fastflow.errors import RunAlreadyFinished
 from fastflow.runs import store as run_rows
 from fastflow.runs import views as runviews
 from fastflow.runs.readback import open_log
@@ -93,9 +93,10 @@ def get_metrics(run_id: uuid.UUID, ctx: CtxDep, _: PrincipalDep) -> JSONResponse
 
 @router.post("/runs/{run_id}/cancel", response_model=CancelOut)
 def cancel_run(run_id: uuid.UUID, launcher: LauncherDep, _: AdminDep) -> dict[str, bool]:
-    """Cancel a run that this server executes (its process tree is killed)."""
-    if not launcher.cancel(run_id):
-        raise RunNotFound(f"run {run_id} is not running in this server")
+    """Cancel a run: a QUEUED one at once; a running one on whichever server executes it
+    (its process tree is stopped within seconds). 409 when it already finished."""
+    if launcher.cancel(run_id) == "finished":
+        raise RunAlreadyFinished(f"run {run_id} has already finished")
     return {"cancelled": True}
 
 

@@ -1,0 +1,159 @@
+"""The executing side of the queue in ``fastflow serve``: claim QUEUED runs, execute
+them in threads, stop cancelled ones, queue what follows.
+
+Guarantees: at most ``MAX_CONCURRENT_RUNS`` runs execute in this process at once; a
+run's cancellation (from any server sharing the database) is noticed within
+``WATCH_S`` and ends its process tree (SIGTERM, then SIGKILL after
+``CANCEL_GRACE_SECONDS``); every run reaches a final status even if its pipeline
+vanished; the retry or triggers of every finished run are queued exactly once (by the
+thread that ran it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+from fastflow.context import Context
+from fastflow.db.models import PipelineRun, RunStatus
+from fastflow.orchestration import queue
+from fastflow.orchestration.followup import Ended, follow_up
+from fastflow.runs import pipelines, runner
+from fastflow.runs import store as runs
+
+log = logging.getLogger("fastflow.orchestration")
+POLL_S = 0.5
+WATCH_S = 1.0
+CONFIG_TTL_S = 5.0
+
+
+class Dispatcher:
+    """Starts on first use; ``stop()`` ends the loop (running runs finish)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._lock = threading.Lock()
+        self._active: dict[uuid.UUID, threading.Event] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._limits: dict[str, tuple[float, int]] = {}
+
+    # --- the API's view -----------------------------------------------------------------
+
+    def start(self, name: str, triggered_by: str, env: dict[str, str] | None = None) -> uuid.UUID:
+        """Queue a run of ``name`` (validated now) and wake the loop."""
+        pipeline = pipelines.load(self._ctx.settings.pipelines_dir, name)
+        run_id = queue.enqueue(self._ctx.db, pipeline.name, triggered_by, env=env)
+        self.ensure_running()
+        self._wake.set()
+        return run_id
+
+    def cancel(self, run_id: uuid.UUID) -> str:
+        """Cancel a queued run now, or ask the server that runs it to stop it."""
+        outcome = queue.cancel(self._ctx.db, run_id)
+        with self._lock:
+            event = self._active.get(run_id)
+        if event is not None:
+            event.set()
+        return outcome
+
+    def ensure_running(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    @property
+    def active(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        last_watch = 0.0
+        while not self._stop.is_set():
+            try:
+                self._claim_and_start()
+                if time.monotonic() - last_watch >= WATCH_S:
+                    self._watch_cancellations()
+                    last_watch = time.monotonic()
+            except Exception:
+                log.exception("dispatcher pass failed; retrying")
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+
+    def _max_instances(self, name: str) -> int:
+        cached = self._limits.get(name)
+        if cached is not None and time.monotonic() - cached[0] < CONFIG_TTL_S:
+            return cached[1]
+        try:
+            limit = pipelines.load(self._ctx.settings.pipelines_dir, name).config.max_instances
+        except Exception:
+            limit = 1  # the run fails with a clear note when it starts
+        self._limits[name] = (time.monotonic(), limit)
+        return limit
+
+    def _claim_and_start(self) -> None:
+        free = self._ctx.settings.max_concurrent_runs - self.active
+        for run in queue.claim(self._ctx.db, free, self._max_instances):
+            cancel = threading.Event()
+            with self._lock:
+                self._active[run.id] = cancel
+            threading.Thread(
+                target=self._execute, args=(run, cancel), name=f"run-{run.id}", daemon=True
+            ).start()
+
+    def _watch_cancellations(self) -> None:
+        with self._lock:
+            ids = list(self._active)
+        for run_id in queue.cancel_requested(self._ctx.db, ids):
+            with self._lock:
+                event = self._active.get(run_id)
+            if event is not None and not event.is_set():
+                log.info("run %s: cancellation requested; stopping its process tree", run_id)
+                event.set()
+
+    def _execute(self, run: PipelineRun, cancel: threading.Event) -> None:
+        settings = self._ctx.settings
+        status = RunStatus.FAILED.value
+        try:
+            pipeline = pipelines.load(settings.pipelines_dir, run.pipeline_name)
+            result = runner.execute(
+                self._ctx.db,
+                settings,
+                pipeline,
+                run.id,
+                cancel=cancel,
+                extra_env=queue.env_of(run),
+                kill_grace=settings.cancel_grace_seconds,
+            )
+            status = result.status.value
+        except Exception as e:
+            log.exception("run %s of %s failed to execute", run.id, run.pipeline_name)
+            runs.fail_with_note(self._ctx.db, settings.logs_root, run.id, f"not started: {e}")
+        finally:
+            with self._lock:
+                self._active.pop(run.id, None)
+        ended = Ended(
+            run.id,
+            run.pipeline_name,
+            status,
+            run.attempt or 1,
+            run.retry_of,
+            run.run_config_id,
+            queue.env_of(run),
+        )
+        try:
+            follow_up(self._ctx.db, settings.pipelines_dir, ended)
+        except Exception:
+            log.exception("follow-up of run %s failed", run.id)
+        self._wake.set()

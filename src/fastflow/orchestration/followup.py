@@ -1,0 +1,115 @@
+"""What follows the end of a run: the next attempt, or the downstream triggers.
+
+Guarantees: a FAILED or TIMEOUT run whose pipeline allows more attempts gets exactly one
+next attempt, queued with ``not_before`` = end + the retry delay, ``attempt`` + 1 and
+``retry_of`` = the first attempt's id (a CANCELLED run is never retried). Only after the
+last attempt are triggers queued: ``on_success`` after SUCCESS, ``on_failure`` after a
+final FAILED/TIMEOUT; each triggered run gets ``triggered_by = "upstream"``,
+``upstream_run_id`` and ``FASTFLOW_UPSTREAM_RUN_ID``/``FASTFLOW_UPSTREAM_STATUS`` in its
+environment. Triggers are not followed while the pipelines have a trigger cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from fastflow.db.engine import Database
+from fastflow.db.models import RunStatus, Trigger, utcnow
+from fastflow.orchestration import queue
+from fastflow.orchestration.retries import retry_delay, should_retry
+from fastflow.runs import pipelines
+from fastflow.runs.specs import RetrySpec
+
+log = logging.getLogger("fastflow.orchestration")
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The facts about a finished run that the follow-up needs."""
+
+    run_id: uuid.UUID
+    pipeline_name: str
+    status: str
+    attempt: int
+    retry_of: uuid.UUID | None
+    run_config_id: str | None = None
+    env: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    retry: uuid.UUID | None = None
+    retry_delay_s: float | None = None
+    triggered: tuple[uuid.UUID, ...] = ()
+
+
+def retry_spec(pipeline: pipelines.Pipeline, run_config_id: str | None) -> RetrySpec:
+    """The schedule's own retries (Fast-Flow named schedules), else the pipeline's."""
+    per = pipeline.config.schedule_retries
+    return (
+        per.get(run_config_id, pipeline.config.retries)
+        if run_config_id
+        else (pipeline.config.retries)
+    )
+
+
+def follow_up(db: Database, pipelines_dir: Path, ended: Ended) -> FollowUp:
+    """Queue the next attempt or the triggered pipelines; never raises for a pipeline
+    that vanished or became invalid (logged instead)."""
+    try:
+        pipeline = pipelines.load(pipelines_dir, ended.pipeline_name)
+    except Exception as e:  # the folder changed under us: nothing to follow
+        log.warning("no follow-up for run %s: %s", ended.run_id, e)
+        return FollowUp()
+    spec = retry_spec(pipeline, ended.run_config_id)
+    if should_retry(spec, ended.attempt, ended.status):
+        delay = retry_delay(spec, ended.attempt)
+        next_id = queue.enqueue(
+            db,
+            pipeline.name,
+            Trigger.RETRY.value,
+            env=ended.env,
+            attempt=ended.attempt + 1,
+            retry_of=ended.retry_of or ended.run_id,
+            not_before=utcnow() + timedelta(seconds=min(delay, 10**8)),
+            run_config_id=ended.run_config_id,
+        )
+        log.info(
+            "run %s %s: attempt %d in %.1f s", ended.run_id, ended.status, ended.attempt + 1, delay
+        )
+        return FollowUp(retry=next_id, retry_delay_s=delay)
+    return FollowUp(triggered=_trigger(db, pipelines_dir, pipeline, ended))
+
+
+def _trigger(
+    db: Database, pipelines_dir: Path, pipeline: pipelines.Pipeline, ended: Ended
+) -> tuple[uuid.UUID, ...]:
+    if ended.status == RunStatus.SUCCESS.value:
+        targets = pipeline.config.triggers.on_success
+    elif ended.status in (RunStatus.FAILED.value, RunStatus.TIMEOUT.value):
+        targets = pipeline.config.triggers.on_failure
+    else:
+        return ()
+    if not targets:
+        return ()
+    _, problems = pipelines.check_all(pipelines_dir)
+    cycles = [p for p in problems if p.message.startswith("trigger cycle")]
+    if cycles:
+        log.error("triggers of %s not followed: %s", pipeline.name, cycles[0].message)
+        return ()
+    env = {"FASTFLOW_UPSTREAM_RUN_ID": str(ended.run_id), "FASTFLOW_UPSTREAM_STATUS": ended.status}
+    out = []
+    for name in targets:
+        try:
+            pipelines.load(pipelines_dir, name)
+        except Exception as e:
+            log.error("trigger %s -> %s not queued: %s", pipeline.name, name, e)
+            continue
+        out.append(
+            queue.enqueue(db, name, Trigger.UPSTREAM.value, env=env, upstream_run_id=ended.run_id)
+        )
+    return tuple(out)

@@ -1,0 +1,218 @@
+"""The run queue and its dispatcher, with real pipelines and a real database: retries
+with their delays, downstream triggers, run parameters, max_instances and
+MAX_CONCURRENT_RUNS, cancelling queued and running runs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fastflow.config import load_settings
+from fastflow.context import Context, bootstrap
+from fastflow.db.models import PipelineRun
+from fastflow.lifecycle.cleanup import run_pass
+from fastflow.orchestration import queue
+from fastflow.orchestration.dispatcher import Dispatcher
+from tests.conftest import MakePipeline, wait_until
+from tests.harness.fixtures import S3Env
+from tests.seeding import keys, object_bytes
+
+FINAL = ("SUCCESS", "FAILED", "TIMEOUT", "CANCELLED")
+
+
+@pytest.fixture
+def dispatcher(app: Context) -> Iterator[Dispatcher]:
+    d = Dispatcher(app)
+    yield d
+    d.stop()
+
+
+def _runs(ctx: Context, pipeline: str) -> list[PipelineRun]:
+    with ctx.db.session() as s:
+        rows = s.query(PipelineRun).filter(PipelineRun.pipeline_name == pipeline).all()
+    return sorted(rows, key=lambda r: (r.queued_at or r.started_at, r.attempt or 1))
+
+
+def _final(ctx: Context, pipeline: str, n: int) -> list[PipelineRun]:
+    wait_until(
+        lambda: len([r for r in _runs(ctx, pipeline) if r.status in FINAL]) >= n,
+        60,
+        f"{n} finished runs of {pipeline}",
+    )
+    return _runs(ctx, pipeline)
+
+
+FLAKY = """
+import pathlib, sys
+state = pathlib.Path({state!r})
+n = int(state.read_text()) if state.exists() else 0
+state.write_text(str(n + 1))
+print("attempt", n + 1)
+sys.exit(0 if n >= 2 else 3)
+"""
+
+
+def test_fails_twice_then_succeeds_in_three_attempts_with_the_configured_delays(
+    app: Context, dispatcher: Dispatcher, make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    make_pipeline(
+        "flaky",
+        FLAKY.format(state=str(tmp_path / "state")),
+        config='{"retries": {"max": 2, "delay_seconds": 1, "backoff": "exponential"}}',
+    )
+    first = dispatcher.start("flaky", "api")
+    runs = _final(app, "flaky", 3)
+    assert [r.status for r in runs] == ["FAILED", "FAILED", "SUCCESS"]
+    assert [r.attempt for r in runs] == [1, 2, 3]
+    assert runs[0].id == first and all(r.retry_of == first for r in runs[1:])
+    assert [r.triggered_by for r in runs] == ["api", "retry", "retry"]
+    for earlier, later, delay in ((runs[0], runs[1], 1.0), (runs[1], runs[2], 2.0)):
+        assert earlier.finished_at is not None
+        gap = (later.started_at - earlier.finished_at).total_seconds()
+        assert delay - 0.1 <= gap <= delay + 1.5, gap  # exponential: 1 s, then 2 s
+    for r in runs:  # every attempt has its own log
+        assert f"attempt {r.attempt}" in (app.settings.logs_root / r.log_file).read_text()
+
+
+def test_every_attempt_is_archived_by_a_cleanup_pass(
+    ff_env: dict[str, str],
+    s3: S3Env,
+    make_pipeline: MakePipeline,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    ctx = bootstrap(load_settings())
+    d = Dispatcher(ctx)
+    try:
+        make_pipeline(
+            "flaky",
+            FLAKY.format(state=str(tmp_path / "state")),
+            config='{"retries": {"max": 2, "delay_seconds": 0}}',
+        )
+        d.start("flaky", "api")
+        runs = _final(ctx, "flaky", 3)
+    finally:
+        d.stop()
+    retention = bootstrap(load_settings(log_retention_runs=1))
+    summary = run_pass(retention, "test")
+    assert summary.archived_runs == 2 and summary.backup_failures == 0
+    stored = keys(s3.client(), s3.bucket)
+    for r in runs[:2]:
+        key = f"pipeline-logs/flaky/{r.id}/run.log"
+        assert key in stored
+        assert f"attempt {r.attempt}" in object_bytes(s3.client(), s3.bucket, key).decode()
+    retention.db.dispose()
+    ctx.db.dispose()
+
+
+def test_triggers_queue_downstream_runs_with_the_upstream_facts(
+    app: Context, dispatcher: Dispatcher, make_pipeline: MakePipeline
+) -> None:
+    make_pipeline(
+        "extract",
+        "import sys; sys.exit(0)",
+        config='{"triggers": {"on_success": ["load"], "on_failure": ["alarm"]}}',
+    )
+    make_pipeline(
+        "load",
+        "import os; print(os.environ['FASTFLOW_UPSTREAM_RUN_ID'],"
+        " os.environ['FASTFLOW_UPSTREAM_STATUS'])",
+    )
+    make_pipeline("alarm")
+    upstream = dispatcher.start("extract", "api")
+    (load,) = _final(app, "load", 1)
+    assert load.triggered_by == "upstream" and load.upstream_run_id == upstream
+    text = (app.settings.logs_root / load.log_file).read_text()
+    assert f"{upstream} SUCCESS" in text
+    assert _runs(app, "alarm") == []
+
+
+def test_run_parameters_reach_the_pipeline(
+    app: Context, dispatcher: Dispatcher, make_pipeline: MakePipeline
+) -> None:
+    make_pipeline(
+        "params", "import os; print('MODE=' + os.environ['MODE'])", '{"env": {"MODE": "a"}}'
+    )
+    dispatcher.start("params", "api", env={"MODE": "full"})
+    (run,) = _final(app, "params", 1)
+    assert "MODE=full" in (app.settings.logs_root / run.log_file).read_text()
+    assert json.loads(run.env_overrides or "{}") == {"MODE": "full"}
+
+
+def test_max_instances_and_concurrency_limit(
+    ff_env: dict[str, str], make_pipeline: MakePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_CONCURRENT_RUNS", "2")
+    ctx = bootstrap(load_settings())
+    d = Dispatcher(ctx)
+    gate = Path(ff_env["DATA_DIR"]) / "gate"
+    wait_code = (
+        f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.05)\n"
+    )
+    make_pipeline("single", wait_code, '{"max_instances": 1}')
+    make_pipeline("multi", wait_code, '{"max_instances": 5}')
+    try:
+        for name in ("single", "single", "multi", "multi", "multi"):
+            d.start(name, "api")
+
+        def running() -> dict[str, int]:
+            with ctx.db.session() as s:
+                rows = s.query(PipelineRun).filter(PipelineRun.status == "RUNNING").all()
+            out: dict[str, int] = {}
+            for r in rows:
+                out[r.pipeline_name] = out.get(r.pipeline_name, 0) + 1
+            return out
+
+        wait_until(lambda: sum(running().values()) == 2, 30, "two runs to start")
+        assert running().get("single", 0) <= 1
+        assert d.active == 2  # MAX_CONCURRENT_RUNS
+        gate.write_text("go")
+        _final(ctx, "multi", 3)
+        runs = _final(ctx, "single", 2)
+        a, b = runs
+        assert a.finished_at is not None and b.started_at >= a.finished_at  # never together
+    finally:
+        gate.write_text("go")
+        d.stop()
+        ctx.db.dispose()
+
+
+def test_cancel_a_queued_and_a_running_run(
+    app: Context, dispatcher: Dispatcher, make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pid"
+    make_pipeline(
+        "sleepy",
+        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "print('started', flush=True)\ntime.sleep(300)\n",
+        '{"max_instances": 1}',
+    )
+    running = dispatcher.start("sleepy", "api")
+    queued = dispatcher.start("sleepy", "api")
+    wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30, "the first run")
+    assert queue.cancel(app.db, queued) == "cancelled"  # at once, never started
+    assert queue.cancel(app.db, running) == "requested"  # any server: noticed by its own
+    (first, second) = _final(app, "sleepy", 2)
+    by_id = {r.id: r for r in (first, second)}
+    assert by_id[queued].status == "CANCELLED" and by_id[queued].runner_pid is None
+    assert by_id[running].status == "CANCELLED"
+    log = (app.settings.logs_root / by_id[running].log_file).read_text()
+    assert "run cancelled: process tree killed" in log
+    pid = int(pid_file.read_text())
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 15, "the process")
+    assert queue.cancel(app.db, running) == "finished"
+    with pytest.raises(Exception, match="not found"):
+        queue.cancel(app.db, uuid.uuid4())
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
