@@ -46,6 +46,11 @@ def _final(ctx: Context, pipeline: str, n: int) -> list[PipelineRun]:
     return _runs(ctx, pipeline)
 
 
+def _log(ctx: Context, run: PipelineRun) -> Path:
+    assert run.log_file is not None
+    return ctx.settings.logs_root / run.log_file
+
+
 FLAKY = """
 import pathlib, sys
 state = pathlib.Path({state!r})
@@ -75,7 +80,7 @@ def test_fails_twice_then_succeeds_in_three_attempts_with_the_configured_delays(
         gap = (later.started_at - earlier.finished_at).total_seconds()
         assert delay - 0.1 <= gap <= delay + 1.5, gap  # exponential: 1 s, then 2 s
     for r in runs:  # every attempt has its own log
-        assert f"attempt {r.attempt}" in (app.settings.logs_root / r.log_file).read_text()
+        assert f"attempt {r.attempt}" in _log(app, r).read_text()
 
 
 def test_every_attempt_is_archived_by_a_cleanup_pass(
@@ -128,7 +133,7 @@ def test_triggers_queue_downstream_runs_with_the_upstream_facts(
     upstream = dispatcher.start("extract", "api")
     (load,) = _final(app, "load", 1)
     assert load.triggered_by == "upstream" and load.upstream_run_id == upstream
-    text = (app.settings.logs_root / load.log_file).read_text()
+    text = _log(app, load).read_text()
     assert f"{upstream} SUCCESS" in text
     assert _runs(app, "alarm") == []
 
@@ -141,7 +146,7 @@ def test_run_parameters_reach_the_pipeline(
     )
     dispatcher.start("params", "api", env={"MODE": "full"})
     (run,) = _final(app, "params", 1)
-    assert "MODE=full" in (app.settings.logs_root / run.log_file).read_text()
+    assert "MODE=full" in _log(app, run).read_text()
     assert json.loads(run.env_overrides or "{}") == {"MODE": "full"}
 
 
@@ -202,7 +207,7 @@ def test_cancel_a_queued_and_a_running_run(
     by_id = {r.id: r for r in (first, second)}
     assert by_id[queued].status == "CANCELLED" and by_id[queued].runner_pid is None
     assert by_id[running].status == "CANCELLED"
-    log = (app.settings.logs_root / by_id[running].log_file).read_text()
+    log = _log(app, by_id[running]).read_text()
     assert "run cancelled: process tree killed" in log
     pid = int(pid_file.read_text())
     wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 15, "the process")
