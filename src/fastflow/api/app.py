@@ -21,6 +21,7 @@ from fastflow.context import Context
 from fastflow.lifecycle.cleanup import PassSummary
 from fastflow.lifecycle.scheduler import CleanupScheduler
 from fastflow.orchestration.dispatcher import Dispatcher
+from fastflow.orchestration.ticker import ScheduleLoop
 
 log = logging.getLogger("fastflow.api")
 
@@ -53,9 +54,14 @@ def create_app(
         if scheduler:
             scheduler.start()
         dispatcher.ensure_running()  # queued runs (also from other servers) start here
+        ticker = ScheduleLoop(ctx, on_queued=dispatcher.wake) if schedule else None
+        if ticker:
+            ticker.start()
         try:
             yield
         finally:
+            if ticker:
+                ticker.stop()
             dispatcher.stop()
             if scheduler:
                 scheduler.stop()

@@ -71,6 +71,10 @@ class Dispatcher:
         self._stop.set()
         self._wake.set()
 
+    def wake(self) -> None:
+        """Look at the queue now (new runs were queued)."""
+        self._wake.set()
+
     @property
     def active(self) -> int:
         with self._lock:

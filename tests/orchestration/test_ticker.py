@@ -1,0 +1,160 @@
+"""Schedule ticks become queued runs: injected clock for misfires and overlap, two
+tickers on one PostgreSQL database for exactly-once, and a real `fastflow serve`."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from fastflow.config import load_settings
+from fastflow.context import Context, bootstrap
+from fastflow.db.models import PipelineRun, ScheduleTick
+from fastflow.orchestration.ticker import ScheduleLoop, fire_due
+from fastflow.runs import pipelines
+from tests.conftest import MakePipeline, wait_until
+from tests.harness.ports import free_port
+
+T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def _runs(ctx: Context) -> list[PipelineRun]:
+    with ctx.db.session() as s:
+        return list(s.query(PipelineRun).order_by(PipelineRun.scheduled_for).all())
+
+
+def _ticks(ctx: Context) -> list[ScheduleTick]:
+    with ctx.db.session() as s:
+        return list(s.query(ScheduleTick).order_by(ScheduleTick.scheduled_for).all())
+
+
+def _load(ctx: Context, name: str) -> pipelines.Pipeline:
+    return pipelines.load(ctx.settings.pipelines_dir, name)
+
+
+def test_first_sight_is_a_baseline_then_each_tick_queues_one_run(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    make_pipeline("every10", config='{"schedules": [{"interval_seconds": 10}]}')
+    p = _load(app, "every10")
+    (spec,) = p.config.schedules
+    assert fire_due(app, p, spec, T0) == "baseline"
+    assert fire_due(app, p, spec, T0 + timedelta(seconds=5)) == "idle"
+    assert fire_due(app, p, spec, T0 + timedelta(seconds=10)) == "queued"
+    assert fire_due(app, p, spec, T0 + timedelta(seconds=11)) == "idle"
+    (run,) = _runs(app)
+    assert run.status == "QUEUED" and run.triggered_by == "schedule"
+    assert run.scheduled_for == T0 + timedelta(seconds=10) and run.schedule_key == "0"
+
+
+def test_missed_ticks_coalesce_into_one_run_or_are_skipped_when_stale(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    make_pipeline(
+        "hourly",
+        config='{"schedules": [{"cron": "0 * * * *", "misfire_grace_seconds": 600}]}',
+    )
+    p = _load(app, "hourly")
+    (spec,) = p.config.schedules
+    fire_due(app, p, spec, T0)  # baseline 12:00
+    # the server was down 12:00-15:05: ticks 13:00, 14:00, 15:00; the latest is 5 min old
+    assert fire_due(app, p, spec, T0 + timedelta(hours=3, minutes=5)) == "queued"
+    (run,) = _runs(app)
+    assert run.scheduled_for == T0 + timedelta(hours=3)
+    # down again until 17:30: the 16:00 and 17:00 ticks are older than the grace
+    assert fire_due(app, p, spec, T0 + timedelta(hours=5, minutes=30)) == "stale"
+    assert len(_runs(app)) == 1
+    assert fire_due(app, p, spec, T0 + timedelta(hours=6)) == "queued"  # 18:00 on time
+
+
+def test_overlap_skip_and_queue(app: Context, make_pipeline: MakePipeline) -> None:
+    make_pipeline("skipper", config='{"schedules": [{"interval_seconds": 60}]}')
+    make_pipeline(
+        "queuer", config='{"schedules": [{"interval_seconds": 60}], "on_overlap": "queue"}'
+    )
+    for name in ("skipper", "queuer"):
+        p = _load(app, name)
+        (spec,) = p.config.schedules
+        fire_due(app, p, spec, T0)
+        with app.db.session() as s:  # one run of the pipeline is running already
+            s.add(
+                PipelineRun(
+                    pipeline_name=name, status="RUNNING", triggered_by="manual", started_at=T0
+                )
+            )
+        outcome = fire_due(app, p, spec, T0 + timedelta(seconds=60))
+        assert outcome == ("skipped" if name == "skipper" else "queued")
+    outcomes = {(t.pipeline_name, t.outcome) for t in _ticks(app)}
+    assert ("skipper", "skipped") in outcomes and ("queuer", "queued") in outcomes
+
+
+@pytest.mark.slow
+def test_two_tickers_on_postgres_queue_each_tick_once(
+    ff_env: dict[str, str],
+    pg_url: str,
+    make_pipeline: MakePipeline,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    make_pipeline("fast", config='{"schedules": [{"interval_seconds": 1}]}')
+    servers = [bootstrap(load_settings()) for _ in range(2)]
+    loops = [ScheduleLoop(ctx) for ctx in servers]
+    p = _load(servers[0], "fast")
+    (spec,) = p.config.schedules
+    fire_due(servers[0], p, spec, T0)
+    start = threading.Barrier(2)
+
+    def drive(loop: ScheduleLoop) -> None:
+        start.wait()
+        for second in range(1, 31):  # 30 s of ticks, both servers every half second
+            for half in (0, 500_000):
+                loop.run_once(T0 + timedelta(seconds=second, microseconds=half))
+
+    threads = [threading.Thread(target=drive, args=(loop,)) for loop in loops]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    times = [r.scheduled_for for r in _runs(servers[0])]
+    assert len(times) == len(set(times)) == 30  # no duplicate, no gap
+    assert times[0] == T0 + timedelta(seconds=1) and times[-1] == T0 + timedelta(seconds=30)
+    for ctx in servers:
+        ctx.db.dispose()
+
+
+@pytest.mark.slow
+def test_serve_runs_an_interval_schedule_in_real_time(
+    ff_env: dict[str, str], make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    make_pipeline("tick", "print('tick')", '{"schedules": [{"interval_seconds": 1}]}')
+    ctx = bootstrap(load_settings())
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fastflow", "serve", "--port", str(free_port())],
+        env={**os.environ, **ff_env},
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "serve.log").open("w"),
+    )
+    try:
+        wait_until(
+            lambda: len([r for r in _runs(ctx) if r.status == "SUCCESS"]) >= 3,
+            60,
+            "three scheduled runs",
+        )
+    finally:
+        server.terminate()
+        server.wait(30)
+    done = [r for r in _runs(ctx) if r.status == "SUCCESS"]
+    assert all(r.triggered_by == "schedule" and r.scheduled_for for r in done)
+    gaps = [
+        (b.scheduled_for - a.scheduled_for).total_seconds()
+        for a, b in itertools.pairwise(done)
+        if a.scheduled_for and b.scheduled_for
+    ]
+    assert all(g >= 1 for g in gaps)
+    ctx.db.dispose()
