@@ -155,12 +155,25 @@ class RetentionOut(BaseModel):
     max_size_mb: int | None
 
 
+class ScheduleOut(BaseModel):
+    """One schedule of a pipeline and its next tick."""
+
+    schedule_key: str
+    schedule: str
+    enabled: bool
+    next_run_at: str | None
+
+
 class PipelineOut(BaseModel):
     name: str
     description: str
     timeout: float | None
     retention: RetentionOut
     last_run: RunRowOut | None
+    schedules: list[ScheduleOut] = []
+    max_instances: int = 1
+    retries: int = 0
+    triggers: dict[str, list[str]] = {}
 
 
 class PipelineListOut(RootModel[list[PipelineOut]]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -12,14 +13,27 @@ from fastflow import exit_codes
 from fastflow.cli import _context, _settings
 
 
+def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not key.replace("_", "").isalnum():
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--env")
+        env[key] = value
+    return env
+
+
 @click.command("run")
 @click.argument("pipeline")
+@click.option("--env", "env_pairs", multiple=True, metavar="K=V", help="Run parameter.")
 @click.pass_context
-def run_cmd(ctx: click.Context, pipeline: str) -> None:
-    """Run PIPELINE now in the foreground; print the run id as the last line."""
+def run_cmd(ctx: click.Context, pipeline: str, env_pairs: tuple[str, ...]) -> None:
+    """Run PIPELINE now in the foreground (with its retries); print each attempt's run id,
+    the last attempt's as the last line."""
     from fastflow.db.models import RunStatus, Trigger
-    from fastflow.runs.runner import run_pipeline
+    from fastflow.orchestration.foreground import run_in_foreground
 
+    env = _parse_env(env_pairs)
     app = _context(ctx)
     echo = None
     if sys.stdout.isatty():
@@ -28,15 +42,58 @@ def run_cmd(ctx: click.Context, pipeline: str) -> None:
             sys.stdout.write(text)
             sys.stdout.flush()
 
-    result = run_pipeline(app.db, app.settings, pipeline, Trigger.CLI.value, echo=echo)
-    code = "-" if result.exit_code is None else str(result.exit_code)
-    click.echo(
-        f"run {result.run_id} of {result.pipeline_name!r}: {result.status.value} "
-        f"(exit code {code}); log: {result.log_path}",
-        err=True,
+    def report(result: Any, delay: float | None) -> None:
+        code = "-" if result.exit_code is None else str(result.exit_code)
+        click.echo(
+            f"run {result.run_id} of {result.pipeline_name!r}: {result.status.value} "
+            f"(exit code {code}); log: {result.log_path}",
+            err=True,
+        )
+        if delay is not None:
+            click.echo(f"retrying in {delay:g} s", err=True)
+        click.echo(str(result.run_id))
+
+    last = run_in_foreground(
+        app, pipeline, Trigger.CLI.value, env=env or None, echo=echo, on_attempt=report
     )
-    click.echo(str(result.run_id))
-    sys.exit(exit_codes.OK if result.status == RunStatus.SUCCESS else exit_codes.FAILED)
+    sys.exit(exit_codes.OK if last.status == RunStatus.SUCCESS else exit_codes.FAILED)
+
+
+@click.command("cancel")
+@click.argument("run_id")
+@click.pass_context
+def cancel_cmd(ctx: click.Context, run_id: str) -> None:
+    """Cancel RUN_ID: a queued run at once; a running one on whichever server runs it."""
+    from fastflow.orchestration import queue
+    from fastflow.runs import store
+
+    app = _context(ctx)
+    outcome = queue.cancel(app.db, store.parse_run_id(run_id))
+    messages = {
+        "cancelled": "cancelled (it had not started)",
+        "requested": "cancellation requested; the server running it stops it within seconds",
+        "finished": "it has already finished; nothing to cancel",
+    }
+    click.echo(f"run {run_id}: {messages[outcome]}", err=True)
+    sys.exit(exit_codes.FAILED if outcome == "finished" else exit_codes.OK)
+
+
+@click.command("schedules")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def schedules_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Every schedule with its next run (UTC) and the pipeline's last run."""
+    from fastflow.db.models import utcnow
+    from fastflow.orchestration.ticker import schedule_rows
+
+    app = _context(ctx)
+    rows = schedule_rows(app, utcnow())
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    for r in rows:
+        last = r["last_run"]["status"] if r["last_run"] else "-"
+        click.echo(f"{r['pipeline_name']}\t{r['schedule']}\t{r['next_run_at'] or '-'}\t{last}")
 
 
 @click.command("runs")
@@ -143,4 +200,11 @@ def pipelines_check_cmd(ctx: click.Context, as_json: bool) -> None:
         sys.exit(exit_codes.FAILED)
 
 
-COMMANDS: tuple[click.Command, ...] = (run_cmd, runs_cmd, logs_cmd, pipelines_cmd)
+COMMANDS: tuple[click.Command, ...] = (
+    run_cmd,
+    runs_cmd,
+    logs_cmd,
+    pipelines_cmd,
+    cancel_cmd,
+    schedules_cmd,
+)

@@ -82,10 +82,10 @@ def follow_up(db: Database, pipelines_dir: Path, ended: Ended) -> FollowUp:
             "run %s %s: attempt %d in %.1f s", ended.run_id, ended.status, ended.attempt + 1, delay
         )
         return FollowUp(retry=next_id, retry_delay_s=delay)
-    return FollowUp(triggered=_trigger(db, pipelines_dir, pipeline, ended))
+    return FollowUp(triggered=queue_triggers(db, pipelines_dir, pipeline, ended))
 
 
-def _trigger(
+def queue_triggers(
     db: Database, pipelines_dir: Path, pipeline: pipelines.Pipeline, ended: Ended
 ) -> tuple[uuid.UUID, ...]:
     if ended.status == RunStatus.SUCCESS.value:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
@@ -26,6 +27,7 @@ from fastflow.db.models import ScheduleTick, Trigger, utcnow
 from fastflow.orchestration import queue
 from fastflow.orchestration.schedules import due, next_fire
 from fastflow.runs import pipelines
+from fastflow.runs import store as run_store
 from fastflow.runs.specs import ScheduleSpec
 
 log = logging.getLogger("fastflow.orchestration")
@@ -132,6 +134,38 @@ def next_runs(ctx: Context, found: list[pipelines.Pipeline], now: datetime) -> l
         for p in found
         for spec in p.config.schedules
     ]
+
+
+def describe(spec: ScheduleSpec) -> str:
+    """``cron */15 * * * * (Europe/Berlin)``, ``every 3600 s``, ``once at …``."""
+    if spec.cron:
+        return f"cron {spec.cron}" + (f" ({spec.timezone})" if spec.timezone else "")
+    if spec.interval_seconds:
+        return f"every {spec.interval_seconds} s"
+    return f"once at {spec.once_at.isoformat() if spec.once_at else '?'}"
+
+
+def schedule_rows(ctx: Context, now: datetime) -> list[dict[str, Any]]:
+    """Every schedule of every pipeline with its ``next_run_at`` (UTC ISO 8601) and the
+    pipeline's last run."""
+    found = pipelines.discover(ctx.settings.pipelines_dir)
+    nexts = {(n.pipeline_name, n.schedule_key): n.next_run_at for n in next_runs(ctx, found, now)}
+    out = []
+    for p in found:
+        last = run_store.list_runs(ctx.db, pipeline=p.name, limit=1)
+        for spec in p.config.schedules:
+            at = nexts.get((p.name, spec.key))
+            out.append(
+                {
+                    "pipeline_name": p.name,
+                    "schedule_key": spec.key,
+                    "schedule": describe(spec),
+                    "enabled": spec.enabled and p.config.enabled,
+                    "next_run_at": at.isoformat() if at else None,
+                    "last_run": last[0].to_dict() if last else None,
+                }
+            )
+    return out
 
 
 def prune(ctx: Context, now: datetime) -> None:

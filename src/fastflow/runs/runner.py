@@ -83,11 +83,23 @@ def run_pipeline(
     *,
     echo: Callable[[str], None] | None = None,
     cancel: threading.Event | None = None,
+    env: dict[str, str] | None = None,
+    attempt: int = 1,
+    retry_of: uuid.UUID | None = None,
 ) -> RunResult:
-    """Create a run of pipeline ``name`` and execute it in the foreground."""
+    """Create a run of pipeline ``name`` and execute it in the foreground (``env``: run
+    parameters over the pipeline's own ``env``)."""
     pipeline = pipelines.load(settings.pipelines_dir, name)
-    run = runs.create(db, pipeline.name, triggered_by, pid=os.getpid())
-    return execute(db, settings, pipeline, run.id, echo=echo, cancel=cancel)
+    run = runs.create(
+        db,
+        pipeline.name,
+        triggered_by,
+        pid=os.getpid(),
+        attempt=attempt,
+        retry_of=retry_of,
+        env=env,
+    )
+    return execute(db, settings, pipeline, run.id, echo=echo, cancel=cancel, extra_env=env)
 
 
 def _kill_tree(proc: subprocess.Popen[bytes], sig: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -35,7 +36,16 @@ def process_started(pid: int) -> float | None:
         return None
 
 
-def create(db: Database, pipeline_name: str, triggered_by: str, *, pid: int) -> PipelineRun:
+def create(
+    db: Database,
+    pipeline_name: str,
+    triggered_by: str,
+    *,
+    pid: int,
+    attempt: int = 1,
+    retry_of: uuid.UUID | None = None,
+    env: dict[str, str] | None = None,
+) -> PipelineRun:
     """Insert a PENDING run owned by process ``pid`` on this host."""
     run_id = uuid.uuid4()
     run = PipelineRun(
@@ -49,6 +59,9 @@ def create(db: Database, pipeline_name: str, triggered_by: str, *, pid: int) -> 
         runner_host=HOSTNAME,
         runner_pid=pid,
         runner_started=process_started(pid),
+        attempt=attempt,
+        retry_of=retry_of,
+        env_overrides=json.dumps(env) if env else None,
     )
     with db.session() as s:
         s.add(run)

@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 
 from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
 from fastflow.api.schemas import PipelineListOut, RunStartedOut
-from fastflow.db.models import Trigger
+from fastflow.db.models import Trigger, utcnow
+from fastflow.orchestration.ticker import schedule_rows
 from fastflow.runs import pipelines
 from fastflow.runs import store as runs
 
@@ -19,12 +20,26 @@ router = APIRouter(prefix="/api/pipelines", tags=["pipelines"])
 
 @router.get("", response_model=PipelineListOut)
 def list_pipelines(ctx: CtxDep, _: PrincipalDep) -> list[dict[str, Any]]:
-    """Discovered pipelines with their last run."""
+    """Discovered pipelines with their last run, schedules (next run, UTC), limits,
+    retries and triggers."""
+    now = utcnow()
+    rows = schedule_rows(ctx, now)
     out = []
     for p in pipelines.discover(ctx.settings.pipelines_dir):
         data = p.to_dict()
         last = runs.list_runs(ctx.db, pipeline=p.name, limit=1)
         data["last_run"] = last[0].to_dict() if last else None
+        data["schedules"] = [
+            {k: r[k] for k in ("schedule_key", "schedule", "enabled", "next_run_at")}
+            for r in rows
+            if r["pipeline_name"] == p.name
+        ]
+        data["max_instances"] = p.config.max_instances
+        data["retries"] = p.config.retries.max
+        data["triggers"] = {
+            "on_success": list(p.config.triggers.on_success),
+            "on_failure": list(p.config.triggers.on_failure),
+        }
         out.append(data)
     return out
 

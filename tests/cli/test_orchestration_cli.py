@@ -1,0 +1,82 @@
+"""`fastflow run --env` and retries in the foreground, `fastflow cancel`, `fastflow
+schedules`, through the real command."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from subprocess import CompletedProcess
+
+from fastflow.config import load_settings
+from fastflow.context import bootstrap
+from fastflow.orchestration import queue
+from tests.conftest import MakePipeline
+
+Cli = Callable[..., CompletedProcess[str]]
+
+
+def test_run_with_parameters(make_pipeline: MakePipeline, cli: Cli) -> None:
+    code = "import os; print('MODE=' + os.environ['MODE'])"
+    make_pipeline("p", code, '{"env": {"MODE": "x"}}')
+    res = cli("run", "p", "--env", "MODE=full", "--env", "EXTRA=1")
+    assert res.returncode == 0, res.stderr
+    run_id = res.stdout.strip().splitlines()[-1]
+    log = cli("logs", run_id).stdout
+    assert "MODE=full" in log
+    bad = cli("run", "p", "--env", "NOEQUALS")
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+
+
+def test_foreground_run_honours_retries(
+    make_pipeline: MakePipeline, cli: Cli, tmp_path: Path
+) -> None:
+    state = tmp_path / "n"
+    make_pipeline(
+        "flaky",
+        f"import pathlib, sys\np = pathlib.Path({str(state)!r})\n"
+        "n = int(p.read_text()) if p.exists() else 0\np.write_text(str(n + 1))\n"
+        "sys.exit(0 if n >= 1 else 4)\n",
+        '{"retries": {"max": 3, "delay_seconds": 0.2}}',
+    )
+    res = cli("run", "flaky")
+    assert res.returncode == 0, res.stderr
+    ids = res.stdout.strip().splitlines()
+    assert len(ids) == 2  # one line per attempt; the last is the successful one
+    assert "retrying in 0.2 s" in res.stderr
+    runs = json.loads(cli("runs", "--pipeline", "flaky", "--json").stdout)
+    by_id = {r["id"]: r for r in runs}
+    assert by_id[ids[0]]["status"] == "FAILED" and by_id[ids[0]]["attempt"] == 1
+    assert by_id[ids[1]]["status"] == "SUCCESS" and by_id[ids[1]]["attempt"] == 2
+    assert by_id[ids[1]]["retry_of"] == ids[0] and by_id[ids[1]]["triggered_by"] == "retry"
+
+
+def test_cancel_a_queued_run_from_the_cli(
+    make_pipeline: MakePipeline, cli: Cli, ff_env: dict[str, str]
+) -> None:
+    make_pipeline("later")
+    ctx = bootstrap(load_settings())
+    run_id = queue.enqueue(ctx.db, "later", "api")
+    res = cli("cancel", str(run_id))
+    assert res.returncode == 0 and "cancelled" in res.stderr
+    again = cli("cancel", str(run_id))
+    assert again.returncode == 1 and "already finished" in again.stderr
+    (row,) = json.loads(cli("runs", "--json").stdout)
+    assert row["status"] == "CANCELLED" and row["queued_at"]
+    ctx.db.dispose()
+
+
+def test_schedules_lists_next_runs(make_pipeline: MakePipeline, cli: Cli) -> None:
+    make_pipeline(
+        "nightly",
+        config='{"schedules": [{"cron": "30 2 * * *", "timezone": "Europe/Berlin"},'
+        ' {"interval_seconds": 60}]}',
+    )
+    make_pipeline("manual_only")
+    res = cli("schedules", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [r["pipeline_name"] for r in rows] == ["nightly", "nightly"]
+    cron, every = rows
+    assert cron["schedule"] == "cron 30 2 * * * (Europe/Berlin)" and cron["next_run_at"]
+    assert every["schedule"] == "every 60 s" and every["next_run_at"].endswith("+00:00")
