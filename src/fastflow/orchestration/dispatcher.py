@@ -20,13 +20,14 @@ from fastflow.context import Context
 from fastflow.db.models import PipelineRun, RunStatus
 from fastflow.orchestration import queue
 from fastflow.orchestration.followup import Ended, follow_up
-from fastflow.runs import pipelines, runner
+from fastflow.runs import liveness, pipelines, runner
 from fastflow.runs import store as runs
 
 log = logging.getLogger("fastflow.orchestration")
 POLL_S = 0.5
 WATCH_S = 1.0
 CONFIG_TTL_S = 5.0
+SWEEP_S = 5.0
 
 
 class Dispatcher:
@@ -83,9 +84,13 @@ class Dispatcher:
     # --- the loop -----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        last_watch = 0.0
+        last_watch = last_sweep = 0.0
+        liveness.hold(self._ctx.db)
         while not self._stop.is_set():
             try:
+                if time.monotonic() - last_sweep >= SWEEP_S:
+                    self._sweep_dead_servers()
+                    last_sweep = time.monotonic()
                 self._claim_and_start()
                 if time.monotonic() - last_watch >= WATCH_S:
                     self._watch_cancellations()
@@ -115,6 +120,20 @@ class Dispatcher:
             threading.Thread(
                 target=self._execute, args=(run, cancel), name=f"run-{run.id}", daemon=True
             ).start()
+
+    def _sweep_dead_servers(self) -> None:
+        """Runs of a server that died: claimed-but-unstarted ones go back to the queue,
+        running ones are marked FAILED (on this host, or — PostgreSQL — on any)."""
+        db, logs = self._ctx.db, self._ctx.settings.logs_root
+        n = runs.recover_orphans(db, logs)
+        n += runs.sweep_dead(
+            db,
+            logs,
+            lambda r: liveness.is_alive(db, r.runner_host, r.runner_pid, r.runner_started),
+            this_host=False,
+        )
+        if n:
+            log.warning("%d runs of dead fastflow processes retired or re-queued", n)
 
     def _watch_cancellations(self) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from fastflow.context import Context
 from fastflow.orchestration.followup import Ended, queue_triggers, retry_spec
 from fastflow.orchestration.retries import retry_delay, should_retry
-from fastflow.runs import pipelines
+from fastflow.runs import liveness, pipelines
 from fastflow.runs.runner import RunResult, run_pipeline
 
 
@@ -31,6 +31,7 @@ def run_in_foreground(
     """Run ``name`` until it succeeds or its retries are used up; ``on_attempt`` gets
     each attempt's result and the delay before the next one (None: no next attempt)."""
     pipeline = pipelines.load(ctx.settings.pipelines_dir, name)
+    liveness.hold(ctx.db)  # other servers can tell this process is alive
     spec = retry_spec(pipeline, None)
     attempt, first = 1, None
     pause = stop or threading.Event()

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from sqlalchemy import func, select
 
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database
-from fastflow.db.models import ACTIVE_STATUSES, PipelineRun, RunStatus, utcnow
+from fastflow.db.models import PipelineRun, RunStatus, utcnow
 from fastflow.errors import RunNotFound
 from fastflow.runs import files as logfiles
 
@@ -163,34 +164,52 @@ def _runner_alive(run: PipelineRun) -> bool:
 
 
 def recover_orphans(db: Database, logs_root: Path, now: datetime | None = None) -> int:
-    """Mark runs left PENDING/RUNNING by a dead process on this host as FAILED.
+    """Runs left PENDING/RUNNING by a dead process on this host: a claimed run that never
+    started goes back to the queue; any other is marked FAILED (what is left of its
+    process tree is killed). Runs of a live process or of another host are left alone
+    (see ``sweep_dead``). A note is appended to each failed run's log."""
+    return sweep_dead(db, logs_root, lambda run: _runner_alive(run), this_host=True, now=now)
 
-    Runs owned by a live process or by another host are left alone. A note is appended
-    to each recovered run's log. Returns the number of recovered runs.
-    """
+
+def sweep_dead(
+    db: Database,
+    logs_root: Path,
+    alive: Callable[[PipelineRun], bool],
+    *,
+    this_host: bool,
+    now: datetime | None = None,
+) -> int:
+    """Retire the active runs (of this host, or of every other host) whose runner
+    ``alive`` says is gone. Returns how many runs were failed or re-queued."""
     now = now or utcnow()
-    recovered = 0
+    host = PipelineRun.runner_host == HOSTNAME if this_host else PipelineRun.runner_host != HOSTNAME
+    retired = 0
     with db.session() as s:
         rows = s.scalars(
-            select(PipelineRun).where(
-                PipelineRun.status.in_(ACTIVE_STATUSES), PipelineRun.runner_host == HOSTNAME
-            )
+            select(PipelineRun).where(PipelineRun.status.in_(("PENDING", "RUNNING")), host)
         ).all()
         for run in rows:
-            if _runner_alive(run):
+            if alive(run):
                 continue
-            kill_orphaned_group(run.pipeline_pid, run.pipeline_started)
+            retired += 1
+            if run.status == "PENDING" and run.queued_at is not None and run.pipeline_pid is None:
+                run.status, run.runner_host, run.runner_pid = RunStatus.QUEUED.value, None, None
+                continue  # claimed but never started: another server takes it
+            if this_host:
+                kill_orphaned_group(run.pipeline_pid, run.pipeline_started)
             run.status = RunStatus.FAILED.value
             run.finished_at = now
-            recovered += 1
             if run.log_file:
                 run.log_size = _append_note(
                     logs_root,
                     run.log_file,
-                    f"run interrupted: the fastflow process (pid {run.runner_pid}) that ran "
-                    f"it is gone; marked FAILED at {now.isoformat(timespec='seconds')}",
+                    f"run interrupted: the fastflow process (pid {run.runner_pid} on "
+                    f"{run.runner_host}) that ran it is gone; marked FAILED at "
+                    f"{now.isoformat(timespec='seconds')}",
                 )
-    return recovered
+    if retired:
+        readcache.invalidate()
+    return retired
 
 
 def kill_orphaned_group(pgid: int | None, started: float | None) -> int:
