@@ -66,6 +66,7 @@ from fastflow.cli.admin import COMMANDS as _ADMIN  # noqa: E402
 from fastflow.cli.archive import COMMANDS as _ARCHIVE  # noqa: E402
 from fastflow.cli.cleanup import COMMANDS as _CLEANUP  # noqa: E402
 from fastflow.cli.runs import COMMANDS as _RUNS  # noqa: E402
+from fastflow.cli.webhooks import COMMANDS as _WEBHOOKS  # noqa: E402
 
-for _command in (*_RUNS, *_CLEANUP, *_ADMIN, *_ARCHIVE):
+for _command in (*_RUNS, *_CLEANUP, *_ADMIN, *_ARCHIVE, *_WEBHOOKS):
     cli.add_command(_command)
