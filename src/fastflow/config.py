@@ -116,6 +116,8 @@ class Settings(BaseSettings):
     scheduler_timezone: str = "UTC"
     cancel_grace_seconds: float = Field(default=DEFAULT_CANCEL_GRACE_S, ge=0, le=3600)
     webhook_rate_per_minute: int = Field(default=60, ge=1, le=100_000)
+    # reminders of a lasting incident (backups and runs): at most one per this many hours
+    notify_reminder_hours: float = Field(default=23, gt=0, le=10000)
 
     fastflow_base_url: str = DEFAULT_BASE_URL
     fastflow_secret_key: SecretStr | None = None

@@ -1,25 +1,24 @@
-"""Notifications about backup failures and recovery: e-mail and Microsoft Teams.
+"""Notifications about backup failures and failed pipeline runs: e-mail and Microsoft Teams.
 
-Data flow: a committed ``PassSummary`` -> ``incidents.decide`` (pure: what to announce)
--> ``records`` (incident state, delivery record) -> ``messages`` (words) -> ``email`` /
-``teams`` (best-effort transports) — wired by ``dispatch``. Entry points:
+Data flow: a committed ``PassSummary`` or a finished run -> ``incidents`` (pure: what to
+announce) -> ``records`` (incident state, delivery record) -> ``messages`` /
+``run_messages`` (words) -> ``email`` / ``teams`` (best-effort transports) — wired by
+``dispatch`` (passes) and ``runs`` (runs) over ``delivery`` (one background worker).
+Entry points:
 
 - ``after_pass(ctx, summary)`` after every cleanup pass (returns at once; never raises);
+- ``after_run(ctx, run_id, status, final)`` after every run (returns at once; never raises);
+- ``open_run_incidents(ctx)`` for the UI's bell: pipelines whose failures are unresolved;
 - ``send_test(ctx, email=..., teams=...)`` for ``fastflow notify test`` and the UI;
 - ``last_results(ctx)`` for ``GET /api/settings`` and the settings page.
 """
 
 from fastflow.notify import models as models  # registers the tables on Base.metadata
-from fastflow.notify.dispatch import (
-    CLI_WAIT_S,
-    ChannelResult,
-    Delivery,
-    after_pass,
-    last_results,
-    send_test,
-)
+from fastflow.notify.delivery import ChannelResult, Delivery
+from fastflow.notify.dispatch import CLI_WAIT_S, after_pass, last_results, send_test
 from fastflow.notify.incidents import Kind
 from fastflow.notify.retry import DeliveryOptions
+from fastflow.notify.runs import after_run, open_run_incidents
 
 __all__ = [
     "CLI_WAIT_S",
@@ -28,6 +27,8 @@ __all__ = [
     "DeliveryOptions",
     "Kind",
     "after_pass",
+    "after_run",
     "last_results",
+    "open_run_incidents",
     "send_test",
 ]

@@ -1,4 +1,6 @@
-"""PURE: decide what to announce from the previous incident, this pass's failures and now.
+"""PURE: decide what to announce from the previous incident, what just happened and now.
+
+Backups (``decide``):
 
 An *incident* starts with the first cleanup pass that has backup failures and ends with
 the first later pass that has none. Guarantees (pinned by ``tests/test_notify_incidents``):
@@ -12,6 +14,12 @@ the first later pass that has none. Guarantees (pinned by ``tests/test_notify_in
 
 Keys identify what failed: the run id, or ``PASS_KEY`` for a failure of the whole pass
 (for example S3 backup enabled but not configured).
+
+Runs (``decide_run``), one incident per pipeline, pinned by ``tests/notify/test_notify_runs``:
+the first final FAILED/TIMEOUT run opens it (``RUN_FAILURE``); further failures send
+nothing but a ``RUN_REMINDER`` once the last announcement is ``reminder_interval`` old; the
+next SUCCESS closes it (``RUN_RECOVERY``). A pipeline's ``notify.on_failure: false`` opens
+nothing and reminds of nothing, ``notify.on_recovery: false`` closes silently.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ class Kind(enum.StrEnum):
     REMINDER = "reminder"
     RECOVERY = "recovery"
     TEST = "test"
+    RUN_FAILURE = "run_failure"
+    RUN_REMINDER = "run_reminder"
+    RUN_RECOVERY = "run_recovery"
 
 
 @dataclass(frozen=True)
@@ -106,3 +117,69 @@ def _bounded(keys: frozenset[str]) -> frozenset[str]:
     if len(keys) <= MAX_KNOWN_KEYS:
         return keys
     return frozenset(sorted(keys)[:MAX_KNOWN_KEYS])
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+RUN_FAILED_STATUSES = ("FAILED", "TIMEOUT")
+RUN_SUCCESS_STATUS = "SUCCESS"
+MAX_RECENT_RUNS = 20  # failed run ids remembered, so that a run reported twice counts once
+
+
+@dataclass(frozen=True)
+class RunIncident:
+    """The state of one pipeline's failing streak; ``recent`` ends with the latest run."""
+
+    opened_at: datetime
+    last_announced_at: datetime
+    failures: int
+    recent: tuple[str, ...]
+    last_status: str
+    announcements: int = 1
+
+    @property
+    def last_run_id(self) -> str:
+        return self.recent[-1] if self.recent else ""
+
+
+@dataclass(frozen=True)
+class RunDecision:
+    """``kind`` is None when nothing is to be sent; ``incident`` is the state to keep (None
+    when no incident is open afterwards); ``ended`` is the incident a success closed."""
+
+    kind: Kind | None
+    incident: RunIncident | None
+    ended: RunIncident | None = None
+
+
+def decide_run(
+    previous: RunIncident | None,
+    run_id: str,
+    status: str,
+    now: datetime,
+    *,
+    on_failure: bool = True,
+    on_recovery: bool = True,
+    reminder_interval: timedelta = REMINDER_INTERVAL,
+) -> RunDecision:
+    """What to announce after the final attempt ``run_id`` of a pipeline ended ``status``."""
+    if status == RUN_SUCCESS_STATUS:
+        if previous is None:
+            return RunDecision(None, None)
+        return RunDecision(Kind.RUN_RECOVERY if on_recovery else None, None, ended=previous)
+    if status not in RUN_FAILED_STATUSES or (previous is not None and run_id in previous.recent):
+        return RunDecision(None, previous)  # neither failure nor success, or seen before
+    if previous is None:
+        if not on_failure:
+            return RunDecision(None, None)
+        return RunDecision(Kind.RUN_FAILURE, RunIncident(now, now, 1, (run_id,), status))
+    grown = replace(
+        previous,
+        failures=previous.failures + 1,
+        recent=(*previous.recent, run_id)[-MAX_RECENT_RUNS:],
+        last_status=status,
+    )
+    if on_failure and now - previous.last_announced_at >= reminder_interval:
+        reminded = replace(grown, last_announced_at=now, announcements=grown.announcements + 1)
+        return RunDecision(Kind.RUN_REMINDER, reminded)
+    return RunDecision(None, grown)

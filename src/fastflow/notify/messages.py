@@ -23,6 +23,18 @@ SUBJECT_PREFIX = "[fastflow]"
 
 
 @dataclass(frozen=True)
+class Message:
+    """A notification in its final words, as the channels send it."""
+
+    kind: Kind
+    at: datetime
+    subject: str
+    text: str
+    html: str
+    card: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class FailedRun:
     run_id: str
     pipeline_name: str
@@ -294,3 +306,8 @@ def teams_card(n: Notice) -> dict[str, Any]:
             }
         ],
     }
+
+
+def render(n: Notice) -> Message:
+    """Every channel's words for ``n``."""
+    return Message(n.kind, n.at, subject(n), email_text(n), email_html(n), teams_card(n))

@@ -16,10 +16,13 @@ from fastflow.db.models import Base, UTCDateTime, utcnow
 
 
 class NotificationIncident(Base):
-    """One run of consecutive failing cleanup passes (at most one row is open).
+    """One run of consecutive failing cleanup passes (at most one such row is open), or of
+    consecutive failing runs of one pipeline (at most one open row per pipeline).
 
-    ``known_keys`` holds every failing run id (``"pass"`` for a failure of the whole pass)
-    seen while the incident lasts, ``failing_keys`` those of the latest pass (JSON arrays).
+    Backups: ``known_keys`` holds every failing run id (``"pass"`` for a failure of the
+    whole pass) seen while the incident lasts, ``failing_keys`` those of the latest pass
+    (JSON arrays). Runs: ``known_keys`` is exactly ``["run:<pipeline>"]`` and
+    ``failing_keys`` a JSON object ``{"failures", "status", "runs"}`` (``notify.records``).
     """
 
     __tablename__ = "notification_incidents"

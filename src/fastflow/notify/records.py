@@ -1,4 +1,12 @@
-"""Persistence of the notifier: the incident state between passes and the delivery record."""
+"""Persistence of the notifier: the incident state between passes and runs, and the
+delivery record.
+
+Both kinds of incident live in ``notification_incidents``. A run incident is told apart by
+its ``known_keys``: exactly ``["run:<pipeline>"]`` (backup incidents hold run ids or
+``"pass"``); its ``failing_keys`` holds ``{"failures", "status", "runs"}`` (a JSON object)
+and ``last_pass_id`` stays NULL. At most one run incident per pipeline is open: changes
+are serialised (PostgreSQL advisory lock; SQLite write lock taken first).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +17,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, text, update
+from sqlalchemy.orm import Session
 
 from fastflow.archive import ledger
-from fastflow.db.engine import Database
+from fastflow.db.engine import Database, is_postgres
 from fastflow.db.models import utcnow
-from fastflow.notify.incidents import PASS_KEY, Decision, Incident, decide
+from fastflow.notify.incidents import (
+    PASS_KEY,
+    REMINDER_INTERVAL,
+    Decision,
+    Incident,
+    RunDecision,
+    RunIncident,
+    decide,
+    decide_run,
+)
 from fastflow.notify.models import NotificationDelivery, NotificationIncident
 from fastflow.notify.retry import Outcome
 
@@ -22,6 +40,10 @@ CHANNELS = ("email", "teams")
 MAX_DELIVERY_ROWS = 1000
 # A delivery still "in progress" after this long was cut short (the CLI process exited).
 ABANDONED_AFTER = timedelta(minutes=2)
+RUN_KEY_PREFIX = "run:"
+RUN_INCIDENT_LOCK_KEY = 0x6666726E  # "ffrn": one run-incident change at a time (PostgreSQL)
+MAX_CLOSED_RUN_INCIDENTS = 1000  # closed run incidents kept (the newest)
+_IS_RUN = NotificationIncident.known_keys.like(f'["{RUN_KEY_PREFIX}%')
 
 
 @dataclass(frozen=True)
@@ -46,7 +68,14 @@ def _dump(keys: frozenset[str]) -> str:
     return json.dumps(sorted(keys))
 
 
-def apply_pass(db: Database, keys: Iterable[str], pass_id: int | None, now: datetime) -> Applied:
+def apply_pass(
+    db: Database,
+    keys: Iterable[str],
+    pass_id: int | None,
+    now: datetime,
+    *,
+    reminder_interval: timedelta = REMINDER_INTERVAL,
+) -> Applied:
     """Decide what the pass announces and store the new incident state, atomically.
 
     A pass at or before the one the open incident last saw changes nothing (so calling
@@ -55,7 +84,7 @@ def apply_pass(db: Database, keys: Iterable[str], pass_id: int | None, now: date
     with db.session() as s:
         row = s.scalars(
             select(NotificationIncident)
-            .where(NotificationIncident.closed_at.is_(None))
+            .where(NotificationIncident.closed_at.is_(None), ~_IS_RUN)
             .order_by(NotificationIncident.id.desc())
             .limit(1)
             .with_for_update()
@@ -69,29 +98,184 @@ def apply_pass(db: Database, keys: Iterable[str], pass_id: int | None, now: date
         if stale:
             assert row is not None
             return Applied(Decision(None, _state(row)), row.id)
-        decision = decide(_state(row) if row is not None else None, keys, now)
-        state = decision.incident
-        if row is None and state is not None:
-            row = NotificationIncident(
-                opened_at=state.opened_at,
-                last_announced_at=state.last_announced_at,
-                known_keys=_dump(state.known),
-                failing_keys=_dump(state.failing),
-                announcements=state.announcements,
-                last_pass_id=pass_id,
-            )
-            s.add(row)
-            s.flush()
-        elif row is not None and state is not None:
-            row.last_announced_at = state.last_announced_at
-            row.known_keys = _dump(state.known)
-            row.failing_keys = _dump(state.failing)
-            row.announcements = state.announcements
-            row.last_pass_id = pass_id
-        elif row is not None:  # recovery
+        previous = _state(row) if row is not None else None
+        decision = decide(previous, keys, now, reminder_interval=reminder_interval)
+        row = _store_pass(s, row, decision.incident, pass_id, now)
+        return Applied(decision, row.id if row is not None else None)
+
+
+def _store_pass(
+    s: Session,
+    row: NotificationIncident | None,
+    state: Incident | None,
+    pass_id: int | None,
+    now: datetime,
+) -> NotificationIncident | None:
+    """Write ``state`` (None: the incident ended) into ``row`` (None: no incident was open)."""
+    if state is None:
+        if row is not None:  # recovery
             row.closed_at = now
             row.last_pass_id = pass_id
-        return Applied(decision, row.id if row is not None else None)
+        return row
+    if row is None:
+        row = NotificationIncident(opened_at=state.opened_at)
+        s.add(row)
+    row.last_announced_at = state.last_announced_at
+    row.known_keys = _dump(state.known)
+    row.failing_keys = _dump(state.failing)
+    row.announcements = state.announcements
+    row.last_pass_id = pass_id
+    s.flush()
+    return row
+
+
+# --- run incidents ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppliedRun:
+    """A run decision and the incident row it concerns (None when there is none)."""
+
+    decision: RunDecision
+    incident_id: int | None
+
+
+def run_key(pipeline: str) -> str:
+    return RUN_KEY_PREFIX + pipeline
+
+
+def _run_keys(pipeline: str) -> str:
+    return json.dumps([run_key(pipeline)])
+
+
+def _run_state(row: NotificationIncident) -> RunIncident:
+    data = json.loads(row.failing_keys)
+    return RunIncident(
+        opened_at=row.opened_at,
+        last_announced_at=row.last_announced_at,
+        failures=int(data.get("failures", 1)),
+        recent=tuple(str(r) for r in data.get("runs", [])),
+        last_status=str(data.get("status", "")),
+        announcements=row.announcements,
+    )
+
+
+def _run_dump(state: RunIncident) -> str:
+    return json.dumps(
+        {"failures": state.failures, "status": state.last_status, "runs": list(state.recent)}
+    )
+
+
+def _serialise(s: Session, db: Database) -> None:
+    """Make concurrent changes of run incidents wait for each other (read, then write)."""
+    if is_postgres(db.engine):
+        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": RUN_INCIDENT_LOCK_KEY})
+    else:  # a first write takes SQLite's write lock for the whole transaction
+        s.execute(
+            update(NotificationIncident)
+            .where(NotificationIncident.id == -1)
+            .values(announcements=NotificationIncident.announcements)
+        )
+
+
+def apply_run(
+    db: Database,
+    pipeline: str,
+    run_id: str,
+    status: str,
+    now: datetime,
+    *,
+    on_failure: bool = True,
+    on_recovery: bool = True,
+    reminder_interval: timedelta = REMINDER_INTERVAL,
+) -> AppliedRun:
+    """Decide what the end of ``run_id`` announces for its pipeline and store the new state
+    of the pipeline's incident, atomically (see ``incidents.decide_run``)."""
+    keys = _run_keys(pipeline)
+    with db.session() as s:
+        _serialise(s, db)
+        row = s.scalars(
+            select(NotificationIncident)
+            .where(
+                NotificationIncident.known_keys == keys, NotificationIncident.closed_at.is_(None)
+            )
+            .order_by(NotificationIncident.id.desc())
+            .limit(1)
+            .with_for_update()
+        ).first()
+        previous = _run_state(row) if row is not None else None
+        decision = decide_run(
+            previous,
+            run_id,
+            status,
+            now,
+            on_failure=on_failure,
+            on_recovery=on_recovery,
+            reminder_interval=reminder_interval,
+        )
+        row = _store_run(s, row, keys, decision.incident, now)
+        return AppliedRun(decision, row.id if row is not None else None)
+
+
+def _store_run(
+    s: Session,
+    row: NotificationIncident | None,
+    keys: str,
+    state: RunIncident | None,
+    now: datetime,
+) -> NotificationIncident | None:
+    """Write ``state`` (None: no incident afterwards) into ``row`` (None: none was open)."""
+    if state is None:
+        if row is not None:  # recovery
+            row.closed_at = now
+            s.flush()
+            _prune_run_incidents(s)
+        return row
+    if row is None:
+        row = NotificationIncident(opened_at=state.opened_at, known_keys=keys)
+        s.add(row)
+    row.last_announced_at = state.last_announced_at
+    row.failing_keys = _run_dump(state)
+    row.announcements = state.announcements
+    s.flush()
+    return row
+
+
+def _prune_run_incidents(s: Session) -> None:
+    closed: ColumnElement[bool] = NotificationIncident.closed_at.is_not(None) & _IS_RUN
+    cutoff = s.scalar(
+        select(NotificationIncident.id)
+        .where(closed)
+        .order_by(NotificationIncident.id.desc())
+        .offset(MAX_CLOSED_RUN_INCIDENTS)
+        .limit(1)
+    )
+    if cutoff is not None:
+        s.execute(delete(NotificationIncident).where(closed, NotificationIncident.id <= cutoff))
+
+
+def open_run_incidents(db: Database) -> list[dict[str, Any]]:
+    """Every open run incident, oldest first: pipeline, latest failed run and status, since
+    (ISO 8601) and the number of failed runs."""
+    with db.session() as s:
+        rows = s.scalars(
+            select(NotificationIncident)
+            .where(NotificationIncident.closed_at.is_(None), _IS_RUN)
+            .order_by(NotificationIncident.opened_at, NotificationIncident.id)
+        ).all()
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        state = _run_state(row)
+        out.append(
+            {
+                "pipeline": str(json.loads(row.known_keys)[0])[len(RUN_KEY_PREFIX) :],
+                "run_id": state.last_run_id,
+                "status": state.last_status,
+                "since": state.opened_at.isoformat(),
+                "failures": state.failures,
+            }
+        )
+    return out
 
 
 def archived_among(db: Database, keys: Iterable[str]) -> int:
