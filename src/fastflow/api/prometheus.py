@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select
 
+from fastflow import notify
 from fastflow.archive import ledger
 from fastflow.context import Context
 from fastflow.db.engine import Database
@@ -47,6 +48,12 @@ class FastflowCollector(Collector):
             self._backlog_age(utcnow()),
         )
         yield from _notification_metrics(self._ctx)
+        yield _one(
+            GaugeMetricFamily,
+            "fastflow_run_incidents_open",
+            "Pipelines whose last attempt failed and that have not succeeded since",
+            len(notify.open_run_incidents(self._ctx)),
+        )
 
     def _backlog_age(self, now: datetime) -> float:
         ctx = self._ctx

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 
+from fastflow import notify
 from fastflow.context import Context
 from fastflow.db.models import PipelineRun, RunStatus
 from fastflow.orchestration import queue
@@ -175,8 +176,10 @@ class Dispatcher:
             run.run_config_id,
             queue.env_of(run),
         )
+        final = True
         try:
-            follow_up(self._ctx.db, settings.pipelines_dir, ended)
+            final = follow_up(self._ctx.db, settings.pipelines_dir, ended).retry is None
         except Exception:
             log.exception("follow-up of run %s failed", run.id)
+        notify.after_run(self._ctx, run.id, status, final)  # background; never raises
         self._wake.set()

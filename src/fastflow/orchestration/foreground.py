@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from fastflow import notify
 from fastflow.context import Context
 from fastflow.orchestration.followup import Ended, queue_triggers, retry_spec
 from fastflow.orchestration.retries import retry_delay, should_retry
@@ -51,6 +52,10 @@ def run_in_foreground(
         delay = retry_delay(spec, attempt) if again else None
         if on_attempt is not None:
             on_attempt(result, delay)
+        # a foreground process exits soon: give the delivery a bounded time to go out
+        notify.after_run(ctx, result.run_id, result.status.value, delay is None).wait(
+            notify.CLI_WAIT_S
+        )
         if delay is None or pause.wait(delay):
             break
         attempt += 1
