@@ -23,13 +23,13 @@ from fastflow.accounts import AuthError, Principal
 from fastflow.archive import probe as s3probe
 from fastflow.context import Context
 from fastflow.db import settings_store
-from fastflow.db.models import RunStatus
+from fastflow.db.models import RunStatus, utcnow
 from fastflow.errors import FastflowError
 from fastflow.lifecycle import records as failures
 from fastflow.runs import pipelines
-from fastflow.runs import store as runs
 from fastflow.runs import views as runviews
 from fastflow.session_cookie import SESSION_COOKIE, clear_session_cookie, set_session_cookie
+from fastflow.web import orchestrated
 from fastflow.web.render import render, render_login, render_not_found
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -165,12 +165,13 @@ def runs_page(
         limit=PAGE_SIZE + 1,
         offset=(paged.page - 1) * PAGE_SIZE,
     )
-    names = sorted({p.name for p in pipelines.discover(ctx.settings.pipelines_dir)})
+    found = pipelines.discover(ctx.settings.pipelines_dir)
+    names = sorted({p.name for p in found})
     return render(
         request,
         "runs.html",
         paged.user,
-        runs=rows[:PAGE_SIZE],
+        runs=orchestrated.with_attempts_total(found, rows[:PAGE_SIZE]),
         has_next=len(rows) > PAGE_SIZE,
         page=paged.page,
         pipeline=pipeline or "",
@@ -182,21 +183,18 @@ def runs_page(
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: str, user: PageUserDep) -> Response:
+    ctx = _ctx(request)
     try:
-        run = runviews.get_view(_ctx(request), uuid.UUID(run_id))
+        run = runviews.get_view(ctx, uuid.UUID(run_id))
     except (ValueError, FastflowError) as e:
         message = str(e) if isinstance(e, FastflowError) else f"{run_id!r} is not a run id"
         return render_not_found(request, user, message)
-    return render(request, "run.html", user, run=run)
+    return render(request, "run.html", user, run=run, **orchestrated.related(ctx, run))
 
 
 @router.get("/pipelines", response_class=HTMLResponse)
 def pipelines_page(request: Request, user: PageUserDep) -> Response:
-    ctx = _ctx(request)
-    items = []
-    for p in pipelines.discover(ctx.settings.pipelines_dir):
-        last = runs.list_runs(ctx.db, pipeline=p.name, limit=1)
-        items.append({"pipeline": p, "last": last[0] if last else None})
+    items = orchestrated.pipeline_items(_ctx(request), utcnow())
     return render(request, "pipelines.html", user, items=items)
 
 

@@ -77,14 +77,40 @@
     try { drawChart(await fastflow.api("GET", `/api/runs/${runId}/metrics`)); } catch { drawChart([]); }
   }
 
+  const ACTIVE = ["QUEUED", "PENDING", "RUNNING"];
+
+  function showStatus(status) {
+    const box = document.getElementById("run-status");
+    const span = document.createElement("span");
+    span.className = `status st-${String(status).toLowerCase()}`;
+    span.textContent = status;
+    box.replaceChildren(span);
+    meta.dataset.status = status;
+    const actions = document.getElementById("run-actions");
+    if (actions && !ACTIVE.includes(status)) document.getElementById("run-cancel").hidden = true;
+  }
+
+  function showLog() {
+    if (meta.dataset.status === "QUEUED") {
+      view.textContent = "Queued: waiting for a free slot (the pipeline's max_instances or the server's MAX_CONCURRENT_RUNS).";
+      return Promise.resolve();
+    }
+    return loadTail();
+  }
+
+  async function refresh() {
+    const run = await fastflow.api("GET", `/api/runs/${runId}`);
+    if (run.status !== meta.dataset.status) showStatus(run.status);
+    return run;
+  }
+
   async function watch() {
-    const active = ["PENDING", "RUNNING"];
-    if (!active.includes(meta.dataset.status)) return;
+    if (!ACTIVE.includes(meta.dataset.status)) return;
     const timer = setInterval(async () => {
       try {
-        const run = await fastflow.api("GET", `/api/runs/${runId}`);
-        await loadTail();
-        if (!active.includes(run.status)) {
+        const run = await refresh();
+        await showLog();
+        if (!ACTIVE.includes(run.status)) {
           clearInterval(timer);
           window.location.reload();
         }
@@ -92,7 +118,25 @@
     }, 1000);
   }
 
-  loadTail();
+  const cancel = document.getElementById("run-cancel");
+  if (cancel) cancel.onclick = async () => {
+    const out = document.getElementById("cancel-result");
+    cancel.disabled = true;
+    out.className = "muted";
+    out.textContent = "Cancelling…";
+    try {
+      await fastflow.api("POST", `/api/runs/${runId}/cancel`);
+      out.className = "ok";
+      out.textContent = "Cancellation requested.";
+    } catch (e) {
+      out.className = e.status === 409 ? "muted" : "error";
+      out.textContent = e.status === 409 ? "This run has already finished." : `Could not cancel: ${e.message}`;
+      cancel.disabled = e.status === 409;
+    }
+    try { await refresh(); } catch { /* the watch loop keeps polling */ }
+  };
+
+  showLog();
   loadMetrics();
   watch();
 })();
