@@ -40,6 +40,7 @@ from fastflow.lifecycle.summary import Failure, PassSummary, Progress
 from fastflow.runs import files as logfiles
 from fastflow.runs import pipelines
 
+PAYLOAD = "payload.json"  # a webhook's request body, written next to the run's log
 CIRCUIT_BREAK_AFTER = 3  # consecutive connection-level failures: the server is down
 MAX_LISTED_FAILURES = 200
 WHICH = {logfiles.LOG_NAME: "log", logfiles.METRICS_NAME: "metrics"}
@@ -293,12 +294,43 @@ class PassRun:
                 else:
                     expect = self.archive_files(run, files, action.kind.value)
                 archived = True
+            payload = self.archive_payload(run)
             self.guard()
             self.remove(run.id, run.log_file, run.metrics_file, expect, action.kind, archived)
+            self.remove_payload(payload)
         except PassLockLost:
             raise
         except Exception as e:
             self.fail_from(run, e)
+
+    def archive_payload(self, run: RunRef) -> tuple[Path, FileIdentity] | None:
+        """A webhook run's ``payload.json`` next to its log: archived and verified (S3
+        enabled) like the log, so that deleting the run folder loses nothing."""
+        path = logfiles.resolve(
+            self.logs_root, f"{logfiles.run_dir_rel(run.pipeline_name, str(run.id))}/{PAYLOAD}"
+        )
+        if not path.is_file():
+            return None
+        before = FileIdentity.of(path)
+        if self.store is not None:
+            key = self.store.key_for(run.pipeline_name, str(run.id), PAYLOAD)
+            self.store.put_verified(key, path, _meta(run))
+            if FileIdentity.of(path) != before:
+                raise FileChanged(f"{PAYLOAD} changed while it was archived; kept")
+        return path, before
+
+    def remove_payload(self, payload: tuple[Path, FileIdentity] | None) -> None:
+        if payload is None:
+            return
+        path, ident = payload
+        self.guard()
+        try:
+            if FileIdentity.of(path) != ident:
+                raise FileChanged(f"{PAYLOAD} changed after it was archived; kept")
+        except FileNotFoundError:
+            return
+        logfiles.remove_quietly(path)
+        logfiles.remove_empty_dirs(path.parent, self.logs_root)
 
     def remove(
         self,

@@ -82,8 +82,11 @@ def resume_one(p: PassRun, entry: ArchivedRun) -> None:
             )
             store = p.store_for(entry)
             expect.update(p.archive_files(ref, again, entry.reason, "rearchived_runs", store))
+        payload = p.archive_payload(ref)
         p.guard()
         p.remove(entry.run_id, ref.log_file, ref.metrics_file, expect, entry.reason, True)
+        if entry.reason != "archive_and_drop_files":
+            p.remove_payload(payload)
     except PassLockLost:
         raise
     except Exception as e:
