@@ -301,3 +301,29 @@ def _a_retried_run_shows_its_attempts_linked(page: Any, server: Server) -> None:
     assert badges[attempts[2]].text_content() == "attempt 3/3"
     triggers = page.locator("#runs-table td.trigger").all_text_contents()
     assert sorted(t.strip() for t in triggers) == ["api", "retry", "retry"]
+
+
+def test_a_failed_pipeline_shows_in_the_bell(in_browser: InBrowser) -> None:
+    in_browser(_a_failed_pipeline_shows_in_the_bell)
+
+
+def _a_failed_pipeline_shows_in_the_bell(page: Any, server: Server) -> None:
+    page.locator('tr[data-pipeline="flaky"] button.run-now').click()
+    wait_until(
+        lambda: [r["status"] for r in _runs(server, "flaky")] == ["FAILED"] * 3,
+        60,
+        "three failed attempts",
+    )
+    wait_until(
+        lambda: _api(server, "GET", "/api/settings/run-incidents").json()["incidents"],
+        30,
+        "the run incident",
+    )
+    (incident,) = _api(server, "GET", "/api/settings/run-incidents").json()["incidents"]
+    last = _runs(server, "flaky")[-1]
+    assert incident["pipeline"] == "flaky" and incident["run_id"] == last["id"]
+    page.goto(server.url + "/runs")
+    item = page.locator("#notif-list li", has_text="Pipeline flaky failed")
+    item.wait_for(state="attached")
+    assert item.locator("a").get_attribute("href") == f"/runs/{last['id']}"
+    assert page.text_content("#bell-badge") != "0"

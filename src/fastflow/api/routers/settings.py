@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from fastflow import notify
 from fastflow.api.deps import AdminDep, CtxDep, PrincipalDep
@@ -123,3 +124,26 @@ def backup_failures(
         }
 
     return JSONResponse(readcache.cached(("backup-failures", limit), compute))
+
+
+class RunIncidentOut(BaseModel):
+    """An open run-failure incident: the pipeline's last attempt failed."""
+
+    pipeline: str
+    run_id: str | None
+    status: str | None
+    since: str | None
+    failures: int
+
+
+class RunIncidentsOut(BaseModel):
+    incidents: list[RunIncidentOut]
+
+
+@router.get("/run-incidents", response_model=RunIncidentsOut)
+def run_incidents(ctx: CtxDep, _: PrincipalDep) -> JSONResponse:
+    """Pipelines whose final attempt failed and that have not succeeded since (the UI
+    bell shows them next to backup failures)."""
+    return JSONResponse(
+        readcache.cached(("run-incidents",), lambda: {"incidents": notify.open_run_incidents(ctx)})
+    )

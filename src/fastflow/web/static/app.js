@@ -64,8 +64,30 @@ const fastflow = (() => {
   }
 
   function message(f) {
+    if (f.kind === "run") {
+      const n = f.failures > 1 ? ` (${f.failures} failed runs)` : "";
+      return `Pipeline ${f.pipeline_name} failed: ${f.error_message}${n}`;
+    }
     const who = f.run_id ? `${f.pipeline_name} (run ${f.run_id.slice(0, 8)})` : "cleanup pass";
     return `S3 log backup failed: ${who}: ${f.error_message}`;
+  }
+
+  // open run-failure incidents, shaped like backup failures for the bell and the toasts
+  async function runIncidents() {
+    try {
+      const data = await api("GET", "/api/settings/run-incidents");
+      return (data.incidents || []).map((i) => ({
+        kind: "run",
+        id: `run:${i.pipeline}:${i.since}`,
+        run_id: i.run_id,
+        pipeline_name: i.pipeline,
+        error_message: `last run ${i.status || "FAILED"}`,
+        failures: i.failures,
+        created_at: i.since,
+      }));
+    } catch {
+      return [];
+    }
   }
 
   let failures = [];
@@ -118,7 +140,7 @@ const fastflow = (() => {
     } catch {
       return;
     }
-    failures = (data.failures || []).filter((f) => !f.resolved_at);
+    failures = (data.failures || []).filter((f) => !f.resolved_at).concat(await runIncidents());
     const seen = load(SEEN_KEY);
     const fresh = failures.filter((f) => !seen.has(String(f.id)));
     // the same ongoing failure (same run, same error) is not toasted again each pass
@@ -129,7 +151,8 @@ const fastflow = (() => {
       toast(message(f), "error", { href: f.run_id ? `/runs/${f.run_id}` : "/settings", text: "Open" });
     } else if (novel.length > 1) {
       const pipelines = [...new Set(novel.map((f) => f.pipeline_name).filter(Boolean))];
-      toast(`S3 log backup failed for ${novel.length} runs (${pipelines.slice(0, 3).join(", ")}${pipelines.length > 3 ? ", …" : ""})`,
+      const what = novel.some((f) => f.kind === "run") ? "Backups or runs failed" : "S3 log backup failed";
+      toast(`${what} for ${novel.length} runs (${pipelines.slice(0, 3).join(", ")}${pipelines.length > 3 ? ", …" : ""})`,
         "error", { href: "/settings", text: "Details" });
     }
     for (const f of fresh) {
