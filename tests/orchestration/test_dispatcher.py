@@ -221,3 +221,33 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
     except (FileNotFoundError, IndexError):
         return True
+
+
+@pytest.mark.slow
+def test_cancel_from_another_server_on_postgres(
+    ff_env: dict[str, str],
+    pg_url: str,
+    make_pipeline: MakePipeline,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    server_a, server_b = bootstrap(load_settings()), bootstrap(load_settings())
+    pid_file = tmp_path / "pid"
+    make_pipeline(
+        "sleepy",
+        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(300)\n",
+    )
+    runner_a = Dispatcher(server_a)
+    try:
+        run_id = runner_a.start("sleepy", "api")
+        wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30, "the run")
+        assert queue.cancel(server_b.db, run_id) == "requested"  # server B asks
+        (run,) = _final(server_a, "sleepy", 1)
+        assert run.status == "CANCELLED"
+        pid = int(pid_file.read_text())
+        wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 15, "the process")
+    finally:
+        runner_a.stop()
+        server_a.db.dispose()
+        server_b.db.dispose()

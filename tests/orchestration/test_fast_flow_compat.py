@@ -87,3 +87,35 @@ def test_fast_flow_and_native_forms_behave_the_same(
             ("down", "SUCCESS", 1, "upstream"),
         ]
     )
+
+
+def test_a_named_schedule_applies_its_own_timeout(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    make_pipeline(
+        "named",
+        "import time\ntime.sleep(60)\n",
+        json.dumps(
+            {
+                "timeout": 0,
+                "schedules": [{"id": "prod", "schedule_interval_seconds": 60, "timeout": 1}],
+            }
+        ),
+    )
+    p = pipelines.load(app.settings.pipelines_dir, "named")
+    (spec,) = p.config.schedules
+    fire_due(app, p, spec, T0)
+    assert fire_due(app, p, spec, T0 + timedelta(seconds=60)) == "queued"
+    d = Dispatcher(app)
+    d.ensure_running()
+    try:
+        wait_until(
+            lambda: [r[1] for r in _history(app, ("named", "none"))] == ["TIMEOUT"],
+            30,
+            "the schedule's timeout",
+        )
+    finally:
+        d.stop()
+    with app.db.session() as s:
+        (run,) = s.query(PipelineRun).filter(PipelineRun.pipeline_name == "named").all()
+    assert run.run_config_id == "prod" and run.triggered_by == "schedule"

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import replace
 
 from fastflow import notify
 from fastflow.context import Context
@@ -151,6 +152,10 @@ class Dispatcher:
         status = RunStatus.FAILED.value
         try:
             pipeline = pipelines.load(settings.pipelines_dir, run.pipeline_name)
+            timeouts = pipeline.config.schedule_timeouts
+            if run.run_config_id is not None and run.run_config_id in timeouts:
+                # a Fast-Flow named schedule's own timeout (None = unlimited)
+                pipeline = replace(pipeline, timeout=timeouts[run.run_config_id])
             result = runner.execute(
                 self._ctx.db,
                 settings,
