@@ -288,13 +288,18 @@ def _card_body(n: Notice) -> list[dict[str, Any]]:
 
 def teams_card(n: Notice) -> dict[str, Any]:
     """A Teams message with one Adaptive Card (renders in Teams Workflows webhooks)."""
+    return adaptive_card_message(_card_body(n), "Open settings", n.settings_url)
+
+
+def adaptive_card_message(body: list[dict[str, Any]], title: str, url: str) -> dict[str, Any]:
+    """The Teams message around one Adaptive Card with ``body`` and one link button."""
     card = {
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
         "version": "1.4",
         "msteams": {"width": "Full"},
-        "body": _card_body(n),
-        "actions": [{"type": "Action.OpenUrl", "title": "Open settings", "url": n.settings_url}],
+        "body": body,
+        "actions": [{"type": "Action.OpenUrl", "title": title, "url": url}],
     }
     return {
         "type": "message",

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from fastflow.notify.incidents import Kind
-from fastflow.notify.messages import SUBJECT_PREFIX, Message, when
+from fastflow.notify.messages import SUBJECT_PREFIX, Message, adaptive_card_message, when
 
 MAX_LOG_LINES = 20
 MAX_LOG_LINE_CHARS = 400
@@ -233,24 +233,7 @@ def teams_card(n: RunNotice) -> dict[str, Any]:
     )
     if not n.recovered:
         body += _card_log(n)
-    card = {
-        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
-        "type": "AdaptiveCard",
-        "version": "1.4",
-        "msteams": {"width": "Full"},
-        "body": body,
-        "actions": [{"type": "Action.OpenUrl", "title": "Open run", "url": n.run_url}],
-    }
-    return {
-        "type": "message",
-        "attachments": [
-            {
-                "contentType": "application/vnd.microsoft.card.adaptive",
-                "contentUrl": None,
-                "content": card,
-            }
-        ],
-    }
+    return adaptive_card_message(body, "Open run", n.run_url)
 
 
 def render(n: RunNotice) -> Message:
