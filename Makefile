@@ -35,7 +35,9 @@ test: install browser
 ## The pure and unit tests only (no S3, PostgreSQL, browser or subprocess servers): seconds.
 FAST_TESTS := tests/test_config.py tests/test_architecture.py tests/lifecycle/test_retention.py \
 	tests/lifecycle/test_selection.py tests/lifecycle/test_truncate.py tests/runs/test_logcapture.py \
-	tests/runs/test_pipelines.py tests/notify/test_notify_incidents.py
+	tests/runs/test_pipelines.py tests/runs/test_pipeline_config.py \
+	tests/notify/test_notify_incidents.py tests/orchestration/test_schedules.py \
+	tests/orchestration/test_retries.py
 test-fast: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest -q -m "not slow" $(FAST_TESTS)
