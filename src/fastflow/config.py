@@ -30,6 +30,10 @@ DEFAULT_S3_CONNECT_TIMEOUT = 5.0
 DEFAULT_S3_READ_TIMEOUT = 30.0
 DEFAULT_SMTP_PORT = 587
 DEFAULT_MAX_CONCURRENT_RUNS = 4
+# Upper bounds: larger values overflow date arithmetic or mean nothing on a real disk
+MAX_RETENTION_RUNS = 1_000_000_000
+MAX_RETENTION_DAYS = 36_500  # 100 years
+MAX_LOG_SIZE_MB = 1_048_576  # 1 TiB
 DEFAULT_CANCEL_GRACE_S = 10.0
 DEFAULT_BASE_URL = "http://localhost:8000"
 
@@ -76,9 +80,9 @@ class Settings(BaseSettings):
     logs_dir: Path = DEFAULT_LOGS_DIR
     pipelines_dir: Path = DEFAULT_PIPELINES_DIR
 
-    log_retention_runs: int | None = Field(default=None, ge=0)
-    log_retention_days: int | None = Field(default=None, ge=0)
-    log_max_size_mb: int | None = Field(default=None, gt=0)
+    log_retention_runs: int | None = Field(default=None, ge=0, le=MAX_RETENTION_RUNS)
+    log_retention_days: int | None = Field(default=None, ge=0, le=MAX_RETENTION_DAYS)
+    log_max_size_mb: int | None = Field(default=None, gt=0, le=MAX_LOG_SIZE_MB)
     cleanup_schedule: str = DEFAULT_CLEANUP_SCHEDULE
 
     s3_backup_enabled: bool = False
@@ -215,9 +219,16 @@ class Settings(BaseSettings):
         return self.logs_dir.expanduser().resolve()
 
 
+def mask_url_password(url: str) -> str:
+    """``scheme://user:***@host/db``: a database URL without its password."""
+    return re.sub(r"^([a-zA-Z0-9+.-]+://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
 def _describe(loc: tuple[int | str, ...], value: Any) -> str:
     field = str(loc[0]) if loc else "?"
     shown = "***" if field in SECRET_FIELDS else value
+    if field == "database_url" and isinstance(shown, str):
+        shown = mask_url_password(shown)
     if isinstance(shown, str | int | float | bool):
         return f"{field.upper()}={shown!s}"
     return field.upper()

@@ -20,6 +20,7 @@ from fastflow.api.deps import require_admin
 from fastflow.config import load_settings
 from fastflow.context import Context, bootstrap
 from fastflow.db.models import PipelineRun, SettingOverride
+from fastflow.errors import ConfigError
 from fastflow.server import create_app
 from tests.conftest import RUN_FIELDS, MakePipeline, wait_until
 from tests.harness.faultproxy import method_is
@@ -430,3 +431,61 @@ def test_prometheus_metrics_need_a_token_and_report_the_backlog(
     assert "fastflow_backup_failures_unresolved 0.0" in text
     api.ctx.settings = api.ctx.settings.model_copy(update={"metrics_public": True})
     assert api.client.get("/metrics").status_code == 200
+
+
+# --- bounds (issue 13): absurd values are 4xx or exit 2, never a 500 ------------------
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"log_retention_days": 1_000_000},
+        {"log_retention_days": 99_999_999_999},
+        {"log_max_size_mb": 99_999_999_999_999_999},
+        {"log_retention_runs": 1e23},
+    ],
+)
+def test_put_settings_refuses_values_beyond_their_bound(
+    api: Api, change: dict[str, object]
+) -> None:
+    res = api.client.put("/api/settings", json=change, headers=api.admin)
+    assert res.status_code == 422, res.text
+    (name,) = change
+    assert name.upper() in res.json()["detail"]
+    dry = api.client.get("/api/settings", headers=api.viewer)
+    assert dry.status_code == 200  # nothing was stored
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LOG_RETENTION_DAYS", "1000000"),
+        ("LOG_MAX_SIZE_MB", "99999999999999999"),
+        ("LOG_RETENTION_RUNS", "1e23"),
+    ],
+)
+def test_environment_values_beyond_their_bound_are_config_errors(
+    ff_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert name in str(err.value)
+
+
+def test_database_url_password_is_masked_in_the_error(
+    ff_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://app:hunter2-secret@db/ff")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "hunter2-secret" not in str(err.value) and "app:***@db" in str(err.value)
+
+
+@pytest.mark.parametrize("path", ["/api/runs", "/api/archive"])
+def test_huge_offsets_are_422_not_500(api: Api, path: str) -> None:
+    res = api.client.get(path, params={"offset": 9223372036854775808}, headers=api.viewer)
+    assert res.status_code == 422
+
+
+def test_huge_page_number_is_422_not_500(api: Api) -> None:
+    res = api.client.get("/runs", params={"page": "99999999999999999999"}, follow_redirects=False)
+    assert res.status_code == 422

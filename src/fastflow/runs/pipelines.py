@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastflow.config import MAX_LOG_SIZE_MB, MAX_RETENTION_DAYS, MAX_RETENTION_RUNS
 from fastflow.errors import InvalidPipelineConfig, InvalidPipelineName, PipelineNotFound
 from fastflow.runs.pipeline_config import PipelineConfig, parse
 
@@ -85,11 +86,13 @@ class Pipeline:
         }
 
 
-def _int_or_none(raw: Any, what: str, where: Path, *, minimum: int) -> int | None:
+def _int_or_none(raw: Any, what: str, where: Path, *, minimum: int, maximum: int) -> int | None:
     if raw is None:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < minimum:
-        raise InvalidPipelineConfig(f"{where}: {what} must be an integer >= {minimum}")
+    if isinstance(raw, bool) or not isinstance(raw, int) or not minimum <= raw <= maximum:
+        raise InvalidPipelineConfig(
+            f"{where}: {what} must be an integer from {minimum} to {maximum} (got {raw!r})"
+        )
     return raw
 
 
@@ -124,10 +127,18 @@ def load(pipelines_dir: Path, name: str) -> Pipeline:
     if unknown:
         raise InvalidPipelineConfig(f"{cfg_file}: retention.{unknown[0]} is not a known key")
     retention = Retention(
-        runs=_int_or_none(ret.get("runs"), "retention.runs", cfg_file, minimum=0),
-        days=_int_or_none(ret.get("days"), "retention.days", cfg_file, minimum=0),
+        runs=_int_or_none(
+            ret.get("runs"), "retention.runs", cfg_file, minimum=0, maximum=MAX_RETENTION_RUNS
+        ),
+        days=_int_or_none(
+            ret.get("days"), "retention.days", cfg_file, minimum=0, maximum=MAX_RETENTION_DAYS
+        ),
         max_size_mb=_int_or_none(
-            ret.get("max_size_mb"), "retention.max_size_mb", cfg_file, minimum=1
+            ret.get("max_size_mb"),
+            "retention.max_size_mb",
+            cfg_file,
+            minimum=1,
+            maximum=MAX_LOG_SIZE_MB,
         ),
     )
     config = parse(data, cfg_file)

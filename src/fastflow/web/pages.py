@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -77,7 +77,10 @@ class Listing:
     page: int
 
 
-def listing(request: Request, page: int = 1) -> Listing:
+MAX_PAGE = 1_000_000  # beyond it the offset would overflow the database's integer
+
+
+def listing(request: Request, page: Annotated[int, Query(le=MAX_PAGE)] = 1) -> Listing:
     """Dependency of the paged pages. ``page`` is declared here rather than on the view so
     that an invalid one is answered 422 before the login check: FastAPI calls a view's
     dependencies before it validates the view's own query parameters."""

@@ -24,6 +24,7 @@ from fastflow.runs import views as runviews
 from fastflow.runs.readback import open_log
 
 router = APIRouter(prefix="/api", tags=["runs"])
+MAX_OFFSET = 2**31 - 1  # larger offsets overflow the database's integer (a 422, not a 500)
 
 # The log is streamed as text; its media type is declared for the OpenAPI schema.
 LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -41,7 +42,7 @@ def list_runs(
     pipeline_name: str | None = None,
     status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JSONResponse:
     """Runs, newest first, with archive information."""
     return JSONResponse(
@@ -106,7 +107,7 @@ def list_archive(
     _: PrincipalDep,
     pipeline_name: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JSONResponse:
     """Archive ledger entries, newest first."""
     return JSONResponse(runviews.list_archive(ctx, pipeline_name, limit, offset))
