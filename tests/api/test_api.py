@@ -489,3 +489,14 @@ def test_huge_offsets_are_422_not_500(api: Api, path: str) -> None:
 def test_huge_page_number_is_422_not_500(api: Api) -> None:
     res = api.client.get("/runs", params={"page": "99999999999999999999"}, follow_redirects=False)
     assert res.status_code == 422
+
+
+def test_logout_without_its_csrf_token_still_ends_the_session(api: Api) -> None:
+    accounts.create_user(api.ctx.db, "bo", "correct horse", "viewer")
+    res = api.client.post("/api/auth/login", json={"username": "bo", "password": "correct horse"})
+    assert res.status_code == 200
+    assert api.client.get("/api/runs").status_code == 200
+    out = api.client.post("/logout", data={"csrf_token": "wrong"}, follow_redirects=False)
+    assert out.status_code == 303
+    api.client.cookies.set("fastflow_session", res.cookies["fastflow_session"])  # replayed
+    assert api.client.get("/api/runs").status_code == 401  # the server session is gone

@@ -80,3 +80,9 @@ def test_schedules_lists_next_runs(make_pipeline: MakePipeline, cli: Cli) -> Non
     cron, every = rows
     assert cron["schedule"] == "cron 30 2 * * * (Europe/Berlin)" and cron["next_run_at"]
     assert every["schedule"] == "every 60 s" and every["next_run_at"].endswith("+00:00")
+
+
+def test_unknown_status_is_a_usage_error(cli: Cli) -> None:
+    res = cli("runs", "--status", "bogus")
+    assert res.returncode == 2 and "'bogus' is not a run status" in res.stderr
+    assert cli("runs", "--status", "queued").returncode == 0

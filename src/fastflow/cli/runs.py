@@ -106,8 +106,12 @@ def runs_cmd(
     ctx: click.Context, pipeline: str | None, status: str | None, limit: int, as_json: bool
 ) -> None:
     """List runs, newest first."""
+    from fastflow.db.models import RunStatus
     from fastflow.runs import store
 
+    if status is not None and status.upper() not in RunStatus.__members__:
+        known = ", ".join(RunStatus.__members__)
+        raise click.BadParameter(f"{status!r} is not a run status ({known})", param_hint="--status")
     app = _context(ctx)
     rows = store.list_runs(app.db, pipeline=pipeline, status=status, limit=limit)
     if as_json:
