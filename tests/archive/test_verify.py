@@ -81,3 +81,27 @@ def test_archive_get_and_ls(cli: Cli, s3: S3Env, ff_env: dict[str, str], tmp_pat
     assert (
         cli("archive", "get", "00000000-0000-0000-0000-000000000000", env=s3.env()).returncode == 1
     )
+
+
+def test_archive_get_never_follows_a_planted_link_and_cleans_up(
+    cli: Cli, s3: S3Env, ff_env: dict[str, str], tmp_path: Path
+) -> None:
+    runs = _archive_three(s3, ff_env)
+    rid = str(runs[0].id)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "copy.log"
+    (tmp_path / "copy.log.part").symlink_to(victim)  # the old predictable temp name
+    res = cli("archive", "get", rid, "-o", str(out), env=s3.env())
+    assert res.returncode == 0, res.stderr
+    assert victim.read_text() == "precious" and out.read_bytes() == runs[0].log_bytes
+    missing = cli("archive", "get", rid, "-o", str(tmp_path / "nope" / "x.log"), env=s3.env())
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    s3.proxy.fail(500)  # the download fails midway: no temp file is left
+    failed = cli("archive", "get", rid, "-o", str(tmp_path / "second.log"), env=s3.env())
+    s3.proxy.clear()
+    assert failed.returncode == 1
+    assert [
+        p.name for p in tmp_path.iterdir() if p.name.endswith(".part") and not p.is_symlink()
+    ] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -87,18 +88,43 @@ def archive_get(ctx: click.Context, run_id: str, output: str | None) -> None:
         _fail(f"run {rid} is not in the archive ledger")
     objects = archive.open_store(app.settings)
     if output:
-        tmp = output + ".part"
-        with open(tmp, "wb") as f:
-            for chunk in objects.open_original(entry.log_key, entry.encoding):
-                f.write(chunk)
-        import os
-
-        os.replace(tmp, output)
+        _download_to(output, objects.open_original(entry.log_key, entry.encoding))
         click.echo(f"wrote s3://{entry.bucket}/{entry.log_key} to {output}", err=True)
     else:
         for chunk in objects.open_original(entry.log_key, entry.encoding):
             sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
+
+
+def _download_to(output: str, chunks: Iterator[bytes]) -> None:
+    """Write ``chunks`` to a private temporary file next to ``output`` (created with
+    O_EXCL by ``mkstemp``: a planted symlink is never followed), then rename it over
+    ``output`` atomically; on any failure the temporary file is removed and one line is
+    printed."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    target = Path(output)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        _fail(f"cannot write {output}: folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)
+    except OSError as e:
+        _fail(f"cannot write {output}: {e.strerror or e}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            _fail(f"cannot write {output}: {e.strerror or e}")
+        raise
 
 
 @archive_group.command("ls")
