@@ -37,9 +37,10 @@ def run_cmd(ctx: click.Context, pipeline: str, env_pairs: tuple[str, ...]) -> No
     app = _context(ctx)
     echo = None
     if sys.stdout.isatty():
+        from fastflow.runs.terminal import neutralise
 
         def echo(text: str) -> None:
-            sys.stdout.write(text)
+            sys.stdout.write(neutralise(text.encode("utf-8")).decode("utf-8"))
             sys.stdout.flush()
 
     def report(result: Any, delay: float | None) -> None:
@@ -147,7 +148,12 @@ def logs_cmd(ctx: click.Context, run_id: str, full: bool) -> None:
     if source.origin == "archive":
         click.echo(f"(read back from the archive: {source.location})", err=True)
     out = sys.stdout.buffer
-    for chunk in source.chunks:
+    chunks = source.chunks
+    if sys.stdout.isatty():  # a terminal: escape sequences from the log are shown, not run
+        from fastflow.runs.terminal import neutralise_stream
+
+        chunks = neutralise_stream(chunks)
+    for chunk in chunks:
         out.write(chunk)
     out.flush()
 
