@@ -126,6 +126,7 @@ class Settings(BaseSettings):
     fastflow_base_url: str = DEFAULT_BASE_URL
     fastflow_secret_key: SecretStr | None = None
     metrics_public: bool = False
+    docs_public: bool = False
 
     @field_validator("database_url")
     @classmethod

@@ -500,3 +500,23 @@ def test_logout_without_its_csrf_token_still_ends_the_session(api: Api) -> None:
     assert out.status_code == 303
     api.client.cookies.set("fastflow_session", res.cookies["fastflow_session"])  # replayed
     assert api.client.get("/api/runs").status_code == 401  # the server session is gone
+
+
+def test_api_docs_need_authentication_unless_public(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert api.client.get(path).status_code == 401, path
+        assert api.client.get(path, headers=api.viewer).status_code == 200, path
+    public = bootstrap(load_settings(docs_public=True))
+    client = TestClient(create_app(public, schedule=False))
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_security_headers(api: Api) -> None:
+    page = api.client.get("/login")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "'unsafe-inline'" not in page.headers["content-security-policy"]
+    assert api.client.get("/api/health").headers["x-content-type-options"] == "nosniff"

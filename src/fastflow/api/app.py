@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fastflow import __version__, notify
@@ -66,7 +67,14 @@ def create_app(
             if scheduler:
                 scheduler.stop()
 
-    app = FastAPI(title="fastflow", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="fastflow",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url=None,  # served below, behind the same authentication as /api
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.ctx = ctx
     dispatcher = Dispatcher(ctx)
     app.state.launcher = dispatcher
@@ -80,9 +88,34 @@ def create_app(
     for router in (auth.router, runs.router, pipelines.router, settings.router, hooks.router):
         app.include_router(router)
     _install_metrics(app, ctx)
+    _install_docs(app, ctx)
     if extend is not None:
         extend(app)
     return app
+
+
+def _install_docs(app: FastAPI, ctx: Context) -> None:
+    """``/openapi.json``, ``/docs`` and ``/redoc`` need a session or an API token, like
+    ``/api``, unless ``DOCS_PUBLIC=true``."""
+
+    def allowed(request: Request) -> None:
+        if not ctx.settings.docs_public and optional_principal(request, ctx) is None:
+            raise AuthError("authentication required: send 'Authorization: Bearer <token>'")
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(request: Request) -> JSONResponse:
+        allowed(request)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> Response:
+        allowed(request)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="fastflow API")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> Response:
+        allowed(request)
+        return get_redoc_html(openapi_url="/openapi.json", title="fastflow API")
 
 
 def _install_metrics(app: FastAPI, ctx: Context) -> None:
