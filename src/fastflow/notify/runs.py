@@ -45,7 +45,7 @@ from fastflow.notify.incidents import (
 from fastflow.notify.messages import Message
 from fastflow.notify.retry import DeliveryOptions
 from fastflow.notify.run_messages import RunNotice
-from fastflow.runs import pipelines, readback
+from fastflow.runs import pipelines
 from fastflow.runs import store as run_rows
 from fastflow.runs.specs import NotifySpec
 from fastflow.security import redact
@@ -159,6 +159,8 @@ def _render(ctx: Context, run: PipelineRun, notice: RunNotice) -> Message:
 def log_tail(ctx: Context, run: PipelineRun) -> tuple[tuple[str, ...], str | None]:
     """The last lines of the run's log, secrets masked, and why there are none (or None)."""
     try:
+        from fastflow.runs import readback  # boto3 only when a message is really built
+
         source = readback.open_run_file(ctx, run.id, "log", run, tail_bytes=TAIL_BYTES)
         if source is None:
             return (), "the run has no log"
