@@ -15,12 +15,12 @@ from sqlalchemy import func, select
 
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database
-from fastflow.db.models import PipelineRun, RunStatus, utcnow
+from fastflow.db.models import FINAL_STATUSES, PipelineRun, RunStatus, utcnow
 from fastflow.errors import RunNotFound
 from fastflow.runs import files as logfiles
 
 HOSTNAME = socket.gethostname()
-FINAL = ("SUCCESS", "FAILED", "TIMEOUT", "CANCELLED")
+RUNNING_STATES = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 
 
 def parse_run_id(raw: str) -> uuid.UUID:
@@ -186,7 +186,7 @@ def sweep_dead(
     retired = 0
     with db.session() as s:
         rows = s.scalars(
-            select(PipelineRun).where(PipelineRun.status.in_(("PENDING", "RUNNING")), host)
+            select(PipelineRun).where(PipelineRun.status.in_(RUNNING_STATES), host)
         ).all()
         for run in rows:
             if alive(run):
@@ -239,7 +239,7 @@ def fail_with_note(db: Database, logs_root: Path, run_id: uuid.UUID, text: str) 
     """End a run that could not be executed as FAILED, with the reason in its log."""
     with db.session() as s:
         run = s.get(PipelineRun, run_id)
-        if run is None or run.status in FINAL:
+        if run is None or run.status in FINAL_STATUSES:
             return
         run.status = RunStatus.FAILED.value
         run.finished_at = utcnow()

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
 from fastflow.api.schemas import PipelineListOut, RunStartedOut
 from fastflow.db.models import Trigger, utcnow
-from fastflow.orchestration.ticker import schedule_rows
+from fastflow.orchestration.ticker import describe, next_runs
 from fastflow.runs import pipelines
 from fastflow.runs import store as runs
 
@@ -22,17 +22,23 @@ router = APIRouter(prefix="/api/pipelines", tags=["pipelines"])
 def list_pipelines(ctx: CtxDep, _: PrincipalDep) -> list[dict[str, Any]]:
     """Discovered pipelines with their last run, schedules (next run, UTC), limits,
     retries and triggers."""
-    now = utcnow()
-    rows = schedule_rows(ctx, now)
+    found = pipelines.discover(ctx.settings.pipelines_dir)
+    nexts = {
+        (n.pipeline_name, n.schedule_key): n.next_run_at for n in next_runs(ctx, found, utcnow())
+    }
     out = []
-    for p in pipelines.discover(ctx.settings.pipelines_dir):
+    for p in found:
         data = p.to_dict()
         last = runs.list_runs(ctx.db, pipeline=p.name, limit=1)
         data["last_run"] = last[0].to_dict() if last else None
         data["schedules"] = [
-            {k: r[k] for k in ("schedule_key", "schedule", "enabled", "next_run_at")}
-            for r in rows
-            if r["pipeline_name"] == p.name
+            {
+                "schedule_key": spec.key,
+                "schedule": describe(spec),
+                "enabled": spec.enabled and p.config.enabled,
+                "next_run_at": at.isoformat() if (at := nexts.get((p.name, spec.key))) else None,
+            }
+            for spec in p.config.schedules
         ]
         data["max_instances"] = p.config.max_instances
         data["retries"] = p.config.retries.max
