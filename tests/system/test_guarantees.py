@@ -506,3 +506,50 @@ def test_recycled_pid_is_never_killed() -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_crash_between_ledger_and_rename_of_a_truncation_loses_nothing(
+    ctx: Context, s3: S3Env
+) -> None:
+    """The state a kill leaves after the ledger learnt the truncated copy but before the
+    rename: the local log is still the full one. The next pass truncates without a new
+    upload, and retention later deletes it against the full archived copy."""
+    full = b"a line of the noisy pipeline\n" * 80_000  # > 1 MiB
+    big = seed_run(ctx, "noisy", NOW - timedelta(days=2), log=full)
+    key = _key(big.id, "noisy")
+    store = archive.open_store(ctx.settings)
+    stored = store.put_verified(key, big.log, {"run_id": str(big.id)})
+    with ctx.db.session() as s:
+        s.add(
+            ArchivedRun(
+                run_id=big.id,
+                pipeline_name="noisy",
+                status="SUCCESS",
+                triggered_by="schedule",
+                started_at=big_started(ctx, big.id),
+                bucket=s3.bucket,
+                log_key=key,
+                log_size=stored.size,
+                log_sha256=stored.sha256,
+                reason="truncate_log",
+                log_truncated_at=NOW,
+                local_log_size=123,
+                local_log_sha256="0" * 64,  # the temp copy that was never renamed
+            )
+        )
+    tight = bootstrap(load_settings(log_max_size_mb=1, log_retention_runs=None))
+    first = run_pass(tight, "test", now=NOW)
+    assert first.truncated_logs == 1 and first.backup_failures == 0
+    assert first.archived_before_truncation == 0 and first.rearchived_runs == 0
+    assert big.log.stat().st_size <= 1024 * 1024
+    seed_run(ctx, "noisy", NOW - timedelta(days=1))
+    second = run_pass(ctx, "test", now=NOW)  # LOG_RETENTION_RUNS=1 removes the big run
+    assert second.deleted_runs == 1 and second.backup_failures == 0
+    assert object_bytes(s3.client(), s3.bucket, key) == full
+    tight.db.dispose()
+
+
+def big_started(ctx: Context, run_id: Any) -> Any:
+    row = run_row(ctx, run_id)
+    assert row is not None
+    return row.started_at
