@@ -318,6 +318,23 @@ def test_archived_log_is_readable_after_the_row_was_deleted(s3_api: Api, s3: S3E
     assert new.log.exists()
 
 
+def test_a_forced_pass_shows_its_failure_at_once_to_a_client_that_just_polled(
+    s3_api: Api, s3: S3Env
+) -> None:
+    """The pass runs in a child process; the server's one-second read cache must not
+    hide what it recorded from the poll that follows it."""
+    api = s3_api
+    api.client.put("/api/settings", json={"log_retention_runs": 1}, headers=api.admin)
+    seed_series(api.ctx, "etl", 2)
+    before = api.client.get("/api/settings/backup-failures", headers=api.viewer).json()
+    assert before["failures"] == []  # now cached
+    s3.proxy.stop()
+    summary = api.client.post("/api/settings/cleanup/force", headers=api.admin).json()
+    assert summary["backup_failures"] == 1
+    after = api.client.get("/api/settings/backup-failures", headers=api.viewer).json()
+    assert [f["pipeline_name"] for f in after["failures"]] == ["etl"]
+
+
 @pytest.mark.parametrize(
     ("fault", "expected"),
     [

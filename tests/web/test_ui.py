@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import MakePipeline, run_cli
 from tests.harness.fixtures import S3Env
@@ -121,9 +122,7 @@ def test_run_a_pipeline_and_watch_it_finish(page: Any, server: Server) -> None:
     row.locator("button.run-now").click()
     page.wait_for_url(re.compile(r".*/runs/[0-9a-f-]{36}$"))
     page.wait_for_selector("#run-status .st-success", timeout=60_000)
-    page.wait_for_function(
-        "document.getElementById('log-view').textContent.includes('second line')"
-    )
+    expect(page.locator("#log-view")).to_contain_text("second line", timeout=30_000)
     text = page.text_content("#log-view")
     assert "hello from the UI test" in text
     assert re.search(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] hello from the UI test", text)
@@ -135,7 +134,7 @@ def test_open_a_run_and_see_its_log(page: Any, server: Server) -> None:
     assert rows.count() == 2
     _shot(page, "runs")
     rows.first.locator("a").first.click()
-    page.wait_for_function("document.getElementById('log-view').textContent.includes('oops')")
+    expect(page.locator("#log-view")).to_contain_text("oops", timeout=30_000)
     assert "extract" in page.text_content("#log-view")
     assert page.locator("#log-download").get_attribute("href").endswith("/logs")
 

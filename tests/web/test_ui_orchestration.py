@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from fastflow.orchestration.schedules import next_fire
 from fastflow.runs.specs import ScheduleSpec
@@ -210,7 +211,7 @@ def _run_with_parameters_queues_a_run_that_sees_them(page: Any, server: Server) 
     link.click()
     page.wait_for_url(re.compile(f".*/runs/{run_id}$"))
     page.wait_for_selector("#run-status .st-success", timeout=60_000)
-    page.wait_for_function("document.getElementById('log-view').textContent.includes('greeting=')")
+    expect(page.locator("#log-view")).to_contain_text("greeting=", timeout=30_000)
     assert "greeting=hello <b>world</b>" in page.text_content("#log-view")
     assert page.locator("#log-view b").count() == 0  # text, never markup
     assert page.text_content("#run-trigger").strip() == "api"

@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from fastflow import exit_codes
 from fastflow.config import Settings, load_settings
 from fastflow.context import Context, bootstrap
+from fastflow.db import cache as readcache
 from fastflow.errors import ConfigError, FastflowError, PassAlreadyRunning
 from fastflow.lifecycle.cleanup import Failure, PassSummary, run_pass
 
@@ -55,15 +56,21 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def run_pass_in_child(ctx: Context, trigger: str, timeout: float | None = None) -> PassSummary:
-    """Run one pass in a child process; raise like ``cleanup.run_pass`` would."""
-    proc = subprocess.run(
-        [sys.executable, "-m", ENTRY_POINT, "--trigger", trigger],
-        env=settings_env(ctx.settings),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """Run one pass in a child process; raise like ``cleanup.run_pass`` would.
+
+    This process's read cache is dropped once the child has ended, whatever the outcome:
+    the pass changed runs and failures behind the cache's back."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", ENTRY_POINT, "--trigger", trigger],
+            env=settings_env(ctx.settings),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    finally:
+        readcache.invalidate()
     if proc.returncode == exit_codes.BUSY:
         raise PassAlreadyRunning("another cleanup pass is running")
     try:
