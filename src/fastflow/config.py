@@ -36,6 +36,8 @@ MAX_RETENTION_DAYS = 36_500  # 100 years
 MAX_LOG_SIZE_MB = 1_048_576  # 1 TiB
 DEFAULT_CANCEL_GRACE_S = 10.0
 DEFAULT_BASE_URL = "http://localhost:8000"
+DEFAULT_ENV_RETENTION_DAYS = 30
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 SECRET_FIELDS = frozenset(
     {
@@ -123,6 +125,13 @@ class Settings(BaseSettings):
     # reminders of a lasting incident (backups and runs): at most one per this many hours
     notify_reminder_hours: float = Field(default=23, gt=0, le=10000)
 
+    # pipeline environments and isolation: unused envs are collected after this many
+    # days; runs execute as RUN_AS_USER when set; a run sees fastflow's own variables
+    # only when PASS_ENV names them
+    env_retention_days: int = Field(default=DEFAULT_ENV_RETENTION_DAYS, ge=1, le=MAX_RETENTION_DAYS)
+    run_as_user: str | None = None
+    pass_env: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     fastflow_base_url: str = DEFAULT_BASE_URL
     fastflow_secret_key: SecretStr | None = None
     metrics_public: bool = False
@@ -207,6 +216,25 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"{bad[0]!r} is not an e-mail address")
         return items
+
+    @field_validator("pass_env", mode="before")
+    @classmethod
+    def _pass_env(cls, v: Any) -> Any:
+        items = [i.strip() for i in v.split(",")] if isinstance(v, str) else list(v or [])
+        items = [i for i in items if i]
+        bad = [i for i in items if not _ENV_NAME_RE.match(i)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an environment variable name")
+        return items
+
+    @field_validator("run_as_user", mode="before")
+    @classmethod
+    def _run_as_user(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip() or None
+            if v is not None and not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?", v):
+                raise ValueError("must be a user name or numeric uid")
+        return v
 
     # --- derived views -------------------------------------------------------------
 

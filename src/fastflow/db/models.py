@@ -129,6 +129,9 @@ class PipelineRun(Base):
     schedule_key: Mapped[str | None] = mapped_column(String(100), nullable=True)
     env_overrides: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON object
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # why a finished run did not succeed, in words ("exit code 3", "memory limit
+    # exceeded (512 MiB)", ...); None for SUCCESS and for runs still going
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +151,7 @@ class PipelineRun(Base):
             "scheduled_for": _iso(self.scheduled_for),
             "queued_at": _iso(self.queued_at),
             "run_config_id": self.run_config_id,
+            "failure_reason": self.failure_reason,
         }
 
 
@@ -368,6 +372,17 @@ class SettingOverride(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str | None] = mapped_column(Text, nullable=True)
     encrypted: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class PipelineSecret(Base):
+    """A secret that pipelines may list in ``secrets``; the value is Fernet-encrypted
+    with fastflow's key and never leaves the process except into a run's environment."""
+
+    __tablename__ = "pipeline_secrets"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    ciphertext: Mapped[str] = mapped_column(Text, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
 
