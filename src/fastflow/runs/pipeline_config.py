@@ -9,6 +9,7 @@ native counterparts mean (docs/migrating-from-fast-flow.md maps every key).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastflow.errors import InvalidPipelineConfig
 from fastflow.runs.specs import (
     DEFAULT_MISFIRE_GRACE_S,
+    LimitsSpec,
     NotifySpec,
     Overlap,
     RetrySpec,
@@ -39,6 +41,9 @@ NATIVE_KEYS = frozenset(
         "notify",
         "enabled",
         "tags",
+        "python",
+        "secrets",
+        "limits",
     }
 )
 FASTFLOW_KEYS = frozenset(
@@ -54,6 +59,11 @@ FASTFLOW_KEYS = frozenset(
         "default_env",
         "webhook_key",
         "type",
+        "python_version",
+        "cpu_hard_limit",
+        "mem_hard_limit",
+        "cpu_soft_limit",
+        "mem_soft_limit",
     }
 )
 # Fast-Flow keys with no fastflow meaning yet: refused, so that nobody relies on them
@@ -62,12 +72,10 @@ NOT_IMPLEMENTED = {
     "restart_cooldown": "daemon restarts are not implemented",
     "restart_interval": "daemon restarts are not implemented",
     "cells": "notebook pipelines are not implemented",
-    "encrypted_env": "encrypted env values are not implemented yet",
-    "python_version": "per-pipeline Python versions are not implemented yet",
-    "cpu_hard_limit": "resource limits are not implemented yet",
-    "mem_hard_limit": "resource limits are not implemented yet",
-    "cpu_soft_limit": "resource limits are not implemented yet",
-    "mem_soft_limit": "resource limits are not implemented yet",
+    "encrypted_env": (
+        "values encrypted with another product's key cannot be read here; store each "
+        'value with `fastflow secret set NAME` and list the names in "secrets"'
+    ),
 }
 SCHEDULE_KEYS = frozenset(
     {
@@ -94,6 +102,11 @@ SCHEDULE_KEYS = frozenset(
 )
 MAX_RETRIES = 100
 MAX_INSTANCES = 1000
+MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
+MAX_CPUS = 1024
+SECRET_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_PYTHON_RE = re.compile(r"^3\.\d{1,2}(\.\d{1,2})?$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,11 @@ class PipelineConfig:
     # per schedule (run_config_id) overrides of timeout and retries (Fast-Flow)
     schedule_timeouts: dict[str, float | None] = field(default_factory=dict)
     schedule_retries: dict[str, RetrySpec] = field(default_factory=dict)
+    # the interpreter version ("3.11"; None = fastflow's own), the secrets the run gets
+    # as environment variables, its resource limits
+    python: str | None = None
+    secrets: tuple[str, ...] = ()
+    limits: LimitsSpec = field(default_factory=LimitsSpec)
 
 
 class _Reader:
@@ -416,6 +434,76 @@ def _type(r: _Reader) -> None:
         raise r.fail("type", f"is not supported: only 'script' pipelines run ({kind!r})")
 
 
+def _python(r: _Reader) -> str | None:
+    if r.has("python") and r.has("python_version"):
+        raise r.fail("python", "and python_version mean the same: give one")
+    key = "python" if r.has("python") else "python_version"
+    raw = r.data.get(key)
+    if raw is None:
+        return None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        raw = str(raw)  # 3.11 written as a number
+    if not isinstance(raw, str) or not _PYTHON_RE.match(raw.strip()):
+        raise r.fail(key, f'must be a Python version such as "3.11" (got {raw!r})')
+    return raw.strip()
+
+
+def _secrets(r: _Reader) -> tuple[str, ...]:
+    raw = r.data.get("secrets", [])
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise r.fail("secrets", "must be a list of secret names")
+    bad = [x for x in raw if not SECRET_NAME_RE.match(x)]
+    if bad:
+        raise r.fail("secrets", f"must be names matching [A-Z_][A-Z0-9_]* (got {bad[0]!r})")
+    return tuple(dict.fromkeys(raw))
+
+
+def _mebibytes(r: _Reader, key: str) -> int | None:
+    """A memory size: an integer of MiB, or Fast-Flow's "512m" / "1g" / "1.5g"."""
+    raw = r.data.get(key)
+    if raw is None:
+        return None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        mib = raw if key.endswith("_mb") else raw // (1024 * 1024)  # bare bytes (Docker)
+    else:
+        m = _SIZE_RE.match(raw) if isinstance(raw, str) else None
+        if m is None:
+            raise r.fail(key, f'must be a size such as "512m" or "2g" (got {raw!r})')
+        factor = {"": 1 / (1024 * 1024), "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+        mib = int(float(m.group(1)) * factor[m.group(2).lower()])
+    if not 1 <= mib <= MAX_MEMORY_MB:
+        raise r.fail(key, f"must be from 1 MiB to {MAX_MEMORY_MB} MiB (got {raw!r})")
+    return mib
+
+
+def _cpus(r: _Reader, key: str) -> float | None:
+    value = r.number(key, minimum=0.01)
+    if value is not None and value > MAX_CPUS:
+        raise r.fail(key, f"must be at most {MAX_CPUS} CPUs (got {value:g})")
+    return value
+
+
+def _limits(r: _Reader) -> LimitsSpec:
+    native = _Reader(r.obj("limits"), r.where, "limits.")
+    native.unknown(frozenset({"memory_mb", "cpu", "memory_soft_mb", "cpu_soft"}))
+    pairs = (
+        ("memory_mb", "mem_hard_limit"),
+        ("cpu", "cpu_hard_limit"),
+        ("memory_soft_mb", "mem_soft_limit"),
+        ("cpu_soft", "cpu_soft_limit"),
+    )
+    for mine, theirs in pairs:
+        if native.has(mine) and r.has(theirs):
+            raise r.fail(theirs, f"and limits.{mine} mean the same: give one")
+    spec = LimitsSpec(
+        memory_mb=_mebibytes(native, "memory_mb") or _mebibytes(r, "mem_hard_limit"),
+        cpu=_cpus(native, "cpu") or _cpus(r, "cpu_hard_limit"),
+        memory_soft_mb=_mebibytes(native, "memory_soft_mb") or _mebibytes(r, "mem_soft_limit"),
+        cpu_soft=_cpus(native, "cpu_soft") or _cpus(r, "cpu_soft_limit"),
+    )
+    return spec
+
+
 def parse(data: dict[str, Any], where: Path) -> PipelineConfig:
     """The configuration in ``data`` (the JSON object of ``where``)."""
     r = _Reader(data, where)
@@ -444,4 +532,7 @@ def parse(data: dict[str, Any], where: Path) -> PipelineConfig:
         webhook_keys=_webhook_keys(r),
         schedule_timeouts=timeouts,
         schedule_retries=per_schedule_retries,
+        python=_python(r),
+        secrets=_secrets(r),
+        limits=_limits(r),
     )

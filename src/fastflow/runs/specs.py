@@ -61,3 +61,15 @@ class TriggerSpec:
 class NotifySpec:
     on_failure: bool = True
     on_recovery: bool = True
+
+
+@dataclass(frozen=True)
+class LimitsSpec:
+    """Resource limits of one run. Hard limits stop the run (``memory_mb``: the process
+    tree's resident memory in MiB; ``cpu``: CPUs, enforced only by an executor that can);
+    soft limits only mark the run's metrics and warn."""
+
+    memory_mb: int | None = None
+    cpu: float | None = None
+    memory_soft_mb: int | None = None
+    cpu_soft: float | None = None
