@@ -16,7 +16,7 @@ from fastflow.accounts import AuthError
 from fastflow.api import errors
 from fastflow.api.deps import optional_principal
 from fastflow.api.prometheus import registry_for
-from fastflow.api.routers import auth, hooks, pipelines, runs, settings
+from fastflow.api.routers import auth, hooks, pipelines, runs, secrets, settings
 from fastflow.api.schemas import HealthOut
 from fastflow.context import Context
 from fastflow.lifecycle.cleanup import PassSummary
@@ -85,7 +85,14 @@ def create_app(
         """Liveness; the only route that needs no authentication."""
         return {"status": "ok", "version": __version__}
 
-    for router in (auth.router, runs.router, pipelines.router, settings.router, hooks.router):
+    for router in (
+        auth.router,
+        runs.router,
+        pipelines.router,
+        settings.router,
+        hooks.router,
+        secrets.router,
+    ):
         app.include_router(router)
     _install_metrics(app, ctx)
     _install_docs(app, ctx)
