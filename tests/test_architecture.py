@@ -17,6 +17,7 @@ LAYERS: dict[str, int] = {
     "exit_codes": 0,
     "db": 1,
     "runs": 1,
+    "environments": 1,
     "archive": 1,
     "context": 1,
     "accounts": 1,
