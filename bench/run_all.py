@@ -29,6 +29,7 @@ SCRIPTS = (
     "planning",
     "archive_read",
     "load",
+    "envs",
 )
 QUICK_ENV = {"BENCH_LINES": "100000"}  # runner_throughput has no quick mode of its own
 
@@ -229,7 +230,30 @@ def _load_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _envs_rows(r: dict[str, Any]) -> list[Row]:
+    start, build = r["startup"], r["build"]
+
+    def med(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
+    return [
+        (
+            "pipeline environments (uv)",
+            "run start-up: cached env vs direct interpreter",
+            f"{start['ratio']:.2f} ({med(start['env_ms']):.1f} ms vs "
+            f"{med(start['direct_ms']):.1f} ms; prepare() {start['prepare_ms_median']:.1f} ms)",
+        ),
+        (
+            "",
+            "env build vs plain `uv venv` + `uv pip install -r`",
+            f"{build['ratio']:.2f} ({med(build['fastflow_ms']):.0f} ms vs "
+            f"{med(build['uv_ms']):.0f} ms)",
+        ),
+    ]
+
+
 FORMATTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "envs": _envs_rows,
     "archive_read": _read_rows,
     "load": _load_rows,
     "runner_throughput": _runner_rows,

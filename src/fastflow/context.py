@@ -36,8 +36,11 @@ class Context:
 def bootstrap(settings: Settings, *, recover: bool = True) -> Context:
     """Open the database, apply migrations and stored setting overrides, and fail runs
     orphaned by a dead process."""
+    from fastflow.runs import isolation
+
     db = Database(settings)
     db.migrate()
+    isolation.secure_data_dir(settings)
     ctx = Context(settings=settings, db=db)
     ctx.reload_settings()
     security.install_log_redaction(ctx.settings)

@@ -6,6 +6,8 @@ one place each. Error text never contains secrets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class FastflowError(Exception):
     """Base class: ``str(err)`` is a one-line message a user can act on."""
@@ -102,3 +104,41 @@ class PassLockLost(FastflowError):
 
 class FileChanged(ArchiveError):
     """A local file differs from the bytes that were archived and verified; it is kept."""
+
+
+class InvalidSecret(InvalidInput):
+    """A secret name or value is not acceptable (HTTP 422, exit status 2). The message
+    names the problem, never the value."""
+
+
+class MissingSecrets(FastflowError):
+    """Secrets a pipeline lists in ``secrets`` are not in the store; ``names`` are all of
+    them, in the order asked for."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__(
+            "secret(s) not found: " + ", ".join(names),
+            hint="set with: fastflow secret set NAME",
+        )
+        self.names = list(names)
+
+
+class SecretUnreadable(ConfigError):
+    """Stored secrets cannot be decrypted (``FASTFLOW_SECRET_KEY`` or
+    ``DATA_DIR/secret.key`` changed since they were set); ``names`` says which. The
+    message never contains a ciphertext."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        which = f"secret {names[0]}" if len(names) == 1 else "secrets " + ", ".join(names)
+        super().__init__(
+            f"{which} cannot be decrypted: FASTFLOW_SECRET_KEY or DATA_DIR/secret.key "
+            "changed since it was set",
+            hint="set it again with: fastflow secret set NAME",
+        )
+        self.names = list(names)
+
+
+class EnvBuildError(FastflowError):
+    """A pipeline's virtual environment could not be built (uv failed: resolver, index,
+    interpreter); the message is one line with uv's key message, the full output went to
+    the build log. No half-built environment is ever reused after it."""

@@ -1,13 +1,14 @@
 """Exit codes of the ``fastflow`` command and of the child cleanup pass, defined once.
 
-0 success; 1 a failed run, failed backups or another error; 2 invalid configuration or
-usage; 3 another cleanup pass is running. ``for_error`` maps an exception to its code
+0 success; 1 a failed run, failed backups or another error (also secrets a pipeline
+needs that are not set); 2 invalid configuration or usage (also a bad secret name or
+value); 3 another cleanup pass is running. ``for_error`` maps an exception to its code
 and one-line message.
 """
 
 from __future__ import annotations
 
-from fastflow.errors import ConfigError, FastflowError
+from fastflow.errors import ConfigError, FastflowError, InvalidSecret
 
 OK = 0
 FAILED = 1
@@ -19,6 +20,8 @@ def for_error(exc: BaseException) -> tuple[int, str] | None:
     """The exit code and one-line message for an error a user can act on; ``None`` for
     anything else (a bug: let its traceback show)."""
     if isinstance(exc, ConfigError):
+        return CONFIG, str(exc)
+    if isinstance(exc, InvalidSecret):  # a bad secret name or value: usage
         return CONFIG, str(exc)
     if isinstance(exc, FastflowError):
         return FAILED, str(exc)

@@ -68,15 +68,29 @@ def fernet(settings: Settings) -> Fernet:
     path = _key_file(settings)
     try:
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(Fernet.generate_key())
-        return Fernet(path.read_bytes().strip())
-    except FileExistsError:
+            _create_key_file(path)
         return Fernet(path.read_bytes().strip())
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot use the secret key file {path}: {e}") from e
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new key to a private temporary file and link it into place: a concurrent
+    reader sees no file or a whole key, never an empty one; the first writer wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(Fernet.generate_key())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def encrypt(settings: Settings, value: str) -> str:

@@ -26,12 +26,16 @@ LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] (.*)$", re.DOTALL
 
 
 def _payloads(path: Path) -> list[str]:
+    """The pipeline's lines, without their timestamps and without fastflow's ``[env]``
+    lines about its environment (which all come first)."""
     out = []
     for line in path.read_bytes().decode("utf-8").split("\n")[:-1]:
         m = LINE.match(line)
         assert m, f"line without prefix: {line[:80]!r}"
         out.append(m.group(1))
-    return out
+    env_lines = [x for x in out if x.startswith("[env] ")]
+    assert out[: len(env_lines)] == env_lines  # before the pipeline's first line
+    return out[len(env_lines) :]
 
 
 def test_success_writes_log_metrics_and_row(app: Context, make_pipeline: MakePipeline) -> None:
@@ -40,7 +44,8 @@ def test_success_writes_log_metrics_and_row(app: Context, make_pipeline: MakePip
         """
         import os, sys
         print("run", os.environ["FASTFLOW_RUN_ID"], os.environ["FASTFLOW_PIPELINE"])
-        print("cwd", os.getcwd())
+        print("cwd", os.getcwd() == os.environ["FASTFLOW_WORKDIR"])
+        print("dir", os.environ["FASTFLOW_PIPELINE_DIR"])
         print("env", os.environ["GREETING"])
         print("to stderr", file=sys.stderr)
         """,
@@ -51,7 +56,8 @@ def test_success_writes_log_metrics_and_row(app: Context, make_pipeline: MakePip
     lines = _payloads(result.log_path)
     assert lines == [
         f"run {result.run_id} hello",
-        f"cwd {app.settings.pipelines_dir.resolve() / 'hello'}",
+        "cwd True",
+        f"dir {app.settings.pipelines_dir.resolve() / 'hello'}",
         "env hi",
         "to stderr",
     ]
@@ -328,6 +334,8 @@ def test_pipelines_do_not_see_fastflow_secrets(
     monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "do-not-leak-into-pipelines")
     monkeypatch.setenv("SMTP_PASSWORD", "smtp-do-not-leak")
     monkeypatch.setenv("UNRELATED_VARIABLE", "visible")
+    monkeypatch.setenv("NAMED_IN_PASS_ENV", "passed")
+    app.settings = app.settings.model_copy(update={"pass_env": ["NAMED_IN_PASS_ENV"]})
     make_pipeline(
         "envdump",
         "import os\nfor k in sorted(os.environ): print(k, os.environ[k])\n",
@@ -336,4 +344,6 @@ def test_pipelines_do_not_see_fastflow_secrets(
     result = run_pipeline(app.db, app.settings, "envdump", "cli")
     text = result.log_path.read_text()
     assert "do-not-leak" not in text and "DATABASE_URL" not in text
-    assert "UNRELATED_VARIABLE visible" in text and "OWN mine" in text
+    assert "UNRELATED_VARIABLE" not in text  # nothing of fastflow's environment...
+    assert "NAMED_IN_PASS_ENV passed" in text  # ...but what PASS_ENV names
+    assert "OWN mine" in text

@@ -59,6 +59,7 @@ class RunRowOut(BaseModel):
     scheduled_for: str | None = None
     queued_at: str | None = None
     run_config_id: str | None = None
+    failure_reason: str | None = None
 
 
 class ArchiveInfoOut(BaseModel):
@@ -325,3 +326,32 @@ class BackupFailureOut(BaseModel):
 class BackupFailuresOut(BaseModel):
     failures: list[BackupFailureOut]  # unresolved first, then newest first
     last_backup_at: str | None
+
+
+# --- pipeline secrets (names only: values are write-only) -------------------------------
+
+
+class SecretValueIn(BaseModel):
+    """The body of ``PUT /api/secrets/{name}``: the new value (non-empty text)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: str
+
+
+class SecretOut(BaseModel):
+    """A stored secret without its value (``SecretListing.to_dict``)."""
+
+    name: str
+    updated_at: str
+    pipelines: list[str]  # the pipelines whose pipeline.json "secrets" list the name
+
+
+class SecretListOut(RootModel[list[SecretOut]]):
+    """Every stored secret, by name (never a value)."""
+
+
+class SecretDeletedOut(BaseModel):
+    name: str
+    deleted: bool
+    pipelines: list[str]  # pipelines that still list the name: their runs now fail

@@ -29,7 +29,10 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from fastflow.runs import isolation
+
     context = _context(ctx)
+    isolation.run_as(context.settings)  # RUN_AS_USER unusable: exit 2 now, not per run
     if accounts.count_users(context.db) == 0:
         click.echo(f"fastflow: {FIRST_ADMIN_HINT}", err=True)
     uvicorn.run(create_app(context), host=host, port=port, log_level="info")

@@ -32,9 +32,11 @@ def run_cmd(ctx: click.Context, pipeline: str, env_pairs: tuple[str, ...]) -> No
     the last attempt's as the last line."""
     from fastflow.db.models import RunStatus, Trigger
     from fastflow.orchestration.foreground import run_in_foreground
+    from fastflow.runs import isolation
 
     env = _parse_env(env_pairs)
     app = _context(ctx)
+    isolation.run_as(app.settings)  # RUN_AS_USER unusable: exit 2 before any run
     echo = None
     if sys.stdout.isatty():
         from fastflow.runs.terminal import neutralise
@@ -47,7 +49,9 @@ def run_cmd(ctx: click.Context, pipeline: str, env_pairs: tuple[str, ...]) -> No
         code = "-" if result.exit_code is None else str(result.exit_code)
         click.echo(
             f"run {result.run_id} of {result.pipeline_name!r}: {result.status.value} "
-            f"(exit code {code}); log: {result.log_path}",
+            f"(exit code {code}"
+            + (f"; {result.failure_reason}" if result.failure_reason else "")
+            + f"); log: {result.log_path}",
             err=True,
         )
         if delay is not None:

@@ -16,6 +16,7 @@ Safety invariants (each proven by a test; the executor's are listed in ``passrun
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from fastflow.archive.store import ArchiveStore
 from fastflow.context import Context
 from fastflow.db import cache as readcache
 from fastflow.db.models import utcnow
+from fastflow.environments import collector as env_collector
 from fastflow.errors import ArchiveNotConfigured, PassLockLost
 from fastflow.lifecycle import oversized, records, selection
 from fastflow.lifecycle.executor import PassRun, pipeline_policy
@@ -40,6 +42,7 @@ from fastflow.security import redact
 __all__ = ["Failure", "PassSummary", "Progress", "pipeline_policy", "run_pass"]
 
 MAX_PLAN_LINES = 10_000
+log = logging.getLogger(__name__)
 
 
 def _open_store(ctx: Context) -> tuple[ArchiveStore | None, str | None]:
@@ -130,6 +133,10 @@ def run_pass(
             summary.duration_s = round(time.monotonic() - started, 3)
             records.close_pass(ctx.db, summary.pass_id, summary.to_dict(), error)
             records.prune_failures(ctx.db)
+    try:  # environments unused for ENV_RETENTION_DAYS; never fails or aborts the pass
+        env_collector.collect(ctx.settings, now=now)
+    except Exception as e:
+        log.warning("collecting unused environments failed: %s", redact(str(e), ctx.settings))
     return summary
 
 

@@ -7,7 +7,9 @@ Guarantees:
 - memory is bounded: a line longer than ``LONG_LINE`` characters is written as it
   arrives instead of being held until its newline;
 - no per-line system calls: lines read together are formatted in one string and the
-  caller owns flushing and fsync.
+  caller owns flushing and fsync;
+- with a ``Masker``, every secret value is replaced by ``***`` before anything is
+  written or echoed, whatever the read boundaries (see ``masking``), in notes too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import codecs
 import time
 from collections.abc import Callable
 from typing import TextIO
+
+from fastflow.runs.masking import Masker
 
 LONG_LINE = 64 * 1024
 
@@ -28,8 +32,10 @@ class LogCapture:
         out: TextIO,
         echo: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        masker: Masker | None = None,
     ) -> None:
         self._out = out
+        self._masker = masker if masker is not None and masker.active else None
         self._echo = echo
         self._clock = clock
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -55,6 +61,11 @@ class LogCapture:
 
     def feed(self, data: bytes) -> None:
         text = self._decoder.decode(data)
+        if self._masker is not None and text:
+            text = self._masker.push(text)
+        self._feed_text(text)
+
+    def _feed_text(self, text: str) -> None:
         if not text:
             return
         stamp = self._stamp()
@@ -88,8 +99,9 @@ class LogCapture:
     def close(self) -> None:
         """End of output: complete the last line if it had no newline."""
         tail = self._decoder.decode(b"", final=True)
-        if tail:
-            self.feed(tail.encode("utf-8"))
+        if self._masker is not None:
+            tail = self._masker.push(tail) + self._masker.flush()
+        self._feed_text(tail)
         if self._line_open:
             self._write("\n")
             self._line_open = False
@@ -99,7 +111,14 @@ class LogCapture:
 
     def write_note(self, text: str) -> None:
         """Write a fastflow note as its own line (never inside an open line)."""
+        self.write_line(f"[fastflow] {text}")
+
+    def write_line(self, text: str) -> None:
+        """Write one whole line of fastflow's own (a note, an ``[env]`` line), masked;
+        the pipeline's unfinished line and any held-back text stay pending."""
+        if self._masker is not None:
+            text = self._masker.mask(text)
         if self._line_open:
             self._write("\n")
             self._line_open = False
-        self._write(f"{self._stamp()}[fastflow] {text}\n")
+        self._write(f"{self._stamp()}{text}\n")

@@ -443,7 +443,7 @@ def _python(r: _Reader) -> str | None:
         return None
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         raw = str(raw)  # 3.11 written as a number
-    if not isinstance(raw, str) or not _PYTHON_RE.match(raw.strip()):
+    if not isinstance(raw, str) or not _PYTHON_RE.fullmatch(raw.strip()):
         raise r.fail(key, f'must be a Python version such as "3.11" (got {raw!r})')
     return raw.strip()
 
@@ -452,7 +452,7 @@ def _secrets(r: _Reader) -> tuple[str, ...]:
     raw = r.data.get("secrets", [])
     if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
         raise r.fail("secrets", "must be a list of secret names")
-    bad = [x for x in raw if not SECRET_NAME_RE.match(x)]
+    bad = [x for x in raw if not SECRET_NAME_RE.fullmatch(x)]
     if bad:
         raise r.fail("secrets", f"must be names matching [A-Z_][A-Z0-9_]* (got {bad[0]!r})")
     return tuple(dict.fromkeys(raw))

@@ -4,8 +4,8 @@ and cancellation, and end what it leaves behind.
 Guarantees: every byte written to the pipe before EOF is fed to the capture; the
 process is reaped with ``wait4`` (its rusage is the exact CPU time of the tree's
 waited-for part); on timeout or cancel the whole tree gets SIGTERM, then SIGKILL after
-``KILL_GRACE_S``; descendants that keep the pipe open after the process exited are
-killed after ``DRAIN_AFTER_EXIT_S``.
+``KILL_GRACE_S`` (past a hard memory limit: SIGKILL at once); descendants that keep the
+pipe open after the process exited are killed after ``DRAIN_AFTER_EXIT_S``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Flushable(Protocol):
 
 @dataclass
 class Outcome:
-    """How the process ended: ``exited``, ``timeout`` or ``cancelled``."""
+    """How the process ended: ``exited``, ``timeout``, ``cancelled`` or ``memory``."""
 
     kind: str = "exited"
     wait_status: int | None = None
@@ -51,6 +51,7 @@ class Pump:
     kill_tree: Callable[[subprocess.Popen[bytes], int], None]
     timeout: float | None = None
     cancel: threading.Event | None = None
+    memory_exceeded: threading.Event | None = None
     kill_grace: float = KILL_GRACE_S
     outcome: Outcome = field(default_factory=Outcome)
     _fd: int = -1
@@ -125,6 +126,11 @@ class Pump:
                 self.outcome.kind = "timeout"
             elif self.cancel is not None and self.cancel.is_set():
                 self.outcome.kind = "cancelled"
+            elif self.memory_exceeded is not None and self.memory_exceeded.is_set():
+                self.outcome.kind = "memory"  # no grace: the machine's memory is at stake
+                self.kill_tree(self.proc, signal.SIGKILL)
+                self._killed_at = now
+                return
             if self.outcome.kind != "exited":
                 self.kill_tree(self.proc, signal.SIGTERM)
                 self._killed_at = now

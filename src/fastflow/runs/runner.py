@@ -1,35 +1,43 @@
-"""Execute one pipeline run: subprocess, log capture, metrics, final status.
+"""Execute one pipeline run: secrets, environment, subprocess, log capture, metrics,
+final status.
 
 Guarantees: the run's row reaches a final status (SUCCESS, FAILED, TIMEOUT, CANCELLED)
-whatever the pipeline does; on timeout or cancel the whole process tree is killed; output
-is captured line by line with bounded memory (see ``logcapture``) and fsynced at the end.
+with a ``failure_reason`` for every non-success, whatever the pipeline does; a missing
+secret, an unenforceable limit or a failed environment build end the run before its
+process starts; the process runs in its own environment (``environments``), in a
+private scratch folder, as ``RUN_AS_USER`` when set, with only the variables of
+``isolation.run_env``; every secret value given to it is masked before the log is
+written (``masking``); on timeout, cancel or a hard memory limit the whole process tree
+is killed; output is captured line by line with bounded memory (see ``capture``) and
+fsynced at the end.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import psutil
 
+from fastflow import environments
 from fastflow.config import Settings
 from fastflow.db.engine import Database
 from fastflow.db.models import RunStatus
+from fastflow.errors import FastflowError, InvalidPipelineConfig
 from fastflow.runs import files as logfiles
-from fastflow.runs import pipelines
+from fastflow.runs import isolation, pipelines, secret_store
 from fastflow.runs import store as runs
 from fastflow.runs.capture import LogCapture
+from fastflow.runs.masking import Masker
 from fastflow.runs.pump import Outcome, Pump
 from fastflow.runs.sampler import TreeSampler
-
-SETTINGS_VARS = frozenset(name.upper() for name in Settings.model_fields)
 
 # stdout and stderr share one pipe and one locked BufferedWriter inside the pipeline; the
 # text layers write through to it. So the log keeps the exact order in which the pipeline
@@ -73,6 +81,7 @@ class RunResult:
     exit_code: int | None
     log_path: Path
     metrics_path: Path
+    failure_reason: str | None = None
 
 
 def run_pipeline(
@@ -118,47 +127,141 @@ def _kill_tree(proc: subprocess.Popen[bytes], sig: int) -> None:
             pass
 
 
-def _pipeline_env(
-    pipeline: pipelines.Pipeline, run_id: uuid.UUID, extra: dict[str, str] | None = None
-) -> dict[str, str]:
-    """The pipeline's environment: fastflow's own settings (credentials, database URL,
-    ...) are not the pipeline's business; ``extra`` (run parameters) wins over the
-    pipeline's ``env``."""
-    env = {k: v for k, v in os.environ.items() if k.upper() not in SETTINGS_VARS}
-    env.update(pipeline.env)
-    env.update(extra or {})
-    env.update(FASTFLOW_RUN_ID=str(run_id), FASTFLOW_PIPELINE=pipeline.name)
-    return env
-
-
-def _start(pipeline: pipelines.Pipeline, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The pipeline in its own session, under the bootstrap (dies with this process)."""
-    return subprocess.Popen(
-        [sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), str(pipeline.main.resolve())],
-        cwd=pipeline.path,
+def _start(
+    python: Path,
+    pipeline: pipelines.Pipeline,
+    env: dict[str, str],
+    workdir: Path,
+    user: isolation.RunAs | None,
+) -> subprocess.Popen[bytes]:
+    """The pipeline in its own session, under the bootstrap (dies with this process),
+    in its scratch folder, as ``user`` when given."""
+    ids: dict[str, object] = {}
+    if user is not None:
+        ids = {"user": user.uid, "group": user.gid, "extra_groups": []}
+    return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+        [str(python), "-c", _BOOTSTRAP, str(os.getpid()), str(pipeline.main.resolve())],
+        cwd=workdir,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        **ids,
     )
 
 
 def _final_status(
-    ended: Outcome, timeout: float | None, capture: LogCapture
-) -> tuple[RunStatus, int | None]:
-    """Status and exit code from how the process ended; a note in the log says why."""
+    ended: Outcome, pipeline: pipelines.Pipeline, capture: LogCapture
+) -> tuple[RunStatus, int | None, str | None]:
+    """Status, exit code and failure reason from how the process ended; a note in the
+    log says why it was stopped."""
     status = ended.wait_status
     exit_code = os.waitstatus_to_exitcode(status) if status is not None else None
     if ended.kind == "timeout":
-        capture.write_note(f"timeout after {timeout:g} s: process tree killed")
-        return RunStatus.TIMEOUT, exit_code
+        reason = f"timeout after {pipeline.timeout:g} s"
+        capture.write_note(f"{reason}: process tree killed")
+        return RunStatus.TIMEOUT, exit_code, reason
     if ended.kind == "cancelled":
         capture.write_note("run cancelled: process tree killed")
-        return RunStatus.CANCELLED, exit_code
+        return RunStatus.CANCELLED, exit_code, "cancelled"
+    if ended.kind == "memory":
+        reason = f"memory limit exceeded ({pipeline.config.limits.memory_mb} MiB)"
+        capture.write_note(f"{reason}: process tree killed")
+        return RunStatus.FAILED, exit_code, reason
     if exit_code is not None and exit_code < 0:
         capture.write_note(f"pipeline killed by signal {-exit_code}")
-    return (RunStatus.SUCCESS if exit_code == 0 else RunStatus.FAILED), exit_code
+        return RunStatus.FAILED, exit_code, f"killed by signal {-exit_code}"
+    if exit_code == 0:
+        return RunStatus.SUCCESS, 0, None
+    return RunStatus.FAILED, exit_code, f"exit code {exit_code}"
+
+
+@dataclass
+class _Prepared:
+    """What a run needs before its process starts."""
+
+    secrets: dict[str, str]
+    user: isolation.RunAs | None = None
+    env: environments.PreparedEnv | None = None
+
+
+def _prepare(
+    db: Database,
+    settings: Settings,
+    pipeline: pipelines.Pipeline,
+    log_out: TextIO,
+    echo: Callable[[str], None] | None,
+) -> tuple[LogCapture, _Prepared | None, str | None]:
+    """Secrets, limits, user and environment, in that order; the first problem ends the
+    run before it starts, with its reason (in the log too)."""
+    try:
+        values = secret_store.values_for(db, settings, pipeline.config.secrets)
+    except FastflowError as e:
+        capture = LogCapture(log_out, echo=echo)
+        capture.write_note(f"not started: {e}")
+        return capture, None, str(e)
+    capture = LogCapture(log_out, echo=echo, masker=Masker(values.values()))
+    prepared = _Prepared(values)
+    try:
+        _check_limits(pipeline)
+        prepared.user = isolation.run_as(settings)
+        if prepared.user is not None and isolation.folder_writable_by(pipeline.path, prepared.user):
+            capture.write_note(
+                f"warning: the pipeline folder is writable by {prepared.user.name}; "
+                "make it read-only for that user (chmod go-w, chown)"
+            )
+    except FastflowError as e:
+        capture.write_note(f"not started: {e}")
+        return capture, None, str(e)
+    try:
+        prepared.env = environments.prepare(
+            settings,
+            pipeline.name,
+            pipeline.path,
+            pipeline.config.python,
+            lambda line: capture.write_line(f"[env] {line}"),
+            user=(prepared.user.uid, prepared.user.gid) if prepared.user else None,
+        )
+    except FastflowError as e:
+        reason = f"environment build failed: {e}"
+        capture.write_note(reason)
+        return capture, None, reason
+    return capture, prepared, None
+
+
+def _check_limits(pipeline: pipelines.Pipeline) -> None:
+    if pipeline.config.limits.cpu is not None:
+        raise InvalidPipelineConfig(
+            f"limits.cpu ({pipeline.config.limits.cpu:g} CPUs) cannot be enforced by the "
+            "local executor; remove it or run the pipeline in a container"
+        )
+
+
+def _run_env(
+    settings: Settings,
+    pipeline: pipelines.Pipeline,
+    run_id: uuid.UUID,
+    prepared: _Prepared,
+    workdir: Path,
+    extra: dict[str, str] | None,
+) -> dict[str, str]:
+    """The run's whole environment (see ``isolation.run_env``); run parameters win over
+    the pipeline's ``env``, secrets over both."""
+    bin_dir = prepared.env.python.parent if prepared.env is not None else None
+    return isolation.run_env(
+        settings,
+        prepared.user,
+        bin_dir=bin_dir,
+        layers=[pipeline.env, extra or {}, prepared.secrets],
+        run_vars={
+            "FASTFLOW_RUN_ID": str(run_id),
+            "FASTFLOW_PIPELINE": pipeline.name,
+            "FASTFLOW_PIPELINE_DIR": str(pipeline.path.resolve()),
+            "FASTFLOW_WORKDIR": str(workdir),
+            "TMPDIR": str(workdir),
+        },
+    )
 
 
 def execute(
@@ -183,29 +286,83 @@ def execute(
         log_path.open("w", encoding="utf-8", newline="", buffering=1 << 20) as log_out,
         metrics_path.open("w", encoding="utf-8", newline="") as metrics_out,
     ):
-        capture = LogCapture(log_out, echo=echo)
-        try:
-            proc = _start(pipeline, _pipeline_env(pipeline, run_id, extra_env))
-        except OSError as e:
-            capture.write_note(f"could not start the pipeline: {e}")
-            proc = None
-        if proc is not None:
-            runs.mark_pipeline_process(db, run_id, proc.pid)
-            sampler = TreeSampler(proc.pid, metrics_out)
-            sampler.start()
-            started = time.monotonic()
-            pump = Pump(proc, capture, log_out, _kill_tree, pipeline.timeout, cancel)
-            if kill_grace is not None:
-                pump.kill_grace = kill_grace
-            ended = pump.run()
-            ru = ended.rusage
-            cpu_seconds = ru.ru_utime + ru.ru_stime if ru is not None else 0.0
-            sampler.stop(cpu_seconds=cpu_seconds, wall_seconds=time.monotonic() - started)
-            status, exit_code = _final_status(ended, pipeline.timeout, capture)
+        capture, prepared, reason = _prepare(db, settings, pipeline, log_out, echo)
+        if prepared is not None:
+            assert prepared.env is not None
+            with environments.in_use(prepared.env):
+                workdir = isolation.make_workdir(run_id, prepared.user)
+                try:
+                    env = _run_env(settings, pipeline, run_id, prepared, workdir, extra_env)
+                    status, exit_code, reason = _run_process(
+                        db,
+                        pipeline,
+                        run_id,
+                        prepared,
+                        env,
+                        workdir,
+                        capture,
+                        log_out,
+                        metrics_out,
+                        cancel,
+                        kill_grace,
+                    )
+                finally:
+                    isolation.remove_workdir(workdir)
         _close(log_out)
         _close(metrics_out)
-    runs.finish(db, run_id, status, exit_code, logfiles.size_of(log_path))
-    return RunResult(run_id, pipeline.name, status, exit_code, log_path, metrics_path)
+    runs.finish(db, run_id, status, exit_code, logfiles.size_of(log_path), reason)
+    return RunResult(run_id, pipeline.name, status, exit_code, log_path, metrics_path, reason)
+
+
+def _run_process(
+    db: Database,
+    pipeline: pipelines.Pipeline,
+    run_id: uuid.UUID,
+    prepared: _Prepared,
+    env: dict[str, str],
+    workdir: Path,
+    capture: LogCapture,
+    log_out: TextIO,
+    metrics_out: TextIO,
+    cancel: threading.Event | None,
+    kill_grace: float | None,
+) -> tuple[RunStatus, int | None, str | None]:
+    assert prepared.env is not None
+    try:
+        proc = _start(prepared.env.python, pipeline, env, workdir, prepared.user)
+    except OSError as e:
+        reason = f"could not start the pipeline: {e}"
+        capture.write_note(reason)
+        return RunStatus.FAILED, None, reason
+    runs.mark_pipeline_process(db, run_id, proc.pid)
+    limits = pipeline.config.limits
+    sampler = TreeSampler(
+        proc.pid,
+        metrics_out,
+        memory_limit_mb=limits.memory_mb,
+        memory_soft_mb=limits.memory_soft_mb,
+        cpu_soft=limits.cpu_soft,
+    )
+    sampler.start()
+    started = time.monotonic()
+    pump = Pump(
+        proc,
+        capture,
+        log_out,
+        _kill_tree,
+        pipeline.timeout,
+        cancel,
+        memory_exceeded=sampler.exceeded,
+    )
+    if kill_grace is not None:
+        pump.kill_grace = kill_grace
+    ended = pump.run()
+    ru = ended.rusage
+    cpu_seconds = ru.ru_utime + ru.ru_stime if ru is not None else 0.0
+    sampler.stop(cpu_seconds=cpu_seconds, wall_seconds=time.monotonic() - started)
+    for what in sorted(sampler.soft_exceeded):
+        capture.write_note(f"warning: the soft {what} limit was exceeded (the run went on)")
+    return _final_status(ended, pipeline, capture)
 
 
 def _close(f: object) -> None:

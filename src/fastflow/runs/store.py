@@ -97,7 +97,9 @@ def finish(
     status: RunStatus,
     exit_code: int | None,
     log_size: int | None,
+    failure_reason: str | None = None,
 ) -> None:
+    """End a run; ``failure_reason`` says why it did not succeed (None for SUCCESS)."""
     with db.session() as s:
         run = s.get(PipelineRun, run_id)
         if run is None:
@@ -106,6 +108,7 @@ def finish(
         run.exit_code = exit_code
         run.finished_at = utcnow()
         run.log_size = log_size
+        run.failure_reason = None if status is RunStatus.SUCCESS else failure_reason
     readcache.invalidate()
 
 
@@ -199,6 +202,7 @@ def sweep_dead(
                 kill_orphaned_group(run.pipeline_pid, run.pipeline_started)
             run.status = RunStatus.FAILED.value
             run.finished_at = now
+            run.failure_reason = "interrupted: the fastflow process that ran it is gone"
             if run.log_file:
                 run.log_size = _append_note(
                     logs_root,
@@ -243,6 +247,7 @@ def fail_with_note(db: Database, logs_root: Path, run_id: uuid.UUID, text: str) 
             return
         run.status = RunStatus.FAILED.value
         run.finished_at = utcnow()
+        run.failure_reason = text
         if run.log_file:
             run.log_size = _append_note(logs_root, run.log_file, text)
     readcache.invalidate()

@@ -68,6 +68,7 @@ def view_from_ledger(entry: ArchivedRun) -> dict[str, Any]:
         "scheduled_for": None,
         "queued_at": None,
         "run_config_id": None,
+        "failure_reason": None,
         "duration_s": (
             round((entry.finished_at - entry.started_at).total_seconds(), 3)
             if entry.finished_at

@@ -26,7 +26,7 @@ from fastflow.db import settings_store
 from fastflow.db.models import RunStatus, utcnow
 from fastflow.errors import FastflowError
 from fastflow.lifecycle import records as failures
-from fastflow.runs import pipelines
+from fastflow.runs import pipelines, secret_store
 from fastflow.runs import views as runviews
 from fastflow.session_cookie import SESSION_COOKIE, clear_session_cookie, set_session_cookie
 from fastflow.web import orchestrated
@@ -232,6 +232,20 @@ def settings_page(request: Request, user: PageUserDep) -> Response:
         failures=[f for f in failures.recent_failures(ctx, 100) if not f["resolved_at"]],
         notifications=notes,
     )
+
+
+@router.get("/secrets", response_class=HTMLResponse)
+def secrets_page(request: Request, user: PageUserDep) -> Response:
+    """Names of the pipelines' secrets, when each was set and the pipelines that list it;
+    a write-only form (values are never sent to the browser). Admins only: viewers get
+    a 403 page."""
+    if not user.is_admin:
+        refused = render(request, "secrets.html", user, forbidden=True, view=None)
+        refused.status_code = 403
+        return refused
+    ctx = _ctx(request)
+    view = secret_store.overview(ctx.db, ctx.settings.pipelines_dir)
+    return render(request, "secrets.html", user, forbidden=False, view=view)
 
 
 # --- wiring -------------------------------------------------------------------------

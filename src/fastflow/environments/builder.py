@@ -1,0 +1,216 @@
+"""Build one virtualenv with uv into a given directory, streaming uv's output.
+
+Guarantees: uv never downloads an interpreter (``UV_PYTHON_DOWNLOADS=never``); its
+environment is minimal — ``PATH``, ``HOME``, ``LANG``, ``TMPDIR``, the proxy and CA
+variables, and every ``UV_*`` variable of fastflow's environment (index configuration),
+never fastflow's settings or secrets; every line of its output reaches ``log`` as it is
+printed, with credentials in URLs masked; a failure raises ``EnvBuildError`` with one
+line holding uv's key message; the result is readable and executable by every user
+(directories 0755, files world-readable). The caller owns the directory's lifecycle.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import stat
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from fastflow.environments.interpreters import Interpreter
+from fastflow.environments.sources import PYPROJECT, REQUIREMENTS, REQUIREMENTS_LOCK, Dependencies
+from fastflow.errors import EnvBuildError
+
+Log = Callable[[str], None]
+
+# variables besides UV_* that a build may need (to reach an index through a proxy)
+PASSED = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+)
+# UV_* variables that would change which interpreter or environment uv builds into, or
+# contradict the flags below: fastflow decides these
+NOT_PASSED = frozenset(
+    {
+        "UV_PYTHON",
+        "UV_PYTHON_DOWNLOADS",
+        "UV_SYSTEM_PYTHON",
+        "UV_BREAK_SYSTEM_PACKAGES",
+        "UV_PROJECT_ENVIRONMENT",
+        "UV_PROJECT",
+        "UV_WORKING_DIRECTORY",
+        "UV_MANAGED_PYTHON",
+        "UV_LOCKED",
+        "UV_FROZEN",
+        "UV_NO_SYNC",
+        "UV_NO_DEV",
+        "UV_DEV",
+    }
+)
+_URL_AUTH_RE = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+_TAIL_LINES = 200
+_MAX_MESSAGE = 600
+
+
+def uv_binary() -> Path:
+    """The uv executable of the ``uv`` package fastflow depends on."""
+    try:
+        import uv
+
+        return Path(uv.find_uv_bin())
+    except (ImportError, FileNotFoundError) as e:
+        raise EnvBuildError(f"uv is not installed ({e}); install fastflow's dependencies") from e
+
+
+def uv_environ(source: Mapping[str, str], cache_dir: Path) -> dict[str, str]:
+    """The environment of a uv build made from ``source`` (fastflow's own environment):
+    see the module docstring. ``cache_dir`` is uv's cache unless ``UV_CACHE_DIR`` is set."""
+    env = {name: source[name] for name in PASSED if source.get(name)}
+    env.setdefault("PATH", os.defpath)
+    env.update(
+        (name, value)
+        for name, value in source.items()
+        if name.startswith("UV_") and name not in NOT_PASSED
+    )
+    env.setdefault("UV_CACHE_DIR", str(cache_dir))
+    env["UV_PYTHON_DOWNLOADS"] = "never"
+    return env
+
+
+def mask_credentials(line: str) -> str:
+    """``https://user:token@host`` -> ``https://***@host``."""
+    return _URL_AUTH_RE.sub(r"\1***@", line)
+
+
+def commands(uv: Path, target: Path, interp: Interpreter, deps: Dependencies) -> list[list[str]]:
+    """The uv invocations that build ``target`` (run in the pipeline's folder)."""
+    flags = ["--no-progress", "--color", "never"]
+    venv_python = str(target / "bin" / "python")
+    cmds = [
+        [str(uv), "venv", *flags, "--no-project", "--python", str(interp.path), str(target)],
+    ]
+    pip = [str(uv), "pip"]
+    if deps.kind == "requirements":
+        cmds.append([*pip, "install", *flags, "--python", venv_python, "-r", REQUIREMENTS])
+    elif deps.kind == "requirements-lock":
+        cmds.append([*pip, "sync", *flags, "--python", venv_python, REQUIREMENTS_LOCK])
+    elif deps.kind == "pyproject":
+        cmds.append([*pip, "install", *flags, "--python", venv_python, "-r", PYPROJECT])
+    elif deps.kind == "pyproject-lock":
+        cmds.append(
+            [
+                str(uv),
+                "sync",
+                *flags,
+                "--frozen",
+                "--no-install-project",
+                "--no-dev",
+                "--python",
+                str(interp.path),
+            ]
+        )
+    return cmds
+
+
+def summarize(lines: list[str]) -> str:
+    """uv's key message from the end of its output: the last ``error:`` line with its
+    ``cause:`` lines (or the ``×`` / ``╰─▶`` tree), joined into one line."""
+    start = None
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if text.startswith(("error:", "×")):
+            start = i
+    if start is None:
+        tail = [line.strip() for line in lines if line.strip()]
+        return tail[-1] if tail else "uv printed nothing"
+    parts = [lines[start].strip().removeprefix("error:").removeprefix("×").strip()]
+    for line in lines[start + 1 :]:
+        text = line.strip().lstrip("│├╰─▶ ").strip()
+        if not text or text.startswith("hint:"):
+            break
+        parts.append(text.removeprefix("cause:").strip())
+    message = ": ".join(p.rstrip(":") for p in parts if p)
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 1] + "…"
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: Log) -> tuple[int, list[str]]:
+    """Run ``cmd``, calling ``log`` per output line as it comes: (exit status, last lines)."""
+    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+    with subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        umask=0o022,
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            for raw in proc.stdout:
+                line = mask_credentials(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                tail.append(line)
+                log(line)
+        except BaseException:
+            proc.kill()
+            raise
+    return proc.returncode, list(tail)
+
+
+def make_readable(path: Path) -> None:
+    """Directories 0755; files world-readable, and world-executable when the owner may
+    execute them (symbolic links are left alone)."""
+    os.chmod(path, 0o755)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, 0o755)
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            mode = st.st_mode & 0o7777 | 0o444
+            if mode & 0o100:
+                mode |= 0o111
+            if mode != st.st_mode & 0o7777:
+                os.chmod(full, mode)
+
+
+def build(
+    target: Path,
+    interp: Interpreter,
+    deps: Dependencies,
+    folder: Path,
+    env: dict[str, str],
+    log: Log,
+) -> None:
+    """Build the environment into ``target`` (which must not exist yet)."""
+    uv = uv_binary()
+    for cmd in commands(uv, target, interp, deps):
+        step_env = dict(env)
+        if cmd[1] == "sync":
+            step_env["UV_PROJECT_ENVIRONMENT"] = str(target)
+        try:
+            status, tail = _run(cmd, folder, step_env, log)
+        except OSError as e:
+            raise EnvBuildError(f"cannot run uv: {e}") from e
+        if status != 0:
+            step = " ".join(c for c in cmd[1:3] if not c.startswith("-"))
+            raise EnvBuildError(f"{summarize(tail)} (uv {step}, exit status {status})")
+    make_readable(target)

@@ -1,0 +1,167 @@
+"""``prepare``: the environment a run needs, built once and reused; ``in_use``: hold it.
+
+Guarantees:
+- an environment is reused only when complete (its record, written last, exists and
+  names the same inputs) and its interpreter is still there; anything else in its
+  directory is wiped and built again;
+- processes preparing the same new environment build it once: the build happens under
+  an exclusive ``flock`` on ``<key>.lock``; the others wait, then reuse it;
+- a failed or interrupted build leaves no directory that could be reused;
+- the dependency files are read once, and a build whose files changed meanwhile fails
+  rather than record an environment that does not match its key;
+- ``in_use`` holds a shared lock on ``<key>.use`` that ``gc`` never removes under.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from fastflow.config import Settings
+from fastflow.environments import builder, interpreters, keys, locks, registry, sources
+from fastflow.errors import EnvBuildError
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PreparedEnv:
+    """A complete environment: ``path`` is ``DATA_DIR/envs/<key>``, ``python`` its
+    interpreter; ``reused`` is false when this call built it."""
+
+    key: str
+    path: Path
+    python: Path
+    reused: bool
+
+
+def _uv_version() -> str:
+    try:
+        return metadata.version("uv")
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def _usable(record: registry.EnvRecord | None, env_dir: Path, digest: str) -> str | None:
+    """Why the environment in ``env_dir`` cannot be reused (``None``: it can)."""
+    if record is None:
+        return "half-built (no completion record)" if env_dir.exists() else None
+    if record.digest != digest:
+        return "its record names other inputs"
+    if not (env_dir / "bin" / "python").exists():
+        return "its interpreter link is broken"
+    if not Path(record.interpreter).exists():
+        return f"its base interpreter {record.interpreter} is gone"
+    return None
+
+
+def _wipe(env_dir: Path) -> None:
+    registry.remove_record(env_dir)
+    shutil.rmtree(env_dir, ignore_errors=True)
+    if env_dir.exists():
+        raise EnvBuildError(f"cannot remove the incomplete environment {env_dir}")
+
+
+def prepare(
+    settings: Settings,
+    pipeline_name: str,
+    folder: Path,
+    python: str | None,
+    log: Log,
+    user: tuple[int, int] | None = None,
+) -> PreparedEnv:
+    """The environment for a pipeline in ``folder`` with interpreter version ``python``
+    (``None``: the interpreter fastflow runs on): reused when it exists, else built with
+    uv, its output streamed to ``log`` line by line; with ``user`` (uid, gid) from an
+    interpreter that user can execute. Raises ``ConfigError`` (interpreter not
+    installed) or ``EnvBuildError``."""
+    interp = interpreters.find(python, user)
+    deps = sources.read(folder)
+    digest = keys.digest(interp.version, deps.kind, deps.files)
+    key = keys.key_of(digest)
+    envs = registry.ensure_root(settings)
+    env_dir = envs / key
+    what = f"python {interp.version}, {deps.label}"
+
+    def waiting() -> None:
+        log(f"waiting for environment {key} (another process holds its lock)")
+
+    with locks.exclusive(registry.build_lock(envs, key), on_wait=waiting):
+        record = registry.read(env_dir)
+        problem = _usable(record, env_dir, digest)
+        if record is not None and problem is None:
+            record.pipelines = sorted({*record.pipelines, pipeline_name})
+            record.last_used_at = registry.now_iso()
+            registry.write(env_dir, record)
+            log(f"reusing environment {key} ({what})")
+            return PreparedEnv(key, env_dir, env_dir / "bin" / "python", reused=True)
+        if problem is not None:
+            log(f"environment {key} is {problem}: building it again")
+            _wipe(env_dir)
+        log(f"building environment {key} ({what})")
+        started = time.monotonic()
+        record = registry.EnvRecord(
+            key=key,
+            digest=digest,
+            python=interp.version,
+            interpreter=str(interp.path),
+            kind=deps.kind,
+            files=deps.names,
+            pipelines=[pipeline_name],
+            uv=_uv_version(),
+        )
+        try:
+            _build(env_dir, interp, deps, folder, log)
+            record.build_seconds = round(time.monotonic() - started, 3)
+            registry.write(env_dir, record)  # the completion marker: last
+        except EnvBuildError as e:
+            _wipe_quietly(env_dir)
+            raise EnvBuildError(
+                f"cannot build the environment of pipeline {pipeline_name!r} ({what}): {e}"
+            ) from None
+        except BaseException:
+            _wipe_quietly(env_dir)
+            raise
+        log(f"environment ready in {record.build_seconds:.1f} s")
+        return PreparedEnv(key, env_dir, env_dir / "bin" / "python", reused=False)
+
+
+def _build(
+    env_dir: Path,
+    interp: interpreters.Interpreter,
+    deps: sources.Dependencies,
+    folder: Path,
+    log: Log,
+) -> None:
+    """Build with uv; fail if the dependency files changed meanwhile (the environment
+    would not match its key)."""
+    uv_env = builder.uv_environ(os.environ, env_dir.parent / ".uv-cache")
+    builder.build(env_dir, interp, deps, folder, uv_env, log)
+    if sources.read(folder) != deps:
+        raise EnvBuildError(f"the dependency files of {folder} changed during the build; run again")
+
+
+def _wipe_quietly(env_dir: Path) -> None:
+    """After a failed build: no record means never reused, even if rmtree fails."""
+    with contextlib.suppress(OSError):
+        registry.remove_record(env_dir)
+    shutil.rmtree(env_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def in_use(env: PreparedEnv) -> Iterator[None]:
+    """Hold ``env`` for a run: ``gc`` skips it until the block ends. Raises
+    ``EnvBuildError`` when it was removed between ``prepare`` and this call (only an
+    explicit ``env gc --older-than 0d`` can do that): prepare it again."""
+    with locks.shared(registry.use_lock(env.path.parent, env.key)):
+        if registry.read(env.path) is None:
+            raise EnvBuildError(
+                f"environment {env.key} was removed before the run started; prepare it again"
+            )
+        yield

@@ -1,0 +1,178 @@
+"""What a run may see: its OS user, its environment variables, its working folder, and
+the file modes that keep fastflow's own state away from it.
+
+Guarantees:
+- a run's environment holds only a minimal base (``PATH``, ``HOME``, ``LANG``, ``TZ``,
+  ...), the variables ``PASS_ENV`` names, the pipeline's and the run's ``env``, its listed
+  secrets and the ``FASTFLOW_*`` run variables — never fastflow's own settings or secrets;
+- with ``RUN_AS_USER`` the run executes as that user, its primary group and no
+  supplementary groups; fastflow refuses to start (``ConfigError``, exit 2) when the user
+  does not exist or fastflow cannot switch users;
+- ``DATA_DIR`` is ``0700`` (``0711`` with ``RUN_AS_USER``: other users may pass through
+  to the environments but list nothing), the secret key and the SQLite files ``0600``;
+- each run works in a private scratch folder (``0700``, owned by the run's user) that is
+  removed after the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import stat
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastflow.config import Settings
+from fastflow.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# variables of fastflow's own environment that every run gets (when set)
+BASE_VARS = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "SSL_CERT_FILE", "SSL_CERT_DIR")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+_CAP_SETGID, _CAP_SETUID = 6, 7
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The OS user runs execute as."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def _effective_caps() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def can_switch_users() -> bool:
+    """Root, or CAP_SETUID and CAP_SETGID."""
+    if os.geteuid() == 0:
+        return True
+    caps = _effective_caps()
+    return bool(caps & (1 << _CAP_SETUID)) and bool(caps & (1 << _CAP_SETGID))
+
+
+def run_as(settings: Settings) -> RunAs | None:
+    """The user of ``RUN_AS_USER``, checked; None when unset."""
+    name = settings.run_as_user
+    if name is None:
+        return None
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except (KeyError, ValueError):
+        raise ConfigError(f"RUN_AS_USER={name}: no such user on this machine") from None
+    if not can_switch_users():
+        raise ConfigError(
+            f"RUN_AS_USER={name}: fastflow must run as root or hold CAP_SETUID and "
+            "CAP_SETGID to start runs as another user"
+        )
+    return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir or "/")
+
+
+def run_env(
+    settings: Settings,
+    user: RunAs | None,
+    *,
+    bin_dir: Path | None,
+    layers: list[dict[str, str]],
+    run_vars: dict[str, str],
+) -> dict[str, str]:
+    """The complete environment of a run: base, ``PASS_ENV``, then ``layers`` in order
+    (pipeline env, run env, secrets), then ``run_vars`` (``FASTFLOW_*``)."""
+    path = os.environ.get("PATH") or DEFAULT_PATH
+    env = {"PATH": f"{bin_dir}{os.pathsep}{path}" if bin_dir is not None else path}
+    env["LANG"] = os.environ.get("LANG") or "C.UTF-8"
+    for name in BASE_VARS:
+        if name in os.environ and name != "LANG":
+            env[name] = os.environ[name]
+    if user is not None:
+        env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
+    else:
+        env["HOME"] = os.environ.get("HOME") or "/"
+        for name in ("USER", "LOGNAME"):
+            if name in os.environ:
+                env[name] = os.environ[name]
+    if bin_dir is not None:
+        env["VIRTUAL_ENV"] = str(bin_dir.parent)
+    for name in settings.pass_env:
+        if name in os.environ:
+            env[name] = os.environ[name]
+    for layer in layers:
+        env.update(layer)
+    env.update(run_vars)
+    return env
+
+
+def make_workdir(run_id: uuid.UUID, user: RunAs | None) -> Path:
+    """A new private scratch folder for one run (owned by the run's user)."""
+    path = Path(tempfile.mkdtemp(prefix=f"fastflow-run-{str(run_id)[:8]}-"))
+    if user is not None:
+        os.chown(path, user.uid, user.gid)
+    path.chmod(0o700)
+    return path
+
+
+def remove_workdir(path: Path) -> None:
+    """Remove a run's scratch folder, whatever the run left in it."""
+
+    def _writable_then_retry(func: object, p: str, _exc: object) -> None:
+        try:
+            os.chmod(os.path.dirname(p), stat.S_IRWXU)
+            os.chmod(p, stat.S_IRWXU)
+            func(p)  # type: ignore[operator]
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=_writable_then_retry)
+
+
+def secure_data_dir(settings: Settings) -> None:
+    """Create ``DATA_DIR`` with fastflow-only modes; tighten the key and SQLite files."""
+    data = settings.data_dir.expanduser().resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    mode = 0o711 if settings.run_as_user else 0o700
+    targets = [(data, mode), (data / "secret.key", 0o600)]
+    sqlite = _sqlite_file(settings.database_url)
+    if sqlite is not None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            targets.append((Path(str(sqlite) + suffix), 0o600))
+    for path, want in targets:
+        try:
+            if path.exists() and stat.S_IMODE(path.stat().st_mode) != want:
+                path.chmod(want)
+        except OSError as e:
+            log.warning("could not set mode %o on %s: %s", want, path, e)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == prefix + ":memory:":
+        return None
+    return Path(url[len(prefix) :].split("?", 1)[0]).expanduser().resolve()
+
+
+def folder_writable_by(folder: Path, user: RunAs) -> bool:
+    """Whether ``user`` could write into ``folder`` by its mode bits."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return False
+    mode = st.st_mode
+    if st.st_uid == user.uid:
+        return bool(mode & stat.S_IWUSR)
+    if st.st_gid == user.gid:
+        return bool(mode & stat.S_IWGRP)
+    return bool(mode & stat.S_IWOTH)

@@ -1,0 +1,75 @@
+"""Replace secret values by ``***`` in a stream of text, across chunk boundaries.
+
+Guarantees: every occurrence of a value of at least ``MIN_LENGTH`` characters is replaced,
+however the stream is cut into chunks; the longest value wins where values overlap; at
+most the longest proper prefix of a value that ends a chunk is held back (so output that
+cannot be the start of a secret is never delayed, and memory stays bounded by the longest
+value). Only the exact text is caught: an encoded form (base64, hex, URL quoting) is not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+MIN_LENGTH = 4
+MASK = "***"
+
+
+class Masker:
+    """Streaming replacement of ``values``; ``push`` text in order, ``flush`` at the end."""
+
+    def __init__(self, values: Iterable[str]) -> None:
+        kept = {v for v in values if len(v) >= MIN_LENGTH}
+        ordered = sorted(kept, key=len, reverse=True)  # longest first wins at one position
+        self._values = ordered
+        self._pattern = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
+        self._firsts = frozenset(v[0] for v in ordered)
+        self._longest = len(ordered[0]) if ordered else 0
+        self._carry = ""
+
+    @property
+    def active(self) -> bool:
+        return self._pattern is not None
+
+    def push(self, text: str) -> str:
+        """The masked text that is certain now; a possible secret's start is held back."""
+        if self._pattern is None:
+            return text
+        buf = self._carry + text
+        hold = self._held_suffix(buf)
+        cut = len(buf) - hold
+        out: list[str] = []
+        pos = 0
+        for m in self._pattern.finditer(buf):
+            if m.start() >= cut:
+                break
+            out.append(buf[pos : m.start()])
+            out.append(MASK)
+            pos = m.end()
+            cut = max(cut, pos)
+        out.append(buf[pos:cut])
+        self._carry = buf[cut:]
+        return "".join(out)
+
+    def flush(self) -> str:
+        """Everything still held back, masked (end of the stream)."""
+        rest, self._carry = self._carry, ""
+        if self._pattern is None or not rest:
+            return rest
+        return self._pattern.sub(MASK, rest)
+
+    def mask(self, text: str) -> str:
+        """``text`` masked on its own (not part of the stream)."""
+        return self._pattern.sub(MASK, text) if self._pattern is not None else text
+
+    def _held_suffix(self, buf: str) -> int:
+        """Length of the longest suffix of ``buf`` that is a proper prefix of a value."""
+        n = len(buf)
+        for k in range(min(self._longest - 1, n), 0, -1):
+            if buf[n - k] not in self._firsts:
+                continue
+            tail = buf[n - k :]
+            if any(len(v) > k and v.startswith(tail) for v in self._values):
+                return k
+        return 0

@@ -1,0 +1,276 @@
+"""What a run may see: only its own environment variables, its scratch folder, and — as
+``RUN_AS_USER`` — none of fastflow's files; hard memory limits; failure reasons."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MakePipeline, run_cli
+
+RUN_USER = "ffrun"
+# every secret fastflow itself is configured with in these tests
+OWN_SECRETS = {
+    "S3_SECRET_ACCESS_KEY": "s3-secret-Zq8VfXy2",
+    "S3_ACCESS_KEY": "s3-access-Lk3Mn9",
+    "SMTP_PASSWORD": "smtp-pass-Hw7Rt5",
+    "TEAMS_WEBHOOK_URL": "https://example.invalid/webhook/teams-token-Pp4Qq6",
+    "FASTFLOW_SECRET_KEY": "Vt0nK8xg0mA4Jz1qX2cQn1b0b6mRr9uW8kT3yH5pL2s=",
+}
+
+
+def _json_runs(env: dict[str, str] | None = None) -> list[dict[str, object]]:
+    res = run_cli("runs", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    runs: list[dict[str, object]] = json.loads(res.stdout)
+    return runs
+
+
+def _log_of(run: dict[str, object], logs_dir: str) -> str:
+    return (Path(logs_dir) / str(run["log_file"])).read_text(encoding="utf-8")
+
+
+def test_a_run_sees_only_its_own_variables_and_works_in_a_private_folder(
+    ff_env: dict[str, str], make_pipeline: MakePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_pipeline(
+        "env probe",
+        """
+        import json, os
+        print("ENV=" + json.dumps(dict(os.environ)))
+        print("CWD=" + os.getcwd())
+        open("scratch.txt", "w").write("x")
+        """,
+        config='{"env": {"FROM_PIPELINE": "p"}}',
+    )
+    for name, value in OWN_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SOME_HOST_VARIABLE", "host-only")
+    monkeypatch.setenv("WANTED_BY_RUNS", "passed")
+    res = run_cli("run", "env probe", "--env", "FROM_RUN=r", env={"PASS_ENV": "WANTED_BY_RUNS"})
+    assert res.returncode == 0, res.stderr
+    run = _json_runs()[0]
+    log = _log_of(run, ff_env["LOGS_DIR"])
+    env = json.loads(log.split("ENV=", 1)[1].splitlines()[0])
+    cwd = log.split("CWD=", 1)[1].splitlines()[0]
+    assert env["FROM_PIPELINE"] == "p" and env["FROM_RUN"] == "r"
+    assert env["WANTED_BY_RUNS"] == "passed"
+    assert env["FASTFLOW_RUN_ID"] == run["id"] and env["FASTFLOW_PIPELINE"] == "env probe"
+    assert env["FASTFLOW_WORKDIR"] == cwd and env["TMPDIR"] == cwd
+    assert "SOME_HOST_VARIABLE" not in env
+    for name in ("DATABASE_URL", "DATA_DIR", "LOGS_DIR", "PIPELINES_DIR", *OWN_SECRETS):
+        assert name not in env, name
+    for value in OWN_SECRETS.values():
+        assert value not in log
+    assert not Path(cwd).exists()  # the scratch folder is gone after the run
+    assert not (Path(ff_env["PIPELINES_DIR"]) / "env probe" / "scratch.txt").exists()
+
+
+def test_a_failed_run_says_why(ff_env: dict[str, str], make_pipeline: MakePipeline) -> None:
+    make_pipeline("exits three", "import sys\nsys.exit(3)\n")
+    make_pipeline("too slow", "import time\ntime.sleep(60)\n", config='{"timeout": 1}')
+    make_pipeline("no cpu here", "print('x')\n", config='{"limits": {"cpu": 1.5}}')
+    assert run_cli("run", "exits three").returncode == 1
+    assert run_cli("run", "too slow").returncode == 1
+    res = run_cli("run", "no cpu here")
+    assert res.returncode == 1
+    assert "limits.cpu (1.5 CPUs) cannot be enforced" in res.stderr
+    reasons = {r["pipeline_name"]: r["failure_reason"] for r in _json_runs()}
+    assert reasons["exits three"] == "exit code 3"
+    assert reasons["too slow"] == "timeout after 1 s"
+    assert "cannot be enforced by the local executor" in str(reasons["no cpu here"])
+
+
+def test_a_run_past_its_memory_limit_is_stopped_within_three_seconds(
+    ff_env: dict[str, str], make_pipeline: MakePipeline
+) -> None:
+    make_pipeline(
+        "hungry",
+        """
+        import time
+        print("allocating", flush=True)
+        block = b"x" * (200 * 1024 * 1024)
+        print(f"crossed={time.time()}", flush=True)
+        time.sleep(60)
+        """,
+        config='{"limits": {"memory_mb": 100}}',
+    )
+    res = run_cli("run", "hungry", timeout=60)
+    assert res.returncode == 1, res.stderr
+    run = _json_runs()[0]
+    assert run["status"] == "FAILED"
+    assert run["failure_reason"] == "memory limit exceeded (100 MiB)"
+    log = _log_of(run, ff_env["LOGS_DIR"])
+    crossed = float(log.split("crossed=", 1)[1].splitlines()[0])
+    finished = datetime.fromisoformat(str(run["finished_at"])).timestamp()
+    assert finished - crossed <= 3.0
+    assert "memory limit exceeded (100 MiB): process tree killed" in log
+
+
+# --- RUN_AS_USER ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_user() -> pwd.struct_passwd:
+    """An unprivileged OS user for the runs (the suite runs as root)."""
+    if os.geteuid() != 0:
+        pytest.fail("RUN_AS_USER tests need root (they create an OS user)")
+    try:
+        return pwd.getpwnam(RUN_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", RUN_USER],
+            check=True,
+        )
+        return pwd.getpwnam(RUN_USER)
+
+
+@pytest.fixture
+def shared_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """fastflow's folders under a root that other users may traverse (pytest's own
+    temporary root is private to root)."""
+    root = Path(tempfile.mkdtemp(prefix="fastflow-isolation-"))
+    root.chmod(0o755)
+    env = {
+        "DATABASE_URL": f"sqlite:///{root / 'data' / 'fastflow.db'}",
+        "DATA_DIR": str(root / "data"),
+        "LOGS_DIR": str(root / "logs"),
+        "PIPELINES_DIR": str(root / "pipelines"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    (root / "pipelines").mkdir(mode=0o755)
+    (root / "pipelines").chmod(0o755)
+    monkeypatch.chdir(root)
+    yield env
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _pipeline(root: dict[str, str], name: str, code: str, config: str | None = None) -> Path:
+    folder = Path(root["PIPELINES_DIR"]) / name
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    (folder / "main.py").write_text(code, encoding="utf-8")
+    (folder / "main.py").chmod(0o644)
+    if config is not None:
+        (folder / "pipeline.json").write_text(config, encoding="utf-8")
+    return folder
+
+
+PROBE = """
+import os, sys
+targets = {
+    "key": os.path.join(%(data)r, "secret.key"),
+    "db": os.path.join(%(data)r, "fastflow.db"),
+    "data_listing": %(data)r,
+    "runner_environ": "/proc/%%d/environ" %% os.getppid(),
+    "other_pipeline_secret": %(other)r,
+}
+for label, path in targets.items():
+    try:
+        if os.path.isdir(path):
+            found = os.listdir(path)
+        else:
+            with open(path, "rb") as f:
+                found = f.read()
+        print(label, "READ", len(found))
+    except OSError as e:
+        print(label, "DENIED", type(e).__name__)
+try:
+    open(os.path.join(os.environ["FASTFLOW_PIPELINE_DIR"], "planted.py"), "w")
+    print("pipeline_folder WRITTEN")
+except OSError as e:
+    print("pipeline_folder DENIED", type(e).__name__)
+print("uid", os.getuid(), "gid", os.getgid(), "groups", os.getgroups())
+print("keys", sorted(os.environ))
+"""
+
+
+def test_a_run_as_another_user_cannot_read_fastflows_secrets(
+    run_user: pwd.struct_passwd, shared_root: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = _pipeline(shared_root, "other", "print('other')\n")
+    (other / ".env").write_text("OTHER_PIPELINE_PASSWORD=op-secret-Ff3Gg4\n")
+    (other / ".env").chmod(0o600)
+    code = PROBE % {"data": shared_root["DATA_DIR"], "other": str(other / ".env")}
+    folder = _pipeline(shared_root, "probe", code, config='{"secrets": ["PROBE_TOKEN"]}')
+    for name, value in OWN_SECRETS.items():
+        if name != "FASTFLOW_SECRET_KEY":  # the key file is what the run must not read
+            monkeypatch.setenv(name, value)
+    stored = run_cli("secret", "set", "PROBE_TOKEN", input="probe-token-Jj5Kk6\n")
+    assert stored.returncode == 0, stored.stderr
+    monkeypatch.setenv("S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("S3_BUCKET", "b")
+    res = run_cli("run", "probe", env={"RUN_AS_USER": RUN_USER}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    data = Path(shared_root["DATA_DIR"])
+    assert (data.stat().st_mode & 0o777) == 0o711
+    assert ((data / "secret.key").stat().st_mode & 0o777) == 0o600
+    assert ((data / "fastflow.db").stat().st_mode & 0o777) == 0o600
+    run = _json_runs()[0]
+    raw = (Path(shared_root["LOGS_DIR"]) / str(run["log_file"])).read_bytes()
+    log = raw.decode("utf-8")
+    for label in ("key", "db", "data_listing", "runner_environ", "other_pipeline_secret"):
+        assert f"{label} DENIED" in log, log
+    assert "pipeline_folder DENIED" in log
+    assert not (folder / "planted.py").exists()
+    assert f"uid {run_user.pw_uid} gid {run_user.pw_gid} groups []" in log
+    stored_key = (data / "secret.key").read_bytes().strip()
+    for value in [*OWN_SECRETS.values(), "op-secret-Ff3Gg4", "probe-token-Jj5Kk6"]:
+        assert value.encode() not in raw
+    assert "PROBE_TOKEN" in log.split("keys", 1)[1]  # given to the run, masked in the log
+    assert stored_key not in raw
+
+
+def test_run_as_an_unknown_user_is_refused_at_start(
+    ff_env: dict[str, str], make_pipeline: MakePipeline
+) -> None:
+    make_pipeline("any")
+    res = run_cli("run", "any", env={"RUN_AS_USER": "no-such-user-xyz"})
+    assert res.returncode == 2
+    assert "RUN_AS_USER=no-such-user-xyz: no such user" in res.stderr
+    assert _json_runs() == []  # no run was created
+
+
+def test_run_as_needs_the_right_to_switch_users(
+    run_user: pwd.struct_passwd, shared_root: dict[str, str]
+) -> None:
+    """fastflow itself started as an unprivileged user cannot run pipelines as another."""
+    data = Path(shared_root["DATA_DIR"])
+    data.mkdir()
+    for path in (data, Path(shared_root["LOGS_DIR"])):
+        path.mkdir(exist_ok=True)
+        os.chown(path, run_user.pw_uid, run_user.pw_gid)
+    _pipeline(shared_root, "any", "print('x')\n")
+    # fastflow's own interpreter may live where that user cannot go (pyenv under /root):
+    # start the same code with the system's interpreter of the same version
+    system_python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    assert os.path.exists(system_python), f"{system_python} is needed for this test"
+    site_dir = sysconfig.get_paths()["purelib"]
+    code = (
+        f"import site, sys; site.addsitedir({site_dir!r}); "
+        "sys.argv = ['fastflow', 'run', 'any']; from fastflow.cli import main; main()"
+    )
+    proc = subprocess.run(
+        [system_python, "-c", code],
+        env={**os.environ, "RUN_AS_USER": "root", "HOME": "/"},
+        user=run_user.pw_uid,
+        group=run_user.pw_gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "must run as root or hold CAP_SETUID and CAP_SETGID" in proc.stderr

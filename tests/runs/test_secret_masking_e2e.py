@@ -1,0 +1,57 @@
+"""Issue 12 acceptance: a secret printed in pieces, on stdout and stderr and inside a
+1 MB line, is only ``***`` in the local log and in the object archived to S3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import MakePipeline, run_cli
+from tests.harness.fixtures import S3Env
+
+TOKEN = "tok-9f8e7d6c5b4a-SECRET"
+
+PIPELINE = """
+import os, sys
+token = os.environ["API_TOKEN"]
+print("whole:", token)
+for i, ch in enumerate(token):  # one write per character, flushed: split across reads
+    sys.stdout.write(ch)
+    sys.stdout.flush()
+print()
+half = len(token) // 2
+sys.stderr.write("stderr: " + token[:half])
+sys.stderr.flush()
+sys.stderr.write(token[half:] + "\\n")
+sys.stdout.write("x" * 1_000_000 + token + "y" * 1000 + "\\n")
+print("done")
+"""
+
+
+def test_a_secret_never_reaches_the_log_or_the_archive(
+    ff_env: dict[str, str], make_pipeline: MakePipeline, s3: S3Env
+) -> None:
+    make_pipeline("leaky", PIPELINE, config='{"secrets": ["API_TOKEN"]}')
+    env = {**s3.env(), "LOG_RETENTION_RUNS": "1"}
+    res = run_cli("secret", "set", "API_TOKEN", input=TOKEN + "\n", env=env)
+    assert res.returncode == 0, res.stderr
+    first = run_cli("run", "leaky", env=env)
+    assert first.returncode == 0, first.stderr
+    assert TOKEN not in first.stdout + first.stderr
+    run_id = first.stdout.strip().splitlines()[-1]
+    log_file = next(Path(ff_env["LOGS_DIR"]).glob(f"leaky/{run_id}/run.log"))
+    local = log_file.read_bytes()
+    assert TOKEN.encode() not in local
+    assert local.count(b"***") == 4
+    assert b"whole: ***" in local and b"stderr: ***" in local
+    assert b"x" * 1000 + b"***" + b"y" * 1000 in local
+    assert run_cli("run", "leaky", env=env).returncode == 0  # the first is now beyond retention
+    cleaned = run_cli("cleanup", "--json", env=env)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert json.loads(cleaned.stdout)["archived_runs"] == 1
+    obj = s3.client().get_object(Bucket=s3.bucket, Key=f"pipeline-logs/leaky/{run_id}/run.log")
+    archived = obj["Body"].read()
+    assert archived == local
+    assert TOKEN.encode() not in archived
+    shown = run_cli("logs", run_id, env=env)
+    assert shown.returncode == 0 and TOKEN not in shown.stdout and "***" in shown.stdout
