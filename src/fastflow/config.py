@@ -13,12 +13,12 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from croniter import croniter
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fastflow.errors import ConfigError
 
-DEFAULT_DATABASE_URL = "sqlite:///./data/fastflow.db"
+DEFAULT_DATABASE_URL = "sqlite:///data/fastflow.db"  # with the default DATA_DIR
 DEFAULT_DATA_DIR = Path("./data")
 DEFAULT_LOGS_DIR = Path("./logs")
 DEFAULT_PIPELINES_DIR = Path("./pipelines")
@@ -77,7 +77,8 @@ class Settings(BaseSettings):
         case_sensitive=False,
     )
 
-    database_url: str = DEFAULT_DATABASE_URL
+    # unset: SQLite in DATA_DIR (``sqlite:///<DATA_DIR>/fastflow.db``)
+    database_url: str = ""
     data_dir: Path = DEFAULT_DATA_DIR
     logs_dir: Path = DEFAULT_LOGS_DIR
     pipelines_dir: Path = DEFAULT_PIPELINES_DIR
@@ -133,6 +134,8 @@ class Settings(BaseSettings):
     pass_env: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     fastflow_base_url: str = DEFAULT_BASE_URL
+    # the umask of fastflow's own files (logs, metrics, database, key): 077 = private
+    fastflow_umask: int = Field(default=0o077, ge=0, le=0o777)
     fastflow_secret_key: SecretStr | None = None
     metrics_public: bool = False
     docs_public: bool = False
@@ -140,7 +143,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, v: str) -> str:
-        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", v):
+        if v and not re.match(r"^(sqlite|postgresql)(\+\w+)?://", v):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return v
 
@@ -216,6 +219,21 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"{bad[0]!r} is not an e-mail address")
         return items
+
+    @field_validator("fastflow_umask", mode="before")
+    @classmethod
+    def _umask(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if not re.fullmatch(r"0?[0-7]{1,3}", v.strip()):
+                raise ValueError("must be an octal umask such as 077 or 027")
+            return int(v.strip(), 8)
+        return v
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir.expanduser().as_posix()}/fastflow.db"
+        return self
 
     @field_validator("pass_env", mode="before")
     @classmethod

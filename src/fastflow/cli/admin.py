@@ -33,9 +33,25 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
 
     context = _context(ctx)
     isolation.run_as(context.settings)  # RUN_AS_USER unusable: exit 2 now, not per run
+    if "fastflow_base_url" not in context.base.model_fields_set:
+        # unset: links in notifications point at this server, not at a default port
+        context.base = context.base.model_copy(
+            update={"fastflow_base_url": _served_url(host, port)}
+        )
+        context.reload_settings()
     if accounts.count_users(context.db) == 0:
         click.echo(f"fastflow: {FIRST_ADMIN_HINT}", err=True)
     uvicorn.run(create_app(context), host=host, port=port, log_level="info")
+
+
+def _served_url(host: str, port: int) -> str:
+    import socket
+
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn() or "localhost"
+    elif ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    return f"http://{host}:{port}"
 
 
 @click.group("notify")

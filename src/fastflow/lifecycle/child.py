@@ -49,6 +49,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = "true" if value else "false"
         elif isinstance(value, list):
             value = ",".join(value)
+        elif name == "fastflow_umask":
+            value = f"{value:03o}"  # read back as octal
         elif value == "" and name == "s3_prefix":
             value = "/"  # an empty variable counts as unset; "/" is the empty prefix
         env[key] = str(value)
