@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fastflow.errors import ConfigError
 
-DEFAULT_DATABASE_URL = "sqlite:///data/fastflow.db"  # with the default DATA_DIR
+DEFAULT_DATABASE_URL = "sqlite:///./data/fastflow.db"  # with the default DATA_DIR
 DEFAULT_DATA_DIR = Path("./data")
 DEFAULT_LOGS_DIR = Path("./logs")
 DEFAULT_PIPELINES_DIR = Path("./pipelines")
@@ -232,7 +232,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
         if not self.database_url:
-            self.database_url = f"sqlite:///{self.data_dir.expanduser().as_posix()}/fastflow.db"
+            folder = self.data_dir.expanduser().as_posix()
+            if not folder.startswith(("/", "./", "../")):
+                folder = "./" + folder  # sqlite:///./data/fastflow.db, as documented
+            self.database_url = f"sqlite:///{folder}/fastflow.db"
         return self
 
     @field_validator("pass_env", mode="before")
