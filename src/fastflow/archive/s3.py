@@ -9,9 +9,12 @@ the local file during the upload; anything else raises ``ArchiveError``. Uploads
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -387,6 +390,57 @@ def _content_type(key: str) -> str:
     return "application/x-ndjson" if key.endswith(".jsonl") else "text/plain; charset=utf-8"
 
 
+_STORE_FIELDS = (
+    "s3_endpoint_url",
+    "s3_bucket",
+    "s3_access_key",
+    "s3_secret_access_key",
+    "s3_region",
+    "s3_prefix",
+    "s3_use_path_style",
+    "s3_max_concurrency",
+    "s3_connect_timeout",
+    "s3_read_timeout",
+    "s3_compression",
+    "s3_checksum",
+    "s3_sse",
+    "s3_sse_kms_key_id",
+    "s3_storage_class",
+    "s3_ca_bundle",
+    "s3_verify_tls",
+)
+_STORES_KEPT = 4
+_stores: OrderedDict[str, S3Store] = OrderedDict()
+_stores_lock = threading.Lock()
+
+
+def _store_key(settings: Settings) -> str:
+    """A digest of every setting the store depends on (secrets included, not kept)."""
+    h = hashlib.sha256()
+    for name in _STORE_FIELDS:
+        value = getattr(settings, name)
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        h.update(f"{name}={value!r}\n".encode())
+    return h.hexdigest()
+
+
 def open_store(settings: Settings) -> S3Store:
-    """The configured store; ``ArchiveNotConfigured`` names the missing variables."""
-    return S3Store(settings)
+    """The configured store; ``ArchiveNotConfigured`` names the missing variables.
+
+    One store (boto3 client, connection pool) per effective S3 settings is shared by
+    every caller in the process — building a client costs tens of milliseconds of CPU;
+    a change of any S3 setting gives a new store. boto3 clients are thread-safe."""
+    key = _store_key(settings)
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is not None:
+            _stores.move_to_end(key)
+            return store
+    store = S3Store(settings)  # outside the lock: may raise ArchiveNotConfigured
+    with _stores_lock:
+        store = _stores.setdefault(key, store)
+        _stores.move_to_end(key)
+        while len(_stores) > _STORES_KEPT:
+            _stores.popitem(last=False)
+    return store
