@@ -30,6 +30,7 @@ SCRIPTS = (
     "archive_read",
     "load",
     "envs",
+    "api_archived_tail",
 )
 QUICK_ENV = {"BENCH_LINES": "100000"}  # runner_throughput has no quick mode of its own
 
@@ -252,7 +253,28 @@ def _envs_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _tail_rows(r: dict[str, Any]) -> list[Row]:
+    def spread(xs: list[float]) -> str:
+        s = sorted(xs)
+        return f"{s[len(s) // 2]:.0f} [{s[0]:.0f}-{s[-1]:.0f}]"
+
+    verdict = "PASS" if r["pass"] else "FAIL"
+    return [
+        (
+            f"archived log tail via API ({r['clients']} clients, 64 KiB)",
+            f"req/s API vs shared-client ranged GET (goal >= {r['goal']}x)",
+            f"{r['ratio']:.2f} {verdict} ({spread(r['api_rps'])} vs {spread(r['base_rps'])})",
+        ),
+        (
+            "",
+            "latency p50 / p99 API (baseline p50)",
+            f"{r['api_p50_ms']:.0f} / {r['api_p99_ms']:.0f} ms ({r['base_p50_ms']:.0f} ms)",
+        ),
+    ]
+
+
 FORMATTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "api_archived_tail": _tail_rows,
     "envs": _envs_rows,
     "archive_read": _read_rows,
     "load": _load_rows,
