@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ if str(REPO_ROOT) not in sys.path:
 import boto3  # noqa: E402
 import httpx  # noqa: E402
 from botocore.config import Config  # noqa: E402
-
 from tests.harness.s3server import MotoS3Server  # noqa: E402
 from tests.harness.serve import fastflow_serve  # noqa: E402
 
@@ -142,8 +140,9 @@ def main() -> dict[str, Any]:
         run_id = _archived_run(env, root)
         key = f"pipeline-logs/chatty/{run_id}/run.log"
         size = raw.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        create = ("token", "create", "--name", "bench", "--role", "viewer")
         token = subprocess.run(
-            [sys.executable, "-m", "fastflow", "token", "create", "--name", "b", "--role", "viewer"],
+            [sys.executable, "-m", "fastflow", *create],
             env=env,
             capture_output=True,
             text=True,
