@@ -181,7 +181,7 @@ def main() -> dict[str, Any]:
     ratio = statistics.median(api_rps) / statistics.median(base_rps)
     api_lat = [x for r in rounds["api"] for x in r[1]]
     base_lat = [x for r in rounds["base"] for x in r[1]]
-    result = {
+    result: dict[str, Any] = {
         "clients": CLIENTS,
         "seconds": SECONDS,
         "repeat": REPEAT,

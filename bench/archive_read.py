@@ -25,7 +25,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from tests.harness.s3server import MotoS3Server  # noqa: E402
 
-from fastflow import compression  # noqa: E402
+from fastflow.archive import compression  # noqa: E402
 from fastflow.archive.s3 import S3Store  # noqa: E402
 from fastflow.config import load_settings  # noqa: E402
 from fastflow.context import Context, bootstrap  # noqa: E402

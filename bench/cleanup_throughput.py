@@ -29,12 +29,12 @@ if str(REPO_ROOT) not in sys.path:
 from sqlalchemy import func, insert, select  # noqa: E402
 from tests.harness.s3server import MotoS3Server  # noqa: E402
 
-from fastflow import logfiles  # noqa: E402
 from fastflow.archive.s3 import make_client  # noqa: E402
 from fastflow.config import DEFAULT_S3_MAX_CONCURRENCY, Settings, load_settings  # noqa: E402
 from fastflow.context import bootstrap  # noqa: E402
 from fastflow.db.models import ArchivedRun, PipelineRun  # noqa: E402
 from fastflow.lifecycle.cleanup import run_pass  # noqa: E402
+from fastflow.runs import files as logfiles  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 RUNS = int(os.environ.get("BENCH_RUNS", "300" if QUICK else "2000"))

@@ -201,7 +201,7 @@ def _child(url: str, root: str, now_iso: str) -> None:
     for _ in range(3):
         t0 = time.perf_counter()
         with db.engine.connect() as conn:
-            total = conn.execute(text("SELECT count(*) FROM pipeline_runs")).scalar()
+            total = conn.execute(text("SELECT count(*) FROM pipeline_runs")).scalar_one()
         count_times.append(time.perf_counter() - t0)
 
     rss_before = _reset_peak()
