@@ -45,6 +45,9 @@ TOTAL_MAX_ATTEMPTS = 3
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 PART_CONCURRENCY = 4
+# files up to this size are read once, hashed in memory and sent with one PutObject that
+# carries the SHA-256 for the server to check (no TransferManager, no second hash pass)
+SMALL_FILE = 4 * 1024 * 1024
 META_SHA256 = "sha256"
 PING_CONNECT_TIMEOUT = 5.0  # a server that does not answer a HEAD of the bucket in
 PING_READ_TIMEOUT = 10.0  # this time is treated as down for the whole pass
@@ -256,13 +259,20 @@ class S3Store:
     def _upload(
         self, key: str, path: Path, metadata: dict[str, str], extra: dict[str, str]
     ) -> tuple[int, str]:
-        """Upload by file name: s3transfer then streams every part from disk (a file
-        object would make it buffer parts in memory). The file is hashed before and after
+        """Upload, then verify with HEAD. A file of up to ``SMALL_FILE`` bytes is read
+        once and the bytes that were hashed are the bytes sent (``_put_small``); a larger
+        one goes by file name: s3transfer then streams every part from disk (a file
+        object would make it buffer parts in memory), and it is hashed before and after
         the upload; a change in between is a failure."""
+        meta = {k: encode_meta(v) for k, v in metadata.items()}
+        meta.update(extra)
         try:
+            small = self._read_small(path)
+            if small is not None:
+                size, digest = self._put_small(key, small, meta)
+                self.verify(key, size, digest)
+                return size, digest
             size, digest = sha256_of(path)
-            meta = {k: encode_meta(v) for k, v in metadata.items()}
-            meta.update(extra)
             meta[META_SHA256] = digest
             self.client.upload_file(
                 str(path),
@@ -283,6 +293,34 @@ class S3Store:
             )
         self.verify(key, size, digest)
         return size, digest
+
+    @staticmethod
+    def _read_small(path: Path) -> bytes | None:
+        """The whole file when it has at most ``SMALL_FILE`` bytes, else None."""
+        with path.open("rb") as f:
+            data = f.read(SMALL_FILE + 1)
+        return data if len(data) <= SMALL_FILE else None
+
+    def _put_small(self, key: str, data: bytes, meta: dict[str, str]) -> tuple[int, str]:
+        raw = hashlib.sha256(data).digest()
+        digest = raw.hex()
+        args = dict(self._extra)  # with ChecksumAlgorithm=SHA256 when checksums are on
+        if self.settings.s3_checksum == "sha256":
+            # the digest we computed, sent for the server to check against the body it
+            # receives (botocore then does not hash the body a second time)
+            args["ChecksumSHA256"] = base64.b64encode(raw).decode("ascii")
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                Metadata={**meta, META_SHA256: digest},
+                ContentType=_content_type(key),
+                **args,
+            )
+        except Exception as e:  # every boto3/botocore error is a failed archive
+            raise describe_error(e, self.settings) from e
+        return len(data), digest
 
     def verify(self, key: str, size: int, sha256: str) -> None:
         """HEAD ``key``; raise unless its size and stored SHA-256 match."""
