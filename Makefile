@@ -9,9 +9,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# `make test` needs the developer extras (pytest, moto, playwright, mypy, ...);
+# `make run` needs fastflow's runtime dependencies only: two stamps.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+$(VENV)/.installed-runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,9 +29,20 @@ browser:
 	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# Every fastflow command reads .env in its working folder: with this one, `fastflow run
+# hello` in a second terminal (in this folder) sees the server's pipelines and database.
+# An existing .env is never touched.
+.env:
+	@printf '%s\n' \
+	  '# written by `make run`: every fastflow command started in this folder reads it' \
+	  'PIPELINES_DIR=examples/pipelines' \
+	  'DATA_DIR=./data' \
+	  'LOGS_DIR=./logs' > $@
+	@echo "wrote .env for the example pipelines (PIPELINES_DIR, DATA_DIR, LOGS_DIR)"
+
 ## Start fastflow on http://127.0.0.1:8000 with SQLite and the example pipelines.
-run: install
-	PIPELINES_DIR=$${PIPELINES_DIR:-examples/pipelines} $(BIN)/fastflow serve --host 127.0.0.1 --port 8000
+run: $(VENV)/.installed-runtime .env
+	$(BIN)/fastflow serve --host 127.0.0.1 --port 8000
 
 ## Run the whole test suite (starts its own S3, SMTP and Teams test servers).
 test: install browser

@@ -22,6 +22,16 @@ pytest_plugins = ["tests.harness.fixtures"]
 FASTFLOW_VARS = [name.upper() for name in Settings.model_fields] + ["FASTFLOW_SECRET_KEY"]
 
 
+@pytest.fixture(autouse=True)
+def _restore_umask() -> Iterator[None]:
+    """``bootstrap`` applies ``FASTFLOW_UMASK`` to the whole process; every test starts
+    and ends with the umask pytest had."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
+
+
 @pytest.fixture
 def ff_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """A clean fastflow environment rooted in ``tmp_path`` (also the working directory)."""

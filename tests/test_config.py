@@ -153,7 +153,7 @@ def test_empty_value_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_s3_missing_names_each_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("S3_BACKUP_ENABLED", "true")
-    monkeypatch.setenv("S3_BUCKET", "b")
+    monkeypatch.setenv("S3_BUCKET", "bkt")
     assert load_settings().s3_missing() == [
         "S3_ENDPOINT_URL",
         "S3_ACCESS_KEY",

@@ -7,7 +7,9 @@ with secrets masked.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -66,6 +68,81 @@ def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
     return value
 
 
+# Outbound URLs never point at link-local or cloud metadata endpoints (checked on the
+# literal host, without resolving DNS); loopback and private addresses stay allowed.
+_METADATA_HOSTS = frozenset(
+    {
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "metadata.azure.internal",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "metadata.tencentyun.com",
+        "metadata.platformequinix.com",
+    }
+)
+_METADATA_IPS = frozenset(
+    ipaddress.ip_address(a) for a in ("100.100.100.200", "fd00:ec2::254", "192.0.0.192")
+)
+
+
+def _literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an IP address, also in the legacy forms resolvers accept
+    (``2852039166``, ``0xa9.0xfe.0xa9.0xfe``, ``169.254.43518``); None for a name."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9a-fA-FxX.]+", host) and re.search(r"[0-9]", host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def metadata_host_refusal(host: str) -> str | None:
+    """Why ``host`` (of an outbound URL) is refused, or None: link-local addresses
+    (169.254.0.0/16, fe80::/10) and cloud metadata endpoints, by address or by name."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    ip = _literal_ip(name)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip is not None and (ip.is_link_local or ip in _METADATA_IPS):
+        return "must not point at a link-local or cloud metadata address"
+    if ip is None and name in _METADATA_HOSTS:
+        return "must not point at a cloud metadata host"
+    return None
+
+
+def _check_outbound_url(value: str | None) -> str | None:
+    checked = _check_url(value, ("http", "https"))
+    if checked is not None:
+        refusal = metadata_host_refusal(urlsplit(checked).hostname or "")
+        if refusal is not None:
+            raise ValueError(refusal)
+    return checked
+
+
+_BIDI_AND_INVISIBLE = re.compile("[\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+_S3_REGION_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MAX_HOST_NAME = 253
+
+
+def _check_host_name(value: str) -> str:
+    """A host name or address: no control, bidi or invisible characters, no spaces,
+    at most ``MAX_HOST_NAME`` characters."""
+    if len(value) > MAX_HOST_NAME:
+        raise ValueError(f"must be at most {MAX_HOST_NAME} characters long")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or c.isspace() for c in value):
+        raise ValueError("must not contain control characters or spaces")
+    if _BIDI_AND_INVISIBLE.search(value):
+        raise ValueError("must not contain bidirectional or invisible control characters")
+    return value
+
+
 class Settings(BaseSettings):
     """Every setting of fastflow; field ``x_y`` is read from variable ``X_Y``."""
 
@@ -114,6 +191,8 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_from: str | None = None
     smtp_security: Literal["ssl", "starttls", "none"] | None = None
+    # credentials over an unencrypted connection only with SMTP_SECURITY=none and this
+    smtp_allow_plaintext_auth: bool = False
     email_recipients: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     teams_enabled: bool = False
@@ -176,7 +255,7 @@ class Settings(BaseSettings):
     @field_validator("s3_endpoint_url")
     @classmethod
     def _s3_url(cls, v: str | None) -> str | None:
-        return _check_url(v, ("http", "https"))
+        return _check_outbound_url(v)
 
     @field_validator("fastflow_base_url")
     @classmethod
@@ -189,8 +268,39 @@ class Settings(BaseSettings):
     @classmethod
     def _teams_url(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None:
-            _check_url(v.get_secret_value(), ("http", "https"))
+            _check_outbound_url(v.get_secret_value())
         return v
+
+    @field_validator("s3_region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not _S3_REGION_RE.match(v):
+            raise ValueError(
+                "must be a region name such as us-east-1: lowercase letters, digits and "
+                "hyphens, at most 63 characters"
+            )
+        return v
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not _S3_BUCKET_RE.match(v) or ".." in v:
+            raise ValueError(
+                "must be an S3 bucket name: 3 to 63 lowercase letters, digits, dots and "
+                "hyphens, starting and ending with a letter or digit"
+            )
+        if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", v):
+            raise ValueError("must be an S3 bucket name, not an IP address")
+        if v.startswith(("xn--", "sthree-")) or v.endswith(("-s3alias", "--ol-s3")):
+            raise ValueError("uses a prefix or suffix that S3 reserves")
+        return v
+
+    @field_validator("smtp_host")
+    @classmethod
+    def _smtp_host(cls, v: str | None) -> str | None:
+        return v if v is None else _check_host_name(v)
 
     @field_validator("s3_prefix")
     @classmethod
@@ -213,8 +323,12 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             items = [item.strip() for item in v.split(",")]
             items = [item for item in items if item]
-        else:
+        elif v is None or isinstance(v, list | tuple):
             items = list(v or [])
+        else:
+            raise ValueError("must be a comma-separated text or a list of e-mail addresses")
+        if any(not isinstance(item, str) for item in items):
+            raise ValueError("must be a list of e-mail addresses (text)")
         bad = [item for item in items if not _EMAIL_RE.match(item)]
         if bad:
             raise ValueError(f"{bad[0]!r} is not an e-mail address")
@@ -279,9 +393,27 @@ def _describe(loc: tuple[int | str, ...], value: Any) -> str:
     shown = "***" if field in SECRET_FIELDS else value
     if field == "database_url" and isinstance(shown, str):
         shown = mask_url_password(shown)
-    if isinstance(shown, str | int | float | bool):
+    if isinstance(shown, str):
+        return f"{field.upper()}={_printable(shown)}"
+    if isinstance(shown, int | float | bool):
         return f"{field.upper()}={shown!s}"
     return field.upper()
+
+
+MAX_SHOWN_VALUE = 80
+
+
+def _printable(value: str) -> str:
+    """``value`` for a one-line message: control, bidi and invisible characters escaped
+    (``\\n``, ``\\u202e``), cut to ``MAX_SHOWN_VALUE`` characters."""
+    cut = value[:MAX_SHOWN_VALUE]
+    out = "".join(
+        c.encode("unicode_escape").decode("ascii")
+        if ord(c) < 0x20 or ord(c) == 0x7F or _BIDI_AND_INVISIBLE.match(c)
+        else c
+        for c in cut
+    )
+    return out + ("…" if len(value) > MAX_SHOWN_VALUE else "")
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -1,13 +1,19 @@
-"""Start-up shared by every entry point: settings, database, migrations, recovery."""
+"""Start-up shared by every entry point: file modes, settings, database, migrations,
+recovery."""
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from dataclasses import dataclass, field
 
 from fastflow import security
 from fastflow.config import Settings
 from fastflow.db.engine import Database
 from fastflow.runs import store as runs
+
+log = logging.getLogger("fastflow")
 
 
 @dataclass
@@ -34,11 +40,17 @@ class Context:
 
 
 def bootstrap(settings: Settings, *, recover: bool = True) -> Context:
-    """Open the database, apply migrations and stored setting overrides, and fail runs
-    orphaned by a dead process."""
+    """Set the process umask to ``FASTFLOW_UMASK`` (default 077: every file fastflow
+    creates from here on — database, logs, metrics, locks, downloads — is private to
+    its user), open the database (saying where, when a new SQLite file is created),
+    apply migrations and stored setting overrides, and fail runs orphaned by a dead
+    process."""
     from fastflow.runs import isolation
 
+    os.umask(settings.fastflow_umask)
     db = Database(settings)
+    if db.new_file is not None:
+        _announce(f"creating a new database at {db.new_file}")
     db.migrate()
     isolation.secure_data_dir(settings)
     ctx = Context(settings=settings, db=db)
@@ -47,3 +59,11 @@ def bootstrap(settings: Settings, *, recover: bool = True) -> Context:
     if recover:
         runs.recover_orphans(db, ctx.settings.logs_root)
     return ctx
+
+
+def _announce(message: str) -> None:
+    """A log line where logging is set up (``fastflow serve``), else one stderr line."""
+    if logging.getLogger().handlers:
+        log.info(message)
+    else:
+        print(f"fastflow: {message}", file=sys.stderr, flush=True)

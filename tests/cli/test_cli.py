@@ -172,7 +172,7 @@ def test_cleanup_exit_1_when_backups_fail(cli: Cli, make_pipeline: MakePipeline,
 def test_cleanup_exit_2_when_s3_incomplete(cli: Cli, make_pipeline: MakePipeline) -> None:
     _seed_cli_runs(cli, make_pipeline, 2)
     res = cli(
-        "cleanup", env={"S3_BACKUP_ENABLED": "true", "S3_BUCKET": "b", "LOG_RETENTION_RUNS": "1"}
+        "cleanup", env={"S3_BACKUP_ENABLED": "true", "S3_BUCKET": "bkt", "LOG_RETENTION_RUNS": "1"}
     )
     assert res.returncode == 2
     last = res.stderr.strip().splitlines()[-1]

@@ -141,7 +141,9 @@ def test_wrong_password_fails_once_without_showing_it(
 ) -> None:
     server = smtp_factory(username="fastflow", password=PASSWORD, auth_required=True)
     wrong = "Wr0ng-password-q9"
-    ctx = mail_ctx(app, server, smtp_user="fastflow", smtp_password=wrong)
+    ctx = mail_ctx(
+        app, server, smtp_user="fastflow", smtp_password=wrong, smtp_allow_plaintext_auth=True
+    )
     result = _test_result(ctx)
     assert not result.ok and result.attempts == 1
     assert result.error is not None and "authentication as 'fastflow' failed" in result.error

@@ -75,6 +75,7 @@ def world(
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(smtp.port),
         "SMTP_SECURITY": "none",
+        "SMTP_ALLOW_PLAINTEXT_AUTH": "true",  # the test server has no TLS
         "SMTP_USER": "fastflow",
         "SMTP_PASSWORD": SMTP_PASSWORD,
         "SMTP_FROM": "fastflow@example.com",

@@ -140,7 +140,7 @@ def test_500_is_retried_three_times_then_recorded(
     result = _test(ctx)
     assert not result.ok and result.attempts == 3 and len(teams_endpoint.posts) == 3
     assert result.error is not None
-    assert "HTTP 500: boom (3 attempts)" in result.error
+    assert "HTTP 500 (3 attempts)" in result.error and "boom" not in result.error
     assert f"http://127.0.0.1:{teams_endpoint.port}/webhook/***" in result.error
     assert TOKEN not in result.error
     last = notify.last_results(ctx)["teams"]
@@ -173,7 +173,8 @@ def test_400_is_not_retried(app: Context, teams_endpoint: TeamsEndpoint) -> None
     teams_endpoint.respond(400, body="Bad payload")
     result = _test(teams_ctx(app, teams_endpoint.url))
     assert not result.ok and result.attempts == 1 and len(teams_endpoint.posts) == 1
-    assert result.error is not None and "HTTP 400: Bad payload" in result.error
+    assert result.error is not None and "HTTP 400" in result.error
+    assert "Bad payload" not in result.error  # the remote answer is never recorded
 
 
 def test_hanging_endpoint_times_out_and_is_recorded(

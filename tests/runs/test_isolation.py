@@ -224,7 +224,7 @@ def test_a_run_as_another_user_cannot_read_fastflows_secrets(
     stored = run_cli("secret", "set", "PROBE_TOKEN", input="probe-token-Jj5Kk6\n")
     assert stored.returncode == 0, stored.stderr
     monkeypatch.setenv("S3_ENDPOINT_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("S3_BUCKET", "b")
+    monkeypatch.setenv("S3_BUCKET", "bkt")
     res = run_cli("run", "probe", env={"RUN_AS_USER": RUN_USER}, timeout=120)
     assert res.returncode == 0, res.stderr
     data = Path(shared_root["DATA_DIR"])

@@ -10,13 +10,15 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fastflow import __version__, notify
 from fastflow.accounts import AuthError
 from fastflow.api import errors
 from fastflow.api.deps import optional_principal
 from fastflow.api.prometheus import registry_for
-from fastflow.api.routers import auth, hooks, pipelines, runs, secrets, settings
+from fastflow.api.routers import auth, hooks, pipelines, runs, search, secrets, settings, stats
 from fastflow.api.schemas import HealthOut
 from fastflow.context import Context
 from fastflow.lifecycle.cleanup import PassSummary
@@ -31,6 +33,55 @@ FIRST_ADMIN_HINT = (
     "    fastflow user create admin --role admin\n"
     "(the password is prompted, or read from stdin)"
 )
+
+
+MAX_BODY_BYTES = 1024 * 1024
+BODY_TOO_LARGE = "request body too large: at most 1 MiB is accepted"
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised while the body is read (FastAPI passes ``HTTPException`` through): 413."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=413, detail=BODY_TOO_LARGE)
+
+
+class BodySizeLimit:
+    """Every request body is capped at ``limit`` bytes: a larger declared
+    ``Content-Length`` is answered 413 before anything is read, and a body that grows past
+    the limit while it is read (chunked) fails with 413 at that point — never stored."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.limit:
+                    await JSONResponse({"detail": BODY_TOO_LARGE}, status_code=413)(
+                        scope, receive, send
+                    )
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge()
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def _after_scheduled_pass(ctx: Context) -> Callable[[PassSummary], None]:
@@ -76,6 +127,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.ctx = ctx
+    app.add_middleware(BodySizeLimit)  # every route, also the web UI's
     dispatcher = Dispatcher(ctx)
     app.state.launcher = dispatcher
     errors.install(app)
@@ -92,6 +144,8 @@ def create_app(
         settings.router,
         hooks.router,
         secrets.router,
+        search.router,
+        stats.router,
     ):
         app.include_router(router)
     _install_metrics(app, ctx)

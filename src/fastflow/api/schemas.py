@@ -203,7 +203,9 @@ class NotificationStatusOut(BaseModel):
 
 
 class SettingsOut(BaseModel):
-    """Effective settings; secrets only as ``<name>_configured``."""
+    """Effective settings; secrets only as ``<name>_configured``; ``sources`` says per
+    field whether the value comes from the environment, the UI (an override) or the
+    default."""
 
     log_retention_runs: int | None
     log_retention_days: int | None
@@ -223,6 +225,7 @@ class SettingsOut(BaseModel):
     smtp_security: Literal["ssl", "starttls", "none"] | None
     email_recipients: list[str]
     teams_enabled: bool
+    smtp_allow_plaintext_auth: bool  # SMTP_ALLOW_PLAINTEXT_AUTH (environment only)
     fastflow_base_url: str
     s3_access_key_configured: bool
     s3_secret_access_key_configured: bool
@@ -231,10 +234,14 @@ class SettingsOut(BaseModel):
     s3_configured: bool
     s3_missing: list[str]
     overridden: list[str]
+    # per changeable field (secrets too): where its value comes from
+    sources: dict[str, Literal["environment", "ui", "default"]]
     last_s3_test: S3TestOut | None
     last_backup_at: str | None
     unresolved_backup_failures: int
     notifications: dict[str, NotificationStatusOut]  # keyed by channel
+    next_cleanup_at: str | None  # the scheduler's next pass (null: none runs in this server)
+    notices: list[str]  # what a change implied (PUT), e.g. a password to enter again
 
 
 class ChannelResultOut(BaseModel):
@@ -268,7 +275,7 @@ class PassCountsOut(BaseModel):
     dry_run: bool = False
     pass_id: int | None = None
     started_at: str = ""
-    finished_at: str = ""
+    finished_at: str | None = None
     duration_s: float = 0.0
     planned_runs: int = 0
     planned_truncations: int = 0

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, func, select, update
+from sqlalchemy import CursorResult, Select, exists, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Update
 
 from fastflow.archive.store import StoredObject
 from fastflow.db.engine import Database
-from fastflow.db.models import TRUNCATION_REASON, ArchivedRun, utcnow
+from fastflow.db.models import TRUNCATION_REASON, ArchivedRun, PipelineRun, utcnow
 from fastflow.runs import files as logfiles
 from fastflow.runs.refs import RunRef
 
@@ -169,6 +169,37 @@ def page(db: Database, pipeline: str | None, limit: int, offset: int) -> list[Ar
     q = q.order_by(ArchivedRun.archived_at.desc(), ArchivedRun.run_id).limit(limit).offset(offset)
     with db.session() as s:
         return list(s.scalars(q))
+
+
+def ids_between(
+    db: Database, low: uuid.UUID, high: uuid.UUID, limit: int
+) -> list[tuple[uuid.UUID, str, datetime]]:
+    """``(run_id, pipeline_name, started_at)`` of up to ``limit`` entries whose run id
+    lies in ``[low, high]`` (a short id's range), by run id."""
+    q = (
+        select(ArchivedRun.run_id, ArchivedRun.pipeline_name, ArchivedRun.started_at)
+        .where(ArchivedRun.run_id >= low, ArchivedRun.run_id <= high)
+        .order_by(ArchivedRun.run_id)
+        .limit(limit)
+    )
+    with db.session() as s:
+        return [(rid, name, started) for rid, name, started in s.execute(q).all()]
+
+
+def rows_deleted(pipeline: str | None, status: str | None) -> Select[uuid.UUID, datetime, bool]:
+    """Query of ``(id, started_at, row_deleted=True)`` for the entries whose
+    ``pipeline_runs`` row is gone (deleted by retention), optionally of one pipeline and
+    status — to merge with the runs (``runs.store.page_with_archived``)."""
+    q = select(
+        ArchivedRun.run_id.label("id"),
+        ArchivedRun.started_at.label("started_at"),
+        literal(True).label("row_deleted"),
+    ).where(~exists().where(PipelineRun.id == ArchivedRun.run_id))
+    if pipeline:
+        q = q.where(ArchivedRun.pipeline_name == pipeline)
+    if status:
+        q = q.where(ArchivedRun.status == status.upper())
+    return q
 
 
 def count_archived(db: Database, ids: list[uuid.UUID]) -> int:

@@ -25,7 +25,8 @@ class ProbeResult:
 
 
 def probe(settings: Settings) -> ProbeResult:
-    """One attempt each, short timeouts; the error says the cause in plain words."""
+    """One attempt each, short timeouts; the error says the cause in plain words. Never
+    raises: whatever goes wrong is the result's error."""
     now = utcnow().isoformat()
     try:
         client = archive.make_client(
@@ -36,6 +37,8 @@ def probe(settings: Settings) -> ProbeResult:
         )
     except ArchiveNotConfigured as e:
         return ProbeResult(False, str(e), now)
+    except Exception as e:  # e.g. a value boto3 refuses: a one-line reason, not a 500
+        return ProbeResult(False, f"cannot create the S3 client: {type(e).__name__}", now)
     key = "/".join(filter(None, [settings.s3_prefix, ".fastflow-probe", f"{uuid.uuid4()}.txt"]))
     body = f"fastflow connection test {now}\n".encode()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
@@ -82,23 +83,53 @@ def token_group() -> None:
     """API tokens for scripts (Authorization: Bearer <token>)."""
 
 
+def _duration(_: click.Context, __: click.Parameter, value: str | None) -> timedelta | None:
+    from fastflow import accounts
+
+    if value is None:
+        return None
+    try:
+        return accounts.parse_duration(value)
+    except accounts.InvalidInput as e:
+        raise click.BadParameter(e.message) from None
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 @token_group.command("create")
 @click.option("--name", required=True, help="What the token is for.")
 @click.option("--role", type=click.Choice(["admin", "viewer"]), required=True)
+@click.option(
+    "--expires-in",
+    callback=_duration,
+    metavar="DURATION",
+    help="Stop working after this long: 30m, 12h, 90d (default: never).",
+)
+@click.option(
+    "--user",
+    "username",
+    metavar="NAME",
+    help="The user it belongs to: it stops working while they are disabled, and is revoked "
+    "when they are deleted; never more than their role.",
+)
 @click.pass_context
-def token_create(ctx: click.Context, name: str, role: str) -> None:
+def token_create(
+    ctx: click.Context, name: str, role: str, expires_in: timedelta | None, username: str | None
+) -> None:
     """Create a token; it is printed once, as the only line on stdout."""
     from fastflow import accounts
 
     app = _context(ctx.find_root())
-    click.echo(accounts.create_token(app.db, name, role))
+    click.echo(accounts.create_token(app.db, name, role, expires_in=expires_in, username=username))
 
 
 @token_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def token_list(ctx: click.Context, as_json: bool) -> None:
-    """List tokens (never their values)."""
+    """List tokens (never their values); expired ones are listed for a week."""
     from fastflow import accounts
 
     app = _context(ctx.find_root())
@@ -109,8 +140,11 @@ def token_list(ctx: click.Context, as_json: bool) -> None:
             "role": t.role,
             "prefix": t.prefix,
             "created_at": t.created_at.isoformat(),
-            "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
+            "last_used_at": _when(t.last_used_at),
+            "expires_at": _when(t.expires_at),
+            "user": t.user,
             "revoked": t.revoked_at is not None,
+            "state": t.state(),
         }
         for t in accounts.list_tokens(app.db)
     ]
@@ -118,8 +152,15 @@ def token_list(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(rows))
         return
     for r in rows:
-        state = "revoked" if r["revoked"] else "active"
-        click.echo(f"{r['id']:>4}  {r['name'][:30]:30}  {r['role']:7}  {r['prefix']}…  {state}")
+        expires = (
+            f"expires {r['expires_at'][:16].replace('T', ' ')} UTC"
+            if r["expires_at"]
+            else "no expiry"
+        )
+        click.echo(
+            f"{r['id']:>4}  {r['name'][:30]:30}  {r['role']:7}  {r['prefix']}…  "
+            f"{r['state']:8}  {expires}"
+        )
 
 
 @token_group.command("revoke")
@@ -141,6 +182,14 @@ def user_group() -> None:
     """Users who log in to the web UI."""
 
 
+def _read_password() -> str:
+    """Prompted twice on a terminal; else the first line of stdin."""
+    if sys.stdin.isatty():
+        password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
 @user_group.command("create")
 @click.argument("username")
 @click.option("--role", type=click.Choice(["admin", "viewer"]), required=True)
@@ -149,13 +198,101 @@ def user_create(ctx: click.Context, username: str, role: str) -> None:
     """Create a user; the password is prompted, or read from stdin when it is not a TTY."""
     from fastflow import accounts
 
-    if sys.stdin.isatty():
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
+    password = _read_password()
     app = _context(ctx.find_root())
     accounts.create_user(app.db, username, password, role)
     click.echo(f"user {username!r} created with role {role}", err=True)
+
+
+@user_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def user_list(ctx: click.Context, as_json: bool) -> None:
+    """List users: name, role, created, disabled, last login (never password hashes)."""
+    from fastflow import accounts
+
+    app = _context(ctx.find_root())
+    rows: list[dict[str, Any]] = [
+        {
+            "name": u.name,
+            "role": u.role,
+            "created_at": u.created_at.isoformat(),
+            "disabled": u.disabled_at is not None,
+            "disabled_at": _when(u.disabled_at),
+            "last_login_at": _when(u.last_login_at),
+        }
+        for u in accounts.list_users(app.db)
+    ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("no users (create one: fastflow user create NAME --role admin)", err=True)
+    for r in rows:
+        state = "disabled" if r["disabled"] else "enabled"
+        last = (r["last_login_at"] or "never")[:19]
+        click.echo(
+            f"{r['name'][:30]:30}  {r['role']:7}  {state:8}  "
+            f"created {r['created_at'][:19]}  last login {last}"
+        )
+
+
+@user_group.command("passwd")
+@click.argument("username")
+@click.pass_context
+def user_passwd(ctx: click.Context, username: str) -> None:
+    """Set a new password (prompted twice, or read from stdin when it is not a TTY); the
+    user's sessions end."""
+    from fastflow import accounts
+
+    app = _context(ctx.find_root())
+    accounts.require_user(app.db, username)
+    accounts.set_password(app.db, username, _read_password())
+    click.echo(f"password of {username!r} changed; their sessions ended", err=True)
+
+
+@user_group.command("disable")
+@click.argument("username")
+@click.pass_context
+def user_disable(ctx: click.Context, username: str) -> None:
+    """Disable a user: their sessions end now; they cannot log in or use their tokens."""
+    from fastflow import accounts
+
+    app = _context(ctx.find_root())
+    changed = accounts.disable_user(app.db, username)
+    click.echo(
+        f"user {username!r} disabled; their sessions ended"
+        if changed
+        else f"user {username!r} was disabled already",
+        err=True,
+    )
+
+
+@user_group.command("enable")
+@click.argument("username")
+@click.pass_context
+def user_enable(ctx: click.Context, username: str) -> None:
+    """Enable a disabled user again."""
+    from fastflow import accounts
+
+    app = _context(ctx.find_root())
+    changed = accounts.enable_user(app.db, username)
+    click.echo(
+        f"user {username!r} enabled" if changed else f"user {username!r} was enabled already",
+        err=True,
+    )
+
+
+@user_group.command("delete")
+@click.argument("username")
+@click.pass_context
+def user_delete(ctx: click.Context, username: str) -> None:
+    """Delete a user: their sessions end and their tokens are revoked."""
+    from fastflow import accounts
+
+    app = _context(ctx.find_root())
+    revoked = accounts.delete_user(app.db, username)
+    click.echo(f"user {username!r} deleted; {revoked} token(s) revoked", err=True)
 
 
 COMMANDS: tuple[click.Command, ...] = (serve_cmd, notify_group, token_group, user_group)

@@ -76,19 +76,20 @@ def archive_verify(
 )
 @click.pass_context
 def archive_get(ctx: click.Context, run_id: str, output: str | None) -> None:
-    """Download the archived log of RUN_ID."""
+    """Download the archived log of RUN_ID (a full id or a unique prefix)."""
     from fastflow.archive import s3 as archive
     from fastflow.runs import store
     from fastflow.runs.readback import ledger_entry
 
     app = _context(ctx)
-    rid = store.parse_run_id(run_id)
+    rid = store.resolve_run_id(app.db, run_id)
     entry = ledger_entry(app, rid)
     if entry is None or entry.log_key is None:
         _fail(f"run {rid} is not in the archive ledger")
     objects = archive.open_store(app.settings)
     if output:
-        _download_to(output, objects.open_original(entry.log_key, entry.encoding))
+        mode = 0o666 & ~app.settings.fastflow_umask
+        _download_to(output, objects.open_original(entry.log_key, entry.encoding), mode)
         click.echo(f"wrote s3://{entry.bucket}/{entry.log_key} to {output}", err=True)
     else:
         for chunk in objects.open_original(entry.log_key, entry.encoding):
@@ -96,12 +97,13 @@ def archive_get(ctx: click.Context, run_id: str, output: str | None) -> None:
         sys.stdout.buffer.flush()
 
 
-def _download_to(output: str, chunks: Iterator[bytes]) -> None:
+def _download_to(output: str, chunks: Iterator[bytes], mode: int) -> None:
     """Write ``chunks`` to a private temporary file next to ``output`` (created with
     O_EXCL by ``mkstemp``: a planted symlink is never followed), then rename it over
     ``output`` atomically; on any failure the temporary file is removed and one line is
-    printed."""
+    printed. The file gets ``mode`` (the umask's), or the mode of the file it replaces."""
     import os
+    import stat
     import tempfile
     from pathlib import Path
 
@@ -115,6 +117,13 @@ def _download_to(output: str, chunks: Iterator[bytes]) -> None:
         _fail(f"cannot write {output}: {e.strerror or e}")
     try:
         with os.fdopen(fd, "wb") as f:
+            try:
+                old = os.stat(target)
+                if stat.S_ISREG(old.st_mode):
+                    mode = stat.S_IMODE(old.st_mode)
+            except OSError:
+                pass
+            os.fchmod(f.fileno(), mode)
             for chunk in chunks:
                 f.write(chunk)
             f.flush()

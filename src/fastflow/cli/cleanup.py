@@ -13,6 +13,7 @@ from fastflow import exit_codes
 from fastflow.cli import _context, _fail
 
 if TYPE_CHECKING:
+    from fastflow.context import Context
     from fastflow.lifecycle.summary import PassSummary
 
 
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
 def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     """Run one cleanup pass now: retention, verified archive, truncation."""
     from fastflow.cli.progress import ProgressLine
-    from fastflow.errors import PassAlreadyRunning
-    from fastflow.lifecycle.cleanup import run_pass
+    from fastflow.errors import ConfigError, PassAlreadyRunning
+    from fastflow.lifecycle.cleanup import record_crashed_pass, run_pass
 
     app = _context(ctx)
     bar = ProgressLine(sys.stderr) if sys.stderr.isatty() and not dry_run else None
@@ -38,6 +39,13 @@ def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
         )
     except PassAlreadyRunning as e:
         _fail(f"{e}; try again when it has finished", exit_codes.BUSY)
+    except ConfigError:
+        raise  # one line from ``main``, exit 2
+    except Exception as e:
+        if dry_run:
+            raise  # a crashed plan is one ``FastflowError`` line from ``main``, exit 1
+        # the pass failed before it had a row (taking its lock): record it here
+        summary = record_crashed_pass(app, "cli", _crash_line(app, e))
     finally:
         if bar:
             bar.close()
@@ -46,6 +54,11 @@ def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
 
         # delivery runs in the background; wait a bounded time so it can finish
         notify.after_pass(app, summary).wait(notify.CLI_WAIT_S)
+    if summary.error and not dry_run:
+        # the pass stopped early (crashed or lost its lock): one line, recorded and notified
+        if as_json:
+            _report(summary, dry_run, as_json)
+        _fail(f"{summary.error} ({_counts(summary)} before it stopped)")
     _report(summary, dry_run, as_json)
     if summary.config_error:
         _fail(summary.config_error, exit_codes.CONFIG)
@@ -71,6 +84,25 @@ def _report(summary: PassSummary, dry_run: bool, as_json: bool) -> None:
         for failure in summary.failures[:20]:
             who = f"{failure.pipeline_name} run {failure.run_id}" if failure.run_id else "pass"
             click.echo(f"  failed: {who}: {failure.error}", err=True)
+
+
+def _crash_line(app: Context, e: Exception) -> str:
+    """One line for a pass that failed before it started: the known message of a
+    database error, or the exception's type and first line."""
+    from fastflow.lifecycle.cleanup import crash_message
+    from fastflow.security import redact
+
+    known = exit_codes.for_error(e)
+    if known is None:
+        return crash_message(e, app)
+    return redact(f"the cleanup pass failed: {known[1]}", app.settings)
+
+
+def _counts(summary: PassSummary) -> str:
+    return (
+        f"{summary.archived_runs} archived, {summary.deleted_runs} runs deleted, "
+        f"{summary.truncated_logs} logs truncated"
+    )
 
 
 def _summary_line(summary: PassSummary) -> str:

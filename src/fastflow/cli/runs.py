@@ -68,18 +68,20 @@ def run_cmd(ctx: click.Context, pipeline: str, env_pairs: tuple[str, ...]) -> No
 @click.argument("run_id")
 @click.pass_context
 def cancel_cmd(ctx: click.Context, run_id: str) -> None:
-    """Cancel RUN_ID: a queued run at once; a running one on whichever server runs it."""
+    """Cancel RUN_ID (a full id or a unique prefix, e.g. the 8 characters the UI shows):
+    a queued run at once; a running one on whichever server runs it."""
     from fastflow.orchestration import queue
     from fastflow.runs import store
 
     app = _context(ctx)
-    outcome = queue.cancel(app.db, store.parse_run_id(run_id))
+    rid = store.resolve_run_id(app.db, run_id)
+    outcome = queue.cancel(app.db, rid)
     messages = {
         "cancelled": "cancelled (it had not started)",
         "requested": "cancellation requested; the server running it stops it within seconds",
         "finished": "it has already finished; nothing to cancel",
     }
-    click.echo(f"run {run_id}: {messages[outcome]}", err=True)
+    click.echo(f"run {rid}: {messages[outcome]}", err=True)
     sys.exit(exit_codes.FAILED if outcome == "finished" else exit_codes.OK)
 
 
@@ -105,31 +107,56 @@ def schedules_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.option("--pipeline", "pipeline", default=None, help="Only runs of this pipeline.")
 @click.option("--status", default=None, help="Only runs with this status.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option(
+    "--include-archived",
+    is_flag=True,
+    help="Also list runs whose rows retention deleted (from the archive ledger).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def runs_cmd(
-    ctx: click.Context, pipeline: str | None, status: str | None, limit: int, as_json: bool
+    ctx: click.Context,
+    pipeline: str | None,
+    status: str | None,
+    limit: int,
+    include_archived: bool,
+    as_json: bool,
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first. With --include-archived, runs deleted by retention are
+    listed too (marked "archived"; JSON: the API's run objects, ``row_deleted`` true)."""
+    from datetime import datetime
+
     from fastflow.db.models import RunStatus
     from fastflow.runs import store
+    from fastflow.runs import views as runviews
 
     if status is not None and status.upper() not in RunStatus.__members__:
         known = ", ".join(RunStatus.__members__)
         raise click.BadParameter(f"{status!r} is not a run status ({known})", param_hint="--status")
     app = _context(ctx)
-    rows = store.list_runs(app.db, pipeline=pipeline, status=status, limit=limit)
+    items: list[dict[str, Any]]
+    if include_archived:
+        items = runviews.list_views(
+            app, include_archived=True, pipeline=pipeline, status=status, limit=limit
+        )
+    else:
+        items = [
+            r.to_dict()
+            for r in store.list_runs(app.db, pipeline=pipeline, status=status, limit=limit)
+        ]
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in rows], ensure_ascii=False))
+        click.echo(json.dumps(items, ensure_ascii=False))
         return
-    if not rows:
+    if not items:
         click.echo("no runs", err=True)
         return
     click.echo(f"{'RUN ID':36}  {'PIPELINE':24}  {'STATUS':9}  {'TRIGGER':8}  STARTED (UTC)")
-    for r in rows:
-        started = r.started_at.strftime("%Y-%m-%d %H:%M:%S")
+    for r in items:
+        started = datetime.fromisoformat(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        mark = "  archived" if r.get("row_deleted") else ""
         click.echo(
-            f"{r.id!s:36}  {r.pipeline_name[:24]:24}  {r.status:9}  {r.triggered_by:8}  {started}"
+            f"{r['id']:36}  {r['pipeline_name'][:24]:24}  {r['status']:9}  "
+            f"{r['triggered_by']:8}  {started}{mark}"
         )
 
 
@@ -142,12 +169,13 @@ def runs_cmd(
 )
 @click.pass_context
 def logs_cmd(ctx: click.Context, run_id: str, full: bool) -> None:
-    """Print the log of RUN_ID (from local disk, or from the archive)."""
+    """Print the log of RUN_ID (a full id or a unique prefix, e.g. the 8 characters the
+    UI shows), from local disk or from the archive."""
     from fastflow.runs import store
     from fastflow.runs.readback import open_log
 
     app = _context(ctx)
-    rid = store.parse_run_id(run_id)
+    rid = store.resolve_run_id(app.db, run_id)
     source = open_log(app, rid, store.get(app.db, rid), full=full)
     if source.origin == "archive":
         click.echo(f"(read back from the archive: {source.location})", err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,17 @@ def normalise_url(url: str) -> str:
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The absolute path of a SQLite database file; None for other databases and for
+    ``:memory:``."""
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if parsed.database == ":memory:" or parsed.database.startswith("file:"):
+        return None
+    return Path(parsed.database).expanduser().resolve()
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -88,9 +100,11 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def migrate(engine: Engine) -> None:
-    """Apply every Alembic migration (idempotent; safe when processes start together)."""
+    """Apply every Alembic migration (idempotent; safe when processes start together).
+    Alembic's INFO lines are silenced; its warnings still show."""
     if current_revision(engine) == head_revision():
         return
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # before import: it logs then
     from alembic import command
     from alembic.config import Config
 
@@ -104,10 +118,14 @@ def migrate(engine: Engine) -> None:
 
 
 class Database:
-    """The engine plus a session factory; ``session()`` commits or rolls back."""
+    """The engine plus a session factory; ``session()`` commits or rolls back.
+    ``new_file`` is the SQLite file that did not exist yet when the engine was made
+    (the first connection creates it), else None."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        path = sqlite_file(settings.database_url)
+        self.new_file = path if path is not None and not path.exists() else None
         self.engine = make_engine(settings)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 

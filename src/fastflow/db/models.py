@@ -335,6 +335,9 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
     role: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    # set: the user can neither log in nor use the API tokens created for them
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ApiToken(Base):
@@ -350,12 +353,20 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # NULL: the token never expires
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the user the token belongs to (``token create --user``); NULL: a service token
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class WebSession(Base):
     """A logged-in browser session; the cookie holds the token, the table its SHA-256."""
 
     __tablename__ = "web_sessions"
+    __table_args__ = (
+        Index("ix_web_sessions_user_id", "user_id"),
+        Index("ix_web_sessions_expires_at", "expires_at"),
+    )
 
     id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[int] = mapped_column(Integer, nullable=False)

@@ -1,15 +1,28 @@
 """Settings changed at runtime (UI/API), stored in the database over the environment.
 
-Guarantees: a change is validated exactly like the environment before it is stored;
-secrets are stored encrypted and never returned — the public view only says
-``<name>_configured: true/false``.
+Guarantees:
+
+- a change is validated exactly like the environment before it is stored; a stored
+  override that no longer validates (an older version accepted it) is skipped and
+  logged, never a reason for the server not to start;
+- only what a request names is stored; ``null`` removes the override of any field, so
+  that the environment's value (or the default) applies again;
+- secrets are stored encrypted and never returned — the public view only says
+  ``<name>_configured: true/false``; every field's ``sources`` entry says whether its
+  value comes from the ``environment``, the ``ui`` or the ``default``;
+- SMTP credentials stay with their host: a change of ``smtp_host`` that does not give
+  ``smtp_password`` again drops the password in effect (the environment's password
+  applies again only together with the environment's host).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from fastflow import security
@@ -17,6 +30,8 @@ from fastflow.config import SECRET_FIELDS, Settings, load_settings
 from fastflow.db.engine import Database
 from fastflow.db.models import SettingOverride, utcnow
 from fastflow.errors import ConfigError, InvalidInput
+
+log = logging.getLogger("fastflow.settings")
 
 OVERRIDABLE = (
     "log_retention_runs",
@@ -42,11 +57,39 @@ OVERRIDABLE = (
     "teams_enabled",
     "teams_webhook_url",
 )
-PUBLIC = (*(k for k in OVERRIDABLE if k not in SECRET_FIELDS), "fastflow_base_url")
+S3_FIELDS = tuple(k for k in OVERRIDABLE if k.startswith("s3_"))
+PUBLIC = (
+    *(k for k in OVERRIDABLE if k not in SECRET_FIELDS),
+    "smtp_allow_plaintext_auth",
+    "fastflow_base_url",
+)
+ENVIRONMENT, UI, DEFAULT = "environment", "ui", "default"
+PASSWORD_CLEARED = (
+    "SMTP_HOST changed: the SMTP password was cleared, enter it again for the new host"
+)
+PASSWORD_FROM_ENVIRONMENT = (
+    "SMTP_HOST is the environment's again: so is the SMTP password (SMTP_PASSWORD)"
+)
+
+
+class _Cleared:
+    """Stored as an explicit ``null`` override: the field is unset whatever the environment
+    says (a password dropped because its host changed)."""
+
+
+CLEARED = _Cleared()
+
+
+@dataclass(frozen=True)
+class Updated:
+    """The new effective settings and what the user should know about the change."""
+
+    settings: Settings
+    notices: list[str] = field(default_factory=list)
 
 
 def load_overrides(db: Database, settings: Settings) -> dict[str, Any]:
-    """The stored overrides, decrypted."""
+    """The stored overrides, decrypted (an explicitly cleared field maps to None)."""
     with db.session() as s:
         rows = list(s.scalars(select(SettingOverride)))
     out: dict[str, Any] = {}
@@ -58,18 +101,37 @@ def load_overrides(db: Database, settings: Settings) -> dict[str, Any]:
     return out
 
 
-def effective(base: Settings, overrides: dict[str, Any]) -> Settings:
-    """``base`` with ``overrides`` applied and validated."""
-    data = base.model_dump()
-    data.update(overrides)
-    return load_settings(**data)
+def effective(base: Settings, overrides: dict[str, Any], *, strict: bool = False) -> Settings:
+    """``base`` with ``overrides`` applied and validated.
+
+    ``strict`` raises ``ConfigError`` for any invalid value; otherwise an override that no
+    longer validates is skipped with a warning (the environment's value applies). The
+    result's ``model_fields_set`` holds the fields set by the environment or an override
+    (what ``public_view`` reports as their source)."""
+    applied = dict(overrides)
+    while True:
+        data = base.model_dump()
+        data.update(applied)
+        try:
+            new = Settings(**data)
+            break
+        except ValidationError as e:
+            bad = {str(err["loc"][0]) for err in e.errors() if err.get("loc")} & set(applied)
+            if strict or not bad:
+                load_settings(**data)  # raises the one-line ConfigError
+                raise  # pragma: no cover - load_settings raised above
+            for key in sorted(bad):
+                log.warning("ignoring the stored setting %s: it is no longer valid", key.upper())
+                applied.pop(key)
+    object.__setattr__(new, "__pydantic_fields_set__", set(base.model_fields_set) | set(applied))
+    return new
 
 
-def _normalise(changes: dict[str, Any]) -> dict[str, Any]:
+def _normalise(changes: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for raw_key, value in changes.items():
         key = str(raw_key).lower()
-        if key not in OVERRIDABLE:
+        if key not in allowed:
             raise InvalidInput(f"{raw_key!r} cannot be changed here")
         if key in SECRET_FIELDS and value == "":
             continue  # an empty password field means "keep the stored secret"
@@ -81,22 +143,78 @@ def _normalise(changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def update(db: Database, base: Settings, changes: dict[str, Any]) -> Settings:
-    """Validate and store ``changes`` (None removes an override); return the new settings."""
-    changes = _normalise(changes)
-    current = load_overrides(db, base)
+def _same_host(a: object, b: object) -> bool:
+    def norm(h: object) -> str:  # not yet validated: any JSON value
+        return (h if isinstance(h, str) else repr(h) if h is not None else "").strip(" .").lower()
+
+    return norm(a) == norm(b)
+
+
+def _plan(
+    base: Settings, current: dict[str, Any], changes: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """(overrides after the change, the rows to write, notices). In the rows, None
+    deletes an override and ``CLEARED`` stores an explicit null."""
+    rows = dict(changes)
+    notices: list[str] = []
+    if "smtp_host" in changes and "smtp_password" not in changes:
+        old_host = current.get("smtp_host", base.smtp_host)
+        new_host = changes["smtp_host"] if changes["smtp_host"] is not None else base.smtp_host
+        if not _same_host(old_host, new_host):
+            before = current.get("smtp_password", base.smtp_password)
+            if _same_host(new_host, base.smtp_host):
+                rows["smtp_password"] = None  # the environment's password, with its host
+                if base.smtp_password is not None and "smtp_password" in current:
+                    notices.append(PASSWORD_FROM_ENVIRONMENT)
+            elif before is not None or base.smtp_password is not None:
+                rows["smtp_password"] = CLEARED
+            if before is not None and rows.get("smtp_password") is CLEARED:
+                notices.append(PASSWORD_CLEARED)
+    elif "smtp_password" in changes and changes["smtp_password"] is None:
+        host = changes["smtp_host"] if "smtp_host" in changes else current.get("smtp_host")
+        if host is not None and not _same_host(host, base.smtp_host) and base.smtp_password:
+            raise InvalidInput(
+                "SMTP_PASSWORD from the environment belongs to SMTP_HOST from the "
+                f"environment: reset SMTP_HOST too, or enter the password for {host}"
+            )
+    merged = dict(current)
+    for key, value in rows.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = None if value is CLEARED else value
+    return merged, rows, notices
+
+
+def _validated(base: Settings, merged: dict[str, Any]) -> Settings:
     try:
-        new = effective(base, {**current, **changes})
+        return effective(base, merged, strict=True)
     except ConfigError as e:
         raise InvalidInput(str(e).removeprefix("invalid configuration: ")) from None
+
+
+def preview(
+    db: Database, base: Settings, changes: dict[str, Any], allowed: tuple[str, ...] = OVERRIDABLE
+) -> Settings:
+    """The settings as they would be with ``changes`` saved (validated like ``update``,
+    same meaning of null and of an empty secret); nothing is stored."""
+    merged, _, _ = _plan(base, load_overrides(db, base), _normalise(changes, allowed))
+    return _validated(base, merged)
+
+
+def update(db: Database, base: Settings, changes: dict[str, Any]) -> Updated:
+    """Validate and store ``changes`` (None removes an override); only the fields named
+    in ``changes`` (and a password dropped with its host) are written."""
+    merged, rows, notices = _plan(base, load_overrides(db, base), _normalise(changes, OVERRIDABLE))
+    new = _validated(base, merged)
     with db.session() as s:
-        for key, value in changes.items():
+        for key, value in rows.items():
             row = s.get(SettingOverride, key)
             if value is None:
                 if row is not None:
                     s.delete(row)
                 continue
-            text = json.dumps(value)
+            text = json.dumps(None if value is CLEARED else value)
             secret = key in SECRET_FIELDS
             stored = security.encrypt(base, text) if secret else text
             if row is None:
@@ -107,15 +225,26 @@ def update(db: Database, base: Settings, changes: dict[str, Any]) -> Settings:
                 )
             else:
                 row.value, row.encrypted, row.updated_at = stored, int(secret), utcnow()
-    return new
+    return Updated(new, notices)
+
+
+def sources(settings: Settings, overridden: set[str]) -> dict[str, str]:
+    """Where each overridable field's value comes from: ``ui`` (stored here),
+    ``environment`` (a variable or ``.env``) or ``default``."""
+    given = settings.model_fields_set
+    return {
+        key: UI if key in overridden else (ENVIRONMENT if key in given else DEFAULT)
+        for key in OVERRIDABLE
+    }
 
 
 def public_view(settings: Settings, overridden: set[str]) -> dict[str, Any]:
-    """Effective values without secrets."""
+    """Effective values without secrets, and where each comes from."""
     out: dict[str, Any] = {key: getattr(settings, key) for key in PUBLIC}
     for key in sorted(SECRET_FIELDS - {"fastflow_secret_key"}):
         out[f"{key}_configured"] = getattr(settings, key) is not None
     out["s3_configured"] = not settings.s3_missing()
     out["s3_missing"] = settings.s3_missing()
     out["overridden"] = sorted(overridden)
+    out["sources"] = sources(settings, overridden)
     return out

@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import traceback
 from typing import Any
 
 from pydantic import SecretStr
@@ -28,8 +27,9 @@ from fastflow import exit_codes
 from fastflow.config import Settings, load_settings
 from fastflow.context import Context, bootstrap
 from fastflow.db import cache as readcache
-from fastflow.errors import ConfigError, FastflowError, PassAlreadyRunning
-from fastflow.lifecycle.cleanup import Failure, PassSummary, run_pass
+from fastflow.errors import ConfigError, PassAlreadyRunning
+from fastflow.lifecycle.cleanup import Failure, PassSummary, record_crashed_pass, run_pass
+from fastflow.security import redact
 
 ENTRY_POINT = "fastflow.lifecycle.child"
 
@@ -58,7 +58,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def run_pass_in_child(ctx: Context, trigger: str, timeout: float | None = None) -> PassSummary:
-    """Run one pass in a child process; raise like ``cleanup.run_pass`` would.
+    """Run one pass in a child process; raise like ``cleanup.run_pass`` would. A child
+    that ends without a summary (killed, crashed before its pass row) is recorded as a
+    crashed pass (``cleanup.record_crashed_pass``) and its summary returned with ``error``.
 
     This process's read cache is dropped once the child has ended, whatever the outcome:
     the pass changed runs and failures behind the cache's back."""
@@ -78,14 +80,23 @@ def run_pass_in_child(ctx: Context, trigger: str, timeout: float | None = None) 
     try:
         data = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        detail = (proc.stderr.strip().splitlines() or [_no_output(proc.returncode)])[-1]
         detail = detail.removeprefix("fastflow: ")
         if proc.returncode == exit_codes.CONFIG:
             raise ConfigError(detail) from None
-        raise FastflowError(f"the cleanup pass failed: {detail}") from None
+        if not detail.startswith("the cleanup pass failed"):
+            detail = f"the cleanup pass failed: {detail}"
+        # recorded and returned like a pass that crashed inside: the caller notifies
+        return record_crashed_pass(ctx, trigger, redact(detail, ctx.settings))
     data["failures"] = [Failure(**f) for f in data.get("failures", [])]
     data.setdefault("plan", [])
     return PassSummary(**data)
+
+
+def _no_output(returncode: int) -> str:
+    if returncode < 0:
+        return f"its process was killed by signal {-returncode}"
+    return f"its process exited with status {returncode} and no summary"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         known = exit_codes.for_error(e)
         if known is None:
-            traceback.print_exc()
-            return exit_codes.FAILED
+            first = (str(e).strip().splitlines() or [""])[0]
+            detail = f"{type(e).__name__}: {first}" if first else type(e).__name__
+            return _fail(f"the cleanup pass failed: {detail}", exit_codes.FAILED)
         return _fail(known[1], known[0])
     data = summary.to_dict()
     data.pop("plan")

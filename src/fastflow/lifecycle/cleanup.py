@@ -11,7 +11,11 @@ Safety invariants (each proven by a test; the executor's are listed in ``passrun
   ledger entry whose local files were not yet deleted);
 - one pass at a time across processes (``PassLock``); a pass that loses its lock stops
   before its next destructive step, records why, and reports what it did until then;
-- memory is bounded: candidates come from SQL in batches, uploads stream.
+- memory is bounded: candidates come from SQL in batches, uploads stream;
+- a pass that crashes (any exception: a database fault, an unreadable LOGS_DIR entry, a
+  bug) is recorded like a backup failure — the pass row closed with the error, a failure
+  without run id, ``summary.error`` set — and returns its summary, so that every caller
+  notifies as after a failed backup; a crashed dry run raises one ``FastflowError`` line.
 """
 
 from __future__ import annotations
@@ -28,20 +32,29 @@ from fastflow.context import Context
 from fastflow.db import cache as readcache
 from fastflow.db.models import utcnow
 from fastflow.environments import collector as env_collector
-from fastflow.errors import ArchiveNotConfigured, PassLockLost
+from fastflow.errors import ArchiveNotConfigured, FastflowError, PassLockLost
 from fastflow.lifecycle import oversized, records, selection
 from fastflow.lifecycle.executor import PassRun, pipeline_policy
 from fastflow.lifecycle.lock import PassLock
 from fastflow.lifecycle.policy import Action
 from fastflow.lifecycle.resume import resume
-from fastflow.lifecycle.summary import Failure, PassSummary, Progress
+from fastflow.lifecycle.summary import Failure, PassSummary, PlanEntry, Progress
 from fastflow.lifecycle.truncate import remove_journaled_temp
 from fastflow.runs import files as logfiles
 from fastflow.security import redact
 
-__all__ = ["Failure", "PassSummary", "Progress", "pipeline_policy", "run_pass"]
+__all__ = [
+    "Failure",
+    "PassSummary",
+    "Progress",
+    "crash_message",
+    "pipeline_policy",
+    "record_crashed_pass",
+    "run_pass",
+]
 
 MAX_PLAN_LINES = 10_000
+MAX_ERROR_CHARS = 400
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +79,7 @@ def _plan_only(
             if sink is not None:
                 sink(action.describe())
             elif len(summary.plan) < MAX_PLAN_LINES:
-                summary.plan.append(action.describe())
+                summary.plan.append(PlanEntry.of(action))
 
     for name in selection.pipeline_names(ctx.db):
         policy = pipeline_policy(ctx.settings, name)
@@ -102,17 +115,23 @@ def run_pass(
     started = time.monotonic()
     now = now or utcnow()
     summary = PassSummary(trigger=trigger, dry_run=dry_run, started_at=utcnow().isoformat())
-    store, config_error = _open_store(ctx)
-    summary.config_error = config_error
     if dry_run:
-        _plan_only(ctx, summary, now, plan_sink)
+        try:
+            summary.config_error = _open_store(ctx)[1]
+            _plan_only(ctx, summary, now, plan_sink)
+        except FastflowError:
+            raise
+        except Exception as e:
+            raise FastflowError(crash_message(e, ctx, "the cleanup plan failed")) from None
         summary.duration_s = round(time.monotonic() - started, 3)
         return summary
     with PassLock(ctx.db) as lock:
         _open_pass_row(ctx, summary)
-        p = PassRun(ctx, summary, now, store, progress, lock)
         error: str | None = None
         try:
+            store, config_error = _open_store(ctx)
+            summary.config_error = config_error
+            p = PassRun(ctx, summary, now, store, progress, lock)
             _sweep_temp_files(p)
             if config_error is not None:
                 p.record_failure(None, config_error)
@@ -123,16 +142,22 @@ def run_pass(
             )
         except PassLockLost as e:
             error = summary.error = str(e)
-            _record_lock_loss(p, error)
+            _record_pass_failure(ctx, summary, error)
         except Exception as e:
-            error = f"{type(e).__name__}: {redact(str(e), ctx.settings)}"
-            raise
+            error = summary.error = crash_message(e, ctx)
+            log.debug("cleanup pass %s crashed", summary.pass_id, exc_info=True)
+            _record_pass_failure(ctx, summary, error)
         finally:
             readcache.invalidate()
             summary.finished_at = utcnow().isoformat()
             summary.duration_s = round(time.monotonic() - started, 3)
-            records.close_pass(ctx.db, summary.pass_id, summary.to_dict(), error)
-            records.prune_failures(ctx.db)
+            try:
+                records.close_pass(ctx.db, summary.pass_id, summary.to_dict(), error)
+                records.prune_failures(ctx.db)
+            except Exception:
+                if error is None:
+                    raise
+                log.debug("cannot close the crashed pass %s", summary.pass_id, exc_info=True)
     try:  # environments unused for ENV_RETENTION_DAYS; never fails or aborts the pass
         env_collector.collect(ctx.settings, now=now)
     except Exception as e:
@@ -169,13 +194,42 @@ def _sweep_temp_files(p: PassRun) -> None:
     p.bump(stale_temp_files_removed=removed)
 
 
-def _record_lock_loss(p: PassRun, error: str) -> None:
+def crash_message(e: BaseException, ctx: Context, what: str = "the cleanup pass failed") -> str:
+    """One line: ``<what>: <ExceptionType>: <first line of the message>``, redacted."""
     try:
-        records.add_failure(p.db, None, error, p.summary.pass_id)
-    except Exception:  # the database itself may be what went away; the summary says it
-        pass
-    p.summary.failures.append(Failure(None, None, None, error))
-    p.bump(backup_failures=1)
+        lines = redact(str(e), ctx.settings).strip().splitlines()
+    except Exception:
+        lines = ["(details withheld)"]
+    detail = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    text = f"{what}: {detail}"
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def _record_pass_failure(ctx: Context, summary: PassSummary, error: str) -> None:
+    """A failure of the whole pass: a failure row without run id (best effort: the
+    database itself may be what went away) and the summary's failure list and count."""
+    try:
+        records.add_failure(ctx.db, None, error, summary.pass_id)
+    except Exception:
+        log.debug("cannot record the failure of pass %s", summary.pass_id, exc_info=True)
+    summary.failures.append(Failure(None, None, None, error))
+    summary.backup_failures += 1
+
+
+def record_crashed_pass(ctx: Context, trigger: str, error: str) -> PassSummary:
+    """A pass whose process died without reporting (killed, out of memory, a crash before
+    its summary): record it as a finished pass with ``error`` and a failure without run
+    id, and return the summary to notify about, like ``run_pass`` does for a crash."""
+    at = utcnow().isoformat()
+    summary = PassSummary(trigger=trigger, started_at=at, finished_at=at, error=error)
+    summary.failures.append(Failure(None, None, None, error))
+    summary.backup_failures = 1
+    try:
+        summary.pass_id = records.record_failed_pass(ctx.db, trigger, summary.to_dict(), error)
+    except Exception:
+        log.debug("cannot record the crashed %s pass", trigger, exc_info=True)
+    readcache.invalidate()
+    return summary
 
 
 def _open_pass_row(ctx: Context, summary: PassSummary) -> None:

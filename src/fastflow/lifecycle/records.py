@@ -2,7 +2,8 @@
 the failures and passes as the API, the UI and ``/metrics`` show them.
 
 Guarantees: failures are bounded (the newest ``MAX_FAILURE_ROWS`` are kept); a pass row
-left unfinished by a dead process is closed as interrupted by the next pass.
+left unfinished by a dead process is closed as interrupted by the next pass; a pass that
+crashed is recorded like a backup failure (a failure row without run id).
 """
 
 from __future__ import annotations
@@ -57,12 +58,23 @@ def resolve_failures(db: Database, run_id: uuid.UUID, now: datetime) -> None:
 
 def resolve_settled(db: Database, pass_id: int | None, *, complete: bool) -> None:
     """Resolve failures that no longer describe a problem: those of runs that are gone
-    (deleted, with no pending ledger entry) and, after a ``complete`` pass — every due
-    run was tried — every failure not recorded by that pass (its run was archived,
-    truncated or is no longer due; a pass-level failure no longer applies)."""
+    (deleted, with no pending ledger entry), the pass-level failures (no run id: a crash,
+    a lost lock, an incomplete configuration) of earlier passes — this pass ran to its
+    end, and a lasting configuration problem was recorded again by it — and, after a
+    ``complete`` pass — every due run was tried — every failure not recorded by that pass
+    (its run was archived, truncated or is no longer due)."""
     now = utcnow()
     unresolved = BackupFailure.resolved_at.is_(None)
     with db.session() as s:
+        s.execute(
+            update(BackupFailure)
+            .where(
+                unresolved,
+                BackupFailure.run_id.is_(None),
+                or_(BackupFailure.pass_id.is_(None), BackupFailure.pass_id != pass_id),
+            )
+            .values(resolved_at=now)
+        )
         s.execute(
             update(BackupFailure)
             .where(
@@ -131,6 +143,30 @@ def close_pass(
                 error=error or data.get("config_error"),
             )
         )
+
+
+def record_failed_pass(db: Database, trigger: str, summary: dict[str, Any], error: str) -> int:
+    """A finished pass row for a pass whose process died without closing its own, and its
+    failure without run id; returns the pass id. Other pass rows are left alone (the
+    dead pass's own row, if any, is closed as interrupted by the next pass)."""
+    now = utcnow()
+    data = {k: v for k, v in summary.items() if k != "plan"}
+    with db.session() as s:
+        row = CleanupPass(
+            trigger=trigger,
+            started_at=now,
+            finished_at=now,
+            summary=json.dumps({**data, "failures": data.get("failures", [])[:50]}),
+            archived_runs=0,
+            deleted_runs=0,
+            backup_failures=1,
+            bytes_archived=0,
+            error=error,
+        )
+        s.add(row)
+        s.flush()
+        s.add(BackupFailure(error_message=error, pass_id=row.id, created_at=now))
+        return row.id
 
 
 def current_pass_started(db: Database) -> datetime | None:

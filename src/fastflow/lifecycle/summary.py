@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fastflow.lifecycle.policy import Action
+
 
 @dataclass
 class Failure:
@@ -16,15 +18,39 @@ class Failure:
     error: str
 
 
+@dataclass(frozen=True)
+class PlanEntry:
+    """One planned action of a dry run: ``action`` is ``archive_and_delete_run``,
+    ``truncate_log`` or ``archive_and_drop_files``; ``reason`` says why (rules joined by
+    "; "); ``bytes`` is the run's recorded log size (None when unknown)."""
+
+    run_id: str
+    pipeline_name: str
+    action: str
+    reason: str
+    bytes: int | None
+
+    @classmethod
+    def of(cls, action: Action) -> PlanEntry:
+        return cls(
+            run_id=str(action.run.id),
+            pipeline_name=action.run.pipeline_name,
+            action=action.kind.value,
+            reason="; ".join(action.reasons),
+            bytes=action.run.log_size,
+        )
+
+
 @dataclass
 class PassSummary:
-    """What one pass did. Counts are independent of each other."""
+    """What one pass did. Counts are independent of each other. Timestamps are ISO 8601
+    strings; ``finished_at`` is None until the pass ends (and for a dry run)."""
 
     trigger: str
     dry_run: bool = False
     pass_id: int | None = None
     started_at: str = ""
-    finished_at: str = ""
+    finished_at: str | None = None
     duration_s: float = 0.0
     planned_runs: int = 0
     planned_truncations: int = 0
@@ -46,7 +72,7 @@ class PassSummary:
     # why the pass stopped early (lost its lock); the counts say what it did until then
     error: str | None = None
     failures: list[Failure] = field(default_factory=list)
-    plan: list[str] = field(default_factory=list)
+    plan: list[PlanEntry] = field(default_factory=list)  # dry run only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

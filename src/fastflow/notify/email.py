@@ -4,7 +4,9 @@ Best-effort: ``send`` never raises; it returns an ``Outcome`` whose error text n
 server and what went wrong, never the password. Transport security follows
 ``SMTP_SECURITY`` or, when unset, the port: 465 implicit TLS, 587 STARTTLS, anything else
 plain. With STARTTLS the message is never sent in clear when the server does not offer
-it. Login happens only when both ``SMTP_USER`` and ``SMTP_PASSWORD`` are set.
+it. Login happens only when both ``SMTP_USER`` and ``SMTP_PASSWORD`` are set, and only over
+TLS — unless ``SMTP_SECURITY=none`` *and* ``SMTP_ALLOW_PLAINTEXT_AUTH=true``; otherwise the
+delivery fails before connecting, and no credential leaves the process.
 """
 
 from __future__ import annotations
@@ -58,6 +60,20 @@ def missing(settings: Settings) -> list[str]:
     return [name for name, value in needed.items() if not value]
 
 
+def plaintext_auth_refusal(settings: Settings) -> str | None:
+    """Why the credentials may not be sent with these settings (None: they may)."""
+    if not (settings.smtp_user and settings.smtp_password is not None):
+        return None  # no login
+    if security(settings) != "none":
+        return None  # TLS protects them
+    if settings.smtp_security == "none" and settings.smtp_allow_plaintext_auth:
+        return None  # explicitly allowed
+    return (
+        "refusing to send the SMTP password without TLS: use SMTP_SECURITY=starttls or "
+        "ssl (or set SMTP_SECURITY=none and SMTP_ALLOW_PLAINTEXT_AUTH=true)"
+    )
+
+
 def build(settings: Settings, subject: str, text: str, html: str, at: datetime) -> EmailMessage:
     """The message: UTF-8 subject and text, with the HTML part as an alternative."""
     assert settings.smtp_from is not None
@@ -90,6 +106,9 @@ def send(settings: Settings, message: EmailMessage, options: DeliveryOptions) ->
     """
     assert settings.smtp_host is not None
     where = f"SMTP {settings.smtp_host}:{settings.smtp_port} ({security(settings)})"
+    refused = plaintext_auth_refusal(settings)
+    if refused is not None:
+        return Outcome(False, redact(f"{where}: {refused}", settings), 0)
     budget = Budget(options)
     error = "not attempted"
     attempt = 0
@@ -137,6 +156,9 @@ def _send_once(
                 raise _Permanent(f"TLS certificate not trusted: {e.verify_message}") from None
             client.ehlo()
         if settings.smtp_user and settings.smtp_password is not None:
+            plaintext = plaintext_auth_refusal(settings)
+            if plaintext is not None:  # checked in ``send`` already; never AUTH in clear
+                raise _Permanent(plaintext)
             try:
                 client.login(settings.smtp_user, settings.smtp_password.get_secret_value())
             except smtplib.SMTPAuthenticationError as e:

@@ -2,10 +2,12 @@
 
 Best-effort: ``post`` never raises. It retries on 429 and 5xx (honouring ``Retry-After``,
 capped) and on network errors, up to ``options.attempts`` tries within the time budget.
-The URL must be https, except http on a loopback address (local testing). The webhook
-URL carries its credential in the path and query, so it is only ever shown masked
-(``https://host/first-segment/***``) — in errors, records and log lines, including
-httpx's own request log line.
+The URL must be https, except http on a loopback address (local testing), and never a
+link-local or cloud metadata address. The webhook URL carries its credential in the path
+and query, so it is only ever shown masked (``https://host/first-segment/***``) — in
+errors, records and log lines, including httpx's own request log line. An error records
+only a status and an error class (``HTTP 500``, ``timed out``, ``connection refused``),
+never the remote server's answer: the delivery record is readable by viewers.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
+import ssl
 import threading
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -21,7 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from fastflow.config import Settings
+from fastflow.config import Settings, metadata_host_refusal
 from fastflow.notify.retry import Budget, DeliveryOptions, Outcome
 from fastflow.security import mask_url, redact
 
@@ -66,6 +70,9 @@ def check_url(url: str) -> str | None:
         return "TEAMS_WEBHOOK_URL is not a valid URL"
     if not host:
         return f"TEAMS_WEBHOOK_URL has no host: {mask_url(url)}"
+    refusal = metadata_host_refusal(host)
+    if refusal is not None:
+        return f"TEAMS_WEBHOOK_URL {refusal}: {mask_url(url)}"
     if parts.scheme == "https":
         return None
     if parts.scheme == "http" and is_loopback(host):
@@ -144,7 +151,8 @@ def post(settings: Settings, card: dict[str, Any], options: DeliveryOptions) -> 
             else:
                 if 200 <= response.status_code < 300:
                     return Outcome(True, None, attempt)
-                error = f"HTTP {response.status_code}{_excerpt(response)}"
+                error = f"HTTP {response.status_code}"
+                log.debug("Teams answered %s: %r", error, redact(_excerpt(response), settings))
                 if response.status_code not in _RETRY_STATUSES:
                     return Outcome(False, redact(f"{where}: {error}", settings), attempt)
                 wait = retry_after(
@@ -158,13 +166,27 @@ def post(settings: Settings, card: dict[str, Any], options: DeliveryOptions) -> 
 
 
 def _network_error(e: httpx.HTTPError) -> str:
+    """The class of a network failure, in a few fixed words (no remote text)."""
     cause = e.__cause__ or e.__context__
-    text = str(cause or e) or type(e).__name__
-    if "refused" in text.lower():
+    text = (str(cause or e) or "").lower()
+    if "refused" in text:
         return "connection refused"
-    return f"{type(e).__name__}: {text}"
+    if isinstance(cause, ssl.SSLError) or "ssl" in text or "certificate" in text:
+        return "TLS error"
+    if isinstance(cause, socket.gaierror) or "name or service" in text or "resolution" in text:
+        return "cannot resolve the host name"
+    if "reset" in text:
+        return "connection reset"
+    if isinstance(e, httpx.RemoteProtocolError):
+        return "invalid HTTP answer"
+    if isinstance(e, httpx.ConnectError):
+        return "cannot connect"
+    return f"network error ({type(e).__name__})"
 
 
 def _excerpt(response: httpx.Response) -> str:
-    text = " ".join(response.text.split())[:_MAX_BODY_CHARS]
-    return f": {text}" if text else ""
+    """The start of an error answer, for the debug log only."""
+    try:
+        return " ".join(response.text.split())[:_MAX_BODY_CHARS]
+    except Exception:
+        return ""

@@ -15,6 +15,7 @@ fsynced at the end.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -264,6 +265,27 @@ def _run_env(
     )
 
 
+PAYLOAD_ENV = "FASTFLOW_PAYLOAD"  # a webhook's body (orchestration.webhooks writes it)
+
+
+def _payload_for_user(
+    extra: dict[str, str] | None, workdir: Path, user: isolation.RunAs | None, logs_root: Path
+) -> dict[str, str] | None:
+    """A run as ``RUN_AS_USER`` cannot reach ``LOGS_DIR`` (private to fastflow, see
+    ``FASTFLOW_UMASK``): its webhook payload is copied into its scratch folder, owned by
+    the run's user, and ``FASTFLOW_PAYLOAD`` names the copy."""
+    source = (extra or {}).get(PAYLOAD_ENV)
+    if user is None or extra is None or source is None:
+        return extra
+    path = Path(source)
+    if logs_root not in path.parents or not path.is_file():
+        return extra
+    copy = workdir / path.name
+    shutil.copyfile(path, copy)
+    os.chown(copy, user.uid, user.gid)
+    return {**extra, PAYLOAD_ENV: str(copy)}
+
+
 def execute(
     db: Database,
     settings: Settings,
@@ -292,7 +314,8 @@ def execute(
             with environments.in_use(prepared.env):
                 workdir = isolation.make_workdir(run_id, prepared.user)
                 try:
-                    env = _run_env(settings, pipeline, run_id, prepared, workdir, extra_env)
+                    extra = _payload_for_user(extra_env, workdir, prepared.user, logs_root)
+                    env = _run_env(settings, pipeline, run_id, prepared, workdir, extra)
                     status, exit_code, reason = _run_process(
                         db,
                         pipeline,

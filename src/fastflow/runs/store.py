@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable
@@ -11,23 +12,82 @@ from datetime import datetime
 from pathlib import Path
 
 import psutil
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, literal, select, union_all
 
+from fastflow.archive import ledger
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database
 from fastflow.db.models import FINAL_STATUSES, PipelineRun, RunStatus, utcnow
-from fastflow.errors import RunNotFound
+from fastflow.errors import FastflowError, InvalidInput, RunNotFound
 from fastflow.runs import files as logfiles
 
 HOSTNAME = socket.gethostname()
 RUNNING_STATES = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+MIN_PREFIX = 4  # hex digits of the shortest run id prefix accepted (the UI shows 8)
+MAX_CANDIDATES = 10  # ambiguous prefix: candidates named in the error
+_HEX_RE = re.compile(r"[0-9a-f]+")
+
+
+class AmbiguousRunId(FastflowError):
+    """A short run id matches more than one run; ``candidates`` are (some of) them, as
+    ``(id, pipeline_name, started_at)``."""
+
+    def __init__(self, prefix: str, candidates: list[tuple[uuid.UUID, str, datetime]]) -> None:
+        shown = ", ".join(
+            f"{rid} ({name}, {started.strftime('%Y-%m-%d %H:%M:%S')})"
+            for rid, name, started in candidates[:MAX_CANDIDATES]
+        )
+        more = " and more" if len(candidates) > MAX_CANDIDATES else ""
+        super().__init__(
+            f"run id {prefix!r} is ambiguous: it matches {shown}{more}",
+            hint="give more of the id",
+        )
+        self.candidates = [rid for rid, _, _ in candidates]
 
 
 def parse_run_id(raw: str) -> uuid.UUID:
+    """A full run id (no lookup; see ``resolve_run_id`` for short ones)."""
     try:
         return uuid.UUID(str(raw).strip())
     except ValueError:
         raise RunNotFound(f"{raw!r} is not a valid run id (expected a UUID)") from None
+
+
+def resolve_run_id(db: Database, raw: str) -> uuid.UUID:
+    """The run a full id or a short one names: a UUID is returned as it is; otherwise
+    ``raw`` must be the first ``MIN_PREFIX``..32 hex digits of one (dashes ignored,
+    e.g. the 8 the UI shows), matched against the runs and the archive ledger (runs
+    deleted by retention count). ``RunNotFound`` when nothing matches,
+    ``AmbiguousRunId`` when several runs do, ``InvalidInput`` when ``raw`` is neither."""
+    text = str(raw).strip()
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        pass
+    digits = text.lower().replace("-", "")
+    if not (MIN_PREFIX <= len(digits) <= 32) or not _HEX_RE.fullmatch(digits):
+        raise InvalidInput(
+            f"{raw!r} is not a valid run id (expected a UUID or at least its first "
+            f"{MIN_PREFIX} hex digits, as the UI shows 8)"
+        )
+    low, high = uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+    limit = MAX_CANDIDATES + 1
+    q = (
+        select(PipelineRun.id, PipelineRun.pipeline_name, PipelineRun.started_at)
+        .where(PipelineRun.id >= low, PipelineRun.id <= high)
+        .order_by(PipelineRun.id)
+        .limit(limit)
+    )
+    with db.session() as s:
+        found = {rid: (rid, name, started) for rid, name, started in s.execute(q).all()}
+    for rid, name, started in ledger.ids_between(db, low, high, limit):
+        found.setdefault(rid, (rid, name, started))
+    if not found:
+        raise RunNotFound(f"run {text} not found")
+    if len(found) > 1:
+        candidates = sorted(found.values(), key=lambda c: c[2], reverse=True)
+        raise AmbiguousRunId(text, candidates)
+    return next(iter(found))
 
 
 def process_started(pid: int) -> float | None:
@@ -117,6 +177,13 @@ def get(db: Database, run_id: uuid.UUID) -> PipelineRun | None:
         return s.get(PipelineRun, run_id)
 
 
+def get_many(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, PipelineRun]:
+    if not ids:
+        return {}
+    with db.session() as s:
+        return {r.id: r for r in s.scalars(select(PipelineRun).where(PipelineRun.id.in_(ids)))}
+
+
 def list_runs(
     db: Database,
     *,
@@ -134,6 +201,46 @@ def list_runs(
     q = q.order_by(PipelineRun.started_at.desc(), PipelineRun.id).limit(limit).offset(offset)
     with db.session() as s:
         return list(s.scalars(q))
+
+
+def page_with_archived(
+    db: Database,
+    *,
+    pipeline: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[tuple[uuid.UUID, bool]]:
+    """One page of the runs and of the runs whose rows retention deleted (known from
+    the archive ledger), merged newest first (``started_at``, then id, as ``list_runs``)
+    in one SQL query: ``limit``/``offset`` count both kinds. Returns ``(id,
+    row_deleted)`` pairs."""
+    rows: Select[uuid.UUID, datetime, bool] = select(
+        PipelineRun.id.label("id"),
+        PipelineRun.started_at.label("started_at"),
+        literal(False).label("row_deleted"),
+    )
+    if pipeline:
+        rows = rows.where(PipelineRun.pipeline_name == pipeline)
+    if status:
+        rows = rows.where(PipelineRun.status == status.upper())
+    # each side only needs its first offset+limit keys (index order): bounded sorting
+    top = offset + limit
+    sides = [
+        side.order_by(side.selected_columns.started_at.desc(), side.selected_columns.id)
+        .limit(top)
+        .subquery()
+        for side in (rows, ledger.rows_deleted(pipeline, status))
+    ]
+    merged = union_all(*(select(*side.c) for side in sides)).subquery()
+    q = (
+        select(merged.c.id, merged.c.row_deleted)
+        .order_by(merged.c.started_at.desc(), merged.c.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    with db.session() as s:
+        return [(rid, bool(deleted)) for rid, deleted in s.execute(q).all()]
 
 
 def status_counts(db: Database) -> list[tuple[str, int]]:

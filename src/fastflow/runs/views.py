@@ -80,10 +80,27 @@ def view_from_ledger(entry: ArchivedRun) -> dict[str, Any]:
     }
 
 
-def list_views(ctx: Context, **filters: Any) -> list[dict[str, Any]]:
-    rows = runs.list_runs(ctx.db, **filters)
-    entries = _ledger(ctx, [r.id for r in rows])
-    return [view(r, entries.get(r.id)) for r in rows]
+def list_views(
+    ctx: Context, *, include_archived: bool = False, **filters: Any
+) -> list[dict[str, Any]]:
+    """Runs, newest first (filters: ``pipeline``, ``status``, ``limit``, ``offset``).
+    ``include_archived``: runs whose rows retention deleted are listed too, from their
+    archive ledger entries (``row_deleted``), in the same order and page."""
+    if not include_archived:
+        rows = runs.list_runs(ctx.db, **filters)
+        entries = _ledger(ctx, [r.id for r in rows])
+        return [view(r, entries.get(r.id)) for r in rows]
+    page = runs.page_with_archived(ctx.db, **filters)
+    ids = [rid for rid, _ in page]
+    found = runs.get_many(ctx.db, ids)
+    entries = _ledger(ctx, ids)
+    out = []
+    for rid in ids:  # a row deleted meanwhile is shown from its entry; a vanished run not
+        if rid in found:
+            out.append(view(found[rid], entries.get(rid)))
+        elif rid in entries:
+            out.append(view_from_ledger(entries[rid]))
+    return out
 
 
 def get_view(ctx: Context, run_id: uuid.UUID) -> dict[str, Any]:

@@ -8,7 +8,6 @@ session's CSRF token. Interactive parts call the JSON API with the X-CSRF-Token 
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -24,11 +23,17 @@ from fastflow.archive import probe as s3probe
 from fastflow.context import Context
 from fastflow.db import settings_store
 from fastflow.db.models import RunStatus, utcnow
-from fastflow.errors import FastflowError
+from fastflow.errors import FastflowError, Forbidden
 from fastflow.lifecycle import records as failures
 from fastflow.runs import pipelines, secret_store
+from fastflow.runs import store as runs_store
 from fastflow.runs import views as runviews
-from fastflow.session_cookie import SESSION_COOKIE, clear_session_cookie, set_session_cookie
+from fastflow.session_cookie import (
+    SESSION_COOKIE,
+    clear_session_cookie,
+    password_login,
+    set_session_cookie,
+)
 from fastflow.web import orchestrated
 from fastflow.web.render import render, render_login, render_not_found
 
@@ -114,19 +119,30 @@ def login_page(request: Request, next: str | None = None) -> Response:
 
 
 @router.post("/login", response_class=HTMLResponse)
-def login_submit(
+async def login_submit(
     request: Request,
     username: str = Form(""),
     password: str = Form(""),
     next: str = Form("/runs"),
 ) -> Response:
+    """The login form: 303 to ``next`` with a session cookie; else the form again with the
+    reason (401 wrong credentials, 403 sent from another site, 429 throttled with
+    ``Retry-After``)."""
+    ctx = _ctx(request)
+    target = _safe_next(next)
     try:
-        token, _ = accounts.login(_ctx(request).db, username, password)
-    except AuthError as e:
-        return render_login(
-            request, _safe_next(next), error=str(e), no_users=False, status_code=401
+        token, _ = await password_login(
+            request, ctx.db, ctx.settings.fastflow_base_url, username, password
         )
-    response = RedirectResponse(_safe_next(next), status_code=303)
+    except accounts.TooManyLogins as e:
+        page = render_login(request, target, error=str(e), no_users=False, status_code=429)
+        page.headers["Retry-After"] = str(e.retry_after)
+        return page
+    except Forbidden as e:
+        return render_login(request, target, error=str(e), no_users=False, status_code=403)
+    except AuthError as e:
+        return render_login(request, target, error=str(e), no_users=False, status_code=401)
+    response = RedirectResponse(target, status_code=303)
     set_session_cookie(response, token, request)
     return response
 
@@ -155,11 +171,18 @@ def home() -> RedirectResponse:
 
 @router.get("/runs", response_class=HTMLResponse)
 def runs_page(
-    request: Request, paged: ListingDep, pipeline: str | None = None, status: str | None = None
+    request: Request,
+    paged: ListingDep,
+    pipeline: str | None = None,
+    status: str | None = None,
+    include_archived: bool = True,
 ) -> Response:
+    """Runs, newest first; runs whose rows retention deleted stay listed (from the
+    archive ledger, marked archived) unless ``include_archived=false``."""
     ctx = _ctx(request)
     rows = runviews.list_views(
         ctx,
+        include_archived=include_archived,
         pipeline=pipeline or None,
         status=status or None,
         limit=PAGE_SIZE + 1,
@@ -178,14 +201,16 @@ def runs_page(
         status=status or "",
         pipeline_names=names,
         statuses=[s.value for s in RunStatus],
+        include_archived=include_archived,
     )
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: str, user: PageUserDep) -> Response:
+    """One run, by its full id or a unique short one (the 8 characters shown in lists)."""
     ctx = _ctx(request)
     try:
-        run = runviews.get_view(ctx, uuid.UUID(run_id))
+        run = runviews.get_view(ctx, runs_store.resolve_run_id(ctx.db, run_id))
     except (ValueError, FastflowError) as e:
         message = str(e) if isinstance(e, FastflowError) else f"{run_id!r} is not a run id"
         return render_not_found(request, user, message)
@@ -253,6 +278,9 @@ def secrets_page(request: Request, user: PageUserDep) -> Response:
 
 def install(app: FastAPI) -> None:
     """Add the static files, the pages and the login redirect to ``app``."""
+    from fastflow.web import search_page  # it imports this module's dependencies
+
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.include_router(router)
+    app.include_router(search_page.router)
     app.add_exception_handler(LoginRequired, login_redirect)

@@ -1,11 +1,15 @@
-"""Runs, their logs and metrics, and the archive ledger."""
+"""Runs, their logs and metrics, and the archive ledger.
+
+``{run_id}`` is a full run id or a unique prefix of at least 4 hex digits (the UI shows
+8); runs deleted by retention but in the archive ledger count. Unknown: 404; a prefix
+that matches several runs: 409 naming them; not a run id at all: 422."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
@@ -35,6 +39,22 @@ LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def resolve_run_id(
+    run_id: Annotated[str, Path(max_length=100, description="A run id or a unique prefix.")],
+    ctx: CtxDep,
+    _: PrincipalDep,
+) -> uuid.UUID:
+    """The run ``{run_id}`` names (after authentication: ids are never probed
+    anonymously)."""
+    try:
+        return run_rows.resolve_run_id(ctx.db, run_id)
+    except run_rows.AmbiguousRunId as e:
+        raise HTTPException(status_code=409, detail=str(e)) from None
+
+
+RunIdDep = Annotated[uuid.UUID, Depends(resolve_run_id)]
+
+
 @router.get("/runs", response_model=RunListOut)
 def list_runs(
     ctx: CtxDep,
@@ -43,13 +63,17 @@ def list_runs(
     status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    include_archived: bool = False,
 ) -> JSONResponse:
-    """Runs, newest first, with archive information."""
+    """Runs, newest first, with archive information; ``include_archived=true`` also
+    lists the runs whose rows retention deleted (``row_deleted``, read from the archive
+    ledger), merged into the same order and pages."""
     return JSONResponse(
         readcache.cached(
-            ("runs", pipeline_name, status, limit, offset),
+            ("runs", pipeline_name, status, limit, offset, include_archived),
             lambda: runviews.list_views(
                 ctx,
+                include_archived=include_archived,
                 pipeline=pipeline_name,
                 status=status.value if status else None,
                 limit=limit,
@@ -60,15 +84,14 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
-def get_run(run_id: uuid.UUID, ctx: CtxDep, _: PrincipalDep) -> dict[str, Any]:
+def get_run(run_id: RunIdDep, ctx: CtxDep) -> dict[str, Any]:
     return runviews.get_view(ctx, run_id)
 
 
 @router.get("/runs/{run_id}/logs", response_class=StreamingResponse, responses=LOG_RESPONSES)
 def get_logs(
-    run_id: uuid.UUID,
+    run_id: RunIdDep,
     ctx: CtxDep,
-    _: PrincipalDep,
     tail_bytes: Annotated[int | None, Query(ge=0)] = None,
     full: bool = False,
 ) -> StreamingResponse:
@@ -87,13 +110,13 @@ def get_logs(
 
 
 @router.get("/runs/{run_id}/metrics", response_model=MetricSampleListOut)
-def get_metrics(run_id: uuid.UUID, ctx: CtxDep, _: PrincipalDep) -> JSONResponse:
+def get_metrics(run_id: RunIdDep, ctx: CtxDep) -> JSONResponse:
     """The run's CPU/RAM samples."""
     return JSONResponse(runviews.metrics(ctx, run_id))
 
 
 @router.post("/runs/{run_id}/cancel", response_model=CancelOut)
-def cancel_run(run_id: uuid.UUID, launcher: LauncherDep, _: AdminDep) -> dict[str, bool]:
+def cancel_run(_: AdminDep, run_id: RunIdDep, launcher: LauncherDep) -> dict[str, bool]:
     """Cancel a run: a QUEUED one at once; a running one on whichever server executes it
     (its process tree is stopped within seconds). 409 when it already finished."""
     if launcher.cancel(run_id) == "finished":

@@ -23,13 +23,14 @@ from fastflow.db import cache as readcache
 from fastflow.db import settings_store
 from fastflow.errors import PassAlreadyRunning
 from fastflow.lifecycle import records as failures
+from fastflow.lifecycle import scheduler
 from fastflow.lifecycle.child import run_pass_in_child
 from fastflow.lifecycle.cleanup import PassSummary, current_pass_started
 
 router = APIRouter(prefix="/api/settings", tags=["settings"])
 
 
-def _view(ctx: CtxDep) -> dict[str, Any]:
+def _view(ctx: CtxDep, notices: list[str] | None = None) -> dict[str, Any]:
     overrides = settings_store.load_overrides(ctx.db, ctx.base)
     data = settings_store.public_view(ctx.settings, set(overrides))
     data["last_s3_test"] = s3probe.last(ctx.db)
@@ -37,6 +38,9 @@ def _view(ctx: CtxDep) -> dict[str, Any]:
     data["last_backup_at"] = last.isoformat() if last else None
     data["unresolved_backup_failures"] = failures.unresolved_count(ctx)
     data["notifications"] = _notification_results(ctx)
+    upcoming = scheduler.next_pass_at(ctx)
+    data["next_cleanup_at"] = upcoming.isoformat(timespec="seconds") if upcoming else None
+    data["notices"] = notices or []
     return data
 
 
@@ -54,25 +58,41 @@ def get_settings(ctx: CtxDep, _: PrincipalDep) -> dict[str, Any]:
 def put_settings(
     ctx: CtxDep, _: AdminDep, changes: Annotated[dict[str, Any], Body()]
 ) -> dict[str, Any]:
-    """Store changes (validated like the environment; null restores the environment)."""
-    settings_store.update(ctx.db, ctx.base, changes)
+    """Store the fields given (validated like the environment; null removes a field's
+    override, so that the environment's value or the default applies again). Changing
+    ``smtp_host`` without ``smtp_password`` drops the password (see ``notices``). A new
+    ``cleanup_schedule`` takes effect at once (``next_cleanup_at``)."""
+    updated = settings_store.update(ctx.db, ctx.base, changes)
     ctx.reload_settings()
     readcache.invalidate()
-    return _view(ctx)
+    scheduler.settings_changed(ctx)
+    return _view(ctx, updated.notices)
 
 
 @router.post("/s3/test", response_model=S3TestOut)
-def test_s3(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
-    """Write, read back and delete a probe object under the prefix."""
-    result = s3probe.probe(ctx.settings)
-    s3probe.remember(ctx.db, result)
+def test_s3(
+    ctx: CtxDep,
+    _: AdminDep,
+    unsaved: Annotated[dict[str, Any] | None, Body()] = None,
+) -> dict[str, Any]:
+    """Write, read back and delete a probe object under the prefix. An optional body of
+    unsaved S3 fields (names and meaning as in ``PUT /api/settings``; an empty secret
+    uses the stored one) is validated like ``PUT`` and tested instead, without saving it;
+    only a test of the saved settings is remembered as ``last_s3_test``."""
+    tested = ctx.settings
+    if unsaved:
+        tested = settings_store.preview(ctx.db, ctx.base, unsaved, allowed=settings_store.S3_FIELDS)
+    result = s3probe.probe(tested)
+    if all(getattr(tested, k) == getattr(ctx.settings, k) for k in settings_store.S3_FIELDS):
+        s3probe.remember(ctx.db, result)
     return {"ok": result.ok, "error": result.error, "tested_at": result.tested_at}
 
 
 @router.post("/cleanup/force", response_model=PassSummaryOut)
 def force_cleanup(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
     """Run a cleanup pass now (a worker thread runs it in a child process, so the API
-    stays responsive); 409 while another pass runs."""
+    stays responsive); 409 while another pass runs. A pass that crashed answers with its
+    summary, ``error`` saying why, recorded and notified like a failed backup."""
     try:
         summary = run_pass_in_child(ctx, "api")
     except PassAlreadyRunning as e:

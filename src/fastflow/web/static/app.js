@@ -1,4 +1,5 @@
-// fastflow UI: API helper, backup-failure notifications (bell + toasts), "Run now".
+// fastflow UI: API helper, notifications (bell + toasts: backup and run-failure incidents,
+// recoveries), "Run now".
 "use strict";
 
 const fastflow = (() => {
@@ -7,6 +8,10 @@ const fastflow = (() => {
   const SEEN_KEY = "fastflow.seenFailures";
   const READ_KEY = "fastflow.readFailures";
   const CLEARED_KEY = "fastflow.clearedFailures";
+  const SEEN_ERRORS_KEY = "fastflow.seenErrors"; // "<incident id>|<error>" already toasted
+  const OPEN_KEY = "fastflow.openBackups"; // backup incidents open at the last poll
+  const LEGACY_SEEN_KEY = "fastflow.seenKeys";
+  const ROW_LIMIT = 1000; // the server keeps at most 1,000 failure rows: group them all
   const POLL_MS = 60000;
 
   async function api(method, path, body) {
@@ -63,16 +68,41 @@ const fastflow = (() => {
     setTimeout(() => el.remove(), 12000);
   }
 
+  function plural(n, one, many) {
+    return `${n} ${n === 1 ? one : many}`;
+  }
+
   function message(f) {
     if (f.kind === "run") {
       const n = f.failures > 1 ? ` (${f.failures} failed runs)` : "";
       return `Pipeline ${f.pipeline_name} failed: ${f.error_message}${n}`;
     }
     const who = f.run_id ? `${f.pipeline_name} (run ${f.run_id.slice(0, 8)})` : "cleanup pass";
-    return `S3 log backup failed: ${who}: ${f.error_message}`;
+    const n = f.failures > 1 ? ` (failed in ${f.failures} passes)` : "";
+    return `S3 log backup failed: ${who}: ${f.error_message}${n}`;
   }
 
-  // open run-failure incidents, shaped like backup failures for the bell and the toasts
+  // The API lists one row per failed attempt, so a run that fails in every pass has one
+  // row per pass. The bell shows incidents: one per run with unresolved failures, and one
+  // per distinct error of the pass itself (no run), with the newest error and the count.
+  function backupIncidents(rows) {
+    const groups = new Map();
+    for (const f of rows) { // newest first
+      if (f.resolved_at) continue;
+      const id = f.run_id ? `backup:${f.run_id}` : `backup:pass:${f.error_message}`;
+      const g = groups.get(id);
+      if (g) {
+        g.failures += 1;
+        g.since = f.created_at;
+      } else {
+        groups.set(id, { kind: "backup", id, run_id: f.run_id, pipeline_name: f.pipeline_name,
+          error_message: f.error_message, created_at: f.created_at, since: f.created_at, failures: 1 });
+      }
+    }
+    return [...groups.values()];
+  }
+
+  // open run-failure incidents, shaped like backup incidents for the bell and the toasts
   async function runIncidents() {
     try {
       const data = await api("GET", "/api/settings/run-incidents");
@@ -91,6 +121,10 @@ const fastflow = (() => {
   }
 
   let failures = [];
+
+  function markRead(id) {
+    const r = load(READ_KEY); r.add(String(id)); save(READ_KEY, r);
+  }
 
   function renderCenter() {
     const list = document.getElementById("notif-list");
@@ -114,10 +148,11 @@ const fastflow = (() => {
       const li = document.createElement("li");
       li.className = read.has(String(f.id)) ? "read" : "unread";
       li.dataset.failureId = String(f.id);
+      li.dataset.kind = f.kind;
       const a = document.createElement("a");
       a.href = f.run_id ? `/runs/${f.run_id}` : "/settings";
       a.textContent = message(f);
-      a.onclick = () => { const r = load(READ_KEY); r.add(String(f.id)); save(READ_KEY, r); };
+      a.onclick = () => markRead(f.id);
       const when = document.createElement("small");
       when.textContent = (f.created_at || "").slice(0, 19).replace("T", " ") + " UTC";
       const mark = document.createElement("button");
@@ -126,26 +161,66 @@ const fastflow = (() => {
       mark.textContent = "Mark read";
       mark.onclick = (ev) => {
         ev.stopPropagation();
-        const r = load(READ_KEY); r.add(String(f.id)); save(READ_KEY, r); renderCenter();
+        markRead(f.id); renderCenter();
       };
       li.append(a, when, mark);
       list.appendChild(li);
     }
   }
 
+  function loadList(key) {
+    try {
+      const v = JSON.parse(localStorage.getItem(key) || "null");
+      return Array.isArray(v) ? v : null;
+    } catch {
+      return null;
+    }
+  }
+
+  // Backup incidents that were open at the previous poll (in any tab) and are not now are
+  // resolved: say so once, and forget them, so that a new failure of the same run is new.
+  function noticeRecoveries(backups) {
+    const before = loadList(OPEN_KEY);
+    localStorage.setItem(OPEN_KEY, JSON.stringify(backups.map((f) => f.id)));
+    if (!before) return;
+    const open = new Set(backups.map((f) => f.id));
+    const gone = before.filter((id) => !open.has(id));
+    if (!gone.length) return;
+    for (const key of [SEEN_KEY, READ_KEY, CLEARED_KEY]) {
+      const set = load(key); gone.forEach((id) => set.delete(id)); save(key, set);
+    }
+    const keys = (loadList(SEEN_ERRORS_KEY) || []).filter((k) => !gone.some((id) => k.startsWith(`${id}|`)));
+    localStorage.setItem(SEEN_ERRORS_KEY, JSON.stringify(keys));
+    const what = plural(gone.length, "failed backup", "failed backups");
+    const text = backups.length
+      ? `${what} resolved; ${plural(backups.length, "backup is", "backups are")} still failing`
+      : `S3 log backups OK again: ${what} resolved`;
+    toast(text, "ok", { href: "/settings", text: "Details" });
+  }
+
+  /** Poll the backup failures and run incidents; update the bell, toast what is new and
+   * what recovered. Resolves to the incidents shown (undefined when the API failed). */
   async function pollFailures() {
     let data;
     try {
-      data = await api("GET", "/api/settings/backup-failures");
+      data = await api("GET", `/api/settings/backup-failures?limit=${ROW_LIMIT}`);
     } catch {
       return;
     }
-    failures = (data.failures || []).filter((f) => !f.resolved_at).concat(await runIncidents());
+    const rows = data.failures || [];
+    const backups = backupIncidents(rows);
+    failures = backups.concat(await runIncidents());
     const seen = load(SEEN_KEY);
     const fresh = failures.filter((f) => !seen.has(String(f.id)));
-    // the same ongoing failure (same run, same error) is not toasted again each pass
-    const seenKeys = new Set(JSON.parse(localStorage.getItem("fastflow.seenKeys") || "[]"));
-    const novel = fresh.filter((f) => !seenKeys.has(`${f.run_id}|${f.error_message}`));
+    // the same ongoing failure (same incident, same error) is not toasted again each pass
+    const seenErrors = new Set(loadList(SEEN_ERRORS_KEY) || []);
+    const legacy = loadList(LEGACY_SEEN_KEY); // "<run id>|<error>" of earlier versions
+    if (legacy) {
+      legacy.forEach((k) => seenErrors.add(k.startsWith("null|") ? `backup:pass:${k.slice(5)}|${k.slice(5)}` : `backup:${k}`));
+      localStorage.removeItem(LEGACY_SEEN_KEY);
+    }
+    const errorKey = (f) => `${f.id}|${f.error_message}`;
+    const novel = failures.filter((f) => !seenErrors.has(errorKey(f)) && (f.kind === "backup" || fresh.includes(f)));
     if (novel.length === 1) {
       const f = novel[0];
       toast(message(f), "error", { href: f.run_id ? `/runs/${f.run_id}` : "/settings", text: "Open" });
@@ -155,15 +230,18 @@ const fastflow = (() => {
       toast(`${what} for ${novel.length} runs (${pipelines.slice(0, 3).join(", ")}${pipelines.length > 3 ? ", …" : ""})`,
         "error", { href: "/settings", text: "Details" });
     }
-    for (const f of fresh) {
+    for (const f of failures) {
       seen.add(String(f.id));
-      seenKeys.add(`${f.run_id}|${f.error_message}`);
+      seenErrors.add(errorKey(f));
     }
     save(SEEN_KEY, seen);
-    localStorage.setItem("fastflow.seenKeys", JSON.stringify([...seenKeys].slice(-2000)));
+    localStorage.setItem(SEEN_ERRORS_KEY, JSON.stringify([...seenErrors].slice(-2000)));
+    noticeRecoveries(backups);
     renderCenter();
+    const list = document.getElementById("notif-list");
+    if (list) list.dataset.polls = String(Number(list.dataset.polls || 0) + 1); // tests wait on it
     const count = document.getElementById("failure-count");
-    if (count) count.textContent = String(failures.length);
+    if (count) count.textContent = String(rows.filter((f) => !f.resolved_at).length);
     return failures;
   }
 
