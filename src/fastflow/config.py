@@ -165,6 +165,11 @@ class Settings(BaseSettings):
     log_max_size_mb: int | None = Field(default=None, gt=0, le=MAX_LOG_SIZE_MB)
     cleanup_schedule: str = DEFAULT_CLEANUP_SCHEDULE
 
+    # keep rules (issue 16): the newest SUCCESS run of each pipeline survives count and age
+    # retention; the newest N failed runs are kept
+    log_retention_keep_last_success: bool = True
+    log_retention_keep_failed: int = Field(default=0, ge=0, le=MAX_RETENTION_RUNS)
+
     s3_backup_enabled: bool = False
     s3_endpoint_url: str | None = None
     s3_bucket: str | None = None
@@ -183,6 +188,15 @@ class Settings(BaseSettings):
     s3_storage_class: str | None = None
     s3_ca_bundle: Path | None = None
     s3_verify_tls: bool = True
+
+    # integrity (issue 16): legal holds on pinned runs' objects, WORM retention of
+    # archives and manifests, scheduled verification, disk-pressure warning
+    s3_object_lock_legal_hold: bool = False
+    s3_object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = None
+    s3_object_lock_days: int | None = Field(default=None, ge=1, le=MAX_RETENTION_DAYS)
+    archive_verify_schedule: str = "0 3 * * 0"
+    archive_verify_deep_sample: int = Field(default=100, ge=0, le=1_000_000)
+    disk_warn_days: float = Field(default=3.0, ge=0, le=3650)
 
     email_enabled: bool = False
     smtp_host: str | None = None
@@ -244,7 +258,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an IANA time zone such as UTC or Europe/Berlin") from None
         return v
 
-    @field_validator("cleanup_schedule")
+    @field_validator("cleanup_schedule", "archive_verify_schedule")
     @classmethod
     def _cron(cls, v: str) -> str:
         v = " ".join(v.split())
@@ -351,6 +365,11 @@ class Settings(BaseSettings):
                 folder = "./" + folder  # sqlite:///./data/fastflow.db, as documented
             self.database_url = f"sqlite:///{folder}/fastflow.db"
         return self
+
+    @field_validator("s3_object_lock_mode", mode="before")
+    @classmethod
+    def _lock_mode(cls, v: Any) -> Any:
+        return v.strip().upper() or None if isinstance(v, str) else v
 
     @field_validator("pass_env", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     Float,
@@ -132,6 +133,10 @@ class PipelineRun(Base):
     # why a finished run did not succeed, in words ("exit code 3", "memory limit
     # exceeded (512 MiB)", ...); None for SUCCESS and for runs still going
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # a pinned run is never deleted or truncated (issue 16): who, when, why
+    pinned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    pinned_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    pin_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -227,6 +232,11 @@ class ArchivedRun(Base):
     log_truncated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     local_log_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     local_log_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # integrity (issue 16): the manifest that lists this entry's objects; the last HEAD
+    # check and the last deep re-hash of its objects
+    manifest_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    deep_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     def original(self, which: str) -> tuple[int | None, str | None]:
         """(size, SHA-256) of the local file that ``which`` ("log"/"metrics") came from."""
@@ -384,6 +394,41 @@ class SettingOverride(Base):
     value: Mapped[str | None] = mapped_column(Text, nullable=True)
     encrypted: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class ArchiveManifest(Base):
+    """One manifest object in the bucket: the objects a pass archived, chained to the
+    previous manifest by its SHA-256 (issue 16)."""
+
+    __tablename__ = "archive_manifests"
+    __table_args__ = (Index("ix_archive_manifests_created", "created_at"),)
+
+    key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    pass_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    previous_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    count: Mapped[int] = mapped_column(Integer, nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class ArchiveVerification(Base):
+    """One run of ``archive verify`` (scheduled, CLI or API) and what it found."""
+
+    __tablename__ = "archive_verifications"
+    __table_args__ = (Index("ix_archive_verifications_started", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trigger: Mapped[str] = mapped_column(String(16), nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    objects_checked: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    objects_deep_checked: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    objects_damaged: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    manifests_checked: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    problems: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list, bounded
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class PipelineSecret(Base):
