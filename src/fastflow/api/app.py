@@ -18,7 +18,18 @@ from fastflow.accounts import AuthError
 from fastflow.api import errors
 from fastflow.api.deps import optional_principal
 from fastflow.api.prometheus import registry_for
-from fastflow.api.routers import auth, hooks, pipelines, runs, search, secrets, settings, stats
+from fastflow.api.routers import (
+    auth,
+    hooks,
+    integrity,
+    pins,
+    pipelines,
+    runs,
+    search,
+    secrets,
+    settings,
+    stats,
+)
 from fastflow.api.schemas import HealthOut
 from fastflow.context import Context
 from fastflow.lifecycle.cleanup import PassSummary
@@ -146,6 +157,8 @@ def create_app(
         secrets.router,
         search.router,
         stats.router,
+        pins.router,
+        integrity.router,
     ):
         app.include_router(router)
     _install_metrics(app, ctx)
