@@ -31,6 +31,7 @@ SCRIPTS = (
     "load",
     "envs",
     "api_archived_tail",
+    "cli_startup",
 )
 QUICK_ENV = {"BENCH_LINES": "100000"}  # runner_throughput has no quick mode of its own
 
@@ -273,7 +274,24 @@ def _tail_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _cli_rows(r: dict[str, Any]) -> list[Row]:
+    def med(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
+    verdict = "PASS" if r["pass"] else "FAIL"
+    return [
+        (
+            "CLI start-up",
+            f"`fastflow --help` vs `python -c 'import click'` (goal <= {r['goal']:g}x)",
+            f"{r['ratio']:.2f} {verdict} "
+            f"({med(r['help_ms']):.0f} ms vs {med(r['click_ms']):.0f} ms)",
+        ),
+        ("", "`fastflow runs --json` (opens the database)", f"{med(r['runs_ms']):.0f} ms"),
+    ]
+
+
 FORMATTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "cli_startup": _cli_rows,
     "api_archived_tail": _tail_rows,
     "envs": _envs_rows,
     "archive_read": _read_rows,
