@@ -1,23 +1,34 @@
-"""Cleanup pass throughput: archive + verify + delete N finished runs against a real S3
-server (moto, subprocess on 127.0.0.1), versus a naive sequential ``upload_file`` loop
-over an identical second set of files (same server, same run, another bucket). For
-reading the ratio, a sequential ``head_object`` per naive object is timed as well (the
-pass verifies every upload with a HEAD).
+"""Cleanup pass throughput against hand-written uploaders that do the same work.
 
-Each run has a ~2 KB ``run.log`` and a small ``metrics.jsonl``; ``LOG_RETENTION_RUNS=1``
-so every run but the newest of each pipeline is archived and deleted. Prints runs/s for
-both and the ratio fastflow/naive (> 1: the pass is faster than the naive loop although
-it also verifies, records and deletes). Sizes: ``BENCH_RUNS`` (default 2000; 300 with
-``BENCH_QUICK=1``).
+Each round writes ``BENCH_RUNS`` (1,000; 300 with ``BENCH_QUICK=1``) finished runs of
+three pipelines (a ~20 KB ``run.log`` and a small ``metrics.jsonl`` each;
+``LOG_RETENTION_RUNS=1``, so all but the newest run of each pipeline are archived and
+deleted) and archives them three ways, on the same real S3 server (moto, a subprocess on
+127.0.0.1), each into its own bucket prefix:
+
+- **fastflow**: one cleanup pass (hash, upload, HEAD-verify, ledger, identity-checked
+  delete, row delete);
+- **sequential**: per file read + SHA-256 + ``put_object`` (with the SHA-256 for the
+  server) + ``head_object`` (size and checksum compared) + ``unlink``, one after another;
+- **pool**: the same per file in a 16-thread pool.
+
+Rounds are interleaved A/B/C with rotating order, ``BENCH_REPEAT`` (3) times; runs/s and
+client CPU per run are reported as median [min-max] with the load average, and the ratio
+fastflow / the better baseline (goal >= 1.0) and fastflow's CPU per run / the sequential
+loop's (goal <= 1.5).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import statistics
 import sys
 import tempfile
 import time
 import uuid
+from base64 import b64encode
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,11 +48,13 @@ from fastflow.lifecycle.cleanup import run_pass  # noqa: E402
 from fastflow.runs import files as logfiles  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-RUNS = int(os.environ.get("BENCH_RUNS", "300" if QUICK else "2000"))
+RUNS = int(os.environ.get("BENCH_RUNS", "300" if QUICK else "1000"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+POOL_THREADS = 16
 PIPELINES = ("ingest-orders", "nightly-report", "sync-crm")
 FASTFLOW_BUCKET = "bench-fastflow"
 NAIVE_BUCKET = "bench-naive"
-LOG_LINE_COUNT = 24  # ~2 KB per run.log
+LOG_LINE_COUNT = 200  # ~20 KB per run.log
 
 
 def _log_text(pipeline: str, run_id: str, start: datetime) -> str:
@@ -100,21 +113,6 @@ def _make_runs(logs_root: Path, n: int, now: datetime) -> list[dict[str, Any]]:
     return rows
 
 
-def _copy_tree_files(rows: list[dict[str, Any]], src_root: Path, dst_root: Path) -> None:
-    for row in rows:
-        for rel in (row["log_file"], row["metrics_file"]):
-            dst = dst_root / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes((src_root / rel).read_bytes())
-
-
-def _count_objects(client: Any, bucket: str) -> int:
-    total = 0
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        total += int(page.get("KeyCount", 0))
-    return total
-
-
 def _settings(root: Path, server: MotoS3Server) -> Settings:
     return load_settings(
         _env_file=None,
@@ -135,108 +133,126 @@ def _settings(root: Path, server: MotoS3Server) -> Settings:
     )
 
 
+def _baseline_one(client: Any, bucket: str, key: str, path: Path) -> None:
+    """What a careful hand-written uploader does per file: read, hash, put with the hash,
+    HEAD and compare, delete."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data)
+    client.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=data,
+        ChecksumAlgorithm="SHA256",
+        ChecksumSHA256=b64encode(digest.digest()).decode(),
+        Metadata={"sha256": digest.hexdigest()},
+    )
+    head = client.head_object(Bucket=bucket, Key=key)
+    if head["ContentLength"] != len(data) or head["Metadata"].get("sha256") != digest.hexdigest():
+        raise RuntimeError(f"verification failed for {key}")
+    path.unlink()
+
+
+def _baseline(client: Any, root: Path, rows: list[dict[str, Any]], threads: int) -> None:
+    keep = {r["pipeline_name"]: r for r in rows}  # the newest run of each pipeline stays
+    todo = [
+        (root / rel, f"{threads}/{rel}")
+        for row in rows
+        if keep[row["pipeline_name"]] is not row
+        for rel in (row["log_file"], row["metrics_file"])
+    ]
+    if threads == 1:
+        for path, key in todo:
+            _baseline_one(client, NAIVE_BUCKET, key, path)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda item: _baseline_one(client, NAIVE_BUCKET, item[1], item[0]), todo))
+
+
+def _stats(xs: list[float], fmt: str = ",.1f") -> str:
+    return f"{statistics.median(xs):{fmt}} [{min(xs):{fmt}}-{max(xs):{fmt}}]"
+
+
 def main() -> dict[str, Any]:
     now = datetime.now(UTC)
+    load_before = os.getloadavg()
+    expected = RUNS - len(PIPELINES)
+    rates: dict[str, list[float]] = {"fastflow": [], "sequential": [], "pool": []}
+    cpu: dict[str, list[float]] = {"fastflow": [], "sequential": [], "pool": []}
+    counts_ok = True
     with tempfile.TemporaryDirectory(prefix="ff-bench-cleanup-") as tmp, MotoS3Server() as server:
-        root = Path(tmp)
-        settings = _settings(root, server)
-        for name in PIPELINES:
-            (settings.pipelines_dir / name).mkdir(parents=True)
-            (settings.pipelines_dir / name / "main.py").write_text("print('hi')\n")
-        rows = _make_runs(settings.logs_root, RUNS, now)
-        naive_root = root / "naive-logs"
-        _copy_tree_files(rows, settings.logs_root, naive_root)
-
-        client = make_client(settings)
-        for bucket in (FASTFLOW_BUCKET, NAIVE_BUCKET):
-            client.create_bucket(Bucket=bucket)
-        client.put_object(Bucket=NAIVE_BUCKET, Key="warm-up", Body=b"x")  # moto's lazy imports
-        client.delete_object(Bucket=NAIVE_BUCKET, Key="warm-up")
-
-        ctx = bootstrap(settings)
-        with ctx.db.engine.begin() as conn:
-            conn.execute(insert(PipelineRun), rows)
-
-        # Baseline: per file, one upload_file call, sequentially, nothing else.
-        t0 = time.perf_counter()
-        for row in rows:
-            for rel in (row["log_file"], row["metrics_file"]):
-                client.upload_file(str(naive_root / rel), NAIVE_BUCKET, f"naive/{rel}")
-        naive_s = time.perf_counter() - t0
-        # For reading the ratio: what fastflow's HEAD-after-PUT verification adds to it.
-        t0 = time.perf_counter()
-        for row in rows:
-            for rel in (row["log_file"], row["metrics_file"]):
-                client.head_object(Bucket=NAIVE_BUCKET, Key=f"naive/{rel}")
-        naive_head_s = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        summary = run_pass(ctx, "bench")
-        fastflow_s = time.perf_counter() - t0
-
-        expected = RUNS - len(PIPELINES)  # LOG_RETENTION_RUNS=1 keeps one run per pipeline
-        with ctx.db.session() as s:
-            rows_left = s.scalar(select(func.count()).select_from(PipelineRun)) or 0
-            ledger = s.scalar(
-                select(func.count())
-                .select_from(ArchivedRun)
-                .where(ArchivedRun.local_deleted_at.is_not(None))
-            )
-        files_left = sum(1 for p in settings.logs_root.rglob("*") if p.is_file())
-        objects = _count_objects(client, FASTFLOW_BUCKET)
-        naive_objects = _count_objects(client, NAIVE_BUCKET)
-        ctx.db.dispose()
-
-    naive_rate = RUNS / naive_s
-    fastflow_rate = summary.archived_runs / fastflow_s if fastflow_s > 0 else 0.0
-    ratio = fastflow_rate / naive_rate
-    verified_rate = RUNS / (naive_s + naive_head_s)
-    counts_ok = (
-        summary.archived_runs == expected
-        and summary.deleted_runs == expected
-        and summary.deleted_logs == expected
-        and summary.deleted_metrics == expected
-        and summary.backup_failures == 0
-        and rows_left == len(PIPELINES)
-        and ledger == expected
-        and objects == 2 * expected
-        and files_left == 2 * len(PIPELINES)
-        and naive_objects == 2 * RUNS
-    )
+        top = Path(tmp)
+        client = None
+        for rnd in range(REPEAT):
+            order = ["fastflow", "sequential", "pool"]
+            order = order[rnd % 3 :] + order[: rnd % 3]
+            for name in order:
+                root = top / f"{rnd}-{name}"
+                settings = _settings(root, server)
+                if client is None:
+                    client = make_client(settings)
+                    for bucket in (FASTFLOW_BUCKET, NAIVE_BUCKET):
+                        client.create_bucket(Bucket=bucket)
+                rows = _make_runs(settings.logs_root, RUNS, now)
+                if name == "fastflow":
+                    settings = settings.model_copy(update={"s3_prefix": f"r{rnd}"})
+                    for pipe in PIPELINES:
+                        (settings.pipelines_dir / pipe).mkdir(parents=True, exist_ok=True)
+                        (settings.pipelines_dir / pipe / "main.py").write_text("print('hi')\n")
+                    ctx = bootstrap(settings)
+                    with ctx.db.engine.begin() as conn:
+                        conn.execute(insert(PipelineRun), rows)
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    summary = run_pass(ctx, "bench")
+                    wall, used = time.perf_counter() - t0, time.process_time() - c0
+                    with ctx.db.session() as s:
+                        left = s.scalar(select(func.count()).select_from(PipelineRun)) or 0
+                        ledger = s.scalar(
+                            select(func.count())
+                            .select_from(ArchivedRun)
+                            .where(ArchivedRun.local_deleted_at.is_not(None))
+                        )
+                    ctx.db.dispose()
+                    counts_ok &= (
+                        summary.archived_runs == expected
+                        and summary.deleted_runs == expected
+                        and summary.backup_failures == 0
+                        and left == len(PIPELINES)
+                        and ledger == expected
+                    )
+                else:
+                    threads = 1 if name == "sequential" else POOL_THREADS
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    _baseline(client, settings.logs_root, rows, threads)
+                    wall, used = time.perf_counter() - t0, time.process_time() - c0
+                rates[name].append(expected / wall)
+                cpu[name].append(used / expected * 1000)
+    best = max(statistics.median(rates["sequential"]), statistics.median(rates["pool"]))
+    ratio = statistics.median(rates["fastflow"]) / best
+    cpu_ratio = statistics.median(cpu["fastflow"]) / statistics.median(cpu["sequential"])
     print(
-        f"cleanup pass, {RUNS:,} runs x 2 files (~2 KB log), S3_MAX_CONCURRENCY="
-        f"{settings.s3_max_concurrency}: fastflow {fastflow_rate:,.0f} runs/s ({fastflow_s:.2f} s)"
-        f", naive sequential upload_file {naive_rate:,.0f} runs/s ({naive_s:.2f} s); "
-        f"ratio {ratio:.2f} (naive upload_file + head_object {verified_rate:,.0f} runs/s, "
-        f"ratio {fastflow_rate / verified_rate:.2f}); archived {summary.archived_runs}, "
-        f"deleted runs {summary.deleted_runs}/logs {summary.deleted_logs}/metrics "
-        f"{summary.deleted_metrics}, "
-        f"failures {summary.backup_failures}, objects {objects}, rows left {rows_left}, "
-        f"files left {files_left} (expected {expected} archived: "
-        f"{'OK' if counts_ok else 'MISMATCH'})"
+        f"cleanup, {RUNS:,} runs x 2 files (~20 KB log), {REPEAT} interleaved rounds: "
+        f"fastflow {_stats(rates['fastflow'])} runs/s, sequential {_stats(rates['sequential'])}"
+        f", pool({POOL_THREADS}) {_stats(rates['pool'])}; ratio vs the better baseline "
+        f"{ratio:.2f} (goal >= 1.0: {'PASS' if ratio >= 1.0 else 'FAIL'}); client CPU per run "
+        f"fastflow {_stats(cpu['fastflow'], '.2f')} ms vs sequential "
+        f"{_stats(cpu['sequential'], '.2f')} ms: {cpu_ratio:.2f} (goal <= 1.5: "
+        f"{'PASS' if cpu_ratio <= 1.5 else 'FAIL'}); counts {'OK' if counts_ok else 'MISMATCH'}"
+        f"; load {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}",
+        flush=True,
     )
     return {
         "runs": RUNS,
-        "expected_archived": expected,
-        "concurrency": settings.s3_max_concurrency,
-        "fastflow_s": fastflow_s,
-        "naive_s": naive_s,
-        "fastflow_runs_per_s": fastflow_rate,
-        "naive_runs_per_s": naive_rate,
+        "repeat": REPEAT,
+        "concurrency": DEFAULT_S3_MAX_CONCURRENCY,
+        "rates": rates,
+        "cpu_ms_per_run": cpu,
         "ratio": ratio,
-        "naive_head_s": naive_head_s,
-        "naive_verified_runs_per_s": verified_rate,
-        "ratio_vs_verified": fastflow_rate / verified_rate,
-        "archived_runs": summary.archived_runs,
-        "deleted_runs": summary.deleted_runs,
-        "deleted_logs": summary.deleted_logs,
-        "deleted_metrics": summary.deleted_metrics,
-        "backup_failures": summary.backup_failures,
-        "skipped_runs": summary.skipped_runs,
-        "objects": objects,
-        "rows_left": rows_left,
-        "files_left": files_left,
+        "cpu_ratio": cpu_ratio,
+        "pass": ratio >= 1.0,
+        "cpu_pass": cpu_ratio <= 1.5,
         "counts_ok": counts_ok,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
     }
 
 
