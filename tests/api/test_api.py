@@ -179,7 +179,7 @@ def test_start_run_in_background(api: Api, make_pipeline: MakePipeline) -> None:
 
     def finished() -> bool:
         status = api.client.get(f"/api/runs/{run_id}", headers=api.viewer).json()["status"]
-        return status not in ("PENDING", "RUNNING")
+        return status not in ("QUEUED", "PENDING", "RUNNING")
 
     wait_until(finished, 60, "the API run to finish")
     run = api.client.get(f"/api/runs/{run_id}", headers=api.viewer).json()

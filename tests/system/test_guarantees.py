@@ -188,7 +188,20 @@ def _terminate_lock_holder(admin_url: str) -> int:
             (PG_LOCK_KEY,),
         ).fetchone()
         assert row is not None, "no pass holds the lock"
-        conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        # the signal is asynchronous: wait (up to 10 s) until the backend has exited and
+        # its advisory lock is released, so that the next pass can take it
+        done = conn.execute("SELECT pg_terminate_backend(%s, 10000)", (row[0],)).fetchone()
+        assert done is not None and done[0], "the lock holder did not exit"
+
+        def released() -> bool:
+            held = conn.execute(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = %s "
+                "AND granted AND pid = %s",
+                (PG_LOCK_KEY, row[0]),
+            ).fetchone()
+            return held is None
+
+        wait_until(released, 10, "the terminated backend to release the pass lock")
         return int(row[0])
 
 
