@@ -1,9 +1,11 @@
 """Run every benchmark, each in its own subprocess, and print one Markdown summary table.
 
 ``make bench`` runs this. ``BENCH_QUICK=1`` shrinks every size (100k runner lines, 300
-cleanup runs, a 20 MiB log, 50k planning runs) for a smoke run (~30 s on an idle 2-CPU box).
-The per-script variables (``BENCH_LINES``, ``BENCH_RUNS``, ``BENCH_SIZES_MB``,
-``BENCH_PLAN_RUNS``, ...) still win over both defaults.
+cleanup runs, a 20 MiB log, 50k planning runs, 10k integrity entries, a 64 MiB log and
+100 archived logs to search, 50k runs for the dashboards) for a smoke run (~30 s on an idle
+2-CPU box). The per-script variables (``BENCH_LINES``, ``BENCH_RUNS``, ``BENCH_SIZES_MB``,
+``BENCH_PLAN_RUNS``, ``BENCH_INTEGRITY_ENTRIES``, ``BENCH_SEARCH_MB``,
+``BENCH_STATS_RUNS``, ...) still win over both defaults.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ SCRIPTS = (
     "envs",
     "api_archived_tail",
     "cli_startup",
+    "integrity",
+    "log_search",
+    "stats",
 )
 QUICK_ENV = {"BENCH_LINES": "100000"}  # runner_throughput has no quick mode of its own
 
@@ -290,7 +295,92 @@ def _cli_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _integrity_rows(r: dict[str, Any]) -> list[Row]:
+    verdict = "OK" if r["verify_ok"] and r["rebuild_ok"] else "MISMATCH"
+    return [
+        (
+            f"integrity ({r['entries']:,} ledger entries, {r['manifests']} manifests)",
+            "`archive verify --manifests`: time, entries/s, peak RSS",
+            f"{r['verify_s']:.1f} s, {r['verify_entries_per_s']:,.0f}/s, "
+            f"{r['verify_rss_mib']:.0f} MiB {verdict}",
+        ),
+        (
+            "",
+            "`archive rebuild-index` (empty database): time, entries/s, peak RSS",
+            f"{r['rebuild_s']:.1f} s, {r['rebuild_entries_per_s']:,.0f}/s, "
+            f"{r['rebuild_rss_mib']:.0f} MiB",
+        ),
+        (
+            "",
+            "ratio vs download + SHA-256 of every manifest (baseline child)",
+            f"verify {r['verify_ratio']:.1f}x, rebuild {r['rebuild_ratio']:.1f}x "
+            f"({r['baseline_s']:.1f} s, {r['baseline_rss_mib']:.0f} MiB)",
+        ),
+    ]
+
+
+def _search_rows(r: dict[str, Any]) -> list[Row]:
+    def spread(xs: list[float], digits: int = 0) -> str:
+        s = sorted(xs)
+        return f"{s[len(s) // 2]:.{digits}f} [{s[0]:.{digits}f}-{s[-1]:.{digits}f}]"
+
+    local, archived = r["local"], r["archived"]
+    ok = "OK" if local["counts_ok"] and archived["counts_ok"] else "MISMATCH"
+    return [
+        (
+            f"log search, local {local['mb']:,} MiB log",
+            "MB/s fastflow vs `grep -c` (ratio)",
+            f"{spread(local['fastflow_mb_s'])} vs {spread(local['grep_mb_s'])} "
+            f"({local['ratio']:.2f})",
+        ),
+        (
+            "",
+            "case-insensitive (the default) vs `grep -ci` (ratio)",
+            f"{spread(local['fastflow_ci_mb_s'])} vs {spread(local['grep_ci_mb_s'])} "
+            f"({local['ratio_ci']:.2f})",
+        ),
+        (
+            f"log search, {archived['runs']:,} archived 1 MiB logs",
+            "`fastflow search` vs sequential download + `grep -c` (speed-up)",
+            f"{archived['ratio']:.2f}x ({spread(archived['fastflow_s'], 1)} s vs "
+            f"{spread(archived['baseline_s'], 1)} s)",
+        ),
+        ("", "match counts equal to grep's", ok),
+    ]
+
+
+def _stats_rows(r: dict[str, Any]) -> list[Row]:
+    def spread(v: dict[str, float]) -> str:
+        return f"{v['median_ms']:.1f} [{v['min_ms']:.1f}-{v['max_ms']:.1f}] ms"
+
+    rows: list[Row] = []
+    for key, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
+        v = r.get(key, {})
+        title = f"dashboards, {label} ({r['runs']:,} runs over {r['days']} days)"
+        if "skipped" in v:
+            rows.append((title, "", v["skipped"]))
+            continue
+        verdict = "PASS" if v["goal_ok"] else "FAIL"
+        rows += [
+            (
+                title,
+                "`/api/stats/overview?days=14`, ratio vs plain `GROUP BY` (goal < 100 ms)",
+                f"{spread(v['overview'])}, {v['overview_ratio']:.3f} {verdict}",
+            ),
+            (
+                "",
+                "`/api/pipelines/{name}/stats?days=30`, ratio vs plain `GROUP BY`",
+                f"{spread(v['pipeline'])}, {v['pipeline_ratio']:.3f}",
+            ),
+            ("", "plain `GROUP BY date(started_at), status` (baseline)", spread(v["baseline"])),
+        ]
+    return rows
+
+
 FORMATTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "stats": _stats_rows,
+    "log_search": _search_rows,
+    "integrity": _integrity_rows,
     "cli_startup": _cli_rows,
     "api_archived_tail": _tail_rows,
     "envs": _envs_rows,

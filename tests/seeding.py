@@ -107,12 +107,14 @@ def object_bytes(client: object, bucket: str, key: str) -> bytes:
     return data
 
 
-def keys(client: object, bucket: str) -> set[str]:
+def keys(client: object, bucket: str, *, manifests: bool = False) -> set[str]:
+    """The object keys in ``bucket``; the passes' manifests (``/_manifests/``) only when
+    ``manifests`` — every archiving pass writes one besides the run objects."""
     out: set[str] = set()
     paginator = client.get_paginator("list_objects_v2")  # type: ignore[attr-defined]
     for page in paginator.paginate(Bucket=bucket):
         out.update(o["Key"] for o in page.get("Contents", []))
-    return out
+    return out if manifests else {k for k in out if "/_manifests/" not in k}
 
 
 @contextmanager

@@ -356,10 +356,12 @@ def test_selection_over_20000_runs_uses_bounded_batches(db: Database) -> None:
     assert max(sizes) <= batch
     assert len(sizes) == pages
     assert seen == [r.id for r in runs[: n - keep]]
-    # lazy: the first batch needs the boundary query and one page, not the whole table
-    assert queries_for_first_batch == 2
+    # lazy: the first batch needs the boundary query, the keep-rule query (the newest
+    # SUCCESS run, issue 16) and one page, not the whole table
+    assert queries_for_first_batch == 3
     page_queries = [q for q in statements if "LIMIT" in q.upper()]
-    assert len(page_queries) == len(statements) == pages + 1  # + the boundary query
+    # + the boundary query and the keep-rule query
+    assert len(page_queries) == len(statements) == pages + 2
     assert elapsed < 5, f"selection of {n} runs took {elapsed:.1f} s"
 
 
@@ -464,7 +466,12 @@ def test_postgres_selection_does_not_depend_on_the_session_time_zone(
         deleted = capped(selection.deletion_candidates(database, "etl", policy, NOW, 2))
         age_only = capped(
             selection.deletion_candidates(
-                database, "etl", Policy(max_age_days=1), T0 + timedelta(days=1, hours=1), 2
+                database,
+                "etl",
+                # every run is old: without keep_last_success (issue 16) all of them go
+                Policy(max_age_days=1, keep_last_success=False),
+                T0 + timedelta(days=1, hours=1),
+                2,
             )
         )
         truncated = capped(

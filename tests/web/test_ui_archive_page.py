@@ -37,7 +37,13 @@ def server(ff_env: dict[str, str], s3: S3Env, make_pipeline: MakePipeline) -> It
                 seed_run(ctx, pipeline, utcnow() - timedelta(days=10, minutes=i))
     finally:
         ctx.db.dispose()
-    env = {**os.environ, **ff_env, **s3.env(), "LOG_RETENTION_DAYS": "1"}
+    env = {
+        **os.environ,
+        **ff_env,
+        **s3.env(),
+        "LOG_RETENTION_DAYS": "1",
+        "LOG_RETENTION_KEEP_LAST_SUCCESS": "false",  # all three are due
+    }
     res = run_cli("user", "create", "admin", "--role", "admin", env=env, input=PASSWORD + "\n")
     assert res.returncode == 0, res.stderr
     env["UI_TEST_TOKEN"] = admin_token(env)

@@ -40,6 +40,7 @@ def server(ff_env: dict[str, str], s3: S3Env) -> Iterator[Server]:
         **ff_env,
         **s3.env(),
         "LOG_RETENTION_DAYS": "1",
+        "LOG_RETENTION_KEEP_LAST_SUCCESS": "false",  # every one of the five is due
         "S3_CONNECT_TIMEOUT": "1",
         "S3_READ_TIMEOUT": "2",
         "S3_MAX_CONCURRENCY": "1",  # one upload at a time: the circuit opens after three

@@ -3,6 +3,8 @@ so several server processes report the same numbers)."""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -11,12 +13,13 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select
 
 from fastflow import notify
-from fastflow.archive import ledger
+from fastflow.archive import audit, ledger
 from fastflow.context import Context
 from fastflow.db.engine import Database
 from fastflow.db.models import utcnow
-from fastflow.lifecycle import records, selection
+from fastflow.lifecycle import disk, records, selection
 from fastflow.lifecycle.cleanup import pipeline_policy
+from fastflow.lifecycle.policy import KeepReason
 from fastflow.notify.models import NotificationDelivery
 from fastflow.runs import store as run_store
 
@@ -48,12 +51,15 @@ class FastflowCollector(Collector):
             self._backlog_age(utcnow()),
         )
         yield from _notification_metrics(self._ctx)
+        yield from _verification_metrics(self._ctx)
         yield _one(
             GaugeMetricFamily,
             "fastflow_run_incidents_open",
             "Pipelines whose last attempt failed and that have not succeeded since",
             len(notify.open_run_incidents(self._ctx)),
         )
+        yield from _kept_metrics(self._ctx, utcnow())
+        yield from _disk_metrics(self._ctx)
 
     def _backlog_age(self, now: datetime) -> float:
         ctx = self._ctx
@@ -66,6 +72,80 @@ class FastflowCollector(Collector):
                 oldest = started if oldest is None or started < oldest else oldest
                 break
         return max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
+
+
+def _kept_metrics(ctx: Context, now: datetime) -> Iterator[Family]:
+    """Runs that count/age retention would remove (or, pinned, truncate) but that a pin
+    or a keep rule keeps, by rule (issue 16)."""
+    counts: Counter[str] = Counter()
+    for name in selection.pipeline_names(ctx.db):
+        counts.update(selection.kept_counts(ctx.db, name, pipeline_policy(ctx.settings, name), now))
+    g = GaugeMetricFamily(
+        "fastflow_retention_kept_runs",
+        "Runs retention would remove that a pin or keep rule keeps, by reason",
+        labels=["reason"],
+    )
+    for reason in KeepReason:
+        g.add_metric([reason.value], counts.get(reason.value, 0))
+    yield g
+
+
+def _disk_metrics(ctx: Context) -> Iterator[Family]:
+    """LOGS_DIR's file system and its forecast (``lifecycle.disk``); none when the file
+    system cannot be measured (the scrape still answers)."""
+    try:
+        figures = disk.measure(ctx)
+    except OSError:
+        return
+    days = disk.days_until_full(figures.free_bytes, figures.growth_bytes_per_day)
+    yield _one(
+        GaugeMetricFamily,
+        "fastflow_logs_free_bytes",
+        "Free bytes of the file system of LOGS_DIR",
+        figures.free_bytes,
+    )
+    yield _one(
+        GaugeMetricFamily,
+        "fastflow_logs_growth_bytes_per_day",
+        "Local log growth per day (runs of the last 7 days)",
+        figures.growth_bytes_per_day,
+    )
+    yield _one(
+        GaugeMetricFamily,
+        "fastflow_archive_backlog_bytes",
+        "Log bytes of finished runs due for archive and deletion",
+        figures.backlog_bytes,
+    )
+    yield _one(
+        GaugeMetricFamily,
+        "fastflow_disk_days_until_full",
+        "Days until LOGS_DIR is full at the current growth (+Inf: no growth)",
+        math.inf if days is None else days,
+    )
+
+
+def _verification_metrics(ctx: Context) -> Iterator[Family]:
+    """The recorded archive verifications (issue 16, ``archive.audit``)."""
+    stats = audit.verification_stats(ctx)
+    last = stats.last_finished_at
+    yield _one(
+        GaugeMetricFamily,
+        "fastflow_archive_last_verification_timestamp_seconds",
+        "Unix time the last archive verification finished",
+        last.timestamp() if last else None,
+    )
+    yield _one(
+        GaugeMetricFamily,
+        "fastflow_archive_objects_damaged",
+        "Objects (and manifests) the last archive verification found missing or altered",
+        stats.last_damaged,
+    )
+    yield _one(
+        CounterMetricFamily,
+        "fastflow_archive_objects_verified",
+        "Archived objects checked by the recorded verifications (HEAD and re-hash)",
+        stats.objects_verified_total,
+    )
 
 
 def _run_metrics(db: Database) -> Iterator[Family]:

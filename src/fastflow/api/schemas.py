@@ -60,6 +60,10 @@ class RunRowOut(BaseModel):
     queued_at: str | None = None
     run_config_id: str | None = None
     failure_reason: str | None = None
+    # a pinned run is never deleted or truncated (issue 16): when, who, why
+    pinned_at: str | None = None
+    pinned_by: str | None = None
+    pin_reason: str | None = None
 
 
 class ArchiveInfoOut(BaseModel):
@@ -154,6 +158,8 @@ class RetentionOut(BaseModel):
     runs: int | None
     days: int | None
     max_size_mb: int | None
+    keep_last_success: bool | None = None  # None: the global setting applies
+    keep_failed: int | None = None
 
 
 class ScheduleOut(BaseModel):
@@ -291,6 +297,7 @@ class PassCountsOut(BaseModel):
     archived_before_truncation: int = 0
     rearchived_runs: int = 0
     stale_temp_files_removed: int = 0
+    kept_runs: int = 0
     config_error: str | None = None
     error: str | None = None
 
@@ -362,3 +369,226 @@ class SecretDeletedOut(BaseModel):
     name: str
     deleted: bool
     pipelines: list[str]  # pipelines that still list the name: their runs now fail
+
+
+# --- statistics: the overview dashboard and the pipeline pages (``runs.stats``) ---------
+
+
+class RunsByDayOut(BaseModel):
+    """Runs started on one UTC day, per final status."""
+
+    day: str  # YYYY-MM-DD
+    SUCCESS: int
+    FAILED: int
+    TIMEOUT: int
+    CANCELLED: int
+
+
+class RunsByStatusOut(BaseModel):
+    """Runs started in the last 24 hours, per status."""
+
+    QUEUED: int
+    PENDING: int
+    RUNNING: int
+    SUCCESS: int
+    FAILED: int
+    TIMEOUT: int
+    CANCELLED: int
+
+
+class OpenIncidentsOut(BaseModel):
+    run_failures: int  # pipelines whose failure incident is open
+    backup_failures: int  # unresolved backup failures
+    integrity: int  # open integrity incidents (a missing or altered archived object)
+
+
+class NextRunOut(BaseModel):
+    pipeline_name: str
+    next_run_at: str
+
+
+class DiskOut(BaseModel):
+    logs_bytes: int  # run logs on local disk (recorded sizes)
+    free_bytes: int | None  # free space of the file system of LOGS_DIR
+    backlog_runs: int  # finished runs retention wants gone: the next pass's work
+    backlog_bytes: int
+
+
+class DiskSampleOut(BaseModel):
+    """The disk after one cleanup pass."""
+
+    at: str
+    pass_id: int | None
+    local_log_bytes: int
+    free_bytes: int | None
+    archived_bytes: int
+
+
+class OverviewOut(BaseModel):
+    runs_by_day: list[RunsByDayOut]  # oldest first, every day of the range
+    success_rate_7d: float | None
+    open_incidents: OpenIncidentsOut
+    next_runs: list[NextRunOut]  # soonest first
+    disk: DiskOut
+    last_pass: PassCountsOut | None
+    runs_24h: RunsByStatusOut
+    disk_history: list[DiskSampleOut]  # oldest first
+
+
+class RecentRunOut(BaseModel):
+    run_id: str
+    status: str
+    duration_s: float | None  # None while the run is active
+    started_at: str
+    attempt: int
+
+
+class PipelineStatsOut(BaseModel):
+    runs: int
+    success_rate: float | None
+    duration_p50_s: float | None
+    duration_p95_s: float | None
+    recent: list[RecentRunOut]  # the last 50 runs, newest first
+
+
+# --- log search and streaming (issue 17) ----------------------------------------------
+
+
+class LogGrepHitOut(BaseModel):
+    """One line of ``GET /api/runs/{id}/logs?grep=``'s NDJSON: a matching line (1-based
+    number, text without its newline) and up to ``context`` lines around it."""
+
+    line: int
+    text: str
+    context_before: list[str]
+    context_after: list[str]
+
+
+class SearchHitOut(BaseModel):
+    """One line of ``GET /api/search``'s NDJSON (newest runs first)."""
+
+    run_id: str
+    pipeline_name: str
+    started_at: str
+    line: int
+    text: str
+
+
+class LogStreamStatusOut(BaseModel):
+    """The data of the ``status`` event that ends ``GET /api/runs/{id}/logs/stream``."""
+
+    status: str
+    exit_code: int | None
+    failure_reason: str | None
+
+
+# --- pins and disk pressure (issue 16) ----------------------------------------------------
+
+
+class PinIn(BaseModel):
+    """The body of ``POST /api/runs/{id}/pin``: why the run must be kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str
+
+
+class LegalHoldOut(BaseModel):
+    """What a pin or unpin did to the legal holds of the run's archived objects."""
+
+    enabled: bool  # S3_OBJECT_LOCK_LEGAL_HOLD with S3 backup enabled
+    on: bool  # placed (pin) or lifted (unpin)
+    objects: list[str]  # the keys whose hold changed
+    error: str | None  # why a hold could not be changed (the pin itself stands)
+
+
+class PinOut(BaseModel):
+    run_id: str
+    pinned: bool
+    pinned_at: str | None
+    pinned_by: str | None
+    pin_reason: str | None
+    changed: bool  # False: it already was pinned (reason replaced) / was not pinned
+    legal_hold: LegalHoldOut
+
+
+class DiskPressureOut(BaseModel):
+    """The file system of LOGS_DIR and its forecast (``lifecycle.disk``)."""
+
+    free_bytes: int
+    total_bytes: int
+    growth_bytes_per_day: float  # local log growth, from the runs of the last 7 days
+    backlog_runs: int  # finished runs due for archive and deletion
+    backlog_bytes: int
+    days_until_full: float | None  # null: no growth, never at this rate
+    warn_days: float  # DISK_WARN_DAYS (0: no warning)
+    min_free_bytes: int  # below this, new runs are refused (FAILED before they start)
+    warning: bool
+    cause: str | None  # why the disk fills (e.g. S3 failing), when warning
+    checked_at: str
+
+
+# --- integrity (issue 16): system incidents, archive verifications, bucket check ----------
+
+
+class SystemIncidentOut(BaseModel):
+    """An open incident of fastflow itself (``notify.system.open_incidents``)."""
+
+    kind: str  # "integrity" | "disk"
+    key: str
+    title: str
+    detail: str
+    since: str
+    updated_at: str
+
+
+class SystemIncidentsOut(BaseModel):
+    incidents: list[SystemIncidentOut]  # newest first
+
+
+class VerificationProblemOut(BaseModel):
+    """One problem a verification found. ``kind``: object (HEAD), deep (re-hash),
+    manifest; ``state``: missing, changed, error, or a manifest state of
+    ``fastflow archive verify --manifests``."""
+
+    kind: str
+    state: str
+    key: str | None
+    run_id: str | None
+    pipeline_name: str | None
+    manifest: str | None
+    detail: str
+
+
+class VerificationOut(BaseModel):
+    """A recorded archive verification (``archive.audit.verifications``)."""
+
+    id: int
+    trigger: str
+    started_at: str
+    finished_at: str | None
+    objects_checked: int
+    objects_deep_checked: int
+    objects_damaged: int
+    manifests_checked: int
+    ok: bool | None  # None: it could not finish (``error``)
+    problems: list[VerificationProblemOut]  # at most 100
+    error: str | None
+
+
+class VerificationListOut(BaseModel):
+    verifications: list[VerificationOut]  # newest first
+
+
+class BucketCheckItemOut(BaseModel):
+    name: str
+    status: Literal["ok", "warning", "error", "unknown"]
+    message: str
+
+
+class BucketCheckOut(BaseModel):
+    ok: bool  # no check is an error
+    bucket: str
+    prefix: str
+    checked_at: str
+    checks: list[BucketCheckItemOut]

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, exists, func, literal, select, update
+from sqlalchemy import CursorResult, Select, exists, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Update
 
@@ -74,7 +74,8 @@ def record(
     reason: str,
 ) -> None:
     """Upsert the run's entry with newly verified objects (``object_values``); the entry
-    is pending local deletion again (``local_deleted_at`` cleared)."""
+    is pending local deletion again (``local_deleted_at`` cleared). New objects make the
+    entry unlisted (``manifest_key`` cleared): the pass's manifest lists it again."""
     row = {
         "pipeline_name": run.pipeline_name,
         "status": run.status,
@@ -88,6 +89,8 @@ def record(
         "local_deleted_at": None,
         **values,
     }
+    if values:
+        row["manifest_key"] = None
     _upsert(db, run.id, row)
 
 
@@ -235,3 +238,243 @@ def totals(db: Database) -> tuple[int, int]:
 def last_archived_at(db: Database) -> datetime | None:
     with db.session() as s:
         return s.scalar(select(func.max(ArchivedRun.archived_at)))
+
+
+# --- integrity (issue 16): manifests and verification times ------------------------------
+
+_HAS_OBJECT = ArchivedRun.log_key.is_not(None) | ArchivedRun.metrics_key.is_not(None)
+
+
+def unlisted(db: Database, batch: int = 1000) -> Iterator[list[ArchivedRun]]:
+    """Entries with objects that no manifest lists yet, in batches by run id (keyset)."""
+    cursor = None
+    while True:
+        q = (
+            select(ArchivedRun)
+            .where(ArchivedRun.manifest_key.is_(None), _HAS_OBJECT)
+            .order_by(ArchivedRun.run_id)
+            .limit(batch)
+        )
+        if cursor is not None:
+            q = q.where(ArchivedRun.run_id > cursor)
+        with db.session() as s:
+            rows = list(s.scalars(q))
+        if not rows:
+            return
+        yield rows
+        cursor = rows[-1].run_id
+
+
+def mark_listed_stmt(manifest_key: str, run_ids: list[uuid.UUID]) -> Update:
+    """The statement that names ``manifest_key`` on still unlisted entries of
+    ``run_ids`` — for the caller's transaction (the manifest's row in the same commit)."""
+    return (
+        update(ArchivedRun)
+        .where(ArchivedRun.run_id.in_(run_ids), ArchivedRun.manifest_key.is_(None))
+        .values(manifest_key=manifest_key)
+    )
+
+
+def listed_objects(db: Database, manifest_key: str) -> int:
+    """How many objects (logs plus metrics) the entries naming ``manifest_key`` have."""
+    with db.session() as s:
+        logs, metrics = s.execute(
+            select(
+                func.count(ArchivedRun.log_key),
+                func.count(ArchivedRun.metrics_key),
+            ).where(ArchivedRun.manifest_key == manifest_key)
+        ).one()
+    return int(logs or 0) + int(metrics or 0)
+
+
+def entries_of_manifest(
+    db: Database, manifest_key: str, batch: int = 1000
+) -> Iterator[list[ArchivedRun]]:
+    """The entries naming ``manifest_key``, in batches by run id (keyset)."""
+    cursor = None
+    while True:
+        q = (
+            select(ArchivedRun)
+            .where(ArchivedRun.manifest_key == manifest_key)
+            .order_by(ArchivedRun.run_id)
+            .limit(batch)
+        )
+        if cursor is not None:
+            q = q.where(ArchivedRun.run_id > cursor)
+        with db.session() as s:
+            rows = list(s.scalars(q))
+        if not rows:
+            return
+        yield rows
+        cursor = rows[-1].run_id
+
+
+def listing_facts(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    """For ``verify --manifests``: per run id, a row with ``manifest_key`` and the
+    ``log_*``/``metrics_*`` key, size and SHA-256 (no full entries: cheaper)."""
+    if not ids:
+        return {}
+    q = select(
+        ArchivedRun.run_id,
+        ArchivedRun.manifest_key,
+        ArchivedRun.log_key,
+        ArchivedRun.log_size,
+        ArchivedRun.log_sha256,
+        ArchivedRun.metrics_key,
+        ArchivedRun.metrics_size,
+        ArchivedRun.metrics_sha256,
+    ).where(ArchivedRun.run_id.in_(ids))
+    with db.session() as s:
+        return {row.run_id: row for row in s.execute(q)}
+
+
+def unlisted_count(db: Database) -> int:
+    with db.session() as s:
+        return int(
+            s.scalar(
+                select(func.count())
+                .select_from(ArchivedRun)
+                .where(ArchivedRun.manifest_key.is_(None), _HAS_OBJECT)
+            )
+            or 0
+        )
+
+
+def manifest_keys_named(db: Database) -> Iterator[tuple[str, int]]:
+    """``(manifest_key, entries)`` for every manifest some entry names."""
+    with db.session() as s:
+        rows = s.execute(
+            select(ArchivedRun.manifest_key, func.count())
+            .where(ArchivedRun.manifest_key.is_not(None))
+            .group_by(ArchivedRun.manifest_key)
+        ).all()
+    for key, n in rows:
+        yield str(key), int(n)
+
+
+def mark_verified(db: Database, run_ids: list[uuid.UUID], at: datetime, *, deep: bool) -> None:
+    """Stamp ``verified_at`` (and with ``deep`` also ``deep_verified_at``) on entries
+    whose objects were all found intact."""
+    values: dict[str, Any] = {"verified_at": at}
+    if deep:
+        values["deep_verified_at"] = at
+    with db.session() as s:
+        for i in range(0, len(run_ids), 500):
+            s.execute(
+                update(ArchivedRun)
+                .where(ArchivedRun.run_id.in_(run_ids[i : i + 500]))
+                .values(**values)
+            )
+
+
+def deep_sample(db: Database, objects: int) -> list[ArchivedRun]:
+    """Entries whose objects were re-hashed longest ago (never first), holding about
+    ``objects`` objects: each run of the scheduled verification re-hashes these, so every
+    object is re-hashed over time."""
+    if objects <= 0:
+        return []
+    never_first = ArchivedRun.deep_verified_at.is_not(None)
+    q = (
+        select(ArchivedRun)
+        .where(_HAS_OBJECT)
+        .order_by(never_first, ArchivedRun.deep_verified_at, ArchivedRun.run_id)
+        .limit(objects)
+    )
+    out: list[ArchivedRun] = []
+    n = 0
+    with db.session() as s:
+        for entry in s.scalars(q):
+            if n >= objects:
+                break
+            out.append(entry)
+            n += int(entry.log_key is not None) + int(entry.metrics_key is not None)
+    return out
+
+
+def verification_times(db: Database) -> tuple[int, int]:
+    """(entries ever HEAD-verified, entries ever re-hashed)."""
+    with db.session() as s:
+        verified, deep = s.execute(
+            select(func.count(ArchivedRun.verified_at), func.count(ArchivedRun.deep_verified_at))
+        ).one()
+    return int(verified or 0), int(deep or 0)
+
+
+def upsert_rebuilt(
+    db: Database, rows: list[dict[str, Any]], order: dict[str, int]
+) -> tuple[int, int, int]:
+    """Write entries rebuilt from manifests (``rebuild``): an entry is created when
+    missing; an existing one gets the objects it lacks, and its objects are replaced only
+    by newer ones (``archived_at``) — a newer entry is never overwritten; it names the
+    latest manifest (by ``order``, the chain's order) that lists all its objects. Returns
+    ``(created, updated, unchanged)``. Each row holds the entry's columns plus the
+    objects it lists (``log_*`` and/or ``metrics_*``) and ``manifest_key``."""
+    updated = unchanged = 0
+    ids = [r["run_id"] for r in rows]
+    fresh: dict[uuid.UUID, dict[str, Any]] = {}
+    with db.session() as s:
+        existing = {
+            e.run_id: e for e in s.scalars(select(ArchivedRun).where(ArchivedRun.run_id.in_(ids)))
+        }
+        for row in rows:
+            entry = existing.get(row["run_id"])
+            if entry is None:
+                # one run appears once per call: new entries go in one multi-row INSERT
+                fresh[row["run_id"]] = {**_EMPTY_OBJECTS, **row}
+            elif _merge_rebuilt(entry, row, order):
+                updated += 1
+            else:
+                unchanged += 1
+        if fresh:
+            s.execute(insert(ArchivedRun), list(fresh.values()))
+    return len(fresh), updated, unchanged
+
+
+_OBJECT_COLUMNS = ("key", "size", "sha256", "original_size", "original_sha256")
+_EMPTY_OBJECTS = {f"{w}_{c}": None for w in ("log", "metrics") for c in _OBJECT_COLUMNS}
+
+
+def _covers(entry: ArchivedRun, row: dict[str, Any]) -> bool:
+    """True when ``row`` lists every object of ``entry``, as the entry records it."""
+    for which in ("log", "metrics"):
+        key = getattr(entry, f"{which}_key")
+        if key is None:
+            continue
+        if (row.get(f"{which}_key"), row.get(f"{which}_sha256")) != (
+            key,
+            getattr(entry, f"{which}_sha256"),
+        ):
+            return False
+    return True
+
+
+def _merge_rebuilt(entry: ArchivedRun, row: dict[str, Any], order: dict[str, int]) -> bool:
+    """Merge one rebuilt row into an existing entry; True when something changed. The
+    entry names the row's manifest only when that manifest lists all its objects."""
+    changed = False
+    newer = row["archived_at"] > entry.archived_at
+    for which in ("log", "metrics"):
+        key = row.get(f"{which}_key")
+        if key is None:
+            continue
+        current = getattr(entry, f"{which}_key"), getattr(entry, f"{which}_sha256")
+        if current == (key, row.get(f"{which}_sha256")):
+            continue
+        if current[0] is None or newer:
+            for col in _OBJECT_COLUMNS:
+                setattr(entry, f"{which}_{col}", row.get(f"{which}_{col}"))
+            changed = True
+    if changed and newer:
+        for col in ("status", "triggered_by", "finished_at", "exit_code", "reason", "encoding"):
+            if col in row:
+                setattr(entry, col, row[col])
+        entry.archived_at = row["archived_at"]
+    covered = _covers(entry, row)
+    mine = row["manifest_key"]
+    later = entry.manifest_key is None or order.get(entry.manifest_key, -1) < order.get(mine, -1)
+    if covered and entry.manifest_key != mine and (changed or later):
+        entry.manifest_key = mine
+        changed = True
+    elif changed and not covered:
+        entry.manifest_key = None  # the next pass lists the merged entry in a new manifest
+    return changed

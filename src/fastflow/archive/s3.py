@@ -9,6 +9,7 @@ the local file during the upload; anything else raises ``ArchiveError``. Uploads
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import os
 import re
@@ -16,6 +17,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +211,14 @@ class S3Store:
             self._extra["SSEKMSKeyId"] = settings.s3_sse_kms_key_id
         if settings.s3_storage_class:
             self._extra["StorageClass"] = settings.s3_storage_class
-        if settings.s3_checksum == "sha256":
+        # WORM (S3_OBJECT_LOCK_MODE + S3_OBJECT_LOCK_DAYS): every object is written with a
+        # retention date; S3 then demands a checksum of the body, so one is always sent
+        self.lock_days: int | None = None
+        if settings.s3_object_lock_mode and settings.s3_object_lock_days:
+            self.lock_days = settings.s3_object_lock_days
+            self._extra["ObjectLockMode"] = settings.s3_object_lock_mode
+        self._checksum = settings.s3_checksum == "sha256" or self.lock_days is not None
+        if self._checksum:
             # the server checks the bytes it receives against this and stores the result
             self._extra["ChecksumAlgorithm"] = "SHA256"
         self._transfer = TransferConfig(
@@ -218,6 +227,37 @@ class S3Store:
             max_concurrency=PART_CONCURRENCY,
             use_threads=True,
         )
+
+    def _write_args(self) -> dict[str, Any]:
+        """Arguments of every write: encryption, storage class, checksum and, with
+        Object Lock configured, the retention date (from now)."""
+        args: dict[str, Any] = dict(self._extra)
+        if self.lock_days is not None:
+            args["ObjectLockRetainUntilDate"] = datetime.now(UTC) + timedelta(days=self.lock_days)
+        return args
+
+    def uncompressed(self) -> S3Store:
+        """This store writing objects as they are (manifests are never compressed)."""
+        if self.codec == "none":
+            return self
+        clone = copy.copy(self)
+        clone.codec = "none"
+        return clone
+
+    def list_keys(self, prefix: str) -> Iterator[tuple[str, int, datetime]]:
+        """``(key, size, last_modified)`` of every object under ``prefix``, in key order
+        (paginated: one page of at most 1,000 keys in memory)."""
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield str(obj["Key"]), int(obj["Size"]), obj["LastModified"]
+        except ArchiveError:
+            raise
+        except Exception as e:
+            raise describe_error(e, self.settings) from e
 
     def key_for(self, pipeline_name: str, run_id: str, filename: str) -> str:
         parts = [self.prefix] if self.prefix else []
@@ -278,7 +318,11 @@ class S3Store:
                 str(path),
                 self.bucket,
                 key,
-                ExtraArgs={"Metadata": meta, "ContentType": _content_type(key), **self._extra},
+                ExtraArgs={
+                    "Metadata": meta,
+                    "ContentType": _content_type(key),
+                    **self._write_args(),
+                },
                 Config=self._transfer,
             )
             after = sha256_of(path)
@@ -304,8 +348,8 @@ class S3Store:
     def _put_small(self, key: str, data: bytes, meta: dict[str, str]) -> tuple[int, str]:
         raw = hashlib.sha256(data).digest()
         digest = raw.hex()
-        args = dict(self._extra)  # with ChecksumAlgorithm=SHA256 when checksums are on
-        if self.settings.s3_checksum == "sha256":
+        args = self._write_args()  # with ChecksumAlgorithm=SHA256 when checksums are on
+        if self._checksum:
             # the digest we computed, sent for the server to check against the body it
             # receives (botocore then does not hash the body a second time)
             args["ChecksumSHA256"] = base64.b64encode(raw).decode("ascii")
@@ -394,6 +438,30 @@ class S3Store:
             raise describe_error(e, self.settings) from e
         return _stream_body(body, self.settings)
 
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        """Place (``on``) or lift the Object Lock legal hold on the current version of
+        ``key`` (pinned runs, issue 16). A bucket without Object Lock, a missing object or
+        any other error raises ``ArchiveError`` in plain words."""
+        try:
+            self.client.put_object_legal_hold(
+                Bucket=self.bucket, Key=key, LegalHold={"Status": "ON" if on else "OFF"}
+            )
+        except ClientError as e:
+            err = e.response.get("Error", {})
+            code, text = str(err.get("Code", "")), str(err.get("Message", ""))
+            if code == "InvalidRequest" and "lock" in text.lower():
+                raise ArchiveError(
+                    f"bucket '{self.bucket}' has no Object Lock configuration: legal holds "
+                    "need a bucket created with Object Lock enabled"
+                ) from None
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise ArchiveError(
+                    f"cannot set a legal hold: s3://{self.bucket}/{key} does not exist"
+                ) from None
+            raise describe_error(e, self.settings) from e
+        except Exception as e:
+            raise describe_error(e, self.settings) from e
+
 
 def _full_object_sha256(resp: dict[str, Any]) -> str | None:
     """Hex SHA-256 of the whole object from a HEAD, or None when the server gave none or
@@ -446,6 +514,8 @@ _STORE_FIELDS = (
     "s3_storage_class",
     "s3_ca_bundle",
     "s3_verify_tls",
+    "s3_object_lock_mode",
+    "s3_object_lock_days",
 )
 _STORES_KEPT = 4
 _stores: OrderedDict[str, S3Store] = OrderedDict()

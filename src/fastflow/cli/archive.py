@@ -1,4 +1,5 @@
-"""``fastflow archive verify|get|ls``: audit, read back and list the S3 archive."""
+"""``fastflow archive verify|verifications|rebuild-index|check-bucket|get|ls``: audit,
+rebuild the index of, check, read back and list the S3 archive."""
 
 from __future__ import annotations
 
@@ -22,10 +23,28 @@ def archive_group() -> None:
 @click.option("--pipeline", default=None, help="Only runs of this pipeline.")
 @click.option("--since", type=click.DateTime(), default=None, help="Archived on or after (UTC).")
 @click.option("--deep", is_flag=True, help="Download and re-hash every object.")
+@click.option(
+    "--manifests",
+    is_flag=True,
+    help="Check the hash chain of the manifests and that ledger and manifests agree.",
+)
+@click.option(
+    "--record",
+    is_flag=True,
+    help="Run the scheduled verification now (HEAD every object, re-hash "
+    "ARCHIVE_VERIFY_DEEP_SAMPLE objects, check the manifests), record it and open or "
+    "resolve the integrity incident.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def archive_verify(
-    ctx: click.Context, pipeline: str | None, since: Any, deep: bool, as_json: bool
+    ctx: click.Context,
+    pipeline: str | None,
+    since: Any,
+    deep: bool,
+    manifests: bool,
+    record: bool,
+    as_json: bool,
 ) -> None:
     """Check every archived object against the ledger; exit 1 if any is not intact."""
     from datetime import UTC
@@ -34,6 +53,12 @@ def archive_verify(
 
     app = _context(ctx)
     tty = sys.stderr.isatty() and not as_json
+    if manifests and record:
+        _fail("--manifests and --record cannot be combined", exit_codes.CONFIG)
+    if manifests:
+        _verify_manifests(app, tty, as_json)
+    if record:
+        _verify_and_record(app, as_json)
 
     def show(r: Any) -> None:
         click.echo(
@@ -62,6 +87,147 @@ def archive_verify(
             f"{report.missing} missing, {report.changed} changed, {report.errors} errors",
             err=True,
         )
+    sys.exit(exit_codes.OK if report.ok else exit_codes.FAILED)
+
+
+def _verify_manifests(app: Any, tty: bool, as_json: bool) -> None:
+    from fastflow.archive.audit import ManifestReport, verify_manifests
+
+    def show(r: ManifestReport) -> None:
+        click.echo(
+            f"\r\x1b[Kchecked {r.manifests_checked} manifests, {r.objects_listed} objects: "
+            f"{r.problem_count} problems",
+            err=True,
+            nl=False,
+        )
+
+    report = verify_manifests(app, progress=show if tty else None)
+    if tty:
+        click.echo("", err=True)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        for p in report.problems:
+            where = " ".join(x for x in (p.manifest, p.run_id, p.key) if x)
+            click.echo(f"{p.state.upper():16} {where}: {p.detail}")
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
+        click.echo(
+            f"{report.manifests_checked} manifests checked, {report.objects_listed} objects "
+            f"listed: {report.problem_count} problems"
+            + (f" ({report.unlisted} entries not in any manifest yet)" if report.unlisted else ""),
+            err=True,
+        )
+    sys.exit(exit_codes.OK if report.ok else exit_codes.FAILED)
+
+
+def _verify_and_record(app: Any, as_json: bool) -> None:
+    from fastflow.lifecycle.verify_schedule import verify_and_notify
+    from fastflow.notify import CLI_WAIT_S
+
+    if not app.settings.s3_backup_enabled:
+        _fail("S3 backup is disabled (S3_BACKUP_ENABLED): there is no archive to verify")
+    result, delivery = verify_and_notify(app, "cli")
+    delivery.wait(CLI_WAIT_S)
+    if result is None:
+        _fail("the verification could not be recorded")
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        for p in result.problems:
+            where = p.get("key") or p.get("manifest") or ""
+            click.echo(f"{str(p.get('state', '?')).upper():16} {where}: {p.get('detail', '')}")
+        click.echo(_verification_line(result.to_dict()), err=True)
+    sys.exit(exit_codes.OK if result.ok else exit_codes.FAILED)
+
+
+def _verification_line(v: dict[str, Any]) -> str:
+    state = "error" if v["ok"] is None else "ok" if v["ok"] else "DAMAGED"
+    line = (
+        f"verification {v['id']} ({v['trigger']}, {str(v['started_at'])[:19]}): {state}; "
+        f"{v['objects_checked']} objects checked, {v['objects_deep_checked']} re-hashed, "
+        f"{v['manifests_checked']} manifests, {v['objects_damaged']} damaged"
+    )
+    return line + (f"; {v['error']}" if v.get("error") else "")
+
+
+@archive_group.command("verifications")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.pass_context
+def archive_verifications(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """List recorded archive verifications (scheduled and --record), newest first."""
+    from fastflow.archive.audit import verifications
+
+    rows = verifications(_context(ctx), limit)
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no archive verification recorded yet", err=True)
+    for v in rows:
+        click.echo(_verification_line(v))
+
+
+@archive_group.command("rebuild-index")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def archive_rebuild_index(ctx: click.Context, as_json: bool) -> None:
+    """Rebuild the archive ledger from the manifests in the bucket (after a lost database);
+    safe to repeat. Exit 1 when a manifest is damaged or the chain is broken."""
+    from fastflow.archive.rebuild import RebuildReport, rebuild
+
+    app = _context(ctx)
+    tty = sys.stderr.isatty() and not as_json
+    last = [0.0]
+
+    def show(r: RebuildReport) -> None:
+        import time
+
+        now = time.monotonic()
+        if now - last[0] < 0.1:
+            return
+        last[0] = now
+        click.echo(
+            f"\r\x1b[Krebuild-index: {r.manifests_done}/{r.manifests} manifests, "
+            f"{r.objects} objects, {r.entries_created} entries created, "
+            f"{r.entries_updated} updated",
+            err=True,
+            nl=False,
+        )
+
+    report = rebuild(app, progress=show if tty else None)
+    if tty:
+        click.echo("\r\x1b[K", err=True, nl=False)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        for problem in report.problems:
+            click.echo(f"problem: {problem}")
+        click.echo(
+            f"{report.manifests} manifests read ({report.manifests_recorded} newly recorded), "
+            f"{report.objects} objects: {report.entries_created} entries created, "
+            f"{report.entries_updated} updated, {report.entries_unchanged} unchanged",
+            err=True,
+        )
+    sys.exit(exit_codes.OK if report.ok else exit_codes.FAILED)
+
+
+@archive_group.command("check-bucket")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@click.pass_context
+def archive_check_bucket(ctx: click.Context, as_json: bool) -> None:
+    """Check the bucket's versioning, Object Lock, default retention, encryption and
+    lifecycle rules; exit 1 when a check is an error."""
+    from fastflow.archive.bucket_check import check_bucket
+
+    report = check_bucket(_context(ctx).settings)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        click.echo(f"bucket {report.bucket}, prefix '{report.prefix}'")
+        for c in report.checks:
+            click.echo(f"{c.status.upper():8} {c.name:18} {c.message}")
     sys.exit(exit_codes.OK if report.ok else exit_codes.FAILED)
 
 

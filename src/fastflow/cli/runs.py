@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import click
 
 from fastflow import exit_codes
-from fastflow.cli import _context, _settings
+from fastflow.cli import _context, _fail, _settings
+from fastflow.cli.pins import COMMANDS as PIN_COMMANDS
 
 
 def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -103,7 +105,7 @@ def schedules_cmd(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{r['pipeline_name']}\t{r['schedule']}\t{r['next_run_at'] or '-'}\t{last}")
 
 
-@click.command("runs")
+@click.group("runs", invoke_without_command=True)
 @click.option("--pipeline", "pipeline", default=None, help="Only runs of this pipeline.")
 @click.option("--status", default=None, help="Only runs with this status.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
@@ -123,8 +125,12 @@ def runs_cmd(
     as_json: bool,
 ) -> None:
     """List runs, newest first. With --include-archived, runs deleted by retention are
-    listed too (marked "archived"; JSON: the API's run objects, ``row_deleted`` true)."""
+    listed too (marked "archived"; JSON: the API's run objects, ``row_deleted`` true).
+    Subcommands: pin, unpin."""
     from datetime import datetime
+
+    if ctx.invoked_subcommand is not None:
+        return
 
     from fastflow.db.models import RunStatus
     from fastflow.runs import store
@@ -160,6 +166,10 @@ def runs_cmd(
         )
 
 
+for _pin_command in PIN_COMMANDS:
+    runs_cmd.add_command(_pin_command)
+
+
 @click.command("logs")
 @click.argument("run_id")
 @click.option(
@@ -167,27 +177,179 @@ def runs_cmd(
     is_flag=True,
     help="A log truncated locally: print the full copy from the archive.",
 )
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Keep printing new lines until the run ends (exit 0 when it succeeded, else 1).",
+)
+@click.option("--grep", "grep", metavar="TEXT", help="Print only the lines containing TEXT.")
+@click.option("--regex", is_flag=True, help="--grep TEXT is a regular expression.")
+@click.option("--case-sensitive", is_flag=True, help="--grep matches case (default: ignore).")
+@click.option(
+    "-C",
+    "--context",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 100),
+    help="Lines of context around each match.",
+)
+@click.option("-n", "--line-number", is_flag=True, help="Prefix lines with their number.")
 @click.pass_context
-def logs_cmd(ctx: click.Context, run_id: str, full: bool) -> None:
+def logs_cmd(
+    ctx: click.Context,
+    run_id: str,
+    full: bool,
+    follow: bool,
+    grep: str | None,
+    regex: bool,
+    case_sensitive: bool,
+    context: int,
+    line_number: bool,
+) -> None:
     """Print the log of RUN_ID (a full id or a unique prefix, e.g. the 8 characters the
-    UI shows), from local disk or from the archive."""
+    UI shows), from local disk or from the archive. --follow prints new lines as they
+    come until the run ends. --grep prints the matching lines the way grep does (exit 0
+    when some matched, 1 when none, 2 for a bad pattern); counts go to stderr."""
     from fastflow.runs import store
     from fastflow.runs.readback import open_log
 
+    if follow and (full or grep is not None):
+        raise click.UsageError("--follow cannot be combined with --full or --grep")
+    if grep is None and (regex or case_sensitive or context or line_number):
+        raise click.UsageError("--regex, --case-sensitive, -C and -n go with --grep")
     app = _context(ctx)
     rid = store.resolve_run_id(app.db, run_id)
+    if follow:
+        _follow(app, rid)
+        return
+    if grep is not None:
+        _grep(app, rid, grep, regex, case_sensitive, context, line_number, full)
+        return
     source = open_log(app, rid, store.get(app.db, rid), full=full)
     if source.origin == "archive":
         click.echo(f"(read back from the archive: {source.location})", err=True)
+    _write(source.chunks)
+
+
+def _write(chunks: Iterable[bytes]) -> None:
+    """Raw bytes to stdout; on a terminal with escape sequences shown, not run."""
     out = sys.stdout.buffer
-    chunks = source.chunks
-    if sys.stdout.isatty():  # a terminal: escape sequences from the log are shown, not run
+    if sys.stdout.isatty():
         from fastflow.runs.terminal import neutralise_stream
 
         chunks = neutralise_stream(chunks)
     for chunk in chunks:
         out.write(chunk)
-    out.flush()
+        out.flush()
+
+
+FOLLOW_POLL_S = 0.2
+
+
+def _follow(app: Any, rid: Any) -> None:
+    """Print the log from its start and every new line until the run ends; the exit
+    status is the run's (0 SUCCESS, 1 otherwise)."""
+    import time
+
+    from fastflow.runs import logstream
+
+    follower = logstream.Follower(app, rid, 0, metrics=False)
+    ended: logstream.Ended | None = None
+    try:
+        while ended is None:
+            events = follower.poll()
+            _write(ev.data for ev in events if isinstance(ev, logstream.LogChunk))
+            for ev in events:
+                if isinstance(ev, logstream.StatusChanged):
+                    click.echo(f"(run {rid}: {ev.status})", err=True)
+                elif isinstance(ev, logstream.Ended):
+                    ended = ev
+            if ended is None and not follower.more:
+                time.sleep(FOLLOW_POLL_S)
+    finally:
+        follower.close()
+    code = "-" if ended.exit_code is None else str(ended.exit_code)
+    reason = f"; {ended.failure_reason}" if ended.failure_reason else ""
+    click.echo(f"(run {rid}: {ended.status}, exit code {code}{reason})", err=True)
+    sys.exit(exit_codes.OK if ended.status == "SUCCESS" else exit_codes.FAILED)
+
+
+def _grep(
+    app: Any,
+    rid: Any,
+    pattern: str,
+    regex: bool,
+    case_sensitive: bool,
+    context: int,
+    numbers: bool,
+    full: bool,
+) -> None:
+    from fastflow.runs import logsearch, store
+    from fastflow.runs.readback import open_log
+
+    try:
+        matcher = logsearch.Matcher(pattern, is_regex=regex, case_sensitive=case_sensitive)
+    except logsearch.PatternError as e:
+        _fail(str(e), exit_codes.CONFIG)
+    source = open_log(app, rid, store.get(app.db, rid), full=full, chunk=1024 * 1024)
+    if source.origin == "archive":
+        click.echo(f"(searching the archived copy: {source.location})", err=True)
+    printer = GrepPrinter(numbers, context)
+    try:
+        for hit in logsearch.search(source.chunks, matcher, context=context):
+            _write([printer.lines(hit).encode("utf-8")])
+    except logsearch.SearchError as e:
+        _fail(str(e), exit_codes.CONFIG)
+    _write([printer.finish().encode("utf-8")])
+    how = "regular expression" if regex else "text"
+    case = "case-sensitive" if case_sensitive else "case-insensitive"
+    click.echo(f"{printer.matches} matching lines ({how}, {case})", err=True)
+    if not printer.matches:
+        if not regex and any(c in pattern for c in "*+?[]()|^$\\"):
+            click.echo("hint: add --regex to match a regular expression", err=True)
+        sys.exit(exit_codes.FAILED)
+
+
+class GrepPrinter:
+    """Matches and their context the way grep prints them: ``N:`` before a matching
+    line and ``N-`` before a context line with ``-n``; ``--`` between groups that are not
+    adjacent; a line printed once even when two contexts overlap."""
+
+    def __init__(self, numbers: bool, context: int) -> None:
+        self.numbers = numbers
+        self.context = context
+        self.matches = 0
+        self._last = 0
+        self._after: list[tuple[int, str]] = []
+
+    def _emit(self, out: list[str], n: int, text: str, sep: str) -> None:
+        if n <= self._last:
+            return
+        if self.context and self._last and n > self._last + 1:
+            out.append("--\n")
+        out.append((f"{n}{sep}" if self.numbers else "") + text + "\n")
+        self._last = n
+
+    def lines(self, hit: Any) -> str:
+        out: list[str] = []
+        for n, text in self._after:
+            if n < hit.line:
+                self._emit(out, n, text, "-")
+        first = hit.line - len(hit.context_before)
+        for i, text in enumerate(hit.context_before):
+            self._emit(out, first + i, text, "-")
+        self._emit(out, hit.line, hit.text, ":")
+        self.matches += 1
+        self._after = [(hit.line + 1 + i, t) for i, t in enumerate(hit.context_after)]
+        return "".join(out)
+
+    def finish(self) -> str:
+        out: list[str] = []
+        for n, text in self._after:
+            self._emit(out, n, text, "-")
+        self._after = []
+        return "".join(out)
 
 
 @click.group("pipelines", invoke_without_command=True)

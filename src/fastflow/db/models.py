@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -94,6 +95,24 @@ class PipelineRun(Base):
             unique=True,
         ),
         Index("ix_pipeline_runs_queue", "status", "queued_at"),
+        # the dashboards (``runs.stats``): runs per day and status, counted in the index;
+        # a pipeline's recent runs with their status and duration, read from the index
+        Index("ix_pipeline_runs_status_started", "status", "started_at"),
+        Index(
+            "ix_pipeline_runs_pipeline_stats",
+            "pipeline_name",
+            "started_at",
+            "status",
+            "finished_at",
+        ),
+        # the local log bytes: sums over ranges of this index, not over the table
+        Index(
+            "ix_pipeline_runs_local_log_size",
+            "finished_at",
+            "log_size",
+            sqlite_where=text("log_file IS NOT NULL"),
+            postgresql_where=text("log_file IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -157,6 +176,9 @@ class PipelineRun(Base):
             "queued_at": _iso(self.queued_at),
             "run_config_id": self.run_config_id,
             "failure_reason": self.failure_reason,
+            "pinned_at": _iso(self.pinned_at),
+            "pinned_by": self.pinned_by,
+            "pin_reason": self.pin_reason,
         }
 
 
@@ -201,7 +223,10 @@ class ArchivedRun(Base):
     """
 
     __tablename__ = "archived_runs"
-    __table_args__ = (Index("ix_archived_runs_pipeline_started", "pipeline_name", "started_at"),)
+    __table_args__ = (
+        Index("ix_archived_runs_pipeline_started", "pipeline_name", "started_at"),
+        Index("ix_archived_runs_manifest", "manifest_key"),
+    )
 
     run_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     pipeline_name: Mapped[str] = mapped_column(String(255), nullable=False)
@@ -331,6 +356,21 @@ class CleanupPass(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class DiskSample(Base):
+    """The local log disk and the archive after one cleanup pass (``runs.stats``): the
+    history the overview's disk chart draws. Bounded to the newest rows."""
+
+    __tablename__ = "disk_samples"
+    __table_args__ = (Index("ix_disk_samples_taken", "taken_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    pass_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    local_log_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    free_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    archived_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -450,3 +490,23 @@ class AppState(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class SystemIncident(Base):
+    """An incident of fastflow itself (issue 16): ``kind`` "integrity" (archive damage)
+    or "disk" (disk pressure), ``key`` what it is about. One row per (kind, key): open
+    while ``closed_at`` is NULL; a new incident of the same kind and key reopens the row
+    (``notify.system`` owns it)."""
+
+    __tablename__ = "system_incidents"
+    __table_args__ = (Index("ix_system_incidents_closed", "closed_at"),)
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    title: Mapped[str] = mapped_column(Text, nullable=False)
+    detail: Mapped[str] = mapped_column(Text, nullable=False)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    last_announced_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    announcements: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

@@ -1,4 +1,5 @@
-"""One cleanup pass: lock -> sweep -> resume -> plan -> archive -> record -> delete -> report.
+"""One cleanup pass: lock -> sweep -> resume -> plan -> archive -> record -> delete ->
+manifest -> report.
 
 Safety invariants (each proven by a test; the executor's are listed in ``passrun``):
 - a local file is deleted only after the server confirmed an object with its exact size
@@ -12,6 +13,8 @@ Safety invariants (each proven by a test; the executor's are listed in ``passrun
 - one pass at a time across processes (``PassLock``); a pass that loses its lock stops
   before its next destructive step, records why, and reports what it did until then;
 - memory is bounded: candidates come from SQL in batches, uploads stream;
+- every ledger entry is listed in the bucket's hash-chained manifest by the pass that
+  wrote it or, if that pass died or could not write its manifest, by the next one;
 - a pass that crashes (any exception: a database fault, an unreadable LOGS_DIR entry, a
   bug) is recorded like a backup failure — the pass row closed with the error, a failure
   without run id, ``summary.error`` set — and returns its summary, so that every caller
@@ -26,14 +29,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+from fastflow.archive import manifests
 from fastflow.archive import s3 as archive
 from fastflow.archive.store import ArchiveStore
 from fastflow.context import Context
 from fastflow.db import cache as readcache
 from fastflow.db.models import utcnow
 from fastflow.environments import collector as env_collector
-from fastflow.errors import ArchiveNotConfigured, FastflowError, PassLockLost
-from fastflow.lifecycle import oversized, records, selection
+from fastflow.errors import ArchiveError, ArchiveNotConfigured, FastflowError, PassLockLost
+from fastflow.lifecycle import disk, oversized, records, selection
 from fastflow.lifecycle.executor import PassRun, pipeline_policy
 from fastflow.lifecycle.lock import PassLock
 from fastflow.lifecycle.policy import Action
@@ -41,6 +45,7 @@ from fastflow.lifecycle.resume import resume
 from fastflow.lifecycle.summary import Failure, PassSummary, PlanEntry, Progress
 from fastflow.lifecycle.truncate import remove_journaled_temp
 from fastflow.runs import files as logfiles
+from fastflow.runs import stats as runstats
 from fastflow.security import redact
 
 __all__ = [
@@ -91,6 +96,9 @@ def _plan_only(
         ):
             summary.planned_truncations += len(batch)
             emit(batch)
+        for batch in selection.kept_candidates(ctx.db, name, policy, now):
+            summary.kept_runs += len(batch)
+            emit(batch)
     return summary
 
 
@@ -137,6 +145,7 @@ def run_pass(
                 p.record_failure(None, config_error)
             resume(p)
             _execute(ctx, p)
+            _write_manifest(p)
             records.resolve_settled(
                 ctx.db, summary.pass_id, complete=store is not None and not p.incomplete
             )
@@ -158,6 +167,11 @@ def run_pass(
                 if error is None:
                     raise
                 log.debug("cannot close the crashed pass %s", summary.pass_id, exc_info=True)
+    disk.check(ctx, now=now)  # the disk-pressure incident (issue 16); never raises
+    try:  # the disk after the pass: the overview's disk chart (issue 18)
+        runstats.record_disk_sample(ctx.db, ctx.settings.logs_root, summary.pass_id)
+    except Exception as e:
+        log.warning("recording the disk sample failed: %s", redact(str(e), ctx.settings))
     try:  # environments unused for ENV_RETENTION_DAYS; never fails or aborts the pass
         env_collector.collect(ctx.settings, now=now)
     except Exception as e:
@@ -181,6 +195,18 @@ def _execute(ctx: Context, p: PassRun) -> None:
             p.bump(planned_truncations=len(batch))
             for action in batch:
                 oversized.truncate(p, action, policy.max_log_bytes)
+
+
+def _write_manifest(p: PassRun) -> None:
+    """The pass's manifest of every entry no manifest lists yet (``archive.manifests``);
+    a failure is recorded like a backup failure, and the next pass lists them."""
+    if not isinstance(p.store, archive.S3Store) or p.circuit_open:
+        return
+    p.guard()
+    try:
+        manifests.write_for_pass(p.ctx, p.store, p.summary.pass_id)
+    except ArchiveError as e:
+        p.record_failure(None, ArchiveError(f"the archive manifest was not written: {e}"))
 
 
 def _sweep_temp_files(p: PassRun) -> None:

@@ -11,7 +11,11 @@ Safety invariants (each proven by a test):
 - every destructive step first checks that the pass still holds its lock
   (``PassLockLost`` stops the pass; failures seen after the loss are not recorded);
 - a server that does not answer a bucket HEAD within seconds is treated as down for the
-  whole pass, and the first timeout stops new uploads (the circuit opens).
+  whole pass, and the first timeout stops new uploads (the circuit opens);
+- a pinned run is never deleted (issue 16): the pin is checked before archiving and again
+  under the row's lock (PostgreSQL: the row; SQLite: the write lock) in the transaction
+  that deletes its files and row, so a run pinned after planning keeps everything;
+  objects archived for a run found pinned get the legal hold when it is configured.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ import threading
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy.orm import Session
 
 from fastflow.archive import ledger
 from fastflow.archive import s3 as archive
@@ -29,7 +37,7 @@ from fastflow.archive.store import ArchiveStore
 from fastflow.config import Settings
 from fastflow.context import Context
 from fastflow.db import cache as readcache
-from fastflow.db.models import ArchivedRun, utcnow
+from fastflow.db.models import ACTIVE_STATUSES, ArchivedRun, PipelineRun, utcnow
 from fastflow.errors import ArchiveError, FastflowError, FileChanged, PassLockLost, UnsafePath
 from fastflow.lifecycle import deletion as reaper
 from fastflow.lifecycle import records
@@ -38,7 +46,7 @@ from fastflow.lifecycle.lock import PassLock
 from fastflow.lifecycle.policy import Action, ActionKind, Policy, RunRef, policy_for
 from fastflow.lifecycle.summary import Failure, PassSummary, Progress
 from fastflow.runs import files as logfiles
-from fastflow.runs import pipelines
+from fastflow.runs import pins, pipelines
 
 PAYLOAD = "payload.json"  # a webhook's request body, written next to the run's log
 CIRCUIT_BREAK_AFTER = 3  # consecutive connection-level failures: the server is down
@@ -96,6 +104,19 @@ def _meta(run: RunRef) -> dict[str, str]:
     }
 
 
+def _lock_pinned(s: Session, run_id: uuid.UUID) -> bool:
+    """Lock the run's row for the rest of the transaction (a no-op write: a row lock on
+    PostgreSQL, the write lock on SQLite — a concurrent pin waits for the commit) and say
+    whether it is pinned."""
+    s.execute(
+        update(PipelineRun)
+        .where(PipelineRun.id == run_id)
+        .values(pinned_at=PipelineRun.pinned_at)
+        .execution_options(synchronize_session=False)
+    )
+    return s.scalar(select(PipelineRun.pinned_at).where(PipelineRun.id == run_id)) is not None
+
+
 class PassRun:
     """State of one executing pass (counters are updated under a lock by workers)."""
 
@@ -126,6 +147,7 @@ class PassRun:
         self.incomplete = False  # some due run was not tried (circuit open, no archive)
         self._reachable: bool | None = None
         self._probe_mutex = threading.Lock()
+        self._pinned: set[str] = set()  # runs found pinned at execution time: kept whole
 
     # --- bookkeeping -----------------------------------------------------------------
 
@@ -272,12 +294,17 @@ class PassRun:
     def archive_then_remove(self, action: Action) -> None:
         """Archive (when enabled) and then delete the run or drop its files."""
         run = action.run
+        if action.kind is ActionKind.KEEP:
+            return  # a plan entry, never an action
         if self.circuit_open:
             self.incomplete = True
             self.bump(skipped_runs=1)
             return
         try:
             self.guard()
+            if pins.pinned(self.db, run.id):  # pinned after planning: nothing to do
+                self.keep_pinned(run.id, archived=False)
+                return
             files = self.local_files(run.log_file, run.metrics_file)
             expect: Expected = {}
             archived = False
@@ -296,8 +323,8 @@ class PassRun:
                 archived = True
             payload = self.archive_payload(run)
             self.guard()
-            self.remove(run.id, run.log_file, run.metrics_file, expect, action.kind, archived)
-            self.remove_payload(payload)
+            if self.remove(run.id, run.log_file, run.metrics_file, expect, action.kind, archived):
+                self.remove_payload(payload)
         except PassLockLost:
             raise
         except Exception as e:
@@ -323,6 +350,8 @@ class PassRun:
         if payload is None:
             return
         path, ident = payload
+        if path.parent.name in self._pinned:
+            return  # the run is pinned: its folder stays whole
         self.guard()
         try:
             if FileIdentity.of(path) != ident:
@@ -340,18 +369,59 @@ class PassRun:
         expect: Expected,
         kind: ActionKind | str,
         archived: bool,
-    ) -> None:
-        """Delete the files (identity-checked) and the row, or drop the file columns."""
-        removed = reaper.delete_files(self.logs_root, log_file, metrics_file, expect)
+    ) -> bool:
+        """Delete the files (identity-checked) and the row, or drop the file columns — in
+        one transaction that first locks the row and checks that the run is not pinned.
+        False (nothing deleted, the run counted as kept) when it is pinned."""
         now = utcnow()
-        if kind == ActionKind.ARCHIVE_AND_DROP_FILES:
-            reaper.drop_file_columns(self.db, run_id, now, archived=archived)
+        dropped = gone = False
+        removed = reaper.Removed()
+        with self.db.session() as s:
+            if _lock_pinned(s, run_id):
+                refused = True
+            else:
+                refused = False
+                removed = reaper.delete_files(self.logs_root, log_file, metrics_file, expect)
+                if kind == ActionKind.ARCHIVE_AND_DROP_FILES:
+                    s.execute(
+                        update(PipelineRun)
+                        .where(PipelineRun.id == run_id)
+                        .values(log_file=None, metrics_file=None, log_size=None)
+                    )
+                    dropped = True
+                else:
+                    result = s.execute(
+                        delete(PipelineRun).where(
+                            PipelineRun.id == run_id, PipelineRun.status.not_in(ACTIVE_STATUSES)
+                        )
+                    )
+                    gone = bool(cast(CursorResult[Any], result).rowcount)
+                if archived:
+                    s.execute(ledger.mark_local_deleted_stmt(run_id, now))
+        if refused:
+            self.keep_pinned(run_id, archived=archived)
+            return False
+        if dropped:
             self.bump(dropped_files_runs=1)
-        elif reaper.delete_run_row(self.db, run_id, now, archived=archived):
+        if gone:
             self.bump(deleted_runs=1)
         self.bump(deleted_logs=int(removed.log), deleted_metrics=int(removed.metrics))
         if archived:
             records.resolve_failures(self.db, run_id, now)
+        return True
+
+    def keep_pinned(self, run_id: uuid.UUID, *, archived: bool) -> None:
+        """A run found pinned at execution time: counted as kept; what this pass archived
+        of it gets the legal hold (when configured)."""
+        with self._mutex:
+            self._pinned.add(str(run_id))
+        self.bump(kept_runs=1)
+        if archived:
+            hold = pins.set_holds(self.db, self.settings, run_id, on=True)
+            if hold.error is not None:
+                self.record_failure(
+                    None, f"run {run_id} is pinned; its legal hold failed: {hold.error}"
+                )
 
     def store_for(self, entry: ArchivedRun) -> ArchiveStore:
         """The store, writing with the encoding of the entry's earlier objects (one

@@ -6,11 +6,15 @@ Guarantees: nothing is truncated before the full log's archive is verified and r
 copy is never uploaded over the full log; the ledger learns the truncated copy's size
 and SHA-256 before it replaces the log, so a crash at any instant leaves a local file
 the ledger recognises; a truncation that fails (disk full, permissions) falls back to
-archive-and-drop-files.
+archive-and-drop-files; a pinned run is never truncated (issue 16) — the pin is checked
+before anything starts and again right before the truncated copy replaces the log (and
+before the ledger is told), so a run pinned meanwhile keeps its log (and a full copy
+archived for it gets the legal hold when configured).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import update
@@ -23,6 +27,11 @@ from fastflow.lifecycle.executor import PassRun, grew_from, identify
 from fastflow.lifecycle.policy import Action, RunRef, fallback
 from fastflow.lifecycle.truncate import TruncateResult, truncate_log
 from fastflow.runs import files as logfiles
+from fastflow.runs import pins
+
+
+class _Pinned(Exception):
+    """The run was pinned while its log was being truncated: stop before replacing it."""
 
 
 def truncate(p: PassRun, action: Action, limit: int) -> None:
@@ -30,14 +39,23 @@ def truncate(p: PassRun, action: Action, limit: int) -> None:
     run = action.run
     assert run.log_file is not None
     archive_first = p.store is not None or p.summary.config_error is not None
+    archived: list[bool] = []
     try:
         p.guard()
+        if pins.pinned(p.db, run.id):  # pinned after planning
+            p.keep_pinned(run.id, archived=False)
+            return
         path = logfiles.resolve(p.logs_root, run.log_file)
         logfiles.remove_stale_temp_files(path.parent)
         if archive_first:
-            result = _archive_and_truncate(p, run, path, limit)
+            result = _archive_and_truncate(p, run, path, limit, archived)
         else:
-            result = truncate_log(path, limit, p.now, journal=p.journal)
+            result = truncate_log(
+                path, limit, p.now, before_replace=_unless_pinned(p, run), journal=p.journal
+            )
+    except _Pinned:
+        p.keep_pinned(run.id, archived=bool(archived))
+        return
     except FileNotFoundError:
         return  # nothing left to truncate
     except PassLockLost:
@@ -57,8 +75,20 @@ def truncate(p: PassRun, action: Action, limit: int) -> None:
         p.bump(truncated_logs=1)
 
 
-def _archive_and_truncate(p: PassRun, run: RunRef, path: Path, limit: int) -> TruncateResult | None:
-    """Archive the full log (unless it already is), then truncate; None when skipped."""
+def _unless_pinned(p: PassRun, run: RunRef) -> Callable[[int, str], None]:
+    def check(new_size: int, new_sha: str) -> None:
+        p.guard()
+        if pins.pinned(p.db, run.id):
+            raise _Pinned()
+
+    return check
+
+
+def _archive_and_truncate(
+    p: PassRun, run: RunRef, path: Path, limit: int, archived: list[bool]
+) -> TruncateResult | None:
+    """Archive the full log (unless it already is), then truncate; None when skipped.
+    ``archived`` gets an entry when this call archived the full log."""
     if not p.can_archive(run):
         return None
     assert p.store is not None
@@ -82,6 +112,7 @@ def _archive_and_truncate(p: PassRun, run: RunRef, path: Path, limit: int) -> Tr
         store = p.store if entry is None else p.store_for(entry)
         files = {logfiles.LOG_NAME: path}
         ident = p.archive_files(run, files, TRUNCATION_REASON, counter, store)["log"]
+        archived.append(True)
     else:
         raise FileChanged(
             f"{path.name} changed after it was truncated (its full log is archived at "
@@ -90,6 +121,8 @@ def _archive_and_truncate(p: PassRun, run: RunRef, path: Path, limit: int) -> Tr
 
     def before_replace(new_size: int, new_sha: str) -> None:
         p.guard()
+        if pins.pinned(p.db, run.id):
+            raise _Pinned()
         if FileIdentity.of(path) != ident:
             raise FileChanged(f"{path.name} changed while it was truncated; kept")
         ledger.mark_truncated(p.db, run.id, utcnow(), new_size, new_sha)

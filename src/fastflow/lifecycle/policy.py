@@ -4,7 +4,12 @@ Invariants kept here and relied on by the executor:
 - a run in PENDING or RUNNING never yields an action;
 - a run is deleted only when it is older than the count boundary (the newest
   ``keep_runs`` finished runs of its pipeline are kept) or started before ``now - days``;
-- a run that is deleted is never also truncated.
+- a run that is deleted is never also truncated;
+- keep rules (issue 16): a run that count or age retention would delete is kept
+  (``keep``) when it is pinned, the newest SUCCESS run of its pipeline
+  (``keep_last_success``) or one of its newest ``keep_failed`` failed runs (FAILED or
+  TIMEOUT); a pinned run is never truncated either. A run kept by a rule (not a pin)
+  whose log is oversized is still truncated, so that the size limit holds.
 """
 
 from __future__ import annotations
@@ -16,11 +21,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from fastflow.config import Settings
-from fastflow.db.models import ACTIVE_STATUSES
+from fastflow.db.models import ACTIVE_STATUSES, RunStatus
 from fastflow.runs.pipelines import Retention
 from fastflow.runs.refs import RunRef as RunRef
 
 MB = 1024 * 1024
+# the statuses ``keep_failed`` counts: the run did not do its work by itself (a cancelled
+# run was stopped on purpose and is not counted)
+FAILED_STATUSES = (RunStatus.FAILED.value, RunStatus.TIMEOUT.value)
+
+
+class KeepReason(enum.StrEnum):
+    """Why a run that retention would remove is kept (plan entries, ``/metrics``)."""
+
+    PINNED = "pinned"
+    LAST_SUCCESS = "last_success"
+    KEEP_FAILED = "keep_failed"
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,8 @@ class Policy:
     keep_runs: int | None = None
     max_age_days: int | None = None
     max_log_bytes: int | None = None
+    keep_last_success: bool = True
+    keep_failed: int = 0
 
     @property
     def limits_deletion(self) -> bool:
@@ -49,10 +67,16 @@ def policy_for(settings: Settings, overrides: Retention | None = None) -> Policy
     """Global settings, overridden per pipeline by ``pipeline.json`` retention values."""
     o = overrides or Retention()
     size_mb = _limit(o.max_size_mb, settings.log_max_size_mb)
+    keep_last = o.keep_last_success
+    keep_failed = o.keep_failed
     return Policy(
         keep_runs=_limit(o.runs, settings.log_retention_runs),
         max_age_days=_limit(o.days, settings.log_retention_days),
         max_log_bytes=size_mb * MB if size_mb else None,
+        keep_last_success=(
+            settings.log_retention_keep_last_success if keep_last is None else keep_last
+        ),
+        keep_failed=settings.log_retention_keep_failed if keep_failed is None else keep_failed,
     )
 
 
@@ -67,6 +91,9 @@ class ActionKind(enum.StrEnum):
     ARCHIVE_AND_DELETE_RUN = "archive_and_delete_run"
     TRUNCATE_LOG = "truncate_log"
     ARCHIVE_AND_DROP_FILES = "archive_and_drop_files"
+    # not an action: a run that retention would remove, kept by a rule or a pin (its one
+    # reason is a ``KeepReason``); shown by the dry run, never executed
+    KEEP = "keep"
 
 
 @dataclass(frozen=True)
@@ -86,35 +113,98 @@ class Action:
 Boundary = tuple[datetime, uuid.UUID]
 
 
+@dataclass(frozen=True)
+class Keeps:
+    """What the keep rules protect in one pipeline, as the planner found it in SQL.
+
+    ``last_success``: (started_at, id) of the newest SUCCESS run; ``failed_from``: that of
+    the oldest of the newest ``keep_failed`` failed runs (every failed run at or after it
+    is kept). None: no such run (or the rule is off)."""
+
+    last_success: Boundary | None = None
+    failed_from: Boundary | None = None
+
+
+NO_KEEPS = Keeps()
+_SUCCESS = RunStatus.SUCCESS.value
+
+
+def keep_reason(policy: Policy, run: RunRef, keeps: Keeps, pinned: bool) -> KeepReason | None:
+    """The rule that keeps ``run`` from deletion (a pin first), or None."""
+    if pinned:
+        return KeepReason.PINNED
+    last, failed = keeps.last_success, keeps.failed_from
+    # cheapest comparisons first: this runs for every candidate of a pass
+    if (
+        last is not None
+        and run.started_at == last[0]
+        and run.id == last[1]
+        and run.status == _SUCCESS
+        and policy.keep_last_success
+    ):
+        return KeepReason.LAST_SUCCESS
+    if (
+        failed is not None
+        and run.status in FAILED_STATUSES
+        and policy.keep_failed
+        and (run.started_at, run.id) >= failed
+    ):
+        return KeepReason.KEEP_FAILED
+    return None
+
+
 def decide(
-    policy: Policy, now: datetime, run: RunRef, count_boundary: Boundary | None
+    policy: Policy,
+    now: datetime,
+    run: RunRef,
+    count_boundary: Boundary | None,
+    keeps: Keeps = NO_KEEPS,
+    pinned: bool = False,
 ) -> Action | None:
     """The action for one run, or None to keep it as it is.
 
     ``count_boundary`` is the (started_at, id) of the oldest run kept by the count rule;
-    runs strictly older than it exceed ``keep_runs``.
+    runs strictly older than it exceed ``keep_runs``. ``keeps`` and ``pinned`` say which
+    keep rules protect the run: then the action is ``keep`` (with the rule as its one
+    reason) where it would have been a deletion — or, for a run kept by a rule whose log
+    is oversized, ``truncate_log``; a pinned run is never deleted or truncated.
     """
     if run.status in ACTIVE_STATUSES:
         return None
     by_count = (
-        policy.keep_runs is not None and count_boundary is not None and run.key < count_boundary
+        policy.keep_runs is not None
+        and count_boundary is not None
+        and (run.started_at, run.id) < count_boundary
     )
     cutoff = age_cutoff(policy, now)
     by_age = cutoff is not None and run.started_at < cutoff
     if by_count or by_age:
-        return Action(ActionKind.ARCHIVE_AND_DELETE_RUN, run, _reasons(policy, by_count, by_age))
-    if (
-        policy.max_log_bytes is not None
-        and run.log_file is not None
-        and run.log_size is not None
-        and run.log_size > policy.max_log_bytes
-    ):
+        kept = keep_reason(policy, run, keeps, pinned)
+        if kept is None:
+            return Action(
+                ActionKind.ARCHIVE_AND_DELETE_RUN, run, _reasons(policy, by_count, by_age)
+            )
+        if kept is KeepReason.PINNED or not _oversized(policy, run):
+            return Action(ActionKind.KEEP, run, (kept.value,))
+    if _oversized(policy, run):
+        if pinned:
+            return Action(ActionKind.KEEP, run, (KeepReason.PINNED.value,))
         return Action(
             ActionKind.TRUNCATE_LOG,
             run,
             (f"log is {run.log_size} bytes, limit {policy.max_log_bytes} bytes",),
         )
     return None
+
+
+def _oversized(policy: Policy, run: RunRef) -> bool:
+    limit = policy.max_log_bytes
+    return (
+        limit is not None
+        and run.log_file is not None
+        and run.log_size is not None
+        and run.log_size > limit
+    )
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,4 +1,5 @@
-"""Cron-driven cleanup passes in a background thread (never on the event loop).
+"""Cron-driven cleanup passes (and, beside them, archive verifications) in background
+threads (never on the event loop).
 
 The schedule is read in the server's local time. A pass that finds another one running
 (another process holds the lock) is skipped and logged; the next tick tries again.
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastflow.scheduler")
 
 RECHECK_S = 30.0  # how often a waiting scheduler re-reads the schedule by itself
-_running: weakref.WeakSet[CleanupScheduler] = weakref.WeakSet()
+_running: weakref.WeakSet[CronThread] = weakref.WeakSet()
 _running_lock = threading.Lock()
 
 
@@ -41,44 +42,54 @@ def next_fire(expr: str, after: datetime) -> datetime:
     return fire
 
 
-def _schedulers(ctx: Context) -> list[CleanupScheduler]:
+def _schedulers(ctx: Context) -> list[CronThread]:
     with _running_lock:
         return [s for s in _running if s.ctx is ctx]
 
 
 def settings_changed(ctx: Context) -> None:
-    """The settings of ``ctx`` changed: every scheduler of it plans its next pass from the
-    current ``CLEANUP_SCHEDULE`` now (and logs the new time)."""
+    """The settings of ``ctx`` changed: every scheduler of it plans its next run from the
+    current schedule (``CLEANUP_SCHEDULE``, ``ARCHIVE_VERIFY_SCHEDULE``) now (and logs the
+    new time)."""
     for scheduler in _schedulers(ctx):
         scheduler.reschedule()
 
 
 def next_pass_at(ctx: Context) -> datetime | None:
     """When the scheduler of ``ctx`` runs its next pass; None when none runs here."""
-    times = [t for s in _schedulers(ctx) if (t := s.next_at) is not None]
+    times = [t for s in _schedulers(ctx) if isinstance(s, CleanupScheduler) and (t := s.next_at)]
     return min(times) if times else None
 
 
-class CleanupScheduler:
+class CronThread:
+    """A daemon thread that runs ``_job`` whenever the cron expression ``_expression()`` fires
+    (server local time, or the injected ``clock``); a changed expression applies at once
+    after ``reschedule`` and within ``RECHECK_S`` without it."""
+
+    what = "job"
+    thread_name = "scheduler"
+
     def __init__(
-        self,
-        ctx: Context,
-        on_pass: Callable[[PassSummary], None] | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now().astimezone(),
+        self, ctx: Context, clock: Callable[[], datetime] = lambda: datetime.now().astimezone()
     ) -> None:
         self.ctx = ctx
-        self._on_pass = on_pass
         self._clock = clock
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._expr: str | None = None
         self._next: datetime | None = None
-        self._thread = threading.Thread(target=self._loop, name="cleanup-scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+
+    def _expression(self) -> str:
+        raise NotImplementedError
+
+    def _job(self) -> None:
+        raise NotImplementedError
 
     @property
     def next_at(self) -> datetime | None:
-        """The time of the next pass (None before the thread planned one)."""
+        """The time of the next run (None before the thread planned one)."""
         with self._lock:
             return self._next
 
@@ -96,18 +107,18 @@ class CleanupScheduler:
         self._thread.join(timeout=10)
 
     def reschedule(self) -> None:
-        """Plan the next pass from the current schedule now and wake the thread."""
+        """Plan the next run from the current schedule now and wake the thread."""
         self._plan()
         self._wake.set()
 
     def _plan(self) -> datetime:
         with self._lock:
-            expr = self.ctx.settings.cleanup_schedule  # may change at runtime (settings page)
+            expr = self._expression()  # may change at runtime (settings page)
             fire = next_fire(expr, self._clock())
             changed = (expr, fire) != (self._expr, self._next)
             self._expr, self._next = expr, fire
         if changed:
-            log.info("next cleanup pass at %s (%s)", fire.isoformat(timespec="seconds"), expr)
+            log.info("next %s at %s (%s)", self.what, fire.isoformat(timespec="seconds"), expr)
         return fire
 
     def _loop(self) -> None:
@@ -120,11 +131,52 @@ class CleanupScheduler:
             if self._wake.wait(min(delay, RECHECK_S)):
                 continue  # stopped, or rescheduled: wait for the new time
             if delay > RECHECK_S:
-                if self.ctx.settings.cleanup_schedule != expr:
+                if self._expression() != expr:
                     self._plan()
                 continue
-            self._run_pass()
+            self._job()
             self._plan()
+
+
+class CleanupScheduler(CronThread):
+    """Cleanup passes on ``CLEANUP_SCHEDULE``; with ``verify`` (the default) it also
+    starts and stops the archive verification on ``ARCHIVE_VERIFY_SCHEDULE``
+    (``verify_schedule.VerifyScheduler``), so that ``fastflow serve`` runs both."""
+
+    what = "cleanup pass"
+    thread_name = "cleanup-scheduler"
+
+    def __init__(
+        self,
+        ctx: Context,
+        on_pass: Callable[[PassSummary], None] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now().astimezone(),
+        *,
+        verify: bool = True,
+    ) -> None:
+        super().__init__(ctx, clock)
+        self._on_pass = on_pass
+        self._verifier: CronThread | None = None
+        if verify:
+            from fastflow.lifecycle.verify_schedule import VerifyScheduler
+
+            self._verifier = VerifyScheduler(ctx)
+
+    def start(self) -> None:
+        super().start()
+        if self._verifier is not None:
+            self._verifier.start()
+
+    def stop(self) -> None:
+        if self._verifier is not None:
+            self._verifier.stop()
+        super().stop()
+
+    def _expression(self) -> str:
+        return self.ctx.settings.cleanup_schedule
+
+    def _job(self) -> None:
+        self._run_pass()
 
     def _run_pass(self) -> None:
         from fastflow.lifecycle.child import run_pass_in_child

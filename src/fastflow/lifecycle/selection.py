@@ -1,25 +1,41 @@
 """Find cleanup candidates in SQL, in batches, with bounded memory.
 
 Per pipeline: one index-backed query for the count boundary (the oldest of the newest
-``keep_runs`` finished runs, ``ORDER BY started_at DESC OFFSET keep-1``) and keyset
-pages over ``(pipeline_name, started_at, id)`` for the runs older than the boundary or
-the age cut-off. Active runs (PENDING, RUNNING) are excluded in every query. The pure
-``retention.decide`` then turns each candidate into an action.
+``keep_runs`` finished runs, ``ORDER BY started_at DESC OFFSET keep-1``), two for what the
+keep rules protect (the newest SUCCESS run; the oldest of the newest ``keep_failed``
+failed runs), and keyset pages over ``(pipeline_name, started_at, id)`` for the runs
+older than the boundary or the age cut-off. Active runs (PENDING, RUNNING) are excluded
+in every query; pinned runs and runs kept by a rule are excluded from the deletion and
+truncation candidates in SQL (and again by the pure ``policy.decide``), and listed by
+``kept_candidates`` for the dry run and ``/metrics``.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, or_, select, tuple_
+from sqlalchemy import and_, func, not_, or_, select, tuple_
+from sqlalchemy.sql.elements import ColumnElement
 
 from fastflow.db.engine import Database
-from fastflow.db.models import ACTIVE_STATUSES, PipelineRun
+from fastflow.db.models import ACTIVE_STATUSES, PipelineRun, RunStatus
 from fastflow.errors import UnsafePath
-from fastflow.lifecycle.policy import Action, Boundary, Policy, RunRef, age_cutoff, decide
+from fastflow.lifecycle.policy import (
+    FAILED_STATUSES,
+    Action,
+    ActionKind,
+    Boundary,
+    Keeps,
+    Policy,
+    RunRef,
+    age_cutoff,
+    decide,
+)
 from fastflow.runs import files as logfiles
 
 BATCH_SIZE = 1000
@@ -35,7 +51,12 @@ _COLUMNS = (
     PipelineRun.log_file,
     PipelineRun.metrics_file,
     PipelineRun.log_size,
+    # last, not part of ``RunRef``: a flag, so that no timestamp is converted per row
+    PipelineRun.pinned_at.is_not(None).label("pinned"),
 )
+_REF_FIELDS = len(_COLUMNS) - 1
+
+Row = tuple[RunRef, bool]  # the run and whether it is pinned
 
 
 def _key_tuple(key: Boundary) -> Any:
@@ -44,13 +65,17 @@ def _key_tuple(key: Boundary) -> Any:
     return tuple_(*key, types=[PipelineRun.started_at.type, PipelineRun.id.type])
 
 
+def _run_key() -> Any:
+    return tuple_(PipelineRun.started_at, PipelineRun.id)
+
+
 def pipeline_names(db: Database) -> list[str]:
     """Every pipeline that has runs (an index scan)."""
     with db.session() as s:
         return list(s.scalars(select(PipelineRun.pipeline_name).distinct()))
 
 
-def _finished(pipeline: str) -> list[object]:
+def _finished(pipeline: str) -> list[ColumnElement[bool]]:
     return [PipelineRun.pipeline_name == pipeline, PipelineRun.status.not_in(ACTIVE_STATUSES)]
 
 
@@ -60,7 +85,7 @@ def count_boundary(db: Database, pipeline: str, keep: int | None) -> Boundary | 
         return None
     q = (
         select(PipelineRun.started_at, PipelineRun.id)
-        .where(*_finished(pipeline))  # type: ignore[arg-type]
+        .where(*_finished(pipeline))
         .order_by(PipelineRun.started_at.desc(), PipelineRun.id.desc())
         .offset(keep - 1)
         .limit(1)
@@ -70,41 +95,142 @@ def count_boundary(db: Database, pipeline: str, keep: int | None) -> Boundary | 
     return (row[0], row[1]) if row else None
 
 
-def _pages(db: Database, base: Any, batch: int) -> Iterator[list[RunRef]]:
+def keeps_for(db: Database, pipeline: str, policy: Policy) -> Keeps:
+    """What the keep rules protect in ``pipeline`` (two small index-ordered queries)."""
+    last: Boundary | None = None
+    failed: Boundary | None = None
+    with db.session() as s:
+        if policy.keep_last_success:
+            row = s.execute(
+                select(PipelineRun.started_at, PipelineRun.id)
+                .where(
+                    PipelineRun.pipeline_name == pipeline,
+                    PipelineRun.status == RunStatus.SUCCESS.value,
+                )
+                .order_by(PipelineRun.started_at.desc(), PipelineRun.id.desc())
+                .limit(1)
+            ).first()
+            last = (row[0], row[1]) if row else None
+        if policy.keep_failed:
+            newest = (
+                select(PipelineRun.started_at, PipelineRun.id)
+                .where(
+                    PipelineRun.pipeline_name == pipeline,
+                    PipelineRun.status.in_(FAILED_STATUSES),
+                )
+                .order_by(PipelineRun.started_at.desc(), PipelineRun.id.desc())
+                .limit(policy.keep_failed)
+                .subquery()
+            )
+            row = s.execute(
+                select(newest.c.started_at, newest.c.id)
+                .order_by(newest.c.started_at, newest.c.id)
+                .limit(1)
+            ).first()
+            failed = (row[0], row[1]) if row else None
+    return Keeps(last_success=last, failed_from=failed)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Everything the pure decision needs about one pipeline besides the run itself."""
+
+    boundary: Boundary | None
+    cutoff: datetime | None
+    keeps: Keeps
+
+    def due(self) -> list[ColumnElement[bool]]:
+        """Conditions of which any makes a finished run due for deletion (empty: none)."""
+        conds: list[ColumnElement[bool]] = []
+        if self.boundary is not None:
+            conds.append(_run_key() < _key_tuple(self.boundary))
+        if self.cutoff is not None:
+            conds.append(PipelineRun.started_at < self.cutoff)
+        return conds
+
+    def kept_by_rule(self, policy: Policy) -> ColumnElement[bool] | None:
+        """The runs ``keep_last_success`` and ``keep_failed`` protect (None: none)."""
+        conds: list[ColumnElement[bool]] = []
+        if policy.keep_last_success and self.keeps.last_success is not None:
+            conds.append(PipelineRun.id == self.keeps.last_success[1])
+        if policy.keep_failed and self.keeps.failed_from is not None:
+            conds.append(
+                and_(
+                    PipelineRun.status.in_(FAILED_STATUSES),
+                    _run_key() >= _key_tuple(self.keeps.failed_from),
+                )
+            )
+        return or_(*conds) if conds else None
+
+
+def bounds(db: Database, pipeline: str, policy: Policy, now: datetime) -> Bounds:
+    return Bounds(
+        boundary=count_boundary(db, pipeline, policy.keep_runs),
+        cutoff=age_cutoff(policy, now),
+        keeps=keeps_for(db, pipeline, policy),
+    )
+
+
+def _pages(db: Database, base: Any, batch: int) -> Iterator[list[Row]]:
     cursor: Boundary | None = None
     while True:
         q = base
         if cursor is not None:
-            q = q.where(tuple_(PipelineRun.started_at, PipelineRun.id) > _key_tuple(cursor))
+            q = q.where(_run_key() > _key_tuple(cursor))
         q = q.order_by(PipelineRun.started_at, PipelineRun.id).limit(batch)
         with db.engine.connect() as conn:  # Core rows: a fraction of the ORM's overhead
-            rows = [RunRef(*r) for r in conn.execute(q)]
+            rows = [(RunRef(*r[:_REF_FIELDS]), bool(r[_REF_FIELDS])) for r in conn.execute(q)]
         if not rows:
             return
         yield rows
-        cursor = rows[-1].key
+        cursor = rows[-1][0].key
         if len(rows) < batch:
             return
+
+
+def _due_where(pipeline: str, policy: Policy, b: Bounds) -> list[ColumnElement[bool]] | None:
+    """The SQL twin of ``decide`` returning ``archive_and_delete_run`` (None: nothing)."""
+    due = b.due()
+    if not due:
+        return None
+    where = [*_finished(pipeline), or_(*due), PipelineRun.pinned_at.is_(None)]
+    kept = b.kept_by_rule(policy)
+    if kept is not None:
+        where.append(not_(kept))
+    return where
 
 
 def deletion_candidates(
     db: Database, pipeline: str, policy: Policy, now: datetime, batch: int = BATCH_SIZE
 ) -> Iterator[list[Action]]:
-    """Batches of ``archive_and_delete_run`` actions for one pipeline, oldest first."""
-    boundary = count_boundary(db, pipeline, policy.keep_runs)
-    cutoff = age_cutoff(policy, now)
-    conds = []
-    if boundary is not None:
-        conds.append(tuple_(PipelineRun.started_at, PipelineRun.id) < _key_tuple(boundary))
-    if cutoff is not None:
-        conds.append(PipelineRun.started_at < cutoff)
-    if not conds:
+    """Batches of ``archive_and_delete_run`` actions for one pipeline, oldest first
+    (pinned runs and runs kept by a rule are not candidates)."""
+    b = bounds(db, pipeline, policy, now)
+    where = _due_where(pipeline, policy, b)
+    if where is None:
         return
-    base = select(*_COLUMNS).where(*_finished(pipeline), or_(*conds))  # type: ignore[arg-type]
+    base = select(*_COLUMNS).where(*where)
     for page in _pages(db, base, batch):
-        actions = [a for r in page if (a := decide(policy, now, r, boundary)) is not None]
+        actions = [
+            a
+            for ref, pinned in page
+            if (a := decide(policy, now, ref, b.boundary, b.keeps, pinned)) is not None
+            and a.kind is ActionKind.ARCHIVE_AND_DELETE_RUN
+        ]
         if actions:
             yield actions
+
+
+def due_totals(db: Database, pipeline: str, policy: Policy, now: datetime) -> tuple[int, int]:
+    """(runs, recorded log bytes) of the deletion candidates, counted in SQL: what waits
+    for the next pass to archive and delete it."""
+    where = _due_where(pipeline, policy, bounds(db, pipeline, policy, now))
+    if where is None:
+        return 0, 0
+    q = select(func.count(), func.coalesce(func.sum(PipelineRun.log_size), 0)).where(*where)
+    with db.session() as s:
+        row = s.execute(q).one()
+    return int(row[0]), int(row[1] or 0)
 
 
 def truncation_candidates(
@@ -116,32 +242,82 @@ def truncation_candidates(
     batch: int = BATCH_SIZE,
     size_of: Callable[[Path], int | None] = logfiles.size_of,
 ) -> Iterator[list[Action]]:
-    """Batches of ``truncate_log`` actions: finished runs kept by retention whose log is
-    larger than the limit. Runs without a recorded size are measured on disk."""
+    """Batches of ``truncate_log`` actions: finished runs kept by retention (or by a keep
+    rule) whose log is larger than the limit; never a pinned run. Runs without a recorded
+    size are measured on disk."""
     if policy.max_log_bytes is None:
         return
-    boundary = count_boundary(db, pipeline, policy.keep_runs)
-    cutoff = age_cutoff(policy, now)
-    conds: list[object] = [
+    b = bounds(db, pipeline, policy, now)
+    oversized: list[ColumnElement[bool]] = [
+        *_finished(pipeline),
+        PipelineRun.pinned_at.is_(None),
         PipelineRun.log_file.is_not(None),
         or_(PipelineRun.log_size > policy.max_log_bytes, PipelineRun.log_size.is_(None)),
     ]
-    if boundary is not None:
-        conds.append(tuple_(PipelineRun.started_at, PipelineRun.id) >= _key_tuple(boundary))
-    if cutoff is not None:
-        conds.append(PipelineRun.started_at >= cutoff)
-    base = select(*_COLUMNS).where(*_finished(pipeline), and_(*conds))  # type: ignore[arg-type]
+    kept_range: list[ColumnElement[bool]] = []
+    if b.boundary is not None:
+        kept_range.append(_run_key() >= _key_tuple(b.boundary))
+    if b.cutoff is not None:
+        kept_range.append(PipelineRun.started_at >= b.cutoff)
+    bases = [select(*_COLUMNS).where(*oversized, *kept_range)]
+    kept = b.kept_by_rule(policy)
+    if kept is not None and b.due():  # kept from deletion by a rule: still size-bounded
+        bases.append(select(*_COLUMNS).where(*oversized, or_(*b.due()), kept))
+    for base in bases:
+        for page in _pages(db, base, batch):
+            actions = []
+            for ref, pinned in page:
+                if ref.log_size is None and ref.log_file:
+                    try:
+                        size = size_of(logfiles.resolve(logs_root, ref.log_file))
+                    except UnsafePath:
+                        size = None
+                    ref = RunRef(**{**ref.__dict__, "log_size": size})
+                action = decide(policy, now, ref, b.boundary, b.keeps, pinned)
+                if action is not None and action.kind is ActionKind.TRUNCATE_LOG:
+                    actions.append(action)
+            if actions:
+                yield actions
+
+
+def kept_candidates(
+    db: Database, pipeline: str, policy: Policy, now: datetime, batch: int = BATCH_SIZE
+) -> Iterator[list[Action]]:
+    """Batches of ``keep`` entries, oldest first: runs that count or age retention would
+    delete but a pin or a keep rule keeps, and pinned runs spared truncation. Each has
+    one reason: ``pinned``, ``last_success`` or ``keep_failed``."""
+    b = bounds(db, pipeline, policy, now)
+    pinned = PipelineRun.pinned_at.is_not(None)
+    wanted: list[ColumnElement[bool]] = []
+    due = b.due()
+    if due:
+        kept = b.kept_by_rule(policy)
+        wanted.append(and_(or_(*due), or_(pinned, kept) if kept is not None else pinned))
+    if policy.max_log_bytes is not None:
+        wanted.append(
+            and_(
+                pinned,
+                PipelineRun.log_file.is_not(None),
+                PipelineRun.log_size > policy.max_log_bytes,
+            )
+        )
+    if not wanted:
+        return
+    base = select(*_COLUMNS).where(*_finished(pipeline), or_(*wanted))
     for page in _pages(db, base, batch):
-        actions = []
-        for ref in page:
-            if ref.log_size is None and ref.log_file:
-                try:
-                    size = size_of(logfiles.resolve(logs_root, ref.log_file))
-                except UnsafePath:
-                    size = None
-                ref = RunRef(**{**ref.__dict__, "log_size": size})
-            action = decide(policy, now, ref, boundary)
-            if action is not None:
-                actions.append(action)
+        actions = [
+            a
+            for ref, is_pinned in page
+            if (a := decide(policy, now, ref, b.boundary, b.keeps, is_pinned)) is not None
+            and a.kind is ActionKind.KEEP
+        ]
         if actions:
             yield actions
+
+
+def kept_counts(db: Database, pipeline: str, policy: Policy, now: datetime) -> Counter[str]:
+    """The number of ``kept_candidates`` of ``pipeline`` by reason."""
+    counts: Counter[str] = Counter()
+    for batch in kept_candidates(db, pipeline, policy, now):
+        counts.update(action.reasons[0] for action in batch)
+    return counts

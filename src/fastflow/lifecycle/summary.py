@@ -22,7 +22,9 @@ class Failure:
 class PlanEntry:
     """One planned action of a dry run: ``action`` is ``archive_and_delete_run``,
     ``truncate_log`` or ``archive_and_drop_files``; ``reason`` says why (rules joined by
-    "; "); ``bytes`` is the run's recorded log size (None when unknown)."""
+    "; "); ``bytes`` is the run's recorded log size (None when unknown). A run that
+    retention would remove but that is kept has ``action`` ``keep`` and one ``reason``:
+    ``pinned``, ``last_success`` or ``keep_failed``."""
 
     run_id: str
     pipeline_name: str
@@ -68,6 +70,9 @@ class PassSummary:
     # runs archived again: the local file grew after archiving, or the object vanished
     rearchived_runs: int = 0
     stale_temp_files_removed: int = 0
+    # runs retention would have removed (or truncated) that a pin or a keep rule kept: a
+    # dry run's ``keep`` entries; in a pass, the runs found pinned when their turn came
+    kept_runs: int = 0
     config_error: str | None = None
     # why the pass stopped early (lost its lock); the counts say what it did until then
     error: str | None = None

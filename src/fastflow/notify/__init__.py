@@ -10,7 +10,9 @@ Entry points:
 - ``after_run(ctx, run_id, status, final)`` after every run (returns at once; never raises);
 - ``open_run_incidents(ctx)`` for the UI's bell: pipelines whose failures are unresolved;
 - ``send_test(ctx, email=..., teams=...)`` for ``fastflow notify test`` and the UI;
-- ``last_results(ctx)`` for ``GET /api/settings`` and the settings page.
+- ``last_results(ctx)`` for ``GET /api/settings`` and the settings page;
+- ``raise_incident`` / ``resolve_incident`` / ``open_incidents`` (``system``): incidents of
+  fastflow itself (archive integrity, disk pressure), announced like the others.
 """
 
 from fastflow.notify import models as models  # registers the tables on Base.metadata
@@ -19,6 +21,7 @@ from fastflow.notify.dispatch import CLI_WAIT_S, after_pass, last_results, send_
 from fastflow.notify.incidents import Kind
 from fastflow.notify.retry import DeliveryOptions
 from fastflow.notify.runs import after_run, open_run_incidents
+from fastflow.notify.system import open_incidents, raise_incident, resolve_incident
 
 __all__ = [
     "CLI_WAIT_S",
@@ -29,6 +32,9 @@ __all__ = [
     "after_pass",
     "after_run",
     "last_results",
+    "open_incidents",
     "open_run_incidents",
+    "raise_incident",
+    "resolve_incident",
     "send_test",
 ]

@@ -20,6 +20,7 @@ from dataclasses import replace
 from fastflow import notify
 from fastflow.context import Context
 from fastflow.db.models import PipelineRun, RunStatus
+from fastflow.lifecycle import disk
 from fastflow.orchestration import queue
 from fastflow.orchestration.followup import Ended, follow_up
 from fastflow.runs import liveness, pipelines, runner
@@ -156,6 +157,7 @@ class Dispatcher:
             if run.run_config_id is not None and run.run_config_id in timeouts:
                 # a Fast-Flow named schedule's own timeout (None = unlimited)
                 pipeline = replace(pipeline, timeout=timeouts[run.run_config_id])
+            disk.check_soon(self._ctx)  # the disk-pressure incident (issue 16); cheap
             result = runner.execute(
                 self._ctx.db,
                 settings,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from fastflow import notify
 from fastflow.context import Context
+from fastflow.lifecycle import disk
 from fastflow.orchestration.followup import Ended, queue_triggers, retry_spec
 from fastflow.orchestration.retries import retry_delay, should_retry
 from fastflow.runs import liveness, pipelines
@@ -37,6 +38,7 @@ def run_in_foreground(
     attempt, first = 1, None
     pause = stop or threading.Event()
     while True:
+        disk.check_soon(ctx)  # the disk-pressure incident (issue 16); never raises
         result = run_pipeline(
             ctx.db,
             ctx.settings,

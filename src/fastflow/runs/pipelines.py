@@ -52,11 +52,16 @@ def validate_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class Retention:
-    """Per-pipeline overrides of the global retention settings (None = use global)."""
+    """Per-pipeline overrides of the global retention settings (None = use global).
+
+    ``keep_last_success``: the newest SUCCESS run survives count and age retention;
+    ``keep_failed``: the newest N failed runs (FAILED, TIMEOUT) do too."""
 
     runs: int | None = None
     days: int | None = None
     max_size_mb: int | None = None
+    keep_last_success: bool | None = None
+    keep_failed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ class Pipeline:
                 "runs": self.retention.runs,
                 "days": self.retention.days,
                 "max_size_mb": self.retention.max_size_mb,
+                "keep_last_success": self.retention.keep_last_success,
+                "keep_failed": self.retention.keep_failed,
             },
         }
 
@@ -94,6 +101,15 @@ def _int_or_none(raw: Any, what: str, where: Path, *, minimum: int, maximum: int
             f"{where}: {what} must be an integer from {minimum} to {maximum} (got {raw!r})"
         )
     return raw
+
+
+def _bool_or_none(raw: Any, what: str, where: Path) -> bool | None:
+    if raw is None or isinstance(raw, bool):
+        return raw
+    raise InvalidPipelineConfig(f"{where}: {what} must be true or false (got {raw!r})")
+
+
+RETENTION_KEYS = frozenset({"runs", "days", "max_size_mb", "keep_last_success", "keep_failed"})
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -123,7 +139,7 @@ def load(pipelines_dir: Path, name: str) -> Pipeline:
     ret = data.pop("retention", {})
     if not isinstance(ret, dict):
         raise InvalidPipelineConfig(f"{cfg_file}: retention must be an object")
-    unknown = sorted(set(ret) - {"runs", "days", "max_size_mb"})
+    unknown = sorted(set(ret) - RETENTION_KEYS)
     if unknown:
         raise InvalidPipelineConfig(f"{cfg_file}: retention.{unknown[0]} is not a known key")
     retention = Retention(
@@ -139,6 +155,16 @@ def load(pipelines_dir: Path, name: str) -> Pipeline:
             cfg_file,
             minimum=1,
             maximum=MAX_LOG_SIZE_MB,
+        ),
+        keep_last_success=_bool_or_none(
+            ret.get("keep_last_success"), "retention.keep_last_success", cfg_file
+        ),
+        keep_failed=_int_or_none(
+            ret.get("keep_failed"),
+            "retention.keep_failed",
+            cfg_file,
+            minimum=0,
+            maximum=MAX_RETENTION_RUNS,
         ),
     )
     config = parse(data, cfg_file)

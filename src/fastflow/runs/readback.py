@@ -1,15 +1,19 @@
 """Read a run's log back: from local disk, or from the archive via the ledger.
 
 A run archived by retention stays readable after its files and its ``pipeline_runs`` row
-are gone, as long as its ``archived_runs`` entry exists and S3 is configured.
+are gone, as long as its ``archived_runs`` entry exists and S3 is configured. A local
+file is read up to the size it had when it was opened (``LogSource.size``): a log that is
+still growing gives a consistent snapshot, and its size is the offset to follow it from.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import BinaryIO, Literal
 
 from fastflow.archive import compression, ledger
 from fastflow.archive import s3 as archive
@@ -44,27 +48,63 @@ def open_run_file(
     tail_bytes: int | None = None,
     *,
     full: bool = False,
+    start: int | None = None,
+    chunk: int = logfiles.READ_CHUNK,
+    entry: ArchivedRun | None = None,
 ) -> LogSource | None:
     """The one reader of a run's files: the local copy first, then the archived object
     (through the ledger). None when the run has no such file anywhere; ``RunNotFound``
     when neither the run nor a ledger entry exists. ``full`` (logs): when the local log
-    was truncated after its full copy was archived, read the full copy."""
-    entry = ledger_entry(ctx, run_id) if full and kind == "log" else None
-    if entry is not None and entry.full_log_archived:
-        return _from_archive(ctx, run_id, entry, kind, tail_bytes)
+    was truncated after its full copy was archived, read the full copy. ``start``: from
+    that byte offset instead of the last ``tail_bytes``; ``chunk``: local read size;
+    ``entry``: the run's ledger entry when the caller already has it."""
+    if full and kind == "log" and entry is None:
+        entry = ledger_entry(ctx, run_id)
+    if full and entry is not None and entry.full_log_archived:
+        return _from_archive(ctx, run_id, entry, kind, tail_bytes, start)
     rel = (run.log_file if kind == "log" else run.metrics_file) if run is not None else None
     if rel:
         path = logfiles.resolve(ctx.settings.logs_root, rel)
-        size = logfiles.size_of(path)
-        if size is not None:
-            start = logfiles.tail_start(size, tail_bytes)
-            return LogSource("local", size, logfiles.iter_file(path, start), str(path))
+        opened = _open_local(path)
+        if opened is not None:
+            f, size = opened
+            first = _first_byte(size, tail_bytes, start)
+            return LogSource("local", size, _read_range(f, first, size, chunk), str(path))
     entry = entry or ledger_entry(ctx, run_id)
     if entry is None and run is None:
         raise RunNotFound(f"run {run_id} not found")
     if entry is None or getattr(entry, f"{kind}_key") is None:
         return None
-    return _from_archive(ctx, run_id, entry, kind, tail_bytes)
+    return _from_archive(ctx, run_id, entry, kind, tail_bytes, start)
+
+
+def _first_byte(size: int, tail_bytes: int | None, start: int | None) -> int:
+    if start is not None:
+        return min(max(0, start), size)
+    return logfiles.tail_start(size, tail_bytes)
+
+
+def _open_local(path: Path) -> tuple[BinaryIO, int] | None:
+    """The open file and its size now, or None when it does not exist."""
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return None
+    return f, os.fstat(f.fileno()).st_size
+
+
+def _read_range(f: BinaryIO, start: int, end: int, chunk: int) -> Iterator[bytes]:
+    """Bytes ``start`` to ``end`` of an open file, in chunks; the file is closed at the end
+    or when the iterator is."""
+    with f:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            data = f.read(min(chunk, left))
+            if not data:
+                return
+            left -= len(data)
+            yield data
 
 
 def open_log(
@@ -74,17 +114,27 @@ def open_log(
     tail_bytes: int | None = None,
     *,
     full: bool = False,
+    start: int | None = None,
+    chunk: int = logfiles.READ_CHUNK,
+    entry: ArchivedRun | None = None,
 ) -> LogSource:
-    """Stream the log (or its last ``tail_bytes``); ``LogNotAvailable`` when it is
-    neither local nor archived."""
-    source = open_run_file(ctx, run_id, "log", run, tail_bytes, full=full)
+    """Stream the log (or its last ``tail_bytes``, or from byte ``start``);
+    ``LogNotAvailable`` when it is neither local nor archived."""
+    source = open_run_file(
+        ctx, run_id, "log", run, tail_bytes, full=full, start=start, chunk=chunk, entry=entry
+    )
     if source is None:
         raise LogNotAvailable(f"run {run_id} has no log: it is neither local nor archived")
     return source
 
 
 def _from_archive(
-    ctx: Context, run_id: uuid.UUID, entry: ArchivedRun, kind: FileKind, tail_bytes: int | None
+    ctx: Context,
+    run_id: uuid.UUID,
+    entry: ArchivedRun,
+    kind: FileKind,
+    tail_bytes: int | None,
+    from_byte: int | None = None,
 ) -> LogSource:
     key = getattr(entry, f"{kind}_key")
     assert key is not None
@@ -96,7 +146,7 @@ def _from_archive(
             f"the {kind} of run {run_id} is archived at {location}, but it cannot be read back: {e}"
         ) from e
     size = entry.original(kind)[0] or 0
-    start = logfiles.tail_start(size, tail_bytes)
+    start = _first_byte(size, tail_bytes, from_byte)
     if entry.encoding:
         # a compressed object cannot be read from the middle: decompress and skip, streaming
         chunks = compression.skip(store.open_original(key, entry.encoding), start)

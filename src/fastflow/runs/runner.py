@@ -10,20 +10,28 @@ private scratch folder, as ``RUN_AS_USER`` when set, with only the variables of
 written (``masking``); on timeout, cancel or a hard memory limit the whole process tree
 is killed; output is captured line by line with bounded memory (see ``capture``) and
 fsynced at the end.
+
+Disk space (issue 16): a run does not start when the file system of ``LOGS_DIR`` has
+less than ``min_free_bytes`` free — it ends FAILED at once with ``failure_reason``
+``no space left in LOGS_DIR (…)``; a write of its log or metrics that fails with ENOSPC
+(or EDQUOT) while it runs stops its process tree and ends it FAILED with that reason,
+never with an exception that would leave the run unrecorded.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 import psutil
 
@@ -72,6 +80,119 @@ _BOOTSTRAP = (
     "sys.path[0] = __import__('os').path.dirname(sys.argv[0])\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
+
+
+MIN_FREE_BYTES = 16 * 1024 * 1024  # a run needs this much free space in LOGS_DIR to start
+MIN_FREE_FRACTION = 0.02  # ... or 2 % of a smaller file system (at least MIN_FREE_FLOOR)
+MIN_FREE_FLOOR = 64 * 1024
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_space(path: Path) -> tuple[int, int]:
+    """(bytes free for unprivileged writers, total bytes) of the file system that holds
+    ``path`` (or its nearest existing parent)."""
+    probe = path.expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    st = os.statvfs(probe)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def min_free_bytes(total: int) -> int:
+    """Free space a run needs to start: 16 MiB, or 2 % of a file system under 800 MiB."""
+    return min(MIN_FREE_BYTES, max(MIN_FREE_FLOOR, int(total * MIN_FREE_FRACTION)))
+
+
+def size_text(n: float) -> str:
+    """``12.0 MiB``: bytes for people."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def no_space_reason(logs_root: Path) -> str | None:
+    """Why a run cannot start for lack of space in LOGS_DIR, or None."""
+    try:
+        free, total = free_space(logs_root)
+    except OSError:
+        return None  # cannot tell: the run's own writes report a full disk
+    need = min_free_bytes(total)
+    if free >= need:
+        return None
+    return (
+        f"no space left in LOGS_DIR ({logs_root}: {size_text(free)} free, a run needs "
+        f"{size_text(need)} to start)"
+    )
+
+
+class _SpaceGuard:
+    """Set when a write to the run's log or metrics failed for lack of space: the run is
+    then stopped (``full`` doubles as a cancel event) and what it writes is discarded."""
+
+    def __init__(self) -> None:
+        self.full = threading.Event()
+
+    def trip(self, e: OSError) -> None:
+        if e.errno not in _NO_SPACE:
+            raise e
+        self.full.set()
+
+    def reason(self, logs_root: Path) -> str:
+        return (
+            f"no space left in LOGS_DIR ({logs_root}): writing the run's log failed, the "
+            "pipeline was stopped"
+        )
+
+
+class _GuardedText:
+    """A text file whose ENOSPC/EDQUOT errors trip the guard instead of raising."""
+
+    def __init__(self, raw: TextIO, guard: _SpaceGuard) -> None:
+        self._raw = raw
+        self._guard = guard
+
+    def write(self, text: str) -> int:
+        if not self._guard.full.is_set():
+            try:
+                self._raw.write(text)
+            except OSError as e:
+                self._guard.trip(e)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._guard.full.is_set():
+            try:
+                self._raw.flush()
+            except OSError as e:
+                self._guard.trip(e)
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+
+@contextmanager
+def _guarded_open(path: Path, guard: _SpaceGuard, **kwargs: object) -> Iterator[TextIO]:
+    raw = path.open("w", encoding="utf-8", newline="", **kwargs)  # type: ignore[call-overload]
+    try:
+        yield cast(TextIO, _GuardedText(raw, guard))
+    finally:
+        try:
+            raw.close()
+        except OSError as e:  # the buffered tail could not be written
+            guard.trip(e)
+
+
+class _Either(threading.Event):
+    """Set when any of ``events`` is (what ``Pump`` asks of its cancel event)."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        super().__init__()
+        self._events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self._events)
 
 
 @dataclass(frozen=True)
@@ -301,14 +422,39 @@ def execute(
     logs_root = settings.logs_root
     log_path = logfiles.resolve(logs_root, logfiles.log_rel(pipeline.name, str(run_id)))
     metrics_path = logfiles.resolve(logs_root, logfiles.metrics_rel(pipeline.name, str(run_id)))
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    guard = _SpaceGuard()
+    no_space = no_space_reason(logs_root)
+    if no_space is None:
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            guard.trip(e)
+            no_space = guard.reason(logs_root)
+    if no_space is not None:  # ends FAILED before it starts, instead of a half-written log
+        runs.fail_with_note(db, logs_root, run_id, no_space)
+        return RunResult(
+            run_id, pipeline.name, RunStatus.FAILED, None, log_path, metrics_path, no_space
+        )
     runs.mark_running(db, run_id, pid=os.getpid())
     status, exit_code = RunStatus.FAILED, None
-    with (
-        log_path.open("w", encoding="utf-8", newline="", buffering=1 << 20) as log_out,
-        metrics_path.open("w", encoding="utf-8", newline="") as metrics_out,
-    ):
+    reason: str | None = None
+    stop = _Either(cancel, guard.full) if cancel is not None else guard.full
+    with ExitStack() as files:
+        try:
+            log_out = files.enter_context(_guarded_open(log_path, guard, buffering=1 << 20))
+            metrics_out = files.enter_context(_guarded_open(metrics_path, guard))
+        except OSError as e:
+            guard.trip(e)
+            files.close()
+            runs.finish(
+                db, run_id, status, None, logfiles.size_of(log_path), guard.reason(logs_root)
+            )
+            return RunResult(
+                run_id, pipeline.name, status, None, log_path, metrics_path, guard.reason(logs_root)
+            )
         capture, prepared, reason = _prepare(db, settings, pipeline, log_out, echo)
+        if prepared is not None and guard.full.is_set():
+            prepared = None  # the disk filled up while the environment was prepared
         if prepared is not None:
             assert prepared.env is not None
             with environments.in_use(prepared.env):
@@ -326,13 +472,15 @@ def execute(
                         capture,
                         log_out,
                         metrics_out,
-                        cancel,
+                        stop,
                         kill_grace,
                     )
                 finally:
                     isolation.remove_workdir(workdir)
         _close(log_out)
         _close(metrics_out)
+    if guard.full.is_set():  # the log is incomplete: the run failed for lack of space
+        status, reason = RunStatus.FAILED, guard.reason(logs_root)
     runs.finish(db, run_id, status, exit_code, logfiles.size_of(log_path), reason)
     return RunResult(run_id, pipeline.name, status, exit_code, log_path, metrics_path, reason)
 

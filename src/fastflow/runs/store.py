@@ -8,7 +8,7 @@ import re
 import socket
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -184,20 +184,30 @@ def get_many(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, PipelineRun]
         return {r.id: r for r in s.scalars(select(PipelineRun).where(PipelineRun.id.in_(ids)))}
 
 
+def _day_bounds(day: date) -> tuple[datetime, datetime]:
+    """[start, end) of the UTC day ``day``."""
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
 def list_runs(
     db: Database,
     *,
     pipeline: str | None = None,
     status: str | None = None,
+    day: date | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[PipelineRun]:
-    """Runs, newest first."""
+    """Runs, newest first; ``day``: only those that started that UTC day."""
     q = select(PipelineRun)
     if pipeline:
         q = q.where(PipelineRun.pipeline_name == pipeline)
     if status:
         q = q.where(PipelineRun.status == status.upper())
+    if day is not None:
+        start, end = _day_bounds(day)
+        q = q.where(PipelineRun.started_at >= start, PipelineRun.started_at < end)
     q = q.order_by(PipelineRun.started_at.desc(), PipelineRun.id).limit(limit).offset(offset)
     with db.session() as s:
         return list(s.scalars(q))
@@ -208,13 +218,14 @@ def page_with_archived(
     *,
     pipeline: str | None = None,
     status: str | None = None,
+    day: date | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[tuple[uuid.UUID, bool]]:
     """One page of the runs and of the runs whose rows retention deleted (known from
     the archive ledger), merged newest first (``started_at``, then id, as ``list_runs``)
-    in one SQL query: ``limit``/``offset`` count both kinds. Returns ``(id,
-    row_deleted)`` pairs."""
+    in one SQL query: ``limit``/``offset`` count both kinds; ``day``: only those that
+    started that UTC day. Returns ``(id, row_deleted)`` pairs."""
     rows: Select[uuid.UUID, datetime, bool] = select(
         PipelineRun.id.label("id"),
         PipelineRun.started_at.label("started_at"),
@@ -224,13 +235,19 @@ def page_with_archived(
         rows = rows.where(PipelineRun.pipeline_name == pipeline)
     if status:
         rows = rows.where(PipelineRun.status == status.upper())
+    deleted = ledger.rows_deleted(pipeline, status)
+    if day is not None:
+        start, end = _day_bounds(day)
+        rows = rows.where(PipelineRun.started_at >= start, PipelineRun.started_at < end)
+        started = deleted.selected_columns.started_at
+        deleted = deleted.where(started >= start, started < end)
     # each side only needs its first offset+limit keys (index order): bounded sorting
     top = offset + limit
     sides = [
         side.order_by(side.selected_columns.started_at.desc(), side.selected_columns.id)
         .limit(top)
         .subquery()
-        for side in (rows, ledger.rows_deleted(pipeline, status))
+        for side in (rows, deleted)
     ]
     merged = union_all(*(select(*side.c) for side in sides)).subquery()
     q = (

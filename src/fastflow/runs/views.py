@@ -39,8 +39,19 @@ def _ledger(ctx: Context, ids: list[uuid.UUID]) -> dict[uuid.UUID, ArchivedRun]:
     return ledger.get_many(ctx.db, ids)
 
 
+def _pin(run: PipelineRun | None) -> dict[str, Any]:
+    """Who pinned the run, when and why (all None: not pinned; issue 16)."""
+    at = run.pinned_at if run is not None else None
+    return {
+        "pinned_at": at.isoformat() if at else None,
+        "pinned_by": run.pinned_by if run is not None and at else None,
+        "pin_reason": run.pin_reason if run is not None and at else None,
+    }
+
+
 def view(run: PipelineRun, entry: ArchivedRun | None) -> dict[str, Any]:
     data = run.to_dict()
+    data.update(_pin(run))
     data["duration_s"] = (
         round((run.finished_at - run.started_at).total_seconds(), 3) if run.finished_at else None
     )
@@ -69,6 +80,7 @@ def view_from_ledger(entry: ArchivedRun) -> dict[str, Any]:
         "queued_at": None,
         "run_config_id": None,
         "failure_reason": None,
+        **_pin(None),
         "duration_s": (
             round((entry.finished_at - entry.started_at).total_seconds(), 3)
             if entry.finished_at
@@ -83,7 +95,8 @@ def view_from_ledger(entry: ArchivedRun) -> dict[str, Any]:
 def list_views(
     ctx: Context, *, include_archived: bool = False, **filters: Any
 ) -> list[dict[str, Any]]:
-    """Runs, newest first (filters: ``pipeline``, ``status``, ``limit``, ``offset``).
+    """Runs, newest first (filters: ``pipeline``, ``status``, ``day`` (a UTC ``date``),
+    ``limit``, ``offset``).
     ``include_archived``: runs whose rows retention deleted are listed too, from their
     archive ledger entries (``row_deleted``), in the same order and page."""
     if not include_archived:

@@ -9,6 +9,7 @@ session's CSRF token. Interactive parts call the JSON API with the X-CSRF-Token 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
@@ -103,9 +104,9 @@ def login_redirect(request: Request, exc: Exception) -> Response:
 
 def _safe_next(target: str | None) -> str:
     """A same-site path to go to after login; anything else (absolute, ``//host``) is
-    replaced by ``/runs``."""
+    replaced by ``/``, the overview."""
     if not target or not target.startswith("/") or target.startswith("//"):
-        return "/runs"
+        return "/"
     return target
 
 
@@ -123,7 +124,7 @@ async def login_submit(
     request: Request,
     username: str = Form(""),
     password: str = Form(""),
-    next: str = Form("/runs"),
+    next: str = Form("/"),
 ) -> Response:
     """The login form: 303 to ``next`` with a session cookie; else the form again with the
     reason (401 wrong credentials, 403 sent from another site, 429 throttled with
@@ -164,9 +165,24 @@ def logout(request: Request, csrf_token: str = Form("")) -> Response:
 # --- pages --------------------------------------------------------------------------
 
 
-@router.get("/")
-def home() -> RedirectResponse:
-    return RedirectResponse("/runs", status_code=303)
+OVERVIEW_DAYS = 14
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview_page(request: Request, user: PageUserDep) -> Response:
+    """The start page: tiles and charts that ``static/overview.js`` fills from
+    ``GET /api/stats/overview``."""
+    return render(request, "overview.html", user, days=OVERVIEW_DAYS)
+
+
+def _day(raw: str) -> tuple[date | None, str | None]:
+    """The UTC day of the ``day`` filter (``YYYY-MM-DD``; empty: none), or the error."""
+    if not raw.strip():
+        return None, None
+    try:
+        return date.fromisoformat(raw.strip()), None
+    except ValueError:
+        return None, f"{raw!r} is not a day: use YYYY-MM-DD (UTC)"
 
 
 @router.get("/runs", response_class=HTMLResponse)
@@ -176,15 +192,19 @@ def runs_page(
     pipeline: str | None = None,
     status: str | None = None,
     include_archived: bool = True,
+    day: str = "",
 ) -> Response:
     """Runs, newest first; runs whose rows retention deleted stay listed (from the
-    archive ledger, marked archived) unless ``include_archived=false``."""
+    archive ledger, marked archived) unless ``include_archived=false``; ``day``
+    (``YYYY-MM-DD``) keeps the runs that started that UTC day."""
     ctx = _ctx(request)
+    the_day, day_error = _day(day)
     rows = runviews.list_views(
         ctx,
         include_archived=include_archived,
         pipeline=pipeline or None,
         status=status or None,
+        day=the_day,
         limit=PAGE_SIZE + 1,
         offset=(paged.page - 1) * PAGE_SIZE,
     )
@@ -202,6 +222,8 @@ def runs_page(
         pipeline_names=names,
         statuses=[s.value for s in RunStatus],
         include_archived=include_archived,
+        day=the_day.isoformat() if the_day else "",
+        day_error=day_error,
     )
 
 
@@ -221,6 +243,18 @@ def run_page(request: Request, run_id: str, user: PageUserDep) -> Response:
 def pipelines_page(request: Request, user: PageUserDep) -> Response:
     items = orchestrated.pipeline_items(_ctx(request), utcnow())
     return render(request, "pipelines.html", user, items=items)
+
+
+@router.get("/pipelines/{name}", response_class=HTMLResponse)
+def pipeline_page(request: Request, name: str, user: PageUserDep) -> Response:
+    """One pipeline: description, schedules with their next runs, its last runs as
+    bars (``static/pipeline.js``), success rate and durations, the retention in effect
+    and what the next cleanup pass would do to its runs (a dry run), "Run now" and
+    "Run with parameters"."""
+    detail = orchestrated.pipeline_page(_ctx(request), name, utcnow())
+    if detail is None:
+        return render_not_found(request, user, f"pipeline {name!r} not found")
+    return render(request, "pipeline.html", user, **detail)
 
 
 @router.get("/archive", response_class=HTMLResponse)

@@ -6,29 +6,43 @@ that matches several runs: 409 naming them; not a run id at all: 422."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 import uuid
+from collections.abc import AsyncGenerator, Iterator
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
+from fastflow.api.routers.search import NDJSON, NDJSON_HEADERS, ndjson
 from fastflow.api.schemas import (
     ArchiveEntryListOut,
     CancelOut,
+    LogStreamStatusOut,
     MetricSampleListOut,
     RunListOut,
     RunOut,
 )
+from fastflow.config import Settings
+from fastflow.context import Context
 from fastflow.db import cache as readcache
-from fastflow.db.models import RunStatus
-from fastflow.errors import RunAlreadyFinished
+from fastflow.db.models import PipelineRun, RunStatus
+from fastflow.errors import FastflowError, InvalidInput, RunAlreadyFinished
+from fastflow.runs import logsearch, logstream, readback
 from fastflow.runs import store as run_rows
 from fastflow.runs import views as runviews
 from fastflow.runs.readback import open_log
+from fastflow.security import redact
 
 router = APIRouter(prefix="/api", tags=["runs"])
 MAX_OFFSET = 2**31 - 1  # larger offsets overflow the database's integer (a 422, not a 500)
+MAX_WINDOW_LINES = 5000  # lines of one ``from_line`` window
+GREP_CHUNK = 1024 * 1024  # local reads of a search
 
 # The log is streamed as text; its media type is declared for the OpenAPI schema.
 LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -94,18 +108,194 @@ def get_logs(
     ctx: CtxDep,
     tail_bytes: Annotated[int | None, Query(ge=0)] = None,
     full: bool = False,
-) -> StreamingResponse:
+    grep: Annotated[str | None, Query(description="Search: text or a regex.")] = None,
+    regex: bool = False,
+    context: Annotated[int, Query(ge=0, le=logsearch.MAX_CONTEXT)] = 0,
+    case_sensitive: bool = False,
+    max_matches: Annotated[int | None, Query(ge=1)] = None,
+    from_line: Annotated[int | None, Query(ge=1, le=MAX_OFFSET)] = None,
+    max_lines: Annotated[int, Query(ge=1, le=MAX_WINDOW_LINES)] = 200,
+    download: bool = False,
+) -> Response:
     """The log as text (streamed), from local disk or read back from the archive;
-    ``full=true`` reads the full archived copy of a log that was truncated locally."""
-    source = open_log(ctx, run_id, run_rows.get(ctx.db, run_id), tail_bytes, full=full)
-    return StreamingResponse(
-        source.chunks,
-        media_type="text/plain; charset=utf-8",
-        headers={
-            "X-Log-Source": source.origin,
-            "X-Log-Size": str(source.size),
-            "Cache-Control": "no-store",
+    ``full=true`` reads the full archived copy of a log that was truncated locally.
+
+    ``grep=TEXT``: the matching lines instead, as NDJSON ``{"line", "text",
+    "context_before", "context_after"}`` (``application/x-ndjson``): plain text,
+    case-insensitive unless ``case_sensitive=true``; ``regex=true`` for a regular
+    expression (at most 1,000 characters, 1 s per line); ``context=N`` lines around each
+    match; ``max_matches`` to stop early. Streamed with bounded memory from local,
+    archived and compressed archived logs alike.
+
+    ``from_line=N``: ``max_lines`` lines from line N (1-based) as text, first line number
+    in ``X-Log-First-Line``. ``download=true``: ``Content-Disposition: attachment`` naming
+    the pipeline and the run."""
+    run = run_rows.get(ctx.db, run_id)
+    if grep is not None:
+        matcher = logsearch.Matcher(grep, is_regex=regex, case_sensitive=case_sensitive)
+        source = open_log(ctx, run_id, run, full=full, chunk=GREP_CHUNK)
+        steps = _limited(
+            logsearch.search_steps(source.chunks, matcher, context=context), max_matches
+        )
+        return StreamingResponse(
+            ndjson(steps, _grep_line, ctx.settings),
+            media_type=NDJSON,
+            headers={**NDJSON_HEADERS, **_source_headers(source)},
+        )
+    if from_line is not None:
+        source = open_log(ctx, run_id, run, full=full, chunk=GREP_CHUNK)
+        window = logsearch.line_window(source.chunks, from_line, max_lines)
+        return Response(
+            window,
+            media_type="text/plain; charset=utf-8",
+            headers={**_source_headers(source), "X-Log-First-Line": str(from_line)},
+        )
+    source = open_log(ctx, run_id, run, tail_bytes, full=full)
+    headers = _source_headers(source)
+    if download:
+        headers["Content-Disposition"] = _attachment(ctx, run_id, run, full)
+    return StreamingResponse(source.chunks, media_type="text/plain; charset=utf-8", headers=headers)
+
+
+def _source_headers(source: readback.LogSource) -> dict[str, str]:
+    return {
+        "X-Log-Source": source.origin,
+        "X-Log-Size": str(source.size),
+        "Cache-Control": "no-store",
+    }
+
+
+def _limited(
+    steps: Iterator[logsearch.Hit | int], max_matches: int | None
+) -> Iterator[logsearch.Hit | int]:
+    found = 0
+    try:
+        for step in steps:
+            yield step
+            if isinstance(step, logsearch.Hit):
+                found += 1
+                if max_matches is not None and found >= max_matches:
+                    return
+    finally:
+        close = getattr(steps, "close", None)
+        if close is not None:
+            close()
+
+
+def _grep_line(step: logsearch.Hit | int) -> dict[str, object] | None:
+    return step.to_dict() if isinstance(step, logsearch.Hit) else None
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _attachment(ctx: Context, run_id: uuid.UUID, run: PipelineRun | None, full: bool) -> str:
+    """``attachment`` named ``<pipeline>-<run id>[-full].log`` (an ASCII fallback and the
+    UTF-8 name, RFC 6266)."""
+    pipeline = run.pipeline_name if run is not None else None
+    if pipeline is None:
+        entry = readback.ledger_entry(ctx, run_id)
+        pipeline = entry.pipeline_name if entry is not None else "run"
+    name = f"{pipeline}-{run_id}{'-full' if full else ''}.log"
+    fallback = _UNSAFE_NAME.sub("_", name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+# --- live: server-sent events --------------------------------------------------------------
+
+STREAM_POLL_S = 0.2
+HEARTBEAT_S = 15.0
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-sent events: ``log`` (text of new whole lines; ``id`` is "
+        'the byte offset after them), ``metrics`` (``{"from", "samples"}``), ``run`` '
+        '(``{"status"}`` while active), and ``status`` (``LogStreamStatusOut``) when '
+        "the run has ended, after which the stream closes.",
+        "content": {
+            "text/event-stream": {"schema": {"type": "string"}},
+            # the JSON ``data`` of the closing ``status`` event, for clients and generators
+            "application/json": {"schema": {"$ref": "#/components/schemas/LogStreamStatusOut"}},
         },
+    }
+}
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _sse(event: str, data: str, event_id: int | None = None) -> bytes:
+    head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id is not None else "")
+    body = "".join(f"data: {part}\n" for part in _LINE_BREAK.split(data))
+    return (head + body + "\n").encode("utf-8")
+
+
+def _format(ev: logstream.Event) -> bytes:
+    if isinstance(ev, logstream.LogChunk):
+        return _sse("log", ev.text, ev.end)
+    if isinstance(ev, logstream.Samples):
+        return _sse("metrics", json.dumps({"from": ev.first, "samples": ev.samples}))
+    if isinstance(ev, logstream.StatusChanged):
+        return _sse("run", json.dumps({"status": ev.status}))
+    payload = {"status": ev.status, "exit_code": ev.exit_code, "failure_reason": ev.failure_reason}
+    return _sse("status", json.dumps(payload, ensure_ascii=False))
+
+
+async def _events(follower: logstream.Follower, settings: Settings) -> AsyncGenerator[bytes, None]:
+    """Poll the follower (file reads and the status query off the event loop) every
+    ``STREAM_POLL_S`` until the run ends or the client goes (the task is cancelled)."""
+    try:
+        yield b"retry: 1000\n\n"
+        quiet = 0.0
+        while True:
+            try:
+                events = await run_in_threadpool(follower.poll)
+            except FastflowError as e:
+                yield _sse("log-error", json.dumps({"detail": redact(str(e), settings)}))
+                return
+            if events:
+                yield b"".join(_format(ev) for ev in events)
+                quiet = 0.0
+            if follower.done:
+                return
+            if follower.more:
+                continue
+            await asyncio.sleep(STREAM_POLL_S)
+            quiet += STREAM_POLL_S
+            if quiet >= HEARTBEAT_S:
+                yield b": keep-alive\n\n"
+                quiet = 0.0
+    finally:
+        follower.close()
+
+
+@router.get(
+    "/runs/{run_id}/logs/stream",
+    response_class=StreamingResponse,
+    response_model=LogStreamStatusOut,
+    responses=STREAM_RESPONSES,
+)
+async def stream_logs(
+    run_id: RunIdDep,
+    ctx: CtxDep,
+    offset: Annotated[int, Query(ge=0, description="Byte offset to start from.")] = 0,
+    metrics: bool = True,
+    last_event_id: Annotated[str | None, Header(description="Resume after this offset.")] = None,
+) -> StreamingResponse:
+    """The run's new log bytes as server-sent events while it runs, from ``offset`` (or
+    from ``Last-Event-ID``, the ``id`` of the last ``log`` event received: nothing is
+    lost or repeated); ``metrics`` events with new CPU/RAM samples (all of them first);
+    ``run`` events when an active run changes status; a ``status`` event when the run
+    has ended, then the stream closes (a browser's ``EventSource`` must be closed on it,
+    or it reconnects). Line breaks (``\\r`` included) separate ``data:`` lines."""
+    start = offset
+    if last_event_id is not None and last_event_id.strip():
+        text = last_event_id.strip()
+        if not text.isdigit():
+            raise InvalidInput(f"Last-Event-ID {text[:40]!r} is not a byte offset")
+        start = int(text)
+    follower = logstream.Follower(ctx, run_id, start, metrics=metrics)
+    return StreamingResponse(
+        _events(follower, ctx.settings),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 

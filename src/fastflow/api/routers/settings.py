@@ -14,6 +14,7 @@ from fastflow.api.schemas import (
     BackupFailuresOut,
     ChannelResultListOut,
     CleanupPassListOut,
+    DiskPressureOut,
     PassSummaryOut,
     S3TestOut,
     SettingsOut,
@@ -22,8 +23,8 @@ from fastflow.archive import probe as s3probe
 from fastflow.db import cache as readcache
 from fastflow.db import settings_store
 from fastflow.errors import PassAlreadyRunning
+from fastflow.lifecycle import disk, scheduler
 from fastflow.lifecycle import records as failures
-from fastflow.lifecycle import scheduler
 from fastflow.lifecycle.child import run_pass_in_child
 from fastflow.lifecycle.cleanup import PassSummary, current_pass_started
 
@@ -144,6 +145,13 @@ def backup_failures(
         }
 
     return JSONResponse(readcache.cached(("backup-failures", limit), compute))
+
+
+@router.get("/disk", response_model=DiskPressureOut)
+def disk_pressure(ctx: CtxDep, _: PrincipalDep) -> JSONResponse:
+    """LOGS_DIR's free space, local log growth per day, the bytes waiting for archive and
+    the forecast days until full (``warning`` below ``DISK_WARN_DAYS``, with its cause)."""
+    return JSONResponse(readcache.cached(("disk",), lambda: disk.report(ctx)))
 
 
 class RunIncidentOut(BaseModel):

@@ -1,5 +1,5 @@
-// fastflow UI: API helper, notifications (bell + toasts: backup and run-failure incidents,
-// recoveries), "Run now".
+// fastflow UI: API helper, notifications (bell + toasts: backup, run-failure and system
+// incidents — archive integrity, disk pressure —, recoveries), "Run now".
 "use strict";
 
 const fastflow = (() => {
@@ -10,6 +10,7 @@ const fastflow = (() => {
   const CLEARED_KEY = "fastflow.clearedFailures";
   const SEEN_ERRORS_KEY = "fastflow.seenErrors"; // "<incident id>|<error>" already toasted
   const OPEN_KEY = "fastflow.openBackups"; // backup incidents open at the last poll
+  const OPEN_SYSTEM_KEY = "fastflow.openSystem"; // system incidents open at the last poll: {id: title}
   const LEGACY_SEEN_KEY = "fastflow.seenKeys";
   const ROW_LIMIT = 1000; // the server keeps at most 1,000 failure rows: group them all
   const POLL_MS = 60000;
@@ -73,6 +74,7 @@ const fastflow = (() => {
   }
 
   function message(f) {
+    if (f.kind === "system") return f.title;
     if (f.kind === "run") {
       const n = f.failures > 1 ? ` (${f.failures} failed runs)` : "";
       return `Pipeline ${f.pipeline_name} failed: ${f.error_message}${n}`;
@@ -120,6 +122,40 @@ const fastflow = (() => {
     }
   }
 
+  // open incidents of fastflow itself (archive integrity, disk pressure), for the bell
+  async function systemIncidents() {
+    try {
+      const data = await api("GET", "/api/settings/system-incidents");
+      return (data.incidents || []).map((i) => ({
+        kind: "system",
+        id: `system:${i.kind}:${i.key}:${i.since}`,
+        system_kind: i.kind,
+        title: i.title,
+        error_message: i.detail,
+        created_at: i.updated_at || i.since,
+      }));
+    } catch {
+      return null; // unknown: no recovery is concluded from a failed poll
+    }
+  }
+
+  // System incidents open at the previous poll and not now were resolved: say so once.
+  function noticeSystemRecoveries(open) {
+    let before = null;
+    try { before = JSON.parse(localStorage.getItem(OPEN_SYSTEM_KEY) || "null"); } catch { before = null; }
+    const now = {};
+    open.forEach((f) => { now[f.id] = f.title; });
+    localStorage.setItem(OPEN_SYSTEM_KEY, JSON.stringify(now));
+    if (!before || typeof before !== "object") return;
+    for (const [id, title] of Object.entries(before)) {
+      if (id in now) continue;
+      for (const key of [SEEN_KEY, READ_KEY, CLEARED_KEY]) {
+        const set = load(key); set.delete(id); save(key, set);
+      }
+      toast(`Resolved: ${title}`, "ok", { href: "/settings", text: "Details" });
+    }
+  }
+
   let failures = [];
 
   function markRead(id) {
@@ -152,6 +188,7 @@ const fastflow = (() => {
       const a = document.createElement("a");
       a.href = f.run_id ? `/runs/${f.run_id}` : "/settings";
       a.textContent = message(f);
+      if (f.kind === "system") a.title = f.error_message || "";
       a.onclick = () => markRead(f.id);
       const when = document.createElement("small");
       when.textContent = (f.created_at || "").slice(0, 19).replace("T", " ") + " UTC";
@@ -209,7 +246,8 @@ const fastflow = (() => {
     }
     const rows = data.failures || [];
     const backups = backupIncidents(rows);
-    failures = backups.concat(await runIncidents());
+    const system = await systemIncidents();
+    failures = (system || []).concat(backups, await runIncidents());
     const seen = load(SEEN_KEY);
     const fresh = failures.filter((f) => !seen.has(String(f.id)));
     // the same ongoing failure (same incident, same error) is not toasted again each pass
@@ -220,7 +258,12 @@ const fastflow = (() => {
       localStorage.removeItem(LEGACY_SEEN_KEY);
     }
     const errorKey = (f) => `${f.id}|${f.error_message}`;
-    const novel = failures.filter((f) => !seenErrors.has(errorKey(f)) && (f.kind === "backup" || fresh.includes(f)));
+    const novelAll = failures.filter((f) => !seenErrors.has(errorKey(f)) && (f.kind === "backup" || fresh.includes(f)));
+    // a new system incident gets its own toast (its title says what it is)
+    novelAll.filter((f) => f.kind === "system").slice(0, 3).forEach((f) => {
+      toast(f.title, "error", { href: "/settings", text: "Open" });
+    });
+    const novel = novelAll.filter((f) => f.kind !== "system");
     if (novel.length === 1) {
       const f = novel[0];
       toast(message(f), "error", { href: f.run_id ? `/runs/${f.run_id}` : "/settings", text: "Open" });
@@ -237,6 +280,7 @@ const fastflow = (() => {
     save(SEEN_KEY, seen);
     localStorage.setItem(SEEN_ERRORS_KEY, JSON.stringify([...seenErrors].slice(-2000)));
     noticeRecoveries(backups);
+    if (system) noticeSystemRecoveries(system);
     renderCenter();
     const list = document.getElementById("notif-list");
     if (list) list.dataset.polls = String(Number(list.dataset.polls || 0) + 1); // tests wait on it

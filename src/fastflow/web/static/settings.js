@@ -281,3 +281,122 @@
     };
   });
 })();
+
+// --- the Disk panel (issue 16): LOGS_DIR's free space, growth, backlog and forecast -------
+(() => {
+  const panel = document.getElementById("disk-panel");
+  if (!panel) return;
+  const $ = (id) => document.getElementById(id);
+
+  function bytes(n) {
+    if (n === null || n === undefined) return "–";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let v = n;
+    let i = 0;
+    while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+    return i === 0 ? `${Math.round(v)} B` : `${v.toFixed(1)} ${units[i]}`;
+  }
+
+  function render(d) {
+    $("disk-free").textContent = `${bytes(d.free_bytes)} of ${bytes(d.total_bytes)}`;
+    $("disk-growth").textContent = bytes(d.growth_bytes_per_day);
+    $("disk-backlog").textContent = `${bytes(d.backlog_bytes)} in ${d.backlog_runs} run(s)`;
+    $("disk-days").textContent = d.days_until_full === null ? "never (no growth)" : d.days_until_full.toFixed(1);
+    const status = $("disk-status");
+    if (d.warning) {
+      status.className = "error";
+      status.textContent = d.free_bytes < d.min_free_bytes
+        ? `LOGS_DIR is full: new runs are refused. ${d.cause || ""}`
+        : `LOGS_DIR fills up in about ${d.days_until_full.toFixed(1)} days. ${d.cause || ""}`;
+    } else {
+      status.className = "ok";
+      status.textContent = d.days_until_full === null
+        ? "OK: LOGS_DIR is not growing."
+        : `OK: full in about ${d.days_until_full.toFixed(1)} days at the current growth.`;
+    }
+  }
+
+  async function load() {
+    try {
+      render(await fastflow.api("GET", "/api/settings/disk"));
+    } catch (e) {
+      const status = $("disk-status");
+      status.className = "error";
+      status.textContent = `Cannot measure LOGS_DIR: ${e.message}`;
+    }
+  }
+
+  load();
+  setInterval(load, 60000);
+})();
+
+// --- the Bucket panel (issue 16): versioning, Object Lock, retention, encryption, lifecycle
+// of the archive bucket (GET /api/archive/bucket-check), and the last verification ---------
+(() => {
+  const panel = document.getElementById("bucket-panel");
+  if (!panel) return;
+  const $ = (id) => document.getElementById(id);
+  const PILL = { ok: "st-success", warning: "st-timeout", error: "st-failed", unknown: "st-cancelled" };
+
+  function render(report) {
+    const body = $("bucket-table").querySelector("tbody");
+    body.textContent = "";
+    for (const c of report.checks) {
+      const tr = document.createElement("tr");
+      tr.dataset.check = c.name;
+      tr.dataset.status = c.status;
+      const name = document.createElement("th");
+      name.scope = "row";
+      name.textContent = c.name;
+      const result = document.createElement("td");
+      const pill = document.createElement("span");
+      pill.className = `status ${PILL[c.status] || "st-cancelled"}`;
+      pill.textContent = c.status;
+      result.appendChild(pill);
+      const why = document.createElement("td");
+      why.textContent = c.message;
+      tr.append(name, result, why);
+      body.appendChild(tr);
+    }
+    const status = $("bucket-status");
+    const errors = report.checks.filter((c) => c.status === "error").length;
+    const warnings = report.checks.filter((c) => c.status === "warning").length;
+    status.className = errors ? "error" : warnings ? "muted" : "ok";
+    status.textContent = `Bucket ${report.bucket} (prefix '${report.prefix}'): ` +
+      (errors ? `${errors} error(s)` : warnings ? `${warnings} warning(s)` : "fit for an audit trail");
+  }
+
+  async function check() {
+    const status = $("bucket-status");
+    status.className = "muted";
+    status.textContent = "Checking the bucket…";
+    try {
+      render(await fastflow.api("GET", "/api/archive/bucket-check"));
+    } catch (e) {
+      $("bucket-table").querySelector("tbody").textContent = "";
+      status.className = e.status === 422 ? "muted" : "error";
+      status.textContent = `Cannot check the bucket: ${e.message}`;
+    }
+  }
+
+  async function lastVerification() {
+    const out = $("bucket-verified");
+    try {
+      const data = await fastflow.api("GET", "/api/archive/verifications?limit=1");
+      const v = (data.verifications || [])[0];
+      if (!v) { out.textContent = "Last archive verification: none yet (ARCHIVE_VERIFY_SCHEDULE)."; return; }
+      const when = (v.finished_at || v.started_at).slice(0, 16).replace("T", " ");
+      const state = v.ok === null ? `did not finish: ${v.error || "?"}` :
+        v.ok ? "every object intact" : `${v.objects_damaged} damaged`;
+      out.className = v.ok === false ? "error" : "muted";
+      out.textContent = `Last archive verification: ${when} UTC (${v.trigger}): ${state}; ` +
+        `${v.objects_checked} objects checked, ${v.objects_deep_checked} re-hashed, ${v.manifests_checked} manifests.`;
+    } catch {
+      out.textContent = "Last archive verification: unknown.";
+    }
+  }
+
+  $("bucket-recheck").onclick = check;
+  check();
+  lastVerification();
+})();

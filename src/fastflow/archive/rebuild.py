@@ -1,0 +1,276 @@
+"""``fastflow archive rebuild-index``: the archive ledger rebuilt from the manifests in the
+bucket, after the database was lost (or into a partial one).
+
+Guarantees:
+
+- every object a manifest lists gets its ledger entry back (bucket, keys, sizes, SHA-256,
+  encoding, run facts), so that ``fastflow logs RUN_ID``, the API and the UI read it by
+  run id again;
+- idempotent: a second run changes nothing; an existing entry only gains the objects it
+  lacks, and is replaced only by a newer record of the same run (``archived_at``) — a
+  newer entry is never overwritten;
+- the manifests are recorded (``archive_manifests``) in the chain's order, followed from
+  the ``previous`` links; a manifest whose bytes differ from the SHA-256 it was stored
+  with, or a broken link, is reported (its objects are still indexed: the archive is
+  what it is, and ``archive verify`` judges it);
+- rebuilt entries whose local files are gone count as deleted locally; those with local
+  files stay pending, and the next cleanup pass verifies their objects before it deletes
+  anything (as after a crash);
+- read-only towards the bucket; memory bounded by the list of manifest keys and one batch
+  of lines.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from fastflow.archive import ledger, manifests
+from fastflow.archive import s3 as archive
+from fastflow.context import Context
+from fastflow.db.models import ArchiveManifest, utcnow
+from fastflow.runs import files as logfiles
+
+TAIL_BYTES = 4096  # the chain line is short; read only the end of each manifest for it
+MAX_PROBLEMS = 100
+
+
+@dataclass(frozen=True)
+class Listed:
+    key: str
+    size: int
+    modified: datetime
+    sha256: str | None  # as stored with the object (metadata)
+    previous: str | None
+
+
+@dataclass
+class RebuildReport:
+    manifests: int = 0
+    manifests_done: int = 0
+    manifests_recorded: int = 0
+    objects: int = 0
+    entries_created: int = 0
+    entries_updated: int = 0
+    entries_unchanged: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def problem(self, text: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def rebuild(ctx: Context, progress: Callable[[RebuildReport], None] | None = None) -> RebuildReport:
+    """Rebuild the ledger (and the manifest records) from the manifests in the bucket."""
+    store = archive.open_store(ctx.settings)
+    report = RebuildReport()
+    listed = [_tail(store, key, size, modified) for key, size, modified in _manifest_keys(store)]
+    report.manifests = len(listed)
+    ordered = chain_order(listed, report)
+    order = {m.key: i for i, m in enumerate(ordered)}
+    known = manifests.recorded_keys(ctx.db)
+    local = _LocalFiles(ctx)
+    created_at: datetime | None = None
+    for m in ordered:
+
+        def on_lines(lines: list[dict[str, Any]], key: str = m.key) -> None:
+            rows = _rows(local, store.bucket, key, lines)
+            report.objects += len(lines)
+            c, u, n = ledger.upsert_rebuilt(ctx.db, rows, order)
+            report.entries_created += c
+            report.entries_updated += u
+            report.entries_unchanged += n
+            if progress is not None:
+                progress(report)
+
+        read = manifests.read(store, m.key, on_lines)
+        if read.error is not None:
+            report.problem(f"{m.key}: {read.error}")
+        if m.sha256 and read.sha256 != m.sha256:
+            report.problem(
+                f"{m.key}: its SHA-256 is {read.sha256}, but it was stored with {m.sha256}"
+            )
+        stamp = (
+            max(m.modified, created_at + timedelta(microseconds=1)) if created_at else m.modified
+        )
+        created_at = stamp
+        if m.key not in known and not read.missing:
+            _record_manifest(ctx, m.key, read, stamp)
+            report.manifests_recorded += 1
+        report.manifests_done += 1
+        if progress is not None:
+            progress(report)
+    return report
+
+
+def _manifest_keys(store: archive.S3Store) -> list[tuple[str, int, datetime]]:
+    return [
+        (key, size, modified)
+        for key, size, modified in store.list_keys(manifests.prefix(store))
+        if key.endswith(manifests.SUFFIX)
+    ]
+
+
+def _tail(store: archive.S3Store, key: str, size: int, modified: datetime) -> Listed:
+    """The manifest's stored SHA-256 (HEAD) and its ``previous`` link (its last line)."""
+    info = store.head(key)
+    sha = info.metadata.get(archive.META_SHA256) if info is not None else None
+    data = b"".join(store.open(key, max(0, size - TAIL_BYTES))) if size else b""
+    previous: str | None = None
+    for raw in reversed(data.splitlines()):
+        if raw.strip():
+            try:
+                last = json.loads(raw)
+            except ValueError:
+                break
+            if isinstance(last, dict) and "previous" in last:
+                previous = last["previous"] or None
+            break
+    stamp = modified if modified.tzinfo else modified.replace(tzinfo=UTC)
+    return Listed(key, size, stamp, sha, previous)
+
+
+def chain_order(listed: list[Listed], report: RebuildReport) -> list[Listed]:
+    """The manifests in chain order: from the first (no ``previous``, or one pointing to
+    no manifest in the bucket) along the links; forks side by side by time; a broken
+    link is reported. Every manifest appears once."""
+    by_sha = {m.sha256: m for m in listed if m.sha256}
+    followers: dict[str | None, list[Listed]] = {}
+    for m in listed:
+        followers.setdefault(m.previous if m.previous in by_sha else None, []).append(m)
+    for m in listed:
+        if m.previous is not None and m.previous not in by_sha:
+            report.problem(
+                f"{m.key}: links to a manifest with SHA-256 {m.previous}, which is not in "
+                "the bucket (the chain starts again here)"
+            )
+    out: list[Listed] = []
+    seen: set[str] = set()
+    stack = sorted(followers.get(None, []), key=_when, reverse=True)
+    while stack:
+        m = stack.pop()
+        if m.key in seen:
+            continue
+        seen.add(m.key)
+        out.append(m)
+        nxt = followers.get(m.sha256, []) if m.sha256 else []
+        if len(nxt) > 1:
+            report.problem(
+                f"{m.key} is followed by {len(nxt)} manifests ("
+                + ", ".join(n.key for n in sorted(nxt, key=_when))
+                + "): a pass may have been killed after writing its manifest"
+            )
+        stack.extend(sorted(nxt, key=_when, reverse=True))
+    for m in sorted(listed, key=_when):  # a cycle: appended by time, reported
+        if m.key not in seen:
+            report.problem(f"{m.key}: not reachable from the start of the chain")
+            out.append(m)
+            seen.add(m.key)
+    return out
+
+
+def _when(m: Listed) -> tuple[datetime, str]:
+    return (m.modified, m.key)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _which(line: dict[str, Any]) -> str:
+    which = line.get("file")
+    if which in ("log", "metrics"):
+        return str(which)
+    name = str(line.get("key", "")).rsplit("/", 1)[-1]
+    return "metrics" if name.startswith(logfiles.METRICS_NAME) else "log"
+
+
+def _rows(
+    local: Callable[[str, uuid.UUID], bool],
+    bucket: str,
+    manifest_key: str,
+    lines: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Ledger rows from manifest lines: one per run (its objects merged)."""
+    rows: dict[uuid.UUID, dict[str, Any]] = {}
+    now = utcnow()
+    for line in lines:
+        rid = uuid.UUID(str(line["run_id"]))
+        row = rows.get(rid)
+        if row is None:
+            pipeline = str(line.get("pipeline_name") or "?")
+            row = rows[rid] = {
+                "run_id": rid,
+                "pipeline_name": pipeline,
+                "status": str(line.get("status") or "UNKNOWN")[:16],
+                "triggered_by": str(line.get("triggered_by") or "unknown")[:16],
+                "started_at": _parse_time(line.get("started_at")) or now,
+                "finished_at": _parse_time(line.get("finished_at")),
+                "exit_code": line.get("exit_code"),
+                "bucket": bucket,
+                "reason": str(line.get("reason") or "rebuild")[:32],
+                "encoding": line.get("encoding") or None,
+                "archived_at": _parse_time(line.get("archived_at")) or now,
+                "local_deleted_at": None if local(pipeline, rid) else now,
+                "manifest_key": manifest_key,
+            }
+        which = _which(line)
+        row[f"{which}_key"] = line.get("key")
+        row[f"{which}_size"] = line.get("size")
+        row[f"{which}_sha256"] = line.get("sha256")
+        row[f"{which}_original_size"] = line.get("original_size")
+        row[f"{which}_original_sha256"] = line.get("original_sha256")
+    return list(rows.values())
+
+
+class _LocalFiles:
+    """Which runs still have a log or metrics file under LOGS_DIR. Only names that are
+    real folders of LOGS_DIR are looked into (read once), so a name from a manifest never
+    leads outside it, and a pipeline without a folder costs no system call."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.root = ctx.settings.logs_root
+        try:
+            self.pipelines = {p.name for p in self.root.iterdir() if p.is_dir()}
+        except OSError:
+            self.pipelines = set()
+
+    def __call__(self, pipeline: str, rid: uuid.UUID) -> bool:
+        if pipeline not in self.pipelines:
+            return False
+        folder = self.root / pipeline / str(rid)
+        return any((folder / name).exists() for name in (logfiles.LOG_NAME, logfiles.METRICS_NAME))
+
+
+def _record_manifest(ctx: Context, key: str, read: manifests.Read, at: datetime) -> None:
+    name = key.rsplit("/", 1)[-1].removesuffix(manifests.SUFFIX).split("-", 1)[0]
+    with ctx.db.session() as s:
+        if s.scalar(select(ArchiveManifest.key).where(ArchiveManifest.key == key)) is not None:
+            return
+        s.add(
+            ArchiveManifest(
+                key=key,
+                pass_id=int(name) if name.isdigit() and len(name) < 10 else None,
+                sha256=read.sha256,
+                previous_sha256=read.previous,
+                count=read.lines,
+                size=read.size,
+                created_at=at,
+            )
+        )

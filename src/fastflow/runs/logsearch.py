@@ -1,0 +1,376 @@
+"""Find lines in a log that arrives as a stream of byte chunks (local file, archived object,
+decompressed archive: all the same to this module, which does no I/O of its own).
+
+Guarantees:
+- the results depend only on the bytes, never on where the chunks are cut;
+- memory is bounded: blocks of ``BLOCK`` bytes of whole lines, one line of at most
+  ``MAX_LINE`` bytes (a longer line is searched in pieces of that size, each with the
+  line's number; a match across a cut is not found), and the context lines asked for;
+- line numbers count newlines, from 1; ``text`` is a line without its newline, invalid
+  UTF-8 shown as U+FFFD;
+- plain text is matched as a substring, case-insensitive unless asked otherwise; a
+  regular expression (the ``regex`` module's syntax, ``^``/``$`` at line ends, never
+  across lines) is at most ``MAX_PATTERN`` characters and gets ``LINE_TIME_LIMIT_S`` per
+  line: past that the search stops with ``RegexTimeout`` — matching is interrupted, a
+  pathological pattern never hangs a worker.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import AnyStr
+
+import regex
+
+from fastflow.errors import InvalidInput
+
+BLOCK = 1024 * 1024
+MAX_LINE = 1024 * 1024
+MAX_PATTERN = 1000
+MAX_CONTEXT = 100
+LINE_TIME_LIMIT_S = 1.0
+
+
+class SearchError(InvalidInput):
+    """A search that cannot be done as asked (HTTP 422)."""
+
+
+class PatternError(SearchError):
+    """The search text or regular expression is not acceptable."""
+
+
+class RegexTimeout(SearchError):
+    """A regular expression took longer than the time limit on one line."""
+
+
+class _LineTimeout(Exception):
+    """Internal: the line at ``offset`` of the block hit the time limit."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
+@dataclass
+class Hit:
+    """One matching line, with up to ``context`` lines around it."""
+
+    line: int
+    text: str
+    context_before: list[str] = field(default_factory=list)
+    context_after: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "line": self.line,
+            "text": self.text,
+            "context_before": self.context_before,
+            "context_after": self.context_after,
+        }
+
+
+def _text(part: AnyStr) -> str:
+    return part.decode("utf-8", "replace") if isinstance(part, bytes) else part
+
+
+class Matcher:
+    """Which lines of a block match. Plain text on bytes (ASCII case folding) when it
+    can, otherwise on the decoded text with the ``regex`` module."""
+
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        is_regex: bool = False,
+        case_sensitive: bool = False,
+        time_limit: float = LINE_TIME_LIMIT_S,
+    ) -> None:
+        if not pattern:
+            raise PatternError("the search text is empty")
+        if len(pattern) > MAX_PATTERN:
+            raise PatternError(
+                f"the search text is {len(pattern)} characters long; at most {MAX_PATTERN}"
+            )
+        if not is_regex and ("\n" in pattern or "\r" in pattern):
+            raise PatternError("the search text cannot contain a line break")
+        self.pattern = pattern
+        self.is_regex = is_regex
+        self.time_limit = time_limit
+        self._needle = b""
+        self._folded: regex.Pattern[bytes] | None = None
+        self._rx: regex.Pattern[str] | None = None
+        if not is_regex and (case_sensitive or pattern.isascii()):
+            self._needle = pattern.encode("utf-8")
+            if not case_sensitive:  # ASCII case folding, searched on the bytes
+                self._folded = regex.compile(regex.escape(self._needle), regex.IGNORECASE)
+            return
+        source = pattern if is_regex else regex.escape(pattern)
+        flags = regex.MULTILINE | regex.V0 | (0 if case_sensitive else regex.IGNORECASE)
+        try:
+            self._rx = regex.compile(source, flags)
+        except (regex.error, OverflowError, RecursionError) as e:
+            raise PatternError(f"invalid regular expression {pattern!r}: {e}") from None
+
+    @property
+    def on_bytes(self) -> bool:
+        """True when blocks are matched as bytes (no decoding)."""
+        return self._rx is None
+
+    def lines(self, block: AnyStr) -> Iterator[tuple[int, int]]:
+        """``(start, end)`` of every matching line of ``block`` (``end`` at its newline or
+        the block's end), in order, each once; ``_LineTimeout`` names the offset of a line
+        that hit the time limit."""
+        if isinstance(block, bytes):
+            yield from self._plain(block)
+        else:
+            yield from self._regex(block)
+
+    def _plain(self, block: bytes) -> Iterator[tuple[int, int]]:
+        needle, folded, n, pos = self._needle, self._folded, len(block), 0
+        while True:
+            if folded is None:
+                i = block.find(needle, pos)
+            else:
+                m = folded.search(block, pos)
+                i = -1 if m is None else m.start()
+            if i < 0:
+                return
+            start = block.rfind(b"\n", 0, i) + 1
+            end = block.find(b"\n", i)
+            end = n if end < 0 else end
+            yield start, end
+            pos = end + 1
+
+    def _regex(self, text: str) -> Iterator[tuple[int, int]]:
+        assert self._rx is not None
+        n, pos = len(text), 0
+        while pos < n:
+            try:
+                m = self._rx.search(text, pos, timeout=self.time_limit, concurrent=True)
+            except TimeoutError:  # a slow block: line by line, each with the time limit
+                yield from self._each_line(text, pos)
+                return
+            if m is None:
+                return
+            start = text.rfind("\n", 0, m.start()) + 1
+            if start >= n:  # an empty match after the block's last newline: no line
+                return
+            end = text.find("\n", m.start())
+            end = n if end < 0 else end
+            if m.end() <= end or self._line_matches(text, start, end):
+                yield start, end
+            pos = end + 1
+
+    def _each_line(self, text: str, pos: int) -> Iterator[tuple[int, int]]:
+        n = len(text)
+        while pos < n:
+            end = text.find("\n", pos)
+            end = n if end < 0 else end
+            if self._line_matches(text, pos, end):
+                yield pos, end
+            pos = end + 1
+
+    def _line_matches(self, text: str, start: int, end: int) -> bool:
+        assert self._rx is not None
+        try:
+            found = self._rx.search(text, start, end, timeout=self.time_limit, concurrent=True)
+        except TimeoutError:
+            raise _LineTimeout(start) from None
+        return found is not None and found.end() <= end
+
+
+def blocks(chunks: Iterable[bytes], size: int = BLOCK, max_line: int = MAX_LINE) -> Iterator[bytes]:
+    """The stream re-cut into blocks of whole lines of about ``size`` bytes (the last one
+    may lack its newline). A line longer than ``max_line`` is cut at a character boundary.
+    The source iterator is closed when this one is (an S3 body is released early)."""
+    pending: list[bytes] = []
+    held = 0
+    try:
+        for chunk in chunks:
+            pending.append(chunk)
+            held += len(chunk)
+            if held < size:
+                continue
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            while len(data) >= size:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    if len(data) < max_line:
+                        break
+                    cut = _char_boundary(data, max_line)
+                yield data if cut == len(data) else data[:cut]
+                data = data[cut:]
+            pending, held = ([data] if data else []), len(data)
+        if held:
+            yield b"".join(pending)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _char_boundary(buf: bytes, at: int) -> int:
+    """``at`` moved back to the start of a UTF-8 character (at most 3 bytes)."""
+    cut = at
+    while cut > at - 3 and 0x80 <= buf[cut] <= 0xBF:
+        cut -= 1
+    return cut
+
+
+def _lines_before(block: AnyStr, start: int, count: int, nl: AnyStr) -> tuple[list[str], bool]:
+    """Up to ``count`` lines before offset ``start`` (a line start), nearest last; and
+    whether the block's start was reached (more may come from the previous block)."""
+    out: list[str] = []
+    end = start - 1
+    while len(out) < count and end >= 0:
+        begin = block.rfind(nl, 0, end) + 1
+        out.append(_text(block[begin:end]))
+        end = begin - 1
+    out.reverse()
+    return out, end < 0
+
+
+def _lines_after(block: AnyStr, pos: int, count: int, nl: AnyStr) -> list[str]:
+    """Up to ``count`` lines from offset ``pos`` (a line start) within the block."""
+    out: list[str] = []
+    n = len(block)
+    while len(out) < count and pos < n:
+        end = block.find(nl, pos)
+        end = n if end < 0 else end
+        out.append(_text(block[pos:end]))
+        pos = end + 1
+    return out
+
+
+class _Grep:
+    """The state between blocks: line count, lines kept for context, hits waiting for
+    their following lines."""
+
+    def __init__(self, matcher: Matcher, context: int) -> None:
+        self.matcher = matcher
+        self.context = context
+        self.line = 1  # number of the next block's first line
+        self.history: deque[str] = deque(maxlen=context or 1)
+        self.pending: deque[Hit] = deque()
+
+    def block(self, raw: bytes) -> list[Hit]:
+        if self.matcher.on_bytes:
+            return self._block(raw, b"\n")
+        # blocks end at a newline or a character boundary: each decodes on its own
+        return self._block(raw.decode("utf-8", "replace"), "\n")
+
+    def _block(self, block: AnyStr, nl: AnyStr) -> list[Hit]:
+        ready: list[Hit] = []
+        c = self.context
+        if self.pending:
+            head = _lines_after(block, 0, c, nl)
+            for hit in self.pending:
+                hit.context_after.extend(head[: c - len(hit.context_after)])
+            while self.pending and len(self.pending[0].context_after) >= c:
+                ready.append(self.pending.popleft())
+        counted, line = 0, self.line
+        try:
+            for start, end in self.matcher.lines(block):
+                line += block.count(nl, counted, start)
+                counted = start
+                hit = Hit(line, _text(block[start:end]))
+                if c:
+                    hit.context_before, reached = _lines_before(block, start, c, nl)
+                    if reached and len(hit.context_before) < c:
+                        missing = c - len(hit.context_before)
+                        hit.context_before[:0] = list(self.history)[-missing:]
+                    hit.context_after = _lines_after(block, end + 1, c, nl)
+                if self.pending or len(hit.context_after) < c:
+                    self.pending.append(hit)
+                else:
+                    ready.append(hit)
+        except _LineTimeout as e:
+            where = line + block.count(nl, counted, e.offset)
+            raise RegexTimeout(
+                f"the regular expression {self.matcher.pattern!r} took longer than "
+                f"{self.matcher.time_limit:g} s on line {where}; simplify it (nested "
+                "repeats such as (a+)+ or (a|aa)+ backtrack exponentially)"
+            ) from None
+        self.line += block.count(nl)
+        if c:
+            self.history.extend(_tail_lines(block, c, nl))
+        return ready
+
+    def finish(self) -> list[Hit]:
+        rest = list(self.pending)
+        self.pending.clear()
+        return rest
+
+
+def _tail_lines(block: AnyStr, count: int, nl: AnyStr) -> list[str]:
+    """The last ``count`` lines of a block (a block ending in a newline has no empty
+    line after it)."""
+    n = len(block)
+    if not n:
+        return []
+    return _lines_before(block, n if block[n - 1 : n] == nl else n + 1, count, nl)[0]
+
+
+def search_steps(
+    chunks: Iterable[bytes], matcher: Matcher, *, context: int = 0, block_size: int = BLOCK
+) -> Generator[Hit | int, None, None]:
+    """The hits in order, and after each block the number of bytes it had (so that a
+    caller can show progress, or give up, between blocks)."""
+    if not 0 <= context <= MAX_CONTEXT:
+        raise SearchError(f"context must be between 0 and {MAX_CONTEXT} lines, not {context}")
+    state = _Grep(matcher, context)
+    for raw in blocks(chunks, block_size):
+        yield from state.block(raw)
+        yield len(raw)
+    yield from state.finish()
+
+
+def search(
+    chunks: Iterable[bytes],
+    matcher: Matcher,
+    *,
+    context: int = 0,
+    max_hits: int | None = None,
+    block_size: int = BLOCK,
+) -> Iterator[Hit]:
+    """The matching lines of the stream, in order (at most ``max_hits``)."""
+    found = 0
+    steps = search_steps(chunks, matcher, context=context, block_size=block_size)
+    try:
+        for step in steps:
+            if isinstance(step, Hit):
+                yield step
+                found += 1
+                if max_hits is not None and found >= max_hits:
+                    return
+    finally:
+        steps.close()
+
+
+def line_window(chunks: Iterable[bytes], first: int, count: int) -> bytes:
+    """The bytes of lines ``first`` .. ``first + count - 1`` (1-based, newlines kept;
+    empty past the end of the log). Streaming: whole blocks before ``first`` are only
+    counted, and only the lines returned are kept."""
+    if first < 1 or count < 1:
+        raise SearchError("lines are numbered from 1 and at least one must be asked for")
+    out = bytearray()
+    line = 1  # number of the line at the current position
+    for block in blocks(chunks):
+        newlines = block.count(b"\n")
+        if line + newlines < first:
+            line += newlines
+            continue
+        pos, n = 0, len(block)
+        while pos < n:
+            end = block.find(b"\n", pos)
+            end = n if end < 0 else end + 1
+            if line >= first:
+                out += block[pos:end]
+            if block[end - 1] == 0x0A:
+                line += 1
+                if line >= first + count:
+                    return bytes(out)
+            pos = end
+    return bytes(out)

@@ -1,0 +1,223 @@
+"""``runs.logsearch``: the same hits as a naive line-by-line search whatever the chunk and
+block boundaries; context lines; the regex time limit; the line window; and flat memory
+on a large local log (measured in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import regex
+
+from fastflow.runs import logsearch
+from fastflow.runs.logsearch import Hit, Matcher, PatternError, RegexTimeout
+
+WORDS = ["alpha", "Beta", "GAMMA", "needle", "NeedLe", "straße", "ünïcode", "x", "", "a b"]
+
+
+def _random_log(rng: random.Random, lines: int) -> bytes:
+    out = []
+    for i in range(lines):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(0, 6))]
+        out.append(f"[2026-01-01 00:00:00.{i % 1000:03d}] " + " ".join(words))
+    text = "\n".join(out)
+    if rng.random() < 0.7:
+        text += "\n"
+    data = text.encode()
+    if rng.random() < 0.3:  # invalid UTF-8 somewhere
+        cut = rng.randint(0, len(data))
+        data = data[:cut] + b"\xff\xfe" + data[cut:]
+    return data
+
+
+def _chunks(data: bytes, rng: random.Random) -> list[bytes]:
+    out, pos = [], 0
+    while pos < len(data):
+        step = rng.randint(1, 97)
+        out.append(data[pos : pos + step])
+        pos += step
+    return out
+
+
+def _naive(data: bytes, matcher: Matcher, pattern: str, context: int, fold: bool) -> list[Hit]:
+    text = data.decode("utf-8", "replace")
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    rx = (
+        regex.compile(pattern, regex.MULTILINE | (regex.IGNORECASE if fold else 0))
+        if matcher.is_regex
+        else None
+    )
+    hits = []
+    for i, line in enumerate(lines):
+        if rx is not None:
+            found = rx.search(line) is not None
+        elif fold:
+            found = pattern.lower() in line.lower()
+        else:
+            found = pattern in line
+        if found:
+            before = lines[max(0, i - context) : i] if context else []
+            after = lines[i + 1 : i + 1 + context] if context else []
+            hits.append(Hit(i + 1, line, before, after))
+    return hits
+
+
+@pytest.mark.parametrize(
+    ("pattern", "is_regex", "case_sensitive"),
+    [
+        ("needle", False, False),
+        ("NEEDLE", False, True),
+        ("straße", False, False),
+        ("ÜNÏCODE", False, False),
+        ("a b", False, False),
+        (r"need\w+ (beta|x)$", True, False),
+        (r"^\[2026[^]]*\] $", True, False),
+        (r"x*", True, False),
+        (r"Beta\s+GAMMA", True, True),
+    ],
+)
+def test_the_same_hits_as_a_naive_search_whatever_the_boundaries(
+    pattern: str, is_regex: bool, case_sensitive: bool
+) -> None:
+    rng = random.Random(f"{pattern}{is_regex}{case_sensitive}")
+    for _ in range(25):
+        data = _random_log(rng, rng.randint(0, 60))
+        matcher = Matcher(pattern, is_regex=is_regex, case_sensitive=case_sensitive)
+        context = rng.choice([0, 0, 1, 2, 5])
+        expected = _naive(data, matcher, pattern, context, not case_sensitive)
+        for block in (rng.randint(8, 200), logsearch.BLOCK):
+            got = list(
+                logsearch.search(_chunks(data, rng), matcher, context=context, block_size=block)
+            )
+            assert got == expected, (data, context, block)
+
+
+def test_plain_text_is_case_insensitive_unless_asked() -> None:
+    data = b"one NEEDLE\ntwo needle\nthree\n"
+    assert [h.line for h in logsearch.search([data], Matcher("needle"))] == [1, 2]
+    assert [h.line for h in logsearch.search([data], Matcher("needle", case_sensitive=True))] == [2]
+
+
+def test_hits_carry_context_across_blocks_and_stop_at_max_hits() -> None:
+    data = b"".join(f"line {i}\n".encode() for i in range(1, 101))
+    hits = list(
+        logsearch.search([data], Matcher(r"line \d*0$", is_regex=True), context=2, block_size=16)
+    )
+    assert [h.line for h in hits] == list(range(10, 101, 10))
+    assert hits[0].to_dict() == {
+        "line": 10,
+        "text": "line 10",
+        "context_before": ["line 8", "line 9"],
+        "context_after": ["line 11", "line 12"],
+    }
+    assert hits[-1].context_after == []  # the end of the log
+    few = list(logsearch.search([data], Matcher("line"), max_hits=3))
+    assert [h.line for h in few] == [1, 2, 3]
+
+
+def test_a_match_never_spans_two_lines() -> None:
+    data = b"ends with a\nb starts the next\n"
+    assert list(logsearch.search([data], Matcher(r"a\sb", is_regex=True))) == []
+    assert list(logsearch.search([data], Matcher(r"a[^x]*b", is_regex=True))) == []
+
+
+def test_a_line_longer_than_max_line_is_searched_in_pieces() -> None:
+    data = b"short\n" + b"y" * 300 + b"NEEDLE" + b"z" * 300 + b"\nlast needle\n"
+    hits = list(
+        logsearch.search(
+            logsearch.blocks([data], size=128, max_line=256), Matcher("needle"), block_size=128
+        )
+    )
+    assert [h.line for h in hits] == [2, 3]
+
+
+def test_invalid_patterns_are_refused_with_one_line() -> None:
+    for pattern, is_regex, words in [
+        ("", False, "empty"),
+        ("x" * (logsearch.MAX_PATTERN + 1), False, "at most"),
+        ("a\nb", False, "line break"),
+        ("(unclosed", True, "invalid regular expression"),
+    ]:
+        with pytest.raises(PatternError, match=words) as info:
+            Matcher(pattern, is_regex=is_regex)
+        assert "\n" not in str(info.value)
+    with pytest.raises(logsearch.SearchError, match="context"):
+        list(logsearch.search([b"x\n"], Matcher("x"), context=logsearch.MAX_CONTEXT + 1))
+
+
+def test_a_pathological_regex_is_stopped_by_the_time_limit() -> None:
+    data = b"fine line\n" * 1000 + b"a" * 40 + b"!\n" + b"after\n"
+    matcher = Matcher(r"(a|aa)+$", is_regex=True, time_limit=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(RegexTimeout, match=r"longer than 0\.3 s on line 1001") as info:
+        list(logsearch.search([data], matcher))
+    assert time.monotonic() - t0 < 5
+    assert "\n" not in str(info.value)
+
+
+def test_line_window_returns_exact_bytes_whatever_the_boundaries() -> None:
+    rng = random.Random(7)
+    for _ in range(40):
+        data = _random_log(rng, rng.randint(0, 80))
+        lines = data.splitlines(keepends=True)
+        first, count = rng.randint(1, 90), rng.randint(1, 20)
+        got = logsearch.line_window(_chunks(data, rng), first, count)
+        assert got == b"".join(lines[first - 1 : first - 1 + count]), (data, first, count)
+
+
+# --- memory on a large local log, in a subprocess -----------------------------------------
+
+_RSS_CHILD = textwrap.dedent(
+    """
+    import json, resource, sys
+    from pathlib import Path
+    from fastflow.runs import files, logsearch
+
+    path = Path(sys.argv[1])
+    matcher = logsearch.Matcher(sys.argv[2], is_regex=sys.argv[3] == "1")
+    list(logsearch.search(files.iter_file(Path(sys.argv[4])), matcher))  # warm-up: 8 MiB
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    hits = [h.to_dict() for h in logsearch.search(files.iter_file(path), matcher, context=3)]
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"hits": hits, "growth_kib": after - before}))
+    """
+)
+
+
+def _write_log(path: Path, mib: int) -> None:
+    line = b"[2026-01-01 00:00:00.000] an ordinary line of a long pipeline log, nothing else\n"
+    block = line * (1024 * 1024 // len(line))
+    with path.open("wb") as f:
+        for i in range(mib):
+            f.write(block)
+            if i == mib - 2:
+                f.write(b"[2026-01-01 00:00:01.000] the NEEDLE is here\n")
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_on_a_large_local_log(tmp_path: Path) -> None:
+    """A 1 GiB log searched in a subprocess: peak RSS grows by a few MiB over an 8 MiB
+    warm-up search, with plain text and with a regular expression."""
+    big, small = tmp_path / "big.log", tmp_path / "small.log"
+    _write_log(big, 1024)
+    _write_log(small, 8)
+    for pattern, is_regex in (("needle", "0"), (r"need\w+ is", "1")):
+        res = subprocess.run(
+            [sys.executable, "-c", _RSS_CHILD, str(big), pattern, is_regex, str(small)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
+        out = json.loads(res.stdout)
+        assert [h["text"] for h in out["hits"]] == ["[2026-01-01 00:00:01.000] the NEEDLE is here"]
+        assert len(out["hits"][0]["context_before"]) == 3
+        assert out["growth_kib"] < 24 * 1024, out["growth_kib"]

@@ -1,0 +1,49 @@
+"""Pin and unpin a run from its page: the note says who, when and why."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.conftest import MakePipeline, run_cli
+from tests.harness.serve import fastflow_serve
+from tests.web.test_ui import PASSWORD, Server
+from tests.web.test_ui_run_chart import admin_token, api, browse
+
+
+@pytest.fixture
+def server(ff_env: dict[str, str], make_pipeline: MakePipeline) -> Iterator[Server]:
+    make_pipeline("audited", "print('numbers for the auditor')\n")
+    env = {**os.environ, **ff_env}
+    res = run_cli("user", "create", "admin", "--role", "admin", env=env, input=PASSWORD + "\n")
+    assert res.returncode == 0, res.stderr
+    env["UI_TEST_TOKEN"] = admin_token(env)
+    with fastflow_serve(env) as url:
+        yield Server(url, env)
+
+
+def test_pin_and_unpin_from_the_run_page(server: Server) -> None:
+    res = run_cli("run", "audited", env=server.env)
+    run_id = res.stdout.strip().splitlines()[-1]
+
+    def body(page: Any, server: Server) -> None:
+        page.goto(f"{server.url}/runs/{run_id}")
+        expect(page.locator("#pin-note")).to_have_count(0)
+        page.click("#pin-run")  # no reason yet: refused in the page
+        expect(page.locator("#pin-result")).to_contain_text("Say why")
+        page.fill("#pin-reason-input", "audit 2026-Q4")
+        page.click("#pin-run")
+        note = page.locator("#pin-note")
+        expect(note).to_contain_text("audit 2026-Q4")
+        expect(note).to_contain_text("Pinned by admin")
+        page.click("#unpin-run")
+        expect(page.locator("#pin-reason-input")).to_be_visible()
+        expect(page.locator("#pin-note")).to_have_count(0)
+
+    browse(server, body)
+    run = api(server, "GET", f"/api/runs/{run_id}").json()
+    assert run["pinned_at"] is None and run["pin_reason"] is None
