@@ -229,14 +229,14 @@ def _plant(k: int) -> dict[int, str]:
     return {7: "PLANTE D decoy", 8: "plant ed decoy"}
 
 
-def build_corpus(ctx: Context) -> Corpus:
+def build_corpus(ctx: Context, per_pipeline: int = RUNS_PER_PIPELINE, kept: int = KEPT) -> Corpus:
     ids: dict[str, list[uuid.UUID]] = {}
     planted: list[tuple[Any, str, uuid.UUID, int, str]] = []
     for p, (pipeline, codec) in enumerate((("alpha", "none"), ("beta", "zstd"))):
         ids[pipeline] = []
-        for i in range(RUNS_PER_PIPELINE):
-            k = p * RUNS_PER_PIPELINE + i
-            started = NOW - timedelta(hours=2 * (RUNS_PER_PIPELINE - i) + p)
+        for i in range(per_pipeline):
+            k = p * per_pipeline + i
+            started = NOW - timedelta(hours=2 * (per_pipeline - i) + p)
             plant = _plant(k)
             run = seed_run(ctx, pipeline, started, log=_log(f"run{k}", lines=60, plant=plant))
             ids[pipeline].append(run.id)
@@ -245,9 +245,9 @@ def build_corpus(ctx: Context) -> Corpus:
                     full = f"[2026-01-01 00:00:{line % 60:02d}.{line:03d}] {text}"
                     planted.append((started, pipeline, run.id, line, full))
         summary = run_pass(
-            tune(ctx, log_retention_runs=KEPT, s3_compression=codec), "test", now=NOW
+            tune(ctx, log_retention_runs=kept, s3_compression=codec), "test", now=NOW
         )
-        assert summary.archived_runs == RUNS_PER_PIPELINE - KEPT
+        assert summary.archived_runs == per_pipeline - kept
     planted.sort(key=lambda p: (-p[0].timestamp(), str(p[2]), p[3]))
     expected = [
         {
@@ -295,3 +295,17 @@ def test_search_across_200_runs_finds_the_planted_matches_and_nothing_else(
     assert first == corpus.expected[:7]
     res = api.client.get("/api/search", params={"q": "x", "status": "nope"}, headers=api.headers)
     assert res.status_code == 422 and "not a run status" in res.json()["detail"]
+
+
+@pytest.mark.slow
+def test_search_across_2000_runs_1500_archived_finds_exactly_the_planted_matches(
+    s3_app: Context, s3: S3Env
+) -> None:
+    """The issue's scale: 2,000 runs, 1,500 of them archived (half plain, half zstd)."""
+    corpus = build_corpus(s3_app, per_pipeline=1000, kept=250)
+    archived = [e for e in ledger(corpus.ctx).values() if e.local_deleted_at is not None]
+    assert len(archived) == 1500
+    api = _api(corpus.ctx)
+    hits = api.ndjson("/api/search", q="planted", limit="5000")
+    assert hits == corpus.expected
+    assert len(hits) == 2000 // 9 + 1 + 2000 // 27 + 1
