@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from fastflow.archive import compression, ledger
-from fastflow.archive import s3 as archive
 from fastflow.context import Context
 from fastflow.db.models import ArchivedRun, PipelineRun
 from fastflow.errors import ArchiveNotConfigured, LogNotAvailable, RunNotFound
@@ -139,6 +138,8 @@ def _from_archive(
     key = getattr(entry, f"{kind}_key")
     assert key is not None
     location = f"s3://{entry.bucket}/{key}"
+    from fastflow.archive import s3 as archive  # boto3: only when an archive is read
+
     try:
         store = archive.open_store(ctx.settings)
     except ArchiveNotConfigured as e:
