@@ -292,6 +292,7 @@ def _cli_rows(r: dict[str, Any]) -> list[Row]:
             f"({med(r['help_ms']):.0f} ms vs {med(r['click_ms']):.0f} ms)",
         ),
         ("", "`fastflow runs --json` (opens the database)", f"{med(r['runs_ms']):.0f} ms"),
+        ("", "`fastflow run` of a one-line pipeline", f"{med(r['run_ms']):.0f} ms"),
     ]
 
 

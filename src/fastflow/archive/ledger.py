@@ -134,18 +134,12 @@ def pending_ids() -> Select[Any]:
     return select(ArchivedRun.run_id).where(ArchivedRun.local_deleted_at.is_(None))
 
 
-def entries(
-    db: Database, pipeline: str | None = None, since: datetime | None = None, batch: int = 500
-) -> Iterator[list[ArchivedRun]]:
-    """Every entry (optionally of one pipeline, archived since a time), in batches by
-    run id (keyset pages: bounded memory for any ledger size)."""
+def _pages(db: Database, *where: Any, batch: int) -> Iterator[list[ArchivedRun]]:
+    """Entries matching ``where``, in batches by run id (keyset pages: bounded memory for
+    any ledger size; each page in its own short session)."""
     cursor = None
     while True:
-        q = select(ArchivedRun).order_by(ArchivedRun.run_id).limit(batch)
-        if pipeline:
-            q = q.where(ArchivedRun.pipeline_name == pipeline)
-        if since:
-            q = q.where(ArchivedRun.archived_at >= since)
+        q = select(ArchivedRun).where(*where).order_by(ArchivedRun.run_id).limit(batch)
         if cursor is not None:
             q = q.where(ArchivedRun.run_id > cursor)
         with db.session() as s:
@@ -154,6 +148,19 @@ def entries(
             return
         yield rows
         cursor = rows[-1].run_id
+
+
+def entries(
+    db: Database, pipeline: str | None = None, since: datetime | None = None, batch: int = 500
+) -> Iterator[list[ArchivedRun]]:
+    """Every entry (optionally of one pipeline, archived since a time), in batches by
+    run id (keyset pages: bounded memory for any ledger size)."""
+    where = []
+    if pipeline:
+        where.append(ArchivedRun.pipeline_name == pipeline)
+    if since:
+        where.append(ArchivedRun.archived_at >= since)
+    return _pages(db, *where, batch=batch)
 
 
 def get_many(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, ArchivedRun]:
@@ -247,22 +254,7 @@ _HAS_OBJECT = ArchivedRun.log_key.is_not(None) | ArchivedRun.metrics_key.is_not(
 
 def unlisted(db: Database, batch: int = 1000) -> Iterator[list[ArchivedRun]]:
     """Entries with objects that no manifest lists yet, in batches by run id (keyset)."""
-    cursor = None
-    while True:
-        q = (
-            select(ArchivedRun)
-            .where(ArchivedRun.manifest_key.is_(None), _HAS_OBJECT)
-            .order_by(ArchivedRun.run_id)
-            .limit(batch)
-        )
-        if cursor is not None:
-            q = q.where(ArchivedRun.run_id > cursor)
-        with db.session() as s:
-            rows = list(s.scalars(q))
-        if not rows:
-            return
-        yield rows
-        cursor = rows[-1].run_id
+    return _pages(db, ArchivedRun.manifest_key.is_(None), _HAS_OBJECT, batch=batch)
 
 
 def mark_listed_stmt(manifest_key: str, run_ids: list[uuid.UUID]) -> Update:
@@ -291,22 +283,7 @@ def entries_of_manifest(
     db: Database, manifest_key: str, batch: int = 1000
 ) -> Iterator[list[ArchivedRun]]:
     """The entries naming ``manifest_key``, in batches by run id (keyset)."""
-    cursor = None
-    while True:
-        q = (
-            select(ArchivedRun)
-            .where(ArchivedRun.manifest_key == manifest_key)
-            .order_by(ArchivedRun.run_id)
-            .limit(batch)
-        )
-        if cursor is not None:
-            q = q.where(ArchivedRun.run_id > cursor)
-        with db.session() as s:
-            rows = list(s.scalars(q))
-        if not rows:
-            return
-        yield rows
-        cursor = rows[-1].run_id
+    return _pages(db, ArchivedRun.manifest_key == manifest_key, batch=batch)
 
 
 def listing_facts(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:

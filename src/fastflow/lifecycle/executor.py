@@ -32,8 +32,7 @@ from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
 from fastflow.archive import ledger
-from fastflow.archive import s3 as archive
-from fastflow.archive.store import ArchiveStore
+from fastflow.archive.store import HASH_CHUNK, ArchiveStore, sha256_of
 from fastflow.config import Settings
 from fastflow.context import Context
 from fastflow.db import cache as readcache
@@ -58,7 +57,7 @@ def identify(path: Path) -> tuple[FileIdentity, int, str]:
     """Identity, size and SHA-256 of a file that is not being written; ``FileChanged``
     when it changes while it is read."""
     before = FileIdentity.of(path)
-    size, digest = archive.sha256_of(path)
+    size, digest = sha256_of(path)
     if FileIdentity.of(path) != before or size != before.size:
         raise FileChanged(f"{path.name} is being written to; kept for the next pass")
     return before, size, digest
@@ -74,7 +73,7 @@ def grew_from(path: Path, size: int | None, sha: str | None) -> bool:
     h = hashlib.sha256()
     left = size
     with path.open("rb") as f:
-        while left and (chunk := f.read(min(archive.HASH_CHUNK, left))):
+        while left and (chunk := f.read(min(HASH_CHUNK, left))):
             h.update(chunk)
             left -= len(chunk)
     return left == 0 and h.hexdigest() == sha

@@ -24,7 +24,6 @@ from typing import Any
 from sqlalchemy import CursorResult, select, update
 
 from fastflow.archive import ledger
-from fastflow.archive import s3 as archive
 from fastflow.config import Settings
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database
@@ -142,6 +141,8 @@ def set_holds(db: Database, settings: Settings, run_id: uuid.UUID, *, on: bool) 
     if entry is None:
         return result  # nothing archived yet: the executor holds objects archived later
     try:
+        from fastflow.archive import s3 as archive  # boto3: only when holds are set
+
         store = archive.open_store(settings)
         keys = [k for k in (entry.log_key, entry.metrics_key) if k]
         payload = store.key_for(entry.pipeline_name, str(run_id), PAYLOAD)
