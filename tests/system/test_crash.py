@@ -123,3 +123,12 @@ def test_sigkill_at_random_instants_never_loses_a_log(
         assert _object_sha(client, s3.bucket, key) == run.sha
     # nothing archived twice: exactly one log and one metrics object per archived run
     assert len(keys(client, s3.bucket)) == 2 * (RUNS - 2)
+    # however the passes were killed, the manifests list every entry, chained intact
+    checked = subprocess.run(
+        [sys.executable, "-m", "fastflow", "archive", "verify", "--manifests"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
