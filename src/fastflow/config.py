@@ -226,6 +226,15 @@ class Settings(BaseSettings):
     run_as_user: str | None = None
     pass_env: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # executors (issue 15): where runs execute; ``docker`` runs each in a container of
+    # DOCKER_DEFAULT_IMAGE (a pipeline's "image" wins) on DOCKER_NETWORK; the Docker
+    # daemon is found as Docker itself finds it (DOCKER_HOST, DOCKER_TLS_VERIFY,
+    # DOCKER_CERT_PATH)
+    executor: Literal["local", "docker"] = "local"
+    docker_default_image: str = "python:3.11-slim"
+    docker_network: str = "bridge"
+    docker_keep_containers: bool = False
+
     fastflow_base_url: str = DEFAULT_BASE_URL
     # the umask of fastflow's own files (logs, metrics, database, key): 077 = private
     fastflow_umask: int = Field(default=0o077, ge=0, le=0o777)

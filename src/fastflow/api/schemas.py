@@ -53,6 +53,8 @@ class RunRowOut(BaseModel):
     log_file: str | None
     metrics_file: str | None
     log_size: int | None
+    executor: str | None = None  # "local" or "docker"; None: known from the ledger only
+    image: str | None = None  # the container image of a docker run
     attempt: int = 1
     retry_of: str | None = None
     upstream_run_id: str | None = None

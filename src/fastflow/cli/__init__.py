@@ -65,11 +65,22 @@ def main(argv: list[str] | None = None) -> Any:
 from fastflow.cli.admin import COMMANDS as _ADMIN  # noqa: E402
 from fastflow.cli.archive import COMMANDS as _ARCHIVE  # noqa: E402
 from fastflow.cli.cleanup import COMMANDS as _CLEANUP  # noqa: E402
+from fastflow.cli.doctor import COMMANDS as _DOCTOR  # noqa: E402
 from fastflow.cli.envs import COMMANDS as _ENVS  # noqa: E402
 from fastflow.cli.runs import COMMANDS as _RUNS  # noqa: E402
 from fastflow.cli.search import COMMANDS as _SEARCH  # noqa: E402
 from fastflow.cli.secrets import COMMANDS as _SECRETS  # noqa: E402
 from fastflow.cli.webhooks import COMMANDS as _WEBHOOKS  # noqa: E402
 
-for _command in (*_RUNS, *_CLEANUP, *_ADMIN, *_ARCHIVE, *_WEBHOOKS, *_SECRETS, *_ENVS, *_SEARCH):
+for _command in (
+    *_RUNS,
+    *_CLEANUP,
+    *_ADMIN,
+    *_ARCHIVE,
+    *_WEBHOOKS,
+    *_SECRETS,
+    *_ENVS,
+    *_SEARCH,
+    *_DOCTOR,
+):
     cli.add_command(_command)

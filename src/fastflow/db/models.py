@@ -156,6 +156,11 @@ class PipelineRun(Base):
     pinned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     pinned_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
     pin_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # where it ran (issue 15): "local" or "docker"; a container's image and id (so that a
+    # restarted server re-attaches to the container of a RUNNING run)
+    executor: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    image: Mapped[str | None] = mapped_column(Text, nullable=True)
+    container_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -169,6 +174,8 @@ class PipelineRun(Base):
             "log_file": self.log_file,
             "metrics_file": self.metrics_file,
             "log_size": self.log_size,
+            "executor": self.executor or "local",
+            "image": self.image,
             "attempt": self.attempt or 1,
             "retry_of": str(self.retry_of) if self.retry_of else None,
             "upstream_run_id": str(self.upstream_run_id) if self.upstream_run_id else None,

@@ -10,10 +10,11 @@ native counterparts mean (docs/migrating-from-fast-flow.md maps every key).
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastflow.errors import InvalidPipelineConfig
@@ -44,6 +45,10 @@ NATIVE_KEYS = frozenset(
         "python",
         "secrets",
         "limits",
+        "executor",
+        "image",
+        "network",
+        "command",
     }
 )
 FASTFLOW_KEYS = frozenset(
@@ -106,6 +111,8 @@ MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
 MAX_CPUS = 1024
 SECRET_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}(\.\d{1,2})?$")
+_NAME_RE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,255}$")
+Executor = Literal["local", "docker"]
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
@@ -134,6 +141,13 @@ class PipelineConfig:
     python: str | None = None
     secrets: tuple[str, ...] = ()
     limits: LimitsSpec = field(default_factory=LimitsSpec)
+    # where it runs (issue 15): None = EXECUTOR; a container's image (None =
+    # DOCKER_DEFAULT_IMAGE), network (None = DOCKER_NETWORK) and command (None =
+    # ``python main.py``)
+    executor: Executor | None = None
+    image: str | None = None
+    network: str | None = None
+    command: tuple[str, ...] | None = None
 
 
 class _Reader:
@@ -535,4 +549,46 @@ def parse(data: dict[str, Any], where: Path) -> PipelineConfig:
         python=_python(r),
         secrets=_secrets(r),
         limits=_limits(r),
+        executor=_executor(r),
+        image=_plain_text(r, "image"),
+        network=_plain_text(r, "network"),
+        command=_command(r),
     )
+
+
+def _executor(r: _Reader) -> Executor | None:
+    raw = r.data.get("executor")
+    if raw is None:
+        return None
+    if raw not in ("local", "docker"):
+        raise r.fail("executor", f"must be 'local' or 'docker' (got {raw!r})")
+    return cast(Executor, raw)
+
+
+def _plain_text(r: _Reader, key: str) -> str | None:
+    """A short name (image, network): no spaces or control characters."""
+    raw = r.data.get(key)
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not _NAME_RE.fullmatch(raw):
+        raise r.fail(key, f"must be a name without spaces, at most 255 characters (got {raw!r})")
+    return raw
+
+
+def _command(r: _Reader) -> tuple[str, ...] | None:
+    """The container's command: a list of strings, or one string split like a shell."""
+    raw = r.data.get("command")
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        try:
+            parts = shlex.split(raw)
+        except ValueError as e:
+            raise r.fail("command", f"cannot be split into words: {e}") from None
+    elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        parts = list(raw)
+    else:
+        raise r.fail("command", "must be a string or a list of strings")
+    if not parts or any("\x00" in p for p in parts):
+        raise r.fail("command", "must name a program (got an empty command)")
+    return tuple(parts)

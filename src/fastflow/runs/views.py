@@ -73,6 +73,8 @@ def view_from_ledger(entry: ArchivedRun) -> dict[str, Any]:
         "log_file": None,
         "metrics_file": None,
         "log_size": entry.log_size,
+        "executor": None,  # not recorded in the archive ledger
+        "image": None,
         "attempt": 1,
         "retry_of": None,
         "upstream_run_id": None,
