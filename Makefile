@@ -65,7 +65,11 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+# wrk (Debian) loads the API (a Python load generator saturates first); s3rver, the second
+# S3 server, is installed from npm by the benchmark itself on first use.
 bench: install
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python bench/run_all.py
 
 ## Refresh the screenshots in docs/img from the browser tests.

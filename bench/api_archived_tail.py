@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "bench"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import boto3  # noqa: E402
 import httpx  # noqa: E402
 from botocore.config import Config  # noqa: E402
+from goals import goal, ratios  # noqa: E402
 from tests.harness.s3server import MotoS3Server  # noqa: E402
 from tests.harness.serve import fastflow_serve  # noqa: E402
 
@@ -197,6 +199,15 @@ def main() -> dict[str, Any]:
         "errors": sum(r[2] for r in rounds["api"]) + sum(r[2] for r in rounds["base"]),
         "load_before": load_before,
         "load_after": os.getloadavg(),
+        "goals": [
+            goal(
+                f"archived log tail via the API, {CLIENTS} clients: req/s vs shared-client "
+                "ranged GET",
+                ratios(api_rps, base_rps),
+                ">=",
+                GOAL,
+            )
+        ],
     }
     print(
         f"archived tail via API, {CLIENTS} clients, {REPEAT} x {SECONDS:g} s A/B: "

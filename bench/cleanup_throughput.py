@@ -15,13 +15,17 @@ deleted) and archives them three ways, on the same real S3 server (moto, a subpr
 Rounds are interleaved A/B/C with rotating order, ``BENCH_REPEAT`` (3) times; runs/s and
 client CPU per run are reported as median [min-max] with the load average, and the ratio
 fastflow / the better baseline (goal >= 1.0) and fastflow's CPU per run / the sequential
-loop's (goal <= 1.5).
+loop's (goal <= 1.5). Everything is measured on two S3 servers (``BENCH_S3_SERVERS``,
+default ``moto,s3rver``; s3rver is installed from npm on first use) and for two sizes:
+``BENCH_RUNS`` small runs and ``BENCH_LARGE_RUNS`` (21; 5 quick) runs with logs of
+``BENCH_LARGE_MB`` (50; 10 quick) MB, where the baselines go by ``upload_file``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,13 +35,16 @@ from base64 import b64encode
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "bench"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
+from goals import goal  # noqa: E402
 from sqlalchemy import func, insert, select  # noqa: E402
+from tests.harness.s3rver import S3rverServer  # noqa: E402
 from tests.harness.s3server import MotoS3Server  # noqa: E402
 
 from fastflow.archive.s3 import make_client  # noqa: E402
@@ -55,6 +62,16 @@ PIPELINES = ("ingest-orders", "nightly-report", "sync-crm")
 FASTFLOW_BUCKET = "bench-fastflow"
 NAIVE_BUCKET = "bench-naive"
 LOG_LINE_COUNT = 200  # ~20 KB per run.log
+LARGE_RUNS = int(os.environ.get("BENCH_LARGE_RUNS", "5" if QUICK else "21"))  # 20 due
+LARGE_MB = int(os.environ.get("BENCH_LARGE_MB", "10" if QUICK else "50"))
+LARGE_THRESHOLD = 8 << 20  # boto3's multipart threshold: bigger files go by upload_file
+
+
+class Server(Protocol):
+    url: str
+    access_key: str
+    secret_key: str
+    region: str
 
 
 def _log_text(pipeline: str, run_id: str, start: datetime) -> str:
@@ -77,8 +94,11 @@ def _metrics_text(start: datetime) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _make_runs(logs_root: Path, n: int, now: datetime) -> list[dict[str, Any]]:
-    """Write the files of ``n`` finished runs; return their ``pipeline_runs`` rows."""
+def _make_runs(
+    logs_root: Path, n: int, now: datetime, size: int | None = None
+) -> list[dict[str, Any]]:
+    """Write the files of ``n`` finished runs (logs of ~20 KB, or of ``size`` bytes);
+    return their ``pipeline_runs`` rows."""
     rows: list[dict[str, Any]] = []
     base = now - timedelta(days=2)
     for i in range(n):
@@ -90,6 +110,8 @@ def _make_runs(logs_root: Path, n: int, now: datetime) -> list[dict[str, Any]]:
         folder = logs_root / pipeline / run_id
         folder.mkdir(parents=True)
         log_bytes = _log_text(pipeline, run_id, started).encode()
+        if size is not None:  # distinct content per run: no server can deduplicate it
+            log_bytes = (log_bytes * (size // len(log_bytes) + 1))[:size]
         (logs_root / log_rel).write_bytes(log_bytes)
         (logs_root / metrics_rel).write_text(_metrics_text(started))
         failed = i % 17 == 3
@@ -113,7 +135,7 @@ def _make_runs(logs_root: Path, n: int, now: datetime) -> list[dict[str, Any]]:
     return rows
 
 
-def _settings(root: Path, server: MotoS3Server) -> Settings:
+def _settings(root: Path, server: Server) -> Settings:
     return load_settings(
         _env_file=None,
         database_url=f"sqlite:///{root / 'ff.db'}",
@@ -123,6 +145,7 @@ def _settings(root: Path, server: MotoS3Server) -> Settings:
         log_retention_runs=1,
         log_retention_days=None,
         log_max_size_mb=None,
+        log_retention_keep_last_success=False,
         s3_backup_enabled=True,
         s3_endpoint_url=server.url,
         s3_bucket=FASTFLOW_BUCKET,
@@ -135,27 +158,39 @@ def _settings(root: Path, server: MotoS3Server) -> Settings:
 
 def _baseline_one(client: Any, bucket: str, key: str, path: Path) -> None:
     """What a careful hand-written uploader does per file: read, hash, put with the hash,
-    HEAD and compare, delete."""
-    data = path.read_bytes()
-    digest = hashlib.sha256(data)
-    client.put_object(
-        Bucket=bucket,
-        Key=key,
-        Body=data,
-        ChecksumAlgorithm="SHA256",
-        ChecksumSHA256=b64encode(digest.digest()).decode(),
-        Metadata={"sha256": digest.hexdigest()},
-    )
+    HEAD and compare, delete. Files past 8 MiB go by ``upload_file`` (multipart, hashed
+    once while read beforehand)."""
+    if path.stat().st_size > LARGE_THRESHOLD:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        size = path.stat().st_size
+        client.upload_file(
+            str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": digest.hexdigest()}}
+        )
+    else:
+        data = path.read_bytes()
+        size = len(data)
+        digest = hashlib.sha256(data)
+        client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=b64encode(digest.digest()).decode(),
+            Metadata={"sha256": digest.hexdigest()},
+        )
     head = client.head_object(Bucket=bucket, Key=key)
-    if head["ContentLength"] != len(data) or head["Metadata"].get("sha256") != digest.hexdigest():
+    if head["ContentLength"] != size or head["Metadata"].get("sha256") != digest.hexdigest():
         raise RuntimeError(f"verification failed for {key}")
     path.unlink()
 
 
-def _baseline(client: Any, root: Path, rows: list[dict[str, Any]], threads: int) -> None:
+def _baseline(client: Any, root: Path, rows: list[dict[str, Any]], threads: int, tag: str) -> None:
     keep = {r["pipeline_name"]: r for r in rows}  # the newest run of each pipeline stays
     todo = [
-        (root / rel, f"{threads}/{rel}")
+        (root / rel, f"{tag}/{rel}")
         for row in rows
         if keep[row["pipeline_name"]] is not row
         for rel in (row["log_file"], row["metrics_file"])
@@ -172,88 +207,162 @@ def _stats(xs: list[float], fmt: str = ",.1f") -> str:
     return f"{statistics.median(xs):{fmt}} [{min(xs):{fmt}}-{max(xs):{fmt}}]"
 
 
-def main() -> dict[str, Any]:
-    now = datetime.now(UTC)
-    load_before = os.getloadavg()
-    expected = RUNS - len(PIPELINES)
+def _empty(client: Any, bucket: str) -> None:
+    """Delete every object (keeps moto's memory and s3rver's disk flat across rounds)."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    for page in pages:
+        objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        for obj in objs:
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+
+
+def _fastflow(
+    settings: Settings, rows: list[dict[str, Any]], rnd: int
+) -> tuple[float, float, bool]:
+    settings = settings.model_copy(update={"s3_prefix": f"r{rnd}"})
+    for pipe in PIPELINES:
+        (settings.pipelines_dir / pipe).mkdir(parents=True, exist_ok=True)
+        (settings.pipelines_dir / pipe / "main.py").write_text("print('hi')\n")
+    ctx = bootstrap(settings)
+    with ctx.db.engine.begin() as conn:
+        conn.execute(insert(PipelineRun), rows)
+    expected = len(rows) - len(PIPELINES)
+    t0, c0 = time.perf_counter(), time.process_time()
+    summary = run_pass(ctx, "bench")
+    wall, used = time.perf_counter() - t0, time.process_time() - c0
+    with ctx.db.session() as s:
+        left = s.scalar(select(func.count()).select_from(PipelineRun)) or 0
+        ledger = s.scalar(
+            select(func.count())
+            .select_from(ArchivedRun)
+            .where(ArchivedRun.local_deleted_at.is_not(None))
+        )
+    ctx.db.dispose()
+    ok = (
+        summary.archived_runs == expected
+        and summary.deleted_runs == expected
+        and summary.backup_failures == 0
+        and left == len(PIPELINES)
+        and ledger == expected
+    )
+    return wall, used, ok
+
+
+def _measure(server: Server, top: Path, runs: int, log_bytes: int | None) -> dict[str, Any]:
+    """``REPEAT`` interleaved rounds of fastflow, sequential and pool on ``server``."""
+    expected = runs - len(PIPELINES)
     rates: dict[str, list[float]] = {"fastflow": [], "sequential": [], "pool": []}
     cpu: dict[str, list[float]] = {"fastflow": [], "sequential": [], "pool": []}
     counts_ok = True
-    with tempfile.TemporaryDirectory(prefix="ff-bench-cleanup-") as tmp, MotoS3Server() as server:
-        top = Path(tmp)
-        client = None
-        for rnd in range(REPEAT):
-            order = ["fastflow", "sequential", "pool"]
-            order = order[rnd % 3 :] + order[: rnd % 3]
-            for name in order:
-                root = top / f"{rnd}-{name}"
-                settings = _settings(root, server)
-                if client is None:
-                    client = make_client(settings)
-                    for bucket in (FASTFLOW_BUCKET, NAIVE_BUCKET):
-                        client.create_bucket(Bucket=bucket)
-                rows = _make_runs(settings.logs_root, RUNS, now)
-                if name == "fastflow":
-                    settings = settings.model_copy(update={"s3_prefix": f"r{rnd}"})
-                    for pipe in PIPELINES:
-                        (settings.pipelines_dir / pipe).mkdir(parents=True, exist_ok=True)
-                        (settings.pipelines_dir / pipe / "main.py").write_text("print('hi')\n")
-                    ctx = bootstrap(settings)
-                    with ctx.db.engine.begin() as conn:
-                        conn.execute(insert(PipelineRun), rows)
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    summary = run_pass(ctx, "bench")
-                    wall, used = time.perf_counter() - t0, time.process_time() - c0
-                    with ctx.db.session() as s:
-                        left = s.scalar(select(func.count()).select_from(PipelineRun)) or 0
-                        ledger = s.scalar(
-                            select(func.count())
-                            .select_from(ArchivedRun)
-                            .where(ArchivedRun.local_deleted_at.is_not(None))
-                        )
-                    ctx.db.dispose()
-                    counts_ok &= (
-                        summary.archived_runs == expected
-                        and summary.deleted_runs == expected
-                        and summary.backup_failures == 0
-                        and left == len(PIPELINES)
-                        and ledger == expected
-                    )
-                else:
-                    threads = 1 if name == "sequential" else POOL_THREADS
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    _baseline(client, settings.logs_root, rows, threads)
-                    wall, used = time.perf_counter() - t0, time.process_time() - c0
-                rates[name].append(expected / wall)
-                cpu[name].append(used / expected * 1000)
-    best = max(statistics.median(rates["sequential"]), statistics.median(rates["pool"]))
-    ratio = statistics.median(rates["fastflow"]) / best
-    cpu_ratio = statistics.median(cpu["fastflow"]) / statistics.median(cpu["sequential"])
-    print(
-        f"cleanup, {RUNS:,} runs x 2 files (~20 KB log), {REPEAT} interleaved rounds: "
-        f"fastflow {_stats(rates['fastflow'])} runs/s, sequential {_stats(rates['sequential'])}"
-        f", pool({POOL_THREADS}) {_stats(rates['pool'])}; ratio vs the better baseline "
-        f"{ratio:.2f} (goal >= 1.0: {'PASS' if ratio >= 1.0 else 'FAIL'}); client CPU per run "
-        f"fastflow {_stats(cpu['fastflow'], '.2f')} ms vs sequential "
-        f"{_stats(cpu['sequential'], '.2f')} ms: {cpu_ratio:.2f} (goal <= 1.5: "
-        f"{'PASS' if cpu_ratio <= 1.5 else 'FAIL'}); counts {'OK' if counts_ok else 'MISMATCH'}"
-        f"; load {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}",
-        flush=True,
-    )
+    now = datetime.now(UTC)
+    client = None
+    for rnd in range(REPEAT):
+        order = ["fastflow", "sequential", "pool"]
+        order = order[rnd % 3 :] + order[: rnd % 3]
+        for name in order:
+            root = top / f"{rnd}-{name}"
+            settings = _settings(root, server)
+            if client is None:
+                client = make_client(settings)
+                existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+                for bucket in {FASTFLOW_BUCKET, NAIVE_BUCKET} - existing:
+                    client.create_bucket(Bucket=bucket)
+            rows = _make_runs(settings.logs_root, runs, now, log_bytes)
+            if name == "fastflow":
+                wall, used, ok = _fastflow(settings, rows, rnd)
+                counts_ok &= ok
+            else:
+                threads = 1 if name == "sequential" else POOL_THREADS
+                t0, c0 = time.perf_counter(), time.process_time()
+                _baseline(client, settings.logs_root, rows, threads, f"{rnd}-{name}")
+                wall, used = time.perf_counter() - t0, time.process_time() - c0
+            rates[name].append(expected / wall)
+            cpu[name].append(used / expected * 1000)
+            shutil.rmtree(root, ignore_errors=True)
+            if log_bytes is not None:  # large objects: free the server's memory/disk
+                for bucket in (FASTFLOW_BUCKET, NAIVE_BUCKET):
+                    _empty(client, bucket)
+    ratios = {
+        base: [f / b for f, b in zip(rates["fastflow"], rates[base], strict=True)]
+        for base in ("sequential", "pool")
+    }
+    best = max(("sequential", "pool"), key=lambda b: statistics.median(rates[b]))
     return {
-        "runs": RUNS,
-        "repeat": REPEAT,
-        "concurrency": DEFAULT_S3_MAX_CONCURRENCY,
+        "runs": runs,
+        "log_bytes": log_bytes,
         "rates": rates,
         "cpu_ms_per_run": cpu,
-        "ratio": ratio,
-        "cpu_ratio": cpu_ratio,
-        "pass": ratio >= 1.0,
-        "cpu_pass": cpu_ratio <= 1.5,
+        "best_baseline": best,
+        "ratio_vs_best": ratios[best],
+        "ratio_vs_sequential": ratios["sequential"],
+        "ratio_vs_pool": ratios["pool"],
+        "cpu_ratio": [f / b for f, b in zip(cpu["fastflow"], cpu["sequential"], strict=True)],
         "counts_ok": counts_ok,
-        "load_before": load_before,
-        "load_after": os.getloadavg(),
     }
+
+
+def _servers() -> list[tuple[str, Any]]:
+    names = [n.strip() for n in os.environ.get("BENCH_S3_SERVERS", "moto,s3rver").split(",")]
+    return [(n, {"moto": MotoS3Server, "s3rver": S3rverServer}[n]) for n in names if n]
+
+
+def main() -> dict[str, Any]:
+    load_before = os.getloadavg()
+    out: dict[str, Any] = {"repeat": REPEAT, "concurrency": DEFAULT_S3_MAX_CONCURRENCY}
+    for name, factory in _servers():
+        try:
+            server_cm = factory()
+        except Exception as e:  # s3rver needs npm: say so instead of failing every row
+            out[name] = {"skipped": f"{name} did not start: {e}"}
+            continue
+        with tempfile.TemporaryDirectory(prefix="ff-bench-cleanup-") as tmp, server_cm as server:
+            small = _measure(server, Path(tmp) / "small", RUNS, None)
+            large = _measure(server, Path(tmp) / "large", LARGE_RUNS, LARGE_MB << 20)
+        out[name] = {"small": small, "large": large}
+        for r in (small, large):
+            size = "~20 KB" if r["log_bytes"] is None else f"{LARGE_MB} MB"
+            print(
+                f"cleanup on {name}, {r['runs']:,} runs x ({size} log + metrics), {REPEAT} "
+                f"interleaved rounds: fastflow {_stats(r['rates']['fastflow'])} runs/s, "
+                f"sequential {_stats(r['rates']['sequential'])}, pool({POOL_THREADS}) "
+                f"{_stats(r['rates']['pool'])}; ratio vs {r['best_baseline']} "
+                f"{_stats(r['ratio_vs_best'], '.2f')}; CPU/run fastflow "
+                f"{_stats(r['cpu_ms_per_run']['fastflow'], '.2f')} ms vs sequential "
+                f"{_stats(r['cpu_ms_per_run']['sequential'], '.2f')} ms "
+                f"(ratio {_stats(r['cpu_ratio'], '.2f')}); counts "
+                f"{'OK' if r['counts_ok'] else 'MISMATCH'}",
+                flush=True,
+            )
+        out[name]["goals"] = [
+            goal(
+                f"cleanup {RUNS:,} x 20 KB on {name}: runs/s vs {small['best_baseline']}",
+                small["ratio_vs_best"],
+                ">=",
+                1.0,
+            ),
+            goal(
+                f"cleanup on {name}: client CPU per run vs sequential",
+                small["cpu_ratio"],
+                "<=",
+                1.5,
+            ),
+            goal(
+                f"cleanup {LARGE_RUNS - len(PIPELINES)} x {LARGE_MB} MB on {name}: vs sequential",
+                large["ratio_vs_sequential"],
+                ">=",
+                1.0,
+            ),
+            goal(
+                f"cleanup {LARGE_RUNS - len(PIPELINES)} x {LARGE_MB} MB on {name}: vs pool",
+                large["ratio_vs_pool"],
+                ">=",
+                1.0,
+            ),
+        ]
+    out["goals"] = [g for name, _ in _servers() for g in out.get(name, {}).get("goals", [])]
+    out["load_before"] = load_before
+    out["load_after"] = os.getloadavg()
+    return out
 
 
 if __name__ == "__main__":

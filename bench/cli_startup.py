@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from goals import goal, ratios
+
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 STARTS = int(os.environ.get("BENCH_STARTS", "10"))
 GOAL = 3.0
@@ -78,6 +80,14 @@ def main() -> dict[str, Any]:
         "pass": ratio <= GOAL,
         "load_before": load_before,
         "load_after": os.getloadavg(),
+        "goals": [
+            goal(
+                "`fastflow --help` vs `python -c 'import click'`",
+                ratios(times["help"], times["click"]),
+                "<=",
+                GOAL,
+            )
+        ],
     }
     print(
         f"CLI start-up, {REPEAT} x {STARTS} starts A/B: fastflow --help {_stats(times['help'])}; "

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "bench"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import httpx  # noqa: E402
+from goals import goal  # noqa: E402
 from tests.harness.loadgen import LoadStats, hammer, seed_finished_runs  # noqa: E402
 from tests.harness.s3server import MotoS3Server  # noqa: E402
 from tests.harness.serve import fastflow_serve  # noqa: E402
@@ -127,6 +129,15 @@ def main() -> dict[str, Any]:
         "archived_loaded": loaded["summary"]["archived_runs"],
         "archived_quiet": quiet["summary"]["archived_runs"],
         "failures_loaded": loaded["summary"]["backup_failures"],
+        "goals": [
+            goal(
+                f"API p99 with {CLIENTS} pollers during a {RUNS:,}-run pass",
+                [stats.percentile(99) * 1000],
+                "<",
+                200,
+                "ms",
+            )
+        ],
     }
     print(
         f"API under load: {CLIENTS} clients polling every {INTERVAL:g} s for {SECONDS:g} s "

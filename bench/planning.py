@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,11 +34,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "bench"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from goals import goal  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-RUNS = int(os.environ.get("BENCH_PLAN_RUNS", "50000" if QUICK else "1000000"))
+RUNS = int(os.environ.get("BENCH_PLAN_RUNS", "50000" if QUICK else "200000"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+GOAL_RATIO = 2.0  # issue 14: at most twice the hand-written planner's time
+GOAL_RSS_MIB = 40
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/")
 PIPELINES = 20
 KEEP_RUNS = 1000
@@ -181,6 +188,120 @@ def _reset_peak() -> int:
     return _status_kib("VmRSS")
 
 
+_ACTIVE = "('PENDING', 'RUNNING', 'QUEUED')"
+
+
+def _digest(ids: Iterator[str]) -> int:
+    """An order-insensitive digest of run ids (hex), to compare two planners' output."""
+    return sum(int(i[:15], 16) for i in ids) % (1 << 64)
+
+
+class HandPlanner:
+    """What a careful developer writes without fastflow: the same rules (count boundary,
+    age cut-off, newest SUCCESS kept, no pinned or active run, oversized logs of kept runs
+    truncated) over the DB-API cursor, keyset pages of 1,000, plain tuples."""
+
+    def __init__(self, url: str) -> None:
+        self.sqlite = url.startswith("sqlite")
+        if self.sqlite:
+            import sqlite3
+
+            self.conn: Any = sqlite3.connect(url.removeprefix("sqlite:///"))
+        else:
+            import psycopg
+
+            self.conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+        self.ph = "?" if self.sqlite else "%s"
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _q(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        cur = self.conn.cursor()
+        cur.execute(sql.replace("?", self.ph), args)
+        rows: list[tuple[Any, ...]] = cur.fetchall()
+        cur.close()
+        return rows
+
+    def _pages(self, where: str, args: tuple[Any, ...]) -> Iterator[list[tuple[Any, ...]]]:
+        cursor: tuple[Any, Any] | None = None
+        while True:
+            extra, more = ("", ()) if cursor is None else (" AND (started_at, id) > (?, ?)", cursor)
+            rows = self._q(
+                "SELECT id, started_at, log_size FROM pipeline_runs WHERE "
+                f"{where}{extra} ORDER BY started_at, id LIMIT 1000",
+                args + more,
+            )
+            if not rows:
+                return
+            yield rows
+            cursor = (rows[-1][1], rows[-1][0])
+            if len(rows) < 1000:
+                return
+
+    def plan(self, now: datetime, keep: int, days: int, max_bytes: int) -> dict[str, Any]:
+        cutoff: Any = (now - timedelta(days=days)).replace(tzinfo=None)
+        if self.sqlite:
+            cutoff = cutoff.strftime("%Y-%m-%d %H:%M:%S.%f")
+        names = [r[0] for r in self._q("SELECT DISTINCT pipeline_name FROM pipeline_runs", ())]
+        deletions = truncations = 0
+        digest = 0
+        for name in names:
+            finished = f"pipeline_name = ? AND status NOT IN {_ACTIVE}"
+            b = self._q(
+                f"SELECT started_at, id FROM pipeline_runs WHERE {finished} "
+                "ORDER BY started_at DESC, id DESC LIMIT 1 OFFSET ?",
+                (name, keep - 1),
+            )
+            last = self._q(
+                "SELECT id FROM pipeline_runs WHERE pipeline_name = ? AND status = 'SUCCESS' "
+                "ORDER BY started_at DESC, id DESC LIMIT 1",
+                (name,),
+            )
+            last_id = last[0][0] if last else None
+            bound = b[0] if b else None
+            due = "started_at < ?" + (" OR (started_at, id) < (?, ?)" if bound else "")
+            due_args: tuple[Any, ...] = (cutoff, *bound) if bound else (cutoff,)
+            spare = " AND id <> ?" if last_id is not None else ""
+            spare_args: tuple[Any, ...] = (last_id,) if last_id is not None else ()
+            where = f"{finished} AND pinned_at IS NULL AND ({due}){spare}"
+            for rows in self._pages(where, (name, *due_args, *spare_args)):
+                deletions += len(rows)
+                digest += sum(int(str(r[0]).replace("-", "")[:15], 16) for r in rows)
+            kept = "started_at >= ?" + (" AND (started_at, id) >= (?, ?)" if bound else "")
+            oversized = (
+                f"{finished} AND pinned_at IS NULL AND log_file IS NOT NULL "
+                "AND (log_size > ? OR log_size IS NULL)"
+            )
+            for rows in self._pages(f"{oversized} AND {kept}", (name, max_bytes, *due_args)):
+                truncations += len(rows)
+                digest += sum(int(str(r[0]).replace("-", "")[:15], 16) for r in rows)
+            if last_id is not None:  # the newest SUCCESS, kept by the rule: still truncated
+                rows = self._q(
+                    f"SELECT id FROM pipeline_runs WHERE id = ? AND {oversized} AND ({due})",
+                    (last_id, name, max_bytes, *due_args),
+                )
+                truncations += len(rows)
+                digest += sum(int(str(r[0]).replace("-", "")[:15], 16) for r in rows)
+        return {"deletions": deletions, "truncations": truncations, "digest": digest % (1 << 64)}
+
+
+def _fastflow_plan(db: Any, settings: Any, policy: Any, now: datetime) -> dict[str, Any]:
+    from fastflow.lifecycle import selection
+    from fastflow.lifecycle.policy import ActionKind
+
+    deletions = truncations = 0
+    digest = 0
+    for name in selection.pipeline_names(db):
+        for batch in selection.deletion_candidates(db, name, policy, now):
+            deletions += sum(a.kind is ActionKind.ARCHIVE_AND_DELETE_RUN for a in batch)
+            digest += sum(int(a.run.id.hex[:15], 16) for a in batch)
+        for batch in selection.truncation_candidates(db, name, policy, now, settings.logs_root):
+            truncations += sum(a.kind is ActionKind.TRUNCATE_LOG for a in batch)
+            digest += sum(int(a.run.id.hex[:15], 16) for a in batch)
+    return {"deletions": deletions, "truncations": truncations, "digest": digest % (1 << 64)}
+
+
 def _child(url: str, root: str, now_iso: str) -> None:
     from sqlalchemy import text
 
@@ -188,40 +309,41 @@ def _child(url: str, root: str, now_iso: str) -> None:
     from fastflow.db.engine import Database
     from fastflow.lifecycle import selection
     from fastflow.lifecycle.cleanup import run_pass
-    from fastflow.lifecycle.policy import ActionKind, policy_for
+    from fastflow.lifecycle.policy import policy_for
 
     now = datetime.fromisoformat(now_iso)
     settings = _settings(url, Path(root))
     db = Database(settings)
     policy = policy_for(settings)
+    hand = HandPlanner(settings.database_url)
 
     with db.engine.connect() as conn:
-        conn.execute(text("SELECT count(*) FROM pipeline_runs")).scalar()  # warm up
-    count_times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        with db.engine.connect() as conn:
-            total = conn.execute(text("SELECT count(*) FROM pipeline_runs")).scalar_one()
-        count_times.append(time.perf_counter() - t0)
-
-    rss_before = _reset_peak()
-    counts = {kind.value: 0 for kind in ActionKind}
-    t0 = time.perf_counter()
-    names = selection.pipeline_names(db)
-    for name in names:
-        for batch in selection.deletion_candidates(db, name, policy, now):
-            for action in batch:
-                counts[action.kind.value] += 1
-        for batch in selection.truncation_candidates(db, name, policy, now, settings.logs_root):
-            for action in batch:
-                counts[action.kind.value] += 1
-    plan_s = time.perf_counter() - t0
-    rss_after = _status_kib("VmHWM")
+        total = conn.execute(text("SELECT count(*) FROM pipeline_runs")).scalar_one()
+    # warm both (page cache, statement caches), then A/B/A/B with rotating order
+    _fastflow_plan(db, settings, policy, now)
+    hand.plan(now, KEEP_RUNS, KEEP_DAYS, MAX_LOG_MB << 20)
+    times: dict[str, list[float]] = {"fastflow": [], "hand": []}
+    growth: dict[str, list[float]] = {"fastflow": [], "hand": []}
+    outputs: dict[str, dict[str, Any]] = {}
+    for rnd in range(REPEAT):
+        order = ["fastflow", "hand"] if rnd % 2 == 0 else ["hand", "fastflow"]
+        for name in order:
+            before = _reset_peak()
+            t0 = time.perf_counter()
+            if name == "fastflow":
+                out = _fastflow_plan(db, settings, policy, now)
+            else:
+                out = hand.plan(now, KEEP_RUNS, KEEP_DAYS, MAX_LOG_MB << 20)
+            times[name].append(time.perf_counter() - t0)
+            growth[name].append((_status_kib("VmHWM") - before) / 1024)
+            outputs[name] = out
+    hand.close()
 
     # Steady state: the same table, a policy that keeps all but ~50 runs per pipeline (what
     # a nightly pass sees once the backlog is gone). This is index work, not per-row work.
     from fastflow.lifecycle.policy import Policy
 
+    names = selection.pipeline_names(db)
     per_pipeline = total // max(1, len(names))
     steady = Policy(keep_runs=max(1, per_pipeline - 50))
     t0 = time.perf_counter()
@@ -243,17 +365,15 @@ def _child(url: str, root: str, now_iso: str) -> None:
             {
                 "rows": total,
                 "pipelines": len(names),
-                "count_s": min(count_times),
-                "plan_s": plan_s,
+                "times": times,
+                "rss_growth_mib": growth,
+                "outputs": outputs,
+                "same_output": outputs["fastflow"] == outputs["hand"],
                 "steady_s": steady_s,
                 "steady_actions": steady_actions,
-                "counts": counts,
-                "rss_before_kib": rss_before,
-                "rss_after_kib": rss_after,
                 "dry_run_s": dry_s,
                 "dry_run_planned": dry.planned_runs + dry.planned_truncations,
-                "rss_dry_before_kib": dry_before,
-                "rss_dry_kib": rss_dry,
+                "dry_run_rss_growth_mib": (rss_dry - dry_before) / 1024,
             }
         )
     )
@@ -284,46 +404,65 @@ def _run_child(url: str, root: Path, now: datetime) -> dict[str, Any]:
 # --- parent ---------------------------------------------------------------------------------
 
 
+def _spread(xs: list[float], fmt: str = ".2f") -> str:
+    return f"{statistics.median(xs):{fmt}} [{min(xs):{fmt}}-{max(xs):{fmt}}]"
+
+
 def _measure(label: str, url: str, root: Path) -> dict[str, Any]:
     now = datetime.now(UTC)
     exp, insert_s = _populate(url, root, RUNS, now)
     rep = _run_child(url, root, now)
-    deletions = rep["counts"]["archive_and_delete_run"]
-    truncations = rep["counts"]["truncate_log"]
-    ok = deletions == exp.deletions and truncations == exp.truncations and rep["rows"] == RUNS
-    growth_mib = (rep["rss_after_kib"] - rep["rss_before_kib"]) / 1024
-    dry_growth_mib = (rep["rss_dry_kib"] - rep["rss_dry_before_kib"]) / 1024
-    per_million = rep["plan_s"] * 1_000_000 / RUNS
-    ratio = rep["plan_s"] / rep["count_s"] if rep["count_s"] > 0 else float("inf")
+    out = rep["outputs"]["fastflow"]
+    ok = (
+        out["deletions"] == exp.deletions
+        and out["truncations"] == exp.truncations
+        and rep["rows"] == RUNS
+        and rep["same_output"]
+    )
+    t, g = rep["times"], rep["rss_growth_mib"]
+    ratios = [f / h for f, h in zip(t["fastflow"], t["hand"], strict=True)]
     print(
         f"planning on {label}, {RUNS:,} runs / {rep['pipelines']} pipelines (inserted in "
-        f"{insert_s:.1f} s, not counted): plan {rep['plan_s']:.2f} s ({per_million:.2f} s per "
-        f"1M runs), SELECT count(*) {rep['count_s'] * 1000:.1f} ms, ratio {ratio:,.0f}x; "
-        f"{deletions:,} deletions + {truncations:,} truncations "
-        f"(expected {exp.deletions:,} + {exp.truncations:,}: {'OK' if ok else 'MISMATCH'}); "
-        f"peak RSS growth while planning {growth_mib:+.1f} MiB (process peak "
-        f"{rep['rss_after_kib'] / 1024:.0f} MiB); dry-run pass {rep['dry_run_s']:.2f} s, "
-        f"its peak RSS growth {dry_growth_mib:+.1f} MiB; steady state (~50 candidates per "
-        f"pipeline) {rep['steady_s']:.2f} s for {rep['steady_actions']:,} actions"
+        f"{insert_s:.1f} s, not counted), {REPEAT} interleaved rounds: fastflow "
+        f"{_spread(t['fastflow'])} s, hand-written DB-API planner {_spread(t['hand'])} s, "
+        f"ratio {_spread(ratios)} (goal <= {GOAL_RATIO:g}); peak RSS growth fastflow "
+        f"{_spread(g['fastflow'], '+.1f')} MiB, hand {_spread(g['hand'], '+.1f')} MiB (goal "
+        f"<= {GOAL_RSS_MIB} MiB); {out['deletions']:,} deletions + {out['truncations']:,} "
+        f"truncations (expected {exp.deletions:,} + {exp.truncations:,}, same ids as the "
+        f"hand-written planner: {'OK' if ok else 'MISMATCH'}); dry-run pass "
+        f"{rep['dry_run_s']:.2f} s; steady state (~50 candidates per pipeline) "
+        f"{rep['steady_s']:.2f} s for {rep['steady_actions']:,} actions"
     )
     return {
         "runs": RUNS,
         "insert_s": insert_s,
-        "plan_s": float(rep["plan_s"]),
-        "steady_s": float(rep["steady_s"]),
-        "steady_actions": int(rep["steady_actions"]),
-        "plan_s_per_million": per_million,
-        "count_s": rep["count_s"],
-        "ratio_vs_count": ratio,
-        "deletions": deletions,
-        "truncations": truncations,
+        "times": t,
+        "ratio": ratios,
+        "rss_growth_mib": g,
+        "deletions": out["deletions"],
+        "truncations": out["truncations"],
         "expected_deletions": exp.deletions,
         "expected_truncations": exp.truncations,
         "counts_ok": ok,
-        "rss_growth_mib": growth_mib,
-        "peak_rss_mib": rep["rss_after_kib"] / 1024,
+        "steady_s": float(rep["steady_s"]),
+        "steady_actions": int(rep["steady_actions"]),
         "dry_run_s": rep["dry_run_s"],
-        "dry_run_rss_growth_mib": dry_growth_mib,
+        "dry_run_rss_growth_mib": rep["dry_run_rss_growth_mib"],
+        "goals": [
+            goal(
+                f"planning {RUNS:,} runs on {label}: time vs hand-written planner",
+                ratios,
+                "<=",
+                GOAL_RATIO,
+            ),
+            goal(
+                f"planning {RUNS:,} runs on {label}: peak RSS growth",
+                g["fastflow"],
+                "<=",
+                GOAL_RSS_MIB,
+                "MiB",
+            ),
+        ],
     }
 
 
@@ -350,7 +489,7 @@ def _pg_bench(root: Path) -> dict[str, Any]:
 
 
 def main() -> dict[str, Any]:
-    results: dict[str, Any] = {"runs": RUNS}
+    results: dict[str, Any] = {"runs": RUNS, "goals": []}
     with tempfile.TemporaryDirectory(prefix="ff-bench-plan-") as tmp:
         root = Path(tmp)
         sqlite_root = root / "sqlite"
@@ -359,6 +498,8 @@ def main() -> dict[str, Any]:
         pg_root = root / "pg"
         pg_root.mkdir()
         results["postgresql"] = _pg_bench(pg_root)
+    for key in ("sqlite", "postgresql"):
+        results["goals"] += results[key].get("goals", [])
     return results
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from fastflow import accounts
 from fastflow.archive import s3 as archive
 from fastflow.config import load_settings
 from fastflow.context import Context, bootstrap
+from fastflow.lifecycle import batch as batches
 from fastflow.lifecycle import selection
 from fastflow.lifecycle.cleanup import run_pass
 from fastflow.lifecycle.executor import PassRun, pipeline_policy
@@ -188,8 +190,8 @@ def test_objects_archived_for_a_run_pinned_meanwhile_get_the_hold(
     s3.proxy.delay(0, match=pin_during_upload)
     summary = PassSummary(trigger="test")
     p = PassRun(ctx, summary, NOW, archive.open_store(ctx.settings), None)
-    for action in planned:
-        p.archive_then_remove(action)
+    with ThreadPoolExecutor(2) as pool:  # the pass's own path: chunked, batched commits
+        batches.run_actions(p, pool, planned)
 
     assert (summary.archived_runs, summary.deleted_runs, summary.kept_runs) == (1, 0, 1)
     entry = ledger(ctx)[old.id]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from fastflow.context import Context, bootstrap
 from fastflow.db.engine import Database
 from fastflow.db.models import PipelineRun, utcnow
 from fastflow.errors import InvalidPipelineConfig
+from fastflow.lifecycle import batch as batches
 from fastflow.lifecycle import selection
 from fastflow.lifecycle.cleanup import run_pass
 from fastflow.lifecycle.executor import PassRun, pipeline_policy
@@ -473,8 +475,8 @@ def test_a_run_pinned_while_it_is_archived_is_not_deleted(any_s3_app: Context, s
     on_request(s3, pin_on_upload)
     summary = PassSummary(trigger="test")
     p = PassRun(ctx, summary, NOW, archive.open_store(ctx.settings), None)
-    for action in planned:
-        p.archive_then_remove(action)
+    with ThreadPoolExecutor(2) as pool:  # the pass's own path: chunked, batched commits
+        batches.run_actions(p, pool, planned)
 
     assert pinned_during_upload == [True]
     assert (summary.archived_runs, summary.deleted_runs, summary.kept_runs) == (1, 0, 1)

@@ -14,7 +14,17 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, exists, func, insert, literal, select, update
+from sqlalchemy import (
+    CursorResult,
+    Select,
+    Table,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Update
 
@@ -76,7 +86,11 @@ def record(
     """Upsert the run's entry with newly verified objects (``object_values``); the entry
     is pending local deletion again (``local_deleted_at`` cleared). New objects make the
     entry unlisted (``manifest_key`` cleared): the pass's manifest lists it again."""
-    row = {
+    _upsert(db, run.id, _row(run, bucket, values, reason))
+
+
+def _row(run: RunRef, bucket: str, values: dict[str, Any], reason: str) -> dict[str, Any]:
+    row: dict[str, Any] = {
         "pipeline_name": run.pipeline_name,
         "status": run.status,
         "triggered_by": run.triggered_by,
@@ -91,7 +105,38 @@ def record(
     }
     if values:
         row["manifest_key"] = None
-    _upsert(db, run.id, row)
+    return row
+
+
+def record_many(db: Database, entries: list[tuple[RunRef, str, dict[str, Any], str]]) -> None:
+    """``record`` for several runs ``(run, bucket, values, reason)`` in one transaction:
+    one multi-row INSERT when none of them has an entry yet (the cleanup pass's case),
+    else one upsert per run — committed together or not at all."""
+    if not entries:
+        return
+    rows = []
+    for run, bucket, values, reason in entries:
+        row = _row(run, bucket, values, reason)
+        row["run_id"] = run.id
+        rows.append(row)
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:  # one executemany per set of columns (a run without metrics, ...)
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    try:
+        with db.session() as s:
+            for group in groups.values():
+                s.execute(insert(cast(Table, ArchivedRun.__table__)), group)
+        return
+    except IntegrityError:
+        pass  # some run got an entry meanwhile: upsert each, still in one transaction
+    with db.session() as s:
+        for row in rows:
+            run_id = row.pop("run_id")
+            result = s.execute(
+                update(ArchivedRun).where(ArchivedRun.run_id == run_id).values(**row)
+            )
+            if cast(CursorResult[Any], result).rowcount == 0:
+                s.add(ArchivedRun(run_id=run_id, **row))
 
 
 def mark_truncated(db: Database, run_id: uuid.UUID, at: datetime, size: int, sha: str) -> None:
@@ -119,12 +164,13 @@ def _upsert(db: Database, run_id: uuid.UUID, values: dict[str, Any]) -> None:
                 raise  # pragma: no cover - a row that keeps appearing and vanishing
 
 
-def mark_local_deleted_stmt(run_id: uuid.UUID, at: datetime) -> Update:
-    """The statement that stamps ``local_deleted_at`` — for the caller's own transaction
-    (the run row is deleted in the same commit)."""
+def mark_local_deleted_stmt(run_id: uuid.UUID | list[uuid.UUID], at: datetime) -> Update:
+    """The statement that stamps ``local_deleted_at`` of one run or several — for the
+    caller's own transaction (the run rows are deleted in the same commit)."""
+    ids = run_id if isinstance(run_id, list) else [run_id]
     return (
         update(ArchivedRun)
-        .where(ArchivedRun.run_id == run_id, ArchivedRun.local_deleted_at.is_(None))
+        .where(ArchivedRun.run_id.in_(ids), ArchivedRun.local_deleted_at.is_(None))
         .values(local_deleted_at=at)
     )
 

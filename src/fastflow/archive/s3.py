@@ -156,6 +156,16 @@ def describe_error(exc: BaseException, settings: Settings) -> ArchiveError:
 # --- S3 ---------------------------------------------------------------------------------
 
 
+_session: Any = None  # boto3 sessions are not thread-safe: clients are made under the lock
+_session_lock = threading.Lock()
+
+
+def _checksummed(settings: Settings) -> bool:
+    """Whether every write sends a SHA-256 for the server to check (``S3Store``)."""
+    locked = bool(settings.s3_object_lock_mode and settings.s3_object_lock_days)
+    return settings.s3_checksum == "sha256" or locked
+
+
 def make_client(
     settings: Settings,
     *,
@@ -176,7 +186,13 @@ def make_client(
         connect_timeout=connect_timeout or settings.s3_connect_timeout,
         read_timeout=read_timeout or settings.s3_read_timeout,
         retries={"mode": "standard", "total_max_attempts": attempts},
-        s3={"addressing_style": "path" if settings.s3_use_path_style else "virtual"},
+        s3={
+            "addressing_style": "path" if settings.s3_use_path_style else "virtual",
+            # every write carries a signed x-amz-checksum-sha256 header that the server
+            # checks against the body: hashing the body again for the signature (what
+            # botocore does over plain http) would hash every byte once more for nothing
+            **({"payload_signing_enabled": False} if _checksummed(settings) else {}),
+        },
         max_pool_connections=max(10, settings.s3_max_concurrency * PART_CONCURRENCY),
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -184,14 +200,18 @@ def make_client(
     verify: bool | str = settings.s3_verify_tls
     if settings.s3_ca_bundle is not None:
         verify = str(settings.s3_ca_bundle)
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        verify=verify,
-        aws_access_key_id=settings.s3_access_key.get_secret_value(),
-        aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-        config=cfg,
-    )
+    with _session_lock:  # one session: its loaded service model is shared by every client
+        global _session
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            verify=verify,
+            aws_access_key_id=settings.s3_access_key.get_secret_value(),
+            aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+            config=cfg,
+        )
 
 
 class S3Store:
@@ -204,6 +224,7 @@ class S3Store:
         self.bucket = settings.s3_bucket
         self.prefix = settings.s3_prefix
         self.codec = settings.s3_compression
+        self._ping_client: Any = None
         self._extra: dict[str, str] = {}
         if settings.s3_sse:
             self._extra["ServerSideEncryption"] = settings.s3_sse
@@ -217,7 +238,7 @@ class S3Store:
         if settings.s3_object_lock_mode and settings.s3_object_lock_days:
             self.lock_days = settings.s3_object_lock_days
             self._extra["ObjectLockMode"] = settings.s3_object_lock_mode
-        self._checksum = settings.s3_checksum == "sha256" or self.lock_days is not None
+        self._checksum = _checksummed(settings)
         if self._checksum:
             # the server checks the bytes it receives against this and stores the result
             self._extra["ChecksumAlgorithm"] = "SHA256"
@@ -302,8 +323,10 @@ class S3Store:
         """Upload, then verify with HEAD. A file of up to ``SMALL_FILE`` bytes is read
         once and the bytes that were hashed are the bytes sent (``_put_small``); a larger
         one goes by file name: s3transfer then streams every part from disk (a file
-        object would make it buffer parts in memory), and it is hashed before and after
-        the upload; a change in between is a failure."""
+        object would make it buffer parts in memory); it is hashed once, before the
+        upload, and a change of its identity (inode, size, modification time) between
+        the hash and the end of the upload is a failure. With checksums on, the server
+        checks every part against the SHA-256 botocore sends with it."""
         meta = {k: encode_meta(v) for k, v in metadata.items()}
         meta.update(extra)
         try:
@@ -312,6 +335,7 @@ class S3Store:
                 size, digest = self._put_small(key, small, meta)
                 self.verify(key, size, digest)
                 return size, digest
+            before = os.stat(path)
             size, digest = sha256_of(path)
             meta[META_SHA256] = digest
             self.client.upload_file(
@@ -325,15 +349,15 @@ class S3Store:
                 },
                 Config=self._transfer,
             )
-            after = sha256_of(path)
+            after = os.stat(path)
         except ArchiveError:
             raise
         except Exception as e:  # every boto3/botocore/OS error is a failed archive
             raise describe_error(e, self.settings) from e
-        if after != (size, digest):
+        if _identity(after) != _identity(before) or after.st_size != size:
             raise ArchiveError(
                 f"local file {path.name} changed while it was uploaded "
-                f"({size} bytes before, {after[0]} after); not deleting it"
+                f"({size} bytes before, {after.st_size} after); not deleting it"
             )
         self.verify(key, size, digest)
         return size, digest
@@ -391,14 +415,15 @@ class S3Store:
     def ping(self) -> None:
         """HEAD the bucket with short timeouts and no retry; raise ``ArchiveError`` (with
         ``connection_level`` when the server is unreachable or silent)."""
-        client = make_client(
-            self.settings,
-            connect_timeout=min(PING_CONNECT_TIMEOUT, self.settings.s3_connect_timeout),
-            read_timeout=min(PING_READ_TIMEOUT, self.settings.s3_read_timeout),
-            attempts=1,
-        )
+        if self._ping_client is None:  # short timeouts, no retry; made once per store
+            self._ping_client = make_client(
+                self.settings,
+                connect_timeout=min(PING_CONNECT_TIMEOUT, self.settings.s3_connect_timeout),
+                read_timeout=min(PING_READ_TIMEOUT, self.settings.s3_read_timeout),
+                attempts=1,
+            )
         try:
-            client.head_bucket(Bucket=self.bucket)
+            self._ping_client.head_bucket(Bucket=self.bucket)
         except Exception as e:
             raise describe_error(e, self.settings) from e
 
@@ -461,6 +486,12 @@ class S3Store:
             raise describe_error(e, self.settings) from e
         except Exception as e:
             raise describe_error(e, self.settings) from e
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a file is written to (its bytes are then hashed only once: a
+    write during the upload changes the size or the modification time)."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _full_object_sha256(resp: dict[str, Any]) -> str | None:

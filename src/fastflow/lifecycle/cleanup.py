@@ -37,6 +37,7 @@ from fastflow.db import cache as readcache
 from fastflow.db.models import utcnow
 from fastflow.environments import collector as env_collector
 from fastflow.errors import ArchiveError, ArchiveNotConfigured, FastflowError, PassLockLost
+from fastflow.lifecycle import batch as batches
 from fastflow.lifecycle import disk, oversized, records, selection
 from fastflow.lifecycle.executor import PassRun, pipeline_policy
 from fastflow.lifecycle.lock import PassLock
@@ -186,7 +187,7 @@ def _execute(ctx: Context, p: PassRun) -> None:
             policy = p.policy(name)
             for batch in selection.deletion_candidates(ctx.db, name, policy, p.now):
                 p.bump(planned_runs=len(batch))
-                list(pool.map(p.archive_then_remove, batch))
+                batches.run_actions(p, pool, batch)
     for name in selection.pipeline_names(ctx.db):
         policy = p.policy(name)
         if policy.max_log_bytes is None:

@@ -88,7 +88,7 @@ def pipeline_policy(settings: Settings, pipeline: str) -> Policy:
     return policy_for(settings, overrides)
 
 
-def _meta(run: RunRef) -> dict[str, str]:
+def run_meta(run: RunRef) -> dict[str, str]:
     def iso(v: datetime | None) -> str:
         return v.isoformat() if v else ""
 
@@ -193,6 +193,11 @@ class PassRun:
         readcache.invalidate()
         self.bump(backup_failures=1)
 
+    def reset_connection_failures(self) -> None:
+        """An upload went through: the server is up (the circuit counts from zero)."""
+        with self._mutex:
+            self._conn_failures = 0
+
     def fail_from(self, run: RunRef, e: Exception) -> None:
         """Record an exception of one run's work as that run's failure."""
         if isinstance(e, ArchiveError):
@@ -273,7 +278,7 @@ class PassRun:
         store = store or self.store
         assert store is not None
         stored, expect = {}, {}
-        meta = _meta(run)
+        meta = run_meta(run)
         for name, path in files.items():
             before = FileIdentity.of(path)
             key = store.key_for(run.pipeline_name, str(run.id), name)
@@ -286,8 +291,7 @@ class PassRun:
         self.guard()
         ledger.record(self.db, run, store.bucket, ledger.object_values(stored, store.codec), reason)
         self.bump(**{counter: 1}, bytes_archived=sum(o.size for o in stored.values()))
-        with self._mutex:
-            self._conn_failures = 0
+        self.reset_connection_failures()
         return expect
 
     def archive_then_remove(self, action: Action) -> None:
@@ -316,7 +320,7 @@ class PassRun:
                     self.bump(skipped_runs=1)  # the resume phase owns it; never upload over it
                     return
                 if entry is not None:
-                    expect = self._retire_truncated(run, files, entry, action)
+                    expect = self.retire_truncated(run, files, entry, action)
                 else:
                     expect = self.archive_files(run, files, action.kind.value)
                 archived = True
@@ -340,7 +344,7 @@ class PassRun:
         before = FileIdentity.of(path)
         if self.store is not None:
             key = self.store.key_for(run.pipeline_name, str(run.id), PAYLOAD)
-            self.store.put_verified(key, path, _meta(run))
+            self.store.put_verified(key, path, run_meta(run))
             if FileIdentity.of(path) != before:
                 raise FileChanged(f"{PAYLOAD} changed while it was archived; kept")
         return path, before
@@ -433,7 +437,7 @@ class PassRun:
         clone.codec = codec  # type: ignore[misc]
         return clone
 
-    def _retire_truncated(
+    def retire_truncated(
         self, run: RunRef, files: dict[str, Path], entry: ArchivedRun, action: Action
     ) -> Expected:
         """Retention reached a run whose full log was archived before truncation: the

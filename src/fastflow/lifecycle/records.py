@@ -46,12 +46,16 @@ def add_failure(db: Database, run: RunRef | None, message: str, pass_id: int | N
         )
 
 
-def resolve_failures(db: Database, run_id: uuid.UUID, now: datetime) -> None:
-    """The run was archived, deleted or truncated: its failures are over."""
+def resolve_failures(db: Database, run_id: uuid.UUID | list[uuid.UUID], now: datetime) -> None:
+    """The run (or each of the runs) was archived, deleted or truncated: its failures are
+    over."""
+    ids = run_id if isinstance(run_id, list) else [run_id]
+    if not ids:
+        return
     with db.session() as s:
         s.execute(
             update(BackupFailure)
-            .where(BackupFailure.run_id == run_id, BackupFailure.resolved_at.is_(None))
+            .where(BackupFailure.run_id.in_(ids), BackupFailure.resolved_at.is_(None))
             .values(resolved_at=now)
         )
 

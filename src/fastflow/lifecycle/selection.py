@@ -179,7 +179,8 @@ def _pages(db: Database, base: Any, batch: int) -> Iterator[list[Row]]:
             q = q.where(_run_key() > _key_tuple(cursor))
         q = q.order_by(PipelineRun.started_at, PipelineRun.id).limit(batch)
         with db.engine.connect() as conn:  # Core rows: a fraction of the ORM's overhead
-            rows = [(RunRef(*r[:_REF_FIELDS]), bool(r[_REF_FIELDS])) for r in conn.execute(q)]
+            raw = conn.execute(q).all()  # one fetchall, not a fetchone per row
+        rows = [(RunRef._make(r[:_REF_FIELDS]), bool(r[_REF_FIELDS])) for r in raw]
         if not rows:
             return
         yield rows
@@ -272,7 +273,7 @@ def truncation_candidates(
                         size = size_of(logfiles.resolve(logs_root, ref.log_file))
                     except UnsafePath:
                         size = None
-                    ref = RunRef(**{**ref.__dict__, "log_size": size})
+                    ref = ref._replace(log_size=size)
                 action = decide(policy, now, ref, b.boundary, b.keeps, pinned)
                 if action is not None and action.kind is ActionKind.TRUNCATE_LOG:
                     actions.append(action)

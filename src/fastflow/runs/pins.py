@@ -90,6 +90,20 @@ def pinned(db: Database, run_id: uuid.UUID) -> bool:
     return at is not None
 
 
+def pinned_among(db: Database, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of ``run_ids`` are pinned (one query)."""
+    if not run_ids:
+        return set()
+    with db.session() as s:
+        return set(
+            s.scalars(
+                select(PipelineRun.id).where(
+                    PipelineRun.id.in_(run_ids), PipelineRun.pinned_at.is_not(None)
+                )
+            )
+        )
+
+
 def pin(db: Database, settings: Settings, run_id: uuid.UUID, reason: str, by: str) -> PinState:
     """Pin the run (again: the reason, who and when are replaced), then place legal holds
     on its archived objects when configured."""
