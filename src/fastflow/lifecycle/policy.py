@@ -19,6 +19,7 @@ import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from fastflow.config import Settings
 from fastflow.db.models import ACTIVE_STATUSES, RunStatus
@@ -96,8 +97,9 @@ class ActionKind(enum.StrEnum):
     KEEP = "keep"
 
 
-@dataclass(frozen=True)
-class Action:
+class Action(NamedTuple):
+    """What a pass does with one run (a named tuple: the planner makes one per candidate)."""
+
     kind: ActionKind
     run: RunRef
     reasons: tuple[str, ...]
@@ -126,6 +128,7 @@ class Keeps:
 
 
 NO_KEEPS = Keeps()
+_NOW = object()  # ``decide``'s cutoff default: computed from ``now``
 _SUCCESS = RunStatus.SUCCESS.value
 
 
@@ -160,6 +163,8 @@ def decide(
     count_boundary: Boundary | None,
     keeps: Keeps = NO_KEEPS,
     pinned: bool = False,
+    *,
+    cutoff: datetime | object | None = _NOW,
 ) -> Action | None:
     """The action for one run, or None to keep it as it is.
 
@@ -168,6 +173,7 @@ def decide(
     keep rules protect the run: then the action is ``keep`` (with the rule as its one
     reason) where it would have been a deletion — or, for a run kept by a rule whose log
     is oversized, ``truncate_log``; a pinned run is never deleted or truncated.
+    ``cutoff``: ``age_cutoff(policy, now)`` when the caller computed it once for many runs.
     """
     if run.status in ACTIVE_STATUSES:
         return None
@@ -176,8 +182,9 @@ def decide(
         and count_boundary is not None
         and (run.started_at, run.id) < count_boundary
     )
-    cutoff = age_cutoff(policy, now)
-    by_age = cutoff is not None and run.started_at < cutoff
+    if cutoff is _NOW:
+        cutoff = age_cutoff(policy, now)
+    by_age = isinstance(cutoff, datetime) and run.started_at < cutoff
     if by_count or by_age:
         kept = keep_reason(policy, run, keeps, pinned)
         if kept is None:

@@ -12,10 +12,11 @@ truncation candidates in SQL (and again by the pure ``policy.decide``), and list
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,25 @@ _COLUMNS = (
 _REF_FIELDS = len(_COLUMNS) - 1
 
 Row = tuple[RunRef, bool]  # the run and whether it is pinned
+
+
+def _utc(value: Any) -> datetime | None:
+    """A stored timestamp as the driver returns it (naive UTC: text on SQLite, a datetime
+    on PostgreSQL), made aware — what ``models.UTCDateTime`` returns."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite: "2026-12-01 10:00:00.000000", naive UTC
+        return datetime.fromisoformat(value + "+00:00")  # (much cheaper than .replace())
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ref(r: Any) -> RunRef:
+    """A ``RunRef`` from a driver row of ``_COLUMNS`` (SQLite keeps ids as hex text)."""
+    rid = r[0] if isinstance(r[0], uuid.UUID) else uuid.UUID(r[0])
+    started = _utc(r[4])
+    assert started is not None
+    return RunRef(rid, r[1], r[2], r[3], started, _utc(r[5]), r[6], r[7], r[8], r[9])
 
 
 def _key_tuple(key: Boundary) -> Any:
@@ -178,9 +198,11 @@ def _pages(db: Database, base: Any, batch: int) -> Iterator[list[Row]]:
         if cursor is not None:
             q = q.where(_run_key() > _key_tuple(cursor))
         q = q.order_by(PipelineRun.started_at, PipelineRun.id).limit(batch)
-        with db.engine.connect() as conn:  # Core rows: a fraction of the ORM's overhead
-            raw = conn.execute(q).all()  # one fetchall, not a fetchone per row
-        rows = [(RunRef._make(r[:_REF_FIELDS]), bool(r[_REF_FIELDS])) for r in raw]
+        with db.engine.connect() as conn:
+            # the driver's own tuples, converted by ``_ref``: SQLAlchemy's per-row result
+            # processing (rows, type decorators) cost more than all the rest of planning
+            raw = conn.execute(q).cursor.fetchall()
+        rows = [(_ref(r), bool(r[_REF_FIELDS])) for r in raw]
         if not rows:
             return
         yield rows
@@ -211,11 +233,13 @@ def deletion_candidates(
     if where is None:
         return
     base = select(*_COLUMNS).where(*where)
+    cutoff = b.cutoff
     for page in _pages(db, base, batch):
         actions = [
             a
             for ref, pinned in page
-            if (a := decide(policy, now, ref, b.boundary, b.keeps, pinned)) is not None
+            if (a := decide(policy, now, ref, b.boundary, b.keeps, pinned, cutoff=cutoff))
+            is not None
             and a.kind is ActionKind.ARCHIVE_AND_DELETE_RUN
         ]
         if actions:

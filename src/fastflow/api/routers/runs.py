@@ -85,16 +85,18 @@ def list_runs(
     one-second read cache keeps: a poll within it costs no query and no encoding."""
     body = readcache.cached(
         ("runs", pipeline_name, status, limit, offset, include_archived),
-        lambda: JSONResponse(
-            runviews.list_views(
-                ctx,
-                include_archived=include_archived,
-                pipeline=pipeline_name,
-                status=status.value if status else None,
-                limit=limit,
-                offset=offset,
-            )
-        ).body,
+        lambda: (
+            JSONResponse(
+                runviews.list_views(
+                    ctx,
+                    include_archived=include_archived,
+                    pipeline=pipeline_name,
+                    status=status.value if status else None,
+                    limit=limit,
+                    offset=offset,
+                )
+            ).body
+        ),
     )
     return Response(content=body, media_type="application/json")
 
