@@ -6,7 +6,7 @@ entries; the workers upload and verify each run's files (no database work); then
 transaction commits the ledger rows of every verified run, and one more — after the
 pass-lock check — locks the chunk's rows, re-checks pins, deletes the files
 (identity-checked) and the rows and stamps ``local_deleted_at``. While the pass thread
-commits chunk *k*, the workers already upload chunk *k + 1*.
+commits chunk *k*, the workers upload chunks *k + 1* and *k + 2*.
 
 The guarantees of ``executor`` hold unchanged: a file is deleted only after its object
 was verified and its ledger row committed (the ledger transaction precedes the delete
@@ -19,6 +19,7 @@ ledger entries pending local deletion, which the next pass's resume phase finish
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from fastflow.lifecycle.policy import Action, ActionKind
 from fastflow.runs import pins
 
 CHUNK = 64  # runs per ledger transaction and per delete transaction
+AHEAD = 2  # chunks queued for the workers beyond the one the pass's thread commits
 
 
 @dataclass
@@ -59,19 +61,21 @@ def _chunks(actions: list[Action]) -> Iterator[list[Action]]:
 
 
 def run_actions(p: PassRun, pool: ThreadPoolExecutor, actions: list[Action]) -> None:
-    """Archive and remove ``actions`` chunk by chunk, uploads overlapping the previous
-    chunk's database work."""
-    pending: list[Future[Ready | None]] = []
+    """Archive and remove ``actions`` chunk by chunk. The workers always have the next
+    chunks queued (``AHEAD``) while the pass's thread commits an earlier one, so no
+    worker waits for a chunk's slowest upload or for the database."""
+    pending: deque[list[Future[Ready | None]]] = deque()
     for chunk in _chunks(actions):
         if not chunk:
             continue
         ids = [a.run.id for a in chunk]
         pinned = pins.pinned_among(p.db, ids)
         entries = ledger.get_many(p.db, ids) if p.store is not None else {}
-        futures = [pool.submit(_prepare, p, a, a.run.id in pinned, entries) for a in chunk]
-        _finish(p, [f.result() for f in pending])
-        pending = futures
-    _finish(p, [f.result() for f in pending])
+        pending.append([pool.submit(_prepare, p, a, a.run.id in pinned, entries) for a in chunk])
+        if len(pending) > AHEAD:
+            _finish(p, [f.result() for f in pending.popleft()])
+    while pending:
+        _finish(p, [f.result() for f in pending.popleft()])
 
 
 def _prepare(
