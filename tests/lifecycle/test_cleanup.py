@@ -539,3 +539,32 @@ def test_server_side_sha256_is_sent_and_checked(s3_app: Context, s3: S3Env) -> N
     with pytest.raises(ArchiveError, match="server's SHA-256"):
         store.verify("forged/run.log", len(forged), old.sha)
     assert hashlib.sha256(forged).hexdigest() != old.sha
+
+
+def test_the_server_runs_its_pass_at_a_lower_cpu_priority(s3_app: Context, s3: S3Env) -> None:
+    import threading
+
+    import psutil
+
+    from fastflow.lifecycle.child import ENTRY_POINT, PASS_NICE, run_pass_in_child
+
+    ctx = tune(s3_app, log_retention_runs=1)
+    seed_run(ctx, "nice", NOW - timedelta(days=2))
+    seed_run(ctx, "nice", NOW - timedelta(days=1))
+    released = threading.Event()
+    seen: list[int] = []
+
+    def hold_upload(method: str, path: str) -> bool:
+        # the child is uploading: read its priority, then let the upload through
+        if method == "PUT" and not seen:
+            for child in psutil.Process().children(recursive=True):
+                if ENTRY_POINT in " ".join(child.cmdline()):
+                    seen.append(child.nice())
+            released.set()
+        return False
+
+    s3.proxy.delay(0, match=hold_upload)
+    summary = run_pass_in_child(ctx, "test", timeout=120)
+
+    assert released.is_set() and seen == [os.nice(0) + PASS_NICE]
+    assert summary.archived_runs == 1 and summary.backup_failures == 0
