@@ -106,6 +106,9 @@ def get_run(run_id: RunIdDep, ctx: CtxDep) -> dict[str, Any]:
     return runviews.get_view(ctx, run_id)
 
 
+SMALL_TAIL = 1 << 20  # tails up to this many bytes are answered in one piece
+
+
 @router.get("/runs/{run_id}/logs", response_class=StreamingResponse, responses=LOG_RESPONSES)
 def get_logs(
     run_id: RunIdDep,
@@ -158,6 +161,12 @@ def get_logs(
     headers = _source_headers(source)
     if download:
         headers["Content-Disposition"] = _attachment(ctx, run_id, run, full)
+    if tail_bytes is not None and tail_bytes <= SMALL_TAIL:
+        # a tail (what the run page and `fastflow logs` ask for) is read here, in this
+        # worker thread, and sent at once: streaming it would cost a thread hop per chunk
+        return Response(
+            b"".join(source.chunks), media_type="text/plain; charset=utf-8", headers=headers
+        )
     return StreamingResponse(source.chunks, media_type="text/plain; charset=utf-8", headers=headers)
 
 
