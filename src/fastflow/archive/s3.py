@@ -47,6 +47,7 @@ TOTAL_MAX_ATTEMPTS = 3
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 PART_CONCURRENCY = 4
+MIN_POOL_CONNECTIONS = 64
 # files up to this size are read once, hashed in memory and sent with one PutObject that
 # carries the SHA-256 for the server to check (no TransferManager, no second hash pass)
 SMALL_FILE = 4 * 1024 * 1024
@@ -193,7 +194,11 @@ def make_client(
             # botocore does over plain http) would hash every byte once more for nothing
             **({"payload_signing_enabled": False} if _checksummed(settings) else {}),
         },
-        max_pool_connections=max(10, settings.s3_max_concurrency * PART_CONCURRENCY),
+        # one client serves the pass's uploads and the API's reads (up to 40 worker
+        # threads): a smaller pool would open and close a connection per request
+        max_pool_connections=max(
+            MIN_POOL_CONNECTIONS, settings.s3_max_concurrency * PART_CONCURRENCY
+        ),
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )

@@ -39,6 +39,10 @@ def normalise_url(url: str) -> str:
     return url
 
 
+SQLITE_POOL_SIZE = 40  # connections kept open (a SQLite connection is a file handle)
+PG_POOL_SIZE = 10  # kept open per process; up to 30 more while the server is busy
+
+
 def sqlite_file(url: str) -> Path | None:
     """The absolute path of a SQLite database file; None for other databases and for
     ``:memory:``."""
@@ -72,8 +76,11 @@ def make_engine(settings: Settings) -> Engine:
                 raise ConfigError(f"invalid DATABASE_URL: timeout={raw!r} is not seconds") from None
         url = url.difference_update_query(["timeout"])
         kwargs["connect_args"] = {"timeout": busy_ms / 1000}
+        # the server answers from up to 40 worker threads: connections beyond the pool
+        # would be opened (with their pragmas) and closed again for every request
+        kwargs.update(pool_size=SQLITE_POOL_SIZE, max_overflow=10)
     else:
-        kwargs["pool_pre_ping"] = True
+        kwargs.update(pool_pre_ping=True, pool_size=PG_POOL_SIZE, max_overflow=30)
     engine = create_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", lambda conn, _rec: _sqlite_pragmas(conn, busy_ms))
