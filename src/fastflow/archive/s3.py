@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from boto3.s3.transfer import TransferConfig
+from boto3.s3.transfer import S3Transfer, TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -230,6 +230,8 @@ class S3Store:
         self.prefix = settings.s3_prefix
         self.codec = settings.s3_compression
         self._ping_client: Any = None
+        self._shared_uploader: S3Transfer | None = None
+        self._uploader_lock = threading.Lock()
         self._extra: dict[str, str] = {}
         if settings.s3_sse:
             self._extra["ServerSideEncryption"] = settings.s3_sse
@@ -250,9 +252,19 @@ class S3Store:
         self._transfer = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=MULTIPART_CHUNKSIZE,
-            max_concurrency=PART_CONCURRENCY,
+            # shared by the pass's workers: PART_CONCURRENCY parts in flight per worker
+            max_concurrency=PART_CONCURRENCY * settings.s3_max_concurrency,
             use_threads=True,
         )
+
+    def _uploader(self) -> S3Transfer:
+        """One transfer manager (and its threads) per store, shared by every upload —
+        ``client.upload_file`` would build and tear down one per file."""
+        with self._uploader_lock:
+            if self._shared_uploader is None:
+                # (boto3's TransferConfig subclasses the one the stubs name)
+                self._shared_uploader = S3Transfer(self.client, self._transfer)  # type: ignore[arg-type]
+            return self._shared_uploader
 
     def _write_args(self) -> dict[str, Any]:
         """Arguments of every write: encryption, storage class, checksum and, with
@@ -343,16 +355,15 @@ class S3Store:
             before = os.stat(path)
             size, digest = sha256_of(path)
             meta[META_SHA256] = digest
-            self.client.upload_file(
+            self._uploader().upload_file(
                 str(path),
                 self.bucket,
                 key,
-                ExtraArgs={
+                extra_args={
                     "Metadata": meta,
                     "ContentType": _content_type(key),
                     **self._write_args(),
                 },
-                Config=self._transfer,
             )
             after = os.stat(path)
         except ArchiveError:
