@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-fast lint bench install browser screenshots clean
+.PHONY: run test test-fast lint bench install browser docker screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ browser:
 	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# Container tests use Debian's Docker daemon: tests/dockerd.py starts its own dockerd
+# (private data root and socket) and builds its base image offline.
+docker:
+	@{ command -v dockerd || test -x /usr/sbin/dockerd; } >/dev/null 2>&1 || { \
+	  echo "installing Debian docker.io for the container tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io; }
+
 # Every fastflow command reads .env in its working folder: with this one, `fastflow run
 # hello` in a second terminal (in this folder) sees the server's pipelines and database.
 # An existing .env is never touched.
@@ -45,7 +52,7 @@ run: $(VENV)/.installed-runtime .env
 	$(BIN)/fastflow serve --host 127.0.0.1 --port 8000
 
 ## Run the whole test suite (starts its own S3, SMTP and Teams test servers).
-test: install browser
+test: install browser docker
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q

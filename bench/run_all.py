@@ -38,6 +38,7 @@ SCRIPTS = (
     "log_search",
     "stats",
     "api_runs_ceiling",
+    "docker_capture",
 )
 QUICK_ENV = {"BENCH_LINES": "100000"}  # runner_throughput has no quick mode of its own
 
@@ -403,7 +404,34 @@ def _ceiling_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _docker_rows(r: dict[str, Any]) -> list[Row]:
+    if "skipped" in r:
+        return [("Docker executor", "", f"skipped: {r['skipped']}")]
+    ok = "OK" if r["counts_ok"] else "MISMATCH"
+    return [
+        (
+            "Docker executor",
+            "start to first log line: fastflow vs `docker run` (ratio)",
+            f"{_spread([x * 1000 for x in r['first_line_fastflow_s']], '.0f')} vs "
+            f"{_spread([x * 1000 for x in r['first_line_docker_run_s']], '.0f')} ms "
+            f"({r['first_line_ratio']:.2f})",
+        ),
+        (
+            f"Docker capture ({r['lines']:,} lines)",
+            "live capture (start to end) vs `docker logs` of the same container (ratio)",
+            f"{_spread(r['live_capture_s'])} vs {_spread(r['docker_logs_s'])} s "
+            f"({r['live_ratio']:.2f}; {r['lines_per_s_live']:,.0f} lines/s)",
+        ),
+        (
+            "",
+            "re-reading the stored log (re-attach path) vs `docker logs` (ratio)",
+            f"{_spread(r['reread_s'])} s ({r['reread_ratio']:.2f}); line counts {ok}",
+        ),
+    ]
+
+
 FORMATTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "docker_capture": _docker_rows,
     "api_runs_ceiling": _ceiling_rows,
     "stats": _stats_rows,
     "log_search": _search_rows,

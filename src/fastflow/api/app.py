@@ -32,6 +32,7 @@ from fastflow.api.routers import (
 )
 from fastflow.api.schemas import HealthOut
 from fastflow.context import Context
+from fastflow.doctor import DockerHealth
 from fastflow.lifecycle.cleanup import PassSummary
 from fastflow.lifecycle.scheduler import CleanupScheduler
 from fastflow.orchestration.dispatcher import Dispatcher
@@ -143,10 +144,20 @@ def create_app(
     app.state.launcher = dispatcher
     errors.install(app)
 
-    @app.get("/api/health", tags=["health"], response_model=HealthOut)
-    def health() -> dict[str, str]:
-        """Liveness; the only route that needs no authentication."""
-        return {"status": "ok", "version": __version__}
+    docker_health = DockerHealth(lambda: ctx.settings)
+
+    @app.get(
+        "/api/health", tags=["health"], response_model=HealthOut, response_model_exclude_none=True
+    )
+    def health() -> dict[str, object]:
+        """Liveness; the only route that needs no authentication. ``status`` is always
+        "ok"; ``docker`` (only when a pipeline uses Docker) says whether the daemon answers,
+        checked at most once per few seconds however often this is polled."""
+        out: dict[str, object] = {"status": "ok", "version": __version__}
+        docker = docker_health.get()
+        if docker is not None:
+            out["docker"] = docker
+        return out
 
     for router in (
         auth.router,

@@ -12,9 +12,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, RootModel
 
 
+class DockerHealthOut(BaseModel):
+    status: Literal["ok", "error"]
+    detail: str  # the daemon by scheme and host only; never a path or a secret
+
+
 class HealthOut(BaseModel):
+    """Liveness: ``status`` is always "ok" while the server answers. ``docker`` is present
+    only when a pipeline uses the Docker executor: a monitor alerts on ``docker.status``."""
+
     status: str
     version: str
+    docker: DockerHealthOut | None = None
 
 
 # --- auth -------------------------------------------------------------------------------

@@ -126,22 +126,36 @@ def env_list(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.pass_context
 def env_gc(ctx: click.Context, older_than: timedelta | None, as_json: bool) -> None:
-    """Remove environments not used for a while and half-built leftovers; skip the ones
-    in use or being built."""
+    """Remove environments and derived Docker images not used for a while, and
+    half-built leftovers; skip the ones in use or being built."""
     from fastflow.environments import collector
+    from fastflow.executors import images
 
-    result = collector.collect(_env_settings(ctx), older_than)
+    settings = _env_settings(ctx)
+    result = collector.collect(settings, older_than)
+    built = images.collect(settings, older_than)
     if as_json:
-        click.echo(json.dumps(result.to_dict()))
+        click.echo(json.dumps({**result.to_dict(), "images": built.to_dict()}))
         return
     for r in result.removed:
         used_by = f"; pipelines {', '.join(r.pipelines)}" if r.pipelines else ""
         click.echo(f"removed {r.key} ({r.reason}{used_by}; {human(r.size_bytes)})")
     for key, why in result.skipped:
         click.echo(f"skipped {key}: {why}")
+    for image in built.removed:
+        click.echo(
+            f"removed image {image.tag} ({image.reason}; pipelines {', '.join(image.pipelines)})"
+        )
+    for tag, why in built.skipped:
+        click.echo(f"skipped image {tag}: {why}")
     click.echo(
         f"removed {len(result.removed)} environment(s), freed {human(result.freed_bytes)} "
         f"({result.freed_bytes} bytes); {result.kept} kept"
+        + (
+            f"; removed {len(built.removed)} image(s), {built.kept} kept"
+            if built.removed or built.skipped or built.kept
+            else ""
+        )
     )
 
 

@@ -7,11 +7,17 @@ run's cancellation (from any server sharing the database) is noticed within
 ``CANCEL_GRACE_SECONDS``); every run reaches a final status even if its pipeline
 vanished; the retry or triggers of every finished run are queued exactly once (by the
 thread that ran it).
+
+Container runs survive their server: at start-up, and whenever dead servers are swept,
+the RUNNING container runs of dead supervisors are adopted (``runs.store.adopt``: one
+server wins) and supervised to their end here (``runs.runner.resume``); once at
+start-up the containers of runs that are no longer RUNNING are removed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -89,6 +95,9 @@ class Dispatcher:
     def _loop(self) -> None:
         last_watch = last_sweep = 0.0
         liveness.hold(self._ctx.db)
+        threading.Thread(
+            target=self._containers_at_startup, name="docker-housekeeping", daemon=True
+        ).start()
         while not self._stop.is_set():
             try:
                 if time.monotonic() - last_sweep >= SWEEP_S:
@@ -137,6 +146,70 @@ class Dispatcher:
         )
         if n:
             log.warning("%d runs of dead fastflow processes retired or re-queued", n)
+        self._adopt_containers()
+
+    # --- container runs that outlived their server ------------------------------------
+
+    def _containers_at_startup(self) -> None:
+        """Remove the containers of runs that are no longer RUNNING (best effort)."""
+        from fastflow.executors import container
+        from fastflow.executors.base import ExecutorError
+
+        db, settings = self._ctx.db, self._ctx.settings
+        try:
+            if not container.uses_docker(db, settings):
+                return
+            removed = container.remove_stale(db, settings)
+        except ExecutorError as e:
+            log.warning("Docker housekeeping skipped: %s", e)
+            return
+        except Exception:
+            log.exception("Docker housekeeping failed")
+            return
+        if removed:
+            log.info("removed %d containers or volumes of runs no longer running", removed)
+
+    def _adopt_containers(self) -> None:
+        """Supervise the RUNNING container runs whose server died (this one, before a
+        restart, or another one on PostgreSQL)."""
+        db = self._ctx.db
+
+        def alive(run: PipelineRun) -> bool:
+            if run.runner_host == runs.HOSTNAME:
+                return runs.runner_alive(run)
+            return liveness.is_alive(db, run.runner_host, run.runner_pid, run.runner_started)
+
+        for run in runs.orphaned_container_runs(db, alive):
+            with self._lock:
+                if run.id in self._active:
+                    continue
+            if not runs.adopt(db, run, pid=os.getpid()):
+                continue  # another server was first
+            log.warning("run %s: re-attaching to its container", run.id)
+            cancel = threading.Event()
+            with self._lock:
+                self._active[run.id] = cancel
+            threading.Thread(
+                target=self._resume, args=(run, cancel), name=f"run-{run.id}", daemon=True
+            ).start()
+
+    def _resume(self, run: PipelineRun, cancel: threading.Event) -> None:
+        settings = self._ctx.settings
+        status = RunStatus.FAILED.value
+        try:
+            result = runner.resume(
+                self._ctx.db, settings, run, cancel=cancel, kill_grace=settings.cancel_grace_seconds
+            )
+            status = result.status.value
+        except Exception as e:
+            log.exception("run %s: re-attaching to its container failed", run.id)
+            runs.fail_with_note(
+                self._ctx.db, settings.logs_root, run.id, f"interrupted: re-attaching failed: {e}"
+            )
+        finally:
+            with self._lock:
+                self._active.pop(run.id, None)
+        self._after(run, status)
 
     def _watch_cancellations(self) -> None:
         with self._lock:
@@ -174,6 +247,11 @@ class Dispatcher:
         finally:
             with self._lock:
                 self._active.pop(run.id, None)
+        self._after(run, status)
+
+    def _after(self, run: PipelineRun, status: str) -> None:
+        """Queue the retry or triggers of a finished run and notify (never raises)."""
+        settings = self._ctx.settings
         ended = Ended(
             run.id,
             run.pipeline_name,

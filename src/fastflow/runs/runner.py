@@ -11,6 +11,12 @@ written (``masking``); on timeout, cancel or a hard memory limit the whole proce
 is killed; output is captured line by line with bounded memory (see ``capture``) and
 fsynced at the end.
 
+Where the process runs (issue 15): ``pipeline.json``'s ``executor``, else ``EXECUTOR``.
+``local`` is the subprocess described here; ``docker`` hands the run, after its secrets
+and its capture are ready, to ``executors.container`` (a container per run, the same
+capture and masking, the same statuses), and ``resume`` supervises a container run
+whose supervisor died.
+
 Disk space (issue 16): a run does not start when the file system of ``LOGS_DIR`` has
 less than ``min_free_bytes`` free — it ends FAILED at once with ``failure_reason``
 ``no space left in LOGS_DIR (…)``; a write of its log or metrics that fails with ENOSPC
@@ -38,48 +44,19 @@ import psutil
 from fastflow import environments
 from fastflow.config import Settings
 from fastflow.db.engine import Database
-from fastflow.db.models import RunStatus
+from fastflow.db.models import PipelineRun, RunStatus
 from fastflow.errors import FastflowError, InvalidPipelineConfig
 from fastflow.runs import files as logfiles
 from fastflow.runs import isolation, pipelines, secret_store
 from fastflow.runs import store as runs
+from fastflow.runs.bootstrap import DIE_WITH_PARENT, bootstrap
 from fastflow.runs.capture import LogCapture
 from fastflow.runs.masking import Masker
 from fastflow.runs.pump import Outcome, Pump
 from fastflow.runs.sampler import TreeSampler
 
-# stdout and stderr share one pipe and one locked BufferedWriter inside the pipeline; the
-# text layers write through to it. So the log keeps the exact order in which the pipeline
-# wrote, a line written with one write() is never split or mixed (TextIOWrapper's own
-# pending buffer is not thread-safe on Python 3.11, hence write-through), and output is
-# block-buffered for speed. A daemon thread flushes every 0.2 s so output shows up live.
-_BOOTSTRAP = (
-    "import io, os, runpy, sys, threading\n"
-    # die with the supervisor: a killed `fastflow run` never leaves the pipeline running
-    # unsupervised (prctl(PR_SET_PDEATHSIG, SIGKILL); then close the race with its death)
-    "if sys.platform.startswith('linux'):\n"
-    "    import ctypes\n"
-    "    ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    os._exit(137)\n"
-    "del sys.argv[1]\n"
-    "_buf = io.BufferedWriter(io.FileIO(1, 'w', closefd=False), 65536)\n"
-    "def _text(old):\n"
-    "    return io.TextIOWrapper(_buf, encoding='utf-8', errors=old.errors,\n"
-    "                            write_through=True)\n"
-    "sys.stdout, sys.stderr = _text(sys.stdout), _text(sys.stderr)\n"
-    "def _flush_now_and_then():\n"
-    "    tick = threading.Event()\n"
-    "    while not tick.wait(0.2):\n"
-    "        try:\n"
-    "            _buf.flush()\n"
-    "        except Exception:\n"
-    "            pass\n"
-    "threading.Thread(target=_flush_now_and_then, name='fastflow-flush', daemon=True).start()\n"
-    "sys.argv = sys.argv[1:]\n"
-    "sys.path[0] = __import__('os').path.dirname(sys.argv[0])\n"
-    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-)
+# the pipeline's output order, buffering and death with its supervisor: see ``bootstrap``
+_BOOTSTRAP = bootstrap(DIE_WITH_PARENT)
 
 
 MIN_FREE_BYTES = 16 * 1024 * 1024  # a run needs this much free space in LOGS_DIR to start
@@ -314,17 +291,24 @@ def _prepare(
     pipeline: pipelines.Pipeline,
     log_out: TextIO,
     echo: Callable[[str], None] | None,
+    *,
+    clock: Callable[[], float] | None = None,
+    local: bool = True,
 ) -> tuple[LogCapture, _Prepared | None, str | None]:
     """Secrets, limits, user and environment, in that order; the first problem ends the
-    run before it starts, with its reason (in the log too)."""
+    run before it starts, with its reason (in the log too). A run that is not ``local``
+    gets its secrets only: its executor owns the rest."""
+    when = clock or time.time
     try:
         values = secret_store.values_for(db, settings, pipeline.config.secrets)
     except FastflowError as e:
-        capture = LogCapture(log_out, echo=echo)
+        capture = LogCapture(log_out, echo=echo, clock=when)
         capture.write_note(f"not started: {e}")
         return capture, None, str(e)
-    capture = LogCapture(log_out, echo=echo, masker=Masker(values.values()))
+    capture = LogCapture(log_out, echo=echo, clock=when, masker=Masker(values.values()))
     prepared = _Prepared(values)
+    if not local:
+        return capture, prepared, None
     try:
         _check_limits(pipeline)
         prepared.user = isolation.run_as(settings)
@@ -435,7 +419,8 @@ def execute(
         return RunResult(
             run_id, pipeline.name, RunStatus.FAILED, None, log_path, metrics_path, no_space
         )
-    runs.mark_running(db, run_id, pid=os.getpid())
+    executor = pipeline.config.executor or settings.executor
+    runs.mark_running(db, run_id, pid=os.getpid(), executor=executor)
     status, exit_code = RunStatus.FAILED, None
     reason: str | None = None
     stop = _Either(cancel, guard.full) if cancel is not None else guard.full
@@ -452,10 +437,32 @@ def execute(
             return RunResult(
                 run_id, pipeline.name, status, None, log_path, metrics_path, guard.reason(logs_root)
             )
-        capture, prepared, reason = _prepare(db, settings, pipeline, log_out, echo)
+        frame_clock = None  # a container run's lines carry Docker's time
+        if executor == "docker":
+            from fastflow.executors.container import FrameClock
+
+            frame_clock = FrameClock()
+        capture, prepared, reason = _prepare(
+            db, settings, pipeline, log_out, echo, clock=frame_clock, local=executor == "local"
+        )
         if prepared is not None and guard.full.is_set():
             prepared = None  # the disk filled up while the environment was prepared
-        if prepared is not None:
+        if prepared is not None and frame_clock is not None:
+            from fastflow.executors import container
+
+            ended = container.run(
+                db,
+                settings,
+                pipeline,
+                run_id,
+                container.Output(capture, frame_clock, log_out, metrics_out),
+                secrets=prepared.secrets,
+                extra_env=extra_env,
+                stop=stop,
+                grace=kill_grace if kill_grace is not None else settings.cancel_grace_seconds,
+            )
+            status, exit_code, reason = ended.status, ended.exit_code, ended.reason
+        elif prepared is not None:
             assert prepared.env is not None
             with environments.in_use(prepared.env):
                 workdir = isolation.make_workdir(run_id, prepared.user)
@@ -483,6 +490,35 @@ def execute(
         status, reason = RunStatus.FAILED, guard.reason(logs_root)
     runs.finish(db, run_id, status, exit_code, logfiles.size_of(log_path), reason)
     return RunResult(run_id, pipeline.name, status, exit_code, log_path, metrics_path, reason)
+
+
+def resume(
+    db: Database,
+    settings: Settings,
+    run: PipelineRun,
+    *,
+    cancel: threading.Event | None = None,
+    kill_grace: float | None = None,
+) -> RunResult:
+    """Supervise a RUNNING container run whose supervisor died (this process must
+    already own its row, see ``store.adopt``) to its end: its log gets what the
+    container wrote meanwhile, its row a final status."""
+    from fastflow.executors import container
+
+    grace = kill_grace if kill_grace is not None else settings.cancel_grace_seconds
+    outcome = container.resume(db, settings, run, cancel=cancel, grace=grace)
+    logs_root = settings.logs_root
+    log_path = logfiles.resolve(logs_root, logfiles.log_rel(run.pipeline_name, str(run.id)))
+    metrics_path = logfiles.resolve(logs_root, logfiles.metrics_rel(run.pipeline_name, str(run.id)))
+    return RunResult(
+        run.id,
+        run.pipeline_name,
+        outcome.status,
+        outcome.exit_code,
+        log_path,
+        metrics_path,
+        outcome.reason,
+    )
 
 
 def _run_process(

@@ -24,7 +24,8 @@ SAMPLE_INTERVAL_S = 2.0
 LIMIT_INTERVAL_S = 0.25
 
 
-def _line(cpu_percent: float, ram_mb: float, **extra: object) -> str:
+def line(cpu_percent: float, ram_mb: float, **extra: object) -> str:
+    """One line of ``metrics.jsonl`` (with its newline), for local and container runs."""
     record: dict[str, object] = {
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "cpu_percent": round(cpu_percent, 1),
@@ -108,7 +109,7 @@ class TreeSampler:
     def sample(self) -> None:
         cpu, rss, alive = self._measure()
         if alive:
-            self._emit(_line(cpu, rss / 1_048_576))
+            self._emit(line(cpu, rss / 1_048_576))
 
     def _emit(self, text: str) -> None:
         with self._lock:
@@ -142,4 +143,4 @@ class TreeSampler:
         extra: dict[str, object] = {"exit": True}
         if self.soft_exceeded:
             extra["soft_limit_exceeded"] = sorted(self.soft_exceeded)
-        self._emit(_line(cpu, self.peak_rss / 1_048_576, **extra))
+        self._emit(line(cpu, self.peak_rss / 1_048_576, **extra))

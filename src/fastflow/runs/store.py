@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import psutil
-from sqlalchemy import Select, func, literal, select, union_all
+from sqlalchemy import Select, func, literal, select, union_all, update
 
 from fastflow.archive import ledger
 from fastflow.db import cache as readcache
@@ -130,7 +130,9 @@ def create(
     return run
 
 
-def mark_running(db: Database, run_id: uuid.UUID, *, pid: int) -> None:
+def mark_running(db: Database, run_id: uuid.UUID, *, pid: int, executor: str | None = None) -> None:
+    """The run starts now in process ``pid``; ``executor`` says where its pipeline runs
+    (``local``, ``docker``)."""
     with db.session() as s:
         run = s.get(PipelineRun, run_id)
         if run is None:
@@ -139,7 +141,100 @@ def mark_running(db: Database, run_id: uuid.UUID, *, pid: int) -> None:
         run.started_at = utcnow()
         run.runner_pid = pid
         run.runner_started = process_started(pid)
+        if executor is not None:
+            run.executor = executor
     readcache.invalidate()
+
+
+def mark_container(
+    db: Database, run_id: uuid.UUID, *, image: str | None = None, container_id: str | None = None
+) -> None:
+    """Record the image a container run starts from, then its container's id (so that a
+    restarted server finds the container again)."""
+    with db.session() as s:
+        run = s.get(PipelineRun, run_id)
+        if run is None:
+            return
+        if image is not None:
+            run.image = image
+        if container_id is not None:
+            run.container_id = container_id
+    readcache.invalidate()
+
+
+CONTAINER_EXECUTORS = ("docker",)  # their runs outlive their supervisor: re-attached
+
+
+def survives_supervisor(run: PipelineRun) -> bool:
+    """A RUNNING container run: its container goes on when the process supervising it
+    dies, and the next ``fastflow serve`` re-attaches to it instead of failing it."""
+    return run.status == RunStatus.RUNNING.value and run.executor in CONTAINER_EXECUTORS
+
+
+def runner_alive(run: PipelineRun) -> bool:
+    """Whether the process that runs ``run`` still lives (on this host: pid and start
+    time)."""
+    return _runner_alive(run)
+
+
+def container_runs(db: Database) -> list[PipelineRun]:
+    """The RUNNING container runs (of any host)."""
+    with db.session() as s:
+        return list(
+            s.scalars(
+                select(PipelineRun).where(
+                    PipelineRun.status == RunStatus.RUNNING.value,
+                    PipelineRun.executor.in_(CONTAINER_EXECUTORS),
+                )
+            )
+        )
+
+
+def orphaned_container_runs(
+    db: Database, alive: Callable[[PipelineRun], bool]
+) -> list[PipelineRun]:
+    """RUNNING container runs whose supervising process ``alive`` says is gone."""
+    return [run for run in container_runs(db) if not alive(run)]
+
+
+def adopt(db: Database, run: PipelineRun, *, pid: int) -> bool:
+    """Make process ``pid`` on this host the supervisor of an orphaned container run,
+    if nobody else did first (the row still names the dead supervisor)."""
+    same_host = (
+        PipelineRun.runner_host.is_(None)
+        if run.runner_host is None
+        else PipelineRun.runner_host == run.runner_host
+    )
+    same_pid = (
+        PipelineRun.runner_pid.is_(None)
+        if run.runner_pid is None
+        else PipelineRun.runner_pid == run.runner_pid
+    )
+    with db.session() as s:
+        done = s.execute(
+            update(PipelineRun)
+            .where(
+                PipelineRun.id == run.id,
+                PipelineRun.status == RunStatus.RUNNING.value,
+                same_host,
+                same_pid,
+            )
+            .values(runner_host=HOSTNAME, runner_pid=pid, runner_started=process_started(pid))
+        )
+        adopted = bool(getattr(done, "rowcount", 0))
+    readcache.invalidate()
+    return adopted
+
+
+def statuses(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The status of each run of ``ids`` that exists."""
+    if not ids:
+        return {}
+    with db.session() as s:
+        rows = s.execute(
+            select(PipelineRun.id, PipelineRun.status).where(PipelineRun.id.in_(ids))
+        ).all()
+    return {rid: str(status) for rid, status in rows}
 
 
 def mark_pipeline_process(db: Database, run_id: uuid.UUID, pid: int) -> None:
@@ -294,7 +389,8 @@ def recover_orphans(db: Database, logs_root: Path, now: datetime | None = None) 
     """Runs left PENDING/RUNNING by a dead process on this host: a claimed run that never
     started goes back to the queue; any other is marked FAILED (what is left of its
     process tree is killed). Runs of a live process or of another host are left alone
-    (see ``sweep_dead``). A note is appended to each failed run's log."""
+    (see ``sweep_dead``), and so are RUNNING container runs (``fastflow serve``
+    re-attaches to them). A note is appended to each failed run's log."""
     return sweep_dead(db, logs_root, lambda run: _runner_alive(run), this_host=True, now=now)
 
 
@@ -307,7 +403,9 @@ def sweep_dead(
     now: datetime | None = None,
 ) -> int:
     """Retire the active runs (of this host, or of every other host) whose runner
-    ``alive`` says is gone. Returns how many runs were failed or re-queued."""
+    ``alive`` says is gone; RUNNING container runs are left for ``fastflow serve`` to
+    re-attach (``orphaned_container_runs``, ``adopt``). Returns how many runs were
+    failed or re-queued."""
     now = now or utcnow()
     host = PipelineRun.runner_host == HOSTNAME if this_host else PipelineRun.runner_host != HOSTNAME
     retired = 0
@@ -316,7 +414,7 @@ def sweep_dead(
             select(PipelineRun).where(PipelineRun.status.in_(RUNNING_STATES), host)
         ).all()
         for run in rows:
-            if alive(run):
+            if survives_supervisor(run) or alive(run):
                 continue
             retired += 1
             if run.status == "PENDING" and run.queued_at is not None and run.pipeline_pid is None:
