@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fastflow import __version__, notify
 from fastflow.accounts import AuthError
 from fastflow.api import errors
-from fastflow.api.deps import optional_principal
+from fastflow.api.deps import principal_from
 from fastflow.api.prometheus import registry_for
 from fastflow.api.routers import (
     auth,
@@ -184,7 +184,7 @@ def _install_docs(app: FastAPI, ctx: Context) -> None:
     ``/api``, unless ``DOCS_PUBLIC=true``."""
 
     def allowed(request: Request) -> None:
-        if not ctx.settings.docs_public and optional_principal(request, ctx) is None:
+        if not ctx.settings.docs_public and principal_from(request, ctx) is None:
             raise AuthError("authentication required: send 'Authorization: Bearer <token>'")
 
     @app.get("/openapi.json", include_in_schema=False)
@@ -209,6 +209,6 @@ def _install_metrics(app: FastAPI, ctx: Context) -> None:
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:
         """Prometheus metrics; needs a token unless METRICS_PUBLIC=true."""
-        if not ctx.settings.metrics_public and optional_principal(request, ctx) is None:
+        if not ctx.settings.metrics_public and principal_from(request, ctx) is None:
             raise AuthError("authentication required: send 'Authorization: Bearer <token>'")
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from fastflow import accounts, security
 from fastflow.accounts import Principal
@@ -18,7 +19,11 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def get_ctx(request: Request) -> Context:
+# The dependencies are ``async``: a plain ``def`` dependency costs a worker-thread round
+# trip per request; these only touch the database on a read-cache miss, in a worker thread.
+
+
+async def get_ctx(request: Request) -> Context:
     ctx = request.app.state.ctx
     assert isinstance(ctx, Context)
     return ctx
@@ -27,32 +32,57 @@ def get_ctx(request: Request) -> Context:
 CtxDep = Annotated[Context, Depends(get_ctx)]
 
 
-def optional_principal(request: Request, ctx: CtxDep) -> Principal | None:
-    """The caller from a Bearer token or a session cookie, or None."""
+def _credential(request: Request) -> tuple[str, str] | None:
+    """``("token", value)`` from a Bearer header, ``("session", value)`` from the session
+    cookie, or None; ``AuthError`` for a malformed Authorization header."""
     auth = request.headers.get("authorization", "")
     if auth:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("use 'Authorization: Bearer <token>'")
-        token = token.strip()
-        principal: Principal | None = readcache.cached(
-            ("token", security.token_hash(token)),
-            lambda: accounts.token_principal(ctx.db, token),
-        )
-        if principal is None:
-            raise AuthError("invalid or revoked API token")
-        return principal
+        return "token", token.strip()
     cookie = request.cookies.get(SESSION_COOKIE)
-    if cookie:
-        found: Principal | None = readcache.cached(
-            ("session", security.token_hash(cookie)),
-            lambda: accounts.session_principal(ctx.db, cookie),
-        )
-        return found
-    return None
+    return ("session", cookie) if cookie else None
 
 
-def require_principal(
+def _key(kind: str, value: str) -> tuple[str, str]:
+    return kind, security.token_hash(value)
+
+
+def _lookup(ctx: Context, kind: str, value: str) -> Principal | None:
+    """The principal of a credential, through the one-second read cache."""
+    find = accounts.token_principal if kind == "token" else accounts.session_principal
+    found: Principal | None = readcache.cached(_key(kind, value), lambda: find(ctx.db, value))
+    return found
+
+
+def _checked(kind: str, principal: Principal | None) -> Principal | None:
+    if principal is None and kind == "token":
+        raise AuthError("invalid or revoked API token")
+    return principal
+
+
+def principal_from(request: Request, ctx: Context) -> Principal | None:
+    """The caller from a Bearer token or a session cookie, or None (for plain ``def``
+    routes; the dependency below is the same without a thread round trip)."""
+    cred = _credential(request)
+    if cred is None:
+        return None
+    return _checked(cred[0], _lookup(ctx, *cred))
+
+
+async def optional_principal(request: Request, ctx: CtxDep) -> Principal | None:
+    """The caller from a Bearer token or a session cookie, or None."""
+    cred = _credential(request)
+    if cred is None:
+        return None
+    principal: Any = readcache.peek(_key(*cred))
+    if principal is readcache.MISS:
+        principal = await run_in_threadpool(_lookup, ctx, *cred)
+    return _checked(cred[0], principal)
+
+
+async def require_principal(
     request: Request, principal: Annotated[Principal | None, Depends(optional_principal)]
 ) -> Principal:
     if principal is None:
@@ -67,7 +97,7 @@ def require_principal(
 PrincipalDep = Annotated[Principal, Depends(require_principal)]
 
 
-def require_admin(principal: PrincipalDep) -> Principal:
+async def require_admin(principal: PrincipalDep) -> Principal:
     if not principal.is_admin:
         raise Forbidden("this action needs the admin role")
     return principal

@@ -19,6 +19,8 @@ MAX_ENTRIES = 256
 _lock = threading.Lock()
 _generation = 0
 _entries: dict[Hashable, tuple[float, int, Any]] = {}
+_inflight: dict[Hashable, threading.Event] = {}  # keys being computed: the others wait
+INFLIGHT_WAIT_S = 30.0  # a computation that takes longer is repeated by a waiter
 
 
 def invalidate() -> None:
@@ -29,17 +31,48 @@ def invalidate() -> None:
         _entries.clear()
 
 
-def cached(key: Hashable, compute: Callable[[], Any], ttl: float = TTL_S) -> Any:
+_MISS = object()
+
+
+def peek(key: Hashable) -> Any:
+    """The live entry for ``key``, or ``MISS`` (never computes: for the event loop,
+    which must not wait for the database)."""
     now = time.monotonic()
     with _lock:
         hit = _entries.get(key)
-        generation = _generation
-        if hit is not None and hit[0] > now and hit[1] == generation:
+        if hit is not None and hit[0] > now and hit[1] == _generation:
             return hit[2]
-    value = compute()
-    with _lock:
-        if generation == _generation:  # not invalidated while computing
-            if len(_entries) >= MAX_ENTRIES:
-                _entries.clear()
-            _entries[key] = (now + ttl, generation, value)
+    return _MISS
+
+
+MISS = _MISS
+
+
+def cached(key: Hashable, compute: Callable[[], Any], ttl: float = TTL_S) -> Any:
+    """The entry for ``key``, computed when missing or expired. One caller computes it;
+    callers arriving meanwhile wait for that result instead of repeating the queries
+    (50 clients polling the same list would otherwise all query when it expires)."""
+    while True:
+        now = time.monotonic()
+        with _lock:
+            hit = _entries.get(key)
+            generation = _generation
+            if hit is not None and hit[0] > now and hit[1] == generation:
+                return hit[2]
+            running = _inflight.get(key)
+            if running is None:
+                _inflight[key] = running = threading.Event()
+                break
+        running.wait(INFLIGHT_WAIT_S)  # then look again (computed, or compute it here)
+    try:
+        value = compute()
+        with _lock:
+            if generation == _generation:  # not invalidated while computing
+                if len(_entries) >= MAX_ENTRIES:
+                    _entries.clear()
+                _entries[key] = (now + ttl, generation, value)
+    finally:
+        with _lock:
+            _inflight.pop(key, None)
+        running.set()
     return value
