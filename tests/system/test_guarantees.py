@@ -215,7 +215,11 @@ def test_pass_that_loses_its_postgres_lock_stops_cleanly(
     runs = seed_series(ctx, "locked", 30)
     s3.proxy.delay(0.3, match=lambda m, p: m == "PUT")
     first = _cli(env, "cleanup", "--json")
-    wait_until(lambda: len(ledger_rows(ctx)) >= 2, 60, "the first archives")
+
+    def uploading() -> bool:  # mid-pass: uploads under way (ledger rows come per chunk)
+        return sum(r.method == "PUT" for r in s3.proxy.requests) >= 4
+
+    wait_until(uploading, 60, "the first uploads")
     admin = pg_url.replace("postgresql+psycopg://", "postgresql://")
     _terminate_lock_holder(admin)
     second = run_pass(ctx, "test")  # takes the lock the first one lost

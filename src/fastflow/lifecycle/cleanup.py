@@ -154,7 +154,10 @@ def run_pass(
             error = summary.error = str(e)
             _record_pass_failure(ctx, summary, error)
         except Exception as e:
-            error = summary.error = crash_message(e, ctx)
+            # after a lost lock, what broke may be the other pass's doing (it sweeps the
+            # temp files of killed passes): the lost lock is the error to report
+            lost = _lock_lost(lock)
+            error = summary.error = lost or crash_message(e, ctx)
             log.debug("cleanup pass %s crashed", summary.pass_id, exc_info=True)
             _record_pass_failure(ctx, summary, error)
         finally:
@@ -196,6 +199,15 @@ def _execute(ctx: Context, p: PassRun) -> None:
             p.bump(planned_truncations=len(batch))
             for action in batch:
                 oversized.truncate(p, action, policy.max_log_bytes)
+
+
+def _lock_lost(lock: PassLock) -> str | None:
+    """The ``PassLockLost`` message when the pass no longer holds its lock, else None."""
+    try:
+        lock.check()
+    except PassLockLost as e:
+        return str(e)
+    return None
 
 
 def _write_manifest(p: PassRun) -> None:
