@@ -31,7 +31,7 @@ def invalidate() -> None:
         _entries.clear()
 
 
-_MISS = object()
+MISS = object()  # ``peek``'s answer when there is no live entry
 
 
 def peek(key: Hashable) -> Any:
@@ -42,10 +42,7 @@ def peek(key: Hashable) -> Any:
         hit = _entries.get(key)
         if hit is not None and hit[0] > now and hit[1] == _generation:
             return hit[2]
-    return _MISS
-
-
-MISS = _MISS
+    return MISS
 
 
 def cached(key: Hashable, compute: Callable[[], Any], ttl: float = TTL_S) -> Any:

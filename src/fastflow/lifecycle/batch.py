@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy import CursorResult, delete, update
 
 from fastflow.archive import ledger
 from fastflow.archive.store import StoredObject
@@ -35,7 +35,7 @@ from fastflow.errors import ArchiveError, FileChanged, PassLockLost, UnsafePath
 from fastflow.lifecycle import deletion as reaper
 from fastflow.lifecycle import records
 from fastflow.lifecycle.deletion import Expected, FileIdentity
-from fastflow.lifecycle.executor import WHICH, PassRun, run_meta
+from fastflow.lifecycle.executor import WHICH, PassRun, lock_pinned, run_meta
 from fastflow.lifecycle.policy import Action, ActionKind
 from fastflow.runs import pins
 
@@ -181,19 +181,7 @@ def _remove(p: PassRun, ready: list[Ready]) -> None:
     gone = 0
     ids = [r.action.run.id for r in ready]
     with p.db.session() as s:
-        s.execute(  # a no-op write: row locks (PostgreSQL), the write lock (SQLite)
-            update(PipelineRun)
-            .where(PipelineRun.id.in_(ids))
-            .values(pinned_at=PipelineRun.pinned_at)
-            .execution_options(synchronize_session=False)
-        )
-        pinned = set(
-            s.scalars(
-                select(PipelineRun.id).where(
-                    PipelineRun.id.in_(ids), PipelineRun.pinned_at.is_not(None)
-                )
-            )
-        )
+        pinned = lock_pinned(s, ids)
         for r in ready:
             run = r.action.run
             if run.id in pinned:

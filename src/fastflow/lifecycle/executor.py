@@ -103,17 +103,23 @@ def run_meta(run: RunRef) -> dict[str, str]:
     }
 
 
-def _lock_pinned(s: Session, run_id: uuid.UUID) -> bool:
-    """Lock the run's row for the rest of the transaction (a no-op write: a row lock on
-    PostgreSQL, the write lock on SQLite — a concurrent pin waits for the commit) and say
-    whether it is pinned."""
+def lock_pinned(s: Session, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Lock the runs' rows for the rest of the transaction (a no-op write: row locks on
+    PostgreSQL, the write lock on SQLite — a concurrent pin waits for the commit) and
+    return those that are pinned."""
     s.execute(
         update(PipelineRun)
-        .where(PipelineRun.id == run_id)
+        .where(PipelineRun.id.in_(run_ids))
         .values(pinned_at=PipelineRun.pinned_at)
         .execution_options(synchronize_session=False)
     )
-    return s.scalar(select(PipelineRun.pinned_at).where(PipelineRun.id == run_id)) is not None
+    return set(
+        s.scalars(
+            select(PipelineRun.id).where(
+                PipelineRun.id.in_(run_ids), PipelineRun.pinned_at.is_not(None)
+            )
+        )
+    )
 
 
 class PassRun:
@@ -380,7 +386,7 @@ class PassRun:
         dropped = gone = False
         removed = reaper.Removed()
         with self.db.session() as s:
-            if _lock_pinned(s, run_id):
+            if lock_pinned(s, [run_id]):
                 refused = True
             else:
                 refused = False
