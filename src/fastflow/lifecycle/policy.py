@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import functools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -132,30 +133,6 @@ _NOW = object()  # ``decide``'s cutoff default: computed from ``now``
 _SUCCESS = RunStatus.SUCCESS.value
 
 
-def keep_reason(policy: Policy, run: RunRef, keeps: Keeps, pinned: bool) -> KeepReason | None:
-    """The rule that keeps ``run`` from deletion (a pin first), or None."""
-    if pinned:
-        return KeepReason.PINNED
-    last, failed = keeps.last_success, keeps.failed_from
-    # cheapest comparisons first: this runs for every candidate of a pass
-    if (
-        last is not None
-        and run.started_at == last[0]
-        and run.id == last[1]
-        and run.status == _SUCCESS
-        and policy.keep_last_success
-    ):
-        return KeepReason.LAST_SUCCESS
-    if (
-        failed is not None
-        and run.status in FAILED_STATUSES
-        and policy.keep_failed
-        and (run.started_at, run.id) >= failed
-    ):
-        return KeepReason.KEEP_FAILED
-    return None
-
-
 def decide(
     policy: Policy,
     now: datetime,
@@ -175,43 +152,87 @@ def decide(
     is oversized, ``truncate_log``; a pinned run is never deleted or truncated.
     ``cutoff``: ``age_cutoff(policy, now)`` when the caller computed it once for many runs.
     """
-    if run.status in ACTIVE_STATUSES:
-        return None
-    by_count = (
-        policy.keep_runs is not None
-        and count_boundary is not None
-        and (run.started_at, run.id) < count_boundary
-    )
+    return decider(policy, now, count_boundary, keeps, cutoff=cutoff)(run, pinned)
+
+
+Decider = Callable[[RunRef, bool], "Action | None"]
+
+
+def decider(
+    policy: Policy,
+    now: datetime,
+    count_boundary: Boundary | None,
+    keeps: Keeps = NO_KEEPS,
+    *,
+    cutoff: datetime | object | None = _NOW,
+) -> Decider:
+    """``decide`` for many runs of one pipeline: ``decider(...)(run, pinned)`` is
+    ``decide(policy, now, run, count_boundary, keeps, pinned)``; everything that does not
+    depend on the run is worked out once (the planner calls it for every candidate row)."""
     if cutoff is _NOW:
         cutoff = age_cutoff(policy, now)
-    by_age = isinstance(cutoff, datetime) and run.started_at < cutoff
-    if by_count or by_age:
-        kept = keep_reason(policy, run, keeps, pinned)
-        if kept is None:
-            return Action(
-                ActionKind.ARCHIVE_AND_DELETE_RUN, run, _reasons(policy, by_count, by_age)
-            )
-        if kept is KeepReason.PINNED or not _oversized(policy, run):
-            return Action(ActionKind.KEEP, run, (kept.value,))
-    if _oversized(policy, run):
-        if pinned:
-            return Action(ActionKind.KEEP, run, (KeepReason.PINNED.value,))
-        return Action(
-            ActionKind.TRUNCATE_LOG,
-            run,
-            (f"log is {run.log_size} bytes, limit {policy.max_log_bytes} bytes",),
-        )
-    return None
-
-
-def _oversized(policy: Policy, run: RunRef) -> bool:
+    age = cutoff if isinstance(cutoff, datetime) else None
+    boundary = count_boundary if policy.keep_runs is not None else None
     limit = policy.max_log_bytes
-    return (
-        limit is not None
-        and run.log_file is not None
-        and run.log_size is not None
-        and run.log_size > limit
+    active = frozenset(ACTIVE_STATUSES)
+    failed_statuses = frozenset(FAILED_STATUSES)
+    last = keeps.last_success if policy.keep_last_success else None
+    failed = keeps.failed_from if policy.keep_failed else None
+    reasons = {(c, a): _reasons(policy, c, a) for c in (False, True) for a in (False, True)}
+    delete, keep, truncate = (
+        ActionKind.ARCHIVE_AND_DELETE_RUN,
+        ActionKind.KEEP,
+        ActionKind.TRUNCATE_LOG,
     )
+    new = tuple.__new__  # an ``Action`` without the named tuple's Python-level __new__
+    pinned_reason = (KeepReason.PINNED.value,)
+
+    def kept_by(run: RunRef) -> KeepReason | None:
+        if (
+            last is not None
+            and run.started_at == last[0]
+            and run.id == last[1]
+            and run.status == _SUCCESS
+        ):
+            return KeepReason.LAST_SUCCESS
+        if (
+            failed is not None
+            and run.status in failed_statuses
+            and (run.started_at, run.id) >= failed
+        ):
+            return KeepReason.KEEP_FAILED
+        return None
+
+    def one(run: RunRef, pinned: bool) -> Action | None:
+        if run.status in active:
+            return None
+        started = run.started_at
+        by_count = boundary is not None and (started, run.id) < boundary
+        by_age = age is not None and started < age
+        oversized = (
+            limit is not None
+            and run.log_file is not None
+            and run.log_size is not None
+            and run.log_size > limit
+        )
+        if by_count or by_age:
+            if pinned:
+                return new(Action, (keep, run, pinned_reason))
+            kept = kept_by(run)
+            if kept is None:
+                return new(Action, (delete, run, reasons[by_count, by_age]))
+            if not oversized:
+                return new(Action, (keep, run, (kept.value,)))
+        if oversized:
+            if pinned:
+                return new(Action, (keep, run, pinned_reason))
+            return new(
+                Action,
+                (truncate, run, (f"log is {run.log_size} bytes, limit {limit} bytes",)),
+            )
+        return None
+
+    return one
 
 
 @functools.lru_cache(maxsize=256)
