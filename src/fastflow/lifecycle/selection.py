@@ -39,7 +39,7 @@ from fastflow.lifecycle.policy import (
 )
 from fastflow.runs import files as logfiles
 
-BATCH_SIZE = 1000
+BATCH_SIZE = 5000
 
 # the pipeline's name is not read: every query is of one pipeline
 _COLUMNS = (
