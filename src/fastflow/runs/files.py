@@ -73,10 +73,12 @@ def remove_quietly(path: Path) -> bool:
 
 
 def remove_empty_dirs(start: Path, stop: Path) -> None:
-    """Remove ``start`` and its empty parents up to, not including, ``stop``."""
-    current = start
+    """Remove ``start`` and its empty parents up to, not including, ``stop``; never a
+    folder outside ``stop``. Both are resolved once (a resolved path's parents have no
+    symbolic links left to follow)."""
     root = stop.resolve()
-    while current.resolve() != root and root in current.resolve().parents:
+    current = start.resolve()
+    while current != root and root in current.parents:
         try:
             os.rmdir(current)
         except OSError:
