@@ -4,9 +4,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fastflow.api.app import FIRST_ADMIN_HINT
 from fastflow.api.app import create_app as create_api
@@ -31,18 +30,41 @@ CSP = (
 _NO_CSP = ("/docs", "/redoc")
 
 
-def _security_headers(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        for name, value in HEADERS.items():
-            response.headers.setdefault(name, value)
-        html = response.headers.get("content-type", "").startswith("text/html")
-        if html and not request.url.path.startswith(_NO_CSP):
-            response.headers.setdefault("Content-Security-Policy", CSP)
-        return response
+class SecurityHeaders:
+    """Pure ASGI middleware: adds ``HEADERS`` to every HTTP response (and ``CSP`` to our
+    HTML pages) where the route did not set them. It only edits the response-start
+    message, so bodies and streams (server-sent events) pass through untouched — unlike
+    ``@app.middleware("http")``, which wrapped every response in extra tasks and streams
+    (15–20 % of the server's time on a small archived-tail answer)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp_allowed = not str(scope.get("path", "")).startswith(_NO_CSP)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                for name, value in _RAW_HEADERS:
+                    if name not in present:
+                        headers.append((name, value))
+                if csp_allowed and _CSP_NAME not in present:
+                    ctype = next((v for n, v in headers if n.lower() == b"content-type"), b"")
+                    if ctype.startswith(b"text/html"):
+                        headers.append((_CSP_NAME, _CSP_VALUE))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+_RAW_HEADERS = tuple((k.lower().encode(), v.encode()) for k, v in HEADERS.items())
+_CSP_NAME, _CSP_VALUE = b"content-security-policy", CSP.encode()
 
 
 def create_app(ctx: Context, *, schedule: bool = True) -> FastAPI:
@@ -50,6 +72,6 @@ def create_app(ctx: Context, *, schedule: bool = True) -> FastAPI:
 
     def extend(app: FastAPI) -> None:
         install_web(app)
-        _security_headers(app)
+        app.add_middleware(SecurityHeaders)
 
     return create_api(ctx, schedule=schedule, extend=extend)

@@ -537,3 +537,13 @@ def test_security_headers(api: Api) -> None:
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert "'unsafe-inline'" not in page.headers["content-security-policy"]
     assert api.client.get("/api/health").headers["x-content-type-options"] == "nosniff"
+    # JSON gets the common headers but no page policy; Swagger UI keeps its default
+    health = api.client.get("/api/health")
+    assert health.headers["referrer-policy"] == "same-origin"
+    assert "content-security-policy" not in health.headers
+    docs = api.client.get("/docs", headers=api.viewer)
+    assert docs.headers["x-frame-options"] == "DENY"
+    assert "content-security-policy" not in docs.headers
+    # errors outside any route get them too, each header once
+    missing = api.client.get("/no-such-page")
+    assert missing.headers.get_list("x-frame-options") == ["DENY"]

@@ -12,12 +12,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     CursorResult,
     Select,
     Table,
+    Uuid,
+    bindparam,
     exists,
     func,
     insert,
@@ -25,6 +27,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import cast as sql_cast
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Update
 
@@ -40,6 +44,53 @@ _WHICH = {logfiles.LOG_NAME: "log", logfiles.METRICS_NAME: "metrics"}
 def get(db: Database, run_id: uuid.UUID) -> ArchivedRun | None:
     with db.session() as s:
         return s.get(ArchivedRun, run_id)
+
+
+class RunFiles(NamedTuple):
+    """The columns of a ``pipeline_runs`` row that reading its files back needs."""
+
+    pipeline_name: str
+    log_file: str | None
+    metrics_file: str | None
+
+
+# ``locate``: the wanted id as a one-row table, the run row and the ledger entry joined to
+# it (either may be missing). Built once: the compiled statement is cached by SQLAlchemy.
+_ENTRY_ATTRS = tuple((attr.key, attr.columns[0]) for attr in sa_inspect(ArchivedRun).column_attrs)
+_WANTED = select(sql_cast(bindparam("run_id", type_=Uuid), Uuid).label("id")).subquery("wanted")
+_LOCATE = (
+    select(
+        PipelineRun.id.label("row_id"),
+        PipelineRun.pipeline_name.label("row_pipeline_name"),
+        PipelineRun.log_file.label("row_log_file"),
+        PipelineRun.metrics_file.label("row_metrics_file"),
+        *(column.label(f"entry_{key}") for key, column in _ENTRY_ATTRS),
+    )
+    .select_from(_WANTED)
+    .outerjoin(PipelineRun, PipelineRun.id == _WANTED.c.id)
+    .outerjoin(ArchivedRun, ArchivedRun.run_id == _WANTED.c.id)
+)
+
+
+def locate(db: Database, run_id: uuid.UUID) -> tuple[RunFiles | None, ArchivedRun | None]:
+    """The run's file columns (None when its row is gone) and its ledger entry (None
+    when it has none), read in one query with SQL Core — what reading a log back needs
+    (``runs.readback``), without an ORM session, identity map or second round trip. The
+    entry is a complete, detached ``ArchivedRun`` (every column), as ``get`` returns it.
+    Nothing is cached: an entry can still change (a rebuild from a newer manifest
+    replaces its objects), and a row can be deleted by another process at any moment."""
+    with db.engine.connect() as conn:
+        row = conn.execute(_LOCATE, {"run_id": run_id}).one()
+    m = row._mapping
+    run = (
+        RunFiles(m["row_pipeline_name"], m["row_log_file"], m["row_metrics_file"])
+        if m["row_id"] is not None
+        else None
+    )
+    entry = None
+    if m["entry_run_id"] is not None:
+        entry = ArchivedRun(**{key: m[f"entry_{key}"] for key, _ in _ENTRY_ATTRS})
+    return run, entry
 
 
 def pending(db: Database) -> list[ArchivedRun]:

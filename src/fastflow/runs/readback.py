@@ -36,6 +36,25 @@ def ledger_entry(ctx: Context, run_id: uuid.UUID) -> ArchivedRun | None:
     return ledger.get(ctx.db, run_id)
 
 
+RunFiles = ledger.RunFiles
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """What reading a run's files back needs: its row's file columns (None when the row
+    is gone) and its ledger entry (None when it has none), as read together."""
+
+    run: RunFiles | None
+    entry: ArchivedRun | None
+
+
+def locate(ctx: Context, run_id: uuid.UUID) -> Located:
+    """The run's file columns and its ledger entry in one query (read fresh each time:
+    a run may be archived, truncated or deleted by another process at any moment)."""
+    run, entry = ledger.locate(ctx.db, run_id)
+    return Located(run, entry)
+
+
 FileKind = Literal["log", "metrics"]
 
 
@@ -43,21 +62,25 @@ def open_run_file(
     ctx: Context,
     run_id: uuid.UUID,
     kind: FileKind,
-    run: PipelineRun | None = None,
+    run: PipelineRun | RunFiles | None = None,
     tail_bytes: int | None = None,
     *,
     full: bool = False,
     start: int | None = None,
     chunk: int = logfiles.READ_CHUNK,
     entry: ArchivedRun | None = None,
+    entry_known: bool = False,
 ) -> LogSource | None:
     """The one reader of a run's files: the local copy first, then the archived object
     (through the ledger). None when the run has no such file anywhere; ``RunNotFound``
     when neither the run nor a ledger entry exists. ``full`` (logs): when the local log
     was truncated after its full copy was archived, read the full copy. ``start``: from
     that byte offset instead of the last ``tail_bytes``; ``chunk``: local read size;
-    ``entry``: the run's ledger entry when the caller already has it."""
-    if full and kind == "log" and entry is None:
+    ``entry``: the run's ledger entry when the caller already has it; ``entry_known``:
+    ``entry`` is what the ledger held when the caller read the row (None: no entry), not
+    to be looked up again — unless the local file the row names has gone meanwhile (it
+    may have been archived and deleted since: its entry is written first)."""
+    if full and kind == "log" and entry is None and not entry_known:
         entry = ledger_entry(ctx, run_id)
     if full and entry is not None and entry.full_log_archived:
         return _from_archive(ctx, run_id, entry, kind, tail_bytes, start)
@@ -69,7 +92,9 @@ def open_run_file(
             f, size = opened
             first = _first_byte(size, tail_bytes, start)
             return LogSource("local", size, _read_range(f, first, size, chunk), str(path))
-    entry = entry or ledger_entry(ctx, run_id)
+    vanished = rel and (entry is None or getattr(entry, f"{kind}_key") is None)
+    if (entry is None and not entry_known) or (entry_known and vanished):
+        entry = ledger_entry(ctx, run_id)
     if entry is None and run is None:
         raise RunNotFound(f"run {run_id} not found")
     if entry is None or getattr(entry, f"{kind}_key") is None:
@@ -109,18 +134,29 @@ def _read_range(f: BinaryIO, start: int, end: int, chunk: int) -> Iterator[bytes
 def open_log(
     ctx: Context,
     run_id: uuid.UUID,
-    run: PipelineRun | None,
+    run: PipelineRun | RunFiles | None,
     tail_bytes: int | None = None,
     *,
     full: bool = False,
     start: int | None = None,
     chunk: int = logfiles.READ_CHUNK,
     entry: ArchivedRun | None = None,
+    entry_known: bool = False,
 ) -> LogSource:
     """Stream the log (or its last ``tail_bytes``, or from byte ``start``);
-    ``LogNotAvailable`` when it is neither local nor archived."""
+    ``LogNotAvailable`` when it is neither local nor archived. ``entry``/``entry_known``:
+    as for ``open_run_file``."""
     source = open_run_file(
-        ctx, run_id, "log", run, tail_bytes, full=full, start=start, chunk=chunk, entry=entry
+        ctx,
+        run_id,
+        "log",
+        run,
+        tail_bytes,
+        full=full,
+        start=start,
+        chunk=chunk,
+        entry=entry,
+        entry_known=entry_known,
     )
     if source is None:
         raise LogNotAvailable(f"run {run_id} has no log: it is neither local nor archived")

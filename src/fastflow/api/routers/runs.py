@@ -31,8 +31,9 @@ from fastflow.api.schemas import (
 from fastflow.config import Settings
 from fastflow.context import Context
 from fastflow.db import cache as readcache
-from fastflow.db.models import PipelineRun, RunStatus
+from fastflow.db.models import RunStatus
 from fastflow.errors import FastflowError, InvalidInput, RunAlreadyFinished
+from fastflow.runs import files as logfiles
 from fastflow.runs import logsearch, logstream, readback
 from fastflow.runs import store as run_rows
 from fastflow.runs import views as runviews
@@ -53,15 +54,21 @@ LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def resolve_run_id(
+async def resolve_run_id(
     run_id: Annotated[str, Path(max_length=100, description="A run id or a unique prefix.")],
     ctx: CtxDep,
     _: PrincipalDep,
 ) -> uuid.UUID:
     """The run ``{run_id}`` names (after authentication: ids are never probed
-    anonymously)."""
+    anonymously). A full id needs no lookup and is taken here, on the event loop; a
+    short one is resolved in a worker thread (a plain ``def`` dependency would cost
+    that thread round trip on every request)."""
     try:
-        return run_rows.resolve_run_id(ctx.db, run_id)
+        return uuid.UUID(run_id.strip())
+    except ValueError:
+        pass
+    try:
+        return await run_in_threadpool(run_rows.resolve_run_id, ctx.db, run_id)
     except run_rows.AmbiguousRunId as e:
         raise HTTPException(status_code=409, detail=str(e)) from None
 
@@ -139,10 +146,11 @@ def get_logs(
     ``from_line=N``: ``max_lines`` lines from line N (1-based) as text, first line number
     in ``X-Log-First-Line``. ``download=true``: ``Content-Disposition: attachment`` naming
     the pipeline and the run."""
-    run = run_rows.get(ctx.db, run_id)
+    # the run's file columns and its ledger entry: one Core query, no ORM session
+    found = readback.locate(ctx, run_id)
     if grep is not None:
         matcher = logsearch.Matcher(grep, is_regex=regex, case_sensitive=case_sensitive)
-        source = open_log(ctx, run_id, run, full=full, chunk=GREP_CHUNK)
+        source = _open(ctx, run_id, found, full=full, chunk=GREP_CHUNK)
         steps = _limited(
             logsearch.search_steps(source.chunks, matcher, context=context), max_matches
         )
@@ -152,17 +160,17 @@ def get_logs(
             headers={**NDJSON_HEADERS, **_source_headers(source)},
         )
     if from_line is not None:
-        source = open_log(ctx, run_id, run, full=full, chunk=GREP_CHUNK)
+        source = _open(ctx, run_id, found, full=full, chunk=GREP_CHUNK)
         window = logsearch.line_window(source.chunks, from_line, max_lines)
         return Response(
             window,
             media_type="text/plain; charset=utf-8",
             headers={**_source_headers(source), "X-Log-First-Line": str(from_line)},
         )
-    source = open_log(ctx, run_id, run, tail_bytes, full=full)
+    source = _open(ctx, run_id, found, tail_bytes, full=full)
     headers = _source_headers(source)
     if download:
-        headers["Content-Disposition"] = _attachment(ctx, run_id, run, full)
+        headers["Content-Disposition"] = _attachment(run_id, found, full)
     if tail_bytes is not None and tail_bytes <= SMALL_TAIL:
         # a tail (what the run page and `fastflow logs` ask for) is read here, in this
         # worker thread, and sent at once: streaming it would cost a thread hop per chunk
@@ -170,6 +178,27 @@ def get_logs(
             b"".join(source.chunks), media_type="text/plain; charset=utf-8", headers=headers
         )
     return StreamingResponse(source.chunks, media_type="text/plain; charset=utf-8", headers=headers)
+
+
+def _open(
+    ctx: Context,
+    run_id: uuid.UUID,
+    found: readback.Located,
+    tail_bytes: int | None = None,
+    *,
+    full: bool,
+    chunk: int = logfiles.READ_CHUNK,
+) -> readback.LogSource:
+    return open_log(
+        ctx,
+        run_id,
+        found.run,
+        tail_bytes,
+        full=full,
+        chunk=chunk,
+        entry=found.entry,
+        entry_known=True,
+    )
 
 
 def _source_headers(source: readback.LogSource) -> dict[str, str]:
@@ -204,13 +233,12 @@ def _grep_line(step: logsearch.Hit | int) -> dict[str, object] | None:
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def _attachment(ctx: Context, run_id: uuid.UUID, run: PipelineRun | None, full: bool) -> str:
+def _attachment(run_id: uuid.UUID, found: readback.Located, full: bool) -> str:
     """``attachment`` named ``<pipeline>-<run id>[-full].log`` (an ASCII fallback and the
     UTF-8 name, RFC 6266)."""
-    pipeline = run.pipeline_name if run is not None else None
+    pipeline = found.run.pipeline_name if found.run is not None else None
     if pipeline is None:
-        entry = readback.ledger_entry(ctx, run_id)
-        pipeline = entry.pipeline_name if entry is not None else "run"
+        pipeline = found.entry.pipeline_name if found.entry is not None else "run"
     name = f"{pipeline}-{run_id}{'-full' if full else ''}.log"
     fallback = _UNSAFE_NAME.sub("_", name)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
