@@ -53,6 +53,7 @@ def main() -> dict[str, Any]:
             "DATABASE_URL": f"sqlite:///{root / 'ff.db'}",
             "LOGS_DIR": str(root / "logs"),
             "PIPELINES_DIR": str(root / "pipelines"),
+            "DATA_DIR": str(root / "data"),  # environments, not in the working folder
         }
         env.pop("PYTHONUNBUFFERED", None)  # the baseline gets Python's default buffering
 
