@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from croniter import croniter
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -25,6 +24,7 @@ DEFAULT_DATA_DIR = Path("./data")
 DEFAULT_LOGS_DIR = Path("./logs")
 DEFAULT_PIPELINES_DIR = Path("./pipelines")
 DEFAULT_CLEANUP_SCHEDULE = "0 2 * * *"
+DEFAULT_VERIFY_SCHEDULE = "0 3 * * 0"
 DEFAULT_S3_REGION = "us-east-1"
 DEFAULT_S3_PREFIX = "pipeline-logs"
 DEFAULT_S3_MAX_CONCURRENCY = 8
@@ -51,6 +51,8 @@ SECRET_FIELDS = frozenset(
     }
 )
 S3_REQUIRED = ("s3_endpoint_url", "s3_bucket", "s3_access_key", "s3_secret_access_key")
+
+_KNOWN_VALID_CRON = frozenset({DEFAULT_CLEANUP_SCHEDULE, DEFAULT_VERIFY_SCHEDULE})
 
 _EMAIL_RE = re.compile(r"^[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+$|^[^@\s,<>]+@localhost$")
 
@@ -194,7 +196,7 @@ class Settings(BaseSettings):
     s3_object_lock_legal_hold: bool = False
     s3_object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = None
     s3_object_lock_days: int | None = Field(default=None, ge=1, le=MAX_RETENTION_DAYS)
-    archive_verify_schedule: str = "0 3 * * 0"
+    archive_verify_schedule: str = DEFAULT_VERIFY_SCHEDULE
     archive_verify_deep_sample: int = Field(default=100, ge=0, le=1_000_000)
     disk_warn_days: float = Field(default=3.0, ge=0, le=3650)
 
@@ -271,6 +273,10 @@ class Settings(BaseSettings):
     @classmethod
     def _cron(cls, v: str) -> str:
         v = " ".join(v.split())
+        if v in _KNOWN_VALID_CRON:
+            return v  # the defaults (validated with every start): no croniter import
+        from croniter import croniter
+
         if len(v.split(" ")) != 5 or not croniter.is_valid(v):
             raise ValueError("must be a 5-field cron expression such as '0 2 * * *'")
         return v

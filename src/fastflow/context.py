@@ -29,12 +29,17 @@ class Context:
         if self.base is None:
             self.base = self.settings
 
-    def reload_settings(self) -> Settings:
-        """Re-read the stored overrides (after a change through the API)."""
+    def reload_settings(self, *, base_validated: bool = False) -> Settings:
+        """Re-read the stored overrides (after a change through the API). With
+        ``base_validated`` (``base`` is what ``load_settings`` returned, as at start-up)
+        and nothing stored, ``base`` is the result without a second validation."""
         from fastflow.db import settings_store
 
         overrides = settings_store.load_overrides(self.db, self.base)
-        self.settings = settings_store.effective(self.base, overrides)
+        if base_validated and not overrides:
+            self.settings = self.base.model_copy()
+        else:
+            self.settings = settings_store.effective(self.base, overrides)
         security.install_log_redaction(self.settings)
         return self.settings
 
@@ -54,7 +59,7 @@ def bootstrap(settings: Settings, *, recover: bool = True) -> Context:
     db.migrate()
     isolation.secure_data_dir(settings)
     ctx = Context(settings=settings, db=db)
-    ctx.reload_settings()
+    ctx.reload_settings(base_validated=True)
     security.install_log_redaction(ctx.settings)
     if recover:
         runs.recover_orphans(db, ctx.settings.logs_root)

@@ -79,3 +79,25 @@ def test_no_secrets_means_no_change() -> None:
     masker = Masker([])
     assert not masker.active
     assert masker.push("anything") == "anything" and masker.flush() == ""
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_many_values_and_long_reads_mask_like_the_whole_text(seed: int) -> None:
+    """Reads of a few kilobytes hold only some of the values (each read is masked with
+    the values it contains): still the same result as masking the whole text."""
+    rnd = random.Random(1000 + seed)
+    alphabet = "abcxyz-é\n"
+    values = [
+        "".join(rnd.choice(alphabet[:-1]) for _ in range(rnd.randint(4, 12))) for _ in range(30)
+    ]
+    pieces = [*values, *(v[: rnd.randint(1, len(v) - 1)] for v in values), *alphabet, "line\n"]
+    text = "".join(rnd.choice(pieces) for _ in range(3000))
+    masker = Masker(values)
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        n = rnd.choice((1, 7, 300, 4096))
+        out.append(masker.push(text[i : i + n]))
+        i += n
+    out.append(masker.flush())
+    assert "".join(out) == Masker(values).mask(text)

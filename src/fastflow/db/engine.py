@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fastflow.config import Settings
@@ -80,6 +81,9 @@ def make_engine(settings: Settings) -> Engine:
         # would be opened (with their pragmas) and closed again for every request
         kwargs.update(pool_size=SQLITE_POOL_SIZE, max_overflow=10)
     else:
+        from fastflow.db.models import add_postgresql_options
+
+        add_postgresql_options()  # the dialect is loaded now anyway (see there)
         kwargs.update(pool_pre_ping=True, pool_size=PG_POOL_SIZE, max_overflow=30)
     engine = create_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
@@ -100,10 +104,16 @@ def is_postgres(engine: Engine) -> bool:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The database's Alembic revision; None before the first migration. One query when
+    the table is there (every start-up); the table is looked up only when it fails."""
     with engine.connect() as conn:
-        if not inspect(conn).has_table("alembic_version"):
+        try:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except DBAPIError:
+            conn.rollback()  # PostgreSQL: the failed statement aborted the transaction
+            if inspect(conn).has_table("alembic_version"):
+                raise
             return None
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def migrate(engine: Engine) -> None:

@@ -79,6 +79,9 @@ class Base(DeclarativeBase):
     pass
 
 
+LOCAL_LOG_WHERE = "log_file IS NOT NULL"  # the partial index of the local log bytes
+
+
 class PipelineRun(Base):
     """One execution of a pipeline. ``log_file``/``metrics_file`` are relative to LOGS_DIR."""
 
@@ -105,13 +108,13 @@ class PipelineRun(Base):
             "status",
             "finished_at",
         ),
-        # the local log bytes: sums over ranges of this index, not over the table
+        # the local log bytes: sums over ranges of this index, not over the table (its
+        # PostgreSQL WHERE: ``add_postgresql_options``)
         Index(
             "ix_pipeline_runs_local_log_size",
             "finished_at",
             "log_size",
-            sqlite_where=text("log_file IS NOT NULL"),
-            postgresql_where=text("log_file IS NOT NULL"),
+            sqlite_where=text(LOCAL_LOG_WHERE),
         ),
     )
 
@@ -517,3 +520,17 @@ class SystemIncident(Base):
     last_announced_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     announcements: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+def add_postgresql_options() -> None:
+    """Give the tables their PostgreSQL-only options (the partial index's WHERE).
+
+    Not in the ``Index(...)`` itself: a ``postgresql_*`` argument imports SQLAlchemy's
+    PostgreSQL dialect when this module is imported — tens of milliseconds at every
+    start-up, on SQLite too (issue 14). ``db.engine.make_engine`` calls this for a
+    PostgreSQL database, and the Alembic environment before it compares metadata;
+    calling it again changes nothing. The DDL itself is the migrations' (0009).
+    """
+    for index in Base.metadata.tables[PipelineRun.__tablename__].indexes:
+        if index.name == "ix_pipeline_runs_local_log_size":
+            index.dialect_options["postgresql"]["where"] = text(LOCAL_LOG_WHERE)

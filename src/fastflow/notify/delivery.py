@@ -27,7 +27,7 @@ from typing import Any
 from fastflow.context import Context
 from fastflow.db.engine import Database
 from fastflow.db.models import utcnow
-from fastflow.notify import email, records, teams
+from fastflow.notify import records
 from fastflow.notify.incidents import Kind
 from fastflow.notify.messages import Message
 from fastflow.notify.retry import DeliveryOptions, Outcome
@@ -139,9 +139,14 @@ def enabled_channels(ctx: Context) -> list[str]:
 def _send(ctx: Context, channel: str, message: Message, options: DeliveryOptions) -> Outcome:
     settings = ctx.settings
     try:
+        # the transports (smtplib, httpx) are imported only when a message goes out
         if channel == "email":
+            from fastflow.notify import email
+
             m = message
             return email.deliver(settings, m.subject, m.text, m.html, m.at, options)
+        from fastflow.notify import teams
+
         return teams.post(settings, message.card, options)
     except Exception as e:  # never raise out of a channel
         return Outcome(False, redact(f"{channel}: {type(e).__name__}: {e}", settings), 0)

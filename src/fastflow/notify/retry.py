@@ -8,10 +8,13 @@ delivery a bounded time and still record how it ended.
 
 from __future__ import annotations
 
-import ssl
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ssl
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_ATTEMPTS = 3

@@ -28,6 +28,8 @@ FLUSH_EVERY_S = 0.5
 DRAIN_AFTER_EXIT_S = 2.0
 KILL_GRACE_S = 3.0
 SELECT_S = 0.2
+IDLE_FIRST_S = 0.001  # after EOF: first wait for the exit, doubling up to IDLE_MAX_S
+IDLE_MAX_S = 0.05
 
 
 class Flushable(Protocol):
@@ -59,6 +61,7 @@ class Pump:
     _exited_at: float | None = None
     _killed_at: float | None = None
     _last_flush: float = 0.0
+    _idle_s: float = IDLE_FIRST_S
 
     def run(self) -> Outcome:
         """Read until EOF and until the process is reaped."""
@@ -86,7 +89,10 @@ class Pump:
 
     def _read(self) -> None:
         if self._sel is None:
-            time.sleep(0.05)  # output closed early; keep watching the process and deadline
+            # output closed (EOF comes a moment before the exit can be reaped, or early):
+            # keep watching the process and the deadline, checking soon at first
+            time.sleep(self._idle_s)
+            self._idle_s = min(self._idle_s * 2, IDLE_MAX_S)
             return
         if not self._sel.select(timeout=SELECT_S):
             return
