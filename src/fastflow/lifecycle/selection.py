@@ -15,12 +15,13 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, not_, or_, select, tuple_
+from sqlalchemy import Connection, and_, func, not_, or_, select, tuple_
 from sqlalchemy.sql.elements import ColumnElement
 
 from fastflow.db.engine import Database
@@ -135,10 +136,21 @@ def _run_key() -> Any:
     return tuple_(PipelineRun.started_at, PipelineRun.id)
 
 
+@contextmanager
+def _reading(db: Database) -> Iterator[Connection]:
+    """A connection for the planner's reads. On PostgreSQL in autocommit: each read is
+    one round trip, without BEGIN and ROLLBACK around it (every read was its own
+    transaction before too, so each still sees what was committed when it ran)."""
+    with db.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
 def pipeline_names(db: Database) -> list[str]:
     """Every pipeline that has runs (an index scan)."""
-    with db.session() as s:
-        return list(s.scalars(select(PipelineRun.pipeline_name).distinct()))
+    with _reading(db) as conn:
+        return list(conn.scalars(select(PipelineRun.pipeline_name).distinct()))
 
 
 def _finished(pipeline: str) -> list[ColumnElement[bool]]:
@@ -156,8 +168,8 @@ def count_boundary(db: Database, pipeline: str, keep: int | None) -> Boundary | 
         .offset(keep - 1)
         .limit(1)
     )
-    with db.session() as s:
-        row = s.execute(q).first()
+    with _reading(db) as conn:
+        row = conn.execute(q).first()
     return (row[0], row[1]) if row else None
 
 
@@ -165,7 +177,7 @@ def keeps_for(db: Database, pipeline: str, policy: Policy) -> Keeps:
     """What the keep rules protect in ``pipeline`` (two small index-ordered queries)."""
     last: Boundary | None = None
     failed: Boundary | None = None
-    with db.session() as s:
+    with _reading(db) as s:
         if policy.keep_last_success:
             row = s.execute(
                 select(PipelineRun.started_at, PipelineRun.id)
@@ -248,7 +260,7 @@ def _pages(
         if cursor is not None:
             q = q.where(_run_key() > _key_tuple(cursor))
         q = q.order_by(PipelineRun.started_at, PipelineRun.id).limit(batch)
-        with db.engine.connect() as conn:
+        with _reading(db) as conn:
             # the driver's own tuples, converted by ``_refs``: SQLAlchemy's per-row result
             # processing (rows, type decorators) cost more than all the rest of planning
             raw = conn.execute(q).cursor.fetchall()
@@ -299,8 +311,8 @@ def due_totals(db: Database, pipeline: str, policy: Policy, now: datetime) -> tu
     if where is None:
         return 0, 0
     q = select(func.count(), func.coalesce(func.sum(PipelineRun.log_size), 0)).where(*where)
-    with db.session() as s:
-        row = s.execute(q).one()
+    with _reading(db) as conn:
+        row = conn.execute(q).one()
     return int(row[0]), int(row[1] or 0)
 
 
