@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -13,10 +14,12 @@ from fastflow.lifecycle.policy import (
     MB,
     Action,
     ActionKind,
+    Keeps,
     Policy,
     RunRef,
     age_cutoff,
     decide,
+    decider,
     fallback,
     policy_for,
 )
@@ -336,3 +339,98 @@ def test_policy_from_pipeline_json_file(make_pipeline: MakePipeline) -> None:
     policy = policy_for(settings, loaded.retention)
 
     assert policy == Policy(keep_runs=None, max_age_days=3, max_log_bytes=4 * MB)
+
+
+# --- the fast per-pipeline decider against the rules written out plainly -----------------
+
+
+def _rules(
+    policy: Policy,
+    run: RunRef,
+    boundary: tuple[datetime, uuid.UUID] | None,
+    keeps: Keeps,
+    pinned: bool,
+) -> tuple[str, tuple[str, ...]] | None:
+    """The module docstring's rules, one by one, without any shortcut."""
+    if run.status in ("QUEUED", "PENDING", "RUNNING"):
+        return None
+    by_count = (
+        policy.keep_runs is not None
+        and boundary is not None
+        and (run.started_at, run.id) < boundary
+    )
+    cutoff = age_cutoff(policy, NOW)
+    by_age = cutoff is not None and run.started_at < cutoff
+    oversized = (
+        policy.max_log_bytes is not None
+        and run.log_file is not None
+        and run.log_size is not None
+        and run.log_size > policy.max_log_bytes
+    )
+    kept: str | None = None
+    if pinned:
+        kept = "pinned"
+    elif (
+        policy.keep_last_success
+        and keeps.last_success == (run.started_at, run.id)
+        and run.status == "SUCCESS"
+    ):
+        kept = "last_success"
+    elif (
+        policy.keep_failed
+        and keeps.failed_from is not None
+        and run.status in ("FAILED", "TIMEOUT")
+        and (run.started_at, run.id) >= keeps.failed_from
+    ):
+        kept = "keep_failed"
+    if by_count or by_age:
+        if kept is None:
+            reasons = []
+            if by_count:
+                reasons.append(f"more than {policy.keep_runs} finished runs of this pipeline")
+            if by_age:
+                reasons.append(f"older than {policy.max_age_days} days")
+            return "archive_and_delete_run", tuple(reasons)
+        if kept == "pinned" or not oversized:
+            return "keep", (kept,)
+    if oversized:
+        if pinned:
+            return "keep", ("pinned",)
+        return "truncate_log", (f"log is {run.log_size} bytes, limit {policy.max_log_bytes} bytes",)
+    return None
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_decider_matches_the_rules_written_out_on_random_runs(seed: int) -> None:
+    rng = random.Random(seed)
+    statuses = ["SUCCESS", "FAILED", "TIMEOUT", "CANCELLED", "PENDING", "RUNNING", "QUEUED"]
+    starts = [NOW - timedelta(days=d) for d in range(0, 60, 3)]  # shared: ties on started_at
+    ids = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(6)]
+    for _ in range(300):
+        policy = Policy(
+            keep_runs=rng.choice([None, 1, 5]),
+            max_age_days=rng.choice([None, 7, 30]),
+            max_log_bytes=rng.choice([None, 100]),
+            keep_last_success=rng.random() < 0.5,
+            keep_failed=rng.choice([0, 2]),
+        )
+        boundary = rng.choice([None, (rng.choice(starts), rng.choice(ids))])
+        keeps = Keeps(
+            last_success=rng.choice([None, (rng.choice(starts), rng.choice(ids))]),
+            failed_from=rng.choice([None, (rng.choice(starts), rng.choice(ids))]),
+        )
+        one = decider(policy, NOW, boundary, keeps)
+        for _ in range(20):
+            run = make_run(
+                started_at=rng.choice(starts),
+                status=rng.choice(statuses),
+                run_id=rng.choice(ids),
+                log_size=rng.choice([None, 10, 1000]),
+                log_file=rng.choice([None, "p/r/run.log"]),
+            )
+            pinned = rng.random() < 0.2
+            want = _rules(policy, run, boundary, keeps, pinned)
+            got = one(run, pinned)
+            assert (None if got is None else (got.kind.value, got.reasons)) == want
+            assert decide(policy, NOW, run, boundary, keeps, pinned) == got
+            assert got is None or got.run is run

@@ -131,6 +131,7 @@ class Keeps:
 NO_KEEPS = Keeps()
 _NOW = object()  # ``decide``'s cutoff default: computed from ``now``
 _SUCCESS = RunStatus.SUCCESS.value
+_NIL = uuid.UUID(int=0)
 
 
 def decide(
@@ -187,48 +188,44 @@ def decider(
     new = tuple.__new__  # an ``Action`` without the named tuple's Python-level __new__
     pinned_reason = (KeepReason.PINNED.value,)
 
-    def kept_by(run: RunRef) -> KeepReason | None:
-        if (
-            last is not None
-            and run.started_at == last[0]
-            and run.id == last[1]
-            and run.status == _SUCCESS
-        ):
+    b_start, b_id = boundary if boundary is not None else (None, _NIL)  # b_id: unused
+    l_start, l_id = last if last is not None else (None, None)
+
+    def kept_by(run_id: uuid.UUID, status: str, started: datetime) -> KeepReason | None:
+        if started == l_start and run_id == l_id and status == _SUCCESS:
             return KeepReason.LAST_SUCCESS
-        if (
-            failed is not None
-            and run.status in failed_statuses
-            and (run.started_at, run.id) >= failed
-        ):
+        if failed is not None and status in failed_statuses and (started, run_id) >= failed:
             return KeepReason.KEEP_FAILED
         return None
 
-    def one(run: RunRef, pinned: bool) -> Action | None:
-        if run.status in active:
-            return None
-        started = run.started_at
-        by_count = boundary is not None and (started, run.id) < boundary
-        by_age = age is not None and started < age
-        oversized = (
-            limit is not None
-            and run.log_file is not None
-            and run.log_size is not None
-            and run.log_size > limit
+    def oversized(log_file: str | None, log_size: int | None) -> bool:
+        return (
+            limit is not None and log_file is not None and log_size is not None and log_size > limit
         )
+
+    def one(run: RunRef, pinned: bool) -> Action | None:
+        # one unpacking instead of an attribute lookup per field: this runs per candidate
+        run_id, _, status, _, started, _, _, log_file, _, log_size = run
+        if status in active:
+            return None
+        by_count = b_start is not None and (
+            started < b_start or (started == b_start and run_id < b_id)
+        )
+        by_age = age is not None and started < age
         if by_count or by_age:
             if pinned:
                 return new(Action, (keep, run, pinned_reason))
-            kept = kept_by(run)
+            kept = kept_by(run_id, status, started)
             if kept is None:
                 return new(Action, (delete, run, reasons[by_count, by_age]))
-            if not oversized:
+            if not oversized(log_file, log_size):
                 return new(Action, (keep, run, (kept.value,)))
-        if oversized:
+        if oversized(log_file, log_size):
             if pinned:
                 return new(Action, (keep, run, pinned_reason))
             return new(
                 Action,
-                (truncate, run, (f"log is {run.log_size} bytes, limit {limit} bytes",)),
+                (truncate, run, (f"log is {log_size} bytes, limit {limit} bytes",)),
             )
         return None
 
