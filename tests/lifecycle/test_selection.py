@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from fastflow.config import load_settings
 from fastflow.db.engine import Database
 from fastflow.db.models import PipelineRun, RunStatus
 from fastflow.lifecycle import selection
-from fastflow.lifecycle.policy import Action, ActionKind, Policy
+from fastflow.lifecycle.policy import Action, ActionKind, Policy, RunRef
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
@@ -483,3 +483,27 @@ def test_postgres_selection_does_not_depend_on_the_session_time_zone(
         assert truncated == [r.id for r in runs[7:]]
     finally:
         database.dispose()
+
+
+def test_driver_rows_of_every_shape_become_the_same_run_refs() -> None:
+    """``_refs`` converts what sqlite3 (hex text, naive-UTC text), psycopg (UUID, naive
+    datetimes) and other drivers (text ids with datetimes, aware datetimes) return into
+    one and the same ``RunRef``."""
+    rid = uuid.UUID("6f9619ff-8b86-d011-b42d-00c04fc964ff")
+    started = datetime(2026, 3, 1, 10, 0, 0, 123456, tzinfo=UTC)
+    finished = datetime(2026, 3, 1, 10, 0, 42, tzinfo=UTC)
+    tail = ("SUCCESS", "cli")
+    rest = (0, "etl/x/run.log", None, 123)
+    shapes = [
+        (rid.hex, *tail, "2026-03-01 10:00:00.123456", "2026-03-01 10:00:42.000000", *rest),
+        (rid, *tail, started.replace(tzinfo=None), finished.replace(tzinfo=None), *rest),
+        (str(rid), *tail, started.replace(tzinfo=None), finished.replace(tzinfo=None), *rest),
+        (rid, *tail, started.astimezone(timezone(timedelta(hours=2))), finished, *rest),
+    ]
+    want = RunRef(rid, "etl", "SUCCESS", "cli", started, finished, 0, "etl/x/run.log", None, 123)
+    for shape in shapes:
+        (got,) = selection._refs([shape], "etl")
+        assert got == want
+        assert got.started_at.utcoffset() == timedelta(0)
+    no_finish = (rid.hex, *tail, "2026-03-01 10:00:00.123456", None, *rest)
+    assert selection._refs([no_finish], "etl")[0].finished_at is None

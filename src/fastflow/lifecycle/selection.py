@@ -71,6 +71,10 @@ def _utc(value: Any) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _uid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
 def _refs(raw: Sequence[Any], pipeline: str) -> list[RunRef]:
     """``RunRef``s from driver rows of ``_COLUMNS`` — what SQLAlchemy's result processing
     and ``models.UTCDateTime`` would return, converted in one tight loop per page (the
@@ -78,7 +82,9 @@ def _refs(raw: Sequence[Any], pipeline: str) -> list[RunRef]:
     if not raw:
         return []
     new, ref = tuple.__new__, RunRef
-    if isinstance(raw[0][0], str):  # SQLite: ids as hex text, timestamps as naive-UTC text
+    first = raw[0]
+    if isinstance(first[0], str) and isinstance(first[3], str):
+        # SQLite: ids as hex text, timestamps as naive-UTC text
         uid, iso = uuid.UUID, datetime.fromisoformat
         return [
             new(
@@ -98,7 +104,7 @@ def _refs(raw: Sequence[Any], pipeline: str) -> list[RunRef]:
             )
             for r in raw
         ]
-    if isinstance(raw[0][3], datetime) and raw[0][3].tzinfo is None:
+    if isinstance(first[0], uuid.UUID) and isinstance(first[3], datetime) and not first[3].tzinfo:
         # PostgreSQL: UUID and naive-UTC datetime objects (``timestamp without time zone``
         # columns: every row is naive)
         return [
@@ -119,10 +125,10 @@ def _refs(raw: Sequence[Any], pipeline: str) -> list[RunRef]:
             )
             for r in raw
         ]
+    # any other driver: each value converted on its own (e.g. text ids with datetimes)
     utc = _utc
     return [
-        new(ref, (r[0], pipeline, r[1], r[2], utc(r[3]), utc(r[4]), r[5], r[6], r[7], r[8]))
-        for r in raw
+        new(ref, (_uid(r[0]), pipeline, r[1], r[2], utc(r[3]), utc(r[4]), *r[5:9])) for r in raw
     ]
 
 
