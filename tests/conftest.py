@@ -10,11 +10,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from fastflow.config import Settings, load_settings
 from fastflow.context import Context, bootstrap
+
+if TYPE_CHECKING:  # imported by pytest as a plugin below (its asserts rewritten)
+    from tests.harness.fixtures import S3Env
 
 pytest_plugins = ["tests.harness.fixtures"]
 
@@ -99,6 +103,23 @@ def app(ff_env: dict[str, str]) -> Iterator[Context]:
     ctx = bootstrap(load_settings())
     yield ctx
     ctx.db.dispose()
+
+
+@pytest.fixture
+def s3_app(ff_env: dict[str, str], s3: S3Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
+    """``app`` with S3 backup on, against the test S3 server (``s3``)."""
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    ctx = bootstrap(load_settings())
+    yield ctx
+    ctx.db.dispose()
+
+
+def tune(ctx: Context, **overrides: Any) -> Context:
+    """The same database with other settings."""
+    data = ctx.settings.model_dump()
+    data.update(overrides)
+    return Context(settings=load_settings(**data), db=ctx.db)
 
 
 def run_cli(

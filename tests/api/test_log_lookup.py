@@ -7,7 +7,6 @@ answered as it is now, and a revoked token reads nothing."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,16 +26,11 @@ from fastflow.errors import LogNotAvailable, RunNotFound
 from fastflow.lifecycle.cleanup import run_pass
 from fastflow.runs import readback
 from fastflow.server import create_app
+from tests.conftest import tune
 from tests.harness.fixtures import S3Env
 from tests.seeding import NOW, run_row, seed_run
 
 COLUMNS = [attr.key for attr in sa_inspect(ArchivedRun).column_attrs]
-
-
-def _tune(ctx: Context, **overrides: Any) -> Context:
-    data = ctx.settings.model_dump()
-    data.update(overrides)
-    return Context(settings=load_settings(**data), db=ctx.db)
 
 
 def _entry(rid: uuid.UUID, **extra: Any) -> ArchivedRun:
@@ -102,15 +96,6 @@ def test_locate_reads_the_row_and_the_entry_on_postgres(
         ctx.db.dispose()
 
 
-@pytest.fixture
-def s3_app(ff_env: dict[str, str], s3: S3Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
-    for key, value in s3.env().items():
-        monkeypatch.setenv(key, value)
-    ctx = bootstrap(load_settings())
-    yield ctx
-    ctx.db.dispose()
-
-
 def test_each_request_sees_the_log_where_it_is_now(
     s3_app: Context, s3: S3Env, tmp_path: Path
 ) -> None:
@@ -131,7 +116,7 @@ def test_each_request_sees_the_log_where_it_is_now(
     assert res.headers["x-log-source"] == "local"
     assert res.headers["x-log-size"] == str(len(log))
 
-    run_pass(_tune(ctx, log_retention_runs=1), "test", now=NOW)
+    run_pass(tune(ctx, log_retention_runs=1), "test", now=NOW)
     assert run_row(ctx, old.id) is None and not old.log.exists()
     res = http.get(path, headers=viewer)
     assert res.status_code == 200 and res.content == log[-100:]
@@ -143,7 +128,7 @@ def test_each_request_sees_the_log_where_it_is_now(
     other = b"".join(f"line {i} of the rebuilt copy\n".encode() for i in range(300))
     source = tmp_path / "rebuilt.log"
     source.write_bytes(other)
-    store = archive.S3Store(_tune(ctx, s3_compression="zstd").settings)
+    store = archive.S3Store(tune(ctx, s3_compression="zstd").settings)
     key = store.key_for("etl", str(old.id), "run.log")
     stored = store.put_verified(key, source, {})
     with ctx.db.session() as s:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,31 +19,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fastflow import accounts
-from fastflow.config import load_settings
-from fastflow.context import Context, bootstrap
+from fastflow.context import Context
 from fastflow.lifecycle.cleanup import run_pass
 from fastflow.server import create_app
+from tests.conftest import tune
 from tests.harness.fixtures import S3Env
 from tests.seeding import NOW, ledger, run_row, seed_run
 
 SEARCH_FIELDS = ["run_id", "pipeline_name", "started_at", "line", "text"]
 GREP_FIELDS = ["line", "text", "context_before", "context_after"]
-
-
-def tune(ctx: Context, **overrides: Any) -> Context:
-    """The same database with other settings."""
-    data = ctx.settings.model_dump()
-    data.update(overrides)
-    return Context(settings=load_settings(**data), db=ctx.db)
-
-
-@pytest.fixture
-def s3_app(ff_env: dict[str, str], s3: S3Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
-    for key, value in s3.env().items():
-        monkeypatch.setenv(key, value)
-    ctx = bootstrap(load_settings())
-    yield ctx
-    ctx.db.dispose()
 
 
 @dataclass
