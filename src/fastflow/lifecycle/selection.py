@@ -183,9 +183,9 @@ def keeps_for(db: Database, pipeline: str, policy: Policy) -> Keeps:
     """What the keep rules protect in ``pipeline`` (two small index-ordered queries)."""
     last: Boundary | None = None
     failed: Boundary | None = None
-    with _reading(db) as s:
+    with _reading(db) as conn:
         if policy.keep_last_success:
-            row = s.execute(
+            row = conn.execute(
                 select(PipelineRun.started_at, PipelineRun.id)
                 .where(
                     PipelineRun.pipeline_name == pipeline,
@@ -206,7 +206,7 @@ def keeps_for(db: Database, pipeline: str, policy: Policy) -> Keeps:
                 .limit(policy.keep_failed)
                 .subquery()
             )
-            row = s.execute(
+            row = conn.execute(
                 select(newest.c.started_at, newest.c.id)
                 .order_by(newest.c.started_at, newest.c.id)
                 .limit(1)
