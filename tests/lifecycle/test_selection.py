@@ -507,3 +507,32 @@ def test_driver_rows_of_every_shape_become_the_same_run_refs() -> None:
         assert got.started_at.utcoffset() == timedelta(0)
     no_finish = (rid.hex, *tail, "2026-03-01 10:00:00.123456", None, *rest)
     assert selection._refs([no_finish], "etl")[0].finished_at is None
+
+
+def test_fast_conversions_equal_the_standard_ones_on_random_values() -> None:
+    """``_uid_hex`` is ``uuid.UUID`` and ``_aware`` is ``replace(tzinfo=UTC)``: same
+    value, same hash, same text, same type, for random ids and timestamps (the edges
+    of the calendar and of the microseconds included); other spellings of an id still
+    go through ``uuid.UUID``, and bad ones fail as loudly."""
+    rng = random.Random(14)
+    ids = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(2000)]
+    ids += [uuid.UUID(int=0), uuid.UUID(int=(1 << 128) - 1), uuid.uuid4()]
+    for rid in ids:
+        got = selection._uid_hex(rid.hex)
+        assert type(got) is uuid.UUID
+        assert (got, hash(got), str(got), got.version) == (rid, hash(rid), str(rid), rid.version)
+        assert got.is_safe is uuid.SafeUUID.unknown
+    assert selection._uid_hex(str(ids[0])) == ids[0]  # with hyphens: the standard parser
+    for bad in ("z" * 32, "12ab", ""):
+        with pytest.raises(ValueError):
+            selection._uid_hex(bad)
+    stamps = [datetime.min, datetime.max, datetime(2026, 12, 31, 23, 59, 59, 999999)]
+    stamps += [
+        datetime(1970, 1, 1) + timedelta(microseconds=rng.randrange(0, 4_000_000_000_000_000))
+        for _ in range(2000)
+    ]
+    for naive in stamps:
+        want = naive.replace(tzinfo=UTC)
+        got_dt = selection._aware(naive)
+        assert got_dt == want and got_dt.tzinfo is UTC
+        assert got_dt.isoformat() == want.isoformat()

@@ -1,9 +1,14 @@
-"""``runs.files.remove_empty_dirs``: empty run folders go, nothing outside LOGS_DIR does."""
+"""``runs.files``: paths resolve inside LOGS_DIR or not at all; empty run folders go,
+nothing outside LOGS_DIR does."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
+
+from fastflow.errors import UnsafePath
 from fastflow.runs import files
 
 
@@ -53,3 +58,73 @@ def test_a_root_given_through_a_symlink_is_still_the_stop(tmp_path: Path) -> Non
 
     assert real.is_dir()
     assert not (real / "etl").exists()
+
+
+def test_real_path_is_os_realpath_for_every_kind_of_path(tmp_path: Path) -> None:
+    """The kernel's resolution (``/proc/self/fd``) and ``os.path.realpath`` agree: files,
+    folders, symlinked files and folders, chains of links, ``..`` after a link, missing
+    paths, dangling links, names with spaces and Unicode, and a name that ends in
+    `` (deleted)`` like the kernel's mark of a removed file."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "logs dir ü"
+    (root / "etl" / "run-1").mkdir(parents=True)
+    (root / "etl" / "run-1" / "run.log").write_text("x")
+    (root / "weird (deleted)").write_text("x")
+    (root / "to-outside").symlink_to(outside)
+    (root / "chain-1").symlink_to(root / "chain-2")
+    (root / "chain-2").symlink_to(root / "etl")
+    (root / "dangling").symlink_to(tmp_path / "nowhere")
+    (root / "file-link").symlink_to(root / "etl" / "run-1" / "run.log")
+    cases = [
+        root,
+        root / "etl" / "run-1" / "run.log",
+        root / "weird (deleted)",
+        root / "to-outside",
+        root / "to-outside" / "missing.log",
+        root / "chain-1" / "run-1" / "run.log",
+        root / "chain-1" / ".." / "etl",
+        root / "to-outside" / ".." / "logs dir ü",
+        root / "dangling",
+        root / "file-link",
+        root / "missing" / "run.log",
+        root / "missing" / "deeper" / ".." / "run.log",
+        root / "dangling" / "run.log",
+        root / "etl" / "run-1" / "run.log" / "not-a-folder",
+        Path("relative") / ".." / "x",
+        Path("relative-missing.log"),
+        Path("/"),
+        Path("/nonexistent-top-level"),
+    ]
+    for case in cases:
+        assert files.real_path(case) == os.path.realpath(case), case
+
+
+def test_resolve_refuses_every_way_out_and_accepts_every_way_in(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.log").write_text("s")
+    root = tmp_path / "logs"
+    (root / "etl" / "run-1").mkdir(parents=True)
+    (root / "etl" / "run-1" / "run.log").write_text("x")
+    (root / "etl" / "run-1" / "out.log").symlink_to(outside / "secret.log")
+    (root / "out").symlink_to(outside)
+    (tmp_path / "logs-sibling").mkdir()  # a sibling whose name starts like the root
+    linked_root = tmp_path / "linked"
+    linked_root.symlink_to(root)
+    for bad in (
+        "../outside/secret.log",
+        "etl/run-1/out.log",
+        "out/secret.log",
+        "../logs-sibling/x",
+        "/etc/passwd",
+        "",
+        "a\x00b",
+        "etl/../../outside",
+    ):
+        with pytest.raises(UnsafePath):
+            files.resolve(root, bad)
+    good = files.resolve(linked_root, "etl/run-1/run.log")
+    assert good == (root / "etl" / "run-1" / "run.log").resolve()
+    assert files.resolve(root, "etl/./run-1/../run-1/run.log") == good
+    assert files.resolve(root, "etl/run-2/not-yet.log") == root.resolve() / "etl/run-2/not-yet.log"

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 from boto3.s3.transfer import S3Transfer, TransferConfig
@@ -338,12 +338,14 @@ class S3Store:
         self, key: str, path: Path, metadata: dict[str, str], extra: dict[str, str]
     ) -> tuple[int, str]:
         """Upload, then verify with HEAD. A file of up to ``SMALL_FILE`` bytes is read
-        once and the bytes that were hashed are the bytes sent (``_put_small``); a larger
-        one goes by file name: s3transfer then streams every part from disk (a file
-        object would make it buffer parts in memory); it is hashed once, before the
-        upload, and a change of its identity (inode, size, modification time) between
-        the hash and the end of the upload is a failure. With checksums on, the server
-        checks every part against the SHA-256 botocore sends with it."""
+        once and the bytes that were hashed are the bytes sent (``_put_small``). A larger
+        one is hashed once, before the upload; up to ``MULTIPART_THRESHOLD`` it is one
+        PutObject streamed from the open file carrying that SHA-256 (with checksums on,
+        the server refuses bytes that do not match it); beyond, it goes by file name:
+        s3transfer streams every part from disk (a file object would make it buffer
+        parts in memory) and the server checks each part against the SHA-256 botocore
+        sends with it. A change of the file's identity (inode, size, modification time)
+        between the hash and the end of the upload is a failure."""
         meta = {k: encode_meta(v) for k, v in metadata.items()}
         meta.update(extra)
         try:
@@ -354,17 +356,31 @@ class S3Store:
                 return size, digest
             before = os.stat(path)
             size, digest = sha256_of(path)
-            meta[META_SHA256] = digest
-            self._uploader().upload_file(
-                str(path),
-                self.bucket,
-                key,
-                extra_args={
-                    "Metadata": meta,
-                    "ContentType": _content_type(key),
-                    **self._write_args(),
-                },
-            )
+            if size <= MULTIPART_THRESHOLD:
+                # one PutObject streaming from the open file with the SHA-256 just
+                # computed, for the server to check; the bytes are hashed again as they
+                # are sent, for servers that do not check (s3transfer would add its
+                # Python-level readers and have botocore hash them once more)
+                with path.open("rb") as f:
+                    body = _HashingReader(f)
+                    self._put(key, body, bytes.fromhex(digest), meta)
+                if body.sent() != (size, digest):
+                    raise ArchiveError(
+                        f"local file {path.name} changed while it was uploaded "
+                        "(the bytes sent are not the bytes hashed); not deleting it"
+                    )
+            else:
+                meta[META_SHA256] = digest
+                self._uploader().upload_file(
+                    str(path),
+                    self.bucket,
+                    key,
+                    extra_args={
+                        "Metadata": meta,
+                        "ContentType": _content_type(key),
+                        **self._write_args(),
+                    },
+                )
             after = os.stat(path)
         except ArchiveError:
             raise
@@ -387,24 +403,30 @@ class S3Store:
 
     def _put_small(self, key: str, data: bytes, meta: dict[str, str]) -> tuple[int, str]:
         raw = hashlib.sha256(data).digest()
-        digest = raw.hex()
+        self._put(key, data, raw, meta)
+        return len(data), raw.hex()
+
+    def _put(
+        self, key: str, body: bytes | BinaryIO | _HashingReader, sha256: bytes, meta: dict[str, str]
+    ) -> None:
+        """One PutObject of ``body`` (bytes, or a file streamed from its current position)
+        whose SHA-256 is ``sha256``."""
         args = self._write_args()  # with ChecksumAlgorithm=SHA256 when checksums are on
         if self._checksum:
             # the digest we computed, sent for the server to check against the body it
             # receives (botocore then does not hash the body a second time)
-            args["ChecksumSHA256"] = base64.b64encode(raw).decode("ascii")
+            args["ChecksumSHA256"] = base64.b64encode(sha256).decode("ascii")
         try:
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=key,
-                Body=data,
-                Metadata={**meta, META_SHA256: digest},
+                Body=body,
+                Metadata={**meta, META_SHA256: sha256.hex()},
                 ContentType=_content_type(key),
                 **args,
             )
         except Exception as e:  # every boto3/botocore error is a failed archive
             raise describe_error(e, self.settings) from e
-        return len(data), digest
 
     def verify(self, key: str, size: int, sha256: str) -> None:
         """HEAD ``key``; raise unless its size and stored SHA-256 match."""
@@ -502,6 +524,44 @@ class S3Store:
             raise describe_error(e, self.settings) from e
         except Exception as e:
             raise describe_error(e, self.settings) from e
+
+
+class _HashingReader:
+    """A file as a request body that hashes the bytes read from it: ``sent()`` is the
+    size and SHA-256 of what was read in one pass from the start. Seeking (botocore
+    measures the body, and rewinds it for a retry) starts the count again from the new
+    position; a read that does not continue the counted bytes leaves them unequal to
+    the file's, so that a mismatch is reported, never missed."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._hash = hashlib.sha256()
+        self._counted = 0
+        self._broken = False
+
+    def read(self, n: int = -1) -> bytes:
+        at = self._f.tell()
+        data = self._f.read(n)
+        if at != self._counted:
+            self._broken = True
+        elif data:
+            self._hash.update(data)
+            self._counted += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        pos = self._f.seek(offset, whence)
+        if pos == 0:
+            self._hash, self._counted, self._broken = hashlib.sha256(), 0, False
+        return pos
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def sent(self) -> tuple[int, str] | None:
+        """(size, hex SHA-256) of the bytes read from the start; None if the reads did
+        not follow one another."""
+        return None if self._broken else (self._counted, self._hash.hexdigest())
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:

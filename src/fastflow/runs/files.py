@@ -32,15 +32,64 @@ def metrics_rel(pipeline_name: str, run_id: str) -> str:
     return f"{run_dir_rel(pipeline_name, run_id)}/{METRICS_NAME}"
 
 
+_O_PATH: int | None = getattr(os, "O_PATH", None)  # Linux
+
+
+def real_path(path: str | os.PathLike[str]) -> str:
+    """``os.path.realpath(path)``: absolute, every symbolic link followed, ``..`` applied.
+
+    On Linux the kernel resolves it (``open(O_PATH)`` and ``/proc/self/fd``: three
+    system calls instead of Python's ``lstat`` per component, a fifth of the time); a
+    name that does not exist (not even as a dangling link) is appended to its folder's
+    real path. Anything else — no ``/proc``, a file removed meanwhile — goes through
+    ``os.path.realpath``."""
+    if _O_PATH is None:
+        return os.path.realpath(path)
+    try:
+        fd = os.open(path, _O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return _missing_real_path(os.fspath(path))
+    except OSError:
+        return os.path.realpath(path)
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+    finally:
+        os.close(fd)
+    if not real.startswith("/") or real.endswith(" (deleted)"):
+        return os.path.realpath(path)  # not a path, or the file was removed meanwhile
+    return real
+
+
+def _missing_real_path(path: str) -> str:
+    head, name = os.path.split(path)
+    if not head or name in ("", ".", ".."):
+        return os.path.realpath(path)
+    try:
+        os.lstat(path)
+    except FileNotFoundError:  # no such name: nothing to follow in it
+        parent = real_path(head)
+        return parent + name if parent.endswith("/") else f"{parent}/{name}"
+    except OSError:
+        pass
+    return os.path.realpath(path)  # a dangling link, or a race: the careful way
+
+
+def _inside(root: str, candidate: str) -> bool:
+    """``candidate`` is ``root`` or below it (both real, absolute paths)."""
+    return candidate == root or candidate.startswith(root if root.endswith("/") else root + "/")
+
+
 def resolve(logs_root: Path, rel: str) -> Path:
     """Absolute path of ``rel`` under ``logs_root``; raise ``UnsafePath`` if it escapes."""
-    root = logs_root.resolve()
     if not rel or "\x00" in rel or Path(rel).is_absolute():
         raise UnsafePath(f"refusing log path {rel!r}: not a relative path under LOGS_DIR")
-    candidate = (root / rel).resolve()
-    if candidate != root and root not in candidate.parents:
+    root = real_path(logs_root)
+    candidate = real_path(os.path.join(root, rel))
+    if not _inside(root, candidate):
         raise UnsafePath(f"refusing log path {rel!r}: it resolves outside LOGS_DIR")
-    return candidate
+    return Path(candidate)
 
 
 def size_of(path: Path) -> int | None:
@@ -76,14 +125,14 @@ def remove_empty_dirs(start: Path, stop: Path) -> None:
     """Remove ``start`` and its empty parents up to, not including, ``stop``; never a
     folder outside ``stop``. Both are resolved once (a resolved path's parents have no
     symbolic links left to follow)."""
-    root = stop.resolve()
-    current = start.resolve()
-    while current != root and root in current.parents:
+    root = real_path(stop)
+    current = real_path(start)
+    while current != root and _inside(root, current):
         try:
             os.rmdir(current)
         except OSError:
             return
-        current = current.parent
+        current = os.path.dirname(current)
 
 
 def is_own_temp(path: Path) -> bool:

@@ -1,0 +1,107 @@
+"""``S3Store.put_verified`` by file size, against the real S3 server: small files are one
+PutObject of the bytes read, files up to the multipart threshold one PutObject streamed
+from the open file with the SHA-256 computed beforehand (and the bytes sent hashed
+again); each is HEAD-verified."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastflow.archive import s3 as s3mod
+from fastflow.config import load_settings
+from fastflow.errors import ArchiveError
+from tests.harness.fixtures import S3Env
+
+
+def _store(s3: S3Env, tmp_path: Path) -> s3mod.S3Store:
+    env = {k.lower(): v for k, v in s3.env().items()}
+    return s3mod.S3Store(load_settings(**env, data_dir=tmp_path / "data"))
+
+
+def _operations(store: s3mod.S3Store) -> Counter[str]:
+    """Every S3 operation the store's client sends from now on, by name."""
+    seen: Counter[str] = Counter()
+
+    def count(model: Any, **_: Any) -> None:
+        seen[model.name] += 1
+
+    def attempt(request: Any, **_: Any) -> None:
+        seen[f"{request.method} sent"] += 1
+
+    store.client.meta.events.register("before-call.s3", count)
+    store.client.meta.events.register("before-send.s3", attempt)
+    return seen
+
+
+@pytest.mark.parametrize("size", [10, s3mod.SMALL_FILE + 1, 3 * s3mod.SMALL_FILE // 2])
+def test_each_size_is_one_put_and_one_head_with_the_servers_checksum(
+    s3: S3Env, tmp_path: Path, size: int
+) -> None:
+    store = _store(s3, tmp_path)
+    path = tmp_path / "run.log"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    ops = _operations(store)
+
+    stored = store.put_verified(f"sizes/{size}/run.log", path, {"run_id": "r1"})
+
+    want = hashlib.sha256(data).hexdigest()
+    assert (stored.size, stored.sha256) == (size, want)
+    # no multipart, no second try
+    assert ops == Counter({"PutObject": 1, "HeadObject": 1, "PUT sent": 1, "HEAD sent": 1})
+    head = s3.client().head_object(
+        Bucket=s3.bucket, Key=f"sizes/{size}/run.log", ChecksumMode="ENABLED"
+    )
+    assert head["ContentLength"] == size
+    assert head["Metadata"]["sha256"] == want
+    assert head.get("ChecksumSHA256") is not None  # the server checked and kept it
+    body = s3.client().get_object(Bucket=s3.bucket, Key=f"sizes/{size}/run.log")["Body"].read()
+    assert body == data
+
+
+def test_a_streamed_file_that_no_longer_matches_its_hash_is_refused(
+    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bytes streamed are not the bytes hashed (the file was rewritten in between,
+    same size, within the file system's timestamp granularity): the upload fails and
+    says so. AWS and MinIO refuse the body against the SHA-256 sent with it; moto and
+    s3rver store it, so fastflow hashes what it sends and compares."""
+    store = _store(s3, tmp_path)
+    path = tmp_path / "run.log"
+    size = s3mod.SMALL_FILE + 1024
+    path.write_bytes(b"a" * size)
+    hashed = hashlib.sha256(b"b" * size).hexdigest()  # what the file held when hashed
+    monkeypatch.setattr(s3mod, "sha256_of", lambda p: (size, hashed))
+
+    with pytest.raises(ArchiveError, match="changed while it was uploaded"):
+        store.put_verified("refused/run.log", path, {"run_id": "r1"})
+
+
+@pytest.mark.parametrize("checksum", ["sha256", "none"])
+def test_a_streamed_upload_cut_off_midway_is_sent_again_whole(
+    s3: S3Env, tmp_path: Path, checksum: str
+) -> None:
+    """The proxy drops the first PutObject after 1 MiB of its body: botocore rewinds the
+    file and sends it again; what was counted of the first attempt is forgotten, so the
+    second one verifies. With ``S3_CHECKSUM=none`` botocore also reads the body for the
+    request signature before sending it."""
+    env = {k.lower(): v for k, v in s3.env().items()}
+    store = s3mod.S3Store(load_settings(**env, data_dir=tmp_path / "data", s3_checksum=checksum))
+    path = tmp_path / "run.log"
+    data = os.urandom(s3mod.SMALL_FILE * 2)
+    path.write_bytes(data)
+    s3.proxy.drop(times=1, match=lambda method, _: method == "PUT", after_bytes=1 << 20)
+    ops = _operations(store)
+
+    stored = store.put_verified(f"retried/{checksum}/run.log", path, {"run_id": "r1"})
+
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert (ops["PutObject"], ops["PUT sent"]) == (1, 2)  # one call, retried by botocore
+    body = s3.client().get_object(Bucket=s3.bucket, Key=f"retried/{checksum}/run.log")
+    assert body["Body"].read() == data
