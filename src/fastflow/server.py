@@ -72,6 +72,13 @@ def create_app(ctx: Context, *, schedule: bool = True) -> FastAPI:
 
     def extend(app: FastAPI) -> None:
         install_web(app)
-        app.add_middleware(SecurityHeaders)
+        # outermost, around Starlette's error middleware too: a 500 for an unhandled
+        # exception carries the headers like every other answer
+        build = app.build_middleware_stack
+
+        def with_headers() -> ASGIApp:
+            return SecurityHeaders(build())
+
+        app.build_middleware_stack = with_headers  # type: ignore[method-assign]
 
     return create_api(ctx, schedule=schedule, extend=extend)

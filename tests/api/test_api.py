@@ -547,3 +547,23 @@ def test_security_headers(api: Api) -> None:
     # errors outside any route get them too, each header once
     missing = api.client.get("/no-such-page")
     assert missing.headers.get_list("x-frame-options") == ["DENY"]
+
+
+def test_an_unhandled_error_answers_500_with_the_security_headers_and_no_detail(
+    ff_env: dict[str, str],
+) -> None:
+    """Starlette answers an unhandled exception from outside every user middleware: the
+    security headers wrap that too, and the answer names no internals."""
+    app = create_app(bootstrap(load_settings()), schedule=False)
+
+    @app.get("/api/health/boom-for-test")
+    def boom() -> None:
+        raise RuntimeError("secret internals: s3_secret_access_key=hunter2")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    res = client.get("/api/health/boom-for-test")
+    assert res.status_code == 500
+    assert res.headers["x-content-type-options"] == "nosniff"
+    assert res.headers["x-frame-options"] == "DENY"
+    assert res.headers["referrer-policy"] == "same-origin"
+    assert "hunter2" not in res.text and "internals" not in res.text

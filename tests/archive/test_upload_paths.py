@@ -105,3 +105,58 @@ def test_a_streamed_upload_cut_off_midway_is_sent_again_whole(
     assert (ops["PutObject"], ops["PUT sent"]) == (1, 2)  # one call, retried by botocore
     body = s3.client().get_object(Bucket=s3.bucket, Key=f"retried/{checksum}/run.log")
     assert body["Body"].read() == data
+
+
+def test_a_file_that_grows_during_its_upload_is_reported_and_the_next_uploads_verify(
+    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines appended after the hash: the object holds exactly the bytes that were
+    hashed, the upload is reported as changed (the file is kept for the next pass), and
+    the next uploads on the same store verify."""
+    store = _store(s3, tmp_path)
+    path = tmp_path / "run.log"
+    first = os.urandom(s3mod.SMALL_FILE + 4096)
+    path.write_bytes(first)
+    real = s3mod.sha256_of
+
+    def hash_then_append(p: Path) -> tuple[int, str]:
+        result = real(p)
+        with p.open("ab") as f:
+            f.write(b"a line written while the upload ran\n" * 1000)
+        return result
+
+    monkeypatch.setattr(s3mod, "sha256_of", hash_then_append)
+    with pytest.raises(ArchiveError, match="changed while it was uploaded"):
+        store.put_verified("grew/run.log", path, {"run_id": "r1"})
+    monkeypatch.setattr(s3mod, "sha256_of", real)
+    sent = s3.client().get_object(Bucket=s3.bucket, Key="grew/run.log")["Body"].read()
+    assert sent == first
+
+    other = tmp_path / "other.log"
+    other.write_bytes(os.urandom(s3mod.SMALL_FILE + 1))
+    for i in range(3):
+        stored = store.put_verified(f"after/{i}.log", other, {"run_id": "r2"})
+        assert stored.size == other.stat().st_size
+
+
+def test_the_request_body_ends_at_the_size_that_was_hashed(tmp_path: Path) -> None:
+    """Whatever is appended meanwhile, the body is the first ``size`` bytes: its length,
+    its end, and what reads return (a keep-alive connection must never carry bytes past
+    the Content-Length); a rewind starts the count again; a jump is reported."""
+    path = tmp_path / "run.log"
+    path.write_bytes(b"x" * 1000)
+    with path.open("rb") as f:
+        body = s3mod._HashingReader(f, 1000)
+        with path.open("ab") as grow:
+            grow.write(b"y" * 500)
+        assert len(body) == 1000
+        assert body.seek(0, os.SEEK_END) == 1000 and body.read(10) == b""
+        assert body.seek(0) == 0
+        assert body.read(600) + body.read() + body.read() == b"x" * 1000
+        assert body.sent() == (1000, hashlib.sha256(b"x" * 1000).hexdigest())
+        body.seek(0)
+        body.read(100)
+        assert body.sent() == (100, hashlib.sha256(b"x" * 100).hexdigest())
+        body.seek(500)
+        body.read(100)
+        assert body.sent() is None  # bytes 100-500 were never read: no claim about them

@@ -362,7 +362,7 @@ class S3Store:
                 # are sent, for servers that do not check (s3transfer would add its
                 # Python-level readers and have botocore hash them once more)
                 with path.open("rb") as f:
-                    body = _HashingReader(f)
+                    body = _HashingReader(f, size)
                     self._put(key, body, bytes.fromhex(digest), meta)
                 if body.sent() != (size, digest):
                     raise ArchiveError(
@@ -527,21 +527,29 @@ class S3Store:
 
 
 class _HashingReader:
-    """A file as a request body that hashes the bytes read from it: ``sent()`` is the
-    size and SHA-256 of what was read in one pass from the start. Seeking (botocore
-    measures the body, and rewinds it for a retry) starts the count again from the new
-    position; a read that does not continue the counted bytes leaves them unequal to
-    the file's, so that a mismatch is reported, never missed."""
+    """The first ``size`` bytes of a file as a request body, hashed as they are read:
+    ``sent()`` is the size and SHA-256 of what was read in one pass from the start.
 
-    def __init__(self, f: BinaryIO) -> None:
+    The body ends at ``size`` whatever the file does meanwhile (a request never carries
+    more bytes than its Content-Length, which botocore takes from ``len``). Seeking back
+    to the start (botocore rewinds the body for a retry, or after hashing it for the
+    signature) starts the count again; a read that does not continue the counted bytes
+    leaves them unequal to the file's, so that a mismatch is reported, never missed."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
         self._f = f
+        self._size = size
         self._hash = hashlib.sha256()
         self._counted = 0
         self._broken = False
 
+    def __len__(self) -> int:
+        return self._size
+
     def read(self, n: int = -1) -> bytes:
         at = self._f.tell()
-        data = self._f.read(n)
+        left = max(0, self._size - at)
+        data = self._f.read(left if n is None or n < 0 else min(n, left))
         if at != self._counted:
             self._broken = True
         elif data:
@@ -550,6 +558,8 @@ class _HashingReader:
         return data
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:
+            offset, whence = self._size + offset, os.SEEK_SET
         pos = self._f.seek(offset, whence)
         if pos == 0:
             self._hash, self._counted, self._broken = hashlib.sha256(), 0, False
