@@ -523,7 +523,7 @@ def test_fast_conversions_equal_the_standard_ones_on_random_values() -> None:
         assert (got, hash(got), str(got), got.version) == (rid, hash(rid), str(rid), rid.version)
         assert got.is_safe is uuid.SafeUUID.unknown
     assert selection._uid_hex(str(ids[0])) == ids[0]  # with hyphens: the standard parser
-    for bad in ("z" * 32, "12ab", ""):
+    for bad in ("z" * 32, "12ab", "", "-" + "f" * 31):
         with pytest.raises(ValueError):
             selection._uid_hex(bad)
     stamps = [datetime.min, datetime.max, datetime(2026, 12, 31, 23, 59, 59, 999999)]
@@ -536,3 +536,5 @@ def test_fast_conversions_equal_the_standard_ones_on_random_values() -> None:
         got_dt = selection._aware(naive)
         assert got_dt == want and got_dt.tzinfo is UTC
         assert got_dt.isoformat() == want.isoformat()
+    folded = datetime(2026, 10, 25, 2, 30, fold=1)
+    assert selection._aware(folded).fold == folded.replace(tzinfo=UTC).fold == 1

@@ -109,6 +109,10 @@ def test_resolve_refuses_every_way_out_and_accepts_every_way_in(tmp_path: Path) 
     (root / "etl" / "run-1" / "run.log").write_text("x")
     (root / "etl" / "run-1" / "out.log").symlink_to(outside / "secret.log")
     (root / "out").symlink_to(outside)
+    (outside / "dir").mkdir()
+    (outside / "dir" / "run.log").write_text("s")
+    (root / "xd").symlink_to(Path("..") / "outside" / "dir")
+    (root / "loop").symlink_to(root / "loop")
     (tmp_path / "logs-sibling").mkdir()  # a sibling whose name starts like the root
     linked_root = tmp_path / "linked"
     linked_root.symlink_to(root)
@@ -121,10 +125,15 @@ def test_resolve_refuses_every_way_out_and_accepts_every_way_in(tmp_path: Path) 
         "",
         "a\x00b",
         "etl/../../outside",
+        "nope/../xd/run.log",  # ``..`` after a missing folder, then a link out
+        "loop/../xd/run.log",  # ``..`` after a symlink loop
+        "xd/run.log",
+        "etl/run-1/../run-1/run.log",  # no ``..`` at all, even one that stays inside
     ):
         with pytest.raises(UnsafePath):
             files.resolve(root, bad)
     good = files.resolve(linked_root, "etl/run-1/run.log")
     assert good == (root / "etl" / "run-1" / "run.log").resolve()
-    assert files.resolve(root, "etl/./run-1/../run-1/run.log") == good
+    assert files.resolve(root, "etl/./run-1/run.log") == good
+    assert files.resolve(root, "etl/run-1/..x") == root.resolve() / "etl/run-1/..x"
     assert files.resolve(root, "etl/run-2/not-yet.log") == root.resolve() / "etl/run-2/not-yet.log"

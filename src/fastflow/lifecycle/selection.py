@@ -86,7 +86,7 @@ def _uid_hex(value: str) -> uuid.UUID:
     instance is built from its integer as ``UUID.__init__`` ends up doing (its slots
     ``int`` and ``is_safe``), without the parsing of other spellings. Anything else
     goes through ``uuid.UUID``."""
-    if len(value) != 32:
+    if len(value) != 32 or value[0] == "-":  # (``int`` would take a sign)
         return _UUID(value)
     u = _new_object(_UUID)
     _set_slot(u, "int", int(value, 16))
@@ -102,7 +102,7 @@ def _aware(naive: datetime) -> datetime:
     """``naive.replace(tzinfo=UTC)``, a quarter of the cost (``replace`` parses keyword
     arguments): the value rebuilt from its pickle state with ``UTC``, which is what
     unpickling an aware datetime does."""
-    state: Any = naive.__reduce__()[1]
+    state: Any = naive.__reduce_ex__(4)[1]  # protocol 4: ``fold`` kept
     return _from_state(state[0], UTC)
 
 

@@ -64,7 +64,8 @@ def real_path(path: str | os.PathLike[str]) -> str:
 
 def _missing_real_path(path: str) -> str:
     head, name = os.path.split(path)
-    if not head or name in ("", ".", ".."):
+    if not head or name in ("", ".", "..") or ".." in head.split(os.sep):
+        # a ``..`` after a missing folder cannot be resolved without guessing
         return os.path.realpath(path)
     try:
         os.lstat(path)
@@ -82,8 +83,12 @@ def _inside(root: str, candidate: str) -> bool:
 
 
 def resolve(logs_root: Path, rel: str) -> Path:
-    """Absolute path of ``rel`` under ``logs_root``; raise ``UnsafePath`` if it escapes."""
-    if not rel or "\x00" in rel or Path(rel).is_absolute():
+    """Absolute path of ``rel`` under ``logs_root``; raise ``UnsafePath`` if it escapes.
+
+    ``rel`` is what fastflow stores (``<pipeline>/<run id>/<file>``): a ``..`` part is
+    refused outright — after a missing folder or a symlink loop, no resolver can say
+    where it leads."""
+    if not rel or "\x00" in rel or Path(rel).is_absolute() or ".." in rel.split("/"):
         raise UnsafePath(f"refusing log path {rel!r}: not a relative path under LOGS_DIR")
     root = real_path(logs_root)
     candidate = real_path(os.path.join(root, rel))
