@@ -160,3 +160,30 @@ def test_the_request_body_ends_at_the_size_that_was_hashed(tmp_path: Path) -> No
         body.seek(500)
         body.read(100)
         assert body.sent() is None  # bytes 100-500 were never read: no claim about them
+
+
+def test_small_reads_return_the_whole_file_up_to_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty, at the limit, over it; and a file that grew after ``fstat`` looked at it
+    (read on to the limit: the bytes returned are the whole file, or None)."""
+    path = tmp_path / "run.log"
+    for size in (0, 20_000, s3mod.SMALL_FILE):
+        data = os.urandom(size)
+        path.write_bytes(data)
+        assert s3mod.S3Store._read_small(path) == data
+    path.write_bytes(os.urandom(s3mod.SMALL_FILE + 1))
+    assert s3mod.S3Store._read_small(path) is None
+
+    real_fstat = os.fstat
+
+    def stale(fd: int) -> os.stat_result:  # what fstat said before the file grew
+        st = real_fstat(fd)
+        return os.stat_result((*st[:6], 100, *st[7:]))
+
+    monkeypatch.setattr(os, "fstat", stale)
+    grown = os.urandom(50_000)
+    path.write_bytes(grown)
+    assert s3mod.S3Store._read_small(path) == grown
+    path.write_bytes(os.urandom(s3mod.SMALL_FILE + 10))
+    assert s3mod.S3Store._read_small(path) is None
