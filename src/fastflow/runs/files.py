@@ -88,8 +88,10 @@ def resolve(logs_root: Path, rel: str) -> Path:
     ``rel`` is what fastflow stores (``<pipeline>/<run id>/<file>``): a ``..`` part is
     refused outright — after a missing folder or a symlink loop, no resolver can say
     where it leads."""
-    if not rel or "\x00" in rel or Path(rel).is_absolute() or ".." in rel.split("/"):
+    if not rel or "\x00" in rel or Path(rel).is_absolute():
         raise UnsafePath(f"refusing log path {rel!r}: not a relative path under LOGS_DIR")
+    if ".." in rel.split("/"):
+        raise UnsafePath(f"refusing log path {rel!r}: a '..' part may lead outside LOGS_DIR")
     root = real_path(logs_root)
     candidate = real_path(os.path.join(root, rel))
     if not _inside(root, candidate):
