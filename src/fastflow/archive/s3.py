@@ -341,7 +341,8 @@ class S3Store:
         once and the bytes that were hashed are the bytes sent (``_put_small``). A larger
         one is hashed once, before the upload; up to ``MULTIPART_THRESHOLD`` it is one
         PutObject streamed from the open file carrying that SHA-256 (with checksums on,
-        the server refuses bytes that do not match it); beyond, it goes by file name:
+        a server that checks refuses bytes that do not match it; the bytes sent are
+        hashed again and compared, for servers that do not); beyond, it goes by file name:
         s3transfer streams every part from disk (a file object would make it buffer
         parts in memory) and the server checks each part against the SHA-256 botocore
         sends with it. A change of the file's identity (inode, size, modification time)
