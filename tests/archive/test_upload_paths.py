@@ -15,7 +15,7 @@ import pytest
 
 from fastflow.archive import s3 as s3mod
 from fastflow.config import load_settings
-from fastflow.errors import ArchiveError
+from fastflow.errors import ArchiveError, FileChanged
 from tests.harness.fixtures import S3Env
 
 
@@ -187,3 +187,33 @@ def test_small_reads_return_the_whole_file_up_to_the_limit(
     assert s3mod.S3Store._read_small(path) == grown
     path.write_bytes(os.urandom(s3mod.SMALL_FILE + 10))
     assert s3mod.S3Store._read_small(path) is None
+
+
+def test_a_file_truncated_during_its_upload_fails_at_once_as_its_own_failure(
+    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log cut short after it was hashed (``copytruncate``): each attempt stops at the
+    end of the file instead of leaving the server waiting for the announced bytes (a
+    read timeout, three times, blamed on the server and opening the pass's circuit);
+    the failure is the file's own (``FileChanged``: kept), not a connection failure,
+    and the next upload verifies."""
+    store = _store(s3, tmp_path)
+    path = tmp_path / "run.log"
+    path.write_bytes(os.urandom(s3mod.SMALL_FILE + 4096))
+    real = s3mod.sha256_of
+
+    def hash_then_truncate(p: Path) -> tuple[int, str]:
+        result = real(p)
+        os.truncate(p, 1 << 20)
+        return result
+
+    monkeypatch.setattr(s3mod, "sha256_of", hash_then_truncate)
+    ops = _operations(store)
+    with pytest.raises(FileChanged, match=r"^run\.log shrank while it was uploaded") as err:
+        store.put_verified("shrank/run.log", path, {"run_id": "r1"})
+    assert not err.value.connection_level and not err.value.timed_out
+    assert ops["PutObject"] == 1 and ops["PUT sent"] <= 3  # botocore's own attempts only
+    monkeypatch.setattr(s3mod, "sha256_of", real)
+    other = tmp_path / "other.log"
+    other.write_bytes(os.urandom(s3mod.SMALL_FILE + 1))
+    assert store.put_verified("after/other.log", other, {}).size == other.stat().st_size

@@ -113,6 +113,9 @@ def test_resolve_refuses_every_way_out_and_accepts_every_way_in(tmp_path: Path) 
     (outside / "dir" / "run.log").write_text("s")
     (root / "xd").symlink_to(Path("..") / "outside" / "dir")
     (root / "loop").symlink_to(root / "loop")
+    (root / "etl" / "run-2").mkdir()
+    (root / "etl" / "run-2" / "run.log").symlink_to(root / "etl" / "run-1" / "run.log")
+    (root / "alias").symlink_to(root / "etl")
     (tmp_path / "logs-sibling").mkdir()  # a sibling whose name starts like the root
     linked_root = tmp_path / "linked"
     linked_root.symlink_to(root)
@@ -129,6 +132,8 @@ def test_resolve_refuses_every_way_out_and_accepts_every_way_in(tmp_path: Path) 
         "loop/../xd/run.log",  # ``..`` after a symlink loop
         "xd/run.log",
         "etl/run-1/../run-1/run.log",  # no ``..`` at all, even one that stays inside
+        "etl/run-2/run.log",  # a link to another run's log, inside LOGS_DIR
+        "alias/run-1/run.log",  # a linked folder inside LOGS_DIR
     ):
         with pytest.raises(UnsafePath):
             files.resolve(root, bad)

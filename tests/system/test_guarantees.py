@@ -132,6 +132,28 @@ def test_delete_refuses_a_file_that_changed_after_verification(tmp_path: Path) -
     assert removed.log and removed.metrics and not run_dir.exists()
 
 
+def test_a_same_size_rewrite_with_the_old_mtime_put_back_is_refused(tmp_path: Path) -> None:
+    """``cp -p``/``rsync -t --inplace`` rewrite bytes and restore the modification time;
+    the change time still moves, so the file is kept (found by an outside audit)."""
+    from fastflow.errors import FileChanged
+    from fastflow.lifecycle import deletion as reaper
+
+    run_dir = tmp_path / "p" / "r"
+    run_dir.mkdir(parents=True)
+    log = run_dir / "run.log"
+    log.write_bytes(b"verified\n")
+    expect = {"log": reaper.FileIdentity.of(log)}
+    st = os.stat(log)
+    log.write_bytes(b"REWRITE\n\n")  # same size
+    while os.stat(log).st_ctime_ns == st.st_ctime_ns:  # within the clock's coarse tick
+        log.write_bytes(b"REWRITE\n\n")
+    os.utime(log, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(log).st_size, os.stat(log).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    with pytest.raises(FileChanged, match="changed after it was archived"):
+        reaper.delete_files(tmp_path, "p/r/run.log", None, expect)
+    assert log.read_bytes() == b"REWRITE\n\n"
+
+
 def test_concurrent_appender_loses_no_byte(ctx: Context, s3: S3Env) -> None:
     """A writer appends to every old log every 10 ms while passes run with slow HEADs:
     every appended line ends up local or in a verified archive."""

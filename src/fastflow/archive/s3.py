@@ -40,7 +40,7 @@ from fastflow.archive.store import ObjectInfo as ObjectInfo
 from fastflow.archive.store import StoredObject as StoredObject
 from fastflow.archive.store import sha256_of as sha256_of
 from fastflow.config import Settings
-from fastflow.errors import ArchiveError, ArchiveNotConfigured, ObjectMissing
+from fastflow.errors import ArchiveError, ArchiveNotConfigured, FileChanged, ObjectMissing
 from fastflow.security import redact
 
 TOTAL_MAX_ATTEMPTS = 3
@@ -345,8 +345,8 @@ class S3Store:
         hashed again and compared, for servers that do not); beyond, it goes by file name:
         s3transfer streams every part from disk (a file object would make it buffer
         parts in memory) and the server checks each part against the SHA-256 botocore
-        sends with it. A change of the file's identity (inode, size, modification time)
-        between the hash and the end of the upload is a failure."""
+        sends with it. A change of the file's identity (inode, size, modification or
+        change time) between the hash and the end of the upload is a failure."""
         meta = {k: encode_meta(v) for k, v in metadata.items()}
         meta.update(extra)
         try:
@@ -434,6 +434,9 @@ class S3Store:
                 **args,
             )
         except Exception as e:  # every boto3/botocore error is a failed archive
+            shrank = _body_error(e)
+            if shrank is not None:  # the body's own: the file shrank while it was sent
+                raise shrank from e
             raise describe_error(e, self.settings) from e
 
     def verify(self, key: str, size: int, sha256: str) -> None:
@@ -534,6 +537,20 @@ class S3Store:
             raise describe_error(e, self.settings) from e
 
 
+def _body_error(exc: BaseException) -> FileChanged | None:
+    """The ``FileChanged`` a request body raised, however botocore wrapped it (as
+    ``HTTPClientError(error=...)``, after its retries)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, FileChanged):
+            return current
+        inner = getattr(current, "kwargs", {}).get("error")
+        current = inner if isinstance(inner, BaseException) else current.__cause__
+    return None
+
+
 class _HashingReader:
     """The first ``size`` bytes of a file as a request body, hashed as they are read:
     ``sent()`` is the size and SHA-256 of what was read in one pass from the start.
@@ -557,7 +574,17 @@ class _HashingReader:
     def read(self, n: int = -1) -> bytes:
         at = self._f.tell()
         left = max(0, self._size - at)
-        data = self._f.read(left if n is None or n < 0 else min(n, left))
+        want = left if n is None or n < 0 else min(n, left)
+        data = self._f.read(want)
+        if len(data) < want:
+            # the file ends before the size hashed (truncated meanwhile): stop the request
+            # now — the server would wait for the announced bytes until its read timeout,
+            # and the failure would look like the server's
+            raise FileChanged(
+                f"{os.path.basename(str(getattr(self._f, 'name', 'the file')))} shrank "
+                "while it was uploaded "
+                f"({self._size} bytes hashed, it ended at {at + len(data)}); kept"
+            )
         if at != self._counted:
             self._broken = True
         elif data:
@@ -582,10 +609,11 @@ class _HashingReader:
         return None if self._broken else (self._counted, self._hash.hexdigest())
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
     """What changes when a file is written to (its bytes are then hashed only once: a
-    write during the upload changes the size or the modification time)."""
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    write during the upload changes the size, the modification time or — when the old
+    modification time was put back — the change time)."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _full_object_sha256(resp: dict[str, Any]) -> str | None:

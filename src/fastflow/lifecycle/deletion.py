@@ -6,8 +6,8 @@ The callers (``cleanup``) guarantee the precondition: a committed ``archived_run
 for the run (or S3 backup disabled, or nothing to archive).
 
 ``delete_files`` with ``expect`` proves that each file it removes is the file that was
-verified: device, inode, size and modification time must be those recorded when the file
-was hashed, checked immediately before unlinking; otherwise nothing is deleted and
+verified: device, inode, size, modification and change time must be those recorded when
+the file was hashed, checked immediately before unlinking; otherwise nothing is deleted and
 ``FileChanged`` is raised. A run row is deleted only while the run is finished.
 """
 
@@ -37,17 +37,20 @@ class Removed:
 
 @dataclass(frozen=True)
 class FileIdentity:
-    """What identifies one version of a file without reading it again."""
+    """What identifies one version of a file without reading it again. The change time
+    is part of it: a rewrite that puts the old modification time back (``cp -p``,
+    ``rsync -t --inplace``) still moves ``ctime``, which no program can set."""
 
     dev: int
     ino: int
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     @classmethod
     def of(cls, path: Path) -> FileIdentity:
         st = os.stat(path)
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 Expected = dict[str, FileIdentity]  # "log"/"metrics" -> the identity that was verified

@@ -4,7 +4,7 @@ truncate, one run at a time (several runs in parallel threads).
 Safety invariants (each proven by a test):
 - a local file is deleted only after the server confirmed an object with its exact size
   and SHA-256, the ledger row is committed, and — immediately before unlinking — the file
-  still has the identity (device, inode, size, mtime) it had when it was hashed; a file
+  still has the identity (device, inode, size, mtime, ctime) it had when it was hashed; a file
   that changed is kept (``FileChanged``) and archived again by the next pass;
 - with S3 enabled, a log is truncated only after its full copy is archived and verified;
   the truncated copy is never uploaded over the full log;

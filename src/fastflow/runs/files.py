@@ -87,15 +87,21 @@ def resolve(logs_root: Path, rel: str) -> Path:
 
     ``rel`` is what fastflow stores (``<pipeline>/<run id>/<file>``): a ``..`` part is
     refused outright — after a missing folder or a symlink loop, no resolver can say
-    where it leads."""
+    where it leads — and so is a symbolic link anywhere below ``LOGS_DIR`` (``LOGS_DIR``
+    itself may be one)."""
     if not rel or "\x00" in rel or Path(rel).is_absolute():
         raise UnsafePath(f"refusing log path {rel!r}: not a relative path under LOGS_DIR")
     if ".." in rel.split("/"):
         raise UnsafePath(f"refusing log path {rel!r}: a '..' part may lead outside LOGS_DIR")
     root = real_path(logs_root)
-    candidate = real_path(os.path.join(root, rel))
+    written = os.path.normpath(os.path.join(root, rel))
+    candidate = real_path(written)
     if not _inside(root, candidate):
         raise UnsafePath(f"refusing log path {rel!r}: it resolves outside LOGS_DIR")
+    if candidate != written:
+        # fastflow never links inside LOGS_DIR: a link there could make one run's
+        # cleanup delete another run's file
+        raise UnsafePath(f"refusing log path {rel!r}: a symbolic link below LOGS_DIR")
     return Path(candidate)
 
 
