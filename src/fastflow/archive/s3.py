@@ -41,6 +41,7 @@ from fastflow.archive.store import StoredObject as StoredObject
 from fastflow.archive.store import sha256_of as sha256_of
 from fastflow.config import Settings
 from fastflow.errors import ArchiveError, ArchiveNotConfigured, FileChanged, ObjectMissing
+from fastflow.runs.files import FileIdentity
 from fastflow.security import redact
 
 TOTAL_MAX_ATTEMPTS = 3
@@ -387,7 +388,7 @@ class S3Store:
             raise
         except Exception as e:  # every boto3/botocore/OS error is a failed archive
             raise describe_error(e, self.settings) from e
-        if _identity(after) != _identity(before) or after.st_size != size:
+        if FileIdentity.of_stat(after) != FileIdentity.of_stat(before) or after.st_size != size:
             raise ArchiveError(
                 f"local file {path.name} changed while it was uploaded "
                 f"({size} bytes before, {after.st_size} after); not deleting it"
@@ -607,13 +608,6 @@ class _HashingReader:
         """(size, hex SHA-256) of the bytes read from the start; None if the reads did
         not follow one another."""
         return None if self._broken else (self._counted, self._hash.hexdigest())
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """What changes when a file is written to (its bytes are then hashed only once: a
-    write during the upload changes the size, the modification time or — when the old
-    modification time was put back — the change time)."""
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _full_object_sha256(resp: dict[str, Any]) -> str | None:

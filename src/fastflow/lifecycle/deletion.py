@@ -13,7 +13,6 @@ the file was hashed, checked immediately before unlinking; otherwise nothing is 
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,30 +26,13 @@ from fastflow.db.engine import Database
 from fastflow.db.models import ACTIVE_STATUSES, PipelineRun
 from fastflow.errors import FileChanged
 from fastflow.runs import files as logfiles
+from fastflow.runs.files import FileIdentity as FileIdentity  # (where it is defined)
 
 
 @dataclass
 class Removed:
     log: bool = False
     metrics: bool = False
-
-
-@dataclass(frozen=True)
-class FileIdentity:
-    """What identifies one version of a file without reading it again. The change time
-    is part of it: a rewrite that puts the old modification time back (``cp -p``,
-    ``rsync -t --inplace``) still moves ``ctime``, which no program can set."""
-
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-
-    @classmethod
-    def of(cls, path: Path) -> FileIdentity:
-        st = os.stat(path)
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 Expected = dict[str, FileIdentity]  # "log"/"metrics" -> the identity that was verified

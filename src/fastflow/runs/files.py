@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastflow.errors import UnsafePath
@@ -103,6 +104,28 @@ def resolve(logs_root: Path, rel: str) -> Path:
         # cleanup delete another run's file
         raise UnsafePath(f"refusing log path {rel!r}: a symbolic link below LOGS_DIR")
     return Path(candidate)
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What identifies one version of a file without reading it again: what a write
+    changes. The change time is part of it: a rewrite that puts the old modification
+    time back (``cp -p``, ``rsync -t --inplace``) still moves ``ctime``, which no
+    program can set."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> FileIdentity:
+        return cls.of_stat(os.stat(path))
+
+    @classmethod
+    def of_stat(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def size_of(path: Path) -> int | None:
