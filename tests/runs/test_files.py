@@ -142,3 +142,76 @@ def test_resolve_refuses_every_way_out_and_accepts_every_way_in(tmp_path: Path) 
     assert files.resolve(root, "etl/./run-1/run.log") == good
     assert files.resolve(root, "etl/run-1/..x") == root.resolve() / "etl/run-1/..x"
     assert files.resolve(root, "etl/run-2/not-yet.log") == root.resolve() / "etl/run-2/not-yet.log"
+
+
+def _outside_twin(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """LOGS_DIR with run folder ``p/r`` holding ``run.log``, and a folder outside it
+    holding a file of the same name: (root, run folder, the outside file)."""
+    root = tmp_path / "logs"
+    run = root / "p" / "r"
+    run.mkdir(parents=True)
+    (run / "run.log").write_bytes(b"inside\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "run.log").write_bytes(b"not fastflow's\n")
+    return root, run, outside / "run.log"
+
+
+def test_a_run_folder_swapped_for_a_link_after_opening_deletes_nothing_outside(
+    tmp_path: Path,
+) -> None:
+    """The folder is renamed away and a link to outside takes its name between the
+    check and the unlink: the unlink goes to the folder that was opened (moved, still
+    fastflow's), never through the link."""
+    root, run, foreign = _outside_twin(tmp_path)
+    with files.RunFolder(root, "p/r") as folder:
+        before = folder.identity("run.log")
+        moved = root / "p" / "moved-away"
+        run.rename(moved)
+        run.symlink_to(foreign.parent, target_is_directory=True)
+        assert folder.identity("run.log") == before  # still the opened folder's file
+        assert folder.unlink("run.log")
+        folder.remove_if_empty()
+    assert foreign.read_bytes() == b"not fastflow's\n"
+    assert not (moved / "run.log").exists()
+    assert run.is_symlink() and root.is_dir()
+
+
+def test_a_run_folder_refuses_links_and_files_on_its_way(tmp_path: Path) -> None:
+    root, run, foreign = _outside_twin(tmp_path)
+    (root / "q").symlink_to(foreign.parent, target_is_directory=True)
+    (root / "f").write_text("a file where a folder should be")
+    for rel in ("q", "q/r", "f/r"):
+        with pytest.raises(UnsafePath, match="below LOGS_DIR"):
+            files.RunFolder(root, rel)
+    for rel in ("../outside", "/etc", "p/../../outside"):
+        with pytest.raises(UnsafePath):
+            files.RunFolder(root, rel)
+    assert foreign.exists() and (run / "run.log").exists()
+
+
+def test_a_missing_run_folder_is_nothing_to_do(tmp_path: Path) -> None:
+    root, run, _ = _outside_twin(tmp_path)
+    with files.RunFolder(root, "p/gone") as folder:
+        assert folder.missing
+        assert folder.identity("run.log") is None
+        assert not folder.unlink("run.log")
+        assert folder.remove_temp_files() == 0
+        folder.remove_if_empty()
+    assert (run / "run.log").exists()
+
+
+def test_a_run_folder_removes_its_temp_files_and_empty_chain_only(tmp_path: Path) -> None:
+    root = tmp_path / "logs"
+    run = root / "p" / "r"
+    run.mkdir(parents=True)
+    (run / f"{files.TEMP_PREFIX}x{files.TEMP_SUFFIX}").write_text("tmp")
+    (run / "keep.txt").write_text("not ours")
+    with files.RunFolder(root, "p/r") as folder:
+        assert folder.remove_temp_files() == 1
+        folder.remove_if_empty()  # not empty: stays
+    assert sorted(os.listdir(run)) == ["keep.txt"]
+    (run / "keep.txt").unlink()
+    with files.RunFolder(root, "p/r") as folder:
+        folder.remove_if_empty()
+    assert root.is_dir() and os.listdir(root) == []

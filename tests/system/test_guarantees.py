@@ -154,6 +154,50 @@ def test_a_same_size_rewrite_with_the_old_mtime_put_back_is_refused(tmp_path: Pa
     assert log.read_bytes() == b"REWRITE\n\n"
 
 
+def test_a_folder_swapped_for_a_link_during_deletion_deletes_nothing_outside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone who can write in LOGS_DIR moves a run folder away and puts a link to a
+    folder outside in its place, just after the files were checked and before they are
+    unlinked (found by an outside audit, which did it during passes): the same-named
+    files outside stay; what is deleted is the verified files, in the moved folder."""
+    from fastflow.lifecycle import deletion as reaper
+    from fastflow.runs import files as logfiles
+
+    root = tmp_path / "logs"
+    run_dir = root / "p" / "r"
+    run_dir.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for folder in (run_dir, outside):
+        (folder / "run.log").write_bytes(b"log\n")
+        (folder / "metrics.jsonl").write_bytes(b"{}\n")
+    expect = {
+        "log": reaper.FileIdentity.of(run_dir / "run.log"),
+        "metrics": reaper.FileIdentity.of(run_dir / "metrics.jsonl"),
+    }
+    moved = root / "p" / "moved"
+    real_identity = logfiles.RunFolder.identity
+    swapped: list[bool] = []
+
+    def identity_then_swap(self: logfiles.RunFolder, name: str) -> object:
+        found = real_identity(self, name)
+        if not swapped:  # the adversary acts right after the first check
+            run_dir.rename(moved)
+            run_dir.symlink_to(outside, target_is_directory=True)
+            swapped.append(True)
+        return found
+
+    monkeypatch.setattr(logfiles.RunFolder, "identity", identity_then_swap)
+    removed = reaper.delete_files(root, "p/r/run.log", "p/r/metrics.jsonl", expect)
+
+    assert swapped and removed.log and removed.metrics
+    assert (outside / "run.log").read_bytes() == b"log\n"
+    assert (outside / "metrics.jsonl").read_bytes() == b"{}\n"
+    assert os.listdir(moved) == []  # the verified files went (the link's name stays)
+    assert run_dir.is_symlink()
+
+
 def test_concurrent_appender_loses_no_byte(ctx: Context, s3: S3Env) -> None:
     """A writer appends to every old log every 10 ms while passes run with slow HEADs:
     every appended line ends up local or in a verified archive."""

@@ -52,7 +52,7 @@ class Ready:
     stored: dict[str, StoredObject]  # new objects (a ledger row to write); {} = none
     expect: Expected
     archived: bool  # the run has a ledger entry (new or earlier)
-    payload: tuple[Path, FileIdentity] | None
+    payload: tuple[str, FileIdentity] | None
 
 
 def _chunks(actions: list[Action]) -> Iterator[list[Action]]:

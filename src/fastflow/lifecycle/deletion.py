@@ -13,7 +13,9 @@ the file was hashed, checked immediately before unlinking; otherwise nothing is 
 
 from __future__ import annotations
 
+import os
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +29,7 @@ from fastflow.db.models import ACTIVE_STATUSES, PipelineRun
 from fastflow.errors import FileChanged
 from fastflow.runs import files as logfiles
 from fastflow.runs.files import FileIdentity as FileIdentity  # (where it is defined)
+from fastflow.runs.files import RunFolder
 
 
 @dataclass
@@ -38,19 +41,24 @@ class Removed:
 Expected = dict[str, FileIdentity]  # "log"/"metrics" -> the identity that was verified
 
 
-def _check_unchanged(path: Path, which: str, expect: Expected) -> None:
+def _check_unchanged(folder: RunFolder, name: str, which: str, expect: Expected) -> None:
     wanted = expect.get(which)
     if wanted is None:
         return
-    try:
-        now = FileIdentity.of(path)
-    except FileNotFoundError:
+    now = folder.identity(name)
+    if now is None:
         return  # already gone: nothing to protect
     if now != wanted:
         raise FileChanged(
-            f"{path.name} changed after it was archived and verified ({wanted.size} bytes "
+            f"{name} changed after it was archived and verified ({wanted.size} bytes "
             f"verified, {now.size} bytes now); kept — the next pass archives it again"
         )
+
+
+def _split(rel: str) -> tuple[str, str]:
+    """(folder, file name) of a stored relative path."""
+    folder, name = os.path.split(os.path.normpath(rel))
+    return folder, name
 
 
 def delete_files(
@@ -62,24 +70,47 @@ def delete_files(
     """Delete the run's log and metrics files and its then-empty folders.
 
     With ``expect``, every file is first checked against its verified identity; if one
-    differs, nothing is deleted and ``FileChanged`` is raised.
+    differs, nothing is deleted and ``FileChanged`` is raised. Checks and unlinks go
+    through the run folder's descriptor (``RunFolder``): a folder swapped for a link
+    after the paths were checked cannot make this delete anything outside it.
     """
     removed = Removed()
-    folder: Path | None = None
-    paths = [
-        (logfiles.resolve(logs_root, rel), attr)
-        for rel, attr in ((log_file, "log"), (metrics_file, "metrics"))
-        if rel is not None
-    ]
-    for path, attr in paths:
-        _check_unchanged(path, attr, expect or {})
-    for path, attr in paths:
-        folder = path.parent
-        setattr(removed, attr, logfiles.remove_quietly(path))
-    if folder is not None:
-        logfiles.remove_stale_temp_files(folder)
-        logfiles.remove_empty_dirs(folder, logs_root)
+    files = [(rel, attr) for rel, attr in ((log_file, "log"), (metrics_file, "metrics")) if rel]
+    with ExitStack() as stack:
+        folders: dict[str, RunFolder] = {}
+        targets: list[tuple[RunFolder, str, str]] = []
+        for rel, attr in files:
+            logfiles.resolve(logs_root, rel)  # refuses what may lead outside LOGS_DIR
+            folder_rel, name = _split(rel)
+            if folder_rel not in folders:
+                folders[folder_rel] = stack.enter_context(RunFolder(logs_root, folder_rel))
+            targets.append((folders[folder_rel], name, attr))
+        for folder, name, attr in targets:
+            _check_unchanged(folder, name, attr, expect or {})
+        for folder, name, attr in targets:
+            setattr(removed, attr, folder.unlink(name))
+        if targets:
+            last = targets[-1][0]
+            last.remove_temp_files()
+            last.remove_if_empty()
     return removed
+
+
+def delete_verified(logs_root: Path, rel: str, identity: FileIdentity) -> bool:
+    """Delete one file if it is still the version ``identity`` describes (else
+    ``FileChanged``, nothing deleted), then its then-empty folders — through its
+    folder's descriptor, as ``delete_files``. True if it existed."""
+    logfiles.resolve(logs_root, rel)
+    folder_rel, name = _split(rel)
+    with RunFolder(logs_root, folder_rel) as folder:
+        now = folder.identity(name)
+        if now is None:
+            return False
+        if now != identity:
+            raise FileChanged(f"{name} changed after it was archived; kept")
+        gone = folder.unlink(name)
+        folder.remove_if_empty()
+        return gone
 
 
 def delete_run_row(db: Database, run_id: uuid.UUID, now: datetime, *, archived: bool) -> bool:

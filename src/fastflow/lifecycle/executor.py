@@ -339,12 +339,12 @@ class PassRun:
         except Exception as e:
             self.fail_from(run, e)
 
-    def archive_payload(self, run: RunRef) -> tuple[Path, FileIdentity] | None:
+    def archive_payload(self, run: RunRef) -> tuple[str, FileIdentity] | None:
         """A webhook run's ``payload.json`` next to its log: archived and verified (S3
-        enabled) like the log, so that deleting the run folder loses nothing."""
-        path = logfiles.resolve(
-            self.logs_root, f"{logfiles.run_dir_rel(run.pipeline_name, str(run.id))}/{PAYLOAD}"
-        )
+        enabled) like the log, so that deleting the run folder loses nothing. Returns
+        its stored path and the identity that was verified."""
+        rel = f"{logfiles.run_dir_rel(run.pipeline_name, str(run.id))}/{PAYLOAD}"
+        path = logfiles.resolve(self.logs_root, rel)
         if not path.is_file():
             return None
         before = FileIdentity.of(path)
@@ -353,22 +353,16 @@ class PassRun:
             self.store.put_verified(key, path, run_meta(run))
             if FileIdentity.of(path) != before:
                 raise FileChanged(f"{PAYLOAD} changed while it was archived; kept")
-        return path, before
+        return rel, before
 
-    def remove_payload(self, payload: tuple[Path, FileIdentity] | None) -> None:
+    def remove_payload(self, payload: tuple[str, FileIdentity] | None) -> None:
         if payload is None:
             return
-        path, ident = payload
-        if path.parent.name in self._pinned:
+        rel, ident = payload
+        if rel.split("/")[-2] in self._pinned:
             return  # the run is pinned: its folder stays whole
         self.guard()
-        try:
-            if FileIdentity.of(path) != ident:
-                raise FileChanged(f"{PAYLOAD} changed after it was archived; kept")
-        except FileNotFoundError:
-            return
-        logfiles.remove_quietly(path)
-        logfiles.remove_empty_dirs(path.parent, self.logs_root)
+        reaper.delete_verified(self.logs_root, rel, ident)
 
     def remove(
         self,

@@ -7,6 +7,7 @@ path that would escape it (``..``, absolute paths, symlinks pointing out) raises
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -146,6 +147,100 @@ def iter_file(path: Path, start: int = 0, chunk: int = READ_CHUNK) -> Iterator[b
 
 def tail_start(size: int, tail_bytes: int | None) -> int:
     return 0 if tail_bytes is None or tail_bytes >= size else size - tail_bytes
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class RunFolder:
+    """A folder below ``LOGS_DIR``, held open: its descriptor comes from a walk down from
+    the real ``LOGS_DIR``, one part at a time, that follows no symbolic link
+    (``O_NOFOLLOW``). Every check and every unlink goes through that descriptor, so
+    what it removes lies in the folder that was opened — a folder renamed, or replaced
+    by a link to elsewhere, after the path was checked cannot redirect it (unlinking by
+    path would follow such a link). ``missing`` when the folder is gone: nothing to do.
+    Use it in a ``with`` block (the descriptors are closed at its end)."""
+
+    def __init__(self, logs_root: Path, rel_dir: str) -> None:
+        parts = [p for p in os.path.normpath(rel_dir).split("/") if p not in ("", ".")]
+        if ".." in parts or os.path.isabs(rel_dir):
+            raise UnsafePath(f"refusing run folder {rel_dir!r}: not a folder below LOGS_DIR")
+        self._names = parts
+        self._fds = [os.open(real_path(logs_root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+        self.missing = False
+        try:
+            for name in parts:
+                self._fds.append(os.open(name, _DIR_FLAGS, dir_fd=self._fds[-1]))
+        except FileNotFoundError:
+            self.missing = True
+        except OSError as e:
+            self.close()
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePath(
+                    f"refusing run folder {rel_dir!r}: a symbolic link or a file below LOGS_DIR"
+                ) from None
+            raise
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+    @property
+    def _fd(self) -> int:
+        return self._fds[-1]
+
+    def identity(self, name: str) -> FileIdentity | None:
+        """The identity of the file ``name`` in this folder (a link is not followed);
+        None when there is no such file."""
+        if self.missing:
+            return None
+        try:
+            return FileIdentity.of_stat(os.stat(name, dir_fd=self._fd, follow_symlinks=False))
+        except FileNotFoundError:
+            return None
+
+    def unlink(self, name: str) -> bool:
+        """Delete ``name`` in this folder (a link itself, never its target); a file
+        already gone counts as deleted. True if it existed."""
+        if self.missing:
+            return False
+        try:
+            os.unlink(name, dir_fd=self._fd)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def remove_temp_files(self) -> int:
+        """Remove fastflow's temporary files in this folder (see
+        ``remove_stale_temp_files``); how many were removed."""
+        if self.missing:
+            return 0
+        try:
+            entries = list(os.scandir(self._fd))
+        except OSError:
+            return 0
+        return sum(
+            self.unlink(e.name)
+            for e in entries
+            if e.is_file(follow_symlinks=False) and is_own_temp(Path(e.name))
+        )
+
+    def remove_if_empty(self) -> None:
+        """Remove this folder and its then-empty parents, never ``LOGS_DIR`` itself:
+        each through its parent's descriptor."""
+        if self.missing:
+            return
+        for i in range(len(self._names), 0, -1):
+            try:
+                os.rmdir(self._names[i - 1], dir_fd=self._fds[i - 1])
+            except OSError:
+                return
 
 
 def remove_quietly(path: Path) -> bool:
