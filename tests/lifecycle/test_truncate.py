@@ -311,3 +311,75 @@ def test_truncating_a_200_mib_log_uses_constant_memory(tmp_path: Path) -> None:
         assert MARKER_RE.match(fh.readline())
     extra_mib = (peak_kib - baseline_kib) / 1024
     assert extra_mib < 60, f"truncation raised peak RSS by {extra_mib:.0f} MiB"
+
+
+# --- a run folder swapped for a link (only someone who can write in LOGS_DIR) ---------------
+
+
+def _swappable(tmp_path: Path) -> tuple[Path, Path, Path, bytes]:
+    """LOGS_DIR with ``p/r/run.log`` (oversized) and a folder outside with a same-named
+    file: (root, run folder, outside folder, the outside file's bytes)."""
+    root = tmp_path / "logs"
+    run = root / "p" / "r"
+    run.mkdir(parents=True)
+    (run / "run.log").write_bytes(numbered_lines(2000))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    theirs = numbered_lines(3000)
+    (outside / "run.log").write_bytes(theirs)
+    return root, run, outside, theirs
+
+
+def test_a_folder_swapped_for_a_link_before_truncation_is_refused(tmp_path: Path) -> None:
+    """The path was checked, then the folder was replaced by a link to outside: the walk
+    from LOGS_DIR refuses the link; the outside file is not truncated."""
+    from fastflow.errors import UnsafePath
+    from fastflow.runs import files
+
+    root, run, outside, theirs = _swappable(tmp_path)
+    path = files.resolve(root, "p/r/run.log")
+    run.rename(root / "p" / "moved")
+    run.symlink_to(outside, target_is_directory=True)
+
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        truncate_log(path, 4096, NOW, logs_root=root)
+    assert (outside / "run.log").read_bytes() == theirs
+    assert leftovers(outside) == []
+
+
+def test_a_folder_swapped_for_a_link_during_truncation_replaces_nothing_outside(
+    tmp_path: Path,
+) -> None:
+    """The swap happens while the copy is made (here: just before the rename): the
+    rename goes to the folder that was opened, now moved; outside, nothing changes."""
+    root, run, outside, theirs = _swappable(tmp_path)
+    ours = (run / "run.log").read_bytes()
+    moved = root / "p" / "moved"
+
+    def swap(new_size: int, new_sha: str) -> None:
+        run.rename(moved)
+        run.symlink_to(outside, target_is_directory=True)
+
+    result = truncate_log(run / "run.log", 4096, NOW, before_replace=swap, logs_root=root)
+
+    assert result is not None
+    assert (outside / "run.log").read_bytes() == theirs and leftovers(outside) == []
+    assert_truncated(ours, (moved / "run.log").read_bytes(), 4096)
+    assert leftovers(moved) == []
+
+
+def test_a_log_changed_before_the_rename_is_kept(tmp_path: Path) -> None:
+    """``expect``: the log must still be the archived file right before the rename."""
+    from fastflow.errors import FileChanged
+    from fastflow.runs.files import FileIdentity
+
+    root, run, _, _ = _swappable(tmp_path)
+    log = run / "run.log"
+    expect = FileIdentity.of(log)
+    with log.open("ab") as f:
+        f.write(b"late line\n")
+    grown = log.read_bytes()
+
+    with pytest.raises(FileChanged, match="changed while it was truncated"):
+        truncate_log(log, 4096, NOW, logs_root=root, expect=expect)
+    assert log.read_bytes() == grown and leftovers(run) == []

@@ -22,7 +22,6 @@ from sqlalchemy import update
 from fastflow.archive import ledger
 from fastflow.db.models import TRUNCATION_REASON, PipelineRun, utcnow
 from fastflow.errors import ArchiveError, FileChanged, PassLockLost, UnsafePath
-from fastflow.lifecycle.deletion import FileIdentity
 from fastflow.lifecycle.executor import PassRun, grew_from, identify
 from fastflow.lifecycle.policy import Action, RunRef, fallback
 from fastflow.lifecycle.truncate import TruncateResult, truncate_log
@@ -46,12 +45,18 @@ def truncate(p: PassRun, action: Action, limit: int) -> None:
             p.keep_pinned(run.id, archived=False)
             return
         path = logfiles.resolve(p.logs_root, run.log_file)
-        logfiles.remove_stale_temp_files(path.parent)
+        with logfiles.RunFolder.containing(p.logs_root, path) as folder:
+            folder.remove_temp_files()
         if archive_first:
             result = _archive_and_truncate(p, run, path, limit, archived)
         else:
             result = truncate_log(
-                path, limit, p.now, before_replace=_unless_pinned(p, run), journal=p.journal
+                path,
+                limit,
+                p.now,
+                before_replace=_unless_pinned(p, run),
+                journal=p.journal,
+                logs_root=p.logs_root,
             )
     except _Pinned:
         p.keep_pinned(run.id, archived=bool(archived))
@@ -120,11 +125,19 @@ def _archive_and_truncate(
         )
 
     def before_replace(new_size: int, new_sha: str) -> None:
+        # (``truncate_log`` has just checked, through the folder, that the log is still
+        # the archived file)
         p.guard()
         if pins.pinned(p.db, run.id):
             raise _Pinned()
-        if FileIdentity.of(path) != ident:
-            raise FileChanged(f"{path.name} changed while it was truncated; kept")
         ledger.mark_truncated(p.db, run.id, utcnow(), new_size, new_sha)
 
-    return truncate_log(path, limit, p.now, before_replace=before_replace, journal=p.journal)
+    return truncate_log(
+        path,
+        limit,
+        p.now,
+        before_replace=before_replace,
+        journal=p.journal,
+        logs_root=p.logs_root,
+        expect=ident,
+    )

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from fastflow.runs.files import TEMP_PREFIX, TEMP_SUFFIX
+from fastflow.errors import FileChanged
+from fastflow.runs.files import TEMP_PREFIX, TEMP_SUFFIX, FileIdentity, RunFolder
 
 COPY_CHUNK = 1024 * 1024
 SCAN_LIMIT = 1024 * 1024  # how far to look for the next newline before cutting mid-line
@@ -72,39 +72,58 @@ def truncate_log(
     *,
     before_replace: BeforeReplace | None = None,
     journal: Path | None = None,
+    logs_root: Path | None = None,
+    expect: FileIdentity | None = None,
 ) -> TruncateResult | None:
     """Keep the newest bytes of ``path`` within ``limit``; None if already small enough.
 
-    Raises ``OSError`` (disk full, permissions, ...) with the original file untouched.
-    ``journal``, when given, names the temporary file while it exists, so that a later
-    pass can remove it after a kill (``remove_journaled_temp``).
+    Raises ``OSError`` (disk full, permissions, a link in the file's place, ...) with the
+    original file untouched. ``journal``, when given, names the temporary file while it
+    exists, so that a later pass can remove it after a kill (``remove_journaled_temp``).
+    Every step — reading, the temporary copy, the check, the rename — goes through the
+    descriptor of the file's folder (``RunFolder``; with ``logs_root``, reached by a walk
+    from it that follows no link), so a folder swapped for a link meanwhile cannot make
+    it read or replace a file elsewhere. With ``expect``, the file must still have that
+    identity right before ``before_replace`` and the rename, else ``FileChanged``.
     """
-    size = path.stat().st_size
-    if size <= limit:
-        return None
-    budget = max(0, limit - MARKER_RESERVE)
-    with path.open("rb") as src:
-        start = _tail_start(src, size, budget)
-        removed = start
-        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
-        tmp = Path(tmp_name)
+    folder = (
+        RunFolder.containing(logs_root, path)
+        if logs_root is not None
+        else RunFolder(path.parent, "")
+    )
+    with folder:
+        name = path.name
+        with os.fdopen(folder.open_file(name), "rb") as src:
+            st = os.fstat(src.fileno())
+            size = st.st_size
+            if size <= limit:
+                return None
+            budget = max(0, limit - MARKER_RESERVE)
+            start = _tail_start(src, size, budget)
+            removed = start
+            fd, tmp_name = folder.create_temp()
+            try:
+                if journal is not None:
+                    _write_journal(journal, path.parent / tmp_name)
+                with os.fdopen(fd, "wb") as dst:
+                    digest = _copy_tail(src, start, dst, marker(removed, now))
+                    new_size = os.fstat(dst.fileno()).st_size
+                    os.fchmod(dst.fileno(), st.st_mode & 0o777)
+                if expect is not None and folder.identity(name) != expect:
+                    raise FileChanged(f"{name} changed while it was truncated; kept")
+                if before_replace is not None:
+                    before_replace(new_size, digest.hexdigest())
+                os.replace(tmp_name, name, src_dir_fd=folder.fd, dst_dir_fd=folder.fd)
+            except BaseException:
+                folder.unlink(tmp_name)
+                raise
+            finally:
+                if journal is not None:
+                    journal.unlink(missing_ok=True)
         try:
-            if journal is not None:
-                _write_journal(journal, tmp)
-            with os.fdopen(fd, "wb") as dst:
-                digest = _copy_tail(src, start, dst, marker(removed, now))
-            new_size = tmp.stat().st_size
-            if before_replace is not None:
-                before_replace(new_size, digest.hexdigest())
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        finally:
-            if journal is not None:
-                journal.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+            os.fsync(folder.fd)  # the rename is durable
+        except OSError:
+            pass
     return TruncateResult(
         old_size=size, new_size=new_size, removed=removed, sha256=digest.hexdigest()
     )
@@ -147,16 +166,3 @@ def remove_journaled_temp(journal: Path) -> Path | None:
             pass
     journal.unlink(missing_ok=True)
     return removed
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

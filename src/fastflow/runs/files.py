@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,11 @@ class RunFolder:
                 ) from None
             raise
 
+    @classmethod
+    def containing(cls, logs_root: Path, path: Path) -> RunFolder:
+        """The folder of ``path``, a path that ``resolve`` returned for ``logs_root``."""
+        return cls(logs_root, os.path.relpath(path.parent, real_path(logs_root)))
+
     def __enter__(self) -> RunFolder:
         return self
 
@@ -192,8 +198,27 @@ class RunFolder:
             os.close(self._fds.pop())
 
     @property
-    def _fd(self) -> int:
+    def fd(self) -> int:
+        """The folder's descriptor (for ``dir_fd=`` calls; not when ``missing``)."""
+        if self.missing:
+            raise FileNotFoundError(errno.ENOENT, "the run folder is gone")
         return self._fds[-1]
+
+    def open_file(self, name: str) -> int:
+        """A read-only descriptor of the file ``name`` in this folder; a link there is
+        refused (``OSError`` ELOOP), never followed."""
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+
+    def create_temp(self) -> tuple[int, str]:
+        """A new, empty temporary file of fastflow's naming in this folder, private
+        (0600): (write descriptor, name)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        while True:
+            name = f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+            try:
+                return os.open(name, flags, 0o600, dir_fd=self.fd), name
+            except FileExistsError:
+                continue
 
     def identity(self, name: str) -> FileIdentity | None:
         """The identity of the file ``name`` in this folder (a link is not followed);
@@ -201,7 +226,7 @@ class RunFolder:
         if self.missing:
             return None
         try:
-            return FileIdentity.of_stat(os.stat(name, dir_fd=self._fd, follow_symlinks=False))
+            return FileIdentity.of_stat(os.stat(name, dir_fd=self.fd, follow_symlinks=False))
         except FileNotFoundError:
             return None
 
@@ -211,7 +236,7 @@ class RunFolder:
         if self.missing:
             return False
         try:
-            os.unlink(name, dir_fd=self._fd)
+            os.unlink(name, dir_fd=self.fd)
             return True
         except FileNotFoundError:
             return False
@@ -222,7 +247,7 @@ class RunFolder:
         if self.missing:
             return 0
         try:
-            entries = list(os.scandir(self._fd))
+            entries = list(os.scandir(self.fd))
         except OSError:
             return 0
         return sum(
