@@ -198,6 +198,31 @@ def test_a_folder_swapped_for_a_link_during_deletion_deletes_nothing_outside(
     assert run_dir.is_symlink()
 
 
+@pytest.mark.parametrize("with_expect", [True, False])
+def test_a_log_that_is_a_link_to_another_runs_log_is_refused(
+    tmp_path: Path, with_expect: bool
+) -> None:
+    """A run's ``run.log`` replaced by a link to another run's log: deleting the first
+    run must not delete (or unlink through) the other's (with and without S3)."""
+    from fastflow.errors import UnsafePath
+    from fastflow.lifecycle import deletion as reaper
+
+    root = tmp_path / "logs"
+    (root / "p" / "a").mkdir(parents=True)
+    (root / "p" / "b").mkdir(parents=True)
+    other = root / "p" / "b" / "run.log"
+    other.write_bytes(b"run b\n")
+    own = root / "p" / "a" / "run.log"
+    own.write_bytes(b"run a\n")
+    expect = {"log": reaper.FileIdentity.of(own)} if with_expect else None
+    own.unlink()
+    own.symlink_to(other)
+
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        reaper.delete_files(root, "p/a/run.log", None, expect)
+    assert other.read_bytes() == b"run b\n" and own.is_symlink()
+
+
 def test_concurrent_appender_loses_no_byte(ctx: Context, s3: S3Env) -> None:
     """A writer appends to every old log every 10 ms while passes run with slow HEADs:
     every appended line ends up local or in a verified archive."""

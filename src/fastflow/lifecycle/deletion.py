@@ -13,7 +13,6 @@ the file was hashed, checked immediately before unlinking; otherwise nothing is 
 
 from __future__ import annotations
 
-import os
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -41,24 +40,15 @@ class Removed:
 Expected = dict[str, FileIdentity]  # "log"/"metrics" -> the identity that was verified
 
 
-def _check_unchanged(folder: RunFolder, name: str, which: str, expect: Expected) -> None:
-    wanted = expect.get(which)
-    if wanted is None:
-        return
-    now = folder.identity(name)
-    if now is None:
-        return  # already gone: nothing to protect
+def _check_unchanged(folder: RunFolder, name: str, wanted: FileIdentity | None) -> None:
+    now = folder.identity(name)  # (refuses a link)
+    if wanted is None or now is None:
+        return  # nothing to compare; or already gone: nothing to protect
     if now != wanted:
         raise FileChanged(
             f"{name} changed after it was archived and verified ({wanted.size} bytes "
             f"verified, {now.size} bytes now); kept — the next pass archives it again"
         )
-
-
-def _split(rel: str) -> tuple[str, str]:
-    """(folder, file name) of a stored relative path."""
-    folder, name = os.path.split(os.path.normpath(rel))
-    return folder, name
 
 
 def delete_files(
@@ -70,23 +60,26 @@ def delete_files(
     """Delete the run's log and metrics files and its then-empty folders.
 
     With ``expect``, every file is first checked against its verified identity; if one
-    differs, nothing is deleted and ``FileChanged`` is raised. Checks and unlinks go
-    through the run folder's descriptor (``RunFolder``): a folder swapped for a link
-    after the paths were checked cannot make this delete anything outside it.
+    differs, nothing is deleted and ``FileChanged`` is raised. A path that ``resolve``
+    would refuse (``..``, absolute, a link below ``LOGS_DIR``) raises ``UnsafePath``.
+    Checks and unlinks go through the run folder's descriptor (``RunFolder``): a folder
+    swapped for a link after the paths were checked cannot make this delete anything
+    outside it.
     """
     removed = Removed()
+    expect = expect or {}
     files = [(rel, attr) for rel, attr in ((log_file, "log"), (metrics_file, "metrics")) if rel]
     with ExitStack() as stack:
         folders: dict[str, RunFolder] = {}
         targets: list[tuple[RunFolder, str, str]] = []
         for rel, attr in files:
-            logfiles.resolve(logs_root, rel)  # refuses what may lead outside LOGS_DIR
-            folder_rel, name = _split(rel)
+            names = logfiles.parts(rel)
+            folder_rel = "/".join(names[:-1])
             if folder_rel not in folders:
                 folders[folder_rel] = stack.enter_context(RunFolder(logs_root, folder_rel))
-            targets.append((folders[folder_rel], name, attr))
+            targets.append((folders[folder_rel], names[-1], attr))
         for folder, name, attr in targets:
-            _check_unchanged(folder, name, attr, expect or {})
+            _check_unchanged(folder, name, expect.get(attr))
         for folder, name, attr in targets:
             setattr(removed, attr, folder.unlink(name))
         if targets:
@@ -100,9 +93,8 @@ def delete_verified(logs_root: Path, rel: str, identity: FileIdentity) -> bool:
     """Delete one file if it is still the version ``identity`` describes (else
     ``FileChanged``, nothing deleted), then its then-empty folders — through its
     folder's descriptor, as ``delete_files``. True if it existed."""
-    logfiles.resolve(logs_root, rel)
-    folder_rel, name = _split(rel)
-    with RunFolder(logs_root, folder_rel) as folder:
+    folder, name = RunFolder.of_file(logs_root, rel)
+    with folder:
         now = folder.identity(name)
         if now is None:
             return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,20 @@ def _inside(root: str, candidate: str) -> bool:
     return candidate == root or candidate.startswith(root if root.endswith("/") else root + "/")
 
 
+def parts(rel: str, *, folder: bool = False) -> list[str]:
+    """The parts of a stored relative path (``.`` and empty ones dropped); an absolute
+    path, a NUL byte or a ``..`` part raises ``UnsafePath``, and so does an empty path
+    unless it names a ``folder`` (``LOGS_DIR`` itself)."""
+    if "\x00" in rel or rel.startswith("/") or (not rel and not folder):
+        raise UnsafePath(f"refusing log path {rel!r}: not a relative path under LOGS_DIR")
+    names = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in names:
+        raise UnsafePath(f"refusing log path {rel!r}: a '..' part may lead outside LOGS_DIR")
+    if not names and not folder:
+        raise UnsafePath(f"refusing log path {rel!r}: not a relative path under LOGS_DIR")
+    return names
+
+
 def resolve(logs_root: Path, rel: str) -> Path:
     """Absolute path of ``rel`` under ``logs_root``; raise ``UnsafePath`` if it escapes.
 
@@ -92,10 +107,7 @@ def resolve(logs_root: Path, rel: str) -> Path:
     refused outright — after a missing folder or a symlink loop, no resolver can say
     where it leads — and so is a symbolic link anywhere below ``LOGS_DIR`` (``LOGS_DIR``
     itself may be one)."""
-    if not rel or "\x00" in rel or Path(rel).is_absolute():
-        raise UnsafePath(f"refusing log path {rel!r}: not a relative path under LOGS_DIR")
-    if ".." in rel.split("/"):
-        raise UnsafePath(f"refusing log path {rel!r}: a '..' part may lead outside LOGS_DIR")
+    parts(rel)
     root = real_path(logs_root)
     written = os.path.normpath(os.path.join(root, rel))
     candidate = real_path(written)
@@ -163,14 +175,12 @@ class RunFolder:
     Use it in a ``with`` block (the descriptors are closed at its end)."""
 
     def __init__(self, logs_root: Path, rel_dir: str) -> None:
-        parts = [p for p in os.path.normpath(rel_dir).split("/") if p not in ("", ".")]
-        if ".." in parts or os.path.isabs(rel_dir):
-            raise UnsafePath(f"refusing run folder {rel_dir!r}: not a folder below LOGS_DIR")
-        self._names = parts
-        self._fds = [os.open(real_path(logs_root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+        self._names = parts(rel_dir, folder=True)
+        # (``LOGS_DIR`` itself may be a link: followed)
+        self._fds = [os.open(logs_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
         self.missing = False
         try:
-            for name in parts:
+            for name in self._names:
                 self._fds.append(os.open(name, _DIR_FLAGS, dir_fd=self._fds[-1]))
         except FileNotFoundError:
             self.missing = True
@@ -186,6 +196,12 @@ class RunFolder:
     def containing(cls, logs_root: Path, path: Path) -> RunFolder:
         """The folder of ``path``, a path that ``resolve`` returned for ``logs_root``."""
         return cls(logs_root, os.path.relpath(path.parent, real_path(logs_root)))
+
+    @classmethod
+    def of_file(cls, logs_root: Path, rel: str) -> tuple[RunFolder, str]:
+        """The folder of the stored relative path ``rel``, and the file's name in it."""
+        names = parts(rel)
+        return cls(logs_root, "/".join(names[:-1])), names[-1]
 
     def __enter__(self) -> RunFolder:
         return self
@@ -221,14 +237,18 @@ class RunFolder:
                 continue
 
     def identity(self, name: str) -> FileIdentity | None:
-        """The identity of the file ``name`` in this folder (a link is not followed);
-        None when there is no such file."""
+        """The identity of the file ``name`` in this folder; None when there is no such
+        file. A symbolic link there is refused (``UnsafePath``), never followed."""
         if self.missing:
             return None
         try:
-            return FileIdentity.of_stat(os.stat(name, dir_fd=self.fd, follow_symlinks=False))
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
+        if stat.S_ISLNK(st.st_mode):
+            # fastflow never links inside LOGS_DIR (see ``resolve``)
+            raise UnsafePath(f"refusing {name!r}: a symbolic link below LOGS_DIR")
+        return FileIdentity.of_stat(st)
 
     def unlink(self, name: str) -> bool:
         """Delete ``name`` in this folder (a link itself, never its target); a file
