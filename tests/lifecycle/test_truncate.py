@@ -383,3 +383,64 @@ def test_a_log_changed_before_the_rename_is_kept(tmp_path: Path) -> None:
     with pytest.raises(FileChanged, match="changed while it was truncated"):
         truncate_log(log, 4096, NOW, logs_root=root, expect=expect)
     assert log.read_bytes() == grown and leftovers(run) == []
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_what_is_not_a_regular_file_is_refused_at_once_without_a_leak(tmp_path: Path) -> None:
+    """A FIFO in the log's place would block a plain open until a writer came (the
+    pass would hang holding its lock); a folder there made the descriptor leak (found
+    by a review)."""
+    root = tmp_path / "logs"
+    (root / "p" / "fifo").mkdir(parents=True)
+    os.mkfifo(root / "p" / "fifo" / "run.log")
+    (root / "p" / "dir" / "run.log").mkdir(parents=True)
+    before = _open_fds()
+    for _ in range(20):
+        for kind in ("fifo", "dir"):
+            with pytest.raises(OSError, match="not a regular file"):
+                truncate_log(root / "p" / kind / "run.log", 10, NOW, logs_root=root)
+    assert _open_fds() == before
+
+
+def test_an_unwritable_journal_leaks_no_descriptor_and_leaves_no_temp_file(
+    tmp_path: Path,
+) -> None:
+    root, run, _, _ = _swappable(tmp_path)
+    original = (run / "run.log").read_bytes()
+    (tmp_path / "a-file").write_text("not a folder")
+    before = _open_fds()
+    for _ in range(20):
+        with pytest.raises(OSError):
+            truncate_log(
+                run / "run.log", 4096, NOW, logs_root=root, journal=tmp_path / "a-file" / "j"
+            )
+    assert _open_fds() == before
+    assert (run / "run.log").read_bytes() == original and leftovers(run) == []
+
+
+def test_a_log_removed_during_truncation_is_not_brought_back(tmp_path: Path) -> None:
+    root, run, _, _ = _swappable(tmp_path)
+    log = run / "run.log"
+
+    with pytest.raises(FileNotFoundError, match="removed while it was truncated"):
+        truncate_log(log, 4096, NOW, before_replace=lambda n, s: log.unlink(), logs_root=root)
+    assert not log.exists() and leftovers(run) == []
+
+
+def test_a_log_appended_to_during_truncation_is_kept(tmp_path: Path) -> None:
+    """Without S3 too: the lines written meanwhile would be lost by the rename."""
+    from fastflow.errors import FileChanged
+
+    root, run, _, _ = _swappable(tmp_path)
+    log = run / "run.log"
+
+    def append(new_size: int, new_sha: str) -> None:
+        with log.open("ab") as f:
+            f.write(b"written meanwhile\n")
+
+    with pytest.raises(FileChanged, match="changed while it was truncated"):
+        truncate_log(log, 4096, NOW, before_replace=append, logs_root=root)
+    assert log.read_bytes().endswith(b"written meanwhile\n") and leftovers(run) == []

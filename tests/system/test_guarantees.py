@@ -223,6 +223,16 @@ def test_a_log_that_is_a_link_to_another_runs_log_is_refused(
     assert other.read_bytes() == b"run b\n" and own.is_symlink()
 
 
+def test_a_missing_logs_dir_is_nothing_to_delete(tmp_path: Path) -> None:
+    """LOGS_DIR is created by the first run: a pass before it exists, or after it was
+    removed, deletes the rows of runs whose files are already gone (found by a
+    review: a missing LOGS_DIR had made every deletion fail)."""
+    from fastflow.lifecycle import deletion as reaper
+
+    removed = reaper.delete_files(tmp_path / "never-created", "p/r/run.log", "p/r/metrics.jsonl")
+    assert not removed.log and not removed.metrics
+
+
 def test_concurrent_appender_loses_no_byte(ctx: Context, s3: S3Env) -> None:
     """A writer appends to every old log every 10 ms while passes run with slow HEADs:
     every appended line ends up local or in a verified archive."""

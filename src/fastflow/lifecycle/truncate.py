@@ -10,6 +10,7 @@ partial or empty one. Memory is constant whatever the file size.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Callable
@@ -83,8 +84,10 @@ def truncate_log(
     Every step — reading, the temporary copy, the check, the rename — goes through the
     descriptor of the file's folder (``RunFolder``; with ``logs_root``, reached by a walk
     from it that follows no link), so a folder swapped for a link meanwhile cannot make
-    it read or replace a file elsewhere. With ``expect``, the file must still have that
-    identity right before ``before_replace`` and the rename, else ``FileChanged``.
+    it read or replace a file elsewhere. Right before ``before_replace`` and again right
+    before the rename, the log must still be the file that was read — or, with
+    ``expect``, have that identity — else ``FileChanged`` (appended to or replaced
+    meanwhile) or ``FileNotFoundError`` (removed), and nothing is replaced.
     """
     folder = (
         RunFolder.containing(logs_root, path)
@@ -98,21 +101,22 @@ def truncate_log(
             size = st.st_size
             if size <= limit:
                 return None
+            wanted = expect or FileIdentity.of_stat(st)
             budget = max(0, limit - MARKER_RESERVE)
             start = _tail_start(src, size, budget)
             removed = start
             fd, tmp_name = folder.create_temp()
             try:
-                if journal is not None:
-                    _write_journal(journal, path.parent / tmp_name)
                 with os.fdopen(fd, "wb") as dst:
+                    if journal is not None:
+                        _write_journal(journal, path.parent / tmp_name)
                     digest = _copy_tail(src, start, dst, marker(removed, now))
                     new_size = os.fstat(dst.fileno()).st_size
                     os.fchmod(dst.fileno(), st.st_mode & 0o777)
-                if expect is not None and folder.identity(name) != expect:
-                    raise FileChanged(f"{name} changed while it was truncated; kept")
+                _check_unchanged(folder, name, wanted)
                 if before_replace is not None:
                     before_replace(new_size, digest.hexdigest())
+                    _check_unchanged(folder, name, wanted)  # (the callback took time)
                 os.replace(tmp_name, name, src_dir_fd=folder.fd, dst_dir_fd=folder.fd)
             except BaseException:
                 folder.unlink(tmp_name)
@@ -127,6 +131,16 @@ def truncate_log(
     return TruncateResult(
         old_size=size, new_size=new_size, removed=removed, sha256=digest.hexdigest()
     )
+
+
+def _check_unchanged(folder: RunFolder, name: str, wanted: FileIdentity) -> None:
+    """The log is still the file that was read (or the archived one): not removed,
+    appended to or replaced meanwhile — else nothing is replaced."""
+    now = folder.identity(name)
+    if now is None:
+        raise FileNotFoundError(errno.ENOENT, f"{name} was removed while it was truncated")
+    if now != wanted:
+        raise FileChanged(f"{name} changed while it was truncated; kept")
 
 
 def _copy_tail(src: BinaryIO, start: int, dst: BinaryIO, head: bytes) -> hashlib._Hash:

@@ -176,17 +176,18 @@ class RunFolder:
 
     def __init__(self, logs_root: Path, rel_dir: str) -> None:
         self._names = parts(rel_dir, folder=True)
-        # (``LOGS_DIR`` itself may be a link: followed)
-        self._fds = [os.open(logs_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+        self._fds: list[int] = []
         self.missing = False
         try:
+            # (``LOGS_DIR`` itself may be a link: followed)
+            self._fds.append(os.open(logs_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
             for name in self._names:
                 self._fds.append(os.open(name, _DIR_FLAGS, dir_fd=self._fds[-1]))
         except FileNotFoundError:
-            self.missing = True
-        except OSError as e:
+            self.missing = True  # (``LOGS_DIR`` too may be gone: nothing to delete)
+        except BaseException as e:
             self.close()
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            if isinstance(e, OSError) and e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise UnsafePath(
                     f"refusing run folder {rel_dir!r}: a symbolic link or a file below LOGS_DIR"
                 ) from None
@@ -221,9 +222,21 @@ class RunFolder:
         return self._fds[-1]
 
     def open_file(self, name: str) -> int:
-        """A read-only descriptor of the file ``name`` in this folder; a link there is
-        refused (``OSError`` ELOOP), never followed."""
-        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        """A read-only descriptor of the regular file ``name`` in this folder. A link
+        there is refused (``OSError`` ELOOP), never followed; so is anything else that
+        is not a regular file (a FIFO would block the reader: it is opened without
+        waiting, then refused)."""
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self.fd
+        )
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{name} is not a regular file")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def create_temp(self) -> tuple[int, str]:
         """A new, empty temporary file of fastflow's naming in this folder, private
