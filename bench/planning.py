@@ -7,8 +7,12 @@ the 1 MiB limit; policy ``LOG_RETENTION_RUNS=1000``, ``LOG_RETENTION_DAYS=30``,
 ``LOG_MAX_SIZE_MB=1``. Insert time is not planning time. Planning runs in a fresh child
 process that counts the actions (never executes them) and reports its peak RSS growth
 during planning (peak reset through ``/proc/self/clear_refs`` before, ``VmHWM`` after).
-Baseline: ``SELECT count(*)`` of the same table in the same child. The action counts are
-checked against counts computed while generating the rows.
+Baseline: ``HandPlanner``, a hand-written DB-API planner with the same rules and the same
+output (the ids of the runs to delete and to truncate), in the same child, A/B/A/B with
+rotating order. Both outputs are compared through an order-insensitive digest of the
+ids, each side computing it from its own representation (hex text for the hand-written
+planner, the ``UUID``'s integer for fastflow), and the action counts are checked against
+counts computed while generating the rows.
 
 PostgreSQL: a fresh database ``fastflow_bench_<random>`` on ``BENCH_PG_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/``), dropped at the end; skipped with a message
@@ -295,10 +299,10 @@ def _fastflow_plan(db: Any, settings: Any, policy: Any, now: datetime) -> dict[s
     for name in selection.pipeline_names(db):
         for batch in selection.deletion_candidates(db, name, policy, now):
             deletions += sum(a.kind is ActionKind.ARCHIVE_AND_DELETE_RUN for a in batch)
-            digest += sum(int(a.run.id.hex[:15], 16) for a in batch)
+            digest += sum(a.run.id.int >> 68 for a in batch)  # its first 15 hex digits
         for batch in selection.truncation_candidates(db, name, policy, now, settings.logs_root):
             truncations += sum(a.kind is ActionKind.TRUNCATE_LOG for a in batch)
-            digest += sum(int(a.run.id.hex[:15], 16) for a in batch)
+            digest += sum(a.run.id.int >> 68 for a in batch)
     return {"deletions": deletions, "truncations": truncations, "digest": digest % (1 << 64)}
 
 
