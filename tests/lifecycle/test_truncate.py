@@ -444,3 +444,35 @@ def test_a_log_appended_to_during_truncation_is_kept(tmp_path: Path) -> None:
     with pytest.raises(FileChanged, match="changed while it was truncated"):
         truncate_log(log, 4096, NOW, before_replace=append, logs_root=root)
     assert log.read_bytes().endswith(b"written meanwhile\n") and leftovers(run) == []
+
+
+def test_the_recovery_sweep_removes_the_journaled_temp_file_only_below_logs_dir(
+    tmp_path: Path,
+) -> None:
+    """After a kill, the journal names the temporary copy; if its run folder was
+    swapped for a link meanwhile, the sweep must not unlink through the link (found by
+    an outside audit: a same-named file outside was deleted)."""
+    from fastflow.lifecycle.truncate import remove_journaled_temp
+    from fastflow.runs import files
+
+    root, run, outside, _ = _swappable(tmp_path)
+    tmp_name = f"{files.TEMP_PREFIX}0123456789abcdef{files.TEMP_SUFFIX}"
+    (run / tmp_name).write_bytes(b"partial copy")
+    (outside / tmp_name).write_bytes(b"theirs")
+    journal = tmp_path / "truncate.journal"
+    journal.write_text(str(files.resolve(root, f"p/r/{tmp_name}")))
+    moved = root / "p" / "moved"
+    run.rename(moved)
+    run.symlink_to(outside, target_is_directory=True)
+
+    assert remove_journaled_temp(journal, root) is None  # refused: a link on the way
+    assert (outside / tmp_name).read_bytes() == b"theirs" and not journal.exists()
+
+    run.unlink()
+    moved.rename(run)
+    journal.write_text(str(files.resolve(root, f"p/r/{tmp_name}")))
+    assert remove_journaled_temp(journal, root) is not None
+    assert not (run / tmp_name).exists() and not journal.exists()
+    journal.write_text(str(outside / tmp_name))  # a journal naming a file elsewhere
+    assert remove_journaled_temp(journal, root) is None
+    assert (outside / tmp_name).exists()

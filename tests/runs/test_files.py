@@ -215,3 +215,14 @@ def test_a_run_folder_removes_its_temp_files_and_empty_chain_only(tmp_path: Path
     with files.RunFolder(root, "p/r") as folder:
         folder.remove_if_empty()
     assert root.is_dir() and os.listdir(root) == []
+
+
+def test_resolve_refuses_what_is_not_a_regular_file_or_a_folder(tmp_path: Path) -> None:
+    """A FIFO would block whoever reads it (the pass, an API worker)."""
+    root = tmp_path / "logs"
+    (root / "p" / "r").mkdir(parents=True)
+    os.mkfifo(root / "p" / "r" / "run.log")
+    with pytest.raises(UnsafePath, match="not a regular file"):
+        files.resolve(root, "p/r/run.log")
+    assert files.resolve(root, "p/r") == (root / "p" / "r").resolve()  # a folder is fine
+    assert files.resolve(root, "p/r/metrics.jsonl").name == "metrics.jsonl"  # not there yet

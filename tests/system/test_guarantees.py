@@ -233,6 +233,25 @@ def test_a_missing_logs_dir_is_nothing_to_delete(tmp_path: Path) -> None:
     assert not removed.log and not removed.metrics
 
 
+@pytest.mark.timeout(120)
+def test_a_fifo_in_a_logs_place_is_refused_without_hanging_the_pass(
+    ctx: Context, s3: S3Env
+) -> None:
+    """A FIFO where a due run's log should be: reading it would block until a writer
+    came, and the pass would hang holding its lock (found by an outside audit). It is
+    refused, the run kept with the reason, and the other runs go on."""
+    old, other, newest = seed_series(ctx, "p", 3)
+    old.log.unlink()
+    os.mkfifo(old.log)
+
+    summary = run_pass(ctx, "test", now=NOW)
+
+    assert summary.deleted_runs == 1 and summary.backup_failures == 1
+    assert "not a regular file" in failures(ctx)[0].error_message
+    assert run_row(ctx, old.id) is not None and old.log.exists()
+    assert run_row(ctx, other.id) is None and run_row(ctx, newest.id) is not None
+
+
 def test_concurrent_appender_loses_no_byte(ctx: Context, s3: S3Env) -> None:
     """A writer appends to every old log every 10 ms while passes run with slow HEADs:
     every appended line ends up local or in a verified archive."""

@@ -225,7 +225,7 @@ def _write_manifest(p: PassRun) -> None:
 def _sweep_temp_files(p: PassRun) -> None:
     """Remove what a killed pass left: the truncation temp file named in the journal and
     compression temp files (only passes create either, and this one holds the lock)."""
-    removed = 1 if remove_journaled_temp(p.journal) is not None else 0
+    removed = 1 if remove_journaled_temp(p.journal, p.logs_root) is not None else 0
     tmp_dir = p.settings.data_dir.expanduser().resolve() / "tmp"
     if tmp_dir.is_dir():
         for part in tmp_dir.glob("archive-*.part"):

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from fastflow.errors import FileChanged
-from fastflow.runs.files import TEMP_PREFIX, TEMP_SUFFIX, FileIdentity, RunFolder
+from fastflow.errors import FileChanged, UnsafePath
+from fastflow.runs.files import TEMP_PREFIX, TEMP_SUFFIX, FileIdentity, RunFolder, real_path
 
 COPY_CHUNK = 1024 * 1024
 SCAN_LIMIT = 1024 * 1024  # how far to look for the next newline before cutting mid-line
@@ -164,8 +164,11 @@ def _write_journal(journal: Path, tmp: Path) -> None:
         os.fsync(f.fileno())
 
 
-def remove_journaled_temp(journal: Path) -> Path | None:
-    """Remove the temporary file a killed truncation left behind; return its path."""
+def remove_journaled_temp(journal: Path, logs_root: Path) -> Path | None:
+    """Remove the temporary file a killed truncation left behind; return its path. Only a
+    file of fastflow's temporary naming below ``LOGS_DIR`` is removed, through its
+    folder's descriptor (``RunFolder``): a run folder swapped for a link since the kill
+    cannot redirect the unlink."""
     try:
         name = journal.read_text(encoding="utf-8").strip()
     except (FileNotFoundError, UnicodeDecodeError):
@@ -174,9 +177,12 @@ def remove_journaled_temp(journal: Path) -> Path | None:
     removed = None
     if tmp.name.startswith(TEMP_PREFIX) and tmp.name.endswith(TEMP_SUFFIX):
         try:
-            tmp.unlink()
-            removed = tmp
-        except OSError:
+            rel = os.path.relpath(tmp, real_path(logs_root))
+            folder, file_name = RunFolder.of_file(logs_root, rel)  # (refuses "..")
+            with folder:
+                if folder.unlink(file_name):
+                    removed = tmp
+        except (OSError, UnsafePath):
             pass
     journal.unlink(missing_ok=True)
     return removed

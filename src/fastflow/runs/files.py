@@ -106,7 +106,8 @@ def resolve(logs_root: Path, rel: str) -> Path:
     ``rel`` is what fastflow stores (``<pipeline>/<run id>/<file>``): a ``..`` part is
     refused outright — after a missing folder or a symlink loop, no resolver can say
     where it leads — and so is a symbolic link anywhere below ``LOGS_DIR`` (``LOGS_DIR``
-    itself may be one)."""
+    itself may be one). An existing path that is neither a regular file nor a folder
+    (a FIFO, a socket, a device) is refused too."""
     parts(rel)
     root = real_path(logs_root)
     written = os.path.normpath(os.path.join(root, rel))
@@ -117,6 +118,13 @@ def resolve(logs_root: Path, rel: str) -> Path:
         # fastflow never links inside LOGS_DIR: a link there could make one run's
         # cleanup delete another run's file
         raise UnsafePath(f"refusing log path {rel!r}: a symbolic link below LOGS_DIR")
+    try:
+        mode = os.lstat(candidate).st_mode
+    except OSError:
+        mode = None  # not there (yet): nothing to read
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # a FIFO would block its reader (the pass, holding its lock) until a writer came
+        raise UnsafePath(f"refusing log path {rel!r}: not a regular file")
     return Path(candidate)
 
 
