@@ -283,8 +283,9 @@ class RunFolder:
             return False
 
     def remove_temp_files(self) -> int:
-        """Remove fastflow's temporary files in this folder (see
-        ``remove_stale_temp_files``); how many were removed."""
+        """Remove fastflow's temporary files in this folder (a killed truncation's; only
+        while holding the pass lock: truncation runs only inside a pass); how many were
+        removed."""
         if self.missing:
             return 0
         try:
@@ -335,17 +336,3 @@ def remove_empty_dirs(start: Path, stop: Path) -> None:
 def is_own_temp(path: Path) -> bool:
     """True for a temporary file of fastflow's own naming (left by a killed truncation)."""
     return path.name.startswith(TEMP_PREFIX) and path.name.endswith(TEMP_SUFFIX)
-
-
-def remove_stale_temp_files(folder: Path) -> int:
-    """Remove fastflow's temporary files in a run folder (only while holding the pass
-    lock: truncation runs only inside a pass). Returns how many were removed."""
-    removed = 0
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return 0
-    for entry in entries:
-        if entry.is_file(follow_symlinks=False) and is_own_temp(Path(entry.path)):
-            removed += remove_quietly(Path(entry.path))
-    return removed
