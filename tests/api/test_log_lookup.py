@@ -225,3 +225,35 @@ def test_located_values_feed_the_reader_without_another_lookup(
     with pytest.raises(LogNotAvailable, match="is archived at s3://bucket/"):
         readback.open_log(app, run.id, found.run, entry=None, entry_known=True)
     assert lookups == [run.id]
+
+
+def test_a_folder_swapped_for_a_link_after_the_check_serves_nothing_from_outside(
+    app: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone who can write in LOGS_DIR swaps a run's folder for a link to a folder
+    outside just after the path was checked: the API read opened by path and served the
+    file outside LOGS_DIR. It now opens through a walk that follows no link: the
+    request is refused (400), and no byte from outside is sent."""
+    from fastflow.runs import files as logfiles
+
+    run = seed_run(app, "etl", NOW)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "run.log").write_bytes(b"SECRET FROM OUTSIDE LOGS_DIR\n")
+    token = accounts.create_token(app.db, "viewer", "viewer")
+    http = TestClient(create_app(app, schedule=False))
+    viewer = {"Authorization": f"Bearer {token}"}
+    real_resolve = logfiles.resolve
+
+    def resolve_then_swap(root: Path, rel: str) -> Path:
+        found = real_resolve(root, rel)
+        if found == run.log and run.log.parent.is_dir() and not run.log.parent.is_symlink():
+            run.log.parent.rename(run.log.parent.with_name("moved"))
+            run.log.parent.symlink_to(outside, target_is_directory=True)
+        return found
+
+    monkeypatch.setattr(logfiles, "resolve", resolve_then_swap)
+    res = http.get(f"/api/runs/{run.id}/logs", headers=viewer)
+    assert res.status_code == 400, res.text
+    assert b"SECRET" not in res.content and "symbolic link" in res.json()["detail"]
+    assert run.log.parent.is_symlink()  # the swap did happen before the read

@@ -226,3 +226,71 @@ def test_resolve_refuses_what_is_not_a_regular_file_or_a_folder(tmp_path: Path) 
         files.resolve(root, "p/r/run.log")
     assert files.resolve(root, "p/r") == (root / "p" / "r").resolve()  # a folder is fine
     assert files.resolve(root, "p/r/metrics.jsonl").name == "metrics.jsonl"  # not there yet
+
+
+def _run_with_outside(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """``_outside_twin``, with the outside folder instead of its file."""
+    root, run_dir, outside_file = _outside_twin(tmp_path)
+    return root, run_dir, outside_file.parent
+
+
+def _swap(run_dir: Path, outside: Path) -> None:
+    run_dir.rename(run_dir.with_name("moved"))
+    run_dir.symlink_to(outside, target_is_directory=True)
+
+
+def test_open_below_reads_the_file_it_opened_whatever_happens_to_its_folder(
+    tmp_path: Path,
+) -> None:
+    root, run_dir, outside = _run_with_outside(tmp_path)
+    f = files.open_below(root, "p/r/run.log")
+    assert f is not None
+    _swap(run_dir, outside)
+    with f:
+        assert f.read() == b"inside\n"
+    # opened after the swap: the link is refused, the file outside never read
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        files.open_below(root, "p/r/run.log")
+
+
+def test_open_below_refuses_links_and_special_files_and_misses_quietly(tmp_path: Path) -> None:
+    root, run_dir, outside = _run_with_outside(tmp_path)
+    assert files.open_below(root, "p/r/metrics.jsonl") is None
+    assert files.open_below(root, "p/gone/run.log") is None
+    assert files.open_below(tmp_path / "no-logs-dir", "p/r/run.log") is None
+    (run_dir / "link.log").symlink_to(outside / "run.log")
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        files.open_below(root, "p/r/link.log")
+    os.mkfifo(run_dir / "fifo.log")  # opened without waiting for a writer, then refused
+    with pytest.raises(UnsafePath, match="not a regular file"):
+        files.open_below(root, "p/r/fifo.log")
+    (run_dir / "dir.log").mkdir()
+    with pytest.raises(UnsafePath, match="not a regular file"):
+        files.open_below(root, "p/r/dir.log")
+    with pytest.raises(UnsafePath, match=r"'\.\.'"):
+        files.open_below(root, "p/../r/run.log")
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):  # refusals leak no descriptor
+        with pytest.raises(UnsafePath):
+            files.open_below(root, "p/r/fifo.log")
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_a_held_file_is_read_again_by_path_as_the_same_file(tmp_path: Path) -> None:
+    """``HeldFile.path`` (what the uploader opens by name) reopens the very file that
+    was opened, not what the path names after a swap; ``named`` says what its name in
+    the opened folder stands for now."""
+    root, run_dir, outside = _run_with_outside(tmp_path)
+    with files.held(root, "p/r/run.log") as held:
+        before = held.identity()
+        _swap(run_dir, outside)
+        assert held.path.read_bytes() == b"inside\n"
+        assert files.FileIdentity.of(held.path) == before
+        assert held.named() == before  # the folder that was opened: moved, still there
+        (run_dir.with_name("moved") / "run.log").unlink()
+        assert held.named() is None
+        assert held.path.read_bytes() == b"inside\n"  # held open: still readable
+    with pytest.raises(FileNotFoundError), files.held(root, "p/other/run.log"):
+        pass
+    with pytest.raises(UnsafePath, match="symbolic link"), files.held(root, "p/r/run.log"):
+        pass

@@ -198,6 +198,54 @@ def test_a_folder_swapped_for_a_link_during_deletion_deletes_nothing_outside(
     assert run_dir.is_symlink()
 
 
+def test_a_folder_swapped_for_a_link_during_the_upload_archives_the_runs_own_bytes(
+    ctx: Context, s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone who can write in LOGS_DIR swaps a due run's folder for a link to a folder
+    outside while its files are uploaded, and swaps it back before the upload ends (an
+    audit's residual race). Read by path, the outside files' bytes were archived as the
+    run's, the checks by path saw the original files again, and the run's own log was
+    deleted: lost, and a file from outside LOGS_DIR in the archive. Read through the
+    held folder, the archive holds the run's own bytes, and nothing outside is read or
+    touched."""
+    old, newest = seed_series(ctx, "p", 2)
+    run_dir = old.log.parent
+    moved = run_dir.with_name("moved")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    # the same sizes as the run's files: nothing but the bytes tells them apart
+    foreign_log = b"X" * (len(old.log_bytes) - 1) + b"\n"
+    (outside / "run.log").write_bytes(foreign_log)
+    (outside / "metrics.jsonl").write_bytes(b"Y" * (len(old.metrics_bytes) - 1) + b"\n")
+    real_put = archive.S3Store.put_verified
+    swaps: list[str] = []
+
+    def put_while_swapped(self: archive.S3Store, key: str, path: Path, *a: Any, **k: Any) -> Any:
+        if str(old.id) not in key:
+            return real_put(self, key, path, *a, **k)
+        run_dir.rename(moved)
+        run_dir.symlink_to(outside, target_is_directory=True)
+        try:
+            return real_put(self, key, path, *a, **k)
+        finally:
+            run_dir.unlink()
+            moved.rename(run_dir)
+            swaps.append(key)
+
+    monkeypatch.setattr(archive.S3Store, "put_verified", put_while_swapped)
+    summary = run_pass(ctx, "test", now=NOW)
+
+    client = s3.client()
+    assert object_bytes(client, s3.bucket, _key(old.id, "p")) == old.log_bytes
+    assert object_bytes(client, s3.bucket, _key(old.id, "p", "metrics.jsonl")) == (
+        old.metrics_bytes
+    )
+    assert ledger_rows(ctx)[old.id].log_sha256 == old.sha
+    assert len(swaps) == 2 and summary.deleted_runs == 1 and summary.backup_failures == 0
+    assert (outside / "run.log").read_bytes() == foreign_log
+    assert run_row(ctx, old.id) is None and newest.log.read_bytes() == newest.log_bytes
+
+
 @pytest.mark.parametrize("with_expect", [True, False])
 def test_a_log_that_is_a_link_to_another_runs_log_is_refused(
     tmp_path: Path, with_expect: bool

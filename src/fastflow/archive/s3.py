@@ -302,11 +302,15 @@ class S3Store:
         parts = [self.prefix] if self.prefix else []
         return "/".join([*parts, pipeline_name, run_id, filename]) + compression.SUFFIX[self.codec]
 
-    def put_verified(self, key: str, path: Path, metadata: dict[str, str]) -> StoredObject:
+    def put_verified(
+        self, key: str, path: Path, metadata: dict[str, str], *, name: str | None = None
+    ) -> StoredObject:
         """Upload ``path`` to ``key`` streaming (compressed when configured), then HEAD and
-        compare size and SHA-256 of the stored bytes."""
+        compare size and SHA-256 of the stored bytes. ``name``: the file's name in error
+        messages (``path`` may be a ``/proc/self/fd`` path: ``runs.files.held``)."""
+        name = name or path.name
         if self.codec == "none":
-            size, digest = self._upload(key, path, metadata, {})
+            size, digest = self._upload(key, path, metadata, {}, name)
             return StoredObject(key, size, digest, size, digest)
         tmp_dir = self.settings.data_dir.expanduser().resolve() / "tmp"
         try:
@@ -320,23 +324,23 @@ class S3Store:
             try:
                 packed = compression.compress_file(path, tmp, self.codec)
             except OSError as e:
-                raise ArchiveError(f"cannot compress {path.name}: {e.strerror or e}") from e
+                raise ArchiveError(f"cannot compress {name}: {e.strerror or e}") from e
             extra = {
                 "encoding": self.codec,
                 "original_sha256": packed.original_sha256,
                 "original_size": str(packed.original_size),
             }
-            size, digest = self._upload(key, tmp, metadata, extra)
+            size, digest = self._upload(key, tmp, metadata, extra, name)
         finally:
             tmp.unlink(missing_ok=True)
         if (size, digest) != (packed.stored_size, packed.stored_sha256):
-            raise ArchiveError(f"compressed copy of {path.name} changed while it was uploaded")
+            raise ArchiveError(f"compressed copy of {name} changed while it was uploaded")
         return StoredObject(
             key, size, digest, packed.original_size, packed.original_sha256, self.codec
         )
 
     def _upload(
-        self, key: str, path: Path, metadata: dict[str, str], extra: dict[str, str]
+        self, key: str, path: Path, metadata: dict[str, str], extra: dict[str, str], name: str
     ) -> tuple[int, str]:
         """Upload, then verify with HEAD. A file of up to ``SMALL_FILE`` bytes is read
         once and the bytes that were hashed are the bytes sent (``_put_small``). A larger
@@ -368,7 +372,7 @@ class S3Store:
                     self._put(key, body, bytes.fromhex(digest), meta)
                 if body.sent() != (size, digest):
                     raise ArchiveError(
-                        f"local file {path.name} changed while it was uploaded "
+                        f"local file {name} changed while it was uploaded "
                         "(the bytes sent are not the bytes hashed); not deleting it"
                     )
             else:
@@ -390,7 +394,7 @@ class S3Store:
             raise describe_error(e, self.settings) from e
         if FileIdentity.of_stat(after) != FileIdentity.of_stat(before) or after.st_size != size:
             raise ArchiveError(
-                f"local file {path.name} changed while it was uploaded "
+                f"local file {name} changed while it was uploaded "
                 f"({size} bytes before, {after.st_size} after); not deleting it"
             )
         self.verify(key, size, digest)

@@ -31,11 +31,11 @@ from sqlalchemy import CursorResult, delete, update
 from fastflow.archive import ledger
 from fastflow.archive.store import StoredObject
 from fastflow.db.models import ACTIVE_STATUSES, ArchivedRun, PipelineRun, utcnow
-from fastflow.errors import ArchiveError, FileChanged, PassLockLost, UnsafePath
+from fastflow.errors import ArchiveError, PassLockLost, UnsafePath
 from fastflow.lifecycle import deletion as reaper
 from fastflow.lifecycle import records
 from fastflow.lifecycle.deletion import Expected, FileIdentity
-from fastflow.lifecycle.executor import WHICH, PassRun, lock_pinned, run_meta
+from fastflow.lifecycle.executor import WHICH, PassRun, lock_pinned, run_meta, upload_held
 from fastflow.lifecycle.policy import Action, ActionKind
 from fastflow.runs import pins
 
@@ -128,15 +128,8 @@ def _upload(
     expect: Expected = {}
     meta = run_meta(run)
     for name, path in files.items():
-        before = FileIdentity.of(path)
-        obj = p.store.put_verified(
-            p.store.key_for(run.pipeline_name, str(run.id), name), path, meta
-        )
-        after = FileIdentity.of(path)
-        if after != before or after.size != obj.original_size:
-            raise FileChanged(f"{path.name} changed while it was archived; kept")
-        stored[name] = obj
-        expect[WHICH[name]] = after
+        key = p.store.key_for(run.pipeline_name, str(run.id), name)
+        stored[name], expect[WHICH[name]] = upload_held(p.logs_root, p.store, key, path, meta)
     return stored, expect
 
 

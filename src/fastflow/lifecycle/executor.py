@@ -32,7 +32,7 @@ from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
 from fastflow.archive import ledger
-from fastflow.archive.store import HASH_CHUNK, ArchiveStore, sha256_of
+from fastflow.archive.store import HASH_CHUNK, ArchiveStore, StoredObject, sha256_of
 from fastflow.config import Settings
 from fastflow.context import Context
 from fastflow.db import cache as readcache
@@ -53,14 +53,33 @@ MAX_LISTED_FAILURES = 200
 WHICH = {logfiles.LOG_NAME: "log", logfiles.METRICS_NAME: "metrics"}
 
 
-def identify(path: Path) -> tuple[FileIdentity, int, str]:
-    """Identity, size and SHA-256 of a file that is not being written; ``FileChanged``
-    when it changes while it is read."""
-    before = FileIdentity.of(path)
-    size, digest = sha256_of(path)
-    if FileIdentity.of(path) != before or size != before.size:
-        raise FileChanged(f"{path.name} is being written to; kept for the next pass")
+def identify(logs_root: Path, path: Path) -> tuple[FileIdentity, int, str]:
+    """Identity, size and SHA-256 of a file that is not being written (read through its
+    held run folder: ``runs.files.held``); ``FileChanged`` when it changes while it is
+    read."""
+    with logfiles.held(logs_root, logfiles.rel_below(logs_root, path)) as f:
+        before = f.identity()
+        size, digest = sha256_of(f.path)
+        if f.named() != before or size != before.size:
+            raise FileChanged(f"{path.name} is being written to; kept for the next pass")
     return before, size, digest
+
+
+def upload_held(
+    logs_root: Path, store: ArchiveStore, key: str, path: Path, meta: dict[str, str]
+) -> tuple[StoredObject, FileIdentity]:
+    """Upload and verify the file at ``path`` (a path ``resolve`` returned), read through
+    its held run folder: the bytes archived are those of the file whose identity is
+    returned — a folder swapped for a link meanwhile cannot make another file's bytes
+    stand for it. ``FileChanged`` when the file's name no longer stands for that same,
+    unchanged file after the upload."""
+    with logfiles.held(logs_root, logfiles.rel_below(logs_root, path)) as f:
+        before = f.identity()
+        obj = store.put_verified(key, f.path, meta, name=path.name)
+        after = f.named()
+    if after != before or after is None or after.size != obj.original_size:
+        raise FileChanged(f"{path.name} changed while it was archived; kept")
+    return obj, after
 
 
 def grew_from(path: Path, size: int | None, sha: str | None) -> bool:
@@ -286,14 +305,8 @@ class PassRun:
         stored, expect = {}, {}
         meta = run_meta(run)
         for name, path in files.items():
-            before = FileIdentity.of(path)
             key = store.key_for(run.pipeline_name, str(run.id), name)
-            obj = store.put_verified(key, path, meta)
-            after = FileIdentity.of(path)
-            if after != before or after.size != obj.original_size:
-                raise FileChanged(f"{path.name} changed while it was archived; kept")
-            stored[name] = obj
-            expect[WHICH[name]] = after
+            stored[name], expect[WHICH[name]] = upload_held(self.logs_root, store, key, path, meta)
         self.guard()
         ledger.record(self.db, run, store.bucket, ledger.object_values(stored, store.codec), reason)
         self.bump(**{counter: 1}, bytes_archived=sum(o.size for o in stored.values()))
@@ -347,13 +360,10 @@ class PassRun:
         path = logfiles.resolve(self.logs_root, rel)
         if not path.is_file():
             return None
-        before = FileIdentity.of(path)
-        if self.store is not None:
-            key = self.store.key_for(run.pipeline_name, str(run.id), PAYLOAD)
-            self.store.put_verified(key, path, run_meta(run))
-            if FileIdentity.of(path) != before:
-                raise FileChanged(f"{PAYLOAD} changed while it was archived; kept")
-        return rel, before
+        if self.store is None:
+            return rel, FileIdentity.of(path)
+        key = self.store.key_for(run.pipeline_name, str(run.id), PAYLOAD)
+        return rel, upload_held(self.logs_root, self.store, key, path, run_meta(run))[1]
 
     def remove_payload(self, payload: tuple[str, FileIdentity] | None) -> None:
         if payload is None:
@@ -447,7 +457,7 @@ class PassRun:
         expect: Expected = {}
         log = files.pop(logfiles.LOG_NAME, None)
         if log is not None:
-            ident, size, sha = identify(log)
+            ident, size, sha = identify(self.logs_root, log)
             if (size, sha) not in (entry.local_identity("log"), entry.original("log")):
                 raise FileChanged(
                     f"{log.name} changed after its full copy was archived at "

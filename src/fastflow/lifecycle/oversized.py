@@ -101,7 +101,7 @@ def _archive_and_truncate(
     if entry is not None and not entry.full_log_archived:
         p.bump(skipped_runs=1)  # the resume phase owns it
         return None
-    ident, size, sha = identify(path)
+    ident, size, sha = identify(p.logs_root, path)
     if size <= limit:
         return None
     if entry is not None and (size, sha) in (

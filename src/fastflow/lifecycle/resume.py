@@ -101,7 +101,7 @@ def _check_one(p: PassRun, entry: ArchivedRun, name: str, path: Path) -> FileIde
     stored = getattr(entry, f"{which}_size"), getattr(entry, f"{which}_sha256")
     if key is None or None in stored:
         raise ArchiveError(f"{path.name} exists locally but was not archived")
-    ident, size, sha = identify(path)
+    ident, size, sha = identify(p.logs_root, path)
     truncated_copy = (which == "log" and entry.log_truncated_at is not None) and (
         size,
         sha,

@@ -12,8 +12,10 @@ import os
 import secrets
 import stat
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from fastflow.errors import UnsafePath
 
@@ -308,6 +310,99 @@ class RunFolder:
                 os.rmdir(self._names[i - 1], dir_fd=self._fds[i - 1])
             except OSError:
                 return
+
+
+_PROC_FD = Path("/proc/self/fd")
+
+
+class HeldFile:
+    """A regular file below ``LOGS_DIR``, held open through its ``RunFolder``: whatever
+    is read through it is the file that was opened, even when its name or a folder on
+    its path is renamed or replaced by a link meanwhile (reading by path would follow
+    such a link out of ``LOGS_DIR``)."""
+
+    def __init__(self, folder: RunFolder, name: str, fd: int, found: Path) -> None:
+        self.folder = folder
+        self.name = name
+        self.fd = fd
+        self._found = found
+
+    @property
+    def path(self) -> Path:
+        """A path that opens this very file again (``/proc/self/fd/N``, for code that
+        opens by name, e.g. s3transfer's part readers); valid while it is held. Without
+        ``/proc``, the path the file was found at (checked, but open to a swap)."""
+        if _PROC_FD.is_dir():
+            return _PROC_FD / str(self.fd)
+        return self._found  # pragma: no cover (not Linux)
+
+    def identity(self) -> FileIdentity:
+        """The identity of the file held open."""
+        return FileIdentity.of_stat(os.fstat(self.fd))
+
+    def named(self) -> FileIdentity | None:
+        """The identity of the file its name now stands for in the folder that was
+        opened (None: gone); equal to ``identity()`` while nothing replaced or changed
+        it."""
+        return self.folder.identity(self.name)
+
+
+def _refused(rel: str, e: OSError) -> UnsafePath | None:
+    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+        return UnsafePath(f"refusing log path {rel!r}: a symbolic link below LOGS_DIR")
+    if e.errno == errno.EINVAL:
+        return UnsafePath(f"refusing log path {rel!r}: not a regular file")
+    return None
+
+
+@contextmanager
+def held(logs_root: Path, rel: str) -> Iterator[HeldFile]:
+    """Open the stored relative path ``rel`` for reading through a walk from
+    ``LOGS_DIR`` that follows no link (``RunFolder``); closed at the end of the block.
+    ``FileNotFoundError`` when it (or its folder) does not exist; ``UnsafePath`` for a
+    symbolic link, a ``..`` part or anything that is not a regular file."""
+    folder, name = RunFolder.of_file(logs_root, rel)
+    with folder:
+        if folder.missing:
+            raise FileNotFoundError(errno.ENOENT, f"no such file: {rel}")
+        try:
+            fd = folder.open_file(name)
+        except OSError as e:
+            refused = _refused(rel, e)
+            if refused is not None:
+                raise refused from None
+            raise
+        try:
+            yield HeldFile(folder, name, fd, logs_root / rel)
+        finally:
+            os.close(fd)
+
+
+def open_below(logs_root: Path, rel: str) -> BinaryIO | None:
+    """The regular file at the stored relative path ``rel``, open for reading (buffered),
+    found through a walk from ``LOGS_DIR`` that follows no link; None when it does not
+    exist. ``UnsafePath`` as for ``held``. What is read is the file that was opened,
+    whatever happens to its path afterwards."""
+    folder, name = RunFolder.of_file(logs_root, rel)
+    with folder:
+        if folder.missing:
+            return None
+        try:
+            fd = folder.open_file(name)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            refused = _refused(rel, e)
+            if refused is not None:
+                raise refused from None
+            raise
+    return os.fdopen(fd, "rb")
+
+
+def rel_below(logs_root: Path, path: Path) -> str:
+    """The stored relative form of ``path``, a path ``resolve`` returned for
+    ``logs_root``."""
+    return os.path.relpath(path, real_path(logs_root))
 
 
 def remove_quietly(path: Path) -> bool:

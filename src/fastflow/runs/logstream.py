@@ -101,18 +101,19 @@ def _whole_characters(data: bytes) -> int:
 
 
 class _Tail:
-    """An open file read from an offset, by whole lines."""
+    """An open file read from an offset, by whole lines. Opened through a walk from
+    ``LOGS_DIR`` that follows no link (``runs.files.open_below``), once it exists."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, logs_root: Path, rel: str) -> None:
+        self.path = logfiles.resolve(logs_root, rel)  # (refuses an escape at once)
+        self._root, self._rel = logs_root, rel
         self.file: BinaryIO | None = None
 
     def read(self, offset: int, final: bool) -> tuple[bytes, bool]:
         """Bytes to send from ``offset`` and whether more are waiting."""
         if self.file is None:
-            try:
-                self.file = self.path.open("rb")
-            except FileNotFoundError:
+            self.file = logfiles.open_below(self._root, self._rel)
+            if self.file is None:
                 return b"", False
         size = os.fstat(self.file.fileno()).st_size
         if size <= offset:
@@ -179,9 +180,9 @@ class Follower:
             return
         root = self.ctx.settings.logs_root
         if self._log is None and run.log_file:
-            self._log = _Tail(logfiles.resolve(root, run.log_file))
+            self._log = _Tail(root, run.log_file)
         if self._samples is None and run.metrics_file and self._metrics:
-            self._samples = _Tail(logfiles.resolve(root, run.metrics_file))
+            self._samples = _Tail(root, run.metrics_file)
         if run.status in FINAL_STATUSES:
             self._ended = Ended(run.status, run.exit_code, run.failure_reason)
             if self._log is None or not self._log.path.exists():

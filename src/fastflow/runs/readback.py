@@ -87,7 +87,7 @@ def open_run_file(
     rel = (run.log_file if kind == "log" else run.metrics_file) if run is not None else None
     if rel:
         path = logfiles.resolve(ctx.settings.logs_root, rel)
-        opened = _open_local(path)
+        opened = _open_local(ctx.settings.logs_root, rel)
         if opened is not None:
             f, size = opened
             first = _first_byte(size, tail_bytes, start)
@@ -108,11 +108,13 @@ def _first_byte(size: int, tail_bytes: int | None, start: int | None) -> int:
     return logfiles.tail_start(size, tail_bytes)
 
 
-def _open_local(path: Path) -> tuple[BinaryIO, int] | None:
-    """The open file and its size now, or None when it does not exist."""
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
+def _open_local(logs_root: Path, rel: str) -> tuple[BinaryIO, int] | None:
+    """The open file and its size now, or None when it does not exist. Opened through
+    a walk from ``LOGS_DIR`` that follows no link (``runs.files.open_below``): a folder
+    swapped for a link after ``resolve`` checked the path cannot make this read a file
+    outside ``LOGS_DIR``."""
+    f = logfiles.open_below(logs_root, rel)
+    if f is None:
         return None
     return f, os.fstat(f.fileno()).st_size
 
