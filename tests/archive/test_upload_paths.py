@@ -146,7 +146,7 @@ def test_the_request_body_ends_at_the_size_that_was_hashed(tmp_path: Path) -> No
     path = tmp_path / "run.log"
     path.write_bytes(b"x" * 1000)
     with path.open("rb") as f:
-        body = s3mod._HashingReader(f, 1000)
+        body = s3mod._HashingReader(f, 1000, "run.log")
         with path.open("ab") as grow:
             grow.write(b"y" * 500)
         assert len(body) == 1000
@@ -189,16 +189,23 @@ def test_small_reads_return_the_whole_file_up_to_the_limit(
     assert s3mod.S3Store._read_small(path) is None
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["by-path", "held"])
 def test_a_file_truncated_during_its_upload_fails_at_once_as_its_own_failure(
-    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: bool
 ) -> None:
     """A log cut short after it was hashed (``copytruncate``): each attempt stops at the
     end of the file instead of leaving the server waiting for the announced bytes (a
     read timeout, three times, blamed on the server and opening the pass's circuit);
     the failure is the file's own (``FileChanged``: kept), not a connection failure,
-    and the next upload verifies."""
+    and the next upload verifies. ``held``: as the pass uploads, through the held run
+    folder (``/proc/self/fd/N``): the message still names the file (a review found the
+    descriptor's number there)."""
+    from fastflow.lifecycle.executor import upload_held
+
     store = _store(s3, tmp_path)
-    path = tmp_path / "run.log"
+    logs_root = tmp_path / "logs"
+    path = logs_root / "p" / "r" / "run.log"
+    path.parent.mkdir(parents=True)
     path.write_bytes(os.urandom(s3mod.SMALL_FILE + 4096))
     real = s3mod.sha256_of
 
@@ -210,7 +217,10 @@ def test_a_file_truncated_during_its_upload_fails_at_once_as_its_own_failure(
     monkeypatch.setattr(s3mod, "sha256_of", hash_then_truncate)
     ops = _operations(store)
     with pytest.raises(FileChanged, match=r"^run\.log shrank while it was uploaded") as err:
-        store.put_verified("shrank/run.log", path, {"run_id": "r1"})
+        if held:
+            upload_held(logs_root, store, "shrank/run.log", path, {"run_id": "r1"})
+        else:
+            store.put_verified("shrank/run.log", path, {"run_id": "r1"})
     assert not err.value.connection_level and not err.value.timed_out
     assert ops["PutObject"] == 1 and ops["PUT sent"] <= 3  # botocore's own attempts only
     monkeypatch.setattr(s3mod, "sha256_of", real)

@@ -417,3 +417,38 @@ def test_webhook_routes_are_the_only_key_authenticated_api_routes(hooks: Hooks) 
     for _, path in KEY_AUTH_ROUTES:
         ok = spec["paths"][path]["post"]["responses"]["202"]["content"]["application/json"]
         assert ok["schema"]["$ref"].endswith("/WebhookQueuedOut")
+
+
+def test_a_link_put_where_the_payload_goes_gets_nothing_written_outside(
+    hooks: Hooks,
+    make_pipeline: MakePipeline,
+    cli: Cli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Someone who can write in LOGS_DIR puts a link to a folder outside where the
+    pipeline's log folder is, just after the payload's path was checked: the caller's
+    bytes were written through it, outside LOGS_DIR. The payload is now written through
+    descriptors that follow no link: the call is refused, no run is queued, and nothing
+    is written outside."""
+    from fastflow.runs import files as logfiles
+
+    make_pipeline("etl", SHOW_PAYLOAD)
+    key = _create(cli, "etl")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = hooks.ctx.settings.logs_root / "etl"
+    real_resolve = logfiles.resolve
+
+    def resolve_then_link(root: Path, rel: str) -> Path:
+        found = real_resolve(root, rel)
+        if rel.endswith("payload.json") and not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(outside, target_is_directory=True)
+        return found
+
+    monkeypatch.setattr(logfiles, "resolve", resolve_then_link)
+    res = hooks.post("etl", key, json={"caller": "bytes"})
+
+    assert res.status_code == 400 and "symbolic link" in res.text
+    assert list(outside.iterdir()) == [] and hooks.runs() == []

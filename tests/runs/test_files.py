@@ -17,7 +17,8 @@ def test_removes_the_empty_chain_up_to_but_not_including_the_root(tmp_path: Path
     run = root / "etl" / "run-1"
     run.mkdir(parents=True)
 
-    files.remove_empty_dirs(run, root)
+    with files.RunFolder(root, "etl/run-1") as folder:
+        folder.remove_if_empty()
 
     assert root.is_dir()
     assert not (root / "etl").exists()
@@ -29,7 +30,8 @@ def test_stops_at_the_first_folder_that_is_not_empty(tmp_path: Path) -> None:
     run.mkdir(parents=True)
     (root / "etl" / "run-2").mkdir()
 
-    files.remove_empty_dirs(run, root)
+    with files.RunFolder(root, "etl/run-1") as folder:
+        folder.remove_if_empty()
 
     assert not run.exists()
     assert (root / "etl" / "run-2").is_dir()
@@ -42,7 +44,8 @@ def test_a_symlinked_folder_pointing_outside_the_root_is_left_alone(tmp_path: Pa
     outside.mkdir(parents=True)
     (root / "etl").symlink_to(outside.parent, target_is_directory=True)
 
-    files.remove_empty_dirs(root / "etl" / "empty", root)
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        files.RunFolder(root, "etl/empty")
 
     assert outside.is_dir()  # resolves outside LOGS_DIR: never removed
     assert (root / "etl").is_symlink()
@@ -54,7 +57,8 @@ def test_a_root_given_through_a_symlink_is_still_the_stop(tmp_path: Path) -> Non
     link = tmp_path / "logs"
     link.symlink_to(real, target_is_directory=True)
 
-    files.remove_empty_dirs(link / "etl" / "run-1", link)
+    with files.RunFolder(link, "etl/run-1") as folder:
+        folder.remove_if_empty()
 
     assert real.is_dir()
     assert not (real / "etl").exists()

@@ -347,3 +347,76 @@ def test_pipelines_do_not_see_fastflow_secrets(
     assert "UNRELATED_VARIABLE" not in text  # nothing of fastflow's environment...
     assert "NAMED_IN_PASS_ENV passed" in text  # ...but what PASS_ENV names
     assert "OWN mine" in text
+
+
+def test_a_link_put_where_the_runs_folder_goes_gets_nothing_written_through_it(
+    app: Context, make_pipeline: MakePipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone who can write in LOGS_DIR puts a link to a folder outside where the run's
+    folder is about to be made, just after its path was checked: the log and metrics
+    were created through the link, outside LOGS_DIR. Folders and files are now made
+    through descriptors that follow no link: the run fails before it starts, saying
+    why, and nothing is written outside."""
+    from fastflow.runs import files as logfiles
+
+    make_pipeline("hello", "print('output that must stay in LOGS_DIR')\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = app.settings.logs_root / "hello"
+    real_resolve = logfiles.resolve
+
+    def resolve_then_link(root: Path, rel: str) -> Path:
+        found = real_resolve(root, rel)
+        if rel.startswith("hello/") and rel.endswith("metrics.jsonl") and not link.is_symlink():
+            app.settings.logs_root.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(outside, target_is_directory=True)
+        return found
+
+    monkeypatch.setattr(logfiles, "resolve", resolve_then_link)
+    result = run_pipeline(app.db, app.settings, "hello", "cli")
+
+    assert list(outside.iterdir()) == []
+    assert result.status == RunStatus.FAILED and result.failure_reason is not None
+    assert "symbolic link" in result.failure_reason
+    row = runs.get(app.db, result.run_id)
+    assert (
+        row is not None and row.status == "FAILED" and "symbolic link" in (row.failure_reason or "")
+    )
+
+
+def test_run_files_are_written_through_descriptors(tmp_path: Path) -> None:
+    """``open_for_writing`` makes missing folders, truncates or appends, refuses links
+    and special files on the way (a FIFO without waiting), and leaks no descriptor."""
+    from fastflow.errors import UnsafePath
+    from fastflow.runs import files as logfiles
+
+    root = tmp_path / "logs"  # not there yet: made too
+    fd = logfiles.open_for_writing(root, "p/r/run.log", append=False)
+    with open(fd, "wb") as f:
+        f.write(b"first\n")
+    fd = logfiles.open_for_writing(root, "p/r/run.log", append=True)
+    with open(fd, "wb") as f:
+        f.write(b"second\n")
+    assert (root / "p" / "r" / "run.log").read_bytes() == b"first\nsecond\n"
+    os.close(logfiles.open_for_writing(root, "p/r/run.log", append=False))
+    assert (root / "p" / "r" / "run.log").read_bytes() == b""
+    with pytest.raises(FileExistsError):
+        logfiles.open_for_writing(root, "p/r/run.log", append=False, exclusive=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "q").symlink_to(outside, target_is_directory=True)
+    (root / "p" / "r" / "link.log").symlink_to(outside / "x.log")
+    os.mkfifo(root / "p" / "r" / "fifo.log")
+    fds = len(os.listdir("/proc/self/fd"))
+    for rel, why in (
+        ("q/r/run.log", "symbolic link"),
+        ("p/r/link.log", "symbolic link"),
+        ("p/r/fifo.log", "not a regular file"),
+        ("p/../q/run.log", "'..'"),
+    ):
+        for _ in range(5):
+            with pytest.raises((UnsafePath, OSError)) as info:
+                logfiles.open_for_writing(root, rel, append=True)
+            assert why in str(info.value) or rel == "p/r/fifo.log", (rel, info.value)
+    assert list(outside.iterdir()) == []
+    assert len(os.listdir("/proc/self/fd")) == fds

@@ -246,6 +246,102 @@ def test_a_folder_swapped_for_a_link_during_the_upload_archives_the_runs_own_byt
     assert run_row(ctx, old.id) is None and newest.log.read_bytes() == newest.log_bytes
 
 
+def test_a_folder_moved_away_while_the_files_are_listed_loses_nothing(
+    ctx: Context, s3: S3Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline's folder is moved away while the pass lists a due run's files and
+    moved back right after (found by a review): the pass saw no file, archived nothing,
+    and then deleted the files it had not archived. With S3 on, a file that was not
+    archived is never deleted: the run is kept, and the next pass archives it."""
+    from fastflow.lifecycle.executor import PassRun
+
+    old, _ = seed_series(ctx, "p", 2)
+    pipe_dir = old.log.parent.parent
+    away = pipe_dir.with_name("p.away")
+    real = PassRun.local_files
+    moves: list[bool] = []
+
+    def listed_while_moved(self: PassRun, log_file: Any, metrics_file: Any) -> Any:
+        if moves or log_file is None or str(old.id) not in log_file:
+            return real(self, log_file, metrics_file)
+        pipe_dir.rename(away)
+        try:
+            return real(self, log_file, metrics_file)
+        finally:
+            away.rename(pipe_dir)
+            moves.append(True)
+
+    monkeypatch.setattr(PassRun, "local_files", listed_while_moved)
+    summary = run_pass(ctx, "test", now=NOW)
+
+    assert moves and summary.backup_failures == 1
+    assert "was not found when the run's files were archived" in failures(ctx)[0].error_message
+    assert old.log.read_bytes() == old.log_bytes and run_row(ctx, old.id) is not None
+    monkeypatch.setattr(PassRun, "local_files", real)
+    run_pass(ctx, "test", now=NOW)
+    assert object_bytes(s3.client(), s3.bucket, _key(old.id, "p")) == old.log_bytes
+    assert run_row(ctx, old.id) is None and not old.log.exists()
+
+
+def test_a_rewritten_log_is_not_archived_over_its_copy_through_a_swapped_folder(
+    ctx: Context, s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose archive was verified but whose local delete did not happen (a pending
+    ledger entry), and whose local log was then rewritten, not grown: it is kept and its
+    archived copy left alone. Found by a review: the check whether the log only grew
+    read by path, so a folder swapped for a link during that check (to a file that is
+    the archived bytes plus more) had the rewritten log uploaded over the archived copy
+    and then deleted — the original bytes gone everywhere. The check now reads the held
+    file, and the upload must be the very version that was checked."""
+    from fastflow.errors import FileChanged
+    from fastflow.lifecycle import deletion as reaper
+    from fastflow.lifecycle import resume
+
+    old, _ = seed_series(ctx, "p", 2)
+    run_dir = old.log.parent
+    real_delete = reaper.delete_files
+
+    def failing_delete(root: Path, log_file: Any, *a: Any, **k: Any) -> Any:
+        if log_file and str(old.id) in log_file:
+            raise FileChanged("the local delete fails once")
+        return real_delete(root, log_file, *a, **k)
+
+    monkeypatch.setattr(reaper, "delete_files", failing_delete)
+    run_pass(ctx, "test", now=NOW)
+    monkeypatch.setattr(reaper, "delete_files", real_delete)
+    client = s3.client()
+    assert object_bytes(client, s3.bucket, _key(old.id, "p")) == old.log_bytes
+    assert ledger_rows(ctx)[old.id].local_deleted_at is None
+    rewritten = b"REWRITTEN " * (len(old.log_bytes) // 5) + b"\n"
+    old.log.write_bytes(rewritten)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "run.log").write_bytes(old.log_bytes + b"more\n")
+    moved = run_dir.with_name("moved")
+    real_grew = resume.grew_from  # type: ignore[attr-defined]
+    swaps: list[bool] = []
+
+    def grew_while_swapped(*args: Any) -> bool:
+        run_dir.rename(moved)
+        run_dir.symlink_to(outside, target_is_directory=True)
+        try:
+            return real_grew(*args)
+        finally:
+            run_dir.unlink()
+            moved.rename(run_dir)
+            swaps.append(True)
+
+    monkeypatch.setattr(resume, "grew_from", grew_while_swapped)
+    summary = run_pass(ctx, "test", now=NOW)
+
+    assert object_bytes(client, s3.bucket, _key(old.id, "p")) == old.log_bytes
+    assert swaps and old.log.read_bytes() == rewritten and summary.rearchived_runs == 0
+    # refused: the check meets the link instead of reading through it
+    (failure,) = failures(ctx)
+    assert "symbolic link" in failure.error_message and failure.run_id == old.id
+    assert not run_dir.is_symlink() and (outside / "run.log").exists()
+
+
 @pytest.mark.parametrize("with_expect", [True, False])
 def test_a_log_that_is_a_link_to_another_runs_log_is_refused(
     tmp_path: Path, with_expect: bool

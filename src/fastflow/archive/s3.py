@@ -368,7 +368,7 @@ class S3Store:
                 # are sent, for servers that do not check (s3transfer would add its
                 # Python-level readers and have botocore hash them once more)
                 with path.open("rb") as f:
-                    body = _HashingReader(f, size)
+                    body = _HashingReader(f, size, name)
                     self._put(key, body, bytes.fromhex(digest), meta)
                 if body.sent() != (size, digest):
                     raise ArchiveError(
@@ -566,9 +566,10 @@ class _HashingReader:
     signature) starts the count again; a read that does not continue the counted bytes
     leaves them unequal to the file's, so that a mismatch is reported, never missed."""
 
-    def __init__(self, f: BinaryIO, size: int) -> None:
+    def __init__(self, f: BinaryIO, size: int, name: str) -> None:
         self._f = f
         self._size = size
+        self._name = name  # (in messages: ``f`` may be a ``/proc/self/fd`` path)
         self._hash = hashlib.sha256()
         self._counted = 0
         self._broken = False
@@ -586,8 +587,7 @@ class _HashingReader:
             # now — the server would wait for the announced bytes until its read timeout,
             # and the failure would look like the server's
             raise FileChanged(
-                f"{os.path.basename(str(getattr(self._f, 'name', 'the file')))} shrank "
-                "while it was uploaded "
+                f"{self._name} shrank while it was uploaded "
                 f"({self._size} bytes hashed, it ended at {at + len(data)}); kept"
             )
         if at != self._counted:

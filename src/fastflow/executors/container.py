@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO, cast
 
 from fastflow.config import Settings
 from fastflow.db.engine import Database
@@ -349,11 +349,9 @@ def resume(
     end, appending to the run's log what the container wrote meanwhile; finish the
     run's row. The row must already be owned by this process."""
     logs_root = settings.logs_root
-    log_path = logfiles.resolve(
-        logs_root, run.log_file or logfiles.log_rel(run.pipeline_name, str(run.id))
-    )
+    log_rel = run.log_file or logfiles.log_rel(run.pipeline_name, str(run.id))
+    log_path = logfiles.resolve(logs_root, log_rel)
     metrics_rel = run.metrics_file or logfiles.metrics_rel(run.pipeline_name, str(run.id))
-    metrics_path = logfiles.resolve(logs_root, metrics_rel)
     pipeline: pipelines.Pipeline | None
     try:
         pipeline = pipelines.load(settings.pipelines_dir, run.pipeline_name)
@@ -378,8 +376,8 @@ def resume(
             return _fail(db, logs_root, run.id, f"interrupted: {why}")
         boundary = resuming.read_boundary(log_path)
         masker_values = list(values.values())
-        with log_path.open("a", encoding="utf-8", newline="", buffering=1 << 20) as log_out, \
-                metrics_path.open("a", encoding="utf-8") as metrics_out:  # fmt: skip
+        with _append(logs_root, log_rel, newline="", buffering=1 << 20) as log_out, \
+                _append(logs_root, metrics_rel) as metrics_out:  # fmt: skip
             clock = FrameClock()
             capture = LogCapture(log_out, clock=clock, masker=Masker(masker_values))
             live = _LiveLog(capture, clock, log_out)
@@ -412,6 +410,17 @@ def resume(
         db, run.id, outcome.status, outcome.exit_code, logfiles.size_of(log_path), outcome.reason
     )
     return outcome
+
+
+def _append(logs_root: Path, rel: str, **kwargs: Any) -> TextIO:
+    """The run file ``rel`` open for appending text, through descriptors from
+    ``LOGS_DIR`` (``runs.files.open_for_writing``: no link on the way is followed)."""
+    fd = logfiles.open_for_writing(logs_root, rel, append=True)
+    try:
+        return cast(TextIO, open(fd, "a", encoding="utf-8", **kwargs))
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _fail(db: Database, logs_root: Path, run_id: uuid.UUID, reason: str) -> Outcome:

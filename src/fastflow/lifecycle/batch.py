@@ -181,7 +181,9 @@ def _remove(p: PassRun, ready: list[Ready]) -> None:
                 refused.append(r)
                 continue
             try:
-                removed = reaper.delete_files(p.logs_root, run.log_file, run.metrics_file, r.expect)
+                removed = reaper.delete_files(
+                    p.logs_root, run.log_file, run.metrics_file, p.checked(r.expect)
+                )
             except (ArchiveError, UnsafePath, OSError) as e:  # FileChanged, I/O errors
                 failed.append((r, e))
                 continue

@@ -40,10 +40,19 @@ class Removed:
 Expected = dict[str, FileIdentity]  # "log"/"metrics" -> the identity that was verified
 
 
-def _check_unchanged(folder: RunFolder, name: str, wanted: FileIdentity | None) -> None:
+def _check_unchanged(
+    folder: RunFolder, name: str, wanted: FileIdentity | None, strict: bool
+) -> None:
     now = folder.identity(name)  # (refuses a link)
-    if wanted is None or now is None:
-        return  # nothing to compare; or already gone: nothing to protect
+    if now is None:
+        return  # already gone: nothing to protect
+    if wanted is None:
+        if strict:  # there now, but not when the run's files were listed and archived
+            raise FileChanged(
+                f"{name} was not found when the run's files were archived; kept — the "
+                "next pass archives it"
+            )
+        return
     if now != wanted:
         raise FileChanged(
             f"{name} changed after it was archived and verified ({wanted.size} bytes "
@@ -59,14 +68,17 @@ def delete_files(
 ) -> Removed:
     """Delete the run's log and metrics files and its then-empty folders.
 
-    With ``expect``, every file is first checked against its verified identity; if one
-    differs, nothing is deleted and ``FileChanged`` is raised. A path that ``resolve``
+    With ``expect`` (S3 on), every file is first checked against its verified identity;
+    if one differs, or one exists that ``expect`` does not name (it was not there when
+    the files were listed: a folder moved away and back meanwhile), nothing is deleted
+    and ``FileChanged`` is raised. ``expect=None`` (S3 off): no check. A path that ``resolve``
     would refuse (``..``, absolute, a link below ``LOGS_DIR``) raises ``UnsafePath``.
     Checks and unlinks go through the run folder's descriptor (``RunFolder``): a folder
     swapped for a link after the paths were checked cannot make this delete anything
     outside it.
     """
     removed = Removed()
+    strict = expect is not None
     expect = expect or {}
     files = [(rel, attr) for rel, attr in ((log_file, "log"), (metrics_file, "metrics")) if rel]
     with ExitStack() as stack:
@@ -79,7 +91,7 @@ def delete_files(
                 folders[folder_rel] = stack.enter_context(RunFolder(logs_root, folder_rel))
             targets.append((folders[folder_rel], names[-1], attr))
         for folder, name, attr in targets:
-            _check_unchanged(folder, name, expect.get(attr))
+            _check_unchanged(folder, name, expect.get(attr), strict)
         for folder, name, attr in targets:
             setattr(removed, attr, folder.unlink(name))
         if targets:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import threading
 import uuid
 from datetime import datetime
@@ -66,15 +67,23 @@ def identify(logs_root: Path, path: Path) -> tuple[FileIdentity, int, str]:
 
 
 def upload_held(
-    logs_root: Path, store: ArchiveStore, key: str, path: Path, meta: dict[str, str]
+    logs_root: Path,
+    store: ArchiveStore,
+    key: str,
+    path: Path,
+    meta: dict[str, str],
+    required: FileIdentity | None = None,
 ) -> tuple[StoredObject, FileIdentity]:
     """Upload and verify the file at ``path`` (a path ``resolve`` returned), read through
     its held run folder: the bytes archived are those of the file whose identity is
     returned — a folder swapped for a link meanwhile cannot make another file's bytes
     stand for it. ``FileChanged`` when the file's name no longer stands for that same,
-    unchanged file after the upload."""
+    unchanged file after the upload, or when the file opened is not the ``required``
+    one (the version a caller checked before deciding to upload it)."""
     with logfiles.held(logs_root, logfiles.rel_below(logs_root, path)) as f:
         before = f.identity()
+        if required is not None and before != required:
+            raise FileChanged(f"{path.name} changed after it was checked; kept")
         obj = store.put_verified(key, f.path, meta, name=path.name)
         after = f.named()
     if after != before or after is None or after.size != obj.original_size:
@@ -82,20 +91,24 @@ def upload_held(
     return obj, after
 
 
-def grew_from(path: Path, size: int | None, sha: str | None) -> bool:
-    """True when the file's first ``size`` bytes are exactly the archived ones (the file
-    only grew: archiving it again loses nothing that the archive held)."""
-    if size is None or sha is None or logfiles.size_of(path) is None:
+def grew_from(
+    logs_root: Path, path: Path, size: int | None, sha: str | None, ident: FileIdentity
+) -> bool:
+    """True when the file is still the version ``ident`` describes and its first ``size``
+    bytes are exactly the archived ones (the file only grew: archiving it again loses
+    nothing that the archive held). Read through the held run folder, so what is
+    checked is the file that a later ``upload_held(required=ident)`` uploads."""
+    if size is None or sha is None or ident.size <= size:
         return False
-    if (logfiles.size_of(path) or 0) <= size:
-        return False
-    h = hashlib.sha256()
-    left = size
-    with path.open("rb") as f:
-        while left and (chunk := f.read(min(HASH_CHUNK, left))):
+    with logfiles.held(logs_root, logfiles.rel_below(logs_root, path)) as f:
+        if f.identity() != ident:
+            return False
+        h = hashlib.sha256()
+        at = 0
+        while at < size and (chunk := os.pread(f.fd, min(HASH_CHUNK, size - at), at)):
             h.update(chunk)
-            left -= len(chunk)
-    return left == 0 and h.hexdigest() == sha
+            at += len(chunk)
+    return at == size and h.hexdigest() == sha
 
 
 def pipeline_policy(settings: Settings, pipeline: str) -> Policy:
@@ -297,16 +310,20 @@ class PassRun:
         reason: str,
         counter: str = "archived_runs",
         store: ArchiveStore | None = None,
+        required: dict[str, FileIdentity] | None = None,
     ) -> Expected:
         """Upload and verify ``files``, commit the ledger row; return the identities the
-        files had while they were hashed (the delete step checks them again)."""
+        files had while they were hashed (the delete step checks them again).
+        ``required``: by file name, the version that must be the one uploaded."""
         store = store or self.store
         assert store is not None
         stored, expect = {}, {}
         meta = run_meta(run)
         for name, path in files.items():
             key = store.key_for(run.pipeline_name, str(run.id), name)
-            stored[name], expect[WHICH[name]] = upload_held(self.logs_root, store, key, path, meta)
+            stored[name], expect[WHICH[name]] = upload_held(
+                self.logs_root, store, key, path, meta, (required or {}).get(name)
+            )
         self.guard()
         ledger.record(self.db, run, store.bucket, ledger.object_values(stored, store.codec), reason)
         self.bump(**{counter: 1}, bytes_archived=sum(o.size for o in stored.values()))
@@ -374,6 +391,11 @@ class PassRun:
         self.guard()
         reaper.delete_verified(self.logs_root, rel, ident)
 
+    def checked(self, expect: Expected) -> Expected | None:
+        """What ``delete_files`` checks: with S3 on, the verified identities (a file
+        that is not among them is not deleted); with S3 off, nothing."""
+        return expect if self.store is not None else None
+
     def remove(
         self,
         run_id: uuid.UUID,
@@ -394,7 +416,9 @@ class PassRun:
                 refused = True
             else:
                 refused = False
-                removed = reaper.delete_files(self.logs_root, log_file, metrics_file, expect)
+                removed = reaper.delete_files(
+                    self.logs_root, log_file, metrics_file, self.checked(expect)
+                )
                 if kind == ActionKind.ARCHIVE_AND_DROP_FILES:
                     s.execute(
                         update(PipelineRun)

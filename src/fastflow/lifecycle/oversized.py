@@ -111,12 +111,14 @@ def _archive_and_truncate(
         assert entry.log_key and entry.log_size is not None and entry.log_sha256
         p.store.verify(entry.log_key, entry.log_size, entry.log_sha256)
     elif entry is None or (
-        entry.log_truncated_at is None and grew_from(path, *entry.original("log"))
+        entry.log_truncated_at is None
+        and grew_from(p.logs_root, path, *entry.original("log"), ident)
     ):
         counter = "archived_before_truncation" if entry is None else "rearchived_runs"
         store = p.store if entry is None else p.store_for(entry)
         files = {logfiles.LOG_NAME: path}
-        ident = p.archive_files(run, files, TRUNCATION_REASON, counter, store)["log"]
+        required = {logfiles.LOG_NAME: ident}  # the version measured (and checked) above
+        ident = p.archive_files(run, files, TRUNCATION_REASON, counter, store, required)["log"]
         archived.append(True)
     else:
         raise FileChanged(

@@ -67,10 +67,12 @@ def resume_one(p: PassRun, entry: ArchivedRun) -> None:
         files = p.local_files(ref.log_file, ref.metrics_file)
         expect: Expected = {}
         again: dict[str, Path] = {}
+        checked: dict[str, FileIdentity] = {}  # the versions to archive again
         for name, path in files.items():
-            ident = _check_one(p, entry, name, path)
-            if ident is None:
+            ident, archive_again = _check_one(p, entry, name, path)
+            if archive_again:
                 again[name] = path
+                checked[name] = ident
             else:
                 expect[WHICH[name]] = ident
         if again:
@@ -81,7 +83,9 @@ def resume_one(p: PassRun, entry: ArchivedRun) -> None:
                 ", ".join(again),
             )
             store = p.store_for(entry)
-            expect.update(p.archive_files(ref, again, entry.reason, "rearchived_runs", store))
+            expect.update(
+                p.archive_files(ref, again, entry.reason, "rearchived_runs", store, checked)
+            )
         payload = p.archive_payload(ref)
         p.guard()
         p.remove(entry.run_id, ref.log_file, ref.metrics_file, expect, entry.reason, True)
@@ -93,8 +97,9 @@ def resume_one(p: PassRun, entry: ArchivedRun) -> None:
         p.fail_from(ref, e)
 
 
-def _check_one(p: PassRun, entry: ArchivedRun, name: str, path: Path) -> FileIdentity | None:
-    """The identity to delete ``path`` with, or None when it must be archived again."""
+def _check_one(p: PassRun, entry: ArchivedRun, name: str, path: Path) -> tuple[FileIdentity, bool]:
+    """The identity of ``path`` as it was checked, and whether it must be archived again
+    (that very version; else the identity to delete it with)."""
     assert p.store is not None
     which = WHICH[name]
     key = getattr(entry, f"{which}_key")
@@ -115,11 +120,11 @@ def _check_one(p: PassRun, entry: ArchivedRun, name: str, path: Path) -> FileIde
                     f"the full log archived at s3://{entry.bucket}/{key} is missing; the "
                     "local truncated copy is kept"
                 ) from e
-            return None  # the object vanished: archive the local file again
-        return ident
+            return ident, True  # the object vanished: archive the local file again
+        return ident, False
     full_lineage = which != "log" or entry.log_truncated_at is None
-    if full_lineage and grew_from(path, *entry.original(which)):
-        return None
+    if full_lineage and grew_from(p.logs_root, path, *entry.original(which), ident):
+        return ident, True
     raise FileChanged(
         f"{path.name} changed since it was archived; keeping it (archived copy "
         f"s3://{entry.bucket}/{key} left untouched)"

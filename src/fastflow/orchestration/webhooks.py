@@ -196,6 +196,25 @@ def payload_rel(pipeline_name: str, run_id: str) -> str:
     return f"{logfiles.run_dir_rel(pipeline_name, run_id)}/{PAYLOAD_NAME}"
 
 
+def _write_new(logs_root: Path, rel: str, data: bytes) -> None:
+    """Write ``data`` to the new file ``rel`` (it must not exist), its folders made on the
+    way, all through descriptors from ``LOGS_DIR`` (no link followed)."""
+    with open(logfiles.open_for_writing(logs_root, rel, append=False, exclusive=True), "wb") as f:
+        f.write(data)
+
+
+def _remove_new(logs_root: Path, rel: str) -> None:
+    """Undo ``_write_new`` as far as it got: the file and its emptied folders, through the
+    folder's descriptor (never through a link put in its place meanwhile)."""
+    try:
+        folder, name = logfiles.RunFolder.of_file(logs_root, rel)
+        with folder:
+            folder.unlink(name)
+            folder.remove_if_empty()
+    except (OSError, FastflowError):
+        pass  # nothing was made, or it cannot be reached safely: leave it
+
+
 def queue_run(
     db: Database,
     logs_root: Path,
@@ -210,20 +229,19 @@ def queue_run(
     trigger = Trigger.WEBHOOK.value
     if payload is None:
         return queue.enqueue(db, name, trigger, run_config_id=match.run_config_id)
-    path: Path | None = None
+    rel: str | None = None
     try:
         with db.session() as s:
             run_id = queue.enqueue(db, name, trigger, run_config_id=match.run_config_id, session=s)
-            path = logfiles.resolve(logs_root, payload_rel(name, str(run_id)))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(payload)
+            rel = payload_rel(name, str(run_id))
+            path = logfiles.resolve(logs_root, rel)
+            _write_new(logs_root, rel, payload)
             # the id exists only now: the path goes into the run's parameters before commit
             run = next(o for o in s.new if isinstance(o, PipelineRun) and o.id == run_id)
             run.env_overrides = json.dumps({PAYLOAD_ENV: str(path)})
     except BaseException:
-        if path is not None:
-            logfiles.remove_quietly(path)
-            logfiles.remove_empty_dirs(path.parent, logs_root)
+        if rel is not None:
+            _remove_new(logs_root, rel)
         raise
     readcache.invalidate()
     return run_id

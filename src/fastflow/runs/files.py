@@ -8,6 +8,7 @@ path that would escape it (``..``, absolute paths, symlinks pointing out) raises
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import secrets
 import stat
@@ -184,14 +185,23 @@ class RunFolder:
     path would follow such a link). ``missing`` when the folder is gone: nothing to do.
     Use it in a ``with`` block (the descriptors are closed at its end)."""
 
-    def __init__(self, logs_root: Path, rel_dir: str) -> None:
+    def __init__(self, logs_root: Path, rel_dir: str, *, create: bool = False) -> None:
+        """``create``: make the missing folders on the way (as ``mkdir -p``; each through
+        its parent's descriptor, so a link on the way is refused, never followed)."""
         self._names = parts(rel_dir, folder=True)
         self._fds: list[int] = []
         self.missing = False
         try:
+            if create:
+                Path(logs_root).mkdir(parents=True, exist_ok=True)
             # (``LOGS_DIR`` itself may be a link: followed)
             self._fds.append(os.open(logs_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
             for name in self._names:
+                if create:
+                    try:
+                        os.mkdir(name, dir_fd=self._fds[-1])
+                    except FileExistsError:
+                        pass  # a link there is refused by the open below
                 self._fds.append(os.open(name, _DIR_FLAGS, dir_fd=self._fds[-1]))
         except FileNotFoundError:
             self.missing = True  # (``LOGS_DIR`` too may be gone: nothing to delete)
@@ -242,6 +252,30 @@ class RunFolder:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EINVAL, f"{name} is not a regular file")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def open_for_writing(
+        self, name: str, *, append: bool, exclusive: bool = False, readable: bool = False
+    ) -> int:
+        """A write descriptor of the regular file ``name`` in this folder, created when
+        missing (mode 0666 less the umask, as ``open`` does); truncated unless
+        ``append``. ``exclusive``: it must not exist yet; ``readable``: read-write. A
+        link there is refused (``OSError`` ELOOP), never followed, and so is anything
+        that is not a regular file (a FIFO is not waited on)."""
+        flags = os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        flags |= os.O_RDWR if readable else os.O_WRONLY
+        flags |= os.O_APPEND if append else 0
+        flags |= os.O_EXCL if exclusive else 0
+        fd = os.open(name, flags, 0o666, dir_fd=self.fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{name} is not a regular file")
+            if not append:
+                os.ftruncate(fd, 0)  # (only now: a FIFO or a device is never truncated)
             os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
@@ -315,6 +349,11 @@ class RunFolder:
 _PROC_FD = Path("/proc/self/fd")
 
 
+@functools.cache
+def _has_proc_fd() -> bool:
+    return _PROC_FD.is_dir()
+
+
 class HeldFile:
     """A regular file below ``LOGS_DIR``, held open through its ``RunFolder``: whatever
     is read through it is the file that was opened, even when its name or a folder on
@@ -332,7 +371,7 @@ class HeldFile:
         """A path that opens this very file again (``/proc/self/fd/N``, for code that
         opens by name, e.g. s3transfer's part readers); valid while it is held. Without
         ``/proc``, the path the file was found at (checked, but open to a swap)."""
-        if _PROC_FD.is_dir():
+        if _has_proc_fd():
             return _PROC_FD / str(self.fd)
         return self._found  # pragma: no cover (not Linux)
 
@@ -399,6 +438,28 @@ def open_below(logs_root: Path, rel: str) -> BinaryIO | None:
     return os.fdopen(fd, "rb")
 
 
+def open_for_writing(
+    logs_root: Path, rel: str, *, append: bool, exclusive: bool = False, readable: bool = False
+) -> int:
+    """A write descriptor of the stored relative path ``rel`` (see
+    ``RunFolder.open_for_writing``), its missing folders created on the way: every part
+    is made and opened through its parent's descriptor, so a folder swapped for a link
+    after the path was checked cannot make fastflow write outside ``LOGS_DIR``.
+    ``UnsafePath`` for a link, a ``..`` part or what is not a regular file; ``OSError``
+    otherwise (a full disk, a file that exists with ``exclusive``)."""
+    names = parts(rel)
+    try:
+        with RunFolder(logs_root, "/".join(names[:-1]), create=True) as folder:
+            return folder.open_for_writing(
+                names[-1], append=append, exclusive=exclusive, readable=readable
+            )
+    except OSError as e:
+        refused = _refused(rel, e)
+        if refused is not None:
+            raise refused from None
+        raise
+
+
 def rel_below(logs_root: Path, path: Path) -> str:
     """The stored relative form of ``path``, a path ``resolve`` returned for
     ``logs_root``."""
@@ -412,20 +473,6 @@ def remove_quietly(path: Path) -> bool:
         return True
     except FileNotFoundError:
         return False
-
-
-def remove_empty_dirs(start: Path, stop: Path) -> None:
-    """Remove ``start`` and its empty parents up to, not including, ``stop``; never a
-    folder outside ``stop``. Both are resolved once (a resolved path's parents have no
-    symbolic links left to follow)."""
-    root = real_path(stop)
-    current = real_path(start)
-    while current != root and _inside(root, current):
-        try:
-            os.rmdir(current)
-        except OSError:
-            return
-        current = os.path.dirname(current)
 
 
 def is_own_temp(path: Path) -> bool:

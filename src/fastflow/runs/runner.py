@@ -45,7 +45,7 @@ from fastflow import environments
 from fastflow.config import Settings
 from fastflow.db.engine import Database
 from fastflow.db.models import PipelineRun, RunStatus
-from fastflow.errors import FastflowError, InvalidPipelineConfig
+from fastflow.errors import FastflowError, InvalidPipelineConfig, UnsafePath
 from fastflow.runs import files as logfiles
 from fastflow.runs import isolation, pipelines, secret_store
 from fastflow.runs import store as runs
@@ -150,8 +150,17 @@ class _GuardedText:
 
 
 @contextmanager
-def _guarded_open(path: Path, guard: _SpaceGuard, **kwargs: object) -> Iterator[TextIO]:
-    raw = path.open("w", encoding="utf-8", newline="", **kwargs)  # type: ignore[call-overload]
+def _guarded_open(
+    logs_root: Path, rel: str, guard: _SpaceGuard, **kwargs: object
+) -> Iterator[TextIO]:
+    """The run file ``rel`` created (or emptied) for writing, through descriptors from
+    ``LOGS_DIR`` (``runs.files.open_for_writing``: no link followed)."""
+    fd = logfiles.open_for_writing(logs_root, rel, append=False)
+    try:
+        raw = open(fd, "w", encoding="utf-8", newline="", **kwargs)  # type: ignore[call-overload]  # noqa: SIM115
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         yield cast(TextIO, _GuardedText(raw, guard))
     finally:
@@ -404,20 +413,27 @@ def execute(
 ) -> RunResult:
     """Execute an existing PENDING run of ``pipeline``."""
     logs_root = settings.logs_root
-    log_path = logfiles.resolve(logs_root, logfiles.log_rel(pipeline.name, str(run_id)))
-    metrics_path = logfiles.resolve(logs_root, logfiles.metrics_rel(pipeline.name, str(run_id)))
+    log_rel = logfiles.log_rel(pipeline.name, str(run_id))
+    metrics_rel = logfiles.metrics_rel(pipeline.name, str(run_id))
+    log_path = logfiles.resolve(logs_root, log_rel)
+    metrics_path = logfiles.resolve(logs_root, metrics_rel)
     guard = _SpaceGuard()
-    no_space = no_space_reason(logs_root)
-    if no_space is None:
+    cannot = no_space_reason(logs_root)
+    if cannot is None:
         try:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
+            # each folder made through its parent's descriptor: no link followed
+            logfiles.RunFolder(
+                logs_root, logfiles.run_dir_rel(pipeline.name, str(run_id)), create=True
+            ).close()
+        except UnsafePath as e:  # a link where the run's folder goes: written nowhere
+            cannot = f"cannot create the run's log: {e}"
         except OSError as e:
             guard.trip(e)
-            no_space = guard.reason(logs_root)
-    if no_space is not None:  # ends FAILED before it starts, instead of a half-written log
-        runs.fail_with_note(db, logs_root, run_id, no_space)
+            cannot = guard.reason(logs_root)
+    if cannot is not None:  # ends FAILED before it starts, instead of a half-written log
+        runs.fail_with_note(db, logs_root, run_id, cannot)
         return RunResult(
-            run_id, pipeline.name, RunStatus.FAILED, None, log_path, metrics_path, no_space
+            run_id, pipeline.name, RunStatus.FAILED, None, log_path, metrics_path, cannot
         )
     executor = pipeline.config.executor or settings.executor
     runs.mark_running(db, run_id, pid=os.getpid(), executor=executor)
@@ -426,8 +442,10 @@ def execute(
     stop = _Either(cancel, guard.full) if cancel is not None else guard.full
     with ExitStack() as files:
         try:
-            log_out = files.enter_context(_guarded_open(log_path, guard, buffering=1 << 20))
-            metrics_out = files.enter_context(_guarded_open(metrics_path, guard))
+            log_out = files.enter_context(
+                _guarded_open(logs_root, log_rel, guard, buffering=1 << 20)
+            )
+            metrics_out = files.enter_context(_guarded_open(logs_root, metrics_rel, guard))
         except OSError as e:
             guard.trip(e)
             files.close()

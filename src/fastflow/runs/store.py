@@ -18,7 +18,7 @@ from fastflow.archive import ledger
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database
 from fastflow.db.models import FINAL_STATUSES, PipelineRun, RunStatus, utcnow
-from fastflow.errors import FastflowError, InvalidInput, RunNotFound
+from fastflow.errors import FastflowError, InvalidInput, RunNotFound, UnsafePath
 from fastflow.runs import files as logfiles
 
 HOSTNAME = socket.gethostname()
@@ -478,13 +478,13 @@ def fail_with_note(db: Database, logs_root: Path, run_id: uuid.UUID, text: str) 
 def _append_note(logs_root: Path, rel: str, text: str) -> int | None:
     """Append a fastflow note line to a log; return the new size (None if impossible)."""
     try:
-        path = logfiles.resolve(logs_root, rel)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # made and opened through descriptors from LOGS_DIR: no link on the way followed
+        fd = logfiles.open_for_writing(logs_root, rel, append=True, readable=True)
         stamp = utcnow().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        with path.open("a+b") as f:
+        with open(fd, "a+b") as f:
             needs_newline = f.tell() > 0 and (f.seek(-1, 2), f.read(1))[1] != b"\n"
             line = f"[{stamp}] [fastflow] {text}\n".encode()
             f.write(b"\n" + line if needs_newline else line)
             return f.tell()
-    except OSError:
+    except (OSError, UnsafePath):  # (a link on the way: the note is written nowhere)
         return None
