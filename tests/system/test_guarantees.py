@@ -789,12 +789,10 @@ def test_recycled_pid_is_never_killed() -> None:
         sleeper.wait()
 
 
-def test_crash_between_ledger_and_rename_of_a_truncation_loses_nothing(
-    ctx: Context, s3: S3Env
-) -> None:
-    """The state a kill leaves after the ledger learnt the truncated copy but before the
-    rename: the local log is still the full one. The next pass truncates without a new
-    upload, and retention later deletes it against the full archived copy."""
+def _killed_truncation(ctx: Context, s3: S3Env) -> tuple[bytes, Any, str]:
+    """A run with a log over 1 MiB whose full log is archived and whose ledger entry
+    says "truncated", while the local log is still the full one: the state a kill
+    leaves between the ledger and the rename. (full log, the run, its object key)"""
     full = b"a line of the noisy pipeline\n" * 80_000  # > 1 MiB
     big = seed_run(ctx, "noisy", NOW - timedelta(days=2), log=full)
     key = _key(big.id, "noisy")
@@ -818,6 +816,16 @@ def test_crash_between_ledger_and_rename_of_a_truncation_loses_nothing(
                 local_log_sha256="0" * 64,  # the temp copy that was never renamed
             )
         )
+    return full, big, key
+
+
+def test_crash_between_ledger_and_rename_of_a_truncation_loses_nothing(
+    ctx: Context, s3: S3Env
+) -> None:
+    """The state a kill leaves after the ledger learnt the truncated copy but before the
+    rename: the local log is still the full one. The next pass truncates without a new
+    upload, and retention later deletes it against the full archived copy."""
+    full, big, key = _killed_truncation(ctx, s3)
     tight = bootstrap(load_settings(log_max_size_mb=1, log_retention_runs=None))
     first = run_pass(tight, "test", now=NOW)
     assert first.truncated_logs == 1 and first.backup_failures == 0
@@ -828,6 +836,64 @@ def test_crash_between_ledger_and_rename_of_a_truncation_loses_nothing(
     assert second.deleted_runs == 1 and second.backup_failures == 0
     assert object_bytes(s3.client(), s3.bucket, key) == full
     tight.db.dispose()
+
+
+def test_a_line_appended_as_the_truncation_tells_the_ledger_is_kept_and_archived_next(
+    ctx: Context, s3: S3Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line appended in the last instant of a truncation (after the ledger learnt the
+    truncated copy, before the rename): the truncation is abandoned and the line kept.
+    The ledger then said "truncated" while the log was the full one, grown — and every
+    later pass failed on it ("changed after it was truncated; kept"), until retention,
+    which failed on it too. The grown full log is now archived again (nothing of the
+    archived copy is lost: it is a prefix) and truncated; retention deletes it later."""
+    full = b"a line of the noisy pipeline\n" * 80_000  # > 1 MiB
+    big = seed_run(ctx, "noisy", NOW - timedelta(days=2), log=full)
+    late = b"a line written in the truncation's last instant\n"
+    real_mark = ledger.mark_truncated
+    appended: list[bool] = []
+
+    def mark_then_append(*args: Any) -> None:
+        real_mark(*args)
+        if not appended:
+            with big.log.open("ab") as f:
+                f.write(late)
+            appended.append(True)
+
+    monkeypatch.setattr(ledger, "mark_truncated", mark_then_append)
+    tight = bootstrap(load_settings(log_max_size_mb=1, log_retention_runs=None))
+    first = run_pass(tight, "test", now=NOW)
+    assert appended and first.truncated_logs == 0 and first.backup_failures == 1
+    assert big.log.read_bytes() == full + late  # kept whole
+
+    monkeypatch.setattr(ledger, "mark_truncated", real_mark)
+    second = run_pass(tight, "test", now=NOW)
+    assert second.backup_failures == 0 and second.truncated_logs == 1
+    assert second.rearchived_runs == 1 and big.log.stat().st_size <= 1024 * 1024
+    key = _key(big.id, "noisy")
+    assert object_bytes(s3.client(), s3.bucket, key) == full + late
+    seed_run(ctx, "noisy", NOW - timedelta(days=1))
+    third = run_pass(ctx, "test", now=NOW)  # LOG_RETENTION_RUNS=1 removes the big run
+    assert third.deleted_runs == 1 and third.backup_failures == 0
+    assert object_bytes(s3.client(), s3.bucket, key) == full + late
+    tight.db.dispose()
+
+
+def test_retention_archives_again_a_full_log_that_grew_after_a_failed_truncation(
+    ctx: Context, s3: S3Env
+) -> None:
+    """The ledger says "truncated", the local log is the full one plus a line (a crash
+    between the ledger and the rename, then an append), and retention reaches the run:
+    the grown log is archived again and deleted (it used to be kept, failing every
+    pass)."""
+    full, big, key = _killed_truncation(ctx, s3)
+    with big.log.open("ab") as f:
+        f.write(b"one more line\n")
+    seed_run(ctx, "noisy", NOW - timedelta(days=1))
+    summary = run_pass(ctx, "test", now=NOW)  # LOG_RETENTION_RUNS=1, no size limit
+    assert summary.backup_failures == 0 and summary.deleted_runs == 1
+    assert not big.log.exists() and run_row(ctx, big.id) is None
+    assert object_bytes(s3.client(), s3.bucket, key) == full + b"one more line\n"
 
 
 def big_started(ctx: Context, run_id: Any) -> Any:

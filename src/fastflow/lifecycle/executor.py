@@ -475,25 +475,37 @@ class PassRun:
         self, run: RunRef, files: dict[str, Path], entry: ArchivedRun, action: Action
     ) -> Expected:
         """Retention reached a run whose full log was archived before truncation: the
-        full log stays as it is (the local copy is never uploaded over it); the metrics
-        file is archived now."""
+        full log stays as it is (the local copy is never uploaded over it) — unless the
+        local log is that full log with lines added after it (a truncation that did not
+        happen: an append in its last instant, or a crash), which is archived again;
+        the metrics file is archived now."""
         assert self.store is not None and entry.log_key is not None
         expect: Expected = {}
+        required: dict[str, FileIdentity] = {}
         log = files.pop(logfiles.LOG_NAME, None)
         if log is not None:
             ident, size, sha = identify(self.logs_root, log)
-            if (size, sha) not in (entry.local_identity("log"), entry.original("log")):
+            if (size, sha) in (entry.local_identity("log"), entry.original("log")):
+                assert entry.log_size is not None and entry.log_sha256 is not None
+                self.store.verify(entry.log_key, entry.log_size, entry.log_sha256)
+                expect["log"] = ident
+            elif grew_from(self.logs_root, log, *entry.original("log"), ident):
+                files[logfiles.LOG_NAME] = log  # a superset of the archived full log
+                required[logfiles.LOG_NAME] = ident
+            else:
                 raise FileChanged(
                     f"{log.name} changed after its full copy was archived at "
                     f"s3://{entry.bucket}/{entry.log_key}; kept"
                 )
-            assert entry.log_size is not None and entry.log_sha256 is not None
-            self.store.verify(entry.log_key, entry.log_size, entry.log_sha256)
-            expect["log"] = ident
         if files:
             expect.update(
                 self.archive_files(
-                    run, files, action.kind.value, "archived_runs", self.store_for(entry)
+                    run,
+                    files,
+                    action.kind.value,
+                    "archived_runs",
+                    self.store_for(entry),
+                    required,
                 )
             )
         else:

@@ -110,10 +110,10 @@ def _archive_and_truncate(
     ):
         assert entry.log_key and entry.log_size is not None and entry.log_sha256
         p.store.verify(entry.log_key, entry.log_size, entry.log_sha256)
-    elif entry is None or (
-        entry.log_truncated_at is None
-        and grew_from(p.logs_root, path, *entry.original("log"), ident)
-    ):
+    elif entry is None or grew_from(p.logs_root, path, *entry.original("log"), ident):
+        # (also after a truncation that did not happen — an append in its last instant,
+        # or a crash between the ledger and the rename: the log is still the full one,
+        # grown; archiving it again loses nothing)
         counter = "archived_before_truncation" if entry is None else "rearchived_runs"
         store = p.store if entry is None else p.store_for(entry)
         files = {logfiles.LOG_NAME: path}

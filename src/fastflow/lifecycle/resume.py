@@ -122,8 +122,9 @@ def _check_one(p: PassRun, entry: ArchivedRun, name: str, path: Path) -> tuple[F
                 ) from e
             return ident, True  # the object vanished: archive the local file again
         return ident, False
-    full_lineage = which != "log" or entry.log_truncated_at is None
-    if full_lineage and grew_from(p.logs_root, path, *entry.original(which), ident):
+    # the archived full log plus lines after it — also when the ledger says truncated
+    # and the truncation did not happen (an append in its last instant, or a crash)
+    if grew_from(p.logs_root, path, *entry.original(which), ident):
         return ident, True
     raise FileChanged(
         f"{path.name} changed since it was archived; keeping it (archived copy "
