@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -420,3 +421,71 @@ def test_run_files_are_written_through_descriptors(tmp_path: Path) -> None:
             assert why in str(info.value) or rel == "p/r/fifo.log", (rel, info.value)
     assert list(outside.iterdir()) == []
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_a_payload_replaced_by_a_link_is_not_copied_for_the_runs_user(tmp_path: Path) -> None:
+    """With ``RUN_AS_USER`` the webhook payload is copied for the run's user. A link put
+    in the payload's place (to a file only fastflow's user may read) had that file
+    copied and handed to the run, and its content then read back through the run's log
+    (found by an outside audit). The copy is now read through a walk from LOGS_DIR that
+    follows no link: a link is not copied."""
+    from fastflow.runs import isolation
+    from fastflow.runs import runner as runner_mod
+
+    root = tmp_path / "logs"
+    run_dir = root / "hooked" / "r1"
+    run_dir.mkdir(parents=True)
+    payload = run_dir / "payload.json"
+    payload.write_bytes(b'{"caller": "bytes"}')
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"TOP SECRET, readable by fastflow's user only")
+    user = isolation.RunAs("me", os.getuid(), os.getgid(), str(tmp_path))
+    extra = {"FASTFLOW_PAYLOAD": str(payload)}
+
+    work = tmp_path / "work-1"
+    work.mkdir()
+    copied = runner_mod._payload_for_user(extra, work, user, root)
+    assert copied is not None and copied["FASTFLOW_PAYLOAD"] == str(work / "payload.json")
+    assert (work / "payload.json").read_bytes() == b'{"caller": "bytes"}'
+
+    payload.unlink()
+    payload.symlink_to(secret)
+    work = tmp_path / "work-2"
+    work.mkdir()
+    assert runner_mod._payload_for_user(extra, work, user, root) == extra
+    assert list(work.iterdir()) == []
+    outside = tmp_path / "elsewhere.json"  # not below LOGS_DIR at all
+    outside.write_bytes(b"{}")
+    assert runner_mod._payload_for_user({"FASTFLOW_PAYLOAD": str(outside)}, work, user, root) == {
+        "FASTFLOW_PAYLOAD": str(outside)
+    }
+    assert list(work.iterdir()) == []
+
+
+def test_a_link_appearing_where_the_log_is_opened_fails_the_run_with_its_reason(
+    app: Context, make_pipeline: MakePipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link put in the log's place after the run's folder was made (found by an
+    outside audit: the run stayed RUNNING, later marked "interrupted"): the run ends
+    FAILED, saying why, and nothing is written through the link."""
+    from fastflow.runs import files as logfiles
+
+    make_pipeline("hello", "print('output that must stay in LOGS_DIR')\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    real_open = logfiles.open_for_writing
+
+    def link_then_open(root: Path, rel: str, **kw: Any) -> int:
+        if rel.endswith("/run.log"):
+            (root / rel).symlink_to(outside / "run.log")
+        return real_open(root, rel, **kw)
+
+    monkeypatch.setattr(logfiles, "open_for_writing", link_then_open)
+    result = run_pipeline(app.db, app.settings, "hello", "cli")
+
+    assert result.status == RunStatus.FAILED and "symbolic link" in (result.failure_reason or "")
+    row = runs.get(app.db, result.run_id)
+    assert (
+        row is not None and row.status == "FAILED" and "symbolic link" in (row.failure_reason or "")
+    )
+    assert list(outside.iterdir()) == []

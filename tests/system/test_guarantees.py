@@ -377,6 +377,35 @@ def test_a_missing_logs_dir_is_nothing_to_delete(tmp_path: Path) -> None:
     assert not removed.log and not removed.metrics
 
 
+def test_a_missing_logs_dir_deletes_no_run(ctx: Context, s3: S3Env) -> None:
+    """LOGS_DIR gone while runs record logs in it (an unmounted volume; found by an
+    outside audit): every due run's files looked already gone, and the pass deleted the
+    rows without archiving anything — the logs came back with the volume, orphaned. The
+    pass now acts on nothing and says why; once LOGS_DIR is back it goes on as usual."""
+    old, newest = seed_series(ctx, "p", 2)
+    root = ctx.settings.logs_root
+    away = root.with_name("logs.unmounted")
+    root.rename(away)
+
+    summary = run_pass(ctx, "test", now=NOW)
+
+    assert summary.deleted_runs == 0 and summary.backup_failures == 1
+    (failure,) = failures(ctx)
+    assert "LOGS_DIR" in failure.error_message and "does not exist" in failure.error_message
+    assert run_row(ctx, old.id) is not None and keys(s3.client(), s3.bucket) == set()
+    away.rename(root)
+    summary = run_pass(ctx, "test", now=NOW)
+    assert summary.deleted_runs == 1 and summary.backup_failures == 0
+    assert object_bytes(s3.client(), s3.bucket, _key(old.id, "p")) == old.log_bytes
+    assert failures(ctx) == [] and newest.log.exists()
+
+
+def test_a_new_installation_without_logs_dir_is_not_a_failure(ctx: Context) -> None:
+    assert not ctx.settings.logs_root.exists()
+    summary = run_pass(ctx, "test", now=NOW)
+    assert summary.backup_failures == 0 and failures(ctx) == []
+
+
 @pytest.mark.timeout(120)
 def test_a_fifo_in_a_logs_place_is_refused_without_hanging_the_pass(
     ctx: Context, s3: S3Env
@@ -787,6 +816,53 @@ def test_recycled_pid_is_never_killed() -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_folder_swapped_for_a_link_during_truncation_keeps_the_log(
+    ctx: Context, s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run folder swapped for a link while its oversized log is truncated: the refusal
+    was taken for an I/O failure of the truncation, and its fallback dropped the whole
+    local log (found by an outside audit; archived first, so nothing was lost, but the
+    docs promise the fallback only for I/O errors). The log is now kept as it is, the
+    refusal recorded, and the next pass truncates it."""
+    from fastflow.lifecycle import oversized
+
+    full = b"a line of the noisy pipeline\n" * 80_000  # > 1 MiB
+    big = seed_run(ctx, "noisy", NOW - timedelta(hours=1), log=full)
+    run_dir = big.log.parent
+    moved = run_dir.with_name("moved")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "run.log").write_bytes(full)
+    real_truncate = oversized.truncate_log  # type: ignore[attr-defined]
+    swaps: list[bool] = []
+
+    def truncate_while_swapped(*args: Any, **kw: Any) -> Any:
+        if swaps:
+            return real_truncate(*args, **kw)
+        run_dir.rename(moved)
+        run_dir.symlink_to(outside, target_is_directory=True)
+        try:
+            return real_truncate(*args, **kw)
+        finally:
+            run_dir.unlink()
+            moved.rename(run_dir)
+            swaps.append(True)
+
+    monkeypatch.setattr(oversized, "truncate_log", truncate_while_swapped)
+    tight = bootstrap(load_settings(log_max_size_mb=1, log_retention_runs=None))
+    first = run_pass(tight, "test", now=NOW)
+
+    assert swaps and first.truncated_logs == 0 and first.dropped_files_runs == 0
+    assert first.backup_failures == 1 and "symbolic link" in failures(ctx)[0].error_message
+    assert big.log.read_bytes() == full and (outside / "run.log").read_bytes() == full
+    row = run_row(ctx, big.id)
+    assert row is not None and row.log_file is not None
+    second = run_pass(tight, "test", now=NOW)
+    assert second.truncated_logs == 1 and big.log.stat().st_size <= 1024 * 1024
+    assert object_bytes(s3.client(), s3.bucket, _key(big.id, "noisy")) == full
+    tight.db.dispose()
 
 
 def _killed_truncation(ctx: Context, s3: S3Env) -> tuple[bytes, Any, str]:

@@ -139,10 +139,11 @@ def _payload(env: dict[str, str], logs_root: Path) -> dict[str, bytes]:
     if source is None:
         return {}
     path = Path(source)
-    if logs_root.resolve() not in path.resolve().parents or not path.is_file():
+    data = logfiles.read_below(logs_root, path)  # (no link followed: see runner)
+    if data is None:
         return {}
     env[PAYLOAD_ENV] = f"{WORKSPACE}/{path.name}"
-    return {path.name: path.read_bytes()}
+    return {path.name: data}
 
 
 def final_status(ended: Ended, memory_mb: int | None, capture: LogCapture) -> Outcome:

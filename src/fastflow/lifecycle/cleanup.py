@@ -29,12 +29,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+from sqlalchemy import select
+
 from fastflow.archive import manifests
 from fastflow.archive import s3 as archive
 from fastflow.archive.store import ArchiveStore
 from fastflow.context import Context
 from fastflow.db import cache as readcache
-from fastflow.db.models import utcnow
+from fastflow.db.models import PipelineRun, utcnow
 from fastflow.environments import collector as env_collector
 from fastflow.errors import ArchiveError, ArchiveNotConfigured, FastflowError, PassLockLost
 from fastflow.lifecycle import batch as batches
@@ -144,8 +146,13 @@ def run_pass(
             _sweep_temp_files(p)
             if config_error is not None:
                 p.record_failure(None, config_error)
-            resume(p)
-            _execute(ctx, p)
+            missing = _missing_logs_dir(ctx)
+            if missing is not None:  # an unmounted volume: no run is "already gone"
+                p.record_failure(None, missing)
+                p.incomplete = True
+            else:
+                resume(p)
+                _execute(ctx, p)
             _write_manifest(p)
             records.resolve_settled(
                 ctx.db, summary.pass_id, complete=store is not None and not p.incomplete
@@ -199,6 +206,27 @@ def _execute(ctx: Context, p: PassRun) -> None:
             p.bump(planned_truncations=len(batch))
             for action in batch:
                 oversized.truncate(p, action, policy.max_log_bytes)
+
+
+def _missing_logs_dir(ctx: Context) -> str | None:
+    """Why the pass must not act, when ``LOGS_DIR`` does not exist while runs record logs
+    in it (an unmounted volume, a typo after a move): every due run's files would look
+    already gone, and its row would be deleted without anything archived. None when
+    ``LOGS_DIR`` exists, or no run has a log yet (a new installation)."""
+    root = ctx.settings.logs_root
+    if root.is_dir():
+        return None
+    with ctx.db.engine.connect() as conn:
+        recorded = conn.execute(
+            select(PipelineRun.id).where(PipelineRun.log_file.is_not(None)).limit(1)
+        ).first()
+    if recorded is None:
+        return None
+    return (
+        f"LOGS_DIR ({root}) does not exist while runs record logs in it: nothing was "
+        "archived, deleted or truncated. Mount its volume (or fix LOGS_DIR); if the logs "
+        "are gone for good, create the folder and the next pass removes their runs"
+    )
 
 
 def _lock_lost(lock: PassLock) -> str | None:

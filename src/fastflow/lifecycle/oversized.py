@@ -68,8 +68,13 @@ def truncate(p: PassRun, action: Action, limit: int) -> None:
     except ArchiveError as e:
         p.record_failure(run, e)
         return
-    except (OSError, UnsafePath) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    except UnsafePath as e:
+        # a link in the log's place or on its way (or something that is not a regular
+        # file): not an I/O failure of the truncation — the log is kept, never dropped
+        p.record_failure(run, str(e))
+        return
+    except OSError as e:
+        reason = e.strerror or str(e)
         p.archive_then_remove(fallback(action, reason))
         return
     if result is not None:

@@ -460,6 +460,22 @@ def open_for_writing(
         raise
 
 
+def read_below(logs_root: Path, path: Path) -> bytes | None:
+    """The bytes of the regular file at ``path``, an absolute path below ``LOGS_DIR`` (a
+    webhook run's ``FASTFLOW_PAYLOAD``), read through ``open_below``; None when it is
+    not below ``LOGS_DIR``, does not exist, is a link (or has one on its way) or is not
+    a regular file — never the bytes of a file elsewhere."""
+    rel = os.path.relpath(path, real_path(logs_root))
+    try:
+        f = open_below(logs_root, rel)
+    except UnsafePath:
+        return None
+    if f is None:
+        return None
+    with f:
+        return f.read()
+
+
 def rel_below(logs_root: Path, path: Path) -> str:
     """The stored relative form of ``path``, a path ``resolve`` returned for
     ``logs_root``."""

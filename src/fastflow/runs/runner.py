@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -392,10 +391,13 @@ def _payload_for_user(
     if user is None or extra is None or source is None:
         return extra
     path = Path(source)
-    if logs_root not in path.parents or not path.is_file():
+    # read through a walk from LOGS_DIR that follows no link: a link put in the
+    # payload's place must not hand the run's user a file from elsewhere
+    data = logfiles.read_below(logs_root, path)
+    if data is None:
         return extra
     copy = workdir / path.name
-    shutil.copyfile(path, copy)
+    copy.write_bytes(data)
     os.chown(copy, user.uid, user.gid)
     return {**extra, PAYLOAD_ENV: str(copy)}
 
@@ -415,10 +417,14 @@ def execute(
     logs_root = settings.logs_root
     log_rel = logfiles.log_rel(pipeline.name, str(run_id))
     metrics_rel = logfiles.metrics_rel(pipeline.name, str(run_id))
-    log_path = logfiles.resolve(logs_root, log_rel)
-    metrics_path = logfiles.resolve(logs_root, metrics_rel)
     guard = _SpaceGuard()
     cannot = no_space_reason(logs_root)
+    try:
+        log_path = logfiles.resolve(logs_root, log_rel)
+        metrics_path = logfiles.resolve(logs_root, metrics_rel)
+    except UnsafePath as e:  # a link where the run's folder goes: written nowhere
+        log_path, metrics_path = logs_root / log_rel, logs_root / metrics_rel
+        cannot = f"cannot create the run's log: {e}"
     if cannot is None:
         try:
             # each folder made through its parent's descriptor: no link followed
@@ -446,6 +452,11 @@ def execute(
                 _guarded_open(logs_root, log_rel, guard, buffering=1 << 20)
             )
             metrics_out = files.enter_context(_guarded_open(logs_root, metrics_rel, guard))
+        except UnsafePath as e:  # a link put there since the folder was made
+            files.close()
+            why = f"cannot create the run's log: {e}"
+            runs.finish(db, run_id, status, None, None, why)
+            return RunResult(run_id, pipeline.name, status, None, log_path, metrics_path, why)
         except OSError as e:
             guard.trip(e)
             files.close()
