@@ -300,3 +300,32 @@ def test_a_client_that_goes_away_releases_its_follower(app: Context, tmp_path: P
     assert b"event: log\nid: 4\ndata: one\ndata: \n\n" in second
     assert follower.done and follower.poll() == []
     assert follower._log is None or follower._log.file is None
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "folder"])
+def test_a_bad_metrics_file_stops_the_samples_not_the_log(
+    app: Context, tmp_path: Path, kind: str
+) -> None:
+    """A FIFO, a link or a folder in the metrics file's place ended the whole stream
+    with ``log-error`` (found by an outside audit): the log lines stop too. The samples
+    now stop alone; the log is followed to its end."""
+    rid, log, metrics = _running(app, tmp_path)
+    metrics.unlink()
+    if kind == "fifo":
+        os.mkfifo(metrics)
+    elif kind == "link":
+        (tmp_path / "elsewhere.jsonl").write_bytes(b'{"timestamp": "outside"}\n')
+        metrics.symlink_to(tmp_path / "elsewhere.jsonl")
+    else:
+        metrics.mkdir()
+    f = Follower(app, rid, 0, status_every=0)
+    _append(log, b"first line\n")
+    events = f.poll()
+    assert LogChunk(0, 11, b"first line\n") in events
+    assert not any(isinstance(e, Samples) for e in events)
+    _append(log, b"second line\n")
+    _finish(app, rid)
+    events = f.poll()
+    assert LogChunk(11, 23, b"second line\n") in events and events[-1] == Ended(
+        "FAILED", 3, "exit code 3"
+    )

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 from fastflow.context import Context
 from fastflow.db.models import FINAL_STATUSES
-from fastflow.errors import LogNotAvailable, RunNotFound
+from fastflow.errors import LogNotAvailable, RunNotFound, UnsafePath
 from fastflow.runs import files as logfiles
 from fastflow.runs import readback
 from fastflow.runs import store as runs
@@ -182,7 +182,10 @@ class Follower:
         if self._log is None and run.log_file:
             self._log = _Tail(root, run.log_file)
         if self._samples is None and run.metrics_file and self._metrics:
-            self._samples = _Tail(root, run.metrics_file)
+            try:
+                self._samples = _Tail(root, run.metrics_file)
+            except UnsafePath:  # metrics are secondary: the log goes on without them
+                self._metrics = False
         if run.status in FINAL_STATUSES:
             self._ended = Ended(run.status, run.exit_code, run.failure_reason)
             if self._log is None or not self._log.path.exists():
@@ -251,7 +254,14 @@ class Follower:
 
     def _poll_samples(self, events: list[Event]) -> None:
         assert self._samples is not None
-        data, _ = self._samples.read(self._samples_offset, False)
+        try:
+            data, _ = self._samples.read(self._samples_offset, False)
+        except (UnsafePath, OSError):
+            # a link, a FIFO or an unreadable file in the metrics file's place: the
+            # samples stop, the log goes on (metrics are secondary)
+            self._samples.close()
+            self._samples, self._metrics = None, False
+            return
         if not data:
             return
         self._samples_offset += len(data)
