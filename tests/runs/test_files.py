@@ -298,3 +298,16 @@ def test_a_held_file_is_read_again_by_path_as_the_same_file(tmp_path: Path) -> N
         pass
     with pytest.raises(UnsafePath, match="symbolic link"), files.held(root, "p/r/run.log"):
         pass
+
+
+def test_size_below_measures_only_files_below_logs_dir(tmp_path: Path) -> None:
+    """What a run's ``log_size`` is recorded from: a link (in the file's place or on its
+    way) is not followed, a missing file has no size."""
+    root, run_dir, outside = _run_with_outside(tmp_path)
+    assert files.size_below(root, "p/r/run.log") == len(b"inside\n")
+    assert files.size_below(root, "p/r/metrics.jsonl") is None
+    assert files.size_below(tmp_path / "no-logs-dir", "p/r/run.log") is None
+    (run_dir / "link.log").symlink_to(outside / "run.log")
+    assert files.size_below(root, "p/r/link.log") is None
+    _swap(run_dir, outside)
+    assert files.size_below(root, "p/r/run.log") is None

@@ -408,7 +408,12 @@ def resume(
     finally:
         executor.close()
     runs.finish(
-        db, run.id, outcome.status, outcome.exit_code, logfiles.size_of(log_path), outcome.reason
+        db,
+        run.id,
+        outcome.status,
+        outcome.exit_code,
+        logfiles.size_below(logs_root, log_rel),
+        outcome.reason,
     )
     return outcome
 

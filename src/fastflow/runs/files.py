@@ -476,6 +476,19 @@ def read_below(logs_root: Path, path: Path) -> bytes | None:
         return f.read()
 
 
+def size_below(logs_root: Path, rel: str) -> int | None:
+    """The size of the file at the stored relative path ``rel``, looked up through its
+    folder's descriptor (``RunFolder``: no link followed); None when it does not exist
+    or cannot be reached safely — never the size of a file elsewhere."""
+    try:
+        folder, name = RunFolder.of_file(logs_root, rel)
+        with folder:
+            found = folder.identity(name)
+    except (UnsafePath, OSError):
+        return None
+    return None if found is None else found.size
+
+
 def rel_below(logs_root: Path, path: Path) -> str:
     """The stored relative form of ``path``, a path ``resolve`` returned for
     ``logs_root``."""

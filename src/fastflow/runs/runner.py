@@ -460,9 +460,8 @@ def execute(
         except OSError as e:
             guard.trip(e)
             files.close()
-            runs.finish(
-                db, run_id, status, None, logfiles.size_of(log_path), guard.reason(logs_root)
-            )
+            size = logfiles.size_below(logs_root, log_rel)
+            runs.finish(db, run_id, status, None, size, guard.reason(logs_root))
             return RunResult(
                 run_id, pipeline.name, status, None, log_path, metrics_path, guard.reason(logs_root)
             )
@@ -517,7 +516,7 @@ def execute(
         _close(metrics_out)
     if guard.full.is_set():  # the log is incomplete: the run failed for lack of space
         status, reason = RunStatus.FAILED, guard.reason(logs_root)
-    runs.finish(db, run_id, status, exit_code, logfiles.size_of(log_path), reason)
+    runs.finish(db, run_id, status, exit_code, logfiles.size_below(logs_root, log_rel), reason)
     return RunResult(run_id, pipeline.name, status, exit_code, log_path, metrics_path, reason)
 
 
