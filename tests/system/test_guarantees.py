@@ -401,9 +401,18 @@ def test_a_missing_logs_dir_deletes_no_run(ctx: Context, s3: S3Env) -> None:
 
 
 def test_a_new_installation_without_logs_dir_is_not_a_failure(ctx: Context) -> None:
+    """No run has written a log yet — not even a queued one, which already names its log
+    (found by a review: such a run made every pass fail)."""
+    from fastflow.orchestration import queue
+
     assert not ctx.settings.logs_root.exists()
+    assert run_pass(ctx, "test", now=NOW).backup_failures == 0
+    queued = queue.enqueue(ctx.db, "p", "manual")
+    row = run_row(ctx, queued)
+    assert row is not None and row.log_file is not None
     summary = run_pass(ctx, "test", now=NOW)
     assert summary.backup_failures == 0 and failures(ctx) == []
+    assert run_row(ctx, queued) is not None
 
 
 @pytest.mark.timeout(120)

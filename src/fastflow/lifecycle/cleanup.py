@@ -24,6 +24,7 @@ Safety invariants (each proven by a test; the executor's are listed in ``passrun
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -212,18 +213,23 @@ def _missing_logs_dir(ctx: Context) -> str | None:
     """Why the pass must not act, when ``LOGS_DIR`` does not exist while runs record logs
     in it (an unmounted volume, a typo after a move): every due run's files would look
     already gone, and its row would be deleted without anything archived. None when
-    ``LOGS_DIR`` exists, or no run has a log yet (a new installation)."""
+    ``LOGS_DIR`` exists, or no run has written a log yet (a new installation: a queued
+    run already names its log, but only its start makes ``LOGS_DIR``; a run's
+    ``log_size`` is recorded once its log was written)."""
     root = ctx.settings.logs_root
-    if root.is_dir():
+    if os.path.isdir(root):  # (False too when it cannot be reached)
         return None
     with ctx.db.engine.connect() as conn:
         recorded = conn.execute(
-            select(PipelineRun.id).where(PipelineRun.log_file.is_not(None)).limit(1)
+            select(PipelineRun.id)
+            .where(PipelineRun.log_file.is_not(None), PipelineRun.log_size.is_not(None))
+            .limit(1)
         ).first()
     if recorded is None:
         return None
     return (
-        f"LOGS_DIR ({root}) does not exist while runs record logs in it: nothing was "
+        f"LOGS_DIR ({root}) does not exist (or cannot be reached) while runs record logs "
+        "in it: nothing was "
         "archived, deleted or truncated. Mount its volume (or fix LOGS_DIR); if the logs "
         "are gone for good, create the folder and the next pass removes their runs"
     )
