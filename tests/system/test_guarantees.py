@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,20 @@ from tests.seeding import (
 from tests.seeding import (
     ledger as ledger_rows,
 )
+
+
+@contextmanager
+def _swapped_for_link(run_dir: Path, outside: Path) -> Iterator[None]:
+    """What someone who can write in LOGS_DIR does around the block: the run folder
+    moved aside and a link to ``outside`` put in its place; both undone afterwards."""
+    moved = run_dir.with_name(run_dir.name + ".moved")
+    run_dir.rename(moved)
+    run_dir.symlink_to(outside, target_is_directory=True)
+    try:
+        yield
+    finally:
+        run_dir.unlink()
+        moved.rename(run_dir)
 
 
 def _key(run_id: object, pipeline: str, name: str = "run.log") -> str:
@@ -210,7 +225,6 @@ def test_a_folder_swapped_for_a_link_during_the_upload_archives_the_runs_own_byt
     touched."""
     old, newest = seed_series(ctx, "p", 2)
     run_dir = old.log.parent
-    moved = run_dir.with_name("moved")
     outside = tmp_path / "outside"
     outside.mkdir()
     # the same sizes as the run's files: nothing but the bytes tells them apart
@@ -223,14 +237,9 @@ def test_a_folder_swapped_for_a_link_during_the_upload_archives_the_runs_own_byt
     def put_while_swapped(self: archive.S3Store, key: str, path: Path, *a: Any, **k: Any) -> Any:
         if str(old.id) not in key:
             return real_put(self, key, path, *a, **k)
-        run_dir.rename(moved)
-        run_dir.symlink_to(outside, target_is_directory=True)
-        try:
+        swaps.append(key)
+        with _swapped_for_link(run_dir, outside):
             return real_put(self, key, path, *a, **k)
-        finally:
-            run_dir.unlink()
-            moved.rename(run_dir)
-            swaps.append(key)
 
     monkeypatch.setattr(archive.S3Store, "put_verified", put_while_swapped)
     summary = run_pass(ctx, "test", now=NOW)
@@ -317,19 +326,13 @@ def test_a_rewritten_log_is_not_archived_over_its_copy_through_a_swapped_folder(
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "run.log").write_bytes(old.log_bytes + b"more\n")
-    moved = run_dir.with_name("moved")
     real_grew = resume.grew_from  # type: ignore[attr-defined]
     swaps: list[bool] = []
 
     def grew_while_swapped(*args: Any) -> bool:
-        run_dir.rename(moved)
-        run_dir.symlink_to(outside, target_is_directory=True)
-        try:
-            return real_grew(*args)
-        finally:
-            run_dir.unlink()
-            moved.rename(run_dir)
-            swaps.append(True)
+        swaps.append(True)
+        with _swapped_for_link(run_dir, outside):
+            return bool(real_grew(*args))
 
     monkeypatch.setattr(resume, "grew_from", grew_while_swapped)
     summary = run_pass(ctx, "test", now=NOW)
@@ -840,7 +843,6 @@ def test_a_folder_swapped_for_a_link_during_truncation_keeps_the_log(
     full = b"a line of the noisy pipeline\n" * 80_000  # > 1 MiB
     big = seed_run(ctx, "noisy", NOW - timedelta(hours=1), log=full)
     run_dir = big.log.parent
-    moved = run_dir.with_name("moved")
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "run.log").write_bytes(full)
@@ -850,14 +852,9 @@ def test_a_folder_swapped_for_a_link_during_truncation_keeps_the_log(
     def truncate_while_swapped(*args: Any, **kw: Any) -> Any:
         if swaps:
             return real_truncate(*args, **kw)
-        run_dir.rename(moved)
-        run_dir.symlink_to(outside, target_is_directory=True)
-        try:
+        swaps.append(True)
+        with _swapped_for_link(run_dir, outside):
             return real_truncate(*args, **kw)
-        finally:
-            run_dir.unlink()
-            moved.rename(run_dir)
-            swaps.append(True)
 
     monkeypatch.setattr(oversized, "truncate_log", truncate_while_swapped)
     tight = bootstrap(load_settings(log_max_size_mb=1, log_retention_runs=None))

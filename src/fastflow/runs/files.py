@@ -394,6 +394,18 @@ def _refused(rel: str, e: OSError) -> UnsafePath | None:
     return None
 
 
+def _open_in(folder: RunFolder, rel: str, name: str) -> int:
+    """``folder.open_file(name)``, a link or what is not a regular file refused as
+    ``UnsafePath`` (``FileNotFoundError`` when it, or the folder, does not exist)."""
+    try:
+        return folder.open_file(name)
+    except OSError as e:
+        refused = _refused(rel, e)
+        if refused is not None:
+            raise refused from None
+        raise
+
+
 @contextmanager
 def held(logs_root: Path, rel: str) -> Iterator[HeldFile]:
     """Open the stored relative path ``rel`` for reading through a walk from
@@ -402,15 +414,7 @@ def held(logs_root: Path, rel: str) -> Iterator[HeldFile]:
     symbolic link, a ``..`` part or anything that is not a regular file."""
     folder, name = RunFolder.of_file(logs_root, rel)
     with folder:
-        if folder.missing:
-            raise FileNotFoundError(errno.ENOENT, f"no such file: {rel}")
-        try:
-            fd = folder.open_file(name)
-        except OSError as e:
-            refused = _refused(rel, e)
-            if refused is not None:
-                raise refused from None
-            raise
+        fd = _open_in(folder, rel, name)
         try:
             yield HeldFile(folder, name, fd, logs_root / rel)
         finally:
@@ -424,17 +428,10 @@ def open_below(logs_root: Path, rel: str) -> BinaryIO | None:
     whatever happens to its path afterwards."""
     folder, name = RunFolder.of_file(logs_root, rel)
     with folder:
-        if folder.missing:
-            return None
         try:
-            fd = folder.open_file(name)
+            fd = _open_in(folder, rel, name)
         except FileNotFoundError:
             return None
-        except OSError as e:
-            refused = _refused(rel, e)
-            if refused is not None:
-                raise refused from None
-            raise
     return os.fdopen(fd, "rb")
 
 
@@ -465,7 +462,7 @@ def read_below(logs_root: Path, path: Path) -> bytes | None:
     webhook run's ``FASTFLOW_PAYLOAD``), read through ``open_below``; None when it is
     not below ``LOGS_DIR``, does not exist, is a link (or has one on its way) or is not
     a regular file — never the bytes of a file elsewhere."""
-    rel = os.path.relpath(path, real_path(logs_root))
+    rel = rel_below(logs_root, path)
     try:
         f = open_below(logs_root, rel)
     except UnsafePath:
