@@ -65,6 +65,11 @@ class UnsafePath(FastflowError):
     """A path would resolve outside ``LOGS_DIR``."""
 
 
+class LogsDirUnavailable(FastflowError):
+    """``LOGS_DIR`` is missing or not this installation's folder (``runs.logsdir``):
+    nothing is written there (HTTP 503)."""
+
+
 class ArchiveError(FastflowError):
     """Uploading, verifying or reading an archived object failed."""
 

@@ -146,3 +146,44 @@ def _exists(client: docker.DockerClient, cid: str) -> bool:
         return True
     except docker.errors.NotFound:
         return False
+
+
+def test_a_link_in_the_logs_place_at_re_attach_truncates_nothing_outside(
+    docker_ctx: Context,
+    make_pipeline: MakePipeline,
+    client: docker.DockerClient,
+    docker_daemon: Daemon,
+    tmp_path: Path,
+) -> None:
+    """Re-attaching cuts a half-written last line off the run's log. It checked the path,
+    then opened it by path: a link put there in between had a file outside LOGS_DIR
+    truncated, and a link already there escaped as an exception (this test fails on
+    that code). The log is now opened through a walk that follows no link: the run ends
+    FAILED with the reason, its container is removed (nothing may supervise it), and
+    the outside file is intact."""
+    from fastflow.executors import container
+
+    make_pipeline("counter", COUNTER)
+    db, settings = docker_ctx.db, docker_ctx.settings
+    run = runs.create(db, "counter", "server", pid=0)
+    labels = {"fastflow.run_id": str(run.id), "fastflow.instance": instance_label(settings)}
+    sleeper = ["python", "-c", "import time; time.sleep(60)"]
+    cid = client.api.create_container(docker_daemon.image, sleeper, labels=labels)["Id"]
+    client.api.start(cid)
+    runs.mark_running(db, run.id, pid=os.getpid(), executor="docker")
+    runs.mark_container(db, run.id, container_id=cid)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious\nhalf a line")
+    log = settings.logs_root / "counter" / str(run.id) / "run.log"
+    log.parent.mkdir(parents=True)
+    log.symlink_to(outside)
+    row = runs.get(db, run.id)
+    assert row is not None
+
+    outcome = container.resume(db, settings, row, cancel=None, grace=1)
+
+    assert outcome.status == RunStatus.FAILED and "symbolic link" in (outcome.reason or "")
+    assert outside.read_bytes() == b"precious\nhalf a line"
+    assert not _exists(client, cid)
+    final = runs.get(db, run.id)
+    assert final is not None and final.status == "FAILED"

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
+
 from fastflow.executors.container import FrameClock, render_line
 from fastflow.executors.resume import REORDER_MS, Boundary, Skipper, line_ms, read_boundary
 from fastflow.runs.capture import LogCapture
@@ -188,3 +190,37 @@ def test_a_log_that_does_not_match_gets_the_newer_lines_and_a_warning(tmp_path: 
 
 def test_a_missing_log_is_an_empty_one(tmp_path: Path) -> None:
     assert read_boundary(tmp_path / "nope.log") == Boundary(None)
+
+
+def test_a_link_in_the_logs_place_is_refused_not_truncated_through(tmp_path: Path) -> None:
+    """Re-attaching cuts a half-written last line off the run's log. It opened the log by
+    path: a link put in its place had a file outside LOGS_DIR truncated (and its end
+    read). Now the log is opened through a walk that follows no link."""
+    from fastflow.errors import UnsafePath
+    from fastflow.executors.resume import read_boundary_below
+
+    root = tmp_path / "logs"
+    (root / "p" / "r").mkdir(parents=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious\nhalf a line")
+    (root / "p" / "r" / "run.log").symlink_to(outside)
+
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        read_boundary_below(root, "p/r/run.log")
+    assert outside.read_bytes() == b"precious\nhalf a line"
+
+
+def test_read_boundary_below_cuts_a_half_line_and_makes_a_missing_log(tmp_path: Path) -> None:
+    from fastflow.executors.resume import read_boundary_below
+
+    root = tmp_path / "logs"
+    log = root / "p" / "r" / "run.log"
+    log.parent.mkdir(parents=True)
+    write_log(log, [(T0, b"whole\n")])
+    with log.open("ab") as f:
+        f.write(b"[2026-01-02 03:04:05.6")  # a crash mid-line
+    boundary = read_boundary_below(root, "p/r/run.log")
+    assert boundary.dropped == len(b"[2026-01-02 03:04:05.6") and boundary.newest_ms == T0
+    assert log.read_bytes().endswith(b"whole\n")
+    assert read_boundary_below(root, "p/q/run.log") == Boundary(None)
+    assert (root / "p" / "q" / "run.log").read_bytes() == b""

@@ -64,21 +64,6 @@ def _object_head(path: str) -> bool:
     return path.rstrip("/").count("/") >= 2
 
 
-@pytest.fixture
-def env(ff_env: dict[str, str], s3: S3Env, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    full = {**ff_env, **s3.env(), "LOG_RETENTION_RUNS": "1", "S3_READ_TIMEOUT": "20"}
-    for key, value in full.items():
-        monkeypatch.setenv(key, value)
-    return full
-
-
-@pytest.fixture
-def ctx(env: dict[str, str]) -> Iterator[Context]:
-    context = bootstrap(load_settings())
-    yield context
-    context.db.dispose()
-
-
 def _cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "fastflow", *args],

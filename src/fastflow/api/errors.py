@@ -15,6 +15,7 @@ from fastflow.errors import (
     InvalidPipelineConfig,
     InvalidPipelineName,
     LogNotAvailable,
+    LogsDirUnavailable,
     PassAlreadyRunning,
     PipelineNotFound,
     RunAlreadyFinished,
@@ -37,6 +38,7 @@ STATUS: list[tuple[type[FastflowError], int]] = [
     (ConfigError, 422),
     (UnsafePath, 400),
     (ArchiveError, 502),
+    (LogsDirUnavailable, 503),
 ]
 
 

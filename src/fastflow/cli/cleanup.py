@@ -20,14 +20,33 @@ if TYPE_CHECKING:
 @click.command("cleanup")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option(
+    "--adopt-logs-dir",
+    is_flag=True,
+    help="Mark LOGS_DIR as the folder of this installation's logs first (when its old "
+    "logs are gone for good: runs whose files are not in it then count as gone).",
+)
 @click.pass_context
-def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool, adopt_logs_dir: bool) -> None:
     """Run one cleanup pass now: retention, verified archive, truncation."""
     from fastflow.cli.progress import ProgressLine
     from fastflow.errors import ConfigError, PassAlreadyRunning
     from fastflow.lifecycle.cleanup import record_crashed_pass, run_pass
 
     app = _context(ctx)
+    if adopt_logs_dir:
+        if dry_run:
+            _fail("--adopt-logs-dir changes LOGS_DIR: not with --dry-run", exit_codes.CONFIG)
+        from fastflow.runs import logsdir
+
+        try:
+            marker_id = logsdir.adopt(app.db, app.settings.logs_root)
+        except OSError as e:
+            _fail(f"cannot mark LOGS_DIR ({app.settings.logs_root}): {e.strerror or e}")
+        click.echo(
+            f"marked {app.settings.logs_root} as LOGS_DIR ({logsdir.MARKER_NAME}: {marker_id})",
+            err=True,
+        )
     bar = ProgressLine(sys.stderr) if sys.stderr.isatty() and not dry_run else None
     try:
         summary = run_pass(
@@ -62,7 +81,7 @@ def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     _report(summary, dry_run, as_json)
     if summary.config_error:
         _fail(summary.config_error, exit_codes.CONFIG)
-    if summary.backup_failures and not dry_run:
+    if summary.backup_failures:  # (a dry run: LOGS_DIR is not this installation's)
         sys.exit(exit_codes.FAILED)
 
 
@@ -73,7 +92,8 @@ def _report(summary: PassSummary, dry_run: bool, as_json: bool) -> None:
         if not dry_run:
             data.pop("plan")
         click.echo(json.dumps(data, ensure_ascii=False))
-    elif dry_run:
+        return
+    if dry_run:
         click.echo(
             f"dry run: {summary.planned_runs} runs to archive and delete, "
             f"{summary.planned_truncations} logs to truncate; nothing changed",
@@ -81,9 +101,9 @@ def _report(summary: PassSummary, dry_run: bool, as_json: bool) -> None:
         )
     else:
         click.echo(_summary_line(summary), err=True)
-        for failure in summary.failures[:20]:
-            who = f"{failure.pipeline_name} run {failure.run_id}" if failure.run_id else "pass"
-            click.echo(f"  failed: {who}: {failure.error}", err=True)
+    for failure in summary.failures[:20]:
+        who = f"{failure.pipeline_name} run {failure.run_id}" if failure.run_id else "pass"
+        click.echo(f"  failed: {who}: {failure.error}", err=True)
 
 
 def _crash_line(app: Context, e: Exception) -> str:

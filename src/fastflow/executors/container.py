@@ -27,7 +27,7 @@ from typing import Any, TextIO, cast
 from fastflow.config import Settings
 from fastflow.db.engine import Database
 from fastflow.db.models import PipelineRun, RunStatus
-from fastflow.errors import FastflowError
+from fastflow.errors import FastflowError, UnsafePath
 from fastflow.executors import images
 from fastflow.executors import resume as resuming
 from fastflow.executors.base import Ended, ExecutorError, LaunchSpec, OutputSink, Watch
@@ -351,7 +351,6 @@ def resume(
     run's row. The row must already be owned by this process."""
     logs_root = settings.logs_root
     log_rel = run.log_file or logfiles.log_rel(run.pipeline_name, str(run.id))
-    log_path = logfiles.resolve(logs_root, log_rel)
     metrics_rel = run.metrics_file or logfiles.metrics_rel(run.pipeline_name, str(run.id))
     pipeline: pipelines.Pipeline | None
     try:
@@ -375,7 +374,12 @@ def resume(
                 else "the fastflow process that ran it is gone (its container never started)"
             )
             return _fail(db, logs_root, run.id, f"interrupted: {why}")
-        boundary = resuming.read_boundary(log_path)
+        try:
+            boundary = resuming.read_boundary_below(logs_root, log_rel)
+        except UnsafePath as e:  # a link in the log's place: never truncated through
+            with contextlib.suppress(ExecutorError):
+                executor.remove(cid, run.id)  # nothing may supervise it
+            return _fail(db, logs_root, run.id, f"interrupted: cannot re-attach: {e}")
         masker_values = list(values.values())
         with _append(logs_root, log_rel, newline="", buffering=1 << 20) as log_out, \
                 _append(logs_root, metrics_rel) as metrics_out:  # fmt: skip

@@ -28,6 +28,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
+
+from fastflow.runs import files as logfiles
 
 STAMP_LEN = len(b"[2026-01-02 03:04:05.678] ")
 OWN = (b"[fastflow] ", b"[env] ")  # fastflow's notes and image build lines
@@ -90,6 +93,19 @@ def read_boundary(path: Path, window: int = WINDOW) -> Boundary:
         f = path.open("r+b")
     except FileNotFoundError:
         return Boundary(None)
+    return boundary_of(f, window)
+
+
+def read_boundary_below(logs_root: Path, rel: str, window: int = WINDOW) -> Boundary:
+    """``read_boundary`` of a run's log at the stored relative path ``rel``, opened (or
+    created empty) through a walk from ``LOGS_DIR`` that follows no link: a link in the
+    log's place is refused (``UnsafePath``), never truncated through."""
+    fd = logfiles.open_for_writing(logs_root, rel, append=True, readable=True)
+    return boundary_of(os.fdopen(fd, "r+b"), window)
+
+
+def boundary_of(f: BinaryIO, window: int = WINDOW) -> Boundary:
+    """``read_boundary`` of the open log ``f`` (read-write); closes it."""
     with f:
         size = f.seek(0, os.SEEK_END)
         keep = _last_newline(f, size)

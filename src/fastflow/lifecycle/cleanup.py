@@ -24,20 +24,17 @@ Safety invariants (each proven by a test; the executor's are listed in ``passrun
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-
-from sqlalchemy import select
 
 from fastflow.archive import manifests
 from fastflow.archive import s3 as archive
 from fastflow.archive.store import ArchiveStore
 from fastflow.context import Context
 from fastflow.db import cache as readcache
-from fastflow.db.models import PipelineRun, utcnow
+from fastflow.db.models import utcnow
 from fastflow.environments import collector as env_collector
 from fastflow.errors import ArchiveError, ArchiveNotConfigured, FastflowError, PassLockLost
 from fastflow.lifecycle import batch as batches
@@ -49,6 +46,7 @@ from fastflow.lifecycle.resume import resume
 from fastflow.lifecycle.summary import Failure, PassSummary, PlanEntry, Progress
 from fastflow.lifecycle.truncate import remove_journaled_temp
 from fastflow.runs import files as logfiles
+from fastflow.runs import logsdir
 from fastflow.runs import stats as runstats
 from fastflow.security import redact
 
@@ -130,7 +128,12 @@ def run_pass(
     if dry_run:
         try:
             summary.config_error = _open_store(ctx)[1]
-            _plan_only(ctx, summary, now, plan_sink)
+            missing = logsdir.problem(ctx.db, ctx.settings.logs_root, mark=False)
+            if missing is not None:  # the pass would act on nothing: nothing to plan
+                summary.failures.append(Failure(None, None, None, missing))
+                summary.backup_failures = 1
+            else:
+                _plan_only(ctx, summary, now, plan_sink)
         except FastflowError:
             raise
         except Exception as e:
@@ -147,7 +150,7 @@ def run_pass(
             _sweep_temp_files(p)
             if config_error is not None:
                 p.record_failure(None, config_error)
-            missing = _missing_logs_dir(ctx)
+            missing = logsdir.problem(ctx.db, ctx.settings.logs_root)
             if missing is not None:  # an unmounted volume: no run is "already gone"
                 p.record_failure(None, missing)
                 p.incomplete = True
@@ -207,32 +210,6 @@ def _execute(ctx: Context, p: PassRun) -> None:
             p.bump(planned_truncations=len(batch))
             for action in batch:
                 oversized.truncate(p, action, policy.max_log_bytes)
-
-
-def _missing_logs_dir(ctx: Context) -> str | None:
-    """Why the pass must not act, when ``LOGS_DIR`` does not exist while runs record logs
-    in it (an unmounted volume, a typo after a move): every due run's files would look
-    already gone, and its row would be deleted without anything archived. None when
-    ``LOGS_DIR`` exists, or no run has written a log yet (a new installation: a queued
-    run already names its log, but only its start makes ``LOGS_DIR``; a run's
-    ``log_size`` is recorded once its log was written)."""
-    root = ctx.settings.logs_root
-    if os.path.isdir(root):  # (False too when it cannot be reached)
-        return None
-    with ctx.db.engine.connect() as conn:
-        recorded = conn.execute(
-            select(PipelineRun.id)
-            .where(PipelineRun.log_file.is_not(None), PipelineRun.log_size.is_not(None))
-            .limit(1)
-        ).first()
-    if recorded is None:
-        return None
-    return (
-        f"LOGS_DIR ({root}) does not exist (or cannot be reached) while runs record logs "
-        "in it: nothing was "
-        "archived, deleted or truncated. Mount its volume (or fix LOGS_DIR); if the logs "
-        "are gone for good, create the folder and the next pass removes their runs"
-    )
 
 
 def _lock_lost(lock: PassLock) -> str | None:

@@ -33,10 +33,10 @@ from fastflow import security
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database
 from fastflow.db.models import PipelineRun, Trigger, Webhook, utcnow
-from fastflow.errors import FastflowError
+from fastflow.errors import FastflowError, LogsDirUnavailable
 from fastflow.orchestration import queue
 from fastflow.runs import files as logfiles
-from fastflow.runs import pipelines
+from fastflow.runs import logsdir, pipelines
 from fastflow.runs.pipelines import Pipeline
 
 KEY_PREFIX = "ffwh_"  # tells a webhook key apart from an API token (``ff_``)
@@ -229,6 +229,9 @@ def queue_run(
     trigger = Trigger.WEBHOOK.value
     if payload is None:
         return queue.enqueue(db, name, trigger, run_config_id=match.run_config_id)
+    home = logsdir.problem(db, logs_root, create=True)
+    if home is not None:  # the payload would land where the run cannot read it
+        raise LogsDirUnavailable(home)
     rel: str | None = None
     try:
         with db.session() as s:

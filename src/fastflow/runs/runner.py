@@ -46,7 +46,7 @@ from fastflow.db.engine import Database
 from fastflow.db.models import PipelineRun, RunStatus
 from fastflow.errors import FastflowError, InvalidPipelineConfig, UnsafePath
 from fastflow.runs import files as logfiles
-from fastflow.runs import isolation, pipelines, secret_store
+from fastflow.runs import isolation, logsdir, pipelines, secret_store
 from fastflow.runs import store as runs
 from fastflow.runs.bootstrap import DIE_WITH_PARENT, bootstrap
 from fastflow.runs.capture import LogCapture
@@ -418,6 +418,20 @@ def execute(
     log_rel = logfiles.log_rel(pipeline.name, str(run_id))
     metrics_rel = logfiles.metrics_rel(pipeline.name, str(run_id))
     guard = _SpaceGuard()
+    # an unmounted volume, another installation's folder: nothing written there (a new
+    # installation's LOGS_DIR is made and marked here)
+    home = logsdir.problem(db, logs_root, create=True)
+    if home is not None:
+        runs.fail_with_note(db, logs_root, run_id, home, note=False)
+        return RunResult(
+            run_id,
+            pipeline.name,
+            RunStatus.FAILED,
+            None,
+            logs_root / log_rel,
+            logs_root / metrics_rel,
+            home,
+        )
     cannot = no_space_reason(logs_root)
     try:
         log_path = logfiles.resolve(logs_root, log_rel)

@@ -461,8 +461,11 @@ def kill_orphaned_group(pgid: int | None, started: float | None) -> int:
     return killed
 
 
-def fail_with_note(db: Database, logs_root: Path, run_id: uuid.UUID, text: str) -> None:
-    """End a run that could not be executed as FAILED, with the reason in its log."""
+def fail_with_note(
+    db: Database, logs_root: Path, run_id: uuid.UUID, text: str, *, note: bool = True
+) -> None:
+    """End a run that could not be executed as FAILED, with the reason in its log (and,
+    ``note=False`` when nothing may be written to ``LOGS_DIR``, only in its row)."""
     with db.session() as s:
         run = s.get(PipelineRun, run_id)
         if run is None or run.status in FINAL_STATUSES:
@@ -470,7 +473,7 @@ def fail_with_note(db: Database, logs_root: Path, run_id: uuid.UUID, text: str) 
         run.status = RunStatus.FAILED.value
         run.finished_at = utcnow()
         run.failure_reason = text
-        if run.log_file:
+        if run.log_file and note:
             run.log_size = _append_note(logs_root, run.log_file, text)
     readcache.invalidate()
 

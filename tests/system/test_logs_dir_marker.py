@@ -1,0 +1,281 @@
+"""LOGS_DIR's marker (``runs.logsdir``): an empty folder where the logs' volume should be
+mounted must not look like logs that were deleted.
+
+Before the marker, a pass over such a folder deleted the row of every due run as "files
+already gone", without archiving anything; the logs came back with the volume, orphaned,
+and nothing ever archived or removed them. A run started meanwhile wrote its log into
+the empty folder, hidden once the volume was mounted again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fastflow.config import load_settings
+from fastflow.context import Context, bootstrap
+from fastflow.db.models import AppState, RunStatus
+from fastflow.lifecycle.cleanup import run_pass
+from fastflow.runs import logsdir
+from fastflow.runs.runner import run_pipeline
+from tests.conftest import MakePipeline
+from tests.harness.fixtures import S3Env
+from tests.seeding import NOW, failures, keys, object_bytes, run_row, seed_series
+
+
+def _stored_value(ctx: Context) -> str:
+    with ctx.db.session() as s:
+        row = s.get(AppState, logsdir.STATE_KEY)
+        assert row is not None
+        return row.value
+
+
+def _stored(ctx: Context) -> str | None:
+    with ctx.db.session() as s:
+        row = s.get(AppState, logsdir.STATE_KEY)
+        return json.loads(row.value)["id"] if row else None
+
+
+def _marker(root: Path) -> str:
+    return (root / logsdir.MARKER_NAME).read_text().splitlines()[0]
+
+
+def _unmount(root: Path) -> Path:
+    """The volume goes; an empty folder stays where it was mounted."""
+    away = root.with_name("logs.volume")
+    root.rename(away)
+    root.mkdir()
+    return away
+
+
+def _mount(root: Path, away: Path) -> None:
+    root.rmdir()
+    away.rename(root)
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fastflow", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_empty_folder_in_place_of_the_volume_deletes_no_run(ctx: Context, s3: S3Env) -> None:
+    """Fails on the code before: the pass deleted the due run's row (its files looked
+    already gone) and archived nothing."""
+    root = ctx.settings.logs_root
+    old, newest = seed_series(ctx, "p", 2)
+    assert run_pass(ctx, "test", now=NOW).deleted_runs == 1  # marks LOGS_DIR, then works
+    marker_id = _marker(root)
+    assert _stored(ctx) == marker_id and len(marker_id) == 32
+    older, q_newest = seed_series(ctx, "q", 2)
+    away = _unmount(root)
+
+    summary = run_pass(ctx, "test", now=NOW)
+
+    assert summary.deleted_runs == 0 and summary.backup_failures == 1
+    (failure,) = failures(ctx)
+    assert logsdir.MARKER_NAME in failure.error_message
+    assert "mounted" in failure.error_message and "--adopt-logs-dir" in failure.error_message
+    assert run_row(ctx, older.id) is not None and run_row(ctx, newest.id) is not None
+    assert os.listdir(root) == []  # nothing written into the empty folder
+    archived = keys(s3.client(), s3.bucket)
+    _mount(root, away)
+    summary = run_pass(ctx, "test", now=NOW)
+    assert summary.deleted_runs == 1 and summary.backup_failures == 0
+    assert failures(ctx) == [] and run_row(ctx, older.id) is None
+    assert len(keys(s3.client(), s3.bucket)) > len(archived)
+    key = f"pipeline-logs/q/{older.id}/run.log"
+    assert object_bytes(s3.client(), s3.bucket, key) == older.log_bytes
+    assert q_newest.log.exists() and not old.log.exists()
+
+
+def test_a_folder_with_another_installations_marker_is_refused(ctx: Context) -> None:
+    root = ctx.settings.logs_root
+    seed_series(ctx, "p", 3)
+    assert run_pass(ctx, "test", now=NOW).deleted_runs == 2
+    seed_series(ctx, "p", 2)
+    (root / logsdir.MARKER_NAME).write_text("0123456789abcdef0123456789abcdef\n")
+
+    summary = run_pass(ctx, "test", now=NOW)
+
+    assert summary.deleted_runs == 0 and summary.backup_failures == 1
+    assert "another installation" in failures(ctx)[0].error_message
+
+
+@pytest.mark.parametrize("garbage", ["link", "folder", "text"])
+def test_garbage_in_the_markers_place_is_refused(
+    ctx: Context, tmp_path: Path, garbage: str
+) -> None:
+    root = ctx.settings.logs_root
+    seed_series(ctx, "p", 2)
+    marker = root / logsdir.MARKER_NAME
+    if garbage == "link":
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.write_text("0123456789abcdef0123456789abcdef\n")
+        marker.symlink_to(elsewhere)
+    elif garbage == "folder":
+        marker.mkdir()
+    else:
+        marker.write_bytes(b"\xff\x00 not an id\n")
+
+    summary = run_pass(ctx, "test", now=NOW)
+
+    assert summary.deleted_runs == 0 and summary.backup_failures == 1
+    assert "is not a marker" in failures(ctx)[0].error_message
+    assert _stored(ctx) is None
+
+
+def test_a_folder_not_marked_before_is_adopted(ctx: Context) -> None:
+    """No id stored yet (an installation from before the marker): the folder is taken as
+    it is, even empty (an outside harness may seed rows whose files are gone)."""
+    root = ctx.settings.logs_root
+    old, newest = seed_series(ctx, "p", 2)
+    newest.log.unlink()
+    newest.metrics.unlink()
+    assert run_pass(ctx, "test", now=NOW).deleted_runs == 1
+    assert json.loads(_stored_value(ctx)) == {"id": _marker(root), "path": str(root.resolve())}
+    assert run_row(ctx, old.id) is None
+
+
+def test_logs_dir_set_to_another_folder_is_adopted_and_its_old_path_is_not_refused(
+    ctx: Context, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A changed LOGS_DIR is the operator's choice, not an unmounted volume: the new folder
+    is marked; the path marked before is refused only while it is LOGS_DIR again."""
+    root = ctx.settings.logs_root
+    seed_series(ctx, "p", 1)
+    assert run_pass(ctx, "test", now=NOW).backup_failures == 0
+    first = _marker(root)
+    moved = tmp_path / "other logs ü"
+    moved.mkdir()
+    monkeypatch.setenv("LOGS_DIR", str(moved))
+    other = bootstrap(load_settings())
+    try:
+        assert run_pass(other, "test", now=NOW).backup_failures == 0
+        assert _marker(moved) == first  # the same installation: the same id
+        assert json.loads(_stored_value(ctx))["path"] == str(moved.resolve())
+    finally:
+        other.db.dispose()
+
+
+def test_a_marker_left_by_a_crash_before_the_database_row_is_adopted(ctx: Context) -> None:
+    root = ctx.settings.logs_root
+    seed_series(ctx, "p", 2)
+    (root / logsdir.MARKER_NAME).write_text("00112233445566778899aabbccddeeff\n")
+    assert run_pass(ctx, "test", now=NOW).deleted_runs == 1
+    assert _stored(ctx) == "00112233445566778899aabbccddeeff"
+
+
+def test_a_marker_written_meanwhile_by_another_process_wins(ctx: Context) -> None:
+    root = ctx.settings.logs_root
+    root.mkdir()
+    (root / logsdir.MARKER_NAME).write_text("ffeeddccbbaa99887766554433221100\n")
+    # this process had found no marker; its own link loses to the one already there
+    won = logsdir._write_marker(str(root), "0" * 32, replace=False)
+    assert won == "ffeeddccbbaa99887766554433221100"
+    assert sorted(os.listdir(root)) == [logsdir.MARKER_NAME]  # its temporary file removed
+
+
+def test_a_run_is_not_started_in_an_empty_folder_in_place_of_the_volume(
+    ctx: Context, make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    """Fails on the code before: the pipeline ran and its log went into the empty
+    folder, hidden once the volume is mounted again."""
+    ran = tmp_path / "ran"
+    make_pipeline("hello", f"open({str(ran)!r}, 'w').write('ran')\n")
+    first = run_pipeline(ctx.db, ctx.settings, "hello", "cli")  # a new installation
+    root = ctx.settings.logs_root
+    assert first.status == RunStatus.SUCCESS and _stored(ctx) == _marker(root)
+    ran.unlink()
+    away = _unmount(root)
+
+    result = run_pipeline(ctx.db, ctx.settings, "hello", "cli")
+
+    assert result.status == RunStatus.FAILED and not ran.exists()
+    assert result.failure_reason is not None and logsdir.MARKER_NAME in result.failure_reason
+    row = run_row(ctx, result.run_id)
+    assert row is not None and row.status == "FAILED" and row.log_size is None
+    assert row.failure_reason == result.failure_reason
+    assert os.listdir(root) == []
+    _mount(root, away)
+    again = run_pipeline(ctx.db, ctx.settings, "hello", "cli")
+    assert again.status == RunStatus.SUCCESS and ran.exists()
+
+
+def test_a_webhook_payload_is_refused_while_the_volume_is_away(
+    ctx: Context, make_pipeline: MakePipeline, env: dict[str, str]
+) -> None:
+    """The payload would be written where the run cannot read it once the volume is
+    back: 503 with the reason, nothing queued, nothing written."""
+    from fastflow.db.models import PipelineRun
+    from fastflow.orchestration import webhooks
+    from fastflow.server import create_app
+
+    make_pipeline("etl")
+    created = _cli(env, "webhook", "create", "etl")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    root = ctx.settings.logs_root
+    root.mkdir()
+    logsdir.adopt(ctx.db, root)
+    away = _unmount(root)
+    app = create_app(ctx, schedule=False)
+    client = TestClient(app)
+
+    res = client.post("/api/hooks/etl", headers={"X-Fastflow-Key": key}, json={"a": 1})
+
+    assert res.status_code == 503 and logsdir.MARKER_NAME in res.json()["detail"]
+    with ctx.db.session() as s:
+        assert s.query(PipelineRun).count() == 0
+    assert os.listdir(root) == []
+    _mount(root, away)
+    res = client.post("/api/hooks/etl", headers={"X-Fastflow-Key": key}, json={"a": 1})
+    assert res.status_code == 202
+    rel = webhooks.payload_rel("etl", res.json()["run_id"])
+    assert json.loads((root / rel).read_text()) == {"a": 1}
+    app.state.launcher.stop()
+
+
+def test_cli_dry_run_reports_and_adopt_logs_dir_marks_the_folder(
+    ctx: Context, env: dict[str, str]
+) -> None:
+    """When the logs are gone for good, the operator adopts the folder: the pass then
+    removes the runs whose files are gone."""
+    root = ctx.settings.logs_root
+    root.mkdir()
+    logsdir.adopt(ctx.db, root)
+    old, _, newest = seed_series(ctx, "p", 3)
+    for entry in root.iterdir():  # the logs are lost, the marker with them
+        if entry.is_dir():
+            for f in entry.rglob("*"):
+                if f.is_file():
+                    f.unlink()
+    (root / logsdir.MARKER_NAME).unlink()
+
+    dry = _cli(env, "cleanup", "--dry-run", "--json")
+    assert dry.returncode == 1
+    report = json.loads(dry.stdout)
+    assert report["planned_runs"] == 0 and report["backup_failures"] == 1
+    assert logsdir.MARKER_NAME in report["failures"][0]["error"]
+    refused = _cli(env, "cleanup")
+    assert refused.returncode == 1 and logsdir.MARKER_NAME in refused.stderr
+    assert run_row(ctx, old.id) is not None
+
+    adopted = _cli(env, "cleanup", "--adopt-logs-dir", "--json")
+
+    assert adopted.returncode == 0, adopted.stderr
+    assert f"marked {root}" in adopted.stderr
+    assert json.loads(adopted.stdout)["deleted_runs"] == 2
+    assert run_row(ctx, old.id) is None and run_row(ctx, newest.id) is not None
+    assert _marker(root) == _stored(ctx)
+    both = _cli(env, "cleanup", "--adopt-logs-dir", "--dry-run")
+    assert both.returncode == 2 and "--dry-run" in both.stderr
