@@ -12,7 +12,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -27,18 +32,22 @@ from tests.conftest import MakePipeline
 from tests.harness.fixtures import S3Env
 from tests.seeding import NOW, failures, keys, object_bytes, run_row, seed_series
 
-
-def _stored_value(ctx: Context) -> str:
-    with ctx.db.session() as s:
-        row = s.get(AppState, logsdir.STATE_KEY)
-        assert row is not None
-        return row.value
+T = TypeVar("T")
 
 
 def _stored(ctx: Context) -> str | None:
     with ctx.db.session() as s:
         row = s.get(AppState, logsdir.STATE_KEY)
-        return json.loads(row.value)["id"] if row else None
+        return row.value if row else None
+
+
+def _drop_id(ctx: Context) -> None:
+    """An installation from before the marker: no id stored, no marker."""
+    with ctx.db.session() as s:
+        row = s.get(AppState, logsdir.STATE_KEY)
+        if row is not None:
+            s.delete(row)
+    (ctx.settings.logs_root / logsdir.MARKER_NAME).unlink(missing_ok=True)
 
 
 def _marker(root: Path) -> str:
@@ -134,37 +143,143 @@ def test_garbage_in_the_markers_place_is_refused(
     assert _stored(ctx) is None
 
 
-def test_a_folder_not_marked_before_is_adopted(ctx: Context) -> None:
-    """No id stored yet (an installation from before the marker): the folder is taken as
-    it is, even empty (an outside harness may seed rows whose files are gone)."""
+def test_a_folder_not_marked_before_is_adopted_unless_empty(ctx: Context) -> None:
+    """No id stored yet (an installation from before the marker): a folder with content is
+    taken as it is; an empty one while runs recorded logs is the unmounted case and
+    refused, until an operator adopts it."""
     root = ctx.settings.logs_root
-    old, newest = seed_series(ctx, "p", 2)
-    newest.log.unlink()
-    newest.metrics.unlink()
+    old, _ = seed_series(ctx, "p", 2)
+    away = _unmount(root)
+
+    summary = run_pass(ctx, "test", now=NOW)
+    assert summary.deleted_runs == 0 and "is empty while runs" in failures(ctx)[0].error_message
+    assert _stored(ctx) is None and os.listdir(root) == []
+
+    _mount(root, away)
     assert run_pass(ctx, "test", now=NOW).deleted_runs == 1
-    assert json.loads(_stored_value(ctx)) == {"id": _marker(root), "path": str(root.resolve())}
-    assert run_row(ctx, old.id) is None
+    assert _stored(ctx) == _marker(root) and run_row(ctx, old.id) is None
 
 
-def test_logs_dir_set_to_another_folder_is_adopted_and_its_old_path_is_not_refused(
-    ctx: Context, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_logs_dir_set_to_another_folder_needs_adopting_a_moved_one_does_not(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """A changed LOGS_DIR is the operator's choice, not an unmounted volume: the new folder
-    is marked; the path marked before is refused only while it is LOGS_DIR again."""
+    """Found by an outside audit of a version that took a changed path for the operator's
+    choice: a typo in LOGS_DIR, or a link to a volume that went away, had every due run's
+    row deleted. A folder without this installation's marker is refused whatever its
+    path; a folder moved with its marker goes on."""
     root = ctx.settings.logs_root
-    seed_series(ctx, "p", 1)
-    assert run_pass(ctx, "test", now=NOW).backup_failures == 0
-    first = _marker(root)
-    moved = tmp_path / "other logs ü"
-    moved.mkdir()
-    monkeypatch.setenv("LOGS_DIR", str(moved))
-    other = bootstrap(load_settings())
+    seed_series(ctx, "p", 2)
+    seed_series(ctx, "q", 1)
+    assert run_pass(ctx, "test", now=NOW).deleted_runs == 1
+    seed_series(ctx, "q", 2)
+    elsewhere = tmp_path / "typo ü"
+    elsewhere.mkdir()
+    monkeypatch.setenv("LOGS_DIR", str(elsewhere))
+    typo = bootstrap(load_settings())
     try:
-        assert run_pass(other, "test", now=NOW).backup_failures == 0
-        assert _marker(moved) == first  # the same installation: the same id
-        assert json.loads(_stored_value(ctx))["path"] == str(moved.resolve())
+        summary = run_pass(typo, "test", now=NOW)
+        assert summary.deleted_runs == 0 and summary.backup_failures == 1
+        assert f"has no {logsdir.MARKER_NAME}" in failures(ctx)[0].error_message
+        assert os.listdir(elsewhere) == []
     finally:
-        other.db.dispose()
+        typo.db.dispose()
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    monkeypatch.setenv("LOGS_DIR", str(moved))
+    after_move = bootstrap(load_settings())
+    try:
+        summary = run_pass(after_move, "test", now=NOW)
+        assert summary.backup_failures == 0 and summary.deleted_runs == 2
+        assert failures(ctx) == []
+    finally:
+        after_move.db.dispose()
+
+
+def test_an_installation_from_before_the_marker_runs_nothing_while_logs_dir_is_missing(
+    ctx: Context, make_pipeline: MakePipeline
+) -> None:
+    """Found by an outside audit: a run made the missing LOGS_DIR (and marked it), and the
+    next pass deleted every due run's row. It is refused while runs recorded logs."""
+    make_pipeline("hello")
+    root = ctx.settings.logs_root
+    old, _ = seed_series(ctx, "p", 2)
+    _drop_id(ctx)
+    away = root.rename(root.with_name("logs.volume"))
+
+    result = run_pipeline(ctx.db, ctx.settings, "hello", "cli")
+
+    assert result.status == RunStatus.FAILED and "does not exist" in (result.failure_reason or "")
+    assert not root.exists() and _stored(ctx) is None
+    assert run_pass(ctx, "test", now=NOW).deleted_runs == 0
+    away.rename(root)
+    assert run_pass(ctx, "test", now=NOW).deleted_runs == 1 and run_row(ctx, old.id) is None
+
+
+def test_recovering_a_dead_run_writes_no_note_into_an_empty_folder(
+    ctx: Context, make_pipeline: MakePipeline
+) -> None:
+    """Found by an outside audit: every command's start-up retires runs whose process died
+    and appends a note to their logs — through folders it made in the empty folder where
+    the volume should be (hidden once mounted, and the row's log size wrong). Nothing is
+    written there now; the run is still retired."""
+    from fastflow.runs import store as runs
+
+    make_pipeline("hello")
+    root = ctx.settings.logs_root
+    assert run_pipeline(ctx.db, ctx.settings, "hello", "cli").status == RunStatus.SUCCESS
+    dead = runs.create(ctx.db, "hello", "cli", pid=0)
+    runs.mark_running(ctx.db, dead.id, pid=2**22 + 12345)  # no such process
+    away = _unmount(root)
+
+    assert runs.recover_orphans(ctx.db, root) == 1
+
+    assert os.listdir(root) == []
+    row = run_row(ctx, dead.id)
+    assert row is not None and row.status == "FAILED"
+    _mount(root, away)
+
+
+def test_adopters_at_once_agree_on_one_id(ctx: Context) -> None:
+    """Found by an outside audit: two `--adopt-logs-dir` at once on a database without an
+    id each wrote their own marker and stored their own id, the last writer winning on
+    each side — then every check refused. They now end with the id stored first."""
+    root = ctx.settings.logs_root
+    root.mkdir()
+    with ThreadPoolExecutor(3) as pool:
+        for _ in range(10):
+            _drop_id(ctx)
+            start = threading.Barrier(3)
+            adopters = [pool.submit(_at, start, logsdir.adopt, ctx, root) for _ in range(2)]
+            checker = pool.submit(_at, start, logsdir.problem, ctx, root)
+            ids = {f.result() for f in adopters}
+            checker.result()  # (it may refuse once, while the adopters settle the id)
+            assert len(ids) == 1 and _marker(root) == _stored(ctx) == ids.pop()
+            assert logsdir.problem(ctx.db, root) is None
+
+
+def _at(start: threading.Barrier, fn: Callable[..., T], ctx: Context, root: Path) -> T:
+    start.wait()
+    return fn(ctx.db, root)
+
+
+def test_stale_temporary_files_of_killed_writers_are_removed(ctx: Context) -> None:
+    root = ctx.settings.logs_root
+    root.mkdir()
+    stale = root / f"{logsdir.MARKER_NAME}.4242.deadbeef.tmp"
+    fresh = root / f"{logsdir.MARKER_NAME}.4343.feedbeef.tmp"
+    stale.write_text("half")
+    fresh.write_text("being written")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    logsdir.adopt(ctx.db, root)
+    assert not stale.exists() and fresh.exists()
+
+
+def test_logs_dir_that_is_a_file_is_named_so(ctx: Context) -> None:
+    root = ctx.settings.logs_root
+    root.write_text("not a folder")
+    reason = logsdir.problem(ctx.db, root, create=True)
+    assert reason is not None and "is not a folder" in reason
+    assert root.read_text() == "not a folder"
 
 
 def test_a_marker_left_by_a_crash_before_the_database_row_is_adopted(ctx: Context) -> None:

@@ -53,7 +53,7 @@ def run_cmd(ctx: click.Context, pipeline: str, env_pairs: tuple[str, ...]) -> No
             f"run {result.run_id} of {result.pipeline_name!r}: {result.status.value} "
             f"(exit code {code}"
             + (f"; {result.failure_reason}" if result.failure_reason else "")
-            + f"); log: {result.log_path}",
+            + (f"); log: {result.log_path}" if result.log_path.exists() else "); no log written"),
             err=True,
         )
         if delay is not None:

@@ -4,27 +4,25 @@ An empty folder where ``LOGS_DIR``'s volume should be mounted (an NFS mount that
 a disk not mounted after a reboot) looks exactly like a folder whose runs' files were
 all deleted: a cleanup pass would delete the rows of every due run as "files already
 gone", and the logs would come back with the volume, orphaned. So the first run or pass
-writes a marker, ``LOGS_DIR/.fastflow-logs-dir``, holding an id; the database keeps the
-id and the folder's real path (``app_state``).
+writes a marker, ``LOGS_DIR/.fastflow-logs-dir``, holding an id that the database keeps
+too (``app_state``).
 
-Guarantee: once a database has marked a folder, no cleanup pass acts and no run starts
-while ``LOGS_DIR`` is that same path and the folder is missing, lacks the marker, or
-holds another id — they report why (``problem``) instead. ``adopt`` (``fastflow cleanup
---adopt-logs-dir``) marks the current folder when its logs are gone for good. A folder
-the database has not marked (a new installation, one from before the marker, or
-``LOGS_DIR`` set to another path) is marked on first use; a pass refuses it only while
-it is missing and runs recorded logs.
+Guarantee: once the database holds an id, no cleanup pass acts, no run starts and no
+note is written while ``LOGS_DIR`` — whatever its path — is missing, lacks a marker with
+that id, or has something else in the marker's place; ``problem`` says why. Only
+``adopt`` (``fastflow cleanup --adopt-logs-dir``) marks such a folder. Before the
+database holds an id (a new installation, or one from before the marker), the folder is
+marked on first use — unless runs recorded logs while it is missing or empty.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import secrets
 import stat
+import time
 from pathlib import Path
-from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -35,6 +33,9 @@ from fastflow.db.models import AppState, PipelineRun, utcnow
 MARKER_NAME = ".fastflow-logs-dir"
 STATE_KEY = "logs_dir_id"
 _ID_LENGTH = 32  # hex digits
+_TEMP_PREFIX = f"{MARKER_NAME}."
+_TEMP_SUFFIX = ".tmp"
+_STALE_TEMP_S = 600  # a marker is written in milliseconds: older temporary files are left
 _NOTE = (
     "# fastflow: this folder holds the run logs of the installation with the id above.\n"
     "# Keep this file: without it no cleanup pass acts and no run starts here\n"
@@ -50,127 +51,111 @@ def problem(
     db: Database, logs_root: Path, *, mark: bool = True, create: bool = False
 ) -> str | None:
     """Why ``logs_root`` is not the folder this installation's runs wrote their logs in,
-    or None when it is. Refused only where the database marked this very path before
-    (see the module docstring). ``mark``: a folder not marked yet is marked now; with
-    ``mark=False`` (a dry run) nothing is written and such a folder passes. ``create``:
-    a missing folder not marked before is made and marked (the runner's case; a pass
-    leaves it missing, and refuses it while runs recorded logs). A folder that cannot be
-    read or marked (permissions, a full or read-only disk) is a problem too."""
+    or None when it is. ``mark``: a folder not marked yet is marked now, while the
+    database holds no id (with ``mark=False`` — a dry run, a note — nothing is written
+    and such a folder passes). ``create``: such a folder, missing, is made and marked
+    when no run recorded a log (the runner's case). A folder that cannot be read or
+    marked (permissions, a full or read-only disk) is a problem too."""
+    root = str(logs_root)
     try:
-        return _problem(db, str(logs_root), mark=mark, create=create)
+        return _problem(db, root, mark=mark, create=create)
     except OSError as e:
-        return (
-            f"cannot check or mark LOGS_DIR ({logs_root}) as this installation's: {e.strerror or e}"
-        )
+        return f"cannot check or mark LOGS_DIR ({root}) as this installation's: {e.strerror or e}"
 
 
 def _problem(db: Database, root: str, *, mark: bool, create: bool) -> str | None:
-    stored = _stored(db)
-    path = os.path.realpath(root)
+    stored = _stored_id(db)
     found, state = _read_marker(root)
-    if stored is not None and found == stored.id and stored.path == path:
+    if stored is not None and found == stored:
         return None
-    if stored is not None and stored.path == path:  # marked here before: refuse
-        if state == "missing-dir":
-            return (
-                f"LOGS_DIR ({root}) does not exist (or cannot be reached) while runs record "
-                "logs in it: mount its volume (or fix LOGS_DIR); " + ADOPT_HINT
-            )
-        if state == "refused":
-            return _garbage(root)
-        if found is None:
-            return (
-                f"LOGS_DIR ({root}) is not the folder this installation's logs are in: it "
-                f"has no {MARKER_NAME} (an empty folder where a volume should be mounted?); "
-                "mount its volume (or fix LOGS_DIR); " + ADOPT_HINT
-            )
-        return (
-            f"LOGS_DIR ({root}) holds another installation's logs: its {MARKER_NAME} names "
-            f"{found}, this database {stored.id}; fix LOGS_DIR or DATABASE_URL, or " + ADOPT_HINT
-        )
-    # a new installation, one from before the marker, or LOGS_DIR set to another folder
-    if state == "missing-dir":
-        if create:
-            if mark:
-                os.makedirs(root, exist_ok=True)
-                _adopt_found(db, root, path, None, stored)
-            return None
-        if _runs_recorded_logs(db):
-            return (
-                f"LOGS_DIR ({root}) does not exist (or cannot be reached) while runs record "
-                "logs in it: mount its volume (or fix LOGS_DIR); " + ADOPT_HINT
-            )
-        return None
+    if state == "not-a-folder":
+        return f"LOGS_DIR ({root}) is not a folder: fix LOGS_DIR"
     if state == "refused":
-        return _garbage(root)
-    if mark:
-        _adopt_found(db, root, path, found, stored)
-    return None
-
-
-def _garbage(root: str) -> str:
+        return (
+            f"LOGS_DIR ({root}): its {MARKER_NAME} is not a marker (a link, a folder, or not "
+            "an id); remove what is there and restore the marker, or " + ADOPT_HINT
+        )
+    if state == "missing-dir":
+        if stored is None and not _runs_recorded_logs(db):
+            if create and mark:  # a new installation: its first run makes LOGS_DIR
+                os.makedirs(root, exist_ok=True)
+                _adopt_found(db, root, None)
+            return None
+        return (
+            f"LOGS_DIR ({root}) does not exist (or cannot be reached) while runs record "
+            "logs in it: mount its volume (or fix LOGS_DIR); " + ADOPT_HINT
+        )
+    if stored is None:  # a new installation, or one from before the marker
+        if found is None and _is_empty(root) and _runs_recorded_logs(db):
+            return (
+                f"LOGS_DIR ({root}) is empty while runs record logs in it: mount its volume "
+                "(or fix LOGS_DIR); " + ADOPT_HINT
+            )
+        if mark:
+            _adopt_found(db, root, found)
+        return None
+    if found is None:
+        return (
+            f"LOGS_DIR ({root}) is not the folder this installation's logs are in: it has "
+            f"no {MARKER_NAME} (an empty folder where a volume should be mounted?); mount "
+            "its volume (or fix LOGS_DIR); " + ADOPT_HINT
+        )
     return (
-        f"LOGS_DIR ({root}): its {MARKER_NAME} is not a marker (a link, a folder, or not "
-        "an id); restore the marker, or " + ADOPT_HINT
+        f"LOGS_DIR ({root}) holds another installation's logs: its {MARKER_NAME} names "
+        f"{found}, this database {stored}; fix LOGS_DIR or DATABASE_URL, or " + ADOPT_HINT
     )
 
 
 def adopt(db: Database, logs_root: Path) -> str:
     """Mark ``logs_root`` (made if missing) as this installation's ``LOGS_DIR``, replacing
-    any marker there; returns the id. Runs whose files are not in it then count as gone."""
+    any marker there; returns the id. Runs whose files are not in it then count as gone.
+    The marker is written before the id is stored (as on first use), and written again
+    with the stored id when another process stored one first: adopters running at once
+    end with one id. (A check made in between may refuse once.)"""
     root = str(logs_root)
     os.makedirs(root, exist_ok=True)
-    stored = _stored(db)
-    marker_id = stored.id if stored is not None else secrets.token_hex(_ID_LENGTH // 2)
+    marker_id = _stored_id(db) or _new_id()
     _write_marker(root, marker_id, replace=True)
-    _store(db, _Mark(marker_id, os.path.realpath(root)))
-    return marker_id
+    stored = _store_id(db, marker_id)
+    if stored != marker_id:
+        _write_marker(root, stored, replace=True)
+    return stored
 
 
-class _Mark(NamedTuple):
-    id: str
-    path: str  # the real path of the folder that was marked
+def _new_id() -> str:
+    return secrets.token_hex(_ID_LENGTH // 2)
 
 
-def _adopt_found(
-    db: Database, root: str, path: str, found: str | None, stored: _Mark | None
-) -> None:
+def _adopt_found(db: Database, root: str, found: str | None) -> None:
     """Take the marker's id into the database, writing a marker first when there is none
-    (the database's id, else a new one; a crash before the database row leaves a marker
-    that the next check adopts)."""
-    marker_id = found
-    if marker_id is None:
-        new_id = stored.id if stored is not None else secrets.token_hex(_ID_LENGTH // 2)
-        marker_id = _write_marker(root, new_id, replace=False)
-    _store(db, _Mark(marker_id, path))
+    (a crash before the database row leaves a marker that the next check adopts)."""
+    marker_id = found if found is not None else _write_marker(root, _new_id(), replace=False)
+    _store_id(db, marker_id)
 
 
-def _stored(db: Database) -> _Mark | None:
+def _stored_id(db: Database) -> str | None:
     with db.engine.connect() as conn:
         value = conn.execute(
             select(AppState.value).where(AppState.key == STATE_KEY)
         ).scalar_one_or_none()
+    return value.strip() if value else None
+
+
+def _store_id(db: Database, marker_id: str) -> str:
+    """Store ``marker_id`` unless an id is stored already (another process's, first):
+    the stored id."""
     try:
-        data = json.loads(value) if value else None
-        return _Mark(str(data["id"]), str(data["path"])) if data else None
-    except (ValueError, TypeError, KeyError):
-        return None  # unreadable: as if never marked (the folder is marked again)
+        with db.session() as s:
+            if s.get(AppState, STATE_KEY) is None:
+                s.add(AppState(key=STATE_KEY, value=marker_id, updated_at=utcnow()))
+    except IntegrityError:
+        pass  # inserted by another process meanwhile: that one stands
+    return _stored_id(db) or marker_id
 
 
-def _store(db: Database, mark: _Mark) -> None:
-    """Record ``mark`` (insert, or update the row another process inserted meanwhile)."""
-    value = json.dumps(mark._asdict())
-    for _ in range(2):
-        try:
-            with db.session() as s:
-                row = s.get(AppState, STATE_KEY)
-                if row is None:
-                    s.add(AppState(key=STATE_KEY, value=value, updated_at=utcnow()))
-                else:
-                    row.value, row.updated_at = value, utcnow()
-            return
-        except IntegrityError:
-            continue  # inserted by another process meanwhile: update it
+def _is_empty(root: str) -> bool:
+    with os.scandir(root) as entries:
+        return next(entries, None) is None
 
 
 def _runs_recorded_logs(db: Database) -> bool:
@@ -186,11 +171,14 @@ def _runs_recorded_logs(db: Database) -> bool:
 
 
 def _read_marker(root: str) -> tuple[str | None, str]:
-    """``(id, state)``: state "ok" (id None when there is no marker), "missing-dir", or
-    "refused" (a link, a folder or garbage in the marker's place)."""
+    """``(id, state)``: state "ok" (id None when there is no marker), "missing-dir",
+    "not-a-folder" (``LOGS_DIR`` is a file), or "refused" (a link, a folder or garbage in
+    the marker's place)."""
     try:
         dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
+        if e.errno == errno.ENOTDIR and os.path.lexists(root) and not os.path.isdir(root):
+            return None, "not-a-folder"
         if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EIO, errno.ESTALE):
             return None, "missing-dir"
         raise
@@ -225,7 +213,7 @@ def _write_marker(root: str, marker_id: str, *, replace: bool) -> str:
     place). Without ``replace``, a marker another process wrote meanwhile wins: its id
     is returned."""
     dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    tmp = f"{MARKER_NAME}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp = f"{_TEMP_PREFIX}{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
     try:
         fd = os.open(
             tmp,
@@ -238,7 +226,12 @@ def _write_marker(root: str, marker_id: str, *, replace: bool) -> str:
             f.flush()
             os.fsync(f.fileno())
         if replace:
-            os.rename(tmp, MARKER_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            try:
+                os.rename(tmp, MARKER_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except IsADirectoryError:
+                raise OSError(
+                    errno.EISDIR, f"a folder is in the place of {MARKER_NAME}: remove it first"
+                ) from None
         else:
             try:
                 os.link(tmp, MARKER_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -251,6 +244,7 @@ def _write_marker(root: str, marker_id: str, *, replace: bool) -> str:
                 marker_id = theirs
             os.unlink(tmp, dir_fd=dir_fd)
         os.fsync(dir_fd)
+        _remove_stale_temp_files(dir_fd)
         return marker_id
     except BaseException:
         try:
@@ -260,3 +254,22 @@ def _write_marker(root: str, marker_id: str, *, replace: bool) -> str:
         raise
     finally:
         os.close(dir_fd)
+
+
+def _remove_stale_temp_files(dir_fd: int) -> None:
+    """Remove the temporary files of markers whose writer was killed (older than
+    ``_STALE_TEMP_S``; a live writer's file is milliseconds old)."""
+    cutoff = time.time() - _STALE_TEMP_S
+    with os.scandir(dir_fd) as entries:
+        names = [
+            e.name
+            for e in entries
+            if e.name.startswith(_TEMP_PREFIX) and e.name.endswith(_TEMP_SUFFIX)
+        ]
+    for name in names:
+        try:  # (another writer's file may be renamed or linked away meanwhile)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass  # gone meanwhile: nothing to do

@@ -20,6 +20,7 @@ from fastflow.db.engine import Database
 from fastflow.db.models import FINAL_STATUSES, PipelineRun, RunStatus, utcnow
 from fastflow.errors import FastflowError, InvalidInput, RunNotFound, UnsafePath
 from fastflow.runs import files as logfiles
+from fastflow.runs import logsdir
 
 HOSTNAME = socket.gethostname()
 RUNNING_STATES = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
@@ -409,6 +410,7 @@ def sweep_dead(
     now = now or utcnow()
     host = PipelineRun.runner_host == HOSTNAME if this_host else PipelineRun.runner_host != HOSTNAME
     retired = 0
+    notes: list[bool] = []  # whether notes may be written: checked once, when first needed
     with db.session() as s:
         rows = s.scalars(
             select(PipelineRun).where(PipelineRun.status.in_(RUNNING_STATES), host)
@@ -425,7 +427,10 @@ def sweep_dead(
             run.status = RunStatus.FAILED.value
             run.finished_at = now
             run.failure_reason = "interrupted: the fastflow process that ran it is gone"
-            if run.log_file:
+            if run.log_file and not notes:
+                # nothing is written to a LOGS_DIR that is not this installation's
+                notes.append(logsdir.problem(db, logs_root, mark=False) is None)
+            if run.log_file and notes[0]:
                 run.log_size = _append_note(
                     logs_root,
                     run.log_file,
@@ -466,6 +471,8 @@ def fail_with_note(
 ) -> None:
     """End a run that could not be executed as FAILED, with the reason in its log (and,
     ``note=False`` when nothing may be written to ``LOGS_DIR``, only in its row)."""
+    # nothing is written to a LOGS_DIR that is not this installation's (``logsdir``)
+    note = note and logsdir.problem(db, logs_root, mark=False) is None
     with db.session() as s:
         run = s.get(PipelineRun, run_id)
         if run is None or run.status in FINAL_STATUSES:
