@@ -187,3 +187,51 @@ def test_a_link_in_the_logs_place_at_re_attach_truncates_nothing_outside(
     assert not _exists(client, cid)
     final = runs.get(db, run.id)
     assert final is not None and final.status == "FAILED"
+
+
+def test_container_runs_wait_while_logs_dir_is_away_and_are_re_attached_after(
+    docker_ctx: Context,
+    make_pipeline: MakePipeline,
+    client: docker.DockerClient,
+    docker_daemon: Daemon,
+) -> None:
+    """Found by an outside audit: re-attaching wrote the container's output into the
+    empty folder where the logs' volume should be (and its size into the row). While
+    LOGS_DIR is not this installation's, container runs are left running; once it is
+    back, they are re-attached and finished."""
+    from fastflow.orchestration.dispatcher import Dispatcher
+    from fastflow.runs import logsdir
+
+    make_pipeline("counter", COUNTER)
+    db, settings = docker_ctx.db, docker_ctx.settings
+    root = settings.logs_root
+    root.mkdir()
+    logsdir.adopt(db, root)
+    run = runs.create(db, "counter", "server", pid=0)
+    labels = {"fastflow.run_id": str(run.id), "fastflow.instance": instance_label(settings)}
+    short = ["python", "-c", "import time; print('n 0', flush=True); time.sleep(2)"]
+    cid = client.api.create_container(docker_daemon.image, short, labels=labels)["Id"]
+    client.api.start(cid)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a supervisor that is gone
+    runs.mark_running(db, run.id, pid=dead.pid, executor="docker")
+    runs.mark_container(db, run.id, container_id=cid)
+    away = root.with_name("logs.volume")
+    root.rename(away)
+    root.mkdir()
+    dispatcher = Dispatcher(docker_ctx)
+
+    dispatcher._adopt_containers()
+
+    row = runs.get(db, run.id)
+    assert row is not None and row.status == "RUNNING" and row.runner_pid == dead.pid
+    assert os.listdir(root) == []
+    root.rmdir()
+    away.rename(root)
+    dispatcher._adopt_containers()
+    wait_until(
+        lambda: (r := runs.get(db, run.id)) is not None and r.status == "SUCCESS",
+        60,
+        "the re-attached run to finish",
+    )
+    assert "n 0" in (root / "counter" / str(run.id) / "run.log").read_text()

@@ -386,12 +386,17 @@ def test_a_link_put_where_the_runs_folder_goes_gets_nothing_written_through_it(
 
 
 def test_run_files_are_written_through_descriptors(tmp_path: Path) -> None:
-    """``open_for_writing`` makes missing folders, truncates or appends, refuses links
-    and special files on the way (a FIFO without waiting), and leaks no descriptor."""
+    """``open_for_writing`` makes missing folders below LOGS_DIR (never LOGS_DIR itself: a
+    missing one may be a volume not mounted), truncates or appends, refuses links and
+    special files on the way (a FIFO without waiting), and leaks no descriptor."""
     from fastflow.errors import UnsafePath
     from fastflow.runs import files as logfiles
 
-    root = tmp_path / "logs"  # not there yet: made too
+    root = tmp_path / "logs"
+    with pytest.raises(FileNotFoundError):
+        logfiles.open_for_writing(root, "p/r/run.log", append=False)
+    assert not root.exists()
+    root.mkdir()
     fd = logfiles.open_for_writing(root, "p/r/run.log", append=False)
     with open(fd, "wb") as f:
         f.write(b"first\n")
@@ -473,14 +478,15 @@ def test_a_link_appearing_where_the_log_is_opened_fails_the_run_with_its_reason(
     make_pipeline("hello", "print('output that must stay in LOGS_DIR')\n")
     outside = tmp_path / "outside"
     outside.mkdir()
-    real_open = logfiles.open_for_writing
+    real_open = logfiles.open_for_writing_in
+    root = app.settings.logs_root
 
-    def link_then_open(root: Path, rel: str, **kw: Any) -> int:
+    def link_then_open(folder: logfiles.RunFolder, rel: str, **kw: Any) -> int:
         if rel.endswith("/run.log"):
             (root / rel).symlink_to(outside / "run.log")
-        return real_open(root, rel, **kw)
+        return real_open(folder, rel, **kw)
 
-    monkeypatch.setattr(logfiles, "open_for_writing", link_then_open)
+    monkeypatch.setattr(logfiles, "open_for_writing_in", link_then_open)
     result = run_pipeline(app.db, app.settings, "hello", "cli")
 
     assert result.status == RunStatus.FAILED and "symbolic link" in (result.failure_reason or "")

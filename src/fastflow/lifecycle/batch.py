@@ -161,6 +161,7 @@ def _finish(p: PassRun, results: list[Ready | None]) -> None:
         )
         p.reset_connection_failures()
     p.guard()
+    p.logs_dir_held()  # (after every run of the chunk was listed)
     _remove(p, ready)
 
 

@@ -36,7 +36,13 @@ from fastflow.context import Context
 from fastflow.db import cache as readcache
 from fastflow.db.models import utcnow
 from fastflow.environments import collector as env_collector
-from fastflow.errors import ArchiveError, ArchiveNotConfigured, FastflowError, PassLockLost
+from fastflow.errors import (
+    ArchiveError,
+    ArchiveNotConfigured,
+    FastflowError,
+    LogsDirUnavailable,
+    PassLockLost,
+)
 from fastflow.lifecycle import batch as batches
 from fastflow.lifecycle import disk, oversized, records, selection
 from fastflow.lifecycle.executor import PassRun, pipeline_policy
@@ -155,8 +161,12 @@ def run_pass(
                 p.record_failure(None, missing)
                 p.incomplete = True
             else:
-                resume(p)
-                _execute(ctx, p)
+                try:
+                    resume(p)
+                    _execute(ctx, p)
+                except LogsDirUnavailable as e:  # gone mid-pass: what is left waits
+                    p.record_failure(None, str(e))
+                    p.incomplete = True
             _write_manifest(p)
             records.resolve_settled(
                 ctx.db, summary.pass_id, complete=store is not None and not p.incomplete

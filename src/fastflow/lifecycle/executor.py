@@ -38,7 +38,14 @@ from fastflow.config import Settings
 from fastflow.context import Context
 from fastflow.db import cache as readcache
 from fastflow.db.models import ACTIVE_STATUSES, ArchivedRun, PipelineRun, utcnow
-from fastflow.errors import ArchiveError, FastflowError, FileChanged, PassLockLost, UnsafePath
+from fastflow.errors import (
+    ArchiveError,
+    FastflowError,
+    FileChanged,
+    LogsDirUnavailable,
+    PassLockLost,
+    UnsafePath,
+)
 from fastflow.lifecycle import deletion as reaper
 from fastflow.lifecycle import records
 from fastflow.lifecycle.deletion import Expected, FileIdentity
@@ -46,7 +53,7 @@ from fastflow.lifecycle.lock import PassLock
 from fastflow.lifecycle.policy import Action, ActionKind, Policy, RunRef, policy_for
 from fastflow.lifecycle.summary import Failure, PassSummary, Progress
 from fastflow.runs import files as logfiles
-from fastflow.runs import pins, pipelines
+from fastflow.runs import logsdir, pins, pipelines
 
 PAYLOAD = "payload.json"  # a webhook's request body, written next to the run's log
 CIRCUIT_BREAK_AFTER = 3  # consecutive connection-level failures: the server is down
@@ -199,6 +206,15 @@ class PassRun:
         """Raise ``PassLockLost`` unless the pass still holds its lock."""
         if self.lock is not None:
             self.lock.check()
+
+    def logs_dir_held(self) -> None:
+        """Raise ``LogsDirUnavailable`` when ``LOGS_DIR`` stopped being this installation's
+        since the pass began (a volume unmounted mid-pass): checked after a chunk's files
+        were listed and before its rows are deleted, so no run whose files only looked
+        gone loses its row."""
+        away = logsdir.problem(self.db, self.logs_root, mark=False)
+        if away is not None:
+            raise LogsDirUnavailable(away)
 
     def lock_lost(self) -> bool:
         try:

@@ -29,7 +29,7 @@ from fastflow.db.models import PipelineRun, RunStatus
 from fastflow.lifecycle import disk
 from fastflow.orchestration import queue
 from fastflow.orchestration.followup import Ended, follow_up
-from fastflow.runs import liveness, pipelines, runner
+from fastflow.runs import liveness, logsdir, pipelines, runner
 from fastflow.runs import store as runs
 
 log = logging.getLogger("fastflow.orchestration")
@@ -50,6 +50,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._limits: dict[str, tuple[float, int]] = {}
+        self._adopt_blocked: str | None = None  # why container runs wait (said once)
 
     # --- the API's view -----------------------------------------------------------------
 
@@ -179,7 +180,18 @@ class Dispatcher:
                 return runs.runner_alive(run)
             return liveness.is_alive(db, run.runner_host, run.runner_pid, run.runner_started)
 
-        for run in runs.orphaned_container_runs(db, alive):
+        orphans = runs.orphaned_container_runs(db, alive)
+        if not orphans:
+            return
+        away = logsdir.problem(db, self._ctx.settings.logs_root, mark=False)
+        if away is not None:  # their output would go where the volume should be:
+            # the containers go on, and are re-attached once LOGS_DIR is back
+            if away != self._adopt_blocked:  # (said once per reason)
+                log.warning("not re-attaching %d container runs yet: %s", len(orphans), away)
+            self._adopt_blocked = away
+            return
+        self._adopt_blocked = None
+        for run in orphans:
             with self._lock:
                 if run.id in self._active:
                     continue

@@ -186,15 +186,15 @@ class RunFolder:
     Use it in a ``with`` block (the descriptors are closed at its end)."""
 
     def __init__(self, logs_root: Path, rel_dir: str, *, create: bool = False) -> None:
-        """``create``: make the missing folders on the way (as ``mkdir -p``; each through
-        its parent's descriptor, so a link on the way is refused, never followed)."""
+        """``create``: make the missing folders on the way below ``LOGS_DIR`` (as
+        ``mkdir -p``; each through its parent's descriptor, so a link on the way is
+        refused, never followed). ``LOGS_DIR`` itself must exist."""
         self._names = parts(rel_dir, folder=True)
         self._fds: list[int] = []
         self.missing = False
         try:
-            if create:
-                Path(logs_root).mkdir(parents=True, exist_ok=True)
-            # (``LOGS_DIR`` itself may be a link: followed)
+            # (``LOGS_DIR`` itself may be a link: followed; never made here — see
+            # ``runs.logsdir``: a missing one may be a volume that is not mounted)
             self._fds.append(os.open(logs_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
             for name in self._names:
                 if create:
@@ -233,6 +233,13 @@ class RunFolder:
     def close(self) -> None:
         while self._fds:
             os.close(self._fds.pop())
+
+    @property
+    def root_fd(self) -> int:
+        """The descriptor of ``LOGS_DIR`` this folder was found from."""
+        if not self._fds:
+            raise FileNotFoundError(errno.ENOENT, "LOGS_DIR is gone")
+        return self._fds[0]
 
     @property
     def fd(self) -> int:
@@ -450,6 +457,19 @@ def open_for_writing(
             return folder.open_for_writing(
                 names[-1], append=append, exclusive=exclusive, readable=readable
             )
+    except OSError as e:
+        refused = _refused(rel, e)
+        if refused is not None:
+            raise refused from None
+        raise
+
+
+def open_for_writing_in(folder: RunFolder, rel: str, *, append: bool) -> int:
+    """``open_for_writing`` of the file ``rel`` in the run folder held open as ``folder``
+    (its last part is the file's name): the file is made where that folder is, whatever
+    happened to its path since it was opened."""
+    try:
+        return folder.open_for_writing(parts(rel)[-1], append=append)
     except OSError as e:
         refused = _refused(rel, e)
         if refused is not None:

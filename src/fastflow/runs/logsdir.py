@@ -10,9 +10,11 @@ too (``app_state``).
 Guarantee: once the database holds an id, no cleanup pass acts, no run starts and no
 note is written while ``LOGS_DIR`` — whatever its path — is missing, lacks a marker with
 that id, or has something else in the marker's place; ``problem`` says why. Only
-``adopt`` (``fastflow cleanup --adopt-logs-dir``) marks such a folder. Before the
+``adopt`` (``fastflow cleanup --adopt-logs-dir``) marks such a folder, with a new id
+(every folder marked before then fails the check). Before the
 database holds an id (a new installation, or one from before the marker), the folder is
-marked on first use — unless runs recorded logs while it is missing or empty.
+marked on first use — a run makes it when it is missing; a pass refuses it only while it
+is missing and runs recorded logs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import stat
 import time
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from fastflow.db.engine import Database
@@ -54,7 +56,7 @@ def problem(
     or None when it is. ``mark``: a folder not marked yet is marked now, while the
     database holds no id (with ``mark=False`` — a dry run, a note — nothing is written
     and such a folder passes). ``create``: such a folder, missing, is made and marked
-    when no run recorded a log (the runner's case). A folder that cannot be read or
+    (the runner's case; a pass refuses it while runs recorded logs). A folder that cannot be read or
     marked (permissions, a full or read-only disk) is a problem too."""
     root = str(logs_root)
     try:
@@ -76,21 +78,18 @@ def _problem(db: Database, root: str, *, mark: bool, create: bool) -> str | None
             "an id); remove what is there and restore the marker, or " + ADOPT_HINT
         )
     if state == "missing-dir":
-        if stored is None and not _runs_recorded_logs(db):
-            if create and mark:  # a new installation: its first run makes LOGS_DIR
+        if stored is None and create:  # never marked: a run makes LOGS_DIR, as always
+            if mark:
                 os.makedirs(root, exist_ok=True)
                 _adopt_found(db, root, None)
             return None
+        if stored is None and not _runs_recorded_logs(db):
+            return None  # a new installation: nothing to do until its first run
         return (
             f"LOGS_DIR ({root}) does not exist (or cannot be reached) while runs record "
             "logs in it: mount its volume (or fix LOGS_DIR); " + ADOPT_HINT
         )
     if stored is None:  # a new installation, or one from before the marker
-        if found is None and _is_empty(root) and _runs_recorded_logs(db):
-            return (
-                f"LOGS_DIR ({root}) is empty while runs record logs in it: mount its volume "
-                "(or fix LOGS_DIR); " + ADOPT_HINT
-            )
         if mark:
             _adopt_found(db, root, found)
         return None
@@ -107,19 +106,43 @@ def _problem(db: Database, root: str, *, mark: bool, create: bool) -> str | None
 
 
 def adopt(db: Database, logs_root: Path) -> str:
-    """Mark ``logs_root`` (made if missing) as this installation's ``LOGS_DIR``, replacing
-    any marker there; returns the id. Runs whose files are not in it then count as gone.
-    The marker is written before the id is stored (as on first use), and written again
-    with the stored id when another process stored one first: adopters running at once
-    end with one id. (A check made in between may refuse once.)"""
+    """Mark ``logs_root`` (made if missing) as this installation's ``LOGS_DIR`` with a new
+    id, replacing any marker there; returns the id. Runs whose files are not in it then
+    count as gone, and every folder marked before (e.g. the one under a volume's mount
+    point) no longer passes. The marker is written before the id is stored; adopters
+    running at once end with the id stored last-but-won (a compare-and-swap), each
+    writing that one (a check made in between may refuse once)."""
     root = str(logs_root)
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise NotADirectoryError(errno.ENOTDIR, f"{root} is not a folder")
     os.makedirs(root, exist_ok=True)
-    marker_id = _stored_id(db) or _new_id()
+    before = _stored_id(db)
+    marker_id = _new_id()
     _write_marker(root, marker_id, replace=True)
-    stored = _store_id(db, marker_id)
-    if stored != marker_id:
+    stored = _swap_id(db, before, marker_id)
+    if stored != marker_id:  # another adopter (or first use) settled the id first
         _write_marker(root, stored, replace=True)
     return stored
+
+
+def confirmed_at(db: Database, dir_fd: int, root: Path) -> str | None:
+    """Why the folder open as ``dir_fd`` (``LOGS_DIR``, as a run holds it) is not this
+    installation's, or None: its marker must carry the stored id (no id stored: None).
+    Checked through the descriptor, so a volume unmounted (or a folder swapped) after
+    ``problem`` cannot make a run write where it looked."""
+    stored = _stored_id(db)
+    if stored is None:
+        return None
+    try:
+        found = _read_marker_at(dir_fd)[0]
+    except OSError as e:
+        found = None
+        why = e.strerror or str(e)
+    else:
+        why = f"its {MARKER_NAME} is missing or names another installation"
+    if found == stored:
+        return None
+    return f"LOGS_DIR ({root}) changed while the run started: {why}; " + ADOPT_HINT
 
 
 def _new_id() -> str:
@@ -153,9 +176,18 @@ def _store_id(db: Database, marker_id: str) -> str:
     return _stored_id(db) or marker_id
 
 
-def _is_empty(root: str) -> bool:
-    with os.scandir(root) as entries:
-        return next(entries, None) is None
+def _swap_id(db: Database, before: str | None, marker_id: str) -> str:
+    """Replace the stored id ``before`` (None: no row) with ``marker_id``, unless another
+    process changed it meanwhile; the stored id afterwards."""
+    if before is None:
+        return _store_id(db, marker_id)
+    with db.session() as s:
+        s.execute(
+            update(AppState)
+            .where(AppState.key == STATE_KEY, AppState.value == before)
+            .values(value=marker_id, updated_at=utcnow())
+        )
+    return _stored_id(db) or marker_id
 
 
 def _runs_recorded_logs(db: Database) -> bool:
@@ -183,25 +215,28 @@ def _read_marker(root: str) -> tuple[str | None, str]:
             return None, "missing-dir"
         raise
     try:
-        try:
-            fd = os.open(
-                MARKER_NAME,
-                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                dir_fd=dir_fd,
-            )
-        except FileNotFoundError:
-            return None, "ok"
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-                return None, "refused"
-            raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            return None, "refused"
-        with open(fd, "rb") as f:
-            first = f.read(256).split(b"\n", 1)[0].strip()
+        return _read_marker_at(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _read_marker_at(dir_fd: int) -> tuple[str | None, str]:
+    """``_read_marker`` of the folder open as ``dir_fd``: "ok" or "refused"."""
+    try:
+        fd = os.open(
+            MARKER_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+    except FileNotFoundError:
+        return None, "ok"
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            return None, "refused"
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None, "refused"
+    with open(fd, "rb") as f:
+        first = f.read(256).split(b"\n", 1)[0].strip()
     text = first.decode("ascii", "replace")
     if len(text) != _ID_LENGTH or any(c not in "0123456789abcdef" for c in text):
         return None, "refused"

@@ -150,11 +150,11 @@ class _GuardedText:
 
 @contextmanager
 def _guarded_open(
-    logs_root: Path, rel: str, guard: _SpaceGuard, **kwargs: object
+    folder: logfiles.RunFolder, rel: str, guard: _SpaceGuard, **kwargs: object
 ) -> Iterator[TextIO]:
-    """The run file ``rel`` created (or emptied) for writing, through descriptors from
-    ``LOGS_DIR`` (``runs.files.open_for_writing``: no link followed)."""
-    fd = logfiles.open_for_writing(logs_root, rel, append=False)
+    """The run file ``rel`` created (or emptied) for writing in the run's folder, held
+    open since it was made (``runs.files.open_for_writing_in``: no link followed)."""
+    fd = logfiles.open_for_writing_in(folder, rel, append=False)
     try:
         raw = open(fd, "w", encoding="utf-8", newline="", **kwargs)  # type: ignore[call-overload]  # noqa: SIM115
     except BaseException:
@@ -439,22 +439,40 @@ def execute(
     except UnsafePath as e:  # a link where the run's folder goes: written nowhere
         log_path, metrics_path = logs_root / log_rel, logs_root / metrics_rel
         cannot = f"cannot create the run's log: {e}"
+    folder: logfiles.RunFolder | None = None
     if cannot is None:
         try:
-            # each folder made through its parent's descriptor: no link followed
-            logfiles.RunFolder(
+            # each folder made through its parent's descriptor: no link followed; held
+            # open until the log and metrics are made in it
+            folder = logfiles.RunFolder(
                 logs_root, logfiles.run_dir_rel(pipeline.name, str(run_id)), create=True
-            ).close()
+            )
         except UnsafePath as e:  # a link where the run's folder goes: written nowhere
             cannot = f"cannot create the run's log: {e}"
         except OSError as e:
             guard.trip(e)
             cannot = guard.reason(logs_root)
+    if folder is not None and folder.missing:  # LOGS_DIR went away since the check
+        folder, home = None, f"LOGS_DIR ({logs_root}) went away while the run started"
+    if folder is not None:
+        # the folder was made in the LOGS_DIR it was found from: that one must carry the
+        # marker (a volume unmounted since the check above leaves another folder there)
+        home = logsdir.confirmed_at(db, folder.root_fd, logs_root)
+        if home is not None:
+            folder.remove_if_empty()
+            folder.close()
+            folder = None
+    if home is not None:  # nothing written there
+        runs.fail_with_note(db, logs_root, run_id, home, note=False)
+        return RunResult(
+            run_id, pipeline.name, RunStatus.FAILED, None, log_path, metrics_path, home
+        )
     if cannot is not None:  # ends FAILED before it starts, instead of a half-written log
         runs.fail_with_note(db, logs_root, run_id, cannot)
         return RunResult(
             run_id, pipeline.name, RunStatus.FAILED, None, log_path, metrics_path, cannot
         )
+    assert folder is not None
     executor = pipeline.config.executor or settings.executor
     runs.mark_running(db, run_id, pid=os.getpid(), executor=executor)
     status, exit_code = RunStatus.FAILED, None
@@ -462,10 +480,11 @@ def execute(
     stop = _Either(cancel, guard.full) if cancel is not None else guard.full
     with ExitStack() as files:
         try:
-            log_out = files.enter_context(
-                _guarded_open(logs_root, log_rel, guard, buffering=1 << 20)
-            )
-            metrics_out = files.enter_context(_guarded_open(logs_root, metrics_rel, guard))
+            with folder:
+                log_out = files.enter_context(
+                    _guarded_open(folder, log_rel, guard, buffering=1 << 20)
+                )
+                metrics_out = files.enter_context(_guarded_open(folder, metrics_rel, guard))
         except UnsafePath as e:  # a link put there since the folder was made
             files.close()
             why = f"cannot create the run's log: {e}"
