@@ -229,3 +229,27 @@ def test_progress_is_shown_on_a_terminal(s3: S3Env, ff_env: dict[str, str]) -> N
     os.close(main)
     assert b"rebuild-index: " in seen and b"manifests" in seen and b"\r\x1b[K" in seen
     assert b"6 entries created" in seen
+
+
+def test_while_logs_dir_is_away_rebuilt_entries_stay_pending(
+    s3: S3Env, ff_env: dict[str, str], cli: Cli
+) -> None:
+    """Found by an outside audit: with the logs' volume unmounted, every rebuilt entry
+    counted as deleted locally (its files looked gone), so the logs on the volume would
+    never be settled by a pass. The entries now stay pending, and the report says why."""
+    ctx = _ctx(s3)
+    _archive_in_three_passes(ctx)
+    with ctx.db.session() as s:
+        s.execute(delete(ArchivedRun))
+        s.execute(delete(ArchiveManifest))
+    root = ctx.settings.logs_root
+    root.rename(root.with_name("logs.volume"))
+    root.mkdir()
+
+    res = cli("archive", "rebuild-index", "--json", env=s3.env())
+
+    report = json.loads(res.stdout)
+    assert report["entries_created"] == 6 and not report["ok"] and res.returncode != 0
+    assert any(".fastflow-logs-dir" in p for p in report["problems"])
+    assert all(e.local_deleted_at is None for e in _ledger(ctx).values())
+    ctx.db.dispose()

@@ -15,7 +15,9 @@ Guarantees:
   what it is, and ``archive verify`` judges it);
 - rebuilt entries whose local files are gone count as deleted locally; those with local
   files stay pending, and the next cleanup pass verifies their objects before it deletes
-  anything (as after a crash);
+  anything (as after a crash); while ``LOGS_DIR`` is not this installation's
+  (``runs.logsdir``: an unmounted volume) every entry stays pending, and that is
+  reported;
 - read-only towards the bucket; memory bounded by the list of manifest keys and one batch
   of lines.
 """
@@ -36,6 +38,7 @@ from fastflow.archive import s3 as archive
 from fastflow.context import Context
 from fastflow.db.models import ArchiveManifest, utcnow
 from fastflow.runs import files as logfiles
+from fastflow.runs import logsdir
 
 TAIL_BYTES = 4096  # the chain line is short; read only the end of each manifest for it
 MAX_PROBLEMS = 100
@@ -82,7 +85,11 @@ def rebuild(ctx: Context, progress: Callable[[RebuildReport], None] | None = Non
     ordered = chain_order(listed, report)
     order = {m.key: i for i, m in enumerate(ordered)}
     known = manifests.recorded_keys(ctx.db)
-    local = _LocalFiles(ctx)
+    local: Callable[[str, uuid.UUID], bool] = _LocalFiles(ctx)
+    away = logsdir.problem(ctx.db, ctx.settings.logs_root, mark=False)
+    if away is not None:  # an unmounted volume: local files cannot be told gone
+        report.problem(f"{away}; every rebuilt entry is left pending local deletion")
+        local = _pending
     created_at: datetime | None = None
     for m in ordered:
 
@@ -237,6 +244,12 @@ def _rows(
         row[f"{which}_original_size"] = line.get("original_size")
         row[f"{which}_original_sha256"] = line.get("original_sha256")
     return list(rows.values())
+
+
+def _pending(pipeline: str, rid: uuid.UUID) -> bool:
+    """Every run counts as having local files: the next pass settles each entry (it
+    verifies the objects, then deletes what it finds locally)."""
+    return True
 
 
 class _LocalFiles:
