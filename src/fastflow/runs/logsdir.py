@@ -100,8 +100,10 @@ def _problem(db: Database, root: str, *, mark: bool, create: bool) -> str | None
             "its volume (or fix LOGS_DIR); " + ADOPT_HINT
         )
     return (
-        f"LOGS_DIR ({root}) holds another installation's logs: its {MARKER_NAME} names "
-        f"{found}, this database {stored}; fix LOGS_DIR or DATABASE_URL, or " + ADOPT_HINT
+        f"LOGS_DIR ({root}) is not this installation's current folder: its {MARKER_NAME} "
+        f"names {found}, this database {stored} (another installation's logs, or a folder "
+        "marked before the last --adopt-logs-dir, e.g. one under a mount point); mount "
+        "its volume (or fix LOGS_DIR or DATABASE_URL), or " + ADOPT_HINT
     )
 
 
