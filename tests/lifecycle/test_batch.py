@@ -147,11 +147,13 @@ def test_the_ledger_is_committed_before_any_file_is_deleted(
     seen: list[tuple[uuid.UUID, bool]] = []
     real = reaper.delete_files
 
-    def watch(logs_root: Any, log_file: Any, metrics_file: Any, expect: Any = None) -> Any:
+    def watch(
+        logs_root: Any, log_file: Any, metrics_file: Any, expect: Any = None, **kw: Any
+    ) -> Any:
         rid = uuid.UUID(str(log_file).split("/")[-2])
         # another connection: only committed ledger rows are visible to it
         seen.append((rid, rid in ledger(ctx)))
-        return real(logs_root, log_file, metrics_file, expect)
+        return real(logs_root, log_file, metrics_file, expect, **kw)
 
     monkeypatch.setattr(reaper, "delete_files", watch)
     batches._finish(p, ready)

@@ -161,7 +161,6 @@ def _finish(p: PassRun, results: list[Ready | None]) -> None:
         )
         p.reset_connection_failures()
     p.guard()
-    p.logs_dir_held()  # (after every run of the chunk was listed)
     _remove(p, ready)
 
 
@@ -174,7 +173,8 @@ def _remove(p: PassRun, ready: list[Ready]) -> None:
     refused: list[Ready] = []
     gone = 0
     ids = [r.action.run.id for r in ready]
-    with p.db.session() as s:
+    # LOGS_DIR held and its marker confirmed after every run of the chunk was listed
+    with p.held_logs_dir() as root_fd, p.db.session() as s:
         pinned = lock_pinned(s, ids)
         for r in ready:
             run = r.action.run
@@ -183,7 +183,11 @@ def _remove(p: PassRun, ready: list[Ready]) -> None:
                 continue
             try:
                 removed = reaper.delete_files(
-                    p.logs_root, run.log_file, run.metrics_file, p.checked(r.expect)
+                    p.logs_root,
+                    run.log_file,
+                    run.metrics_file,
+                    p.checked(r.expect),
+                    root_fd=root_fd,
                 )
             except (ArchiveError, UnsafePath, OSError) as e:  # FileChanged, I/O errors
                 failed.append((r, e))

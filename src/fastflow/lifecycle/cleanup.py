@@ -164,6 +164,7 @@ def run_pass(
                 try:
                     resume(p)
                     _execute(ctx, p)
+                    p.logs_dir_held()  # (truncations skip a log gone with the volume)
                 except LogsDirUnavailable as e:  # gone mid-pass: what is left waits
                     p.record_failure(None, str(e))
                     p.incomplete = True

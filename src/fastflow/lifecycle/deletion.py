@@ -65,8 +65,11 @@ def delete_files(
     log_file: str | None,
     metrics_file: str | None,
     expect: Expected | None = None,
+    *,
+    root_fd: int | None = None,
 ) -> Removed:
-    """Delete the run's log and metrics files and its then-empty folders.
+    """Delete the run's log and metrics files and its then-empty folders (found from the
+    open ``LOGS_DIR`` ``root_fd`` when given, see ``RunFolder``).
 
     With ``expect`` (S3 on), every file is first checked against its verified identity;
     if one differs, or one exists that ``expect`` does not name (it was not there when
@@ -88,7 +91,9 @@ def delete_files(
             names = logfiles.parts(rel)
             folder_rel = "/".join(names[:-1])
             if folder_rel not in folders:
-                folders[folder_rel] = stack.enter_context(RunFolder(logs_root, folder_rel))
+                folders[folder_rel] = stack.enter_context(
+                    RunFolder(logs_root, folder_rel, root_fd=root_fd)
+                )
             targets.append((folders[folder_rel], names[-1], attr))
         for folder, name, attr in targets:
             _check_unchanged(folder, name, expect.get(attr), strict)

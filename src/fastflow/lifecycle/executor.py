@@ -25,6 +25,8 @@ import hashlib
 import os
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -216,6 +218,27 @@ class PassRun:
         if away is not None:
             raise LogsDirUnavailable(away)
 
+    @contextmanager
+    def held_logs_dir(self) -> Iterator[int | None]:
+        """``LOGS_DIR`` held open for a batch of deletions, its marker confirmed through
+        that descriptor (``LogsDirUnavailable`` otherwise): a volume unmounted after this
+        check cannot make the files it held look gone — they are found, and deleted,
+        where they are. None when ``LOGS_DIR`` is missing and that is no problem (a new
+        installation: nothing to delete)."""
+        try:
+            fd = os.open(self.logs_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            self.logs_dir_held()  # raises unless nothing is expected there
+            yield None
+            return
+        try:
+            away = logsdir.confirmed_at(self.db, fd, self.logs_root, "during the pass")
+            if away is not None:
+                raise LogsDirUnavailable(away)
+            yield fd
+        finally:
+            os.close(fd)
+
     def lock_lost(self) -> bool:
         try:
             self.guard()
@@ -380,7 +403,7 @@ class PassRun:
             self.guard()
             if self.remove(run.id, run.log_file, run.metrics_file, expect, action.kind, archived):
                 self.remove_payload(payload)
-        except PassLockLost:
+        except (PassLockLost, LogsDirUnavailable):  # the pass stops
             raise
         except Exception as e:
             self.fail_from(run, e)
@@ -427,13 +450,13 @@ class PassRun:
         now = utcnow()
         dropped = gone = False
         removed = reaper.Removed()
-        with self.db.session() as s:
+        with self.held_logs_dir() as root_fd, self.db.session() as s:
             if lock_pinned(s, [run_id]):
                 refused = True
             else:
                 refused = False
                 removed = reaper.delete_files(
-                    self.logs_root, log_file, metrics_file, self.checked(expect)
+                    self.logs_root, log_file, metrics_file, self.checked(expect), root_fd=root_fd
                 )
                 if kind == ActionKind.ARCHIVE_AND_DROP_FILES:
                     s.execute(

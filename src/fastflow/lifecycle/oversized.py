@@ -21,7 +21,7 @@ from sqlalchemy import update
 
 from fastflow.archive import ledger
 from fastflow.db.models import TRUNCATION_REASON, PipelineRun, utcnow
-from fastflow.errors import ArchiveError, FileChanged, PassLockLost, UnsafePath
+from fastflow.errors import ArchiveError, FileChanged, LogsDirUnavailable, PassLockLost, UnsafePath
 from fastflow.lifecycle.executor import PassRun, grew_from, identify
 from fastflow.lifecycle.policy import Action, RunRef, fallback
 from fastflow.lifecycle.truncate import TruncateResult, truncate_log
@@ -63,7 +63,7 @@ def truncate(p: PassRun, action: Action, limit: int) -> None:
         return
     except FileNotFoundError:
         return  # nothing left to truncate
-    except PassLockLost:
+    except (PassLockLost, LogsDirUnavailable):  # the pass stops
         raise
     except ArchiveError as e:
         p.record_failure(run, e)

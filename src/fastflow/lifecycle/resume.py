@@ -20,7 +20,13 @@ from pathlib import Path
 
 from fastflow.archive import ledger
 from fastflow.db.models import ArchivedRun, PipelineRun
-from fastflow.errors import ArchiveError, FileChanged, ObjectMissing, PassLockLost
+from fastflow.errors import (
+    ArchiveError,
+    FileChanged,
+    LogsDirUnavailable,
+    ObjectMissing,
+    PassLockLost,
+)
 from fastflow.lifecycle.deletion import Expected, FileIdentity
 from fastflow.lifecycle.executor import WHICH, PassRun, grew_from, identify
 from fastflow.lifecycle.policy import RunRef
@@ -91,7 +97,7 @@ def resume_one(p: PassRun, entry: ArchivedRun) -> None:
         p.remove(entry.run_id, ref.log_file, ref.metrics_file, expect, entry.reason, True)
         if entry.reason != "archive_and_drop_files":
             p.remove_payload(payload)
-    except PassLockLost:
+    except (PassLockLost, LogsDirUnavailable):  # the pass stops
         raise
     except Exception as e:
         p.fail_from(ref, e)

@@ -185,17 +185,24 @@ class RunFolder:
     path would follow such a link). ``missing`` when the folder is gone: nothing to do.
     Use it in a ``with`` block (the descriptors are closed at its end)."""
 
-    def __init__(self, logs_root: Path, rel_dir: str, *, create: bool = False) -> None:
+    def __init__(
+        self, logs_root: Path, rel_dir: str, *, create: bool = False, root_fd: int | None = None
+    ) -> None:
         """``create``: make the missing folders on the way below ``LOGS_DIR`` (as
         ``mkdir -p``; each through its parent's descriptor, so a link on the way is
-        refused, never followed). ``LOGS_DIR`` itself must exist."""
+        refused, never followed). ``LOGS_DIR`` itself must exist. ``root_fd``: walk from
+        that open ``LOGS_DIR`` (a pass's, whose marker it confirmed) instead of its path."""
         self._names = parts(rel_dir, folder=True)
         self._fds: list[int] = []
         self.missing = False
         try:
             # (``LOGS_DIR`` itself may be a link: followed; never made here — see
             # ``runs.logsdir``: a missing one may be a volume that is not mounted)
-            self._fds.append(os.open(logs_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            self._fds.append(
+                os.dup(root_fd)
+                if root_fd is not None
+                else os.open(logs_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            )
             for name in self._names:
                 if create:
                     try:

@@ -127,7 +127,9 @@ def adopt(db: Database, logs_root: Path) -> str:
     return stored
 
 
-def confirmed_at(db: Database, dir_fd: int, root: Path) -> str | None:
+def confirmed_at(
+    db: Database, dir_fd: int, root: Path, when: str = "while the run started"
+) -> str | None:
     """Why the folder open as ``dir_fd`` (``LOGS_DIR``, as a run holds it) is not this
     installation's, or None: its marker must carry the stored id (no id stored: None).
     Checked through the descriptor, so a volume unmounted (or a folder swapped) after
@@ -144,7 +146,7 @@ def confirmed_at(db: Database, dir_fd: int, root: Path) -> str | None:
         why = f"its {MARKER_NAME} is missing or names another installation"
     if found == stored:
         return None
-    return f"LOGS_DIR ({root}) changed while the run started: {why}; " + ADOPT_HINT
+    return f"LOGS_DIR ({root}) changed {when}: {why}; " + ADOPT_HINT
 
 
 def _new_id() -> str:

@@ -547,9 +547,12 @@ def execute(
                     isolation.remove_workdir(workdir)
         _close(log_out)
         _close(metrics_out)
+        size = _size_of(log_out)  # the file written, wherever its path now leads
     if guard.full.is_set():  # the log is incomplete: the run failed for lack of space
         status, reason = RunStatus.FAILED, guard.reason(logs_root)
-    runs.finish(db, run_id, status, exit_code, logfiles.size_below(logs_root, log_rel), reason)
+    if size is None:
+        size = logfiles.size_below(logs_root, log_rel)
+    runs.finish(db, run_id, status, exit_code, size, reason)
     return RunResult(run_id, pipeline.name, status, exit_code, log_path, metrics_path, reason)
 
 
@@ -631,6 +634,14 @@ def _run_process(
     for what in sorted(sampler.soft_exceeded):
         capture.write_note(f"warning: the soft {what} limit was exceeded (the run went on)")
     return _final_status(ended, pipeline, capture)
+
+
+def _size_of(f: TextIO) -> int | None:
+    """The size of the open file ``f`` (flushed by ``_close``), or None."""
+    try:
+        return os.fstat(f.fileno()).st_size
+    except (OSError, ValueError):
+        return None
 
 
 def _close(f: object) -> None:
