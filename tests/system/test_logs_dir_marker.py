@@ -8,6 +8,7 @@ the empty folder, hidden once the volume was mounted again."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -639,3 +640,64 @@ def test_a_runs_log_size_is_measured_through_its_open_file(
     row = run_row(ctx, result.run_id)
     log = away / "hello" / str(result.run_id) / "run.log"
     assert row is not None and row.log_size == log.stat().st_size > 100
+
+
+def test_a_pipeline_folder_removed_while_the_run_makes_it_is_made_again(
+    ctx: Context, make_pipeline: MakePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: a pass removing a pipeline's emptied folder just as a run of it
+    made its own folder failed the run ("LOGS_DIR went away") and leaked descriptors;
+    before the held folder, the run made the folder again. It does again now."""
+    make_pipeline("hello")
+    assert run_pipeline(ctx.db, ctx.settings, "hello", "cli").status == RunStatus.SUCCESS
+    real_mkdir = os.mkdir
+    raced: list[str] = []
+
+    def mkdir_then_removed(path: Any, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        if path == "hello2" and not raced:  # the pass removes it at that very instant
+            raced.append(path)
+            os.rmdir(path, dir_fd=dir_fd)
+
+    make_pipeline("hello2")
+    fds = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "mkdir", mkdir_then_removed)
+    result = run_pipeline(ctx.db, ctx.settings, "hello2", "cli")
+    monkeypatch.undo()
+
+    assert raced and result.status == RunStatus.SUCCESS, result.failure_reason
+    assert len(os.listdir("/proc/self/fd")) <= fds + 1
+
+
+@pytest.mark.parametrize("refused", ["link", "folder sync"])
+def test_marking_works_without_hard_links_or_folder_sync(
+    ctx: Context, make_pipeline: MakePipeline, monkeypatch: pytest.MonkeyPatch, refused: str
+) -> None:
+    """Found by a review: filesystems without hard links (SMB, some FUSE mounts) refused
+    the marker's first write, and some refuse to sync a folder — every run then failed.
+    The marker is then created in place (exclusive create, written, synced)."""
+    import stat as stat_module
+
+    make_pipeline("hello")
+    if refused == "link":
+
+        def no_link(*a: Any, **kw: Any) -> None:
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    else:
+        real_fsync = os.fsync
+
+        def no_folder_sync(fd: int) -> None:
+            if stat_module.S_ISDIR(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "Invalid argument")
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", no_folder_sync)
+
+    result = run_pipeline(ctx.db, ctx.settings, "hello", "cli")
+
+    root = ctx.settings.logs_root
+    assert result.status == RunStatus.SUCCESS, result.failure_reason
+    assert _marker(root) == _stored(ctx)
+    assert [n for n in os.listdir(root) if n.endswith(".tmp")] == []

@@ -242,6 +242,11 @@ class RunFolder:
             os.close(self._fds.pop())
 
     @property
+    def root_open(self) -> bool:
+        """Whether ``LOGS_DIR`` itself was opened (``missing`` then means a folder below)."""
+        return bool(self._fds)
+
+    @property
     def root_fd(self) -> int:
         """The descriptor of ``LOGS_DIR`` this folder was found from."""
         if not self._fds:

@@ -19,6 +19,7 @@ is missing and runs recorded logs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -273,7 +274,7 @@ def _write_marker(root: str, marker_id: str, *, replace: bool) -> str:
                 ) from None
         else:
             try:
-                os.link(tmp, MARKER_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                _link_or_create(tmp, marker_id, dir_fd)
             except FileExistsError:
                 theirs = _read_marker(root)[0]
                 if theirs is None:
@@ -282,7 +283,8 @@ def _write_marker(root: str, marker_id: str, *, replace: bool) -> str:
                     ) from None
                 marker_id = theirs
             os.unlink(tmp, dir_fd=dir_fd)
-        os.fsync(dir_fd)
+        with contextlib.suppress(OSError):  # (some filesystems refuse to sync a folder)
+            os.fsync(dir_fd)
         _remove_stale_temp_files(dir_fd)
         return marker_id
     except BaseException:
@@ -293,6 +295,31 @@ def _write_marker(root: str, marker_id: str, *, replace: bool) -> str:
         raise
     finally:
         os.close(dir_fd)
+
+
+def _link_or_create(tmp: str, marker_id: str, dir_fd: int) -> None:
+    """Put the marker in place unless one is there (``FileExistsError``): a hard link of
+    the written temporary file (whole at once); on a filesystem without hard links (SMB,
+    some FUSE mounts), an exclusive create written and synced in place."""
+    try:
+        os.link(tmp, MARKER_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return
+    except OSError as e:
+        if e.errno not in _NO_LINKS:
+            raise
+    fd = os.open(
+        MARKER_NAME,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o644,
+        dir_fd=dir_fd,
+    )
+    with open(fd, "wb") as f:
+        f.write(f"{marker_id}\n{_NOTE}".encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+_NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV)
 
 
 def _remove_stale_temp_files(dir_fd: int) -> None:

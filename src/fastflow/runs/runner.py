@@ -442,22 +442,22 @@ def execute(
     folder: logfiles.RunFolder | None = None
     if cannot is None:
         try:
-            # each folder made through its parent's descriptor: no link followed; held
-            # open until the log and metrics are made in it
-            folder = logfiles.RunFolder(
-                logs_root, logfiles.run_dir_rel(pipeline.name, str(run_id)), create=True
-            )
+            folder = _make_run_folder(logs_root, pipeline.name, run_id)
         except UnsafePath as e:  # a link where the run's folder goes: written nowhere
             cannot = f"cannot create the run's log: {e}"
         except OSError as e:
             guard.trip(e)
             cannot = guard.reason(logs_root)
-    if folder is not None and folder.missing:  # LOGS_DIR went away since the check
-        folder, home = None, f"LOGS_DIR ({logs_root}) went away while the run started"
+    if folder is None and cannot is None:  # LOGS_DIR went away since the check
+        home = f"LOGS_DIR ({logs_root}) went away while the run started"
     if folder is not None:
         # the folder was made in the LOGS_DIR it was found from: that one must carry the
         # marker (a volume unmounted since the check above leaves another folder there)
-        home = logsdir.confirmed_at(db, folder.root_fd, logs_root)
+        try:
+            home = logsdir.confirmed_at(db, folder.root_fd, logs_root)
+        except BaseException:
+            folder.close()
+            raise
         if home is not None:
             folder.remove_if_empty()
             folder.close()
@@ -474,7 +474,11 @@ def execute(
         )
     assert folder is not None
     executor = pipeline.config.executor or settings.executor
-    runs.mark_running(db, run_id, pid=os.getpid(), executor=executor)
+    try:
+        runs.mark_running(db, run_id, pid=os.getpid(), executor=executor)
+    except BaseException:
+        folder.close()
+        raise
     status, exit_code = RunStatus.FAILED, None
     reason: str | None = None
     stop = _Either(cancel, guard.full) if cancel is not None else guard.full
@@ -634,6 +638,25 @@ def _run_process(
     for what in sorted(sampler.soft_exceeded):
         capture.write_note(f"warning: the soft {what} limit was exceeded (the run went on)")
     return _final_status(ended, pipeline, capture)
+
+
+def _make_run_folder(
+    logs_root: Path, pipeline_name: str, run_id: uuid.UUID, attempts: int = 3
+) -> logfiles.RunFolder | None:
+    """The run's folder, made (each part through its parent's descriptor: no link
+    followed) and held open until the log and metrics are made in it; None when
+    ``LOGS_DIR`` itself is gone. A part removed while it was made (a pass removing a
+    pipeline's emptied folder at that instant) is made again."""
+    rel = logfiles.run_dir_rel(pipeline_name, str(run_id))
+    for _ in range(attempts):
+        folder = logfiles.RunFolder(logs_root, rel, create=True)
+        if not folder.missing:
+            return folder
+        root_opened = folder.root_open
+        folder.close()
+        if not root_opened:
+            return None
+    return None
 
 
 def _size_of(f: TextIO) -> int | None:
