@@ -255,16 +255,7 @@ def _write_marker(root: str, marker_id: str, *, replace: bool) -> str:
     dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     tmp = f"{_TEMP_PREFIX}{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
     try:
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o644,
-            dir_fd=dir_fd,
-        )
-        with open(fd, "wb") as f:
-            f.write(f"{marker_id}\n{_NOTE}".encode())
-            f.flush()
-            os.fsync(f.fileno())
+        _create_synced(tmp, marker_id, dir_fd)
         if replace:
             try:
                 os.rename(tmp, MARKER_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -307,8 +298,14 @@ def _link_or_create(tmp: str, marker_id: str, dir_fd: int) -> None:
     except OSError as e:
         if e.errno not in _NO_LINKS:
             raise
+    _create_synced(MARKER_NAME, marker_id, dir_fd)
+
+
+def _create_synced(name: str, marker_id: str, dir_fd: int) -> None:
+    """Create ``name`` (it must not exist; no link followed) in the folder ``dir_fd``
+    with the marker's text, synced to disk."""
     fd = os.open(
-        MARKER_NAME,
+        name,
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
         0o644,
         dir_fd=dir_fd,
