@@ -211,9 +211,9 @@ class PassRun:
 
     def logs_dir_held(self) -> None:
         """Raise ``LogsDirUnavailable`` when ``LOGS_DIR`` stopped being this installation's
-        since the pass began (a volume unmounted mid-pass): checked after a chunk's files
-        were listed and before its rows are deleted, so no run whose files only looked
-        gone loses its row."""
+        since the pass began (a volume unmounted mid-pass), checked by path: at the end of
+        a pass (truncations skip a log gone with the volume), and by ``held_logs_dir``
+        when ``LOGS_DIR`` cannot be opened."""
         away = logsdir.problem(self.db, self.logs_root, mark=False)
         if away is not None:
             raise LogsDirUnavailable(away)
