@@ -88,6 +88,48 @@ def test_postgres_concurrent_startups_migrate_once(pg_url: str) -> None:
     assert errors == []
 
 
+def test_sqlite_concurrent_first_startups_migrate_once(tmp_path: Path) -> None:
+    """Four processes opening a new SQLite database at once all start (before, the
+    driver's per-statement commits let them race: "table ... already exists")."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path}/ff.db"
+    code = (
+        "from fastflow.config import load_settings\n"
+        "from fastflow.db.engine import Database\n"
+        "import alembic.command, sys\n"
+        f"db = Database(load_settings(_env_file=None, database_url={url!r}))\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"  # the start signal: all four migrate at the same moment
+        "db.migrate()\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = [(p.wait(timeout=120), p.communicate()[0]) for p in procs]
+    assert [rc for rc, _ in results] == [0, 0, 0, 0], results
+    db = Database(load_settings(database_url=url))
+    _check_schema(db)
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+    db.dispose()
+
+
 def test_unwritable_sqlite_folder_is_a_config_error(tmp_path: Path) -> None:
     from fastflow.errors import ConfigError
 

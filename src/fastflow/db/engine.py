@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,10 +97,28 @@ def make_engine(settings: Settings) -> Engine:
 
 def _sqlite_pragmas(dbapi_conn: Any, busy_ms: int) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+    _enable_wal(cur, busy_ms)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _enable_wal(cur: Any, busy_ms: int) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock:
+    SQLite answers "database is locked" at once, without its busy handler, when
+    connections of a new database switch it to WAL together (processes starting at the
+    same moment). Gives up after ``busy_ms``, like any other locked statement."""
+    deadline = time.monotonic() + busy_ms / 1000
+    pause = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def is_postgres(engine: Engine) -> bool:
@@ -117,10 +139,43 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def migrate(engine: Engine) -> None:
-    """Apply every Alembic migration (idempotent; safe when processes start together).
-    Alembic's INFO lines are silenced; its warnings still show."""
+    """Apply every Alembic migration (idempotent). Safe when processes start together:
+    on PostgreSQL they queue on an advisory lock in the migrating transaction, on SQLite
+    on an exclusive ``flock`` of ``<database>.migrate.lock`` (SQLite's driver commits
+    each ``CREATE TABLE`` on its own, so its transaction cannot serialise them); whoever
+    comes second finds the database at head. Alembic's INFO lines are silenced; its
+    warnings still show."""
     if current_revision(engine) == head_revision():
         return
+    with _sqlite_migration_lock(engine):
+        if current_revision(engine) == head_revision():
+            return  # another process migrated while this one waited
+        _upgrade(engine)
+
+
+@contextmanager
+def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive ``flock`` on the file next to a SQLite database (released when the
+    process ends, so a crash leaves no stale lock); nothing for other databases."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    path = Path(database).expanduser().resolve().with_suffix(".migrate.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot create the migration lock {path.name} next to the database: {e.strerror}"
+        ) from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (closing releases the lock)
+
+
+def _upgrade(engine: Engine) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # before import: it logs then
     from alembic import command
     from alembic.config import Config
