@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from fastflow.db.models import CleanupPass
 from tests.conftest import wait_until
 from tests.harness.faultproxy import method_is
 from tests.harness.fixtures import S3Env
-from tests.harness.ports import free_port
+from tests.harness.serve import fastflow_serve
 from tests.seeding import keys, ledger, run_row, seed_series
 
 RUNS = 40
@@ -49,16 +50,11 @@ def test_two_servers_and_a_cli_never_run_passes_at_once(
     runs = seed_series(ctx, "shared", RUNS)
     s3.proxy.delay(0.1, match=method_is("PUT"))  # a pass takes several seconds
     logs = [tmp_path / f"serve-{i}.log" for i in range(2)]
-    servers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "fastflow", "serve", "--port", str(free_port())],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("w"),
-        )
-        for log in logs
-    ]
-    try:
+    with ExitStack() as servers:
+        for log in logs:
+            # both answer (their schedulers started) before the minute is awaited: a server
+            # still starting at the boundary would miss the tick, and nothing would contend
+            servers.enter_context(fastflow_serve(env, stderr=servers.enter_context(log.open("w"))))
         # just before the next minute, start a CLI pass too: all three contend for the lock
         wait_until(lambda: datetime.now().second >= 59, 75, "the end of the minute")
         wait_until(lambda: datetime.now().second < 59, 5, "the minute boundary")
@@ -77,11 +73,6 @@ def test_two_servers_and_a_cli_never_run_passes_at_once(
             return len(ledger(ctx)) == RUNS - 1 and all(r.finished_at for r in rows)
 
         wait_until(done, 180, "every run to be archived")
-    finally:
-        for proc in servers:
-            proc.terminate()
-        for proc in servers:
-            proc.wait(timeout=30)
     with ctx.db.session() as s:
         passes = sorted(s.scalars(select(CleanupPass)), key=lambda p: p.started_at)
     assert len(passes) >= 1
