@@ -235,3 +235,45 @@ def test_container_runs_wait_while_logs_dir_is_away_and_are_re_attached_after(
         "the re-attached run to finish",
     )
     assert "n 0" in (root / "counter" / str(run.id) / "run.log").read_text()
+
+
+def test_never_marked_logs_dir_missing_at_re_attach_fails_nothing(
+    docker_ctx: Context,
+    make_pipeline: MakePipeline,
+    client: docker.DockerClient,
+    docker_daemon: Daemon,
+) -> None:
+    """An installation from before the marker (the database holds no id) whose LOGS_DIR
+    is missing while a container run runs: re-attaching waited for nothing and failed the
+    run with ``No such file or directory``, its container left running unsupervised. The
+    run now waits for LOGS_DIR like a marked installation's."""
+    from fastflow.orchestration.dispatcher import Dispatcher
+
+    make_pipeline("counter", COUNTER)
+    db, settings = docker_ctx.db, docker_ctx.settings
+    root = settings.logs_root
+    run = runs.create(db, "counter", "server", pid=0)
+    labels = {"fastflow.run_id": str(run.id), "fastflow.instance": instance_label(settings)}
+    short = ["python", "-c", "import time; print('n 0', flush=True); time.sleep(2)"]
+    cid = client.api.create_container(docker_daemon.image, short, labels=labels)["Id"]
+    client.api.start(cid)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    runs.mark_running(db, run.id, pid=dead.pid, executor="docker")
+    runs.mark_container(db, run.id, container_id=cid)
+    assert not root.exists()
+    dispatcher = Dispatcher(docker_ctx)
+
+    dispatcher._adopt_containers()
+
+    row = runs.get(db, run.id)
+    assert row is not None and row.status == "RUNNING" and row.runner_pid == dead.pid
+    assert not root.exists()
+    root.mkdir()
+    dispatcher._adopt_containers()
+    wait_until(
+        lambda: (r := runs.get(db, run.id)) is not None and r.status == "SUCCESS",
+        60,
+        "the re-attached run to finish",
+    )
+    assert "n 0" in (root / "counter" / str(run.id) / "run.log").read_text()

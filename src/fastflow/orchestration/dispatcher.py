@@ -183,7 +183,12 @@ class Dispatcher:
         orphans = runs.orphaned_container_runs(db, alive)
         if not orphans:
             return
-        away = logsdir.problem(db, self._ctx.settings.logs_root, mark=False)
+        root = self._ctx.settings.logs_root
+        away = logsdir.problem(db, root, mark=False)
+        if away is None and not root.is_dir():
+            # never marked (an installation from before the marker): a running run has
+            # its log there, so a missing LOGS_DIR is a volume that is away here too
+            away = f"LOGS_DIR ({root}) does not exist while container runs log into it"
         if away is not None:  # their output would go where the volume should be:
             # the containers go on, and are re-attached once LOGS_DIR is back
             if away != self._adopt_blocked:  # (said once per reason)
