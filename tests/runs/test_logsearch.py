@@ -163,6 +163,43 @@ def test_a_pathological_regex_is_stopped_by_the_time_limit() -> None:
     assert "\n" not in str(info.value)
 
 
+def test_a_regex_slow_on_many_lines_is_stopped_by_the_budget() -> None:
+    """Found by an outside audit: lines each just under the per-line limit had a request
+    run for minutes (on after its client left). Slow matching has a budget in all."""
+    data = b"fine line\n" * 100 + (b"a" * 23 + b"b\n") * 400 + b"after\n"
+    matcher = Matcher(r"(a|aa)+$", is_regex=True, time_limit=0.5, slow_budget=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(RegexTimeout, match=r"more than 1 s in all") as info:
+        list(logsearch.search([data], matcher))
+    assert time.monotonic() - t0 < 5
+    assert "\n" not in str(info.value)
+    # a pattern that is fast on the same lines uses nothing of the budget
+    fast = Matcher(r"a+b$", is_regex=True, time_limit=0.5, slow_budget=1.0)
+    assert len(list(logsearch.search([data], fast))) == 400
+
+
+def test_line_window_keeps_at_most_max_line_bytes_of_each_line() -> None:
+    """Found by an outside audit: a window holding one 50 MB line held all of it."""
+    rng = random.Random(11)
+    for _ in range(40):
+        lines = [
+            ("é" * rng.randint(0, 30) + "x" * rng.randint(0, 30)).encode() + b"\n"
+            for _ in range(rng.randint(1, 30))
+        ]
+        data = b"".join(lines)
+        first, count, limit = rng.randint(1, 32), rng.randint(1, 10), rng.randint(1, 40)
+        got = logsearch.line_window(_chunks(data, rng), first, count, max_line=limit)
+        want = b""
+        for line in lines[first - 1 : first - 1 + count]:
+            text = line[:-1]
+            cut = text[:limit].decode("utf-8", "ignore").encode()  # at a character boundary
+            want += cut + b"\n"
+        assert got == want, (data, first, count, limit)
+    huge = b"short\n" + b"y" * (3 * logsearch.MAX_LINE) + b"\nlast\n"
+    window = logsearch.line_window([huge], 2, 2)
+    assert window == b"y" * logsearch.MAX_LINE + b"\nlast\n"
+
+
 def test_line_window_returns_exact_bytes_whatever_the_boundaries() -> None:
     rng = random.Random(7)
     for _ in range(40):

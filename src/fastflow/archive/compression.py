@@ -16,6 +16,8 @@ from typing import BinaryIO, cast
 
 import zstandard
 
+from fastflow.errors import ArchiveDamaged
+
 CHUNK = 1024 * 1024
 SUFFIX = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 ZSTD_LEVEL = 3
@@ -77,29 +79,74 @@ def compress_file(src: Path, dst: Path, codec: str) -> Compressed:
     return Compressed(orig_size, orig.hexdigest(), sink.size, sink.hash.hexdigest())
 
 
-def decompress(chunks: Iterator[bytes], codec: str | None) -> Iterator[bytes]:
-    """Decompress a stream of chunks (identity for ``none``/None)."""
+def decompress(
+    chunks: Iterator[bytes], codec: str | None, name: str = "the archived object"
+) -> Iterator[bytes]:
+    """Decompress a stream of chunks (identity for ``none``/None). ``ArchiveDamaged``
+    (naming ``name``) when the data is not valid for ``codec``, ends before its end, or
+    goes on after it: a damaged object is never passed off as a complete log."""
     if not codec or codec == "none":
         yield from chunks
         return
     if codec == "gzip":
         d = zlib.decompressobj(wbits=31)
-        for chunk in chunks:
-            out = d.decompress(chunk)
-            if out:
-                yield out
-        tail = d.flush()
+        try:
+            for chunk in chunks:
+                out = d.decompress(chunk)
+                if out:
+                    yield out
+            tail = d.flush()
+        except zlib.error as e:
+            raise damaged(name, f"not valid gzip ({e})") from None
         if tail:
             yield tail
+        _check_end(name, d.eof, d.unused_data)
         return
     if codec == "zstd":
         dz = zstandard.ZstdDecompressor().decompressobj()
-        for chunk in chunks:
-            out = dz.decompress(chunk)
-            if out:
-                yield out
+        try:
+            for chunk in chunks:
+                out = dz.decompress(chunk)
+                if out:
+                    yield out
+        except zstandard.ZstdError as e:
+            raise damaged(name, f"not valid zstd ({e})") from None
+        _check_end(name, dz.eof, dz.unused_data)
         return
     raise ValueError(f"unknown compression {codec!r}")
+
+
+def _check_end(name: str, eof: bool, unused: bytes) -> None:
+    if not eof:
+        raise damaged(name, "it ends before its compressed stream does (truncated)")
+    if unused:
+        raise damaged(name, "it has data after its compressed stream")
+
+
+def exactly(
+    chunks: Iterator[bytes], size: int, name: str = "the archived object"
+) -> Iterator[bytes]:
+    """The stream, checked to hold exactly ``size`` bytes: ``ArchiveDamaged`` when it ends
+    early or goes on (the bytes up to ``size`` are passed on first)."""
+    seen = 0
+    for chunk in chunks:
+        if seen + len(chunk) > size:
+            if size > seen:
+                yield chunk[: size - seen]
+            raise damaged(name, f"it is longer than the {size:,} bytes recorded")
+        seen += len(chunk)
+        yield chunk
+    if seen != size:
+        raise damaged(name, f"it ended after {seen:,} of the {size:,} bytes recorded")
+
+
+def damaged(name: str, why: str) -> ArchiveDamaged:
+    """The error for an archived object that is not what was archived."""
+    return ArchiveDamaged(
+        f"{name} cannot be read as archived: {why}",
+        hint="it was damaged or replaced after it was verified; "
+        "`fastflow archive verify --deep` checks every object",
+    )
 
 
 def skip(chunks: Iterator[bytes], n: int) -> Iterator[bytes]:

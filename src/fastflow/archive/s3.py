@@ -502,9 +502,16 @@ class S3Store:
             server_sha256=_full_object_sha256(resp),
         )
 
-    def open_original(self, key: str, encoding: str | None) -> Iterator[bytes]:
-        """The bytes of the local file the object came from (decompressed, streaming)."""
-        return compression.decompress(self.open(key), encoding)
+    def open_original(
+        self, key: str, encoding: str | None, size: int | None = None
+    ) -> Iterator[bytes]:
+        """The bytes of the local file the object came from (decompressed, streaming);
+        with ``size`` (the original size the ledger recorded), checked to be exactly that
+        long. ``ArchiveDamaged`` when they are not what was archived (see
+        ``compression.decompress``)."""
+        name = f"s3://{self.bucket}/{key}"
+        chunks = compression.decompress(self.open(key), encoding, name)
+        return chunks if size is None else compression.exactly(chunks, size, name)
 
     def open(self, key: str, start: int = 0) -> Iterator[bytes]:
         """Stream an object from byte ``start`` in bounded chunks."""
@@ -513,6 +520,13 @@ class S3Store:
             if start > 0:
                 kwargs["Range"] = f"bytes={start}-"
             body = self.client.get_object(**kwargs)["Body"]
+        except ClientError as e:
+            if start > 0 and e.response.get("Error", {}).get("Code") == "InvalidRange":
+                # only asked for below the recorded size: the object is shorter than that
+                raise compression.damaged(
+                    f"s3://{self.bucket}/{key}", f"it has fewer than {start + 1:,} bytes"
+                ) from None
+            raise describe_error(e, self.settings) from e
         except Exception as e:
             raise describe_error(e, self.settings) from e
         return _stream_body(body, self.settings)

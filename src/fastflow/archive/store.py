@@ -58,7 +58,9 @@ class ArchiveStore(Protocol):
 
     def open(self, key: str, start: int = 0) -> Iterator[bytes]: ...
 
-    def open_original(self, key: str, encoding: str | None) -> Iterator[bytes]: ...
+    def open_original(
+        self, key: str, encoding: str | None, size: int | None = None
+    ) -> Iterator[bytes]: ...
 
 
 def sha256_of(path: Path) -> tuple[int, str]:

@@ -253,12 +253,13 @@ def archive_get(ctx: click.Context, run_id: str, output: str | None) -> None:
     if entry is None or entry.log_key is None:
         _fail(f"run {rid} is not in the archive ledger")
     objects = archive.open_store(app.settings)
+    size = entry.original("log")[0]  # the full log's: checked while it is read
     if output:
         mode = 0o666 & ~app.settings.fastflow_umask
-        _download_to(output, objects.open_original(entry.log_key, entry.encoding), mode)
+        _download_to(output, objects.open_original(entry.log_key, entry.encoding, size), mode)
         click.echo(f"wrote s3://{entry.bucket}/{entry.log_key} to {output}", err=True)
     else:
-        for chunk in objects.open_original(entry.log_key, entry.encoding):
+        for chunk in objects.open_original(entry.log_key, entry.encoding, size):
             sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
 

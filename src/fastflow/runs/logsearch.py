@@ -11,12 +11,16 @@ Guarantees:
 - plain text is matched as a substring, case-insensitive unless asked otherwise; a
   regular expression (the ``regex`` module's syntax, ``^``/``$`` at line ends, never
   across lines) is at most ``MAX_PATTERN`` characters and gets ``LINE_TIME_LIMIT_S`` per
-  line: past that the search stops with ``RegexTimeout`` — matching is interrupted, a
-  pathological pattern never hangs a worker.
+  line, and ``SLOW_BUDGET_S`` in all for the blocks and lines it matches slowly (a block
+  that takes longer than the line limit is matched line by line): past either the search
+  stops with ``RegexTimeout`` — matching is interrupted, a pathological pattern never
+  hangs a worker, however many lines it is slow on;
+- ``line_window`` keeps at most ``MAX_LINE`` bytes of each line.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +35,7 @@ MAX_LINE = 1024 * 1024
 MAX_PATTERN = 1000
 MAX_CONTEXT = 100
 LINE_TIME_LIMIT_S = 1.0
+SLOW_BUDGET_S = 10.0
 
 
 class SearchError(InvalidInput):
@@ -46,11 +51,13 @@ class RegexTimeout(SearchError):
 
 
 class _LineTimeout(Exception):
-    """Internal: the line at ``offset`` of the block hit the time limit."""
+    """Internal: the line at ``offset`` of the block hit the time limit (``total``: the
+    slow-matching budget was used up there)."""
 
-    def __init__(self, offset: int) -> None:
+    def __init__(self, offset: int, *, total: bool = False) -> None:
         super().__init__(offset)
         self.offset = offset
+        self.total = total
 
 
 @dataclass
@@ -86,6 +93,7 @@ class Matcher:
         is_regex: bool = False,
         case_sensitive: bool = False,
         time_limit: float = LINE_TIME_LIMIT_S,
+        slow_budget: float = SLOW_BUDGET_S,
     ) -> None:
         if not pattern:
             raise PatternError("the search text is empty")
@@ -98,6 +106,8 @@ class Matcher:
         self.pattern = pattern
         self.is_regex = is_regex
         self.time_limit = time_limit
+        self.slow_budget = slow_budget
+        self._slow_left = slow_budget  # seconds left for slow matching, this search
         self._needle = b""
         self._folded: regex.Pattern[bytes] | None = None
         self._rx: regex.Pattern[str] | None = None
@@ -150,6 +160,7 @@ class Matcher:
             try:
                 m = self._rx.search(text, pos, timeout=self.time_limit, concurrent=True)
             except TimeoutError:  # a slow block: line by line, each with the time limit
+                self._spend(self.time_limit, pos)
                 yield from self._each_line(text, pos)
                 return
             if m is None:
@@ -165,12 +176,22 @@ class Matcher:
 
     def _each_line(self, text: str, pos: int) -> Iterator[tuple[int, int]]:
         n = len(text)
+        clock = time.monotonic
         while pos < n:
             end = text.find("\n", pos)
             end = n if end < 0 else end
-            if self._line_matches(text, pos, end):
+            began = clock()
+            matched = self._line_matches(text, pos, end)
+            self._spend(clock() - began, pos)
+            if matched:
                 yield pos, end
             pos = end + 1
+
+    def _spend(self, seconds: float, offset: int) -> None:
+        """Count slow matching against the search's budget (``_LineTimeout`` past it)."""
+        self._slow_left -= seconds
+        if self._slow_left < 0:
+            raise _LineTimeout(offset, total=True)
 
     def _line_matches(self, text: str, start: int, end: int) -> bool:
         assert self._rx is not None
@@ -288,6 +309,13 @@ class _Grep:
                     ready.append(hit)
         except _LineTimeout as e:
             where = line + block.count(nl, counted, e.offset)
+            if e.total:
+                raise RegexTimeout(
+                    f"the regular expression {self.matcher.pattern!r} matched slowly for "
+                    f"more than {self.matcher.slow_budget:g} s in all (stopped at line "
+                    f"{where}); simplify it (nested repeats such as (a+)+ or (a|aa)+ "
+                    "backtrack exponentially)"
+                ) from None
             raise RegexTimeout(
                 f"the regular expression {self.matcher.pattern!r} took longer than "
                 f"{self.matcher.time_limit:g} s on line {where}; simplify it (nested "
@@ -349,14 +377,16 @@ def search(
         steps.close()
 
 
-def line_window(chunks: Iterable[bytes], first: int, count: int) -> bytes:
+def line_window(chunks: Iterable[bytes], first: int, count: int, max_line: int = MAX_LINE) -> bytes:
     """The bytes of lines ``first`` .. ``first + count - 1`` (1-based, newlines kept;
-    empty past the end of the log). Streaming: whole blocks before ``first`` are only
-    counted, and only the lines returned are kept."""
+    empty past the end of the log), each cut to its first ``max_line`` bytes (at a
+    character boundary). Streaming: whole blocks before ``first`` are only counted, and
+    only the lines returned are kept — memory is bounded by ``count * max_line``."""
     if first < 1 or count < 1:
         raise SearchError("lines are numbered from 1 and at least one must be asked for")
     out = bytearray()
     line = 1  # number of the line at the current position
+    seen = 0  # bytes of the current line so far (at most ``max_line`` of them kept)
     for block in blocks(chunks):
         newlines = block.count(b"\n")
         if line + newlines < first:
@@ -364,13 +394,22 @@ def line_window(chunks: Iterable[bytes], first: int, count: int) -> bytes:
             continue
         pos, n = 0, len(block)
         while pos < n:
-            end = block.find(b"\n", pos)
-            end = n if end < 0 else end + 1
+            nl = block.find(b"\n", pos)
+            stop = n if nl < 0 else nl
             if line >= first:
-                out += block[pos:end]
-            if block[end - 1] == 0x0A:
-                line += 1
-                if line >= first + count:
-                    return bytes(out)
-            pos = end
+                room = max_line - seen
+                if stop - pos <= room:
+                    out += block[pos:stop]
+                elif room > 0:
+                    out += block[pos : pos + _char_boundary(block[pos:stop], room)]
+                seen += stop - pos
+            if nl < 0:
+                break
+            if line >= first:
+                out += b"\n"
+            seen = 0
+            line += 1
+            if line >= first + count:
+                return bytes(out)
+            pos = nl + 1
     return bytes(out)

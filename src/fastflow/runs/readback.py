@@ -184,10 +184,17 @@ def _from_archive(
         raise LogNotAvailable(
             f"the {kind} of run {run_id} is archived at {location}, but it cannot be read back: {e}"
         ) from e
-    size = entry.original(kind)[0] or 0
+    recorded = entry.original(kind)[0]
+    size = recorded or 0
     start = _first_byte(size, tail_bytes, from_byte)
     if entry.encoding:
         # a compressed object cannot be read from the middle: decompress and skip, streaming
-        chunks = compression.skip(store.open_original(key, entry.encoding), start)
+        chunks = compression.skip(store.open_original(key, entry.encoding, recorded), start)
         return LogSource("archive", size, chunks, location)
-    return LogSource("archive", size, store.open(key, start), location)
+    if recorded is None:  # (an entry without sizes: read what is there)
+        return LogSource("archive", size, store.open(key, start), location)
+    if start >= recorded:  # nothing after ``start``: S3 answers such a range with 416
+        return LogSource("archive", size, iter(()), location)
+    # an object shorter or longer than recorded is damaged: never served as the whole log
+    chunks = compression.exactly(store.open(key, start), recorded - start, location)
+    return LogSource("archive", size, chunks, location)

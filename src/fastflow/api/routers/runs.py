@@ -177,7 +177,38 @@ def get_logs(
         return Response(
             b"".join(source.chunks), media_type="text/plain; charset=utf-8", headers=headers
         )
-    return StreamingResponse(source.chunks, media_type="text/plain; charset=utf-8", headers=headers)
+    return StreamingResponse(
+        _primed(source.chunks), media_type="text/plain; charset=utf-8", headers=headers
+    )
+
+
+def _primed(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The stream with its first chunk read now: an error at its start (an unreachable
+    or damaged archived object) becomes an error response instead of a 200 that breaks
+    off at once. An error later still breaks the transfer off: never a complete-looking
+    log."""
+    try:
+        first = next(chunks)
+    except StopIteration:
+        return iter(())
+    except BaseException:
+        _close(chunks)
+        raise
+    return _after_first(first, chunks)
+
+
+def _after_first(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    try:
+        yield first
+        yield from rest
+    finally:
+        _close(rest)
+
+
+def _close(chunks: Iterator[bytes]) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
 
 
 def _open(
