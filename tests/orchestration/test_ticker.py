@@ -158,3 +158,19 @@ def test_serve_runs_an_interval_schedule_in_real_time(
     ]
     assert all(g >= 1 for g in gaps)
     ctx.db.dispose()
+
+
+def test_a_malformed_pipeline_json_stops_no_other_schedule(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """Found by an outside audit: ``"schedules": ["*/5 * * * *"]`` in one pipeline raised
+    AttributeError in the schedule thread, which died: no schedule fired again until a
+    restart. The bad pipeline is skipped; the others go on."""
+    make_pipeline("good", config='{"schedules": [{"interval_seconds": 10}]}')
+    make_pipeline("bad", config='{"schedules": ["*/5 * * * *"]}')
+    loop = ScheduleLoop(app)
+    assert [p.name for p in loop.pipelines()] == ["good"]
+    assert loop.run_once(T0) == 0  # the baseline
+    assert loop.run_once(T0 + timedelta(seconds=10)) == 1
+    (run,) = _runs(app)
+    assert run.pipeline_name == "good"

@@ -143,9 +143,28 @@ def test_custom_retry_schedule_native_and_alias() -> None:
         ({"downstream_triggers": [{"pipeline": "b", "on_route": "x"}]}, "on_route"),
         ({"notify": {"on_failure": "yes"}}, "notify.on_failure must be true or false"),
         ({"timeout": float("nan")}, "timeout must be a number"),
+        # found by an outside audit: these crashed with AttributeError (and killed the
+        # server's schedule thread) instead of naming the key
+        ({"schedules": ["*/5 * * * *"]}, "schedules must be a list of objects"),
+        ({"schedules": "*/5 * * * *"}, "schedules must be a list of objects"),
+        ({"schedules": {"cron": "* * * * *"}}, "schedules must be a list of objects"),
+        ({"schedules": [None]}, "schedules must be a list of objects"),
     ],
 )
 def test_bad_values_name_the_key(data: dict[str, Any], needle: str) -> None:
     with pytest.raises(InvalidPipelineConfig) as err:
         parse(json.loads(json.dumps(data)) if "nan" not in str(data) else data, WHERE)
     assert needle in str(err.value) and str(WHERE) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "key", [["ffwh_TheRealKey-0123456789abcdef"], {"k": "ffwh_TheRealKey"}, 12345678901234567890]
+)
+def test_a_wrongly_typed_webhook_key_is_not_shown_in_the_error(key: Any) -> None:
+    """Found by an outside audit: the error (shown on the pipeline page to viewers)
+    printed the key the operator meant to use."""
+    for data in ({"webhook_key": key}, {"schedules": [{"cron": "* * * * *", "webhook_key": key}]}):
+        with pytest.raises(InvalidPipelineConfig) as err:
+            parse(data, WHERE)
+        assert "webhook_key must be a non-empty string" in str(err.value)
+        assert "TheRealKey" not in str(err.value) and "1234567890" not in str(err.value)

@@ -233,7 +233,12 @@ class ScheduleLoop:
     def _loop(self) -> None:
         last_prune = 0.0
         while not self._stop.wait(TICK_S):
-            if self.run_once() and self._on_queued is not None:
+            try:
+                queued = self.run_once()
+            except Exception:  # never the end of every schedule: the next tick tries again
+                log.exception("a round over the schedules failed")
+                queued = 0
+            if queued and self._on_queued is not None:
                 self._on_queued()
             if time.monotonic() - last_prune > 600:
                 try:

@@ -184,12 +184,15 @@ class _Reader:
             raise self.fail(key, f"must be true or false (got {raw!r})")
         return raw
 
-    def text(self, key: str) -> str | None:
+    def text(self, key: str, *, secret: bool = False) -> str | None:
+        """A non-empty string; ``secret``: an error names the value's type, never the
+        value (a key written with the wrong type is still the key)."""
         raw = self.data.get(key)
         if raw is None:
             return None
         if not isinstance(raw, str) or not raw.strip():
-            raise self.fail(key, f"must be a non-empty string (got {raw!r})")
+            got = f"a {type(raw).__name__}" if secret else repr(raw)
+            raise self.fail(key, f"must be a non-empty string (got {got})")
         return raw
 
     def env(self, key: str) -> dict[str, str]:
@@ -417,11 +420,11 @@ def _timeout(r: _Reader) -> float | None:
 
 def _webhook_keys(r: _Reader) -> dict[str | None, str]:
     keys: dict[str | None, str] = {}
-    top = r.text("webhook_key")
+    top = r.text("webhook_key", secret=True)
     if top:
         keys[None] = top
     for i, item in enumerate(r.data.get("schedules") or []):
-        key = _Reader(item, r.where, f"schedules[{i}].").text("webhook_key")
+        key = _Reader(item, r.where, f"schedules[{i}].").text("webhook_key", secret=True)
         if key:
             if key in keys.values():
                 raise r.fail(f"schedules[{i}].webhook_key", "is used twice in this pipeline")
@@ -530,6 +533,7 @@ def parse(data: dict[str, Any], where: Path) -> PipelineConfig:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise r.fail("tags", "must be a list of strings")
     description = data.get("description", "")
+    schedules = _schedules(r)  # first: the per-schedule readers below assume its shape
     timeouts, per_schedule_retries = _per_schedule(r)
     return PipelineConfig(
         description=description if isinstance(description, str) else str(description),
@@ -537,7 +541,7 @@ def parse(data: dict[str, Any], where: Path) -> PipelineConfig:
         env={**r.env("default_env"), **r.env("env")},
         enabled=r.boolean("enabled", True),
         tags=tuple(tags),
-        schedules=_schedules(r),
+        schedules=schedules,
         max_instances=_max_instances(r),
         on_overlap=on_overlap,
         retries=_limit_retries(r, _retries(r)),

@@ -9,6 +9,7 @@ characters.
 from __future__ import annotations
 
 import json
+import logging
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 from fastflow.config import MAX_LOG_SIZE_MB, MAX_RETENTION_DAYS, MAX_RETENTION_RUNS
 from fastflow.errors import InvalidPipelineConfig, InvalidPipelineName, PipelineNotFound
 from fastflow.runs.pipeline_config import PipelineConfig, parse
+
+log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 100
 _ALLOWED_PUNCT = frozenset(" -_.")
@@ -194,6 +197,9 @@ def discover(pipelines_dir: Path) -> list[Pipeline]:
         try:
             found.append(load(pipelines_dir, child.name))
         except (InvalidPipelineName, InvalidPipelineConfig):
+            continue
+        except Exception:  # a bug reading one pipeline must not hide the others
+            log.exception("pipeline folder %r could not be read; skipped", child.name)
             continue
     return found
 
