@@ -251,3 +251,42 @@ def test_cancel_from_another_server_on_postgres(
         runner_a.stop()
         server_a.db.dispose()
         server_b.db.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_run_cancelled_while_it_is_claimed_never_starts(
+    ff_env: dict[str, str],
+    pg_url: str,
+    make_pipeline: MakePipeline,
+    monkeypatch: pytest.MonkeyPatch,
+    database: str,
+) -> None:
+    """Found by an outside audit: a cancel committed between the claim's SELECT and its
+    write was overwritten (CANCELLED -> PENDING), and the "cancelled" run ran. The cancel
+    here lands exactly there: while the claim asks for the pipeline's limit."""
+    if database == "postgresql":
+        monkeypatch.setenv("DATABASE_URL", pg_url)
+    ctx = bootstrap(load_settings())
+    try:
+        make_pipeline("quick", "print('ran')\n")
+        run_id = queue.enqueue(ctx.db, "quick", "api")
+        other = queue.enqueue(ctx.db, "quick", "api")
+        outcomes: list[str] = []
+
+        def limit_with_a_cancel_meanwhile(name: str) -> int:
+            if not outcomes:
+                outcomes.append(queue.cancel(ctx.db, run_id))  # another request, committed
+            return 10
+
+        claimed = queue.claim(ctx.db, 5, limit_with_a_cancel_meanwhile)
+
+        assert outcomes == ["cancelled"]
+        assert [r.id for r in claimed] == [other]
+        assert claimed[0].status == "PENDING" and claimed[0].runner_pid is not None
+        with ctx.db.session() as s:
+            row = s.get(PipelineRun, run_id)
+            assert row is not None and row.status == "CANCELLED" and row.runner_pid is None
+            taken = s.get(PipelineRun, other)
+            assert taken is not None and taken.status == "PENDING"
+    finally:
+        ctx.db.dispose()

@@ -70,6 +70,10 @@ def test_missed_ticks_coalesce_into_one_run_or_are_skipped_when_stale(
     # down again until 17:30: the 16:00 and 17:00 ticks are older than the grace
     assert fire_due(app, p, spec, T0 + timedelta(hours=5, minutes=30)) == "stale"
     assert len(_runs(app)) == 1
+    with app.db.session() as s:  # the 15:00 run has run meanwhile
+        done = s.get(PipelineRun, run.id)
+        assert done is not None
+        done.status = "SUCCESS"
     assert fire_due(app, p, spec, T0 + timedelta(hours=6)) == "queued"  # 18:00 on time
 
 
@@ -102,7 +106,8 @@ def test_two_tickers_on_postgres_queue_each_tick_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", pg_url)
-    make_pipeline("fast", config='{"schedules": [{"interval_seconds": 1}]}')
+    # (``queue``: no run is dispatched here, and every tick must queue its own)
+    make_pipeline("fast", config='{"schedules": [{"interval_seconds": 1}], "on_overlap": "queue"}')
     servers = [bootstrap(load_settings()) for _ in range(2)]
     loops = [ScheduleLoop(ctx) for ctx in servers]
     p = _load(servers[0], "fast")
@@ -158,6 +163,22 @@ def test_serve_runs_an_interval_schedule_in_real_time(
     ]
     assert all(g >= 1 for g in gaps)
     ctx.db.dispose()
+
+
+def test_overlap_skip_counts_runs_waiting_for_a_slot(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """Found by an outside audit: with every slot of the server taken, each tick of a
+    ``skip`` pipeline queued another run (only PENDING/RUNNING counted): 10 queued in 22 s,
+    then 20 ran back to back. A tick now finds the queued run and is skipped."""
+    make_pipeline("sk", config='{"schedules": [{"interval_seconds": 2}]}')
+    p = _load(app, "sk")
+    (spec,) = p.config.schedules
+    assert fire_due(app, p, spec, T0) == "baseline"
+    assert fire_due(app, p, spec, T0 + timedelta(seconds=2)) == "queued"  # waits: no slot
+    for k in range(2, 12):
+        assert fire_due(app, p, spec, T0 + timedelta(seconds=2 * k)) == "skipped"
+    assert [r.status for r in _runs(app)] == ["QUEUED"]
 
 
 def test_a_malformed_pipeline_json_stops_no_other_schedule(

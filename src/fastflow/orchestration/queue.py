@@ -3,7 +3,8 @@
 Guarantees:
 - a QUEUED run is claimed by exactly one server: claims take a transaction-scoped lock
   (PostgreSQL advisory lock; SQLite serialises writers) and move the row to PENDING
-  with the claiming host and process;
+  with the claiming host and process — only while it is still QUEUED, so a run
+  cancelled at that instant stays CANCELLED and never starts;
 - ``max_instances`` of a pipeline holds across every server sharing the database:
   the count of its PENDING/RUNNING runs is read inside the same locked transaction;
 - queued runs start oldest first, and not before their ``not_before`` (retry delays);
@@ -20,7 +21,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database, is_postgres
@@ -89,6 +91,19 @@ def active_count(s: Any, pipeline_name: str) -> int:
     return int(n or 0)
 
 
+def waiting_or_active_count(s: Any, pipeline_name: str) -> int:
+    """QUEUED, PENDING and RUNNING runs of a pipeline: what it already has to run."""
+    n = s.scalar(
+        select(func.count())
+        .select_from(PipelineRun)
+        .where(
+            PipelineRun.pipeline_name == pipeline_name,
+            PipelineRun.status.in_((RunStatus.QUEUED.value, *RUNNING_STATES)),
+        )
+    )
+    return int(n or 0)
+
+
 def claim(
     db: Database, limit: int, max_instances: Callable[[str], int], now: datetime | None = None
 ) -> list[PipelineRun]:
@@ -117,15 +132,28 @@ def claim(
                 counts[name] = active_count(s, name)
             if counts[name] >= max_instances(name):
                 continue
+            owner = {
+                "status": RunStatus.PENDING.value,
+                "runner_host": runs.HOSTNAME,
+                "runner_pid": os.getpid(),
+                "runner_started": runs.process_started(os.getpid()),
+            }
+            # only while it is still QUEUED: a cancel committed since the SELECT above
+            # (which locks nothing) must not be overwritten — the run would run anyway
+            moved = s.execute(
+                update(PipelineRun)
+                .where(PipelineRun.id == run.id, PipelineRun.status == RunStatus.QUEUED.value)
+                .values(**owner)
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(moved, "rowcount", 0) != 1:
+                continue
             counts[name] += 1
-            run.status = RunStatus.PENDING.value
-            run.runner_host = runs.HOSTNAME
-            run.runner_pid = os.getpid()
-            run.runner_started = runs.process_started(os.getpid())
+            for key, value in owner.items():
+                set_committed_value(run, key, value)
             claimed.append(run)
             if len(claimed) >= limit:
                 break
-        s.flush()
         s.expunge_all()
     if claimed:
         readcache.invalidate()

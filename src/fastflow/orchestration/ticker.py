@@ -4,9 +4,10 @@ Guarantees: a tick is claimed by inserting its ``schedule_ticks`` row (primary k
 pipeline, schedule, time) in the same transaction as its run, so two servers never
 queue the same tick twice; ticks missed while no server ran are coalesced into one run
 when the latest is younger than the schedule's ``misfire_grace_seconds`` and otherwise
-skipped and logged; with ``on_overlap: skip`` a tick that finds the pipeline at its
-``max_instances`` is recorded as skipped, with ``queue`` it waits as QUEUED. A schedule
-seen for the first time starts now (nothing in the past fires).
+skipped and logged; with ``on_overlap: skip`` a tick that finds ``max_instances`` runs
+of the pipeline queued, pending or running is recorded as skipped, with ``queue`` it
+waits as QUEUED. A schedule seen for the first time starts now (nothing in the past
+fires).
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def fire_due(ctx: Context, pipeline: pipelines.Pipeline, spec: ScheduleSpec, now
     outcome = "queued"
     if pipeline.config.on_overlap == "skip":
         with ctx.db.session() as s:
-            if queue.active_count(s, pipeline.name) >= pipeline.config.max_instances:
+            # runs waiting for a free slot count too: else every tick while the server is
+            # busy queued one more, and the backlog grew without bound
+            if queue.waiting_or_active_count(s, pipeline.name) >= pipeline.config.max_instances:
                 outcome = "skipped"
     if not _record(ctx, pipeline, spec, d.fire_at, outcome):
         return "taken"
@@ -117,7 +120,7 @@ def fire_due(ctx: Context, pipeline: pipelines.Pipeline, spec: ScheduleSpec, now
         log.info("%s/%s: %d missed ticks coalesced into one run", pipeline.name, spec.key, d.missed)
     if outcome == "skipped":
         log.info(
-            "%s/%s: tick %s skipped: %d runs already active (max_instances)",
+            "%s/%s: tick %s skipped: %d runs already queued or active (max_instances)",
             pipeline.name,
             spec.key,
             d.fire_at.isoformat(),
