@@ -290,3 +290,23 @@ def test_a_run_cancelled_while_it_is_claimed_never_starts(
             assert taken is not None and taken.status == "PENDING"
     finally:
         ctx.db.dispose()
+
+
+def test_a_long_backlog_at_its_limit_holds_back_no_other_pipeline(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """Found by an outside audit: the claim read the 20 oldest queued runs and then left
+    out those of pipelines at their ``max_instances`` — 25 queued runs of one busy
+    pipeline kept every other pipeline waiting with a slot free."""
+    make_pipeline("busy", "print('busy')\n", '{"max_instances": 1}')
+    make_pipeline("quick", "print('quick')\n")
+    first = queue.enqueue(app.db, "busy", "api")
+    assert [r.id for r in queue.claim(app.db, 1, lambda name: 1)] == [first]
+    for _ in range(25):
+        queue.enqueue(app.db, "busy", "api")
+    quick = queue.enqueue(app.db, "quick", "api")
+
+    claimed = queue.claim(app.db, 2, lambda name: 1)
+
+    assert [r.id for r in claimed] == [quick]
+    assert len([r for r in _runs(app, "busy") if r.status == "QUEUED"]) == 25

@@ -108,7 +108,7 @@ def claim(
     db: Database, limit: int, max_instances: Callable[[str], int], now: datetime | None = None
 ) -> list[PipelineRun]:
     """Claim up to ``limit`` due QUEUED runs for this process (oldest first), skipping
-    runs whose pipeline is at its ``max_instances``."""
+    runs whose pipeline is at its ``max_instances`` (however many of them wait)."""
     if limit <= 0:
         return []
     now = now or utcnow()
@@ -116,48 +116,66 @@ def claim(
     with db.session() as s:
         if is_postgres(db.engine):
             s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_KEY})
-        candidates = s.scalars(
-            select(PipelineRun)
-            .where(
+        counts: dict[str, int] = {}
+        full: set[str] = set()  # pipelines at their max_instances: left out of the next read
+        while len(claimed) < limit:
+            due = select(PipelineRun).where(
                 PipelineRun.status == RunStatus.QUEUED.value,
                 (PipelineRun.not_before.is_(None)) | (PipelineRun.not_before <= now),
             )
-            .order_by(PipelineRun.queued_at, PipelineRun.id)
-            .limit(max(limit * 4, 20))
-        ).all()
-        counts: dict[str, int] = {}
-        for run in candidates:
-            name = run.pipeline_name
-            if name not in counts:
-                counts[name] = active_count(s, name)
-            if counts[name] >= max_instances(name):
-                continue
-            owner = {
-                "status": RunStatus.PENDING.value,
-                "runner_host": runs.HOSTNAME,
-                "runner_pid": os.getpid(),
-                "runner_started": runs.process_started(os.getpid()),
-            }
-            # only while it is still QUEUED: a cancel committed since the SELECT above
-            # (which locks nothing) must not be overwritten — the run would run anyway
-            moved = s.execute(
-                update(PipelineRun)
-                .where(PipelineRun.id == run.id, PipelineRun.status == RunStatus.QUEUED.value)
-                .values(**owner)
-                .execution_options(synchronize_session=False)
-            )
-            if getattr(moved, "rowcount", 0) != 1:
-                continue
-            counts[name] += 1
-            for key, value in owner.items():
-                set_committed_value(run, key, value)
-            claimed.append(run)
-            if len(claimed) >= limit:
+            if full:
+                due = due.where(PipelineRun.pipeline_name.not_in(full))
+            candidates = s.scalars(
+                due.order_by(PipelineRun.queued_at, PipelineRun.id).limit(max(limit * 4, 20))
+            ).all()
+            if not candidates:
                 break
+            progress = (len(claimed), len(full))
+            # each candidate is claimed, lost to a cancel, or fills its pipeline: the next
+            # read has fewer rows to choose from, so this ends; a pipeline with a long
+            # backlog at its limit never holds back the others
+            for run in candidates:
+                name = run.pipeline_name
+                if name not in counts:
+                    counts[name] = active_count(s, name)
+                if counts[name] >= max_instances(name):
+                    full.add(name)
+                    continue
+                if not _take(s, run):
+                    continue
+                counts[name] += 1
+                claimed.append(run)
+                if len(claimed) >= limit:
+                    break
+            if (len(claimed), len(full)) == progress:
+                break  # only runs cancelled meanwhile: the next round reads again
         s.expunge_all()
     if claimed:
         readcache.invalidate()
     return claimed
+
+
+def _take(s: Any, run: PipelineRun) -> bool:
+    """Move ``run`` to PENDING for this process — only while it is still QUEUED: a cancel
+    committed since it was read (the read locks nothing) must not be overwritten, or the
+    run would run anyway."""
+    owner = {
+        "status": RunStatus.PENDING.value,
+        "runner_host": runs.HOSTNAME,
+        "runner_pid": os.getpid(),
+        "runner_started": runs.process_started(os.getpid()),
+    }
+    moved = s.execute(
+        update(PipelineRun)
+        .where(PipelineRun.id == run.id, PipelineRun.status == RunStatus.QUEUED.value)
+        .values(**owner)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(moved, "rowcount", 0) != 1:
+        return False
+    for key, value in owner.items():
+        set_committed_value(run, key, value)
+    return True
 
 
 def cancel(db: Database, run_id: uuid.UUID) -> str:
