@@ -171,6 +171,32 @@ def test_bad_pipeline_names_are_refused(api: Api, name: str) -> None:
         assert s.scalars(select(PipelineRun)).all() == []
 
 
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"A=B": "x"}, "is not a variable name"),
+        ({"": "x"}, "is not a variable name"),
+        ({"9LIVES": "x"}, "is not a variable name"),
+        ({"NUL\u0000": "x"}, "is not a variable name"),
+        ({"FASTFLOW_RUN_ID": "x"}, "set by fastflow"),
+        ({"fastflow_payload": "/etc/shadow"}, "set by fastflow"),
+        ({"DB_PASSWORD": "s3cret\u0000tail"}, "NUL character"),
+        ({"BIG": "x" * 70_000}, "longer than"),
+    ],
+)
+def test_run_parameters_a_process_cannot_take_are_refused(
+    api: Api, make_pipeline: MakePipeline, env: dict[str, str], needle: str
+) -> None:
+    """Found by an outside audit: such parameters were queued (202) and every attempt,
+    retries included, then failed at start ("illegal environment variable name")."""
+    make_pipeline("hello", "print('hi')\n")
+    res = api.client.post("/api/pipelines/hello/run", headers=api.admin, json={"env": env})
+    assert res.status_code == 422 and needle in res.json()["detail"], res.text
+    assert "s3cret" not in res.text and "/etc/shadow" not in res.text
+    with api.ctx.db.session() as s:
+        assert s.scalars(select(PipelineRun)).all() == []
+
+
 def test_start_run_in_background(api: Api, make_pipeline: MakePipeline) -> None:
     make_pipeline("hello", "print('hi from api')\n")
     res = api.client.post("/api/pipelines/hello/run", headers=api.admin)

@@ -26,6 +26,8 @@ def test_run_with_parameters(make_pipeline: MakePipeline, cli: Cli) -> None:
     assert "MODE=full" in log
     bad = cli("run", "p", "--env", "NOEQUALS")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+    reserved = cli("run", "p", "--env", "FASTFLOW_RUN_ID=mine")
+    assert reserved.returncode == 2 and "set by fastflow" in reserved.stderr
 
 
 def test_foreground_run_honours_retries(

@@ -22,7 +22,13 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
         if not sep or not key or not key.replace("_", "").isalnum():
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--env")
         env[key] = value
-    return env
+    from fastflow.errors import InvalidInput
+    from fastflow.runs import params
+
+    try:
+        return params.check(env)
+    except InvalidInput as e:
+        raise click.BadParameter(str(e), param_hint="--env") from None
 
 
 @click.command("run")

@@ -12,6 +12,7 @@ from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
 from fastflow.api.schemas import PipelineListOut, RunStartedOut
 from fastflow.db.models import Trigger, utcnow
 from fastflow.orchestration.ticker import describe, next_runs
+from fastflow.runs import params as run_params
 from fastflow.runs import pipelines
 from fastflow.runs import store as runs
 
@@ -61,7 +62,7 @@ def start_run(
     name: str, launcher: LauncherDep, _: AdminDep, params: RunParams | None = None
 ) -> JSONResponse:
     """Queue a run (it starts when a slot is free); 202 with its id."""
-    env = params.env if params is not None else None
+    env = run_params.check(params.env) if params is not None else None
     run_id = launcher.start(name, Trigger.API.value, env=env)
     return JSONResponse(
         {"run_id": str(run_id), "pipeline_name": name, "status": "QUEUED"}, status_code=202
