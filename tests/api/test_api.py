@@ -197,6 +197,30 @@ def test_run_parameters_a_process_cannot_take_are_refused(
         assert s.scalars(select(PipelineRun)).all() == []
 
 
+def test_a_malformed_request_body_is_not_echoed(api: Api, make_pipeline: MakePipeline) -> None:
+    """Found by an outside audit: FastAPI's 422 repeated what was sent (``input``),
+    passwords in the wrong shape included."""
+    make_pipeline("hello", "print('hi')\n")
+    cases = [
+        ("POST", "/api/auth/login", {"username": "admin", "password": ["LOGINSECRETPW"]}, {}),
+        ("PUT", "/api/settings", ["SMTPSECRETPW"], api.admin),
+        (
+            "POST",
+            "/api/pipelines/hello/run",
+            {"env": {"DB_PASSWORD": {"v": "RUNSECRET1"}}},
+            api.admin,
+        ),
+    ]
+    for method, path, body, headers in cases:
+        res = api.client.request(method, path, json=body, headers=headers)
+        assert res.status_code == 422, (path, res.text)
+        assert "SECRET" not in res.text, res.text
+        detail = res.json()["detail"]
+        assert detail and all({"type", "loc", "msg"} <= set(e) and "input" not in e for e in detail)
+    too_long = api.client.get("/api/runs?limit=100000000", headers=api.viewer)
+    assert too_long.status_code == 422 and "100000000" not in too_long.text
+
+
 def test_start_run_in_background(api: Api, make_pipeline: MakePipeline) -> None:
     make_pipeline("hello", "print('hi from api')\n")
     res = api.client.post("/api/pipelines/hello/run", headers=api.admin)

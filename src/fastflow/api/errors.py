@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from fastflow.errors import (
@@ -58,3 +61,26 @@ def install(app: FastAPI) -> None:
             body["started_at"] = exc.started_at
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
         return JSONResponse(body, status_code=status_for(exc), headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": [_without_input(e) for e in exc.errors()]}, status_code=422)
+
+
+def _without_input(error: Any) -> dict[str, Any]:
+    """One of FastAPI's validation errors without what was sent: its ``input`` (and any
+    text in its ``ctx``) may be a password sent in the wrong shape, and error text never
+    repeats a secret. ``type``, ``loc``, ``msg`` and numeric limits stay."""
+    out: dict[str, Any] = {
+        "type": error.get("type"),
+        "loc": list(error.get("loc", ())),
+        "msg": str(error.get("msg", "")),
+    }
+    ctx = error.get("ctx")
+    if isinstance(ctx, dict):
+        limits = {
+            k: v for k, v in ctx.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        if limits:
+            out["ctx"] = limits
+    return out
