@@ -88,3 +88,49 @@ def test_unknown_status_is_a_usage_error(cli: Cli) -> None:
     res = cli("runs", "--status", "bogus")
     assert res.returncode == 2 and "'bogus' is not a run status" in res.stderr
     assert cli("runs", "--status", "queued").returncode == 0
+
+
+def test_cancel_stops_a_foreground_run(
+    make_pipeline: MakePipeline, cli: Cli, tmp_path: Path
+) -> None:
+    """Found by an outside audit: `fastflow cancel` answered "cancellation requested" for
+    a run of `fastflow run`, and the run went on to SUCCESS. The foreground process now
+    stops it like a server does, without retrying it."""
+    import os
+    import subprocess
+    import sys
+
+    from fastflow.db.models import PipelineRun
+    from tests.conftest import wait_until
+
+    started = tmp_path / "started"
+    make_pipeline(
+        "sleeper",
+        f"import pathlib, time\npathlib.Path({str(started)!r}).write_text('x')\ntime.sleep(120)\n",
+        '{"retries": {"max": 2, "delay_seconds": 0}}',
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastflow", "run", "sleeper"],
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(started.exists, 60, "the pipeline to start")
+        ctx = bootstrap(load_settings())
+        with ctx.db.session() as s:
+            (run,) = s.query(PipelineRun).filter(PipelineRun.pipeline_name == "sleeper").all()
+        res = cli("cancel", str(run.id))
+        assert res.returncode == 0, res.stderr
+        _out, err = proc.communicate(timeout=30)  # well before the pipeline's 120 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "CANCELLED" in err and "retrying" not in err
+    with ctx.db.session() as s:
+        rows = s.query(PipelineRun).filter(PipelineRun.pipeline_name == "sleeper").all()
+    assert [r.status for r in rows] == ["CANCELLED"]
+    ctx.db.dispose()

@@ -3,21 +3,28 @@
 Guarantees: every attempt is its own run (own id, log, metrics) with ``attempt`` and
 ``retry_of``; the wait between attempts is the pipeline's retry delay; after the last
 attempt the downstream triggers are queued for a server to run; the caller learns the
-outcome of every attempt (``on_attempt``) and gets the last one back.
+outcome of every attempt (``on_attempt``) and gets the last one back; a cancel request
+for the running attempt (from any process) stops it within about a second
+(``CancelWatch``).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
 from fastflow import notify
 from fastflow.context import Context
+from fastflow.db.engine import Database
 from fastflow.lifecycle import disk
 from fastflow.orchestration.followup import Ended, queue_triggers, retry_spec
 from fastflow.orchestration.retries import retry_delay, should_retry
 from fastflow.runs import liveness, pipelines
+from fastflow.runs import store as runs
 from fastflow.runs.runner import RunResult, run_pipeline
+
+log = logging.getLogger(__name__)
 
 
 def run_in_foreground(
@@ -39,16 +46,18 @@ def run_in_foreground(
     pause = stop or threading.Event()
     while True:
         disk.check_soon(ctx)  # the disk-pressure incident (issue 16); never raises
-        result = run_pipeline(
-            ctx.db,
-            ctx.settings,
-            name,
-            triggered_by if attempt == 1 else "retry",
-            echo=echo,
-            env=env,
-            attempt=attempt,
-            retry_of=first,
-        )
+        with CancelWatch(ctx.db) as cancel:
+            result = run_pipeline(
+                ctx.db,
+                ctx.settings,
+                name,
+                triggered_by if attempt == 1 else "retry",
+                echo=echo,
+                cancel=cancel,
+                env=env,
+                attempt=attempt,
+                retry_of=first,
+            )
         first = first or result.run_id
         again = should_retry(spec, attempt, result.status.value)
         delay = retry_delay(spec, attempt) if again else None
@@ -72,3 +81,35 @@ def run_in_foreground(
     )
     queue_triggers(ctx.db, ctx.settings.pipelines_dir, pipeline, ended)
     return result
+
+
+class CancelWatch:
+    """While open, a thread looks every ``POLL_S`` for a cancel request (``fastflow
+    cancel``, ``POST /api/runs/{id}/cancel``) on a run this process runs, and sets the
+    event it yields: the runner then stops the run's process tree, as a server does for
+    its runs. A failed look is tried again at the next poll."""
+
+    POLL_S = 1.0
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.event = threading.Event()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="cancel-watch", daemon=True)
+
+    def __enter__(self) -> threading.Event:
+        self._thread.start()
+        return self.event
+
+    def __exit__(self, *_: object) -> None:
+        self._closed.set()
+        self._thread.join(5)
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self.POLL_S):
+            try:
+                if runs.cancel_requested_here(self._db):
+                    self.event.set()
+                    return
+            except Exception:  # the database away for a moment: look again
+                log.debug("looking for a cancel request failed", exc_info=True)

@@ -498,3 +498,20 @@ def _append_note(logs_root: Path, rel: str, text: str) -> int | None:
             return f.tell()
     except (OSError, UnsafePath):  # (a link on the way: the note is written nowhere)
         return None
+
+
+def cancel_requested_here(db: Database) -> bool:
+    """Whether a running run of this process (this host, this pid) has been asked to
+    stop (``cancel_requested_at``)."""
+    with db.engine.connect() as conn:
+        row = conn.execute(
+            select(PipelineRun.id)
+            .where(
+                PipelineRun.status.in_(RUNNING_STATES),
+                PipelineRun.runner_host == HOSTNAME,
+                PipelineRun.runner_pid == os.getpid(),
+                PipelineRun.cancel_requested_at.is_not(None),
+            )
+            .limit(1)
+        ).first()
+    return row is not None
