@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from fastflow import security
 from fastflow.config import Settings
 from fastflow.db.engine import Database
+from fastflow.db.models import PipelineRun
 from fastflow.runs import store as runs
 
 log = logging.getLogger("fastflow")
@@ -24,6 +25,9 @@ class Context:
     settings: Settings
     db: Database
     base: Settings = field(default=None)  # type: ignore[assignment]
+    # runs that ``bootstrap`` retired because their fastflow process had died: their
+    # retries, triggers and notifications are the caller's (``followup.after_interrupted``)
+    interrupted: list[PipelineRun] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.base is None:
@@ -62,7 +66,7 @@ def bootstrap(settings: Settings, *, recover: bool = True) -> Context:
     ctx.reload_settings(base_validated=True)
     security.install_log_redaction(ctx.settings)
     if recover:
-        runs.recover_orphans(db, ctx.settings.logs_root)
+        runs.recover_orphans(db, ctx.settings.logs_root, failed=ctx.interrupted)
     return ctx
 
 

@@ -4,16 +4,18 @@ machines told apart by their liveness locks)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
 
 from fastflow.config import load_settings
-from fastflow.context import bootstrap
+from fastflow.context import Context, bootstrap
 from fastflow.db.models import PipelineRun, utcnow
 from fastflow.runs import liveness
 from fastflow.runs import store as runs
+from tests.conftest import MakePipeline
 
 
 @pytest.mark.slow
@@ -61,3 +63,99 @@ def test_runs_of_a_dead_server_on_another_machine_are_taken_over(
     assert state[dead_claimed.id].status == "QUEUED" and state[dead_claimed.id].runner_host is None
     assert state[live_running.id].status == "RUNNING"
     ctx.db.dispose()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _interrupted(
+    ctx: Context, name: str, attempt: int, retry_of: uuid.UUID | None = None
+) -> uuid.UUID:
+    """A RUNNING run on this host whose fastflow process is gone."""
+    run = PipelineRun(
+        pipeline_name=name,
+        status="RUNNING",
+        triggered_by="schedule" if attempt == 1 else "retry",
+        started_at=utcnow() - timedelta(minutes=1),
+        runner_host=runs.HOSTNAME,
+        runner_pid=_dead_pid(),
+        runner_started=1000.0,
+        attempt=attempt,
+        retry_of=retry_of,
+    )
+    with ctx.db.session() as s:
+        s.add(run)
+    return run.id
+
+
+CONFIG = '{"retries": {"max": 2, "delay_seconds": 0}, "triggers": {"on_failure": ["after"]}}'
+
+
+def _all(ctx: Context) -> list[PipelineRun]:
+    with ctx.db.session() as s:
+        return list(s.query(PipelineRun).order_by(PipelineRun.queued_at).all())
+
+
+def test_a_run_interrupted_by_a_dead_server_is_retried_and_its_triggers_follow(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """Found by an outside audit: a run whose server was killed ended FAILED
+    ("interrupted") with no next attempt and no ``on_failure`` trigger. Its retry and,
+    after its last attempt, its triggers now follow as if it had ended."""
+    from fastflow.orchestration.dispatcher import Dispatcher
+
+    make_pipeline("flaky", "raise SystemExit(1)\n", CONFIG)
+    make_pipeline("after", "print('after')\n")
+    first = _interrupted(app, "flaky", 1)
+    last = _interrupted(app, "flaky", 3, retry_of=uuid.uuid4())
+
+    Dispatcher(app)._sweep_dead_servers()
+
+    rows = {r.id: r for r in _all(app)}
+    assert rows[first].status == "FAILED" and rows[last].status == "FAILED"
+    retries = [r for r in rows.values() if r.retry_of == first]
+    assert [(r.status, r.attempt, r.triggered_by) for r in retries] == [("QUEUED", 2, "retry")]
+    triggered = [r for r in rows.values() if r.pipeline_name == "after"]
+    assert [(r.status, r.upstream_run_id) for r in triggered] == [("QUEUED", last)]
+
+
+def test_a_command_that_finds_an_interrupted_run_queues_its_retry(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """The same for a run retired by any command's start-up (here `fastflow runs`)."""
+    from tests.conftest import run_cli
+
+    make_pipeline("flaky", "raise SystemExit(1)\n", CONFIG)
+    make_pipeline("after", "print('after')\n")
+    first = _interrupted(app, "flaky", 1)
+    res = run_cli("runs", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = _all(app)
+    assert [r.status for r in rows if r.id == first] == ["FAILED"]
+    assert [(r.attempt, r.status) for r in rows if r.retry_of == first] == [(2, "QUEUED")]
+
+
+def test_processes_sweeping_at_once_retire_a_run_once(app: Context) -> None:
+    """Two sweeps of the same dead run, the second committed while the first one is
+    between its read and its write: the run is retired (and followed up) once."""
+    run_id = _interrupted(app, "flaky", 1)
+    inner: list[PipelineRun] = []
+    outer: list[PipelineRun] = []
+
+    def dead_but_another_sweeps_first(run: PipelineRun) -> bool:
+        if not inner:
+            runs.sweep_dead(
+                app.db, app.settings.logs_root, lambda r: False, this_host=True, failed=inner
+            )
+        return False
+
+    runs.sweep_dead(
+        app.db, app.settings.logs_root, dead_but_another_sweeps_first, this_host=True, failed=outer
+    )
+    assert [r.id for r in inner] == [run_id] and outer == []

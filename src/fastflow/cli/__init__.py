@@ -39,7 +39,13 @@ def _settings(ctx: click.Context) -> Settings:
 def _context(ctx: click.Context) -> Context:
     from fastflow.context import bootstrap
 
-    return bootstrap(_settings(ctx))
+    app = bootstrap(_settings(ctx))
+    if app.interrupted:  # runs of a process that died: what their end would have done
+        from fastflow import notify
+        from fastflow.orchestration.followup import after_interrupted
+
+        after_interrupted(app, app.interrupted, wait_s=notify.CLI_WAIT_S)
+    return app
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -138,15 +138,19 @@ class Dispatcher:
         """Runs of a server that died: claimed-but-unstarted ones go back to the queue,
         running ones are marked FAILED (on this host, or — PostgreSQL — on any)."""
         db, logs = self._ctx.db, self._ctx.settings.logs_root
-        n = runs.recover_orphans(db, logs)
+        failed: list[PipelineRun] = []
+        n = runs.recover_orphans(db, logs, failed=failed)
         n += runs.sweep_dead(
             db,
             logs,
             lambda r: liveness.is_alive(db, r.runner_host, r.runner_pid, r.runner_started),
             this_host=False,
+            failed=failed,
         )
         if n:
             log.warning("%d runs of dead fastflow processes retired or re-queued", n)
+        for run in failed:  # their retries and triggers, as if they had ended here
+            self._after(run, run.status)
         self._adopt_containers()
 
     # --- container runs that outlived their server ------------------------------------

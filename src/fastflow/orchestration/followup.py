@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from fastflow.context import Context
 from fastflow.db.engine import Database
-from fastflow.db.models import RunStatus, Trigger, utcnow
+from fastflow.db.models import PipelineRun, RunStatus, Trigger, utcnow
 from fastflow.orchestration import queue
 from fastflow.orchestration.retries import retry_delay, should_retry
 from fastflow.runs import pipelines
@@ -113,3 +114,34 @@ def queue_triggers(
             queue.enqueue(db, name, Trigger.UPSTREAM.value, env=env, upstream_run_id=ended.run_id)
         )
     return tuple(out)
+
+
+def ended_of(run: PipelineRun) -> Ended:
+    """The follow-up's facts of a run row (its status as it is now)."""
+    return Ended(
+        run.id,
+        run.pipeline_name,
+        run.status,
+        run.attempt or 1,
+        run.retry_of,
+        run.run_config_id,
+        queue.env_of(run),
+    )
+
+
+def after_interrupted(ctx: Context, interrupted: list[PipelineRun], wait_s: float = 0.0) -> None:
+    """What the end of each run retired as interrupted (its fastflow process died) would
+    have done: its next attempt or its triggers, and its failure notification — waiting
+    at most ``wait_s`` for the deliveries (a short-lived command). Never raises."""
+    from fastflow import notify
+
+    deliveries = []
+    for run in interrupted:
+        final = True
+        try:
+            final = follow_up(ctx.db, ctx.settings.pipelines_dir, ended_of(run)).retry is None
+        except Exception:
+            log.exception("follow-up of interrupted run %s failed", run.id)
+        deliveries.append(notify.after_run(ctx, run.id, run.status, final))
+    for delivery in deliveries:
+        delivery.wait(wait_s)

@@ -10,9 +10,12 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psutil
 from sqlalchemy import Select, func, literal, select, union_all, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from fastflow.archive import ledger
 from fastflow.db import cache as readcache
@@ -386,13 +389,21 @@ def _runner_alive(run: PipelineRun) -> bool:
     return run.runner_started is None or abs(started - run.runner_started) < 1.0
 
 
-def recover_orphans(db: Database, logs_root: Path, now: datetime | None = None) -> int:
+def recover_orphans(
+    db: Database,
+    logs_root: Path,
+    now: datetime | None = None,
+    failed: list[PipelineRun] | None = None,
+) -> int:
     """Runs left PENDING/RUNNING by a dead process on this host: a claimed run that never
     started goes back to the queue; any other is marked FAILED (what is left of its
     process tree is killed). Runs of a live process or of another host are left alone
     (see ``sweep_dead``), and so are RUNNING container runs (``fastflow serve``
-    re-attaches to them). A note is appended to each failed run's log."""
-    return sweep_dead(db, logs_root, lambda run: _runner_alive(run), this_host=True, now=now)
+    re-attaches to them). A note is appended to each failed run's log; the failed runs
+    are appended to ``failed``."""
+    return sweep_dead(
+        db, logs_root, lambda run: _runner_alive(run), this_host=True, now=now, failed=failed
+    )
 
 
 def sweep_dead(
@@ -402,11 +413,15 @@ def sweep_dead(
     *,
     this_host: bool,
     now: datetime | None = None,
+    failed: list[PipelineRun] | None = None,
 ) -> int:
     """Retire the active runs (of this host, or of every other host) whose runner
     ``alive`` says is gone; RUNNING container runs are left for ``fastflow serve`` to
     re-attach (``orphaned_container_runs``, ``adopt``). Returns how many runs were
-    failed or re-queued."""
+    failed or re-queued; the runs failed here are appended to ``failed`` (their retries
+    and triggers are the caller's: ``orchestration.followup.after_interrupted``). Each
+    change is made only while the run is still as it was read, so processes sweeping at
+    the same time retire a run once."""
     now = now or utcnow()
     host = PipelineRun.runner_host == HOSTNAME if this_host else PipelineRun.runner_host != HOSTNAME
     retired = 0
@@ -418,29 +433,68 @@ def sweep_dead(
         for run in rows:
             if survives_supervisor(run) or alive(run):
                 continue
-            retired += 1
             if run.status == "PENDING" and run.queued_at is not None and run.pipeline_pid is None:
-                run.status, run.runner_host, run.runner_pid = RunStatus.QUEUED.value, None, None
-                continue  # claimed but never started: another server takes it
+                # claimed but never started: another server takes it
+                if _move(s, run, status=RunStatus.QUEUED.value, runner_host=None, runner_pid=None):
+                    retired += 1
+                continue
             if this_host:
                 kill_orphaned_group(run.pipeline_pid, run.pipeline_started)
-            run.status = RunStatus.FAILED.value
-            run.finished_at = now
-            run.failure_reason = "interrupted: the fastflow process that ran it is gone"
+            reason = "interrupted: the fastflow process that ran it is gone"
+            if not _move(
+                s, run, status=RunStatus.FAILED.value, finished_at=now, failure_reason=reason
+            ):
+                continue  # another process retired it first
+            retired += 1
+            if failed is not None:
+                failed.append(run)
             if run.log_file and not notes:
                 # nothing is written to a LOGS_DIR that is not this installation's
                 notes.append(logsdir.problem(db, logs_root, mark=False) is None)
             if run.log_file and notes[0]:
-                run.log_size = _append_note(
+                size = _append_note(
                     logs_root,
                     run.log_file,
                     f"run interrupted: the fastflow process (pid {run.runner_pid} on "
                     f"{run.runner_host}) that ran it is gone; marked FAILED at "
                     f"{now.isoformat(timespec='seconds')}",
                 )
+                s.execute(
+                    update(PipelineRun)
+                    .where(PipelineRun.id == run.id)
+                    .values(log_size=size)
+                    .execution_options(synchronize_session=False)
+                )
+                set_committed_value(run, "log_size", size)
     if retired:
         readcache.invalidate()
     return retired
+
+
+def _move(s: Session, run: PipelineRun, **values: Any) -> bool:
+    """Write ``values`` to ``run``'s row only while it still has the status and runner it
+    was read with (another sweeper, a claim or the run's end may have changed it); the
+    object gets the values too. Whether the row was changed."""
+    moved = s.execute(
+        update(PipelineRun)
+        .where(
+            PipelineRun.id == run.id,
+            PipelineRun.status == run.status,
+            PipelineRun.runner_host.is_(None)
+            if run.runner_host is None
+            else PipelineRun.runner_host == run.runner_host,
+            PipelineRun.runner_pid.is_(None)
+            if run.runner_pid is None
+            else PipelineRun.runner_pid == run.runner_pid,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(moved, "rowcount", 0) != 1:
+        return False
+    for key, value in values.items():
+        set_committed_value(run, key, value)
+    return True
 
 
 def kill_orphaned_group(pgid: int | None, started: float | None) -> int:
