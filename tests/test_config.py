@@ -123,6 +123,18 @@ def test_bad_values_name_variable_and_value(
     assert "\n" not in message
 
 
+def test_credentials_in_the_s3_endpoint_are_refused_and_not_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by an outside audit: a user and password in S3_ENDPOINT_URL were accepted
+    and shown to every viewer (settings page, /api/settings)."""
+    monkeypatch.setenv("S3_ENDPOINT_URL", "http://AKIA:SECRETS3INURL@127.0.0.1:9000/")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "S3_ENDPOINT_URL" in str(err.value) and "S3_ACCESS_KEY" in str(err.value)
+    assert "SECRETS3INURL" not in str(err.value)
+
+
 @pytest.mark.parametrize("var", ["TEAMS_WEBHOOK_URL", "S3_SECRET_ACCESS_KEY"])
 def test_bad_secret_value_is_masked(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
     monkeypatch.setenv("TEAMS_WEBHOOK_URL", "no-scheme/secret-token-123")

@@ -43,3 +43,19 @@ def test_log_records_are_redacted_whatever_the_logger(
     text = caplog.text
     assert S3_SECRET not in text and SMTP_PASSWORD not in text
     assert "key *** refused" in text
+
+
+@pytest.mark.parametrize("token", ["SECRET TOKENAB", "SECRÉTTOKEN", "tökenvalue"])
+def test_webhook_tokens_are_masked_as_an_http_client_logs_them(
+    ff_env: dict[str, str], token: str
+) -> None:
+    """Found by an outside audit: httpx logs the URL percent-encoded (``SECRET%20TOKENAB``),
+    which the redactor, replacing exact strings, let through."""
+    import httpx
+
+    url = f"https://hooks.example.org/webhookb2/{token}/IncomingWebhook/x"
+    settings = load_settings(teams_webhook_url=url)
+    logged = f'HTTP Request: POST {httpx.URL(url)} "HTTP/1.1 200 OK"'
+    clean = redact(logged, settings)
+    assert token not in clean
+    assert "SECRET%20" not in clean and "SECR%C3%89T" not in clean and "t%C3%B6k" not in clean

@@ -284,7 +284,14 @@ class Settings(BaseSettings):
     @field_validator("s3_endpoint_url")
     @classmethod
     def _s3_url(cls, v: str | None) -> str | None:
-        return _check_outbound_url(v)
+        checked = _check_outbound_url(v)
+        if checked is not None and "@" in urlsplit(checked).netloc:
+            # the endpoint is shown to every viewer (settings page, /api/settings)
+            raise ValueError(
+                "must not contain a user name or password: S3 credentials go in "
+                "S3_ACCESS_KEY and S3_SECRET_ACCESS_KEY"
+            )
+        return checked
 
     @field_validator("fastflow_base_url")
     @classmethod
@@ -425,7 +432,7 @@ def mask_url_password(url: str) -> str:
 def _describe(loc: tuple[int | str, ...], value: Any) -> str:
     field = str(loc[0]) if loc else "?"
     shown = "***" if field in SECRET_FIELDS else value
-    if field == "database_url" and isinstance(shown, str):
+    if field in ("database_url", "s3_endpoint_url") and isinstance(shown, str):
         shown = mask_url_password(shown)
     if isinstance(shown, str):
         return f"{field.upper()}={_printable(shown)}"

@@ -18,7 +18,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -112,6 +112,7 @@ def decrypt(settings: Settings, value: str) -> str:
 MASK = "***"
 _MIN_SECRET_LEN = 4  # shorter values would mangle ordinary words and are not credentials
 _MIN_TOKEN_LEN = 6
+_PCHAR = "!$&'()*+,;=:@-._~%"  # what a URL path keeps unencoded (RFC 3986), and "%"
 
 
 def mask_url(url: str) -> str:
@@ -153,7 +154,10 @@ def redact(text: str, settings: Settings) -> str:
     if settings.teams_webhook_url is not None:
         url = settings.teams_webhook_url.get_secret_value()
         text = text.replace(url, mask_url(url))
-        for part in sorted(url_secrets(url)[1:], key=len, reverse=True):
+        parts = set(url_secrets(url)[1:])
+        # as an HTTP client logs them too: percent-encoded (a space, a non-ASCII letter)
+        parts |= {quote(p, safe=_PCHAR) for p in parts}
+        for part in sorted(parts, key=len, reverse=True):
             text = text.replace(part, MASK)
     for name in sorted(SECRET_FIELDS):
         secret = getattr(settings, name, None)

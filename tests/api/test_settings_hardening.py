@@ -438,3 +438,16 @@ def test_the_scheduler_runs_a_pass_soon_after_the_schedule_changed(app: Context)
     finally:
         scheduler.stop()
     assert next_pass_at(ctx) is None  # stopped: nothing scheduled here any more
+
+
+def test_an_s3_endpoint_with_credentials_is_refused_without_showing_them(api: Api) -> None:
+    """Found by an outside audit: such an endpoint was stored and returned to viewers."""
+    res = api.client.put(
+        "/api/settings",
+        json={"s3_endpoint_url": "http://AKIA:SECRETS3INURL@127.0.0.1:9/"},
+        headers=api.admin,
+    )
+    assert res.status_code == 422 and "S3_ACCESS_KEY" in res.text, res.text
+    assert "SECRETS3INURL" not in res.text
+    shown = api.client.get("/api/settings", headers=api.viewer)
+    assert shown.status_code == 200 and "SECRETS3INURL" not in shown.text

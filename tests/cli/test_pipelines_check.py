@@ -57,9 +57,16 @@ def test_unknown_key_unknown_target_and_cycle_are_errors(
 def test_webhook_key_in_a_file_is_a_warning_not_an_error(
     make_pipeline: MakePipeline, cli: Cli
 ) -> None:
-    make_pipeline("hooked", config='{"webhook_key": "abcdef123456"}')
+    make_pipeline("hooked", config='{"webhook_key": "abcdef123456-long-enough"}')
     res = cli("pipelines", "check", "--json")
     assert res.returncode == 0
     (problem,) = json.loads(res.stdout)["problems"]
     assert problem["level"] == "warning" and "secret" in problem["message"]
     assert "abcdef123456" not in res.stdout
+    # found by an outside audit: a one-character key was accepted without a word
+    make_pipeline("hooked", config='{"webhook_key": "x"}')
+    res = cli("pipelines", "check", "--json")
+    assert res.returncode == 0
+    problems = json.loads(res.stdout)["problems"]
+    assert [p["level"] for p in problems] == ["warning", "warning"]
+    assert "is 1 characters long" in problems[1]["message"] and "guessed" in problems[1]["message"]

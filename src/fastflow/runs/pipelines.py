@@ -22,6 +22,7 @@ from fastflow.runs.pipeline_config import PipelineConfig, parse
 log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 100
+MIN_WEBHOOK_KEY = 16  # characters: shorter keys in pipeline.json are warned about
 _ALLOWED_PUNCT = frozenset(" -_.")
 
 
@@ -267,6 +268,17 @@ def check_all(pipelines_dir: Path) -> tuple[list[Pipeline], list[Problem]]:
                     "prefer 'fastflow webhook create'",
                 )
             )
+            short = min(len(k) for k in p.config.webhook_keys.values())
+            if short < MIN_WEBHOOK_KEY:
+                problems.append(
+                    Problem(
+                        p.name,
+                        "warning",
+                        f"a webhook_key in pipeline.json is {short} characters long: a key "
+                        f"shorter than {MIN_WEBHOOK_KEY} can be guessed ('fastflow webhook "
+                        "create' makes one of 256 random bits)",
+                    )
+                )
     cycle = trigger_cycle(graph)
     if cycle:
         problems.append(Problem(cycle[0], "error", "trigger cycle refused: " + " -> ".join(cycle)))
