@@ -159,3 +159,20 @@ def test_processes_sweeping_at_once_retire_a_run_once(app: Context) -> None:
         app.db, app.settings.logs_root, dead_but_another_sweeps_first, this_host=True, failed=outer
     )
     assert [r.id for r in inner] == [run_id] and outer == []
+
+
+def test_a_trigger_to_a_disabled_pipeline_queues_nothing(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """Found by an outside audit: a disabled pipeline (whose webhook answers 409 and whose
+    schedules do not fire) still ran when another pipeline's trigger named it."""
+    from fastflow.orchestration.followup import Ended, follow_up
+
+    make_pipeline("up", "print('up')\n", '{"triggers": {"on_success": ["off", "on"]}}')
+    make_pipeline("off", "print('off')\n", '{"enabled": false}')
+    make_pipeline("on", "print('on')\n")
+    done = follow_up(
+        app.db, app.settings.pipelines_dir, Ended(uuid.uuid4(), "up", "SUCCESS", 1, None)
+    )
+    names = [r.pipeline_name for r in _all(app) if r.id in done.triggered]
+    assert names == ["on"]

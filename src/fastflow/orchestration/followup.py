@@ -6,7 +6,8 @@ next attempt, queued with ``not_before`` = end + the retry delay, ``attempt`` + 
 last attempt are triggers queued: ``on_success`` after SUCCESS, ``on_failure`` after a
 final FAILED/TIMEOUT; each triggered run gets ``triggered_by = "upstream"``,
 ``upstream_run_id`` and ``FASTFLOW_UPSTREAM_RUN_ID``/``FASTFLOW_UPSTREAM_STATUS`` in its
-environment. Triggers are not followed while the pipelines have a trigger cycle.
+environment. Triggers are not followed while the pipelines have a trigger cycle, nor to
+a disabled pipeline (``"enabled": false``).
 """
 
 from __future__ import annotations
@@ -106,9 +107,12 @@ def queue_triggers(
     out = []
     for name in targets:
         try:
-            pipelines.load(pipelines_dir, name)
+            target = pipelines.load(pipelines_dir, name)
         except Exception as e:
             log.error("trigger %s -> %s not queued: %s", pipeline.name, name, e)
+            continue
+        if not target.config.enabled:  # as its schedules and webhooks: nothing automatic
+            log.info("trigger %s -> %s not queued: %s is disabled", pipeline.name, name, name)
             continue
         out.append(
             queue.enqueue(db, name, Trigger.UPSTREAM.value, env=env, upstream_run_id=ended.run_id)
