@@ -40,7 +40,9 @@ SWEEP_S = 5.0
 
 
 class Dispatcher:
-    """Starts on first use; ``stop()`` ends the loop (running runs finish)."""
+    """Starts on first use; ``stop()`` ends the loop: nothing is claimed after it. Runs
+    still executing end with the process (their threads are daemons); the next start
+    retires them as interrupted and follows them up (retries, triggers)."""
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
