@@ -210,7 +210,8 @@ def test_api_runs_routes_take_the_short_id(api: Api) -> None:
     assert gone.status_code == 200 and gone.json()["row_deleted"] is True
     assert gone.json()["id"] == str(GONE)
     cancel = api.client.post("/api/runs/eeee0000/cancel", headers=api.admin)
-    assert cancel.status_code == 200 and cancel.json() == {"cancelled": True}
+    assert cancel.status_code == 200
+    assert cancel.json() == {"cancelled": True, "outcome": "cancelled"}
     again = api.client.post("/api/runs/abce0000/cancel", headers=api.admin)
     assert again.status_code == 409 and "already finished" in again.json()["detail"]
 

@@ -114,6 +114,7 @@ class RunStartedOut(BaseModel):
 
 class CancelOut(BaseModel):
     cancelled: bool
+    outcome: Literal["cancelled", "requested"]  # never started, or being stopped
 
 
 class MetricSampleOut(BaseModel):

@@ -380,12 +380,15 @@ def get_metrics(run_id: RunIdDep, ctx: CtxDep) -> JSONResponse:
 
 
 @router.post("/runs/{run_id}/cancel", response_model=CancelOut)
-def cancel_run(_: AdminDep, run_id: RunIdDep, launcher: LauncherDep) -> dict[str, bool]:
-    """Cancel a run: a QUEUED one at once; a running one on whichever server executes it
-    (its process tree is stopped within seconds). 409 when it already finished."""
-    if launcher.cancel(run_id) == "finished":
+def cancel_run(_: AdminDep, run_id: RunIdDep, launcher: LauncherDep) -> dict[str, object]:
+    """Cancel a run: a QUEUED one at once; a running one on whichever process executes it
+    (its process tree is stopped within seconds). 409 when it already finished.
+    ``outcome``: ``cancelled`` (it never started) or ``requested`` (it is being stopped;
+    it may still end otherwise if it finishes first — its status tells)."""
+    outcome = launcher.cancel(run_id)
+    if outcome == "finished":
         raise RunAlreadyFinished(f"run {run_id} has already finished")
-    return {"cancelled": True}
+    return {"cancelled": True, "outcome": outcome}
 
 
 @router.get("/archive", response_model=ArchiveEntryListOut)
