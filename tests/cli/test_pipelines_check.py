@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from subprocess import CompletedProcess
 
 from tests.conftest import MakePipeline
@@ -70,3 +71,38 @@ def test_webhook_key_in_a_file_is_a_warning_not_an_error(
     problems = json.loads(res.stdout)["problems"]
     assert [p["level"] for p in problems] == ["warning", "warning"]
     assert "is 1 characters long" in problems[1]["message"] and "guessed" in problems[1]["message"]
+
+
+def test_every_cycle_a_broken_link_and_a_silent_cron_are_reported(
+    make_pipeline: MakePipeline, cli: Cli, tmp_path: Path
+) -> None:
+    """Found by an outside audit: only the first trigger cycle was reported (``self ->
+    self`` hid behind ``a -> b -> a``), a pipeline.json linking to nothing counted as no
+    settings, and a cron that matches no date was accepted without a word."""
+    make_pipeline("a", config='{"triggers": {"on_success": ["b"]}}')
+    make_pipeline("b", config='{"triggers": {"on_success": ["a"]}}')
+    make_pipeline("me", config='{"triggers": {"on_failure": ["me"]}}')
+    make_pipeline("x", config='{"triggers": {"on_success": ["y"]}}')
+    make_pipeline("y", config='{"triggers": {"on_success": ["z"]}}')
+    make_pipeline("z", config='{"triggers": {"on_success": ["x", "a"]}}')
+    make_pipeline("feb30", config='{"schedules": [{"id": "never", "cron": "0 0 30 2 *"}]}')
+    linked = make_pipeline("linked")
+    (linked / "pipeline.json").symlink_to(tmp_path / "gone.json")
+    res = cli("pipelines", "check")
+    assert res.returncode == 1
+    err = res.stderr
+    assert "trigger cycle refused: a -> b -> a" in err
+    assert "trigger cycle refused: me -> me" in err
+    assert "trigger cycle refused: x -> y -> z -> x" in err
+    assert "link to a file that does not exist" in err
+    assert "schedule 'never': cron '0 0 30 2 *' matches no date; it never fires" in err
+
+
+def test_trigger_cycles_finds_one_cycle_per_group() -> None:
+    from fastflow.runs.pipelines import trigger_cycles
+
+    assert trigger_cycles({"a": ("b",), "b": ("c",), "c": ()}) == []
+    assert trigger_cycles({"a": ("a",)}) == [["a", "a"]]
+    graph = {"a": ("b", "c"), "b": ("a",), "c": ("d",), "d": ("c", "e"), "e": ()}
+    assert trigger_cycles(graph) == [["a", "b", "a"], ["c", "d", "c"]]
+    assert trigger_cycles({"a": ("ghost",)}) == []

@@ -22,6 +22,7 @@ from fastflow.runs.pipeline_config import PipelineConfig, parse
 log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 100
+_CRON_PROBE = 1767225600.0  # 2026-01-01 UTC: where a cron's next match is looked for
 MIN_WEBHOOK_KEY = 16  # characters: shorter keys in pipeline.json are warned about
 _ALLOWED_PUNCT = frozenset(" -_.")
 
@@ -119,6 +120,10 @@ RETENTION_KEYS = frozenset({"runs", "days", "max_size_mb", "keep_last_success", 
 def _read_config(path: Path) -> dict[str, Any]:
     cfg_file = path / "pipeline.json"
     if not cfg_file.exists():
+        if cfg_file.is_symlink():  # a link to nothing is a mistake, not "no settings"
+            raise InvalidPipelineConfig(
+                f"{cfg_file}: pipeline.json is a link to a file that does not exist"
+            )
         return {}
     try:
         data = json.loads(cfg_file.read_text(encoding="utf-8"))
@@ -222,22 +227,69 @@ def _folders(pipelines_dir: Path) -> list[Path]:
 
 def trigger_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
     """A cycle in the downstream-trigger graph (``a -> b -> a`` as ``[a, b, a]``)."""
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    cycles = trigger_cycles(graph)
+    return cycles[0] if cycles else None
 
-    def visit(node: str, path: list[str]) -> list[str] | None:
-        state[node] = 1
-        for nxt in graph.get(node, ()):
-            if state.get(nxt) == 1:
-                return [*path[path.index(nxt) :], nxt] if nxt in path else [node, nxt]
-            if state.get(nxt) is None and (found := visit(nxt, [*path, nxt])):
-                return found
-        state[node] = 2
-        return None
 
-    for start in sorted(graph):
-        if state.get(start) is None and (found := visit(start, [start])):
-            return found
-    return None
+def trigger_cycles(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:
+    """One cycle of each group of pipelines that trigger each other (each strongly
+    connected part of the trigger graph with a cycle), in name order: every independent
+    cycle is reported, not only the first found."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def finish_order(start: str) -> None:  # iterative DFS: finishing order
+        stack = [(start, iter(graph.get(start, ())))]
+        seen.add(start)
+        while stack:
+            node, rest = stack[-1]
+            nxt = next(rest, None)
+            if nxt is None:
+                stack.pop()
+                order.append(node)
+            elif nxt in graph and nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, iter(graph.get(nxt, ()))))
+
+    for node in sorted(graph):
+        if node not in seen:
+            finish_order(node)
+    reverse: dict[str, list[str]] = {n: [] for n in graph}
+    for node, targets in graph.items():
+        for t in targets:
+            if t in reverse:
+                reverse[t].append(node)
+    part_of: dict[str, int] = {}
+    parts: list[list[str]] = []
+    for node in reversed(order):  # Kosaraju: components of the reversed graph
+        if node in part_of:
+            continue
+        part_of[node] = len(parts)
+        members, todo = [node], [node]
+        while todo:
+            for prev in reverse[todo.pop()]:
+                if prev not in part_of:
+                    part_of[prev] = len(parts)
+                    members.append(prev)
+                    todo.append(prev)
+        parts.append(members)
+    cycles: list[list[str]] = []
+    for members in parts:
+        inside = set(members)
+        first = min(members)
+        if len(members) == 1 and first not in graph.get(first, ()):
+            continue  # a single pipeline that does not trigger itself
+        path, node = [first], first
+        visited = {first}
+        while True:  # walk inside the component until the path closes on itself
+            nxt = min(t for t in graph[node] if t in inside)
+            if nxt in visited:
+                cycles.append([*path[path.index(nxt) :], nxt])
+                break
+            path.append(nxt)
+            visited.add(nxt)
+            node = nxt
+    return sorted(cycles)
 
 
 def check_all(pipelines_dir: Path) -> tuple[list[Pipeline], list[Problem]]:
@@ -279,7 +331,30 @@ def check_all(pipelines_dir: Path) -> tuple[list[Pipeline], list[Problem]]:
                         "create' makes one of 256 random bits)",
                     )
                 )
-    cycle = trigger_cycle(graph)
-    if cycle:
+    for cycle in trigger_cycles(graph):
         problems.append(Problem(cycle[0], "error", "trigger cycle refused: " + " -> ".join(cycle)))
+    for p in found:
+        problems.extend(_silent_schedules(p))
     return found, problems
+
+
+def _silent_schedules(p: Pipeline) -> list[Problem]:
+    """A warning for each cron schedule that matches no date (``0 0 30 2 *``): valid
+    syntax, but it never fires."""
+    from croniter import CroniterBadDateError, croniter
+
+    out = []
+    for spec in p.config.schedules:
+        if spec.cron is None:
+            continue
+        try:
+            croniter(spec.cron, _CRON_PROBE).get_next(float)
+        except CroniterBadDateError:
+            out.append(
+                Problem(
+                    p.name,
+                    "warning",
+                    f"schedule {spec.key!r}: cron {spec.cron!r} matches no date; it never fires",
+                )
+            )
+    return out
