@@ -74,6 +74,26 @@ def fernet(settings: Settings) -> Fernet:
         raise ConfigError(f"cannot use the secret key file {path}: {e}") from e
 
 
+def own_secrets(settings: Settings) -> list[str]:
+    """fastflow's own secrets as text — the secret store's key (``FASTFLOW_SECRET_KEY`` or
+    the key file's content, when it exists) and every secret setting — for masking what a
+    run's build or process prints: a pipeline may make a tool print a file it cannot
+    read itself (an error quoting ``-r DATA_DIR/secret.key``)."""
+    out: list[str] = []
+    for name in sorted(SECRET_FIELDS):
+        secret = getattr(settings, name, None)
+        value = secret.get_secret_value() if isinstance(secret, SecretStr) else None
+        if value and len(value) >= _MIN_SECRET_LEN:
+            out.append(value)
+    try:
+        key = _key_file(settings).read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        key = ""
+    if len(key) >= _MIN_SECRET_LEN:
+        out.append(key)
+    return out
+
+
 def _create_key_file(path: Path) -> None:
     """Write a new key to a private temporary file and link it into place: a concurrent
     reader sees no file or a whole key, never an empty one; the first writer wins."""

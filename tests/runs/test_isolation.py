@@ -246,6 +246,39 @@ def test_a_run_as_another_user_cannot_read_fastflows_secrets(
     assert stored_key not in raw
 
 
+@pytest.mark.parametrize("trick", ["include the key file", "a secret in a bad line"])
+def test_an_environment_build_prints_neither_the_store_key_nor_a_secret(
+    run_user: pwd.struct_passwd, shared_root: dict[str, str], trick: str
+) -> None:
+    """Found by an outside audit: a requirements file naming the secret store's key file
+    (``-r DATA_DIR/secret.key``) had uv quote the key in the ``[env]`` lines and in the
+    run's ``failure_reason``, and a secret in a bad requirement line reached
+    ``failure_reason`` unmasked. Both are masked now. (The build itself still runs as
+    fastflow's user: docs/isolation.md.)"""
+    stored = run_cli("secret", "set", "PROBE_TOKEN", input="probe-token-Jj5Kk6\n")
+    assert stored.returncode == 0, stored.stderr
+    data = Path(shared_root["DATA_DIR"])
+    key = (data / "secret.key").read_text().strip()
+    folder = _pipeline(shared_root, "builder", "print('never')\n", '{"secrets": ["PROBE_TOKEN"]}')
+    line = (
+        f"-r {data / 'secret.key'}" if trick == "include the key file" else "bad probe-token-Jj5Kk6"
+    )
+    (folder / "requirements.txt").write_text(f"--no-index\n{line}\n")
+    res = run_cli("run", "builder", env={"RUN_AS_USER": RUN_USER}, timeout=180)
+    assert res.returncode != 0
+    (run,) = _json_runs()
+    raw = (Path(shared_root["LOGS_DIR"]) / str(run["log_file"])).read_text("utf-8", "replace")
+    shown = [res.stdout, res.stderr, raw, json.dumps(run)]
+    assert "environment build failed" in str(run["failure_reason"])
+    for text in shown:
+        assert key not in text and "probe-token-Jj5Kk6" not in text
+    # a command started without RUN_AS_USER leaves DATA_DIR traversable for the runs
+    # (before, it made DATA_DIR 0700 and the server's next run failed: Permission denied)
+    assert (data.stat().st_mode & 0o777) == 0o711
+    assert run_cli("runs").returncode == 0
+    assert (data.stat().st_mode & 0o777) == 0o711
+
+
 def test_run_as_an_unknown_user_is_refused_at_start(
     ff_env: dict[str, str], make_pipeline: MakePipeline
 ) -> None:

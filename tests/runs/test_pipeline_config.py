@@ -149,6 +149,9 @@ def test_custom_retry_schedule_native_and_alias() -> None:
         ({"schedules": "*/5 * * * *"}, "schedules must be a list of objects"),
         ({"schedules": {"cron": "* * * * *"}}, "schedules must be a list of objects"),
         ({"schedules": [None]}, "schedules must be a list of objects"),
+        # found by an outside audit: JSON reads 3.10 as 3.1, which was then looked for
+        ({"python": 3.10}, 'python must be written as a string such as "3.10"'),
+        ({"python_version": 3.2}, "python_version must be written as a string"),
     ],
 )
 def test_bad_values_name_the_key(data: dict[str, Any], needle: str) -> None:
@@ -168,3 +171,9 @@ def test_a_wrongly_typed_webhook_key_is_not_shown_in_the_error(key: Any) -> None
             parse(data, WHERE)
         assert "webhook_key must be a non-empty string" in str(err.value)
         assert "TheRealKey" not in str(err.value) and "1234567890" not in str(err.value)
+
+
+def test_python_versions_written_as_numbers_that_cannot_be_misread_are_taken() -> None:
+    assert parse({"python": 3.11}, WHERE).python == "3.11"
+    assert parse({"python": 3.9}, WHERE).python == "3.9"
+    assert parse({"python": "3.10"}, WHERE).python == "3.10"

@@ -109,6 +109,11 @@ class LogCapture:
             self._write(self._pending_stamp + "".join(self._pending) + "\n")
             self._pending, self._pending_len, self._pending_stamp = [], 0, ""
 
+    def masked(self, text: str) -> str:
+        """``text`` with this capture's secrets masked (for a reason stored or printed
+        outside the log)."""
+        return self._masker.mask(text) if self._masker is not None else text
+
     def write_note(self, text: str) -> None:
         """Write a fastflow note as its own line (never inside an open line)."""
         self.write_line(f"[fastflow] {text}")

@@ -140,10 +140,17 @@ def remove_workdir(path: Path) -> None:
 
 
 def secure_data_dir(settings: Settings) -> None:
-    """Create ``DATA_DIR`` with fastflow-only modes; tighten the key and SQLite files."""
+    """Create ``DATA_DIR`` with fastflow-only modes (0711 with ``RUN_AS_USER``, so that
+    runs reach their environments — and kept 0711 once set, whichever process comes
+    next —, else 0700); tighten the key and SQLite files."""
     data = settings.data_dir.expanduser().resolve()
     data.mkdir(parents=True, exist_ok=True)
     mode = 0o711 if settings.run_as_user else 0o700
+    if mode == 0o700 and stat.S_IMODE(data.stat().st_mode) == 0o711:
+        # a server with RUN_AS_USER set it so that its runs reach their environments; a
+        # command started without the setting must not take that away (its runs then
+        # failed with "Permission denied" until the server restarted)
+        mode = 0o711
     targets = [(data, mode), (data / "secret.key", 0o600)]
     sqlite = _sqlite_file(settings.database_url)
     if sqlite is not None:

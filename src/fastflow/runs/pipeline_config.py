@@ -459,7 +459,15 @@ def _python(r: _Reader) -> str | None:
     if raw is None:
         return None
     if isinstance(raw, int | float) and not isinstance(raw, bool):
-        raw = str(raw)  # 3.11 written as a number
+        text = str(raw)  # 3.11 written as a number
+        if isinstance(raw, float) and text.partition(".")[2] in ("1", "2"):
+            # JSON reads 3.10 as 3.1 (and 3.20 as 3.2): the version meant cannot be told
+            raise r.fail(
+                key,
+                f'must be written as a string such as "3.10" (got the number {raw!r}, '
+                "which JSON reads without its trailing 0)",
+            )
+        raw = text
     if not isinstance(raw, str) or not _PYTHON_RE.fullmatch(raw.strip()):
         raise r.fail(key, f'must be a Python version such as "3.11" (got {raw!r})')
     return raw.strip()

@@ -40,7 +40,7 @@ from typing import TextIO, cast
 
 import psutil
 
-from fastflow import environments
+from fastflow import environments, security
 from fastflow.config import Settings
 from fastflow.db.engine import Database
 from fastflow.db.models import PipelineRun, RunStatus
@@ -313,7 +313,10 @@ def _prepare(
         capture = LogCapture(log_out, echo=echo, clock=when)
         capture.write_note(f"not started: {e}")
         return capture, None, str(e)
-    capture = LogCapture(log_out, echo=echo, clock=when, masker=Masker(values.values()))
+    # fastflow's own secrets too: a build tool may be made to print a file the run's user
+    # cannot read (``-r DATA_DIR/secret.key`` in requirements.txt)
+    masked_values = [*values.values(), *security.own_secrets(settings)]
+    capture = LogCapture(log_out, echo=echo, clock=when, masker=Masker(masked_values))
     prepared = _Prepared(values)
     if not local:
         return capture, prepared, None
@@ -338,7 +341,8 @@ def _prepare(
             user=(prepared.user.uid, prepared.user.gid) if prepared.user else None,
         )
     except FastflowError as e:
-        reason = f"environment build failed: {e}"
+        # the reason is stored and printed too: masked like the log
+        reason = capture.masked(f"environment build failed: {e}")
         capture.write_note(reason)
         return capture, None, reason
     return capture, prepared, None
