@@ -320,3 +320,23 @@ def test_run_as_needs_the_right_to_switch_users(
     )
     assert proc.returncode == 2, proc.stderr
     assert "must run as root or hold CAP_SETUID and CAP_SETGID" in proc.stderr
+
+
+def test_a_pipeline_writable_below_its_folder_is_noticed(tmp_path: Path) -> None:
+    """Found by an outside audit: only the folder's own mode was looked at, so a
+    world-writable ``main.py`` or subfolder went without the warning."""
+    from fastflow.runs.isolation import RunAs, folder_writable_by
+
+    user = RunAs("nobody-here", 65530, 65530, "/")
+    folder = tmp_path / "p"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "main.py").write_text("print('x')\n")
+    (folder / "sub" / "helper.py").write_text("x = 1\n")
+    for path in (folder, folder / "sub", folder / "main.py", folder / "sub" / "helper.py"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    assert not folder_writable_by(folder, user)
+    for path in (folder / "main.py", folder / "sub", folder / "sub" / "helper.py", folder):
+        path.chmod(path.stat().st_mode | 0o002)
+        assert folder_writable_by(folder, user), path
+        path.chmod(path.stat().st_mode & ~0o002)
+    assert not folder_writable_by(folder, user)

@@ -171,10 +171,31 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(url[len(prefix) :].split("?", 1)[0]).expanduser().resolve()
 
 
+WRITABLE_CHECK_LIMIT = 2000  # entries of a pipeline folder looked at per run start
+
+
 def folder_writable_by(folder: Path, user: RunAs) -> bool:
-    """Whether ``user`` could write into ``folder`` by its mode bits."""
+    """Whether ``user`` could change the pipeline in ``folder`` by mode bits: write into
+    the folder or any folder below it, or write one of its files (``main.py`` first; at
+    most ``WRITABLE_CHECK_LIMIT`` entries are looked at, links not followed)."""
+    if _writable_by(folder, user) or _writable_by(folder / "main.py", user):
+        return True
+    seen = 0
+    for base, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            seen += 1
+            if seen > WRITABLE_CHECK_LIMIT:
+                return False
+            path = Path(base) / name
+            if not path.is_symlink() and _writable_by(path, user):
+                return True
+    return False
+
+
+def _writable_by(path: Path, user: RunAs) -> bool:
+    """Whether ``user`` could write ``path`` by its mode bits."""
     try:
-        st = folder.stat()
+        st = path.stat()
     except OSError:
         return False
     mode = st.st_mode
