@@ -50,11 +50,14 @@ def test_two_servers_and_a_cli_never_run_passes_at_once(
     runs = seed_series(ctx, "shared", RUNS)
     s3.proxy.delay(0.1, match=method_is("PUT"))  # a pass takes several seconds
     logs = [tmp_path / f"serve-{i}.log" for i in range(2)]
+    # both servers start early in a minute and answer (their schedulers started) before
+    # its end: a boundary between their starts let the first one archive everything
+    # alone (seen in CI), and a server still starting at the boundary would miss it
+    wait_until(lambda: datetime.now().second < 30, 75, "the start of a minute")
     with ExitStack() as servers:
         for log in logs:
-            # both answer (their schedulers started) before the minute is awaited: a server
-            # still starting at the boundary would miss the tick, and nothing would contend
             servers.enter_context(fastflow_serve(env, stderr=servers.enter_context(log.open("w"))))
+        assert ledger(ctx) == {}, "a pass ran before the contended minute (slow start-up)"
         # just before the next minute, start a CLI pass too: all three contend for the lock
         wait_until(lambda: datetime.now().second >= 59, 75, "the end of the minute")
         wait_until(lambda: datetime.now().second < 59, 5, "the minute boundary")
