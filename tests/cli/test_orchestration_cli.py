@@ -24,6 +24,10 @@ def test_run_with_parameters(make_pipeline: MakePipeline, cli: Cli) -> None:
     run_id = res.stdout.strip().splitlines()[-1]
     log = cli("logs", run_id).stdout
     assert "MODE=full" in log
+    make_pipeline("exits1", "raise SystemExit(1)\n")
+    failed = cli("run", "exits1")
+    assert failed.returncode != 0 and "FAILED (exit code 1); log:" in failed.stderr
+    assert "exit code 1; exit code 1" not in failed.stderr  # said once (outside audit)
     bad = cli("run", "p", "--env", "NOEQUALS")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
     reserved = cli("run", "p", "--env", "FASTFLOW_RUN_ID=mine")

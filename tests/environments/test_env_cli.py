@@ -48,6 +48,13 @@ def test_build_list_and_gc(
         and "removed 0 environment(s), freed 0 B (0 bytes); 1 kept" in kept.stdout
     )
     assert path.is_dir()
+    from fastflow.environments import locks
+
+    with locks.shared(registry.use_lock(registry.root(settings), path.name)):  # a run uses it
+        busy = cli("env", "gc", "--older-than", "0d")
+    assert busy.returncode == 0 and f"skipped {path.name}: in use" in busy.stdout
+    # (found by an outside audit: the summary said "0 kept" beside the skipped one)
+    assert "; 0 kept, 1 skipped (locked)" in busy.stdout and path.is_dir()
     gone = cli("env", "gc", "--older-than", "0d", "--json")
     assert gone.returncode == 0, gone.stderr
     report = json.loads(gone.stdout)

@@ -151,6 +151,7 @@ def env_gc(ctx: click.Context, older_than: timedelta | None, as_json: bool) -> N
     click.echo(
         f"removed {len(result.removed)} environment(s), freed {human(result.freed_bytes)} "
         f"({result.freed_bytes} bytes); {result.kept} kept"
+        + (f", {len(result.skipped)} skipped (locked)" if result.skipped else "")
         + (
             f"; removed {len(built.removed)} image(s), {built.kept} kept"
             if built.removed or built.skipped or built.kept

@@ -58,7 +58,11 @@ def run_cmd(ctx: click.Context, pipeline: str, env_pairs: tuple[str, ...]) -> No
         click.echo(
             f"run {result.run_id} of {result.pipeline_name!r}: {result.status.value} "
             f"(exit code {code}"
-            + (f"; {result.failure_reason}" if result.failure_reason else "")
+            + (
+                f"; {result.failure_reason}"
+                if result.failure_reason and result.failure_reason != f"exit code {code}"
+                else ""
+            )
             + (f"); log: {result.log_path}" if result.log_path.exists() else "); no log written"),
             err=True,
         )
