@@ -31,6 +31,8 @@ def test_build_list_and_gc(
     assert built.stdout.count("\n") == 1 and path.parent == registry.root(settings)
     assert "[env] building environment " in built.stderr and "+ ffdemo==2.0" in built.stderr
     assert imported_version(path / "bin" / "python") == "2.0"
+    # uv's cache is fastflow's alone: a run's user could hold its locks (outside audit)
+    assert (registry.root(settings) / ".uv-cache").stat().st_mode & 0o777 == 0o700
     again = cli("env", "build", "p")
     assert again.returncode == 0 and again.stdout == built.stdout
     assert "[env] reusing environment" in again.stderr
@@ -48,8 +50,6 @@ def test_build_list_and_gc(
         and "removed 0 environment(s), freed 0 B (0 bytes); 1 kept" in kept.stdout
     )
     assert path.is_dir()
-    from fastflow.environments import locks
-
     with locks.shared(registry.use_lock(registry.root(settings), path.name)):  # a run uses it
         busy = cli("env", "gc", "--older-than", "0d")
     assert busy.returncode == 0 and f"skipped {path.name}: in use" in busy.stdout

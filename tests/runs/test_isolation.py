@@ -340,3 +340,32 @@ def test_a_pipeline_writable_below_its_folder_is_noticed(tmp_path: Path) -> None
         assert folder_writable_by(folder, user), path
         path.chmod(path.stat().st_mode & ~0o002)
     assert not folder_writable_by(folder, user)
+
+
+def test_a_run_as_another_user_imports_its_environments_packages(
+    run_user: pwd.struct_passwd,
+    shared_root: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """uv's cache is private to fastflow (0700, so that a run's user cannot hold its
+    locks): the environment built from it must still be usable by the run's user."""
+    from tests.environments.wheels import write_demo_wheels
+
+    wheels = write_demo_wheels(tmp_path_factory.mktemp("wheels"))
+    wheels.chmod(0o755)
+    for name in ("UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("UV_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    folder = _pipeline(
+        shared_root, "deps", "import ffdemo, os\nprint('ffdemo', ffdemo.VERSION, os.getuid())\n"
+    )
+    (folder / "requirements.txt").write_text("ffdemo==2.0\n")
+    (folder / "requirements.txt").chmod(0o644)
+    res = run_cli("run", "deps", env={"RUN_AS_USER": RUN_USER}, timeout=180)
+    (run,) = _json_runs()
+    assert res.returncode == 0, _log_of(run, shared_root["LOGS_DIR"])
+    assert f"ffdemo 2.0 {run_user.pw_uid}" in _log_of(run, shared_root["LOGS_DIR"])
+    cache = Path(shared_root["DATA_DIR"]) / "envs" / ".uv-cache"
+    assert cache.stat().st_mode & 0o777 == 0o700

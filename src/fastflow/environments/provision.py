@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -141,10 +142,23 @@ def _build(
 ) -> None:
     """Build with uv; fail if the dependency files changed meanwhile (the environment
     would not match its key)."""
-    uv_env = builder.uv_environ(os.environ, env_dir.parent / ".uv-cache")
+    cache = env_dir.parent / ".uv-cache"
+    uv_env = builder.uv_environ(os.environ, cache)
+    if uv_env["UV_CACHE_DIR"] == str(cache):
+        _private_folder(cache)
     builder.build(env_dir, interp, deps, folder, uv_env, log)
     if sources.read(folder) != deps:
         raise EnvBuildError(f"the dependency files of {folder} changed during the build; run again")
+
+
+def _private_folder(path: Path) -> None:
+    """``path`` made (if missing) and kept 0700: uv's cache is fastflow's alone. A run's
+    user (``RUN_AS_USER``) that could open its lock files could hold one and stop every
+    build; environments do not need it (uv links or copies files out of it, and
+    ``make_readable`` opens them up where they are used)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        path.chmod(0o700)
 
 
 def _wipe_quietly(env_dir: Path) -> None:
