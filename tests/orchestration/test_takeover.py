@@ -176,3 +176,22 @@ def test_a_trigger_to_a_disabled_pipeline_queues_nothing(
     )
     names = [r.pipeline_name for r in _all(app) if r.id in done.triggered]
     assert names == ["on"]
+
+
+def test_a_servers_pass_child_leaves_interrupted_runs_to_the_server(app: Context) -> None:
+    """The pass child of ``fastflow serve`` bootstraps too: if it retired a dead run, that
+    run's retry and triggers would be lost (only the server follows them up)."""
+    import subprocess
+    import sys
+
+    from fastflow.lifecycle.child import ENTRY_POINT
+
+    run_id = _interrupted(app, "flaky", 1)
+    done = subprocess.run(
+        [sys.executable, "-m", ENTRY_POINT, "--trigger", "test"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [r.status for r in _all(app) if r.id == run_id] == ["RUNNING"]

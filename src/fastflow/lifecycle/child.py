@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         pass  # not permitted here: the pass runs at normal priority
     try:
-        summary = run_pass(bootstrap(load_settings()), trigger)
+        # (recover=False: the server that started this child retires the runs of dead
+        # processes itself, and follows them up — retries, triggers — which a pass cannot)
+        summary = run_pass(bootstrap(load_settings(), recover=False), trigger)
     except PassAlreadyRunning as e:
         return _fail(f"{e}; try again when it has finished", exit_codes.BUSY)
     except Exception as e:
