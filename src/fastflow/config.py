@@ -225,6 +225,8 @@ class Settings(BaseSettings):
     # days; runs execute as RUN_AS_USER when set; a run sees fastflow's own variables
     # only when PASS_ENV names them
     env_retention_days: int = Field(default=DEFAULT_ENV_RETENTION_DAYS, ge=1, le=MAX_RETENTION_DAYS)
+    # an environment build (uv) stopped after this long: a run never waits forever
+    env_build_timeout_seconds: float = Field(default=3600, ge=1, le=86400)
     run_as_user: str | None = None
     pass_env: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

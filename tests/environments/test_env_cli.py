@@ -122,3 +122,30 @@ def test_two_processes_build_a_new_environment_once(
     assert all(t.strip().splitlines()[-1] == str(envs / key) for t in text)
     assert sorted(p.name for p in envs.iterdir() if p.is_dir()) == [".uv-cache", key]
     assert imported_version(envs / key / "bin" / "python") == "1.0"
+
+
+def test_a_build_waiting_forever_is_stopped_at_its_time_limit(
+    settings: Settings, make_pipeline: MakePipeline, cli: Cli
+) -> None:
+    """Found by an outside audit: a process holding uv's cache lock (a run's leftover)
+    kept every build — and the run waiting for it — waiting forever. A build now has
+    ``ENV_BUILD_TIMEOUT_SECONDS`` in all."""
+    import fcntl
+    import time
+
+    folder = make_pipeline("p")
+    (folder / "requirements.txt").write_text("ffdemo==2.0\n")
+    cache = registry.root(settings) / ".uv-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        t0 = time.monotonic()
+        res = cli("env", "build", "p", env={"ENV_BUILD_TIMEOUT_SECONDS": "2"})
+        elapsed = time.monotonic() - t0
+    assert res.returncode != 0
+    assert "took longer than 2 s (ENV_BUILD_TIMEOUT_SECONDS)" in res.stderr, res.stderr
+    assert elapsed < 30
+    root = registry.root(settings)
+    assert [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] == []
+    again = cli("env", "build", "p")  # the lock released: it builds
+    assert again.returncode == 0, again.stderr

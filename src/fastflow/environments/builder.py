@@ -12,10 +12,14 @@ line holding uv's key message; the result is readable and executable by every us
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
+import signal
 import stat
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -147,9 +151,14 @@ def summarize(lines: list[str]) -> str:
     return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 1] + "…"
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: Log) -> tuple[int, list[str]]:
-    """Run ``cmd``, calling ``log`` per output line as it comes: (exit status, last lines)."""
+def _run(
+    cmd: list[str], cwd: Path, env: dict[str, str], log: Log, timeout: float | None = None
+) -> tuple[int | None, list[str]]:
+    """Run ``cmd``, calling ``log`` per output line as it comes: (exit status, last
+    lines); the status is None when ``timeout`` passed first (its process group is killed:
+    uv and the build backends it started)."""
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+    expired = threading.Event()
     with subprocess.Popen(
         cmd,
         cwd=cwd,
@@ -158,7 +167,18 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: Log) -> tuple[int,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         umask=0o022,
+        start_new_session=True,  # its own process group: killed whole at the deadline
     ) as proc:
+
+        def kill() -> None:
+            expired.set()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, kill) if timeout is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         assert proc.stdout is not None
         try:
             for raw in proc.stdout:
@@ -166,9 +186,12 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: Log) -> tuple[int,
                 tail.append(line)
                 log(line)
         except BaseException:
-            proc.kill()
+            kill()
             raise
-    return proc.returncode, list(tail)
+        finally:
+            if timer is not None:
+                timer.cancel()
+    return (None if expired.is_set() else proc.returncode), list(tail)
 
 
 def make_readable(path: Path) -> None:
@@ -199,17 +222,28 @@ def build(
     folder: Path,
     env: dict[str, str],
     log: Log,
+    timeout: float | None = None,
 ) -> None:
-    """Build the environment into ``target`` (which must not exist yet)."""
+    """Build the environment into ``target`` (which must not exist yet), within
+    ``timeout`` seconds in all (``EnvBuildError`` past it: uv and whatever it started
+    are killed)."""
     uv = uv_binary()
+    deadline = None if timeout is None else time.monotonic() + timeout
     for cmd in commands(uv, target, interp, deps):
         step_env = dict(env)
         if cmd[1] == "sync":
             step_env["UV_PROJECT_ENVIRONMENT"] = str(target)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            status, tail = _run(cmd, folder, step_env, log)
+            status, tail = _run(cmd, folder, step_env, log, left)
         except OSError as e:
             raise EnvBuildError(f"cannot run uv: {e}") from e
+        if status is None:
+            raise EnvBuildError(
+                f"the environment build took longer than {timeout:g} s "
+                "(ENV_BUILD_TIMEOUT_SECONDS) and was stopped; a very large build needs a "
+                "longer limit, a hung one may wait for uv's cache lock held by another process"
+            )
         if status != 0:
             step = " ".join(c for c in cmd[1:3] if not c.startswith("-"))
             raise EnvBuildError(f"{summarize(tail)} (uv {step}, exit status {status})")

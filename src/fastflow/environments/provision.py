@@ -118,7 +118,7 @@ def prepare(
             uv=_uv_version(),
         )
         try:
-            _build(env_dir, interp, deps, folder, log)
+            _build(env_dir, interp, deps, folder, log, settings.env_build_timeout_seconds)
             record.build_seconds = round(time.monotonic() - started, 3)
             registry.write(env_dir, record)  # the completion marker: last
         except EnvBuildError as e:
@@ -139,14 +139,15 @@ def _build(
     deps: sources.Dependencies,
     folder: Path,
     log: Log,
+    timeout: float | None = None,
 ) -> None:
-    """Build with uv; fail if the dependency files changed meanwhile (the environment
-    would not match its key)."""
+    """Build with uv (within ``timeout`` seconds); fail if the dependency files changed
+    meanwhile (the environment would not match its key)."""
     cache = env_dir.parent / ".uv-cache"
     uv_env = builder.uv_environ(os.environ, cache)
     if uv_env["UV_CACHE_DIR"] == str(cache):
         _private_folder(cache)
-    builder.build(env_dir, interp, deps, folder, uv_env, log)
+    builder.build(env_dir, interp, deps, folder, uv_env, log, timeout)
     if sources.read(folder) != deps:
         raise EnvBuildError(f"the dependency files of {folder} changed during the build; run again")
 
