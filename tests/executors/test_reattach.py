@@ -21,7 +21,7 @@ import httpx
 
 from fastflow import accounts
 from fastflow.context import Context
-from fastflow.db.models import RunStatus
+from fastflow.db.models import PipelineRun, RunStatus
 from fastflow.executors.docker import instance_label
 from fastflow.runs import store as runs
 from tests.conftest import MakePipeline, wait_until
@@ -189,6 +189,24 @@ def test_a_link_in_the_logs_place_at_re_attach_truncates_nothing_outside(
     assert final is not None and final.status == "FAILED"
 
 
+def _orphaned_container_run(
+    ctx: Context, client: docker.DockerClient, daemon: Daemon
+) -> tuple[PipelineRun, int]:
+    """A RUNNING run of ``counter`` whose short container runs on while its supervisor
+    is gone: (the run, the dead supervisor's pid)."""
+    db, settings = ctx.db, ctx.settings
+    run = runs.create(db, "counter", "server", pid=0)
+    labels = {"fastflow.run_id": str(run.id), "fastflow.instance": instance_label(settings)}
+    short = ["python", "-c", "import time; print('n 0', flush=True); time.sleep(2)"]
+    cid = client.api.create_container(daemon.image, short, labels=labels)["Id"]
+    client.api.start(cid)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a supervisor that is gone
+    runs.mark_running(db, run.id, pid=dead.pid, executor="docker")
+    runs.mark_container(db, run.id, container_id=cid)
+    return run, dead.pid
+
+
 def test_container_runs_wait_while_logs_dir_is_away_and_are_re_attached_after(
     docker_ctx: Context,
     make_pipeline: MakePipeline,
@@ -207,15 +225,7 @@ def test_container_runs_wait_while_logs_dir_is_away_and_are_re_attached_after(
     root = settings.logs_root
     root.mkdir()
     logsdir.adopt(db, root)
-    run = runs.create(db, "counter", "server", pid=0)
-    labels = {"fastflow.run_id": str(run.id), "fastflow.instance": instance_label(settings)}
-    short = ["python", "-c", "import time; print('n 0', flush=True); time.sleep(2)"]
-    cid = client.api.create_container(docker_daemon.image, short, labels=labels)["Id"]
-    client.api.start(cid)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()  # a supervisor that is gone
-    runs.mark_running(db, run.id, pid=dead.pid, executor="docker")
-    runs.mark_container(db, run.id, container_id=cid)
+    run, dead_pid = _orphaned_container_run(docker_ctx, client, docker_daemon)
     away = root.with_name("logs.volume")
     root.rename(away)
     root.mkdir()
@@ -224,7 +234,7 @@ def test_container_runs_wait_while_logs_dir_is_away_and_are_re_attached_after(
     dispatcher._adopt_containers()
 
     row = runs.get(db, run.id)
-    assert row is not None and row.status == "RUNNING" and row.runner_pid == dead.pid
+    assert row is not None and row.status == "RUNNING" and row.runner_pid == dead_pid
     assert os.listdir(root) == []
     root.rmdir()
     away.rename(root)
@@ -252,22 +262,14 @@ def test_never_marked_logs_dir_missing_at_re_attach_fails_nothing(
     make_pipeline("counter", COUNTER)
     db, settings = docker_ctx.db, docker_ctx.settings
     root = settings.logs_root
-    run = runs.create(db, "counter", "server", pid=0)
-    labels = {"fastflow.run_id": str(run.id), "fastflow.instance": instance_label(settings)}
-    short = ["python", "-c", "import time; print('n 0', flush=True); time.sleep(2)"]
-    cid = client.api.create_container(docker_daemon.image, short, labels=labels)["Id"]
-    client.api.start(cid)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    runs.mark_running(db, run.id, pid=dead.pid, executor="docker")
-    runs.mark_container(db, run.id, container_id=cid)
+    run, dead_pid = _orphaned_container_run(docker_ctx, client, docker_daemon)
     assert not root.exists()
     dispatcher = Dispatcher(docker_ctx)
 
     dispatcher._adopt_containers()
 
     row = runs.get(db, run.id)
-    assert row is not None and row.status == "RUNNING" and row.runner_pid == dead.pid
+    assert row is not None and row.status == "RUNNING" and row.runner_pid == dead_pid
     assert not root.exists()
     root.mkdir()
     dispatcher._adopt_containers()

@@ -21,8 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy import func, select, text
 
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database, is_postgres
@@ -165,17 +164,7 @@ def _take(s: Any, run: PipelineRun) -> bool:
         "runner_pid": os.getpid(),
         "runner_started": runs.process_started(os.getpid()),
     }
-    moved = s.execute(
-        update(PipelineRun)
-        .where(PipelineRun.id == run.id, PipelineRun.status == RunStatus.QUEUED.value)
-        .values(**owner)
-        .execution_options(synchronize_session=False)
-    )
-    if getattr(moved, "rowcount", 0) != 1:
-        return False
-    for key, value in owner.items():
-        set_committed_value(run, key, value)
-    return True
+    return runs.move_if(s, run, [PipelineRun.status == RunStatus.QUEUED.value], **owner)
 
 
 def cancel(db: Database, run_id: uuid.UUID) -> str:

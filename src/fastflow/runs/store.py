@@ -472,13 +472,12 @@ def sweep_dead(
 
 
 def _move(s: Session, run: PipelineRun, **values: Any) -> bool:
-    """Write ``values`` to ``run``'s row only while it still has the status and runner it
-    was read with (another sweeper, a claim or the run's end may have changed it); the
-    object gets the values too. Whether the row was changed."""
-    moved = s.execute(
-        update(PipelineRun)
-        .where(
-            PipelineRun.id == run.id,
+    """``move_if`` while the run still has the status and runner it was read with
+    (another sweeper, a claim or the run's end may have changed it)."""
+    return move_if(
+        s,
+        run,
+        [
             PipelineRun.status == run.status,
             PipelineRun.runner_host.is_(None)
             if run.runner_host is None
@@ -486,7 +485,18 @@ def _move(s: Session, run: PipelineRun, **values: Any) -> bool:
             PipelineRun.runner_pid.is_(None)
             if run.runner_pid is None
             else PipelineRun.runner_pid == run.runner_pid,
-        )
+        ],
+        **values,
+    )
+
+
+def move_if(s: Session, run: PipelineRun, conditions: list[Any], **values: Any) -> bool:
+    """Write ``values`` to ``run``'s row only while ``conditions`` hold for it (one
+    conditional ``UPDATE``: a change committed by another process since the row was read
+    is never overwritten); the object gets the values too. Whether the row was changed."""
+    moved = s.execute(
+        update(PipelineRun)
+        .where(PipelineRun.id == run.id, *conditions)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
