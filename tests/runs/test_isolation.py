@@ -346,14 +346,16 @@ def test_a_run_as_another_user_imports_its_environments_packages(
     run_user: pwd.struct_passwd,
     shared_root: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
-    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """uv's cache is private to fastflow (0700, so that a run's user cannot hold its
-    locks): the environment built from it must still be usable by the run's user."""
+    """The environment is built as the run's user, from a uv cache of that build only
+    (a shared one would let a run hold its locks), and stays usable by that user. The
+    wheels must be readable by it: uv runs as that user."""
     from tests.environments.wheels import write_demo_wheels
 
-    wheels = write_demo_wheels(tmp_path_factory.mktemp("wheels"))
+    wheels = write_demo_wheels(Path(shared_root["DATA_DIR"]).parent / "wheels")
     wheels.chmod(0o755)
+    for wheel in wheels.iterdir():
+        wheel.chmod(0o644)
     for name in ("UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("UV_FIND_LINKS", str(wheels))
@@ -367,5 +369,105 @@ def test_a_run_as_another_user_imports_its_environments_packages(
     (run,) = _json_runs()
     assert res.returncode == 0, _log_of(run, shared_root["LOGS_DIR"])
     assert f"ffdemo 2.0 {run_user.pw_uid}" in _log_of(run, shared_root["LOGS_DIR"])
-    cache = Path(shared_root["DATA_DIR"]) / "envs" / ".uv-cache"
-    assert cache.stat().st_mode & 0o777 == 0o700
+    envs = Path(shared_root["DATA_DIR"]) / "envs"
+    assert not [p for p in envs.iterdir() if "cache" in p.name]
+
+
+BACKEND = """
+import base64, hashlib, os, zipfile
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    try:
+        with open(%(key)r, "rb") as f:
+            f.read()
+        key = "READ"
+    except OSError:
+        key = "DENIED"
+    try:
+        open(os.path.join(%(data)r, "planted-by-build"), "w").close()
+        planted = "WRITTEN"
+    except OSError:
+        planted = "DENIED"
+    dist = "ffprobe-1.0.dist-info"
+    files = {
+        "ffprobe/__init__.py": "BUILT_BY = %%d\\nKEY = %%r\\nPLANTED = %%r\\n"
+        %% (os.getuid(), key, planted),
+        dist + "/METADATA": "Metadata-Version: 2.1\\nName: ffprobe\\nVersion: 1.0\\n",
+        dist + "/WHEEL": "Wheel-Version: 1.0\\nGenerator: t\\nRoot-Is-Purelib: true\\n"
+        "Tag: py3-none-any\\n",
+    }
+    record = []
+    for path, text in files.items():
+        sha = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append("%%s,sha256=%%s,%%d" %% (path, sha.decode(), len(text.encode())))
+    record.append(dist + "/RECORD,,")
+    files[dist + "/RECORD"] = "\\n".join(record) + "\\n"
+    name = "ffprobe-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return name
+"""
+
+
+@pytest.mark.parametrize("built_by", ["the run", "fastflow env build"])
+def test_an_environment_build_runs_as_the_runs_user_and_is_handed_back_to_fastflow(
+    run_user: pwd.struct_passwd,
+    shared_root: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    built_by: str,
+) -> None:
+    """Found by an outside audit: the build backends of a pipeline's source dependencies
+    ran as fastflow's user (root), where they could read the secret store's key. With
+    ``RUN_AS_USER`` they run as the run's user now, and the environment they made is
+    fastflow's afterwards (the run's user cannot change it for later runs)."""
+    stored = run_cli("secret", "set", "PROBE_TOKEN", input="probe-token-Jj5Kk6\n")
+    assert stored.returncode == 0, stored.stderr
+    data = Path(shared_root["DATA_DIR"])
+    for name in ("UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    folder = _pipeline(
+        shared_root,
+        "srcdep",
+        "import ffprobe, os\n"
+        "print('probe', ffprobe.BUILT_BY, ffprobe.KEY, ffprobe.PLANTED, os.getuid())\n",
+    )
+    src = folder / "probe_src"
+    src.mkdir(mode=0o755)
+    src.chmod(0o755)
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "probe_backend"\nbackend-path = ["."]\n'
+        '\n[project]\nname = "ffprobe"\nversion = "1.0"\n'
+    )
+    (src / "probe_backend.py").write_text(
+        BACKEND % {"key": str(data / "secret.key"), "data": str(data)}
+    )
+    (folder / "requirements.txt").write_text("./probe_src\n")
+    for path in (src / "pyproject.toml", src / "probe_backend.py", folder / "requirements.txt"):
+        path.chmod(0o644)
+    if built_by == "fastflow env build":
+        built = run_cli("env", "build", "srcdep", env={"RUN_AS_USER": RUN_USER}, timeout=240)
+        assert built.returncode == 0, built.stderr
+        assert "building environment" in built.stderr
+    res = run_cli("run", "srcdep", env={"RUN_AS_USER": RUN_USER}, timeout=240)
+    (run,) = _json_runs()
+    log = _log_of(run, shared_root["LOGS_DIR"])
+    assert res.returncode == 0, log
+    uid = run_user.pw_uid
+    assert f"probe {uid} DENIED DENIED {uid}" in log
+    assert not (data / "planted-by-build").exists()
+    envs = data / "envs"
+    (env_dir,) = [p for p in envs.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    owners = {p.lstat().st_uid for p in [env_dir, *env_dir.rglob("*")]}
+    assert owners == {os.geteuid()}, owners
+    assert env_dir.stat().st_mode & 0o777 == 0o755
+    # the build's own uv cache is gone; fastflow's shared cache was never used
+    assert not [p for p in envs.iterdir() if p.name.startswith(".build-cache")]
+    assert not (envs / ".uv-cache").exists()
+    # and the next run reuses it, as that user
+    again = run_cli("run", "srcdep", env={"RUN_AS_USER": RUN_USER}, timeout=120)
+    assert again.returncode == 0, again.stderr

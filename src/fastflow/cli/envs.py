@@ -61,18 +61,22 @@ def env_group() -> None:
 @click.pass_context
 def env_build(ctx: click.Context, pipeline: str) -> None:
     """Build PIPELINE's environment now (or reuse it): uv's output on stderr, the
-    environment's path on stdout. Exit 1 when the build fails."""
+    environment's path on stdout. Exit 1 when the build fails. With RUN_AS_USER the
+    build runs as that user, as it does before a run."""
     from fastflow.environments import prepare
-    from fastflow.runs import pipelines
+    from fastflow.runs import isolation, pipelines
 
     settings = _env_settings(ctx)
     p = pipelines.load(settings.pipelines_dir, pipeline)
+    user = isolation.run_as(settings)
+    isolation.secure_data_dir(settings)  # 0711 with RUN_AS_USER: the build's user passes
     env = prepare(
         settings,
         p.name,
         p.path,
         p.config.python,
         lambda line: click.echo(f"[env] {line}", err=True),
+        user=(user.uid, user.gid) if user else None,
     )
     click.echo(str(env.path))
 

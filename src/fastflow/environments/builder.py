@@ -6,7 +6,14 @@ variables, and every ``UV_*`` variable of fastflow's environment (index configur
 never fastflow's settings or secrets; every line of its output reaches ``log`` as it is
 printed, with credentials in URLs masked; a failure raises ``EnvBuildError`` with one
 line holding uv's key message; the result is readable and executable by every user
-(directories 0755, files world-readable). The caller owns the directory's lifecycle.
+(directories 0755, files world-readable, no set-id bits). The caller owns the
+directory's lifecycle.
+
+With ``user`` (another OS user: ``RUN_AS_USER``) uv and every build backend it starts
+run as that user, its primary group and no supplementary groups, so a pipeline's
+dependencies never execute as fastflow's user. ``seal`` then hands what the build made
+back to fastflow's user before anyone uses it: the run's user cannot change the
+environment afterwards.
 """
 
 from __future__ import annotations
@@ -152,14 +159,22 @@ def summarize(lines: list[str]) -> str:
 
 
 def _run(
-    cmd: list[str], cwd: Path, env: dict[str, str], log: Log, timeout: float | None = None
+    cmd: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    log: Log,
+    timeout: float | None = None,
+    user: tuple[int, int] | None = None,
 ) -> tuple[int | None, list[str]]:
-    """Run ``cmd``, calling ``log`` per output line as it comes: (exit status, last
-    lines); the status is None when ``timeout`` passed first (its process group is killed:
-    uv and the build backends it started)."""
+    """Run ``cmd`` (as ``user``, (uid, gid), when given), calling ``log`` per output line
+    as it comes: (exit status, last lines); the status is None when ``timeout`` passed
+    first (its process group is killed: uv and the build backends it started)."""
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     expired = threading.Event()
-    with subprocess.Popen(
+    as_user: dict[str, object] = {}
+    if user is not None:
+        as_user = {"user": user[0], "group": user[1], "extra_groups": []}
+    with subprocess.Popen(  # type: ignore[call-overload]
         cmd,
         cwd=cwd,
         env=env,
@@ -168,6 +183,7 @@ def _run(
         stderr=subprocess.STDOUT,
         umask=0o022,
         start_new_session=True,  # its own process group: killed whole at the deadline
+        **as_user,
     ) as proc:
 
         def kill() -> None:
@@ -194,25 +210,63 @@ def _run(
     return (None if expired.is_set() else proc.returncode), list(tail)
 
 
-def make_readable(path: Path) -> None:
-    """Directories 0755; files world-readable, and world-executable when the owner may
-    execute them (symbolic links are left alone)."""
-    os.chmod(path, 0o755)
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames:
-            full = os.path.join(dirpath, name)
-            if not os.path.islink(full):
-                os.chmod(full, 0o755)
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            st = os.lstat(full)
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            mode = st.st_mode & 0o7777 | 0o444
-            if mode & 0o100:
-                mode |= 0o111
-            if mode != st.st_mode & 0o7777:
-                os.chmod(full, mode)
+def seal(path: Path, builder_uid: int | None = None) -> None:
+    """Make the tree at ``path`` usable by every user and changeable by fastflow's alone:
+    directories 0755, regular files world-readable (world-executable where the owner
+    may execute them), set-id and sticky bits cleared; symbolic links are never
+    followed.
+
+    With ``builder_uid`` (the build ran as that user) every entry it owns is first
+    given to fastflow's user (``lchown``); entries of any other owner are left as they
+    are, so that a link the build made to someone else's file opens nothing up. Each
+    directory is taken over before it is listed, through descriptors opened without
+    following links, so a process of the build's user still running cannot swap an
+    entry for a link in between."""
+    me = (os.geteuid(), os.getegid())
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    top = os.open(path, flags)
+    try:
+        _seal_dir(top, builder_uid, me, flags)
+    finally:
+        os.close(top)
+
+
+def _take(st: os.stat_result, builder_uid: int | None, me: tuple[int, int]) -> bool:
+    """Whether an entry is fastflow's to change: built by fastflow itself, or by the
+    build's user (then it is given to fastflow's user)."""
+    if builder_uid is None:
+        return st.st_uid == me[0] or me[0] == 0
+    return st.st_uid in (builder_uid, me[0])
+
+
+def _seal_dir(fd: int, builder_uid: int | None, me: tuple[int, int], flags: int) -> None:
+    st = os.fstat(fd)
+    if not _take(st, builder_uid, me):
+        return
+    if builder_uid is not None and st.st_uid == builder_uid:
+        os.fchown(fd, *me)
+    os.fchmod(fd, 0o755)
+    for name in os.listdir(fd):
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            child = os.open(name, flags, dir_fd=fd)
+            try:
+                _seal_dir(child, builder_uid, me, flags)
+            finally:
+                os.close(child)
+            continue
+        if not _take(st, builder_uid, me):
+            continue
+        if builder_uid is not None and st.st_uid == builder_uid:
+            os.chown(name, *me, dir_fd=fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            continue  # a link keeps its target's modes; nothing else is opened up
+        # the directory is fastflow's now: ``name`` cannot be replaced by a link any more
+        mode = st.st_mode & 0o777 | 0o444
+        if mode & 0o100:
+            mode |= 0o111
+        if mode != st.st_mode & 0o7777:
+            os.chmod(name, mode, dir_fd=fd)
 
 
 def build(
@@ -223,28 +277,59 @@ def build(
     env: dict[str, str],
     log: Log,
     timeout: float | None = None,
+    user: tuple[int, int] | None = None,
 ) -> None:
-    """Build the environment into ``target`` (which must not exist yet), within
-    ``timeout`` seconds in all (``EnvBuildError`` past it: uv and whatever it started
-    are killed)."""
+    """Build the environment into ``target`` (which must not exist yet, or be an empty
+    directory ``user`` owns), within ``timeout`` seconds in all (``EnvBuildError`` past
+    it: uv and whatever it started are killed); as ``user`` (uid, gid) when given, then
+    ``seal``ed — also when the build fails, so that nothing of it stays the user's."""
     uv = uv_binary()
     deadline = None if timeout is None else time.monotonic() + timeout
-    for cmd in commands(uv, target, interp, deps):
-        step_env = dict(env)
-        if cmd[1] == "sync":
-            step_env["UV_PROJECT_ENVIRONMENT"] = str(target)
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            status, tail = _run(cmd, folder, step_env, log, left)
-        except OSError as e:
-            raise EnvBuildError(f"cannot run uv: {e}") from e
-        if status is None:
-            raise EnvBuildError(
-                f"the environment build took longer than {timeout:g} s "
-                "(ENV_BUILD_TIMEOUT_SECONDS) and was stopped; a very large build needs a "
-                "longer limit, a hung one may wait for uv's cache lock held by another process"
-            )
-        if status != 0:
-            step = " ".join(c for c in cmd[1:3] if not c.startswith("-"))
-            raise EnvBuildError(f"{summarize(tail)} (uv {step}, exit status {status})")
-    make_readable(target)
+    if user is None:
+        for cmd in commands(uv, target, interp, deps):
+            _step(cmd, target, folder, env, log, timeout, deadline, user)
+        seal(target)
+        return
+    try:
+        for cmd in commands(uv, target, interp, deps):
+            _step(cmd, target, folder, env, log, timeout, deadline, user)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            seal(target, user[0])  # a failed build's files stop being the user's too
+        raise
+    try:
+        seal(target, user[0])
+    except OSError as e:
+        raise EnvBuildError(
+            f"cannot take over the environment built as uid {user[0]}: {e} (fastflow needs "
+            "to run as root, or hold CAP_CHOWN besides CAP_SETUID and CAP_SETGID)"
+        ) from None
+
+
+def _step(
+    cmd: list[str],
+    target: Path,
+    folder: Path,
+    env: dict[str, str],
+    log: Log,
+    timeout: float | None,
+    deadline: float | None,
+    user: tuple[int, int] | None,
+) -> None:
+    step_env = dict(env)
+    if cmd[1] == "sync":
+        step_env["UV_PROJECT_ENVIRONMENT"] = str(target)
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        status, tail = _run(cmd, folder, step_env, log, left, user)
+    except OSError as e:
+        raise EnvBuildError(f"cannot run uv: {e}") from e
+    if status is None:
+        raise EnvBuildError(
+            f"the environment build took longer than {timeout:g} s "
+            "(ENV_BUILD_TIMEOUT_SECONDS) and was stopped; a very large build needs a "
+            "longer limit, a hung one may wait for uv's cache lock held by another process"
+        )
+    if status != 0:
+        step = " ".join(c for c in cmd[1:3] if not c.startswith("-"))
+        raise EnvBuildError(f"{summarize(tail)} (uv {step}, exit status {status})")

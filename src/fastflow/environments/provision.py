@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import stat
 import time
@@ -118,7 +119,7 @@ def prepare(
             uv=_uv_version(),
         )
         try:
-            _build(env_dir, interp, deps, folder, log, settings.env_build_timeout_seconds)
+            _build(env_dir, interp, deps, folder, log, settings.env_build_timeout_seconds, user)
             record.build_seconds = round(time.monotonic() - started, 3)
             registry.write(env_dir, record)  # the completion marker: last
         except EnvBuildError as e:
@@ -140,23 +141,68 @@ def _build(
     folder: Path,
     log: Log,
     timeout: float | None = None,
+    user: tuple[int, int] | None = None,
 ) -> None:
-    """Build with uv (within ``timeout`` seconds); fail if the dependency files changed
-    meanwhile (the environment would not match its key)."""
-    cache = env_dir.parent / ".uv-cache"
-    uv_env = builder.uv_environ(os.environ, cache)
-    if uv_env["UV_CACHE_DIR"] == str(cache):
-        _private_folder(cache)
-    builder.build(env_dir, interp, deps, folder, uv_env, log, timeout)
+    """Build with uv (within ``timeout`` seconds), as ``user`` when that is another user
+    than fastflow's; fail if the dependency files changed meanwhile (the environment
+    would not match its key)."""
+    if user is not None and user[0] != os.geteuid():
+        _build_as(env_dir, interp, deps, folder, log, timeout, user)
+    else:
+        cache = env_dir.parent / ".uv-cache"
+        uv_env = builder.uv_environ(os.environ, cache)
+        if uv_env["UV_CACHE_DIR"] == str(cache):
+            _private_folder(cache)
+        builder.build(env_dir, interp, deps, folder, uv_env, log, timeout)
     if sources.read(folder) != deps:
         raise EnvBuildError(f"the dependency files of {folder} changed during the build; run again")
+
+
+def _build_as(
+    env_dir: Path,
+    interp: interpreters.Interpreter,
+    deps: sources.Dependencies,
+    folder: Path,
+    log: Log,
+    timeout: float | None,
+    user: tuple[int, int],
+) -> None:
+    """Build as the run's user (``RUN_AS_USER``): the build backends of the pipeline's
+    dependencies never run as fastflow's user. The user gets an empty ``env_dir`` and
+    a cache of its own for this build only (``.build-cache-<key>``, removed after it,
+    unless ``UV_CACHE_DIR`` is set): a cache shared between builds would be writable by
+    every run of that user, which could alter what later builds of other pipelines
+    install, or hold its lock and stop them. ``builder.seal`` gives the result back to
+    fastflow's user."""
+    uid, gid = user
+    cache = env_dir.parent / f".build-cache-{env_dir.name}"
+    uv_env = builder.uv_environ(os.environ, cache)
+    uv_env.pop("TMPDIR", None)  # fastflow's may be private to it; uv's default is /tmp
+    uv_env["HOME"] = _home_of(uid)
+    own_cache = uv_env["UV_CACHE_DIR"] == str(cache)
+    try:
+        for path in [env_dir, cache] if own_cache else [env_dir]:
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(mode=0o700)
+            os.chown(path, uid, gid)
+        builder.build(env_dir, interp, deps, folder, uv_env, log, timeout, user)
+    finally:
+        if own_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+def _home_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir or "/"
+    except KeyError:
+        return "/"
 
 
 def _private_folder(path: Path) -> None:
     """``path`` made (if missing) and kept 0700: uv's cache is fastflow's alone. A run's
     user (``RUN_AS_USER``) that could open its lock files could hold one and stop every
     build; environments do not need it (uv links or copies files out of it, and
-    ``make_readable`` opens them up where they are used)."""
+    ``builder.seal`` opens them up where they are used)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if stat.S_IMODE(path.stat().st_mode) != 0o700:
         path.chmod(0o700)
