@@ -148,3 +148,84 @@ def test_head_revision_constant_matches_migration_scripts() -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     assert ScriptDirectory.from_config(cfg).get_current_head() == head_revision()
+
+
+KILL_AT = """
+import os, sys
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from fastflow.config import load_settings
+from fastflow.db.engine import Database
+
+seen = []
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _die(conn, cursor, statement, *args):
+    seen.append(statement)
+    if sum(%(marker)r in s for s in seen) == %(nth)d:
+        os._exit(9)  # as if killed: no rollback, no clean-up
+
+Database(load_settings(_env_file=None, database_url=sys.argv[1])).migrate()
+"""
+
+
+def _migrate_killed(url: str, cwd: Path, marker: str, nth: int) -> None:
+    import subprocess
+    import sys
+
+    code = KILL_AT % {"marker": marker, "nth": nth}
+    res = subprocess.run(
+        [sys.executable, "-c", code, url], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 9, res.stderr
+
+
+def test_a_sqlite_upgrade_killed_half_way_leaves_the_old_schema(tmp_path: Path) -> None:
+    """Found in review: SQLite's Python driver commits each ``ALTER TABLE`` on its own,
+    so an upgrade killed between two of them (or stopped by a full disk) left a column
+    added under the old revision, and every later start failed with "duplicate column
+    name". The whole upgrade is one SQLite transaction now."""
+    from alembic import command
+    from alembic.config import Config
+
+    from fastflow.db.engine import MIGRATIONS_DIR, current_revision, head_revision
+
+    url = f"sqlite:///{tmp_path}/ff.db"
+    db = Database(load_settings(_env_file=None, database_url=url))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0011")  # the revision before the executors' three columns
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO pipeline_runs (id, pipeline_name, status, triggered_by, started_at)"
+                " VALUES ('0' || hex(randomblob(15)) || '0', 'kept', 'SUCCESS', 'cli',"
+                " '2026-12-01 10:00:00.000000')"
+            )
+        )
+    db.dispose()
+    # killed as it adds the second of 0012's columns: the first one was added already
+    _migrate_killed(url, tmp_path, "ALTER TABLE pipeline_runs ADD COLUMN", 2)
+    db = Database(load_settings(_env_file=None, database_url=url))
+    assert current_revision(db.engine) == "0011"
+    columns = {c["name"] for c in inspect(db.engine).get_columns("pipeline_runs")}
+    assert "executor" not in columns
+    db.migrate()  # the next start completes it
+    assert current_revision(db.engine) == head_revision()
+    _check_schema(db)
+    with db.engine.connect() as conn:
+        names = conn.execute(text("SELECT pipeline_name FROM pipeline_runs")).scalars().all()
+    assert names == ["kept"]
+    db.dispose()
+
+
+def test_a_first_sqlite_migration_killed_half_way_starts_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/ff.db"
+    _migrate_killed(url, tmp_path, "CREATE TABLE", 3)
+    db = Database(load_settings(_env_file=None, database_url=url))
+    assert inspect(db.engine).get_table_names() == []
+    db.migrate()
+    _check_schema(db)
+    db.dispose()

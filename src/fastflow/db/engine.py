@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -182,11 +182,39 @@ def _upgrade(engine: Engine) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if engine.dialect.name == "sqlite":
+        with _sqlite_transaction(engine) as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        return
     with engine.begin() as conn:
-        if is_postgres(engine):
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+@contextmanager
+def _sqlite_transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection whose every statement, DDL included, is in one SQLite transaction,
+    committed at the end of the block, rolled back on an error — and by SQLite itself
+    when the process dies inside it. Python's driver commits each ``CREATE``/``ALTER``
+    (and the table copies of a batch migration) on its own otherwise: a migration
+    stopped half-way (killed, disk full) left a schema no migration could continue
+    from, or a table dropped before its copy was renamed."""
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.isolation_level = None  # the driver opens no transaction of its own now
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        finally:
+            raw.isolation_level = ""  # the driver's default again (nothing is open)
 
 
 class Database:
