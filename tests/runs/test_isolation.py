@@ -471,3 +471,18 @@ def test_an_environment_build_runs_as_the_runs_user_and_is_handed_back_to_fastfl
     # and the next run reuses it, as that user
     again = run_cli("run", "srcdep", env={"RUN_AS_USER": RUN_USER}, timeout=120)
     assert again.returncode == 0, again.stderr
+
+
+def test_a_dependency_file_the_runs_user_cannot_read_is_named_in_the_reason(
+    run_user: pwd.struct_passwd, shared_root: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    folder = _pipeline(shared_root, "private", "print('never')\n")
+    (folder / "requirements.txt").write_text("ffdemo==2.0\n")
+    (folder / "requirements.txt").chmod(0o600)  # root's alone: the build's user cannot read it
+    res = run_cli("run", "private", env={"RUN_AS_USER": RUN_USER}, timeout=120)
+    assert res.returncode == 1
+    (run,) = _json_runs()
+    reason = str(run["failure_reason"])
+    assert "requirements.txt" in reason and "Permission denied" in reason
+    assert f"runs as RUN_AS_USER (uid {run_user.pw_uid})" in reason

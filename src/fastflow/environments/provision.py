@@ -186,6 +186,13 @@ def _build_as(
             path.mkdir(mode=0o700)
             os.chown(path, uid, gid)
         builder.build(env_dir, interp, deps, folder, uv_env, log, timeout, user)
+    except EnvBuildError as e:
+        if "Permission denied" not in str(e):
+            raise
+        raise EnvBuildError(
+            f"{e}; the build runs as RUN_AS_USER (uid {uid}): the dependency files, a "
+            "local UV_FIND_LINKS folder and SSL_CERT_FILE must be readable by that user"
+        ) from None
     finally:
         if own_cache:
             shutil.rmtree(cache, ignore_errors=True)
