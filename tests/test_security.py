@@ -59,3 +59,22 @@ def test_webhook_tokens_are_masked_as_an_http_client_logs_them(
     clean = redact(logged, settings)
     assert token not in clean
     assert "SECRET%20" not in clean and "SECR%C3%89T" not in clean and "t%C3%B6k" not in clean
+
+
+def test_uv_credentials_are_fastflows_own_secrets() -> None:
+    """Found by an outside audit: a build backend printing its environment showed the
+    index password (split out of ``UV_INDEX_URL``) and ``UV_INDEX_*_PASSWORD`` in the
+    run's log: only ``scheme://user:password@`` spelled whole was masked."""
+    from fastflow.security import uv_credentials
+
+    found = uv_credentials(
+        {
+            "UV_INDEX_URL": "https://bob:p%40ss-Word9@pypi.example/simple",
+            "UV_EXTRA_INDEX_URL": "https://a.example/simple https://x:tok-7Hh2@b.example/s",
+            "UV_INDEX_PRIVATE_PASSWORD": "idx-pass-9876",
+            "UV_INDEX_PRIVATE_USERNAME": "bob",
+            "UV_OFFLINE": "1",
+            "PASSWORD_NOT_UV": "not-ours-1234",
+        }
+    )
+    assert set(found) == {"p%40ss-Word9", "p@ss-Word9", "tok-7Hh2", "idx-pass-9876"}

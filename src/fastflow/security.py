@@ -17,8 +17,9 @@ import hmac
 import logging
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -91,6 +92,31 @@ def own_secrets(settings: Settings) -> list[str]:
         key = ""
     if len(key) >= _MIN_SECRET_LEN:
         out.append(key)
+    out.extend(uv_credentials(os.environ))
+    return out
+
+
+def uv_credentials(environ: Mapping[str, str]) -> list[str]:
+    """Credentials in uv's settings (passed to every environment build, and so to the
+    build backends it runs): the values of ``UV_*`` variables named like a password or
+    token, and the user-info password of ``UV_*`` index URLs."""
+    out: list[str] = []
+    for name, value in environ.items():
+        if not name.startswith("UV_") or not value:
+            continue
+        if any(word in name for word in ("PASSWORD", "TOKEN", "SECRET")):
+            if len(value) >= _MIN_SECRET_LEN:
+                out.append(value)
+            continue
+        for part in value.split():
+            if "://" in part and "@" in part:
+                try:
+                    password = urlsplit(part).password
+                except ValueError:
+                    continue
+                if password and len(password) >= _MIN_SECRET_LEN:
+                    out.append(password)
+                    out.append(unquote(password))
     return out
 
 

@@ -380,6 +380,22 @@ def get_requires_for_build_wheel(config_settings=None):
     return []
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    # a process that detaches (new session, double fork) to outlive the build
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):  # (uv waits for the end of the backend's output)
+                os.dup2(null, fd)
+            with open(%(pidfile)r, "w") as f:
+                f.write(str(os.getpid()))
+            os.write(w, b"x")
+            import time
+            time.sleep(600)
+        os._exit(0)
+    os.wait()
+    os.read(r, 1)
     try:
         with open(%(key)r, "rb") as f:
             f.read()
@@ -391,6 +407,11 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
         planted = "WRITTEN"
     except OSError:
         planted = "DENIED"
+    try:  # uv reads its user configuration from there: another pipeline's run must not
+        os.makedirs(os.path.join(os.environ["HOME"], ".config", "uv"))
+        planted += "+HOME-WRITTEN"
+    except OSError:
+        pass
     dist = "ffprobe-1.0.dist-info"
     files = {
         "ffprobe/__init__.py": "BUILT_BY = %%d\\nKEY = %%r\\nPLANTED = %%r\\n"
@@ -443,8 +464,12 @@ def test_an_environment_build_runs_as_the_runs_user_and_is_handed_back_to_fastfl
         '[build-system]\nrequires = []\nbuild-backend = "probe_backend"\nbackend-path = ["."]\n'
         '\n[project]\nname = "ffprobe"\nversion = "1.0"\n'
     )
+    drop = Path(shared_root["DATA_DIR"]).parent / "drop"
+    drop.mkdir(mode=0o777)
+    drop.chmod(0o777)
+    pidfile = drop / "detached.pid"
     (src / "probe_backend.py").write_text(
-        BACKEND % {"key": str(data / "secret.key"), "data": str(data)}
+        BACKEND % {"key": str(data / "secret.key"), "data": str(data), "pidfile": str(pidfile)}
     )
     (folder / "requirements.txt").write_text("./probe_src\n")
     for path in (src / "pyproject.toml", src / "probe_backend.py", folder / "requirements.txt"):
@@ -460,6 +485,10 @@ def test_an_environment_build_runs_as_the_runs_user_and_is_handed_back_to_fastfl
     uid = run_user.pw_uid
     assert f"probe {uid} DENIED DENIED {uid}" in log
     assert not (data / "planted-by-build").exists()
+    # nothing the build started outlives it (it could change the environment meanwhile)
+    detached = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(detached, 0)
     envs = data / "envs"
     (env_dir,) = [p for p in envs.iterdir() if p.is_dir() and not p.name.startswith(".")]
     owners = {p.lstat().st_uid for p in [env_dir, *env_dir.rglob("*")]}

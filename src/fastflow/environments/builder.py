@@ -22,9 +22,11 @@ import collections
 import contextlib
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -72,6 +74,7 @@ NOT_PASSED = frozenset(
         "UV_DEV",
     }
 )
+REAPER = Path(__file__).with_name("reaper.py")
 _URL_AUTH_RE = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
 _TAIL_LINES = 200
 _MAX_MESSAGE = 600
@@ -171,10 +174,9 @@ def _run(
     first (its process group is killed: uv and the build backends it started)."""
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     expired = threading.Event()
-    as_user: dict[str, object] = {}
-    if user is not None:
-        as_user = {"user": user[0], "group": user[1], "extra_groups": []}
-    with subprocess.Popen(  # type: ignore[call-overload]
+    if user is not None:  # under the reaper: nothing the build starts outlives it
+        cmd = [sys.executable, "-I", str(REAPER), str(user[0]), str(user[1]), *cmd]
+    with subprocess.Popen(
         cmd,
         cwd=cwd,
         env=env,
@@ -183,13 +185,15 @@ def _run(
         stderr=subprocess.STDOUT,
         umask=0o022,
         start_new_session=True,  # its own process group: killed whole at the deadline
-        **as_user,
     ) as proc:
 
         def kill() -> None:
             expired.set()
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                if user is not None:
+                    proc.terminate()  # the reaper kills everything of the build, then exits
+                else:
+                    os.killpg(proc.pid, signal.SIGKILL)
 
         timer = threading.Timer(timeout, kill) if timeout is not None else None
         if timer is not None:
@@ -210,63 +214,123 @@ def _run(
     return (None if expired.is_set() else proc.returncode), list(tail)
 
 
-def seal(path: Path, builder_uid: int | None = None) -> None:
-    """Make the tree at ``path`` usable by every user and changeable by fastflow's alone:
-    directories 0755, regular files world-readable (world-executable where the owner
-    may execute them), set-id and sticky bits cleared; symbolic links are never
-    followed.
+MAX_DEPTH = 64  # folders below an environment; uv's deepest are about 12
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default", "security.capability")
 
-    With ``builder_uid`` (the build ran as that user) every entry it owns is first
-    given to fastflow's user (``lchown``); entries of any other owner are left as they
-    are, so that a link the build made to someone else's file opens nothing up. Each
-    directory is taken over before it is listed, through descriptors opened without
-    following links, so a process of the build's user still running cannot swap an
-    entry for a link in between."""
-    me = (os.geteuid(), os.getegid())
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    top = os.open(path, flags)
+
+def seal(
+    path: Path, builder_uid: int | None = None, reserved: frozenset[str] = frozenset()
+) -> None:
+    """Make the tree at ``path`` usable by every user and changeable by fastflow's alone:
+    directories 0755, regular files 0644 (0755 where any execute bit was set), no set-id
+    or sticky bit, no write bit for others; symbolic links are never followed.
+
+    With ``builder_uid`` (the build ran as that user, and no process of it is left) the
+    tree is taken over strictly, each directory before it is listed, through descriptors
+    opened without following links: every entry must be the build user's — a directory,
+    a regular file with no other name (a hard link could be someone else's file), or a
+    symbolic link — and is given to fastflow's user, its ACLs removed; no folder deeper
+    than ``MAX_DEPTH``; no entry at the top named in ``reserved`` (the files fastflow
+    writes there). Anything else raises ``EnvBuildError`` and the caller discards the
+    tree."""
+    top = os.open(path, _DIR_FLAGS)
     try:
-        _seal_dir(top, builder_uid, me, flags)
+        if builder_uid is None:
+            _open_up(top)
+        else:
+            _take_dir(top, builder_uid, (os.geteuid(), os.getegid()), reserved, "", 0)
     finally:
         os.close(top)
 
 
-def _take(st: os.stat_result, builder_uid: int | None, me: tuple[int, int]) -> bool:
-    """Whether an entry is fastflow's to change: built by fastflow itself, or by the
-    build's user (then it is given to fastflow's user)."""
-    if builder_uid is None:
-        return st.st_uid == me[0] or me[0] == 0
-    return st.st_uid in (builder_uid, me[0])
+def _file_mode(st_mode: int) -> int:
+    return 0o755 if st_mode & 0o111 else 0o644
 
 
-def _seal_dir(fd: int, builder_uid: int | None, me: tuple[int, int], flags: int) -> None:
-    st = os.fstat(fd)
-    if not _take(st, builder_uid, me):
-        return
-    if builder_uid is not None and st.st_uid == builder_uid:
-        os.fchown(fd, *me)
+def _open_up(fd: int) -> None:
+    """Modes only, for a tree fastflow built as itself."""
     os.fchmod(fd, 0o755)
     for name in os.listdir(fd):
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            child = os.open(name, flags, dir_fd=fd)
+            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
             try:
-                _seal_dir(child, builder_uid, me, flags)
+                _open_up(child)
             finally:
                 os.close(child)
-            continue
-        if not _take(st, builder_uid, me):
-            continue
-        if builder_uid is not None and st.st_uid == builder_uid:
+        elif stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != _file_mode(st.st_mode):
+            os.chmod(name, _file_mode(st.st_mode), dir_fd=fd)
+
+
+def _refuse(where: str, what: str) -> EnvBuildError:
+    return EnvBuildError(f"the build left {what} at {where or '.'}; the environment is discarded")
+
+
+def _drop_acls(fd: int) -> None:
+    for name in _ACL_XATTRS:
+        with contextlib.suppress(OSError):  # (absent, or no xattr support)
+            os.removexattr(fd, name)
+
+
+def _take_dir(
+    fd: int, uid: int, me: tuple[int, int], reserved: frozenset[str], where: str, depth: int
+) -> None:
+    st = os.fstat(fd)
+    if st.st_uid != uid:
+        raise _refuse(where, f"a folder of uid {st.st_uid}")
+    # fastflow's from here on: no entry of it can be added, renamed or swapped any more
+    os.fchown(fd, *me)
+    os.fchmod(fd, 0o755)
+    _drop_acls(fd)
+    for name in os.listdir(fd):
+        here = f"{where}/{name}" if where else name
+        if depth == 0 and name in reserved:
+            raise _refuse(here, "a file of fastflow's own name")
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if st.st_uid != uid:
+            raise _refuse(here, f"an entry of uid {st.st_uid}")
+        if stat.S_ISDIR(st.st_mode):
+            if depth + 1 > MAX_DEPTH:
+                raise _refuse(here, f"folders deeper than {MAX_DEPTH}")
+            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            try:
+                _take_dir(child, uid, me, reserved, here, depth + 1)
+            finally:
+                os.close(child)
+        elif stat.S_ISLNK(st.st_mode):
             os.chown(name, *me, dir_fd=fd, follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode):
-            continue  # a link keeps its target's modes; nothing else is opened up
-        # the directory is fastflow's now: ``name`` cannot be replaced by a link any more
-        mode = st.st_mode & 0o777 | 0o444
-        if mode & 0o100:
-            mode |= 0o111
-        if mode != st.st_mode & 0o7777:
-            os.chmod(name, mode, dir_fd=fd)
+        elif stat.S_ISREG(st.st_mode):
+            _take_file(fd, name, uid, me, here)
+        else:
+            raise _refuse(here, "a special file (FIFO, socket or device)")
+
+
+def _take_file(dir_fd: int, name: str, uid: int, me: tuple[int, int], where: str) -> None:
+    fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+            raise _refuse(where, "an entry that changed while it was taken over")
+        if st.st_nlink != 1:
+            raise _refuse(where, "a file with another name (a hard link)")
+        os.fchown(fd, *me)
+        os.fchmod(fd, _file_mode(st.st_mode))
+        _drop_acls(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove ``path`` and everything below it, links not followed, however deep (Python's
+    ``rmtree`` recurses once per level); what cannot be removed stays."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        pass
+    if os.path.lexists(path):
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False)
 
 
 def build(
@@ -278,6 +342,7 @@ def build(
     log: Log,
     timeout: float | None = None,
     user: tuple[int, int] | None = None,
+    reserved: frozenset[str] = frozenset(),
 ) -> None:
     """Build the environment into ``target`` (which must not exist yet, or be an empty
     directory ``user`` owns), within ``timeout`` seconds in all (``EnvBuildError`` past
@@ -294,11 +359,11 @@ def build(
         for cmd in commands(uv, target, interp, deps):
             _step(cmd, target, folder, env, log, timeout, deadline, user)
     except BaseException:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, EnvBuildError, RecursionError):
             seal(target, user[0])  # a failed build's files stop being the user's too
         raise
     try:
-        seal(target, user[0])
+        seal(target, user[0], reserved)
     except OSError as e:
         raise EnvBuildError(
             f"cannot take over the environment built as uid {user[0]}: {e} (fastflow needs "

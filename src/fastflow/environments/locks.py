@@ -32,8 +32,10 @@ def _acquire(
     process holds a conflicting lock."""
     told = False
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
+            if os.fstat(fd).st_mode & 0o077:  # (0644 before: a run's user could hold it)
+                os.fchmod(fd, 0o600)
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
-import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -65,7 +63,7 @@ def _usable(record: registry.EnvRecord | None, env_dir: Path, digest: str) -> st
 
 def _wipe(env_dir: Path) -> None:
     registry.remove_record(env_dir)
-    shutil.rmtree(env_dir, ignore_errors=True)
+    builder.remove_tree(env_dir)
     if env_dir.exists():
         raise EnvBuildError(f"cannot remove the incomplete environment {env_dir}")
 
@@ -178,14 +176,19 @@ def _build_as(
     cache = env_dir.parent / f".build-cache-{env_dir.name}"
     uv_env = builder.uv_environ(os.environ, cache)
     uv_env.pop("TMPDIR", None)  # fastflow's may be private to it; uv's default is /tmp
-    uv_env["HOME"] = _home_of(uid)
+    # an empty home of fastflow's: the user's own ``~/.config/uv`` (which its runs can
+    # write) must not configure the builds of other pipelines
+    uv_env["HOME"] = str(_empty_home(env_dir.parent))
+    # files of their own: a file linked to the cache has two names, which ``seal`` refuses
+    uv_env["UV_LINK_MODE"] = "copy"
     own_cache = uv_env["UV_CACHE_DIR"] == str(cache)
+    reserved = frozenset({registry.METADATA, registry.tmp_name()})
     try:
         for path in [env_dir, cache] if own_cache else [env_dir]:
-            shutil.rmtree(path, ignore_errors=True)
+            builder.remove_tree(path)
             path.mkdir(mode=0o700)
             os.chown(path, uid, gid)
-        builder.build(env_dir, interp, deps, folder, uv_env, log, timeout, user)
+        builder.build(env_dir, interp, deps, folder, uv_env, log, timeout, user, reserved)
     except EnvBuildError as e:
         if "Permission denied" not in str(e):
             raise
@@ -195,14 +198,19 @@ def _build_as(
         ) from None
     finally:
         if own_cache:
-            shutil.rmtree(cache, ignore_errors=True)
+            builder.remove_tree(cache)  # (no process of the build is left to refill it)
 
 
-def _home_of(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_dir or "/"
-    except KeyError:
-        return "/"
+def _empty_home(envs: Path) -> Path:
+    """``envs/.build-home``: an empty folder of fastflow's, readable by all (0555)."""
+    home = envs / ".build-home"
+    home.mkdir(mode=0o555, exist_ok=True)
+    st = home.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or os.listdir(home):
+        builder.remove_tree(home)
+        home.mkdir(mode=0o555)
+    home.chmod(0o555)
+    return home
 
 
 def _private_folder(path: Path) -> None:
@@ -219,7 +227,7 @@ def _wipe_quietly(env_dir: Path) -> None:
     """After a failed build: no record means never reused, even if rmtree fails."""
     with contextlib.suppress(OSError):
         registry.remove_record(env_dir)
-    shutil.rmtree(env_dir, ignore_errors=True)
+    builder.remove_tree(env_dir)
 
 
 @contextlib.contextmanager

@@ -99,12 +99,34 @@ def read(env_dir: Path) -> EnvRecord | None:
     return record
 
 
+def tmp_name() -> str:
+    """The name ``write`` writes a record under before renaming it into place."""
+    return f".{METADATA}.tmp"
+
+
 def write(env_dir: Path, record: EnvRecord) -> None:
-    """Replace the record atomically (the caller holds the ``.lock``)."""
-    tmp = env_dir / f".{METADATA}.tmp"
-    tmp.write_text(json.dumps(record.to_dict(), indent=2) + "\n", encoding="utf-8")
-    tmp.chmod(0o644)
-    os.replace(tmp, env_dir / METADATA)
+    """Replace the record atomically (the caller holds the ``.lock``). The temporary file
+    is made anew, exclusively and without following links: whatever had its name (a
+    link to another file, a FIFO) is removed, never written through."""
+    data = (json.dumps(record.to_dict(), indent=2) + "\n").encode()
+    dir_fd = os.open(env_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            os.unlink(tmp_name(), dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp_name(), flags, 0o600, dir_fd=dir_fd)
+        try:
+            os.fchmod(fd, 0o644)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp_name(), METADATA, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def remove_record(env_dir: Path) -> None:

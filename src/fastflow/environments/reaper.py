@@ -1,0 +1,117 @@
+"""Run a command as another user and leave nothing of it behind:
+``python -I reaper.py UID GID COMMAND...`` (standard library only: started by path).
+
+Guarantees (Linux): the command runs as UID, GID and no supplementary groups, in a
+process group of its own; this process, still privileged, is its child subreaper, so
+every process the command starts — also one that detaches with ``setsid`` or a double
+fork — stays a descendant of it. When the command ends, every process still left is
+killed with SIGKILL and reaped before this process exits, with the command's exit
+status (128 + N when a signal N ended it). SIGTERM (or the death of the parent, through
+``PR_SET_PDEATHSIG``) kills the command and everything it started the same way, then
+exits with 143.
+
+An environment build as ``RUN_AS_USER`` runs under it: once it returns, no process of
+the build is alive to change the environment while fastflow takes it over.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _children() -> list[int]:
+    """Processes whose parent is this process (the orphans it adopted too)."""
+    me = os.getpid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and int(fields[1]) == me:
+            found.append(int(name))
+    return found
+
+
+def _kill_all() -> None:
+    """SIGKILL every descendant until none is left (killed ones' children are adopted
+    here, then killed in the next round)."""
+    while True:
+        left = _children()
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for _ in left:
+            try:
+                os.wait()
+            except ChildProcessError:
+                break
+
+
+def main(argv: list[str]) -> int:
+    uid, gid, cmd = int(argv[1]), int(argv[2]), argv[3:]
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        print("fastflow: cannot become a child subreaper", file=sys.stderr)
+        return 126
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    stopped = False
+    pid = 0
+
+    def stop(_sig: int, _frame: object) -> None:
+        nonlocal stopped
+        stopped = True
+        if pid > 0:  # the command's group: its wait below then returns
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    if os.getppid() == 1:  # the parent died before PDEATHSIG was set
+        return 143
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setpgid(0, 0)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            os.execv(cmd[0], cmd)
+        finally:
+            os._exit(127)
+    try:
+        os.setpgid(pid, pid)  # (also here: no race with a SIGTERM right after the fork)
+    except OSError:
+        pass
+    if stopped:
+        stop(signal.SIGTERM, None)
+    status = 0
+    while True:
+        done, wait_status = os.wait()
+        if done == pid:
+            status = os.waitstatus_to_exitcode(wait_status)
+            break
+    _kill_all()
+    if stopped:
+        return 143
+    return status if status >= 0 else 128 - status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
