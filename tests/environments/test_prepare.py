@@ -247,3 +247,67 @@ def test_in_use_refuses_an_environment_removed_after_prepare(
     (env.path / registry.METADATA).unlink()
     with pytest.raises(EnvBuildError, match="prepare it again"), in_use(env):
         pass
+
+
+LOCAL_BACKEND = '''
+import base64, hashlib, os, zipfile
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    version = open(os.path.join(os.path.dirname(__file__), "VERSION")).read().strip()
+    dist = "fflocal-0.1.dist-info"
+    files = {
+        "fflocal/__init__.py": "VERSION = %r\\n" % version,
+        dist + "/METADATA": "Metadata-Version: 2.1\\nName: fflocal\\nVersion: 0.1\\n",
+        dist + "/WHEEL": "Wheel-Version: 1.0\\nGenerator: t\\nRoot-Is-Purelib: true\\n"
+        "Tag: py3-none-any\\n",
+    }
+    record = []
+    for path, text in files.items():
+        sha = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append("%s,sha256=%s,%d" % (path, sha.decode(), len(text.encode())))
+    files[dist + "/RECORD"] = "\\n".join(record + [dist + "/RECORD,,"]) + "\\n"
+    name = "fflocal-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return name
+'''
+
+
+def _with_local_lib(settings: Settings, name: str, version: str) -> Path:
+    """A pipeline whose requirements.txt is ``./lib``: a local package (with a build
+    backend of its own, so no index is needed) whose ``VERSION`` is ``version``."""
+    folder = _folder(settings, name, "./lib\n")
+    lib = folder / "lib"
+    lib.mkdir()
+    (lib / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+        '\n[project]\nname = "fflocal"\nversion = "0.1"\n'
+    )
+    (lib / "backend.py").write_text(LOCAL_BACKEND)
+    (lib / "VERSION").write_text(version)
+    return folder
+
+
+def test_pipelines_with_the_same_local_path_line_get_their_own_packages(
+    settings: Settings, lines: Lines
+) -> None:
+    """Found by an outside audit: the key hashed only the bytes of requirements.txt, so
+    two pipelines with the line ``./lib`` shared one environment (the second ran the
+    first one's package), and a changed local package was never installed again."""
+    a_folder = _with_local_lib(settings, "a", "1")
+    a = prepare(settings, "a", a_folder, None, lines)
+    b = prepare(settings, "b", _with_local_lib(settings, "b", "2"), None, lines)
+    assert a.key != b.key and not b.reused
+    assert imported_version(a.python, "fflocal") == "1"
+    assert imported_version(b.python, "fflocal") == "2"
+    again = prepare(settings, "a", a_folder, None, lines)
+    assert again.key == a.key and again.reused  # unchanged: reused (the build wrote nothing)
+    (a_folder / "lib" / "VERSION").write_text("3")
+    os.utime(a_folder / "lib" / "VERSION", ns=(1, 1))  # a time of its own, however fast
+    changed = prepare(settings, "a", a_folder, None, lines)
+    assert changed.key != a.key and not changed.reused
+    assert imported_version(changed.python, "fflocal") == "3"

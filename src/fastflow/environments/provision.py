@@ -83,7 +83,8 @@ def prepare(
     installed) or ``EnvBuildError``."""
     interp = interpreters.find(python, user)
     deps = sources.read(folder)
-    digest = keys.digest(interp.version, deps.kind, deps.files)
+    local = sources.local_state(folder, deps)
+    digest = keys.digest(interp.version, deps.kind, deps.files, local)
     key = keys.key_of(digest)
     envs = registry.ensure_root(settings)
     env_dir = envs / key
@@ -117,7 +118,8 @@ def prepare(
             uv=_uv_version(),
         )
         try:
-            _build(env_dir, interp, deps, folder, log, settings.env_build_timeout_seconds, user)
+            timeout = settings.env_build_timeout_seconds
+            _build(env_dir, interp, deps, folder, log, timeout, user, fresh=bool(local))
             record.build_seconds = round(time.monotonic() - started, 3)
             registry.write(env_dir, record)  # the completion marker: last
         except EnvBuildError as e:
@@ -140,16 +142,22 @@ def _build(
     log: Log,
     timeout: float | None = None,
     user: tuple[int, int] | None = None,
+    *,
+    fresh: bool = False,
 ) -> None:
     """Build with uv (within ``timeout`` seconds), as ``user`` when that is another user
-    than fastflow's; fail if the dependency files changed meanwhile (the environment
-    would not match its key)."""
+    than fastflow's; ``fresh``: without uv's shared cache (it would install the wheel it
+    built from a local package before, unless that package's ``pyproject.toml`` changed).
+    Fail if the dependency files changed meanwhile (the environment would not match its
+    key)."""
     if user is not None and user[0] != os.geteuid():
-        _build_as(env_dir, interp, deps, folder, log, timeout, user)
+        _build_as(env_dir, interp, deps, folder, log, timeout, user, fresh)
     else:
         cache = env_dir.parent / ".uv-cache"
         uv_env = builder.uv_environ(os.environ, cache)
-        if uv_env["UV_CACHE_DIR"] == str(cache):
+        if fresh:
+            uv_env["UV_NO_CACHE"] = "1"
+        elif uv_env["UV_CACHE_DIR"] == str(cache):
             _private_folder(cache)
         builder.build(env_dir, interp, deps, folder, uv_env, log, timeout)
     if sources.read(folder) != deps:
@@ -164,6 +172,7 @@ def _build_as(
     log: Log,
     timeout: float | None,
     user: tuple[int, int],
+    fresh: bool = False,
 ) -> None:
     """Build as the run's user (``RUN_AS_USER``): the build backends of the pipeline's
     dependencies never run as fastflow's user. The user gets an empty ``env_dir`` and
@@ -182,6 +191,8 @@ def _build_as(
     # files of their own: a file linked to the cache has two names, which ``seal`` refuses
     uv_env["UV_LINK_MODE"] = "copy"
     own_cache = uv_env["UV_CACHE_DIR"] == str(cache)
+    if fresh and not own_cache:
+        uv_env["UV_NO_CACHE"] = "1"  # (see ``_build``)
     reserved = frozenset({registry.METADATA, registry.tmp_name()})
     try:
         for path in [env_dir, cache] if own_cache else [env_dir]:

@@ -11,15 +11,24 @@ Kinds, first match wins:
 
 Files a requirements file includes (``-r``/``-c``, recursively) are part of the bytes, so
 editing an included file changes the key as editing the file itself does.
+
+``local_state``: a dependency given as a local path (``./lib``, ``-e .``,
+``file:///…``, ``path = "…"`` in ``pyproject.toml``/``uv.lock``) is not in those bytes;
+its state (the pipeline folder, and the names, sizes and modification times below the
+path) goes into the key instead, so that two pipelines with the same ``./lib`` line never
+share an environment and a changed local package is installed again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from fastflow.errors import EnvBuildError
 
@@ -120,3 +129,77 @@ def read(folder: Path) -> Dependencies:
         if _is_project(project):
             return Dependencies("pyproject", ((PYPROJECT, project),))
     return Dependencies("none", ())
+
+
+_LOCAL_TOML_RE = re.compile(r"""\b(?:path|directory|editable)\s*=\s*["']([^"']+)["']""")
+_FILE_URL_RE = re.compile(r"""file:[^\s"'#;]+""")
+_SKIPPED_DIRS = frozenset(
+    {".git", ".hg", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache", ".tox"}
+    | {"build", "dist"}
+)
+MAX_LOCAL_ENTRIES = 20_000  # files looked at below the local paths of one environment
+
+
+def _local_paths(name: str, data: bytes) -> list[str]:
+    """The local paths a dependency file names (as written, or a ``file:`` URL)."""
+    text = data.decode("utf-8", "replace")
+    found = _FILE_URL_RE.findall(text)
+    if name.endswith(".toml") or (name.endswith(".lock") and not name.endswith(".txt.lock")):
+        return found + _LOCAL_TOML_RE.findall(text)
+    for line in text.splitlines():
+        words = line.split(" #", 1)[0].split()
+        if words and words[0] in ("-e", "--editable") and len(words) > 1:
+            words = words[1:]
+        if (words and words[0].startswith(("./", "../", "/", "~"))) or words[:1] == ["."]:
+            found.append(words[0])
+    return found
+
+
+def _resolve(base: Path, written: str) -> Path:
+    if written.startswith("file:"):
+        return Path(unquote(urlsplit(written).path) or "/")
+    return (base / Path(written).expanduser()).resolve()
+
+
+def _state(path: Path, budget: list[int]) -> str:
+    """Names, sizes and modification times below ``path``, hashed (bounded)."""
+    h = hashlib.sha256()
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    if not path.is_dir():
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    for dirpath, dirnames, filenames in os.walk(path):
+        # (what a build writes into a source tree is skipped: it must not change the key)
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in _SKIPPED_DIRS and not d.endswith(".egg-info")
+        )
+        for fname in sorted(filenames):
+            if budget[0] <= 0:
+                return h.hexdigest() + ":truncated"
+            budget[0] -= 1
+            full = os.path.join(dirpath, fname)
+            try:
+                f = os.lstat(full)
+            except OSError:
+                continue
+            rel = os.path.relpath(full, path)
+            h.update(f"{rel}\0{f.st_size}\0{f.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def local_state(folder: Path, deps: Dependencies) -> tuple[tuple[str, str], ...]:
+    """The state of the local-path dependencies ``deps`` names (empty when none): the
+    pipeline folder first, then each path with the digest of what is below it."""
+    paths: dict[str, Path] = {}
+    for name, data in deps.files:
+        base = (folder / name).parent
+        for written in _local_paths(name, data):
+            resolved = _resolve(base, written)
+            paths.setdefault(str(resolved), resolved)
+    if not paths:
+        return ()
+    budget = [MAX_LOCAL_ENTRIES]
+    states = [(shown, _state(path, budget)) for shown, path in sorted(paths.items())]
+    return (("folder", str(folder.resolve())), *states)
