@@ -107,6 +107,9 @@ BAD = [
     ("TEAMS_ENABLED", "2x"),
     ("FASTFLOW_BASE_URL", "localhost:8000"),
     ("DATABASE_URL", "mysql://x"),
+    ("DATABASE_URL", "sqlite:///"),
+    ("DATABASE_URL", "postgresql://u@127.0.0.1:notaport/x"),
+    ("DATABASE_URL", "postgresql://u@[::1/x"),
 ]
 
 
@@ -171,3 +174,22 @@ def test_s3_missing_names_each_variable(monkeypatch: pytest.MonkeyPatch) -> None
         "S3_ACCESS_KEY",
         "S3_SECRET_ACCESS_KEY",
     ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:hunter2pw@127.0.0.1:notaport/x",
+        "sqlite:///",
+        "postgresql://u:hunter2pw@[::1/x",
+    ],
+)
+def test_a_malformed_database_url_stops_a_command_with_one_line(url: str) -> None:
+    """Found by an outside contract check: these crashed every command with a traceback
+    and exit 1 (the driver failed on them); the contract is exit 2 and one line."""
+    from tests.conftest import run_cli
+
+    res = run_cli("runs", env={"DATABASE_URL": url})
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "DATABASE_URL" in res.stderr and "hunter2pw" not in res.stderr

@@ -251,6 +251,15 @@ class Settings(BaseSettings):
     def _database_url(cls, v: str) -> str:
         if v and not re.match(r"^(sqlite|postgresql)(\+\w+)?://", v):
             raise ValueError("must start with sqlite:/// or postgresql://")
+        if v.startswith("sqlite"):
+            if not v.split("://", 1)[1].lstrip("/").split("?", 1)[0]:
+                raise ValueError("names no database file (sqlite:///path/to/fastflow.db)")
+            return v
+        try:  # what the driver would otherwise fail on with a traceback
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as e:
+            raise ValueError(f"is not a well-formed URL ({e})") from None
         return v
 
     @field_validator("log_retention_runs", "log_retention_days", mode="before")

@@ -249,7 +249,7 @@ def test_in_use_refuses_an_environment_removed_after_prepare(
         pass
 
 
-LOCAL_BACKEND = '''
+LOCAL_BACKEND = """
 import base64, hashlib, os, zipfile
 
 def get_requires_for_build_wheel(config_settings=None):
@@ -274,7 +274,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
         for path, text in files.items():
             z.writestr(path, text)
     return name
-'''
+"""
 
 
 def _with_local_lib(settings: Settings, name: str, version: str) -> Path:

@@ -178,9 +178,12 @@ def make_client(
     """A boto3 S3 client from settings; raises ``ArchiveNotConfigured`` if incomplete."""
     missing = settings.s3_missing()
     if missing:
-        raise ArchiveNotConfigured(
-            "S3 backup is enabled but not configured: missing " + ", ".join(missing)
+        what = (
+            "S3 backup is enabled but not configured"
+            if settings.s3_backup_enabled
+            else "S3 is not configured (S3_BACKUP_ENABLED=false)"
         )
+        raise ArchiveNotConfigured(f"{what}: missing " + ", ".join(missing))
     assert settings.s3_access_key is not None and settings.s3_secret_access_key is not None
     cfg = Config(
         region_name=settings.s3_region,

@@ -14,10 +14,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from fastflow.config import Settings
+from fastflow.config import Settings, mask_url_password
 from fastflow.errors import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -60,7 +60,19 @@ def sqlite_file(url: str) -> Path | None:
 
 
 def make_engine(settings: Settings) -> Engine:
-    """Create the engine; for SQLite, create the parent folder and enable WAL."""
+    """Create the engine; for SQLite, create the parent folder and enable WAL. A URL the
+    driver cannot use is a ``ConfigError`` naming it (password masked), not a traceback."""
+    try:
+        return _make_engine(settings)
+    except (ValueError, TypeError, ArgumentError) as e:
+        raw = settings.database_url
+        masked = mask_url_password(raw)
+        raise ConfigError(
+            f"invalid DATABASE_URL={masked}: " + str(e).replace(raw, masked).splitlines()[0]
+        ) from None
+
+
+def _make_engine(settings: Settings) -> Engine:
     url = make_url(normalise_url(settings.database_url))
     kwargs: dict[str, Any] = {}
     busy_ms = SQLITE_BUSY_TIMEOUT_MS
