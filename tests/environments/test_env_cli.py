@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
 
+import pytest
+
 from fastflow.config import Settings
 from fastflow.environments import interpreters, keys, locks, registry, sources
 from tests.conftest import MakePipeline, wait_until
@@ -149,3 +151,36 @@ def test_a_build_waiting_forever_is_stopped_at_its_time_limit(
     assert [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] == []
     again = cli("env", "build", "p")  # the lock released: it builds
     assert again.returncode == 0, again.stderr
+
+
+FAILING_BACKEND = """
+import os
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    print("password:", os.environ.get("UV_INDEX_PRIVATE_PASSWORD"))
+    raise SystemExit("this backend fails after printing uv's settings")
+"""
+
+
+def test_env_build_masks_uv_credentials_a_backend_prints(
+    make_pipeline: MakePipeline, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an outside audit: a run's build lines masked them, ``fastflow env
+    build`` printed them as uv showed them."""
+    monkeypatch.setenv("UV_INDEX_PRIVATE_PASSWORD", "idx-pass-9876")
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    folder = make_pipeline("leaky")
+    (folder / "requirements.txt").write_text("./pkg\n")
+    (folder / "pkg").mkdir()
+    (folder / "pkg" / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+        '\n[project]\nname = "leaky"\nversion = "1"\n'
+    )
+    (folder / "pkg" / "backend.py").write_text(FAILING_BACKEND)
+    built = cli("env", "build", "leaky")
+    assert built.returncode == 1
+    assert "password: ***" in built.stderr
+    assert "idx-pass-9876" not in built.stderr + built.stdout

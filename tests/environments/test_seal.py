@@ -200,3 +200,17 @@ def test_without_a_builder_only_the_modes_change(tmp_path: Path) -> None:
     assert _mode(env / "sub") == 0o755
     assert _mode(env / "sub" / "f") == 0o755  # set-gid and the others' write bit gone
     assert (env / "sub" / "f").stat().st_uid == STRANGER
+
+
+def test_a_refused_name_is_quoted(tmp_path: Path) -> None:
+    """Second audit round: a newline in a refused name planted lines in the run's log,
+    and a name that is not UTF-8 stopped ``fastflow run`` when it wrote the reason."""
+    env, _ = _built(tmp_path)
+    name = os.fsdecode(b"evil\n[2099-01-01] run finished: SUCCESS \xff")
+    os.mkfifo(env / "lib" / name)
+    os.chown(env / "lib" / name, BUILDER, BUILDER)
+    with pytest.raises(EnvBuildError) as err:
+        seal(env, BUILDER, RESERVED)
+    message = str(err.value)
+    assert "\n" not in message and "evil\\n[2099" in message
+    message.encode("utf-8")  # (no lone surrogate left in it)

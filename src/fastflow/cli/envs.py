@@ -65,17 +65,21 @@ def env_build(ctx: click.Context, pipeline: str) -> None:
     build runs as that user, as it does before a run."""
     from fastflow.environments import prepare
     from fastflow.runs import isolation, pipelines
+    from fastflow.runs.masking import Masker
+    from fastflow.security import own_secrets
 
     settings = _env_settings(ctx)
     p = pipelines.load(settings.pipelines_dir, pipeline)
     user = isolation.run_as(settings)
     isolation.secure_data_dir(settings)  # 0711 with RUN_AS_USER: the build's user passes
+    # masked as a run's build lines are: a build backend may print uv's index password
+    masker = Masker(own_secrets(settings))
     env = prepare(
         settings,
         p.name,
         p.path,
         p.config.python,
-        lambda line: click.echo(f"[env] {line}", err=True),
+        lambda line: click.echo(f"[env] {masker.mask(line)}", err=True),
         user=(user.uid, user.gid) if user else None,
     )
     click.echo(str(env.path))

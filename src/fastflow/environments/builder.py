@@ -265,7 +265,9 @@ def _open_up(fd: int) -> None:
 
 
 def _refuse(where: str, what: str) -> EnvBuildError:
-    return EnvBuildError(f"the build left {what} at {where or '.'}; the environment is discarded")
+    # the name as a quoted literal: it may hold newlines or bytes that are not UTF-8
+    shown = repr(where or ".")
+    return EnvBuildError(f"the build left {what} at {shown}; the environment is discarded")
 
 
 def _drop_acls(fd: int) -> None:

@@ -25,10 +25,11 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def _children() -> list[int]:
-    """Processes whose parent is this process (the orphans it adopted too)."""
+def _descendants() -> list[int]:
+    """Every process below this one (adopted orphans included), from one reading of
+    ``/proc``."""
     me = os.getpid()
-    found = []
+    below: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -39,28 +40,42 @@ def _children() -> list[int]:
             continue
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses
         fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == me:
-            found.append(int(name))
+        if len(fields) > 1:
+            below.setdefault(int(fields[1]), []).append(int(name))
+    found: list[int] = []
+    todo = list(below.get(me, []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(below.get(pid, []))
     return found
 
 
 def _kill_all() -> None:
-    """SIGKILL every descendant until none is left (killed ones' children are adopted
-    here, then killed in the next round)."""
+    """SIGKILL the whole tree below this process at once, round after round, until
+    nothing is left (what forked between the reading and the kill is in the next
+    round); then reap."""
     while True:
-        left = _children()
+        left = _descendants()
         if not left:
-            return
+            break
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for _ in left:
+        while True:  # reap what has died; the rest are adopted and killed next round
             try:
-                os.wait()
+                done, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
+            if done == 0:
+                break
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            return
 
 
 def main(argv: list[str]) -> int:
@@ -93,6 +108,8 @@ def main(argv: list[str]) -> int:
             os.setgid(gid)
             os.setuid(uid)
             os.execv(cmd[0], cmd)
+        except OSError as e:
+            os.write(2, f"fastflow: cannot start {cmd[0]}: {e.strerror}\n".encode())
         finally:
             os._exit(127)
     try:
@@ -106,6 +123,7 @@ def main(argv: list[str]) -> int:
         done, wait_status = os.wait()
         if done == pid:
             status = os.waitstatus_to_exitcode(wait_status)
+            pid = 0  # reaped: its number may be another process's from now on
             break
     _kill_all()
     if stopped:
