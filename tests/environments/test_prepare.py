@@ -311,3 +311,18 @@ def test_pipelines_with_the_same_local_path_line_get_their_own_packages(
     changed = prepare(settings, "a", a_folder, None, lines)
     assert changed.key != a.key and not changed.reused
     assert imported_version(changed.python, "fflocal") == "3"
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo"])
+def test_an_include_that_is_not_a_file_fails_at_once(
+    settings: Settings, lines: Lines, target: str
+) -> None:
+    """Found by an outside audit: ``-r /dev/zero`` had fastflow read until the memory
+    was gone, and an include naming a FIFO would wait for ever (both before any time
+    limit)."""
+    folder = _folder(settings, "odd")
+    if target == "fifo":
+        os.mkfifo(folder / "fifo")
+    (folder / "requirements.txt").write_text(f"-r {target}\n")
+    with pytest.raises(EnvBuildError, match="not a regular file"):
+        prepare(settings, "odd", folder, None, lines)

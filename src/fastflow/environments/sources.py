@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,11 +77,35 @@ def includes(text: str) -> list[str]:
     return out
 
 
+MAX_FILE_BYTES = 16 * 1024 * 1024  # a dependency file (or an included one) at most
+
+
 def _read(path: Path) -> bytes:
+    """A dependency file's bytes: a regular file of at most ``MAX_FILE_BYTES`` (an
+    include naming ``/dev/zero`` or a FIFO would otherwise fill the memory or wait for
+    ever, before any time limit applies)."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise EnvBuildError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise EnvBuildError(f"cannot read {path}: not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise EnvBuildError(
+                f"cannot read {path}: {st.st_size} bytes, more than a dependency file may "
+                f"hold ({MAX_FILE_BYTES} bytes)"
+            )
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise EnvBuildError(f"cannot read {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise EnvBuildError(f"cannot read {path}: it grew past {MAX_FILE_BYTES} bytes")
+    return data
 
 
 def _with_includes(folder: Path, first: str) -> list[tuple[str, bytes]]:
