@@ -342,6 +342,26 @@ def test_a_pipeline_writable_below_its_folder_is_noticed(tmp_path: Path) -> None
     assert not folder_writable_by(folder, user)
 
 
+def test_a_folder_above_the_pipeline_writable_by_the_runs_user_is_noticed(
+    tmp_path: Path,
+) -> None:
+    """Second audit round: uv reads ``uv.toml`` and workspace files from the folders above
+    the pipeline, so a run that can write one changes what other builds install."""
+    from fastflow.runs.isolation import RunAs, writable_above
+
+    user = RunAs("nobody-here", 65530, 65530, "/")
+    assert writable_above(Path("/usr/lib"), user) is None  # root's all the way up
+    above = tmp_path / "above"
+    (above / "pipelines" / "p").mkdir(parents=True)
+    for path in (above, above / "pipelines"):
+        path.chmod(0o755)
+    os.chown(above, user.uid, user.gid)  # the user's own: it may write there
+    assert writable_above(above / "pipelines" / "p", user) == above
+    above.chmod(0o555)
+    (above / "pipelines").chmod(0o777)
+    assert writable_above(above / "pipelines" / "p", user) == above / "pipelines"
+
+
 def test_a_run_as_another_user_imports_its_environments_packages(
     run_user: pwd.struct_passwd,
     shared_root: dict[str, str],
@@ -368,7 +388,10 @@ def test_a_run_as_another_user_imports_its_environments_packages(
     res = run_cli("run", "deps", env={"RUN_AS_USER": RUN_USER}, timeout=180)
     (run,) = _json_runs()
     assert res.returncode == 0, _log_of(run, shared_root["LOGS_DIR"])
-    assert f"ffdemo 2.0 {run_user.pw_uid}" in _log_of(run, shared_root["LOGS_DIR"])
+    log = _log_of(run, shared_root["LOGS_DIR"])
+    assert f"ffdemo 2.0 {run_user.pw_uid}" in log
+    # the test's root is below /tmp, which every user may write into
+    assert f"warning: /tmp, a folder above the pipeline, is writable by {RUN_USER}" in log
     envs = Path(shared_root["DATA_DIR"]) / "envs"
     assert not [p for p in envs.iterdir() if "cache" in p.name]
 

@@ -192,6 +192,16 @@ def folder_writable_by(folder: Path, user: RunAs) -> bool:
     return False
 
 
+def writable_above(folder: Path, user: RunAs) -> Path | None:
+    """The nearest folder above ``folder`` that ``user`` could write into by its mode bits
+    (a sticky ``/tmp`` too: a new file there is enough), or None. uv reads ``uv.toml``
+    and workspace files from the folders above the one it builds in."""
+    for parent in folder.resolve().parents:
+        if _writable_by(parent, user):
+            return parent
+    return None
+
+
 def _writable_by(path: Path, user: RunAs) -> bool:
     """Whether ``user`` could write ``path`` by its mode bits."""
     try:

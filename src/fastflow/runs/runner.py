@@ -328,6 +328,14 @@ def _prepare(
                 f"warning: the pipeline folder is writable by {prepared.user.name}; "
                 "make it read-only for that user (chmod go-w, chown)"
             )
+        above = isolation.writable_above(pipeline.path, prepared.user) if prepared.user else None
+        if above is not None and prepared.user is not None:
+            capture.write_note(
+                f"warning: {above}, a folder above the pipeline, is writable by "
+                f"{prepared.user.name}: uv reads uv.toml and workspace files from there, so "
+                "a run could change what the builds of other pipelines install; make it "
+                "read-only for that user"
+            )
     except FastflowError as e:
         capture.write_note(f"not started: {e}")
         return capture, None, str(e)
