@@ -17,6 +17,7 @@ from fastflow.config import Settings
 from fastflow.environments import interpreters, keys, locks, registry, sources
 from tests.conftest import MakePipeline, wait_until
 from tests.environments.conftest import imported_version
+from tests.environments.wheels import write_source_package
 
 Cli = Callable[..., CompletedProcess[str]]
 LIST_KEYS = {"key", "pipelines", "size_bytes", "last_used_at", "python", "created_at"}
@@ -153,13 +154,8 @@ def test_a_build_waiting_forever_is_stopped_at_its_time_limit(
     assert again.returncode == 0, again.stderr
 
 
-FAILING_BACKEND = """
-import os
-
-def get_requires_for_build_wheel(config_settings=None):
-    return []
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+# a backend that prints uv's settings, then fails (uv shows a failed build's output)
+LEAKY_PRELUDE = """
     print("password:", os.environ.get("UV_INDEX_PRIVATE_PASSWORD"))
     raise SystemExit("this backend fails after printing uv's settings")
 """
@@ -174,12 +170,7 @@ def test_env_build_masks_uv_credentials_a_backend_prints(
     monkeypatch.setenv("UV_OFFLINE", "1")
     folder = make_pipeline("leaky")
     (folder / "requirements.txt").write_text("./pkg\n")
-    (folder / "pkg").mkdir()
-    (folder / "pkg" / "pyproject.toml").write_text(
-        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
-        '\n[project]\nname = "leaky"\nversion = "1"\n'
-    )
-    (folder / "pkg" / "backend.py").write_text(FAILING_BACKEND)
+    write_source_package(folder / "pkg", "leaky", LEAKY_PRELUDE)
     built = cli("env", "build", "leaky")
     assert built.returncode == 1
     assert "password: ***" in built.stderr

@@ -17,6 +17,7 @@ from fastflow.config import Settings
 from fastflow.environments import builder, in_use, prepare, registry
 from fastflow.errors import ConfigError, EnvBuildError
 from tests.environments.conftest import Lines, imported_version
+from tests.environments.wheels import write_source_package
 
 
 def _folder(settings: Settings, name: str, requirements: str | None = None) -> Path:
@@ -249,46 +250,16 @@ def test_in_use_refuses_an_environment_removed_after_prepare(
         pass
 
 
-LOCAL_BACKEND = """
-import base64, hashlib, os, zipfile
-
-def get_requires_for_build_wheel(config_settings=None):
-    return []
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    version = open(os.path.join(os.path.dirname(__file__), "VERSION")).read().strip()
-    dist = "fflocal-0.1.dist-info"
-    files = {
-        "fflocal/__init__.py": "VERSION = %r\\n" % version,
-        dist + "/METADATA": "Metadata-Version: 2.1\\nName: fflocal\\nVersion: 0.1\\n",
-        dist + "/WHEEL": "Wheel-Version: 1.0\\nGenerator: t\\nRoot-Is-Purelib: true\\n"
-        "Tag: py3-none-any\\n",
-    }
-    record = []
-    for path, text in files.items():
-        sha = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
-        record.append("%s,sha256=%s,%d" % (path, sha.decode(), len(text.encode())))
-    files[dist + "/RECORD"] = "\\n".join(record + [dist + "/RECORD,,"]) + "\\n"
-    name = "fflocal-0.1-py3-none-any.whl"
-    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as z:
-        for path, text in files.items():
-            z.writestr(path, text)
-    return name
-"""
-
-
 def _with_local_lib(settings: Settings, name: str, version: str) -> Path:
     """A pipeline whose requirements.txt is ``./lib``: a local package (with a build
     backend of its own, so no index is needed) whose ``VERSION`` is ``version``."""
     folder = _folder(settings, name, "./lib\n")
-    lib = folder / "lib"
-    lib.mkdir()
-    (lib / "pyproject.toml").write_text(
-        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
-        '\n[project]\nname = "fflocal"\nversion = "0.1"\n'
+    prelude = (
+        "    here = os.path.dirname(__file__)\n"
+        "    INIT = 'VERSION = %r\\n' % open(os.path.join(here, 'VERSION')).read().strip()"
     )
-    (lib / "backend.py").write_text(LOCAL_BACKEND)
-    (lib / "VERSION").write_text(version)
+    write_source_package(folder / "lib", "fflocal", prelude)
+    (folder / "lib" / "VERSION").write_text(version)
     return folder
 
 

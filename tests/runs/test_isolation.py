@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MakePipeline, run_cli
+from tests.environments.wheels import write_source_package
 
 RUN_USER = "ffrun"
 # every secret fastflow itself is configured with in these tests
@@ -396,14 +397,9 @@ def test_a_run_as_another_user_imports_its_environments_packages(
     assert not [p for p in envs.iterdir() if "cache" in p.name]
 
 
-BACKEND = """
-import base64, hashlib, os, zipfile
-
-def get_requires_for_build_wheel(config_settings=None):
-    return []
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    # a process that detaches (new session, double fork) to outlive the build
+# ``build_wheel``'s probe (``tests.environments.wheels.write_source_package``): what the
+# build's user could do, and a process that detaches to outlive the build
+PROBE_PRELUDE = """
     r, w = os.pipe()
     if os.fork() == 0:
         os.setsid()
@@ -435,25 +431,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
         planted += "+HOME-WRITTEN"
     except OSError:
         pass
-    dist = "ffprobe-1.0.dist-info"
-    files = {
-        "ffprobe/__init__.py": "BUILT_BY = %%d\\nKEY = %%r\\nPLANTED = %%r\\n"
-        %% (os.getuid(), key, planted),
-        dist + "/METADATA": "Metadata-Version: 2.1\\nName: ffprobe\\nVersion: 1.0\\n",
-        dist + "/WHEEL": "Wheel-Version: 1.0\\nGenerator: t\\nRoot-Is-Purelib: true\\n"
-        "Tag: py3-none-any\\n",
-    }
-    record = []
-    for path, text in files.items():
-        sha = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
-        record.append("%%s,sha256=%%s,%%d" %% (path, sha.decode(), len(text.encode())))
-    record.append(dist + "/RECORD,,")
-    files[dist + "/RECORD"] = "\\n".join(record) + "\\n"
-    name = "ffprobe-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as z:
-        for path, text in files.items():
-            z.writestr(path, text)
-    return name
+    INIT = "BUILT_BY = %%d\\nKEY = %%r\\nPLANTED = %%r\\n" %% (os.getuid(), key, planted)
 """
 
 
@@ -480,23 +458,18 @@ def test_an_environment_build_runs_as_the_runs_user_and_is_handed_back_to_fastfl
         "import ffprobe, os\n"
         "print('probe', ffprobe.BUILT_BY, ffprobe.KEY, ffprobe.PLANTED, os.getuid())\n",
     )
-    src = folder / "probe_src"
-    src.mkdir(mode=0o755)
-    src.chmod(0o755)
-    (src / "pyproject.toml").write_text(
-        '[build-system]\nrequires = []\nbuild-backend = "probe_backend"\nbackend-path = ["."]\n'
-        '\n[project]\nname = "ffprobe"\nversion = "1.0"\n'
-    )
     drop = Path(shared_root["DATA_DIR"]).parent / "drop"
     drop.mkdir(mode=0o777)
     drop.chmod(0o777)
     pidfile = drop / "detached.pid"
-    (src / "probe_backend.py").write_text(
-        BACKEND % {"key": str(data / "secret.key"), "data": str(data), "pidfile": str(pidfile)}
-    )
+    prelude = PROBE_PRELUDE % {
+        "key": str(data / "secret.key"),
+        "data": str(data),
+        "pidfile": str(pidfile),
+    }
+    write_source_package(folder / "probe_src", "ffprobe", prelude)
     (folder / "requirements.txt").write_text("./probe_src\n")
-    for path in (src / "pyproject.toml", src / "probe_backend.py", folder / "requirements.txt"):
-        path.chmod(0o644)
+    (folder / "requirements.txt").chmod(0o644)
     if built_by == "fastflow env build":
         built = run_cli("env", "build", "srcdep", env={"RUN_AS_USER": RUN_USER}, timeout=240)
         assert built.returncode == 0, built.stderr
