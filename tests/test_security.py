@@ -4,11 +4,18 @@ records: no secret of the settings ever appears in their text."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
 from fastflow.config import load_settings
-from fastflow.security import install_log_redaction, mask_url, redact
+from fastflow.security import (
+    install_log_redaction,
+    mask_url,
+    public_text,
+    redact,
+    without_paths,
+)
 
 S3_SECRET = "s3-secret-value-123"
 SMTP_PASSWORD = "smtp-pass-456"
@@ -78,3 +85,27 @@ def test_uv_credentials_are_fastflows_own_secrets() -> None:
         }
     )
     assert set(found) == {"p%40ss-Word9", "p@ss-Word9", "tok-7Hh2", "idx-pass-9876"}
+
+
+def test_error_text_names_the_servers_folders_by_their_settings(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    data = logs / "data"  # inside LOGS_DIR: the longer folder wins
+    link = tmp_path / "pipes-link"
+    (tmp_path / "pipes").mkdir()
+    link.symlink_to(tmp_path / "pipes")
+    settings = load_settings(logs_dir=logs, data_dir=data, pipelines_dir=link)
+    text = (
+        f"no {link}/x/main.py; {tmp_path / 'pipes'}/y; '{data}/envs/k' ({logs}/a.log), "
+        f"{logs}2/other, {logs}"
+    )
+    clean = without_paths(text, settings)
+    assert clean == (
+        "no PIPELINES_DIR/x/main.py; PIPELINES_DIR/y; 'DATA_DIR/envs/k' (LOGS_DIR/a.log), "
+        f"{logs}2/other, LOGS_DIR"
+    )
+    assert (
+        public_text(
+            f"{S3_SECRET} at {logs}", load_settings(logs_dir=logs, s3_secret_access_key=S3_SECRET)
+        )
+        == "*** at LOGS_DIR"
+    )

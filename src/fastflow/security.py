@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -211,6 +212,40 @@ def redact(text: str, settings: Settings) -> str:
         if value and len(value) >= _MIN_SECRET_LEN:
             text = text.replace(value, MASK)
     return text
+
+
+_FOLDER_SETTINGS = ("pipelines_dir", "logs_dir", "data_dir")
+
+
+def without_paths(text: str, settings: Settings) -> str:
+    """``text`` with the server's own folders named by their settings (``PIPELINES_DIR/x``
+    for ``/srv/fastflow/pipelines/x``, as written and resolved): error text an API client
+    or a web page shows never tells where the server keeps its files. A longer folder is
+    replaced first (``DATA_DIR`` inside ``LOGS_DIR`` stays ``DATA_DIR``); only whole path
+    components match (``/srv/logs2`` is not ``LOGS_DIR2``)."""
+    names: dict[str, str] = {}
+    for field in _FOLDER_SETTINGS:
+        folder = getattr(settings, field, None)
+        if not isinstance(folder, Path):
+            continue
+        forms = {str(folder.expanduser())}
+        try:
+            forms.add(str(folder.expanduser().resolve()))
+        except (OSError, RuntimeError):
+            pass
+        for form in forms:
+            form = form.rstrip("/")
+            if form.startswith("/") and len(form) > 1:
+                names.setdefault(form, field.upper())
+    for form in sorted(names, key=len, reverse=True):
+        text = re.sub(re.escape(form) + r"(?![^/\s'\"(),:;\]\[{}<>`])", names[form], text)
+    return text
+
+
+def public_text(text: str, settings: Settings) -> str:
+    """What a client may read of an error: secrets masked (``redact``), the server's
+    folders named by their settings (``without_paths``)."""
+    return without_paths(redact(text, settings), settings)
 
 
 _log_settings: list[Settings] = []

@@ -240,6 +240,21 @@ def test_start_run_in_background(api: Api, make_pipeline: MakePipeline) -> None:
     assert api.client.post("/api/pipelines/ghost/run", headers=api.admin).status_code == 404
 
 
+def test_error_text_never_shows_the_servers_folders(
+    api: Api, make_pipeline: MakePipeline, ff_env: dict[str, str]
+) -> None:
+    """A 404 or 422 names PIPELINES_DIR, not where the server keeps it (outside audit)."""
+    make_pipeline("broken", config='{"retention": 5}')
+    where = ff_env["PIPELINES_DIR"]
+    missing = api.client.post("/api/pipelines/ghost/run", headers=api.admin)
+    assert missing.status_code == 404
+    assert where not in missing.text and "PIPELINES_DIR/ghost/main.py" in missing.json()["detail"]
+    broken = api.client.post("/api/pipelines/broken/run", headers=api.admin)
+    assert broken.status_code == 422, broken.text
+    assert where not in broken.text
+    assert "PIPELINES_DIR/broken/pipeline.json" in broken.json()["detail"]
+
+
 def test_session_login_csrf_and_logout(api: Api) -> None:
     accounts.create_user(api.ctx.db, "ada", "correct horse", "admin")
     assert (

@@ -25,7 +25,7 @@ from fastflow.errors import (
     RunNotFound,
     UnsafePath,
 )
-from fastflow.security import redact
+from fastflow.security import public_text
 
 STATUS: list[tuple[type[FastflowError], int]] = [
     (AuthError, 401),
@@ -56,7 +56,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(FastflowError)
     async def _domain_error(request: Request, exc: FastflowError) -> JSONResponse:
         ctx = request.app.state.ctx
-        body: dict[str, object] = {"detail": redact(str(exc), ctx.settings)}
+        body: dict[str, object] = {"detail": public_text(str(exc), ctx.settings)}
         if isinstance(exc, PassAlreadyRunning) and exc.started_at:
             body["started_at"] = exc.started_at
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None

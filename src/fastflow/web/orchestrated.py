@@ -28,6 +28,7 @@ from fastflow.orchestration.followup import retry_spec
 from fastflow.runs import pipelines
 from fastflow.runs import stats as runstats
 from fastflow.runs import store as runs
+from fastflow.security import public_text
 
 RELATED_LIMIT = 200
 PREVIEW_LINES = 20  # planned actions listed on a pipeline page
@@ -253,7 +254,7 @@ def pipeline_page(ctx: Context, name: str, now: datetime) -> dict[str, Any] | No
     except PipelineNotFound:
         problem = "its folder is gone from PIPELINES_DIR: only its past runs are shown"
     except FastflowError as e:
-        problem = str(e)
+        problem = public_text(str(e), ctx.settings)
     folder = (ctx.settings.pipelines_dir / name / "main.py").is_file()
     if pipeline is None and not folder and not runstats.has_runs(ctx.db, name):
         return None

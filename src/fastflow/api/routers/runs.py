@@ -38,7 +38,7 @@ from fastflow.runs import logsearch, logstream, readback
 from fastflow.runs import store as run_rows
 from fastflow.runs import views as runviews
 from fastflow.runs.readback import open_log
-from fastflow.security import redact
+from fastflow.security import public_text
 
 router = APIRouter(prefix="/api", tags=["runs"])
 MAX_OFFSET = 2**31 - 1  # larger offsets overflow the database's integer (a 422, not a 500)
@@ -322,7 +322,7 @@ async def _events(follower: logstream.Follower, settings: Settings) -> AsyncGene
             try:
                 events = await run_in_threadpool(follower.poll)
             except FastflowError as e:
-                yield _sse("log-error", json.dumps({"detail": redact(str(e), settings)}))
+                yield _sse("log-error", json.dumps({"detail": public_text(str(e), settings)}))
                 return
             if events:
                 yield b"".join(_format(ev) for ev in events)

@@ -22,7 +22,7 @@ from fastflow.config import Settings
 from fastflow.db.models import RunStatus
 from fastflow.errors import FastflowError, InvalidInput
 from fastflow.runs import crosssearch, logsearch
-from fastflow.security import redact
+from fastflow.security import public_text
 
 router = APIRouter(prefix="/api", tags=["search"])
 
@@ -67,7 +67,7 @@ def _rest(
             if line is not None:
                 yield _dump(line)
     except FastflowError as e:
-        yield _dump({"error": redact(str(e), settings)})
+        yield _dump({"error": public_text(str(e), settings)})
     finally:
         close = getattr(items, "close", None)
         if close is not None:
