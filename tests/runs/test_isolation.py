@@ -511,3 +511,45 @@ def test_a_dependency_file_the_runs_user_cannot_read_is_named_in_the_reason(
     reason = str(run["failure_reason"])
     assert "requirements.txt" in reason and "Permission denied" in reason
     assert f"runs as RUN_AS_USER (uid {run_user.pw_uid})" in reason
+
+
+@pytest.mark.parametrize("how", ["include", "link", "folder"])
+def test_a_dependency_file_only_fastflow_may_read_never_reaches_the_key(
+    run_user: pwd.struct_passwd,
+    shared_root: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """Outside audit: fastflow read ``-r`` includes as its own user (root), so including a
+    root-only file put its bytes into the key the log shows (a hash a short secret can be
+    guessed from). With ``RUN_AS_USER`` such a file is refused with that user's access,
+    whether named by an include, linked as ``requirements.txt``, or readable itself but
+    inside a folder that user cannot enter; no environment is built."""
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    secret_dir = Path(shared_root["DATA_DIR"]).parent / "root-only"
+    secret_dir.mkdir(mode=0o700 if how == "folder" else 0o755)
+    secret = secret_dir / "token.txt"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o644 if how == "folder" else 0o600)
+    folder = _pipeline(shared_root, "probe", "print('never')\n")
+    requirements = folder / "requirements.txt"
+    if how == "link":
+        requirements.symlink_to(secret)
+    else:
+        requirements.write_text(f"-r {secret}\n")
+        requirements.chmod(0o644)
+    res = run_cli("run", "probe", env={"RUN_AS_USER": RUN_USER}, timeout=120)
+    assert res.returncode == 1
+    (run,) = _json_runs()
+    reason = str(run["failure_reason"])
+    assert "Permission denied" in reason and f"RUN_AS_USER (uid {run_user.pw_uid})" in reason
+    log = _log_of(run, shared_root["LOGS_DIR"])
+    assert "building environment" not in log and "reusing environment" not in log
+    envs = Path(shared_root["DATA_DIR"]) / "envs"
+    assert not envs.exists() or not [p for p in envs.iterdir() if not p.name.startswith(".")]
+    # the same file, readable by that user, is read (the refusal is about access alone)
+    secret_dir.chmod(0o755)
+    secret.chmod(0o644)
+    listed = run_cli("env", "build", "probe", env={"RUN_AS_USER": RUN_USER}, timeout=120)
+    assert "building environment" in listed.stderr, listed.stderr
+    assert "Permission denied" not in listed.stderr, listed.stderr

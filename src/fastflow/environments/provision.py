@@ -61,6 +61,15 @@ def _usable(record: registry.EnvRecord | None, env_dir: Path, digest: str) -> st
     return None
 
 
+def _reader(user: tuple[int, int] | None) -> sources.Reader | None:
+    """Whose access the dependency files are read with: the build's user, when the build
+    runs as another user than fastflow's (so that fastflow's own access never puts a
+    file that user may not read into the key)."""
+    if user is None or user[0] == os.geteuid():
+        return None
+    return sources.Reader(*user)
+
+
 def _wipe(env_dir: Path) -> None:
     registry.remove_record(env_dir)
     builder.remove_tree(env_dir)
@@ -82,7 +91,8 @@ def prepare(
     interpreter that user can execute. Raises ``ConfigError`` (interpreter not
     installed) or ``EnvBuildError``."""
     interp = interpreters.find(python, user)
-    deps = sources.read(folder)
+    reader = _reader(user)
+    deps = sources.read(folder, reader)
     local = sources.local_state(folder, deps)
     digest = keys.digest(interp.version, deps.kind, deps.files, local)
     key = keys.key_of(digest)
@@ -160,7 +170,7 @@ def _build(
         elif uv_env["UV_CACHE_DIR"] == str(cache):
             _private_folder(cache)
         builder.build(env_dir, interp, deps, folder, uv_env, log, timeout)
-    if sources.read(folder) != deps:
+    if sources.read(folder, _reader(user)) != deps:
         raise EnvBuildError(f"the dependency files of {folder} changed during the build; run again")
 
 

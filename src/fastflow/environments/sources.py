@@ -17,6 +17,11 @@ editing an included file changes the key as editing the file itself does.
 its state (the pipeline folder, and the names, sizes and modification times below the
 path) goes into the key instead, so that two pipelines with the same ``./lib`` line never
 share an environment and a changed local package is installed again.
+
+``Reader``: with ``RUN_AS_USER``, fastflow reads these files with that user's access
+(its uid and primary group, as the build runs): a file it may not read — an include of a
+root-only file, a link to one — is refused before its bytes reach the key that the log
+shows, instead of being read by fastflow's own user.
 """
 
 from __future__ import annotations
@@ -67,6 +72,45 @@ class Dependencies:
         return [name for name, _ in self.files]
 
 
+@dataclass(frozen=True)
+class Reader:
+    """The user whose access dependency files are read with (uid, primary group)."""
+
+    uid: int
+    gid: int
+
+    def may(self, st: os.stat_result, bit: int) -> bool:
+        """Whether the mode bits of ``st`` grant this user ``bit`` (4 read, 1 search)."""
+        if st.st_uid == self.uid:
+            return bool(st.st_mode & (bit << 6))
+        if st.st_gid == self.gid:
+            return bool(st.st_mode & (bit << 3))
+        return bool(st.st_mode & bit)
+
+
+def _check_access(fd: int, path: Path, st: os.stat_result, reader: Reader) -> None:
+    """Refuse the open file ``fd`` unless ``reader`` could read it: its mode, and the
+    search bit of every folder above where it really is (the kernel's name of the open
+    file, so a link swapped meanwhile changes nothing)."""
+    denied = (
+        f"cannot read {path}: Permission denied; the build runs as RUN_AS_USER (uid "
+        f"{reader.uid}), and fastflow reads the dependency files and their includes with "
+        "that user's access: they must be readable by it"
+    )
+    if not reader.may(st, 4):
+        raise EnvBuildError(denied)
+    try:
+        real = Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        real = Path(os.path.realpath(path))
+    for folder in real.parents:
+        try:
+            if not reader.may(os.stat(folder), 1):
+                raise EnvBuildError(denied)
+        except OSError as e:
+            raise EnvBuildError(f"cannot read {path}: {e.strerror or e}") from None
+
+
 def includes(text: str) -> list[str]:
     """The files a requirements text includes with ``-r`` / ``-c`` (as written)."""
     out = []
@@ -80,10 +124,10 @@ def includes(text: str) -> list[str]:
 MAX_FILE_BYTES = 16 * 1024 * 1024  # a dependency file (or an included one) at most
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, reader: Reader | None = None) -> bytes:
     """A dependency file's bytes: a regular file of at most ``MAX_FILE_BYTES`` (an
     include naming ``/dev/zero`` or a FIFO would otherwise fill the memory or wait for
-    ever, before any time limit applies)."""
+    ever, before any time limit applies), that ``reader`` (when given) may read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
@@ -92,6 +136,8 @@ def _read(path: Path) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise EnvBuildError(f"cannot read {path}: not a regular file")
+        if reader is not None:
+            _check_access(fd, path, st, reader)
         if st.st_size > MAX_FILE_BYTES:
             raise EnvBuildError(
                 f"cannot read {path}: {st.st_size} bytes, more than a dependency file may "
@@ -108,7 +154,9 @@ def _read(path: Path) -> bytes:
     return data
 
 
-def _with_includes(folder: Path, first: str) -> list[tuple[str, bytes]]:
+def _with_includes(
+    folder: Path, first: str, reader: Reader | None = None
+) -> list[tuple[str, bytes]]:
     """``first`` and every file it includes, recursively (each once, bounded)."""
     out: list[tuple[str, bytes]] = []
     seen: set[Path] = set()
@@ -119,7 +167,7 @@ def _with_includes(folder: Path, first: str) -> list[tuple[str, bytes]]:
         if real in seen:
             continue
         seen.add(real)
-        data = _read(path)
+        data = _read(path, reader)
         try:
             shown = str(path.relative_to(folder))
         except ValueError:
@@ -138,18 +186,19 @@ def _is_project(data: bytes) -> bool:
         return True  # let uv report what is wrong with it
 
 
-def read(folder: Path) -> Dependencies:
-    """The dependency files of ``folder`` (see the module docstring for the order)."""
+def read(folder: Path, reader: Reader | None = None) -> Dependencies:
+    """The dependency files of ``folder`` (see the module docstring for the order), each
+    one read only when ``reader`` (when given) may read it."""
     if (folder / REQUIREMENTS).is_file():
         if (folder / REQUIREMENTS_LOCK).is_file():
-            files = _with_includes(folder, REQUIREMENTS_LOCK)
-            files.append((REQUIREMENTS, _read(folder / REQUIREMENTS)))
+            files = _with_includes(folder, REQUIREMENTS_LOCK, reader)
+            files.append((REQUIREMENTS, _read(folder / REQUIREMENTS, reader)))
             return Dependencies("requirements-lock", tuple(files))
-        return Dependencies("requirements", tuple(_with_includes(folder, REQUIREMENTS)))
+        return Dependencies("requirements", tuple(_with_includes(folder, REQUIREMENTS, reader)))
     if (folder / PYPROJECT).is_file():
-        project = _read(folder / PYPROJECT)
+        project = _read(folder / PYPROJECT, reader)
         if (folder / UV_LOCK).is_file():
-            lock = _read(folder / UV_LOCK)
+            lock = _read(folder / UV_LOCK, reader)
             return Dependencies("pyproject-lock", ((PYPROJECT, project), (UV_LOCK, lock)))
         if _is_project(project):
             return Dependencies("pyproject", ((PYPROJECT, project),))
