@@ -168,6 +168,7 @@ def test_bad_patterns_and_a_pathological_regex_end_with_a_clear_error(app: Conte
     }
     for params, words in [
         ({"grep": "(unclosed", "regex": "true"}, "invalid regular expression"),
+        ({"grep": "(?:a|b){99999999}", "regex": "true"}, "too large"),
         ({"grep": "x" * 1001}, "at most 1000"),
         ({"grep": ""}, "empty"),
     ]:
@@ -179,6 +180,10 @@ def test_bad_patterns_and_a_pathological_regex_end_with_a_clear_error(app: Conte
     assert search.status_code in (200, 422)
     body = search.json()["detail"] if search.status_code == 422 else search.text.splitlines()[-1]
     assert "took longer than 1 s" in str(body)
+    bomb = api.client.get(
+        "/api/search", params={"q": "(?:a|b){99999999}", "regex": "true"}, headers=api.headers
+    )
+    assert bomb.status_code == 422 and "too large" in bomb.json()["detail"], bomb.text
     assert api.client.get("/api/health").status_code == 200
 
 

@@ -145,6 +145,10 @@ def test_invalid_patterns_are_refused_with_one_line() -> None:
         ("x" * (logsearch.MAX_PATTERN + 1), False, "at most"),
         ("a\nb", False, "line break"),
         ("(unclosed", True, "invalid regular expression"),
+        # outside audit: compiled, these took the server's memory (the kernel killed it)
+        ("(?:a|b){99999999}", True, "too large"),
+        ("(?P<x>a)(?P=x){99999999}", True, "too large"),
+        ("((a){101}){100}", True, "too large"),
     ]:
         with pytest.raises(PatternError, match=words) as info:
             Matcher(pattern, is_regex=is_regex)
@@ -258,3 +262,21 @@ def test_memory_stays_flat_on_a_large_local_log(tmp_path: Path) -> None:
         assert [h["text"] for h in out["hits"]] == ["[2026-01-01 00:00:01.000] the NEEDLE is here"]
         assert len(out["hits"][0]["context_before"]) == 3
         assert out["growth_kib"] < 24 * 1024, out["growth_kib"]
+
+
+def test_the_unrolled_size_of_a_pattern_counts_nested_repeats_and_nothing_else() -> None:
+    from fastflow.runs.pattern_size import MAX_UNROLLED, unrolled_size
+
+    uuid_like = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    assert unrolled_size(uuid_like) == 8 + 1 + 4 + 1 + 4 + 1 + 4 + 1 + 12
+    assert unrolled_size("((a){100}){100}") == 10_000
+    assert unrolled_size("(?:ab|c){5}") == 5 * 4  # ``?:`` counted, alternatives added
+    assert unrolled_size(r"x{,50}y{51,}z{2,3}") == 50 + 51 + 3
+    # not repeats: an escaped brace, a brace in a class, ``\p{..}``, an empty ``{}``
+    assert unrolled_size(r"a\{99999}") == 8
+    assert unrolled_size(r"[]{]{5}") == 5
+    assert unrolled_size(r"\p{L}{3}") == 3
+    assert unrolled_size("a{}") == 3
+    # a usual pattern stays far below the limit; the search compiles it
+    assert unrolled_size(uuid_like * 15) < MAX_UNROLLED
+    Matcher(uuid_like * 15, is_regex=True)

@@ -29,6 +29,7 @@ from typing import AnyStr
 import regex
 
 from fastflow.errors import InvalidInput
+from fastflow.runs.pattern_size import MAX_UNROLLED, unrolled_size
 
 BLOCK = 1024 * 1024
 MAX_LINE = 1024 * 1024
@@ -116,12 +117,19 @@ class Matcher:
             if not case_sensitive:  # ASCII case folding, searched on the bytes
                 self._folded = regex.compile(regex.escape(self._needle), regex.IGNORECASE)
             return
+        if is_regex and unrolled_size(pattern) > MAX_UNROLLED:
+            raise PatternError(
+                f"regular expression {pattern!r} is too large: its counted repeats ({{n}}) "
+                f"would unroll to more than {MAX_UNROLLED} items; use smaller counts"
+            )
         source = pattern if is_regex else regex.escape(pattern)
         flags = regex.MULTILINE | regex.V0 | (0 if case_sensitive else regex.IGNORECASE)
         try:
             self._rx = regex.compile(source, flags)
         except (regex.error, OverflowError, RecursionError) as e:
             raise PatternError(f"invalid regular expression {pattern!r}: {e}") from None
+        except MemoryError:
+            raise PatternError(f"regular expression {pattern!r} is too large") from None
 
     @property
     def on_bytes(self) -> bool:
