@@ -93,6 +93,8 @@ BAD = [
     ("CLEANUP_SCHEDULE", "not a cron"),
     ("CLEANUP_SCHEDULE", "61 * * * *"),
     ("CLEANUP_SCHEDULE", "0 2 * * * *"),
+    ("CLEANUP_SCHEDULE", "0 0 31 2 *"),  # valid syntax, never fires
+    ("ARCHIVE_VERIFY_SCHEDULE", "0 0 30 2 *"),
     ("S3_BACKUP_ENABLED", "maybe"),
     ("S3_ENDPOINT_URL", "minio:9000"),
     ("S3_ENDPOINT_URL", "ftp://minio"),

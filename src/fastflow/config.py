@@ -53,6 +53,7 @@ SECRET_FIELDS = frozenset(
 S3_REQUIRED = ("s3_endpoint_url", "s3_bucket", "s3_access_key", "s3_secret_access_key")
 
 _KNOWN_VALID_CRON = frozenset({DEFAULT_CLEANUP_SCHEDULE, DEFAULT_VERIFY_SCHEDULE})
+_CRON_PROBE = 1767225600.0  # 2026-01-01 UTC: where a schedule's next match is looked for
 
 _EMAIL_RE = re.compile(r"^[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+$|^[^@\s,<>]+@localhost$")
 
@@ -286,10 +287,17 @@ class Settings(BaseSettings):
         v = " ".join(v.split())
         if v in _KNOWN_VALID_CRON:
             return v  # the defaults (validated with every start): no croniter import
-        from croniter import croniter
+        from croniter import CroniterBadDateError, croniter
 
         if len(v.split(" ")) != 5 or not croniter.is_valid(v):
             raise ValueError("must be a 5-field cron expression such as '0 2 * * *'")
+        try:  # valid syntax that matches no date (``0 0 30 2 *``) would stop the scheduler
+            croniter(v, _CRON_PROBE).get_next(float)
+        except CroniterBadDateError:
+            raise ValueError(
+                "matches no date, so it would never fire; give one that does, such as "
+                "'0 2 * * *'"
+            ) from None
         return v
 
     @field_validator("s3_endpoint_url")

@@ -283,6 +283,14 @@ def test_search_across_200_runs_finds_the_planted_matches_and_nothing_else(
     assert first == corpus.expected[:7]
     res = api.client.get("/api/search", params={"q": "x", "status": "nope"}, headers=api.headers)
     assert res.status_code == 422 and "not a run status" in res.json()["detail"]
+    # outside audit: dates within a day of the calendar's ends were a 500 (OverflowError)
+    for bounds in (
+        {"until": "9999-12-31"},
+        {"until": "9999-12-31T23:59-23:59"},
+        {"since": "0001-01-01T00:00+23:59"},
+    ):
+        res = api.client.get("/api/search", params={"q": "x", **bounds}, headers=api.headers)
+        assert res.status_code == 422 and "out of range" in res.json()["detail"], res.text
 
 
 @pytest.mark.slow

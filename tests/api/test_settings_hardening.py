@@ -98,6 +98,14 @@ BAD_VALUES = [
     ("smtp_host", "mail\x00.example.org"),
     ("smtp_host", "mail.\u202eexample.org"),
     ("smtp_host", "a" * 254),
+    # outside audit: a schedule that never fires answered 500, was stored, and the
+    # server could not start again; ``true`` was stored as 1 run kept; NUL in a key
+    ("cleanup_schedule", "0 0 31 2 *"),
+    ("cleanup_schedule", "0 0 30 2 *"),
+    ("log_retention_runs", True),
+    ("log_max_size_mb", False),
+    ("s3_access_key", "bad\u0000KEY"),
+    ("s3_prefix", "logs/\x1b[2J"),
 ]
 
 
@@ -150,8 +158,11 @@ def test_a_stored_value_that_is_no_longer_valid_does_not_break_anything(
     """An older version stored ``s3_region`` unchecked; every request then failed."""
     with api.ctx.db.session() as s:
         s.add(SettingOverride(key="s3_region", value=json.dumps("\u202e\u0000evil"), encrypted=0))
+        # stored by the version before: valid syntax, but it never fires
+        s.add(SettingOverride(key="cleanup_schedule", value=json.dumps("0 0 31 2 *"), encrypted=0))
     ctx = bootstrap(load_settings())  # starts
     assert ctx.settings.s3_region == "us-east-1"
+    assert ctx.settings.cleanup_schedule == "0 2 * * *"
     api2 = Api(ctx)
     assert api2.view()["s3_region"] == "us-east-1"
     res = api2.client.post("/api/settings/s3/test", headers=api2.admin)

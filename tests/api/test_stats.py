@@ -646,6 +646,8 @@ def test_pages_start_on_the_overview_and_filter_runs_by_day(
     bad = client.get("/runs?day=2026-13-01")
     assert bad.status_code == 200 and "is not a day: use YYYY-MM-DD (UTC)" in bad.text
     assert bad.text.count('<tr data-run-id="') == 3  # ignored
+    last = client.get("/runs?day=9999-12-31")  # was a 500 (outside audit)
+    assert last.status_code == 200 and "is out of range" in last.text
     make_pipeline("kept", config='{"retention": {"runs": 1}}')
     _add(api.ctx, "kept", midnight - timedelta(days=3), "SUCCESS")
     _add(api.ctx, "kept", midnight - timedelta(days=2), "FAILED")  # keeps the newest run only

@@ -190,6 +190,9 @@ def test_search_prints_matches_newest_first(corpus: list[Any]) -> None:
     assert res.returncode == 2 and "not a run status" in res.stderr
     res = run_cli("search", "needle", "--since", "yesterday", env=_env())
     assert res.returncode == 2 and "'yesterday' is not a date" in res.stderr
+    res = run_cli("search", "needle", "--until", "9999-12-31", env=_env())
+    assert res.returncode == 2 and "'9999-12-31' is out of range" in res.stderr
+    assert "Traceback" not in res.stderr
     res = run_cli("search", "(a|aa)+$", "--regex", env=_env())
     assert res.returncode == 1  # no line made it slow: simply no match
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,12 +136,23 @@ def _normalise(changes: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, A
             raise InvalidInput(f"{raw_key!r} cannot be changed here")
         if key in SECRET_FIELDS and value == "":
             continue  # an empty password field means "keep the stored secret"
+        if isinstance(value, bool) and not _takes_bool(key):
+            # pydantic would read ``true`` as 1: a retention of one run per pipeline
+            raise InvalidInput(f"{key.upper()} must be a number or text, not {str(value).lower()}")
+        if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise InvalidInput(f"{key.upper()} must not contain control characters")
         if isinstance(value, str) and key not in SECRET_FIELDS:
             value = value.strip()
             if value == "":
                 value = None
         out[key] = value
     return out
+
+
+def _takes_bool(key: str) -> bool:
+    """Whether setting ``key`` is a yes/no value (``true``/``false`` in JSON)."""
+    annotation = Settings.model_fields[key].annotation
+    return annotation is bool or bool in typing.get_args(annotation)
 
 
 def _same_host(a: object, b: object) -> bool:

@@ -122,8 +122,15 @@ def parse_when(text: str, *, end_of_day: bool = False) -> datetime:
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    if end_of_day and _DATE.fullmatch(value):
-        when += timedelta(days=1)
+    try:  # the database stores UTC: a date within a day of year 1 or 9999 has none
+        when.astimezone(UTC)
+        if end_of_day and _DATE.fullmatch(value):
+            when += timedelta(days=1)
+        (when + timedelta(days=1)).astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(
+            f"{text!r} is out of range: give a date between 0001-01-02 and 9999-12-30"
+        ) from None
     return when
 
 

@@ -284,8 +284,10 @@ def get_many(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, PipelineRun]
 
 
 def _day_bounds(day: date) -> tuple[datetime, datetime]:
-    """[start, end) of the UTC day ``day``."""
+    """[start, end) of the UTC day ``day`` (``InvalidInput`` for the last day there is)."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    if day >= date.max:
+        raise InvalidInput(f"{day.isoformat()} is out of range: give a day before 9999-12-31")
     return start, start + timedelta(days=1)
 
 

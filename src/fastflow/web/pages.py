@@ -180,9 +180,12 @@ def _day(raw: str) -> tuple[date | None, str | None]:
     if not raw.strip():
         return None, None
     try:
-        return date.fromisoformat(raw.strip()), None
+        day = date.fromisoformat(raw.strip())
     except ValueError:
         return None, f"{raw!r} is not a day: use YYYY-MM-DD (UTC)"
+    if day >= date.max:
+        return None, f"{raw!r} is out of range: give a day before 9999-12-31"
+    return day, None
 
 
 @router.get("/runs", response_class=HTMLResponse)
