@@ -186,6 +186,7 @@ class Settings(BaseSettings):
     s3_read_timeout: float = Field(default=DEFAULT_S3_READ_TIMEOUT, gt=0, le=3600)
     s3_compression: Literal["none", "gzip", "zstd"] = "none"
     s3_checksum: Literal["sha256", "none"] = "sha256"
+    s3_verify_etag: bool = True
     s3_sse: Literal["AES256", "aws:kms"] | None = None
     s3_sse_kms_key_id: str | None = None
     s3_storage_class: str | None = None
@@ -295,8 +296,7 @@ class Settings(BaseSettings):
             croniter(v, _CRON_PROBE).get_next(float)
         except CroniterBadDateError:
             raise ValueError(
-                "matches no date, so it would never fire; give one that does, such as "
-                "'0 2 * * *'"
+                "matches no date, so it would never fire; give one that does, such as '0 2 * * *'"
             ) from None
         return v
 

@@ -84,7 +84,7 @@ class ProxiedRequest(NamedTuple):
 
 @dataclass
 class _Rule:
-    kind: Literal["fail", "delay", "drop", "corrupt"]
+    kind: Literal["fail", "delay", "drop", "corrupt", "corrupt_body"]
     times: int | None
     match: Matcher | None
     status: int = 0
@@ -94,6 +94,8 @@ class _Rule:
 
     def applies(self, method: str, path: str) -> bool:
         if self.kind == "corrupt" and method != "GET":
+            return False
+        if self.kind == "corrupt_body" and method not in ("PUT", "POST"):
             return False
         return self.match is None or self.match(method, path)
 
@@ -113,7 +115,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         proxy = self.server
         method, path = self.command, self.path
         try:
-            delays, corrupt, terminal = proxy._take_actions(method, path)
+            delays, corrupt, corrupt_body, terminal = proxy._take_actions(method, path)
             for seconds in delays:
                 if not proxy._pause(seconds):
                     raise _Dropped
@@ -121,6 +123,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 self._read_body(limit=terminal.after_bytes)
                 raise _Dropped
             body = self._read_body()
+            if corrupt_body and body:  # one byte in the middle, the length kept
+                middle = len(body) // 2
+                body = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
             if terminal is not None:
                 xml = [("Content-Type", "application/xml")]
                 self._respond(terminal.status, "", xml, terminal.body)
@@ -393,6 +398,11 @@ class FaultProxy(ThreadingHTTPServer):
         """Forward GETs but invert every byte of the response body (Content-Length kept)."""
         self._add(_Rule("corrupt", times, match))
 
+    def corrupt_body(self, times: int | None = None, match: Matcher | None = None) -> None:
+        """Forward PUTs and POSTs with one byte of the request body changed (a bit flipped
+        in the middle, Content-Length kept): what a faulty link or server would store."""
+        self._add(_Rule("corrupt_body", times, match))
+
     def clear(self) -> None:
         """Remove all rules and wake requests currently held by ``delay``."""
         with self._lock:
@@ -422,9 +432,9 @@ class FaultProxy(ThreadingHTTPServer):
         self._wake.set()
         self._wake = threading.Event()
 
-    def _take_actions(self, method: str, path: str) -> tuple[list[float], bool, _Rule | None]:
+    def _take_actions(self, method: str, path: str) -> tuple[list[float], bool, bool, _Rule | None]:
         delays: list[float] = []
-        corrupt = False
+        corrupt = corrupt_body = False
         terminal: _Rule | None = None
         with self._lock:
             for rule in list(self._rules):
@@ -438,10 +448,12 @@ class FaultProxy(ThreadingHTTPServer):
                     delays.append(rule.seconds)
                 elif rule.kind == "corrupt":
                     corrupt = True
+                elif rule.kind == "corrupt_body":
+                    corrupt_body = True
                 else:
                     terminal = rule
                     break
-        return delays, corrupt, terminal
+        return delays, corrupt, corrupt_body, terminal
 
     def _pause(self, seconds: float) -> bool:
         """Sleep interruptibly; return False if the proxy was stopped meanwhile."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import threading
@@ -322,6 +323,55 @@ def test_checksum_mismatch_is_refused(s3_app: Context, s3: S3Env) -> None:
         store.verify("k/missing.log", 1, "0" * 64)
 
 
+@pytest.mark.parametrize("size", ["20 KB", "5 MiB", "12 MiB in parts"])
+def test_bytes_changed_on_the_way_to_the_server_are_never_deleted_locally(
+    s3_app: Context, s3: S3Env, size: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside fault matrix: a server that does not check the SHA-256 it is sent (moto,
+    some gateways) stored bytes changed in transit, echoed the checksum back, and the
+    pass deleted the only good copy. The server's ETag — the MD5 it computes of what it
+    stored — is compared now: whole-object MD5, or MD5 of the parts' MD5s for a
+    multipart upload."""
+    from fastflow.archive import s3 as s3mod
+
+    if size == "12 MiB in parts":  # the real threshold is 64 MiB: parts of 5 MiB here
+        monkeypatch.setattr(s3mod, "MULTIPART_THRESHOLD", 8 * 1024 * 1024)
+        monkeypatch.setattr(s3mod, "MULTIPART_CHUNKSIZE", 5 * 1024 * 1024)
+        monkeypatch.setattr(s3mod, "_stores", type(s3mod._stores)())
+    length = {"20 KB": 20_000, "5 MiB": 5 * 1024 * 1024, "12 MiB in parts": 12 * 1024 * 1024}
+    ctx = tune(s3_app, log_retention_runs=1, s3_max_concurrency=1)
+    data = bytes(range(256)) * (length[size] // 256)
+    old = seed_run(ctx, "p", NOW - timedelta(days=2), log=data)
+    new = seed_run(ctx, "p", NOW - timedelta(days=1))
+    s3.proxy.corrupt_body(match=method_is("PUT"))
+    summary = _pass(ctx)
+    _assert_kept(ctx, [old, new])
+    assert summary.deleted_runs == 0 and summary.backup_failures == 1
+    (failure,) = failures(ctx)
+    assert "the MD5 of the bytes sent: it stored other bytes" in failure.error_message
+    # the link is healthy again: the next pass archives the run and deletes it
+    s3.proxy.clear()
+    again = _pass(ctx)
+    assert again.deleted_runs == 1 and run_row(ctx, old.id) is None
+    assert object_bytes(s3.client(), s3.bucket, _key(old.id, "p")) == data
+
+
+def test_an_etag_that_is_not_an_md5_is_not_compared(s3_app: Context, s3: S3Env) -> None:
+    """SSE-KMS and SSE-C objects (and servers with other ETags) are verified by size and
+    SHA-256 alone; ``S3_VERIFY_ETAG=false`` turns the comparison off."""
+    store = archive.open_store(s3_app.settings)
+    body = b"stored bytes"
+    s3.client().put_object(
+        Bucket=s3.bucket, Key="k/run.log", Body=body, Metadata={"sha256": "0" * 64}
+    )
+    with pytest.raises(ArchiveError, match="not 00000000000000000000000000000000"):
+        store.verify("k/run.log", len(body), "0" * 64, "0" * 32)
+    store.verify("k/run.log", len(body), "0" * 64, hashlib.md5(body).hexdigest())
+    store.verify("k/run.log", len(body), "0" * 64)  # (objects archived before: no MD5)
+    off = archive.open_store(tune(s3_app, s3_verify_etag=False).settings)
+    off.verify("k/run.log", len(body), "0" * 64, "0" * 32)
+
+
 def test_local_file_changed_after_archiving_is_not_deleted(s3_app: Context, s3: S3Env) -> None:
     """A ledger entry whose local file no longer matches the archive keeps the file."""
     ctx = tune(s3_app, log_retention_runs=1)
@@ -568,3 +618,33 @@ def test_the_server_runs_its_pass_at_a_lower_cpu_priority(s3_app: Context, s3: S
 
     assert released.is_set() and seen == [os.nice(0) + PASS_NICE]
     assert summary.archived_runs == 1 and summary.backup_failures == 0
+
+
+@pytest.mark.parametrize("retention", ['{"runs": -3}', '{"keep_failed": -1}', '{"runs": "5"}'])
+def test_an_invalid_retention_override_keeps_the_pipelines_runs_loudly(
+    s3_app: Context, s3: S3Env, retention: str
+) -> None:
+    """Outside fault matrix: an invalid ``retention`` in ``pipeline.json`` was ignored and
+    the stricter global limit applied, silently. The pass now keeps every run of that
+    pipeline and records why (exit 1, notified like a failed backup); other pipelines
+    are cleaned as before, and a dry run says so too."""
+    ctx = tune(s3_app, log_retention_runs=1)
+    folder = Path(ctx.settings.pipelines_dir) / "typo"
+    folder.mkdir(parents=True)
+    (folder / "main.py").write_text("print('x')\n")
+    (folder / "pipeline.json").write_text(f'{{"retention": {retention}}}')
+    kept = seed_series(ctx, "typo", 3)
+    cleaned = seed_series(ctx, "fine", 3)
+    planned = _pass(ctx, dry_run=True)
+    assert [f.pipeline_name for f in planned.failures] == ["typo"]
+    summary = _pass(ctx)
+    _assert_kept(ctx, kept)
+    assert summary.deleted_runs == 2 and run_row(ctx, cleaned[0].id) is None
+    (failure,) = failures(ctx)
+    assert failure.error_message.startswith("pipeline 'typo': PIPELINES_DIR/typo/pipeline.json")
+    assert "retention." in failure.error_message and "its runs are kept" in failure.error_message
+    assert str(ctx.settings.pipelines_dir) not in failure.error_message
+    # fixed: the next pass applies the pipeline's own limit and resolves the failure
+    (folder / "pipeline.json").write_text('{"retention": {"runs": 2}}')
+    again = _pass(ctx)
+    assert again.deleted_runs == 1 and failures(ctx) == []

@@ -32,6 +32,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
+from s3transfer.utils import ChunksizeAdjuster
 
 from fastflow.archive import compression
 from fastflow.archive.store import HASH_CHUNK as HASH_CHUNK
@@ -360,11 +361,14 @@ class S3Store:
         try:
             small = self._read_small(path)
             if small is not None:
-                size, digest = self._put_small(key, small, meta)
-                self.verify(key, size, digest)
+                size, digest, etag = self._put_small(key, small, meta)
+                self.verify(key, size, digest, etag)
                 return size, digest
             before = os.stat(path)
-            size, digest = sha256_of(path)
+            if before.st_size > MULTIPART_THRESHOLD:
+                size, digest, etag = _digests_in_parts(path, self._transfer.multipart_chunksize)
+            else:
+                size, digest = sha256_of(path)
             if size <= MULTIPART_THRESHOLD:
                 # one PutObject streaming from the open file with the SHA-256 just
                 # computed, for the server to check; the bytes are hashed again as they
@@ -373,11 +377,13 @@ class S3Store:
                 with path.open("rb") as f:
                     body = _HashingReader(f, size, name)
                     self._put(key, body, bytes.fromhex(digest), meta)
-                if body.sent() != (size, digest):
+                sent = body.sent()
+                if sent is None or sent[:2] != (size, digest):
                     raise ArchiveError(
                         f"local file {name} changed while it was uploaded "
                         "(the bytes sent are not the bytes hashed); not deleting it"
                     )
+                etag = sent[2]
             else:
                 meta[META_SHA256] = digest
                 self._uploader().upload_file(
@@ -400,7 +406,7 @@ class S3Store:
                 f"local file {name} changed while it was uploaded "
                 f"({size} bytes before, {after.st_size} after); not deleting it"
             )
-        self.verify(key, size, digest)
+        self.verify(key, size, digest, etag)
         return size, digest
 
     @staticmethod
@@ -417,10 +423,10 @@ class S3Store:
                 data += f.read(SMALL_FILE + 1 - len(data))
         return data if len(data) <= SMALL_FILE else None
 
-    def _put_small(self, key: str, data: bytes, meta: dict[str, str]) -> tuple[int, str]:
+    def _put_small(self, key: str, data: bytes, meta: dict[str, str]) -> tuple[int, str, str]:
         raw = hashlib.sha256(data).digest()
         self._put(key, data, raw, meta)
-        return len(data), raw.hex()
+        return len(data), raw.hex(), hashlib.md5(data, usedforsecurity=False).hexdigest()
 
     def _put(
         self, key: str, body: bytes | BinaryIO | _HashingReader, sha256: bytes, meta: dict[str, str]
@@ -447,8 +453,11 @@ class S3Store:
                 raise shrank from e
             raise describe_error(e, self.settings) from e
 
-    def verify(self, key: str, size: int, sha256: str) -> None:
-        """HEAD ``key``; raise unless its size and stored SHA-256 match."""
+    def verify(self, key: str, size: int, sha256: str, etag: str | None = None) -> None:
+        """HEAD ``key``; raise unless its size and stored SHA-256 match — and, with
+        ``etag`` (the MD5 ETag of the bytes sent: ``md5`` or ``md5-of-part-md5s-N``), unless
+        the server's ETag is that one where it is an MD5 the server computed of what it
+        stored (``S3_VERIFY_ETAG``; not for SSE-KMS or SSE-C objects)."""
         info = self.head(key)
         if info is None:
             raise ObjectMissing(f"verification failed: s3://{self.bucket}/{key} does not exist")
@@ -467,6 +476,21 @@ class S3Store:
             raise ArchiveError(
                 f"verification failed: the server's SHA-256 of s3://{self.bucket}/{key} is "
                 f"{info.server_sha256}, expected {sha256}"
+            )
+        if (
+            etag is not None
+            and self.settings.s3_verify_etag
+            and not info.keyed
+            and info.etag is not None
+            and _MD5_ETAG.fullmatch(info.etag)
+            and info.etag != etag
+        ):
+            # a server that does not check the SHA-256 it is sent stores it as given;
+            # its ETag is the one value it computes of the bytes it stored
+            raise ArchiveError(
+                f"verification failed: the server's ETag of s3://{self.bucket}/{key} is "
+                f"{info.etag}, not {etag}, the MD5 of the bytes sent: it stored other bytes "
+                "(S3_VERIFY_ETAG=false only for a server whose ETags are not MD5s)"
             )
 
     def ping(self) -> None:
@@ -498,11 +522,15 @@ class S3Store:
         except Exception as e:
             raise describe_error(e, self.settings) from e
         meta = {k.lower(): decode_meta(v) for k, v in resp.get("Metadata", {}).items()}
+        etag = resp.get("ETag")
         return ObjectInfo(
             key=key,
             size=int(resp["ContentLength"]),
             metadata=meta,
             server_sha256=_full_object_sha256(resp),
+            etag=etag.strip('"').lower() if isinstance(etag, str) else None,
+            keyed=str(resp.get("ServerSideEncryption", "")).startswith("aws:kms")
+            or bool(resp.get("SSECustomerAlgorithm")),
         )
 
     def open_original(
@@ -588,6 +616,7 @@ class _HashingReader:
         self._size = size
         self._name = name  # (in messages: ``f`` may be a ``/proc/self/fd`` path)
         self._hash = hashlib.sha256()
+        self._md5 = hashlib.md5(usedforsecurity=False)
         self._counted = 0
         self._broken = False
 
@@ -611,6 +640,7 @@ class _HashingReader:
             self._broken = True
         elif data:
             self._hash.update(data)
+            self._md5.update(data)
             self._counted += len(data)
         return data
 
@@ -620,15 +650,46 @@ class _HashingReader:
         pos = self._f.seek(offset, whence)
         if pos == 0:
             self._hash, self._counted, self._broken = hashlib.sha256(), 0, False
+            self._md5 = hashlib.md5(usedforsecurity=False)
         return pos
 
     def tell(self) -> int:
         return self._f.tell()
 
-    def sent(self) -> tuple[int, str] | None:
-        """(size, hex SHA-256) of the bytes read from the start; None if the reads did
-        not follow one another."""
-        return None if self._broken else (self._counted, self._hash.hexdigest())
+    def sent(self) -> tuple[int, str, str] | None:
+        """(size, hex SHA-256, hex MD5) of the bytes read from the start; None if the
+        reads did not follow one another."""
+        if self._broken:
+            return None
+        return self._counted, self._hash.hexdigest(), self._md5.hexdigest()
+
+
+_MD5_ETAG = re.compile(r"[0-9a-f]{32}(?:-[1-9][0-9]*)?")
+
+
+def _digests_in_parts(path: Path, chunksize: int) -> tuple[int, str, str]:
+    """Size, hex SHA-256 and the multipart ETag (MD5 of the parts' MD5s, ``-N``) of a
+    file uploaded in parts of ``chunksize`` as s3transfer cuts them, in one read."""
+    whole = hashlib.sha256()
+    part_size = ChunksizeAdjuster().adjust_chunksize(chunksize, os.stat(path).st_size)
+    part_md5s: list[bytes] = []
+    size = 0
+    with path.open("rb") as f:
+        while True:
+            part = hashlib.md5(usedforsecurity=False)
+            left = part_size
+            while left and (chunk := f.read(min(HASH_CHUNK, left))):
+                whole.update(chunk)
+                part.update(chunk)
+                left -= len(chunk)
+                size += len(chunk)
+            if left == part_size:
+                break
+            part_md5s.append(part.digest())
+            if left:
+                break
+    composite = hashlib.md5(b"".join(part_md5s), usedforsecurity=False).hexdigest()
+    return size, whole.hexdigest(), f"{composite}-{len(part_md5s)}"
 
 
 def _full_object_sha256(resp: dict[str, Any]) -> str | None:
@@ -677,6 +738,7 @@ _STORE_FIELDS = (
     "s3_read_timeout",
     "s3_compression",
     "s3_checksum",
+    "s3_verify_etag",
     "s3_sse",
     "s3_sse_kms_key_id",
     "s3_storage_class",

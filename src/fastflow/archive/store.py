@@ -32,6 +32,8 @@ class ObjectInfo:
     size: int
     metadata: dict[str, str]
     server_sha256: str | None = None  # hex; computed by the server (single-part uploads)
+    etag: str | None = None  # without quotes, lower case
+    keyed: bool = False  # SSE-KMS or SSE-C: the ETag is not an MD5 of the bytes
 
 
 class ArchiveStore(Protocol):

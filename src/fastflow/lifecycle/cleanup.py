@@ -45,7 +45,7 @@ from fastflow.errors import (
 )
 from fastflow.lifecycle import batch as batches
 from fastflow.lifecycle import disk, oversized, records, selection
-from fastflow.lifecycle.executor import PassRun, pipeline_policy
+from fastflow.lifecycle.executor import PassRun, pass_policy, pipeline_policy
 from fastflow.lifecycle.lock import PassLock
 from fastflow.lifecycle.policy import Action
 from fastflow.lifecycle.resume import resume
@@ -95,7 +95,10 @@ def _plan_only(
                 summary.plan.append(PlanEntry.of(action))
 
     for name in selection.pipeline_names(ctx.db):
-        policy = pipeline_policy(ctx.settings, name)
+        policy, problem = pass_policy(ctx.settings, name)
+        if policy is None:
+            summary.failures.append(Failure(None, name, None, str(problem)))
+            continue
         for batch in selection.deletion_candidates(ctx.db, name, policy, now):
             summary.planned_runs += len(batch)
             emit(batch)
@@ -210,12 +213,14 @@ def _execute(ctx: Context, p: PassRun) -> None:
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="archive") as pool:
         for name in selection.pipeline_names(ctx.db):
             policy = p.policy(name)
+            if policy is None:
+                continue
             for batch in selection.deletion_candidates(ctx.db, name, policy, p.now):
                 p.bump(planned_runs=len(batch))
                 batches.run_actions(p, pool, batch)
     for name in selection.pipeline_names(ctx.db):
         policy = p.policy(name)
-        if policy.max_log_bytes is None:
+        if policy is None or policy.max_log_bytes is None:
             continue
         for batch in selection.truncation_candidates(ctx.db, name, policy, p.now, p.logs_root):
             p.bump(planned_truncations=len(batch))

@@ -44,6 +44,7 @@ from fastflow.errors import (
     ArchiveError,
     FastflowError,
     FileChanged,
+    InvalidPipelineConfig,
     LogsDirUnavailable,
     PassLockLost,
     UnsafePath,
@@ -56,6 +57,7 @@ from fastflow.lifecycle.policy import Action, ActionKind, Policy, RunRef, policy
 from fastflow.lifecycle.summary import Failure, PassSummary, Progress
 from fastflow.runs import files as logfiles
 from fastflow.runs import logsdir, pins, pipelines
+from fastflow.security import without_paths
 
 PAYLOAD = "payload.json"  # a webhook's request body, written next to the run's log
 CIRCUIT_BREAK_AFTER = 3  # consecutive connection-level failures: the server is down
@@ -121,12 +123,32 @@ def grew_from(
 
 
 def pipeline_policy(settings: Settings, pipeline: str) -> Policy:
-    """The global retention settings with the pipeline's ``pipeline.json`` overrides."""
+    """The global retention settings with the pipeline's ``pipeline.json`` overrides (what
+    views show; the pass itself uses ``pass_policy``)."""
     try:
         overrides = pipelines.load(settings.pipelines_dir, pipeline).retention
     except FastflowError:
         overrides = None  # pipeline folder gone or invalid: the global policy applies
     return policy_for(settings, overrides)
+
+
+def pass_policy(settings: Settings, pipeline: str) -> tuple[Policy | None, str | None]:
+    """``(policy, None)`` for the pass: the global settings with the pipeline's overrides,
+    or the global settings alone when it has no folder (gone, or a name no folder can
+    have: its runs still age out); or
+    ``(None, problem)`` when its ``pipeline.json`` is invalid — a typo in an override
+    must not quietly apply the stricter global limit: its runs are kept, loudly."""
+    try:
+        overrides = pipelines.load(settings.pipelines_dir, pipeline).retention
+    except InvalidPipelineConfig as e:
+        problem = without_paths(str(e), settings)
+        return None, (
+            f"pipeline {pipeline!r}: {problem}; its runs are kept (not archived, deleted or "
+            "truncated) until its pipeline.json is valid"
+        )
+    except FastflowError:  # no such folder (any more), or a name no folder can have
+        overrides = None
+    return policy_for(settings, overrides), None
 
 
 def run_meta(run: RunRef) -> dict[str, str]:
@@ -174,7 +196,7 @@ class PassRun:
         store: ArchiveStore | None,
         progress: Progress | None,
         lock: PassLock | None = None,
-        policies: dict[str, Policy] | None = None,
+        policies: dict[str, Policy | None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
@@ -325,9 +347,15 @@ class PassRun:
             return False
         return True
 
-    def policy(self, pipeline: str) -> Policy:
+    def policy(self, pipeline: str) -> Policy | None:
+        """The pipeline's policy for this pass; None (recorded as a failure, once) when
+        its ``pipeline.json`` is invalid: then none of its runs is touched."""
         if pipeline not in self.policies:
-            self.policies[pipeline] = pipeline_policy(self.settings, pipeline)
+            policy, problem = pass_policy(self.settings, pipeline)
+            self.policies[pipeline] = policy
+            if problem is not None:
+                self.record_failure(None, problem)
+                self.incomplete = True
         return self.policies[pipeline]
 
     # --- archiving -------------------------------------------------------------------
