@@ -22,3 +22,25 @@ def test_missing_s3_settings_say_whether_backup_is_enabled(enabled: bool) -> Non
         assert message.startswith("S3 backup is enabled but not configured: missing ")
     else:
         assert message.startswith("S3 is not configured (S3_BACKUP_ENABLED=false): missing ")
+
+
+def test_server_errors_read_plainly() -> None:
+    """Outside fault matrix: a 500 without a body read ``S3 server error 500 (500)``, and
+    an object cut short read as botocore's own sentence."""
+    from botocore.exceptions import ClientError, IncompleteReadError
+
+    from fastflow.archive.s3 import describe_error
+
+    settings = load_settings(_env_file=None, s3_endpoint_url="http://127.0.0.1:9000")
+    bare = ClientError(
+        {"Error": {"Code": "500", "Message": ""}, "ResponseMetadata": {"HTTPStatusCode": 500}},
+        "HeadObject",
+    )
+    assert str(describe_error(bare, settings)) == "S3 server error 500 from http://127.0.0.1:9000"
+    named = ClientError(
+        {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject"
+    )
+    assert "S3 server error 503 (SlowDown) from" in str(describe_error(named, settings))
+    cut = describe_error(IncompleteReadError(actual_bytes=25, expected_bytes=50), settings)
+    assert str(cut) == "http://127.0.0.1:9000 ended the object early: 25 of 50 bytes arrived"
+    assert cut.connection_level

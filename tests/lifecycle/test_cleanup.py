@@ -648,3 +648,34 @@ def test_an_invalid_retention_override_keeps_the_pipelines_runs_loudly(
     (folder / "pipeline.json").write_text('{"retention": {"runs": 2}}')
     again = _pass(ctx)
     assert again.deleted_runs == 1 and failures(ctx) == []
+
+
+def test_a_pass_aborts_the_multipart_uploads_a_killed_pass_left(
+    s3_app: Context, s3: S3Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside fault matrix: uploads cut off by SIGKILL stayed open for ever (their parts
+    invisible, kept and billed). A pass aborts those under the prefix older than a day;
+    one outside the prefix stays. (moto reports every upload as started in 2010, so the
+    age limit itself is not exercised here: a younger upload could only be another
+    pass's, and this pass holds the lock.)"""
+    from fastflow.lifecycle import cleanup
+
+    client = s3.client()
+
+    def start(key: str) -> str:
+        upload = client.create_multipart_upload(Bucket=s3.bucket, Key=key)["UploadId"]
+        client.upload_part(
+            Bucket=s3.bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * 1024
+        )
+        return str(upload)
+
+    start("pipeline-logs/p/left/run.log")
+    outside = start("someone-else/big.bin")
+    ctx = tune(s3_app, log_retention_runs=1)
+    seed_series(ctx, "p", 2)
+    monkeypatch.setattr(cleanup, "STALE_UPLOAD_AGE", timedelta(hours=1))
+    summary = _pass(ctx)
+    assert summary.stale_uploads_aborted == 1 and summary.backup_failures == 0
+    left = client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", [])
+    assert [u["UploadId"] for u in left] == [outside]
+    client.abort_multipart_upload(Bucket=s3.bucket, Key="someone-else/big.bin", UploadId=outside)

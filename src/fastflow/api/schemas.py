@@ -309,6 +309,7 @@ class PassCountsOut(BaseModel):
     archived_before_truncation: int = 0
     rearchived_runs: int = 0
     stale_temp_files_removed: int = 0
+    stale_uploads_aborted: int = 0
     kept_runs: int = 0
     config_error: str | None = None
     error: str | None = None

@@ -30,6 +30,7 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    IncompleteReadError,
     ReadTimeoutError,
 )
 from s3transfer.utils import ChunksizeAdjuster
@@ -142,10 +143,17 @@ def describe_error(exc: BaseException, settings: Settings) -> ArchiveError:
                 f"permissions on bucket '{bucket}'"
             )
         elif isinstance(status, int) and status >= 500:
-            msg = f"S3 server error {status} ({code}) from {endpoint}"
+            named = f" ({code})" if code not in (str(status), "?") else ""  # (no body: none)
+            msg = f"S3 server error {status}{named} from {endpoint}"
             connection = status in (502, 503, 504)
         else:
             msg = f"S3 request failed: {code} (HTTP {status}): {err.get('Message', '')}".strip()
+    elif isinstance(cause, IncompleteReadError):
+        msg = (
+            f"{endpoint} ended the object early: {cause.kwargs.get('actual_bytes')} of "
+            f"{cause.kwargs.get('expected_bytes')} bytes arrived"
+        )
+        connection = True
     elif isinstance(cause, BotoCoreError):
         msg = f"S3 client error: {cause}"
         connection = "connect" in str(cause).lower()
@@ -561,6 +569,28 @@ class S3Store:
         except Exception as e:
             raise describe_error(e, self.settings) from e
         return _stream_body(body, self.settings)
+
+    def abort_stale_uploads(self, started_before: datetime) -> int:
+        """Abort every multipart upload under the prefix started before
+        ``started_before`` — what a killed pass left: its parts are invisible, kept and
+        billed until aborted — and return how many; ``ArchiveError`` when the server
+        refuses (the caller only notes it)."""
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        aborted = 0
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < started_before:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        aborted += 1
+        except Exception as e:
+            raise describe_error(e, self.settings) from e
+        return aborted
 
     def set_legal_hold(self, key: str, on: bool) -> None:
         """Place (``on``) or lift the Object Lock legal hold on the current version of

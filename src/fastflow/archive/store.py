@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -55,6 +56,8 @@ class ArchiveStore(Protocol):
     def verify(self, key: str, size: int, sha256: str) -> None: ...
 
     def ping(self) -> None: ...
+
+    def abort_stale_uploads(self, started_before: datetime) -> int: ...
 
     def head(self, key: str) -> ObjectInfo | None: ...
 

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from fastflow.archive import manifests
 from fastflow.archive import s3 as archive
@@ -172,6 +172,7 @@ def run_pass(
                     p.record_failure(None, str(e))
                     p.incomplete = True
             _write_manifest(p)
+            _abort_stale_uploads(p)
             records.resolve_settled(
                 ctx.db, summary.pass_id, complete=store is not None and not p.incomplete
             )
@@ -258,6 +259,26 @@ def _sweep_temp_files(p: PassRun) -> None:
         for part in tmp_dir.glob("archive-*.part"):
             removed += logfiles.remove_quietly(part)
     p.bump(stale_temp_files_removed=removed)
+
+
+STALE_UPLOAD_AGE = timedelta(hours=24)  # no upload of a live pass is this old
+
+
+def _abort_stale_uploads(p: PassRun) -> None:
+    """Abort the multipart uploads a killed pass left (older than ``STALE_UPLOAD_AGE``;
+    this pass holds the lock, and an upload times out long before). Best effort: a
+    server that refuses (no ``s3:ListBucketMultipartUploads`` or
+    ``s3:AbortMultipartUpload`` permission) is noted in the log, never a failure."""
+    if p.store is None or p.circuit_open:
+        return
+    try:
+        aborted = p.store.abort_stale_uploads(utcnow() - STALE_UPLOAD_AGE)
+    except ArchiveError as e:
+        log.warning("cannot abort stale multipart uploads: %s", e)
+        return
+    if aborted:
+        log.info("aborted %d multipart uploads left by a stopped pass", aborted)
+        p.bump(stale_uploads_aborted=aborted)
 
 
 def crash_message(e: BaseException, ctx: Context, what: str = "the cleanup pass failed") -> str:

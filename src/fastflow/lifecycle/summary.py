@@ -70,6 +70,7 @@ class PassSummary:
     # runs archived again: the local file grew after archiving, or the object vanished
     rearchived_runs: int = 0
     stale_temp_files_removed: int = 0
+    stale_uploads_aborted: int = 0  # multipart uploads a killed pass left, aborted
     # runs retention would have removed (or truncated) that a pin or a keep rule kept: a
     # dry run's ``keep`` entries; in a pass, the runs found pinned when their turn came
     kept_runs: int = 0
