@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fastflow.archive.s3 import make_client
@@ -32,14 +34,14 @@ def test_server_errors_read_plainly() -> None:
     from fastflow.archive.s3 import describe_error
 
     settings = load_settings(_env_file=None, s3_endpoint_url="http://127.0.0.1:9000")
-    bare = ClientError(
-        {"Error": {"Code": "500", "Message": ""}, "ResponseMetadata": {"HTTPStatusCode": 500}},
-        "HeadObject",
-    )
+    response: Any = {
+        "Error": {"Code": "500", "Message": ""},
+        "ResponseMetadata": {"HTTPStatusCode": 500},
+    }
+    bare = ClientError(response, "HeadObject")
     assert str(describe_error(bare, settings)) == "S3 server error 500 from http://127.0.0.1:9000"
-    named = ClientError(
-        {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject"
-    )
+    response = {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}
+    named = ClientError(response, "PutObject")
     assert "S3 server error 503 (SlowDown) from" in str(describe_error(named, settings))
     cut = describe_error(IncompleteReadError(actual_bytes=25, expected_bytes=50), settings)
     assert str(cut) == "http://127.0.0.1:9000 ended the object early: 25 of 50 bytes arrived"
