@@ -26,6 +26,9 @@ INVALID = [
     "trailing ",
     "semi;colon",
     "star*",
+    "\u115f",  # Hangul fillers: letters that show as nothing (outside audit)
+    "a\u3164b",
+    "\uffa0\uffa0",
 ]
 
 

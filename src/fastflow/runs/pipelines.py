@@ -27,6 +27,10 @@ MIN_WEBHOOK_KEY = 16  # characters: shorter keys in pipeline.json are warned abo
 _ALLOWED_PUNCT = frozenset(" -_.")
 
 
+# letters (category Lo) that render as nothing: a name of them is invisible in every list
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
 def validate_name(name: str) -> str:
     """Return ``name`` unchanged if it is a valid pipeline name, else raise."""
     shown = ascii(name) if len(name) <= 120 else ascii(name[:117]) + "..."
@@ -46,6 +50,10 @@ def validate_name(name: str) -> str:
         if unicodedata.category(ch).startswith("C"):
             raise InvalidPipelineName(
                 f"pipeline name {shown} contains a control character (U+{ord(ch):04X})"
+            )
+        if ch in _BLANK_LETTERS:
+            raise InvalidPipelineName(
+                f"pipeline name {shown} contains a letter that shows as nothing (U+{ord(ch):04X})"
             )
         if not (ch.isalnum() or ch in _ALLOWED_PUNCT):
             raise InvalidPipelineName(
