@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-fast lint bench install browser docker screenshots clean
+.PHONY: run test test-fast lint bench install bytecode browser docker screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ $(VENV)/.installed-runtime: pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(VENV)/.installed
+
+# fastflow's own bytecode cache, as a regular (not editable) `pip install` writes it:
+# without it, every `fastflow` command compiles its sources again wherever
+# PYTHONDONTWRITEBYTECODE is set (about 0.3 s of each command's start-up). Only files
+# whose source changed are compiled; Python ignores a cache older than its source.
+bytecode: install
+	$(BIN)/python -m compileall -q src/fastflow
 
 # Browser tests use Debian's Chromium (Playwright drives it; no browser download).
 browser:
@@ -49,10 +56,11 @@ docker:
 
 ## Start fastflow on http://127.0.0.1:8000 with SQLite and the example pipelines.
 run: $(VENV)/.installed-runtime .env
+	$(BIN)/python -m compileall -q src/fastflow
 	$(BIN)/fastflow serve --host 127.0.0.1 --port 8000
 
 ## Run the whole test suite (starts its own S3, SMTP and Teams test servers).
-test: install browser docker
+test: install bytecode browser docker
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
@@ -63,7 +71,7 @@ FAST_TESTS := tests/test_config.py tests/test_architecture.py tests/lifecycle/te
 	tests/runs/test_pipelines.py tests/runs/test_pipeline_config.py \
 	tests/notify/test_notify_incidents.py tests/orchestration/test_schedules.py \
 	tests/orchestration/test_retries.py
-test-fast: install
+test-fast: install bytecode
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest -q -m "not slow" $(FAST_TESTS)
 
@@ -74,7 +82,7 @@ lint: install
 
 # wrk (Debian) loads the API (a Python load generator saturates first); s3rver, the second
 # S3 server, is installed from npm by the benchmark itself on first use.
-bench: install
+bench: install bytecode
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python bench/run_all.py

@@ -255,6 +255,42 @@ def test_error_text_never_shows_the_servers_folders(
     assert "PIPELINES_DIR/broken/pipeline.json" in broken.json()["detail"]
 
 
+def test_a_runs_failure_reason_names_the_folder_by_its_setting(
+    api: Api, make_pipeline: MakePipeline, ff_env: dict[str, str]
+) -> None:
+    """A failure reason is error text too: a run whose environment could not be read says
+    which file as PIPELINES_DIR/..., in the run object, the run list and the live stream's
+    last event, while the row (and the CLI on the server) keep the path as it was."""
+    folder = make_pipeline("includes")
+    (folder / "requirements.txt").write_text("-r missing.txt\n")
+    res = api.client.post("/api/pipelines/includes/run", headers=api.admin)
+    assert res.status_code == 202, res.text
+    run_id = res.json()["run_id"]
+
+    def finished() -> bool:
+        status = api.client.get(f"/api/runs/{run_id}", headers=api.viewer).json()["status"]
+        return status not in ("QUEUED", "PENDING", "RUNNING")
+
+    wait_until(finished, 60, "the API run to fail")
+    where = ff_env["PIPELINES_DIR"]
+    with api.ctx.db.session() as s:
+        row = s.get(PipelineRun, uuid.UUID(run_id))
+        assert row is not None and row.status == "FAILED"
+        assert f"{where}/includes/missing.txt" in str(row.failure_reason)  # as recorded
+    one = api.client.get(f"/api/runs/{run_id}", headers=api.viewer)
+    listed = api.client.get("/api/runs?pipeline=includes", headers=api.viewer)
+    stream = api.client.get(f"/api/runs/{run_id}/logs/stream", headers=api.viewer)
+    # (the log itself is the run's output: it names files as a traceback would)
+    last = stream.text.rstrip().rsplit("\n\n", 1)[-1]
+    assert last.startswith("event: status\n"), stream.text[-500:]
+    for text in (one.text, listed.text, last):
+        assert where not in text
+    reason = one.json()["failure_reason"]
+    assert "cannot read PIPELINES_DIR/includes/missing.txt" in reason, reason
+    assert listed.json()[0]["failure_reason"] == reason
+    assert json.loads(last.split("data: ", 1)[1])["failure_reason"] == reason
+
+
 def test_session_login_csrf_and_logout(api: Api) -> None:
     accounts.create_user(api.ctx.db, "ada", "correct horse", "admin")
     assert (

@@ -153,7 +153,7 @@ def runs_cmd(
     items: list[dict[str, Any]]
     if include_archived:
         items = runviews.list_views(
-            app, include_archived=True, pipeline=pipeline, status=status, limit=limit
+            app, include_archived=True, public=False, pipeline=pipeline, status=status, limit=limit
         )
     else:
         items = [

@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from fastflow.archive import ledger
+from fastflow.config import Settings
 from fastflow.context import Context
 from fastflow.db.models import ArchivedRun, PipelineRun
 from fastflow.errors import RunNotFound
 from fastflow.runs import store as runs
 from fastflow.runs.readback import open_run_file
+from fastflow.security import public_text
 
 MAX_METRIC_LINES = 200_000
 
@@ -49,8 +51,13 @@ def _pin(run: PipelineRun | None) -> dict[str, Any]:
     }
 
 
-def view(run: PipelineRun, entry: ArchivedRun | None) -> dict[str, Any]:
+def view(run: PipelineRun, entry: ArchivedRun | None, settings: Settings | None) -> dict[str, Any]:
+    """The run as the API and UI show it. With ``settings`` (a client's view), its failure
+    reason names the server's folders by their settings (``PIPELINES_DIR/x``), as all
+    error text a client reads does; without (the CLI, on the server), as recorded."""
     data = run.to_dict()
+    if run.failure_reason and settings is not None:
+        data["failure_reason"] = public_text(run.failure_reason, settings)
     data.update(_pin(run))
     data["duration_s"] = (
         round((run.finished_at - run.started_at).total_seconds(), 3) if run.finished_at else None
@@ -95,16 +102,18 @@ def view_from_ledger(entry: ArchivedRun) -> dict[str, Any]:
 
 
 def list_views(
-    ctx: Context, *, include_archived: bool = False, **filters: Any
+    ctx: Context, *, include_archived: bool = False, public: bool = True, **filters: Any
 ) -> list[dict[str, Any]]:
     """Runs, newest first (filters: ``pipeline``, ``status``, ``day`` (a UTC ``date``),
     ``limit``, ``offset``).
     ``include_archived``: runs whose rows retention deleted are listed too, from their
-    archive ledger entries (``row_deleted``), in the same order and page."""
+    archive ledger entries (``row_deleted``), in the same order and page.
+    ``public``: as a client reads them (``view``); False for the CLI on the server."""
+    settings = ctx.settings if public else None
     if not include_archived:
         rows = runs.list_runs(ctx.db, **filters)
         entries = _ledger(ctx, [r.id for r in rows])
-        return [view(r, entries.get(r.id)) for r in rows]
+        return [view(r, entries.get(r.id), settings) for r in rows]
     page = runs.page_with_archived(ctx.db, **filters)
     ids = [rid for rid, _ in page]
     found = runs.get_many(ctx.db, ids)
@@ -112,7 +121,7 @@ def list_views(
     out = []
     for rid in ids:  # a row deleted meanwhile is shown from its entry; a vanished run not
         if rid in found:
-            out.append(view(found[rid], entries.get(rid)))
+            out.append(view(found[rid], entries.get(rid), settings))
         elif rid in entries:
             out.append(view_from_ledger(entries[rid]))
     return out
@@ -122,7 +131,7 @@ def get_view(ctx: Context, run_id: uuid.UUID) -> dict[str, Any]:
     run = runs.get(ctx.db, run_id)
     entry = _ledger(ctx, [run_id]).get(run_id)
     if run is not None:
-        return view(run, entry)
+        return view(run, entry, ctx.settings)
     if entry is not None:
         return view_from_ledger(entry)
     raise RunNotFound(f"run {run_id} not found")

@@ -301,14 +301,15 @@ def _sse(event: str, data: str, event_id: int | None = None) -> bytes:
     return (head + body + "\n").encode("utf-8")
 
 
-def _format(ev: logstream.Event) -> bytes:
+def _format(ev: logstream.Event, settings: Settings) -> bytes:
     if isinstance(ev, logstream.LogChunk):
         return _sse("log", ev.text, ev.end)
     if isinstance(ev, logstream.Samples):
         return _sse("metrics", json.dumps({"from": ev.first, "samples": ev.samples}))
     if isinstance(ev, logstream.StatusChanged):
         return _sse("run", json.dumps({"status": ev.status}))
-    payload = {"status": ev.status, "exit_code": ev.exit_code, "failure_reason": ev.failure_reason}
+    reason = public_text(ev.failure_reason, settings) if ev.failure_reason else None
+    payload = {"status": ev.status, "exit_code": ev.exit_code, "failure_reason": reason}
     return _sse("status", json.dumps(payload, ensure_ascii=False))
 
 
@@ -325,7 +326,7 @@ async def _events(follower: logstream.Follower, settings: Settings) -> AsyncGene
                 yield _sse("log-error", json.dumps({"detail": public_text(str(e), settings)}))
                 return
             if events:
-                yield b"".join(_format(ev) for ev in events)
+                yield b"".join(_format(ev, settings) for ev in events)
                 quiet = 0.0
             if follower.done:
                 return
