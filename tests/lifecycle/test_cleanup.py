@@ -679,3 +679,30 @@ def test_a_pass_aborts_the_multipart_uploads_a_killed_pass_left(
     left = client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", [])
     assert [u["UploadId"] for u in left] == [outside]
     client.abort_multipart_upload(Bucket=s3.bucket, Key="someone-else/big.bin", UploadId=outside)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "level"),
+    [(501, "NotImplemented", "INFO"), (403, "AccessDenied", "WARNING")],
+    ids=["not-implemented", "denied"],
+)
+def test_a_server_without_the_multipart_list_is_noted_not_warned_about(
+    s3_app: Context, s3: S3Env, caplog: pytest.LogCaptureFixture, status: int, code: str, level: str
+) -> None:
+    """s3rver answers ``ListMultipartUploads`` with 501 NotImplemented: every pass warned
+    "cannot abort stale multipart uploads". A server without the list gets a note; one
+    that refuses it (a missing permission) still a warning; neither fails the pass."""
+
+    def lists_uploads(method: str, path: str) -> bool:
+        return method == "GET" and "uploads" in path.partition("?")[2].split("&")
+
+    s3.proxy.fail(status, code=code, match=lists_uploads)
+    ctx = tune(s3_app, log_retention_runs=1)
+    seed_series(ctx, "p", 3)
+    with caplog.at_level("INFO", logger="fastflow"):
+        summary = _pass(ctx)
+    assert summary.backup_failures == 0 and summary.deleted_runs == 2
+    asked = [r.status for r in s3.proxy.requests if lists_uploads(r.method, r.path)]
+    assert asked == [status], "the pass did not ask for the list once"
+    notes = [r for r in caplog.records if "multipart uploads" in r.getMessage()]
+    assert [r.levelname for r in notes] == [level], [r.getMessage() for r in notes]

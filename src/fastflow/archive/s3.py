@@ -570,11 +570,12 @@ class S3Store:
             raise describe_error(e, self.settings) from e
         return _stream_body(body, self.settings)
 
-    def abort_stale_uploads(self, started_before: datetime) -> int:
+    def abort_stale_uploads(self, started_before: datetime) -> int | None:
         """Abort every multipart upload under the prefix started before
         ``started_before`` — what a killed pass left: its parts are invisible, kept and
-        billed until aborted — and return how many; ``ArchiveError`` when the server
-        refuses (the caller only notes it)."""
+        billed until aborted — and return how many; None when the server does not list
+        multipart uploads at all (``NotImplemented``: s3rver, some gateways);
+        ``ArchiveError`` when it refuses (the caller only notes it)."""
         prefix = f"{self.prefix}/" if self.prefix else ""
         aborted = 0
         try:
@@ -588,6 +589,10 @@ class S3Store:
                             Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                         )
                         aborted += 1
+        except ClientError as e:
+            if aborted == 0 and _error_code(e) in _NOT_IMPLEMENTED:
+                return None
+            raise describe_error(e, self.settings) from e
         except Exception as e:
             raise describe_error(e, self.settings) from e
         return aborted
@@ -695,6 +700,12 @@ class _HashingReader:
 
 
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}(?:-[1-9][0-9]*)?")
+# a server that does not implement an operation at all (not one that refuses it)
+_NOT_IMPLEMENTED = frozenset({"NotImplemented", "501", "XNotImplemented"})
+
+
+def _error_code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
 
 
 def _digests_in_parts(path: Path, chunksize: int) -> tuple[int, str, str]:

@@ -268,13 +268,17 @@ def _abort_stale_uploads(p: PassRun) -> None:
     """Abort the multipart uploads a killed pass left (older than ``STALE_UPLOAD_AGE``;
     this pass holds the lock, and an upload times out long before). Best effort: a
     server that refuses (no ``s3:ListBucketMultipartUploads`` or
-    ``s3:AbortMultipartUpload`` permission) is noted in the log, never a failure."""
+    ``s3:AbortMultipartUpload`` permission) is a warning in the log, one that does not
+    implement the list (s3rver, some gateways) a note; never a failure."""
     if p.store is None or p.circuit_open:
         return
     try:
         aborted = p.store.abort_stale_uploads(utcnow() - STALE_UPLOAD_AGE)
     except ArchiveError as e:
         log.warning("cannot abort stale multipart uploads: %s", e)
+        return
+    if aborted is None:  # nothing to warn about at every pass: the server has no such list
+        log.info("the S3 server does not list multipart uploads; none are aborted")
         return
     if aborted:
         log.info("aborted %d multipart uploads left by a stopped pass", aborted)
