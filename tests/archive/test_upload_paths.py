@@ -235,3 +235,180 @@ def test_a_file_truncated_during_its_upload_fails_at_once_as_its_own_failure(
     other = tmp_path / "other.log"
     other.write_bytes(os.urandom(s3mod.SMALL_FILE + 1))
     assert store.put_verified("after/other.log", other, {}).size == other.stat().st_size
+
+
+class _Counted:
+    """A hash object that counts the bytes it is given."""
+
+    def __init__(self, real: Any, name: str, seen: Counter[str]) -> None:
+        self._real, self._name, self._seen = real, name, seen
+
+    def update(self, data: bytes) -> None:
+        self._seen[self._name] += len(data)
+        self._real.update(data)
+
+    def digest(self) -> bytes:
+        return bytes(self._real.digest())
+
+    def hexdigest(self) -> str:
+        return str(self._real.hexdigest())
+
+
+def _hashed(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Bytes hashed by the archive's upload code from now on, per algorithm."""
+    from types import SimpleNamespace
+
+    from fastflow.archive import store as store_mod
+
+    seen: Counter[str] = Counter()
+
+    def counting(name: str) -> Any:
+        def make(data: bytes = b"", **kw: Any) -> _Counted:
+            h = _Counted(getattr(hashlib, name)(**kw), name, seen)
+            if data:
+                h.update(data)
+            return h
+
+        return make
+
+    fake = SimpleNamespace(sha256=counting("sha256"), md5=counting("md5"))
+    monkeypatch.setattr(s3mod, "hashlib", fake)
+    monkeypatch.setattr(store_mod, "hashlib", fake)
+    return seen
+
+
+def _learn_etags(store: s3mod.S3Store, tmp_path: Path) -> None:
+    """One small upload: its verification shows what the server's ETags are."""
+    small = tmp_path / "small.log"
+    small.write_bytes(b"a small log\n")
+    store.put_verified("learn/small.log", small, {})
+
+
+def test_a_mid_size_file_is_hashed_once_where_the_servers_etag_proves_what_it_stored(
+    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until a verification has shown the server's ETags to be MD5s of what it stored,
+    a file above ``SMALL_FILE`` is hashed again as it is sent; from then on its SHA-256
+    and MD5 are taken in one read before the upload and the ETag proves the rest."""
+    store = _store(s3, tmp_path)
+    path = tmp_path / "run.log"
+    size = 3 * s3mod.SMALL_FILE // 2
+    data = os.urandom(size)
+    path.write_bytes(data)
+    seen = _hashed(monkeypatch)
+
+    store.put_verified("once/first.log", path, {})  # nothing known of the ETags yet
+    assert (seen["sha256"], seen["md5"]) == (2 * size, size)
+    seen.clear()
+    ops = _operations(store)
+    stored = store.put_verified("once/second.log", path, {})
+    assert (seen["sha256"], seen["md5"]) == (size, size)
+    assert ops == Counter({"PutObject": 1, "HeadObject": 1, "PUT sent": 1, "HEAD sent": 1})
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    body = s3.client().get_object(Bucket=s3.bucket, Key="once/second.log")["Body"].read()
+    assert body == data
+
+
+def test_without_the_etag_check_a_mid_size_file_is_always_hashed_as_it_is_sent(
+    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {k.lower(): v for k, v in s3.env().items()}
+    store = s3mod.S3Store(load_settings(**env, data_dir=tmp_path / "data", s3_verify_etag=False))
+    _learn_etags(store, tmp_path)
+    path = tmp_path / "run.log"
+    size = s3mod.SMALL_FILE + 4096
+    path.write_bytes(os.urandom(size))
+    seen = _hashed(monkeypatch)
+    store.put_verified("off/run.log", path, {})
+    assert seen["sha256"] == 2 * size
+
+
+def test_with_md5_etags_a_file_rewritten_between_hash_and_send_is_refused(
+    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file holds other bytes than were hashed (rewritten, same size, within the
+    timestamp granularity) and moto keeps the SHA-256 it is sent: the ETag, the MD5 of
+    what the server stored, is not the MD5 that was hashed."""
+    store = _store(s3, tmp_path)
+    _learn_etags(store, tmp_path)
+    path = tmp_path / "run.log"
+    size = s3mod.SMALL_FILE + 1024
+    path.write_bytes(b"a" * size)
+    then = b"b" * size  # what the file held when it was hashed
+    hashed = (size, hashlib.sha256(then).hexdigest(), hashlib.md5(then).hexdigest())
+    monkeypatch.setattr(s3mod, "_sha256_and_md5", lambda p: hashed)
+
+    with pytest.raises(ArchiveError, match=r"ETag .* is [0-9a-f]{32}, not [0-9a-f]{32}"):
+        store.put_verified("rewritten/run.log", path, {"run_id": "r1"})
+
+
+def test_with_md5_etags_a_file_truncated_after_its_hash_fails_as_its_own_failure(
+    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(s3, tmp_path)
+    _learn_etags(store, tmp_path)
+    path = tmp_path / "run.log"
+    path.write_bytes(os.urandom(s3mod.SMALL_FILE + 4096))
+    real = s3mod._sha256_and_md5
+
+    def hash_then_truncate(p: Path) -> tuple[int, str, str]:
+        result = real(p)
+        os.truncate(p, 1 << 20)
+        return result
+
+    monkeypatch.setattr(s3mod, "_sha256_and_md5", hash_then_truncate)
+    with pytest.raises(FileChanged, match=r"^run\.log shrank while it was uploaded"):
+        store.put_verified("shrank/run.log", path, {"run_id": "r1"})
+
+
+def test_an_etag_that_stops_being_an_md5_has_the_file_sent_again_hashed_as_sent(
+    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's ETags were MD5s, then are not (the bucket's default encryption was
+    switched to SSE-KMS, say): the upload that counted on the ETag proves nothing, so it
+    is made once more, hashing what is sent; the next ones hash as they send at once."""
+    store = _store(s3, tmp_path)
+    _learn_etags(store, tmp_path)
+    s3.proxy.opaque_etag()
+    path = tmp_path / "run.log"
+    size = s3mod.SMALL_FILE + 4096
+    data = os.urandom(size)
+    path.write_bytes(data)
+    seen = _hashed(monkeypatch)
+    ops = _operations(store)
+
+    stored = store.put_verified("opaque/first.log", path, {})
+    assert (ops["PutObject"], ops["HeadObject"]) == (2, 2)
+    assert seen["sha256"] == 3 * size  # the read before, then the read and the send again
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    ops.clear()
+    seen.clear()
+    store.put_verified("opaque/second.log", path, {})
+    assert (ops["PutObject"], ops["HeadObject"]) == (1, 1)
+    assert seen["sha256"] == 2 * size
+    body = s3.client().get_object(Bucket=s3.bucket, Key="opaque/second.log")["Body"].read()
+    assert body == data
+
+
+def test_where_etags_are_not_md5s_a_rewritten_file_is_caught_by_hashing_what_is_sent(
+    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ETag to prove the body (and moto keeps the SHA-256 it is sent): the upload
+    made again with the bytes hashed as they are sent finds they are not those hashed."""
+    store = _store(s3, tmp_path)
+    _learn_etags(store, tmp_path)
+    s3.proxy.opaque_etag()
+    path = tmp_path / "run.log"
+    size = s3mod.SMALL_FILE + 1024
+    path.write_bytes(b"a" * size)
+    then = b"b" * size
+    sha = hashlib.sha256(then).hexdigest()
+    monkeypatch.setattr(
+        s3mod, "_sha256_and_md5", lambda p: (size, sha, hashlib.md5(then).hexdigest())
+    )
+    monkeypatch.setattr(s3mod, "sha256_of", lambda p: (size, sha))
+    ops = _operations(store)
+
+    with pytest.raises(ArchiveError, match="changed while it was uploaded"):
+        store.put_verified("opaque/rewritten.log", path, {"run_id": "r1"})
+    assert ops["PutObject"] == 2

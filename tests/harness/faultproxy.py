@@ -9,6 +9,7 @@ headers; only hop-by-hop headers are rewritten and chunked request bodies are de
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import socket
 import socketserver
@@ -84,7 +85,7 @@ class ProxiedRequest(NamedTuple):
 
 @dataclass
 class _Rule:
-    kind: Literal["fail", "delay", "drop", "corrupt", "corrupt_body"]
+    kind: Literal["fail", "delay", "drop", "corrupt", "corrupt_body", "opaque_etag"]
     times: int | None
     match: Matcher | None
     status: int = 0
@@ -115,7 +116,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         proxy = self.server
         method, path = self.command, self.path
         try:
-            delays, corrupt, corrupt_body, terminal = proxy._take_actions(method, path)
+            delays, corrupt, corrupt_body, opaque, terminal = proxy._take_actions(method, path)
             for seconds in delays:
                 if not proxy._pause(seconds):
                     raise _Dropped
@@ -141,6 +142,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 return
             if corrupt:
                 data = data.translate(_FLIP)
+            if opaque:
+                headers = [(k, _opaque(v) if k.lower() == "etag" else v) for k, v in headers]
             self._respond(status, reason, headers, data)
         except _Dropped:
             self.server._record(ProxiedRequest(method, path, 0))
@@ -403,6 +406,11 @@ class FaultProxy(ThreadingHTTPServer):
         in the middle, Content-Length kept): what a faulty link or server would store."""
         self._add(_Rule("corrupt_body", times, match))
 
+    def opaque_etag(self, times: int | None = None, match: Matcher | None = None) -> None:
+        """Forward requests but answer with an ETag that is not an MD5 of the object (as
+        SSE-KMS objects, MinIO's encrypted ones and some gateways have)."""
+        self._add(_Rule("opaque_etag", times, match))
+
     def clear(self) -> None:
         """Remove all rules and wake requests currently held by ``delay``."""
         with self._lock:
@@ -432,9 +440,11 @@ class FaultProxy(ThreadingHTTPServer):
         self._wake.set()
         self._wake = threading.Event()
 
-    def _take_actions(self, method: str, path: str) -> tuple[list[float], bool, bool, _Rule | None]:
+    def _take_actions(
+        self, method: str, path: str
+    ) -> tuple[list[float], bool, bool, bool, _Rule | None]:
         delays: list[float] = []
-        corrupt = corrupt_body = False
+        corrupt = corrupt_body = opaque = False
         terminal: _Rule | None = None
         with self._lock:
             for rule in list(self._rules):
@@ -450,10 +460,12 @@ class FaultProxy(ThreadingHTTPServer):
                     corrupt = True
                 elif rule.kind == "corrupt_body":
                     corrupt_body = True
+                elif rule.kind == "opaque_etag":
+                    opaque = True
                 else:
                     terminal = rule
                     break
-        return delays, corrupt, corrupt_body, terminal
+        return delays, corrupt, corrupt_body, opaque, terminal
 
     def _pause(self, seconds: float) -> bool:
         """Sleep interruptibly; return False if the proxy was stopped meanwhile."""
@@ -485,6 +497,11 @@ class FaultProxy(ThreadingHTTPServer):
             return resp.status, resp.reason, resp.getheaders(), data
         finally:
             conn.close()
+
+
+def _opaque(etag: str) -> str:
+    """An ETag that is no MD5 (nor MD5-N) but still differs per object."""
+    return '"' + hashlib.sha256(etag.encode()).hexdigest() + '"'
 
 
 def method_is(*methods: str) -> Matcher:

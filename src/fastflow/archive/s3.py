@@ -258,6 +258,10 @@ class S3Store:
         if settings.s3_object_lock_mode and settings.s3_object_lock_days:
             self.lock_days = settings.s3_object_lock_days
             self._extra["ObjectLockMode"] = settings.s3_object_lock_mode
+        # whether the server's ETags were, at the last verification, the MD5 of the bytes
+        # stored (None: not seen yet): then that check proves what the server received
+        # and a mid-size file need not be hashed a second time as it is sent
+        self._md5_etags: bool | None = None
         self._checksum = _checksummed(settings)
         if self._checksum:
             # the server checks the bytes it receives against this and stores the result
@@ -352,20 +356,33 @@ class S3Store:
         )
 
     def _upload(
-        self, key: str, path: Path, metadata: dict[str, str], extra: dict[str, str], name: str
+        self,
+        key: str,
+        path: Path,
+        metadata: dict[str, str],
+        extra: dict[str, str],
+        name: str,
+        *,
+        hash_sent: bool = False,
     ) -> tuple[int, str]:
         """Upload, then verify with HEAD. A file of up to ``SMALL_FILE`` bytes is read
         once and the bytes that were hashed are the bytes sent (``_put_small``). A larger
         one is hashed once, before the upload; up to ``MULTIPART_THRESHOLD`` it is one
-        PutObject streamed from the open file carrying that SHA-256 (with checksums on,
-        a server that checks refuses bytes that do not match it; the bytes sent are
-        hashed again and compared, for servers that do not); beyond, it goes by file name:
-        s3transfer streams every part from disk (a file object would make it buffer
-        parts in memory) and the server checks each part against the SHA-256 botocore
-        sends with it. A change of the file's identity (inode, size, modification or
-        change time) between the hash and the end of the upload is a failure."""
+        PutObject streamed from the open file carrying that SHA-256 (a server that checks
+        refuses bytes that do not match it). For servers that do not, what was sent must
+        still be proven to be what was hashed: by the server's ETag, the MD5 of what it
+        stored, compared with the MD5 taken with the SHA-256 — or, where the server's
+        ETags are not MD5s (or ``S3_VERIFY_ETAG`` is off, or ``hash_sent``), by hashing
+        the bytes again as they are sent. An upload that expected an MD5 ETag and did
+        not get one is made again that way. Beyond ``MULTIPART_THRESHOLD`` it goes by
+        file name: s3transfer streams every part from disk (a file object would make it
+        buffer parts in memory) and the server checks each part against the SHA-256
+        botocore sends with it. A change of the file's identity (inode, size,
+        modification or change time) between the hash and the end of the upload is a
+        failure."""
         meta = {k: encode_meta(v) for k, v in metadata.items()}
         meta.update(extra)
+        by_etag = False
         try:
             small = self._read_small(path)
             if small is not None:
@@ -375,23 +392,26 @@ class S3Store:
             before = os.stat(path)
             if before.st_size > MULTIPART_THRESHOLD:
                 size, digest, etag = _digests_in_parts(path, self._transfer.multipart_chunksize)
+            elif not hash_sent and self._md5_etags and self.settings.s3_verify_etag:
+                by_etag = True
+                size, digest, etag = _sha256_and_md5(path)
             else:
                 size, digest = sha256_of(path)
             if size <= MULTIPART_THRESHOLD:
                 # one PutObject streaming from the open file with the SHA-256 just
-                # computed, for the server to check; the bytes are hashed again as they
-                # are sent, for servers that do not check (s3transfer would add its
-                # Python-level readers and have botocore hash them once more)
+                # computed, for the server to check (s3transfer would add its
+                # Python-level readers and have botocore hash the bytes once more)
                 with path.open("rb") as f:
-                    body = _HashingReader(f, size, name)
+                    body = _HashingReader(f, size, name, hashing=not by_etag)
                     self._put(key, body, bytes.fromhex(digest), meta)
-                sent = body.sent()
-                if sent is None or sent[:2] != (size, digest):
-                    raise ArchiveError(
-                        f"local file {name} changed while it was uploaded "
-                        "(the bytes sent are not the bytes hashed); not deleting it"
-                    )
-                etag = sent[2]
+                if not by_etag:
+                    sent = body.sent()
+                    if sent is None or sent[:2] != (size, digest):
+                        raise ArchiveError(
+                            f"local file {name} changed while it was uploaded "
+                            "(the bytes sent are not the bytes hashed); not deleting it"
+                        )
+                    etag = sent[2]
             else:
                 meta[META_SHA256] = digest
                 self._uploader().upload_file(
@@ -414,7 +434,10 @@ class S3Store:
                 f"local file {name} changed while it was uploaded "
                 f"({size} bytes before, {after.st_size} after); not deleting it"
             )
-        self.verify(key, size, digest, etag)
+        if not self.verify(key, size, digest, etag) and by_etag:
+            # no MD5 ETag after all (the bucket's encryption changed, say): nothing proves
+            # the bytes sent were the bytes hashed, so send them again, hashing them
+            return self._upload(key, path, metadata, extra, name, hash_sent=True)
         return size, digest
 
     @staticmethod
@@ -461,11 +484,12 @@ class S3Store:
                 raise shrank from e
             raise describe_error(e, self.settings) from e
 
-    def verify(self, key: str, size: int, sha256: str, etag: str | None = None) -> None:
+    def verify(self, key: str, size: int, sha256: str, etag: str | None = None) -> bool:
         """HEAD ``key``; raise unless its size and stored SHA-256 match — and, with
         ``etag`` (the MD5 ETag of the bytes sent: ``md5`` or ``md5-of-part-md5s-N``), unless
         the server's ETag is that one where it is an MD5 the server computed of what it
-        stored (``S3_VERIFY_ETAG``; not for SSE-KMS or SSE-C objects)."""
+        stored (``S3_VERIFY_ETAG``; not for SSE-KMS or SSE-C objects). True when the ETag
+        was compared (and matched)."""
         info = self.head(key)
         if info is None:
             raise ObjectMissing(f"verification failed: s3://{self.bucket}/{key} does not exist")
@@ -485,14 +509,11 @@ class S3Store:
                 f"verification failed: the server's SHA-256 of s3://{self.bucket}/{key} is "
                 f"{info.server_sha256}, expected {sha256}"
             )
-        if (
-            etag is not None
-            and self.settings.s3_verify_etag
-            and not info.keyed
-            and info.etag is not None
-            and _MD5_ETAG.fullmatch(info.etag)
-            and info.etag != etag
-        ):
+        if etag is None or not self.settings.s3_verify_etag:
+            return False
+        md5 = not info.keyed and info.etag is not None and bool(_MD5_ETAG.fullmatch(info.etag))
+        self._md5_etags = md5
+        if md5 and info.etag != etag:
             # a server that does not check the SHA-256 it is sent stores it as given;
             # its ETag is the one value it computes of the bytes it stored
             raise ArchiveError(
@@ -500,6 +521,7 @@ class S3Store:
                 f"{info.etag}, not {etag}, the MD5 of the bytes sent: it stored other bytes "
                 "(S3_VERIFY_ETAG=false only for a server whose ETags are not MD5s)"
             )
+        return md5
 
     def ping(self) -> None:
         """HEAD the bucket with short timeouts and no retry; raise ``ArchiveError`` (with
@@ -646,8 +668,9 @@ class _HashingReader:
     signature) starts the count again; a read that does not continue the counted bytes
     leaves them unequal to the file's, so that a mismatch is reported, never missed."""
 
-    def __init__(self, f: BinaryIO, size: int, name: str) -> None:
+    def __init__(self, f: BinaryIO, size: int, name: str, *, hashing: bool = True) -> None:
         self._f = f
+        self._hashing = hashing  # False: bounded and checked for shrinking, not hashed
         self._size = size
         self._name = name  # (in messages: ``f`` may be a ``/proc/self/fd`` path)
         self._hash = hashlib.sha256()
@@ -674,8 +697,9 @@ class _HashingReader:
         if at != self._counted:
             self._broken = True
         elif data:
-            self._hash.update(data)
-            self._md5.update(data)
+            if self._hashing:
+                self._hash.update(data)
+                self._md5.update(data)
             self._counted += len(data)
         return data
 
@@ -693,8 +717,8 @@ class _HashingReader:
 
     def sent(self) -> tuple[int, str, str] | None:
         """(size, hex SHA-256, hex MD5) of the bytes read from the start; None if the
-        reads did not follow one another."""
-        if self._broken:
+        reads did not follow one another or the body was not hashed."""
+        if self._broken or not self._hashing:
             return None
         return self._counted, self._hash.hexdigest(), self._md5.hexdigest()
 
@@ -706,6 +730,18 @@ _NOT_IMPLEMENTED = frozenset({"NotImplemented", "501", "XNotImplemented"})
 
 def _error_code(e: ClientError) -> str:
     return str(e.response.get("Error", {}).get("Code", ""))
+
+
+def _sha256_and_md5(path: Path) -> tuple[int, str, str]:
+    """Size, hex SHA-256 and hex MD5 of a file, in one read."""
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            sha.update(chunk)
+            md5.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest(), md5.hexdigest()
 
 
 def _digests_in_parts(path: Path, chunksize: int) -> tuple[int, str, str]:
