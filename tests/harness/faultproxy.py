@@ -85,7 +85,7 @@ class ProxiedRequest(NamedTuple):
 
 @dataclass
 class _Rule:
-    kind: Literal["fail", "delay", "drop", "corrupt", "corrupt_body", "opaque_etag"]
+    kind: Literal["fail", "delay", "drop", "corrupt", "corrupt_body", "opaque_etag", "cut"]
     times: int | None
     match: Matcher | None
     status: int = 0
@@ -116,7 +116,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         proxy = self.server
         method, path = self.command, self.path
         try:
-            delays, corrupt, corrupt_body, opaque, terminal = proxy._take_actions(method, path)
+            actions = proxy._take_actions(method, path)
+            delays, corrupt, corrupt_body, opaque, cut, terminal = actions
             for seconds in delays:
                 if not proxy._pause(seconds):
                     raise _Dropped
@@ -144,6 +145,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 data = data.translate(_FLIP)
             if opaque:
                 headers = [(k, _opaque(v) if k.lower() == "etag" else v) for k, v in headers]
+            if cut is not None and len(data) > cut:
+                self._respond(status, reason, headers, data, cut_after=cut)
+                self._abort()
+                return
             self._respond(status, reason, headers, data)
         except _Dropped:
             self.server._record(ProxiedRequest(method, path, 0))
@@ -200,8 +205,15 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         return [(k, v) for k, v in self.headers.items() if k.lower() not in skip]
 
     def _respond(
-        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        cut_after: int | None = None,
     ) -> None:
+        """Send the response; with ``cut_after``, announce the whole body but send only
+        that many bytes of it (the caller then resets the connection)."""
         # Record first, so the entry exists by the time the client sees the response.
         self.server._record(ProxiedRequest(self.command, self.path, status))
         self.send_response_only(status, reason or None)
@@ -223,6 +235,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
+        if cut_after is not None:
+            body = body[:cut_after]
         if body:
             self.wfile.write(body)
         self.wfile.flush()
@@ -406,6 +420,14 @@ class FaultProxy(ThreadingHTTPServer):
         in the middle, Content-Length kept): what a faulty link or server would store."""
         self._add(_Rule("corrupt_body", times, match))
 
+    def cut_response(
+        self, after_bytes: int, times: int | None = None, match: Matcher | None = None
+    ) -> None:
+        """Forward requests, then send the response's headers (its whole Content-Length)
+        and only ``after_bytes`` of its body before resetting the connection: a link or
+        server that fails in the middle of a download."""
+        self._add(_Rule("cut", times, match, after_bytes=after_bytes))
+
     def opaque_etag(self, times: int | None = None, match: Matcher | None = None) -> None:
         """Forward requests but answer with an ETag that is not an MD5 of the object (as
         SSE-KMS objects, MinIO's encrypted ones and some gateways have)."""
@@ -442,9 +464,10 @@ class FaultProxy(ThreadingHTTPServer):
 
     def _take_actions(
         self, method: str, path: str
-    ) -> tuple[list[float], bool, bool, bool, _Rule | None]:
+    ) -> tuple[list[float], bool, bool, bool, int | None, _Rule | None]:
         delays: list[float] = []
         corrupt = corrupt_body = opaque = False
+        cut: int | None = None
         terminal: _Rule | None = None
         with self._lock:
             for rule in list(self._rules):
@@ -462,10 +485,12 @@ class FaultProxy(ThreadingHTTPServer):
                     corrupt_body = True
                 elif rule.kind == "opaque_etag":
                     opaque = True
+                elif rule.kind == "cut":
+                    cut = rule.after_bytes
                 else:
                     terminal = rule
                     break
-        return delays, corrupt, corrupt_body, opaque, terminal
+        return delays, corrupt, corrupt_body, opaque, cut, terminal
 
     def _pause(self, seconds: float) -> bool:
         """Sleep interruptibly; return False if the proxy was stopped meanwhile."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -32,6 +33,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     IncompleteReadError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
 from s3transfer.utils import ChunksizeAdjuster
 
@@ -46,10 +48,15 @@ from fastflow.errors import ArchiveError, ArchiveNotConfigured, FileChanged, Obj
 from fastflow.runs.files import FileIdentity
 from fastflow.security import redact
 
+log = logging.getLogger(__name__)
+
 TOTAL_MAX_ATTEMPTS = 3
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 PART_CONCURRENCY = 4
+READ_CHUNK = 64 * 1024
+# a download broken off in the middle is taken up where it stopped this often (``open``)
+READ_RESUMES = 3
 MIN_POOL_CONNECTIONS = 64
 # files up to this size are read once, hashed in memory and sent with one PutObject that
 # carries the SHA-256 for the server to check (no TransferManager, no second hash pass)
@@ -153,6 +160,9 @@ def describe_error(exc: BaseException, settings: Settings) -> ArchiveError:
             f"{endpoint} ended the object early: {cause.kwargs.get('actual_bytes')} of "
             f"{cause.kwargs.get('expected_bytes')} bytes arrived"
         )
+        connection = True
+    elif isinstance(cause, ResponseStreamingError):
+        msg = f"connection to {endpoint} broke while an object was read"
         connection = True
     elif isinstance(cause, BotoCoreError):
         msg = f"S3 client error: {cause}"
@@ -575,22 +585,69 @@ class S3Store:
         return chunks if size is None else compression.exactly(chunks, size, name)
 
     def open(self, key: str, start: int = 0) -> Iterator[bytes]:
-        """Stream an object from byte ``start`` in bounded chunks."""
+        """Stream an object from byte ``start`` in bounded chunks. A download that breaks
+        off in the middle (connection reset, body cut short, read timeout) is taken up
+        where it stopped — a ranged GET of the rest, bound by ``If-Match`` to the same
+        object — up to ``READ_RESUMES`` times; the bytes yielded are then exactly the
+        object's, never repeated or skipped."""
+        resp = self._get(key, start)
+        return self._stream(key, start, resp)
+
+    def _get(self, key: str, start: int, etag: str | None = None) -> dict[str, Any]:
         try:
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
             if start > 0:
                 kwargs["Range"] = f"bytes={start}-"
-            body = self.client.get_object(**kwargs)["Body"]
+            if etag is not None:
+                kwargs["IfMatch"] = etag
+            return dict(self.client.get_object(**kwargs))
         except ClientError as e:
-            if start > 0 and e.response.get("Error", {}).get("Code") == "InvalidRange":
+            code = _error_code(e)
+            if start > 0 and code == "InvalidRange":
                 # only asked for below the recorded size: the object is shorter than that
                 raise compression.damaged(
                     f"s3://{self.bucket}/{key}", f"it has fewer than {start + 1:,} bytes"
                 ) from None
+            if etag is not None and code in ("PreconditionFailed", "412"):
+                raise ArchiveError(
+                    f"s3://{self.bucket}/{key} was replaced while it was read"
+                ) from None
             raise describe_error(e, self.settings) from e
         except Exception as e:
             raise describe_error(e, self.settings) from e
-        return _stream_body(body, self.settings)
+
+    def _stream(self, key: str, at: int, resp: dict[str, Any]) -> Iterator[bytes]:
+        etag = resp.get("ETag")
+        end = at + int(resp.get("ContentLength") or 0)
+        body = resp["Body"]
+        resumes = 0
+        try:
+            while True:
+                try:
+                    for chunk in body.iter_chunks(chunk_size=READ_CHUNK):
+                        at += len(chunk)
+                        yield chunk
+                    return
+                except _BROKEN_DOWNLOAD as e:
+                    if resumes >= READ_RESUMES or at >= end or not isinstance(etag, str):
+                        raise describe_error(e, self.settings) from e
+                    resumes += 1
+                    log.warning(
+                        "reading s3://%s/%s broke off after %d of %d bytes (%s); resuming",
+                        self.bucket,
+                        key,
+                        at,
+                        end,
+                        describe_error(e, self.settings),
+                    )
+                    body.close()
+                    body = self._get(key, at, etag)["Body"]
+        except ArchiveError:
+            raise
+        except Exception as e:
+            raise describe_error(e, self.settings) from e
+        finally:
+            body.close()
 
     def abort_stale_uploads(self, started_before: datetime) -> int | None:
         """Abort every multipart upload under the prefix started before
@@ -723,6 +780,13 @@ class _HashingReader:
         return self._counted, self._hash.hexdigest(), self._md5.hexdigest()
 
 
+# what a download that breaks off in the middle of the body raises (``S3Store.open``)
+_BROKEN_DOWNLOAD = (
+    ResponseStreamingError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+)
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}(?:-[1-9][0-9]*)?")
 # a server that does not implement an operation at all (not one that refuses it)
 _NOT_IMPLEMENTED = frozenset({"NotImplemented", "501", "XNotImplemented"})
@@ -785,15 +849,6 @@ def _full_object_sha256(resp: dict[str, Any]) -> str | None:
     except ValueError:
         return None
     return raw.hex() if len(raw) == 32 else None
-
-
-def _stream_body(body: Any, settings: Settings) -> Iterator[bytes]:
-    try:
-        yield from body.iter_chunks(chunk_size=64 * 1024)
-    except Exception as e:
-        raise describe_error(e, settings) from e
-    finally:
-        body.close()
 
 
 def _content_type(key: str) -> str:
