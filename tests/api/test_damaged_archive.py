@@ -46,10 +46,11 @@ def _append(data: bytes) -> bytes:
     return data + b"trailing bytes after the archived object's end\n"
 
 
-def _archived(ctx: Context, s3: S3Env, codec: str) -> uuid.UUID:
-    """A run archived with ``codec`` and deleted locally by retention."""
+def archived_run(ctx: Context, codec: str, log: bytes = LOG) -> uuid.UUID:
+    """A run of ``etl`` with ``log``, archived with ``codec`` and deleted locally by
+    retention."""
     ctx = tune(ctx, s3_compression=codec)
-    old = seed_run(ctx, "etl", NOW - timedelta(days=2), log=LOG)
+    old = seed_run(ctx, "etl", NOW - timedelta(days=2), log=log)
     seed_run(ctx, "etl", NOW - timedelta(days=1))
     run_pass(tune(ctx, log_retention_runs=1), "test", now=NOW)
     assert run_row(ctx, old.id) is None and not old.log.exists()
@@ -95,7 +96,7 @@ def test_a_damaged_archived_log_is_never_served_as_complete(
     change: Callable[[bytes], bytes],
     tmp_path: Path,
 ) -> None:
-    run_id = _archived(s3_app, s3, codec)
+    run_id = archived_run(s3_app, codec)
     source = readback.open_log(s3_app, run_id, None)
     assert b"".join(source.chunks) == LOG  # intact: read back whole
     _tamper(s3_app, s3, run_id, change)
@@ -129,7 +130,7 @@ def test_a_damaged_archived_log_is_never_served_as_complete(
 
 
 def test_a_damaged_object_does_not_stop_a_search_of_other_runs(s3_app: Context, s3: S3Env) -> None:
-    damaged = _archived(s3_app, s3, "gzip")
+    damaged = archived_run(s3_app, "gzip")
     _tamper(s3_app, s3, damaged, _corrupt)
     intact = seed_run(s3_app, "etl", NOW, log=b"[2026-01-01 00:00:00.000] step 7 of the job\n")
     cli = run_cli("search", "step 7 of", "--json")
@@ -142,7 +143,7 @@ def test_a_damaged_object_does_not_stop_a_search_of_other_runs(s3_app: Context, 
 def test_reading_from_the_end_of_an_uncompressed_archived_log_is_empty(
     s3_app: Context, s3: S3Env
 ) -> None:
-    run_id = _archived(s3_app, s3, "none")
+    run_id = archived_run(s3_app, "none")
     size = len(LOG)
     assert b"".join(readback.open_log(s3_app, run_id, None, start=size).chunks) == b""
     assert b"".join(readback.open_log(s3_app, run_id, None, start=size + 99).chunks) == b""

@@ -6,8 +6,6 @@ by ``If-Match`` to the same object, a few times; the bytes are exactly the objec
 from __future__ import annotations
 
 import os
-import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +17,10 @@ from fastflow.archive import s3 as s3mod
 from fastflow.config import load_settings
 from fastflow.context import Context
 from fastflow.errors import ArchiveError
-from fastflow.lifecycle.cleanup import run_pass
 from fastflow.server import create_app
-from tests.conftest import run_cli, tune
+from tests.api.test_damaged_archive import archived_run
+from tests.conftest import run_cli
 from tests.harness.fixtures import S3Env
-from tests.seeding import NOW, run_row, seed_run
 
 DATA = os.urandom(1_000_000)
 
@@ -92,15 +89,6 @@ def test_an_object_replaced_while_it_is_read_is_not_spliced(s3: S3Env, tmp_path:
         b"".join(store.open("cut/replaced"))
 
 
-def _archived(ctx: Context, codec: str, log: bytes) -> uuid.UUID:
-    ctx = tune(ctx, s3_compression=codec)
-    old = seed_run(ctx, "etl", NOW - timedelta(days=2), log=log)
-    seed_run(ctx, "etl", NOW - timedelta(days=1))
-    run_pass(tune(ctx, log_retention_runs=1), "test", now=NOW)
-    assert run_row(ctx, old.id) is None and not old.log.exists()
-    return old.id
-
-
 @pytest.mark.parametrize("codec", ["none", "gzip"])
 def test_archived_logs_are_read_whole_through_a_connection_that_breaks_once(
     s3_app: Context, s3: S3Env, tmp_path: Path, codec: str
@@ -110,7 +98,7 @@ def test_archived_logs_are_read_whole_through_a_connection_that_breaks_once(
     log = b"".join(
         f"[2026-01-01 00:00:00.000] {os.urandom(24).hex()}\n".encode() for _ in range(8000)
     )
-    run_id = _archived(s3_app, codec, log)
+    run_id = archived_run(s3_app, codec, log)
     on_the_log = lambda method, path: method == "GET" and "/run.log" in path  # noqa: E731
 
     s3.proxy.cut_response(20_000, times=1, match=on_the_log)
