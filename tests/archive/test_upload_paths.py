@@ -254,7 +254,7 @@ class _Counted:
         return str(self._real.hexdigest())
 
 
-def _hashed(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+def hashed_bytes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Bytes hashed by the archive's upload code from now on, per algorithm."""
     from types import SimpleNamespace
 
@@ -295,7 +295,7 @@ def test_a_mid_size_file_is_hashed_once_where_the_servers_etag_proves_what_it_st
     size = 3 * s3mod.SMALL_FILE // 2
     data = os.urandom(size)
     path.write_bytes(data)
-    seen = _hashed(monkeypatch)
+    seen = hashed_bytes(monkeypatch)
 
     store.put_verified("once/first.log", path, {})  # nothing known of the ETags yet
     assert (seen["sha256"], seen["md5"]) == (2 * size, size)
@@ -318,7 +318,7 @@ def test_without_the_etag_check_a_mid_size_file_is_always_hashed_as_it_is_sent(
     path = tmp_path / "run.log"
     size = s3mod.SMALL_FILE + 4096
     path.write_bytes(os.urandom(size))
-    seen = _hashed(monkeypatch)
+    seen = hashed_bytes(monkeypatch)
     store.put_verified("off/run.log", path, {})
     assert seen["sha256"] == 2 * size
 
@@ -374,7 +374,7 @@ def test_an_etag_that_stops_being_an_md5_has_the_file_sent_again_hashed_as_sent(
     size = s3mod.SMALL_FILE + 4096
     data = os.urandom(size)
     path.write_bytes(data)
-    seen = _hashed(monkeypatch)
+    seen = hashed_bytes(monkeypatch)
     ops = _operations(store)
 
     stored = store.put_verified("opaque/first.log", path, {})

@@ -356,6 +356,26 @@ def test_bytes_changed_on_the_way_to_the_server_are_never_deleted_locally(
     assert object_bytes(s3.client(), s3.bucket, _key(old.id, "p")) == data
 
 
+def test_a_pass_hashes_each_mid_size_log_once_from_its_first_upload(
+    s3_app: Context, s3: S3Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run's small metrics file is uploaded and verified before its log, so even the
+    pass's first logs — one per worker, in flight at once — find the server's ETags
+    known to be MD5s and are not hashed a second time as they are sent."""
+    from fastflow.archive import s3 as s3mod
+    from tests.archive.test_upload_paths import hashed_bytes
+
+    monkeypatch.setattr(s3mod, "_stores", type(s3mod._stores)())  # a store new to ETags
+    ctx = tune(s3_app, log_retention_runs=1, s3_max_concurrency=4)
+    size = s3mod.SMALL_FILE + 4096
+    old = [seed_run(ctx, "p", NOW - timedelta(days=10 - i), log=os.urandom(size)) for i in range(5)]
+    seed_run(ctx, "p", NOW - timedelta(days=1))
+    seen = hashed_bytes(monkeypatch)
+    summary = _pass(ctx)
+    assert summary.deleted_runs == len(old) and summary.backup_failures == 0
+    assert size * len(old) <= seen["sha256"] < size * len(old) + 100_000
+
+
 def test_an_etag_that_is_not_an_md5_is_not_compared(s3_app: Context, s3: S3Env) -> None:
     """SSE-KMS and SSE-C objects (and servers with other ETags) are verified by size and
     SHA-256 alone; ``S3_VERIFY_ETAG=false`` turns the comparison off."""

@@ -35,7 +35,14 @@ from fastflow.errors import ArchiveError, PassLockLost, UnsafePath
 from fastflow.lifecycle import deletion as reaper
 from fastflow.lifecycle import records
 from fastflow.lifecycle.deletion import Expected, FileIdentity
-from fastflow.lifecycle.executor import WHICH, PassRun, lock_pinned, run_meta, upload_held
+from fastflow.lifecycle.executor import (
+    WHICH,
+    PassRun,
+    lock_pinned,
+    run_meta,
+    upload_held,
+    upload_order,
+)
 from fastflow.lifecycle.policy import Action, ActionKind
 from fastflow.runs import pins
 
@@ -127,7 +134,7 @@ def _upload(
     stored: dict[str, StoredObject] = {}
     expect: Expected = {}
     meta = run_meta(run)
-    for name, path in files.items():
+    for name, path in upload_order(files):
         key = p.store.key_for(run.pipeline_name, str(run.id), name)
         stored[name], expect[WHICH[name]] = upload_held(p.logs_root, p.store, key, path, meta)
     return stored, expect

@@ -77,6 +77,14 @@ def identify(logs_root: Path, path: Path) -> tuple[FileIdentity, int, str]:
     return before, size, digest
 
 
+def upload_order(files: dict[str, Path]) -> list[tuple[str, Path]]:
+    """A run's files in the order they are uploaded: the metrics file first. A small
+    upload, verified before the log's, shows the store what the server's ETags are
+    before a large log is sent (``S3Store._upload``), and a refusal shows up before a
+    long upload."""
+    return sorted(files.items(), key=lambda f: f[0] != logfiles.METRICS_NAME)
+
+
 def upload_held(
     logs_root: Path,
     store: ArchiveStore,
@@ -386,7 +394,7 @@ class PassRun:
         assert store is not None
         stored, expect = {}, {}
         meta = run_meta(run)
-        for name, path in files.items():
+        for name, path in upload_order(files):
             key = store.key_for(run.pipeline_name, str(run.id), name)
             stored[name], expect[WHICH[name]] = upload_held(
                 self.logs_root, store, key, path, meta, (required or {}).get(name)
