@@ -19,9 +19,17 @@ from fastflow.errors import ArchiveError, FileChanged
 from tests.harness.fixtures import S3Env
 
 
-def _store(s3: S3Env, tmp_path: Path) -> s3mod.S3Store:
+def _store(s3: S3Env, tmp_path: Path, **settings: Any) -> s3mod.S3Store:
+    """A store whose probe of the server's checksum checks is done (the operations and
+    hashes counted in these tests are the uploads')."""
     env = {k.lower(): v for k, v in s3.env().items()}
-    return s3mod.S3Store(load_settings(**env, data_dir=tmp_path / "data"))
+    store = s3mod.S3Store(load_settings(**env, data_dir=tmp_path / "data", **settings))
+    store.server_checks_sha256()
+    return store
+
+
+def _object(s3: S3Env, key: str) -> bytes:
+    return bytes(s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read())
 
 
 def _operations(store: s3mod.S3Store) -> Counter[str]:
@@ -91,8 +99,7 @@ def test_a_streamed_upload_cut_off_midway_is_sent_again_whole(
     file and sends it again; what was counted of the first attempt is forgotten, so the
     second one verifies. With ``S3_CHECKSUM=none`` botocore also reads the body for the
     request signature before sending it."""
-    env = {k.lower(): v for k, v in s3.env().items()}
-    store = s3mod.S3Store(load_settings(**env, data_dir=tmp_path / "data", s3_checksum=checksum))
+    store = _store(s3, tmp_path, s3_checksum=checksum)
     path = tmp_path / "run.log"
     data = os.urandom(s3mod.SMALL_FILE * 2)
     path.write_bytes(data)
@@ -305,15 +312,13 @@ def test_a_mid_size_file_is_hashed_once_where_the_servers_etag_proves_what_it_st
     assert (seen["sha256"], seen["md5"]) == (size, size)
     assert ops == Counter({"PutObject": 1, "HeadObject": 1, "PUT sent": 1, "HEAD sent": 1})
     assert stored.sha256 == hashlib.sha256(data).hexdigest()
-    body = s3.client().get_object(Bucket=s3.bucket, Key="once/second.log")["Body"].read()
-    assert body == data
+    assert _object(s3, "once/second.log") == data
 
 
 def test_without_the_etag_check_a_mid_size_file_is_always_hashed_as_it_is_sent(
     s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = {k.lower(): v for k, v in s3.env().items()}
-    store = s3mod.S3Store(load_settings(**env, data_dir=tmp_path / "data", s3_verify_etag=False))
+    store = _store(s3, tmp_path, s3_verify_etag=False)
     _learn_etags(store, tmp_path)
     path = tmp_path / "run.log"
     size = s3mod.SMALL_FILE + 4096
@@ -412,3 +417,102 @@ def test_where_etags_are_not_md5s_a_rewritten_file_is_caught_by_hashing_what_is_
     with pytest.raises(ArchiveError, match="changed while it was uploaded"):
         store.put_verified("opaque/rewritten.log", path, {"run_id": "r1"})
     assert ops["PutObject"] == 2
+
+
+def _fresh(s3: S3Env, tmp_path: Path) -> s3mod.S3Store:
+    env = {k.lower(): v for k, v in s3.env().items()}
+    return s3mod.S3Store(load_settings(**env, data_dir=tmp_path / "data"))
+
+
+def test_a_server_that_checks_the_sha256_is_found_out_once_and_nothing_is_stored(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    """One part of a multipart upload with a wrong SHA-256, then the upload aborted: a
+    server that checks refuses the part; nothing is left in the bucket either way."""
+    s3.proxy.check_sha256()
+    store = _fresh(s3, tmp_path)
+    s3.proxy.clear_requests()
+    assert store.server_checks_sha256() and store.server_checks_sha256()
+    assert [(r.method, r.status) for r in s3.proxy.requests] == [
+        ("POST", 200),
+        ("PUT", 400),
+        ("DELETE", 204),
+    ]
+    s3.proxy.clear()
+    moto = _fresh(s3, tmp_path)
+    assert not moto.server_checks_sha256()  # moto keeps whatever it is sent
+    client = s3.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3.bucket).get("Contents", [])]
+    assert not [k for k in keys if ".fastflow-probe" in k]
+    assert not client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads")
+
+
+def test_a_probe_the_server_refuses_means_the_sha256_is_not_trusted_to_be_checked(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    s3.proxy.check_sha256()
+    s3.proxy.fail(403, times=1, match=lambda method, _: method == "POST")
+    store = _fresh(s3, tmp_path)
+    assert not store.server_checks_sha256()
+    path = tmp_path / "run.log"
+    data = os.urandom(s3mod.SMALL_FILE + 1)
+    path.write_bytes(data)
+    assert (
+        store.put_verified("unprobed/run.log", path, {}).sha256 == hashlib.sha256(data).hexdigest()
+    )
+    env = {k.lower(): v for k, v in s3.env().items()}
+    off = s3mod.S3Store(load_settings(**env, data_dir=tmp_path / "d", s3_checksum="none"))
+    s3.proxy.clear_requests()
+    assert not off.server_checks_sha256() and s3.proxy.requests == []  # nothing to check
+
+
+def test_on_a_server_that_checks_a_file_is_hashed_once_with_sha256_alone(
+    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server refuses bytes that do not match the SHA-256 computed before the
+    upload, so neither a second SHA-256 as they are sent nor an MD5 for the ETag is
+    needed: each byte is hashed once."""
+    s3.proxy.check_sha256()
+    store = _store(s3, tmp_path)
+    assert store.server_checks_sha256()
+    path = tmp_path / "run.log"
+    size = 3 * s3mod.SMALL_FILE // 2
+    data = os.urandom(size)
+    path.write_bytes(data)
+    small = tmp_path / "small.log"
+    small.write_bytes(b"x" * 20_000)
+    seen = hashed_bytes(monkeypatch)
+    ops = _operations(store)
+
+    stored = store.put_verified("checked/run.log", path, {})
+    store.put_verified("checked/small.log", small, {})
+
+    assert (seen["sha256"], seen["md5"]) == (size + 20_000, 0)
+    assert ops == Counter({"PutObject": 2, "HeadObject": 2, "PUT sent": 2, "HEAD sent": 2})
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert _object(s3, "checked/run.log") == data
+
+
+def test_on_a_server_that_checks_a_rewritten_file_or_a_changed_body_is_refused(
+    s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3.proxy.check_sha256()
+    store = _store(s3, tmp_path)
+    path = tmp_path / "run.log"
+    size = s3mod.SMALL_FILE + 1024
+    path.write_bytes(b"a" * size)
+    monkeypatch.setattr(
+        s3mod, "sha256_of", lambda p: (size, hashlib.sha256(b"b" * size).hexdigest())
+    )
+    refused = r"^the S3 server refused run\.log: the bytes it received do not match the SHA-256"
+    with pytest.raises(ArchiveError, match=refused):
+        store.put_verified("checked/rewritten.log", path, {})
+    monkeypatch.undo()
+
+    s3.proxy.corrupt_body(times=1, match=lambda method, _: method == "PUT")
+    with pytest.raises(ArchiveError, match=refused):
+        store.put_verified("checked/on-the-way.log", path, {})
+    client = s3.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3.bucket).get("Contents", [])]
+    assert not [k for k in keys if k.startswith("checked/")]
+    assert store.put_verified("checked/after.log", path, {}).size == size

@@ -9,6 +9,7 @@ headers; only hop-by-hop headers are rewritten and chunked request bodies are de
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import socket
@@ -19,6 +20,7 @@ import threading
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -85,7 +87,9 @@ class ProxiedRequest(NamedTuple):
 
 @dataclass
 class _Rule:
-    kind: Literal["fail", "delay", "drop", "corrupt", "corrupt_body", "opaque_etag", "cut"]
+    kind: Literal[
+        "fail", "delay", "drop", "corrupt", "corrupt_body", "opaque_etag", "cut", "check_sha256"
+    ]
     times: int | None
     match: Matcher | None
     status: int = 0
@@ -97,6 +101,8 @@ class _Rule:
         if self.kind == "corrupt" and method != "GET":
             return False
         if self.kind == "corrupt_body" and method not in ("PUT", "POST"):
+            return False
+        if self.kind == "check_sha256" and method != "PUT":
             return False
         return self.match is None or self.match(method, path)
 
@@ -117,7 +123,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         method, path = self.command, self.path
         try:
             actions = proxy._take_actions(method, path)
-            delays, corrupt, corrupt_body, opaque, cut, terminal = actions
+            delays, corrupt, corrupt_body, opaque, cut, check, terminal = actions
             for seconds in delays:
                 if not proxy._pause(seconds):
                     raise _Dropped
@@ -128,6 +134,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             if corrupt_body and body:  # one byte in the middle, the length kept
                 middle = len(body) // 2
                 body = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
+            if terminal is None and check and not _matches_its_sha256(self.headers, body):
+                terminal = _Rule("fail", 1, None, status=400, body=s3_error_body(400, "BadDigest"))
             if terminal is not None:
                 xml = [("Content-Type", "application/xml")]
                 self._respond(terminal.status, "", xml, terminal.body)
@@ -428,6 +436,12 @@ class FaultProxy(ThreadingHTTPServer):
         server that fails in the middle of a download."""
         self._add(_Rule("cut", times, match, after_bytes=after_bytes))
 
+    def check_sha256(self, times: int | None = None, match: Matcher | None = None) -> None:
+        """Refuse (400 BadDigest, not forwarded) a PUT whose body, as it arrived, does not
+        match its ``x-amz-checksum-sha256`` header: what AWS S3 and MinIO do, and moto
+        and s3rver do not."""
+        self._add(_Rule("check_sha256", times, match))
+
     def opaque_etag(self, times: int | None = None, match: Matcher | None = None) -> None:
         """Forward requests but answer with an ETag that is not an MD5 of the object (as
         SSE-KMS objects, MinIO's encrypted ones and some gateways have)."""
@@ -464,9 +478,9 @@ class FaultProxy(ThreadingHTTPServer):
 
     def _take_actions(
         self, method: str, path: str
-    ) -> tuple[list[float], bool, bool, bool, int | None, _Rule | None]:
+    ) -> tuple[list[float], bool, bool, bool, int | None, bool, _Rule | None]:
         delays: list[float] = []
-        corrupt = corrupt_body = opaque = False
+        corrupt = corrupt_body = opaque = check = False
         cut: int | None = None
         terminal: _Rule | None = None
         with self._lock:
@@ -487,10 +501,12 @@ class FaultProxy(ThreadingHTTPServer):
                     opaque = True
                 elif rule.kind == "cut":
                     cut = rule.after_bytes
+                elif rule.kind == "check_sha256":
+                    check = True
                 else:
                     terminal = rule
                     break
-        return delays, corrupt, corrupt_body, opaque, cut, terminal
+        return delays, corrupt, corrupt_body, opaque, cut, check, terminal
 
     def _pause(self, seconds: float) -> bool:
         """Sleep interruptibly; return False if the proxy was stopped meanwhile."""
@@ -522,6 +538,12 @@ class FaultProxy(ThreadingHTTPServer):
             return resp.status, resp.reason, resp.getheaders(), data
         finally:
             conn.close()
+
+
+def _matches_its_sha256(headers: Message, body: bytes) -> bool:
+    """Whether ``body`` matches the request's ``x-amz-checksum-sha256`` (or has none)."""
+    sent = headers.get("x-amz-checksum-sha256")
+    return sent is None or sent == base64.b64encode(hashlib.sha256(body).digest()).decode()
 
 
 def _opaque(etag: str) -> str:

@@ -376,6 +376,35 @@ def test_a_pass_hashes_each_mid_size_log_once_from_its_first_upload(
     assert size * len(old) <= seen["sha256"] < size * len(old) + 100_000
 
 
+def test_on_a_server_that_checks_sha256s_a_body_changed_on_the_way_is_never_deleted(
+    s3_app: Context, s3: S3Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS and MinIO refuse a body that does not match its SHA-256 (the proxy does it
+    here): a log hashed once, without an MD5, is still never deleted unless the server
+    took exactly those bytes."""
+    from fastflow.archive import s3 as s3mod
+
+    monkeypatch.setattr(s3mod, "_stores", type(s3mod._stores)())
+    s3.proxy.check_sha256()
+    ctx = tune(s3_app, log_retention_runs=1, s3_max_concurrency=1)
+    data = os.urandom(s3mod.SMALL_FILE + 4096)
+    old = seed_run(ctx, "p", NOW - timedelta(days=2), log=data)
+    new = seed_run(ctx, "p", NOW - timedelta(days=1))
+    s3.proxy.corrupt_body(match=lambda method, path: method == "PUT" and "/run.log" in path)
+    summary = _pass(ctx)
+    _assert_kept(ctx, [old, new])
+    assert summary.deleted_runs == 0 and summary.backup_failures == 1
+    (failure,) = failures(ctx)
+    assert "the S3 server refused run.log: the bytes it received do not match" in (
+        failure.error_message
+    )
+    s3.proxy.clear()
+    s3.proxy.check_sha256()
+    again = _pass(ctx)
+    assert again.deleted_runs == 1 and run_row(ctx, old.id) is None
+    assert object_bytes(s3.client(), s3.bucket, _key(old.id, "p")) == data
+
+
 def test_an_etag_that_is_not_an_md5_is_not_compared(s3_app: Context, s3: S3Env) -> None:
     """SSE-KMS and SSE-C objects (and servers with other ETags) are verified by size and
     SHA-256 alone; ``S3_VERIFY_ETAG=false`` turns the comparison off."""

@@ -2,8 +2,10 @@
 
 Guarantees of ``S3Store.put_verified``: the returned ``StoredObject`` describes an object
 that the server confirmed (HEAD) with exactly the size and SHA-256 of the bytes read from
-the local file during the upload; anything else raises ``ArchiveError``. Uploads stream
-(bounded memory whatever the file size). Error text never contains credentials.
+the local file for the upload — proven by the server's own check of the SHA-256, by its
+MD5 ETag, or by hashing the bytes as they were sent; anything else raises
+``ArchiveError``. Uploads stream (bounded memory whatever the file size). Error text never
+contains credentials.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import re
 import tempfile
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -272,6 +275,10 @@ class S3Store:
         # stored (None: not seen yet): then that check proves what the server received
         # and a mid-size file need not be hashed a second time as it is sent
         self._md5_etags: bool | None = None
+        # whether the server refuses a body that does not match the SHA-256 sent with it
+        # (None: not probed yet; ``server_checks_sha256``)
+        self._server_checks: bool | None = None
+        self._probe_lock = threading.Lock()
         self._checksum = _checksummed(settings)
         if self._checksum:
             # the server checks the bytes it receives against this and stores the result
@@ -378,8 +385,10 @@ class S3Store:
         """Upload, then verify with HEAD. A file of up to ``SMALL_FILE`` bytes is read
         once and the bytes that were hashed are the bytes sent (``_put_small``). A larger
         one is hashed once, before the upload; up to ``MULTIPART_THRESHOLD`` it is one
-        PutObject streamed from the open file carrying that SHA-256 (a server that checks
-        refuses bytes that do not match it). For servers that do not, what was sent must
+        PutObject streamed from the open file carrying that SHA-256. A server that checks
+        it (``server_checks_sha256``: AWS, MinIO) refuses bytes that do not match, which
+        proves what it stored, and the file is hashed only that once. For servers that do
+        not, what was sent must
         still be proven to be what was hashed: by the server's ETag, the MD5 of what it
         stored, compared with the MD5 taken with the SHA-256 — or, where the server's
         ETags are not MD5s (or ``S3_VERIFY_ETAG`` is off, or ``hash_sent``), by hashing
@@ -392,7 +401,7 @@ class S3Store:
         failure."""
         meta = {k: encode_meta(v) for k, v in metadata.items()}
         meta.update(extra)
-        by_etag = False
+        by_etag = by_server = False
         try:
             small = self._read_small(path)
             if small is not None:
@@ -402,6 +411,10 @@ class S3Store:
             before = os.stat(path)
             if before.st_size > MULTIPART_THRESHOLD:
                 size, digest, etag = _digests_in_parts(path, self._transfer.multipart_chunksize)
+            elif self.server_checks_sha256():
+                by_server = True
+                size, digest = sha256_of(path)
+                etag = None
             elif not hash_sent and self._md5_etags and self.settings.s3_verify_etag:
                 by_etag = True
                 size, digest, etag = _sha256_and_md5(path)
@@ -412,9 +425,9 @@ class S3Store:
                 # computed, for the server to check (s3transfer would add its
                 # Python-level readers and have botocore hash the bytes once more)
                 with path.open("rb") as f:
-                    body = _HashingReader(f, size, name, hashing=not by_etag)
-                    self._put(key, body, bytes.fromhex(digest), meta)
-                if not by_etag:
+                    body = _HashingReader(f, size, name, hashing=not (by_etag or by_server))
+                    self._put(key, body, bytes.fromhex(digest), meta, name)
+                if not (by_etag or by_server):
                     sent = body.sent()
                     if sent is None or sent[:2] != (size, digest):
                         raise ArchiveError(
@@ -464,16 +477,83 @@ class S3Store:
                 data += f.read(SMALL_FILE + 1 - len(data))
         return data if len(data) <= SMALL_FILE else None
 
-    def _put_small(self, key: str, data: bytes, meta: dict[str, str]) -> tuple[int, str, str]:
+    def _put_small(
+        self, key: str, data: bytes, meta: dict[str, str]
+    ) -> tuple[int, str, str | None]:
+        """One PutObject of ``data``: size, SHA-256 and — unless the server is known to
+        check the SHA-256 — the MD5 its ETag must be."""
         raw = hashlib.sha256(data).digest()
         self._put(key, data, raw, meta)
+        if self._server_checks:
+            return len(data), raw.hex(), None
         return len(data), raw.hex(), hashlib.md5(data, usedforsecurity=False).hexdigest()
 
+    def server_checks_sha256(self) -> bool:
+        """Whether the server refuses a body that does not match the SHA-256 sent with it
+        (AWS S3 and MinIO do; moto and s3rver do not), found out once per store: the
+        first part of a multipart upload is sent with a wrong SHA-256, then the upload is
+        aborted — nothing is ever stored. False with checksums off (``S3_CHECKSUM=none``)
+        or when the probe does not show a refusal plainly."""
+        if not self._checksum:
+            return False
+        with self._probe_lock:
+            if self._server_checks is None:
+                self._server_checks = self._probe_checksums()
+            return self._server_checks
+
+    def _probe_checksums(self) -> bool:
+        key = "/".join(
+            filter(None, [self.prefix, ".fastflow-probe", f"checksum-{uuid.uuid4().hex}"])
+        )
+        try:
+            upload_id = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, **self._write_args()
+            )["UploadId"]
+        except Exception as e:
+            log.info("cannot probe whether the S3 server checks SHA-256s: %s", self._why(e))
+            return False
+        try:
+            self.client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=1,
+                Body=b"fastflow: does the server check the SHA-256 of a body?\n",
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode(),
+            )
+            refused = False
+        except ClientError as e:
+            refused = _error_code(e) in _CHECKSUM_MISMATCH
+            if not refused:
+                log.info("cannot probe whether the S3 server checks SHA-256s: %s", self._why(e))
+        except Exception as e:
+            refused = False
+            log.info("cannot probe whether the S3 server checks SHA-256s: %s", self._why(e))
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception as e:  # a pass aborts stale uploads after a day
+            log.warning("cannot abort the probe upload s3://%s/%s: %s", self.bucket, key, e)
+        log.info(
+            "the S3 server %s the SHA-256 sent with a body",
+            "checks" if refused else "does not check",
+        )
+        return refused
+
+    def _why(self, e: BaseException) -> str:
+        return str(describe_error(e, self.settings))
+
     def _put(
-        self, key: str, body: bytes | BinaryIO | _HashingReader, sha256: bytes, meta: dict[str, str]
+        self,
+        key: str,
+        body: bytes | BinaryIO | _HashingReader,
+        sha256: bytes,
+        meta: dict[str, str],
+        name: str | None = None,
     ) -> None:
         """One PutObject of ``body`` (bytes, or a file streamed from its current position)
-        whose SHA-256 is ``sha256``."""
+        whose SHA-256 is ``sha256``; a server that checks it and finds other bytes is an
+        ``ArchiveError`` that says so."""
         args = self._write_args()  # with ChecksumAlgorithm=SHA256 when checksums are on
         if self._checksum:
             # the digest we computed, sent for the server to check against the body it
@@ -488,6 +568,14 @@ class S3Store:
                 ContentType=_content_type(key),
                 **args,
             )
+        except ClientError as e:
+            if self._checksum and _error_code(e) in _CHECKSUM_MISMATCH:
+                raise ArchiveError(
+                    f"the S3 server refused {name or key}: the bytes it received do not "
+                    "match the SHA-256 hashed before the upload (the file changed, or the "
+                    "bytes on the way); not deleting it"
+                ) from e
+            raise describe_error(e, self.settings) from e
         except Exception as e:  # every boto3/botocore error is a failed archive
             shrank = _body_error(e)
             if shrank is not None:  # the body's own: the file shrank while it was sent
@@ -787,6 +875,8 @@ _BROKEN_DOWNLOAD = (
     ReadTimeoutError,
     ConnectionClosedError,
 )
+# what a server that checks the SHA-256 sent with a body answers when it does not match
+_CHECKSUM_MISMATCH = frozenset({"BadDigest", "XAmzContentChecksumMismatch"})
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}(?:-[1-9][0-9]*)?")
 # a server that does not implement an operation at all (not one that refuses it)
 _NOT_IMPLEMENTED = frozenset({"NotImplemented", "501", "XNotImplemented"})
