@@ -466,6 +466,19 @@ def test_a_probe_the_server_refuses_means_the_sha256_is_not_trusted_to_be_checke
     assert not off.server_checks_sha256() and s3.proxy.requests == []  # nothing to check
 
 
+def test_a_probe_that_does_not_reach_the_server_is_made_again_later(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    s3.proxy.check_sha256()
+    store = _fresh(s3, tmp_path)
+    s3.proxy.stop()
+    try:
+        assert not store.server_checks_sha256()
+    finally:
+        s3.proxy.start()
+    assert store.server_checks_sha256()
+
+
 def test_on_a_server_that_checks_a_file_is_hashed_once_with_sha256_alone(
     s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

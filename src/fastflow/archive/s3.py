@@ -493,15 +493,16 @@ class S3Store:
         (AWS S3 and MinIO do; moto and s3rver do not), found out once per store: the
         first part of a multipart upload is sent with a wrong SHA-256, then the upload is
         aborted — nothing is ever stored. False with checksums off (``S3_CHECKSUM=none``)
-        or when the probe does not show a refusal plainly."""
+        or when the probe does not show a refusal plainly; a probe that did not reach
+        the server is made again at the next upload."""
         if not self._checksum:
             return False
         with self._probe_lock:
             if self._server_checks is None:
                 self._server_checks = self._probe_checksums()
-            return self._server_checks
+            return bool(self._server_checks)
 
-    def _probe_checksums(self) -> bool:
+    def _probe_checksums(self) -> bool | None:
         key = "/".join(
             filter(None, [self.prefix, ".fastflow-probe", f"checksum-{uuid.uuid4().hex}"])
         )
@@ -511,7 +512,8 @@ class S3Store:
             )["UploadId"]
         except Exception as e:
             log.info("cannot probe whether the S3 server checks SHA-256s: %s", self._why(e))
-            return False
+            return False if isinstance(e, ClientError) else None  # (unreachable: again later)
+        refused: bool | None
         try:
             self.client.upload_part(
                 Bucket=self.bucket,
@@ -528,16 +530,17 @@ class S3Store:
             if not refused:
                 log.info("cannot probe whether the S3 server checks SHA-256s: %s", self._why(e))
         except Exception as e:
-            refused = False
+            refused = None
             log.info("cannot probe whether the S3 server checks SHA-256s: %s", self._why(e))
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except Exception as e:  # a pass aborts stale uploads after a day
             log.warning("cannot abort the probe upload s3://%s/%s: %s", self.bucket, key, e)
-        log.info(
-            "the S3 server %s the SHA-256 sent with a body",
-            "checks" if refused else "does not check",
-        )
+        if refused is not None:
+            log.info(
+                "the S3 server %s the SHA-256 sent with a body",
+                "checks" if refused else "is not known to check",
+            )
         return refused
 
     def _why(self, e: BaseException) -> str:
