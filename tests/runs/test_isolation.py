@@ -323,6 +323,32 @@ def test_run_as_needs_the_right_to_switch_users(
     assert "must run as root or hold CAP_SETUID and CAP_SETGID" in proc.stderr
 
 
+SETPRIV_WITHOUT_SETUID = [
+    "setpriv",
+    "--bounding-set=-setuid,-setgid",
+    "--inh-caps=-setuid,-setgid",
+    "--",
+]
+
+
+def test_root_without_the_capabilities_is_refused_at_start(
+    run_user: pwd.struct_passwd, ff_env: dict[str, str], make_pipeline: MakePipeline
+) -> None:
+    """Outside audit: root in a container started with ``--cap-drop SETUID`` passed the
+    check (root was taken for enough), and every run then failed with EPERM."""
+    make_pipeline("any")
+    proc = subprocess.run(
+        [*SETPRIV_WITHOUT_SETUID, sys.executable, "-m", "fastflow", "run", "any"],
+        env={**os.environ, "RUN_AS_USER": run_user.pw_name},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "must run as root or hold CAP_SETUID and CAP_SETGID" in proc.stderr
+    assert _json_runs() == []  # no run was created
+
+
 def test_a_pipeline_writable_below_its_folder_is_noticed(tmp_path: Path) -> None:
     """Found by an outside audit: only the folder's own mode was looked at, so a
     world-writable ``main.py`` or subfolder went without the warning."""

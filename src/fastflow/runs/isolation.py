@@ -47,21 +47,24 @@ class RunAs:
     home: str
 
 
-def _effective_caps() -> int:
+def _effective_caps() -> int | None:
+    """This process's effective capabilities; None where the kernel does not say."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
     except (OSError, ValueError):
         pass
-    return 0
+    return None
 
 
 def can_switch_users() -> bool:
-    """Root, or CAP_SETUID and CAP_SETGID."""
-    if os.geteuid() == 0:
-        return True
+    """CAP_SETUID and CAP_SETGID in the effective set — root holds them, except root in
+    a container started without them (``--cap-drop SETUID``), which is refused at start
+    rather than failing each run. Root where the capabilities cannot be read."""
     caps = _effective_caps()
+    if caps is None:
+        return os.geteuid() == 0
     return bool(caps & (1 << _CAP_SETUID)) and bool(caps & (1 << _CAP_SETGID))
 
 
