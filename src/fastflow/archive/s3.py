@@ -383,22 +383,21 @@ class S3Store:
         hash_sent: bool = False,
     ) -> tuple[int, str]:
         """Upload, then verify with HEAD. A file of up to ``SMALL_FILE`` bytes is read
-        once and the bytes that were hashed are the bytes sent (``_put_small``). A larger
-        one is hashed once, before the upload; up to ``MULTIPART_THRESHOLD`` it is one
-        PutObject streamed from the open file carrying that SHA-256. A server that checks
-        it (``server_checks_sha256``: AWS, MinIO) refuses bytes that do not match, which
-        proves what it stored, and the file is hashed only that once. For servers that do
-        not, what was sent must
-        still be proven to be what was hashed: by the server's ETag, the MD5 of what it
-        stored, compared with the MD5 taken with the SHA-256 — or, where the server's
-        ETags are not MD5s (or ``S3_VERIFY_ETAG`` is off, or ``hash_sent``), by hashing
-        the bytes again as they are sent. An upload that expected an MD5 ETag and did
-        not get one is made again that way. Beyond ``MULTIPART_THRESHOLD`` it goes by
-        file name: s3transfer streams every part from disk (a file object would make it
-        buffer parts in memory) and the server checks each part against the SHA-256
-        botocore sends with it. A change of the file's identity (inode, size,
-        modification or change time) between the hash and the end of the upload is a
-        failure."""
+        once and the bytes that were hashed are the bytes sent (``_put_small``). A
+        larger one is hashed once, before the upload; up to ``MULTIPART_THRESHOLD`` it
+        is one PutObject streamed from the open file carrying that SHA-256. A server
+        that checks it (``server_checks_sha256``: AWS, MinIO) refuses bytes that do not
+        match, which proves what it stored, and the file is hashed only that once. For
+        servers that do not, what was sent must still be proven to be what was hashed:
+        by the server's ETag, the MD5 of what it stored, compared with the MD5 taken
+        with the SHA-256 — or, where the server's ETags are not MD5s (or
+        ``S3_VERIFY_ETAG`` is off, or ``hash_sent``), by hashing the bytes again as they
+        are sent. An upload that expected an MD5 ETag and did not get one is made again
+        that way. Beyond ``MULTIPART_THRESHOLD`` it goes by file name: s3transfer
+        streams every part from disk (a file object would make it buffer parts in
+        memory) and the server checks each part against the SHA-256 botocore sends with
+        it. A change of the file's identity (inode, size, modification or change time)
+        between the hash and the end of the upload is a failure."""
         meta = {k: encode_meta(v) for k, v in metadata.items()}
         meta.update(extra)
         by_etag = by_server = False
@@ -535,7 +534,9 @@ class S3Store:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except Exception as e:  # a pass aborts stale uploads after a day
-            log.warning("cannot abort the probe upload s3://%s/%s: %s", self.bucket, key, e)
+            log.warning(
+                "cannot abort the probe upload s3://%s/%s: %s", self.bucket, key, self._why(e)
+            )
         if refused is not None:
             log.info(
                 "the S3 server %s the SHA-256 sent with a body",
