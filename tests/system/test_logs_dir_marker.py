@@ -259,6 +259,42 @@ def test_adopters_at_once_agree_on_one_id(ctx: Context) -> None:
             assert logsdir.problem(ctx.db, root) is None
 
 
+def test_an_adopter_that_read_the_id_just_before_another_swapped_it_writes_again(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by CI (the test above failed once): adopter A lost the first
+    store to a check that marked the folder (id C); A read C and, before A wrote C into
+    the marker, adopter B swapped C for its own id and wrote it. A then overwrote B's
+    marker with C — the database said B, the marker C, and every check refused. This
+    replays that order exactly: A now writes again until marker and database agree."""
+    root = ctx.settings.logs_root
+    root.mkdir()
+    _drop_id(ctx)
+    real_store, real_write = logsdir._store_id, logsdir._write_marker
+    checker_id = "c" * 32
+    b_ids: list[str] = []
+
+    def store_after_the_check(db: Any, marker_id: str) -> str:
+        if not b_ids and marker_id != checker_id:  # A, first: the check stores first
+            real_store(db, checker_id)
+        return real_store(db, marker_id)
+
+    def write_after_b(root_: str, marker_id: str, *, replace: bool) -> str:
+        if marker_id == checker_id and not b_ids:  # A about to write C: B runs whole
+            b_ids.append("running")
+            b_ids[0] = logsdir.adopt(ctx.db, root)
+        return real_write(root_, marker_id, replace=replace)
+
+    monkeypatch.setattr(logsdir, "_store_id", store_after_the_check)
+    monkeypatch.setattr(logsdir, "_write_marker", write_after_b)
+
+    a_id = logsdir.adopt(ctx.db, root)
+
+    assert b_ids[0] not in ("running", checker_id)
+    assert a_id == b_ids[0] == _stored(ctx) == _marker(root)
+    assert logsdir.problem(ctx.db, root) is None
+
+
 def _at(start: threading.Barrier, fn: Callable[..., T], ctx: Context, root: Path) -> T:
     start.wait()
     return fn(ctx.db, root)

@@ -113,8 +113,9 @@ def adopt(db: Database, logs_root: Path) -> str:
     id, replacing any marker there; returns the id. Runs whose files are not in it then
     count as gone, and every folder marked before (e.g. the one under a volume's mount
     point) no longer passes. The marker is written before the id is stored; adopters
-    running at once end with the id stored last-but-won (a compare-and-swap), each
-    writing that one (a check made in between may refuse once)."""
+    running at once end with one id, in the marker and in the database: the id stored
+    last (a compare-and-swap), which each adopter writes into the marker until what it
+    reads back agrees (a check made in between may refuse once)."""
     root = str(logs_root)
     if os.path.lexists(root) and not os.path.isdir(root):
         raise NotADirectoryError(errno.ENOTDIR, f"{root} is not a folder")
@@ -122,10 +123,29 @@ def adopt(db: Database, logs_root: Path) -> str:
     before = _stored_id(db)
     marker_id = _new_id()
     _write_marker(root, marker_id, replace=True)
-    stored = _swap_id(db, before, marker_id)
-    if stored != marker_id:  # another adopter (or first use) settled the id first
+    return _settle(db, root, _swap_id(db, before, marker_id))
+
+
+_SETTLE_ROUNDS = 50  # each round needs another process to change the id meanwhile
+
+
+def _settle(db: Database, root: str, stored: str) -> str:
+    """Write the stored id into the marker until the marker, read after the stored id,
+    agrees with it. Writing once is not enough: another adopter may swap in its id
+    between this one's reading the stored id and writing it, and would then find its own
+    id stored and its marker overwritten with the old one. The last writer always reads
+    the id after its write, so whoever changed the id after that read sees its marker
+    replaced and writes again: adopters at once end in agreement."""
+    for _ in range(_SETTLE_ROUNDS):
+        if _read_marker(root)[0] == stored:
+            return stored
         _write_marker(root, stored, replace=True)
-    return stored
+        stored = _stored_id(db) or stored
+    raise OSError(
+        errno.EBUSY,
+        f"the id in {MARKER_NAME} kept changing while it was written: is another "
+        "`fastflow cleanup --adopt-logs-dir` running? Run it again once that one ended",
+    )
 
 
 def confirmed_at(
