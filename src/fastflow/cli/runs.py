@@ -101,18 +101,29 @@ def cancel_cmd(ctx: click.Context, run_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def schedules_cmd(ctx: click.Context, as_json: bool) -> None:
-    """Every schedule with its next run (UTC) and the pipeline's last run."""
+    """Every schedule with its next run (UTC) and the pipeline's last run. A pipeline
+    folder that is skipped (invalid name or pipeline.json) is named on stderr, and the
+    exit status is then 1: its schedules are missing from the list and do not run."""
     from fastflow.db.models import utcnow
     from fastflow.orchestration.ticker import schedule_rows
+    from fastflow.runs import pipelines
 
     app = _context(ctx)
-    rows = schedule_rows(app, utcnow())
+    found, skipped = pipelines.scan(app.settings.pipelines_dir)
+    rows = schedule_rows(app, utcnow(), found)
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False))
-        return
-    for r in rows:
-        last = r["last_run"]["status"] if r["last_run"] else "-"
-        click.echo(f"{r['pipeline_name']}\t{r['schedule']}\t{r['next_run_at'] or '-'}\t{last}")
+    else:
+        for r in rows:
+            last = r["last_run"]["status"] if r["last_run"] else "-"
+            click.echo(f"{r['pipeline_name']}\t{r['schedule']}\t{r['next_run_at'] or '-'}\t{last}")
+    for name, why in skipped.items():
+        click.echo(
+            f"warning: pipeline folder {name!r} is skipped, its schedules do not run: {why}",
+            err=True,
+        )
+    if skipped:
+        sys.exit(exit_codes.FAILED)
 
 
 @click.group("runs", invoke_without_command=True)

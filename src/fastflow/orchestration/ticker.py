@@ -27,6 +27,7 @@ from fastflow.context import Context
 from fastflow.db.models import ScheduleTick, Trigger, utcnow
 from fastflow.orchestration import queue
 from fastflow.orchestration.schedules import due, next_fire
+from fastflow.orchestration.skipped_folders import SkippedFolders
 from fastflow.runs import pipelines
 from fastflow.runs import store as run_store
 from fastflow.runs.specs import ScheduleSpec
@@ -148,10 +149,13 @@ def describe(spec: ScheduleSpec) -> str:
     return f"once at {spec.once_at.isoformat() if spec.once_at else '?'}"
 
 
-def schedule_rows(ctx: Context, now: datetime) -> list[dict[str, Any]]:
-    """Every schedule of every pipeline with its ``next_run_at`` (UTC ISO 8601) and the
-    pipeline's last run."""
-    found = pipelines.discover(ctx.settings.pipelines_dir)
+def schedule_rows(
+    ctx: Context, now: datetime, found: list[pipelines.Pipeline] | None = None
+) -> list[dict[str, Any]]:
+    """Every schedule of every pipeline (of ``found``, default: every valid one) with its
+    ``next_run_at`` (UTC ISO 8601) and the pipeline's last run."""
+    if found is None:
+        found = pipelines.discover(ctx.settings.pipelines_dir)
     nexts = {(n.pipeline_name, n.schedule_key): n.next_run_at for n in next_runs(ctx, found, now)}
     out = []
     for p in found:
@@ -202,6 +206,7 @@ class ScheduleLoop:
         self._stop = threading.Event()
         self._on_queued = on_queued
         self._found: list[pipelines.Pipeline] = []
+        self._skipped = SkippedFolders(ctx)
         self._found_at = 0.0
         self._thread = threading.Thread(target=self._loop, name="schedules", daemon=True)
 
@@ -213,12 +218,10 @@ class ScheduleLoop:
 
     def pipelines(self) -> list[pipelines.Pipeline]:
         if time.monotonic() - self._found_at > DISCOVER_TTL_S:
-            self._found = [
-                p
-                for p in pipelines.discover(self._ctx.settings.pipelines_dir)
-                if p.config.enabled and p.config.schedules
-            ]
+            found, skipped = pipelines.scan(self._ctx.settings.pipelines_dir)
+            self._found = [p for p in found if p.config.enabled and p.config.schedules]
             self._found_at = time.monotonic()
+            self._skipped.update(skipped)
         return self._found
 
     def run_once(self, now: datetime | None = None) -> int:

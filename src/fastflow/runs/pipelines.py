@@ -199,23 +199,30 @@ def load(pipelines_dir: Path, name: str) -> Pipeline:
 def discover(pipelines_dir: Path) -> list[Pipeline]:
     """All valid pipelines under ``pipelines_dir``, sorted by name.
 
-    Folders with invalid names or unreadable ``pipeline.json`` are skipped here; loading
-    them by name reports the reason.
+    Folders with invalid names or unreadable ``pipeline.json`` are skipped here (``scan``
+    names them; loading them by name reports the reason).
     """
+    return scan(pipelines_dir)[0]
+
+
+def scan(pipelines_dir: Path) -> tuple[list[Pipeline], dict[str, str]]:
+    """The valid pipelines under ``pipelines_dir`` (sorted by name), and why each other
+    pipeline folder (one with a ``main.py``) was skipped, by folder name."""
     if not pipelines_dir.is_dir():
-        return []
+        return [], {}
     found: list[Pipeline] = []
+    skipped: dict[str, str] = {}
     for child in sorted(pipelines_dir.iterdir(), key=lambda p: p.name):
         if not (child / "main.py").is_file():
             continue
         try:
             found.append(load(pipelines_dir, child.name))
-        except (InvalidPipelineName, InvalidPipelineConfig):
-            continue
-        except Exception:  # a bug reading one pipeline must not hide the others
+        except (InvalidPipelineName, InvalidPipelineConfig) as e:
+            skipped[child.name] = str(e)
+        except Exception as e:  # a bug reading one pipeline must not hide the others
             log.exception("pipeline folder %r could not be read; skipped", child.name)
-            continue
-    return found
+            skipped[child.name] = f"could not be read ({type(e).__name__})"
+    return found, skipped
 
 
 @dataclass(frozen=True)
