@@ -8,41 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fastflow.config import load_settings
-from fastflow.context import Context, bootstrap
+from fastflow.context import Context
 from fastflow.notify.system import open_incidents
 from fastflow.orchestration.skipped_folders import KIND, SkippedFolders
 from fastflow.orchestration.ticker import ScheduleLoop
 from fastflow.runs import pipelines
 from tests.conftest import MakePipeline, run_cli
-from tests.harness.smtp import SmtpCapture
-from tests.harness.teams import TeamsEndpoint
-from tests.notify.test_system_incidents import WAIT, _notify_env
+from tests.notify.test_system_incidents import WAIT, World, world  # noqa: F401 (a fixture)
 
 GOOD = '{"schedules": [{"interval_seconds": 60}]}'
 BAD = '{"schedules": [{"interval_seconds": 60}], "retrys": 2}'
-
-
-@pytest.fixture
-def notified(
-    ff_env: dict[str, str],
-    smtp_server: SmtpCapture,
-    teams_endpoint: TeamsEndpoint,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Context]:
-    for key, value in _notify_env(smtp_server.port, teams_endpoint.url).items():
-        monkeypatch.setenv(key, value)
-    ctx = bootstrap(load_settings())
-    try:
-        yield ctx
-    finally:
-        teams_endpoint.release()
-        ctx.db.dispose()
 
 
 def _scan(ctx: Context) -> dict[str, str]:
@@ -50,13 +29,11 @@ def _scan(ctx: Context) -> dict[str, str]:
 
 
 def test_a_skipped_folder_is_logged_then_announced_once_then_resolved(
-    notified: Context,
+    world: World,  # noqa: F811 - the fixture imported above
     make_pipeline: MakePipeline,
-    smtp_server: SmtpCapture,
-    teams_endpoint: TeamsEndpoint,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    ctx = notified
+    ctx, smtp_server, teams_endpoint = world.ctx, world.smtp, world.teams
     make_pipeline("good", config=GOOD)
     bad = make_pipeline("bad", config=BAD)
     folders = SkippedFolders(ctx)
@@ -87,9 +64,10 @@ def test_a_skipped_folder_is_logged_then_announced_once_then_resolved(
 
 
 def test_a_removed_folder_resolves_its_incident(
-    notified: Context, make_pipeline: MakePipeline, smtp_server: SmtpCapture
+    world: World,  # noqa: F811 - the fixture imported above
+    make_pipeline: MakePipeline,
 ) -> None:
-    ctx = notified
+    ctx, smtp_server = world.ctx, world.smtp
     bad = make_pipeline("bad", config="{not json")
     folders = SkippedFolders(ctx)
     folders.update(_scan(ctx))
