@@ -67,6 +67,35 @@ def test_deep_verify_catches_same_size_tampering(
     assert hashlib.sha256(forged).hexdigest() in problem["detail"]
 
 
+def test_an_object_restored_without_its_metadata_is_intact_when_its_bytes_match(
+    cli: Cli, s3: S3Env, ff_env: dict[str, str]
+) -> None:
+    """Found by an outside audit: the quick check compared only the SHA-256 in the
+    object's metadata, so a log copied back from another copy (same bytes, no metadata:
+    ``aws s3 cp``, a bucket replication) stayed CHANGED for ever. Where the metadata
+    lacks the SHA-256 or holds another one, the bytes are hashed and decide."""
+    runs = _archive_three(s3, ff_env)
+    client = s3.client()
+    key0 = f"pipeline-logs/audit me/{runs[0].id}/run.log"
+    key1 = f"pipeline-logs/audit me/{runs[1].id}/run.log"
+    original = client.get_object(Bucket=s3.bucket, Key=key0)["Body"].read()
+    client.put_object(Bucket=s3.bucket, Key=key0, Body=original)  # restored, no metadata
+    head = client.head_object(Bucket=s3.bucket, Key=key1)
+    forged = bytes(reversed(client.get_object(Bucket=s3.bucket, Key=key1)["Body"].read()))
+    metadata = {**head["Metadata"], "sha256": hashlib.sha256(forged).hexdigest()}
+    client.put_object(Bucket=s3.bucket, Key=key1, Body=forged, Metadata=metadata)
+
+    res = cli("archive", "verify", "--json", env=s3.env())
+
+    assert res.returncode == 1, res.stderr
+    report = json.loads(res.stdout)
+    assert report["intact"] == 5 and report["changed"] == 1
+    (problem,) = report["problems"]  # the forged one, whose metadata matches its bytes
+    assert problem["key"] == key1 and hashlib.sha256(forged).hexdigest() in problem["detail"]
+    client.put_object(Bucket=s3.bucket, Key=key1, Body=bytes(reversed(forged)))
+    assert cli("archive", "verify", env=s3.env()).returncode == 0
+
+
 def test_archive_get_and_ls(cli: Cli, s3: S3Env, ff_env: dict[str, str], tmp_path: Path) -> None:
     runs = _archive_three(s3, ff_env)
     out = tmp_path / "copy.log"

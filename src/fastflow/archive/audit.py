@@ -2,7 +2,9 @@
 
 ``--deep`` downloads each object and re-hashes it (streaming, bounded memory); otherwise
 the server's size and the SHA-256 stored in the object's metadata are compared with the
-ledger. Read-only: nothing is uploaded, changed or deleted.
+ledger, and an object whose metadata lacks that SHA-256 or holds another one is
+re-hashed: its bytes decide (an object restored without its metadata is intact when its
+content matches). Read-only: nothing is uploaded, changed or deleted.
 """
 
 from __future__ import annotations
@@ -77,25 +79,35 @@ def _check(
             return ObjectCheck(rid, pipe, key, "missing", "object does not exist")
         if info.size != size:
             return ObjectCheck(rid, pipe, key, "changed", f"{info.size} bytes, ledger {size}")
-        if info.metadata.get(archive.META_SHA256) != sha:
-            return ObjectCheck(rid, pipe, key, "changed", "stored SHA-256 differs from ledger")
-        if deep:
-            h = hashlib.sha256()
-            n = 0
-            for chunk in store.open(key):
-                h.update(chunk)
-                n += len(chunk)
-            if n != size or h.hexdigest() != sha:
+        stored = info.metadata.get(archive.META_SHA256)
+        if stored != sha or deep:
+            # the bytes decide: an object copied back without its metadata (a restore
+            # from another copy) is intact when its content hashes to the ledger's
+            n, digest = _content_sha256(store, key)
+            if n != size or digest != sha:
                 return ObjectCheck(
-                    rid,
-                    pipe,
-                    key,
-                    "changed",
-                    f"content hash {h.hexdigest()} differs from ledger {sha}",
+                    rid, pipe, key, "changed", f"content hash {digest} differs from ledger {sha}"
                 )
+            if stored != sha:
+                note = (
+                    "no SHA-256 in its metadata"
+                    if stored is None
+                    else "another SHA-256 in its metadata"
+                )
+                return ObjectCheck(rid, pipe, key, "intact", f"{note}; its content matches")
         return ObjectCheck(rid, pipe, key, "intact")
     except ArchiveError as e:
         return ObjectCheck(rid, pipe, key, "error", str(e))
+
+
+def _content_sha256(store: archive.S3Store, key: str) -> tuple[int, str]:
+    """The object's length and SHA-256, streamed (bounded memory)."""
+    h = hashlib.sha256()
+    n = 0
+    for chunk in store.open(key):
+        h.update(chunk)
+        n += len(chunk)
+    return n, h.hexdigest()
 
 
 def verify(
