@@ -152,6 +152,32 @@ def test_custom_retry_schedule_native_and_alias() -> None:
         # found by an outside audit: JSON reads 3.10 as 3.1, which was then looked for
         ({"python": 3.10}, 'python must be written as a string such as "3.10"'),
         ({"python_version": 3.2}, "python_version must be written as a string"),
+        # found by an outside audit: a native key and its Fast-Flow alias together — one
+        # of them was silently ignored (retries over retry_attempts, schedules over
+        # schedule_cron)
+        (
+            {"retries": {"max": 1}, "retry_attempts": 5},
+            "retries and retry_attempts (Fast-Flow's names) both say how to retry",
+        ),
+        (
+            {"retries": {"max": 1}, "retry_strategy": {"type": "fixed_delay", "delay": 1}},
+            "retry_strategy",
+        ),
+        (
+            {"schedules": [{"cron": "* * * * *"}], "schedule_cron": "0 * * * *"},
+            "schedules and schedule_cron (one schedule in Fast-Flow's top-level keys)",
+        ),
+        (
+            {"env": {"MODE": "full", "A": "1"}, "default_env": {"MODE": "delta", "A": "1"}},
+            "env and default_env (Fast-Flow's name) give 'MODE' different values",
+        ),
+        (
+            {
+                "schedules": [{"id": "once", "cron": "* * * * *"}],
+                "run_once_at": "2027-01-01T00:00:00Z",
+            },
+            "the id 'once', which run_once_at uses",
+        ),
     ],
 )
 def test_bad_values_name_the_key(data: dict[str, Any], needle: str) -> None:
@@ -177,3 +203,19 @@ def test_python_versions_written_as_numbers_that_cannot_be_misread_are_taken() -
     assert parse({"python": 3.11}, WHERE).python == "3.11"
     assert parse({"python": 3.9}, WHERE).python == "3.9"
     assert parse({"python": "3.10"}, WHERE).python == "3.10"
+
+
+def test_aliases_that_agree_are_taken_together() -> None:
+    """The same variable with the same value in env and default_env, and run_once_at next
+    to schedules[] (it was dropped when schedules[] was given), are not conflicts."""
+    config = parse(
+        {
+            "env": {"MODE": "full", "A": "1"},
+            "default_env": {"A": "1", "B": "2"},
+            "schedules": [{"cron": "0 * * * *"}],
+            "run_once_at": "2027-01-01T00:00:00Z",
+        },
+        WHERE,
+    )
+    assert config.env == {"MODE": "full", "A": "1", "B": "2"}
+    assert [s.key for s in config.schedules] == ["0", "once"]

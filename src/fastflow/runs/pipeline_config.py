@@ -285,6 +285,13 @@ def _delays(r: _Reader) -> tuple[float, ...]:
 
 def _retries(r: _Reader) -> RetrySpec:
     if r.has("retries"):
+        aliases = [k for k in ("retry_attempts", "retry_strategy") if r.has(k)]
+        if aliases:
+            raise r.fail(
+                "retries",
+                f"and {' and '.join(aliases)} (Fast-Flow's names) both say how to retry: "
+                "keep one of them",
+            )
         n = _Reader(r.obj("retries"), r.where, "retries.")
         n.unknown(frozenset({"max", "delay_seconds", "backoff", "max_delay_seconds", "delays"}))
         backoff = n.data.get("backoff", "fixed")
@@ -356,23 +363,30 @@ def _max_instances(r: _Reader) -> int:
 
 def _schedules(r: _Reader) -> tuple[ScheduleSpec, ...]:
     raw = r.data.get("schedules")
+    out: list[ScheduleSpec] = []
     if raw:
         if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
             raise r.fail("schedules", "must be a list of objects")
-        specs = [
+        out = [
             _one_schedule(_Reader(item, r.where, f"schedules[{i}]."), str(i))
             for i, item in enumerate(raw)
         ]
-        keys = [s.key for s in specs]
+        keys = [s.key for s in out]
         if len(set(keys)) != len(keys):
             raise r.fail("schedules", "have duplicate ids")
-        return tuple(specs)
+        if "once" in keys and r.has("run_once_at"):
+            raise r.fail("schedules", "have an entry with the id 'once', which run_once_at uses")
     top = {
         k: r.data[k]
         for k in ("schedule_cron", "schedule_interval_seconds", "schedule_start", "schedule_end")
         if r.has(k)
     }
-    out = []
+    if raw and top:
+        raise r.fail(
+            "schedules",
+            f"and {', '.join(top)} (one schedule in Fast-Flow's top-level keys) both define "
+            "schedules: move it into schedules[]",
+        )
     if "schedule_cron" in top or "schedule_interval_seconds" in top:
         out.append(_one_schedule(_Reader(top, r.where), "0"))
     once = r.when("run_once_at")
@@ -405,6 +419,20 @@ def _triggers(r: _Reader) -> TriggerSpec:
         if d.boolean("on_failure", False):
             failure.append(name)
     return TriggerSpec(tuple(dict.fromkeys(success)), tuple(dict.fromkeys(failure)))
+
+
+def _env(r: _Reader) -> dict[str, str]:
+    """``env`` over Fast-Flow's ``default_env``; a variable both give different values
+    is an error (which one was meant?)."""
+    fastflow, native = r.env("default_env"), r.env("env")
+    clash = sorted(k for k in native.keys() & fastflow.keys() if native[k] != fastflow[k])
+    if clash:
+        raise r.fail(
+            "env",
+            f"and default_env (Fast-Flow's name) give {', '.join(map(repr, clash))} different "
+            "values: keep one",
+        )
+    return {**fastflow, **native}
 
 
 def _notify(r: _Reader) -> NotifySpec:
@@ -546,7 +574,7 @@ def parse(data: dict[str, Any], where: Path) -> PipelineConfig:
     return PipelineConfig(
         description=description if isinstance(description, str) else str(description),
         timeout=_timeout(r),
-        env={**r.env("default_env"), **r.env("env")},
+        env=_env(r),
         enabled=r.boolean("enabled", True),
         tags=tuple(tags),
         schedules=schedules,
