@@ -197,6 +197,22 @@ def test_run_parameters_a_process_cannot_take_are_refused(
         assert s.scalars(select(PipelineRun)).all() == []
 
 
+def test_an_unknown_key_in_the_run_body_is_refused(api: Api, make_pipeline: MakePipeline) -> None:
+    """Found by an outside audit: ``{"enc": {...}}`` (a typo) queued a run without its
+    parameters (202). It is a 422 naming the key now, and nothing is queued."""
+    make_pipeline("hello", "print('hi')\n")
+    res = api.client.post(
+        "/api/pipelines/hello/run", headers=api.admin, json={"enc": {"MODE": "full"}}
+    )
+    assert res.status_code == 422, res.text
+    (problem,) = res.json()["detail"]
+    assert problem["loc"] == ["body", "enc"] and "full" not in res.text
+    with api.ctx.db.session() as s:
+        assert s.scalars(select(PipelineRun)).all() == []
+    ok = api.client.post("/api/pipelines/hello/run", headers=api.admin, json={"env": {"A": "1"}})
+    assert ok.status_code == 202, ok.text
+
+
 def test_a_malformed_request_body_is_not_echoed(api: Api, make_pipeline: MakePipeline) -> None:
     """Found by an outside audit: FastAPI's 422 repeated what was sent (``input``),
     passwords in the wrong shape included."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
 from fastflow.api.schemas import PipelineListOut, RunStartedOut
@@ -52,7 +52,10 @@ def list_pipelines(ctx: CtxDep, _: PrincipalDep) -> list[dict[str, Any]]:
 
 
 class RunParams(BaseModel):
-    """Optional run parameters: environment variables for this run only."""
+    """Optional run parameters: environment variables for this run only. Any other key
+    is refused (422): a misspelt ``"enc"`` must not start a run without its parameters."""
+
+    model_config = ConfigDict(extra="forbid")
 
     env: dict[str, str] = Field(default_factory=dict, max_length=200)
 
