@@ -74,6 +74,12 @@ def test_put_list_delete(api: Api, make_pipeline: MakePipeline) -> None:
     view = secret_store.overview(api.ctx.db, api.ctx.settings.pipelines_dir)
     assert listed.json() == [s.to_dict() for s in view.secrets]
 
+    short = api.call("PUT", "/api/secrets/PIN", json={"value": "123"})
+    assert short.status_code == 200
+    (warning,) = short.json()["warnings"]
+    assert "shorter than 4 characters: it is not masked" in warning and "123" not in warning
+    assert api.call("DELETE", "/api/secrets/PIN").status_code == 200
+
     again = api.call("PUT", "/api/secrets/API_TOKEN", json={"value": "replaced-value"})
     assert again.status_code == 200
     assert again.json()["updated_at"] > body["updated_at"]

@@ -109,6 +109,16 @@ def test_setting_again_replaces_the_value_and_updated_at(cli: Cli, app: Context)
     assert len(_raw(app)) == 1
 
 
+def test_a_value_too_short_to_be_masked_is_stored_with_a_warning(cli: Cli, app: Context) -> None:
+    """Found by an outside audit: a 3-character value was taken without a word, and then
+    showed in every run log (values under 4 characters are not masked)."""
+    res = cli("secret", "set", "PIN", input="123\n")
+    assert res.returncode == 0, res.stderr
+    assert "warning: the value of PIN is shorter than 4 characters" in res.stderr
+    assert "123" not in res.stderr and _stored(app, "PIN") == {"PIN": "123"}
+    assert "warning" not in cli("secret", "set", "PIN", input="1234\n").stderr
+
+
 @pytest.mark.parametrize("name", ["api_token", "1TOKEN", "API-TOKEN", "API TOKEN", ""])
 def test_a_bad_name_exits_2_and_stores_nothing(cli: Cli, app: Context, name: str) -> None:
     res = cli("secret", "set", name, input=VALUE + "\n")

@@ -161,6 +161,15 @@ def test_admin_sets_and_deletes_secrets_and_no_value_leaks(
         stored = secret_store.values_for(app.db, app.settings, ["API_TOKEN"])
         assert stored == {"API_TOKEN": "replaced-" + VALUE}
 
+        # a value too short to be masked is saved with a warning that says so
+        page.fill("#secret-name", "PIN")
+        page.fill("#secret-value", "123")
+        page.click("#secret-save")
+        expect(page.locator("#secret-result.warn")).to_contain_text("it is not masked")
+        page.locator('#secrets-table tr[data-secret="PIN"]').wait_for()
+        assert secret_store.delete_secret(app.db, "PIN")
+        page.reload()
+
         # delete asks first: dismissed, nothing happens
         messages: list[str] = []
 

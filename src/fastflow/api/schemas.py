@@ -374,6 +374,13 @@ class SecretOut(BaseModel):
     pipelines: list[str]  # the pipelines whose pipeline.json "secrets" list the name
 
 
+class SecretSetOut(SecretOut):
+    """The secret just set; ``warnings`` only when there is something to know about its
+    value (too short to be masked in run logs)."""
+
+    warnings: list[str] | None = None
+
+
 class SecretListOut(RootModel[list[SecretOut]]):
     """Every stored secret, by name (never a value)."""
 

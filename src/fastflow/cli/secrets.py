@@ -79,6 +79,9 @@ def secret_set(ctx: click.Context, name: str) -> None:
     users, _ = secret_store.usage(app.settings.pipelines_dir)
     when = info.updated_at.strftime("%Y-%m-%d %H:%M:%S UTC")
     click.echo(f"secret {name} set at {when} (used by: {_users(users.get(name, ()))})", err=True)
+    warning = secret_store.unmasked_warning(name, value)
+    if warning:
+        click.echo(f"fastflow: warning: {warning}", err=True)
 
 
 @secret_group.command("list")

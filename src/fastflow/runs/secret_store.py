@@ -106,6 +106,18 @@ def check_value(value: object) -> str:
     return value
 
 
+def unmasked_warning(name: str, value: str) -> str | None:
+    """Why ``value`` will show in run logs (too short for the masker), or None."""
+    from fastflow.runs.masking import MIN_LENGTH
+
+    if len(value) >= MIN_LENGTH:
+        return None
+    return (
+        f"the value of {name} is shorter than {MIN_LENGTH} characters: it is not masked in "
+        "run logs (masking that short a text would hide ordinary output)"
+    )
+
+
 def set_secret(db: Database, settings: Settings, name: str, value: str) -> SecretInfo:
     """Store ``value`` encrypted under ``name``, replacing an existing value and its
     ``updated_at``. Safe when processes set the same name at once: one value wins whole."""

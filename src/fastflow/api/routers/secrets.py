@@ -13,7 +13,12 @@ from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
 
 from fastflow.api.deps import AdminDep, CtxDep
-from fastflow.api.schemas import SecretDeletedOut, SecretListOut, SecretOut, SecretValueIn
+from fastflow.api.schemas import (
+    SecretDeletedOut,
+    SecretListOut,
+    SecretSetOut,
+    SecretValueIn,
+)
 from fastflow.errors import InvalidSecret
 from fastflow.runs import secret_store
 
@@ -45,16 +50,26 @@ def list_secrets(ctx: CtxDep, _: AdminDep) -> list[dict[str, Any]]:
     return [s.to_dict() for s in secret_store.overview(ctx.db, ctx.settings.pipelines_dir).secrets]
 
 
-@router.put("/{name}", response_model=SecretOut, openapi_extra=_BODY_DOC)
+@router.put(
+    "/{name}",
+    response_model=SecretSetOut,
+    response_model_exclude_none=True,
+    openapi_extra=_BODY_DOC,
+)
 def put_secret(
     name: str, ctx: CtxDep, _: AdminDep, body: Annotated[Any, Body()] = None
 ) -> dict[str, Any]:
     """Set secret ``name`` (``[A-Z_][A-Z0-9_]*``) to ``{"value": "..."}``, replacing
     an existing value; answers the secret without its value. 422 for a bad name or value."""
     secret_store.check_name(name)
-    info = secret_store.set_secret(ctx.db, ctx.settings, name, _value(body))
+    value = _value(body)
+    info = secret_store.set_secret(ctx.db, ctx.settings, name, value)
     users, _skipped = secret_store.usage(ctx.settings.pipelines_dir)
-    return secret_store.SecretListing(name, info.updated_at, users.get(name, ())).to_dict()
+    out = secret_store.SecretListing(name, info.updated_at, users.get(name, ())).to_dict()
+    warning = secret_store.unmasked_warning(name, value)
+    if warning:
+        out["warnings"] = [warning]
+    return out
 
 
 @router.delete("/{name}", response_model=SecretDeletedOut)

@@ -122,7 +122,11 @@
       const s = await fastflow.api("PUT", `/api/secrets/${encodeURIComponent(name)}`, { value });
       upsertRow(s);
       nameInput.value = "";
-      say(`Saved ${s.name}.`, "ok");
+      if (s.warnings && s.warnings.length) {
+        say(`Saved ${s.name}, but: ${s.warnings.join(" ")}`, "warn");
+      } else {
+        say(`Saved ${s.name}.`, "ok");
+      }
     } catch (e) {
       say(`Not saved: ${e.message}`, "error");
     } finally {
