@@ -191,8 +191,9 @@ def test_environment_is_readable_by_other_users(
     settings: Settings, lines: Lines, strict_umask: None
 ) -> None:
     env = prepare(settings, "p", _folder(settings, "p", "ffdemo==1.0\n"), None, lines)
-    for where in (registry.root(settings), env.path):
-        assert stat.S_IMODE(where.stat().st_mode) == 0o755
+    # the root lets every user reach an environment, not list the others (outside audit)
+    assert stat.S_IMODE(registry.root(settings).stat().st_mode) == 0o711
+    assert stat.S_IMODE(env.path.stat().st_mode) == 0o755
     checked = 0
     for dirpath, dirnames, filenames in os.walk(env.path):
         for name in dirnames:

@@ -86,7 +86,7 @@ def test_pipeline_environments_stay_readable_by_every_user(
 ) -> None:
     _run_hello(make_pipeline)
     envs = Path(ff_env["DATA_DIR"]) / "envs"
-    assert mode(envs) == 0o755
+    assert mode(envs) == 0o711  # every user reaches its environment; none lists the others
     built = [p for p in envs.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert built
     for env_dir in built:

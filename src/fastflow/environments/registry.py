@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,11 +31,12 @@ def root(settings: Settings) -> Path:
 
 
 def ensure_root(settings: Settings) -> Path:
-    """``DATA_DIR/envs``, created readable by every user (runs may use another one)."""
+    """``DATA_DIR/envs``, mode 0711: every user can reach an environment it is given
+    (runs may use another user), none but fastflow can list the others."""
     path = root(settings)
-    path.mkdir(parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o755 != 0o755:
-        path.chmod(0o755)
+    path.mkdir(mode=0o711, parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) != 0o711:
+        path.chmod(0o711)
     return path
 
 
