@@ -176,3 +176,30 @@ def test_a_signal_handler_that_logs_while_the_pipeline_prints_does_not_crash_it(
     assert [x for x in lines if x.startswith("signal ")] == [
         f"signal {i}" for i in range(1, signals + 1)
     ]
+
+
+def test_forked_workers_write_whole_lines(app: Context, make_pipeline: MakePipeline) -> None:
+    """Found while trying to break the layer: forked workers wrote each piece of a
+    ``print`` to stderr at once ("worker err 3" and its newline apart), so two workers'
+    lines ran into each other. A forked child now holds and batches like its parent."""
+    make_pipeline(
+        "pool",
+        """
+        import multiprocessing, sys
+        def work(i):
+            print(f"worker {i}")
+            print(f"worker err {i}", file=sys.stderr)
+            return i
+        if __name__ == "__main__":
+            for _ in range(5):
+                with multiprocessing.get_context("fork").Pool(2) as pool:
+                    pool.map(work, range(8))
+        """,
+    )
+
+    result = run_pipeline(app.db, app.settings, "pool", "cli")
+
+    assert result.status is RunStatus.SUCCESS
+    lines = _payloads(result.log_path)
+    expected = sorted([f"worker {i}" for i in range(8)] + [f"worker err {i}" for i in range(8)])
+    assert sorted(lines) == sorted(expected * 5)

@@ -12,7 +12,8 @@ Guarantees, for what Python code writes (``print``, ``logging``, tracebacks):
   of the two is kept;
 - an unfinished line is held back until its newline, until it reaches ``LINE_LIMIT``
   bytes, or for at most two ticks of ``TICK_S`` (a line that never ends still shows
-  up); everything is written at exit, and a forked child holds nothing back.
+  up); everything is written at exit, and a forked child (``multiprocessing``) also
+  hands on what it holds whenever it flushes (its workers end with ``os._exit``).
 What C code or a child process writes to file descriptors 1 and 2 directly bypasses
 this and is merged as it comes.
 """
@@ -23,6 +24,10 @@ import io
 import os
 import sys
 import threading
+
+TYPE_CHECKING = False  # (typing itself is not imported: this runs in every pipeline)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 LINE_LIMIT = 65536
 TICK_S = 0.2
@@ -37,7 +42,8 @@ class _Sink:
         self.lock = threading.RLock()
         self.parts: list[bytes] = []
         self.size = 0
-        self.direct = False  # at exit and in a forked child: written at once
+        self.direct = False  # in a forked child and at exit: whole lines written at once
+        self.exiting = False  # at exit: unfinished lines too
 
     def flush(self) -> None:
         with self.lock:
@@ -71,7 +77,7 @@ class _Held:
     def take(self, data: bytes) -> None:
         sink = self.sink
         with sink.lock:
-            cut = len(data) if sink.direct else data.rfind(b"\n") + 1
+            cut = len(data) if sink.exiting else data.rfind(b"\n") + 1
             if cut:
                 if self.parts:
                     self.parts.append(data[:cut])
@@ -172,7 +178,7 @@ class _Stderr(_Pipe, io.BufferedIOBase):
             pass  # very buffer's hand-on: its line goes first (CPython refuses reentry)
         sink, held = self.sink, self.held
         with sink.lock:  # the usual case (a log record): one whole line, nothing held
-            if data[-1:] == b"\n" and not held.parts and not sink.direct:
+            if data[-1:] == b"\n" and not held.parts and not sink.direct:  # (batched)
                 sink.parts.append(data)
                 sink.size += len(data)
                 if sink.size >= LINE_LIMIT:
@@ -181,11 +187,15 @@ class _Stderr(_Pipe, io.BufferedIOBase):
         held.take(data)
         return len(data)
 
+    on_flush: Callable[[], None] | None = None  # (a forked child: release held lines)
+
     def flush(self) -> None:
         try:
             self.hand_on()
         except RuntimeError:  # (as in write)
             pass
+        if self.on_flush is not None:
+            self.on_flush()
         self.sink.flush()
 
 
@@ -195,9 +205,12 @@ class _StdoutBuffer(io.BufferedWriter):
 
     sink: _Sink
     closed = False  # (asked at every write, as above)
+    on_flush: Callable[[], None] | None = None  # (a forked child: release held lines)
 
     def flush(self) -> None:
         super().flush()
+        if self.on_flush is not None:
+            self.on_flush()
         self.sink.flush()
 
 
@@ -231,24 +244,39 @@ def install() -> None:
             except Exception:  # (a full disk must not end the pipeline)
                 pass
 
+    def start_ticker() -> None:
+        ticker = threading.Thread(target=tick, name="fastflow-flush", daemon=True)
+        ticker.start()
+        tickers[:] = [ticker]
+
     def at_exit() -> None:
         quit_.set()
-        ticker.join()
+        for ticker in tickers:
+            ticker.join()
         stdout.flush()
-        sink.direct = True
+        sink.direct = sink.exiting = True
+        release_all()
+
+    def release_all() -> None:
         for held in list(_HOLDING):
             held.release()
         sink.flush()
 
-    def in_forked_child() -> None:  # (the parent writes what it held; no ticker here)
+    def in_forked_child() -> None:
+        # the parent writes what it held and batched; this process writes whole lines
+        # at once (a multiprocessing pool ends its workers with SIGTERM, some before they
+        # flushed), gets its own ticker, and hands on its held lines at every flush (a
+        # worker ends with os._exit right after flushing, before any tick)
         sink.lock = threading.RLock()
         sink.parts, sink.size, sink.direct = [], 0, True
         for held in (out_held, err_held):
             held.forget()
         _HOLDING.clear()
+        stdout.on_flush = stderr.on_flush = release_all
+        start_ticker()
 
-    ticker = threading.Thread(target=tick, name="fastflow-flush", daemon=True)
-    ticker.start()
+    tickers: list[threading.Thread] = []
+    start_ticker()
     import atexit
 
     atexit.register(at_exit)
