@@ -234,15 +234,20 @@ def install() -> None:
     sys.stderr = text(sys.stderr, stderr)  # type: ignore[arg-type]
     quit_ = threading.Event()
 
+    # a fork waits for the ticker's round: a child never starts with standard output's
+    # buffer locked by a thread it does not have (it would hang at its first print)
+    fork_guard = threading.Lock()
+
     def tick() -> None:
         while not quit_.wait(TICK_S):
-            try:
-                stdout.flush()
-                for held in (out_held, err_held):
-                    held.tick()
-                sink.flush()
-            except Exception:  # (a full disk must not end the pipeline)
-                pass
+            with fork_guard:
+                try:
+                    stdout.flush()
+                    for held in (out_held, err_held):
+                        held.tick()
+                    sink.flush()
+                except Exception:  # (a full disk must not end the pipeline)
+                    pass
 
     def start_ticker() -> None:
         ticker = threading.Thread(target=tick, name="fastflow-flush", daemon=True)
@@ -267,6 +272,7 @@ def install() -> None:
         # at once (a multiprocessing pool ends its workers with SIGTERM, some before they
         # flushed), gets its own ticker, and hands on its held lines at every flush (a
         # worker ends with os._exit right after flushing, before any tick)
+        fork_guard.release()
         sink.lock = threading.RLock()
         sink.parts, sink.size, sink.direct = [], 0, True
         for held in (out_held, err_held):
@@ -280,4 +286,8 @@ def install() -> None:
     import atexit
 
     atexit.register(at_exit)
-    os.register_at_fork(after_in_child=in_forked_child)
+    os.register_at_fork(
+        before=fork_guard.acquire,
+        after_in_parent=fork_guard.release,
+        after_in_child=in_forked_child,
+    )
