@@ -6,6 +6,8 @@ two unmasked pieces)."""
 
 from __future__ import annotations
 
+import re
+
 from fastflow.context import Context
 from fastflow.db.models import RunStatus
 from fastflow.runs import secret_store
@@ -173,9 +175,11 @@ def test_a_signal_handler_that_logs_while_the_pipeline_prints_does_not_crash_it(
     assert [x for x in lines if x.startswith("main")] == [f"main {i}" for i in range(200000)]
     signals = int(lines[-1].split()[1])
     assert signals > 0
-    assert [x for x in lines if x.startswith("signal ")] == [
-        f"signal {i}" for i in range(1, signals + 1)
-    ]
+    # every handler's line arrives; a handler that ran inside another one's print (the
+    # next alarm, at a bytecode boundary of this layer's Python) may finish first, as
+    # nested writes to one stream do (CI saw "signal 343" before "signal 342")
+    told = re.findall(r"signal (\d+)", "\n".join(x for x in lines if x.startswith("signal ")))
+    assert sorted(map(int, told)) == list(range(1, signals + 1))
 
 
 def test_forked_workers_write_whole_lines(app: Context, make_pipeline: MakePipeline) -> None:

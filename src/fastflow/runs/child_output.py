@@ -50,11 +50,12 @@ class _Sink:
             self.write_out()
 
     def write_out(self) -> None:
-        parts = self.parts
+        # taken in one step (no call in between: a signal handler that writes cannot run
+        # there and take the same parts again)
+        parts, self.parts, self.size = self.parts, [], 0
         if not parts:
             return
         data = parts[0] if len(parts) == 1 else b"".join(parts)
-        self.parts, self.size = [], 0
         done = os.write(1, data)
         if done < len(data):  # (a signal, or a pipe that took part of it)
             view = memoryview(data)[done:]
@@ -112,11 +113,11 @@ class _Held:
         self.parts, self.size = [], 0
 
     def _release(self) -> None:
-        if self.parts:
-            data = b"".join(self.parts)
+        parts, self.parts, self.size = self.parts, [], 0  # (in one step, as in write_out)
+        if parts:
+            data = b"".join(parts)
             self.sink.parts.append(data)
             self.sink.size += len(data)
-            self.parts, self.size = [], 0
             if self in _HOLDING:
                 _HOLDING.remove(self)
 
