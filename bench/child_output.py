@@ -1,4 +1,4 @@
-"""The pipeline-side cost of fastflow's output layer (``runs.child_output``): a pipeline
+"""The pipeline-side cost of fastflow's output layer (``runs.bootstrap``): a pipeline
 run under fastflow's bootstrap versus ``python main.py``, both writing into one pipe
 that this process drains (what the runner does), for three workloads — ``print`` to
 standard output, ``print`` to standard error, ``logging`` records.

@@ -177,22 +177,3 @@ def test_secrets_are_given_to_the_container_and_masked_in_its_log(
     assert b"whole: ***" in local and b"stderr: ***" in local
     assert b"x" * 1000 + b"***" + b"y" * 1000 in local
     assert local.rstrip().endswith(b"done")
-
-
-def test_a_secret_split_by_the_other_stream_is_masked_in_a_container(
-    docker_ctx: Context, make_pipeline: MakePipeline
-) -> None:
-    """As for local runs (tests/runs/test_child_output.py): the container's default
-    command writes both streams through the same whole-line output."""
-    from tests.runs.test_child_output import SPLIT
-    from tests.runs.test_child_output import TOKEN as SPLIT_TOKEN
-
-    secret_store.set_secret(docker_ctx.db, docker_ctx.settings, "API_TOKEN", SPLIT_TOKEN)
-    make_pipeline("split", SPLIT, config='{"secrets": ["API_TOKEN"]}')
-    result = runner.run_pipeline(docker_ctx.db, docker_ctx.settings, "split", "cli")
-    assert result.status is RunStatus.SUCCESS, result.log_path.read_text()[:2000]
-    local = result.log_path.read_bytes()
-    half = len(SPLIT_TOKEN) // 2
-    assert SPLIT_TOKEN[:half].encode() not in local
-    assert SPLIT_TOKEN[half:].encode() not in local
-    assert local.count(b"***") == 3 and b"chars: ***" in local

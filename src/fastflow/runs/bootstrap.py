@@ -1,11 +1,16 @@
 """The Python code a pipeline runs under (``python -c BOOTSTRAP ...``), locally and in a
-container: ``child_output`` (how its output is written: both streams through one pipe
-as whole lines, in order, a line never inside another), then the prelude snippets, then
-the script (the last argument) as ``__main__``."""
+container.
+
+stdout and stderr share one locked BufferedWriter on fd 1; the text layers write through
+to it. So the log keeps the exact order in which the pipeline wrote, a line written with
+one write() is never split or mixed (TextIOWrapper's own pending buffer is not
+thread-safe on Python 3.11, hence write-through), and output is block-buffered for
+speed. A daemon thread flushes every 0.2 s so output shows up live; it is stopped before
+the interpreter's final flush (a daemon thread inside flush() then — a full pipe — would
+make that flush a fatal error). The last argument is the script to run as ``__main__``.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 # die with the supervisor: a killed `fastflow run` never leaves the pipeline running
 # unsupervised (prctl(PR_SET_PDEATHSIG, SIGKILL); then close the race with its death);
@@ -22,12 +27,28 @@ DIE_WITH_PARENT = (
 # stderr becomes stdout (fd 2 -> fd 1): where only one stream is read (a container)
 MERGE_STDERR = "os.dup2(1, 2)\n"
 
-_CHILD_OUTPUT = (Path(__file__).with_name("child_output.py")).read_text(encoding="utf-8")
-_RUN_MAIN = (
-    "install()\n"
+_BUFFERED_OUTPUT = (
+    "_buf = io.BufferedWriter(io.FileIO(1, 'w', closefd=False), 65536)\n"
+    "def _text(old):\n"
+    "    return io.TextIOWrapper(_buf, encoding='utf-8', errors=old.errors,\n"
+    "                            write_through=True)\n"
+    "sys.stdout, sys.stderr = _text(sys.stdout), _text(sys.stderr)\n"
+    "_quit = threading.Event()\n"
+    "def _flush_now_and_then():\n"
+    "    while not _quit.wait(0.2):\n"
+    "        try:\n"
+    "            _buf.flush()\n"
+    "        except Exception:\n"
+    "            pass\n"
+    "_flusher = threading.Thread(target=_flush_now_and_then, name='fastflow-flush', daemon=True)\n"
+    "_flusher.start()\n"
+    "def _stop_flushing():\n"
+    "    _quit.set()\n"
+    "    _flusher.join()\n"
+    "import atexit\n"
+    "atexit.register(_stop_flushing)\n"
     "sys.argv = sys.argv[1:]\n"
     "sys.path[0] = os.path.dirname(sys.argv[0])\n"
-    "import runpy\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
 
@@ -35,4 +56,4 @@ _RUN_MAIN = (
 def bootstrap(*prelude: str) -> str:
     """The bootstrap with ``prelude`` snippets (``DIE_WITH_PARENT``, ``MERGE_STDERR``)
     run first."""
-    return _CHILD_OUTPUT + "".join(prelude) + _RUN_MAIN
+    return "import io, os, runpy, sys, threading\n" + "".join(prelude) + _BUFFERED_OUTPUT
