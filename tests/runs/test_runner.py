@@ -104,6 +104,29 @@ def test_stdout_and_stderr_keep_order(app: Context, make_pipeline: MakePipeline)
     assert _payloads(result.log_path) == [f"line {i}" for i in range(3000)]
 
 
+def test_a_pipeline_that_rewraps_stdout_keeps_both_streams(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """Found by an outside audit: ``sys.stdout = io.TextIOWrapper(sys.stdout.buffer, ...)``
+    (a common way to change the encoding) let the replaced layer be collected, which
+    closed the writer both streams share: every later line was lost and the run FAILED
+    ("lost sys.stderr"). Plain Python keeps its layers in ``sys.__stdout__``; so does
+    fastflow's bootstrap now."""
+    make_pipeline(
+        "rewrap",
+        """
+        import gc, io, sys
+        sys.stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", line_buffering=True)
+        gc.collect()
+        print("after rewrap")
+        print("stderr after rewrap", file=sys.stderr)
+        """,
+    )
+    result = run_pipeline(app.db, app.settings, "rewrap", "cli")
+    assert result.status == RunStatus.SUCCESS, result.log_path.read_text()
+    assert _payloads(result.log_path) == ["after rewrap", "stderr after rewrap"]
+
+
 def test_concurrent_writers_never_merge_lines(app: Context, make_pipeline: MakePipeline) -> None:
     # A line written with one write() call is never split or mixed, whichever thread and
     # stream it comes from. (print() makes two writes, text and newline; threads printing

@@ -7,7 +7,11 @@ one write() is never split or mixed (TextIOWrapper's own pending buffer is not
 thread-safe on Python 3.11, hence write-through), and output is block-buffered for
 speed. A daemon thread flushes every 0.2 s so output shows up live; it is stopped before
 the interpreter's final flush (a daemon thread inside flush() then — a full pipe — would
-make that flush a fatal error). The last argument is the script to run as ``__main__``.
+make that flush a fatal error). The two text layers are also ``sys.__stdout__`` and
+``sys.__stderr__``, as in plain Python: a pipeline that replaces ``sys.stdout`` (say,
+``io.TextIOWrapper(sys.stdout.buffer, ...)``) does not get the shared writer closed when
+the layer it replaced is collected. The last argument is the script to run as
+``__main__``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ _BUFFERED_OUTPUT = (
     "def _text(old):\n"
     "    return io.TextIOWrapper(_buf, encoding='utf-8', errors=old.errors,\n"
     "                            write_through=True)\n"
+    "_python_own = (sys.stdout, sys.stderr)\n"
     "sys.stdout, sys.stderr = _text(sys.stdout), _text(sys.stderr)\n"
+    "sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr\n"
     "_quit = threading.Event()\n"
     "def _flush_now_and_then():\n"
     "    while not _quit.wait(0.2):\n"
