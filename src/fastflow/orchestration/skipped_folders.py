@@ -6,8 +6,9 @@ Guarantees: a skipped folder is logged (a warning) the first time it is seen wit
 problem and whenever the problem changes; one that is still skipped at the next scan
 (``DISCOVER_TTL_S`` later: an editor's half-written file is not an incident) opens the
 system incident ``("pipeline", folder name)`` — bell, e-mail, Teams, once per incident;
-the incident is resolved once the folder loads again or is gone, also when another
-server (or an earlier process) opened it. Nothing here raises.
+the incident is resolved once the folder loads again or is gone, also when an earlier
+process opened it (the open incidents are read once, at the first scan; later scans
+query nothing). Nothing here raises.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class SkippedFolders:
         self._ctx = ctx
         self._seen: dict[str, str] = {}  # the previous scan's problems
         self._raised: dict[str, str] = {}  # what this process announced
+        self._inherited: set[str] | None = None  # open before this process looked
 
     def update(self, skipped: dict[str, str]) -> None:
         for name, why in skipped.items():
@@ -51,10 +53,12 @@ class SkippedFolders:
                 )
                 self._raised[name] = why
         self._seen = dict(skipped)
-        open_ = {i["key"] for i in system.open_incidents(self._ctx, KIND)} | set(self._raised)
-        for name in sorted(open_ - set(skipped)):
+        if self._inherited is None:  # once: the scans that follow need no query
+            self._inherited = {i["key"] for i in system.open_incidents(self._ctx, KIND)}
+        for name in sorted((self._inherited | set(self._raised)) - set(skipped)):
             log.info("pipeline folder %r is no longer skipped", name)
             system.resolve_incident(
                 self._ctx, KIND, name, f"Pipeline folder {name!r} loads again (or is gone)."
             )
             self._raised.pop(name, None)
+            self._inherited.discard(name)

@@ -36,7 +36,6 @@ _BUFFERED_OUTPUT = (
     "def _text(old):\n"
     "    return io.TextIOWrapper(_buf, encoding='utf-8', errors=old.errors,\n"
     "                            write_through=True)\n"
-    "_python_own = (sys.stdout, sys.stderr)\n"
     "sys.stdout, sys.stderr = _text(sys.stdout), _text(sys.stderr)\n"
     "sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr\n"
     "_quit = threading.Event()\n"

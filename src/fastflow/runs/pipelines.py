@@ -234,12 +234,6 @@ class Problem:
     message: str
 
 
-def _folders(pipelines_dir: Path) -> list[Path]:
-    if not pipelines_dir.is_dir():
-        return []
-    return sorted((c for c in pipelines_dir.iterdir() if (c / "main.py").is_file()), key=str)
-
-
 def trigger_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
     """A cycle in the downstream-trigger graph (``a -> b -> a`` as ``[a, b, a]``)."""
     cycles = trigger_cycles(graph)
@@ -311,13 +305,8 @@ def check_all(pipelines_dir: Path) -> tuple[list[Pipeline], list[Problem]]:
     """Load every pipeline folder: the valid pipelines, and every problem (invalid names
     or ``pipeline.json``, triggers naming unknown pipelines, trigger cycles, webhook keys
     committed in a file)."""
-    found: list[Pipeline] = []
-    problems: list[Problem] = []
-    for folder in _folders(pipelines_dir):
-        try:
-            found.append(load(pipelines_dir, folder.name))
-        except (InvalidPipelineName, InvalidPipelineConfig) as e:
-            problems.append(Problem(folder.name, "error", str(e)))
+    found, skipped = scan(pipelines_dir)
+    problems = [Problem(name, "error", why) for name, why in skipped.items()]
     names = {p.name for p in found}
     graph: dict[str, tuple[str, ...]] = {}
     for p in found:
