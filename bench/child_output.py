@@ -6,6 +6,8 @@ standard output, ``print`` to standard error, ``logging`` records.
 Rounds are interleaved (baseline, bootstrap; the order alternates), ``BENCH_REPEAT`` (3)
 times; prints medians [min-max] and per-round ratios. ``BENCH_CHILD_BOOTSTRAP=FILE``
 times the bootstrap in FILE instead (e.g. an older commit's, for an A/B of two layers).
+The layer runs twice per round: as ``fastflow run`` starts it (stderr framed, so the
+runner can mask each stream on its own) and without the mark (stderr unframed).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from typing import Any
 from goals import ratios
 
 LAYER = "fastflow's layer"
+UNFRAMED = "layer, stderr unframed"
+MARK = {"FASTFLOW_OUTPUT_MARK": "0123456789abcdef"}
+# Python's default buffering for the baseline (as a pipeline run by hand gets it)
+BASE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 LINES = int(os.environ.get("BENCH_LINES", "1000000"))
 
@@ -52,9 +58,11 @@ def _bootstrap() -> str:
     return bootstrap()
 
 
-def _timed(argv: list[str]) -> float:
+def _timed(argv: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**BASE_ENV, **env}
+    )
     assert proc.stdout is not None
     while proc.stdout.read(256 * 1024):
         pass
@@ -75,22 +83,31 @@ def main() -> dict[str, Any]:
         for name, body in WORKLOADS.items():
             script = Path(tmp) / "main.py"
             script.write_text(body)
+            layer = [sys.executable, "-c", code, str(script)]
             argv = {
-                "python main.py": [sys.executable, str(script)],
-                LAYER: [sys.executable, "-c", code, str(script)],
+                "python main.py": ([sys.executable, str(script)], {}),
+                LAYER: (layer, MARK),
+                UNFRAMED: (layer, {}),
             }
             times: dict[str, list[float]] = {k: [] for k in argv}
             for rnd in range(REPEAT):
-                order = list(argv) if rnd % 2 == 0 else list(reversed(argv))
+                order = list(argv)[rnd % 3 :] + list(argv)[: rnd % 3]  # rotating order
                 for k in order:
-                    times[k].append(_timed(argv[k]))
+                    times[k].append(_timed(*argv[k]))
             ratio = ratios(times[LAYER], times["python main.py"])
+            framing = ratios(times[LAYER], times[UNFRAMED])
             print(
                 f"{name}: python main.py {_spread(times['python main.py'])} s, "
-                f"fastflow's layer {_spread(times[LAYER])} s; "
-                f"ratio {_spread(ratio)} ({REPEAT} interleaved rounds, load {load:.1f})"
+                f"fastflow's layer {_spread(times[LAYER])} s "
+                f"(stderr unframed {_spread(times[UNFRAMED])} s); "
+                f"ratio {_spread(ratio)}, framed/unframed {_spread(framing)} "
+                f"({REPEAT} interleaved rounds, load {load:.1f})"
             )
-            results[name] = {"times": times, "ratio": statistics.median(ratio)}
+            results[name] = {
+                "times": times,
+                "ratio": statistics.median(ratio),
+                "framing": statistics.median(framing),
+            }
     return results
 
 

@@ -518,3 +518,50 @@ def test_a_link_appearing_where_the_log_is_opened_fails_the_run_with_its_reason(
         row is not None and row.status == "FAILED" and "symbolic link" in (row.failure_reason or "")
     )
     assert list(outside.iterdir()) == []
+
+
+def test_stderr_frames_survive_signals_threads_and_a_rewrapped_stderr(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """stderr goes into the shared writer framed (so each stream can be masked on its
+    own): a signal handler printing to stderr while the main thread prints to stdout and
+    another thread to stderr must neither hang the run nor lose, split or duplicate a
+    write; a pipeline that rewraps sys.stderr keeps writing; no frame reaches the log."""
+    make_pipeline(
+        "busy",
+        """
+        import gc, io, signal, sys, threading
+        def handler(sig, frame):
+            try:
+                sys.stderr.write("signal\\n")
+            except RuntimeError:  # CPython: a handler inside a buffered write (as plain Python)
+                pass
+        signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+        def err():
+            for i in range(3000):
+                sys.stderr.write(f"thread {i}\\n")
+        t = threading.Thread(target=err)
+        t.start()
+        for i in range(30000):
+            sys.stdout.write(f"main {i}\\n")
+        t.join()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        sys.stderr = io.TextIOWrapper(sys.stderr.buffer, encoding="utf-8", line_buffering=True)
+        gc.collect()
+        print("rewrapped é", file=sys.stderr)
+        print("end")
+        """,
+    )
+    result = run_pipeline(app.db, app.settings, "busy", "cli")
+    assert result.status == RunStatus.SUCCESS, result.log_path.read_text()[-2000:]
+    lines = _payloads(result.log_path)
+    assert [x for x in lines if x.startswith("main ")] == [f"main {i}" for i in range(30000)]
+    assert [x for x in lines if x.startswith("thread ")] == [f"thread {i}" for i in range(3000)]
+    assert set(lines) - {"signal"} == {
+        *(f"main {i}" for i in range(30000)),
+        *(f"thread {i}" for i in range(3000)),
+        "rewrapped é",
+        "end",
+    }
+    assert lines[-2:] == ["rewrapped é", "end"]

@@ -55,3 +55,47 @@ def test_a_secret_never_reaches_the_log_or_the_archive(
     assert TOKEN.encode() not in archived
     shown = run_cli("logs", run_id, env=env)
     assert shown.returncode == 0 and TOKEN not in shown.stdout and "***" in shown.stdout
+
+
+SPLIT_BY_THE_OTHER_STREAM = """
+import logging, os, sys
+token = os.environ["API_TOKEN"]
+print("out:", token[:6], end="")
+print("a warning between", file=sys.stderr)
+print(token[6:])
+sys.stderr.write("err: " + token[:4])
+print("a stdout line between")
+sys.stderr.write(token[4:] + "\\n")
+logging.basicConfig(format="%(levelname)s %(message)s")
+sys.stdout.write("progress " + token[:10])
+logging.warning("logged between")
+sys.stdout.write(token[10:] + " done\\n")
+print("end")
+"""
+
+
+def test_a_secret_split_by_a_write_to_the_other_stream_is_masked(
+    ff_env: dict[str, str], make_pipeline: MakePipeline
+) -> None:
+    """The outside audit's case (2026-12-04): a secret written to stdout in two pieces
+    with stderr written between them (and the reverse) reached the log in two unmasked
+    pieces. Each stream is now also masked on its own; the log keeps the order."""
+    make_pipeline("split", SPLIT_BY_THE_OTHER_STREAM, config='{"secrets": ["API_TOKEN"]}')
+    assert run_cli("secret", "set", "API_TOKEN", input=TOKEN + "\n").returncode == 0
+    res = run_cli("run", "split")
+    assert res.returncode == 0, res.stderr
+    run_id = res.stdout.strip().splitlines()[-1]
+    log = next(Path(ff_env["LOGS_DIR"]).glob(f"split/{run_id}/run.log")).read_text()
+    for piece in (TOKEN, TOKEN[:6], TOKEN[6:], TOKEN[4:], TOKEN[:10], TOKEN[10:]):
+        assert piece not in log
+    lines = [line[26:] for line in log.splitlines() if not line[26:].startswith("[env]")]
+    assert lines == [
+        "out: ***a warning between",
+        "",
+        "err: ***a stdout line between",
+        "",
+        "progress ***WARNING logged between",
+        " done",
+        "end",
+    ]
+    assert "\x00" not in log  # the stream frames never reach the log

@@ -12,6 +12,12 @@ make that flush a fatal error). The two text layers are also ``sys.__stdout__`` 
 ``io.TextIOWrapper(sys.stdout.buffer, ...)``) does not get the shared writer closed when
 the layer it replaced is collected. The last argument is the script to run as
 ``__main__``.
+
+With ``FASTFLOW_OUTPUT_MARK`` in its environment (taken out before the script runs),
+each write to stderr goes into the shared writer framed as ``STDERR_ON + mark +
+bytes + STDERR_OFF + mark`` in one call of the C writer (no Python code runs under its
+lock; nothing to interleave), so the reader can tell the streams apart
+(``output_streams``) and mask each on its own too.
 """
 
 from __future__ import annotations
@@ -28,15 +34,36 @@ DIE_WITH_PARENT = (
     "del sys.argv[1]\n"
 )
 
+OUTPUT_MARK_ENV = "FASTFLOW_OUTPUT_MARK"
+FRAME_LEAD = b"\x00\x1bff"  # + mark + a kind byte
+STDERR_ON, STDERR_OFF = b"E", b"O"
+
 # stderr becomes stdout (fd 2 -> fd 1): where only one stream is read (a container)
 MERGE_STDERR = "os.dup2(1, 2)\n"
 
 _BUFFERED_OUTPUT = (
     "_buf = io.BufferedWriter(io.FileIO(1, 'w', closefd=False), 65536)\n"
-    "def _text(old):\n"
-    "    return io.TextIOWrapper(_buf, encoding='utf-8', errors=old.errors,\n"
+    f"_mark = os.environ.pop({OUTPUT_MARK_ENV!r}, '').encode('ascii', 'replace')\n"
+    f"_on = {FRAME_LEAD!r} + _mark + {STDERR_ON!r}\n"
+    f"_off = {FRAME_LEAD!r} + _mark + {STDERR_OFF!r}\n"
+    "class _FramedStderr(io.BufferedIOBase):\n"
+    "    def writable(self):\n"
+    "        return True\n"
+    "    def write(self, b):\n"
+    "        _buf.write(b''.join((_on, b, _off)))\n"
+    "        return len(b)\n"
+    "    def flush(self):\n"
+    "        _buf.flush()\n"
+    "    def fileno(self):\n"
+    "        return _buf.fileno()\n"
+    "    def close(self):\n"
+    "        if not _buf.closed:\n"
+    "            _buf.flush()\n"
+    "def _text(buffer, old):\n"
+    "    return io.TextIOWrapper(buffer, encoding='utf-8', errors=old.errors,\n"
     "                            write_through=True)\n"
-    "sys.stdout, sys.stderr = _text(sys.stdout), _text(sys.stderr)\n"
+    "sys.stdout = _text(_buf, sys.stdout)\n"
+    "sys.stderr = _text(_FramedStderr() if _mark else _buf, sys.stderr)\n"
     "sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr\n"
     "_quit = threading.Event()\n"
     "def _flush_now_and_then():\n"

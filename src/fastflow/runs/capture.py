@@ -9,7 +9,12 @@ Guarantees:
 - no per-line system calls: lines read together are formatted in one string and the
   caller owns flushing and fsync;
 - with a ``Masker``, every secret value is replaced by ``***`` before anything is
-  written or echoed, whatever the read boundaries (see ``masking``), in notes too.
+  written or echoed, whatever the read boundaries (see ``masking``), in notes too;
+- after ``split_streams`` (the bootstrap frames stderr, see ``output_streams``), the
+  frames never reach the log and each stream is also masked on its own, so a secret
+  printed to stdout in pieces with stderr written between them is masked too (see
+  ``interleaved_masking``); text held behind one stream's possible secret start for
+  ``HOLD_S`` seconds is given up and written (``tick``).
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from fastflow.runs.interleaved_masking import InterleavedMasker
 from fastflow.runs.masking import Masker
+from fastflow.runs.output_streams import STDOUT, StreamSplit, new_mark
 
 LONG_LINE = 64 * 1024
+HOLD_S = 1.0  # longest wait for the rest of a secret split across the two streams
 
 
 class LogCapture:
@@ -36,9 +44,12 @@ class LogCapture:
     ) -> None:
         self._out = out
         self._masker = masker if masker is not None and masker.active else None
+        self._streams = InterleavedMasker(self._masker) if self._masker is not None else None
         self._echo = echo
         self._clock = clock
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._split: StreamSplit | None = None
+        self._decoders = [self._new_decoder(), self._new_decoder()]
+        self._waiting_since: float | None = None
         self._pending: list[str] = []
         self._pending_len = 0
         self._pending_stamp = ""
@@ -59,11 +70,51 @@ class LogCapture:
         if self._echo is not None:
             self._echo(text)
 
+    @staticmethod
+    def _new_decoder() -> codecs.IncrementalDecoder:
+        return codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def split_streams(self) -> str:
+        """Expect stderr framed by the bootstrap from now on; the mark to give it (in
+        ``bootstrap.OUTPUT_MARK_ENV``)."""
+        mark = new_mark()
+        self._split = StreamSplit(mark)
+        return mark
+
     def feed(self, data: bytes) -> None:
-        text = self._decoder.decode(data)
-        if self._masker is not None and text:
-            text = self._masker.push(text)
-        self._feed_text(text)
+        if self._split is None:
+            self._feed_text(self._stream_text(STDOUT, data))
+            return
+        pieces = self._split.feed(data)
+        if len(pieces) == 1:
+            self._feed_text(self._stream_text(*pieces[0]))
+        else:  # the read's lines formatted together, as without stderr between
+            self._feed_text("".join([self._stream_text(s, piece) for s, piece in pieces]))
+
+    def _stream_text(self, stream: int, data: bytes) -> str:
+        """The text of ``data`` from ``stream`` that is certain now, masked."""
+        text = self._decoders[stream].decode(data)
+        if self._streams is not None and text:
+            text = self._streams.push(stream, text)
+            self._note_waiting()
+        return text
+
+    def _note_waiting(self) -> None:
+        assert self._streams is not None
+        if not self._streams.waiting:
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = time.monotonic()
+
+    def tick(self, now: float | None = None) -> None:
+        """Give up a stream's possible secret start that kept the other stream's output
+        back for ``HOLD_S`` seconds (called by the reader between reads)."""
+        since = self._waiting_since
+        if self._streams is None or since is None:
+            return
+        if (time.monotonic() if now is None else now) - since >= HOLD_S:
+            self._feed_text(self._streams.release())
+            self._note_waiting()
 
     def _feed_text(self, text: str) -> None:
         if not text:
@@ -98,10 +149,17 @@ class LogCapture:
 
     def close(self) -> None:
         """End of output: complete the last line if it had no newline."""
-        tail = self._decoder.decode(b"", final=True)
-        if self._masker is not None:
-            tail = self._masker.push(tail) + self._masker.flush()
-        self._feed_text(tail)
+        if self._split is not None:
+            for stream, piece in self._split.close():
+                self._feed_text(self._stream_text(stream, piece))
+        for stream, decoder in enumerate(self._decoders):
+            tail = decoder.decode(b"", final=True)
+            if self._streams is not None:
+                tail = self._streams.push(stream, tail)
+            self._feed_text(tail)
+        if self._streams is not None:
+            self._feed_text(self._streams.flush())
+            self._waiting_since = None
         if self._line_open:
             self._write("\n")
             self._line_open = False

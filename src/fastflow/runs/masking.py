@@ -38,13 +38,17 @@ class Masker:
         """The masked text that is certain now; a possible secret's start is held back."""
         if self._pattern is None:
             return text
-        buf = self._carry + text
-        hold = self._held_suffix(buf)
+        out, self._carry = self.settle(self._carry + text)
+        return out
+
+    def settle(self, buf: str) -> tuple[str, str]:
+        """``buf`` split into its masked part that is certain now and the rest, a
+        possible start of a secret (unmasked, to be given again with what follows)."""
+        hold = self.held_suffix(buf)
         cut = len(buf) - hold
-        pattern = self._pattern_for(buf)
+        pattern = self.pattern_for(buf)
         if pattern is None:  # the usual case: no value occurs in this text
-            self._carry = buf[cut:]
-            return buf[:cut]
+            return buf[:cut], buf[cut:]
         out: list[str] = []
         pos = 0
         for m in pattern.finditer(buf):
@@ -55,8 +59,7 @@ class Masker:
             pos = m.end()
             cut = max(cut, pos)
         out.append(buf[pos:cut])
-        self._carry = buf[cut:]
-        return "".join(out)
+        return "".join(out), buf[cut:]
 
     def flush(self) -> str:
         """Everything still held back, masked (end of the stream)."""
@@ -69,7 +72,7 @@ class Masker:
         """``text`` masked on its own (not part of the stream)."""
         return self._pattern.sub(MASK, text) if self._pattern is not None else text
 
-    def _pattern_for(self, buf: str) -> re.Pattern[str] | None:
+    def pattern_for(self, buf: str) -> re.Pattern[str] | None:
         """A pattern of the values that occur in ``buf`` (longest first, as in the full
         pattern: the same matches), or None when none does. One substring search per
         value is several times faster than the regex's attempt at every character."""
@@ -86,7 +89,7 @@ class Masker:
             self._subsets[present] = pattern
         return pattern
 
-    def _held_suffix(self, buf: str) -> int:
+    def held_suffix(self, buf: str) -> int:
         """Length of the longest suffix of ``buf`` that is a proper prefix of a value."""
         n = len(buf)
         for k in range(min(self._longest - 1, n), 0, -1):

@@ -76,6 +76,7 @@ class Pump:
             while self._sel is not None or self.outcome.wait_status is None:
                 self._read()
                 now = time.monotonic()
+                self.capture.tick(now)
                 self._flush(now)
                 self._reap(now)
                 self._enforce(now, deadline)

@@ -48,7 +48,7 @@ from fastflow.errors import FastflowError, InvalidPipelineConfig, UnsafePath
 from fastflow.runs import files as logfiles
 from fastflow.runs import isolation, logsdir, pipelines, secret_store
 from fastflow.runs import store as runs
-from fastflow.runs.bootstrap import DIE_WITH_PARENT, bootstrap
+from fastflow.runs.bootstrap import DIE_WITH_PARENT, OUTPUT_MARK_ENV, bootstrap
 from fastflow.runs.capture import LogCapture
 from fastflow.runs.masking import Masker
 from fastflow.runs.pump import Outcome, Pump
@@ -615,6 +615,7 @@ def _run_process(
     kill_grace: float | None,
 ) -> tuple[RunStatus, int | None, str | None]:
     assert prepared.env is not None
+    env = {**env, OUTPUT_MARK_ENV: capture.split_streams()}  # stderr told apart, see capture
     try:
         proc = _start(prepared.env.python, pipeline, env, workdir, prepared.user)
     except OSError as e:
