@@ -565,3 +565,39 @@ def test_stderr_frames_survive_signals_threads_and_a_rewrapped_stderr(
         "end",
     }
     assert lines[-2:] == ["rewrapped é", "end"]
+
+
+def test_daemon_threads_printing_while_the_pipeline_exits(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """Daemon threads still printing (print, and logging through a handler made before)
+    when the main thread ends: the bootstrap's shared writer made CPython abort the run
+    at exit (``Fatal Python error: _enter_buffered_busy``, 9 runs in 10), where plain
+    Python exits 0. From the end of the script on, the threads write straight to the
+    pipe, past any lock a stopped thread could keep."""
+    make_pipeline(
+        "chatty",
+        """
+        import logging, sys, threading
+        logging.basicConfig(format="%(message)s")
+        log = logging.getLogger("bg")
+        def logs():
+            while True:
+                log.warning("daemon log")
+        def prints():
+            while True:
+                print("daemon out")
+        threading.Thread(target=logs, daemon=True).start()
+        threading.Thread(target=prints, daemon=True).start()
+        for i in range(2000):
+            sys.stdout.write(f"main {i}\\n")
+        """,
+    )
+    for _ in range(3):
+        result = run_pipeline(app.db, app.settings, "chatty", "cli")
+        assert result.status == RunStatus.SUCCESS, result.log_path.read_text()[-2000:]
+        text = "\n".join(_payloads(result.log_path)) + "\n"
+        # print() writes the text and the newline apart: a daemon's line can start
+        # inside another one, as on a terminal; each main write is whole
+        assert [int(i) for i in re.findall(r"main (\d+)\n", text)] == list(range(2000))
+        assert "daemon log" in text and "daemon out" in text

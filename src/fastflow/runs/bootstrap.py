@@ -14,10 +14,17 @@ the layer it replaced is collected. The last argument is the script to run as
 ``__main__``.
 
 With ``FASTFLOW_OUTPUT_MARK`` in its environment (taken out before the script runs),
-each write to stderr goes into the shared writer framed as ``STDERR_ON + mark +
-bytes + STDERR_OFF + mark`` in one call of the C writer (no Python code runs under its
-lock; nothing to interleave), so the reader can tell the streams apart
-(``output_streams``) and mask each on its own too.
+each write to stderr goes into the shared writer framed as ``FRAME_LEAD + mark +
+STDERR_ON``, the bytes, ``FRAME_LEAD + mark + STDERR_OFF`` in one call of the C writer
+(no Python code runs under its lock; nothing to interleave), so the reader can tell the
+streams apart (``output_streams``) and mask each on its own too.
+
+When the script has ended (the last exit handler), everything buffered is written and
+``sys.stdout`` and the stderr layer write straight to fd 1 from then on: daemon threads
+that still print are stopped by the interpreter at any moment, and one stopped inside
+the shared writer would keep its lock and make the interpreter's final flush a fatal
+error (it did, 9 runs in 10, for a daemon thread printing in a loop). The replaced
+stdout layers are kept alive: a ``print()`` in progress may still hold one.
 """
 
 from __future__ import annotations
@@ -42,46 +49,88 @@ STDERR_ON, STDERR_OFF = b"E", b"O"
 MERGE_STDERR = "os.dup2(1, 2)\n"
 
 _BUFFERED_OUTPUT = (
-    "_buf = io.BufferedWriter(io.FileIO(1, 'w', closefd=False), 65536)\n"
-    f"_mark = os.environ.pop({OUTPUT_MARK_ENV!r}, '').encode('ascii', 'replace')\n"
-    f"_on = {FRAME_LEAD!r} + _mark + {STDERR_ON!r}\n"
-    f"_off = {FRAME_LEAD!r} + _mark + {STDERR_OFF!r}\n"
-    "class _FramedStderr(io.BufferedIOBase):\n"
-    "    def writable(self):\n"
-    "        return True\n"
-    "    def write(self, b):\n"
-    "        _buf.write(b''.join((_on, b, _off)))\n"
-    "        return len(b)\n"
-    "    def flush(self):\n"
-    "        _buf.flush()\n"
-    "    def fileno(self):\n"
-    "        return _buf.fileno()\n"
-    "    def close(self):\n"
-    "        if not _buf.closed:\n"
-    "            _buf.flush()\n"
-    "def _text(buffer, old):\n"
-    "    return io.TextIOWrapper(buffer, encoding='utf-8', errors=old.errors,\n"
-    "                            write_through=True)\n"
-    "sys.stdout = _text(_buf, sys.stdout)\n"
-    "sys.stderr = _text(_FramedStderr() if _mark else _buf, sys.stderr)\n"
-    "sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr\n"
-    "_quit = threading.Event()\n"
-    "def _flush_now_and_then():\n"
-    "    while not _quit.wait(0.2):\n"
-    "        try:\n"
-    "            _buf.flush()\n"
-    "        except Exception:\n"
-    "            pass\n"
-    "_flusher = threading.Thread(target=_flush_now_and_then, name='fastflow-flush', daemon=True)\n"
-    "_flusher.start()\n"
-    "def _stop_flushing():\n"
-    "    _quit.set()\n"
-    "    _flusher.join()\n"
-    "import atexit\n"
-    "atexit.register(_stop_flushing)\n"
-    "sys.argv = sys.argv[1:]\n"
-    "sys.path[0] = os.path.dirname(sys.argv[0])\n"
-    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    """
+_buf = io.BufferedWriter(io.FileIO(1, 'w', closefd=False), 65536)
+_mark = os.environ.pop(MARK_ENV, '').encode('ascii', 'replace')
+_on = LEAD + _mark + ON if _mark else b''
+_off = LEAD + _mark + OFF if _mark else b''
+_direct = []  # at exit: the replaced stdout layers, kept (a print() may still hold one)
+def _write_fd(data):
+    data = memoryview(data)
+    while data:
+        data = data[os.write(1, data):]
+class _Stderr(io.BufferedIOBase):
+    def writable(self):
+        return True
+    def write(self, b):
+        if _direct:
+            _write_fd(b''.join((_on, b, _off)))
+        else:
+            _buf.write(b''.join((_on, b, _off)))
+        return len(b)
+    def flush(self):
+        if not _direct:
+            _buf.flush()
+    def fileno(self):
+        return 1
+    def close(self):
+        if not _direct and not _buf.closed:
+            _buf.flush()
+class _LateStdout(io.TextIOBase):
+    def __init__(self, errors):
+        self._errors = errors
+    @property
+    def encoding(self):
+        return 'utf-8'
+    @property
+    def errors(self):
+        return self._errors
+    def writable(self):
+        return True
+    def fileno(self):
+        return 1
+    def write(self, s):
+        _write_fd(s.encode('utf-8', self._errors))
+        return len(s)
+def _text(buffer, old):
+    return io.TextIOWrapper(buffer, encoding='utf-8', errors=old.errors, write_through=True)
+sys.stdout, sys.stderr = _text(_buf, sys.stdout), _text(_Stderr(), sys.stderr)
+sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
+_quit = threading.Event()
+def _flush_now_and_then():
+    while not _quit.wait(0.2):
+        try:
+            _buf.flush()
+        except Exception:
+            pass
+_flusher = threading.Thread(target=_flush_now_and_then, name='fastflow-flush', daemon=True)
+_flusher.start()
+def _at_exit():
+    _quit.set()
+    _flusher.join()
+    for _s in (sys.stdout, sys.stderr):
+        try:
+            _s.flush()
+        except Exception:
+            pass
+    try:
+        _buf.flush()
+        _direct.append(sys.stdout)
+        _direct.append(sys.__stdout__)
+        sys.stdout = sys.__stdout__ = _LateStdout(sys.__stdout__.errors)
+        _buf.flush()
+    except Exception:
+        pass
+import atexit
+atexit.register(_at_exit)
+sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(sys.argv[0])
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+    .replace("MARK_ENV", repr(OUTPUT_MARK_ENV))
+    .replace("LEAD", repr(FRAME_LEAD))
+    .replace("ON if", f"{STDERR_ON!r} if")
+    .replace("OFF if", f"{STDERR_OFF!r} if")
 )
 
 
