@@ -126,8 +126,7 @@ atexit.register(_at_exit)
 sys.argv = sys.argv[1:]
 sys.path[0] = os.path.dirname(sys.argv[0])
 runpy.run_path(sys.argv[0], run_name='__main__')
-"""
-    .replace("MARK_ENV", repr(OUTPUT_MARK_ENV))
+""".replace("MARK_ENV", repr(OUTPUT_MARK_ENV))
     .replace("LEAD", repr(FRAME_LEAD))
     .replace("ON if", f"{STDERR_ON!r} if")
     .replace("OFF if", f"{STDERR_OFF!r} if")
