@@ -177,3 +177,33 @@ def test_secrets_are_given_to_the_container_and_masked_in_its_log(
     assert b"whole: ***" in local and b"stderr: ***" in local
     assert b"x" * 1000 + b"***" + b"y" * 1000 in local
     assert local.rstrip().endswith(b"done")
+
+
+SPLIT = """
+import os, sys
+token = os.environ["API_TOKEN"]
+print("out:", token[:6], end="")
+print("a warning between", file=sys.stderr)
+print(token[6:])
+sys.stderr.write("err: " + token[:4])
+print("a stdout line between")
+sys.stderr.write(token[4:] + "\\n")
+print("done")
+"""
+
+
+def test_a_secret_split_by_a_write_to_the_other_stream_is_masked_in_a_container(
+    docker_ctx: Context, make_pipeline: MakePipeline
+) -> None:
+    """As for local runs: the container's bootstrap frames stderr, so each stream is
+    masked on its own too (a secret in two stdout pieces with stderr between them)."""
+    secret_store.set_secret(docker_ctx.db, docker_ctx.settings, "API_TOKEN", TOKEN)
+    make_pipeline("split", SPLIT, config='{"secrets": ["API_TOKEN"]}')
+    result = runner.run_pipeline(docker_ctx.db, docker_ctx.settings, "split", "cli")
+    assert result.status is RunStatus.SUCCESS, result.log_path.read_text()[:2000]
+    log = result.log_path.read_text()
+    for piece in (TOKEN, TOKEN[:6], TOKEN[6:], TOKEN[4:]):
+        assert piece not in log
+    lines = [line[26:] for line in log.splitlines() if not line[26:].startswith("[")]
+    assert lines == ["out: ***a warning between", "", "err: ***a stdout line between", "", "done"]
+    assert "\x00" not in log

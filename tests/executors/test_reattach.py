@@ -33,10 +33,12 @@ if TYPE_CHECKING:
     import docker
 
 LINES = 50
+# every other line on stderr: its frames (see runs.bootstrap) must not keep the log's
+# lines from being found again after the re-attach
 COUNTER = f"""
-import time
+import sys, time
 for i in range({LINES}):
-    print(f"n {{i}}", flush=True)
+    print(f"n {{i}}", flush=True, file=sys.stderr if i % 2 else sys.stdout)
     time.sleep(0.1)
 """
 NUMBER_RE = re.compile(r"^\[[^\]]+\] n (\d+)$")

@@ -42,8 +42,10 @@ from fastflow.executors.metrics import MetricsFile
 from fastflow.runs import files as logfiles
 from fastflow.runs import pipelines, secret_store
 from fastflow.runs import store as runs
+from fastflow.runs.bootstrap import OUTPUT_MARK_ENV
 from fastflow.runs.capture import LogCapture
 from fastflow.runs.masking import Masker
+from fastflow.runs.output_streams import mark_for, without_frames
 
 PAYLOAD_ENV = "FASTFLOW_PAYLOAD"
 FLUSH_EVERY_S = 0.5
@@ -103,6 +105,7 @@ class _LiveLog:
     def _loop(self) -> None:
         while not self._stop.wait(FLUSH_EVERY_S):
             with self._lock:
+                self._capture.tick()  # what waited too long behind a possible secret
                 self._out.flush()
 
 
@@ -249,6 +252,9 @@ def run(
         runs.mark_container(db, run_id, image=prepared.image)
         config = pipeline.config
         env = run_env(settings, pipeline, run_id, extra_env, secrets)
+        mark = capture.split_streams(mark_for(run_id))  # stderr told apart, see capture
+        if config.command is None:  # the bootstrap frames stderr (a command does not)
+            env[OUTPUT_MARK_ENV] = mark
         spec = LaunchSpec(
             run_id=run_id,
             pipeline=pipeline.name,
@@ -327,11 +333,14 @@ def _outcome(
 # --- resumption after a restart ------------------------------------------------------------
 
 
-def render_line(masker: Masker) -> Callable[[int, bytes], bytes]:
-    """How the capture writes one raw line: its stamp, its text masked (no newline)."""
+def render_line(masker: Masker, mark: str | None = None) -> Callable[[int, bytes], bytes]:
+    """How the capture writes one raw line: its stamp, its text without the stderr
+    frames of ``mark`` (when given), masked (no newline)."""
 
     def render(ms: int, raw: bytes) -> bytes:
         base = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000))
+        if mark is not None:
+            raw = without_frames(raw, mark)
         text = masker.mask(raw.rstrip(b"\n").decode("utf-8", "replace"))
         return f"[{base}.{ms % 1000:03d}] {text}".encode()
 
@@ -385,9 +394,10 @@ def resume(
                 _append(logs_root, metrics_rel) as metrics_out:  # fmt: skip
             clock = FrameClock()
             capture = LogCapture(log_out, clock=clock, masker=Masker(masker_values))
+            mark = capture.split_streams(mark_for(run.id))
             live = _LiveLog(capture, clock, log_out)
             skipper = resuming.Skipper(
-                boundary, render_line(Masker(masker_values)), live.feed, live.note
+                boundary, render_line(Masker(masker_values), mark), live.feed, live.note
             )
             config = pipeline.config if pipeline is not None else None
             metrics = MetricsFile(

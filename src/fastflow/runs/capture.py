@@ -74,10 +74,10 @@ class LogCapture:
     def _new_decoder() -> codecs.IncrementalDecoder:
         return codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-    def split_streams(self) -> str:
-        """Expect stderr framed by the bootstrap from now on; the mark to give it (in
-        ``bootstrap.OUTPUT_MARK_ENV``)."""
-        mark = new_mark()
+    def split_streams(self, mark: str | None = None) -> str:
+        """Expect stderr framed by the bootstrap with ``mark`` (a new one when None)
+        from now on; the mark to give it (in ``bootstrap.OUTPUT_MARK_ENV``)."""
+        mark = mark or new_mark()
         self._split = StreamSplit(mark)
         return mark
 

@@ -8,13 +8,16 @@ Guarantees: every byte that is not part of a frame comes out once, in order, how
 pipe is cut into reads; a possible start of a frame at the end of a read (at most
 ``len(lead)`` bytes) is held until the next read decides it; bytes written to the pipe
 by anything else (a child process, C code writing to fd 2) belong to the stream that is
-open at that moment. The mark is random per run (64 bits), so output never contains it
+open at that moment. The mark is 64 bits per run (``mark_for``: derived from the run's
+id, so that a re-attached container run finds it again), so output never contains it
 by chance.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import uuid
 
 from fastflow.runs.bootstrap import FRAME_LEAD, STDERR_OFF, STDERR_ON
 
@@ -22,8 +25,20 @@ STDOUT, STDERR = 0, 1
 
 
 def new_mark() -> str:
-    """A fresh mark for one run (ASCII, for the environment)."""
+    """A fresh random mark (ASCII, for the environment)."""
     return secrets.token_hex(8)
+
+
+def mark_for(run_id: uuid.UUID) -> str:
+    """The mark of run ``run_id`` (ASCII, for the environment)."""
+    return hashlib.sha256(b"fastflow output mark " + run_id.bytes).hexdigest()[:16]
+
+
+def without_frames(data: bytes, mark: str) -> bytes:
+    """``data`` with every whole frame boundary of ``mark`` taken out (a line as the log
+    shows it, for comparing)."""
+    lead = FRAME_LEAD + mark.encode("ascii")
+    return data.replace(lead + STDERR_ON, b"").replace(lead + STDERR_OFF, b"")
 
 
 class StreamSplit:

@@ -51,6 +51,7 @@ from fastflow.runs import store as runs
 from fastflow.runs.bootstrap import DIE_WITH_PARENT, OUTPUT_MARK_ENV, bootstrap
 from fastflow.runs.capture import LogCapture
 from fastflow.runs.masking import Masker
+from fastflow.runs.output_streams import mark_for
 from fastflow.runs.pump import Outcome, Pump
 from fastflow.runs.sampler import TreeSampler
 
@@ -615,7 +616,7 @@ def _run_process(
     kill_grace: float | None,
 ) -> tuple[RunStatus, int | None, str | None]:
     assert prepared.env is not None
-    env = {**env, OUTPUT_MARK_ENV: capture.split_streams()}  # stderr told apart, see capture
+    env = {**env, OUTPUT_MARK_ENV: capture.split_streams(mark_for(run_id))}  # see capture
     try:
         proc = _start(prepared.env.python, pipeline, env, workdir, prepared.user)
     except OSError as e:
