@@ -25,7 +25,7 @@ from goals import ratios
 
 LAYER = "fastflow's layer"
 UNFRAMED = "layer, stderr unframed"
-MARK = {"FASTFLOW_OUTPUT_MARK": "0123456789abcdef"}
+MARK = {"FASTFLOW_OUTPUT_MARK": "0123abcd"}
 # Python's default buffering for the baseline (as a pipeline run by hand gets it)
 BASE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))

@@ -18,7 +18,7 @@ from fastflow.runs.masking import Masker
 from fastflow.runs.output_streams import STDERR, STDOUT, StreamSplit
 
 SECRETS = ["API-TOKEN-123456", "s3cr3t", "abcdefgh", "ünïcødé-pw"]
-MARK = "0123456789abcdef"
+MARK = "0123abcd"
 
 
 def _framed(pieces: list[tuple[int, bytes]], mark: str = MARK) -> bytes:
@@ -151,3 +151,21 @@ def test_tick_writes_what_waited_too_long() -> None:
     assert out.getvalue() == ""
     capture.tick(now=monotonic() + HOLD_S)
     assert _content(out.getvalue()) == "passwarn\n"
+
+
+def test_consecutive_stderr_writes_come_out_as_one_piece() -> None:
+    """A print() to stderr is four writes, each framed: the seams between frames are
+    taken out at once, so a read of stderr lines is one piece, not thousands (outside
+    audit: 1M stderr lines took 29 s instead of 2.6 s)."""
+    writes = [(STDERR, w) for i in range(1000) for w in (b"row", b" ", str(i).encode(), b"\n")]
+    split = StreamSplit(MARK)
+    pieces = split.feed(b"head\n" + _framed(writes) + b"tail\n") + split.close()
+    want = b"".join(w for _, w in writes)
+    assert pieces == [(STDOUT, b"head\n"), (STDERR, want), (STDOUT, b"tail\n")]
+
+
+def test_a_read_of_both_streams_without_secrets_passes_as_written() -> None:
+    m = InterleavedMasker(Masker(SECRETS))
+    pieces = [(i % 2, f"line {i}\n") for i in range(500)]
+    assert m.push_all(pieces) == "".join(t for _, t in pieces)
+    assert not m.waiting

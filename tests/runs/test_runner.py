@@ -601,3 +601,100 @@ def test_daemon_threads_printing_while_the_pipeline_exits(
         # inside another one, as on a terminal; each main write is whole
         assert [int(i) for i in re.findall(r"main (\d+)\n", text)] == list(range(2000))
         assert "daemon log" in text and "daemon out" in text
+
+
+def test_forked_children_print_while_a_thread_prints(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """A fork while another thread was inside the shared writer left the child with its
+    lock held for ever: the child's first print hung (outside audit: 4–20 children of 20
+    with the bootstrap, none in plain Python). The child now gets a writer of its own."""
+    make_pipeline(
+        "forks",
+        """
+        import os, sys, threading, time
+        stop = False
+        def spam():
+            i = 0
+            while not stop:
+                print("bg out", i)
+                sys.stderr.write(f"bg err {i}\\n")
+                i += 1
+        t = threading.Thread(target=spam)
+        t.start()
+        pids = []
+        for k in range(20):
+            pid = os.fork()
+            if pid == 0:
+                print(f"child {k} out")
+                sys.stderr.write(f"child {k} err\\n")
+                sys.stdout.flush()
+                os._exit(0)
+            pids.append(pid)
+        hung = 0
+        for pid in pids:
+            deadline = time.monotonic() + 5
+            while not os.waitpid(pid, os.WNOHANG)[0]:
+                if time.monotonic() > deadline:
+                    hung += 1
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.01)
+        stop = True
+        t.join()
+        print("hung children:", hung)
+        """,
+    )
+    result = run_pipeline(app.db, app.settings, "forks", "cli")
+    assert result.status == RunStatus.SUCCESS, result.log_path.read_text()[-2000:]
+    text = result.log_path.read_text()
+    assert "hung children: 0\n" in text
+    for k in range(20):
+        assert f"child {k} out\n" in text and f"child {k} err\n" in text
+
+
+@pytest.mark.parametrize(
+    ("script", "status", "expected"),
+    [
+        ('print("all done")\nsys.stdout.close()', RunStatus.SUCCESS, ["all done"]),
+        (  # a temporary wrapper over sys.stdout.buffer, collected: it closes the buffer
+            "w = io.TextIOWrapper(sys.stdout.buffer, newline='')\n"
+            "w.write('a,1\\n')\nw.flush()\ndel w\ngc.collect()",
+            RunStatus.SUCCESS,
+            ["a,1"],
+        ),
+        (
+            'sys.stdout.close()\nraise RuntimeError("boom after stdout closed")',
+            RunStatus.FAILED,
+            ["RuntimeError: boom after stdout closed"],
+        ),
+    ],
+)
+def test_a_pipeline_that_closes_stdout_still_ends_as_it_should(
+    app: Context, make_pipeline: MakePipeline, script: str, status: RunStatus, expected: list[str]
+) -> None:
+    """Outside audit: with stdout closed, the interpreter's final flush of stderr hit the
+    closed shared writer — exit code 120 and no traceback. stderr now goes straight to
+    the pipe once that writer is closed, as it stays usable in plain Python."""
+    make_pipeline("closer", "import gc, io, sys\n" + script)
+    result = run_pipeline(app.db, app.settings, "closer", "cli")
+    assert result.status == status, result.log_path.read_text()
+    lines = _payloads(result.log_path)
+    for line in expected:
+        assert line in lines
+    assert not any("exit code 120" in line or "Exception ignored" in line for line in lines)
+
+
+def test_stderrs_buffer_answers_like_a_real_one(app: Context, make_pipeline: MakePipeline) -> None:
+    make_pipeline(
+        "attrs",
+        """
+        import array, sys
+        n = sys.stderr.buffer.write(memoryview(array.array("i", [1, 2, 3])))
+        print(n, sys.stderr.name, sys.stderr.buffer.raw.fileno(), sys.stderr.fileno())
+        """,
+    )
+    result = run_pipeline(app.db, app.settings, "attrs", "cli")
+    assert result.status == RunStatus.SUCCESS, result.log_path.read_text()
+    assert _payloads(result.log_path)[-1].endswith("12 <stderr> 1 1")

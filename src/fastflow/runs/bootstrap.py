@@ -25,6 +25,13 @@ that still print are stopped by the interpreter at any moment, and one stopped i
 the shared writer would keep its lock and make the interpreter's final flush a fatal
 error (it did, 9 runs in 10, for a daemon thread printing in a loop). The replaced
 stdout layers are kept alive: a ``print()`` in progress may still hold one.
+
+A forked child gets a writer of its own (the parent's is flushed before the fork): one
+inherited while another thread was inside it keeps a lock no thread of the child will
+ever release (its first print hung). The inherited objects are never freed in the child
+(their close would wait for that lock). Once stdout is closed (``sys.stdout.close()``,
+or a collected ``TextIOWrapper(sys.stdout.buffer)``), stderr goes straight to the pipe,
+so tracebacks still reach the log.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ DIE_WITH_PARENT = (
 )
 
 OUTPUT_MARK_ENV = "FASTFLOW_OUTPUT_MARK"
-FRAME_LEAD = b"\x00\x1bff"  # + mark + a kind byte
+FRAME_LEAD = b"\x00\x1b"  # + mark + a kind byte: 11 bytes
 STDERR_ON, STDERR_OFF = b"E", b"O"
 
 # stderr becomes stdout (fd 2 -> fd 1): where only one stream is read (a container)
@@ -60,22 +67,44 @@ def _write_fd(data):
     while data:
         data = data[os.write(1, data):]
 class _Stderr(io.BufferedIOBase):
+    name = '<stderr>'
+    raw = property(lambda self: _buf.raw)
     def writable(self):
         return True
     def write(self, b):
-        if _direct:
+        if _direct or _buf.closed:
             _write_fd(b''.join((_on, b, _off)))
         else:
             _buf.write(b''.join((_on, b, _off)))
-        return len(b)
+        return len(b) if b.__class__ is bytes else memoryview(b).nbytes
     def flush(self):
-        if not _direct:
+        if not _direct and not _buf.closed:
             _buf.flush()
     def fileno(self):
         return 1
     def close(self):
-        if not _direct and not _buf.closed:
-            _buf.flush()
+        self.flush()
+def _flush_before_fork():
+    try:
+        _buf.flush()
+    except Exception:
+        pass
+def _own_writer_after_fork():
+    global _buf, _out
+    try:
+        import ctypes
+        for _o in (_buf, _out):
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(_o))
+    except Exception:
+        return
+    old = _out
+    _buf = io.BufferedWriter(io.FileIO(1, 'w', closefd=False), 65536)
+    _out = _text(_buf, old)
+    if sys.stdout is old:
+        sys.stdout = _out
+    if sys.__stdout__ is old:
+        sys.__stdout__ = _out
+os.register_at_fork(before=_flush_before_fork, after_in_child=_own_writer_after_fork)
 class _LateStdout(io.TextIOBase):
     def __init__(self, errors):
         self._errors = errors
@@ -94,7 +123,8 @@ class _LateStdout(io.TextIOBase):
         return len(s)
 def _text(buffer, old):
     return io.TextIOWrapper(buffer, encoding='utf-8', errors=old.errors, write_through=True)
-sys.stdout, sys.stderr = _text(_buf, sys.stdout), _text(_Stderr(), sys.stderr)
+_out = sys.stdout = _text(_buf, sys.stdout)
+sys.stderr = _text(_Stderr(), sys.stderr)
 sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
 _quit = threading.Event()
 def _flush_now_and_then():

@@ -88,8 +88,14 @@ class LogCapture:
         pieces = self._split.feed(data)
         if len(pieces) == 1:
             self._feed_text(self._stream_text(*pieces[0]))
-        else:  # the read's lines formatted together, as without stderr between
-            self._feed_text("".join([self._stream_text(s, piece) for s, piece in pieces]))
+            return
+        # the read's pieces decoded, masked and formatted together (one settle, one write)
+        texts = [(s, self._decoders[s].decode(piece)) for s, piece in pieces]
+        if self._streams is None:
+            self._feed_text("".join([t for _, t in texts]))
+            return
+        self._feed_text(self._streams.push_all(texts))
+        self._note_waiting()
 
     def _stream_text(self, stream: int, data: bytes) -> str:
         """The text of ``data`` from ``stream`` that is certain now, masked."""

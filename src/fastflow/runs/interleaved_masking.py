@@ -46,13 +46,22 @@ class InterleavedMasker:
 
     def push(self, stream: int, text: str) -> str:
         """The masked text that is certain now."""
-        if not text:
-            return ""
+        return self.push_all([(stream, text)])
+
+    def push_all(self, pieces: list[tuple[int, str]]) -> str:
+        """``push`` of each piece in order, settled once (one read's pieces)."""
         segs = self._segs
-        if segs and segs[-1].stream == stream:
-            segs[-1].text += text
-        else:
-            segs.append(_Seg(stream, text))
+        if not segs and len(pieces) > 1 and self._clear(pieces):
+            return "".join([t for _, t in pieces])
+        for stream, text in pieces:
+            if not text:
+                continue
+            if segs and segs[-1].stream == stream:
+                segs[-1].text += text
+            else:
+                segs.append(_Seg(stream, text))
+        if not segs:
+            return ""
         if len(segs) == 1:  # one stream: the plain streaming masker
             out, carry = self._m.settle(segs[0].text)
             if carry:
@@ -61,6 +70,15 @@ class InterleavedMasker:
                 segs.clear()
             return out
         return self._settle(per_stream=True)
+
+    def _clear(self, pieces: list[tuple[int, str]]) -> bool:
+        """Nothing to mask or hold in ``pieces`` (the usual read with both streams):
+        no value and no possible start of one in the merged text or in either stream's
+        own text. A few C-speed scans instead of the segment bookkeeping."""
+        m = self._m
+        texts = ["".join([t for _, t in pieces])]
+        texts += ["".join([t for s, t in pieces if s == stream]) for stream in (0, 1)]
+        return all(m.pattern_for(t) is None and not m.held_suffix(t) for t in texts)
 
     def release(self) -> str:
         """Give up each stream's own held start (what only the merged text could still

@@ -25,7 +25,11 @@ class Masker:
         ordered = sorted(kept, key=len, reverse=True)  # longest first wins at one position
         self._values = ordered
         self._pattern = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
-        self._firsts = frozenset(v[0] for v in ordered)
+        firsts = sorted({v[0] for v in ordered})
+        # where a value may start (never matches without values)
+        self._first_re = re.compile(
+            "[" + "".join(map(re.escape, firsts)) + "]" if firsts else "(?!)"
+        )
         self._longest = len(ordered[0]) if ordered else 0
         self._carry = ""
         self._subsets: dict[tuple[str, ...], re.Pattern[str]] = {}
@@ -90,12 +94,16 @@ class Masker:
         return pattern
 
     def held_suffix(self, buf: str) -> int:
-        """Length of the longest suffix of ``buf`` that is a proper prefix of a value."""
+        """Length of the longest suffix of ``buf`` that is a proper prefix of a value.
+        Only positions holding a value's first character are tried (found by one regex
+        scan of the last ``longest - 1`` characters, not a loop over each of them)."""
         n = len(buf)
-        for k in range(min(self._longest - 1, n), 0, -1):
-            if buf[n - k] not in self._firsts:
-                continue
-            tail = buf[n - k :]
+        if self._longest < 2 or not n:
+            return 0
+        start = max(0, n - (self._longest - 1))
+        for m in self._first_re.finditer(buf, start):
+            tail = buf[m.start() :]
+            k = len(tail)
             if any(len(v) > k and v.startswith(tail) for v in self._values):
                 return k
         return 0

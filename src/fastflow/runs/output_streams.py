@@ -8,9 +8,11 @@ Guarantees: every byte that is not part of a frame comes out once, in order, how
 pipe is cut into reads; a possible start of a frame at the end of a read (at most
 ``len(lead)`` bytes) is held until the next read decides it; bytes written to the pipe
 by anything else (a child process, C code writing to fd 2) belong to the stream that is
-open at that moment. The mark is 64 bits per run (``mark_for``: derived from the run's
-id, so that a re-attached container run finds it again), so output never contains it
-by chance.
+open at that moment. The mark is 32 bits per run (``mark_for``: derived from the run's
+id, so that a re-attached container run finds it again); with the lead's NUL and ESC a
+frame boundary is 11 bytes that text never holds and binary output holds by chance once
+in 2^88 positions. It is no security boundary: a pipeline can find its mark and forge
+frames, which only changes how its own output is masked (it knows its secrets anyway).
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ STDOUT, STDERR = 0, 1
 
 def new_mark() -> str:
     """A fresh random mark (ASCII, for the environment)."""
-    return secrets.token_hex(8)
+    return secrets.token_hex(4)
 
 
 def mark_for(run_id: uuid.UUID) -> str:
     """The mark of run ``run_id`` (ASCII, for the environment)."""
-    return hashlib.sha256(b"fastflow output mark " + run_id.bytes).hexdigest()[:16]
+    return hashlib.sha256(b"fastflow output mark " + run_id.bytes).hexdigest()[:8]
 
 
 def without_frames(data: bytes, mark: str) -> bytes:
@@ -47,32 +49,42 @@ class StreamSplit:
     def __init__(self, mark: str) -> None:
         self._lead = FRAME_LEAD + mark.encode("ascii")
         self._on, self._off = STDERR_ON[0], STDERR_OFF[0]
+        # stderr written twice in a row: its first frame's end and the next one's start
+        # (taken out at C speed: a print() to stderr is four writes, four frames)
+        self._rejoin = self._lead + STDERR_OFF + self._lead + STDERR_ON
         self._stream = STDOUT
         self._carry = b""
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """The pieces of ``data`` (after what was held) that are certain now."""
+        """The pieces of ``data`` (after what was held) that are certain now; adjacent
+        pieces are of different streams."""
         buf = self._carry + data if self._carry else data
         lead = self._lead
-        frame = len(lead) + 1
-        out: list[tuple[int, bytes]] = []
-        pos = search = 0
-        while True:
-            i = buf.find(lead, search)
-            if i < 0 or i + frame > len(buf):
-                break
-            kind = buf[i + frame - 1]
-            if kind not in (self._on, self._off):
-                search = i + 1  # not a frame: ordinary bytes
-                continue
-            if i > pos:
-                out.append((self._stream, buf[pos:i]))
-            self._stream = STDERR if kind == self._on else STDOUT
-            pos = search = i + frame
-        keep = self._held_from(buf, max(pos, len(buf) - frame + 1))
-        if keep > pos:
-            out.append((self._stream, buf[pos:keep]))
+        keep = self._held_from(buf, max(0, len(buf) - len(lead)))
         self._carry = buf[keep:]
+        body = buf[:keep] if keep < len(buf) else buf
+        if lead not in body:
+            return [(self._stream, body)] if body else []
+        parts = body.replace(self._rejoin, b"").split(lead)
+        out: list[tuple[int, bytes]] = []
+        stream, acc = self._stream, [parts[0]]
+        on, off = self._on, self._off
+        for part in parts[1:]:
+            kind = part[0] if part else -1
+            if kind != on and kind != off:
+                acc += (lead, part)  # not a frame: ordinary bytes
+                continue
+            new = STDERR if kind == on else STDOUT
+            if new != stream:
+                chunk = b"".join(acc)
+                if chunk:
+                    out.append((stream, chunk))
+                stream, acc = new, []
+            acc.append(part[1:])
+        chunk = b"".join(acc)
+        if chunk:
+            out.append((stream, chunk))
+        self._stream = stream
         return out
 
     def close(self) -> list[tuple[int, bytes]]:
@@ -86,9 +98,7 @@ class StreamSplit:
         first = self._lead[:1]
         j = buf.find(first, start)
         while j >= 0:
-            if (self._lead + bytes([self._on])).startswith(buf[j:]) or (
-                self._lead + bytes([self._off])
-            ).startswith(buf[j:]):
+            if self._lead.startswith(buf[j:]):
                 return j
             j = buf.find(first, j + 1)
         return len(buf)
