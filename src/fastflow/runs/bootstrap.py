@@ -72,10 +72,16 @@ class _Stderr(io.BufferedIOBase):
     def writable(self):
         return True
     def write(self, b):
-        if _direct or _buf.closed:
-            _write_fd(b''.join((_on, b, _off)))
+        data = b''.join((_on, b, _off))
+        if _direct:
+            _write_fd(data)
         else:
-            _buf.write(b''.join((_on, b, _off)))
+            try:
+                _buf.write(data)
+            except ValueError:
+                if not _buf.closed:
+                    raise
+                _write_fd(data)
         return len(b) if b.__class__ is bytes else memoryview(b).nbytes
     def flush(self):
         if not _direct and not _buf.closed:
