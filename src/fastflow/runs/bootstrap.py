@@ -110,7 +110,8 @@ def _own_writer_after_fork():
         sys.stdout = _out
     if sys.__stdout__ is old:
         sys.__stdout__ = _out
-os.register_at_fork(before=_flush_before_fork, after_in_child=_own_writer_after_fork)
+if hasattr(os, "register_at_fork"):  # Python 3.7+ (an image may have an older one)
+    os.register_at_fork(before=_flush_before_fork, after_in_child=_own_writer_after_fork)
 class _LateStdout(io.TextIOBase):
     def __init__(self, errors):
         self._errors = errors
