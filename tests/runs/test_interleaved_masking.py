@@ -169,3 +169,23 @@ def test_a_read_of_both_streams_without_secrets_passes_as_written() -> None:
     pieces = [(i % 2, f"line {i}\n") for i in range(500)]
     assert m.push_all(pieces) == "".join(t for _, t in pieces)
     assert not m.waiting
+
+
+def test_overlapping_secrets_in_one_read_of_both_streams_never_leak() -> None:
+    """Outside audit: settling a whole read at once let an occurrence in one stream's
+    own text win over an overlapping one in the merged text and leave that one whole in
+    the log; a read is now masked piece by piece unless it holds nothing to mask."""
+    values = ["AAAAAAA", "ABBBBBA"]
+    writes = [(STDERR, b"AAAA"), (STDERR, b"BBBBB"), (STDOUT, b"A"), (STDOUT, b"BA\n")]
+    writes += [(STDOUT, b"AAAA"), (STDERR, b"AAAA"), (STDOUT, b"x\n"), (STDERR, b"AA")]
+    logs = []
+    for one_read in (True, False):
+        out = io.StringIO()
+        capture = LogCapture(out, clock=lambda: 0.0, masker=Masker(values))
+        mark = capture.split_streams()
+        for chunk in [_framed(writes, mark)] if one_read else [_framed([w], mark) for w in writes]:
+            capture.feed(chunk)
+        capture.close()
+        logs.append(_content(out.getvalue()))
+        assert not any(v in logs[-1] for v in values), logs[-1]
+    assert logs[0] == logs[1]  # the read boundaries do not change the result

@@ -698,3 +698,51 @@ def test_stderrs_buffer_answers_like_a_real_one(app: Context, make_pipeline: Mak
     result = run_pipeline(app.db, app.settings, "attrs", "cli")
     assert result.status == RunStatus.SUCCESS, result.log_path.read_text()
     assert _payloads(result.log_path)[-1].endswith("12 <stderr> 1 1")
+
+
+def test_fork_workers_logging_through_a_handler_made_before_the_fork(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """Outside audit: a logging handler (or a user's wrapper) made before the fork keeps
+    the parent's stdout layer; a worker forked while a thread logged hung on its lock.
+    The child's handlers and wrappers over the shared writer are pointed at its own."""
+    make_pipeline(
+        "mpfork",
+        """
+        import io, logging, multiprocessing as mp, sys, threading
+        sys.stdout = io.TextIOWrapper(sys.stdout.buffer, line_buffering=True)
+        logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+        log = logging.getLogger("x")
+        stop = False
+        def spam():
+            i = 0
+            while not stop:
+                log.info("bg log %d", i)
+                i += 1
+        def work(k):
+            log.info("worker %d log", k)
+            print(f"worker {k} print")
+        if __name__ == "__main__":
+            mp.set_start_method("fork")
+            t = threading.Thread(target=spam)
+            t.start()
+            ps = [mp.Process(target=work, args=(k,)) for k in range(30)]
+            for p in ps:
+                p.start()
+            for p in ps:
+                p.join(10)
+            codes = [p.exitcode for p in ps]
+            for p in ps:
+                if p.exitcode is None:
+                    p.kill()
+            stop = True
+            t.join()
+            print("hung:", codes.count(None))
+        """,
+    )
+    result = run_pipeline(app.db, app.settings, "mpfork", "cli")
+    assert result.status == RunStatus.SUCCESS, result.log_path.read_text()[-2000:]
+    text = result.log_path.read_text()
+    assert "hung: 0\n" in text
+    for k in range(30):
+        assert f"worker {k} log\n" in text and f"worker {k} print\n" in text

@@ -28,10 +28,13 @@ stdout layers are kept alive: a ``print()`` in progress may still hold one.
 
 A forked child gets a writer of its own (the parent's is flushed before the fork): one
 inherited while another thread was inside it keeps a lock no thread of the child will
-ever release (its first print hung). The inherited objects are never freed in the child
-(their close would wait for that lock). Once stdout is closed (``sys.stdout.close()``,
-or a collected ``TextIOWrapper(sys.stdout.buffer)``), stderr goes straight to the pipe,
-so tracebacks still reach the log.
+ever release (its first print hung). ``sys.stdout``, a wrapper the pipeline made over
+its buffer and the streams of ``logging`` handlers are pointed at the child's writer;
+the inherited objects are never freed in the child (their close would wait for that
+lock). Another object kept over the old buffer can still hang a forked child. Once
+stdout is closed (``sys.stdout.close()``, or a collected
+``TextIOWrapper(sys.stdout.buffer)``), stderr goes straight to the pipe, so tracebacks
+still reach the log.
 """
 
 from __future__ import annotations
@@ -103,13 +106,34 @@ def _own_writer_after_fork():
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(_o))
     except Exception:
         return
-    old = _out
+    old, old_buf = _out, _buf
     _buf = io.BufferedWriter(io.FileIO(1, 'w', closefd=False), 65536)
     _out = _text(_buf, old)
-    if sys.stdout is old:
-        sys.stdout = _out
-    if sys.__stdout__ is old:
-        sys.__stdout__ = _out
+    swapped = {id(old): _out}
+    def _swap(stream):
+        if id(stream) in swapped:
+            return swapped[id(stream)]
+        if getattr(stream, 'buffer', None) is not old_buf:
+            return stream
+        try:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(stream))
+            new = io.TextIOWrapper(_buf, encoding=stream.encoding, errors=stream.errors,
+                                   line_buffering=stream.line_buffering,
+                                   write_through=stream.write_through)
+        except Exception:
+            return stream
+        swapped[id(stream)] = new
+        return new
+    sys.stdout, sys.__stdout__ = _swap(sys.stdout), _swap(sys.__stdout__)
+    _logging = sys.modules.get('logging')
+    for _ref in getattr(_logging, '_handlerList', ()):
+        _h = _ref()
+        try:
+            _new = _swap(_h.stream)
+            if _new is not _h.stream:
+                _h.stream = _new
+        except Exception:
+            pass
 if hasattr(os, "register_at_fork"):  # Python 3.7+ (an image may have an older one)
     os.register_at_fork(before=_flush_before_fork, after_in_child=_own_writer_after_fork)
 class _LateStdout(io.TextIOBase):

@@ -44,24 +44,24 @@ class InterleavedMasker:
         """Text of both streams is held (behind one stream's possible secret start)."""
         return len(self._segs) > 1
 
+    def push_all(self, pieces: list[tuple[int, str]]) -> str:
+        """``push`` of each piece in order (one read's pieces). A read that holds no
+        value and no possible start of one passes at once; any other is pushed piece
+        by piece (settling a read at once can let an occurrence in one stream's text win
+        over an overlapping one in the merged text and leave that one whole: audit)."""
+        if not self._segs and len(pieces) > 1 and self._clear(pieces):
+            return "".join([t for _, t in pieces])
+        return "".join([self.push(stream, text) for stream, text in pieces])
+
     def push(self, stream: int, text: str) -> str:
         """The masked text that is certain now."""
-        return self.push_all([(stream, text)])
-
-    def push_all(self, pieces: list[tuple[int, str]]) -> str:
-        """``push`` of each piece in order, settled once (one read's pieces)."""
-        segs = self._segs
-        if not segs and len(pieces) > 1 and self._clear(pieces):
-            return "".join([t for _, t in pieces])
-        for stream, text in pieces:
-            if not text:
-                continue
-            if segs and segs[-1].stream == stream:
-                segs[-1].text += text
-            else:
-                segs.append(_Seg(stream, text))
-        if not segs:
+        if not text:
             return ""
+        segs = self._segs
+        if segs and segs[-1].stream == stream:
+            segs[-1].text += text
+        else:
+            segs.append(_Seg(stream, text))
         if len(segs) == 1:  # one stream: the plain streaming masker
             out, carry = self._m.settle(segs[0].text)
             if carry:
