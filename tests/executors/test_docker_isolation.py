@@ -16,6 +16,7 @@ from fastflow.context import Context
 from fastflow.db.models import RunStatus
 from fastflow.runs import runner, secret_store
 from tests.conftest import MakePipeline
+from tests.runs.test_secret_masking_e2e import SPLIT_BY_THE_OTHER_STREAM, SPLIT_LOG_LINES
 
 PROBE_NETWORK = """
 import json, os, socket
@@ -179,31 +180,18 @@ def test_secrets_are_given_to_the_container_and_masked_in_its_log(
     assert local.rstrip().endswith(b"done")
 
 
-SPLIT = """
-import os, sys
-token = os.environ["API_TOKEN"]
-print("out:", token[:6], end="")
-print("a warning between", file=sys.stderr)
-print(token[6:])
-sys.stderr.write("err: " + token[:4])
-print("a stdout line between")
-sys.stderr.write(token[4:] + "\\n")
-print("done")
-"""
-
-
 def test_a_secret_split_by_a_write_to_the_other_stream_is_masked_in_a_container(
     docker_ctx: Context, make_pipeline: MakePipeline
 ) -> None:
     """As for local runs: the container's bootstrap frames stderr, so each stream is
     masked on its own too (a secret in two stdout pieces with stderr between them)."""
     secret_store.set_secret(docker_ctx.db, docker_ctx.settings, "API_TOKEN", TOKEN)
-    make_pipeline("split", SPLIT, config='{"secrets": ["API_TOKEN"]}')
+    make_pipeline("split", SPLIT_BY_THE_OTHER_STREAM, config='{"secrets": ["API_TOKEN"]}')
     result = runner.run_pipeline(docker_ctx.db, docker_ctx.settings, "split", "cli")
     assert result.status is RunStatus.SUCCESS, result.log_path.read_text()[:2000]
     log = result.log_path.read_text()
-    for piece in (TOKEN, TOKEN[:6], TOKEN[6:], TOKEN[4:]):
+    for piece in (TOKEN, TOKEN[:6], TOKEN[6:], TOKEN[4:], TOKEN[:10], TOKEN[10:]):
         assert piece not in log
     lines = [line[26:] for line in log.splitlines() if not line[26:].startswith("[")]
-    assert lines == ["out: ***a warning between", "", "err: ***a stdout line between", "", "done"]
+    assert lines == SPLIT_LOG_LINES
     assert "\x00" not in log
