@@ -6,6 +6,7 @@ answers. Read-only: no mail, no Teams post, no object, no database file is creat
 from __future__ import annotations
 
 import json
+import pwd
 import socket
 import sqlite3
 import threading
@@ -126,6 +127,22 @@ def test_fresh_install_everything_skipped_but_database_exit_0(ff_env: dict[str, 
     assert "TEAMS_ENABLED=false" in lines[3]
     assert "not used by any pipeline" in lines[4]
     assert not Path(ff_env["DATA_DIR"]).exists()  # the doctor created nothing
+
+
+def test_a_run_as_user_this_machine_lacks_is_invalid_configuration(
+    ff_env: dict[str, str],
+) -> None:
+    """``serve`` and ``run`` refuse such a RUN_AS_USER: the doctor must not call it ok."""
+    for args in (("doctor",), ("doctor", "--json")):
+        res = run_cli(*args, env={"RUN_AS_USER": "no-such-user-xyz"})
+        assert res.returncode == 2, res.stdout
+        assert "RUN_AS_USER=no-such-user-xyz: no such user on this machine" in res.stderr
+        assert res.stdout == ""
+    # an existing user, by name or by uid, is fine (the doctor switches no users itself)
+    for user in ("nobody", str(pwd.getpwnam("nobody").pw_uid)):
+        res = run_cli("doctor", env={"RUN_AS_USER": user})
+        assert res.returncode == 0, res.stderr
+    assert not Path(ff_env["DATA_DIR"]).exists()
 
 
 def test_json_lists_every_check_and_any_error_exits_1(ff_env: dict[str, str]) -> None:

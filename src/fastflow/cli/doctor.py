@@ -24,10 +24,14 @@ from fastflow.cli import _settings
 def doctor(ctx: click.Context, timeout: float, as_json: bool) -> None:
     """Check the database, S3, SMTP, Teams and the Docker daemon: one line each, ok,
     error or skipped (not configured or not used). Read-only: no mail, no Teams message,
-    no object written. Exit 1 if any check failed."""
+    no object written. Exit 1 if any check failed; exit 2 for invalid configuration
+    (also a ``RUN_AS_USER`` this machine does not know, which ``serve`` and ``run`` refuse)."""
     from fastflow.doctor import run_checks
+    from fastflow.runs import isolation
 
-    checks = run_checks(_settings(ctx), timeout=timeout)
+    settings = _settings(ctx)
+    isolation.user_entry(settings)  # RUN_AS_USER that serve and run refuse: exit 2, as they do
+    checks = run_checks(settings, timeout=timeout)
     if as_json:
         click.echo(json.dumps([c.to_dict() for c in checks], ensure_ascii=False))
     else:

@@ -68,15 +68,25 @@ def can_switch_users() -> bool:
     return bool(caps & (1 << _CAP_SETUID)) and bool(caps & (1 << _CAP_SETGID))
 
 
-def run_as(settings: Settings) -> RunAs | None:
-    """The user of ``RUN_AS_USER``, checked; None when unset."""
+def user_entry(settings: Settings) -> pwd.struct_passwd | None:
+    """The account ``RUN_AS_USER`` names (a name or a numeric uid); None when unset.
+    ``ConfigError`` when this machine has no such user (``fastflow doctor`` asks this
+    too: it does not switch users itself, so it does not need the right to)."""
     name = settings.run_as_user
     if name is None:
         return None
     try:
-        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
-    except (KeyError, ValueError):
+        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except (KeyError, ValueError, OverflowError):
         raise ConfigError(f"RUN_AS_USER={name}: no such user on this machine") from None
+
+
+def run_as(settings: Settings) -> RunAs | None:
+    """The user of ``RUN_AS_USER``, checked; None when unset."""
+    name = settings.run_as_user
+    entry = user_entry(settings)
+    if name is None or entry is None:
+        return None
     if not can_switch_users():
         raise ConfigError(
             f"RUN_AS_USER={name}: fastflow must run as root or hold CAP_SETUID and "
