@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -285,9 +286,17 @@ def test_the_bell_shows_an_integrity_incident_and_its_recovery(
     key = f"pipeline-logs/etl/{runs[-1].id}/run.log"  # the oldest: archived
     client = s3.client()
 
-    def verify(expected: int) -> None:
+    def verify(expected: int, server: Server) -> None:
         done = run_cli("archive", "verify", "--record", env=env)
         assert done.returncode == expected, done.stdout + done.stderr
+        # the server's read cache shows another process's change within a second: the page
+        # is reloaded once the API has it (a reload before showed the old state at times)
+        deadline = time.monotonic() + 10
+        while len(api(server, "GET", "/api/settings/system-incidents").json()["incidents"]) != (
+            1 if expected else 0
+        ):
+            assert time.monotonic() < deadline, "the server never showed the verification"
+            time.sleep(0.05)
 
     def body(page: Any, server: Server) -> None:
         summary = api(server, "POST", "/api/settings/cleanup/force").json()
@@ -300,7 +309,7 @@ def test_the_bell_shows_an_integrity_incident_and_its_recovery(
         stored = client.get_object(Bucket=s3.bucket, Key=key)
         data, metadata = stored["Body"].read(), stored["Metadata"]
         client.delete_object(Bucket=s3.bucket, Key=key)
-        verify(1)
+        verify(1, server)
         page.reload()
         title = "Archive integrity: 1 damaged object in fastflow-test"
         expect(page.locator(".toast.error")).to_contain_text(title)
@@ -318,7 +327,7 @@ def test_the_bell_shows_an_integrity_incident_and_its_recovery(
         shot(page, "settings-bucket")
 
         client.put_object(Bucket=s3.bucket, Key=key, Body=data, Metadata=metadata)
-        verify(0)
+        verify(0, server)
         page.reload()
         expect(page.locator(".toast.ok")).to_contain_text(f"Resolved: {title}")
         expect(items).to_have_count(0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -22,13 +23,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from playwright.sync_api import expect
+from sqlalchemy import select
 
 from fastflow import accounts
 from fastflow.config import load_settings
 from fastflow.context import Context, bootstrap
-from fastflow.db.models import RunStatus, utcnow
+from fastflow.db.models import PipelineRun, RunStatus, utcnow
 from fastflow.lifecycle import disk
 from fastflow.lifecycle.cleanup import run_pass
+from fastflow.notify.models import NotificationDelivery
 from fastflow.notify.system import open_incidents
 from fastflow.runs import store
 from fastflow.server import create_app
@@ -229,6 +232,59 @@ def test_s3_down_raises_the_disk_incident_nothing_is_lost_and_it_resolves(
         ctx.db.dispose()
 
 
+def test_a_disk_incident_raised_by_fastflow_run_goes_out_before_the_command_exits(
+    small_logs: Path,
+    make_pipeline: MakePipeline,
+    smtp_server: SmtpCapture,
+    teams_endpoint: TeamsEndpoint,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The incident is raised at the run's start and sent by a daemon thread; a run that
+    succeeds sends nothing else. The command waits for the message before it exits (it
+    was lost with the process in 2 of 3 tries, its delivery rows left "in progress")."""
+    for key, value in {**notify_env(smtp_server, teams_endpoint), "DISK_WARN_DAYS": "3"}.items():
+        monkeypatch.setenv(key, value)
+    make_pipeline("ok", "print('fine')\n")
+    ctx = bootstrap(load_settings())
+    try:
+        # 2.5 MiB of logs in the last hour on 8 MiB: full in about two days
+        seed_run(ctx, "big", utcnow() - timedelta(hours=1), log=b"x" * (5 * MiB // 2))
+        teams_endpoint.hang(times=1)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fastflow", "run", "ok"],
+            env=dict(os.environ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            (card,) = teams_endpoint.wait_for(1, WAIT)  # held: the card is not answered yet
+            deadline = time.monotonic() + WAIT
+            while not _finished(ctx, "ok"):  # the run is over; its message is still held
+                assert time.monotonic() < deadline, "the run did not finish"
+                time.sleep(0.05)
+            with pytest.raises(subprocess.TimeoutExpired):  # ... and the command waits for it
+                proc.wait(timeout=3)
+            teams_endpoint.release()
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err
+        assert _row(ctx, out.strip().splitlines()[-1]).status == RunStatus.SUCCESS
+        assert "LOGS_DIR fills up" in str(card.json)
+        (mail,) = smtp_server.wait_for(1, WAIT)
+        assert mail.message["Subject"].startswith("[fastflow] LOGS_DIR fills up")
+        with ctx.db.session() as s:
+            rows = s.scalars(select(NotificationDelivery)).all()
+            assert sorted(r.channel for r in rows) == ["email", "teams"]
+            assert all(r.ok is True and r.finished_at is not None for r in rows)
+    finally:
+        teams_endpoint.release()
+        ctx.db.dispose()
+
+
 def test_every_cleanup_pass_checks_the_disk(
     small_logs: Path, s3: S3Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -253,6 +309,12 @@ def test_every_cleanup_pass_checks_the_disk(
 
 
 # --- a full LOGS_DIR ------------------------------------------------------------------------------
+
+
+def _finished(ctx: Context, pipeline: str) -> bool:
+    with ctx.db.session() as s:
+        runs = s.scalars(select(PipelineRun).where(PipelineRun.pipeline_name == pipeline)).all()
+        return len(runs) == 1 and runs[0].finished_at is not None
 
 
 def _row(ctx: Context, run_id: str) -> Any:

@@ -36,10 +36,17 @@ def _settings(ctx: click.Context) -> Settings:
     return settings
 
 
+# the contexts this process opened for a short-lived command: ``main`` lets their queued
+# notifications go out before the process ends (``_drain_notifications``)
+_opened: list[Context] = []
+
+
 def _context(ctx: click.Context) -> Context:
     from fastflow.context import bootstrap
 
     app = bootstrap(_settings(ctx))
+    if ctx.find_root().invoked_subcommand not in LONG_RUNNING:
+        _opened.append(app)
     if app.interrupted:  # runs of a process that died: what their end would have done
         from fastflow import notify
         from fastflow.orchestration.followup import after_interrupted
@@ -95,7 +102,25 @@ def main(argv: list[str] | None = None) -> Any:
 
         _fail(redact_current(known[1]), known[0])
     finally:
+        _drain_notifications()
         gc.enable()
+
+
+def _drain_notifications() -> None:
+    """Give the notifications this command queued (a disk incident raised at a run's
+    start, a pass's message) ``CLI_WAIT_S`` in all to go out: they are sent by daemon
+    threads, which end with the process. Nothing is imported when none was queued."""
+    opened, _opened[:] = list(_opened), []
+    if not opened or "fastflow.notify.delivery" not in sys.modules:
+        return
+    import time
+
+    from fastflow.notify.delivery import drain
+    from fastflow.notify.dispatch import CLI_WAIT_S
+
+    deadline = time.monotonic() + CLI_WAIT_S
+    for app in opened:
+        drain(app.db, max(0.0, deadline - time.monotonic()))
 
 
 # The commands import the helpers above, so they are registered last.

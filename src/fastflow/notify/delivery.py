@@ -92,6 +92,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._jobs: deque[Callable[[], None]] = deque()
         self._running = False
 
@@ -108,12 +109,18 @@ class _Worker:
             with self._lock:
                 if not self._jobs:
                     self._running = False
+                    self._idle.notify_all()
                     return
                 job = self._jobs.popleft()
             try:
                 job()
             except Exception as e:  # a bug; the job's own handler should have caught it
                 log.error("notification worker: %s", type(e).__name__)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds until every job submitted so far has run."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._running, timeout)
 
 
 _workers: weakref.WeakKeyDictionary[Database, _Worker] = weakref.WeakKeyDictionary()
@@ -126,6 +133,16 @@ def _worker_for(db: Database) -> _Worker:
         if worker is None:
             worker = _workers[db] = _Worker()
         return worker
+
+
+def drain(db: Database, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for every delivery queued for ``db`` in this process
+    (each takes at most its budget): a short-lived command calls this before it exits, so
+    that a message raised on the way (a disk incident at a run's start) is not lost with
+    its daemon thread, its delivery rows left "in progress". True when none is left."""
+    with _workers_lock:
+        worker = _workers.get(db)
+    return worker is None or worker.wait_idle(timeout)
 
 
 # --- channels -----------------------------------------------------------------------------
