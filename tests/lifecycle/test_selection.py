@@ -507,6 +507,36 @@ def test_driver_rows_of_every_shape_become_the_same_run_refs() -> None:
         assert got.started_at.utcoffset() == timedelta(0)
     no_finish = (rid.hex, *tail, "2026-03-01 10:00:00.123456", None, *rest)
     assert selection._refs([no_finish], "etl")[0].finished_at is None
+    # SQLite text that fastflow did not write: "Z" or an offset (the whole page is then
+    # converted value by value; it failed every pass before)
+    for started_text in ("2026-03-01T10:00:00.123456Z", "2026-03-01 12:00:00.123456+02:00"):
+        fast = (uuid.uuid4().hex, *tail, "2026-03-01 10:00:00.123456", None, *rest)
+        odd = (rid.hex, *tail, started_text, "2026-03-01 10:00:42.000000", *rest)
+        got_fast, got_odd = selection._refs([fast, odd], "etl")
+        assert got_odd == want and got_odd.started_at.tzinfo is not None
+        assert got_fast.started_at == started and got_fast.finished_at is None
+
+
+def test_a_sqlite_timestamp_with_an_offset_does_not_stop_planning(app: Any) -> None:
+    """A row whose ``started_at`` someone wrote with ``Z`` or an offset is planned (its
+    time read as written) instead of failing every pass (``fastflow runs`` read it; the
+    planner did not). SQLite compares such text as text, so the count rule may see it out
+    of order; the pure decision, on the parsed times, still never deletes a kept run."""
+    db: Database = app.db
+    runs = add_runs(db, "etl", minutes(4))
+    odd = {runs[0].id: "2020-01-01T00:00:00Z", runs[1].id: "2026-05-01 10:01:00+02:00"}
+    with db.engine.begin() as conn:
+        for run_id, text in odd.items():
+            conn.exec_driver_sql(
+                "UPDATE pipeline_runs SET started_at = ? WHERE id = ?", (text, run_id.hex)
+            )
+    by_age = deletions(db, "etl", Policy(max_age_days=30, keep_last_success=False))
+    started = {a.run.id: a.run.started_at for a in by_age}
+    assert set(started) == {r.id for r in runs}
+    assert started[runs[0].id] == datetime(2020, 1, 1, tzinfo=UTC)
+    assert started[runs[1].id] == T0 + timedelta(minutes=1)
+    by_count = deletions(db, "etl", Policy(keep_runs=1, keep_last_success=False))
+    assert {a.run.id for a in by_count} <= {r.id for r in runs[:3]}  # never the newest
 
 
 def test_fast_conversions_equal_the_standard_ones_on_random_values() -> None:

@@ -66,7 +66,8 @@ def _utc(value: Any) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, str):  # SQLite: "2026-12-01 10:00:00.000000", naive UTC
-        return datetime.fromisoformat(value + "+00:00")  # (much cheaper than .replace())
+        # (also text written by something else: "...T10:00:00Z", "...+02:00")
+        value = datetime.fromisoformat(value)
     assert isinstance(value, datetime)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
@@ -115,26 +116,29 @@ def _refs(raw: Sequence[Any], pipeline: str) -> list[RunRef]:
     new, ref = tuple.__new__, RunRef
     first = raw[0]
     if isinstance(first[0], str) and isinstance(first[3], str):
-        # SQLite: ids as hex text, timestamps as naive-UTC text
+        # SQLite: ids as hex text, timestamps as naive-UTC text as fastflow writes them
         uid, iso = _uid_hex, datetime.fromisoformat
-        return [
-            new(
-                ref,
-                (
-                    uid(r[0]),
-                    pipeline,
-                    r[1],
-                    r[2],
-                    iso(r[3] + "+00:00"),
-                    None if r[4] is None else iso(r[4] + "+00:00"),
-                    r[5],
-                    r[6],
-                    r[7],
-                    r[8],
-                ),
-            )
-            for r in raw
-        ]
+        try:
+            return [
+                new(
+                    ref,
+                    (
+                        uid(r[0]),
+                        pipeline,
+                        r[1],
+                        r[2],
+                        iso(r[3] + "+00:00"),
+                        None if r[4] is None else iso(r[4] + "+00:00"),
+                        r[5],
+                        r[6],
+                        r[7],
+                        r[8],
+                    ),
+                )
+                for r in raw
+            ]
+        except ValueError:
+            pass  # a timestamp written by something else ("Z", an offset): the slow path
     if isinstance(first[0], uuid.UUID) and isinstance(first[3], datetime) and not first[3].tzinfo:
         # PostgreSQL: UUID and naive-UTC datetime objects (``timestamp without time zone``
         # columns: every row is naive)
