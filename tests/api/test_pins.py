@@ -125,8 +125,13 @@ def test_a_run_removed_by_retention_cannot_be_pinned(api: Api) -> None:
     assert api.pin(old.id).status_code == 404
 
 
-def test_an_archived_run_removed_by_retention_is_refused_with_409(locked_api: Api) -> None:
-    ctx = locked_api.ctx
+def test_an_archived_run_removed_by_retention_is_pinned_with_a_legal_hold(
+    locked_api: Api, s3: S3Env
+) -> None:
+    """A run that lives only in the archive is pinned on its ledger entry: its archived
+    objects get the legal hold (a delete of them fails), every run object shows the pin,
+    and unpinning lifts it (it was refused with 409 before)."""
+    api, ctx = locked_api, locked_api.ctx
     old = seed_run(ctx, "etl", NOW - timedelta(days=3))
     seed_run(ctx, "etl", NOW - timedelta(days=1))
     data = ctx.settings.model_dump()
@@ -135,11 +140,37 @@ def test_an_archived_run_removed_by_retention_is_refused_with_409(locked_api: Ap
         Context(settings=load_settings(**data), db=ctx.db), "test", now=NOW
     ).deleted_runs
     assert run_row(ctx, old.id) is None and old.id in ledger(ctx)
+    entry = ledger(ctx)[old.id]
+    keys = [k for k in (entry.log_key, entry.metrics_key) if k is not None]
+    assert len(keys) == 2
+    client = s3.client()
+    versions = [client.head_object(Bucket=LOCKED, Key=k)["VersionId"] for k in keys]
 
-    res = locked_api.pin(str(old.id)[:8])
+    res = api.pin(str(old.id)[:8])
 
-    assert res.status_code == 409
-    assert "was removed by retention (archived at s3://fastflow-locked/" in res.json()["detail"]
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert (body["run_id"], body["pinned"], body["changed"]) == (str(old.id), True, True)
+    assert body["pinned_by"] == "token:ops" and body["pin_reason"] == "audit 2026"
+    assert body["legal_hold"] == {"enabled": True, "on": True, "objects": keys, "error": None}
+    for key, version in zip(keys, versions, strict=True):
+        assert client.get_object_legal_hold(Bucket=LOCKED, Key=key)["LegalHold"]["Status"] == "ON"
+        with pytest.raises(ClientError, match="AccessDenied"):
+            client.delete_object(Bucket=LOCKED, Key=key, VersionId=version)
+    shown = api.client.get(f"/api/runs/{old.id}", headers=api.viewer).json()
+    assert shown["pinned_at"] == body["pinned_at"] and shown["pin_reason"] == "audit 2026"
+    listed = api.client.get("/api/runs?include_archived=true", headers=api.viewer).json()
+    (mine,) = [r for r in listed if r["id"] == str(old.id)]
+    assert mine["pinned_by"] == "token:ops"
+    assert api.pin(old.id).json()["changed"] is False  # again: the reason is replaced
+
+    off = api.unpin(old.id).json()
+
+    assert (off["pinned"], off["changed"], off["legal_hold"]["objects"]) == (False, True, keys)
+    assert client.get_object_legal_hold(Bucket=LOCKED, Key=keys[0])["LegalHold"]["Status"] == "OFF"
+    assert api.client.get(f"/api/runs/{old.id}", headers=api.viewer).json()["pinned_at"] is None
+    assert api.unpin(old.id).json()["changed"] is False
+    client.delete_object(Bucket=LOCKED, Key=keys[0], VersionId=versions[0])  # allowed again
 
 
 def test_legal_hold_blocks_deleting_a_pinned_runs_objects_until_unpinned(

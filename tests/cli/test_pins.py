@@ -78,7 +78,7 @@ def test_unknown_runs_are_one_line_errors(ctx: Context) -> None:
         assert res.stderr.strip() == f"fastflow: run {missing} not found"
 
 
-def test_an_archived_run_removed_by_retention_cannot_be_pinned(
+def test_an_archived_run_removed_by_retention_is_pinned_on_its_ledger_entry(
     ctx: Context, s3: S3Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for key, value in s3.env().items():
@@ -88,10 +88,19 @@ def test_an_archived_run_removed_by_retention_cannot_be_pinned(
     seed_run(s3ctx, "etl", NOW - timedelta(days=1))
     assert run_pass(s3ctx, "test", now=NOW).deleted_runs == 1
 
-    res = run_cli("runs", "pin", str(old.id), "--reason", "too late")
+    res = run_cli("runs", "pin", str(old.id), "--reason", "legal request 7")
 
-    assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert f"fastflow: run {old.id} was removed by retention (archived at s3://" in res.stderr
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.startswith(f"run {old.id} pinned by cli:")
+    assert res.stderr.rstrip().endswith(": legal request 7")
+    entry = ledger(s3ctx)[old.id]
+    assert entry.pinned_at is not None and entry.pin_reason == "legal request 7"
+    assert str(entry.pinned_by).startswith("cli:")
+
+    res = run_cli("runs", "unpin", str(old.id))
+
+    assert (res.returncode, res.stderr.strip()) == (0, f"run {old.id} unpinned")
+    assert ledger(s3ctx)[old.id].pinned_at is None
     s3ctx.db.dispose()
 
 

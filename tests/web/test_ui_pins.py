@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import MakePipeline, run_cli
+from tests.harness.fixtures import S3Env
 from tests.harness.serve import fastflow_serve
 from tests.web.test_ui import PASSWORD, Server
 from tests.web.test_ui_run_chart import admin_token, api, browse
@@ -47,3 +49,37 @@ def test_pin_and_unpin_from_the_run_page(server: Server) -> None:
     browse(server, body)
     run = api(server, "GET", f"/api/runs/{run_id}").json()
     assert run["pinned_at"] is None and run["pin_reason"] is None
+
+
+def test_a_run_only_in_the_archive_is_pinned_from_its_page(
+    ff_env: dict[str, str], make_pipeline: MakePipeline, s3: S3Env
+) -> None:
+    """Retention archived the run and removed its row: its page still offers the pin,
+    and the pin is shown (it is kept with the archive ledger entry)."""
+    make_pipeline("audited", "print('numbers for the auditor')\n")
+    env = {**os.environ, **ff_env, **s3.env(), "LOG_RETENTION_RUNS": "1"}
+    first = run_cli("run", "audited", env=env).stdout.strip().splitlines()[-1]
+    assert run_cli("run", "audited", env=env).returncode == 0
+    res = run_cli("cleanup", "--json", env=env)
+    assert json.loads(res.stdout)["deleted_runs"] == 1, res.stdout + res.stderr
+    res = run_cli("user", "create", "admin", "--role", "admin", env=env, input=PASSWORD + "\n")
+    assert res.returncode == 0, res.stderr
+    env["UI_TEST_TOKEN"] = admin_token(env)
+
+    def body(page: Any, server: Server) -> None:
+        page.goto(f"{server.url}/runs/{first}")
+        expect(page.locator("#pin-note")).to_have_count(0)
+        page.fill("#pin-reason-input", "legal request 42")
+        page.click("#pin-run")
+        note = page.locator("#pin-note")
+        expect(note).to_contain_text("legal request 42")
+        expect(note).to_contain_text("Pinned by admin")
+        page.reload()
+        expect(page.locator("#pin-note")).to_contain_text("legal hold")
+        expect(page.locator("#unpin-run")).to_be_visible()
+
+    with fastflow_serve(env) as url:
+        server = Server(url, env)
+        browse(server, body)
+        run = api(server, "GET", f"/api/runs/{first}").json()
+    assert run["pin_reason"] == "legal request 42" and run["pinned_by"] == "admin"

@@ -1,9 +1,9 @@
 """``fastflow runs pin RUN_ID --reason TEXT`` and ``fastflow runs unpin RUN_ID``: a pinned
 run is never deleted or truncated (subcommands of the ``runs`` group in ``cli.runs``).
 
-Exit status 0 when done; 1 when the run is unknown, was already removed by retention, or
-a legal hold could not be placed or lifted (the pin itself stands; the error says why);
-2 for an empty reason.
+Exit status 0 when done; 1 when the run is unknown or a legal hold could not be placed or
+lifted (the pin itself stands; the error says why); 2 for an empty reason. A run whose
+row retention removed is pinned on its archive ledger entry.
 """
 
 from __future__ import annotations

@@ -272,6 +272,11 @@ class ArchivedRun(Base):
     manifest_key: Mapped[str | None] = mapped_column(Text, nullable=True)
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     deep_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the pin of a run whose row retention deleted (issue 16): who, when, why — its
+    # archived objects carry a legal hold while it is pinned (when configured)
+    pinned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    pinned_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    pin_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     def original(self, which: str) -> tuple[int | None, str | None]:
         """(size, SHA-256) of the local file that ``which`` ("log"/"metrics") came from."""

@@ -6,13 +6,16 @@ API token, the command line), ``pin_reason`` (why). Guarantees:
 - pinning and unpinning change only those columns, in one statement; the cleanup
   executor re-checks the pin under the row's lock right before it deletes anything, so
   a run pinned after a pass planned its deletion is kept (a pin that arrives after the
-  row was deleted fails with ``RunNotPinnable``, never silently);
+  row was deleted lands on the run's ledger entry, below: the archive is written before
+  any row is deleted);
 - with ``S3_OBJECT_LOCK_LEGAL_HOLD=true`` (and S3 backup enabled) pinning places an
   Object Lock legal hold on each of the run's archived objects (log, metrics, webhook
   payload) and unpinning lifts it; a failure there never undoes the pin and is
   reported in ``HoldResult.error`` (one line, no secrets);
-- only runs still in the database can be pinned; an archived run whose row retention
-  deleted is refused with a clear message.
+- a run whose row retention deleted (it lives only in the archive) is pinned on its
+  ledger entry, with the same columns: its archived objects get the legal hold, and it
+  shows as pinned wherever archived runs are shown. fastflow never deletes archived
+  objects itself; the hold is what keeps a bucket's lifecycle rule or a person from it.
 """
 
 from __future__ import annotations
@@ -27,16 +30,12 @@ from fastflow.archive import ledger
 from fastflow.config import Settings
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database
-from fastflow.db.models import PipelineRun, utcnow
+from fastflow.db.models import ArchivedRun, PipelineRun, utcnow
 from fastflow.errors import FastflowError, InvalidInput, RunNotFound
 
 MAX_REASON_CHARS = 1000
 MAX_BY_CHARS = 255
 PAYLOAD = "payload.json"
-
-
-class RunNotPinnable(FastflowError):
-    """The run's row is gone (retention removed it): there is nothing left to pin."""
 
 
 @dataclass
@@ -109,16 +108,17 @@ def pin(db: Database, settings: Settings, run_id: uuid.UUID, reason: str, by: st
     on its archived objects when configured."""
     text = clean_reason(reason)
     now = utcnow()
+    values = {"pinned_at": now, "pinned_by": by[:MAX_BY_CHARS], "pin_reason": text}
     with db.session() as s:
         was = s.scalar(select(PipelineRun.pinned_at).where(PipelineRun.id == run_id))
-        result = s.execute(
-            update(PipelineRun)
-            .where(PipelineRun.id == run_id)
-            .values(pinned_at=now, pinned_by=by[:MAX_BY_CHARS], pin_reason=text)
-        )
-        found = _rowcount(result)
-    if not found:
-        _refuse_missing(db, run_id)
+        row_update = update(PipelineRun).where(PipelineRun.id == run_id).values(values)
+        found = _rowcount(s.execute(row_update))
+    if not found:  # only in the archive: pinned on its ledger entry
+        with db.session() as s:
+            was = s.scalar(select(ArchivedRun.pinned_at).where(ArchivedRun.run_id == run_id))
+            where = ArchivedRun.run_id == run_id
+            if not _rowcount(s.execute(update(ArchivedRun).where(where).values(values))):
+                raise RunNotFound(f"run {run_id} not found")
     readcache.invalidate()
     holds = set_holds(db, settings, run_id, on=True)
     return PinState(str(run_id), True, now.isoformat(), by[:MAX_BY_CHARS], text, was is None, holds)
@@ -128,19 +128,22 @@ def unpin(db: Database, settings: Settings, run_id: uuid.UUID) -> PinState:
     """Remove the pin (nothing to do when there is none) and lift the legal holds on the
     run's archived objects when configured (also when it was not pinned: a retry after a
     failed lift)."""
+    cleared = {"pinned_at": None, "pinned_by": None, "pin_reason": None}
     with db.session() as s:
         row = s.execute(select(PipelineRun.pinned_at).where(PipelineRun.id == run_id)).first()
-        if row is not None and row[0] is not None:
-            s.execute(
-                update(PipelineRun)
-                .where(PipelineRun.id == run_id)
-                .values(pinned_at=None, pinned_by=None, pin_reason=None)
-            )
-    if row is None and ledger.get(db, run_id) is None:
-        raise RunNotFound(f"run {run_id} not found")
+        if row is None:  # only in the archive: the pin is on its ledger entry
+            row = s.execute(
+                select(ArchivedRun.pinned_at).where(ArchivedRun.run_id == run_id)
+            ).first()
+            if row is None:
+                raise RunNotFound(f"run {run_id} not found")
+            if row[0] is not None:
+                s.execute(update(ArchivedRun).where(ArchivedRun.run_id == run_id).values(cleared))
+        elif row[0] is not None:
+            s.execute(update(PipelineRun).where(PipelineRun.id == run_id).values(cleared))
     readcache.invalidate()
     holds = set_holds(db, settings, run_id, on=False)
-    changed = row is not None and row[0] is not None
+    changed = row[0] is not None
     return PinState(str(run_id), False, None, None, None, changed, holds)
 
 
@@ -189,14 +192,3 @@ def describe(state: PinState) -> str:
 def _rowcount(result: Any) -> int:
     assert isinstance(result, CursorResult)
     return int(result.rowcount)
-
-
-def _refuse_missing(db: Database, run_id: uuid.UUID) -> None:
-    entry = ledger.get(db, run_id)
-    if entry is None:
-        raise RunNotFound(f"run {run_id} not found")
-    where = f"s3://{entry.bucket}/{entry.log_key}" if entry.log_key else f"s3://{entry.bucket}"
-    raise RunNotPinnable(
-        f"run {run_id} was removed by retention (archived at {where}); only runs still in "
-        "the database can be pinned — fastflow never deletes archived objects"
-    )

@@ -41,7 +41,7 @@ def _ledger(ctx: Context, ids: list[uuid.UUID]) -> dict[uuid.UUID, ArchivedRun]:
     return ledger.get_many(ctx.db, ids)
 
 
-def _pin(run: PipelineRun | None) -> dict[str, Any]:
+def _pin(run: PipelineRun | ArchivedRun | None) -> dict[str, Any]:
     """Who pinned the run, when and why (all None: not pinned; issue 16)."""
     at = run.pinned_at if run is not None else None
     return {
@@ -89,7 +89,7 @@ def view_from_ledger(entry: ArchivedRun) -> dict[str, Any]:
         "queued_at": None,
         "run_config_id": None,
         "failure_reason": None,
-        **_pin(None),
+        **_pin(entry),  # a run retention removed is pinned on its ledger entry
         "duration_s": (
             round((entry.finished_at - entry.started_at).total_seconds(), 3)
             if entry.finished_at

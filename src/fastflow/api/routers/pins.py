@@ -3,16 +3,17 @@
 ``POST`` with ``{"reason": "..."}`` pins the run (again: replaces the reason) and, with
 ``S3_OBJECT_LOCK_LEGAL_HOLD=true``, places legal holds on its archived objects; ``DELETE``
 unpins it and lifts them. Who pinned is the caller: the user of a browser session, or
-``token:<name>`` for an API token. 404 unknown run, 409 ambiguous prefix or a run whose
-row retention already removed, 422 an empty or overlong reason. A legal hold that fails
-does not undo the pin: it is reported in ``legal_hold.error``.
+``token:<name>`` for an API token. A run whose row retention removed is pinned on its
+archive ledger entry (its archived objects get the legal hold). 404 unknown run, 409
+ambiguous prefix, 422 an empty or overlong reason. A legal hold that fails does not undo
+the pin: it is reported in ``legal_hold.error``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from fastflow.accounts import Principal
 from fastflow.api.deps import AdminDep, CtxDep
@@ -31,11 +32,7 @@ def who(principal: Principal) -> str:
 @router.post("/runs/{run_id}/pin", response_model=PinOut)
 def pin_run(body: PinIn, run_id: RunIdDep, ctx: CtxDep, admin: AdminDep) -> dict[str, Any]:
     """Pin a run: it is never deleted or truncated until it is unpinned."""
-    try:
-        state = pins.pin(ctx.db, ctx.settings, run_id, body.reason, who(admin))
-    except pins.RunNotPinnable as e:
-        raise HTTPException(status_code=409, detail=str(e)) from None
-    return state.to_dict()
+    return pins.pin(ctx.db, ctx.settings, run_id, body.reason, who(admin)).to_dict()
 
 
 @router.delete("/runs/{run_id}/pin", response_model=PinOut)
