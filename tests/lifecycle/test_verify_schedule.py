@@ -182,6 +182,23 @@ def test_every_object_is_rehashed_over_time_oldest_first(world: World) -> None:
     assert hashlib.sha256(forged).hexdigest() in problem["detail"]
 
 
+def test_the_deep_sample_is_exactly_that_many_objects(world: World) -> None:
+    """``ARCHIVE_VERIFY_DEEP_SAMPLE`` counts objects, not runs: 3 re-hashes 3 objects
+    (it re-hashed 4 before: whole runs of two). The run whose second object did not fit
+    is not stamped as re-hashed, so it comes first the next time."""
+    ctx = world.ctx
+    before = _deep_times(ctx)
+    first = audit.run_verification(ctx, "test", deep_sample=3)
+    assert first.ok and first.objects_deep_checked == 3
+    stamped = {rid for rid, at in _deep_times(ctx).items() if at != before[rid]}
+    assert len(stamped) == 1
+    for rounds in (2, 3):  # the unfinished run first, then the next one
+        again = audit.run_verification(ctx, "test", deep_sample=3)
+        assert again.ok and again.objects_deep_checked == 3
+        after = _deep_times(ctx)
+        assert len({rid for rid, at in after.items() if at is not None}) == rounds
+
+
 def _deep_times(ctx: Context) -> dict[str, Any]:
     with ctx.db.session() as s:
         return {str(e.run_id): e.deep_verified_at for e in s.scalars(select(ArchivedRun))}

@@ -518,14 +518,24 @@ def _deep_sample(
     entries = ledger.deep_sample(ctx.db, sample)
     if not entries:
         return
+    # exactly ``sample`` objects (ARCHIVE_VERIFY_DEEP_SAMPLE): an entry whose second object
+    # does not fit is not stamped, so it comes first again next time
+    picked: list[tuple[ArchivedRun, str, int | None, str | None]] = []
+    unfinished: set[uuid.UUID] = set()
+    for entry in entries:
+        for key, size, sha in _objects(entry):
+            if key in result.found:  # already counted by the HEAD check
+                continue
+            if len(picked) >= sample:
+                unfinished.add(entry.run_id)
+                break
+            picked.append((entry, key, size, sha))
     with ThreadPoolExecutor(max_workers=ctx.settings.s3_max_concurrency) as pool:
         jobs = [
             (entry, pool.submit(_check, store, entry, key, size, sha, True))
-            for entry in entries
-            for key, size, sha in _objects(entry)
-            if key not in result.found  # already counted by the HEAD check
+            for entry, key, size, sha in picked
         ]
-        _tally(ctx, result, jobs, now, deep=True)
+        _tally(ctx, result, jobs, now, deep=True, unfinished=unfinished)
 
 
 def _objects(entry: ArchivedRun) -> list[tuple[str, int | None, str | None]]:
@@ -546,8 +556,10 @@ def _tally(
     now: datetime,
     *,
     deep: bool,
+    unfinished: set[uuid.UUID] | None = None,
 ) -> None:
-    """Count the checks of one batch; stamp the entries whose objects are all intact."""
+    """Count the checks of one batch; stamp the entries whose objects are all intact
+    (not those in ``unfinished``: some of their objects were not checked)."""
     bad: set[uuid.UUID] = set()
     for entry, job in jobs:
         check: ObjectCheck = job.result()
@@ -564,7 +576,8 @@ def _tally(
         else:
             result.objects_damaged += 1
         result.note("deep" if deep else "object", check)
-    intact = list(dict.fromkeys(e.run_id for e, _ in jobs if e.run_id not in bad))
+    skip = bad | (unfinished or set())
+    intact = list(dict.fromkeys(e.run_id for e, _ in jobs if e.run_id not in skip))
     ledger.mark_verified(ctx.db, intact, now, deep=deep)
 
 
