@@ -259,6 +259,44 @@ def _start(
     )
 
 
+class _TreeWatch:
+    """Kills the pipeline's process group if this process dies without saying it is done
+    (SIGKILL, OOM killer): the bootstrap's parent-death signal reaches only the pipeline's
+    own process, not what it started. A ``/bin/sh`` in its own session reads one line
+    from a pipe that only this process can write: ``done`` when the run ended here, end
+    of file when this process died — then ``kill -9 -PGID``."""
+
+    def __init__(self, pgid: int) -> None:
+        read_end, self._write_end = os.pipe()
+        try:
+            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                ["/bin/sh", "-c", f"IFS= read -r line || kill -9 -{int(pgid)} 2>/dev/null"],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # not stopped by a terminal's Ctrl-C with this one
+            )
+        except OSError:
+            self._proc = None  # no shell here: the parent-death signal alone, as before
+        finally:
+            os.close(read_end)
+
+    def done(self) -> None:
+        """The run ended under supervision: the watch ends without killing anything."""
+        try:
+            os.write(self._write_end, b"done\n")
+        except OSError:
+            pass
+        finally:
+            os.close(self._write_end)
+        if self._proc is not None:
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
 def _final_status(
     ended: Outcome, pipeline: pipelines.Pipeline, capture: LogCapture
 ) -> tuple[RunStatus, int | None, str | None]:
@@ -623,6 +661,26 @@ def _run_process(
         reason = f"could not start the pipeline: {e}"
         capture.write_note(reason)
         return RunStatus.FAILED, None, reason
+    watch = _TreeWatch(proc.pid)  # start_new_session: the pipeline's pid is its group
+    try:
+        return _supervise(
+            db, pipeline, run_id, proc, capture, log_out, metrics_out, cancel, kill_grace
+        )
+    finally:
+        watch.done()
+
+
+def _supervise(
+    db: Database,
+    pipeline: pipelines.Pipeline,
+    run_id: uuid.UUID,
+    proc: subprocess.Popen[bytes],
+    capture: LogCapture,
+    log_out: TextIO,
+    metrics_out: TextIO,
+    cancel: threading.Event | None,
+    kill_grace: float | None,
+) -> tuple[RunStatus, int | None, str | None]:
     runs.mark_pipeline_process(db, run_id, proc.pid)
     limits = pipeline.config.limits
     sampler = TreeSampler(
