@@ -200,10 +200,22 @@ def test_temporary_rejection_is_retried(app: Context, smtp_server: SmtpCapture) 
 
 
 def test_permanent_rejection_is_not_retried(app: Context, smtp_server: SmtpCapture) -> None:
-    smtp_server.reject("554 5.6.0 Rejected by test", times=None)
+    smtp_server.reject("554 5.6.0 Rejected by relay-10.1.2.3.internal policy X", times=None)
     result = _test_result(mail_ctx(app, smtp_server))
     assert not result.ok and result.attempts == 1
-    assert result.error is not None and "554" in result.error
+    assert result.error is not None and "554 5.6.0" in result.error
+    # the server's own words are not kept: delivery errors are shown to viewers (issue 13)
+    assert "relay-10.1.2.3" not in result.error and "policy" not in result.error
+
+
+def test_refused_recipients_are_named_with_codes_only() -> None:
+    from fastflow.notify import email
+
+    refused = {
+        "b@example.com": (550, b"5.1.1 <b@example.com>: mailbox at mx-internal-7 unknown"),
+        "a@example.com": (553, b"sorry, relaying denied from 10.0.0.9"),
+    }
+    assert email._refused(refused) == "a@example.com (553), b@example.com (550 5.1.1)"
 
 
 def test_time_budget_bounds_the_retries(app: Context, smtp_server: SmtpCapture) -> None:

@@ -12,6 +12,7 @@ delivery fails before connecting, and no credential leaves the process.
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import socket
 import ssl
@@ -187,16 +188,25 @@ def _send_once(
             raise _Permanent(f"some recipients were refused: {_refused(refused)}")
 
 
+_ENHANCED_STATUS = re.compile(rb"\s*([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+def _codes(code: int, message: bytes | str) -> str:
+    """The reply's code and its enhanced status code (RFC 3463), e.g. ``550 5.7.1``: the
+    server's own words are left out — delivery errors are shown to viewers, and a remote
+    text may name internal hosts or policies (issue 13: "a status and an error class")."""
+    raw = message.encode("utf-8", "replace") if isinstance(message, str) else message
+    m = _ENHANCED_STATUS.match(raw)
+    return f"{code} {m.group(1).decode()}" if m else str(code)
+
+
 def _reply(e: smtplib.SMTPResponseException) -> str:
-    message = e.smtp_error
-    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
-    return f"{e.smtp_code} {' '.join(text.split())}"
+    return _codes(e.smtp_code, e.smtp_error)
 
 
 def _refused(recipients: dict[str, tuple[int, bytes]]) -> str:
     return ", ".join(
-        f"{addr} ({code} {msg.decode('utf-8', 'replace')})"
-        for addr, (code, msg) in sorted(recipients.items())
+        f"{addr} ({_codes(code, msg)})" for addr, (code, msg) in sorted(recipients.items())
     )
 
 
