@@ -15,9 +15,9 @@ from fastflow.web.pages import install as install_web
 __all__ = ["FIRST_ADMIN_HINT", "create_app"]
 
 
-# Every response: no MIME sniffing, never framed, no referrer to other sites. Our own HTML
-# pages also get a Content-Security-Policy without inline script (the API docs load
-# Swagger UI's own assets and keep the default).
+# Every response: no MIME sniffing, never framed, no referrer to other sites. Every HTML
+# page also gets a Content-Security-Policy without inline script (the API docs at /docs
+# too: fastflow renders them itself, no Swagger UI from a CDN).
 HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -27,7 +27,6 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
-_NO_CSP = ("/docs", "/redoc")
 
 
 class SecurityHeaders:
@@ -44,7 +43,6 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        csp_allowed = not str(scope.get("path", "")).startswith(_NO_CSP)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -53,7 +51,7 @@ class SecurityHeaders:
                 for name, value in _RAW_HEADERS:
                     if name not in present:
                         headers.append((name, value))
-                if csp_allowed and _CSP_NAME not in present:
+                if _CSP_NAME not in present:
                     ctype = next((v for n, v in headers if n.lower() == b"content-type"), b"")
                     if ctype.startswith(b"text/html"):
                         headers.append((_CSP_NAME, _CSP_VALUE))

@@ -654,13 +654,20 @@ def test_security_headers(api: Api) -> None:
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert "'unsafe-inline'" not in page.headers["content-security-policy"]
     assert api.client.get("/api/health").headers["x-content-type-options"] == "nosniff"
-    # JSON gets the common headers but no page policy; Swagger UI keeps its default
+    # JSON gets the common headers but no page policy; the API docs are a page like any
+    # other: the same policy, no inline script, nothing from another site (no CDN)
     health = api.client.get("/api/health")
     assert health.headers["referrer-policy"] == "same-origin"
     assert "content-security-policy" not in health.headers
     docs = api.client.get("/docs", headers=api.viewer)
     assert docs.headers["x-frame-options"] == "DENY"
-    assert "content-security-policy" not in docs.headers
+    assert docs.headers["content-security-policy"] == page.headers["content-security-policy"]
+    scripts = re.findall(r"<script[^>]*>", docs.text)
+    assert scripts == ['<script src="/static/apidocs.js" defer>']
+    assert "http" not in docs.text.replace("http-equiv", "")
+    assert api.client.get("/static/apidocs.js").status_code == 200
+    redoc = api.client.get("/redoc", headers=api.viewer, follow_redirects=False)
+    assert (redoc.status_code, redoc.headers["location"]) == (307, "/docs")
     # errors outside any route get them too, each header once
     missing = api.client.get("/no-such-page")
     assert missing.headers.get_list("x-frame-options") == ["DENY"]

@@ -83,3 +83,23 @@ def test_a_run_only_in_the_archive_is_pinned_from_its_page(
         browse(server, body)
         run = api(server, "GET", f"/api/runs/{first}").json()
     assert run["pin_reason"] == "legal request 42" and run["pinned_by"] == "admin"
+
+
+def test_the_api_reference_renders_from_fastflows_own_script(server: Server) -> None:
+    """/docs: the routes from /openapi.json, rendered under the page policy (no CDN, no
+    inline script), with no error in the browser's console (where a blocked script or
+    style would show)."""
+
+    def body(page: Any, server: Server) -> None:
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"{server.url}/docs")
+        expect(page.locator("#api-docs[data-rendered=true]")).to_have_count(1)
+        runs = page.locator("section.api-op[data-path='/api/runs'][data-method=get]")
+        expect(runs).to_contain_text("GET /api/runs")
+        expect(runs.locator("td", has_text="limit")).to_have_count(1)
+        pin = page.locator("section.api-op[data-path='/api/runs/{run_id}/pin'][data-method=post]")
+        expect(pin).to_contain_text("Body: application/json PinIn")
+        assert errors == []
+
+    browse(server, body)
