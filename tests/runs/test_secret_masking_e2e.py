@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.conftest import MakePipeline, run_cli
+from tests.conftest import MakePipeline, run_cli, wait_until
 from tests.harness.fixtures import S3Env
 
 TOKEN = "tok-9f8e7d6c5b4a-SECRET"
@@ -101,3 +104,50 @@ def test_a_secret_split_by_a_write_to_the_other_stream_is_masked(
     lines = [line[26:] for line in log.splitlines() if not line[26:].startswith("[env]")]
     assert lines == SPLIT_LOG_LINES
     assert "\x00" not in log  # the stream frames never reach the log
+
+
+def test_another_runs_secret_read_from_its_environment_is_masked(
+    ff_env: dict[str, str], make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    """Runs of one OS user can read each other's ``/proc/<pid>/environ``: a pipeline that
+    lists no secret prints another running pipeline's. Every stored secret is masked in
+    every run's log (an outside audit found it in clear; each run masked its own only)."""
+    ready, done = tmp_path / "ready", tmp_path / "done"
+    make_pipeline(
+        "holder",
+        "import os, time\n"
+        f"open({str(ready)!r}, 'w').write(str(os.getpid()))\n"
+        f"while not os.path.exists({str(done)!r}): time.sleep(0.05)\n",
+        config='{"secrets": ["API_TOKEN"]}',
+    )
+    make_pipeline(
+        "snoop",
+        "import glob\n"
+        "for path in glob.glob('/proc/[0-9]*/environ'):\n"
+        "    try:\n"
+        "        env = open(path, 'rb').read().split(b'\\0')\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    for item in env:\n"
+        "        if item.startswith(b'API_TOKEN='):\n"
+        "            print('found', item.decode())\n",
+    )
+    assert run_cli("secret", "set", "API_TOKEN", input=TOKEN + "\n").returncode == 0
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "fastflow", "run", "holder"],
+        env={**os.environ, **ff_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(ready.exists, 60, "the holder to run")
+        res = run_cli("run", "snoop")
+    finally:
+        done.touch()
+        holder.communicate(timeout=60)
+    assert res.returncode == 0, res.stderr
+    run_id = res.stdout.strip().splitlines()[-1]
+    log = next(Path(ff_env["LOGS_DIR"]).glob(f"snoop/{run_id}/run.log")).read_text()
+    assert "found API_TOKEN=***" in log  # it did read it: the masking is what kept it out
+    assert TOKEN not in log

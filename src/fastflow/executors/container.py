@@ -389,7 +389,7 @@ def resume(
             with contextlib.suppress(ExecutorError):
                 executor.remove(cid, run.id)  # nothing may supervise it
             return _fail(db, logs_root, run.id, f"interrupted: cannot re-attach: {e}")
-        masker_values = list(values.values())
+        masker_values = secret_store.masked_for(db, settings, values)
         with _append(logs_root, log_rel, newline="", buffering=1 << 20) as log_out, \
                 _append(logs_root, metrics_rel) as metrics_out:  # fmt: skip
             clock = FrameClock()

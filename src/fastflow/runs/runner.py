@@ -40,7 +40,7 @@ from typing import TextIO, cast
 
 import psutil
 
-from fastflow import environments, security
+from fastflow import environments
 from fastflow.config import Settings
 from fastflow.db.engine import Database
 from fastflow.db.models import PipelineRun, RunStatus
@@ -352,9 +352,7 @@ def _prepare(
         capture = LogCapture(log_out, echo=echo, clock=when)
         capture.write_note(f"not started: {e}")
         return capture, None, str(e)
-    # fastflow's own secrets too: a build tool may be made to print a file the run's user
-    # cannot read (``-r DATA_DIR/secret.key`` in requirements.txt)
-    masked_values = [*values.values(), *security.own_secrets(settings)]
+    masked_values = secret_store.masked_for(db, settings, values)
     capture = LogCapture(log_out, echo=echo, clock=when, masker=Masker(masked_values))
     prepared = _Prepared(values)
     if not local:

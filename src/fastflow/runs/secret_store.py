@@ -199,6 +199,33 @@ def overview(db: Database, pipelines_dir: Path) -> Overview:
     )
 
 
+def every_value(db: Database, settings: Settings) -> list[str]:
+    """The decrypted value of every stored secret (those the current key cannot decrypt
+    are left out): what every run's log is masked for, not only the run's own secrets —
+    runs of one ``RUN_AS_USER`` can read each other's ``/proc/<pid>/environ``."""
+    with db.session() as s:
+        rows = list(s.scalars(select(PipelineSecret.ciphertext)))
+    if not rows:
+        return []
+    cipher = security.fernet(settings)
+    out: list[str] = []
+    for ciphertext in rows:
+        try:
+            out.append(cipher.decrypt(ciphertext.encode("ascii")).decode("utf-8"))
+        except (InvalidToken, ValueError):
+            continue
+    return out
+
+
+def masked_for(db: Database, settings: Settings, values: dict[str, str]) -> list[str]:
+    """What a run's log is masked for: its own secrets, every other stored secret (runs
+    that share one OS user can read each other's environment: a pipeline printing
+    ``/proc/*/environ`` must not put another run's secret in its log) and fastflow's own
+    (a build tool may be made to print a file the run's user cannot read, such as
+    ``-r DATA_DIR/secret.key`` in requirements.txt)."""
+    return [*values.values(), *every_value(db, settings), *security.own_secrets(settings)]
+
+
 def values_for(db: Database, settings: Settings, names: Sequence[str]) -> dict[str, str]:
     """The decrypted values of ``names`` (in that order, each once). Raises
     ``MissingSecrets`` naming every name that is not stored, then ``SecretUnreadable``
