@@ -30,7 +30,7 @@ from fastflow.errors import RunNotFound
 from fastflow.runs import files as logfiles
 from fastflow.runs import store as runs
 
-CLAIM_LOCK_KEY = 0x66666C71  # "fflq": one claim transaction at a time on PostgreSQL
+CLAIM_LOCK_KEY = runs.CLAIM_LOCK_KEY  # one claim transaction at a time on PostgreSQL
 RUNNING_STATES = runs.RUNNING_STATES
 
 

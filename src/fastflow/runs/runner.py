@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -63,6 +64,7 @@ MIN_FREE_BYTES = 16 * 1024 * 1024  # a run needs this much free space in LOGS_DI
 MIN_FREE_FRACTION = 0.02  # ... or 2 % of a smaller file system (at least MIN_FREE_FLOOR)
 MIN_FREE_FLOOR = 64 * 1024
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+WAIT_FOR_SLOT_S = 0.5  # how often a foreground run at its max_instances looks again
 
 
 def free_space(path: Path) -> tuple[int, int]:
@@ -207,15 +209,30 @@ def run_pipeline(
     """Create a run of pipeline ``name`` and execute it in the foreground (``env``: run
     parameters over the pipeline's own ``env``)."""
     pipeline = pipelines.load(settings.pipelines_dir, name)
-    run = runs.create(
-        db,
-        pipeline.name,
-        triggered_by,
-        pid=os.getpid(),
-        attempt=attempt,
-        retry_of=retry_of,
-        env=env,
-    )
+    limit = pipeline.config.max_instances
+    said = False
+    while True:  # max_instances holds for a foreground run too, across every server
+        run, active = runs.create_within(
+            db,
+            pipeline.name,
+            triggered_by,
+            limit,
+            pid=os.getpid(),
+            attempt=attempt,
+            retry_of=retry_of,
+            env=env,
+        )
+        if run is not None:
+            break
+        if not said:  # (on stderr: the last line of stdout is the run's id)
+            print(
+                f"fastflow: waiting: {pipeline.name} has {active} run(s) pending or running "
+                f"(max_instances {limit}); this run starts when one ends",
+                file=sys.stderr,
+                flush=True,
+            )
+            said = True
+        time.sleep(WAIT_FOR_SLOT_S)  # Ctrl-C ends the wait; nothing was recorded yet
     return execute(db, settings, pipeline, run.id, echo=echo, cancel=cancel, extra_env=env)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from sqlalchemy import Select, func, literal, select, union_all, update
+from sqlalchemy import Select, delete, func, literal, select, text, union_all, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -27,6 +27,7 @@ from fastflow.runs import logsdir
 
 HOSTNAME = socket.gethostname()
 RUNNING_STATES = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+CLAIM_LOCK_KEY = 0x66666C71  # "fflq": one claim of a run slot at a time on PostgreSQL
 MIN_PREFIX = 4  # hex digits of the shortest run id prefix accepted (the UI shows 8)
 MAX_CANDIDATES = 10  # ambiguous prefix: candidates named in the error
 _HEX_RE = re.compile(r"[0-9a-f]+")
@@ -112,8 +113,77 @@ def create(
     env: dict[str, str] | None = None,
 ) -> PipelineRun:
     """Insert a PENDING run owned by process ``pid`` on this host."""
+    run = _pending_row(pipeline_name, triggered_by, pid, attempt, retry_of, env)
+    with db.session() as s:
+        s.add(run)
+    readcache.invalidate()
+    return run
+
+
+def create_within(
+    db: Database,
+    pipeline_name: str,
+    triggered_by: str,
+    limit: int,
+    *,
+    pid: int,
+    attempt: int = 1,
+    retry_of: uuid.UUID | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[PipelineRun | None, int]:
+    """``create`` — only while the pipeline has fewer than ``limit`` PENDING/RUNNING runs
+    on every server (its ``max_instances``): (the run, None when it is at its limit; the
+    runs counted). On PostgreSQL the count and the insert hold the servers' claim lock;
+    on SQLite the count is read again after the insert, and the run is taken back when
+    runs that started before it fill the limit."""
+    postgres = db.engine.dialect.name == "postgresql"
+    with db.session() as s:
+        if postgres:
+            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_KEY})
+        active = _active_count(s, pipeline_name)
+        if active >= limit:
+            return None, active
+        run = _pending_row(pipeline_name, triggered_by, pid, attempt, retry_of, env)
+        s.add(run)
+    if not postgres:
+        with db.session() as s:
+            ahead = _active_count(s, pipeline_name, before=run)
+            if ahead >= limit:
+                s.execute(
+                    delete(PipelineRun).where(
+                        PipelineRun.id == run.id, PipelineRun.status == RunStatus.PENDING.value
+                    )
+                )
+                return None, ahead
+    readcache.invalidate()
+    return run, active
+
+
+def _active_count(s: Session, pipeline_name: str, before: PipelineRun | None = None) -> int:
+    q = (
+        select(func.count())
+        .select_from(PipelineRun)
+        .where(PipelineRun.pipeline_name == pipeline_name, PipelineRun.status.in_(RUNNING_STATES))
+    )
+    if before is not None:
+        q = q.where(
+            PipelineRun.id != before.id,
+            (PipelineRun.started_at < before.started_at)
+            | ((PipelineRun.started_at == before.started_at) & (PipelineRun.id < before.id)),
+        )
+    return int(s.scalar(q) or 0)
+
+
+def _pending_row(
+    pipeline_name: str,
+    triggered_by: str,
+    pid: int,
+    attempt: int,
+    retry_of: uuid.UUID | None,
+    env: dict[str, str] | None,
+) -> PipelineRun:
     run_id = uuid.uuid4()
-    run = PipelineRun(
+    return PipelineRun(
         id=run_id,
         pipeline_name=pipeline_name,
         status=RunStatus.PENDING.value,
@@ -128,10 +198,6 @@ def create(
         retry_of=retry_of,
         env_overrides=json.dumps(env) if env else None,
     )
-    with db.session() as s:
-        s.add(run)
-    readcache.invalidate()
-    return run
 
 
 def mark_running(db: Database, run_id: uuid.UUID, *, pid: int, executor: str | None = None) -> None:
