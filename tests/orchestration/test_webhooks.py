@@ -348,9 +348,17 @@ def test_fast_flow_path_with_keys_from_pipeline_json(
     top, nightly = "top-secret-0123456789", "nightly-secret-9876543210"
     config = {
         "webhook_key": top,
-        "schedules": [{"id": "nightly", "cron": "0 3 * * *", "webhook_key": nightly}],
+        "schedules": [
+            {
+                "id": "nightly",
+                "cron": "0 3 * * *",
+                "webhook_key": nightly,
+                "default_env": {"MODE": "nightly"},
+            }
+        ],
     }
-    make_pipeline("legacy", SHOW_PAYLOAD, config=json.dumps(config))
+    show_mode = SHOW_PAYLOAD + "print('mode:', os.environ.get('MODE'))\n"
+    make_pipeline("legacy", show_mode, config=json.dumps(config))
 
     res = hooks.post_path("legacy", top, json={"from": "fast-flow"})
     assert res.status_code == 202, res.text
@@ -359,9 +367,16 @@ def test_fast_flow_path_with_keys_from_pipeline_json(
     assert run.status == "SUCCESS" and run.run_config_id is None
     assert 'payload: {"from":"fast-flow"}' in hooks.log(run)  # as httpx sent it
 
+    assert "mode: None" in hooks.log(run)  # the pipeline's own key: no schedule's env
     res = hooks.post_path("legacy", nightly)
     assert res.status_code == 202
-    assert hooks.finished(res.json()["run_id"]).run_config_id == "nightly"
+    run = hooks.finished(res.json()["run_id"])
+    assert run.run_config_id == "nightly"
+    # a named schedule's key runs that configuration: its default_env too (it was left out)
+    assert "mode: nightly" in hooks.log(run)
+    res = hooks.post_path("legacy", nightly, json={"with": "payload"})
+    log = hooks.log(hooks.finished(res.json()["run_id"]))
+    assert "mode: nightly" in log and 'payload: {"with":"payload"}' in log
     assert hooks.post("legacy", top).status_code == 202  # the header works for them too
     made = webhooks.create_key(hooks.ctx.db, hooks.ctx.settings.pipelines_dir, "legacy")
     assert hooks.post_path("legacy", made).status_code == 202  # and the path for made keys

@@ -215,6 +215,17 @@ def _remove_new(logs_root: Path, rel: str) -> None:
         pass  # nothing was made, or it cannot be reached safely: leave it
 
 
+def schedule_env(match: Match) -> dict[str, str]:
+    """The ``default_env`` of the named schedule whose ``webhook_key`` matched (Fast-Flow:
+    such a webhook runs that configuration), as a scheduled tick of it gets; {} else."""
+    if match.run_config_id is None:
+        return {}
+    for spec in match.pipeline.config.schedules:
+        if spec.run_config_id == match.run_config_id:
+            return dict(spec.env)
+    return {}
+
+
 def queue_run(
     db: Database,
     logs_root: Path,
@@ -227,21 +238,24 @@ def queue_run(
     committed only once the file exists, and nothing is left behind when either fails."""
     name = match.pipeline.name
     trigger = Trigger.WEBHOOK.value
+    env = schedule_env(match)
     if payload is None:
-        return queue.enqueue(db, name, trigger, run_config_id=match.run_config_id)
+        return queue.enqueue(db, name, trigger, env=env or None, run_config_id=match.run_config_id)
     home = logsdir.problem(db, logs_root, create=True)
     if home is not None:  # the payload would land where the run cannot read it
         raise LogsDirUnavailable(home)
     rel: str | None = None
     try:
         with db.session() as s:
-            run_id = queue.enqueue(db, name, trigger, run_config_id=match.run_config_id, session=s)
+            run_id = queue.enqueue(
+                db, name, trigger, env=env or None, run_config_id=match.run_config_id, session=s
+            )
             rel = payload_rel(name, str(run_id))
             path = logfiles.resolve(logs_root, rel)
             _write_new(logs_root, rel, payload)
             # the id exists only now: the path goes into the run's parameters before commit
             run = next(o for o in s.new if isinstance(o, PipelineRun) and o.id == run_id)
-            run.env_overrides = json.dumps({PAYLOAD_ENV: str(path)})
+            run.env_overrides = json.dumps({**env, PAYLOAD_ENV: str(path)})
     except BaseException:
         if rel is not None:
             _remove_new(logs_root, rel)
