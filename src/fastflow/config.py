@@ -27,6 +27,7 @@ DEFAULT_CLEANUP_SCHEDULE = "0 2 * * *"
 DEFAULT_VERIFY_SCHEDULE = "0 3 * * 0"
 DEFAULT_S3_REGION = "us-east-1"
 DEFAULT_S3_PREFIX = "pipeline-logs"
+MAX_S3_PREFIX_BYTES = 512
 DEFAULT_S3_MAX_CONCURRENCY = 8
 DEFAULT_S3_CONNECT_TIMEOUT = 5.0
 DEFAULT_S3_READ_TIMEOUT = 30.0
@@ -363,6 +364,9 @@ class Settings(BaseSettings):
         v = v.strip("/")
         if any(part in ("", ".", "..") for part in v.split("/")) and v:
             raise ValueError("must not contain empty, '.' or '..' segments")
+        if len(v.encode("utf-8")) > MAX_S3_PREFIX_BYTES:
+            # an S3 key is at most 1,024 bytes: the pipeline, run id and file name follow
+            raise ValueError(f"must be at most {MAX_S3_PREFIX_BYTES} bytes")
         return v
 
     @field_validator("smtp_from")

@@ -105,6 +105,8 @@ BAD_VALUES = [
     ("log_max_size_mb", False),
     ("s3_access_key", "bad\u0000KEY"),
     ("s3_prefix", "logs/\x1b[2J"),
+    ("s3_prefix", "p" * 513),  # outside audit: 900 KiB were stored and served to viewers
+    ("s3_prefix", "ä" * 257),  # 514 bytes
 ]
 
 
@@ -194,7 +196,7 @@ def test_request_bodies_are_capped_at_one_mib(api: Api) -> None:
     res = api.client.post("/login", data={"username": "x" * (2 * 1024 * 1024), "password": "p"})
     assert res.status_code == 413
     # a body below the cap is fine
-    assert api.put({"s3_prefix": "p" * 1000}).status_code == 200
+    assert api.put({"s3_prefix": "p" * 500}).status_code == 200  # (at most 512 bytes)
 
 
 # --- only changed fields; null removes any override; sources ------------------------------
@@ -252,6 +254,22 @@ def test_null_removes_the_override_of_every_field(
     assert res.json()[name] == env_value
     assert api.view()["sources"][name] in ("environment", "default")
     assert name not in api.stored() and name not in api.view()["overridden"]
+
+
+def test_null_is_accepted_for_every_field_the_settings_show(env_api: Api) -> None:
+    """A client may send back ``null`` for every field ``GET /api/settings`` lists: for
+    the two set only in the environment there is no override to remove (it answered
+    422 "cannot be changed here"); a value for them is still refused."""
+    api = env_api
+    shown = api.view()
+    for name in ("smtp_allow_plaintext_auth", "fastflow_base_url"):
+        assert name in shown
+        res = api.put({name: None})
+        assert res.status_code == 200, res.text
+        assert api.view()[name] == shown[name] and name not in api.stored()
+        assert api.put({name: "x"}).status_code == 422
+    res = api.put({"s3_prefix": "p" * 512})
+    assert res.status_code == 200, res.text
 
 
 def test_secrets_can_be_reset_and_show_their_source(env_api: Api) -> None:

@@ -133,6 +133,8 @@ def _normalise(changes: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, A
     for raw_key, value in changes.items():
         key = str(raw_key).lower()
         if key not in allowed:
+            if value is None and key in PUBLIC:
+                continue  # shown but set only in the environment: no override to remove
             raise InvalidInput(f"{raw_key!r} cannot be changed here")
         if key in SECRET_FIELDS and value == "":
             continue  # an empty password field means "keep the stored secret"
