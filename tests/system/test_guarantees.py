@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -788,11 +789,15 @@ def test_killed_runner_takes_its_pipeline_tree_with_it(
         # what the pipeline started dies too, at once (its run's tree watch; it ran on,
         # unsupervised, until the next fastflow command before)
         wait_until(lambda: not _alive(grandchild), 10, "the rest of the tree to be killed")
+        left = list(Path(tempfile.gettempdir()).glob("fastflow-run-*"))
+        assert any(p.is_dir() for p in left)  # the dead run could not remove its scratch
         ctx = bootstrap(load_settings())  # recovers the orphaned run
         from fastflow.runs import store as runs
 
         (row,) = runs.list_runs(ctx.db, pipeline="tree")
         assert row.status == "FAILED"
+        # ... the recovery does (they were left in the temporary folder for good)
+        assert list(Path(tempfile.gettempdir()).glob(f"fastflow-run-{str(row.id)[:8]}*")) == []
         ctx.db.dispose()
     finally:
         for pid in (leader, grandchild):

@@ -131,11 +131,34 @@ def run_env(
 
 def make_workdir(run_id: uuid.UUID, user: RunAs | None) -> Path:
     """A new private scratch folder for one run (owned by the run's user)."""
-    path = Path(tempfile.mkdtemp(prefix=f"fastflow-run-{str(run_id)[:8]}-"))
+    path = Path(tempfile.mkdtemp(prefix=_workdir_prefix(run_id)))
     if user is not None:
         os.chown(path, user.uid, user.gid)
     path.chmod(0o700)
     return path
+
+
+def _workdir_prefix(run_id: uuid.UUID) -> str:
+    return f"fastflow-run-{run_id}-"  # the whole id: only this run's folders match it
+
+
+def remove_leftover_workdirs(run_id: uuid.UUID) -> int:
+    """Remove the scratch folders an interrupted run left in this machine's temporary
+    folder (its fastflow process died before it could); how many. Never raises."""
+    removed = 0
+    try:
+        found = list(Path(tempfile.gettempdir()).glob(_workdir_prefix(run_id) + "*"))
+    except OSError:
+        return 0
+    for path in found:
+        try:
+            if path.is_symlink() or not path.is_dir():
+                continue
+            remove_workdir(path)
+            removed += not path.exists()
+        except OSError:
+            continue
+    return removed
 
 
 def remove_workdir(path: Path) -> None:

@@ -23,7 +23,7 @@ from fastflow.db.engine import Database
 from fastflow.db.models import FINAL_STATUSES, PipelineRun, RunStatus, utcnow
 from fastflow.errors import FastflowError, InvalidInput, RunNotFound, UnsafePath
 from fastflow.runs import files as logfiles
-from fastflow.runs import logsdir
+from fastflow.runs import isolation, logsdir
 
 HOSTNAME = socket.gethostname()
 RUNNING_STATES = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
@@ -508,6 +508,7 @@ def sweep_dead(
                 continue
             if this_host:
                 kill_orphaned_group(run.pipeline_pid, run.pipeline_started)
+                isolation.remove_leftover_workdirs(run.id)  # its scratch folder
             reason = "interrupted: the fastflow process that ran it is gone"
             if not _move(
                 s, run, status=RunStatus.FAILED.value, finished_at=now, failure_reason=reason
