@@ -55,6 +55,22 @@ def test_unknown_key_unknown_target_and_cycle_are_errors(
     assert "triggers unknown pipeline 'ghost'" in res.stderr
 
 
+def test_a_trigger_naming_a_schedule_the_target_lacks_is_an_error(
+    make_pipeline: MakePipeline, cli: Cli
+) -> None:
+    make_pipeline("down", config='{"schedules": [{"id": "nightly", "cron": "0 3 * * *"}]}')
+    good = {"pipeline": "down", "run_config_id": "nightly"}
+    make_pipeline("up", config=json.dumps({"downstream_triggers": [good]}))
+    assert cli("pipelines", "check").returncode == 0
+    bad = {"pipeline": "down", "run_config_id": "weekly"}
+    make_pipeline("typo", config=json.dumps({"downstream_triggers": [bad]}))
+    res = cli("pipelines", "check")
+    assert res.returncode == 1
+    assert "triggers 'down' with run_config_id 'weekly', which is not the id of a schedule" in (
+        res.stderr
+    )
+
+
 def test_webhook_key_in_a_file_is_a_warning_not_an_error(
     make_pipeline: MakePipeline, cli: Cli
 ) -> None:

@@ -138,6 +138,27 @@ def test_triggers_queue_downstream_runs_with_the_upstream_facts(
     assert _runs(app, "alarm") == []
 
 
+def test_a_fast_flow_trigger_with_run_config_id_runs_that_configuration(
+    app: Context, dispatcher: Dispatcher, make_pipeline: MakePipeline
+) -> None:
+    """``downstream_triggers[].run_config_id`` names a schedule of the target: the
+    triggered run is that configuration, its ``run_config_id`` and ``default_env`` (the
+    key was accepted and ignored before)."""
+    trigger = {"pipeline": "ffdown", "on_success": True, "run_config_id": "cfgX"}
+    make_pipeline("trig_up", config=json.dumps({"downstream_triggers": [trigger]}))
+    schedule = {"id": "cfgX", "schedule_cron": "0 0 1 1 *", "default_env": {"MODE": "fromcfg"}}
+    make_pipeline(
+        "ffdown",
+        "import os; print('MODE=' + os.environ.get('MODE', '-'),"
+        " os.environ['FASTFLOW_UPSTREAM_STATUS'])",
+        config=json.dumps({"schedules": [schedule]}),
+    )
+    upstream = dispatcher.start("trig_up", "api")
+    (down,) = _final(app, "ffdown", 1)
+    assert down.upstream_run_id == upstream and down.run_config_id == "cfgX"
+    assert "MODE=fromcfg SUCCESS" in _log(app, down).read_text()
+
+
 def test_run_parameters_reach_the_pipeline(
     app: Context, dispatcher: Dispatcher, make_pipeline: MakePipeline
 ) -> None:

@@ -114,8 +114,30 @@ def queue_triggers(
         if not target.config.enabled:  # as its schedules and webhooks: nothing automatic
             log.info("trigger %s -> %s not queued: %s is disabled", pipeline.name, name, name)
             continue
+        config_id = pipeline.config.triggers.config_of(name)
+        run_env = env
+        if config_id is not None:  # that configuration of the target: its env under ours
+            spec = next((x for x in target.config.schedules if x.run_config_id == config_id), None)
+            if spec is None:
+                log.error(
+                    "trigger %s -> %s: %s has no schedule %r; queued without it",
+                    pipeline.name,
+                    name,
+                    name,
+                    config_id,
+                )
+                config_id = None
+            else:
+                run_env = {**spec.env, **env}
         out.append(
-            queue.enqueue(db, name, Trigger.UPSTREAM.value, env=env, upstream_run_id=ended.run_id)
+            queue.enqueue(
+                db,
+                name,
+                Trigger.UPSTREAM.value,
+                env=run_env,
+                upstream_run_id=ended.run_id,
+                run_config_id=config_id,
+            )
         )
     return tuple(out)
 

@@ -403,6 +403,7 @@ def _triggers(r: _Reader) -> TriggerSpec:
         t.unknown(frozenset({"on_success", "on_failure"}))
         success += t.names("on_success")
         failure += t.names("on_failure")
+    configs: list[tuple[str, str]] = []
     raw = r.data.get("downstream_triggers", [])
     if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
         raise r.fail("downstream_triggers", "must be a list of objects")
@@ -414,11 +415,18 @@ def _triggers(r: _Reader) -> TriggerSpec:
         name = d.text("pipeline")
         if name is None:
             raise d.fail("pipeline", "is required")
+        config_id = d.text("run_config_id")
+        if config_id is not None:
+            if any(n == name and c != config_id for n, c in configs):
+                raise d.fail("run_config_id", f"differs from another trigger of {name!r}")
+            configs.append((name, config_id))
         if d.boolean("on_success", True):
             success.append(name)
         if d.boolean("on_failure", False):
             failure.append(name)
-    return TriggerSpec(tuple(dict.fromkeys(success)), tuple(dict.fromkeys(failure)))
+    return TriggerSpec(
+        tuple(dict.fromkeys(success)), tuple(dict.fromkeys(failure)), tuple(dict.fromkeys(configs))
+    )
 
 
 def _env(r: _Reader) -> dict[str, str]:

@@ -315,6 +315,20 @@ def check_all(pipelines_dir: Path) -> tuple[list[Pipeline], list[Problem]]:
         for target in graph[p.name]:
             if target not in names:
                 problems.append(Problem(p.name, "error", f"triggers unknown pipeline {target!r}"))
+        by_name = {q.name: q for q in found}
+        for target, config_id in p.config.triggers.configs:
+            known = by_name.get(target)
+            if known is not None and not any(
+                spec.run_config_id == config_id for spec in known.config.schedules
+            ):
+                problems.append(
+                    Problem(
+                        p.name,
+                        "error",
+                        f"triggers {target!r} with run_config_id {config_id!r}, which is not "
+                        f"the id of a schedule of {target!r}",
+                    )
+                )
         if p.config.webhook_keys:
             problems.append(
                 Problem(

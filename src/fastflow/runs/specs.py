@@ -55,6 +55,12 @@ class TriggerSpec:
 
     on_success: tuple[str, ...] = ()
     on_failure: tuple[str, ...] = ()
+    # Fast-Flow ``downstream_triggers[].run_config_id``: (target, the target's schedule
+    # ``id``) — the triggered run is that configuration (its run_config_id and env)
+    configs: tuple[tuple[str, str], ...] = ()
+
+    def config_of(self, target: str) -> str | None:
+        return next((cfg for name, cfg in self.configs if name == target), None)
 
 
 @dataclass(frozen=True)
