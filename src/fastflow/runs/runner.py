@@ -298,6 +298,12 @@ class _TreeWatch:
         finally:
             os.close(read_end)
 
+    def __enter__(self) -> _TreeWatch:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done()
+
     def done(self) -> None:
         """The run ended under supervision: the watch ends without killing anything."""
         try:
@@ -676,55 +682,36 @@ def _run_process(
         reason = f"could not start the pipeline: {e}"
         capture.write_note(reason)
         return RunStatus.FAILED, None, reason
-    watch = _TreeWatch(proc.pid)  # start_new_session: the pipeline's pid is its group
-    try:
-        return _supervise(
-            db, pipeline, run_id, proc, capture, log_out, metrics_out, cancel, kill_grace
+    with _TreeWatch(proc.pid):  # start_new_session: the pipeline's pid is its group
+        runs.mark_pipeline_process(db, run_id, proc.pid)
+        limits = pipeline.config.limits
+        sampler = TreeSampler(
+            proc.pid,
+            metrics_out,
+            memory_limit_mb=limits.memory_mb,
+            memory_soft_mb=limits.memory_soft_mb,
+            cpu_soft=limits.cpu_soft,
         )
-    finally:
-        watch.done()
-
-
-def _supervise(
-    db: Database,
-    pipeline: pipelines.Pipeline,
-    run_id: uuid.UUID,
-    proc: subprocess.Popen[bytes],
-    capture: LogCapture,
-    log_out: TextIO,
-    metrics_out: TextIO,
-    cancel: threading.Event | None,
-    kill_grace: float | None,
-) -> tuple[RunStatus, int | None, str | None]:
-    runs.mark_pipeline_process(db, run_id, proc.pid)
-    limits = pipeline.config.limits
-    sampler = TreeSampler(
-        proc.pid,
-        metrics_out,
-        memory_limit_mb=limits.memory_mb,
-        memory_soft_mb=limits.memory_soft_mb,
-        cpu_soft=limits.cpu_soft,
-    )
-    sampler.start()
-    started = time.monotonic()
-    pump = Pump(
-        proc,
-        capture,
-        log_out,
-        _kill_tree,
-        pipeline.timeout,
-        cancel,
-        memory_exceeded=sampler.exceeded,
-    )
-    if kill_grace is not None:
-        pump.kill_grace = kill_grace
-    ended = pump.run()
-    ru = ended.rusage
-    cpu_seconds = ru.ru_utime + ru.ru_stime if ru is not None else 0.0
-    sampler.stop(cpu_seconds=cpu_seconds, wall_seconds=time.monotonic() - started)
-    for what in sorted(sampler.soft_exceeded):
-        capture.write_note(f"warning: the soft {what} limit was exceeded (the run went on)")
-    return _final_status(ended, pipeline, capture)
+        sampler.start()
+        started = time.monotonic()
+        pump = Pump(
+            proc,
+            capture,
+            log_out,
+            _kill_tree,
+            pipeline.timeout,
+            cancel,
+            memory_exceeded=sampler.exceeded,
+        )
+        if kill_grace is not None:
+            pump.kill_grace = kill_grace
+        ended = pump.run()
+        ru = ended.rusage
+        cpu_seconds = ru.ru_utime + ru.ru_stime if ru is not None else 0.0
+        sampler.stop(cpu_seconds=cpu_seconds, wall_seconds=time.monotonic() - started)
+        for what in sorted(sampler.soft_exceeded):
+            capture.write_note(f"warning: the soft {what} limit was exceeded (the run went on)")
+        return _final_status(ended, pipeline, capture)
 
 
 def _make_run_folder(
