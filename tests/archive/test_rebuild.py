@@ -136,7 +136,8 @@ def test_a_partial_database_gains_what_is_missing_and_keeps_newer_entries(
         s.execute(
             update(ArchivedRun)
             .where(ArchivedRun.run_id == newer)
-            .values(status="FAILED", archived_at=NOW + timedelta(days=30))
+            # archived again after its manifest (not listed in one yet), as a pass leaves it
+            .values(status="FAILED", archived_at=NOW + timedelta(days=30), manifest_key=None)
         )
     res = cli("archive", "rebuild-index", "--json", env=s3.env())
     assert res.returncode == 0, res.stdout + res.stderr
@@ -180,28 +181,72 @@ def test_the_chain_continues_across_a_lost_database(
     ctx.db.dispose()
 
 
-def test_a_damaged_manifest_is_reported_and_its_objects_still_indexed(
+def test_a_damaged_manifest_is_not_trusted_and_its_original_restores_the_entries(
     s3: S3Env, ff_env: dict[str, str], cli: Cli
 ) -> None:
+    """A manifest whose bytes differ from the SHA-256 it was stored with (here: a forged
+    pipeline name, status and archived_at far in the future) is reported and not indexed;
+    ``--include-damaged`` indexes it as it reads, ``verify --manifests`` keeps reporting
+    it, and once the original is back, rebuild-index gives its entries the original's
+    values again (the forged ``archived_at`` does not make them "newer")."""
     ctx = _ctx(s3)
-    _archive_in_three_passes(ctx)
+    archived = _archive_in_three_passes(ctx)
+    before = _ledger(ctx)
     _lose_database(ctx, ff_env)
     first = sorted(k for k in keys(s3.client(), s3.bucket, manifests=True) if "/_manifests/" in k)[
         0
     ]
     client = s3.client()
-    data = object_bytes(client, s3.bucket, first)
+    original = object_bytes(client, s3.bucket, first)
     head = client.head_object(Bucket=s3.bucket, Key=first)
-    client.put_object(
-        Bucket=s3.bucket,
-        Key=first,
-        Body=data.replace(b'"etl"', b'"ETL"'),
-        Metadata=head["Metadata"],
+    forged = (
+        original.replace(b'"etl"', b'"ETL"')
+        .replace(b'"SUCCESS"', b'"FAILED"')
+        .replace(b'"archived_at":"2', b'"archived_at":"3')
     )
-    res = cli("archive", "rebuild-index", env=s3.env())
+    assert forged.count(b'"archived_at":"3') == original.count(b'"archived_at":"2') > 0
+    client.put_object(Bucket=s3.bucket, Key=first, Body=forged, Metadata=head["Metadata"])
+
+    res = cli("archive", "rebuild-index", "--json", env=s3.env())
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert first in res.stdout and "stored with" in res.stdout
-    assert "6 entries created" in res.stderr
+    report = json.loads(res.stdout)
+    assert report["manifests_withheld"] == 1 and report["entries_created"] == 4
+    (problem,) = report["problems"]
+    assert first in problem and "stored with" in problem
+    assert "none of its objects was indexed" in problem
+    ctx = _ctx(s3)
+    ledger = _ledger(ctx)
+    first_runs = {str(r.id) for r in archived[:2]}  # the first pass's two runs
+    assert not first_runs & set(ledger) and len(ledger) == 4
+    assert all(e.pipeline_name == "etl" for e in ledger.values())
+    # the next pass links to the original, not to the forged bytes
+    with ctx.db.session() as s:
+        recorded = s.scalar(select(ArchiveManifest.sha256).where(ArchiveManifest.key == first))
+    assert recorded == hashlib.sha256(original).hexdigest()
+    assert cli("logs", str(archived[0].id), env=s3.env()).returncode != 0
+
+    res = cli("archive", "rebuild-index", "--include-damaged", env=s3.env())
+    assert res.returncode == 1 and first in res.stdout and "stored with" in res.stdout
+    assert "2 entries created" in res.stderr
+    forged_entries = {rid: e for rid, e in _ledger(ctx).items() if rid in first_runs}
+    assert {e.pipeline_name for e in forged_entries.values()} == {"ETL"}
+    verified = cli("archive", "verify", "--manifests", "--json", env=s3.env())
+    assert verified.returncode == 1 and first in verified.stdout
+
+    client.put_object(Bucket=s3.bucket, Key=first, Body=original, Metadata=head["Metadata"])
+    res = cli("archive", "rebuild-index", "--json", env=s3.env())
+    report = json.loads(res.stdout)
+    assert res.returncode == 0 and report["ok"], report
+    assert report["entries_updated"] == 2 and report["entries_created"] == 0
+    restored = _ledger(ctx)
+    for rid in first_runs:
+        old, entry = before[rid], restored[rid]
+        for col in ("pipeline_name", "status", "archived_at", "log_sha256", "manifest_key"):
+            assert getattr(entry, col) == getattr(old, col), col
+    again = json.loads(cli("archive", "rebuild-index", "--json", env=s3.env()).stdout)
+    assert again["entries_updated"] == 0 and again["entries_unchanged"] == 6
+    assert cli("archive", "verify", "--manifests", env=s3.env()).returncode == 0
+    ctx.db.dispose()
 
 
 def test_progress_is_shown_on_a_terminal(s3: S3Env, ff_env: dict[str, str]) -> None:

@@ -479,7 +479,8 @@ def upsert_rebuilt(
 ) -> tuple[int, int, int]:
     """Write entries rebuilt from manifests (``rebuild``): an entry is created when
     missing; an existing one gets the objects it lacks, and its objects are replaced only
-    by newer ones (``archived_at``) — a newer entry is never overwritten; it names the
+    by newer ones (``archived_at``) — a newer entry is never overwritten — or by the
+    manifest the entry names, which is the authority for it; it names the
     latest manifest (by ``order``, the chain's order) that lists all its objects. Returns
     ``(created, updated, unchanged)``. Each row holds the entry's columns plus the
     objects it lists (``log_*`` and/or ``metrics_*``) and ``manifest_key``."""
@@ -506,6 +507,18 @@ def upsert_rebuilt(
 
 _OBJECT_COLUMNS = ("key", "size", "sha256", "original_size", "original_sha256")
 _EMPTY_OBJECTS = {f"{w}_{c}": None for w in ("log", "metrics") for c in _OBJECT_COLUMNS}
+# what a manifest line says of the run itself (``rebuild._rows``)
+_FACTS = (
+    "pipeline_name",
+    "status",
+    "triggered_by",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "reason",
+    "encoding",
+    "archived_at",
+)
 
 
 def _covers(entry: ArchivedRun, row: dict[str, Any]) -> bool:
@@ -524,25 +537,35 @@ def _covers(entry: ArchivedRun, row: dict[str, Any]) -> bool:
 
 def _merge_rebuilt(entry: ArchivedRun, row: dict[str, Any], order: dict[str, int]) -> bool:
     """Merge one rebuilt row into an existing entry; True when something changed. The
-    entry names the row's manifest only when that manifest lists all its objects."""
+    entry names the row's manifest only when that manifest lists all its objects. The
+    manifest an entry names is the authority for it: the entry takes all its values
+    (an entry indexed from a damaged copy of that manifest gets the original's back)."""
     changed = False
+    authority = entry.manifest_key == row["manifest_key"]
     newer = row["archived_at"] > entry.archived_at
     for which in ("log", "metrics"):
         key = row.get(f"{which}_key")
         if key is None:
             continue
-        current = getattr(entry, f"{which}_key"), getattr(entry, f"{which}_sha256")
-        if current == (key, row.get(f"{which}_sha256")):
+        cols = [f"{which}_{c}" for c in _OBJECT_COLUMNS]
+        if authority:
+            same = all(getattr(entry, c) == row.get(c) for c in cols)
+        else:
+            same = (getattr(entry, f"{which}_key"), getattr(entry, f"{which}_sha256")) == (
+                key,
+                row.get(f"{which}_sha256"),
+            )
+        if same:
             continue
-        if current[0] is None or newer:
-            for col in _OBJECT_COLUMNS:
-                setattr(entry, f"{which}_{col}", row.get(f"{which}_{col}"))
+        if getattr(entry, f"{which}_key") is None or newer or authority:
+            for col in cols:
+                setattr(entry, col, row.get(col))
             changed = True
-    if changed and newer:
-        for col in ("status", "triggered_by", "finished_at", "exit_code", "reason", "encoding"):
-            if col in row:
+    if (changed and newer) or authority:
+        for col in _FACTS:
+            if col in row and getattr(entry, col) != row[col]:
                 setattr(entry, col, row[col])
-        entry.archived_at = row["archived_at"]
+                changed = True
     covered = _covers(entry, row)
     mine = row["manifest_key"]
     later = entry.manifest_key is None or order.get(entry.manifest_key, -1) < order.get(mine, -1)

@@ -27,7 +27,7 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +45,7 @@ from fastflow.errors import ArchiveError
 DIRECTORY = "_manifests"
 SUFFIX = ".jsonl"
 BATCH = 1000
+SPOOL_CHUNK = 256 * 1024
 TEMP_PREFIX = "archive-manifest-"  # swept by the next pass like other "archive-*.part" files
 LINE_FIELDS = (
     "key",
@@ -257,7 +258,9 @@ def _record(
 @dataclass
 class Read:
     """What reading one manifest found: its SHA-256 and size as stored, its trailer, the
-    number of object lines, and ``error`` when it is not a well-formed manifest."""
+    number of object lines, and ``error`` when it is not a well-formed manifest.
+    ``withheld``: its bytes did not have the expected SHA-256, so none of its lines was
+    handed on."""
 
     key: str
     sha256: str = ""
@@ -267,6 +270,7 @@ class Read:
     lines: int = 0
     error: str | None = None
     missing: bool = False
+    withheld: bool = False
 
 
 def read(
@@ -274,15 +278,45 @@ def read(
     key: str,
     on_lines: Callable[[list[dict[str, Any]]], None],
     batch: int = BATCH,
+    expect_sha256: str | None = None,
 ) -> Read:
     """Stream manifest ``key``: hash every byte, hand its object lines to ``on_lines`` in
     batches (a run's lines never split across two batches), parse the trailer. Memory:
-    one batch. ``ArchiveError`` only for a failure to read (not for a bad manifest)."""
+    one batch. ``ArchiveError`` only for a failure to read (not for a bad manifest).
+
+    With ``expect_sha256``, no line is handed on unless the whole manifest has that
+    SHA-256: it is first copied to a temporary file while it is hashed (the lines then
+    come from that copy, so they are the bytes that were hashed), and a manifest with
+    other bytes is only hashed and sized (``withheld``)."""
     result = Read(key)
     if store.head(key) is None:
         result.missing = True
         result.error = "the manifest does not exist"
         return result
+    if expect_sha256 is None:
+        return _parse(store.open(key), result, on_lines, batch)
+    with tempfile.TemporaryFile(prefix="fastflow-manifest-") as spool:
+        h = hashlib.sha256()
+        for chunk in store.open(key):
+            h.update(chunk)
+            spool.write(chunk)
+        if h.hexdigest() != expect_sha256:
+            result.sha256 = h.hexdigest()
+            result.size = spool.tell()
+            result.withheld = True
+            result.error = "its bytes differ from the SHA-256 it was stored with"
+            return result
+        spool.seek(0)
+        return _parse(iter(lambda: spool.read(SPOOL_CHUNK), b""), result, on_lines, batch)
+
+
+def _parse(
+    chunks: Iterable[bytes],
+    result: Read,
+    on_lines: Callable[[list[dict[str, Any]]], None],
+    batch: int,
+) -> Read:
+    """``read``'s parser over ``chunks``: hash, hand on object lines, check the trailer."""
     h = hashlib.sha256()
     pending: list[dict[str, Any]] = []
     held: bytes | None = None  # the last complete line: the trailer, unless more follow
@@ -308,7 +342,7 @@ def read(
         pending.append(line)
         result.lines += 1
 
-    for chunk in store.open(key):
+    for chunk in chunks:
         h.update(chunk)
         result.size += len(chunk)
         buf += chunk

@@ -10,9 +10,13 @@ Guarantees:
   lacks, and is replaced only by a newer record of the same run (``archived_at``) — a
   newer entry is never overwritten;
 - the manifests are recorded (``archive_manifests``) in the chain's order, followed from
-  the ``previous`` links; a manifest whose bytes differ from the SHA-256 it was stored
-  with, or a broken link, is reported (its objects are still indexed: the archive is
-  what it is, and ``archive verify`` judges it);
+  the ``previous`` links; a broken link is reported;
+- a manifest whose bytes differ from the SHA-256 it was stored with is reported and
+  none of its lines is indexed (``include_damaged`` indexes them anyway); it is recorded
+  with the SHA-256 it was stored with, so ``verify --manifests`` keeps reporting it and
+  the chain goes on from the original. An intact manifest is the authority for the
+  entries that name it: an entry rebuilt from a damaged copy of it gets the intact
+  manifest's values back;
 - rebuilt entries whose local files are gone count as deleted locally; those with local
   files stay pending, and the next cleanup pass verifies their objects before it deletes
   anything (as after a crash); while ``LOGS_DIR`` is not this installation's
@@ -62,6 +66,7 @@ class RebuildReport:
     entries_created: int = 0
     entries_updated: int = 0
     entries_unchanged: int = 0
+    manifests_withheld: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -76,8 +81,14 @@ class RebuildReport:
         return {**asdict(self), "ok": self.ok}
 
 
-def rebuild(ctx: Context, progress: Callable[[RebuildReport], None] | None = None) -> RebuildReport:
-    """Rebuild the ledger (and the manifest records) from the manifests in the bucket."""
+def rebuild(
+    ctx: Context,
+    progress: Callable[[RebuildReport], None] | None = None,
+    include_damaged: bool = False,
+) -> RebuildReport:
+    """Rebuild the ledger (and the manifest records) from the manifests in the bucket.
+    A manifest whose bytes differ from the SHA-256 it was stored with is not indexed
+    unless ``include_damaged``."""
     store = archive.open_store(ctx.settings)
     report = RebuildReport()
     listed = [_tail(store, key, size, modified) for key, size, modified in _manifest_keys(store)]
@@ -103,10 +114,18 @@ def rebuild(ctx: Context, progress: Callable[[RebuildReport], None] | None = Non
             if progress is not None:
                 progress(report)
 
-        read = manifests.read(store, m.key, on_lines)
-        if read.error is not None:
+        check = None if include_damaged else m.sha256
+        read = manifests.read(store, m.key, on_lines, expect_sha256=check)
+        if read.withheld:
+            report.manifests_withheld += 1
+            report.problem(
+                f"{m.key}: its SHA-256 is {read.sha256}, but it was stored with {m.sha256}; "
+                "none of its objects was indexed (restore it and run rebuild-index again, "
+                "or index it as it reads with --include-damaged)"
+            )
+        elif read.error is not None:
             report.problem(f"{m.key}: {read.error}")
-        if m.sha256 and read.sha256 != m.sha256:
+        if m.sha256 and read.sha256 != m.sha256 and not read.withheld:
             report.problem(
                 f"{m.key}: its SHA-256 is {read.sha256}, but it was stored with {m.sha256}"
             )
@@ -115,7 +134,7 @@ def rebuild(ctx: Context, progress: Callable[[RebuildReport], None] | None = Non
         )
         created_at = stamp
         if m.key not in known and not read.missing:
-            _record_manifest(ctx, m.key, read, stamp)
+            _record_manifest(ctx, m, read, stamp)
             report.manifests_recorded += 1
         report.manifests_done += 1
         if progress is not None:
@@ -271,7 +290,11 @@ class _LocalFiles:
         return any((folder / name).exists() for name in (logfiles.LOG_NAME, logfiles.METRICS_NAME))
 
 
-def _record_manifest(ctx: Context, key: str, read: manifests.Read, at: datetime) -> None:
+def _record_manifest(ctx: Context, m: Listed, read: manifests.Read, at: datetime) -> None:
+    """Record manifest ``m`` with the SHA-256 it was stored with (what its bytes hashed
+    to when that is unknown): a damaged manifest stays damaged to ``verify --manifests``,
+    and the next pass links to the original."""
+    key = m.key
     name = key.rsplit("/", 1)[-1].removesuffix(manifests.SUFFIX).split("-", 1)[0]
     with ctx.db.session() as s:
         if s.scalar(select(ArchiveManifest.key).where(ArchiveManifest.key == key)) is not None:
@@ -280,8 +303,8 @@ def _record_manifest(ctx: Context, key: str, read: manifests.Read, at: datetime)
             ArchiveManifest(
                 key=key,
                 pass_id=int(name) if name.isdigit() and len(name) < 10 else None,
-                sha256=read.sha256,
-                previous_sha256=read.previous,
+                sha256=m.sha256 or read.sha256,
+                previous_sha256=m.previous if read.withheld else read.previous,
                 count=read.lines,
                 size=read.size,
                 created_at=at,

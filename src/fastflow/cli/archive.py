@@ -171,10 +171,17 @@ def archive_verifications(ctx: click.Context, limit: int, as_json: bool) -> None
 
 @archive_group.command("rebuild-index")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--include-damaged",
+    is_flag=True,
+    help="Also index manifests whose bytes differ from the SHA-256 they were stored with "
+    "(as they now read; without it their objects are left out and reported).",
+)
 @click.pass_context
-def archive_rebuild_index(ctx: click.Context, as_json: bool) -> None:
+def archive_rebuild_index(ctx: click.Context, as_json: bool, include_damaged: bool) -> None:
     """Rebuild the archive ledger from the manifests in the bucket (after a lost database);
-    safe to repeat. Exit 1 when a manifest is damaged or the chain is broken."""
+    safe to repeat. A damaged manifest is not indexed (unless --include-damaged). Exit 1
+    when a manifest is damaged or the chain is broken."""
     from fastflow.archive.rebuild import RebuildReport, rebuild
 
     app = _context(ctx)
@@ -196,7 +203,7 @@ def archive_rebuild_index(ctx: click.Context, as_json: bool) -> None:
             nl=False,
         )
 
-    report = rebuild(app, progress=show if tty else None)
+    report = rebuild(app, progress=show if tty else None, include_damaged=include_damaged)
     if tty:
         click.echo("\r\x1b[K", err=True, nl=False)
     if as_json:
