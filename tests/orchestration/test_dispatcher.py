@@ -5,6 +5,7 @@ MAX_CONCURRENT_RUNS, cancelling queued and running runs."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,7 +285,10 @@ def test_a_run_cancelled_while_it_is_claimed_never_starts(
 ) -> None:
     """Found by an outside audit: a cancel committed between the claim's SELECT and its
     write was overwritten (CANCELLED -> PENDING), and the "cancelled" run ran. The cancel
-    here lands exactly there: while the claim asks for the pipeline's limit."""
+    here is sent exactly there: while the claim asks for the pipeline's limit. On
+    PostgreSQL it commits at once (the claim's advisory lock does not hold it up); on
+    SQLite the claim holds the write lock, so the cancel waits and then finds the run
+    claimed (``requested``: its server stops it) — never a CANCELLED run that starts."""
     if database == "postgresql":
         monkeypatch.setenv("DATABASE_URL", pg_url)
     ctx = bootstrap(load_settings())
@@ -293,22 +297,33 @@ def test_a_run_cancelled_while_it_is_claimed_never_starts(
         run_id = queue.enqueue(ctx.db, "quick", "api")
         other = queue.enqueue(ctx.db, "quick", "api")
         outcomes: list[str] = []
+        canceller: list[threading.Thread] = []
 
         def limit_with_a_cancel_meanwhile(name: str) -> int:
-            if not outcomes:
-                outcomes.append(queue.cancel(ctx.db, run_id))  # another request, committed
+            if not canceller:  # another request, in another thread
+                t = threading.Thread(target=lambda: outcomes.append(queue.cancel(ctx.db, run_id)))
+                canceller.append(t)
+                t.start()
+                if database == "postgresql":
+                    t.join(timeout=30)
             return 10
 
         claimed = queue.claim(ctx.db, 5, limit_with_a_cancel_meanwhile)
+        canceller[0].join(timeout=60)
 
-        assert outcomes == ["cancelled"]
-        assert [r.id for r in claimed] == [other]
-        assert claimed[0].status == "PENDING" and claimed[0].runner_pid is not None
         with ctx.db.session() as s:
             row = s.get(PipelineRun, run_id)
-            assert row is not None and row.status == "CANCELLED" and row.runner_pid is None
             taken = s.get(PipelineRun, other)
-            assert taken is not None and taken.status == "PENDING"
+        assert row is not None and taken is not None and taken.status == "PENDING"
+        if database == "postgresql":
+            assert outcomes == ["cancelled"]
+            assert [r.id for r in claimed] == [other]
+            assert claimed[0].status == "PENDING" and claimed[0].runner_pid is not None
+            assert row.status == "CANCELLED" and row.runner_pid is None
+        else:
+            assert outcomes == ["requested"]
+            assert {r.id for r in claimed} == {run_id, other}
+            assert row.status == "PENDING" and row.cancel_requested_at is not None
     finally:
         ctx.db.dispose()
 

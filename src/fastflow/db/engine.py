@@ -229,6 +229,15 @@ def _sqlite_transaction(engine: Engine) -> Iterator[Connection]:
             raw.isolation_level = ""  # the driver's default again (nothing is open)
 
 
+def begin_write(s: Session) -> None:
+    """On SQLite, take the database's write lock now (``BEGIN IMMEDIATE``), as the first
+    statement of ``s``: the driver otherwise begins a transaction only at the first write,
+    so what ``s`` read before it may have changed by then. Nothing elsewhere (PostgreSQL
+    locks rows or takes an advisory lock where it matters)."""
+    if s.get_bind().dialect.name == "sqlite":
+        s.execute(text("BEGIN IMMEDIATE"))
+
+
 class Database:
     """The engine plus a session factory; ``session()`` commits or rolls back.
     ``new_file`` is the SQLite file that did not exist yet when the engine was made

@@ -2,9 +2,9 @@
 
 Guarantees:
 - a QUEUED run is claimed by exactly one server: claims take a transaction-scoped lock
-  (PostgreSQL advisory lock; SQLite serialises writers) and move the row to PENDING
-  with the claiming host and process — only while it is still QUEUED, so a run
-  cancelled at that instant stays CANCELLED and never starts;
+  (``runs.lock_claims``: a PostgreSQL advisory lock; SQLite's write lock) and move the
+  row to PENDING with the claiming host and process — only while it is still QUEUED,
+  so a run cancelled at that instant stays CANCELLED and never starts;
 - ``max_instances`` of a pipeline holds across every server sharing the database:
   the count of its PENDING/RUNNING runs is read inside the same locked transaction;
 - queued runs start oldest first, and not before their ``not_before`` (retry delays);
@@ -21,16 +21,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from fastflow.db import cache as readcache
-from fastflow.db.engine import Database, is_postgres
+from fastflow.db.engine import Database, begin_write, is_postgres
 from fastflow.db.models import FINAL_STATUSES, PipelineRun, RunStatus, utcnow
 from fastflow.errors import RunNotFound
 from fastflow.runs import files as logfiles
 from fastflow.runs import store as runs
 
-CLAIM_LOCK_KEY = runs.CLAIM_LOCK_KEY  # one claim transaction at a time on PostgreSQL
 RUNNING_STATES = runs.RUNNING_STATES
 
 
@@ -113,8 +112,7 @@ def claim(
     now = now or utcnow()
     claimed: list[PipelineRun] = []
     with db.session() as s:
-        if is_postgres(db.engine):
-            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_KEY})
+        runs.lock_claims(s)
         counts: dict[str, int] = {}
         full: set[str] = set()  # pipelines at their max_instances: left out of the next read
         while len(claimed) < limit:
@@ -172,6 +170,7 @@ def cancel(db: Database, run_id: uuid.UUID) -> str:
     stops it), or ``finished`` (nothing to do). ``RunNotFound`` for an unknown id."""
     now = utcnow()
     with db.session() as s:
+        begin_write(s)  # SQLite: a claim cannot take the run between this read and write
         run = s.get(PipelineRun, run_id, with_for_update=is_postgres(db.engine))
         if run is None:
             raise RunNotFound(f"run {run_id} not found")

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from sqlalchemy import Select, delete, func, literal, select, text, union_all, update
+from sqlalchemy import Select, func, literal, select, text, union_all, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from fastflow.archive import ledger
 from fastflow.db import cache as readcache
-from fastflow.db.engine import Database
+from fastflow.db.engine import Database, begin_write
 from fastflow.db.models import FINAL_STATUSES, PipelineRun, RunStatus, utcnow
 from fastflow.errors import FastflowError, InvalidInput, RunNotFound, UnsafePath
 from fastflow.runs import files as logfiles
@@ -27,7 +27,7 @@ from fastflow.runs import isolation, logsdir
 
 HOSTNAME = socket.gethostname()
 RUNNING_STATES = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
-CLAIM_LOCK_KEY = 0x66666C71  # "fflq": one claim of a run slot at a time on PostgreSQL
+CLAIM_LOCK_KEY = 0x66666C71  # "fflq": one claim of a run slot at a time (PostgreSQL)
 MIN_PREFIX = 4  # hex digits of the shortest run id prefix accepted (the UI shows 8)
 MAX_CANDIDATES = 10  # ambiguous prefix: candidates named in the error
 _HEX_RE = re.compile(r"[0-9a-f]+")
@@ -133,44 +133,36 @@ def create_within(
 ) -> tuple[PipelineRun | None, int]:
     """``create`` — only while the pipeline has fewer than ``limit`` PENDING/RUNNING runs
     on every server (its ``max_instances``): (the run, None when it is at its limit; the
-    runs counted). On PostgreSQL the count and the insert hold the servers' claim lock;
-    on SQLite the count is read again after the insert, and the run is taken back when
-    runs that started before it fill the limit."""
-    postgres = db.engine.dialect.name == "postgresql"
+    runs counted). The count and the insert hold the servers' claim lock (``lock_claims``)."""
     with db.session() as s:
-        if postgres:
-            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_KEY})
+        lock_claims(s)
         active = _active_count(s, pipeline_name)
         if active >= limit:
             return None, active
         run = _pending_row(pipeline_name, triggered_by, pid, attempt, retry_of, env)
         s.add(run)
-    if not postgres:
-        with db.session() as s:
-            ahead = _active_count(s, pipeline_name, before=run)
-            if ahead >= limit:
-                s.execute(
-                    delete(PipelineRun).where(
-                        PipelineRun.id == run.id, PipelineRun.status == RunStatus.PENDING.value
-                    )
-                )
-                return None, ahead
     readcache.invalidate()
     return run, active
 
 
-def _active_count(s: Session, pipeline_name: str, before: PipelineRun | None = None) -> int:
+def lock_claims(s: Session) -> None:
+    """Hold the servers' claim lock until ``s`` ends — its first statement: on PostgreSQL
+    a transaction-scoped advisory lock, on SQLite the database's write lock (``BEGIN
+    IMMEDIATE``: without it the driver begins a transaction only at the first write, so a
+    count read before it could be stale by then). Claims of run slots, on every server
+    and in ``fastflow run``, thus count and write one at a time."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_KEY})
+    else:
+        begin_write(s)
+
+
+def _active_count(s: Session, pipeline_name: str) -> int:
     q = (
         select(func.count())
         .select_from(PipelineRun)
         .where(PipelineRun.pipeline_name == pipeline_name, PipelineRun.status.in_(RUNNING_STATES))
     )
-    if before is not None:
-        q = q.where(
-            PipelineRun.id != before.id,
-            (PipelineRun.started_at < before.started_at)
-            | ((PipelineRun.started_at == before.started_at) & (PipelineRun.id < before.id)),
-        )
     return int(s.scalar(q) or 0)
 
 
