@@ -188,6 +188,24 @@ def _retention(
             policy.max_log_bytes,
             f"{policy.max_log_bytes // MB} MB" if policy.max_log_bytes else "unlimited",
         ),
+        (
+            "Newest success",
+            own.keep_last_success,
+            "LOG_RETENTION_KEEP_LAST_SUCCESS",
+            policy.keep_last_success,
+            "always kept" if policy.keep_last_success else "not kept by a rule",
+        ),
+        (
+            "Newest failures",
+            own.keep_failed,
+            "LOG_RETENTION_KEEP_FAILED",
+            policy.keep_failed,
+            (
+                f"the newest {policy.keep_failed:,} always kept"
+                if policy.keep_failed
+                else "not kept by a rule"
+            ),
+        ),
     ):
         source = "pipeline.json" if override is not None else setting
         rows.append({"label": label, "text": text, "value": value, "source": source})
