@@ -252,3 +252,48 @@ def test_a_bucket_without_object_lock_is_reported_and_the_pin_stands(
     row = run_row(ctx, big.id)
     assert row is not None and row.pin_reason == "audit"
     assert api.client.get(f"/api/runs/{big.id}", headers=api.viewer).json()["pin_reason"] == "audit"
+
+
+def test_s3_down_while_an_archived_run_is_pinned_the_pin_stands_and_says_so(
+    locked_api: Api, s3: S3Env
+) -> None:
+    """A run that lives only in the archive, pinned while S3 is unreachable: the pin is
+    recorded on its ledger entry, the response names the failed hold (no secret in it),
+    and pinning again once S3 is back places the hold."""
+    api, ctx = locked_api, locked_api.ctx
+    old = seed_run(ctx, "etl", NOW - timedelta(days=3))
+    seed_run(ctx, "etl", NOW - timedelta(days=1))
+    data = ctx.settings.model_dump()
+    data.update(log_retention_runs=1)
+    assert run_pass(
+        Context(settings=load_settings(**data), db=ctx.db), "test", now=NOW
+    ).deleted_runs
+    entry = ledger(ctx)[old.id]
+    keys = [k for k in (entry.log_key, entry.metrics_key) if k is not None]
+    client = s3.client()
+
+    s3.proxy.stop()  # the network edge: nothing listens on the endpoint any more
+    try:
+        res = api.pin(old.id)
+    finally:
+        s3.proxy.start()
+
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert (body["pinned"], body["changed"]) == (True, True)
+    hold = body["legal_hold"]
+    assert hold["enabled"] is True and hold["on"] is True and hold["objects"] == []
+    assert hold["error"] and s3.secret_key not in res.text
+    assert ledger(ctx)[old.id].pinned_at is not None  # the pin stands on the ledger entry
+    for key in keys:  # and nothing was held
+        assert (
+            client.get_object_legal_hold(Bucket=LOCKED, Key=key)["LegalHold"].get("Status") != "ON"
+        )
+    shown = api.client.get(f"/api/runs/{old.id}", headers=api.viewer).json()
+    assert shown["pin_reason"] == "audit 2026"
+
+    again = api.pin(old.id).json()  # S3 back: pinning again places the hold
+    assert again["changed"] is False and again["legal_hold"]["error"] is None
+    assert again["legal_hold"]["objects"] == keys
+    for key in keys:
+        assert client.get_object_legal_hold(Bucket=LOCKED, Key=key)["LegalHold"]["Status"] == "ON"
