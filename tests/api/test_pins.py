@@ -27,7 +27,7 @@ from fastflow.lifecycle.summary import PassSummary
 from fastflow.runs import pins
 from fastflow.server import create_app
 from tests.harness.fixtures import S3Env
-from tests.seeding import NOW, ledger, run_row, seed_run
+from tests.seeding import NOW, Seeded, ledger, run_row, seed_run
 
 LOCKED = "fastflow-locked"
 
@@ -67,6 +67,22 @@ def locked_api(ff_env: dict[str, str], s3: S3Env, monkeypatch: pytest.MonkeyPatc
     ctx = bootstrap(load_settings())
     yield Api(ctx)
     ctx.db.dispose()
+
+
+def _archived_only(ctx: Context) -> tuple[Seeded, list[str]]:
+    """A run that retention archived and whose row it deleted: (the run, its two keys)."""
+    old = seed_run(ctx, "etl", NOW - timedelta(days=3))
+    seed_run(ctx, "etl", NOW - timedelta(days=1))
+    data = ctx.settings.model_dump()
+    data.update(log_retention_runs=1)
+    assert run_pass(
+        Context(settings=load_settings(**data), db=ctx.db), "test", now=NOW
+    ).deleted_runs
+    assert run_row(ctx, old.id) is None and old.id in ledger(ctx)
+    entry = ledger(ctx)[old.id]
+    keys = [k for k in (entry.log_key, entry.metrics_key) if k is not None]
+    assert len(keys) == 2
+    return old, keys
 
 
 def test_admin_pins_and_unpins_a_run_and_run_json_shows_it(api: Api) -> None:
@@ -132,17 +148,7 @@ def test_an_archived_run_removed_by_retention_is_pinned_with_a_legal_hold(
     objects get the legal hold (a delete of them fails), every run object shows the pin,
     and unpinning lifts it (it was refused with 409 before)."""
     api, ctx = locked_api, locked_api.ctx
-    old = seed_run(ctx, "etl", NOW - timedelta(days=3))
-    seed_run(ctx, "etl", NOW - timedelta(days=1))
-    data = ctx.settings.model_dump()
-    data.update(log_retention_runs=1)
-    assert run_pass(
-        Context(settings=load_settings(**data), db=ctx.db), "test", now=NOW
-    ).deleted_runs
-    assert run_row(ctx, old.id) is None and old.id in ledger(ctx)
-    entry = ledger(ctx)[old.id]
-    keys = [k for k in (entry.log_key, entry.metrics_key) if k is not None]
-    assert len(keys) == 2
+    old, keys = _archived_only(ctx)
     client = s3.client()
     versions = [client.head_object(Bucket=LOCKED, Key=k)["VersionId"] for k in keys]
 
@@ -261,15 +267,7 @@ def test_s3_down_while_an_archived_run_is_pinned_the_pin_stands_and_says_so(
     recorded on its ledger entry, the response names the failed hold (no secret in it),
     and pinning again once S3 is back places the hold."""
     api, ctx = locked_api, locked_api.ctx
-    old = seed_run(ctx, "etl", NOW - timedelta(days=3))
-    seed_run(ctx, "etl", NOW - timedelta(days=1))
-    data = ctx.settings.model_dump()
-    data.update(log_retention_runs=1)
-    assert run_pass(
-        Context(settings=load_settings(**data), db=ctx.db), "test", now=NOW
-    ).deleted_runs
-    entry = ledger(ctx)[old.id]
-    keys = [k for k in (entry.log_key, entry.metrics_key) if k is not None]
+    old, keys = _archived_only(ctx)
     client = s3.client()
 
     s3.proxy.stop()  # the network edge: nothing listens on the endpoint any more

@@ -4,25 +4,10 @@ included — and where each value comes from (pipeline.json or the setting)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
-import pytest
 from fastapi.testclient import TestClient
 
-from fastflow import accounts
-from fastflow.context import Context
-from fastflow.server import create_app
-from fastflow.session_cookie import SESSION_COOKIE
 from tests.conftest import MakePipeline
-
-
-@pytest.fixture
-def browser(app: Context) -> Iterator[TestClient]:
-    accounts.create_user(app.db, "viewer", "a long viewer password", "viewer")
-    token, _ = accounts.login(app.db, "viewer", "a long viewer password")
-    client = TestClient(create_app(app, schedule=False), base_url="http://localhost")
-    client.cookies.set(SESSION_COOKIE, token)
-    yield client
 
 
 def _rules(html: str) -> dict[str, str]:
@@ -33,7 +18,7 @@ def _rules(html: str) -> dict[str, str]:
 
 
 def test_the_keep_rules_are_shown_with_their_source(
-    browser: TestClient, make_pipeline: MakePipeline
+    viewer_pages: TestClient, make_pipeline: MakePipeline
 ) -> None:
     make_pipeline(
         "kept",
@@ -41,9 +26,9 @@ def test_the_keep_rules_are_shown_with_their_source(
         config='{"retention": {"keep_failed": 3, "keep_last_success": false}}',
     )
     make_pipeline("plain", "print('x')\n")
-    kept = _rules(browser.get("/pipelines/kept").text)
+    kept = _rules(viewer_pages.get("/pipelines/kept").text)
     assert kept["Newest success"] == "not kept by a rule (pipeline.json)"
     assert kept["Newest failures"] == "the newest 3 always kept (pipeline.json)"
-    plain = _rules(browser.get("/pipelines/plain").text)
+    plain = _rules(viewer_pages.get("/pipelines/plain").text)
     assert plain["Newest success"] == "always kept (LOG_RETENTION_KEEP_LAST_SUCCESS)"
     assert plain["Newest failures"] == "not kept by a rule (LOG_RETENTION_KEEP_FAILED)"
