@@ -23,7 +23,7 @@ from sqlalchemy import delete, select, update
 from fastflow import accounts
 from fastflow.config import load_settings
 from fastflow.context import Context, bootstrap
-from fastflow.db.models import ArchivedRun, ArchiveManifest
+from fastflow.db.models import ArchivedRun, ArchiveManifest, utcnow
 from fastflow.lifecycle.cleanup import run_pass
 from fastflow.server import create_app
 from tests.harness.fixtures import S3Env
@@ -137,7 +137,7 @@ def test_a_partial_database_gains_what_is_missing_and_keeps_newer_entries(
             update(ArchivedRun)
             .where(ArchivedRun.run_id == newer)
             # archived again after its manifest (not listed in one yet), as a pass leaves it
-            .values(status="FAILED", archived_at=NOW + timedelta(days=30), manifest_key=None)
+            .values(status="FAILED", archived_at=utcnow() + timedelta(days=30), manifest_key=None)
         )
     res = cli("archive", "rebuild-index", "--json", env=s3.env())
     assert res.returncode == 0, res.stdout + res.stderr
@@ -226,7 +226,8 @@ def test_a_damaged_manifest_is_not_trusted_and_its_original_restores_the_entries
     assert cli("logs", str(archived[0].id), env=s3.env()).returncode != 0
 
     res = cli("archive", "rebuild-index", "--include-damaged", env=s3.env())
-    assert res.returncode == 1 and first in res.stdout and "stored with" in res.stdout
+    assert res.returncode == 1 and first in res.stdout
+    assert "but this database recorded it with" in res.stdout
     assert "2 entries created" in res.stderr
     forged_entries = {rid: e for rid, e in _ledger(ctx).items() if rid in first_runs}
     assert {e.pipeline_name for e in forged_entries.values()} == {"ETL"}
@@ -235,6 +236,12 @@ def test_a_damaged_manifest_is_not_trusted_and_its_original_restores_the_entries
 
     client.put_object(Bucket=s3.bucket, Key=first, Body=original, Metadata=head["Metadata"])
     res = cli("archive", "rebuild-index", "--json", env=s3.env())
+    report = json.loads(res.stdout)  # the entries disagree with their manifest: reported
+    assert res.returncode == 1 and report["entries_conflicting"] == 2, report
+    assert report["entries_updated"] == 0 and report["manifests_withheld"] == 0
+    assert all("--replace-conflicting" in p for p in report["problems"])
+    assert {e.pipeline_name for rid, e in _ledger(ctx).items() if rid in first_runs} == {"ETL"}
+    res = cli("archive", "rebuild-index", "--replace-conflicting", "--json", env=s3.env())
     report = json.loads(res.stdout)
     assert res.returncode == 0 and report["ok"], report
     assert report["entries_updated"] == 2 and report["entries_created"] == 0

@@ -475,16 +475,19 @@ def verification_times(db: Database) -> tuple[int, int]:
 
 
 def upsert_rebuilt(
-    db: Database, rows: list[dict[str, Any]], order: dict[str, int]
-) -> tuple[int, int, int]:
+    db: Database, rows: list[dict[str, Any]], order: dict[str, int], replace: bool = False
+) -> tuple[int, int, int, list[str]]:
     """Write entries rebuilt from manifests (``rebuild``): an entry is created when
-    missing; an existing one gets the objects it lacks, and its objects are replaced only
-    by newer ones (``archived_at``) — a newer entry is never overwritten — or by the
-    manifest the entry names, which is the authority for it; it names the
-    latest manifest (by ``order``, the chain's order) that lists all its objects. Returns
-    ``(created, updated, unchanged)``. Each row holds the entry's columns plus the
-    objects it lists (``log_*`` and/or ``metrics_*``) and ``manifest_key``."""
+    missing; an existing one gains the objects it lacks and otherwise keeps what it
+    holds — a row that describes one of its objects differently is a conflict, reported
+    and not applied. With ``replace`` a conflicting row is applied when it is newer
+    (``archived_at``) or comes from the manifest the entry names. An entry names the
+    latest manifest (by ``order``, the chain's order) that lists all its objects.
+    Returns ``(created, updated, unchanged, conflicts)``. Each row holds the entry's
+    columns plus the objects it lists (``log_*`` and/or ``metrics_*``) and
+    ``manifest_key``."""
     updated = unchanged = 0
+    conflicts: list[str] = []
     ids = [r["run_id"] for r in rows]
     fresh: dict[uuid.UUID, dict[str, Any]] = {}
     with db.session() as s:
@@ -496,13 +499,38 @@ def upsert_rebuilt(
             if entry is None:
                 # one run appears once per call: new entries go in one multi-row INSERT
                 fresh[row["run_id"]] = {**_EMPTY_OBJECTS, **row}
-            elif _merge_rebuilt(entry, row, order):
+                continue
+            conflict = None if replace else _conflict(entry, row)
+            if conflict is not None:
+                conflicts.append(conflict)
+            elif _merge_rebuilt(entry, row, order, replace):
                 updated += 1
             else:
                 unchanged += 1
         if fresh:
             s.execute(insert(ArchivedRun), list(fresh.values()))
-    return len(fresh), updated, unchanged
+    return len(fresh), updated, unchanged, conflicts
+
+
+def _conflict(entry: ArchivedRun, row: dict[str, Any]) -> str | None:
+    """How ``row`` — newer than the entry, or from the manifest the entry names, so that
+    it would replace it — describes the run otherwise (None: it does not). An older
+    record of another manifest is history, not a conflict."""
+    if not (row["archived_at"] > entry.archived_at or entry.manifest_key == row["manifest_key"]):
+        return None
+    for which in ("log", "metrics"):
+        have = getattr(entry, f"{which}_key"), getattr(entry, f"{which}_sha256")
+        said = row.get(f"{which}_key"), row.get(f"{which}_sha256")
+        if said[0] is not None and have[0] is not None and have != said:
+            return (
+                f"run {entry.run_id}: it lists the {which} as {said[0]} with SHA-256 "
+                f"{said[1]}; the ledger records {have[0]} with SHA-256 {have[1]}"
+            )
+    for col in _FACTS[:-1]:  # archived_at: newer is what this compares
+        if col in row and getattr(entry, col) != row[col]:
+            held = getattr(entry, col)
+            return f"run {entry.run_id}: it says {col} {row[col]!r}; the ledger {held!r}"
+    return None
 
 
 _OBJECT_COLUMNS = ("key", "size", "sha256", "original_size", "original_sha256")
@@ -535,14 +563,17 @@ def _covers(entry: ArchivedRun, row: dict[str, Any]) -> bool:
     return True
 
 
-def _merge_rebuilt(entry: ArchivedRun, row: dict[str, Any], order: dict[str, int]) -> bool:
+def _merge_rebuilt(
+    entry: ArchivedRun, row: dict[str, Any], order: dict[str, int], replace: bool
+) -> bool:
     """Merge one rebuilt row into an existing entry; True when something changed. The
-    entry names the row's manifest only when that manifest lists all its objects. The
-    manifest an entry names is the authority for it: the entry takes all its values
-    (an entry indexed from a damaged copy of that manifest gets the original's back)."""
+    entry gains the objects it lacks; only with ``replace`` does a newer row (or one from
+    the manifest the entry names: an entry indexed from a damaged copy of it gets the
+    original's values back) replace objects and facts. The entry names the row's
+    manifest only when that manifest lists all its objects."""
     changed = False
-    authority = entry.manifest_key == row["manifest_key"]
-    newer = row["archived_at"] > entry.archived_at
+    authority = replace and entry.manifest_key == row["manifest_key"]
+    newer = replace and row["archived_at"] > entry.archived_at
     for which in ("log", "metrics"):
         key = row.get(f"{which}_key")
         if key is None:

@@ -403,3 +403,10 @@ def recorded(db: Database, batch: int = 500) -> Iterator[list[ArchiveManifest]]:
 def recorded_keys(db: Database) -> set[str]:
     with db.session() as s:
         return set(s.scalars(select(ArchiveManifest.key)))
+
+
+def recorded_shas(db: Database) -> dict[str, str]:
+    """Every recorded manifest's key and the SHA-256 this database recorded for it."""
+    with db.session() as s:
+        rows = s.execute(select(ArchiveManifest.key, ArchiveManifest.sha256))
+        return {key: sha for key, sha in rows}

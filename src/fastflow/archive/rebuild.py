@@ -40,9 +40,10 @@ from sqlalchemy import select
 from fastflow.archive import ledger, manifests
 from fastflow.archive import s3 as archive
 from fastflow.context import Context
-from fastflow.db.models import ArchiveManifest, utcnow
+from fastflow.db.models import ArchivedRun, ArchiveManifest, PipelineRun, utcnow
+from fastflow.errors import InvalidPipelineName
 from fastflow.runs import files as logfiles
-from fastflow.runs import logsdir
+from fastflow.runs import logsdir, pipelines
 
 TAIL_BYTES = 4096  # the chain line is short; read only the end of each manifest for it
 MAX_PROBLEMS = 100
@@ -67,6 +68,8 @@ class RebuildReport:
     entries_updated: int = 0
     entries_unchanged: int = 0
     manifests_withheld: int = 0
+    entries_conflicting: int = 0
+    entries_skipped: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -85,17 +88,20 @@ def rebuild(
     ctx: Context,
     progress: Callable[[RebuildReport], None] | None = None,
     include_damaged: bool = False,
+    replace_conflicting: bool = False,
 ) -> RebuildReport:
     """Rebuild the ledger (and the manifest records) from the manifests in the bucket.
-    A manifest whose bytes differ from the SHA-256 it was stored with is not indexed
-    unless ``include_damaged``."""
+    A manifest whose bytes differ from the SHA-256 this database recorded for it (or, if
+    it recorded none, the one it was stored with) is not indexed unless
+    ``include_damaged``; an existing entry that a manifest describes otherwise is kept
+    and reported unless ``replace_conflicting``."""
     store = archive.open_store(ctx.settings)
     report = RebuildReport()
     listed = [_tail(store, key, size, modified) for key, size, modified in _manifest_keys(store)]
     report.manifests = len(listed)
     ordered = chain_order(listed, report)
     order = {m.key: i for i, m in enumerate(ordered)}
-    known = manifests.recorded_keys(ctx.db)
+    known = manifests.recorded_shas(ctx.db)
     local: Callable[[str, uuid.UUID], bool] = _LocalFiles(ctx)
     away = logsdir.problem(ctx.db, ctx.settings.logs_root, mark=False)
     if away is not None:  # an unmounted volume: local files cannot be told gone
@@ -105,30 +111,39 @@ def rebuild(
     for m in ordered:
 
         def on_lines(lines: list[dict[str, Any]], key: str = m.key) -> None:
-            rows = _rows(local, store.bucket, key, lines)
             report.objects += len(lines)
-            c, u, n = ledger.upsert_rebuilt(ctx.db, rows, order)
+            rows = _rows(local, store.bucket, key, lines, report)
+            rows = _not_live(ctx, rows, local, key, report)
+            c, u, n, conflicts = ledger.upsert_rebuilt(ctx.db, rows, order, replace_conflicting)
             report.entries_created += c
             report.entries_updated += u
             report.entries_unchanged += n
+            report.entries_conflicting += len(conflicts)
+            for conflict in conflicts:
+                report.problem(
+                    f"{key}: {conflict}; the ledger entry is kept (--replace-conflicting "
+                    "takes the manifest's record)"
+                )
             if progress is not None:
                 progress(report)
 
-        check = None if include_damaged else m.sha256
-        read = manifests.read(store, m.key, on_lines, expect_sha256=check)
+        recorded = known.get(m.key)
+        expected = recorded or m.sha256
+        read = manifests.read(
+            store, m.key, on_lines, expect_sha256=None if include_damaged else expected
+        )
+        where = "this database recorded it with" if recorded else "it was stored with"
         if read.withheld:
             report.manifests_withheld += 1
             report.problem(
-                f"{m.key}: its SHA-256 is {read.sha256}, but it was stored with {m.sha256}; "
+                f"{m.key}: its SHA-256 is {read.sha256}, but {where} {expected}; "
                 "none of its objects was indexed (restore it and run rebuild-index again, "
                 "or index it as it reads with --include-damaged)"
             )
         elif read.error is not None:
             report.problem(f"{m.key}: {read.error}")
-        if m.sha256 and read.sha256 != m.sha256 and not read.withheld:
-            report.problem(
-                f"{m.key}: its SHA-256 is {read.sha256}, but it was stored with {m.sha256}"
-            )
+        if expected and read.sha256 != expected and not read.withheld:
+            report.problem(f"{m.key}: its SHA-256 is {read.sha256}, but {where} {expected}")
         stamp = (
             max(m.modified, created_at + timedelta(microseconds=1)) if created_at else m.modified
         )
@@ -232,15 +247,22 @@ def _rows(
     bucket: str,
     manifest_key: str,
     lines: list[dict[str, Any]],
+    report: RebuildReport,
 ) -> list[dict[str, Any]]:
-    """Ledger rows from manifest lines: one per run (its objects merged)."""
+    """Ledger rows from manifest lines: one per run (its objects merged). A line without
+    a valid run id or with a pipeline name fastflow would refuse is left out, reported."""
     rows: dict[uuid.UUID, dict[str, Any]] = {}
     now = utcnow()
     for line in lines:
-        rid = uuid.UUID(str(line["run_id"]))
+        try:
+            rid = uuid.UUID(str(line["run_id"]))
+            pipeline = pipelines.validate_name(str(line.get("pipeline_name") or ""))
+        except (KeyError, ValueError, InvalidPipelineName) as e:
+            report.entries_skipped += 1
+            report.problem(f"{manifest_key}: a line is left out: {e}")
+            continue
         row = rows.get(rid)
         if row is None:
-            pipeline = str(line.get("pipeline_name") or "?")
             row = rows[rid] = {
                 "run_id": rid,
                 "pipeline_name": pipeline,
@@ -263,6 +285,34 @@ def _rows(
         row[f"{which}_original_size"] = line.get("original_size")
         row[f"{which}_original_sha256"] = line.get("original_sha256")
     return list(rows.values())
+
+
+def _not_live(
+    ctx: Context,
+    rows: list[dict[str, Any]],
+    local: Callable[[str, uuid.UUID], bool],
+    manifest_key: str,
+    report: RebuildReport,
+) -> list[dict[str, Any]]:
+    """``rows`` without the runs this database still holds with their local files and no
+    ledger entry: an entry pending local deletion would let the bucket's word delete a
+    run that retention never chose (a manifest written by someone else). Such a run is
+    archived by the pass that selects it; it is reported here."""
+    pending = [r["run_id"] for r in rows if r["local_deleted_at"] is None]
+    if not pending:
+        return rows
+    with ctx.db.session() as s:
+        live = set(s.scalars(select(PipelineRun.id).where(PipelineRun.id.in_(pending))))
+        live -= set(s.scalars(select(ArchivedRun.run_id).where(ArchivedRun.run_id.in_(live))))
+    if not live:
+        return rows
+    for rid in sorted(live, key=str):
+        report.entries_skipped += 1
+        report.problem(
+            f"{manifest_key}: run {rid} is still in this database with its local files and "
+            "has no ledger entry; not indexed (the pass that selects it archives it)"
+        )
+    return [r for r in rows if r["run_id"] not in live]
 
 
 def _pending(pipeline: str, rid: uuid.UUID) -> bool:

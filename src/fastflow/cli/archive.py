@@ -177,11 +177,21 @@ def archive_verifications(ctx: click.Context, limit: int, as_json: bool) -> None
     help="Also index manifests whose bytes differ from the SHA-256 they were stored with "
     "(as they now read; without it their objects are left out and reported).",
 )
+@click.option(
+    "--replace-conflicting",
+    is_flag=True,
+    help="Let a newer manifest record replace a ledger entry that it describes otherwise "
+    "(a database restored from an older backup; without it such entries are kept and "
+    "reported).",
+)
 @click.pass_context
-def archive_rebuild_index(ctx: click.Context, as_json: bool, include_damaged: bool) -> None:
+def archive_rebuild_index(
+    ctx: click.Context, as_json: bool, include_damaged: bool, replace_conflicting: bool
+) -> None:
     """Rebuild the archive ledger from the manifests in the bucket (after a lost database);
-    safe to repeat. A damaged manifest is not indexed (unless --include-damaged). Exit 1
-    when a manifest is damaged or the chain is broken."""
+    safe to repeat. It adds what the ledger lacks and changes nothing it holds (unless
+    --replace-conflicting); a damaged manifest is not indexed (unless --include-damaged).
+    Exit 1 when a manifest is damaged, an entry conflicts or the chain is broken."""
     from fastflow.archive.rebuild import RebuildReport, rebuild
 
     app = _context(ctx)
@@ -203,7 +213,12 @@ def archive_rebuild_index(ctx: click.Context, as_json: bool, include_damaged: bo
             nl=False,
         )
 
-    report = rebuild(app, progress=show if tty else None, include_damaged=include_damaged)
+    report = rebuild(
+        app,
+        progress=show if tty else None,
+        include_damaged=include_damaged,
+        replace_conflicting=replace_conflicting,
+    )
     if tty:
         click.echo("\r\x1b[K", err=True, nl=False)
     if as_json:
@@ -214,7 +229,8 @@ def archive_rebuild_index(ctx: click.Context, as_json: bool, include_damaged: bo
         click.echo(
             f"{report.manifests} manifests read ({report.manifests_recorded} newly recorded), "
             f"{report.objects} objects: {report.entries_created} entries created, "
-            f"{report.entries_updated} updated, {report.entries_unchanged} unchanged",
+            f"{report.entries_updated} updated, {report.entries_unchanged} unchanged, "
+            f"{report.entries_conflicting} conflicting, {report.entries_skipped} left out",
             err=True,
         )
     sys.exit(exit_codes.OK if report.ok else exit_codes.FAILED)
