@@ -163,7 +163,9 @@ _PCHAR = "!$&'()*+,;=:@-._~%"  # what a URL path keeps unencoded (RFC 3986), and
 
 
 def mask_url(url: str) -> str:
-    """``scheme://host[:port]/first-segment/***``: enough to recognise, never the token."""
+    """``scheme://host[:port]/first-segment/***``: enough to recognise, never the token.
+    The first path segment is shown only when it reads as a fixed word of the service
+    (``webhookb2``, ``workflows``) and more follows; otherwise it is masked too."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -174,22 +176,39 @@ def mask_url(url: str) -> str:
         host = f"[{host}]"
     shown = f"{parts.scheme}://{host}" + (f":{port}" if port else "")
     segments = [s for s in parts.path.split("/") if s]
-    if segments:
-        shown += "/" + segments[0]
-    if len(segments) > 1 or parts.query or parts.fragment:
+    first = _shown_segment(segments)
+    if first is not None:
+        shown += "/" + first
+    if len(segments) > (first is not None) or parts.query or parts.fragment:
         shown += "/" + MASK
     return shown
 
 
+_WORD_SEGMENT = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,15}")
+
+
+def _shown_segment(segments: list[str]) -> str | None:
+    """The first path segment when ``mask_url`` may show it: not the last one, a short
+    word with at most two digits — not a token."""
+    if len(segments) < 2:
+        return None
+    first = segments[0]
+    if not _WORD_SEGMENT.fullmatch(first) or sum(c.isdigit() for c in first) > 2:
+        return None
+    return first
+
+
 def url_secrets(url: str) -> list[str]:
-    """The parts of ``url`` that must not be shown: the URL itself and its token parts."""
+    """The parts of ``url`` that must not be shown: the URL itself and its token parts
+    (every path segment but a first one ``mask_url`` shows)."""
     out = [url]
     try:
         parts = urlsplit(url)
     except ValueError:
         return out
     segments = [s for s in parts.path.split("/") if s]
-    out.extend(s for s in segments[1:] if len(s) >= _MIN_TOKEN_LEN)
+    hidden = segments[1:] if _shown_segment(segments) is not None else segments
+    out.extend(s for s in hidden if len(s) >= _MIN_TOKEN_LEN)
     out.extend(v for _, v in parse_qsl(parts.query) if len(v) >= _MIN_TOKEN_LEN)
     if parts.query and len(parts.query) >= _MIN_TOKEN_LEN:
         out.append(parts.query)

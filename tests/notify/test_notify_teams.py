@@ -16,6 +16,7 @@ from fastflow.notify import messages, teams
 from fastflow.notify.incidents import Kind
 from fastflow.notify.messages import FailedRun, Notice
 from fastflow.security import mask_url, redact
+from tests.harness.ports import free_port
 from tests.harness.teams import TeamsEndpoint
 
 FAST = notify.DeliveryOptions(
@@ -250,6 +251,10 @@ def test_mask_url() -> None:
     )
     assert mask_url("http://[::1]:8/h/tok") == "http://[::1]:8/h/***"
     assert mask_url("https://host") == "https://host"
+    # a token as the only (or the first) segment is never shown (an outside audit)
+    assert mask_url("http://127.0.0.1:1/LEAKME0123456789/") == "http://127.0.0.1:1/***"
+    assert mask_url("http://host//SECRETTOKEN") == "http://host/***"
+    assert mask_url("https://relay/a1b2c3d4e5/teams") == "https://relay/***"
     settings = load_settings(teams_webhook_url=workflow)
     text = f"failed: {workflow}; sig was AbCdEf123456 and id 0a1b2c3d"
     cleaned = redact(text, settings)
@@ -276,3 +281,20 @@ def test_httpx_request_log_line_is_masked(
     assert "HTTP Request: POST" in caplog.text  # httpx's own line is there ...
     assert TOKEN not in caplog.text  # ... but masked
     assert f"127.0.0.1:{teams_endpoint.port}/webhook/***" in caplog.text
+
+
+def test_a_token_in_the_first_path_segment_is_never_shown(
+    app: Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outside audit's leak: ``http://127.0.0.1:1/LEAKME0123456789/`` — the delivery
+    error (shown to viewers in GET /api/settings) and the server log named the token."""
+    token = "LEAKME0123456789"
+    for url in (f"http://127.0.0.1:1/{token}/", f"http://127.0.0.1:1//{token}"):
+        settings = load_settings(teams_webhook_url=url)
+        error = f"Teams webhook {url.rstrip('/')}: connection refused"
+        cleaned = redact(error, settings)
+        assert token not in cleaned and "connection refused" in cleaned
+    caplog.set_level(logging.INFO)
+    result = _test(teams_ctx(app, f"http://127.0.0.1:{free_port()}/{token}/"))
+    assert not result.ok and result.error is not None
+    assert token not in result.error and token not in caplog.text
