@@ -11,6 +11,7 @@ import os
 import pty
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -148,6 +149,22 @@ def test_a_partial_database_gains_what_is_missing_and_keeps_newer_entries(
     assert ledger[str(newer)].status == "FAILED"  # the newer entry was not overwritten
     assert cli("archive", "verify", "--manifests", env=s3.env()).returncode == 0
     ctx.db.dispose()
+
+
+def test_only_manifest_keys_count_as_manifests(s3: S3Env, ff_env: dict[str, str], cli: Cli) -> None:
+    """Objects under ``_manifests/`` that are not ``YYYY/MM/DD/<name>.jsonl`` — a run's
+    files of a pipeline once named ``_manifests`` (an outside audit) — are neither read
+    as manifests by rebuild-index nor named as unrecorded ones by verify --manifests."""
+    ctx = _ctx(s3)
+    _archive_in_three_passes(ctx)
+    stray = f"pipeline-logs/_manifests/{uuid.uuid4()}/metrics.jsonl"
+    s3.client().put_object(Bucket=s3.bucket, Key=stray, Body=b'{"t": 1}\n')
+    verified = cli("archive", "verify", "--manifests", "--json", env=s3.env())
+    assert verified.returncode == 0 and json.loads(verified.stdout)["notes"] == []
+    _lose_database(ctx, ff_env)
+    res = cli("archive", "rebuild-index", "--json", env=s3.env())
+    report = json.loads(res.stdout)
+    assert res.returncode == 0 and report["ok"] and report["manifests"] == 3, report
 
 
 def test_the_chain_continues_across_a_lost_database(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from fastflow.archive import manifests
 from fastflow.errors import InvalidPipelineConfig, InvalidPipelineName, PipelineNotFound
 from fastflow.runs import pipelines
 from tests.conftest import MakePipeline
@@ -29,7 +30,12 @@ INVALID = [
     "\u115f",  # Hangul fillers: letters that show as nothing (outside audit)
     "a\u3164b",
     "\uffa0\uffa0",
+    "_manifests",  # the archive's manifest folder (an outside audit)
 ]
+
+
+def test_the_manifest_folder_is_a_reserved_name() -> None:
+    assert manifests.DIRECTORY in pipelines.RESERVED_NAMES
 
 
 @pytest.mark.parametrize("name", VALID)

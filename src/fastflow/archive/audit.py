@@ -225,7 +225,7 @@ def verify_manifests(
     strays = [
         key
         for key, _, _ in store.list_keys(manifests.prefix(store))
-        if key.endswith(manifests.SUFFIX) and key not in recorded
+        if manifests.is_manifest_key(store, key) and key not in recorded
     ]
     if strays:
         report.notes.append(

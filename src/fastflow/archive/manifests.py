@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -74,6 +75,17 @@ class Written:
 def prefix(store: S3Store) -> str:
     """``{S3_PREFIX}/_manifests/`` (``_manifests/`` with an empty prefix)."""
     return f"{store.prefix}/{DIRECTORY}/" if store.prefix else f"{DIRECTORY}/"
+
+
+_KEY_TAIL = re.compile(r"\d{4}/\d{2}/\d{2}/[^/]+" + re.escape(SUFFIX))
+
+
+def is_manifest_key(store: S3Store, key: str) -> bool:
+    """True for ``{prefix}YYYY/MM/DD/<name>.jsonl``: what a pass writes there — not a
+    run's files under a pipeline folder of the same name (reserved since, see
+    ``pipelines.RESERVED_NAMES``)."""
+    head = prefix(store)
+    return key.startswith(head) and _KEY_TAIL.fullmatch(key[len(head) :]) is not None
 
 
 def key_for(store: S3Store, pass_id: int | None, at: datetime, attempt: int = 1) -> str:

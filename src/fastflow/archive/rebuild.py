@@ -161,7 +161,7 @@ def _manifest_keys(store: archive.S3Store) -> list[tuple[str, int, datetime]]:
     return [
         (key, size, modified)
         for key, size, modified in store.list_keys(manifests.prefix(store))
-        if key.endswith(manifests.SUFFIX)
+        if manifests.is_manifest_key(store, key)
     ]
 
 

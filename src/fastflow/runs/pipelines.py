@@ -22,6 +22,9 @@ from fastflow.runs.pipeline_config import PipelineConfig, parse
 log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 100
+# names the archive uses itself: ``_manifests`` is the bucket's manifest folder
+# (``archive.manifests.DIRECTORY``), next to the pipelines' folders
+RESERVED_NAMES = frozenset({"_manifests"})
 _CRON_PROBE = 1767225600.0  # 2026-01-01 UTC: where a cron's next match is looked for
 MIN_WEBHOOK_KEY = 16  # characters: shorter keys in pipeline.json are warned about
 _ALLOWED_PUNCT = frozenset(" -_.")
@@ -44,6 +47,10 @@ def validate_name(name: str) -> str:
         raise InvalidPipelineName(f"pipeline name {shown} must not contain '/' or '\\'")
     if name.startswith("."):
         raise InvalidPipelineName(f"pipeline name {shown} must not start with '.'")
+    if name in RESERVED_NAMES:
+        raise InvalidPipelineName(
+            f"pipeline name {shown} is reserved (the archive's manifest folder)"
+        )
     if name != name.strip():
         raise InvalidPipelineName(f"pipeline name {shown} must not start or end with whitespace")
     for ch in name:
