@@ -10,7 +10,8 @@ then deletes (identity-checked, like the main path). Guarantees:
   new object holds everything the old one did;
 - a file rewritten otherwise is kept and reported; its archived copy is never replaced;
 - one run's problem (an immutable file, a permission error) is recorded for that run and
-  never stops the others.
+  never stops the others;
+- an active run (QUEUED, PENDING, RUNNING) is never touched, whatever its entry says.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 from pathlib import Path
 
 from fastflow.archive import ledger
-from fastflow.db.models import ArchivedRun, PipelineRun
+from fastflow.db.models import ACTIVE_STATUSES, ArchivedRun, PipelineRun
 from fastflow.errors import (
     ArchiveError,
     FileChanged,
@@ -65,6 +66,16 @@ def _ref(entry: ArchivedRun, row: PipelineRun | None) -> RunRef:
 def resume_one(p: PassRun, entry: ArchivedRun) -> None:
     with p.db.session() as s:
         row = s.get(PipelineRun, entry.run_id)
+    if row is not None and row.status in ACTIVE_STATUSES:
+        # no pass archives an active run: this entry did not come from one (a manifest
+        # written by someone else, indexed by rebuild-index) — never touch a live run
+        log.warning(
+            "run %s is %s: its pending ledger entry is left alone (no local file deleted)",
+            entry.run_id,
+            row.status,
+        )
+        p.bump(skipped_runs=1)
+        return
     ref = _ref(entry, row)
     try:
         p.guard()
