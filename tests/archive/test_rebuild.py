@@ -322,3 +322,57 @@ def test_while_logs_dir_is_away_rebuilt_entries_stay_pending(
     assert any(".fastflow-logs-dir" in p for p in report["problems"])
     assert all(e.local_deleted_at is None for e in _ledger(ctx).values())
     ctx.db.dispose()
+
+
+def test_a_forged_newer_manifest_does_not_rewrite_an_intact_ledger(
+    s3: S3Env, ff_env: dict[str, str], cli: Cli
+) -> None:
+    """An outside audit's finding: a manifest appended to the bucket, correctly chained
+    and with matching metadata, re-listing an archived run with another SHA-256 and a
+    future ``archived_at``, passed ``verify --manifests`` and replaced the ledger's
+    SHA-256 in rebuild-index. Now both report it, and the ledger keeps its record."""
+    ctx = _ctx(s3)
+    archived = _archive_in_three_passes(ctx)
+    before = _ledger(ctx)
+    client = s3.client()
+    names = sorted(k for k in keys(client, s3.bucket, manifests=True) if "/_manifests/" in k)
+    with ctx.db.session() as s:
+        last = s.scalars(
+            select(ArchiveManifest).order_by(ArchiveManifest.created_at.desc())
+        ).first()
+        assert last is not None
+    victim = str(archived[0].id)
+    line = next(
+        json.loads(raw)
+        for name in names
+        for raw in object_bytes(client, s3.bucket, name).splitlines()
+        if victim.encode() in raw and b'"file":"log"' in raw
+    )
+    line.update(sha256="f" * 64, archived_at="2099-01-01T00:00:00+00:00")
+    body = (
+        json.dumps(line).encode()
+        + b"\n"
+        + json.dumps({"previous": last.sha256, "count": 1}).encode()
+        + b"\n"
+    )
+    forged = names[0].rsplit("/", 1)[0] + "/999.jsonl"
+    client.put_object(
+        Bucket=s3.bucket,
+        Key=forged,
+        Body=body,
+        Metadata={"sha256": hashlib.sha256(body).hexdigest()},
+    )
+
+    verified = cli("archive", "verify", "--manifests", "--json", env=s3.env())
+    assert verified.returncode == 1, verified.stdout
+    problems = json.loads(verified.stdout)["problems"]
+    assert [(p["state"], p["manifest"], p["run_id"]) for p in problems] == [
+        ("mismatch", forged, victim)
+    ]
+    res = cli("archive", "rebuild-index", "--json", env=s3.env())
+    report = json.loads(res.stdout)
+    assert res.returncode == 1 and report["entries_conflicting"] == 1, report
+    assert report["entries_updated"] == 0 and report["entries_created"] == 0
+    after = _ledger(ctx)
+    assert after[victim].log_sha256 == before[victim].log_sha256 == archived[0].sha
+    ctx.db.dispose()

@@ -233,7 +233,52 @@ def verify_manifests(
             f"(e.g. {strays[0]}): written by a pass killed before it recorded them, or by "
             "another database; `fastflow archive rebuild-index` records them"
         )
+    for key in strays:
+        _check_stray(ctx, store, key, report)
     return report
+
+
+def _check_stray(ctx: Context, store: archive.S3Store, key: str, report: ManifestReport) -> None:
+    """A manifest this database did not record: a pass killed before recording it lists
+    objects as the ledger holds them (the ledger is written first), so each object it
+    describes otherwise is a ``mismatch`` — a manifest written by someone else, or by
+    another database (which ``rebuild-index`` would report as a conflict)."""
+
+    def on_lines(lines: list[dict[str, Any]]) -> None:
+        ids: list[uuid.UUID] = []
+        for line in lines:
+            try:
+                ids.append(uuid.UUID(str(line.get("run_id"))))
+            except ValueError:
+                continue
+        entries = ledger.listing_facts(ctx.db, ids)
+        for line in lines:
+            rid, listed = str(line.get("run_id")), str(line.get("key"))
+            try:
+                entry = entries.get(uuid.UUID(rid))
+            except ValueError:
+                entry = None
+            if entry is None:
+                continue  # nothing to contradict: rebuild-index would add it
+            for which in ("log", "metrics"):
+                if getattr(entry, f"{which}_key") != listed:
+                    continue
+                held = getattr(entry, f"{which}_size"), getattr(entry, f"{which}_sha256")
+                said = line.get("size"), line.get("sha256")
+                if held != said:
+                    report.add(
+                        ManifestProblem(
+                            "mismatch",
+                            key,
+                            rid,
+                            listed,
+                            f"this manifest is not recorded in this database and lists "
+                            f"{said[0]} bytes, SHA-256 {said[1]}; the ledger records "
+                            f"{held[0]} bytes, SHA-256 {held[1]}",
+                        )
+                    )
+
+    manifests.read(store, key, on_lines)
 
 
 def _check_manifest(
