@@ -57,6 +57,8 @@ _KNOWN_VALID_CRON = frozenset({DEFAULT_CLEANUP_SCHEDULE, DEFAULT_VERIFY_SCHEDULE
 _CRON_PROBE = 1767225600.0  # 2026-01-01 UTC: where a schedule's next match is looked for
 
 _EMAIL_RE = re.compile(r"^[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+$|^[^@\s,<>]+@localhost$")
+MAX_EMAIL_LENGTH = 254  # an address in an SMTP path (RFC 5321: 256 with the brackets)
+MAX_RECIPIENTS = 100
 
 
 def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
@@ -305,6 +307,8 @@ class Settings(BaseSettings):
     @classmethod
     def _s3_url(cls, v: str | None) -> str | None:
         checked = _check_outbound_url(v)
+        if checked is not None and (urlsplit(checked).query or urlsplit(checked).fragment):
+            raise ValueError("must not have a query string or a fragment (scheme://host[:port])")
         if checked is not None and "@" in urlsplit(checked).netloc:
             # the endpoint is shown to every viewer (settings page, /api/settings)
             raise ValueError(
@@ -374,6 +378,8 @@ class Settings(BaseSettings):
     def _from(cls, v: str | None) -> str | None:
         if v is not None and not _EMAIL_RE.match(v.strip()):
             raise ValueError("must be an e-mail address")
+        if v is not None and len(v.strip()) > MAX_EMAIL_LENGTH:
+            raise ValueError(f"must be at most {MAX_EMAIL_LENGTH} characters")
         return v.strip() if v else v
 
     @field_validator("email_recipients", mode="before")
@@ -388,9 +394,15 @@ class Settings(BaseSettings):
             raise ValueError("must be a comma-separated text or a list of e-mail addresses")
         if any(not isinstance(item, str) for item in items):
             raise ValueError("must be a list of e-mail addresses (text)")
+        if len(items) > MAX_RECIPIENTS:
+            raise ValueError(f"must be at most {MAX_RECIPIENTS} addresses")
         bad = [item for item in items if not _EMAIL_RE.match(item)]
         if bad:
-            raise ValueError(f"{bad[0]!r} is not an e-mail address")
+            shown = bad[0] if len(bad[0]) <= 80 else bad[0][:77] + "..."
+            raise ValueError(f"{shown!r} is not an e-mail address")
+        long = [item for item in items if len(item) > MAX_EMAIL_LENGTH]
+        if long:
+            raise ValueError(f"{long[0][:40]!r}... is longer than {MAX_EMAIL_LENGTH} characters")
         return items
 
     @field_validator("fastflow_umask", mode="before")

@@ -107,6 +107,13 @@ BAD_VALUES = [
     ("s3_prefix", "logs/\x1b[2J"),
     ("s3_prefix", "p" * 513),  # outside audit: 900 KiB were stored and served to viewers
     ("s3_prefix", "ä" * 257),  # 514 bytes
+    # outside audit: a 900,000-character sender was stored and served; an endpoint with
+    # a query string was stored, then every request to it failed
+    ("smtp_from", "a" * 250 + "@example.org"),
+    ("email_recipients", ["b" * 250 + "@example.org"]),
+    ("email_recipients", [f"ops{i}@example.org" for i in range(101)]),
+    ("s3_endpoint_url", "http://127.0.0.1:9000/?x=1"),
+    ("s3_endpoint_url", "http://127.0.0.1:9000/#frag"),
 ]
 
 
