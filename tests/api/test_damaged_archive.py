@@ -157,3 +157,31 @@ def test_reading_from_the_end_of_an_uncompressed_archived_log_is_empty(
     ) as stream:
         body = "".join(stream.iter_text())
     assert "log-error" not in body and "event: status" in body
+
+
+def test_an_empty_archived_log_replaced_by_bytes_is_not_served_as_empty(
+    s3_app: Context, s3: S3Env
+) -> None:
+    """An outside audit: with the ledger recording 0 bytes, reads never looked at the
+    object (nothing to read after byte 0) and served an empty log with success, whatever
+    the object held."""
+    run_id = archived_run(s3_app, "none", log=b"")
+    assert b"".join(readback.open_log(s3_app, run_id, None).chunks) == b""  # intact
+    _tamper(s3_app, s3, run_id, lambda _: b"bytes nobody archived\n")
+
+    with pytest.raises(ArchiveDamaged, match="holds 22 bytes, not the 0 recorded"):
+        readback.open_log(s3_app, run_id, None)
+    http = TestClient(create_app(s3_app, schedule=False))
+    res = http.get(f"/api/runs/{run_id}/logs", headers=_viewer(s3_app))
+    assert res.status_code == 502 and "cannot be read as archived" in res.json()["detail"]
+    cli = run_cli("logs", str(run_id))
+    assert cli.returncode == 1 and "cannot be read as archived" in cli.stderr
+
+
+def test_the_damage_names_the_recorded_size_of_the_whole_log(s3_app: Context, s3: S3Env) -> None:
+    """A tail read of a longer object named the tail's length as "recorded" (an outside
+    audit: "longer than the 50 bytes recorded" of a 235-byte log)."""
+    run_id = archived_run(s3_app, "none")
+    _tamper(s3_app, s3, run_id, _append)
+    with pytest.raises(ArchiveDamaged, match=f"longer than the {len(LOG):,} bytes recorded"):
+        b"".join(readback.open_log(s3_app, run_id, None, 50).chunks)

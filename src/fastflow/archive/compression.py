@@ -124,20 +124,22 @@ def _check_end(name: str, eof: bool, unused: bytes) -> None:
 
 
 def exactly(
-    chunks: Iterator[bytes], size: int, name: str = "the archived object"
+    chunks: Iterator[bytes], size: int, name: str = "the archived object", before: int = 0
 ) -> Iterator[bytes]:
     """The stream, checked to hold exactly ``size`` bytes: ``ArchiveDamaged`` when it ends
-    early or goes on (the bytes up to ``size`` are passed on first)."""
+    early or goes on (the bytes up to ``size`` are passed on first). ``before``: the bytes
+    of the object before the stream (a range read), counted in the error's figures."""
     seen = 0
+    total = before + size
     for chunk in chunks:
         if seen + len(chunk) > size:
             if size > seen:
                 yield chunk[: size - seen]
-            raise damaged(name, f"it is longer than the {size:,} bytes recorded")
+            raise damaged(name, f"it is longer than the {total:,} bytes recorded")
         seen += len(chunk)
         yield chunk
     if seen != size:
-        raise damaged(name, f"it ended after {seen:,} of the {size:,} bytes recorded")
+        raise damaged(name, f"it ended after {before + seen:,} of the {total:,} bytes recorded")
 
 
 def damaged(name: str, why: str) -> ArchiveDamaged:

@@ -193,8 +193,15 @@ def _from_archive(
         return LogSource("archive", size, chunks, location)
     if recorded is None:  # (an entry without sizes: read what is there)
         return LogSource("archive", size, store.open(key, start), location)
-    if start >= recorded:  # nothing after ``start``: S3 answers such a range with 416
+    if start >= recorded:
+        # nothing after ``start`` (S3 answers such a range with 416): the object's length
+        # is checked by a HEAD instead, so that a damaged one is not served as empty
+        info = store.head(key)
+        held = None if info is None else info.size
+        if held != recorded:
+            why = "it is missing" if held is None else f"it holds {held:,} bytes"
+            raise compression.damaged(location, f"{why}, not the {recorded:,} recorded")
         return LogSource("archive", size, iter(()), location)
     # an object shorter or longer than recorded is damaged: never served as the whole log
-    chunks = compression.exactly(store.open(key, start), recorded - start, location)
+    chunks = compression.exactly(store.open(key, start), recorded - start, location, start)
     return LogSource("archive", size, chunks, location)
