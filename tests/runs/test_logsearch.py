@@ -280,3 +280,29 @@ def test_the_unrolled_size_of_a_pattern_counts_nested_repeats_and_nothing_else()
     # a usual pattern stays far below the limit; the search compiles it
     assert unrolled_size(uuid_like * 15) < MAX_UNROLLED
     Matcher(uuid_like * 15, is_regex=True)
+
+
+def test_context_lines_are_clipped_so_a_long_line_is_not_multiplied() -> None:
+    """An outside audit: around a 20 MiB line, every hit carried up to 100 context lines
+    of 1 MiB each (420 MB of answer for a 21 MB log; the server's memory grew by 490 MB
+    for one request). Context lines are at most MAX_CONTEXT_LINE characters now; the
+    matching line itself is still given whole (up to MAX_LINE)."""
+    long_line = b"zzz " + b"y" * (5 * logsearch.MAX_LINE)
+    data = b"before\n" + long_line + b"\nzzz after\n" + b"plain\n" * 3
+    hits = list(logsearch.search([data], Matcher("zzz"), context=100))
+    assert [h.line for h in hits] == [2, 3]  # the long line's first piece, then line 3
+    size = sum(len(h.text) + sum(map(len, h.context_before + h.context_after)) for h in hits)
+    assert size < 2 * logsearch.MAX_LINE + 2 * 200 * (logsearch.MAX_CONTEXT_LINE + 40)
+    assert all(len(c) < logsearch.MAX_CONTEXT_LINE + 40 for c in hits[0].context_after)
+    last = hits[-1]
+    assert last.text == "zzz after" and last.context_after == ["plain"] * 3
+    # the long line in pieces of MAX_LINE, each clipped as context; its last 4 bytes
+    assert last.context_before[0] == "before" and last.context_before[-1] == "yyyy"
+    assert len(last.context_before) == 7 and len(hits[0].text) == logsearch.MAX_LINE
+    assert last.context_before[1].startswith("zzz yyy")
+    for clipped in last.context_before[1:-1]:
+        assert len(clipped) < logsearch.MAX_CONTEXT_LINE + 40 and "y" * 100 in clipped
+        assert clipped.endswith(" bytes]") or clipped.endswith(" characters]")
+    # the same, however the stream is cut
+    cut = [data[i : i + 65_536] for i in range(0, len(data), 65_536)]
+    assert list(logsearch.search(cut, Matcher("zzz"), context=100)) == hits

@@ -5,7 +5,9 @@ Guarantees:
 - the results depend only on the bytes, never on where the chunks are cut;
 - memory is bounded: blocks of ``BLOCK`` bytes of whole lines, one line of at most
   ``MAX_LINE`` bytes (a longer line is searched in pieces of that size, each with the
-  line's number; a match across a cut is not found), and the context lines asked for;
+  line's number; a match across a cut is not found), and the context lines asked for,
+  each at most ``MAX_CONTEXT_LINE`` characters (a hit's size does not grow with the
+  lines around it);
 - line numbers count newlines, from 1; ``text`` is a line without its newline, invalid
   UTF-8 shown as U+FFFD;
 - plain text is matched as a substring, case-insensitive unless asked otherwise; a
@@ -35,6 +37,7 @@ BLOCK = 1024 * 1024
 MAX_LINE = 1024 * 1024
 MAX_PATTERN = 1000
 MAX_CONTEXT = 100
+MAX_CONTEXT_LINE = 4096  # characters of one context line (the matching line: MAX_LINE)
 LINE_TIME_LIMIT_S = 1.0
 SLOW_BUDGET_S = 10.0
 
@@ -81,6 +84,15 @@ class Hit:
 
 def _text(part: AnyStr) -> str:
     return part.decode("utf-8", "replace") if isinstance(part, bytes) else part
+
+
+def _context(part: AnyStr) -> str:
+    """A context line, at most ``MAX_CONTEXT_LINE`` characters (a longer one ends with a
+    note of its length): context must not multiply a long line into every hit."""
+    if len(part) > MAX_CONTEXT_LINE:
+        text = _text(part[:MAX_CONTEXT_LINE])
+        return f"{text}… [{len(part):,} {'bytes' if isinstance(part, bytes) else 'characters'}]"
+    return _text(part)
 
 
 class Matcher:
@@ -223,14 +235,22 @@ def blocks(chunks: Iterable[bytes], size: int = BLOCK, max_line: int = MAX_LINE)
             if held < size:
                 continue
             data = pending[0] if len(pending) == 1 else b"".join(pending)
-            while len(data) >= size:
-                cut = data.rfind(b"\n") + 1
+            pos = 0
+            while len(data) - pos >= size:
+                # whole lines, at most ``size`` bytes; a longer first line alone, and a
+                # line longer than ``max_line`` in pieces of that size
+                cut = data.rfind(b"\n", pos, pos + size) + 1
                 if cut == 0:
-                    if len(data) < max_line:
-                        break
-                    cut = _char_boundary(data, max_line)
-                yield data if cut == len(data) else data[:cut]
-                data = data[cut:]
+                    end = data.find(b"\n", pos + size, pos + max_line)
+                    if end >= 0:
+                        cut = end + 1
+                    elif len(data) - pos < max_line:
+                        break  # the rest of the line is still to come
+                    else:
+                        cut = pos + _char_boundary(data[pos : pos + max_line + 1], max_line)
+                yield data[pos:cut]
+                pos = cut
+            data = data[pos:] if pos else data
             pending, held = ([data] if data else []), len(data)
         if held:
             yield b"".join(pending)
@@ -255,7 +275,7 @@ def _lines_before(block: AnyStr, start: int, count: int, nl: AnyStr) -> tuple[li
     end = start - 1
     while len(out) < count and end >= 0:
         begin = block.rfind(nl, 0, end) + 1
-        out.append(_text(block[begin:end]))
+        out.append(_context(block[begin:end]))
         end = begin - 1
     out.reverse()
     return out, end < 0
@@ -268,7 +288,7 @@ def _lines_after(block: AnyStr, pos: int, count: int, nl: AnyStr) -> list[str]:
     while len(out) < count and pos < n:
         end = block.find(nl, pos)
         end = n if end < 0 else end
-        out.append(_text(block[pos:end]))
+        out.append(_context(block[pos:end]))
         pos = end + 1
     return out
 
