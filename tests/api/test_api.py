@@ -197,6 +197,23 @@ def test_run_parameters_a_process_cannot_take_are_refused(
         assert s.scalars(select(PipelineRun)).all() == []
 
 
+def test_a_lone_surrogate_in_a_run_parameter_is_refused(
+    api: Api, make_pipeline: MakePipeline
+) -> None:
+    """An outside audit: ``"\\ud800"`` (valid JSON, no valid text) was queued (202), then
+    every attempt failed at start with a traceback in the server log."""
+    make_pipeline("hello", "print('hi')\n")
+    res = api.client.post(
+        "/api/pipelines/hello/run",
+        headers={**api.admin, "Content-Type": "application/json"},
+        content=b'{"env": {"DB_PASSWORD": "s3cret\\ud800"}}',
+    )
+    assert res.status_code == 422 and "not valid Unicode" in res.json()["detail"], res.text
+    assert "s3cret" not in res.text
+    with api.ctx.db.session() as s:
+        assert s.scalars(select(PipelineRun)).all() == []
+
+
 def test_an_unknown_key_in_the_run_body_is_refused(api: Api, make_pipeline: MakePipeline) -> None:
     """Found by an outside audit: ``{"enc": {...}}`` (a typo) queued a run without its
     parameters (202). It is a 422 naming the key now, and nothing is queued."""

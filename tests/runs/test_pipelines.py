@@ -92,6 +92,17 @@ def test_load_reads_pipeline_json(make_pipeline: MakePipeline, ff_env: dict[str,
         '{"retention": {"runs": -2}}',
         '{"retention": {"max_size_mb": 0}}',
         '{"retention": 5}',
+        # an outside audit: these passed `pipelines check`, then `fastflow run` died
+        # with a traceback, or every schedule listing failed
+        '{"env": {"A=B": "x"}}',
+        '{"env": {"A": "x\\u0000y"}}',
+        '{"env": {"A": "\\ud800"}}',
+        '{"env": {"A": null}}',
+        '{"env": {"A": {"b": 1}}}',
+        '{"default_env": {"FASTFLOW_RUN_ID": "x"}}',
+        '{"schedules": [{"cron": "* * * * *", "start": "0001-01-01T00:00:00Z"}]}',
+        '{"schedules": [{"cron": "* * * * *", "start": "0001-01-01T00:00:01+14:00"}]}',
+        '{"schedules": [{"cron": "* * * * *", "end": "9999-12-31T23:59:59-12:00"}]}',
     ],
 )
 def test_bad_pipeline_json_is_a_clear_error(
@@ -101,6 +112,14 @@ def test_bad_pipeline_json_is_a_clear_error(
     with pytest.raises(InvalidPipelineConfig) as err:
         pipelines.load(Path(ff_env["PIPELINES_DIR"]), "bad")
     assert "pipeline.json" in str(err.value)
+
+
+def test_env_values_are_text_numbers_or_booleans(
+    make_pipeline: MakePipeline, ff_env: dict[str, str]
+) -> None:
+    make_pipeline("typed", config='{"env": {"A": "x", "N": 1, "F": 1.5, "B": true}}')
+    loaded = pipelines.load(Path(ff_env["PIPELINES_DIR"]), "typed")
+    assert loaded.config.env == {"A": "x", "N": "1", "F": "1.5", "B": "true"}
 
 
 def test_missing_pipeline(ff_env: dict[str, str]) -> None:

@@ -9,6 +9,7 @@ native counterparts mean (docs/migrating-from-fast-flow.md maps every key).
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastflow.errors import InvalidPipelineConfig
+from fastflow.runs import params
 from fastflow.runs.specs import (
     DEFAULT_MISFIRE_GRACE_S,
     LimitsSpec,
@@ -109,6 +111,7 @@ MAX_RETRIES = 100
 MAX_INSTANCES = 1000
 MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
 MAX_CPUS = 1024
+MIN_YEAR, MAX_YEAR = 1970, 9998  # schedule start/end: room for a time zone either side
 SECRET_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}(\.\d{1,2})?$")
 _NAME_RE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,255}$")
@@ -196,10 +199,25 @@ class _Reader:
         return raw
 
     def env(self, key: str) -> dict[str, str]:
+        """Environment variables: text, numbers (as JSON writes them) or true/false;
+        each name and value one a process can be started with (``params.problem``)."""
         raw = self.data.get(key, {})
         if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
             raise self.fail(key, "must be an object of strings")
-        return {k: str(v) for k, v in raw.items()}
+        out: dict[str, str] = {}
+        for name, value in raw.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str | int | float):
+                text = value if isinstance(value, str) else json.dumps(value)
+            else:
+                kind = "null" if value is None else type(value).__name__
+                raise self.fail(key, f"{name!r} must be text or a number, not {kind}")
+            found = params.problem(name, text)
+            if found is not None:
+                raise self.fail(key, found)
+            out[name] = text
+        return out
 
     def names(self, key: str) -> tuple[str, ...]:
         raw = self.data.get(key, [])
@@ -213,9 +231,12 @@ class _Reader:
             return None
         try:
             value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
+            value = (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+        except (ValueError, OverflowError):
             raise self.fail(key, f"must be an ISO 8601 time (got {raw!r})") from None
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+        if not MIN_YEAR <= value.year <= MAX_YEAR:
+            raise self.fail(key, f"must be a time between the years {MIN_YEAR} and {MAX_YEAR}")
+        return value
 
     def obj(self, key: str) -> dict[str, Any]:
         raw = self.data.get(key, {})
