@@ -141,6 +141,29 @@ def test_a_command_that_finds_an_interrupted_run_queues_its_retry(
     assert [(r.attempt, r.status) for r in rows if r.retry_of == first] == [(2, "QUEUED")]
 
 
+def test_a_run_cancelled_after_its_server_died_ends_cancelled_without_a_retry(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """An outside audit: ``fastflow cancel`` of a run whose server had died answered
+    "cancellation requested", then the run was marked FAILED ("interrupted") and its
+    retry ran. Retries never follow CANCELLED; neither do triggers."""
+    from fastflow.orchestration import queue
+    from fastflow.orchestration.dispatcher import Dispatcher
+
+    make_pipeline("flaky", "raise SystemExit(1)\n", CONFIG)
+    make_pipeline("after", "print('after')\n")
+    run_id = _interrupted(app, "flaky", 1)
+    assert queue.cancel(app.db, run_id) == "requested"
+
+    Dispatcher(app)._sweep_dead_servers()
+
+    rows = _all(app)
+    (run,) = [r for r in rows if r.id == run_id]
+    assert run.status == "CANCELLED" and run.failure_reason is not None
+    assert "gone" in run.failure_reason
+    assert [r for r in rows if r.id != run_id] == []  # no retry, no trigger
+
+
 def test_processes_sweeping_at_once_retire_a_run_once(app: Context) -> None:
     """Two sweeps of the same dead run, the second committed while the first one is
     between its read and its write: the run is retired (and followed up) once."""

@@ -477,8 +477,9 @@ def sweep_dead(
 ) -> int:
     """Retire the active runs (of this host, or of every other host) whose runner
     ``alive`` says is gone; RUNNING container runs are left for ``fastflow serve`` to
-    re-attach (``orphaned_container_runs``, ``adopt``). Returns how many runs were
-    failed or re-queued; the runs failed here are appended to ``failed`` (their retries
+    re-attach (``orphaned_container_runs``, ``adopt``). A run asked to stop
+    (``cancel_requested_at``) ends CANCELLED. Returns how many runs were failed,
+    cancelled or re-queued; the runs failed here are appended to ``failed`` (their retries
     and triggers are the caller's: ``orchestration.followup.after_interrupted``). Each
     change is made only while the run is still as it was read, so processes sweeping at
     the same time retire a run once."""
@@ -501,13 +502,19 @@ def sweep_dead(
             if this_host:
                 kill_orphaned_group(run.pipeline_pid, run.pipeline_started)
                 isolation.remove_leftover_workdirs(run.id)  # its scratch folder
-            reason = "interrupted: the fastflow process that ran it is gone"
-            if not _move(
-                s, run, status=RunStatus.FAILED.value, finished_at=now, failure_reason=reason
-            ):
+            # a run asked to stop ends CANCELLED (never retried, no trigger), also when
+            # its fastflow process died before it could stop it
+            cancelled = run.cancel_requested_at is not None
+            status = RunStatus.CANCELLED if cancelled else RunStatus.FAILED
+            reason = (
+                "cancelled; the fastflow process that ran it is gone"
+                if cancelled
+                else "interrupted: the fastflow process that ran it is gone"
+            )
+            if not _move(s, run, status=status.value, finished_at=now, failure_reason=reason):
                 continue  # another process retired it first
             retired += 1
-            if failed is not None:
+            if failed is not None and not cancelled:
                 failed.append(run)
             if run.log_file and not notes:
                 # nothing is written to a LOGS_DIR that is not this installation's
@@ -517,7 +524,7 @@ def sweep_dead(
                     logs_root,
                     run.log_file,
                     f"run interrupted: the fastflow process (pid {run.runner_pid} on "
-                    f"{run.runner_host}) that ran it is gone; marked FAILED at "
+                    f"{run.runner_host}) that ran it is gone; marked {status.value} at "
                     f"{now.isoformat(timespec='seconds')}",
                 )
                 s.execute(
