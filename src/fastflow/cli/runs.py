@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,7 +40,7 @@ def run_cmd(ctx: click.Context, pipeline: str, env_pairs: tuple[str, ...]) -> No
     """Run PIPELINE now in the foreground (with its retries); print each attempt's run id,
     the last attempt's as the last line."""
     from fastflow.db.models import RunStatus, Trigger
-    from fastflow.orchestration.foreground import run_in_foreground
+    from fastflow.orchestration.foreground import run_in_foreground, stop_on_signals
     from fastflow.runs import isolation
 
     env = _parse_env(env_pairs)
@@ -70,9 +71,17 @@ def run_cmd(ctx: click.Context, pipeline: str, env_pairs: tuple[str, ...]) -> No
             click.echo(f"retrying in {delay:g} s", err=True)
         click.echo(str(result.run_id))
 
-    last = run_in_foreground(
-        app, pipeline, Trigger.CLI.value, env=env or None, echo=echo, on_attempt=report
-    )
+    stop = threading.Event()
+    with stop_on_signals(stop):  # Ctrl-C, SIGTERM: the run ends CANCELLED, not interrupted
+        last = run_in_foreground(
+            app,
+            pipeline,
+            Trigger.CLI.value,
+            env=env or None,
+            echo=echo,
+            on_attempt=report,
+            stop=stop,
+        )
     sys.exit(exit_codes.OK if last.status == RunStatus.SUCCESS else exit_codes.FAILED)
 
 

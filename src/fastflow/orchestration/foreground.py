@@ -11,8 +11,11 @@ for the running attempt (from any process) stops it within about a second
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from fastflow import notify
 from fastflow.context import Context
@@ -38,7 +41,10 @@ def run_in_foreground(
     stop: threading.Event | None = None,
 ) -> RunResult:
     """Run ``name`` until it succeeds or its retries are used up; ``on_attempt`` gets
-    each attempt's result and the delay before the next one (None: no next attempt)."""
+    each attempt's result and the delay before the next one (None: no next attempt).
+    ``stop`` (``stop_on_signals``) ends the running attempt as a cancel does (CANCELLED:
+    no retry, no trigger); set while waiting for a slot or for the next attempt, it
+    raises ``KeyboardInterrupt`` with nothing more recorded."""
     pipeline = pipelines.load(ctx.settings.pipelines_dir, name)
     liveness.hold(ctx.db)  # other servers can tell this process is alive
     spec = retry_spec(pipeline, None)
@@ -46,7 +52,7 @@ def run_in_foreground(
     pause = stop or threading.Event()
     while True:
         disk.check_soon(ctx)  # the disk-pressure incident (issue 16); never raises
-        with CancelWatch(ctx.db) as cancel:
+        with CancelWatch(ctx.db, also=stop) as cancel:
             result = run_pipeline(
                 ctx.db,
                 ctx.settings,
@@ -67,8 +73,10 @@ def run_in_foreground(
         notify.after_run(ctx, result.run_id, result.status.value, delay is None).wait(
             notify.CLI_WAIT_S
         )
-        if delay is None or pause.wait(delay):
+        if delay is None:
             break
+        if pause.wait(delay):  # stopped while waiting: no further attempt, no trigger
+            raise KeyboardInterrupt
         attempt += 1
     ended = Ended(
         result.run_id,
@@ -91,8 +99,9 @@ class CancelWatch:
 
     POLL_S = 1.0
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, also: threading.Event | None = None) -> None:
         self._db = db
+        self._also = also  # this process was asked to stop (``stop_on_signals``)
         self.event = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="cancel-watch", daemon=True)
@@ -106,10 +115,41 @@ class CancelWatch:
         self._thread.join(5)
 
     def _watch(self) -> None:
-        while not self._closed.wait(self.POLL_S):
+        while not self._closed.wait(self.POLL_S if self._also is None else self.POLL_S / 5):
+            if self._also is not None and self._also.is_set():
+                self.event.set()
+                return
             try:
                 if runs.cancel_requested_here(self._db):
                     self.event.set()
                     return
             except Exception:  # the database away for a moment: look again
                 log.debug("looking for a cancel request failed", exc_info=True)
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """While open, SIGINT (Ctrl-C) and SIGTERM (``timeout``, systemd, a closed terminal's
+    SIGHUP) set ``stop`` — the running attempt then ends CANCELLED, as a cancel ends it,
+    instead of the process dying and leaving its run to be retired as interrupted (and
+    retried) by the next fastflow process. A second signal quits at once
+    (``KeyboardInterrupt``). Main thread only; the previous handlers come back."""
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            f"fastflow: {signal.Signals(signum).name}: stopping the run (it ends CANCELLED); "
+            "again to quit at once",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    previous = {sig: signal.signal(sig, handler) for sig in caught}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -232,7 +232,10 @@ def run_pipeline(
                 flush=True,
             )
             said = True
-        time.sleep(WAIT_FOR_SLOT_S)  # Ctrl-C ends the wait; nothing was recorded yet
+        if cancel is not None and cancel.wait(WAIT_FOR_SLOT_S):
+            raise KeyboardInterrupt  # stopped while waiting: nothing was recorded yet
+        if cancel is None:
+            time.sleep(WAIT_FOR_SLOT_S)  # Ctrl-C ends the wait; nothing was recorded yet
     return execute(db, settings, pipeline, run.id, echo=echo, cancel=cancel, extra_env=env)
 
 
