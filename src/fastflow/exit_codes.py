@@ -29,5 +29,13 @@ def for_error(exc: BaseException) -> tuple[int, str] | None:
 
     if isinstance(exc, SQLAlchemyError):
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        return FAILED, f"database error: {detail} (check DATABASE_URL)"
+        if any(sign in detail.lower() for sign in _FULL_DISK):
+            hint = "is the database's file system full? `df -h` on its folder (DATA_DIR)"
+        else:
+            hint = "check DATABASE_URL"
+        return FAILED, f"database error: {detail} ({hint})"
     return None
+
+
+# what SQLite (and PostgreSQL) say when the disk under the database is full
+_FULL_DISK = ("disk i/o error", "database or disk is full", "no space left on device")
