@@ -238,6 +238,19 @@ def verify_manifests(
     return report
 
 
+def _with_entries(ctx: Context, lines: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Any]]:
+    """Each manifest line with its run's ledger facts (``ledger.listing_facts``; None for
+    no entry or no valid run id), read in one query."""
+    ids: dict[int, uuid.UUID] = {}
+    for i, line in enumerate(lines):
+        try:
+            ids[i] = uuid.UUID(str(line.get("run_id")))
+        except ValueError:
+            continue
+    entries = ledger.listing_facts(ctx.db, list(ids.values()))
+    return [(line, entries.get(ids[i]) if i in ids else None) for i, line in enumerate(lines)]
+
+
 def _check_stray(ctx: Context, store: archive.S3Store, key: str, report: ManifestReport) -> None:
     """A manifest this database did not record: a pass killed before recording it lists
     objects as the ledger holds them (the ledger is written first), so each object it
@@ -245,19 +258,8 @@ def _check_stray(ctx: Context, store: archive.S3Store, key: str, report: Manifes
     another database (which ``rebuild-index`` would report as a conflict)."""
 
     def on_lines(lines: list[dict[str, Any]]) -> None:
-        ids: list[uuid.UUID] = []
-        for line in lines:
-            try:
-                ids.append(uuid.UUID(str(line.get("run_id"))))
-            except ValueError:
-                continue
-        entries = ledger.listing_facts(ctx.db, ids)
-        for line in lines:
+        for line, entry in _with_entries(ctx, lines):
             rid, listed = str(line.get("run_id")), str(line.get("key"))
-            try:
-                entry = entries.get(uuid.UUID(rid))
-            except ValueError:
-                entry = None
             if entry is None:
                 continue  # nothing to contradict: rebuild-index would add it
             for which in ("log", "metrics"):
@@ -341,22 +343,11 @@ def _compare_lines(
 ) -> int:
     """Compare manifest lines with the ledger; the number that match an entry naming
     this manifest."""
-    ids: list[uuid.UUID] = []
-    for line in lines:
-        try:
-            ids.append(uuid.UUID(str(line.get("run_id"))))
-        except ValueError:
-            continue
-    entries = ledger.listing_facts(ctx.db, ids)
     here = order.get(manifest_key, -1)
     matched = 0
-    for line in lines:
+    for line, entry in _with_entries(ctx, lines):
         report.objects_listed += 1
         rid, key = str(line.get("run_id")), str(line.get("key"))
-        try:
-            entry = entries.get(uuid.UUID(rid))
-        except ValueError:
-            entry = None
         if entry is None:
             report.add(ManifestProblem("not_in_ledger", manifest_key, rid, key, "no ledger entry"))
             continue
