@@ -61,6 +61,25 @@ MAX_EMAIL_LENGTH = 254  # an address in an SMTP path (RFC 5321: 256 with the bra
 MAX_RECIPIENTS = 100
 
 
+def cron_problem(expr: str) -> str | None:
+    """Why ``expr`` is not a 5-field cron expression (None: it is one): the number of
+    fields, or a field whose value is out of range or not understood."""
+    from croniter import croniter
+
+    fields = expr.split()
+    if len(fields) != 5:
+        return (
+            f"must be a 5-field cron expression (minute hour day month weekday), not "
+            f"{len(fields)} field{'s' if len(fields) != 1 else ''}"
+        )
+    if not croniter.is_valid(" ".join(fields)):
+        return (
+            "must be a cron expression with values in range (minute 0-59, hour 0-23, day "
+            "1-31, month 1-12, weekday 0-7; a step */N with N >= 1)"
+        )
+    return None
+
+
 def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
     if value is None:
         return None
@@ -293,8 +312,9 @@ class Settings(BaseSettings):
             return v  # the defaults (validated with every start): no croniter import
         from croniter import CroniterBadDateError, croniter
 
-        if len(v.split(" ")) != 5 or not croniter.is_valid(v):
-            raise ValueError("must be a 5-field cron expression such as '0 2 * * *'")
+        problem = cron_problem(v)
+        if problem is not None:
+            raise ValueError(f"{problem}, such as '0 2 * * *'")
         try:  # valid syntax that matches no date (``0 0 30 2 *``) would stop the scheduler
             croniter(v, _CRON_PROBE).get_next(float)
         except CroniterBadDateError:

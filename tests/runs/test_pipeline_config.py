@@ -126,8 +126,17 @@ def test_custom_retry_schedule_native_and_alias() -> None:
         ({"scheduel": []}, "scheduel is not a known pipeline.json key"),
         ({"restart_on_crash": True}, "restart_on_crash is not supported"),
         ({"type": "notebook"}, "type is not supported"),
-        ({"schedules": [{"cron": "61 * * * *"}]}, "schedules[0].cron must be a 5-field cron"),
-        ({"schedules": [{"cron": "* * * *"}]}, "5-field cron"),
+        (
+            {"schedules": [{"cron": "61 * * * *"}]},
+            "schedules[0].cron must be a cron expression with values in range",
+        ),
+        # an outside audit: five fields, one out of range, was called "not 5-field"
+        ({"schedules": [{"cron": "0 24 * * *"}]}, "hour 0-23"),
+        ({"schedules": [{"cron": "*/0 * * * *"}]}, "a step */N with N >= 1"),
+        (
+            {"schedules": [{"cron": "* * * *"}]},
+            "5-field cron expression (minute hour day month weekday), not 4 fields",
+        ),
         ({"schedules": [{"interval_seconds": 0}]}, "interval_seconds must be an integer >= 1"),
         ({"schedules": [{"cron": "* * * * *", "interval_seconds": 5}]}, "exclude each other"),
         ({"schedules": [{"timezone": "UTC"}]}, "cron or interval_seconds is required"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from fastflow.config import cron_problem
 from fastflow.errors import InvalidPipelineConfig
 from fastflow.runs import params
 from fastflow.runs.specs import (
@@ -253,10 +254,9 @@ class _Reader:
 
 
 def _check_cron(r: _Reader, key: str, expr: str) -> str:
-    from croniter import croniter
-
-    if len(expr.split()) != 5 or not croniter.is_valid(expr):
-        raise r.fail(key, f"must be a 5-field cron expression (got {expr!r})")
+    problem = cron_problem(expr)
+    if problem is not None:
+        raise r.fail(key, f"{problem} (got {expr!r})")
     return expr
 
 
