@@ -306,3 +306,17 @@ def test_context_lines_are_clipped_so_a_long_line_is_not_multiplied() -> None:
     # the same, however the stream is cut
     cut = [data[i : i + 65_536] for i in range(0, len(data), 65_536)]
     assert list(logsearch.search(cut, Matcher("zzz"), context=100)) == hits
+
+
+@pytest.mark.parametrize("extra", [b"", b"zz", b"\n"])
+def test_a_line_of_exactly_max_line_bytes(extra: bytes) -> None:
+    """A line of exactly MAX_LINE bytes held at once used to end the search with an
+    IndexError (the cut looked one byte past the end)."""
+    data = b"y" * (logsearch.MAX_LINE - 3) + "é".encode() + b"a" + extra
+    pieces = list(logsearch.blocks([data]))
+    assert b"".join(pieces) == data
+    assert all(len(p) <= logsearch.MAX_LINE for p in pieces)
+    for piece in pieces:
+        piece.decode("utf-8")  # never cut inside a character
+    hits = list(logsearch.search([data[:100], data[100:]], Matcher("yyy")))
+    assert [h.line for h in hits] == [1]

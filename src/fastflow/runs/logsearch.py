@@ -261,9 +261,10 @@ def blocks(chunks: Iterable[bytes], size: int = BLOCK, max_line: int = MAX_LINE)
 
 
 def _char_boundary(buf: bytes, at: int) -> int:
-    """``at`` moved back to the start of a UTF-8 character (at most 3 bytes)."""
+    """``at`` moved back to the start of a UTF-8 character (at most 3 bytes); ``at`` itself
+    when ``buf`` ends there."""
     cut = at
-    while cut > at - 3 and 0x80 <= buf[cut] <= 0xBF:
+    while cut > at - 3 and cut < len(buf) and 0x80 <= buf[cut] <= 0xBF:
         cut -= 1
     return cut
 
