@@ -7,12 +7,15 @@ last attempt are triggers queued: ``on_success`` after SUCCESS, ``on_failure`` a
 final FAILED/TIMEOUT; each triggered run gets ``triggered_by = "upstream"``,
 ``upstream_run_id`` and ``FASTFLOW_UPSTREAM_RUN_ID``/``FASTFLOW_UPSTREAM_STATUS`` in its
 environment. Triggers are not followed while the pipelines have a trigger cycle, nor to
-a disabled pipeline (``"enabled": false``).
+a disabled pipeline (``"enabled": false``). An invalid ``pipeline.json`` is read again
+for up to ``SETTLE_S`` before the follow-up is given up (logged).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +24,7 @@ from pathlib import Path
 from fastflow.context import Context
 from fastflow.db.engine import Database
 from fastflow.db.models import PipelineRun, RunStatus, Trigger, utcnow
+from fastflow.errors import InvalidPipelineConfig
 from fastflow.orchestration import queue
 from fastflow.orchestration.retries import retry_delay, should_retry
 from fastflow.runs import pipelines
@@ -59,11 +63,38 @@ def retry_spec(pipeline: pipelines.Pipeline, run_config_id: str | None) -> Retry
     )
 
 
+SETTLE_S = 5.0  # how long an invalid pipeline.json is read again (an editor saving it)
+SETTLE_POLL_S = 0.25
+
+
+def _load_settled(pipelines_dir: Path, ended: Ended) -> pipelines.Pipeline:
+    """The pipeline, read again for up to ``SETTLE_S`` while its ``pipeline.json`` is
+    invalid: a file caught half-saved as the run ended must not cost it its retries and
+    triggers (an outside audit). A missing pipeline is not waited for."""
+    deadline = time.monotonic() + SETTLE_S
+    said = False
+    while True:
+        try:
+            return pipelines.load(pipelines_dir, ended.pipeline_name)
+        except InvalidPipelineConfig as e:
+            if time.monotonic() >= deadline:
+                raise
+            if not said:
+                log.info(
+                    "run %s: %s; reading it again for up to %g s (a file being saved?)",
+                    ended.run_id,
+                    e,
+                    SETTLE_S,
+                )
+                said = True
+            threading.Event().wait(SETTLE_POLL_S)
+
+
 def follow_up(db: Database, pipelines_dir: Path, ended: Ended) -> FollowUp:
     """Queue the next attempt or the triggered pipelines; never raises for a pipeline
     that vanished or became invalid (logged instead)."""
     try:
-        pipeline = pipelines.load(pipelines_dir, ended.pipeline_name)
+        pipeline = _load_settled(pipelines_dir, ended)
     except Exception as e:  # the folder changed under us: nothing to follow
         log.warning("no follow-up for run %s: %s", ended.run_id, e)
         return FollowUp()
