@@ -9,6 +9,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,25 @@ RUN_FIELDS = frozenset(
 )
 
 MakePipeline = Callable[..., Path]
+
+
+@contextmanager
+def cli_process(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """``python -m fastflow ARGS`` running with ``env`` over this environment, its
+    output piped as text; killed (and reaped) on the way out if it is still running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastflow", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:

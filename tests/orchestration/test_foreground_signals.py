@@ -5,17 +5,14 @@ later as interrupted and retried by a server (an outside audit's finding)."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fastflow.context import Context
 from fastflow.db.models import PipelineRun
-from tests.conftest import MakePipeline, wait_until
+from tests.conftest import MakePipeline, cli_process, wait_until
 
 SLOW = "import time\nprint('started', flush=True)\ntime.sleep(120)\n"
 CONFIG = '{"retries": {"max": 2, "delay_seconds": 0}, "triggers": {"on_failure": ["after"]}}'
@@ -27,26 +24,15 @@ def test_a_signal_ends_the_foreground_run_cancelled_without_a_retry(
 ) -> None:
     make_pipeline("slow", SLOW, CONFIG)
     make_pipeline("after", "print('after')\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fastflow", "run", "slow"],
-        env={**os.environ, **ff_env, "CANCEL_GRACE_SECONDS": "2"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     logs = Path(ff_env["LOGS_DIR"]) / "slow"
 
     def started() -> bool:  # the pipeline runs: its first line is in its log
         return any(b"started" in f.read_bytes() for f in logs.glob("*/run.log"))
 
-    try:
+    with cli_process("run", "slow", env={**ff_env, "CANCEL_GRACE_SECONDS": "2"}) as proc:
         wait_until(started, 60, "the pipeline's first line")
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 1, err
     assert f"{sig.name}: stopping the run" in err and "Traceback" not in err
     with app.db.session() as s:

@@ -10,7 +10,7 @@ import sys
 from fastflow.context import Context
 from fastflow.db.models import RunStatus
 from fastflow.runs import store as runs
-from tests.conftest import MakePipeline, wait_until
+from tests.conftest import MakePipeline, cli_process, wait_until
 
 
 def test_a_foreground_run_waits_for_a_free_slot(
@@ -18,24 +18,13 @@ def test_a_foreground_run_waits_for_a_free_slot(
 ) -> None:
     make_pipeline("solo", "print('alone')\n", config='{"max_instances": 1}')
     busy = runs.create(app.db, "solo", "api", pid=os.getpid())  # a server's run: PENDING
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fastflow", "run", "solo"],
-        env={**os.environ, **ff_env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with cli_process("run", "solo", env=ff_env) as proc:
         line = proc.stderr.readline() if proc.stderr else ""
         assert line.startswith("fastflow: waiting: solo has 1 run(s) pending or running")
         assert proc.poll() is None
         assert [r.id for r in runs.list_runs(app.db, pipeline="solo")] == [busy.id]
         runs.finish(app.db, busy.id, RunStatus.SUCCESS, 0, 0)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     mine = runs.get(app.db, runs.parse_run_id(out.strip().splitlines()[-1]))
     first = runs.get(app.db, busy.id)

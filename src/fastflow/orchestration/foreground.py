@@ -115,10 +115,18 @@ class CancelWatch:
         self._thread.join(5)
 
     def _watch(self) -> None:
-        while not self._closed.wait(self.POLL_S if self._also is None else self.POLL_S / 5):
+        # a stop request of this process is looked at five times a second; the database
+        # (a cancel from elsewhere) once per POLL_S, as without one
+        tick = self.POLL_S if self._also is None else self.POLL_S / 5
+        ticks = 0
+        while not self._closed.wait(tick):
             if self._also is not None and self._also.is_set():
                 self.event.set()
                 return
+            ticks += 1
+            if ticks * tick < self.POLL_S - 1e-9:
+                continue
+            ticks = 0
             try:
                 if runs.cancel_requested_here(self._db):
                     self.event.set()

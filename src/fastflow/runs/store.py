@@ -112,11 +112,11 @@ def create(
     retry_of: uuid.UUID | None = None,
     env: dict[str, str] | None = None,
 ) -> PipelineRun:
-    """Insert a PENDING run owned by process ``pid`` on this host."""
-    run = _pending_row(pipeline_name, triggered_by, pid, attempt, retry_of, env)
-    with db.session() as s:
-        s.add(run)
-    readcache.invalidate()
+    """Insert a PENDING run owned by process ``pid`` on this host (no slot limit)."""
+    run, _ = create_within(
+        db, pipeline_name, triggered_by, None, pid=pid, attempt=attempt, retry_of=retry_of, env=env
+    )
+    assert run is not None  # no limit: always created
     return run
 
 
@@ -124,7 +124,7 @@ def create_within(
     db: Database,
     pipeline_name: str,
     triggered_by: str,
-    limit: int,
+    limit: int | None,
     *,
     pid: int,
     attempt: int = 1,
@@ -133,12 +133,15 @@ def create_within(
 ) -> tuple[PipelineRun | None, int]:
     """``create`` — only while the pipeline has fewer than ``limit`` PENDING/RUNNING runs
     on every server (its ``max_instances``): (the run, None when it is at its limit; the
-    runs counted). The count and the insert hold the servers' claim lock (``lock_claims``)."""
+    runs counted). The count and the insert hold the servers' claim lock (``lock_claims``).
+    ``limit`` None: no count, no lock."""
+    active = 0
     with db.session() as s:
-        lock_claims(s)
-        active = _active_count(s, pipeline_name)
-        if active >= limit:
-            return None, active
+        if limit is not None:
+            lock_claims(s)
+            active = _active_count(s, pipeline_name)
+            if active >= limit:
+                return None, active
         run = _pending_row(pipeline_name, triggered_by, pid, attempt, retry_of, env)
         s.add(run)
     readcache.invalidate()
