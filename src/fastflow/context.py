@@ -25,8 +25,9 @@ class Context:
     settings: Settings
     db: Database
     base: Settings = field(default=None)  # type: ignore[assignment]
-    # runs that ``bootstrap`` retired because their fastflow process had died: their
-    # retries, triggers and notifications are the caller's (``followup.after_interrupted``)
+    # runs that ``bootstrap`` retired because their fastflow process had died, and runs
+    # that ended but whose process died before following them up: their retries,
+    # triggers and notifications are the caller's (``followup.after_interrupted``)
     interrupted: list[PipelineRun] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -52,8 +53,8 @@ def bootstrap(settings: Settings, *, recover: bool = True) -> Context:
     """Set the process umask to ``FASTFLOW_UMASK`` (default 077: every file fastflow
     creates from here on — database, logs, metrics, locks, downloads — is private to
     its user), open the database (saying where, when a new SQLite file is created),
-    apply migrations and stored setting overrides, and fail runs orphaned by a dead
-    process."""
+    apply migrations and stored setting overrides, fail runs orphaned by a dead process
+    and collect the finished runs such a process did not follow up."""
     from fastflow.runs import isolation
 
     os.umask(settings.fastflow_umask)
@@ -67,6 +68,8 @@ def bootstrap(settings: Settings, *, recover: bool = True) -> Context:
     security.install_log_redaction(ctx.settings)
     if recover:
         runs.recover_orphans(db, ctx.settings.logs_root, failed=ctx.interrupted)
+        # and runs that ended, but whose process died before queuing their follow-up
+        ctx.interrupted += runs.unfollowed(db, runs.runner_alive, this_host=True)
     return ctx
 
 

@@ -187,6 +187,34 @@ def test_lasting_failure_reminds_once_a_day_with_its_start(world: World) -> None
     assert later.kind is None and len(world.mails()) == 2
 
 
+def test_a_message_that_did_not_get_through_is_sent_again_on_its_channel(
+    world: World,
+) -> None:
+    """Found by an outside audit: a failure digest the mail server refused was never sent
+    again — the next failing passes with the same runs announced nothing for 23 h."""
+    seed_series(world.ctx, "etl", 3)
+    world.s3.proxy.fail(500)
+    world.smtp.reject(times=None)
+    _, first = world.cycle()
+    results = {r.channel: r.ok for r in first.results}
+    assert first.kind == notify.Kind.FAILURE and results == {"email": False, "teams": True}
+    assert (len(world.mails()), len(world.cards())) == (0, 1)
+
+    _, still_refused = world.cycle()  # tried again, on e-mail only, and refused again
+    assert still_refused.kind == notify.Kind.REMINDER
+    assert [r.channel for r in still_refused.results] == ["email"]
+    world.smtp.clear()
+    _, resent = world.cycle()
+    assert resent.kind == notify.Kind.REMINDER
+    assert [(r.channel, r.ok) for r in resent.results] == [("email", True)]
+    (mail,) = world.mails()
+    assert mail.message["Subject"].startswith("[fastflow] S3 log backup still failing since")
+    assert len(world.cards()) == 1  # Teams had it: not sent again
+
+    _, quiet = world.cycle()  # delivered now: nothing new to say
+    assert quiet.kind is None and (len(world.mails()), len(world.cards())) == (1, 1)
+
+
 def test_recovery_sends_one_message_per_channel(world: World) -> None:
     seed_series(world.ctx, "etl", 4)
     world.s3.proxy.fail(500)

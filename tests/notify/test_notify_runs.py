@@ -223,6 +223,28 @@ def test_five_final_failures_send_one_message_and_a_success_one_recovery(
     assert kinds == {"run_failure": 2, "run_recovery": 2}
 
 
+def test_a_failure_message_that_did_not_get_through_goes_out_with_the_next_failure(
+    world: World, make_pipeline: MakePipeline
+) -> None:
+    make_pipeline("etl")
+    world.teams.respond(500, times=3)  # every attempt of the first message
+    first = world.end(world.failed("etl"), "FAILED")
+    assert first.kind == Kind.RUN_FAILURE and first.wait(WAIT)
+    assert {r.channel: r.ok for r in first.results} == {"email": True, "teams": False}
+
+    again = world.failed("etl", at=T0 + timedelta(minutes=5))
+    second = world.end(again, "FAILED", at=T0 + timedelta(minutes=5))
+    assert second.kind == Kind.RUN_REMINDER and second.wait(WAIT)
+    assert [(r.channel, r.ok) for r in second.results] == [("teams", True)]
+    assert '"Pipeline etl still failing' in _card(world.teams.posts[-1])
+    assert len(world.smtp.messages) == 1  # e-mail had it
+
+    assert world.end(again, "FAILED").kind is None  # the same run reported twice: nothing
+    third = world.end(world.failed("etl", at=T0 + timedelta(minutes=9)), "FAILED")
+    assert third.kind is None  # delivered everywhere: back to the quiet rules
+    assert Counter(d.kind for d in deliveries(world.ctx)) == {"run_failure": 2, "run_reminder": 1}
+
+
 def test_a_timeout_is_a_failure_and_says_so(world: World, make_pipeline: MakePipeline) -> None:
     make_pipeline("etl")
     rid = world.failed("etl", status="TIMEOUT", exit_code=None)

@@ -80,6 +80,7 @@ class Base(DeclarativeBase):
 
 
 LOCAL_LOG_WHERE = "log_file IS NOT NULL"  # the partial index of the local log bytes
+FOLLOW_UP_DUE_WHERE = "follow_up_due"  # the partial index of runs not yet followed up
 
 
 class PipelineRun(Base):
@@ -115,6 +116,13 @@ class PipelineRun(Base):
             "finished_at",
             "log_size",
             sqlite_where=text(LOCAL_LOG_WHERE),
+        ),
+        # the finished runs whose retry or triggers are not queued yet: few, read by the
+        # sweep of every server (PostgreSQL WHERE: ``add_postgresql_options``)
+        Index(
+            "ix_pipeline_runs_follow_up_due",
+            "runner_host",
+            sqlite_where=text(FOLLOW_UP_DUE_WHERE),
         ),
     )
 
@@ -164,6 +172,12 @@ class PipelineRun(Base):
     executor: Mapped[str | None] = mapped_column(String(16), nullable=True)
     image: Mapped[str | None] = mapped_column(Text, nullable=True)
     container_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # set with the final status of a run whose retry or triggers are still to be queued,
+    # cleared in the transaction that queues them (``orchestration.followup``): a process
+    # that dies in between leaves it set, and the sweep of a live one follows the run up
+    follow_up_due: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -539,3 +553,5 @@ def add_postgresql_options() -> None:
     for index in Base.metadata.tables[PipelineRun.__tablename__].indexes:
         if index.name == "ix_pipeline_runs_local_log_size":
             index.dialect_options["postgresql"]["where"] = text(LOCAL_LOG_WHERE)
+        elif index.name == "ix_pipeline_runs_follow_up_due":
+            index.dialect_options["postgresql"]["where"] = text(FOLLOW_UP_DUE_WHERE)

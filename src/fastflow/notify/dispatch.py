@@ -99,10 +99,20 @@ def after_pass(
             reminder_interval=reminder_interval(ctx),
         )
         decision = applied.decision
-        if decision.kind is None:
-            return Delivery.nothing()
-        notice = _notice(ctx, summary, decision.kind, now, applied)
         channels = enabled_channels(ctx)
+        kind = decision.kind
+        if kind is None:  # nothing new: unless the last message did not get through
+            if decision.incident is None or applied.incident_id is None or applied.repeated:
+                return Delivery.nothing()
+            channels = records.undelivered(ctx.db, applied.incident_id, channels, now)
+            if not channels:
+                return Delivery.nothing()
+            kind = Kind.REMINDER
+            log.warning(
+                "the last backup notification was not delivered on %s: sending it again",
+                ", ".join(channels),
+            )
+        notice = _notice(ctx, summary, kind, now, applied)
         subject = messages.subject(notice)
         log.info("backup notification (%s): %s", notice.kind.value, subject)
         if not channels:

@@ -150,6 +150,7 @@ class RunDecision:
     kind: Kind | None
     incident: RunIncident | None
     ended: RunIncident | None = None
+    counted: bool = False  # a failure the open incident did not know yet (not a repeat)
 
 
 def decide_run(
@@ -181,5 +182,5 @@ def decide_run(
     )
     if on_failure and now - previous.last_announced_at >= reminder_interval:
         reminded = replace(grown, last_announced_at=now, announcements=grown.announcements + 1)
-        return RunDecision(Kind.RUN_REMINDER, reminded)
-    return RunDecision(None, grown)
+        return RunDecision(Kind.RUN_REMINDER, reminded, counted=True)
+    return RunDecision(None, grown, counted=True)

@@ -52,6 +52,7 @@ class Applied:
 
     decision: Decision
     incident_id: int | None
+    repeated: bool = False  # a pass the incident had seen already: nothing to announce
 
 
 def _state(row: NotificationIncident) -> Incident:
@@ -97,7 +98,7 @@ def apply_pass(
         )
         if stale:
             assert row is not None
-            return Applied(Decision(None, _state(row)), row.id)
+            return Applied(Decision(None, _state(row)), row.id, repeated=True)
         previous = _state(row) if row is not None else None
         decision = decide(previous, keys, now, reminder_interval=reminder_interval)
         row = _store_pass(s, row, decision.incident, pass_id, now)
@@ -339,6 +340,32 @@ def prune(db: Database) -> None:
         )
         if cutoff is not None:
             s.execute(delete(NotificationDelivery).where(NotificationDelivery.id <= cutoff))
+
+
+def undelivered(
+    db: Database, incident_id: int, channels: Iterable[str], now: datetime
+) -> list[str]:
+    """The channels among ``channels`` whose newest message about incident
+    ``incident_id`` was not delivered: it failed, or was cut short (in progress for
+    longer than ``ABANDONED_AFTER``). A channel that never sent anything about it (it
+    was turned on later) is not among them."""
+    out = []
+    with db.session() as s:
+        for channel in channels:
+            row = s.scalars(
+                select(NotificationDelivery)
+                .where(
+                    NotificationDelivery.channel == channel,
+                    NotificationDelivery.incident_id == incident_id,
+                )
+                .order_by(NotificationDelivery.id.desc())
+                .limit(1)
+            ).first()
+            if row is None:
+                continue
+            if row.ok is False or (row.ok is None and now - row.created_at > ABANDONED_AFTER):
+                out.append(channel)
+    return out
 
 
 def last_results(db: Database, now: datetime | None = None) -> dict[str, dict[str, Any]]:

@@ -99,12 +99,25 @@ def _announce(
         on_recovery=spec.on_recovery,
         reminder_interval=reminder_interval(ctx),
     )
-    notice = _notice(ctx, run, status, now, applied.decision)
+    decision = applied.decision
+    channels = enabled_channels(ctx)
+    if decision.kind is None and decision.counted and spec.on_failure and applied.incident_id:
+        # another failure of a failing pipeline: nothing new, unless the last message
+        # about it did not get through
+        channels = records.undelivered(ctx.db, applied.incident_id, channels, now)
+        if channels:
+            log.warning(
+                "the last notification about pipeline %s was not delivered on %s: "
+                "sending it again",
+                run.pipeline_name,
+                ", ".join(channels),
+            )
+            decision = replace(decision, kind=Kind.RUN_REMINDER)
+    notice = _notice(ctx, run, status, now, decision)
     if notice is None:
         return Delivery.nothing()
     subject = run_messages.subject(notice)
     log.info("run notification (%s): %s", notice.kind.value, subject)
-    channels = enabled_channels(ctx)
     if not channels:
         return Delivery.nothing(notice.kind)
     rows = start_rows(ctx, channels, notice.kind, subject, applied.incident_id)

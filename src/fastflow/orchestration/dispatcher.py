@@ -22,10 +22,11 @@ import threading
 import time
 import uuid
 from dataclasses import replace
+from datetime import timedelta
 
 from fastflow import notify
 from fastflow.context import Context
-from fastflow.db.models import PipelineRun, RunStatus
+from fastflow.db.models import PipelineRun, RunStatus, utcnow
 from fastflow.lifecycle import disk
 from fastflow.orchestration import queue
 from fastflow.orchestration.followup import Ended, follow_up
@@ -37,6 +38,7 @@ POLL_S = 0.5
 WATCH_S = 1.0
 CONFIG_TTL_S = 5.0
 SWEEP_S = 5.0
+STALE_S = 60.0  # this process's own finished runs still due after this: follow-up failed
 
 
 class Dispatcher:
@@ -153,7 +155,33 @@ class Dispatcher:
             log.warning("%d runs of dead fastflow processes retired or re-queued", n)
         for run in failed:  # their retries and triggers, as if they had ended here
             self._after(run, run.status)
+        self._follow_up_left_over()
         self._adopt_containers()
+
+    def _follow_up_left_over(self) -> None:
+        """Follow up the finished runs whose process died before it queued their retry
+        or triggers — and this process's own that are still due ``STALE_S`` after their
+        end (their follow-up failed: the database was away)."""
+        db, me = self._ctx.db, os.getpid()
+        stale = utcnow() - timedelta(seconds=STALE_S)
+
+        def here(run: PipelineRun) -> bool:
+            if run.runner_pid == me:
+                return run.finished_at is None or run.finished_at > stale
+            return runs.runner_alive(run)
+
+        def elsewhere(run: PipelineRun) -> bool:
+            return liveness.is_alive(db, run.runner_host, run.runner_pid, run.runner_started)
+
+        left = runs.unfollowed(db, here, this_host=True)
+        left += runs.unfollowed(db, elsewhere, this_host=False)
+        for run in left:
+            log.warning(
+                "run %s (%s) ended without its retry or triggers queued: following it up now",
+                run.id,
+                run.status,
+            )
+            self._after(run, run.status)
 
     # --- container runs that outlived their server ------------------------------------
 
@@ -283,11 +311,15 @@ class Dispatcher:
             run.retry_of,
             run.run_config_id,
             queue.env_of(run),
+            run.finished_at,
         )
         final = True
         try:
-            final = follow_up(self._ctx.db, settings.pipelines_dir, ended).retry is None
-        except Exception:
+            done = follow_up(self._ctx.db, settings.pipelines_dir, ended)
+            if done.done:
+                return  # another process followed it up (and notified)
+            final = done.retry is None
+        except Exception:  # left due: the sweep tries again (``_follow_up_left_over``)
             log.exception("follow-up of run %s failed", run.id)
         notify.after_run(self._ctx, run.id, status, final)  # background; never raises
         self._wake.set()

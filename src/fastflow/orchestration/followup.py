@@ -9,6 +9,12 @@ final FAILED/TIMEOUT; each triggered run gets ``triggered_by = "upstream"``,
 environment. Triggers are not followed while the pipelines have a trigger cycle, nor to
 a disabled pipeline (``"enabled": false``). An invalid ``pipeline.json`` is read again
 for up to ``SETTLE_S`` before the follow-up is given up (logged).
+
+The follow-up survives its process: a run's final status is committed with
+``follow_up_due`` set, and the runs it queues commit with that mark cleared (``commit``).
+A process that dies in between leaves the mark; the sweep of a live process (``fastflow
+serve`` every few seconds, any other command at start-up) finds the run of a dead
+process and follows it up then, once, whichever process sweeps first.
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import update
+
 from fastflow.context import Context
+from fastflow.db import cache as readcache
 from fastflow.db.engine import Database
 from fastflow.db.models import PipelineRun, RunStatus, Trigger, utcnow
 from fastflow.errors import InvalidPipelineConfig
@@ -44,13 +53,18 @@ class Ended:
     retry_of: uuid.UUID | None
     run_config_id: str | None = None
     env: dict[str, str] | None = None
+    finished_at: datetime | None = None  # the retry delay counts from here (else: now)
 
 
 @dataclass(frozen=True)
 class FollowUp:
+    """What a follow-up queued; ``done``: nothing, another process had followed the run
+    up already (its notification is that process's too)."""
+
     retry: uuid.UUID | None = None
     retry_delay_s: float | None = None
     triggered: tuple[uuid.UUID, ...] = ()
+    done: bool = False
 
 
 def retry_spec(pipeline: pipelines.Pipeline, run_config_id: str | None) -> RetrySpec:
@@ -90,50 +104,117 @@ def _load_settled(pipelines_dir: Path, ended: Ended) -> pipelines.Pipeline:
             threading.Event().wait(SETTLE_POLL_S)
 
 
+@dataclass(frozen=True)
+class Queued:
+    """One run a follow-up queues (the arguments of ``queue.enqueue``)."""
+
+    pipeline_name: str
+    triggered_by: str
+    env: dict[str, str] | None = None
+    attempt: int = 1
+    retry_of: uuid.UUID | None = None
+    upstream_run_id: uuid.UUID | None = None
+    not_before: datetime | None = None
+    run_config_id: str | None = None
+
+
 def follow_up(db: Database, pipelines_dir: Path, ended: Ended) -> FollowUp:
-    """Queue the next attempt or the triggered pipelines; never raises for a pipeline
-    that vanished or became invalid (logged instead)."""
+    """Queue the next attempt or the triggered pipelines, at most once per run across
+    every process (``commit``); never raises for a pipeline that vanished or became
+    invalid (logged instead, and the run counts as followed up)."""
     try:
         pipeline = _load_settled(pipelines_dir, ended)
     except Exception as e:  # the folder changed under us: nothing to follow
         log.warning("no follow-up for run %s: %s", ended.run_id, e)
-        return FollowUp()
+        return FollowUp() if commit(db, ended.run_id, []) is not None else FollowUp(done=True)
     spec = retry_spec(pipeline, ended.run_config_id)
     if should_retry(spec, ended.attempt, ended.status):
         delay = retry_delay(spec, ended.attempt)
-        next_id = queue.enqueue(
-            db,
+        since = ended.finished_at or utcnow()
+        retry = Queued(
             pipeline.name,
             Trigger.RETRY.value,
             env=ended.env,
             attempt=ended.attempt + 1,
             retry_of=ended.retry_of or ended.run_id,
-            not_before=utcnow() + timedelta(seconds=min(delay, 10**8)),
+            not_before=since + timedelta(seconds=min(delay, 10**8)),
             run_config_id=ended.run_config_id,
         )
+        ids = commit(db, ended.run_id, [retry])
+        if ids is None:
+            return FollowUp(done=True)
         log.info(
             "run %s %s: attempt %d in %.1f s", ended.run_id, ended.status, ended.attempt + 1, delay
         )
-        return FollowUp(retry=next_id, retry_delay_s=delay)
-    return FollowUp(triggered=queue_triggers(db, pipelines_dir, pipeline, ended))
+        return FollowUp(retry=ids[0], retry_delay_s=delay)
+    ids = commit(db, ended.run_id, trigger_plan(pipelines_dir, pipeline, ended))
+    return FollowUp(done=True) if ids is None else FollowUp(triggered=tuple(ids))
 
 
-def queue_triggers(
+def commit(db: Database, run_id: uuid.UUID, queued: list[Queued]) -> list[uuid.UUID] | None:
+    """Queue ``queued`` as run ``run_id``'s follow-up, in the transaction that clears its
+    ``follow_up_due``: the runs and the mark commit together, so a process dying at any
+    moment leaves either both or neither, and of processes following one run up at once
+    exactly one queues anything. None: the run was followed up already (nothing queued).
+    A run without a row (already deleted) is followed up as asked."""
+    with db.session() as s:
+        taken = s.execute(
+            update(PipelineRun)
+            .where(PipelineRun.id == run_id, PipelineRun.follow_up_due.is_(True))
+            .values(follow_up_due=False)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(taken, "rowcount", 0) != 1 and s.get(PipelineRun, run_id) is not None:
+            return None
+        ids = [
+            queue.enqueue(
+                db,
+                q.pipeline_name,
+                q.triggered_by,
+                env=q.env,
+                attempt=q.attempt,
+                retry_of=q.retry_of,
+                upstream_run_id=q.upstream_run_id,
+                not_before=q.not_before,
+                run_config_id=q.run_config_id,
+                session=s,
+            )
+            for q in queued
+        ]
+    readcache.invalidate()
+    return ids
+
+
+def drop(db: Database, run_id: uuid.UUID) -> None:
+    """Mark run ``run_id`` followed up with nothing queued (``fastflow run`` stopped
+    before its next attempt: no retry is owed)."""
+    commit(db, run_id, [])
+
+
+def follow_triggers(
     db: Database, pipelines_dir: Path, pipeline: pipelines.Pipeline, ended: Ended
 ) -> tuple[uuid.UUID, ...]:
+    """Queue the triggers of the last attempt ``ended`` (``fastflow run``), once."""
+    return tuple(commit(db, ended.run_id, trigger_plan(pipelines_dir, pipeline, ended)) or ())
+
+
+def trigger_plan(pipelines_dir: Path, pipeline: pipelines.Pipeline, ended: Ended) -> list[Queued]:
+    """The runs that the end of the last attempt ``ended`` triggers (none while the
+    pipelines have a trigger cycle; a missing, invalid or disabled target is skipped,
+    logged)."""
     if ended.status == RunStatus.SUCCESS.value:
         targets = pipeline.config.triggers.on_success
     elif ended.status in (RunStatus.FAILED.value, RunStatus.TIMEOUT.value):
         targets = pipeline.config.triggers.on_failure
     else:
-        return ()
+        return []
     if not targets:
-        return ()
+        return []
     _, problems = pipelines.check_all(pipelines_dir)
     cycles = [p for p in problems if p.message.startswith("trigger cycle")]
     if cycles:
         log.error("triggers of %s not followed: %s", pipeline.name, cycles[0].message)
-        return ()
+        return []
     env = {"FASTFLOW_UPSTREAM_RUN_ID": str(ended.run_id), "FASTFLOW_UPSTREAM_STATUS": ended.status}
     out = []
     for name in targets:
@@ -161,8 +242,7 @@ def queue_triggers(
             else:
                 run_env = {**spec.env, **env}
         out.append(
-            queue.enqueue(
-                db,
+            Queued(
                 name,
                 Trigger.UPSTREAM.value,
                 env=run_env,
@@ -170,7 +250,7 @@ def queue_triggers(
                 run_config_id=config_id,
             )
         )
-    return tuple(out)
+    return out
 
 
 def ended_of(run: PipelineRun) -> Ended:
@@ -183,6 +263,7 @@ def ended_of(run: PipelineRun) -> Ended:
         run.retry_of,
         run.run_config_id,
         queue.env_of(run),
+        run.finished_at,
     )
 
 
@@ -196,7 +277,10 @@ def after_interrupted(ctx: Context, interrupted: list[PipelineRun], wait_s: floa
     for run in interrupted:
         final = True
         try:
-            final = follow_up(ctx.db, ctx.settings.pipelines_dir, ended_of(run)).retry is None
+            done = follow_up(ctx.db, ctx.settings.pipelines_dir, ended_of(run))
+            if done.done:
+                continue  # another process followed it up, and told about it
+            final = done.retry is None
         except Exception:
             log.exception("follow-up of interrupted run %s failed", run.id)
         deliveries.append(notify.after_run(ctx, run.id, run.status, final))

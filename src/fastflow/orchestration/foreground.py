@@ -1,8 +1,10 @@
 """``fastflow run``: one pipeline in the foreground, with its retries, then its triggers.
 
 Guarantees: every attempt is its own run (own id, log, metrics) with ``attempt`` and
-``retry_of``; the wait between attempts is the pipeline's retry delay; after the last
-attempt the downstream triggers are queued for a server to run; the caller learns the
+``retry_of``; the wait between attempts is the pipeline's retry delay (a process killed
+during it leaves the retry to be queued for a server by the next sweep, as
+``orchestration.followup`` says; one stopped by Ctrl-C/SIGTERM owes none); after the
+last attempt the downstream triggers are queued for a server to run; the caller learns the
 outcome of every attempt (``on_attempt``) and gets the last one back; a cancel request
 for the running attempt (from any process) stops it within about a second
 (``CancelWatch``).
@@ -21,7 +23,7 @@ from fastflow import notify
 from fastflow.context import Context
 from fastflow.db.engine import Database
 from fastflow.lifecycle import disk
-from fastflow.orchestration.followup import Ended, queue_triggers, retry_spec
+from fastflow.orchestration.followup import Ended, drop, follow_triggers, retry_spec
 from fastflow.orchestration.retries import retry_delay, should_retry
 from fastflow.runs import liveness, pipelines
 from fastflow.runs import store as runs
@@ -49,35 +51,44 @@ def run_in_foreground(
     liveness.hold(ctx.db)  # other servers can tell this process is alive
     spec = retry_spec(pipeline, None)
     attempt, first = 1, None
+    owed = None  # the attempt whose retry this process owes (it is ``follow_up_due``)
     pause = stop or threading.Event()
-    while True:
-        disk.check_soon(ctx)  # the disk-pressure incident (issue 16); never raises
-        with CancelWatch(ctx.db, also=stop) as cancel:
-            result = run_pipeline(
-                ctx.db,
-                ctx.settings,
-                name,
-                triggered_by if attempt == 1 else "retry",
-                echo=echo,
-                cancel=cancel,
-                env=env,
-                attempt=attempt,
-                retry_of=first,
+    try:
+        while True:
+            disk.check_soon(ctx)  # the disk-pressure incident (issue 16); never raises
+            with CancelWatch(ctx.db, also=stop) as cancel:
+                result = run_pipeline(
+                    ctx.db,
+                    ctx.settings,
+                    name,
+                    triggered_by if attempt == 1 else "retry",
+                    echo=echo,
+                    cancel=cancel,
+                    env=env,
+                    attempt=attempt,
+                    retry_of=first,
+                    follows=owed,  # the new attempt is that retry: one transaction
+                )
+            owed = None
+            first = first or result.run_id
+            again = should_retry(spec, attempt, result.status.value)
+            delay = retry_delay(spec, attempt) if again else None
+            if on_attempt is not None:
+                on_attempt(result, delay)
+            # a foreground process exits soon: give the delivery a bounded time to go out
+            notify.after_run(ctx, result.run_id, result.status.value, delay is None).wait(
+                notify.CLI_WAIT_S
             )
-        first = first or result.run_id
-        again = should_retry(spec, attempt, result.status.value)
-        delay = retry_delay(spec, attempt) if again else None
-        if on_attempt is not None:
-            on_attempt(result, delay)
-        # a foreground process exits soon: give the delivery a bounded time to go out
-        notify.after_run(ctx, result.run_id, result.status.value, delay is None).wait(
-            notify.CLI_WAIT_S
-        )
-        if delay is None:
-            break
-        if pause.wait(delay):  # stopped while waiting: no further attempt, no trigger
-            raise KeyboardInterrupt
-        attempt += 1
+            if delay is None:
+                break
+            owed = result.run_id  # killed from here on: a sweep queues it for a server
+            if pause.wait(delay):  # stopped while waiting: no further attempt, no trigger
+                raise KeyboardInterrupt
+            attempt += 1
+    except KeyboardInterrupt:  # stopped on purpose: the retry is not owed any more
+        if owed is not None:
+            drop(ctx.db, owed)
+        raise
     ended = Ended(
         result.run_id,
         pipeline.name,
@@ -87,7 +98,7 @@ def run_in_foreground(
         None,
         env,
     )
-    queue_triggers(ctx.db, ctx.settings.pipelines_dir, pipeline, ended)
+    follow_triggers(ctx.db, ctx.settings.pipelines_dir, pipeline, ended)
     return result
 
 

@@ -205,9 +205,11 @@ def run_pipeline(
     env: dict[str, str] | None = None,
     attempt: int = 1,
     retry_of: uuid.UUID | None = None,
+    follows: uuid.UUID | None = None,
 ) -> RunResult:
     """Create a run of pipeline ``name`` and execute it in the foreground (``env``: run
-    parameters over the pipeline's own ``env``)."""
+    parameters over the pipeline's own ``env``; ``follows``: the attempt this one retries,
+    marked followed up in the transaction that creates it)."""
     pipeline = pipelines.load(settings.pipelines_dir, name)
     limit = pipeline.config.max_instances
     said = False
@@ -221,6 +223,7 @@ def run_pipeline(
             attempt=attempt,
             retry_of=retry_of,
             env=env,
+            follows=follows,
         )
         if run is not None:
             break

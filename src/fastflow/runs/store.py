@@ -20,13 +20,21 @@ from sqlalchemy.orm.attributes import set_committed_value
 from fastflow.archive import ledger
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database, begin_write
-from fastflow.db.models import FINAL_STATUSES, PipelineRun, RunStatus, utcnow
+from fastflow.db.models import (
+    FINAL_STATUSES,
+    FOLLOW_UP_DUE_WHERE,
+    PipelineRun,
+    RunStatus,
+    utcnow,
+)
 from fastflow.errors import FastflowError, InvalidInput, RunNotFound, UnsafePath
 from fastflow.runs import files as logfiles
 from fastflow.runs import isolation, logsdir
 
 HOSTNAME = socket.gethostname()
 RUNNING_STATES = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+# the final statuses with something to follow: a retry, or on_success/on_failure triggers
+FOLLOWED_UP = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.TIMEOUT})
 CLAIM_LOCK_KEY = 0x66666C71  # "fflq": one claim of a run slot at a time (PostgreSQL)
 MIN_PREFIX = 4  # hex digits of the shortest run id prefix accepted (the UI shows 8)
 MAX_CANDIDATES = 10  # ambiguous prefix: candidates named in the error
@@ -130,11 +138,13 @@ def create_within(
     attempt: int = 1,
     retry_of: uuid.UUID | None = None,
     env: dict[str, str] | None = None,
+    follows: uuid.UUID | None = None,
 ) -> tuple[PipelineRun | None, int]:
     """``create`` — only while the pipeline has fewer than ``limit`` PENDING/RUNNING runs
     on every server (its ``max_instances``): (the run, None when it is at its limit; the
     runs counted). The count and the insert hold the servers' claim lock (``lock_claims``).
-    ``limit`` None: no count, no lock."""
+    ``limit`` None: no count, no lock. ``follows``: the run this one retries; its
+    ``follow_up_due`` is cleared in the same transaction."""
     active = 0
     with db.session() as s:
         if limit is not None:
@@ -144,6 +154,13 @@ def create_within(
                 return None, active
         run = _pending_row(pipeline_name, triggered_by, pid, attempt, retry_of, env)
         s.add(run)
+        if follows is not None:
+            s.execute(
+                update(PipelineRun)
+                .where(PipelineRun.id == follows)
+                .values(follow_up_due=False)
+                .execution_options(synchronize_session=False)
+            )
     readcache.invalidate()
     return run, active
 
@@ -319,7 +336,9 @@ def finish(
     log_size: int | None,
     failure_reason: str | None = None,
 ) -> None:
-    """End a run; ``failure_reason`` says why it did not succeed (None for SUCCESS)."""
+    """End a run; ``failure_reason`` says why it did not succeed (None for SUCCESS). A
+    SUCCESS, FAILED or TIMEOUT run is marked ``follow_up_due`` in the same transaction
+    (its retry or triggers: ``orchestration.followup``)."""
     with db.session() as s:
         run = s.get(PipelineRun, run_id)
         if run is None:
@@ -329,6 +348,7 @@ def finish(
         run.finished_at = utcnow()
         run.log_size = log_size
         run.failure_reason = None if status is RunStatus.SUCCESS else failure_reason
+        run.follow_up_due = status in FOLLOWED_UP
     readcache.invalidate()
 
 
@@ -514,7 +534,15 @@ def sweep_dead(
                 if cancelled
                 else "interrupted: the fastflow process that ran it is gone"
             )
-            if not _move(s, run, status=status.value, finished_at=now, failure_reason=reason):
+            moved = _move(
+                s,
+                run,
+                status=status.value,
+                finished_at=now,
+                failure_reason=reason,
+                follow_up_due=not cancelled,
+            )
+            if not moved:
                 continue  # another process retired it first
             retired += 1
             if failed is not None and not cancelled:
@@ -540,6 +568,23 @@ def sweep_dead(
     if retired:
         readcache.invalidate()
     return retired
+
+
+def unfollowed(
+    db: Database, alive: Callable[[PipelineRun], bool], *, this_host: bool
+) -> list[PipelineRun]:
+    """The finished runs (of this host, or of every other host) still ``follow_up_due``
+    whose process ``alive`` says is gone: it died between committing the final status
+    and queuing the retry or triggers (``orchestration.followup`` queues them, once)."""
+    host = PipelineRun.runner_host == HOSTNAME if this_host else PipelineRun.runner_host != HOSTNAME
+    with db.session() as s:
+        rows = s.scalars(
+            select(PipelineRun)
+            .where(text(FOLLOW_UP_DUE_WHERE), host)
+            .order_by(PipelineRun.finished_at)
+        ).all()
+        s.expunge_all()
+    return [run for run in rows if run.status in FINAL_STATUSES and not alive(run)]
 
 
 def _move(s: Session, run: PipelineRun, **values: Any) -> bool:
@@ -615,6 +660,7 @@ def fail_with_note(
         run.status = RunStatus.FAILED.value
         run.finished_at = utcnow()
         run.failure_reason = text
+        run.follow_up_due = True
         if run.log_file and note:
             run.log_size = _append_note(logs_root, run.log_file, text)
     readcache.invalidate()

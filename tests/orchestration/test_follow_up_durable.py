@@ -1,0 +1,254 @@
+"""A run's retry and triggers survive the death of the process that ran it.
+
+An outside audit killed ``fastflow serve`` between committing a run's final status and
+queuing its retry (a separate transaction): the retry was lost for good. Same for
+``fastflow run`` killed with -9 while waiting for its next attempt. Now the final status
+commits with ``follow_up_due`` set; the retry or triggers commit with it cleared; the
+sweep of any live process follows up the runs of dead ones, exactly once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from fastflow.config import load_settings
+from fastflow.context import Context, bootstrap
+from fastflow.db.engine import Database
+from fastflow.db.models import PipelineRun, RunStatus, utcnow
+from fastflow.orchestration import followup, queue
+from fastflow.orchestration.dispatcher import STALE_S, Dispatcher
+from fastflow.runs import store as runs
+from tests.conftest import MakePipeline, cli_process, run_cli, wait_until
+from tests.harness.ports import free_port
+
+RETRY_ONCE = '{"retries": {"max": 1, "delay_seconds": 0}}'
+
+
+def _rows(ctx: Context, name: str) -> list[PipelineRun]:
+    with ctx.db.session() as s:
+        return list(
+            s.scalars(
+                select(PipelineRun)
+                .where(PipelineRun.pipeline_name == name)
+                .order_by(PipelineRun.started_at)
+            )
+        )
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _ended_run(ctx: Context, name: str, *, pid: int, status: RunStatus) -> PipelineRun:
+    """A run of ``name`` owned by ``pid`` that ended ``status`` (follow-up due)."""
+    run = runs.create(ctx.db, name, "manual", pid=pid)
+    runs.finish(ctx.db, run.id, status, 1, 0, "exit code 1")
+    row = runs.get(ctx.db, run.id)
+    assert row is not None and row.follow_up_due is (status is not RunStatus.CANCELLED)
+    return row
+
+
+def test_a_server_killed_before_the_follow_up_leaves_it_to_the_next_process(
+    app: Context, ff_env: dict[str, str], make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    folder = make_pipeline("flaky", "raise SystemExit(1)\n", RETRY_ONCE)
+    # the run breaks its own pipeline.json as it ends: the server's follow-up then waits
+    # for the file to settle, and is killed in that window (after the final status)
+    (folder / "main.py").write_text(
+        "from pathlib import Path\n"
+        f"Path({str(folder / 'pipeline.json')!r}).write_text('{{\"retries\": ')\n"
+        "raise SystemExit(1)\n",
+        encoding="utf-8",
+    )
+    first = queue.enqueue(app.db, "flaky", "manual")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "fastflow", "serve", "--port", str(free_port())],
+            env={**os.environ, **ff_env},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            wait_until(lambda: b"reading it again" in log.read_bytes(), 60, "the follow-up")
+            server.kill()
+        finally:
+            server.kill()
+            server.wait(30)
+    (row,) = _rows(app, "flaky")
+    assert (row.id, row.status, row.follow_up_due) == (first, "FAILED", True)
+
+    (folder / "pipeline.json").write_text(RETRY_ONCE, encoding="utf-8")
+    for _ in range(2):  # any later command follows it up; the second finds nothing to do
+        done = run_cli("runs", env=ff_env)
+        assert done.returncode == 0, done.stderr
+    ended, retry = _rows(app, "flaky")
+    assert ended.id == first and not ended.follow_up_due
+    assert (retry.status, retry.attempt, retry.retry_of, retry.triggered_by) == (
+        "QUEUED",
+        2,
+        first,
+        "retry",
+    )
+
+
+def test_fastflow_run_killed_while_waiting_leaves_its_retry_to_a_server(
+    app: Context, ff_env: dict[str, str], make_pipeline: MakePipeline
+) -> None:
+    make_pipeline("flaky", "raise SystemExit(1)\n", '{"retries": {"max": 2, "delay_seconds": 300}}')
+    with cli_process("run", "flaky", env=ff_env) as proc:
+        wait_until(
+            lambda: [r.status for r in _rows(app, "flaky")] == ["FAILED"], 60, "attempt 1's end"
+        )
+        proc.kill()
+        proc.communicate(timeout=30)
+    (first,) = _rows(app, "flaky")
+    assert first.follow_up_due
+    done = run_cli("runs", env=ff_env)
+    assert done.returncode == 0, done.stderr
+    ended, retry = _rows(app, "flaky")
+    assert not ended.follow_up_due
+    assert (retry.status, retry.attempt, retry.retry_of) == ("QUEUED", 2, first.id)
+    # the delay counts from the attempt's end, as it would have in the killed process
+    assert first.finished_at is not None and retry.not_before is not None
+    assert retry.not_before - first.finished_at == timedelta(seconds=300)
+
+
+def test_fastflow_run_stopped_while_waiting_owes_no_retry(
+    app: Context, ff_env: dict[str, str], make_pipeline: MakePipeline
+) -> None:
+    make_pipeline("flaky", "raise SystemExit(1)\n", '{"retries": {"max": 2, "delay_seconds": 300}}')
+    with cli_process("run", "flaky", env=ff_env) as proc:
+        wait_until(
+            lambda: [r.status for r in _rows(app, "flaky")] == ["FAILED"], 60, "attempt 1's end"
+        )
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    done = run_cli("runs", env=ff_env)
+    assert done.returncode == 0, done.stderr
+    (only,) = _rows(app, "flaky")
+    assert (only.status, only.follow_up_due) == ("FAILED", False)
+
+
+def test_the_foreground_retry_clears_the_mark_of_the_attempt_it_retries(
+    app: Context, ff_env: dict[str, str], make_pipeline: MakePipeline
+) -> None:
+    make_pipeline("flaky", "raise SystemExit(1)\n", '{"retries": {"max": 1, "delay_seconds": 0}}')
+    done = run_cli("run", "flaky", env=ff_env)
+    assert done.returncode != 0
+    rows = _rows(app, "flaky")
+    assert [(r.attempt, r.status, r.follow_up_due) for r in rows] == [
+        (1, "FAILED", False),
+        (2, "FAILED", False),
+    ]
+    assert run_cli("runs", env=ff_env).returncode == 0
+    assert len(_rows(app, "flaky")) == 2  # nothing left over for a sweep to queue
+
+
+def test_the_server_sweep_follows_up_runs_of_dead_processes_and_its_own_stale_ones(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    make_pipeline("flaky", "raise SystemExit(1)\n", RETRY_ONCE)
+    dead = _ended_run(app, "flaky", pid=_dead_pid(), status=RunStatus.FAILED)
+    fresh = _ended_run(app, "flaky", pid=os.getpid(), status=RunStatus.FAILED)
+    stale = _ended_run(app, "flaky", pid=os.getpid(), status=RunStatus.FAILED)
+    with app.db.session() as s:
+        s.get(PipelineRun, stale.id).finished_at = utcnow() - timedelta(seconds=STALE_S + 5)  # type: ignore[union-attr]
+    cancelled = _ended_run(app, "flaky", pid=_dead_pid(), status=RunStatus.CANCELLED)
+
+    Dispatcher(app)._follow_up_left_over()
+    retries = {r.retry_of for r in _rows(app, "flaky") if r.attempt == 2}
+    assert retries == {dead.id, stale.id}  # not the fresh one (its thread follows it up)
+    assert runs.get(app.db, fresh.id).follow_up_due  # type: ignore[union-attr]
+    assert not runs.get(app.db, cancelled.id).follow_up_due  # type: ignore[union-attr]
+    Dispatcher(app)._follow_up_left_over()
+    assert len(_rows(app, "flaky")) == 6  # once only
+
+
+def _follower(url: str, ended: followup.Ended, pipelines_dir: str, barrier: Barrier) -> None:
+    db = Database(load_settings(database_url=url))
+    try:
+        with db.session() as s:  # connected and warm before the start line
+            s.scalar(select(func.count()).select_from(PipelineRun))
+        barrier.wait(timeout=60)
+        followup.follow_up(db, Path(pipelines_dir), ended)
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_following_up_one_run_at_once_queue_one_retry(
+    backend: str,
+    ff_env: dict[str, str],
+    make_pipeline: MakePipeline,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if backend == "postgresql":
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
+    ctx = bootstrap(load_settings())
+    url = ctx.settings.database_url
+    make_pipeline("flaky", "raise SystemExit(1)\n", RETRY_ONCE)
+    fork = multiprocessing.get_context("fork")
+    try:
+        for _ in range(3):
+            run = _ended_run(ctx, "flaky", pid=_dead_pid(), status=RunStatus.FAILED)
+            ended = followup.ended_of(run)
+            ctx.db.dispose()  # no connection of this process crosses the fork
+            barrier = fork.Barrier(4)
+            procs = [
+                fork.Process(target=_follower, args=(url, ended, ff_env["PIPELINES_DIR"], barrier))
+                for _ in range(4)
+            ]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(timeout=120)
+            assert [p.exitcode for p in procs] == [0] * 4
+            retries = [r for r in _rows(ctx, "flaky") if r.retry_of == run.id]
+            assert len(retries) == 1
+    finally:
+        ctx.db.dispose()
+
+
+def test_runs_that_ended_before_the_upgrade_are_not_followed_up_again(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from fastflow.db.engine import MIGRATIONS_DIR
+
+    url = f"sqlite:///{tmp_path}/ff.db"
+    db = Database(load_settings(_env_file=None, database_url=url))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0013")
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO pipeline_runs (id, pipeline_name, status, triggered_by, started_at,"
+                " runner_host, runner_pid) VALUES (:id, 'old', 'FAILED', 'cli',"
+                " '2026-12-01 10:00:00.000000', :host, 1)"
+            ),
+            {"id": uuid.uuid4().hex, "host": runs.HOSTNAME},
+        )
+    db.migrate()
+    (row,) = runs.list_runs(db, pipeline="old")
+    assert row.follow_up_due is False
+    assert runs.unfollowed(db, lambda _run: False, this_host=True) == []
+    db.dispose()
