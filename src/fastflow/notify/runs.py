@@ -107,8 +107,7 @@ def _announce(
         channels = records.undelivered(ctx.db, applied.incident_id, channels, now)
         if channels:
             log.warning(
-                "the last notification about pipeline %s was not delivered on %s: "
-                "sending it again",
+                "the last notification about pipeline %s was not delivered on %s: sending it again",
                 run.pipeline_name,
                 ", ".join(channels),
             )
