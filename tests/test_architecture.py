@@ -15,6 +15,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "security": 0,
     "exit_codes": 0,
+    "strict_json": 0,
     "db": 1,
     "runs": 1,
     "environments": 1,

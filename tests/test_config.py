@@ -101,6 +101,8 @@ BAD = [
     ("S3_USE_PATH_STYLE", "sometimes"),
     ("S3_MAX_CONCURRENCY", "0"),
     ("S3_PREFIX", "a/../b"),
+    ("S3_PREFIX", " "),  # a folder named " ": nobody finds it by name
+    ("S3_PREFIX", "logs /2026"),
     ("EMAIL_ENABLED", "perhaps"),
     ("SMTP_PORT", "70000"),
     ("SMTP_FROM", "not-an-address"),

@@ -388,6 +388,11 @@ class Settings(BaseSettings):
         v = v.strip("/")
         if any(part in ("", ".", "..") for part in v.split("/")) and v:
             raise ValueError("must not contain empty, '.' or '..' segments")
+        if any(part != part.strip() for part in v.split("/")):
+            # " " or "logs /x" is a folder nobody finds by name in the bucket's listing
+            raise ValueError("must not have a segment that starts or ends with a space")
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("must not contain control characters")
         if len(v.encode("utf-8")) > MAX_S3_PREFIX_BYTES:
             # an S3 key is at most 1,024 bytes: the pipeline, run id and file name follow
             raise ValueError(f"must be at most {MAX_S3_PREFIX_BYTES} bytes")

@@ -122,3 +122,23 @@ def test_trigger_cycles_finds_one_cycle_per_group() -> None:
     graph = {"a": ("b", "c"), "b": ("a",), "c": ("d",), "d": ("c", "e"), "e": ()}
     assert trigger_cycles(graph) == [["a", "b", "a"], ["c", "d", "c"]]
     assert trigger_cycles({"a": ("ghost",)}) == []
+
+
+def test_nan_a_key_given_twice_and_absurd_nesting_are_errors_not_tracebacks(
+    make_pipeline: MakePipeline, cli: Cli
+) -> None:
+    """An outside audit: a deeply nested pipeline.json gave RecursionError tracebacks, a
+    key given twice silently kept the last value, ``NaN`` passed as a number."""
+    make_pipeline("twice", config='{"max_instances": 1, "max_instances": 5}')
+    make_pipeline("nan", config='{"timeout": NaN}')
+    make_pipeline("deep", config='{"env": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    make_pipeline("fine", config='{"max_instances": 2}')
+    res = cli("pipelines", "check")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "twice:" in res.stderr and "the key 'max_instances' is given twice" in res.stderr
+    assert "nan:" in res.stderr and "NaN is not a JSON value" in res.stderr
+    assert "deep:" in res.stderr and "nested too deeply" in res.stderr
+    assert "fine:" not in res.stderr
+    run = cli("run", "deep")
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "nested too deeply" in run.stderr

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from html import escape
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from fastflow.errors import (
     ArchiveError,
@@ -63,8 +64,32 @@ def install(app: FastAPI) -> None:
         return JSONResponse(body, status_code=status_for(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": [_without_input(e) for e in exc.errors()]}, status_code=422)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        errors = [_without_input(e) for e in exc.errors()]
+        if _wants_page(request):  # a browser on a page (``/runs?page=x``): a page
+            return _html_error(errors)
+        return JSONResponse({"detail": errors}, status_code=422)
+
+
+def _wants_page(request: Request) -> bool:
+    """A browser asking for one of the web UI's pages (not the API, webhooks included)."""
+    path = request.url.path
+    return not path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+
+
+def _html_error(errors: list[dict[str, Any]]) -> HTMLResponse:
+    """A bare 422 page naming what was wrong (``page: Input should be ...``)."""
+    items = "".join(
+        f"<li>{escape(str(e['loc'][-1]) if e['loc'] else 'request')}: {escape(e['msg'])}</li>"
+        for e in errors
+    )
+    body = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        "<title>Invalid request · fastflow</title></head><body>"
+        f"<h1>Invalid request</h1><ul>{items}</ul>"
+        '<p><a href="/">Back to the overview</a></p></body></html>'
+    )
+    return HTMLResponse(body, status_code=422)
 
 
 def _without_input(error: Any) -> dict[str, Any]:

@@ -8,13 +8,13 @@ characters.
 
 from __future__ import annotations
 
-import json
 import logging
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastflow import strict_json
 from fastflow.config import MAX_LOG_SIZE_MB, MAX_RETENTION_DAYS, MAX_RETENTION_RUNS
 from fastflow.errors import InvalidPipelineConfig, InvalidPipelineName, PipelineNotFound
 from fastflow.runs.pipeline_config import PipelineConfig, parse
@@ -141,8 +141,8 @@ def _read_config(path: Path) -> dict[str, Any]:
             )
         return {}
     try:
-        data = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = strict_json.loads(cfg_file.read_text(encoding="utf-8"), unique_keys=True)
+    except (OSError, ValueError) as e:  # (also invalid UTF-8, NaN, a key given twice)
         raise InvalidPipelineConfig(f"{cfg_file}: cannot read pipeline.json: {e}") from e
     if not isinstance(data, dict):
         raise InvalidPipelineConfig(f"{cfg_file}: pipeline.json must hold a JSON object")

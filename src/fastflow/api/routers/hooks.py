@@ -8,7 +8,6 @@ key is the credential. A wrong key, no key and an unknown pipeline get the same 
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from typing import Annotated, Any
@@ -18,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from fastflow import strict_json
 from fastflow.api.deps import CtxDep, LauncherDep
 from fastflow.errors import AuthError, InvalidInput
 from fastflow.orchestration import webhooks
@@ -81,8 +81,8 @@ def _payload(body: bytes) -> bytes | None:
     if not body.strip():
         return None
     try:
-        json.loads(body)
-    except (ValueError, RecursionError):  # also invalid UTF-8 and absurd nesting
+        strict_json.loads(body)
+    except ValueError:  # also invalid UTF-8, NaN and absurd nesting
         raise InvalidInput("the request body must be JSON (or empty)") from None
     return body
 
