@@ -54,7 +54,7 @@ def test_first_sight_is_a_baseline_then_each_tick_queues_one_run(
 
 
 def test_missed_ticks_coalesce_into_one_run_or_are_skipped_when_stale(
-    app: Context, make_pipeline: MakePipeline
+    app: Context, make_pipeline: MakePipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
     make_pipeline(
         "hourly",
@@ -62,11 +62,17 @@ def test_missed_ticks_coalesce_into_one_run_or_are_skipped_when_stale(
     )
     p = _load(app, "hourly")
     (spec,) = p.config.schedules
+    caplog.set_level("INFO", logger="fastflow.orchestration")
     fire_due(app, p, spec, T0)  # baseline 12:00
     # the server was down 12:00-15:05: ticks 13:00, 14:00, 15:00; the latest is 5 min old
     assert fire_due(app, p, spec, T0 + timedelta(hours=3, minutes=5)) == "queued"
     (run,) = _runs(app)
     assert run.scheduled_for == T0 + timedelta(hours=3)
+    # the three ticks are counted, the one that runs with them (an outside audit: "2")
+    assert (
+        "hourly/0: 3 ticks coalesced into one run (at 2026-12-01T15:00:00+00:00, the "
+        "latest; 2 earlier not run)" in caplog.text
+    )
     # down again until 17:30: the 16:00 and 17:00 ticks are older than the grace
     assert fire_due(app, p, spec, T0 + timedelta(hours=5, minutes=30)) == "stale"
     assert len(_runs(app)) == 1

@@ -33,7 +33,12 @@ def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool, adopt_logs_dir
     from fastflow.errors import ConfigError, PassAlreadyRunning
     from fastflow.lifecycle.cleanup import record_crashed_pass, run_pass
 
-    app = _context(ctx)
+    try:
+        app = _context(ctx)
+    except Exception as e:
+        if not dry_run:
+            _tell_without_database(ctx, e)
+        raise
     if adopt_logs_dir:
         if dry_run:
             _fail("--adopt-logs-dir changes LOGS_DIR: not with --dry-run", exit_codes.CONFIG)
@@ -104,6 +109,22 @@ def _report(summary: PassSummary, dry_run: bool, as_json: bool) -> None:
     for failure in summary.failures[:20]:
         who = f"{failure.pipeline_name} run {failure.run_id}" if failure.run_id else "pass"
         click.echo(f"  failed: {who}: {failure.error}", err=True)
+
+
+def _tell_without_database(ctx: click.Context, e: Exception) -> None:
+    """The database cannot be opened (its disk full, the server away): the pass cannot
+    run, be recorded or keep its incident, so the operators are told directly."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fastflow import notify
+    from fastflow.config import Settings
+    from fastflow.security import redact
+
+    known = exit_codes.for_error(e)
+    settings = ctx.obj
+    if not isinstance(e, SQLAlchemyError) or known is None or not isinstance(settings, Settings):
+        return
+    notify.without_database(settings, redact(f"the cleanup pass failed: {known[1]}", settings))
 
 
 def _crash_line(app: Context, e: Exception) -> str:

@@ -7,6 +7,9 @@ announce) -> ``records`` (incident state, delivery record) -> ``messages`` /
 Entry points:
 
 - ``after_pass(ctx, summary)`` after every cleanup pass (returns at once; never raises);
+  a pass the database could not record is announced directly, at most once a reminder
+  interval per process; ``without_database(settings, error)`` when the database cannot
+  even be opened (``fastflow cleanup``);
 - ``after_run(ctx, run_id, status, final)`` after every run (returns at once; never raises);
 - ``open_run_incidents(ctx)`` for the UI's bell: pipelines whose failures are unresolved;
 - ``send_test(ctx, email=..., teams=...)`` for ``fastflow notify test`` and the UI;
@@ -17,7 +20,13 @@ Entry points:
 
 from fastflow.notify import models as models  # registers the tables on Base.metadata
 from fastflow.notify.delivery import ChannelResult, Delivery
-from fastflow.notify.dispatch import CLI_WAIT_S, after_pass, last_results, send_test
+from fastflow.notify.dispatch import (
+    CLI_WAIT_S,
+    after_pass,
+    last_results,
+    send_test,
+    without_database,
+)
 from fastflow.notify.incidents import Kind
 from fastflow.notify.retry import DeliveryOptions
 from fastflow.notify.runs import after_run, open_run_incidents
@@ -37,4 +46,5 @@ __all__ = [
     "raise_incident",
     "resolve_incident",
     "send_test",
+    "without_database",
 ]

@@ -172,10 +172,11 @@ def _send(ctx: Context, channel: str, message: Message, options: DeliveryOptions
 def deliver(
     ctx: Context,
     message: Message,
-    rows: dict[str, int],
+    rows: dict[str, int | None],
     options: DeliveryOptions,
 ) -> list[ChannelResult]:
-    """Send on every channel of ``rows`` in parallel; record and log each outcome."""
+    """Send on every channel of ``rows`` in parallel; record (a row id; None: not
+    recorded, the database cannot be written) and log each outcome."""
     if not rows:
         return []
     outcomes: dict[str, Outcome] = {}
@@ -194,9 +195,10 @@ def deliver(
     results: list[ChannelResult] = []
     for channel in rows:
         outcome = outcomes.get(channel) or Outcome(False, "the delivery thread failed", 0)
-        at = utcnow()
+        at, row_id = utcnow(), rows[channel]
         try:
-            at = records.finish_delivery(ctx.db, rows[channel], outcome)
+            if row_id is not None:
+                at = records.finish_delivery(ctx.db, row_id, outcome)
         except Exception as e:
             log.error("cannot record the %s delivery: %s", channel, type(e).__name__)
         kind = message.kind.value
@@ -206,7 +208,8 @@ def deliver(
             log.warning("%s notification failed (%s): %s", channel, kind, outcome.error)
         results.append(ChannelResult(channel, outcome.ok, outcome.error, at, outcome.attempts))
     try:
-        records.prune(ctx.db)
+        if any(row_id is not None for row_id in rows.values()):
+            records.prune(ctx.db)
     except Exception as e:
         log.error("cannot prune the notification deliveries: %s", type(e).__name__)
     return results
@@ -219,7 +222,7 @@ def start_rows(
     subject: str,
     incident_id: int | None,
     pass_id: int | None = None,
-) -> dict[str, int]:
+) -> dict[str, int | None]:
     """One "in progress" delivery row per channel; returns their ids by channel."""
     return {
         ch: records.start_delivery(
@@ -232,7 +235,7 @@ def start_rows(
 def submit(
     ctx: Context,
     delivery: Delivery,
-    rows: dict[str, int],
+    rows: dict[str, int | None],
     compose: Callable[[], Message],
     options: DeliveryOptions,
 ) -> None:
@@ -258,11 +261,13 @@ def submit(
     _worker_for(ctx.db).submit(job)
 
 
-def _fail_all(ctx: Context, rows: dict[str, int], error: str) -> list[ChannelResult]:
+def _fail_all(ctx: Context, rows: dict[str, int | None], error: str) -> list[ChannelResult]:
     log.error("notification not sent: %s", error)
     results: list[ChannelResult] = []
     for channel, row_id in rows.items():
-        at = records.finish_delivery(ctx.db, row_id, Outcome(False, error, 0))
+        at = utcnow()
+        if row_id is not None:
+            at = records.finish_delivery(ctx.db, row_id, Outcome(False, error, 0))
         results.append(ChannelResult(channel, False, error, at))
     return results
 

@@ -39,6 +39,7 @@ from fastflow.notify.retry import DeliveryOptions
 from fastflow.security import redact
 
 if TYPE_CHECKING:
+    from fastflow.config import Settings
     from fastflow.lifecycle.cleanup import PassSummary
 
 CLI_WAIT_S = 20.0  # how long ``fastflow cleanup`` waits for delivery before exiting
@@ -88,9 +89,13 @@ def after_pass(
     give the delivery time to finish. Never raises.
     """
     try:
-        if summary.dry_run or summary.pass_id is None:
+        if summary.dry_run:
             return Delivery.nothing()
         now = now or utcnow()
+        if summary.pass_id is None:  # not even recorded: the database cannot be written
+            if summary.error is None:
+                return Delivery.nothing()
+            return _unrecorded(ctx, summary.error, now, options or DeliveryOptions())
         applied = records.apply_pass(
             ctx.db,
             failure_keys(summary),
@@ -129,6 +134,59 @@ def after_pass(
             safe(ctx, f"{type(e).__name__}: {e}"),
         )
         return Delivery.nothing()
+
+
+_unrecorded_at: list[datetime] = []  # when this process last sent ``_unrecorded``
+
+
+def _unrecorded(ctx: Context, error: str, now: datetime, options: DeliveryOptions) -> Delivery:
+    """A pass that failed before the database could record it (the database's disk full,
+    the database away): the incident cannot be kept, so this process tells the enabled
+    channels directly — at most once per ``NOTIFY_REMINDER_HOURS`` (a server), once per
+    ``fastflow cleanup`` — with nothing recorded."""
+    if _unrecorded_at and now - _unrecorded_at[-1] < reminder_interval(ctx):
+        return Delivery.nothing()
+    channels = enabled_channels(ctx)
+    notice = _unrecorded_notice(ctx, error, now)
+    log.error("backup notification without the database: %s", messages.subject(notice))
+    if not channels:
+        return Delivery.nothing(notice.kind)
+    _unrecorded_at[:] = [now]
+    delivery = Delivery(notice.kind)
+    rows: dict[str, int | None] = dict.fromkeys(channels)
+    submit(ctx, delivery, rows, lambda: messages.render(notice), options)
+    return delivery
+
+
+def without_database(
+    settings: Settings, error: str, *, options: DeliveryOptions | None = None
+) -> list[ChannelResult]:
+    """``fastflow cleanup`` that cannot even open its database (its disk full): tell the
+    channels enabled in the environment (the overrides saved in the database cannot be
+    read), waiting for the delivery; nothing is recorded. Never raises."""
+    from fastflow.db.engine import Database
+
+    try:
+        ctx = Context(settings=settings, db=Database(settings))  # (never connected here)
+        now = utcnow()
+        channels = enabled_channels(ctx)
+        notice = _unrecorded_notice(ctx, error, now)
+        log.error("backup notification without the database: %s", messages.subject(notice))
+        opts = options or DeliveryOptions()
+        return deliver(ctx, messages.render(notice), dict.fromkeys(channels), opts)
+    except Exception as e:
+        log.error("cannot notify without the database: %s", type(e).__name__)
+        return []
+
+
+def _unrecorded_notice(ctx: Context, error: str, now: datetime) -> Notice:
+    return Notice(
+        kind=Kind.FAILURE,
+        at=now,
+        base_url=ctx.settings.fastflow_base_url,
+        pass_errors=(safe(ctx, error) + " (the database could not record the pass)",),
+        since=now,
+    )
 
 
 def _notice(

@@ -249,7 +249,7 @@ def _announce(ctx: Context, notice: SystemNotice, options: DeliveryOptions | Non
     channels = enabled_channels(ctx)
     if not channels:
         return Delivery.nothing(notice.kind)
-    rows = {
+    rows: dict[str, int | None] = {
         ch: records.start_delivery(ctx.db, RECORD_KINDS[notice.kind], ch, message.subject)
         for ch in channels
     }

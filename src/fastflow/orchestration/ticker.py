@@ -118,7 +118,14 @@ def fire_due(ctx: Context, pipeline: pipelines.Pipeline, spec: ScheduleSpec, now
     if not _record(ctx, pipeline, spec, d.fire_at, outcome):
         return "taken"
     if d.missed:
-        log.info("%s/%s: %d missed ticks coalesced into one run", pipeline.name, spec.key, d.missed)
+        log.info(
+            "%s/%s: %d ticks coalesced into one run (at %s, the latest; %d earlier not run)",
+            pipeline.name,
+            spec.key,
+            d.missed + 1,
+            d.fire_at.isoformat(timespec="seconds"),
+            d.missed,
+        )
     if outcome == "skipped":
         log.info(
             "%s/%s: tick %s skipped: %d runs already queued or active (max_instances)",
