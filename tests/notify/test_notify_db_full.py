@@ -32,6 +32,17 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
+def _mail_env(smtp: SmtpCapture) -> dict[str, str]:
+    return {
+        "EMAIL_ENABLED": "true",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp.port),
+        "SMTP_SECURITY": "none",
+        "SMTP_FROM": "fastflow@example.com",
+        "EMAIL_RECIPIENTS": "ops@example.com",
+    }
+
+
 def _fill(folder: Path) -> None:
     """Write until the file system is full."""
     with open(folder / "filler", "wb") as f:
@@ -52,13 +63,8 @@ def test_a_pass_the_database_cannot_record_is_still_announced(
     smtp = smtp_factory()
     env = {
         **ff_env,
+        **_mail_env(smtp),
         "DATABASE_URL": f"sqlite:///{small_fs / 'fastflow.db'}",
-        "EMAIL_ENABLED": "true",
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp.port),
-        "SMTP_SECURITY": "none",
-        "SMTP_FROM": "fastflow@example.com",
-        "EMAIL_RECIPIENTS": "ops@example.com",
         "TEAMS_ENABLED": "true",
         "TEAMS_WEBHOOK_URL": teams_endpoint.url,
     }
@@ -94,14 +100,7 @@ def test_a_server_pass_the_database_could_not_record_is_announced_once_a_day(
     from fastflow.notify import dispatch
 
     smtp = smtp_factory()
-    for key, value in {
-        "EMAIL_ENABLED": "true",
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp.port),
-        "SMTP_SECURITY": "none",
-        "SMTP_FROM": "fastflow@example.com",
-        "EMAIL_RECIPIENTS": "ops@example.com",
-    }.items():
+    for key, value in _mail_env(smtp).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(dispatch, "_unrecorded_at", [])
     ctx = bootstrap(load_settings())

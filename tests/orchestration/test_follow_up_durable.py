@@ -105,43 +105,32 @@ def test_a_server_killed_before_the_follow_up_leaves_it_to_the_next_process(
     )
 
 
-def test_fastflow_run_killed_while_waiting_leaves_its_retry_to_a_server(
-    app: Context, ff_env: dict[str, str], make_pipeline: MakePipeline
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_fastflow_run_ended_while_waiting_for_its_next_attempt(
+    app: Context, ff_env: dict[str, str], make_pipeline: MakePipeline, sig: signal.Signals
 ) -> None:
+    """Killed (-9): the retry is left to a server, queued by the next command. Stopped
+    (Ctrl-C): no retry is owed."""
     make_pipeline("flaky", "raise SystemExit(1)\n", '{"retries": {"max": 2, "delay_seconds": 300}}')
     with cli_process("run", "flaky", env=ff_env) as proc:
         wait_until(
             lambda: [r.status for r in _rows(app, "flaky")] == ["FAILED"], 60, "attempt 1's end"
         )
-        proc.kill()
-        proc.communicate(timeout=30)
-    (first,) = _rows(app, "flaky")
-    assert first.follow_up_due
-    done = run_cli("runs", env=ff_env)
-    assert done.returncode == 0, done.stderr
-    ended, retry = _rows(app, "flaky")
-    assert not ended.follow_up_due
-    assert (retry.status, retry.attempt, retry.retry_of) == ("QUEUED", 2, first.id)
-    # the delay counts from the attempt's end, as it would have in the killed process
-    assert first.finished_at is not None and retry.not_before is not None
-    assert retry.not_before - first.finished_at == timedelta(seconds=300)
-
-
-def test_fastflow_run_stopped_while_waiting_owes_no_retry(
-    app: Context, ff_env: dict[str, str], make_pipeline: MakePipeline
-) -> None:
-    make_pipeline("flaky", "raise SystemExit(1)\n", '{"retries": {"max": 2, "delay_seconds": 300}}')
-    with cli_process("run", "flaky", env=ff_env) as proc:
-        wait_until(
-            lambda: [r.status for r in _rows(app, "flaky")] == ["FAILED"], 60, "attempt 1's end"
-        )
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         proc.communicate(timeout=60)
     assert proc.returncode != 0
     done = run_cli("runs", env=ff_env)
     assert done.returncode == 0, done.stderr
-    (only,) = _rows(app, "flaky")
-    assert (only.status, only.follow_up_due) == ("FAILED", False)
+    if sig == signal.SIGINT:
+        (only,) = _rows(app, "flaky")
+        assert (only.status, only.follow_up_due) == ("FAILED", False)
+        return
+    ended, retry = _rows(app, "flaky")
+    assert not ended.follow_up_due
+    assert (retry.status, retry.attempt, retry.retry_of) == ("QUEUED", 2, ended.id)
+    # the delay counts from the attempt's end, as it would have in the killed process
+    assert ended.finished_at is not None and retry.not_before is not None
+    assert retry.not_before - ended.finished_at == timedelta(seconds=300)
 
 
 def test_the_foreground_retry_clears_the_mark_of_the_attempt_it_retries(
