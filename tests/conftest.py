@@ -72,6 +72,14 @@ RUN_FIELDS = frozenset(
 
 MakePipeline = Callable[..., Path]
 
+# what the "forkserver" of the multi-process tests imports once, before it forks children
+FORKSERVER_PRELOAD = [
+    "fastflow.config",
+    "fastflow.db.engine",
+    "fastflow.orchestration.followup",
+    "fastflow.orchestration.queue",
+]
+
 
 @contextmanager
 def cli_process(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:

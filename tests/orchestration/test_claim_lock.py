@@ -19,6 +19,7 @@ from fastflow.db.engine import Database
 from fastflow.db.models import PipelineRun
 from fastflow.orchestration import queue
 from fastflow.runs import store as runs
+from tests.conftest import FORKSERVER_PRELOAD
 
 PROCESSES = 4
 ROUNDS = 8
@@ -41,13 +42,16 @@ def _claimant(url: str, pipeline: str, index: int, barrier: Barrier) -> None:
 
 def test_racing_claims_never_exceed_max_instances(app: Context, ff_env: dict[str, str]) -> None:
     url = ff_env["DATABASE_URL"]
-    fork = multiprocessing.get_context("fork")
+    # not "fork": a child forked while another thread of this process (a notification
+    # worker left by an earlier test) held a lock could hang on it before the start line
+    fork = multiprocessing.get_context("forkserver")
+    fork.set_forkserver_preload(FORKSERVER_PRELOAD)
     over: list[tuple[str, int]] = []
     for round_ in range(ROUNDS):
         pipeline = f"race-{round_}"
         for _ in range(PROCESSES):
             queue.enqueue(app.db, pipeline, "webhook")
-        app.db.dispose()  # no connection of this process crosses the fork
+        app.db.dispose()  # (the children open their own connections)
         barrier = fork.Barrier(PROCESSES)
         procs = [
             fork.Process(target=_claimant, args=(url, pipeline, i, barrier))

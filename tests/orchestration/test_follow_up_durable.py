@@ -28,7 +28,7 @@ from fastflow.db.models import PipelineRun, RunStatus, utcnow
 from fastflow.orchestration import followup, queue
 from fastflow.orchestration.dispatcher import STALE_S, Dispatcher
 from fastflow.runs import store as runs
-from tests.conftest import MakePipeline, cli_process, run_cli, wait_until
+from tests.conftest import FORKSERVER_PRELOAD, MakePipeline, cli_process, run_cli, wait_until
 from tests.harness.ports import free_port
 
 RETRY_ONCE = '{"retries": {"max": 1, "delay_seconds": 0}}'
@@ -192,12 +192,15 @@ def test_processes_following_up_one_run_at_once_queue_one_retry(
     ctx = bootstrap(load_settings())
     url = ctx.settings.database_url
     make_pipeline("flaky", "raise SystemExit(1)\n", RETRY_ONCE)
-    fork = multiprocessing.get_context("fork")
+    # not "fork": a child forked while another thread of this process (a notification
+    # worker left by an earlier test) held a lock could hang on it before the start line
+    fork = multiprocessing.get_context("forkserver")
+    fork.set_forkserver_preload(FORKSERVER_PRELOAD)
     try:
         for _ in range(3):
             run = _ended_run(ctx, "flaky", pid=_dead_pid(), status=RunStatus.FAILED)
             ended = followup.ended_of(run)
-            ctx.db.dispose()  # no connection of this process crosses the fork
+            ctx.db.dispose()  # (the children open their own connections)
             barrier = fork.Barrier(4)
             procs = [
                 fork.Process(target=_follower, args=(url, ended, ff_env["PIPELINES_DIR"], barrier))
