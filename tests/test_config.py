@@ -197,3 +197,25 @@ def test_a_malformed_database_url_stops_a_command_with_one_line(url: str) -> Non
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert "DATABASE_URL" in res.stderr and "hunter2pw" not in res.stderr
+
+
+@pytest.mark.parametrize("var", ["S3_ACCESS_KEY", "S3_SECRET_ACCESS_KEY", "SMTP_PASSWORD"])
+def test_a_credential_with_a_line_break_is_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch, var: str
+) -> None:
+    """An outside audit: ``S3_ACCESS_KEY=$'AKVAL\\nx'`` was accepted, and every upload then
+    failed with botocore's "invalid header value" naming the Authorization header."""
+    monkeypatch.setenv(var, "AKVALUE123\nx")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    message = str(err.value)
+    assert f"{var}=***" in message and "control characters" in message
+    assert "AKVALUE123" not in message
+
+
+def test_an_smtp_user_with_a_line_break_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMTP_USER", "ops\nRCPT TO:<x@example.org>")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "SMTP_USER" in str(err.value) and "control characters" in str(err.value)
+    assert "\n" not in str(err.value)  # one line

@@ -20,6 +20,7 @@ from fastflow.config import Settings, load_settings
 from fastflow.context import Context
 from fastflow.db import settings_store
 from fastflow.doctor import Check, DockerHealth, check_docker, run_checks
+from fastflow.errors import ConfigError
 from tests.conftest import MakePipeline, run_cli
 from tests.dockerd import Daemon, docker_daemon  # noqa: F401
 from tests.harness.fixtures import S3Env
@@ -405,12 +406,10 @@ def test_teams_plain_http_to_a_remote_host_is_refused(
     ff_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"http://teams.example.org/webhook/abc/{TEAMS_TOKEN}"
-    checks = by_name(
-        run_checks(settings_with(monkeypatch, TEAMS_ENABLED="true", TEAMS_WEBHOOK_URL=url))
-    )
-    assert checks["teams"].status == "error"
-    assert "must use https" in checks["teams"].detail
-    assert checks["teams"].detail.endswith(": http://teams.example.org")
+    # refused as a setting: the doctor never gets to run with it (exit 2, the token hidden)
+    with pytest.raises(ConfigError) as refused:
+        settings_with(monkeypatch, TEAMS_ENABLED="true", TEAMS_WEBHOOK_URL=url)
+    assert "must use https" in str(refused.value) and TEAMS_TOKEN not in str(refused.value)
 
 
 # --- never hangs ----------------------------------------------------------------------

@@ -109,3 +109,18 @@ def test_error_text_names_the_servers_folders_by_their_settings(tmp_path: Path) 
         )
         == "*** at LOGS_DIR"
     )
+
+
+def test_fastflows_own_tokens_and_keys_are_masked_by_their_form(ff_env: dict[str, str]) -> None:
+    from fastflow.security import new_token
+
+    settings = load_settings()
+    token = new_token()
+    key = "ffwh_" + new_token().removeprefix("ff_")
+    text = f'POST /api/webhooks/etl/{key} 202; Authorization: Bearer {token}; "{token}"'
+    clean = redact(text, settings)
+    assert token not in clean and key not in clean
+    assert clean == 'POST /api/webhooks/etl/ffwh_*** 202; Authorization: Bearer ff_***; "ff_***"'
+    # names that merely start like one stay: a pipeline "ff_daily", a longer identifier
+    for kept in ("ff_daily_report", "ff_" + "a" * 44, "xff_" + "a" * 43):
+        assert redact(f"run of {kept} failed", settings) == f"run of {kept} failed"

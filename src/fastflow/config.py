@@ -141,6 +141,16 @@ def metadata_host_refusal(host: str) -> str | None:
     return None
 
 
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1 (the literal host, no DNS)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_outbound_url(value: str | None) -> str | None:
     checked = _check_url(value, ("http", "https"))
     if checked is not None:
@@ -344,11 +354,33 @@ class Settings(BaseSettings):
         assert checked is not None
         return checked.rstrip("/")
 
+    @field_validator("s3_access_key", "s3_secret_access_key", "smtp_password")
+    @classmethod
+    def _credential(cls, v: SecretStr | None) -> SecretStr | None:
+        # a newline pasted with a key went into the Authorization header, and botocore's
+        # "invalid header value" error then showed the header (an outside audit)
+        if v is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in v.get_secret_value()):
+            raise ValueError("must not contain control characters (a pasted line break?)")
+        return v
+
+    @field_validator("smtp_user")
+    @classmethod
+    def _smtp_user(cls, v: str | None) -> str | None:
+        if v is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in v):
+            raise ValueError("must not contain control characters (a pasted line break?)")
+        return v
+
     @field_validator("teams_webhook_url")
     @classmethod
     def _teams_url(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None:
-            _check_outbound_url(v.get_secret_value())
+            checked = _check_outbound_url(v.get_secret_value())
+            parts = urlsplit(checked or "")
+            if parts.scheme != "https" and not is_loopback_host(parts.hostname or ""):
+                # the token travels in the URL: in clear only to this machine (issue 5)
+                raise ValueError(
+                    "must use https (http only on a loopback address such as 127.0.0.1)"
+                )
         return v
 
     @field_validator("s3_region")

@@ -215,8 +215,17 @@ def url_secrets(url: str) -> list[str]:
     return out
 
 
+# fastflow's own credentials by their form: an API token (``ff_`` + 43 characters of
+# ``token_urlsafe(32)``) or a webhook key (``ffwh_`` + the same), wherever they appear —
+# a webhook key in the path of ``/api/webhooks/{pipeline}/{key}`` reached the access log
+_OWN_CREDENTIAL = re.compile(r"(?<![A-Za-z0-9_-])(ffwh_|ff_)[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+
+
 def redact(text: str, settings: Settings) -> str:
-    """``text`` with every secret of ``settings`` replaced by ``***``."""
+    """``text`` with every secret of ``settings``, and every API token or webhook key of
+    fastflow's form, replaced by ``***`` (a token keeps its ``ff_``/``ffwh_``)."""
+    if "ff" in text:
+        text = _OWN_CREDENTIAL.sub(lambda m: m.group(1) + MASK, text)
     if settings.teams_webhook_url is not None:
         url = settings.teams_webhook_url.get_secret_value()
         text = text.replace(url, mask_url(url))

@@ -139,6 +139,12 @@ def test_runs_logs_metrics(api: Api) -> None:
     )
     assert api.client.get("/api/runs?status=FAILED", headers=api.viewer).json() == []
     assert api.client.get("/api/runs?status=BOGUS", headers=api.viewer).status_code == 422
+    # the route as DESIGN.md writes it: empty values mean the defaults (it was a 422)
+    blank = api.client.get(
+        "/api/runs?pipeline_name=&limit=&offset=&status=&include_archived=", headers=api.viewer
+    )
+    assert blank.status_code == 200, blank.text
+    assert [r["id"] for r in blank.json()] == [str(r.id) for r in reversed(runs)]
     one = api.client.get(f"/api/runs/{runs[0].id}", headers=api.viewer)
     assert one.status_code == 200 and one.json()["pipeline_name"] == "etl"
     assert api.client.get(f"/api/runs/{uuid.uuid4()}", headers=api.viewer).status_code == 404

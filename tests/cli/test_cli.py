@@ -64,7 +64,8 @@ def test_runs_json_and_table(cli: Cli, make_pipeline: MakePipeline) -> None:
     assert [r["id"] for r in rows] == [second, first]  # newest first
     assert all(set(r) >= RUN_FIELDS for r in rows)
     assert rows[0]["status"] == "FAILED" and rows[0]["exit_code"] == 1
-    assert rows[1]["triggered_by"] == "cli"
+    # by hand: issue 11's list is manual, schedule, webhook, upstream, retry, api
+    assert rows[1]["triggered_by"] == "manual"
     only_a = json.loads(cli("runs", "--pipeline", "a", "--json").stdout)
     assert [r["id"] for r in only_a] == [first]
     assert len(json.loads(cli("runs", "--limit", "1", "--json").stdout)) == 1
@@ -188,8 +189,13 @@ def test_cleanup_exit_3_when_another_pass_runs(
 
     with PassLock(app.db):
         res = cli("cleanup")
+        as_json = cli("cleanup", "--json")
     assert res.returncode == 3
     assert "another cleanup pass is running" in res.stderr
+    # --json: one object on stdout still (an outside audit found stdout empty)
+    assert as_json.returncode == 3
+    answer = json.loads(as_json.stdout)
+    assert answer["busy"] is True and "another cleanup pass is running" in answer["error"]
 
 
 def test_cleanup_dry_run_prints_plan_and_changes_nothing(

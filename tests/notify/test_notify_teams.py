@@ -12,6 +12,7 @@ import pytest
 from fastflow import notify
 from fastflow.config import load_settings
 from fastflow.context import Context
+from fastflow.errors import ConfigError
 from fastflow.notify import messages, teams
 from fastflow.notify.incidents import Kind
 from fastflow.notify.messages import FailedRun, Notice
@@ -230,9 +231,11 @@ def test_plain_http_off_loopback_is_refused_without_showing_the_token(
 ) -> None:
     error = teams.check_url(url)
     assert error is not None and "must use https" in error and TOKEN not in error
-    result = _test(teams_ctx(app, url))
-    assert not result.ok and result.attempts == 0
-    assert result.error == error
+    # refused as a setting already (exit 2 at start-up; 422 from PUT /api/settings)
+    with pytest.raises(ConfigError) as refused:
+        teams_ctx(app, url)
+    assert "TEAMS_WEBHOOK_URL" in str(refused.value) and "must use https" in str(refused.value)
+    assert TOKEN not in str(refused.value)
 
 
 def test_other_schemes_are_refused() -> None:

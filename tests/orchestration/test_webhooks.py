@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -475,3 +476,35 @@ def test_a_link_put_where_the_payload_goes_gets_nothing_written_outside(
 
     assert res.status_code == 400 and "symbolic link" in res.text
     assert list(outside.iterdir()) == [] and hooks.runs() == []
+
+
+def test_a_key_in_the_path_never_reaches_the_servers_access_log(
+    ff_env: dict[str, str], make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    """An outside audit: ``POST /api/webhooks/{pipeline}/{key}`` put the key in clear into
+    ``fastflow serve``'s own access log line. Every log record now masks fastflow's API
+    tokens and webhook keys by their form."""
+    import os
+
+    import httpx
+
+    from tests.harness.serve import fastflow_serve
+
+    make_pipeline("hello")
+    created = subprocess.run(
+        [sys.executable, "-m", "fastflow", "webhook", "create", "hello"],
+        env={**os.environ, **ff_env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith(webhooks.KEY_PREFIX)
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err, fastflow_serve({**os.environ, **ff_env}, stderr=err) as url:
+        res = httpx.post(f"{url}/api/webhooks/hello/{key}", timeout=30)
+        assert res.status_code == 202, res.text
+        wait_until(lambda: b"/api/webhooks/hello/" in log.read_bytes(), 30, "the access log")
+    text = log.read_text(encoding="utf-8", errors="replace")
+    assert key not in text and key[len(webhooks.KEY_PREFIX) :] not in text
+    assert "/api/webhooks/hello/ffwh_***" in text

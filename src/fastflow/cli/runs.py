@@ -76,7 +76,7 @@ def run_cmd(ctx: click.Context, pipeline: str, env_pairs: tuple[str, ...]) -> No
         last = run_in_foreground(
             app,
             pipeline,
-            Trigger.CLI.value,
+            Trigger.MANUAL.value,  # by hand (issue 11's list has no "cli")
             env=env or None,
             echo=echo,
             on_attempt=report,

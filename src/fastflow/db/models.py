@@ -66,8 +66,8 @@ FINAL_STATUSES = ("SUCCESS", "FAILED", "TIMEOUT", "CANCELLED")
 
 
 class Trigger(enum.StrEnum):
-    MANUAL = "manual"
-    CLI = "cli"
+    MANUAL = "manual"  # ``fastflow run``
+    CLI = "cli"  # ``fastflow run`` before issue 11's list (old rows only)
     API = "api"
     SCHEDULE = "schedule"
     WEBHOOK = "webhook"

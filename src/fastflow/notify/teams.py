@@ -12,7 +12,6 @@ never the remote server's answer: the delivery record is readable by viewers.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import socket
@@ -25,7 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from fastflow.config import Settings, metadata_host_refusal
+from fastflow.config import Settings, is_loopback_host, metadata_host_refusal
 from fastflow.notify.retry import Budget, DeliveryOptions, Outcome
 from fastflow.security import mask_url, redact
 
@@ -83,14 +82,7 @@ def check_url(url: str) -> str | None:
     )
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost``, 127.0.0.0/8 and ::1."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+is_loopback = is_loopback_host  # True for ``localhost``, 127.0.0.0/8 and ::1
 
 
 def retry_after(value: str | None, now: datetime, cap: float) -> float | None:

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
 from fastflow.api.deps import AdminDep, CtxDep, LauncherDep, PrincipalDep
@@ -76,15 +77,21 @@ async def resolve_run_id(
 RunIdDep = Annotated[uuid.UUID, Depends(resolve_run_id)]
 
 
+def _blank_is(default: object) -> BeforeValidator:
+    """An empty query value (``?limit=``, as DESIGN.md writes the route) means the
+    parameter's default, not an invalid number."""
+    return BeforeValidator(lambda v: default if v == "" else v)
+
+
 @router.get("/runs", response_model=RunListOut)
 async def list_runs(
     ctx: CtxDep,
     _: PrincipalDep,
     pipeline_name: str | None = None,
-    status: RunStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-    include_archived: bool = False,
+    status: Annotated[RunStatus | None, _blank_is(None)] = None,
+    limit: Annotated[int, _blank_is(50), Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, _blank_is(0), Query(ge=0, le=MAX_OFFSET)] = 0,
+    include_archived: Annotated[bool, _blank_is(False)] = False,
 ) -> Response:
     """Runs, newest first, with archive information; ``include_archived=true`` also
     lists the runs whose rows retention deleted (``row_deleted``, read from the archive
