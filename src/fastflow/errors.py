@@ -99,6 +99,11 @@ class ArchiveNotConfigured(ConfigError):
     """S3 backup is enabled but some required settings are missing."""
 
 
+class RetryTakenOver(FastflowError):
+    """The next attempt ``fastflow run`` was about to start was queued for a server by
+    another process already (it took this one for dead): it is not started twice."""
+
+
 class PassAlreadyRunning(FastflowError):
     """Another cleanup pass holds the lock."""
 

@@ -13,11 +13,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import timedelta
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+import psutil
 import pytest
 from sqlalchemy import func, select, text
 
@@ -244,3 +246,133 @@ def test_runs_that_ended_before_the_upgrade_are_not_followed_up_again(tmp_path: 
     assert row.follow_up_due is False
     assert runs.unfollowed(db, lambda _run: False, this_host=True) == []
     db.dispose()
+
+
+# --- found by an outside audit of the above ------------------------------------------------
+
+
+def test_a_retry_another_process_queued_is_not_started_by_fastflow_run_too(
+    app: Context, ff_env: dict[str, str], make_pipeline: MakePipeline
+) -> None:
+    """A server on another machine that took a live ``fastflow run`` for dead (its
+    liveness lock's connection was cut) queued the retry; the foreground process then
+    started the same attempt as well, and both triggered ``on_failure``."""
+    make_pipeline(
+        "flaky",
+        "raise SystemExit(1)\n",
+        '{"retries": {"max": 1, "delay_seconds": 2}, "triggers": {"on_failure": ["after"]}}',
+    )
+    make_pipeline("after")
+    with cli_process("run", "flaky", env=ff_env) as proc:
+        wait_until(
+            lambda: [r.status for r in _rows(app, "flaky")] == ["FAILED"], 60, "attempt 1's end"
+        )
+        (first,) = _rows(app, "flaky")
+        # what the other server's sweep does with the run of a process it takes for dead
+        taken = followup.follow_up(
+            app.db, app.settings.pipelines_dir, followup.ended_of(first), swept=True
+        )
+        assert taken.retry is not None
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "was queued for a server by another process" in err and "Traceback" not in err
+    rows = _rows(app, "flaky")
+    assert [(r.attempt, r.status) for r in rows] == [(1, "FAILED"), (2, "QUEUED")]
+    assert _rows(app, "after") == []  # no trigger from this process: the retry decides
+
+
+def test_a_run_whose_end_could_not_be_recorded_is_retired_by_its_own_server(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """The database away as a run ended: ``finish`` and the fallback both failed, the
+    run thread ended, and the run stayed RUNNING (holding its ``max_instances`` slot)
+    for the life of the server."""
+    make_pipeline("flaky", "raise SystemExit(1)\n", RETRY_ONCE)
+    lost = runs.create(app.db, "flaky", "manual", pid=os.getpid())
+    running = runs.create(app.db, "flaky", "manual", pid=os.getpid())
+    for run in (lost, running):
+        runs.mark_running(app.db, run.id, pid=os.getpid())
+    dispatcher = Dispatcher(app)
+    dispatcher._active[running.id] = threading.Event()  # its thread still runs it
+    dispatcher._retire_lost()
+    rows = {r.id: r for r in _rows(app, "flaky")}
+    gone = rows[lost.id]
+    assert gone.status == "FAILED" and not gone.follow_up_due
+    assert gone.failure_reason == (
+        "interrupted: its end could not be recorded (the database was unavailable)"
+    )
+    assert rows[running.id].status == "RUNNING"
+    (retry,) = [r for r in rows.values() if r.attempt == 2]
+    assert retry.retry_of == lost.id and retry.status == "QUEUED"
+
+
+def test_a_zombie_runner_counts_as_dead() -> None:
+    """A ``fastflow run`` killed while its parent never reaps it stays a zombie: it was
+    counted alive, and its retry never queued."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        wait_until(
+            lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 30, "a zombie"
+        )
+        started = psutil.Process(child.pid).create_time()
+        run = PipelineRun(
+            pipeline_name="x",
+            status="FAILED",
+            runner_host=runs.HOSTNAME,
+            runner_pid=child.pid,
+            runner_started=started,
+        )
+        assert runs.runner_alive(run) is False
+        me = PipelineRun(runner_pid=os.getpid(), runner_started=runs.process_started(os.getpid()))
+        assert runs.runner_alive(me) is True
+    finally:
+        child.wait()
+
+
+def test_a_sweep_keeps_the_run_due_while_its_pipeline_json_is_invalid(
+    app: Context, ff_env: dict[str, str], make_pipeline: MakePipeline
+) -> None:
+    """A sweep found the run of a dead process while its pipeline.json was invalid: it
+    waited 5 s, then gave the retry and the triggers up for good. Now the run stays due
+    (its process is gone: nothing else will follow it up) until the file parses."""
+    folder = make_pipeline("flaky", "raise SystemExit(1)\n", '{"retries": ')
+    ended = _ended_run(app, "flaky", pid=_dead_pid(), status=RunStatus.FAILED)
+    assert run_cli("runs", env=ff_env).returncode == 0
+    (still,) = _rows(app, "flaky")
+    assert still.follow_up_due  # not given up
+    (folder / "pipeline.json").write_text(RETRY_ONCE, encoding="utf-8")
+    assert run_cli("runs", env=ff_env).returncode == 0
+    first, retry = _rows(app, "flaky")
+    assert first.id == ended.id and not first.follow_up_due
+    assert (retry.attempt, retry.retry_of) == (2, ended.id)
+
+
+def test_the_liveness_lock_is_taken_again_after_its_connection_died(
+    ff_env: dict[str, str], pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastflow.runs import liveness
+
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    ctx = bootstrap(load_settings())
+    me = os.getpid()
+    started = runs.process_started(me)
+    key = liveness.key_of(runs.HOSTNAME, me, started)
+    try:
+        liveness.hold(ctx.db)
+        held = liveness._held[key]
+        backend = held.execute(text("SELECT pg_backend_pid()")).scalar()
+        held.commit()
+        with ctx.db.engine.connect() as admin:  # a restart, an idle-session killer
+            admin.execute(text("SELECT pg_terminate_backend(:p)"), {"p": backend})
+            admin.commit()
+        monkeypatch.setattr(liveness, "CHECK_S", 0.0)
+        liveness.hold(ctx.db)  # notices, and takes the lock anew
+        with ctx.db.engine.connect() as other:  # another server's look: still held
+            got = other.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            other.commit()
+        assert got is False
+    finally:
+        conn = liveness._held.pop(key, None)
+        if conn is not None:
+            conn.close()
+        ctx.db.dispose()

@@ -55,6 +55,7 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._limits: dict[str, tuple[float, int]] = {}
         self._adopt_blocked: str | None = None  # why container runs wait (said once)
+        self._said: set[uuid.UUID] = set()  # runs followed up by a sweep (logged once)
 
     # --- the API's view -----------------------------------------------------------------
 
@@ -142,6 +143,10 @@ class Dispatcher:
         """Runs of a server that died: claimed-but-unstarted ones go back to the queue,
         running ones are marked FAILED (on this host, or — PostgreSQL — on any)."""
         db, logs = self._ctx.db, self._ctx.settings.logs_root
+        try:
+            liveness.hold(db)  # (again: a lost lock connection is taken anew)
+        except Exception as e:  # the database away: the sweep below fails as well
+            log.warning("liveness lock not taken again: %s", type(e).__name__)
         failed: list[PipelineRun] = []
         n = runs.recover_orphans(db, logs, failed=failed)
         n += runs.sweep_dead(
@@ -154,9 +159,32 @@ class Dispatcher:
         if n:
             log.warning("%d runs of dead fastflow processes retired or re-queued", n)
         for run in failed:  # their retries and triggers, as if they had ended here
-            self._after(run, run.status)
+            self._after(run, run.status, swept=True)
+        self._retire_lost()
         self._follow_up_left_over()
         self._adopt_containers()
+
+    def _retire_lost(self) -> None:
+        """Runs this process claimed whose thread ended without recording their end (the
+        database was away as they ended, longer than ``runs.finish`` tries): retired as
+        interrupted and followed up, so that they neither stay RUNNING for the life of
+        the server nor hold their pipeline's ``max_instances`` slots."""
+        me = os.getpid()
+        with self._lock:
+            active = set(self._active)
+        lost: list[PipelineRun] = []
+        n = runs.sweep_dead(
+            self._ctx.db,
+            self._ctx.settings.logs_root,
+            lambda r: r.runner_pid != me or r.id in active,
+            this_host=True,
+            failed=lost,
+            why="its end could not be recorded (the database was unavailable)",
+        )
+        if n:
+            log.warning("%d runs whose end could not be recorded retired as interrupted", n)
+        for run in lost:
+            self._after(run, run.status, swept=True)
 
     def _follow_up_left_over(self) -> None:
         """Follow up the finished runs whose process died before it queued their retry
@@ -176,12 +204,14 @@ class Dispatcher:
         left = runs.unfollowed(db, here, this_host=True)
         left += runs.unfollowed(db, elsewhere, this_host=False)
         for run in left:
-            log.warning(
-                "run %s (%s) ended without its retry or triggers queued: following it up now",
-                run.id,
-                run.status,
-            )
-            self._after(run, run.status)
+            if run.id not in self._said:  # (once: an invalid pipeline.json keeps it due)
+                self._said.add(run.id)
+                log.warning(
+                    "run %s (%s) ended without its retry or triggers queued: following it up",
+                    run.id,
+                    run.status,
+                )
+            self._after(run, run.status, swept=True)
 
     # --- container runs that outlived their server ------------------------------------
 
@@ -254,9 +284,15 @@ class Dispatcher:
             status = result.status.value
         except Exception as e:
             log.exception("run %s: re-attaching to its container failed", run.id)
-            runs.fail_with_note(
-                self._ctx.db, settings.logs_root, run.id, f"interrupted: re-attaching failed: {e}"
-            )
+            try:
+                runs.fail_with_note(
+                    self._ctx.db,
+                    settings.logs_root,
+                    run.id,
+                    f"interrupted: re-attaching failed: {e}",
+                )
+            except Exception:  # the database away: the sweep retires it (``_retire_lost``)
+                log.exception("run %s: its end cannot be recorded", run.id)
         finally:
             with self._lock:
                 self._active.pop(run.id, None)
@@ -294,14 +330,18 @@ class Dispatcher:
             status = result.status.value
         except Exception as e:
             log.exception("run %s of %s failed to execute", run.id, run.pipeline_name)
-            runs.fail_with_note(self._ctx.db, settings.logs_root, run.id, f"not started: {e}")
+            try:
+                runs.fail_with_note(self._ctx.db, settings.logs_root, run.id, f"not started: {e}")
+            except Exception:  # the database away: the sweep retires it (``_retire_lost``)
+                log.exception("run %s: its end cannot be recorded", run.id)
         finally:
             with self._lock:
                 self._active.pop(run.id, None)
         self._after(run, status)
 
-    def _after(self, run: PipelineRun, status: str) -> None:
-        """Queue the retry or triggers of a finished run and notify (never raises)."""
+    def _after(self, run: PipelineRun, status: str, *, swept: bool = False) -> None:
+        """Queue the retry or triggers of a finished run and notify (never raises);
+        ``swept``: found by a sweep, its own thread or process gone (``follow_up``)."""
         settings = self._ctx.settings
         ended = Ended(
             run.id,
@@ -315,7 +355,7 @@ class Dispatcher:
         )
         final = True
         try:
-            done = follow_up(self._ctx.db, settings.pipelines_dir, ended)
+            done = follow_up(self._ctx.db, settings.pipelines_dir, ended, swept=swept)
             if done.done:
                 return  # another process followed it up (and notified)
             final = done.retry is None

@@ -118,12 +118,33 @@ class Queued:
     run_config_id: str | None = None
 
 
-def follow_up(db: Database, pipelines_dir: Path, ended: Ended) -> FollowUp:
+_kept: set[uuid.UUID] = set()  # runs whose invalid pipeline.json was logged (once each)
+
+
+def follow_up(db: Database, pipelines_dir: Path, ended: Ended, *, swept: bool = False) -> FollowUp:
     """Queue the next attempt or the triggered pipelines, at most once per run across
     every process (``commit``); never raises for a pipeline that vanished or became
-    invalid (logged instead, and the run counts as followed up)."""
+    invalid (logged instead, and the run counts as followed up).
+
+    ``swept``: the run's own process is gone and a sweep follows it up. Its
+    ``pipeline.json`` is read once, without waiting for it to settle (the sweep must not
+    stall a server or a command), and while it is invalid the run stays due — nothing
+    is given up that a fixed file would have queued (logged once per run)."""
     try:
-        pipeline = _load_settled(pipelines_dir, ended)
+        if swept:
+            pipeline = pipelines.load(pipelines_dir, ended.pipeline_name)
+        else:
+            pipeline = _load_settled(pipelines_dir, ended)
+    except InvalidPipelineConfig as e:
+        if not swept:
+            log.warning("no follow-up for run %s: %s", ended.run_id, e)
+            return FollowUp() if commit(db, ended.run_id, []) is not None else FollowUp(done=True)
+        if ended.run_id not in _kept:
+            if len(_kept) > 10_000:
+                _kept.clear()
+            _kept.add(ended.run_id)
+            log.warning("run %s: follow-up waits until %s", ended.run_id, e)
+        return FollowUp(done=True)  # still due: the next sweep reads the file again
     except Exception as e:  # the folder changed under us: nothing to follow
         log.warning("no follow-up for run %s: %s", ended.run_id, e)
         return FollowUp() if commit(db, ended.run_id, []) is not None else FollowUp(done=True)
@@ -277,7 +298,7 @@ def after_interrupted(ctx: Context, interrupted: list[PipelineRun], wait_s: floa
     for run in interrupted:
         final = True
         try:
-            done = follow_up(ctx.db, ctx.settings.pipelines_dir, ended_of(run))
+            done = follow_up(ctx.db, ctx.settings.pipelines_dir, ended_of(run), swept=True)
             if done.done:
                 continue  # another process followed it up, and told about it
             final = done.retry is None

@@ -16,12 +16,14 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from fastflow import notify
 from fastflow.context import Context
 from fastflow.db.engine import Database
+from fastflow.errors import RetryTakenOver
 from fastflow.lifecycle import disk
 from fastflow.orchestration.followup import Ended, drop, follow_triggers, retry_spec
 from fastflow.orchestration.retries import retry_delay, should_retry
@@ -56,19 +58,24 @@ def run_in_foreground(
     try:
         while True:
             disk.check_soon(ctx)  # the disk-pressure incident (issue 16); never raises
-            with CancelWatch(ctx.db, also=stop) as cancel:
-                result = run_pipeline(
-                    ctx.db,
-                    ctx.settings,
-                    name,
-                    triggered_by if attempt == 1 else "retry",
-                    echo=echo,
-                    cancel=cancel,
-                    env=env,
-                    attempt=attempt,
-                    retry_of=first,
-                    follows=owed,  # the new attempt is that retry: one transaction
-                )
+            liveness.hold(ctx.db)  # (again: a lost lock connection is taken anew)
+            try:
+                with CancelWatch(ctx.db, also=stop) as cancel:
+                    result = run_pipeline(
+                        ctx.db,
+                        ctx.settings,
+                        name,
+                        triggered_by if attempt == 1 else "retry",
+                        echo=echo,
+                        cancel=cancel,
+                        env=env,
+                        attempt=attempt,
+                        retry_of=first,
+                        follows=owed,  # the new attempt is that retry: one transaction
+                    )
+            except RetryTakenOver as e:  # a server runs it: this process is done
+                print(f"fastflow: {e}", file=sys.stderr, flush=True)
+                return result
             owed = None
             first = first or result.run_id
             again = should_retry(spec, attempt, result.status.value)
@@ -82,7 +89,7 @@ def run_in_foreground(
             if delay is None:
                 break
             owed = result.run_id  # killed from here on: a sweep queues it for a server
-            if pause.wait(delay):  # stopped while waiting: no further attempt, no trigger
+            if _wait(ctx, pause, delay):  # stopped: no further attempt, no trigger
                 raise KeyboardInterrupt
             attempt += 1
     except KeyboardInterrupt:  # stopped on purpose: the retry is not owed any more
@@ -100,6 +107,20 @@ def run_in_foreground(
     )
     follow_triggers(ctx.db, ctx.settings.pipelines_dir, pipeline, ended)
     return result
+
+
+def _wait(ctx: Context, pause: threading.Event, delay: float) -> bool:
+    """Wait ``delay`` seconds for the next attempt, keeping this process's liveness lock
+    (``liveness.hold``); whether ``pause`` was set meanwhile."""
+    deadline = time.monotonic() + delay
+    while (left := deadline - time.monotonic()) > 0:
+        if pause.wait(min(left, liveness.CHECK_S)):
+            return True
+        try:
+            liveness.hold(ctx.db)
+        except Exception as e:  # the database away: taken again at the next look
+            log.debug("liveness lock not taken again: %s", type(e).__name__)
+    return pause.is_set()
 
 
 class CancelWatch:

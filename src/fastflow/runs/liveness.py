@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import text
@@ -30,15 +31,33 @@ def key_of(host: str, pid: int, started: float | None) -> int:
     return int.from_bytes(hashlib.sha256(ident).digest()[:8], "big", signed=True)
 
 
+CHECK_S = 5.0  # how often ``hold`` makes sure the lock's connection still lives
+_checked: dict[int, float] = {}
+
+
 def hold(db: Database) -> None:
-    """Hold this process's liveness lock (idempotent; PostgreSQL only)."""
+    """Hold this process's liveness lock (idempotent; PostgreSQL only). Called again, it
+    takes the lock anew when the connection that held it has died (a database restart,
+    ``pg_terminate_backend``): without it, another server takes this live process for
+    dead and follows up its runs."""
     if not is_postgres(db.engine):
         return
     pid = os.getpid()
     key = key_of(store.HOSTNAME, pid, store.process_started(pid))
     with _mutex:
         if key in _held:
-            return
+            if time.monotonic() - _checked.get(key, 0.0) < CHECK_S:
+                return
+            _checked[key] = time.monotonic()
+            try:
+                _held[key].execute(text("SELECT 1")).scalar()
+                _held[key].commit()  # (never left idle in a transaction)
+                return
+            except Exception:  # the connection (and with it the lock) is gone
+                try:
+                    _held.pop(key).close()
+                except Exception:
+                    pass
         conn = db.engine.connect()
         conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
         conn.commit()

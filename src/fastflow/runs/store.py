@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -14,6 +16,7 @@ from typing import Any
 
 import psutil
 from sqlalchemy import Select, func, literal, select, text, union_all, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -27,11 +30,12 @@ from fastflow.db.models import (
     RunStatus,
     utcnow,
 )
-from fastflow.errors import FastflowError, InvalidInput, RunNotFound, UnsafePath
+from fastflow.errors import FastflowError, InvalidInput, RetryTakenOver, RunNotFound, UnsafePath
 from fastflow.runs import files as logfiles
 from fastflow.runs import isolation, logsdir
 
 HOSTNAME = socket.gethostname()
+log = logging.getLogger("fastflow.runs")
 RUNNING_STATES = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 # the final statuses with something to follow: a retry, or on_success/on_failure triggers
 FOLLOWED_UP = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.TIMEOUT})
@@ -104,8 +108,19 @@ def resolve_run_id(db: Database, raw: str) -> uuid.UUID:
 
 
 def process_started(pid: int) -> float | None:
+    """When process ``pid`` started; None when there is none."""
     try:
         return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _living_since(pid: int) -> float | None:
+    """``process_started`` of a process that still runs: None for a zombie too (it has
+    died; a parent that never reaps it would otherwise keep its runs "alive" for good)."""
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
     except psutil.Error:
         return None
 
@@ -144,7 +159,8 @@ def create_within(
     on every server (its ``max_instances``): (the run, None when it is at its limit; the
     runs counted). The count and the insert hold the servers' claim lock (``lock_claims``).
     ``limit`` None: no count, no lock. ``follows``: the run this one retries; its
-    ``follow_up_due`` is cleared in the same transaction."""
+    ``follow_up_due`` is cleared in the same transaction — ``RetryTakenOver`` (nothing
+    created) when another process had followed it up already."""
     active = 0
     with db.session() as s:
         if limit is not None:
@@ -152,15 +168,20 @@ def create_within(
             active = _active_count(s, pipeline_name)
             if active >= limit:
                 return None, active
-        run = _pending_row(pipeline_name, triggered_by, pid, attempt, retry_of, env)
-        s.add(run)
         if follows is not None:
-            s.execute(
+            taken = s.execute(
                 update(PipelineRun)
-                .where(PipelineRun.id == follows)
+                .where(PipelineRun.id == follows, PipelineRun.follow_up_due.is_(True))
                 .values(follow_up_due=False)
                 .execution_options(synchronize_session=False)
             )
+            if getattr(taken, "rowcount", 0) != 1:
+                raise RetryTakenOver(
+                    f"the next attempt after run {follows} was queued for a server by another "
+                    "process (it took this one for dead); it is not run here too"
+                )
+        run = _pending_row(pipeline_name, triggered_by, pid, attempt, retry_of, env)
+        s.add(run)
     readcache.invalidate()
     return run, active
 
@@ -338,7 +359,34 @@ def finish(
 ) -> None:
     """End a run; ``failure_reason`` says why it did not succeed (None for SUCCESS). A
     SUCCESS, FAILED or TIMEOUT run is marked ``follow_up_due`` in the same transaction
-    (its retry or triggers: ``orchestration.followup``)."""
+    (its retry or triggers: ``orchestration.followup``). A database that is away is tried
+    again for about ``FINISH_RETRY_S`` (the run has ended: its end must not be lost to a
+    blip); then the error is raised."""
+    for pause in (*FINISH_PAUSES_S, None):
+        try:
+            return _finish(db, run_id, status, exit_code, log_size, failure_reason)
+        except OperationalError as e:
+            if pause is None:
+                raise
+            detail = str(getattr(e, "orig", None) or e).splitlines()[0]
+            log.warning(
+                "run %s: its end not recorded (%s); trying again in %g s", run_id, detail, pause
+            )
+            threading.Event().wait(pause)
+
+
+FINISH_PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # about 15 s in all
+FINISH_RETRY_S = sum(FINISH_PAUSES_S)
+
+
+def _finish(
+    db: Database,
+    run_id: uuid.UUID,
+    status: RunStatus,
+    exit_code: int | None,
+    log_size: int | None,
+    failure_reason: str | None,
+) -> None:
     with db.session() as s:
         run = s.get(PipelineRun, run_id)
         if run is None:
@@ -465,7 +513,7 @@ def local_log_bytes(db: Database) -> int:
 def _runner_alive(run: PipelineRun) -> bool:
     if run.runner_pid is None:
         return False
-    started = process_started(run.runner_pid)
+    started = _living_since(run.runner_pid)
     if started is None:
         return False
     # a recycled pid belongs to a process started later than the recorded one
@@ -497,6 +545,7 @@ def sweep_dead(
     this_host: bool,
     now: datetime | None = None,
     failed: list[PipelineRun] | None = None,
+    why: str = "the fastflow process that ran it is gone",
 ) -> int:
     """Retire the active runs (of this host, or of every other host) whose runner
     ``alive`` says is gone; RUNNING container runs are left for ``fastflow serve`` to
@@ -529,11 +578,7 @@ def sweep_dead(
             # its fastflow process died before it could stop it
             cancelled = run.cancel_requested_at is not None
             status = RunStatus.CANCELLED if cancelled else RunStatus.FAILED
-            reason = (
-                "cancelled; the fastflow process that ran it is gone"
-                if cancelled
-                else "interrupted: the fastflow process that ran it is gone"
-            )
+            reason = f"cancelled; {why}" if cancelled else f"interrupted: {why}"
             moved = _move(
                 s,
                 run,
@@ -554,9 +599,8 @@ def sweep_dead(
                 size = _append_note(
                     logs_root,
                     run.log_file,
-                    f"run interrupted: the fastflow process (pid {run.runner_pid} on "
-                    f"{run.runner_host}) that ran it is gone; marked {status.value} at "
-                    f"{now.isoformat(timespec='seconds')}",
+                    f"run interrupted: {why} (pid {run.runner_pid} on {run.runner_host}); "
+                    f"marked {status.value} at {now.isoformat(timespec='seconds')}",
                 )
                 s.execute(
                     update(PipelineRun)
