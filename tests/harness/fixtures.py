@@ -145,6 +145,22 @@ def smtp_factory() -> Iterator[Callable[..., SmtpCapture]]:
             server.stop()
 
 
+def notify_env(smtp: SmtpCapture, teams: TeamsEndpoint | None = None) -> dict[str, str]:
+    """Settings that send e-mail to ``smtp`` (no login, no TLS) and, given ``teams``,
+    Teams cards to it."""
+    env = {
+        "EMAIL_ENABLED": "true",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp.port),
+        "SMTP_SECURITY": "none",
+        "SMTP_FROM": "fastflow@example.com",
+        "EMAIL_RECIPIENTS": "ops@example.com",
+    }
+    if teams is not None:
+        env.update(TEAMS_ENABLED="true", TEAMS_WEBHOOK_URL=teams.url)
+    return env
+
+
 @pytest.fixture
 def teams_endpoint() -> Iterator[TeamsEndpoint]:
     """Teams webhook stand-in answering 200 ``"1"`` unless told otherwise."""

@@ -4,54 +4,23 @@ still tells the operators: the incident cannot be kept, so the message goes out 
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_cli
+from tests.harness.fixtures import notify_env
 from tests.harness.smtp import SmtpCapture
 from tests.harness.teams import TeamsEndpoint
+from tests.harness.tmpfs import fill, mounted
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 4 MiB tmpfs (root only) for the database, unmounted at teardown."""
-    mount_point = tmp_path / "db"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("mounting a tmpfs needs root (required in CI)")
-        pytest.skip("mounting a tmpfs needs root")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], check=True)
-    try:
+    with mounted(tmp_path / "db", "4m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
-
-
-def _mail_env(smtp: SmtpCapture) -> dict[str, str]:
-    return {
-        "EMAIL_ENABLED": "true",
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp.port),
-        "SMTP_SECURITY": "none",
-        "SMTP_FROM": "fastflow@example.com",
-        "EMAIL_RECIPIENTS": "ops@example.com",
-    }
-
-
-def _fill(folder: Path) -> None:
-    """Write until the file system is full."""
-    with open(folder / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
 
 
 def test_a_pass_the_database_cannot_record_is_still_announced(
@@ -63,14 +32,12 @@ def test_a_pass_the_database_cannot_record_is_still_announced(
     smtp = smtp_factory()
     env = {
         **ff_env,
-        **_mail_env(smtp),
+        **notify_env(smtp, teams_endpoint),
         "DATABASE_URL": f"sqlite:///{small_fs / 'fastflow.db'}",
-        "TEAMS_ENABLED": "true",
-        "TEAMS_WEBHOOK_URL": teams_endpoint.url,
     }
     first = run_cli("cleanup", env=env)  # creates and migrates the database
     assert first.returncode == 0, first.stderr
-    _fill(small_fs)
+    fill(small_fs)
 
     res = run_cli("cleanup", env=env)
     assert res.returncode != 0
@@ -100,7 +67,7 @@ def test_a_server_pass_the_database_could_not_record_is_announced_once_a_day(
     from fastflow.notify import dispatch
 
     smtp = smtp_factory()
-    for key, value in _mail_env(smtp).items():
+    for key, value in notify_env(smtp).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(dispatch, "_unrecorded_at", [])
     ctx = bootstrap(load_settings())

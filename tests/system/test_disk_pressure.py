@@ -36,10 +36,11 @@ from fastflow.notify.system import open_incidents
 from fastflow.runs import store
 from fastflow.server import create_app
 from tests.conftest import MakePipeline, run_cli
-from tests.harness.fixtures import S3Env
+from tests.harness.fixtures import S3Env, notify_env
 from tests.harness.serve import fastflow_serve
 from tests.harness.smtp import SmtpCapture
 from tests.harness.teams import TeamsEndpoint
+from tests.harness.tmpfs import fill, mounted
 from tests.seeding import NOW, failures, seed_run
 from tests.web.test_ui import PASSWORD
 from tests.web.test_ui_secrets import _in_browser, _need_chromium
@@ -50,67 +51,17 @@ MIN_FREE = int(FS_BYTES * 0.02)  # runner.min_free_bytes of an 8 MiB file system
 WAIT = 20.0
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def small_logs(
     ff_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Path]:
     """LOGS_DIR on a real 8 MiB tmpfs, unmounted at teardown."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        _unavailable("mounting a tmpfs needs root")
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        _unavailable(f"cannot mount a tmpfs: {res.stderr.strip() or res.returncode}")
-    logs = mnt / "logs"
-    logs.mkdir()
-    monkeypatch.setenv("LOGS_DIR", str(logs))
-    ff_env["LOGS_DIR"] = str(logs)
-    try:
+    with mounted(tmp_path / "small", "8m") as mnt:
+        logs = mnt / "logs"
+        logs.mkdir()
+        monkeypatch.setenv("LOGS_DIR", str(logs))
+        ff_env["LOGS_DIR"] = str(logs)
         yield logs
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(folder: Path, leave: int) -> Path:
-    """Fill the file system of ``folder`` up to ``leave`` free bytes (a filler file)."""
-    filler = folder / "filler.bin"
-    with filler.open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    st = os.statvfs(folder)
-    free = st.f_bavail * st.f_frsize
-    size = filler.stat().st_size
-    os.truncate(filler, max(0, size - max(0, leave - free)))
-    return filler
-
-
-def notify_env(smtp: SmtpCapture, teams: TeamsEndpoint) -> dict[str, str]:
-    return {
-        "EMAIL_ENABLED": "true",
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp.port),
-        "SMTP_SECURITY": "none",
-        "SMTP_FROM": "fastflow@example.com",
-        "EMAIL_RECIPIENTS": "ops@example.com",
-        "TEAMS_ENABLED": "true",
-        "TEAMS_WEBHOOK_URL": teams.url,
-    }
 
 
 # --- the pure forecast -------------------------------------------------------------------------
