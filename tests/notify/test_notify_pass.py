@@ -239,6 +239,39 @@ def test_recovery_sends_one_message_per_channel(world: World) -> None:
         assert incident.closed_at is not None
 
 
+def test_a_recovery_that_did_not_get_through_is_sent_again_on_its_channel(
+    world: World,
+) -> None:
+    seed_series(world.ctx, "etl", 4)
+    world.s3.proxy.fail(500)
+    world.cycle()
+    world.s3.proxy.clear()
+    world.teams.respond(500, times=3)  # every attempt of the recovery card
+    _, recovered = world.cycle()
+    assert recovered.kind == notify.Kind.RECOVERY
+    assert {r.channel: r.ok for r in recovered.results} == {"email": True, "teams": False}
+
+    _, again = world.cycle()  # all well still: the card goes out now, e-mail had it
+    assert again.kind == notify.Kind.RECOVERY
+    assert [(r.channel, r.ok) for r in again.results] == [("teams", True)]
+    assert "Backups succeed again" in _card_text(world.cards()[-1])
+    assert len(world.mails()) == 2  # the failure and the one recovery
+
+    _, quiet = world.cycle()
+    assert quiet.kind is None
+    # a day later a failed recovery is stale news: not sent again
+    seed_series(world.ctx, "etl", 4)
+    world.s3.proxy.fail(500)
+    world.cycle()
+    world.s3.proxy.clear()
+    world.teams.respond(500, times=3)
+    _, failed = world.cycle()  # its recovery card fails
+    assert {r.channel: r.ok for r in failed.results} == {"email": True, "teams": False}
+    posts = len(world.cards())
+    _, late = world.cycle(at=datetime.now(UTC) + timedelta(hours=25))
+    assert late.kind is None and len(world.cards()) == posts
+
+
 def test_incomplete_s3_configuration_is_announced(world: World) -> None:
     data = world.ctx.settings.model_dump()
     data.update(s3_bucket=None)

@@ -16,6 +16,7 @@ Guarantees (guarantee 6 of DESIGN.md; pinned by ``tests/notify/test_notify_pass.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -107,12 +108,19 @@ def after_pass(
         channels = enabled_channels(ctx)
         kind = decision.kind
         if kind is None:  # nothing new: unless the last message did not get through
-            if decision.incident is None or applied.incident_id is None or applied.repeated:
+            if applied.repeated:
                 return Delivery.nothing()
+            if decision.incident is None:  # all well: was the recovery told everywhere?
+                applied = _recovery_again(ctx, applied, now)
+                if applied.incident_id is None:
+                    return Delivery.nothing()
+                decision, kind = applied.decision, Kind.RECOVERY
+            else:
+                kind = Kind.REMINDER
+            assert applied.incident_id is not None
             channels = records.undelivered(ctx.db, applied.incident_id, channels, now)
             if not channels:
                 return Delivery.nothing()
-            kind = Kind.REMINDER
             log.warning(
                 "the last backup notification was not delivered on %s: sending it again",
                 ", ".join(channels),
@@ -134,6 +142,17 @@ def after_pass(
             safe(ctx, f"{type(e).__name__}: {e}"),
         )
         return Delivery.nothing()
+
+
+def _recovery_again(ctx: Context, applied: records.Applied, now: datetime) -> records.Applied:
+    """``applied`` for the incident closed last (its recovery, to send again where it
+    did not get through); incident id None when there is none, or when it closed longer
+    than ``NOTIFY_REMINDER_HOURS`` ago (stale news by then)."""
+    closed = records.last_closed(ctx.db, now - reminder_interval(ctx))
+    if closed is None:
+        return applied
+    incident_id, ended = closed
+    return records.Applied(replace(applied.decision, ended=ended), incident_id)
 
 
 _unrecorded_at: list[datetime] = []  # when this process last sent ``_unrecorded``

@@ -105,6 +105,20 @@ def apply_pass(
         return Applied(decision, row.id if row is not None else None)
 
 
+def last_closed(db: Database, since: datetime) -> tuple[int, Incident] | None:
+    """The backup incident closed last, if at or after ``since``: (its id, its state)."""
+    with db.session() as s:
+        row = s.scalars(
+            select(NotificationIncident)
+            .where(NotificationIncident.closed_at.is_not(None), ~_IS_RUN)
+            .order_by(NotificationIncident.closed_at.desc(), NotificationIncident.id.desc())
+            .limit(1)
+        ).first()
+        if row is None or row.closed_at is None or row.closed_at < since:
+            return None
+        return row.id, _state(row)
+
+
 def _store_pass(
     s: Session,
     row: NotificationIncident | None,
