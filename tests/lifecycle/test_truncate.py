@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fastflow.lifecycle.truncate import MARKER_RESERVE, TruncateResult, marker, truncate_log
+from tests.harness.tmpfs import mounted
 
 NOW = datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
 STAMP = "2026-05-04 03:02:01"
@@ -212,31 +213,11 @@ def test_original_is_replaced_by_rename_and_no_temp_file_remains(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.log"]
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 64 KiB tmpfs (root only), unmounted at teardown."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        _unavailable("mounting a tmpfs needs root")
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        _unavailable(f"cannot mount a tmpfs: {proc.stderr.strip() or proc.returncode}")
-    try:
+    with mounted(tmp_path / "tiny", "64k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_disk_full_leaves_the_original_byte_identical_and_no_temp_file(tiny_fs: Path) -> None:
