@@ -60,10 +60,14 @@ run: $(VENV)/.installed-runtime .env
 	$(BIN)/fastflow serve --host 127.0.0.1 --port 8000
 
 ## Run the whole test suite (starts its own S3, SMTP and Teams test servers).
+# TEST_WORKERS pytest-xdist processes, one test file each at a time (--dist loadfile: a
+# file's module fixtures are built once); every test has its own folders, databases and
+# ports, and the session servers (moto, dockerd) are per worker or shared by design.
+TEST_WORKERS ?= 2
 test: install bytecode browser docker
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## The pure and unit tests only (no S3, PostgreSQL, browser or subprocess servers): seconds.
 FAST_TESTS := tests/test_config.py tests/test_architecture.py tests/lifecycle/test_retention.py \

@@ -444,9 +444,10 @@ def test_silent_servers_time_out(
     for name in ("s3", "smtp", "teams", "docker"):
         assert checks[name].status == "error", checks[name]
     assert "read timeout" in checks["s3"].detail
-    assert checks["smtp"].detail.endswith("timed out after 0.5 s")
-    assert checks["teams"].detail.endswith("timed out after 0.5 s")
-    assert checks["docker"].detail.endswith("timed out after 0.5 s")
+    for name in ("smtp", "teams", "docker"):
+        # its own timeout, or (a loaded machine) the hard deadline after the grace second
+        detail = checks[name].detail
+        assert detail.endswith("timed out after 0.5 s") or detail == "no answer within 0.5 s"
     assert elapsed < 2 * (0.5 + 1.0) + 2.0  # database, then the four together; never hangs
 
 

@@ -184,9 +184,11 @@ def _admin_token(server: Server) -> str:
 
 def test_object_path_preview_follows_the_prefix(page: Any, server: Server) -> None:
     page.click("nav >> text=Settings")
-    assert page.text_content("#preview-log") == "pipeline-logs/{pipeline}/{run_id}/run.log"
+    expect(page.locator("#preview-log")).to_have_text("pipeline-logs/{pipeline}/{run_id}/run.log")
     field = page.locator("input[name=s3_prefix]")
     field.fill("")
     field.type("audit/2026")
-    assert page.text_content("#preview-log") == "audit/2026/{pipeline}/{run_id}/run.log"
-    assert page.text_content("#preview-metrics") == "audit/2026/{pipeline}/{run_id}/metrics.jsonl"
+    expect(page.locator("#preview-log")).to_have_text("audit/2026/{pipeline}/{run_id}/run.log")
+    expect(page.locator("#preview-metrics")).to_have_text(
+        "audit/2026/{pipeline}/{run_id}/metrics.jsonl"
+    )
