@@ -73,6 +73,29 @@ def test_each_size_is_one_put_and_one_head_with_the_servers_checksum(
     assert body == data
 
 
+def test_small_bodies_go_without_waiting_for_100_continue_and_streamed_ones_wait(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    """A small file's PutObject is sent whole at once (no ``Expect: 100-continue`` round
+    trip); a file streamed from disk still asks the server first. Both are stored."""
+    store = _store(s3, tmp_path)
+    expects: list[str | None] = []
+
+    def seen(request: Any, **_: Any) -> None:
+        if request.method == "PUT":
+            value = request.headers.get("Expect")
+            expects.append(value.decode() if isinstance(value, bytes) else value)
+
+    store.client.meta.events.register("before-send.s3", seen)
+    for size in (20_000, s3mod.SMALL_FILE + 1):
+        path = tmp_path / f"{size}.log"
+        data = os.urandom(size)
+        path.write_bytes(data)
+        store.put_verified(f"expect/{size}.log", path, {"run_id": "r1"})
+        assert _object(s3, f"expect/{size}.log") == data
+    assert expects == [None, "100-continue"]
+
+
 def test_a_streamed_file_that_no_longer_matches_its_hash_is_refused(
     s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import io
 import logging
 import os
 import re
@@ -235,7 +236,7 @@ def make_client(
         global _session
         if _session is None:
             _session = boto3.session.Session()
-        return _session.client(
+        client = _session.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
             verify=verify,
@@ -243,6 +244,25 @@ def make_client(
             aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
             config=cfg,
         )
+    client.meta.events.register_last("before-call.s3", _no_continue_for_small_bodies)
+    return client
+
+
+def _no_continue_for_small_bodies(params: dict[str, Any], **_: Any) -> None:
+    """Drop ``Expect: 100-continue`` from a request whose body is already in memory and
+    small, up to ``SMALL_FILE`` (botocore adds it to every PUT with a body): waiting for
+    the server's interim answer costs a round trip per small object (9 % of the runs/s
+    of a pass of 20 KB logs on s3rver), and sending a few KiB that a refusing server
+    discards costs nothing. Bodies streamed from a file keep it. (``Expect`` is not a
+    signed header: dropping it leaves the signature valid.)"""
+    body = params.get("body")
+    headers = params.get("headers", {})
+    if headers.get("Expect") != "100-continue" or not isinstance(body, io.BytesIO):
+        return
+    with body.getbuffer() as view:  # (released at once: the BytesIO stays usable)
+        small = view.nbytes - body.tell() <= SMALL_FILE
+    if small:
+        del headers["Expect"]
 
 
 class S3Store:
