@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.harness.fixtures import notify_env
+from tests.harness.ports import LOCALHOST, free_port
 from tests.harness.smtp import SmtpCapture
 from tests.harness.teams import TeamsEndpoint
 from tests.harness.tmpfs import fill, mounted
@@ -82,3 +83,35 @@ def test_a_server_pass_the_database_could_not_record_is_announced_once_a_day(
         assert "disk full" in mail.message["Subject"]
     finally:
         ctx.db.dispose()
+
+
+def test_a_pass_whose_postgresql_server_is_away_is_still_announced(
+    ff_env: dict[str, str],
+    smtp_factory: Callable[..., SmtpCapture],
+    teams_endpoint: TeamsEndpoint,
+) -> None:
+    """``fastflow cleanup`` with its PostgreSQL server unreachable (nothing listens on its
+    port): no pass can run or be recorded, and the operators are told directly; the
+    database's address is not in the message."""
+    smtp = smtp_factory()
+    port = free_port()
+    env = {
+        **ff_env,
+        **notify_env(smtp, teams_endpoint),
+        "DATABASE_URL": f"postgresql://fastflow:s3cr3t-pw@{LOCALHOST}:{port}/fastflow",
+    }
+    res = run_cli("cleanup", env=env)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr and "s3cr3t-pw" not in res.stderr
+    (mail,) = smtp.wait_for(1, 30)
+    assert mail.message["Subject"].startswith(
+        "[fastflow] S3 log backup failed: the cleanup pass failed"
+    )
+    plain = mail.message.get_body(("plain",))
+    assert plain is not None
+    text = plain.get_content()
+    assert "the database could not record the pass" in text
+    assert "s3cr3t-pw" not in text
+    (card,) = teams_endpoint.wait_for(1, 30)
+    assert "the database could not record the pass" in str(card.json)
+    assert "s3cr3t-pw" not in str(card.json)
