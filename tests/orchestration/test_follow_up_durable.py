@@ -376,3 +376,25 @@ def test_the_liveness_lock_is_taken_again_after_its_connection_died(
         if conn is not None:
             conn.close()
         ctx.db.dispose()
+
+
+def test_a_second_ctrl_c_as_an_attempt_ends_drops_its_retry(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """A second Ctrl-C (``stop_on_signals`` then raises ``KeyboardInterrupt``) right after
+    an attempt failed — while its end is reported or its notification waited for — stops
+    ``fastflow run`` on purpose: no retry is owed, so no later sweep queues one."""
+    from fastflow.orchestration.foreground import run_in_foreground
+
+    make_pipeline("flaky", "raise SystemExit(1)\n", '{"retries": {"max": 2, "delay_seconds": 300}}')
+
+    def second_ctrl_c(_result: object, delay: float | None) -> None:
+        assert delay == 300
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_in_foreground(app, "flaky", "manual", on_attempt=second_ctrl_c)
+    (only,) = _rows(app, "flaky")
+    assert (only.status, only.follow_up_due) == ("FAILED", False)
+    Dispatcher(app)._follow_up_left_over()
+    assert len(_rows(app, "flaky")) == 1

@@ -80,6 +80,9 @@ def run_in_foreground(
             first = first or result.run_id
             again = should_retry(spec, attempt, result.status.value)
             delay = retry_delay(spec, attempt) if again else None
+            # owed from its end on: stopped from here (even by a second Ctrl-C in the
+            # notification wait below), the retry is dropped; killed, a sweep queues it
+            owed = result.run_id if delay is not None else None
             if on_attempt is not None:
                 on_attempt(result, delay)
             # a foreground process exits soon: give the delivery a bounded time to go out
@@ -88,7 +91,6 @@ def run_in_foreground(
             )
             if delay is None:
                 break
-            owed = result.run_id  # killed from here on: a sweep queues it for a server
             if _wait(ctx, pause, delay):  # stopped: no further attempt, no trigger
                 raise KeyboardInterrupt
             attempt += 1
