@@ -18,7 +18,9 @@ from fastflow.config import load_settings
 from fastflow.context import Context, bootstrap
 from fastflow.db.engine import Database
 from fastflow.lifecycle.cleanup import PassSummary, run_pass
+from fastflow.notify import records
 from fastflow.notify.models import NotificationDelivery, NotificationIncident
+from tests.conftest import cli_process, wait_until
 from tests.harness.fixtures import S3Env
 from tests.harness.smtp import SmtpCapture
 from tests.harness.teams import TeamsEndpoint
@@ -213,6 +215,37 @@ def test_a_message_that_did_not_get_through_is_sent_again_on_its_channel(
 
     _, quiet = world.cycle()  # delivered now: nothing new to say
     assert quiet.kind is None and (len(world.mails()), len(world.cards())) == (1, 1)
+
+
+def test_a_message_whose_delivery_was_cut_short_is_sent_again_on_its_channel(
+    world: World,
+) -> None:
+    """``fastflow cleanup`` killed while its Teams card was on the way (held by the
+    endpoint) and after its e-mail had gone out: the e-mail is recorded as delivered at
+    once, the card stays "in progress". Once it has been so for longer than a delivery
+    can take, the next pass sends the card again, and only the card."""
+    seed_series(world.ctx, "etl", 3)
+    world.s3.proxy.fail(500)
+    world.teams.hang()  # every card held: the delivery cannot end
+
+    def email_sent_card_held() -> bool:
+        seen = [(d.channel, d.ok) for d in _deliveries(world.ctx)]
+        return sorted(seen, key=str) == [("email", True), ("teams", None)]
+
+    with cli_process("cleanup", env={}) as proc:
+        world.teams.wait_for(1, 60)
+        wait_until(email_sent_card_held, 60, "the e-mail delivered and the card held")
+        proc.kill()
+        proc.communicate(timeout=30)
+    world.teams.clear()
+    assert len(world.mails()) == 1
+
+    _, soon = world.cycle()  # the card may still be on its way: not sent twice
+    assert soon.kind is None and world.cards() == []
+    _, later = world.cycle(at=datetime.now(UTC) + records.ABANDONED_AFTER + timedelta(seconds=5))
+    assert later.kind == notify.Kind.REMINDER
+    assert [(r.channel, r.ok) for r in later.results] == [("teams", True)]
+    assert len(world.cards()) == 1 and len(world.mails()) == 1
 
 
 def test_recovery_sends_one_message_per_channel(world: World) -> None:

@@ -176,13 +176,25 @@ def deliver(
     options: DeliveryOptions,
 ) -> list[ChannelResult]:
     """Send on every channel of ``rows`` in parallel; record (a row id; None: not
-    recorded, the database cannot be written) and log each outcome."""
+    recorded, the database cannot be written) and log each outcome. Each channel's
+    outcome is recorded as soon as that channel is done, not when the slowest one is: a
+    process that ends while one channel still waits leaves only that one "in progress"
+    (to be sent again by a later pass), never a message that went out."""
     if not rows:
         return []
     outcomes: dict[str, Outcome] = {}
+    recorded: dict[str, datetime] = {}
 
     def run(channel: str) -> None:
-        outcomes[channel] = _send(ctx, channel, message, options)
+        outcome = outcomes[channel] = _send(ctx, channel, message, options)
+        row_id = rows[channel]
+        if row_id is None:
+            return
+        try:
+            recorded[channel] = records.finish_delivery(ctx.db, row_id, outcome)
+        except Exception as e:
+            log.error("cannot record the %s delivery: %s", channel, type(e).__name__)
+            recorded[channel] = utcnow()
 
     # daemon threads, not an executor: an exiting CLI must not wait for them at shutdown
     threads = [
@@ -195,12 +207,12 @@ def deliver(
     results: list[ChannelResult] = []
     for channel in rows:
         outcome = outcomes.get(channel) or Outcome(False, "the delivery thread failed", 0)
-        at, row_id = utcnow(), rows[channel]
-        try:
-            if row_id is not None:
+        at, row_id = recorded.get(channel) or utcnow(), rows[channel]
+        if row_id is not None and channel not in recorded:  # its thread failed
+            try:
                 at = records.finish_delivery(ctx.db, row_id, outcome)
-        except Exception as e:
-            log.error("cannot record the %s delivery: %s", channel, type(e).__name__)
+            except Exception as e:
+                log.error("cannot record the %s delivery: %s", channel, type(e).__name__)
         kind = message.kind.value
         if outcome.ok:
             log.info("%s notification sent (%s): %s", channel, kind, message.subject)
