@@ -218,3 +218,57 @@ def test_a_servers_pass_child_leaves_interrupted_runs_to_the_server(app: Context
     )
     assert done.returncode == 0, done.stderr
     assert [r.status for r in _all(app) if r.id == run_id] == ["RUNNING"]
+
+
+def test_a_finished_run_of_a_dead_runner_on_another_machine_gets_its_retry_once(
+    ff_env: dict[str, str],
+    pg_url: str,
+    make_pipeline: MakePipeline,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL, two other machines: the runner on one died after recording its run's
+    end and before queuing the retry (its liveness lock is free), the runner on the other
+    lives (its lock is held) and follows up its own run. A server's sweep queues the
+    dead one's retry, once, and leaves the live one's run alone."""
+    from fastflow.orchestration.dispatcher import Dispatcher
+
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    ctx = bootstrap(load_settings())
+    make_pipeline("flaky", "raise SystemExit(1)\n", '{"retries": {"max": 1, "delay_seconds": 0}}')
+    now = utcnow()
+
+    def ended(host: str, pid: int, started: float) -> uuid.UUID:
+        run = PipelineRun(
+            pipeline_name="flaky",
+            status="FAILED",
+            triggered_by="schedule",
+            started_at=now - timedelta(minutes=2),
+            finished_at=now - timedelta(minutes=1),
+            exit_code=1,
+            runner_host=host,
+            runner_pid=pid,
+            runner_started=started,
+            follow_up_due=True,
+        )
+        with ctx.db.session() as s:
+            s.add(run)
+        return run.id
+
+    dead = ended("gone-host", 4242, 1000.0)
+    live = ended("live-host", 5151, 2000.0)
+    holder = ctx.db.engine.connect()
+    holder.execute(
+        text("SELECT pg_advisory_lock(:k)"), {"k": liveness.key_of("live-host", 5151, 2000.0)}
+    )
+    holder.commit()
+    try:
+        for _ in range(2):  # the second sweep finds nothing left to do
+            Dispatcher(ctx)._follow_up_left_over()
+    finally:
+        holder.close()
+    rows = _all(ctx)
+    retries = [r for r in rows if r.attempt == 2]
+    assert [(r.retry_of, r.status, r.triggered_by) for r in retries] == [(dead, "QUEUED", "retry")]
+    state = {r.id: r.follow_up_due for r in rows}
+    assert state[dead] is False and state[live] is True
+    ctx.db.dispose()
