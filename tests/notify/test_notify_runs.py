@@ -245,6 +245,49 @@ def test_a_failure_message_that_did_not_get_through_goes_out_with_the_next_failu
     assert Counter(d.kind for d in deliveries(world.ctx)) == {"run_failure": 2, "run_reminder": 1}
 
 
+def test_a_recovery_message_that_did_not_get_through_goes_out_with_the_next_success(
+    world: World, make_pipeline: MakePipeline
+) -> None:
+    make_pipeline("etl")
+    first = world.end(world.failed("etl"), "FAILED")
+    assert first.kind == Kind.RUN_FAILURE and first.wait(WAIT)
+    world.teams.respond(500, times=3)  # every attempt of the recovery card
+    at = T0 + timedelta(minutes=5)
+    recovered = world.end(world.succeeded("etl", at=at), "SUCCESS", at=at)
+    assert recovered.kind == Kind.RUN_RECOVERY and recovered.wait(WAIT)
+    assert {r.channel: r.ok for r in recovered.results} == {"email": True, "teams": False}
+
+    at += timedelta(minutes=5)
+    ok = world.succeeded("etl", at=at)
+    again = world.end(ok, "SUCCESS", at=at)
+    assert again.kind == Kind.RUN_RECOVERY and again.wait(WAIT)
+    assert [(r.channel, r.ok) for r in again.results] == [("teams", True)]
+    assert '"Pipeline etl recovered"' in _card(world.teams.posts[-1])
+    assert len(world.smtp.messages) == 2  # the failure and the recovery: e-mail had it
+
+    at += timedelta(minutes=5)
+    assert world.end(world.succeeded("etl", at=at), "SUCCESS", at=at).kind is None
+    kinds = Counter((d.kind, d.channel) for d in deliveries(world.ctx))
+    assert kinds == {
+        ("run_failure", "email"): 1,
+        ("run_failure", "teams"): 1,
+        ("run_recovery", "email"): 1,
+        ("run_recovery", "teams"): 2,
+    }
+
+
+def test_a_recovery_that_did_not_get_through_is_not_sent_again_once_it_is_stale(
+    world: World, make_pipeline: MakePipeline
+) -> None:
+    make_pipeline("etl")
+    assert world.end(world.failed("etl"), "FAILED").wait(WAIT)
+    world.teams.respond(500, times=3)
+    at = T0 + timedelta(minutes=5)
+    assert world.end(world.succeeded("etl", at=at), "SUCCESS", at=at).wait(WAIT)
+    later = at + timedelta(hours=REMINDER_HOURS, minutes=1)  # NOTIFY_REMINDER_HOURS on
+    assert world.end(world.succeeded("etl", at=later), "SUCCESS", at=later).kind is None
+
+
 def test_a_timeout_is_a_failure_and_says_so(world: World, make_pipeline: MakePipeline) -> None:
     make_pipeline("etl")
     rid = world.failed("etl", status="TIMEOUT", exit_code=None)

@@ -232,6 +232,22 @@ def apply_run(
         return AppliedRun(decision, row.id if row is not None else None)
 
 
+def last_closed_run(db: Database, pipeline: str, since: datetime) -> tuple[int, RunIncident] | None:
+    """The run incident of ``pipeline`` closed last, if at or after ``since``: (its id,
+    its state)."""
+    with db.session() as s:
+        row = s.scalars(
+            select(NotificationIncident)
+            .where(
+                NotificationIncident.known_keys == _run_keys(pipeline),
+                NotificationIncident.closed_at >= since,
+            )
+            .order_by(NotificationIncident.closed_at.desc(), NotificationIncident.id.desc())
+            .limit(1)
+        ).first()
+        return None if row is None else (row.id, _run_state(row))
+
+
 def _store_run(
     s: Session,
     row: NotificationIncident | None,
@@ -357,12 +373,17 @@ def prune(db: Database) -> None:
 
 
 def undelivered(
-    db: Database, incident_id: int, channels: Iterable[str], now: datetime
+    db: Database,
+    incident_id: int,
+    channels: Iterable[str],
+    now: datetime,
+    *,
+    kind: str | None = None,
 ) -> list[str]:
     """The channels among ``channels`` whose newest message about incident
-    ``incident_id`` was not delivered: it failed, or was cut short (in progress for
-    longer than ``ABANDONED_AFTER``). A channel that never sent anything about it (it
-    was turned on later) is not among them."""
+    ``incident_id`` (of ``kind``, when given) was not delivered: it failed, or was cut
+    short (in progress for longer than ``ABANDONED_AFTER``). A channel that never sent
+    anything about it (it was turned on later) is not among them."""
     out = []
     with db.session() as s:
         for channel in channels:
@@ -375,7 +396,7 @@ def undelivered(
                 .order_by(NotificationDelivery.id.desc())
                 .limit(1)
             ).first()
-            if row is None:
+            if row is None or (kind is not None and row.kind != kind):
                 continue
             if row.ok is False or (row.ok is None and now - row.created_at > ABANDONED_AFTER):
                 out.append(channel)

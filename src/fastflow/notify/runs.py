@@ -41,6 +41,7 @@ from fastflow.notify.incidents import (
     RUN_SUCCESS_STATUS,
     Kind,
     RunDecision,
+    RunIncident,
 )
 from fastflow.notify.messages import Message
 from fastflow.notify.retry import DeliveryOptions
@@ -112,6 +113,13 @@ def _announce(
                 ", ".join(channels),
             )
             decision = replace(decision, kind=Kind.RUN_REMINDER)
+    incident_id = applied.incident_id
+    if decision.kind is None and status == RUN_SUCCESS_STATUS and spec.on_recovery:
+        # all well: was the pipeline's last recovery told everywhere?
+        again = _recovery_again(ctx, run.pipeline_name, channels, now)
+        if again is not None:
+            incident_id, ended, channels = again
+            decision = replace(decision, kind=Kind.RUN_RECOVERY, ended=ended)
     notice = _notice(ctx, run, status, now, decision)
     if notice is None:
         return Delivery.nothing()
@@ -119,10 +127,34 @@ def _announce(
     log.info("run notification (%s): %s", notice.kind.value, subject)
     if not channels:
         return Delivery.nothing(notice.kind)
-    rows = start_rows(ctx, channels, notice.kind, subject, applied.incident_id)
+    rows = start_rows(ctx, channels, notice.kind, subject, incident_id)
     delivery = Delivery(notice.kind)
     submit(ctx, delivery, rows, lambda: _render(ctx, run, notice), options)
     return delivery
+
+
+def _recovery_again(
+    ctx: Context, pipeline: str, channels: list[str], now: datetime
+) -> tuple[int, RunIncident, list[str]] | None:
+    """The pipeline's incident closed last within ``NOTIFY_REMINDER_HOURS`` whose recovery
+    message did not get through on some of ``channels`` (failed, or cut short): its id,
+    its state and those channels — the next successful run sends the recovery again
+    there. None when there is nothing to send again (older news is stale)."""
+    if not channels:
+        return None
+    closed = records.last_closed_run(ctx.db, pipeline, now - reminder_interval(ctx))
+    if closed is None:
+        return None
+    incident_id, ended = closed
+    failed = records.undelivered(ctx.db, incident_id, channels, now, kind=Kind.RUN_RECOVERY.value)
+    if not failed:
+        return None
+    log.warning(
+        "the recovery message about pipeline %s was not delivered on %s: sending it again",
+        pipeline,
+        ", ".join(failed),
+    )
+    return incident_id, ended, failed
 
 
 def notify_spec(ctx: Context, pipeline: str) -> NotifySpec:
