@@ -13,6 +13,7 @@ from fastflow.config import load_settings
 from fastflow.db.engine import Database
 from fastflow.db.models import PipelineRun
 from tests.conftest import RUN_FIELDS
+from tests.harness.migrations import upgrade_to
 
 TABLES = {"pipeline_runs", "archived_runs", "backup_failures", "cleanup_passes"}
 
@@ -185,18 +186,11 @@ def test_a_sqlite_upgrade_killed_half_way_leaves_the_old_schema(tmp_path: Path) 
     so an upgrade killed between two of them (or stopped by a full disk) left a column
     added under the old revision, and every later start failed with "duplicate column
     name". The whole upgrade is one SQLite transaction now."""
-    from alembic import command
-    from alembic.config import Config
-
-    from fastflow.db.engine import MIGRATIONS_DIR, current_revision, head_revision
+    from fastflow.db.engine import current_revision, head_revision
 
     url = f"sqlite:///{tmp_path}/ff.db"
     db = Database(load_settings(_env_file=None, database_url=url))
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0011")  # the revision before the executors' three columns
+    upgrade_to(db, "0011")  # the revision before the executors' three columns
     with db.engine.begin() as conn:
         conn.execute(
             text(

@@ -31,6 +31,7 @@ from fastflow.orchestration import followup, queue
 from fastflow.orchestration.dispatcher import STALE_S, Dispatcher
 from fastflow.runs import store as runs
 from tests.conftest import FORKSERVER_PRELOAD, MakePipeline, cli_process, run_cli, wait_until
+from tests.harness.migrations import upgrade_to
 from tests.harness.ports import free_port
 
 RETRY_ONCE = '{"retries": {"max": 1, "delay_seconds": 0}}'
@@ -220,18 +221,9 @@ def test_processes_following_up_one_run_at_once_queue_one_retry(
 
 
 def test_runs_that_ended_before_the_upgrade_are_not_followed_up_again(tmp_path: Path) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from fastflow.db.engine import MIGRATIONS_DIR
-
     url = f"sqlite:///{tmp_path}/ff.db"
     db = Database(load_settings(_env_file=None, database_url=url))
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0013")
+    upgrade_to(db, "0013")
     with db.engine.begin() as conn:
         conn.execute(
             text(
