@@ -112,6 +112,27 @@ def test_line_appended_during_a_slow_head_is_never_deleted(
     assert new.log.exists()
 
 
+def test_a_put_acknowledged_but_not_stored_deletes_nothing(ctx: Context, s3: S3Env) -> None:
+    """A gateway answers every PutObject 200 without passing it on (nothing is stored):
+    the verification finds no object, so no file and no row is deleted; once PUTs reach
+    the server again, the next pass archives and deletes as usual."""
+    old, newest = seed_series(ctx, "p", 2)
+    s3.proxy.fail(200, match=lambda m, p: m == "PUT" and _object_head(p), body="")
+
+    summary = run_pass(ctx, "test", now=NOW)
+
+    assert summary.deleted_runs == 0 and summary.backup_failures == 1
+    (failure,) = failures(ctx)
+    assert "does not exist" in failure.error_message
+    assert old.log.read_bytes() == old.log_bytes and run_row(ctx, old.id) is not None
+    assert keys(s3.client(), s3.bucket) == set()
+    s3.proxy.clear()
+    summary = run_pass(ctx, "test", now=NOW)
+    assert summary.deleted_runs == 1 and summary.backup_failures == 0
+    assert object_bytes(s3.client(), s3.bucket, _key(old.id, "p")) == old.log_bytes
+    assert failures(ctx) == [] and newest.log.exists()
+
+
 def test_delete_refuses_a_file_that_changed_after_verification(tmp_path: Path) -> None:
     """The last check before unlinking: same inode, size and mtime as when hashed."""
     from fastflow.errors import FileChanged
