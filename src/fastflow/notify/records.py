@@ -107,16 +107,24 @@ def apply_pass(
 
 def last_closed(db: Database, since: datetime) -> tuple[int, Incident] | None:
     """The backup incident closed last, if at or after ``since``: (its id, its state)."""
+    row = _closed_last(db, since, ~_IS_RUN)
+    return None if row is None else (row.id, _state(row))
+
+
+def _closed_last(
+    db: Database, since: datetime, which: ColumnElement[bool]
+) -> NotificationIncident | None:
+    """The incident matching ``which`` closed last, if at or after ``since``."""
     with db.session() as s:
         row = s.scalars(
             select(NotificationIncident)
-            .where(NotificationIncident.closed_at.is_not(None), ~_IS_RUN)
+            .where(which, NotificationIncident.closed_at >= since)
             .order_by(NotificationIncident.closed_at.desc(), NotificationIncident.id.desc())
             .limit(1)
         ).first()
-        if row is None or row.closed_at is None or row.closed_at < since:
-            return None
-        return row.id, _state(row)
+        if row is not None:
+            s.expunge(row)
+        return row
 
 
 def _store_pass(
@@ -235,17 +243,8 @@ def apply_run(
 def last_closed_run(db: Database, pipeline: str, since: datetime) -> tuple[int, RunIncident] | None:
     """The run incident of ``pipeline`` closed last, if at or after ``since``: (its id,
     its state)."""
-    with db.session() as s:
-        row = s.scalars(
-            select(NotificationIncident)
-            .where(
-                NotificationIncident.known_keys == _run_keys(pipeline),
-                NotificationIncident.closed_at >= since,
-            )
-            .order_by(NotificationIncident.closed_at.desc(), NotificationIncident.id.desc())
-            .limit(1)
-        ).first()
-        return None if row is None else (row.id, _run_state(row))
+    row = _closed_last(db, since, NotificationIncident.known_keys == _run_keys(pipeline))
+    return None if row is None else (row.id, _run_state(row))
 
 
 def _store_run(

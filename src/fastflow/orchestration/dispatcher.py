@@ -39,6 +39,7 @@ WATCH_S = 1.0
 CONFIG_TTL_S = 5.0
 SWEEP_S = 5.0
 STALE_S = 60.0  # this process's own finished runs still due after this: follow-up failed
+SAID_MAX = 10_000  # runs whose sweep follow-up was logged (a bounded memory of them)
 
 
 class Dispatcher:
@@ -205,6 +206,8 @@ class Dispatcher:
         left += runs.unfollowed(db, elsewhere, this_host=False)
         for run in left:
             if run.id not in self._said:  # (once: an invalid pipeline.json keeps it due)
+                if len(self._said) > SAID_MAX:
+                    self._said.clear()  # (bounded: said again at worst, never grows)
                 self._said.add(run.id)
                 log.warning(
                     "run %s (%s) ended without its retry or triggers queued: following it up",

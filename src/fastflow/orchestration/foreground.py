@@ -76,7 +76,6 @@ def run_in_foreground(
             except RetryTakenOver as e:  # a server runs it: this process is done
                 print(f"fastflow: {e}", file=sys.stderr, flush=True)
                 return result
-            owed = None
             first = first or result.run_id
             again = should_retry(spec, attempt, result.status.value)
             delay = retry_delay(spec, attempt) if again else None
