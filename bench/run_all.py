@@ -14,6 +14,7 @@ import compileall
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ SCRIPTS = (
     "stats",
     "api_runs_ceiling",
     "docker_capture",
+    "notify_after_run",
 )
 QUICK_ENV = {"BENCH_LINES": "100000"}  # runner_throughput has no quick mode of its own
 
@@ -431,7 +433,22 @@ def _docker_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _notify_rows(r: dict[str, Any]) -> list[Row]:
+    def spread(xs: list[float], fmt: str = ".3f") -> str:
+        return f"{statistics.median(xs):{fmt}} [{min(xs):{fmt}}-{max(xs):{fmt}}]"
+
+    t = r["times_ms"]
+    return [
+        (
+            "a successful run's notification step (`notify.after_run`)",
+            "with the recovery re-send check vs `on_recovery: false` (ratio)",
+            f"{spread(t['with'])} vs {spread(t['without'])} ms ({spread(r['ratio'], '.2f')})",
+        )
+    ]
+
+
 FORMATTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "notify_after_run": _notify_rows,
     "docker_capture": _docker_rows,
     "api_runs_ceiling": _ceiling_rows,
     "stats": _stats_rows,

@@ -26,6 +26,7 @@ from fastflow.db.models import utcnow
 from fastflow.notify.incidents import (
     PASS_KEY,
     REMINDER_INTERVAL,
+    RUN_SUCCESS_STATUS,
     Decision,
     Incident,
     RunDecision,
@@ -107,24 +108,21 @@ def apply_pass(
 
 def last_closed(db: Database, since: datetime) -> tuple[int, Incident] | None:
     """The backup incident closed last, if at or after ``since``: (its id, its state)."""
-    row = _closed_last(db, since, ~_IS_RUN)
-    return None if row is None else (row.id, _state(row))
+    with db.session() as s:
+        row = _closed_last(s, since, ~_IS_RUN)
+        return None if row is None else (row.id, _state(row))
 
 
 def _closed_last(
-    db: Database, since: datetime, which: ColumnElement[bool]
+    s: Session, since: datetime, which: ColumnElement[bool]
 ) -> NotificationIncident | None:
     """The incident matching ``which`` closed last, if at or after ``since``."""
-    with db.session() as s:
-        row = s.scalars(
-            select(NotificationIncident)
-            .where(which, NotificationIncident.closed_at >= since)
-            .order_by(NotificationIncident.closed_at.desc(), NotificationIncident.id.desc())
-            .limit(1)
-        ).first()
-        if row is not None:
-            s.expunge(row)
-        return row
+    return s.scalars(
+        select(NotificationIncident)
+        .where(which, NotificationIncident.closed_at >= since)
+        .order_by(NotificationIncident.closed_at.desc(), NotificationIncident.id.desc())
+        .limit(1)
+    ).first()
 
 
 def _store_pass(
@@ -161,6 +159,9 @@ class AppliedRun:
 
     decision: RunDecision
     incident_id: int | None
+    # a SUCCESS with no incident open (``on_recovery``): the pipeline's incident closed
+    # within the reminder interval, whose recovery may not have got through everywhere
+    closed: tuple[int, RunIncident] | None = None
 
 
 def run_key(pipeline: str) -> str:
@@ -236,15 +237,12 @@ def apply_run(
             on_recovery=on_recovery,
             reminder_interval=reminder_interval,
         )
+        closed = None
+        if row is None and status == RUN_SUCCESS_STATUS and on_recovery:
+            last = _closed_last(s, now - reminder_interval, NotificationIncident.known_keys == keys)
+            closed = None if last is None else (last.id, _run_state(last))
         row = _store_run(s, row, keys, decision.incident, now)
-        return AppliedRun(decision, row.id if row is not None else None)
-
-
-def last_closed_run(db: Database, pipeline: str, since: datetime) -> tuple[int, RunIncident] | None:
-    """The run incident of ``pipeline`` closed last, if at or after ``since``: (its id,
-    its state)."""
-    row = _closed_last(db, since, NotificationIncident.known_keys == _run_keys(pipeline))
-    return None if row is None else (row.id, _run_state(row))
+        return AppliedRun(decision, row.id if row is not None else None, closed)
 
 
 def _store_run(

@@ -114,9 +114,9 @@ def _announce(
             )
             decision = replace(decision, kind=Kind.RUN_REMINDER)
     incident_id = applied.incident_id
-    if decision.kind is None and status == RUN_SUCCESS_STATUS and spec.on_recovery:
+    if decision.kind is None and applied.closed is not None:
         # all well: was the pipeline's last recovery told everywhere?
-        again = _recovery_again(ctx, run.pipeline_name, channels, now)
+        again = _recovery_again(ctx, run.pipeline_name, applied.closed, channels, now)
         if again is not None:
             incident_id, ended, channels = again
             decision = replace(decision, kind=Kind.RUN_RECOVERY, ended=ended)
@@ -134,16 +134,18 @@ def _announce(
 
 
 def _recovery_again(
-    ctx: Context, pipeline: str, channels: list[str], now: datetime
+    ctx: Context,
+    pipeline: str,
+    closed: tuple[int, RunIncident],
+    channels: list[str],
+    now: datetime,
 ) -> tuple[int, RunIncident, list[str]] | None:
-    """The pipeline's incident closed last within ``NOTIFY_REMINDER_HOURS`` whose recovery
-    message did not get through on some of ``channels`` (failed, or cut short): its id,
-    its state and those channels — the next successful run sends the recovery again
-    there. None when there is nothing to send again (older news is stale)."""
+    """``closed`` (the pipeline's incident closed last within ``NOTIFY_REMINDER_HOURS``,
+    found by ``records.apply_run``) if its recovery message did not get through on some
+    of ``channels`` (failed, or cut short): its id, its state and those channels — the
+    next successful run sends the recovery again there. None when there is nothing to
+    send again (older news is stale)."""
     if not channels:
-        return None
-    closed = records.last_closed_run(ctx.db, pipeline, now - reminder_interval(ctx))
-    if closed is None:
         return None
     incident_id, ended = closed
     failed = records.undelivered(ctx.db, incident_id, channels, now, kind=Kind.RUN_RECOVERY.value)
