@@ -30,6 +30,11 @@ def goal(name: str, values: list[float], op: str, target: float, unit: str = "x"
     }
 
 
+def spread(xs: list[float], fmt: str = ".2f") -> str:
+    """``median [min-max]`` of ``xs``, each formatted with ``fmt``."""
+    return f"{statistics.median(xs):{fmt}} [{min(xs):{fmt}}-{max(xs):{fmt}}]"
+
+
 def ratios(a: list[float], b: list[float]) -> list[float]:
     """Per-round ratios a/b (rounds are interleaved, so each pair shared the machine)."""
     return [x / y for x, y in zip(a, b, strict=True) if y]

@@ -13,7 +13,6 @@ issue 14: a figure for a path every run takes.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from goals import ratios  # noqa: E402
+from goals import ratios, spread  # noqa: E402
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
 CALLS = int(os.environ.get("BENCH_CALLS", "500"))
@@ -75,14 +74,11 @@ def main() -> dict[str, Any]:
                 times[name].append((time.perf_counter() - t0) / CALLS * 1000)
         ctx.db.dispose()
     per = ratios(times["with"], times["without"])
-
-    def spread(xs: list[float]) -> str:
-        return f"{statistics.median(xs):.3f} [{min(xs):.3f}-{max(xs):.3f}]"
-
     print(
         f"notify.after_run of a SUCCESS, {REPEAT} interleaved rounds of {CALLS} (load "
-        f"{os.getloadavg()[0]:.1f}): with the recovery re-send check {spread(times['with'])} ms, "
-        f"without (on_recovery false) {spread(times['without'])} ms; ratio {spread(per)}"
+        f"{os.getloadavg()[0]:.1f}): with the recovery re-send check "
+        f"{spread(times['with'], '.3f')} ms, without (on_recovery false) "
+        f"{spread(times['without'], '.3f')} ms; ratio {spread(per, '.3f')}"
     )
     return {"times_ms": times, "ratio": per, "goals": []}
 

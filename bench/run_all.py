@@ -14,7 +14,6 @@ import compileall
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -434,15 +433,13 @@ def _docker_rows(r: dict[str, Any]) -> list[Row]:
 
 
 def _notify_rows(r: dict[str, Any]) -> list[Row]:
-    def spread(xs: list[float], fmt: str = ".3f") -> str:
-        return f"{statistics.median(xs):{fmt}} [{min(xs):{fmt}}-{max(xs):{fmt}}]"
-
     t = r["times_ms"]
     return [
         (
             "a successful run's notification step (`notify.after_run`)",
             "with the recovery re-send check vs `on_recovery: false` (ratio)",
-            f"{spread(t['with'])} vs {spread(t['without'])} ms ({spread(r['ratio'], '.2f')})",
+            f"{_spread(t['with'], '.3f')} vs {_spread(t['without'], '.3f')} ms "
+            f"({_spread(r['ratio'], '.2f')})",
         )
     ]
 
