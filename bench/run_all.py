@@ -127,6 +127,18 @@ def _cleanup_rows(r: dict[str, Any]) -> list[Row]:
                     f"{_spread(rates['fastflow'])} / {_spread(rates['sequential'])} / "
                     f"{_spread(rates['pool'])}",
                 ),
+                *(
+                    [
+                        (
+                            "",
+                            "runs/s: 16-thread pool verifying by the PUT's ETag (no HEAD)",
+                            f"{_spread(rates['pool_etag'])} "
+                            f"(fastflow / it: {_spread(m['ratio_vs_pool_etag'], '.2f')})",
+                        )
+                    ]
+                    if "pool_etag" in rates
+                    else []
+                ),
                 (
                     "",
                     "client CPU per run: fastflow / sequential",

@@ -88,7 +88,15 @@ class ProxiedRequest(NamedTuple):
 @dataclass
 class _Rule:
     kind: Literal[
-        "fail", "delay", "drop", "corrupt", "corrupt_body", "opaque_etag", "cut", "check_sha256"
+        "fail",
+        "delay",
+        "drop",
+        "corrupt",
+        "corrupt_body",
+        "opaque_etag",
+        "no_metadata",
+        "cut",
+        "check_sha256",
     ]
     times: int | None
     match: Matcher | None
@@ -123,7 +131,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         method, path = self.command, self.path
         try:
             actions = proxy._take_actions(method, path)
-            delays, corrupt, corrupt_body, opaque, cut, check, terminal = actions
+            delays, corrupt, corrupt_body, opaque, no_meta, cut, check, terminal = actions
             for seconds in delays:
                 if not proxy._pause(seconds):
                     raise _Dropped
@@ -153,6 +161,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 data = data.translate(_FLIP)
             if opaque:
                 headers = [(k, _opaque(v) if k.lower() == "etag" else v) for k, v in headers]
+            if no_meta:
+                headers = [(k, v) for k, v in headers if not k.lower().startswith("x-amz-meta-")]
             if cut is not None and len(data) > cut:
                 self._respond(status, reason, headers, data, cut_after=cut)
                 self._abort()
@@ -447,6 +457,11 @@ class FaultProxy(ThreadingHTTPServer):
         SSE-KMS objects, MinIO's encrypted ones and some gateways have)."""
         self._add(_Rule("opaque_etag", times, match))
 
+    def hide_metadata(self, times: int | None = None, match: Matcher | None = None) -> None:
+        """Forward requests but answer without the objects' user metadata
+        (``x-amz-meta-*``): a server or gateway that does not keep it."""
+        self._add(_Rule("no_metadata", times, match))
+
     def clear(self) -> None:
         """Remove all rules and wake requests currently held by ``delay``."""
         with self._lock:
@@ -478,9 +493,9 @@ class FaultProxy(ThreadingHTTPServer):
 
     def _take_actions(
         self, method: str, path: str
-    ) -> tuple[list[float], bool, bool, bool, int | None, bool, _Rule | None]:
+    ) -> tuple[list[float], bool, bool, bool, bool, int | None, bool, _Rule | None]:
         delays: list[float] = []
-        corrupt = corrupt_body = opaque = check = False
+        corrupt = corrupt_body = opaque = no_meta = check = False
         cut: int | None = None
         terminal: _Rule | None = None
         with self._lock:
@@ -499,6 +514,8 @@ class FaultProxy(ThreadingHTTPServer):
                     corrupt_body = True
                 elif rule.kind == "opaque_etag":
                     opaque = True
+                elif rule.kind == "no_metadata":
+                    no_meta = True
                 elif rule.kind == "cut":
                     cut = rule.after_bytes
                 elif rule.kind == "check_sha256":
@@ -506,7 +523,7 @@ class FaultProxy(ThreadingHTTPServer):
                 else:
                     terminal = rule
                     break
-        return delays, corrupt, corrupt_body, opaque, cut, check, terminal
+        return delays, corrupt, corrupt_body, opaque, no_meta, cut, check, terminal
 
     def _pause(self, seconds: float) -> bool:
         """Sleep interruptibly; return False if the proxy was stopped meanwhile."""

@@ -356,6 +356,34 @@ def test_bytes_changed_on_the_way_to_the_server_are_never_deleted_locally(
     assert object_bytes(s3.client(), s3.bucket, _key(old.id, "p")) == data
 
 
+def test_a_pass_heads_its_first_upload_and_each_put_whose_answer_proves_nothing(
+    s3_app: Context, s3: S3Env
+) -> None:
+    """One upload at a time: the pass's first object is confirmed by a HEAD, the others
+    by their PutObject answers (MD5 ETags of the bytes sent) — except one a gateway
+    answered 200 without storing it: no ETag, so a HEAD, which finds nothing. That run
+    keeps its files and row; the others are archived and deleted."""
+    ctx = tune(s3_app, log_retention_runs=1, s3_max_concurrency=1)
+    *old, newest = seed_series(ctx, "p", 5)
+    lost = old[2]
+    s3.proxy.fail(200, match=lambda m, p: m == "PUT" and str(lost.id) in p, body="")
+    s3.proxy.clear_requests()
+
+    summary = _pass(ctx)
+
+    assert summary.deleted_runs == 3 and summary.backup_failures == 1
+    (failure,) = failures(ctx)
+    assert "does not exist" in failure.error_message
+    _assert_kept(ctx, [lost, newest])
+    heads = [
+        r.path for r in s3.proxy.requests if r.method == "HEAD" and "/pipeline-logs/p/" in r.path
+    ]
+    assert len(heads) == 2 and str(lost.id) in heads[1]
+    for run in (old[0], old[1], old[3]):
+        assert run_row(ctx, run.id) is None
+        assert object_bytes(s3.client(), s3.bucket, _key(run.id, "p")) == run.log_bytes
+
+
 def test_a_pass_hashes_each_mid_size_log_once_from_its_first_upload(
     s3_app: Context, s3: S3Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:

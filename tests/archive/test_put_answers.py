@@ -1,0 +1,132 @@
+"""An upload confirmed by the PutObject's answer instead of a HEAD, against the real S3
+server behind the fault proxy: only once a HEAD in the same pass has found an object
+exactly as its answer described it, and only when the answer proves the bytes (an ETag
+that is the MD5 of the bytes sent). Anything else still gets its HEAD."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastflow.archive import s3 as s3mod
+from fastflow.config import load_settings
+from fastflow.errors import ArchiveError, ObjectMissing
+from tests.harness.fixtures import S3Env
+
+
+def _store(s3: S3Env, tmp_path: Path, **settings: Any) -> s3mod.S3Store:
+    env = {k.lower(): v for k, v in s3.env().items()}
+    return s3mod.S3Store(load_settings(**env, data_dir=tmp_path / "data", **settings))
+
+
+def _log(tmp_path: Path, name: str, data: bytes | None = None) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data if data is not None else f"the log of {name}\n".encode() * 500)
+    return path
+
+
+def _heads(s3: S3Env) -> int:
+    """HEADs of objects the proxy has answered since the last ``clear_requests``."""
+    return sum(1 for r in s3.proxy.requests if r.method == "HEAD" and r.path.count("/") >= 2)
+
+
+def _object(s3: S3Env, key: str) -> bytes:
+    return bytes(s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read())
+
+
+def test_a_pass_heads_its_first_upload_and_trusts_the_answers_after_it(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    store = _store(s3, tmp_path)
+    store.ping()
+    s3.proxy.clear_requests()
+    for i in range(4):
+        store.put_verified(f"answers/{i}/run.log", _log(tmp_path, f"{i}.log"), {"run_id": f"{i}"})
+    assert _heads(s3) == 1
+    for i in range(4):
+        assert _object(s3, f"answers/{i}/run.log") == _log(tmp_path, f"{i}.log").read_bytes()
+
+    store.ping()  # the next pass: its first upload is confirmed by a HEAD again
+    s3.proxy.clear_requests()
+    store.put_verified("answers/4/run.log", _log(tmp_path, "4.log"), {})
+    store.put_verified("answers/5/run.log", _log(tmp_path, "5.log"), {})
+    assert _heads(s3) == 1
+
+
+def test_a_body_changed_on_the_way_after_the_answers_are_trusted_is_refused(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    """The server's ETag in its answer is the MD5 of what it received, not of what was
+    sent: the upload gets a HEAD, and the HEAD's ETag shows the damage."""
+    store = _store(s3, tmp_path)
+    store.put_verified("trusted/first.log", _log(tmp_path, "first.log"), {})
+    s3.proxy.corrupt_body(times=1, match=lambda method, _: method == "PUT")
+    s3.proxy.clear_requests()
+    with pytest.raises(ArchiveError, match=r"ETag .* not [0-9a-f]{32}, the MD5 of the bytes sent"):
+        store.put_verified("trusted/damaged.log", _log(tmp_path, "damaged.log"), {})
+    assert _heads(s3) == 1
+
+
+def test_a_put_acknowledged_without_an_etag_after_the_answers_are_trusted_gets_a_head(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    """A gateway answers 200 without passing the PutObject on: its answer proves nothing,
+    and the HEAD finds no object."""
+    store = _store(s3, tmp_path)
+    store.put_verified("trusted/first.log", _log(tmp_path, "first.log"), {})
+    s3.proxy.fail(200, times=1, match=lambda method, _: method == "PUT", body="")
+    with pytest.raises(ObjectMissing, match="does not exist"):
+        store.put_verified("trusted/lost.log", _log(tmp_path, "lost.log"), {})
+
+
+def test_an_answer_whose_etag_is_not_an_md5_gets_a_head(s3: S3Env, tmp_path: Path) -> None:
+    store = _store(s3, tmp_path)
+    store.put_verified("trusted/first.log", _log(tmp_path, "first.log"), {})
+    s3.proxy.opaque_etag(match=lambda method, _: method == "PUT")
+    s3.proxy.clear_requests()
+    path = _log(tmp_path, "second.log")
+    stored = store.put_verified("trusted/second.log", path, {})
+    assert _heads(s3) == 1
+    assert stored.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_server_that_does_not_keep_the_metadata_never_has_its_answers_trusted(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    """Its answers' ETags are right, but every HEAD shows the SHA-256 metadata missing:
+    no upload is confirmed, however many are made."""
+    s3.proxy.hide_metadata(match=lambda method, _: method == "HEAD")
+    store = _store(s3, tmp_path)
+    s3.proxy.clear_requests()
+    for i in range(3):
+        with pytest.raises(ArchiveError, match=r"checksum mismatch .* \(stored none"):
+            store.put_verified(f"bare/{i}.log", _log(tmp_path, f"{i}.log"), {})
+    assert _heads(s3) == 3
+
+
+def test_without_the_etag_check_every_upload_gets_a_head(s3: S3Env, tmp_path: Path) -> None:
+    """``S3_VERIFY_ETAG=false``: an ETag proves nothing, so each upload is HEAD-verified."""
+    store = _store(s3, tmp_path, s3_verify_etag=False)
+    s3.proxy.clear_requests()
+    for i in range(3):
+        store.put_verified(f"unproven/{i}.log", _log(tmp_path, f"{i}.log"), {})
+    assert _heads(s3) == 3
+
+
+def test_a_mid_size_file_after_the_answers_are_trusted_needs_no_head(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    """Streamed from the open file: the MD5 taken before the upload is what the answer's
+    ETag must be."""
+    store = _store(s3, tmp_path)
+    store.put_verified("mid/first.log", _log(tmp_path, "first.log"), {})
+    data = hashlib.sha256(b"seed").digest() * ((s3mod.SMALL_FILE + 4096) // 32)
+    path = _log(tmp_path, "mid.log", data)
+    s3.proxy.clear_requests()
+    stored = store.put_verified("mid/run.log", path, {})
+    assert _heads(s3) == 0
+    assert (stored.size, stored.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert _object(s3, "mid/run.log") == data
