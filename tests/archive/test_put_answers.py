@@ -41,7 +41,7 @@ def test_a_pass_heads_its_first_upload_and_trusts_the_answers_after_it(
     s3: S3Env, tmp_path: Path
 ) -> None:
     store = _store(s3, tmp_path)
-    store.ping()
+    store.begin_pass()
     s3.proxy.clear_requests()
     for i in range(4):
         store.put_verified(f"answers/{i}/run.log", _log(tmp_path, f"{i}.log"), {"run_id": f"{i}"})
@@ -49,7 +49,7 @@ def test_a_pass_heads_its_first_upload_and_trusts_the_answers_after_it(
     for i in range(4):
         assert _object(s3, f"answers/{i}/run.log") == _log(tmp_path, f"{i}.log").read_bytes()
 
-    store.ping()  # the next pass: its first upload is confirmed by a HEAD again
+    store.begin_pass()  # the next pass: its first upload is confirmed by a HEAD again
     s3.proxy.clear_requests()
     store.put_verified("answers/4/run.log", _log(tmp_path, "4.log"), {})
     store.put_verified("answers/5/run.log", _log(tmp_path, "5.log"), {})
@@ -130,3 +130,57 @@ def test_a_mid_size_file_after_the_answers_are_trusted_needs_no_head(
     assert _heads(s3) == 0
     assert (stored.size, stored.sha256) == (len(data), hashlib.sha256(data).hexdigest())
     assert _object(s3, "mid/run.log") == data
+
+
+def test_on_a_checking_server_an_answer_without_an_etag_gets_a_head(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    """The echoed SHA-256 of a server that checks it is not enough when the answer has no
+    ETag: a gateway may pass the checksum header back without storing anything."""
+    s3.proxy.check_sha256()
+    store = _store(s3, tmp_path)
+    assert store.server_checks_sha256()
+    store.put_verified("checked/first.log", _log(tmp_path, "first.log"), {})
+    s3.proxy.clear_requests()
+    store.put_verified("checked/second.log", _log(tmp_path, "second.log"), {})
+    assert _heads(s3) == 0  # confirmed by the checksum it echoed
+    s3.proxy.fail(200, times=1, match=lambda method, _: method == "PUT", body="")
+    with pytest.raises(ObjectMissing, match="does not exist"):
+        store.put_verified("checked/lost.log", _log(tmp_path, "lost.log"), {})
+
+
+MD5 = hashlib.md5(b"x", usedforsecurity=False).hexdigest()
+SHA = hashlib.sha256(b"x").hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("answer", "md5", "checks", "proves"),
+    [
+        ({"ETag": f'"{MD5}"'}, MD5, False, True),
+        ({"ETag": f'"{MD5.upper()}"'}, MD5, False, True),
+        ({}, MD5, False, False),
+        ({"ETag": f'W/"{MD5}"'}, MD5, False, False),
+        ({"ETag": f'"{MD5}-2"'}, MD5, False, False),
+        ({"ETag": f'"{MD5}"', "ServerSideEncryption": "aws:kms"}, MD5, False, False),
+        ({"ETag": f'"{MD5}"', "SSECustomerAlgorithm": "AES256"}, MD5, False, False),
+        ({"ETag": f'"{MD5}"', "ServerSideEncryption": "AES256"}, MD5, False, True),
+        ({"ETag": '"' + "0" * 32 + '"'}, MD5, False, False),
+        ({"ETag": f'"{MD5}"'}, None, False, False),
+        # a server that checks the SHA-256: its echo proves, with an ETag of any form...
+        ({"ETag": '"opaque-kms-etag"', "ChecksumSHA256": "ECHO"}, None, True, True),
+        # ...but not without an ETag, not a different echo, not an MD5 of other bytes
+        ({"ChecksumSHA256": "ECHO"}, None, True, False),
+        ({"ETag": '"opaque"', "ChecksumSHA256": "b3RoZXI="}, None, True, False),
+        ({"ETag": '"' + "0" * 32 + '"', "ChecksumSHA256": "ECHO"}, MD5, True, False),
+    ],
+)
+def test_which_answers_prove_the_bytes(
+    s3: S3Env, tmp_path: Path, answer: dict[str, str], md5: str | None, checks: bool, proves: bool
+) -> None:
+    import base64
+
+    store = _store(s3, tmp_path)
+    store._server_checks = checks
+    echo = base64.b64encode(bytes.fromhex(SHA)).decode()
+    answer = {k: echo if v == "ECHO" else v for k, v in answer.items()}
+    assert store._answer_proves(answer, SHA, md5) is proves

@@ -90,6 +90,7 @@ class _Rule:
     kind: Literal[
         "fail",
         "delay",
+        "delay_answer",
         "drop",
         "corrupt",
         "corrupt_body",
@@ -131,7 +132,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         method, path = self.command, self.path
         try:
             actions = proxy._take_actions(method, path)
-            delays, corrupt, corrupt_body, opaque, no_meta, cut, check, terminal = actions
+            delays, late, corrupt, corrupt_body, opaque, no_meta, cut, check, terminal = actions
             for seconds in delays:
                 if not proxy._pause(seconds):
                     raise _Dropped
@@ -157,6 +158,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 xml = [("Content-Type", "application/xml")]
                 self._respond(502, "", xml, s3_error_body(502, message=message))
                 return
+            for seconds in late:  # forwarded (and stored): only the answer waits
+                if not proxy._pause(seconds):
+                    raise _Dropped
             if corrupt:
                 data = data.translate(_FLIP)
             if opaque:
@@ -423,6 +427,14 @@ class FaultProxy(ThreadingHTTPServer):
         """Wait ``seconds`` before handling matching requests (cut short by clear()/stop())."""
         self._add(_Rule("delay", times, match, seconds=seconds))
 
+    def delay_answer(
+        self, seconds: float, times: int | None = None, match: Matcher | None = None
+    ) -> None:
+        """Forward matching requests at once, then wait ``seconds`` before passing the
+        answer on (cut short by clear()/stop()): a PUT stored long before the client
+        hears of it."""
+        self._add(_Rule("delay_answer", times, match, seconds=seconds))
+
     def drop(
         self, times: int | None = None, match: Matcher | None = None, after_bytes: int = 0
     ) -> None:
@@ -493,8 +505,9 @@ class FaultProxy(ThreadingHTTPServer):
 
     def _take_actions(
         self, method: str, path: str
-    ) -> tuple[list[float], bool, bool, bool, bool, int | None, bool, _Rule | None]:
+    ) -> tuple[list[float], list[float], bool, bool, bool, bool, int | None, bool, _Rule | None]:
         delays: list[float] = []
+        late: list[float] = []
         corrupt = corrupt_body = opaque = no_meta = check = False
         cut: int | None = None
         terminal: _Rule | None = None
@@ -508,6 +521,8 @@ class FaultProxy(ThreadingHTTPServer):
                         self._rules.remove(rule)
                 if rule.kind == "delay":
                     delays.append(rule.seconds)
+                elif rule.kind == "delay_answer":
+                    late.append(rule.seconds)
                 elif rule.kind == "corrupt":
                     corrupt = True
                 elif rule.kind == "corrupt_body":
@@ -523,7 +538,7 @@ class FaultProxy(ThreadingHTTPServer):
                 else:
                     terminal = rule
                     break
-        return delays, corrupt, corrupt_body, opaque, no_meta, cut, check, terminal
+        return delays, late, corrupt, corrupt_body, opaque, no_meta, cut, check, terminal
 
     def _pause(self, seconds: float) -> bool:
         """Sleep interruptibly; return False if the proxy was stopped meanwhile."""

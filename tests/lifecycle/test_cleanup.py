@@ -384,6 +384,21 @@ def test_a_pass_heads_its_first_upload_and_each_put_whose_answer_proves_nothing(
         assert object_bytes(s3.client(), s3.bucket, _key(run.id, "p")) == run.log_bytes
 
 
+def test_each_pass_in_a_process_heads_its_first_upload_again(s3_app: Context, s3: S3Env) -> None:
+    """The store (one per settings in the process) forgets at each pass what the last
+    one learned of the server's answers."""
+    ctx = tune(s3_app, log_retention_runs=1, s3_max_concurrency=1)
+    seed_series(ctx, "p", 3)
+    s3.proxy.clear_requests()
+    assert _pass(ctx).deleted_runs == 2
+    seed_run(ctx, "p", NOW - timedelta(hours=1))
+    first = [r for r in s3.proxy.requests if r.method == "HEAD" and "/pipeline-logs/p/" in r.path]
+    s3.proxy.clear_requests()
+    assert _pass(ctx).deleted_runs == 1
+    second = [r for r in s3.proxy.requests if r.method == "HEAD" and "/pipeline-logs/p/" in r.path]
+    assert len(first) == 1 and len(second) == 1
+
+
 def test_a_pass_hashes_each_mid_size_log_once_from_its_first_upload(
     s3_app: Context, s3: S3Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -78,13 +78,21 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
 # --- B1: bytes appended after verification ------------------------------------------------
 
 
+@pytest.mark.parametrize("slow", ["HEAD", "PUT answer"])
 def test_line_appended_during_a_slow_head_is_never_deleted(
-    ctx: Context, env: dict[str, str], s3: S3Env
+    ctx: Context, env: dict[str, str], s3: S3Env, slow: str
 ) -> None:
     """The issue's reproduction: HEAD delayed 3 s, a line appended once the object is on
-    the server. Before the fix: exit 0, log deleted, the line in no archive."""
+    the server. Before the fix: exit 0, log deleted, the line in no archive. The same
+    with the PutObject's answer delayed (the log is then confirmed by that answer, the
+    pass's metrics file having had the HEAD): the object is stored, the client not yet
+    told."""
     old, new = seed_series(ctx, "p", 2)
-    s3.proxy.delay(3, match=lambda m, p: m == "HEAD" and _object_head(p))
+    if slow == "HEAD":  # every upload HEAD-verified: no PutObject answer proves anything
+        env = {**env, "S3_VERIFY_ETAG": "false"}
+        s3.proxy.delay(3, match=lambda m, p: m == "HEAD" and _object_head(p))
+    else:
+        s3.proxy.delay_answer(3, match=lambda m, p: m == "PUT" and p.endswith("/run.log"))
     proc = _cli(env, "cleanup", "--json")
     client = s3.client()
     wait_until(lambda: _key(old.id, "p") in keys(client, s3.bucket), 30, "the upload")
@@ -445,8 +453,8 @@ def test_a_fifo_in_a_logs_place_is_refused_without_hanging_the_pass(
 
 
 def test_concurrent_appender_loses_no_byte(ctx: Context, s3: S3Env) -> None:
-    """A writer appends to every old log every 10 ms while passes run with slow HEADs:
-    every appended line ends up local or in a verified archive."""
+    """A writer appends to every old log every 10 ms while passes run with slow HEADs and
+    slow PutObject answers: every appended line ends up local or in a verified archive."""
     seeded = seed_series(ctx, "busy", 7)
     old = seeded[:-1]
     stop = threading.Event()
@@ -470,6 +478,7 @@ def test_concurrent_appender_loses_no_byte(ctx: Context, s3: S3Env) -> None:
             stop.wait(0.01)
 
     s3.proxy.delay(0.5, match=lambda m, p: m == "HEAD" and _object_head(p))
+    s3.proxy.delay_answer(0.5, match=lambda m, p: m == "PUT" and _object_head(p))
     writer = threading.Thread(target=append)
     writer.start()
     try:

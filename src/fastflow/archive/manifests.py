@@ -13,7 +13,8 @@ Guarantees:
 - a manifest lists every ledger entry that no earlier manifest lists (``manifest_key``
   NULL): the entries of its own pass and those of a pass killed before it wrote its
   manifest — so no entry is ever left out;
-- it is uploaded like a log (uncompressed; HEAD: size and SHA-256; with Object Lock
+- it is uploaded like a log (uncompressed; size and SHA-256 confirmed by a HEAD or by a
+  proving PutObject answer, ``S3Store._confirm``; with Object Lock
   configured, under retention) and only then recorded (``archive_manifests``) and named
   on its entries, in one transaction;
 - memory stays bounded: lines are written to a temporary file from keyset batches, and

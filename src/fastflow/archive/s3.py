@@ -301,7 +301,7 @@ class S3Store:
         # (None: not probed yet; ``server_checks_sha256``)
         self._server_checks: bool | None = None
         self._probe_lock = threading.Lock()
-        # whether a HEAD in this pass (since the last ``ping``) found an object exactly as
+        # whether a HEAD in this pass (since ``begin_pass``) found an object exactly as
         # its PutObject answer described it, metadata included: from then on an answer
         # that proves the bytes confirms an upload without a HEAD (``_confirm``)
         self._answers_trusted = False
@@ -364,8 +364,9 @@ class S3Store:
     def put_verified(
         self, key: str, path: Path, metadata: dict[str, str], *, name: str | None = None
     ) -> StoredObject:
-        """Upload ``path`` to ``key`` streaming (compressed when configured), then HEAD and
-        compare size and SHA-256 of the stored bytes. ``name``: the file's name in error
+        """Upload ``path`` to ``key`` streaming (compressed when configured), then confirm
+        size and SHA-256 of the stored bytes (a HEAD, or a PutObject answer that proves
+        them: ``_confirm``). ``name``: the file's name in error
         messages (``path`` may be a ``/proc/self/fd`` path: ``runs.files.held``)."""
         name = name or path.name
         if self.codec == "none":
@@ -408,7 +409,8 @@ class S3Store:
         *,
         hash_sent: bool = False,
     ) -> tuple[int, str]:
-        """Upload, then verify with HEAD. A file of up to ``SMALL_FILE`` bytes is read
+        """Upload, then confirm (``_confirm``: a HEAD, or the PutObject's own answer once
+        this pass trusts them). A file of up to ``SMALL_FILE`` bytes is read
         once and the bytes that were hashed are the bytes sent (``_put_small``). A
         larger one is hashed once, before the upload; up to ``MULTIPART_THRESHOLD`` it
         is one PutObject streamed from the open file carrying that SHA-256. A server
@@ -541,14 +543,20 @@ class S3Store:
         were hashed: the SHA-256 echoed by a server known to refuse a body that does not
         match it (``server_checks_sha256``), or an ETag that is the MD5 of the bytes
         sent (``md5``; with ``S3_VERIFY_ETAG``, and not for SSE-KMS or SSE-C objects,
-        whose ETags are not MD5s)."""
+        whose ETags are not MD5s). An answer without an ETag (a gateway that acknowledges
+        what it did not store) proves nothing, and neither does one whose ETag is an MD5
+        of other bytes, whatever checksum it echoes."""
+        etag = _etag(answer)
+        if etag is None:
+            return False
+        plain = not _keyed(answer) and bool(_PLAIN_MD5.fullmatch(etag))
+        if md5 is not None and plain and etag != md5:
+            return False
         if self._server_checks:
             sent = base64.b64encode(bytes.fromhex(sha256)).decode("ascii")
             if answer.get("ChecksumSHA256") == sent:
                 return True
-        if md5 is None or not self.settings.s3_verify_etag or _keyed(answer):
-            return False
-        return _etag(answer) == md5
+        return md5 is not None and self.settings.s3_verify_etag and plain and etag == md5
 
     def server_checks_sha256(self) -> bool:
         """Whether the server refuses a body that does not match the SHA-256 sent with it
@@ -695,11 +703,15 @@ class S3Store:
             )
         return md5, info
 
+    def begin_pass(self) -> None:
+        """A pass begins: until a HEAD in it has shown again that the server stores what
+        its PutObject answers describe, every upload is confirmed by a HEAD
+        (``_confirm``). Every pass calls this before its first upload (``PassRun``)."""
+        self._answers_trusted = False
+
     def ping(self) -> None:
         """HEAD the bucket with short timeouts and no retry; raise ``ArchiveError`` (with
-        ``connection_level`` when the server is unreachable or silent). A pass pings
-        first: its first upload is confirmed by a HEAD again (``_confirm``)."""
-        self._answers_trusted = False
+        ``connection_level`` when the server is unreachable or silent)."""
         if self._ping_client is None:  # short timeouts, no retry; made once per store
             self._ping_client = make_client(
                 self.settings,
@@ -952,6 +964,7 @@ _BROKEN_DOWNLOAD = (
 # what a server that checks the SHA-256 sent with a body answers when it does not match
 _CHECKSUM_MISMATCH = frozenset({"BadDigest", "XAmzContentChecksumMismatch"})
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}(?:-[1-9][0-9]*)?")
+_PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")  # a single-part object's MD5 ETag
 # a server that does not implement an operation at all (not one that refuses it)
 _NOT_IMPLEMENTED = frozenset({"NotImplemented", "501", "XNotImplemented"})
 

@@ -213,6 +213,8 @@ class PassRun:
         self.summary = summary
         self.now = now
         self.store = store
+        if store is not None:  # the pass's first upload is HEAD-verified again
+            store.begin_pass()
         self.progress = progress
         self.lock = lock
         self.policies = policies if policies is not None else {}
