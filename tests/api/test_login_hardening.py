@@ -185,14 +185,19 @@ def test_thirty_parallel_logins_do_not_starve_health(ff_env: dict[str, str]) -> 
         latencies: list[float] = []
         with httpx.Client(base_url=url, timeout=30) as client:
             start.wait()
+            burst_began = time.perf_counter()
             while any(t.is_alive() for t in threads) or not latencies:
                 began = time.perf_counter()
                 assert client.get("/api/health").status_code == 200
                 latencies.append(time.perf_counter() - began)
         for t in threads:
             t.join()
+        burst = time.perf_counter() - burst_began
         assert sorted(set(statuses)) <= [401, 429] and len(statuses) == 30
-        assert max(latencies) < 1.0, latencies
+        # a starved health check waits behind the queue of password checks, most of the
+        # burst; on a machine loaded by other work (the other test worker) the burst and
+        # any one request stretch alike, so the bound grows with the burst
+        assert max(latencies) < max(1.0, burst / 4), (burst, latencies)
 
 
 # --- login CSRF ----------------------------------------------------------------------

@@ -184,3 +184,36 @@ def test_which_answers_prove_the_bytes(
     echo = base64.b64encode(bytes.fromhex(SHA)).decode()
     answer = {k: echo if v == "ECHO" else v for k, v in answer.items()}
     assert store._answer_proves(answer, SHA, md5) is proves
+
+
+def test_a_mid_size_body_changed_on_the_way_after_the_answers_are_trusted_is_refused(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    """Once the server's ETags are known to be MD5s, a mid-size file is hashed before the
+    upload only (SHA-256 and MD5 in one read): the answer's ETag is then the one proof of
+    what arrived, and a flipped byte on the way makes it the MD5 of other bytes."""
+    store = _store(s3, tmp_path)
+    store.put_verified("mid/first.log", _log(tmp_path, "first.log"), {})
+    data = hashlib.sha256(b"seed").digest() * ((s3mod.SMALL_FILE + 4096) // 32)
+    path = _log(tmp_path, "mid.log", data)
+    store.put_verified("mid/one.log", path, {})  # hashed once, confirmed by its answer
+    s3.proxy.corrupt_body(times=1, match=lambda method, _: method == "PUT")
+    with pytest.raises(ArchiveError, match=r"ETag .* the MD5 of the bytes sent"):
+        store.put_verified("mid/two.log", path, {})
+
+
+def test_a_compressed_upload_is_confirmed_by_its_answer_with_the_compressed_bytes(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    from fastflow.archive import compression
+
+    store = _store(s3, tmp_path, s3_compression="gzip")
+    data = b"a compressible line of a log\n" * 2000
+    store.put_verified("gz/first.log", _log(tmp_path, "first.log", data), {})
+    s3.proxy.clear_requests()
+    stored = store.put_verified("gz/second.log", _log(tmp_path, "second.log", data), {})
+    assert _heads(s3) == 0
+    assert (stored.original_size, stored.encoding) == (len(data), "gzip")
+    raw = _object(s3, "gz/second.log")
+    assert hashlib.sha256(raw).hexdigest() == stored.sha256
+    assert b"".join(compression.decompress(iter([raw]), "gzip", "gz/second.log")) == data
