@@ -248,6 +248,52 @@ def test_a_message_whose_delivery_was_cut_short_is_sent_again_on_its_channel(
     assert len(world.cards()) == 1 and len(world.mails()) == 1
 
 
+def test_a_delivery_that_cannot_be_recorded_is_logged_and_breaks_nothing(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database refuses the record of a delivery while the card is on its way (its
+    table is gone for a moment: renamed by another connection). The card still goes
+    out, the failure to record it is logged without a secret, the e-mail's record
+    stands, and once the table is back the card is the one message still owed: sent
+    again when its delivery has been "in progress" longer than one can take."""
+    seed_series(world.ctx, "etl", 3)
+    world.s3.proxy.fail(500)
+    world.teams.hang(times=1)
+    summary = run_pass(world.ctx, "test", now=NOW)
+    assert summary.backup_failures == 2
+
+    def email_recorded_card_held() -> bool:
+        seen = [(d.channel, d.ok) for d in _deliveries(world.ctx)]
+        return sorted(seen, key=str) == [("email", True), ("teams", None)]
+
+    with caplog.at_level(logging.INFO, logger="fastflow"):
+        delivery = notify.after_pass(world.ctx, summary, options=FAST)
+        world.teams.wait_for(1, WAIT)
+        wait_until(email_recorded_card_held, WAIT, "the e-mail recorded and the card held")
+        with world.ctx.db.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE notification_deliveries RENAME TO deliveries_away"))
+        try:
+            world.teams.release()
+            assert delivery.wait(WAIT), "delivery did not finish"
+        finally:
+            with world.ctx.db.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE deliveries_away RENAME TO notification_deliveries"))
+
+    assert {(r.channel, r.ok) for r in delivery.results} == {("email", True), ("teams", True)}
+    assert len(world.cards()) == 1 and len(world.mails()) == 1
+    logged = caplog.text
+    assert "cannot record the teams delivery: OperationalError" in logged
+    assert TOKEN not in logged and SMTP_PASSWORD not in logged
+    seen = sorted(((d.channel, d.ok) for d in _deliveries(world.ctx)), key=str)
+    assert seen == [("email", True), ("teams", None)]
+
+    _, soon = world.cycle()  # the card may still be on its way: not sent twice
+    assert soon.kind is None and len(world.cards()) == 1
+    _, later = world.cycle(at=datetime.now(UTC) + records.ABANDONED_AFTER + timedelta(seconds=5))
+    assert [(r.channel, r.ok) for r in later.results] == [("teams", True)]
+    assert len(world.cards()) == 2 and len(world.mails()) == 1
+
+
 def test_recovery_sends_one_message_per_channel(world: World) -> None:
     seed_series(world.ctx, "etl", 4)
     world.s3.proxy.fail(500)
