@@ -97,6 +97,30 @@ def test_small_bodies_go_without_waiting_for_100_continue_and_streamed_ones_wait
     assert expects == [None, "100-continue"]
 
 
+def test_a_small_put_retried_after_a_server_error_still_goes_without_100_continue(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    """botocore sends a retry with the first attempt's headers: the dropped ``Expect``
+    stays dropped, and the retry's body is whole (the object is stored)."""
+    store = _store(s3, tmp_path)
+    expects: list[str | None] = []
+
+    def seen(request: Any, **_: Any) -> None:
+        if request.method == "PUT":
+            value = request.headers.get("Expect")
+            expects.append(value.decode() if isinstance(value, bytes) else value)
+
+    store.client.meta.events.register("before-send.s3", seen)
+    s3.proxy.fail(500, times=1, match=lambda method, _: method == "PUT")
+    path = tmp_path / "run.log"
+    data = os.urandom(20_000)
+    path.write_bytes(data)
+    store.put_verified("expect/retried.log", path, {"run_id": "r1"})
+    assert expects == [None, None]
+    assert [r.status for r in s3.proxy.requests if r.method == "PUT"][-2:] == [500, 200]
+    assert _object(s3, "expect/retried.log") == data
+
+
 def test_a_streamed_file_that_no_longer_matches_its_hash_is_refused(
     s3: S3Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
