@@ -141,6 +141,48 @@ def test_a_put_acknowledged_but_not_stored_deletes_nothing(ctx: Context, s3: S3E
     assert failures(ctx) == [] and newest.log.exists()
 
 
+def test_bodies_changed_on_the_way_in_a_parallel_pass_delete_only_what_arrived_whole(
+    ctx: Context, s3: S3Env
+) -> None:
+    """30 due runs archived by 8 workers, most confirmed by their PutObject answers; a
+    link flips one byte in every upload of every third run. Each run whose files are
+    gone has objects byte-identical to them; each other run keeps its files and row;
+    the next pass over a healthy link archives the rest."""
+    *due, newest = seed_series(ctx, "p", 31, days_apart=0.1)
+    damaged = {str(run.id) for run in due[::3]}
+    s3.proxy.corrupt_body(match=lambda m, p: m == "PUT" and p.split("/")[-2] in damaged)
+    s3.proxy.clear_requests()
+
+    summary = run_pass(ctx, "test", now=NOW)
+
+    seen = [r for r in s3.proxy.requests if "/pipeline-logs/p/" in r.path]
+    puts = sum(r.method == "PUT" for r in seen)
+    heads = sum(r.method == "HEAD" for r in seen)
+    # a damaged run's first upload gets a HEAD (its answer proves nothing) and stops it;
+    # of the others, only those in flight before the first HEAD had answered
+    assert heads < puts - len(damaged), (heads, puts)
+    assert summary.deleted_runs == len(due) - len(damaged)
+    assert summary.backup_failures == len(damaged)
+    client = s3.client()
+    for run in due:
+        if str(run.id) in damaged:
+            assert run.log.read_bytes() == run.log_bytes and run_row(ctx, run.id) is not None
+            assert run.metrics.read_bytes() == run.metrics_bytes
+        else:
+            assert not run.log.exists() and run_row(ctx, run.id) is None
+            assert object_bytes(client, s3.bucket, _key(run.id, "p")) == run.log_bytes
+            metrics = object_bytes(
+                client, s3.bucket, _key(run.id, "p").replace("run.log", "metrics.jsonl")
+            )
+            assert metrics == run.metrics_bytes
+    s3.proxy.clear()
+    again = run_pass(ctx, "test", now=NOW)
+    assert again.deleted_runs == len(damaged) and again.backup_failures == 0
+    for run in due:
+        assert object_bytes(client, s3.bucket, _key(run.id, "p")) == run.log_bytes
+    assert newest.log.exists()
+
+
 def test_delete_refuses_a_file_that_changed_after_verification(tmp_path: Path) -> None:
     """The last check before unlinking: same inode, size and mtime as when hashed."""
     from fastflow.errors import FileChanged
