@@ -48,6 +48,19 @@ def _operations(store: s3mod.S3Store) -> Counter[str]:
     return seen
 
 
+def _expect_headers(store: s3mod.S3Store) -> list[str | None]:
+    """The ``Expect`` header of every PUT attempt the store's client sends from now on."""
+    expects: list[str | None] = []
+
+    def seen(request: Any, **_: Any) -> None:
+        if request.method == "PUT":
+            value = request.headers.get("Expect")
+            expects.append(value.decode() if isinstance(value, bytes) else value)
+
+    store.client.meta.events.register("before-send.s3", seen)
+    return expects
+
+
 @pytest.mark.parametrize("size", [10, s3mod.SMALL_FILE + 1, 3 * s3mod.SMALL_FILE // 2])
 def test_each_size_is_one_put_and_one_head_with_the_servers_checksum(
     s3: S3Env, tmp_path: Path, size: int
@@ -80,14 +93,7 @@ def test_small_bodies_go_without_waiting_for_100_continue_and_streamed_ones_wait
     """A small file's PutObject is sent whole at once (no ``Expect: 100-continue`` round
     trip); a file streamed from disk still asks the server first. Both are stored."""
     store = _store(s3, tmp_path)
-    expects: list[str | None] = []
-
-    def seen(request: Any, **_: Any) -> None:
-        if request.method == "PUT":
-            value = request.headers.get("Expect")
-            expects.append(value.decode() if isinstance(value, bytes) else value)
-
-    store.client.meta.events.register("before-send.s3", seen)
+    expects = _expect_headers(store)
     for size in (20_000, s3mod.SMALL_FILE + 1):
         path = tmp_path / f"{size}.log"
         data = os.urandom(size)
@@ -103,14 +109,7 @@ def test_a_small_put_retried_after_a_server_error_still_goes_without_100_continu
     """botocore sends a retry with the first attempt's headers: the dropped ``Expect``
     stays dropped, and the retry's body is whole (the object is stored)."""
     store = _store(s3, tmp_path)
-    expects: list[str | None] = []
-
-    def seen(request: Any, **_: Any) -> None:
-        if request.method == "PUT":
-            value = request.headers.get("Expect")
-            expects.append(value.decode() if isinstance(value, bytes) else value)
-
-    store.client.meta.events.register("before-send.s3", seen)
+    expects = _expect_headers(store)
     s3.proxy.fail(500, times=1, match=lambda method, _: method == "PUT")
     path = tmp_path / "run.log"
     data = os.urandom(20_000)
