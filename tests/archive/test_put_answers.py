@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from fastflow.archive import s3 as s3mod
-from fastflow.config import load_settings
 from fastflow.errors import ArchiveError, ObjectMissing
+from tests.archive.test_upload_paths import _fresh as _store
+from tests.archive.test_upload_paths import _object
 from tests.harness.fixtures import S3Env
-
-
-def _store(s3: S3Env, tmp_path: Path, **settings: Any) -> s3mod.S3Store:
-    env = {k.lower(): v for k, v in s3.env().items()}
-    return s3mod.S3Store(load_settings(**env, data_dir=tmp_path / "data", **settings))
 
 
 def _log(tmp_path: Path, name: str, data: bytes | None = None) -> Path:
@@ -30,11 +25,7 @@ def _log(tmp_path: Path, name: str, data: bytes | None = None) -> Path:
 
 def _heads(s3: S3Env) -> int:
     """HEADs of objects the proxy has answered since the last ``clear_requests``."""
-    return sum(1 for r in s3.proxy.requests if r.method == "HEAD" and r.path.count("/") >= 2)
-
-
-def _object(s3: S3Env, key: str) -> bytes:
-    return bytes(s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read())
+    return len(s3.proxy.seen("HEAD", f"/{s3.bucket}/"))
 
 
 def test_a_pass_heads_its_first_upload_and_trusts_the_answers_after_it(

@@ -468,9 +468,10 @@ def test_where_etags_are_not_md5s_a_rewritten_file_is_caught_by_hashing_what_is_
     assert ops["PutObject"] == 2
 
 
-def _fresh(s3: S3Env, tmp_path: Path) -> s3mod.S3Store:
+def _fresh(s3: S3Env, tmp_path: Path, **settings: Any) -> s3mod.S3Store:
+    """A store that knows nothing of the server yet."""
     env = {k.lower(): v for k, v in s3.env().items()}
-    return s3mod.S3Store(load_settings(**env, data_dir=tmp_path / "data"))
+    return s3mod.S3Store(load_settings(**env, data_dir=tmp_path / "data", **settings))
 
 
 def test_a_server_that_checks_the_sha256_is_found_out_once_and_nothing_is_stored(

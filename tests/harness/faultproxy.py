@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -116,6 +116,21 @@ class _Rule:
         return self.match is None or self.match(method, path)
 
 
+# rules that only mark a request for a change of its body or answer
+_FLAGS = frozenset({"corrupt", "corrupt_body", "opaque_etag", "no_metadata", "check_sha256"})
+
+
+@dataclass
+class _Actions:
+    """What the rules matching one request do to it."""
+
+    delays: list[float] = field(default_factory=list)  # before it is forwarded
+    late: list[float] = field(default_factory=list)  # after, before its answer
+    flags: set[str] = field(default_factory=set)  # kinds in ``_FLAGS``
+    cut: int | None = None
+    terminal: _Rule | None = None  # answered or dropped instead of forwarded
+
+
 class _Dropped(Exception):
     """The handler must abort the connection without a response."""
 
@@ -132,18 +147,19 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         method, path = self.command, self.path
         try:
             actions = proxy._take_actions(method, path)
-            delays, late, corrupt, corrupt_body, opaque, no_meta, cut, check, terminal = actions
-            for seconds in delays:
+            flags, cut, terminal = actions.flags, actions.cut, actions.terminal
+            for seconds in actions.delays:
                 if not proxy._pause(seconds):
                     raise _Dropped
             if terminal is not None and terminal.kind == "drop":
                 self._read_body(limit=terminal.after_bytes)
                 raise _Dropped
             body = self._read_body()
-            if corrupt_body and body:  # one byte in the middle, the length kept
+            if "corrupt_body" in flags and body:  # one byte in the middle, the length kept
                 middle = len(body) // 2
                 body = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
-            if terminal is None and check and not _matches_its_sha256(self.headers, body):
+            checked = "check_sha256" in flags
+            if terminal is None and checked and not _matches_its_sha256(self.headers, body):
                 terminal = _Rule("fail", 1, None, status=400, body=s3_error_body(400, "BadDigest"))
             if terminal is not None:
                 xml = [("Content-Type", "application/xml")]
@@ -158,14 +174,14 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 xml = [("Content-Type", "application/xml")]
                 self._respond(502, "", xml, s3_error_body(502, message=message))
                 return
-            for seconds in late:  # forwarded (and stored): only the answer waits
+            for seconds in actions.late:  # forwarded (and stored): only the answer waits
                 if not proxy._pause(seconds):
                     raise _Dropped
-            if corrupt:
+            if "corrupt" in flags:
                 data = data.translate(_FLIP)
-            if opaque:
+            if "opaque_etag" in flags:
                 headers = [(k, _opaque(v) if k.lower() == "etag" else v) for k, v in headers]
-            if no_meta:
+            if "no_metadata" in flags:
                 headers = [(k, v) for k, v in headers if not k.lower().startswith("x-amz-meta-")]
             if cut is not None and len(data) > cut:
                 self._respond(status, reason, headers, data, cut_after=cut)
@@ -491,6 +507,10 @@ class FaultProxy(ThreadingHTTPServer):
         with self._lock:
             return list(self._seen)
 
+    def seen(self, method: str, within: str = "") -> list[ProxiedRequest]:
+        """The requests handled so far with ``method`` whose path contains ``within``."""
+        return [r for r in self.requests if r.method == method and within in r.path]
+
     # ----------------------------------------------------------------- internals
     def _add(self, rule: _Rule) -> None:
         if rule.times is not None and rule.times <= 0:
@@ -503,14 +523,8 @@ class FaultProxy(ThreadingHTTPServer):
         self._wake.set()
         self._wake = threading.Event()
 
-    def _take_actions(
-        self, method: str, path: str
-    ) -> tuple[list[float], list[float], bool, bool, bool, bool, int | None, bool, _Rule | None]:
-        delays: list[float] = []
-        late: list[float] = []
-        corrupt = corrupt_body = opaque = no_meta = check = False
-        cut: int | None = None
-        terminal: _Rule | None = None
+    def _take_actions(self, method: str, path: str) -> _Actions:
+        actions = _Actions()
         with self._lock:
             for rule in list(self._rules):
                 if not rule.applies(method, path):
@@ -520,25 +534,17 @@ class FaultProxy(ThreadingHTTPServer):
                     if rule.times == 0:
                         self._rules.remove(rule)
                 if rule.kind == "delay":
-                    delays.append(rule.seconds)
+                    actions.delays.append(rule.seconds)
                 elif rule.kind == "delay_answer":
-                    late.append(rule.seconds)
-                elif rule.kind == "corrupt":
-                    corrupt = True
-                elif rule.kind == "corrupt_body":
-                    corrupt_body = True
-                elif rule.kind == "opaque_etag":
-                    opaque = True
-                elif rule.kind == "no_metadata":
-                    no_meta = True
+                    actions.late.append(rule.seconds)
                 elif rule.kind == "cut":
-                    cut = rule.after_bytes
-                elif rule.kind == "check_sha256":
-                    check = True
+                    actions.cut = rule.after_bytes
+                elif rule.kind in _FLAGS:
+                    actions.flags.add(rule.kind)
                 else:
-                    terminal = rule
+                    actions.terminal = rule
                     break
-        return delays, late, corrupt, corrupt_body, opaque, no_meta, cut, check, terminal
+        return actions
 
     def _pause(self, seconds: float) -> bool:
         """Sleep interruptibly; return False if the proxy was stopped meanwhile."""

@@ -375,9 +375,7 @@ def test_a_pass_heads_its_first_upload_and_each_put_whose_answer_proves_nothing(
     (failure,) = failures(ctx)
     assert "does not exist" in failure.error_message
     _assert_kept(ctx, [lost, newest])
-    heads = [
-        r.path for r in s3.proxy.requests if r.method == "HEAD" and "/pipeline-logs/p/" in r.path
-    ]
+    heads = [r.path for r in s3.proxy.seen("HEAD", "/pipeline-logs/p/")]
     assert len(heads) == 2 and str(lost.id) in heads[1]
     for run in (old[0], old[1], old[3]):
         assert run_row(ctx, run.id) is None
@@ -392,10 +390,10 @@ def test_each_pass_in_a_process_heads_its_first_upload_again(s3_app: Context, s3
     s3.proxy.clear_requests()
     assert _pass(ctx).deleted_runs == 2
     seed_run(ctx, "p", NOW - timedelta(hours=1))
-    first = [r for r in s3.proxy.requests if r.method == "HEAD" and "/pipeline-logs/p/" in r.path]
+    first = s3.proxy.seen("HEAD", "/pipeline-logs/p/")
     s3.proxy.clear_requests()
     assert _pass(ctx).deleted_runs == 1
-    second = [r for r in s3.proxy.requests if r.method == "HEAD" and "/pipeline-logs/p/" in r.path]
+    second = s3.proxy.seen("HEAD", "/pipeline-logs/p/")
     assert len(first) == 1 and len(second) == 1
 
 

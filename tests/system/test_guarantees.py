@@ -155,9 +155,8 @@ def test_bodies_changed_on_the_way_in_a_parallel_pass_delete_only_what_arrived_w
 
     summary = run_pass(ctx, "test", now=NOW)
 
-    seen = [r for r in s3.proxy.requests if "/pipeline-logs/p/" in r.path]
-    puts = sum(r.method == "PUT" for r in seen)
-    heads = sum(r.method == "HEAD" for r in seen)
+    puts = len(s3.proxy.seen("PUT", "/pipeline-logs/p/"))
+    heads = len(s3.proxy.seen("HEAD", "/pipeline-logs/p/"))
     # a damaged run's first upload gets a HEAD (its answer proves nothing) and stops it;
     # of the others, only those in flight before the first HEAD had answered
     assert heads < puts - len(damaged), (heads, puts)
