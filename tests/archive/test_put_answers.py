@@ -208,3 +208,24 @@ def test_a_compressed_upload_is_confirmed_by_its_answer_with_the_compressed_byte
     raw = _object(s3, "gz/second.log")
     assert hashlib.sha256(raw).hexdigest() == stored.sha256
     assert b"".join(compression.decompress(iter([raw]), "gzip", "gz/second.log")) == data
+
+
+def test_a_put_whose_answer_is_lost_is_sent_again_and_confirmed_by_the_second_answer(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    """The object is stored but the connection breaks before its answer: botocore sends
+    the PutObject again, and that answer confirms it. With every answer lost nothing is
+    confirmed: the upload fails."""
+    store = _store(s3, tmp_path)
+    store.put_verified("lost/first.log", _log(tmp_path, "first.log"), {})
+    s3.proxy.drop_answer(times=1, match=lambda method, _: method == "PUT")
+    s3.proxy.clear_requests()
+    path = _log(tmp_path, "second.log")
+    store.put_verified("lost/second.log", path, {})
+    assert [r.status for r in s3.proxy.seen("PUT")] == [0, 200]
+    assert _heads(s3) == 0
+    assert _object(s3, "lost/second.log") == path.read_bytes()
+
+    s3.proxy.drop_answer(match=lambda method, _: method == "PUT")
+    with pytest.raises(ArchiveError):
+        store.put_verified("lost/third.log", _log(tmp_path, "third.log"), {})

@@ -91,6 +91,7 @@ class _Rule:
         "fail",
         "delay",
         "delay_answer",
+        "drop_answer",
         "drop",
         "corrupt",
         "corrupt_body",
@@ -117,7 +118,9 @@ class _Rule:
 
 
 # rules that only mark a request for a change of its body or answer
-_FLAGS = frozenset({"corrupt", "corrupt_body", "opaque_etag", "no_metadata", "check_sha256"})
+_FLAGS = frozenset(
+    {"corrupt", "corrupt_body", "opaque_etag", "no_metadata", "check_sha256", "drop_answer"}
+)
 
 
 @dataclass
@@ -177,6 +180,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             for seconds in actions.late:  # forwarded (and stored): only the answer waits
                 if not proxy._pause(seconds):
                     raise _Dropped
+            if "drop_answer" in flags:  # forwarded (and stored), the answer lost
+                raise _Dropped
             if "corrupt" in flags:
                 data = data.translate(_FLIP)
             if "opaque_etag" in flags:
@@ -450,6 +455,11 @@ class FaultProxy(ThreadingHTTPServer):
         answer on (cut short by clear()/stop()): a PUT stored long before the client
         hears of it."""
         self._add(_Rule("delay_answer", times, match, seconds=seconds))
+
+    def drop_answer(self, times: int | None = None, match: Matcher | None = None) -> None:
+        """Forward matching requests, then reset the connection instead of answering: a
+        PUT stored whose client never hears of it."""
+        self._add(_Rule("drop_answer", times, match))
 
     def drop(
         self, times: int | None = None, match: Matcher | None = None, after_bytes: int = 0
