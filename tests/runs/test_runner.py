@@ -249,6 +249,42 @@ def test_timeout_kills_the_whole_tree(
     assert any("timeout after 1.5 s" in x for x in _payloads(result.log_path))
 
 
+@pytest.mark.parametrize("holds_pipe", [False, True])
+def test_processes_left_in_the_group_end_with_the_run(
+    app: Context, make_pipeline: MakePipeline, tmp_path: Path, holds_pipe: bool
+) -> None:
+    """A pipeline that exits leaving a child in its process group (output closed, or
+    still holding the pipe): the child is killed when the run ends — it would keep the
+    run's secrets in its environment and escape the memory limit — and the log says
+    so; before (an outside audit), a child that had closed its output lived on. A
+    child that left the group (``setsid``) is the documented exception."""
+    pidfile, detached = tmp_path / "child.pid", tmp_path / "detached.pid"
+    out = "None" if holds_pipe else "subprocess.DEVNULL"
+    make_pipeline(
+        "leaves",
+        f"""
+        import subprocess
+        child = subprocess.Popen(["sleep", "300"], stdout={out}, stderr={out})
+        away = subprocess.Popen(["sleep", "300"], start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        open({str(pidfile)!r}, "w").write(str(child.pid))
+        open({str(detached)!r}, "w").write(str(away.pid))
+        print("done", flush=True)
+        """,
+    )
+    result = run_pipeline(app.db, app.settings, "leaves", "cli")
+    assert result.status == RunStatus.SUCCESS
+    assert _gone(int(pidfile.read_text()))
+    away = int(detached.read_text())
+    try:
+        assert not _gone(away)  # out of the group: not the run's to end
+    finally:
+        os.kill(away, signal.SIGKILL)
+    notes = [x for x in _payloads(result.log_path) if "left running" in x]
+    said = "[fastflow] ended 1 process(es) the pipeline left running in its process group"
+    assert notes == [said]
+
+
 def test_periodic_metrics_samples(app: Context, make_pipeline: MakePipeline) -> None:
     make_pipeline(
         "busy",

@@ -94,6 +94,7 @@ def run_in_foreground(
                 raise KeyboardInterrupt
             attempt += 1
     except KeyboardInterrupt:  # stopped on purpose: the retry is not owed any more
+        _flag_stopped(ctx.db)  # (quit by a second signal: a running attempt, CANCELLED)
         if owed is not None:
             drop(ctx.db, owed)
         raise
@@ -108,6 +109,16 @@ def run_in_foreground(
     )
     follow_triggers(ctx.db, ctx.settings.pipelines_dir, pipeline, ended)
     return result
+
+
+def _flag_stopped(db: Database) -> None:
+    """This process is quitting on purpose: its running attempt, if any, is flagged as
+    asked to stop, so that whoever retires it ends it CANCELLED (no retry, no trigger)
+    instead of retrying it as interrupted. Never raises."""
+    try:
+        runs.request_cancel_here(db)
+    except Exception as e:  # the database away: the run is retired as interrupted
+        log.warning("could not record the stop of the running attempt: %s", type(e).__name__)
 
 
 def _wait(ctx: Context, pause: threading.Event, delay: float) -> bool:
@@ -148,12 +159,15 @@ class CancelWatch:
         self._thread.join(5)
 
     def _watch(self) -> None:
-        # a stop request of this process is looked at five times a second; the database
+        # a stop request of this process is looked at twenty times a second; the database
         # (a cancel from elsewhere) once per POLL_S, as without one
-        tick = self.POLL_S if self._also is None else self.POLL_S / 5
+        tick = self.POLL_S if self._also is None else self.POLL_S / 20
         ticks = 0
         while not self._closed.wait(tick):
             if self._also is not None and self._also.is_set():
+                # recorded first: should this process die before the run is stopped (a
+                # second Ctrl-C, kill -9), the run is still retired CANCELLED, not retried
+                _flag_stopped(self._db)
                 self.event.set()
                 return
             ticks += 1
@@ -182,7 +196,8 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             raise KeyboardInterrupt
         stop.set()
         print(
-            f"fastflow: {signal.Signals(signum).name}: stopping the run (it ends CANCELLED); "
+            f"fastflow: {signal.Signals(signum).name}: stopping (a running attempt ends "
+            "CANCELLED; a wait for a slot or a retry ends with nothing more recorded); "
             "again to quit at once",
             file=sys.stderr,
             flush=True,

@@ -4,8 +4,11 @@ and cancellation, and end what it leaves behind.
 Guarantees: every byte written to the pipe before EOF is fed to the capture; the
 process is reaped with ``wait4`` (its rusage is the exact CPU time of the tree's
 waited-for part); on timeout or cancel the whole tree gets SIGTERM, then SIGKILL after
-``KILL_GRACE_S`` (past a hard memory limit: SIGKILL at once); descendants that keep the
-pipe open after the process exited are killed after ``DRAIN_AFTER_EXIT_S``.
+``kill_grace`` (past a hard memory limit: SIGKILL at once); what the process leaves in
+its process group when it exits is killed — at once when it closed the pipe, after
+``DRAIN_AFTER_EXIT_S`` when it keeps the pipe open — before the process is reaped (its
+pid, the group's id, cannot be taken by another process until then), and the log notes
+how many were ended. Only a descendant that left the group (``setsid``) outlives the run.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class Pump:
     outcome: Outcome = field(default_factory=Outcome)
     _fd: int = -1
     _sel: selectors.BaseSelector | None = None
-    _exited_at: float | None = None
+    _exited_at: float | None = None  # the process exited (a zombie until ``_end``)
     _killed_at: float | None = None
     _last_flush: float = 0.0
     _idle_s: float = IDLE_FIRST_S
@@ -82,8 +85,6 @@ class Pump:
                 self._enforce(now, deadline)
         finally:
             self._close_pipe()
-        if self.outcome.kind != "exited":
-            self.kill_tree(self.proc, signal.SIGKILL)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
         return self.outcome
@@ -120,14 +121,33 @@ class Pump:
     def _reap(self, now: float) -> None:
         if self.outcome.wait_status is not None:
             return
-        pid, status, rusage = os.wait4(self.proc.pid, os.WNOHANG)
-        if pid:
-            self.outcome.wait_status, self.outcome.rusage = status, rusage
+        if self._exited_at is None:
+            # exited? (WNOWAIT: left a zombie, so its pid — the group's id — stays ours)
+            if os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                return
             self._exited_at = now
-            self.proc.returncode = os.waitstatus_to_exitcode(status)
+        if self._sel is not None:
+            return  # still draining the pipe (``_enforce`` ends that)
+        self._end_leftovers()
+        _, status, rusage = os.wait4(self.proc.pid, 0)  # a zombie: returns at once
+        self.outcome.wait_status, self.outcome.rusage = status, rusage
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+
+    def _end_leftovers(self) -> None:
+        """SIGKILL what is left in the run's process group (the exited process is its
+        leader, not yet reaped); a note in the log says how many."""
+        left = _group_members(self.proc.pid)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        if left and self.outcome.kind == "exited":
+            self.capture.write_note(
+                f"ended {left} process(es) the pipeline left running in its process group"
+            )
 
     def _enforce(self, now: float, deadline: float | None) -> None:
-        running = self.outcome.wait_status is None
+        running = self._exited_at is None
         if running and self._killed_at is None:
             if deadline is not None and now >= deadline:
                 self.outcome.kind = "timeout"
@@ -146,5 +166,28 @@ class Pump:
         exited = self._exited_at
         if exited is not None and self._sel is not None and now - exited > DRAIN_AFTER_EXIT_S:
             # leftover descendants keep the pipe open: the run owns its tree, end it
-            self.kill_tree(self.proc, signal.SIGKILL)
+            # (``_reap`` then kills the group and reaps the process)
             self._close_pipe()
+
+
+def _group_members(pgid: int) -> int:
+    """How many live processes other than ``pgid`` itself are in process group ``pgid``
+    (read from ``/proc``; 0 where it cannot be read)."""
+    count = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == pgid:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # after the command name's closing parenthesis: state, ppid, pgrp
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+            count += 1
+    return count

@@ -491,7 +491,11 @@ def execute(
     extra_env: dict[str, str] | None = None,
     kill_grace: float | None = None,
 ) -> RunResult:
-    """Execute an existing PENDING run of ``pipeline``."""
+    """Execute an existing PENDING run of ``pipeline``; a stopped run (timeout, cancel)
+    gets ``kill_grace`` seconds (default ``CANCEL_GRACE_SECONDS``) between SIGTERM and
+    SIGKILL, whoever runs it."""
+    if kill_grace is None:
+        kill_grace = settings.cancel_grace_seconds
     logs_root = settings.logs_root
     log_rel = logfiles.log_rel(pipeline.name, str(run_id))
     metrics_rel = logfiles.metrics_rel(pipeline.name, str(run_id))
@@ -602,7 +606,7 @@ def execute(
                 secrets=prepared.secrets,
                 extra_env=extra_env,
                 stop=stop,
-                grace=kill_grace if kill_grace is not None else settings.cancel_grace_seconds,
+                grace=kill_grace,
             )
             status, exit_code, reason = ended.status, ended.exit_code, ended.reason
         elif prepared is not None:
@@ -678,7 +682,7 @@ def _run_process(
     log_out: TextIO,
     metrics_out: TextIO,
     cancel: threading.Event | None,
-    kill_grace: float | None,
+    kill_grace: float,
 ) -> tuple[RunStatus, int | None, str | None]:
     assert prepared.env is not None
     env = {**env, OUTPUT_MARK_ENV: capture.split_streams(mark_for(run_id))}  # see capture
@@ -709,8 +713,7 @@ def _run_process(
             cancel,
             memory_exceeded=sampler.exceeded,
         )
-        if kill_grace is not None:
-            pump.kill_grace = kill_grace
+        pump.kill_grace = kill_grace
         ended = pump.run()
         ru = ended.rusage
         cpu_seconds = ru.ru_utime + ru.ru_stime if ru is not None else 0.0

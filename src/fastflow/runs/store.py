@@ -740,3 +740,22 @@ def cancel_requested_here(db: Database) -> bool:
             .limit(1)
         ).first()
     return row is not None
+
+
+def request_cancel_here(db: Database) -> int:
+    """Flag the running runs of this process (this host, this pid) as asked to stop
+    (``cancel_requested_at``, kept where already set): a run whose process then dies
+    before it could stop it is retired CANCELLED — no retry, no trigger — not FAILED.
+    One UPDATE; returns how many runs were flagged."""
+    with db.engine.begin() as conn:
+        result = conn.execute(
+            update(PipelineRun)
+            .where(
+                PipelineRun.status.in_(RUNNING_STATES),
+                PipelineRun.runner_host == HOSTNAME,
+                PipelineRun.runner_pid == os.getpid(),
+                PipelineRun.cancel_requested_at.is_(None),
+            )
+            .values(cancel_requested_at=utcnow())
+        )
+    return int(result.rowcount or 0)
