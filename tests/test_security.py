@@ -52,6 +52,31 @@ def test_log_records_are_redacted_whatever_the_logger(
     assert "key *** refused" in text
 
 
+def test_an_access_line_with_a_secret_is_written_masked(
+    settings: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """uvicorn's access formatter unpacks the record's five arguments: a masked record
+    keeps them (before, found by an outside audit, the line was lost and ~100 lines of
+    "Logging error" traceback were written instead, for any request carrying a secret)."""
+    from uvicorn.logging import AccessFormatter
+
+    install_log_redaction(settings)  # type: ignore[arg-type]
+    handler = logging.StreamHandler()
+    handler.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s'))
+    logger = logging.getLogger("uvicorn.access.test")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        path = f"/api/health?x={S3_SECRET}"
+        logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", path, "1.1", 200)
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert err.strip() == '127.0.0.1:5000 - "GET /api/health?x=*** HTTP/1.1" 200 OK'
+    assert "Logging error" not in err and S3_SECRET not in err
+
+
 @pytest.mark.parametrize("token", ["SECRET TOKENAB", "SECRÉTTOKEN", "tökenvalue"])
 def test_webhook_tokens_are_masked_as_an_http_client_logs_them(
     ff_env: dict[str, str], token: str

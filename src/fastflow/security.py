@@ -287,7 +287,10 @@ def redact_current(text: str) -> str:
 
 def install_log_redaction(settings: Settings) -> None:
     """Redact every log record created from now on in this process, whichever logger
-    (fastflow's, uvicorn's, botocore's) creates it; the latest settings apply."""
+    (fastflow's, uvicorn's, botocore's) creates it; the latest settings apply. A record
+    keeps the shape of its arguments where masking each of them is enough (uvicorn's
+    access formatter unpacks them: replacing them lost the line and logged a traceback,
+    an outside audit found); otherwise it becomes its masked message."""
     if not _log_settings:
         previous = logging.getLogRecordFactory()
 
@@ -297,9 +300,22 @@ def install_log_redaction(settings: Settings) -> None:
                 message = record.getMessage()
             except Exception:  # a malformed record stays as logging would show it
                 return record
-            clean = redact(message, _log_settings[-1])
-            if clean != message:
-                record.msg, record.args = clean, None
+            settings = _log_settings[-1]
+            clean = redact(message, settings)
+            if clean == message:
+                return record
+            if isinstance(record.args, tuple) and isinstance(record.msg, str):
+                masked = tuple(
+                    redact(a, settings) if isinstance(a, str) else a for a in record.args
+                )
+                try:
+                    enough = record.msg % masked == clean
+                except Exception:
+                    enough = False
+                if enough:
+                    record.args = masked
+                    return record
+            record.msg, record.args = clean, None
             return record
 
         logging.setLogRecordFactory(factory)
