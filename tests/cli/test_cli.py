@@ -114,6 +114,22 @@ def test_invalid_config_stops_every_command(
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("where", ["file", "below-a-file", "/dev/null"])
+def test_a_data_dir_that_cannot_be_a_folder_stops_with_exit_2(
+    cli: Cli, ff_env: dict[str, str], tmp_path: Path, where: str
+) -> None:
+    """``DATA_DIR`` naming a file, a path below one, or a device: one line naming the
+    variable and the path, exit 2 (before, an outside audit found, a traceback)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    value = {"file": str(a_file), "below-a-file": str(a_file / "sub"), "/dev/null": "/dev/null"}
+    res = cli("runs", env={"DATA_DIR": value[where]})
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert f"DATA_DIR={value[where]}: cannot be used as a folder" in res.stderr
+    assert a_file.read_text() == "x"
+
+
 def test_invalid_secret_is_masked_on_stderr(cli: Cli, ff_env: dict[str, str]) -> None:
     res = cli("runs", env={"TEAMS_WEBHOOK_URL": "nohost/topsecret"})
     assert res.returncode == 2

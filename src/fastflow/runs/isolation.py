@@ -180,7 +180,16 @@ def secure_data_dir(settings: Settings) -> None:
     runs reach their environments — and kept 0711 once set, whichever process comes
     next —, else 0700); tighten the key and SQLite files."""
     data = settings.data_dir.expanduser().resolve()
-    data.mkdir(parents=True, exist_ok=True)
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        if not data.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+    except OSError as e:  # a file, a path below a file, an unwritable place: exit 2
+        why = e.strerror or type(e).__name__
+        raise ConfigError(
+            f"invalid configuration: DATA_DIR={settings.data_dir}: cannot be used as a "
+            f"folder ({why})"
+        ) from None
     mode = 0o711 if settings.run_as_user else 0o700
     if mode == 0o700 and stat.S_IMODE(data.stat().st_mode) == 0o711:
         # a server with RUN_AS_USER set it so that its runs reach their environments; a
