@@ -248,6 +248,11 @@ def test_body_over_1_mib_is_413_even_without_content_length_and_non_json_is_422(
         b"[" * 100_000 + b"]" * 100_000,
         b'{"amount": NaN}',  # not JSON, though Python's parser takes it
         b"[Infinity]",
+        # JSON, but not in UTF-8 as the pipeline reads it (an outside audit: accepted,
+        # then the run failed on its payload)
+        '{"ref": "main"}'.encode("utf-16"),
+        '{"ref": "main"}'.encode("utf-32"),
+        b'\xef\xbb\xbf{"ref": "main"}',
     )
     for bad in bad_bodies:
         res = hooks.post("quiet", key, content=bad)

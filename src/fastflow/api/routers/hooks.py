@@ -77,13 +77,18 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 def _payload(body: bytes) -> bytes | None:
-    """The body if it is JSON, None when it is empty; ``InvalidInput`` otherwise."""
+    """The body if it is JSON in UTF-8 without a byte order mark (what a pipeline's
+    ``json.load(open(path))`` reads), None when it is empty; ``InvalidInput`` otherwise
+    (UTF-16/32 and a BOM included: ``json.loads`` of bytes would accept them, and the
+    pipeline then failed on its payload, an outside audit found)."""
     if not body.strip():
         return None
     try:
-        strict_json.loads(body)
+        if body.startswith(b"\xef\xbb\xbf"):
+            raise ValueError("a byte order mark")
+        strict_json.loads(body.decode("utf-8"))
     except ValueError:  # also invalid UTF-8, NaN and absurd nesting
-        raise InvalidInput("the request body must be JSON (or empty)") from None
+        raise InvalidInput("the request body must be JSON in UTF-8 (or empty)") from None
     return body
 
 
