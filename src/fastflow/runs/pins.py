@@ -69,13 +69,23 @@ class PinState:
 
 
 def clean_reason(raw: str) -> str:
-    """The reason as stored: one line, trimmed; ``InvalidInput`` when empty or too long."""
+    """The reason as stored: one line, trimmed; ``InvalidInput`` when empty, too long,
+    or holding control, bidi or unencodable characters (NUL, ``\u202e``, a lone
+    surrogate: what a listing or a terminal would show wrongly, or a database refuse)."""
     text = " ".join(str(raw).split())
+    if any(
+        ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000 or c in _BIDI
+        for c in text
+    ):
+        raise InvalidInput("the pin reason must be printable text on one line")
     if not text:
         raise InvalidInput('a pin needs a reason (--reason TEXT / {"reason": "..."})')
     if len(text) > MAX_REASON_CHARS:
         raise InvalidInput(f"the pin reason is longer than {MAX_REASON_CHARS} characters")
     return text
+
+
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def holds_enabled(settings: Settings) -> bool:

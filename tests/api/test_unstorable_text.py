@@ -1,0 +1,81 @@
+"""Text no query can carry — a lone surrogate (``"\\ud800"`` in JSON), a NUL on
+PostgreSQL — is answered 422 in the validation errors' shape, never a 500 (an outside
+audit found 500s, the login route's without any credentials), and the value is never
+repeated (it may be a password)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fastflow.config import load_settings
+from fastflow.context import bootstrap
+from fastflow.server import create_app
+from tests.api.test_api import Api
+from tests.seeding import NOW, seed_run
+
+SURROGATE = "\\ud800"  # JSON's escape: the parsed string holds a lone surrogate
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_api(
+    request: pytest.FixtureRequest, ff_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Api]:
+    if request.param == "postgresql":
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
+    ctx = bootstrap(load_settings())
+    yield Api(TestClient(create_app(ctx, schedule=False)), ctx)
+    ctx.db.dispose()
+
+
+def _raw(api: Api, method: str, url: str, body: str, auth: bool = True) -> tuple[int, object]:
+    headers = {"Content-Type": "application/json", **(api.admin if auth else {})}
+    res = api.client.request(method, url, content=body.encode("ascii"), headers=headers)
+    return res.status_code, res.json()
+
+
+def _is_unstorable(status: int, body: object, kind: str) -> bool:
+    assert isinstance(body, dict), body
+    detail = body["detail"]
+    return status == 422 and isinstance(detail, list) and detail[0]["type"] == kind
+
+
+def test_a_lone_surrogate_is_a_422_on_every_route_that_stores_or_looks_up_text(
+    any_api: Api,
+) -> None:
+    api = any_api
+    run = seed_run(api.ctx, "etl", NOW - timedelta(days=1))
+    login = f'{{"username": "a{SURROGATE}", "password": "x"}}'
+    status, body = _raw(api, "POST", "/api/auth/login", login, auth=False)
+    assert _is_unstorable(status, body, "string_unicode"), (status, body)
+    password = f'{{"username": "alice", "password": "pw{SURROGATE}"}}'
+    status, body = _raw(api, "POST", "/api/auth/login", password, auth=False)
+    assert status in (401, 422) and "pw" not in str(body), (status, body)
+    pin = f'{{"reason": "ab{SURROGATE}cd"}}'
+    status, body = _raw(api, "POST", f"/api/runs/{run.id}/pin", pin)
+    assert status == 422 and "printable" in str(body), (status, body)
+    # a domain error quoting the value: its text still encodes
+    status, body = _raw(api, "PUT", "/api/settings", f'{{"s3_prefix": "ab{SURROGATE}cd"}}')
+    assert status == 422, (status, body)
+    assert api.client.get(f"/api/runs/{run.id}", headers=api.viewer).json()["pinned_at"] is None
+
+
+def test_a_nul_in_a_lookup_or_a_stored_text_is_never_a_500(any_api: Api) -> None:
+    api = any_api
+    run = seed_run(api.ctx, "etl", NOW - timedelta(days=1))
+    on_pg = api.ctx.db.engine.dialect.name == "postgresql"
+    login = '{"username": "al\\u0000ice", "password": "x"}'
+    status, body = _raw(api, "POST", "/api/auth/login", login, auth=False)
+    assert _is_unstorable(status, body, "string_nul") if on_pg else status == 401, (status, body)
+    res = api.client.get("/api/runs?pipeline_name=a%00b", headers=api.viewer)
+    assert res.status_code == 422 or (res.status_code == 200 and res.json() == []), res.text
+    res = api.client.delete("/api/secrets/AB%00C", headers=api.admin)
+    assert res.status_code in (404, 422), res.text
+    for reason in ("a \\u0000 b", "a \\u202e b", "a \\u0007 b"):
+        status, body = _raw(api, "POST", f"/api/runs/{run.id}/pin", f'{{"reason": "{reason}"}}')
+        assert status == 422 and "printable" in str(body), (reason, status, body)
+    page = api.client.get("/runs?pipeline=a%00b", headers={**api.viewer, "Accept": "text/html"})
+    assert page.status_code != 500
