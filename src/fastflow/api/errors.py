@@ -74,7 +74,6 @@ def install(app: FastAPI) -> None:
             return _html_error(errors)
         return JSONResponse({"detail": errors}, status_code=422)
 
-
     @app.exception_handler(UnicodeEncodeError)
     async def _unencodable(request: Request, exc: UnicodeEncodeError) -> Response:
         return _unstorable(request, "string_unicode", UNENCODABLE)
