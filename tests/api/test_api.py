@@ -714,3 +714,15 @@ def test_an_unhandled_error_answers_500_with_the_security_headers_and_no_detail(
     assert res.headers["x-frame-options"] == "DENY"
     assert res.headers["referrer-policy"] == "same-origin"
     assert "hunter2" not in res.text and "internals" not in res.text
+
+
+def test_the_log_stream_of_an_unknown_run_is_a_404(api: Api) -> None:
+    """As every other ``/api/runs/{id}`` route, full id or short (before, an outside
+    audit found, a full id got a 200 event stream with ``log-error`` and ``retry``,
+    which an ``EventSource`` reconnects to every second)."""
+    unknown = uuid.uuid4()
+    for rid in (str(unknown), str(unknown)[:8]):
+        res = api.client.get(f"/api/runs/{rid}/logs/stream", headers=api.viewer)
+        assert res.status_code == 404, res.text
+        assert res.json()["detail"] == f"run {rid} not found"
+        assert not res.headers["content-type"].startswith("text/event-stream")

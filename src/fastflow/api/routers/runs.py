@@ -33,7 +33,7 @@ from fastflow.config import Settings
 from fastflow.context import Context
 from fastflow.db import cache as readcache
 from fastflow.db.models import RunStatus
-from fastflow.errors import FastflowError, InvalidInput, RunAlreadyFinished
+from fastflow.errors import FastflowError, InvalidInput, RunAlreadyFinished, RunNotFound
 from fastflow.runs import files as logfiles
 from fastflow.runs import logsearch, logstream, readback
 from fastflow.runs import store as run_rows
@@ -373,6 +373,11 @@ async def stream_logs(
         if not text.isdigit():
             raise InvalidInput(f"Last-Event-ID {text[:40]!r} is not a byte offset")
         start = int(text)
+    # an unknown id is a 404 here too, not a stream of ``log-error`` events that an
+    # ``EventSource`` reconnects to every second (an outside audit)
+    found = await run_in_threadpool(readback.locate, ctx, run_id)
+    if found.run is None and found.entry is None:
+        raise RunNotFound(f"run {run_id} not found")
     follower = logstream.Follower(ctx, run_id, start, metrics=metrics)
     return StreamingResponse(
         _events(follower, ctx.settings),
