@@ -17,14 +17,19 @@ from tests.harness.ports import free_port
 
 @contextmanager
 def fastflow_serve(
-    env: dict[str, str], *, stderr: IO[Any] | int = subprocess.DEVNULL, timeout: float = 60
+    env: dict[str, str],
+    *,
+    stderr: IO[Any] | int = subprocess.DEVNULL,
+    stdout: IO[Any] | int = subprocess.DEVNULL,
+    timeout: float = 60,
 ) -> Iterator[str]:
-    """Yield the base URL of a running server; terminate it afterwards."""
+    """Yield the base URL of a running server; terminate it afterwards. uvicorn writes
+    its access lines to stdout, its other lines to stderr."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fastflow", "serve", "--port", str(port)],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=stderr,
     )
     url = f"http://127.0.0.1:{port}"

@@ -506,7 +506,10 @@ def test_a_key_in_the_path_never_reaches_the_servers_access_log(
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith(webhooks.KEY_PREFIX)
     log = tmp_path / "serve.log"
-    with open(log, "wb") as err, fastflow_serve({**os.environ, **ff_env}, stderr=err) as url:
+    with (
+        open(log, "wb") as err,
+        fastflow_serve({**os.environ, **ff_env}, stderr=err, stdout=err) as url,
+    ):
         res = httpx.post(f"{url}/api/webhooks/hello/{key}", timeout=30)
         assert res.status_code == 202, res.text
         wait_until(lambda: b"/api/webhooks/hello/" in log.read_bytes(), 30, "the access log")
