@@ -201,17 +201,22 @@ def test_cleanup_exit_2_when_s3_incomplete(cli: Cli, make_pipeline: MakePipeline
 def test_cleanup_exit_3_when_another_pass_runs(
     cli: Cli, make_pipeline: MakePipeline, app: Context
 ) -> None:
+    from fastflow.lifecycle import records
     from fastflow.lifecycle.lock import PassLock
 
     with PassLock(app.db):
+        _, started = records.open_pass(app.db, "api")  # the running pass's row
         res = cli("cleanup")
         as_json = cli("cleanup", "--json")
     assert res.returncode == 3
     assert "another cleanup pass is running" in res.stderr
-    # --json: one object on stdout still (an outside audit found stdout empty)
+    assert f"(started {started.isoformat()})" in res.stderr
+    # --json: one object on stdout still (an outside audit found stdout empty), saying
+    # when the running pass started, as the API's 409 does (it said null, another audit)
     assert as_json.returncode == 3
     answer = json.loads(as_json.stdout)
     assert answer["busy"] is True and "another cleanup pass is running" in answer["error"]
+    assert answer["started_at"] == started.isoformat()
 
 
 def test_cleanup_dry_run_prints_plan_and_changes_nothing(

@@ -31,7 +31,7 @@ def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool, adopt_logs_dir
     """Run one cleanup pass now: retention, verified archive, truncation."""
     from fastflow.cli.progress import ProgressLine
     from fastflow.errors import ConfigError, PassAlreadyRunning
-    from fastflow.lifecycle.cleanup import record_crashed_pass, run_pass
+    from fastflow.lifecycle.cleanup import busy_with_start, record_crashed_pass, run_pass
 
     try:
         app = _context(ctx)
@@ -61,7 +61,8 @@ def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool, adopt_logs_dir
             progress=bar.update if bar else None,
             plan_sink=click.echo if dry_run and not as_json else None,
         )
-    except PassAlreadyRunning as e:
+    except PassAlreadyRunning as busy:
+        e = busy_with_start(app, busy)
         if as_json:  # a script reading stdout learns why there is no summary
             click.echo(json.dumps({"error": str(e), "busy": True, "started_at": e.started_at}))
         _fail(f"{e}; try again when it has finished", exit_codes.BUSY)

@@ -41,6 +41,7 @@ from fastflow.errors import (
     ArchiveNotConfigured,
     FastflowError,
     LogsDirUnavailable,
+    PassAlreadyRunning,
     PassLockLost,
 )
 from fastflow.lifecycle import batch as batches
@@ -116,6 +117,17 @@ def _plan_only(
 def current_pass_started(ctx: Context) -> datetime | None:
     """Start time of the running pass (or of the latest, if it just ended)."""
     return records.current_pass_started(ctx.db)
+
+
+def busy_with_start(ctx: Context, e: PassAlreadyRunning) -> PassAlreadyRunning:
+    """``e`` saying when the running pass started (message and ``started_at``), as the
+    API's 409 and ``fastflow cleanup`` (exit 4) both report it."""
+    started = current_pass_started(ctx)
+    if started is None:
+        return e
+    return PassAlreadyRunning(
+        f"{e} (started {started.isoformat()})", started_at=started.isoformat()
+    )
 
 
 def run_pass(

@@ -26,7 +26,7 @@ from fastflow.errors import PassAlreadyRunning
 from fastflow.lifecycle import disk, scheduler
 from fastflow.lifecycle import records as failures
 from fastflow.lifecycle.child import run_pass_in_child
-from fastflow.lifecycle.cleanup import PassSummary, current_pass_started
+from fastflow.lifecycle.cleanup import PassSummary, busy_with_start
 
 router = APIRouter(prefix="/api/settings", tags=["settings"])
 
@@ -97,11 +97,7 @@ def force_cleanup(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
     try:
         summary = run_pass_in_child(ctx, "api")
     except PassAlreadyRunning as e:
-        started = current_pass_started(ctx)
-        raise PassAlreadyRunning(
-            str(e) + (f" (started {started.isoformat()})" if started else ""),
-            started_at=started.isoformat() if started else None,
-        ) from e
+        raise busy_with_start(ctx, e) from e
     _notify(ctx, summary)
     data = summary.to_dict()
     data.pop("plan", None)
