@@ -129,6 +129,32 @@ def test_a_damaged_archived_log_is_never_served_as_complete(
     assert list(folder.iterdir()) == []  # neither the file nor a partial one
 
 
+@pytest.mark.parametrize("codec", ["gzip", "none"])
+def test_an_archived_log_deleted_from_the_bucket_reads_as_damaged(
+    s3_app: Context, s3: S3Env, codec: str
+) -> None:
+    """An outside audit: an object deleted from the bucket after it was verified read back
+    as the raw ``S3 request failed: NoSuchKey (HTTP 404)``, without the hint to check the
+    whole archive."""
+    run_id = archived_run(s3_app, codec)
+    entry = ledger.get(s3_app.db, run_id)
+    assert entry is not None and entry.log_key is not None
+    s3.client().delete_object(Bucket=s3.bucket, Key=entry.log_key)
+
+    with pytest.raises(ArchiveDamaged) as raised:
+        b"".join(readback.open_log(s3_app, run_id, None).chunks)
+    assert "no longer exists in the bucket" in str(raised.value)
+    assert "fastflow archive verify --deep" in str(raised.value)
+    http = TestClient(create_app(s3_app, schedule=False))
+    tail = http.get(f"/api/runs/{run_id}/logs?tail_bytes=4096", headers=_viewer(s3_app))
+    assert tail.status_code == 502, tail.text
+    assert "no longer exists in the bucket" in tail.json()["detail"]
+    assert "NoSuchKey" not in tail.text
+    cli = run_cli("logs", str(run_id))
+    assert cli.returncode == 1
+    assert "no longer exists in the bucket" in cli.stderr and "Traceback" not in cli.stderr
+
+
 def test_a_damaged_object_does_not_stop_a_search_of_other_runs(s3_app: Context, s3: S3Env) -> None:
     damaged = archived_run(s3_app, "gzip")
     _tamper(s3_app, s3, damaged, _corrupt)

@@ -782,6 +782,11 @@ class S3Store:
                 raise compression.damaged(
                     f"s3://{self.bucket}/{key}", f"it has fewer than {start + 1:,} bytes"
                 ) from None
+            if code == "NoSuchKey":
+                # every reader knows the object from the ledger, a manifest or a listing
+                raise compression.damaged(
+                    f"s3://{self.bucket}/{key}", "it no longer exists in the bucket"
+                ) from None
             if etag is not None and code in ("PreconditionFailed", "412"):
                 raise ArchiveError(
                     f"s3://{self.bucket}/{key} was replaced while it was read"
