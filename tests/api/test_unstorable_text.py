@@ -79,3 +79,28 @@ def test_a_nul_in_a_lookup_or_a_stored_text_is_never_a_500(any_api: Api) -> None
         assert status == 422 and "printable" in str(body), (reason, status, body)
     page = api.client.get("/runs?pipeline=a%00b", headers={**api.viewer, "Accept": "text/html"})
     assert page.status_code != 500
+
+
+UNPARSABLE = [
+    b"[" * 50_000 + b"]" * 50_000,  # nested past the parser's recursion limit
+    b'{"log_retention_runs": ' + b"7" * 5_000 + b"}",  # past Python's 4,300-digit limit
+    b'{"s3_prefix": "caf\xe9"}',  # Latin-1, not UTF-8
+]
+
+
+@pytest.mark.parametrize("body", UNPARSABLE, ids=["deep", "long-int", "latin-1"])
+def test_json_the_parser_refuses_is_a_422_like_any_bad_json(any_api: Api, body: bytes) -> None:
+    """An outside audit: such bodies got FastAPI's bare 400 "There was an error parsing the
+    body" instead of the 422 ``json_invalid`` every other malformed JSON body gets."""
+    api = any_api
+    for method, url, auth in (("POST", "/api/auth/login", False), ("PUT", "/api/settings", True)):
+        headers = {"Content-Type": "application/json", **(api.admin if auth else {})}
+        res = api.client.request(method, url, content=body, headers=headers)
+        assert res.status_code == 422, (url, res.status_code, res.text[:200])
+        detail = res.json()["detail"]
+        assert detail[0]["type"] == "json_invalid" and detail[0]["loc"] == ["body"]
+    # other HTTP errors keep their own answers
+    assert api.client.get("/api/nothing-here", headers=api.admin).status_code == 404
+    denied = api.client.get("/api/runs")
+    assert denied.status_code == 401 and denied.headers.get("www-authenticate") == "Bearer"
+    assert api.client.delete("/api/health").status_code == 405

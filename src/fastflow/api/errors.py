@@ -6,9 +6,11 @@ from html import escape
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import DataError, StatementError
+from starlette.exceptions import HTTPException
 
 from fastflow.errors import (
     ArchiveError,
@@ -74,6 +76,15 @@ def install(app: FastAPI) -> None:
             return _html_error(errors)
         return JSONResponse({"detail": errors}, status_code=422)
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        # FastAPI answers a JSON body that ``json.loads`` rejects with anything but a
+        # decode error (nesting too deep, an integer of > 4,300 digits, bytes that are not
+        # UTF-8) with a bare 400; it is as invalid as any other bad JSON: the same 422
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            return _unstorable(request, "json_invalid", UNPARSABLE, loc="body")
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(UnicodeEncodeError)
     async def _unencodable(request: Request, exc: UnicodeEncodeError) -> Response:
         return _unstorable(request, "string_unicode", UNENCODABLE)
@@ -92,12 +103,15 @@ def install(app: FastAPI) -> None:
 
 UNENCODABLE = "text must be valid Unicode (it holds a lone surrogate)"
 WITH_NUL = "text must not contain NUL characters"
+UNPARSABLE = (
+    "JSON decode error: the body is nested too deeply, holds a number too long, or is not UTF-8"
+)
 
 
-def _unstorable(request: Request, kind: str, msg: str) -> Response:
+def _unstorable(request: Request, kind: str, msg: str, *, loc: str = "request") -> Response:
     """The request held text no query can carry (found by an outside audit: a 500, also
     on the login form): a 422 in the validation errors' shape, the value not repeated."""
-    errors = [{"type": kind, "loc": ["request"], "msg": msg}]
+    errors = [{"type": kind, "loc": [loc], "msg": msg}]
     if _wants_page(request):
         return _html_error(errors)
     return JSONResponse({"detail": errors}, status_code=422)

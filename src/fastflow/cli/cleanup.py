@@ -62,10 +62,12 @@ def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool, adopt_logs_dir
             plan_sink=click.echo if dry_run and not as_json else None,
         )
     except PassAlreadyRunning as busy:
-        e = busy_with_start(app, busy)
+        said = busy_with_start(app, busy)
         if as_json:  # a script reading stdout learns why there is no summary
-            click.echo(json.dumps({"error": str(e), "busy": True, "started_at": e.started_at}))
-        _fail(f"{e}; try again when it has finished", exit_codes.BUSY)
+            click.echo(
+                json.dumps({"error": str(said), "busy": True, "started_at": said.started_at})
+            )
+        _fail(f"{said}; try again when it has finished", exit_codes.BUSY)
     except ConfigError:
         raise  # one line from ``main``, exit 2
     except Exception as e:
