@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -211,6 +214,19 @@ def test_a_credential_with_a_line_break_is_refused_without_showing_it(
     message = str(err.value)
     assert f"{var}=***" in message and "control characters" in message
     assert "AKVALUE123" not in message
+
+
+@pytest.mark.parametrize("var", ["S3_SECRET_ACCESS_KEY", "SMTP_PASSWORD", "SMTP_USER"])
+def test_a_credential_in_bytes_that_are_not_utf8_is_refused_at_start(var: str) -> None:
+    """A Latin-1 password in the environment reached Python as a lone surrogate and failed
+    only when the first mail or upload was sent. It stops every command with exit 2."""
+    env = {**os.environb, var.encode(): b"hunter\xe9pw"}
+    res = subprocess.run(
+        [sys.executable, "-m", "fastflow", "runs"], env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 2, res.stderr
+    assert var in res.stderr and "valid UTF-8" in res.stderr and "Traceback" not in res.stderr
+    assert ("hunter" in res.stderr) is (var == "SMTP_USER")  # a user name is no secret
 
 
 def test_an_smtp_user_with_a_line_break_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -59,6 +59,13 @@ _CRON_PROBE = 1767225600.0  # 2026-01-01 UTC: where a schedule's next match is l
 _EMAIL_RE = re.compile(r"^[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+$|^[^@\s,<>]+@localhost$")
 MAX_EMAIL_LENGTH = 254  # an address in an SMTP path (RFC 5321: 256 with the brackets)
 MAX_RECIPIENTS = 100
+NOT_UTF8 = "must be valid UTF-8 text (it holds bytes or a lone surrogate that are not)"
+
+
+def _has_surrogate(text: str) -> bool:
+    """Undecodable bytes in the environment (Python's ``surrogateescape``) or a lone
+    ``\\ud800`` from JSON: text that fails only when it is sent."""
+    return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
 def cron_problem(expr: str) -> str | None:
@@ -361,6 +368,8 @@ class Settings(BaseSettings):
         # "invalid header value" error then showed the header (an outside audit)
         if v is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in v.get_secret_value()):
             raise ValueError("must not contain control characters (a pasted line break?)")
+        if v is not None and _has_surrogate(v.get_secret_value()):
+            raise ValueError(NOT_UTF8)
         return v
 
     @field_validator("smtp_user")
@@ -368,6 +377,8 @@ class Settings(BaseSettings):
     def _smtp_user(cls, v: str | None) -> str | None:
         if v is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in v):
             raise ValueError("must not contain control characters (a pasted line break?)")
+        if v is not None and _has_surrogate(v):
+            raise ValueError(NOT_UTF8)
         return v
 
     @field_validator("teams_webhook_url")

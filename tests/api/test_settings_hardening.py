@@ -486,3 +486,15 @@ def test_an_s3_endpoint_with_credentials_is_refused_without_showing_them(api: Ap
     assert "SECRETS3INURL" not in res.text
     shown = api.client.get("/api/settings", headers=api.viewer)
     assert shown.status_code == 200 and "SECRETS3INURL" not in shown.text
+
+
+@pytest.mark.parametrize("field", ["smtp_password", "s3_secret_access_key", "smtp_user"])
+def test_a_lone_surrogate_in_a_credential_is_refused_not_stored(api: Api, field: str) -> None:
+    """An outside audit: ``{"smtp_password": "pw\\ud800"}`` was stored and failed only when
+    the first mail was sent."""
+    body = '{"' + field + '": "hunter\\ud800pw"}'
+    headers = {"Content-Type": "application/json", **api.admin}
+    res = api.client.put("/api/settings", content=body.encode(), headers=headers)
+    assert res.status_code == 422, res.text
+    assert "hunter" not in res.text
+    assert field not in api.stored()

@@ -143,6 +143,9 @@ def _normalise(changes: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, A
             raise InvalidInput(f"{key.upper()} must be a number or text, not {str(value).lower()}")
         if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise InvalidInput(f"{key.upper()} must not contain control characters")
+        if isinstance(value, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            # stored, it would fail only when used (an SMTP login, a signed request)
+            raise InvalidInput(f"{key.upper()} must be valid Unicode (it holds a lone surrogate)")
         if isinstance(value, str) and key not in SECRET_FIELDS:
             value = value.strip()
             if value == "":
