@@ -58,6 +58,7 @@ def bootstrap(settings: Settings, *, recover: bool = True) -> Context:
     from fastflow.runs import isolation
 
     os.umask(settings.fastflow_umask)
+    isolation.ensure_data_dir(settings)
     db = Database(settings)
     if db.new_file is not None:
         _announce(f"creating a new database at {db.new_file}")

@@ -123,10 +123,14 @@ def test_a_data_dir_that_cannot_be_a_folder_stops_with_exit_2(
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     value = {"file": str(a_file), "below-a-file": str(a_file / "sub"), "/dev/null": "/dev/null"}
-    res = cli("runs", env={"DATA_DIR": value[where]})
+    database = tmp_path / "elsewhere" / "fastflow.db"
+    database.parent.mkdir()
+    res = cli("runs", env={"DATA_DIR": value[where], "DATABASE_URL": f"sqlite:///{database}"})
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
     assert f"DATA_DIR={value[where]}: cannot be used as a folder" in res.stderr
+    assert not database.exists()  # refused before anything was created (an outside audit)
+    assert "creating a new database" not in res.stderr
     assert a_file.read_text() == "x"
 
 

@@ -175,10 +175,10 @@ def remove_workdir(path: Path) -> None:
     shutil.rmtree(path, onerror=_writable_then_retry)
 
 
-def secure_data_dir(settings: Settings) -> None:
-    """Create ``DATA_DIR`` with fastflow-only modes (0711 with ``RUN_AS_USER``, so that
-    runs reach their environments — and kept 0711 once set, whichever process comes
-    next —, else 0700); tighten the key and SQLite files."""
+def ensure_data_dir(settings: Settings) -> Path:
+    """``DATA_DIR`` as a folder (created if missing), resolved; ``ConfigError`` (exit 2)
+    if it is a file, below a file or cannot be created — checked before the database is
+    opened, so that a refused start creates nothing."""
     data = settings.data_dir.expanduser().resolve()
     try:
         data.mkdir(parents=True, exist_ok=True)
@@ -190,6 +190,14 @@ def secure_data_dir(settings: Settings) -> None:
             f"invalid configuration: DATA_DIR={settings.data_dir}: cannot be used as a "
             f"folder ({why})"
         ) from None
+    return data
+
+
+def secure_data_dir(settings: Settings) -> None:
+    """Create ``DATA_DIR`` with fastflow-only modes (0711 with ``RUN_AS_USER``, so that
+    runs reach their environments — and kept 0711 once set, whichever process comes
+    next —, else 0700); tighten the key and SQLite files."""
+    data = ensure_data_dir(settings)
     mode = 0o711 if settings.run_as_user else 0o700
     if mode == 0o700 and stat.S_IMODE(data.stat().st_mode) == 0o711:
         # a server with RUN_AS_USER set it so that its runs reach their environments; a
