@@ -82,6 +82,15 @@ def _naive(data: bytes, matcher: Matcher, pattern: str, context: int, fold: bool
         (r"^\[2026[^]]*\] $", True, False),
         (r"x*", True, False),
         (r"Beta\s+GAMMA", True, True),
+        # patterns that could see past the line's ends: still each line alone (an outside
+        # audit found ``\A`` matching at each block's start and lookbehinds reading the
+        # line before)
+        (r"\A\[", True, False),
+        (r"(?<!\n)\[2026", True, False),
+        (r"(?<=\] )needle", True, False),
+        (r"(?<=x\n)\[", True, False),
+        (r"(?<=a)\n?\[", True, False),
+        (r"GAMMA\Z", True, True),
     ],
 )
 def test_the_same_hits_as_a_naive_search_whatever_the_boundaries(
@@ -165,6 +174,20 @@ def test_a_pathological_regex_is_stopped_by_the_time_limit() -> None:
         list(logsearch.search([data], matcher))
     assert time.monotonic() - t0 < 5
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("prefix", ["", "(?<=^)"])  # matched in blocks / on each line alone
+def test_a_pathological_regex_is_stopped_either_way(prefix: str) -> None:
+    slow = b"fine line\n" * 100 + (b"a" * 23 + b"b\n") * 400 + b"after\n"
+    matcher = Matcher(prefix + r"(a|aa)+$", is_regex=True, time_limit=0.5, slow_budget=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(RegexTimeout, match=r"more than 1 s in all"):
+        list(logsearch.search([slow], matcher))
+    assert time.monotonic() - t0 < 5
+    one = b"fine line\n" * 1000 + b"a" * 40 + b"!\n" + b"after\n"
+    matcher = Matcher(prefix + r"(a|aa)+$", is_regex=True, time_limit=0.3)
+    with pytest.raises(RegexTimeout, match=r"longer than 0\.3 s on line 1001"):
+        list(logsearch.search([one], matcher))
 
 
 def test_a_regex_slow_on_many_lines_is_stopped_by_the_budget() -> None:

@@ -40,6 +40,9 @@ MAX_CONTEXT = 100
 MAX_CONTEXT_LINE = 4096  # characters of one context line (the matching line: MAX_LINE)
 LINE_TIME_LIMIT_S = 1.0
 SLOW_BUDGET_S = 10.0
+SLOW_LINE_S = 0.01  # a line matched on its own this slowly counts against the budget
+# what in a regular expression can look past the start or end of its line
+_SEES_CONTEXT = regex.compile(r"\\[AZzG]|\(\?<[=!]|\(\?[a-zA-Z]*r")
 
 
 class SearchError(InvalidInput):
@@ -142,6 +145,11 @@ class Matcher:
             raise PatternError(f"invalid regular expression {pattern!r}: {e}") from None
         except MemoryError:
             raise PatternError(f"regular expression {pattern!r} is too large") from None
+        # a pattern that can see past its line's start or end (a lookbehind, ``\A``,
+        # ``\Z``) would match differently inside a block than on its line alone (an
+        # outside audit: ``\A\[`` matched the first line of every 1 MiB block): such
+        # patterns are matched on each line as a string of its own
+        self._alone = is_regex and _SEES_CONTEXT.search(pattern) is not None
 
     @property
     def on_bytes(self) -> bool:
@@ -175,6 +183,9 @@ class Matcher:
 
     def _regex(self, text: str) -> Iterator[tuple[int, int]]:
         assert self._rx is not None
+        if self._alone:
+            yield from self._each_line_alone(text)
+            return
         n, pos = len(text), 0
         while pos < n:
             try:
@@ -204,6 +215,26 @@ class Matcher:
             matched = self._line_matches(text, pos, end)
             self._spend(clock() - began, pos)
             if matched:
+                yield pos, end
+            pos = end + 1
+
+    def _each_line_alone(self, text: str) -> Iterator[tuple[int, int]]:
+        """Each line matched as the whole subject: nothing before or after it is seen."""
+        assert self._rx is not None
+        search, limit, clock = self._rx.search, self.time_limit, time.monotonic
+        n, pos = len(text), 0
+        while pos < n:
+            end = text.find("\n", pos)
+            end = n if end < 0 else end
+            began = clock()
+            try:
+                found = search(text[pos:end], timeout=limit, concurrent=True)
+            except TimeoutError:
+                raise _LineTimeout(pos) from None
+            took = clock() - began
+            if took > SLOW_LINE_S:
+                self._spend(took, pos)
+            if found is not None:
                 yield pos, end
             pos = end + 1
 
