@@ -22,6 +22,7 @@ import pytest
 from fastflow.config import load_settings
 from fastflow.context import Context, bootstrap
 from fastflow.db.models import PipelineRun
+from fastflow.errors import LogNotAvailable
 from fastflow.lifecycle.cleanup import run_pass
 from fastflow.runs import logstream
 from fastflow.runs.logstream import Ended, Follower, LogChunk, Samples, StatusChanged
@@ -262,6 +263,33 @@ def test_follower_of_a_run_archived_and_deleted_reads_the_archive(
     assert b"".join(c.data for c in chunks) == data[1000:]
     assert all(c.data.endswith(b"\n") for c in chunks)
     assert [c.start for c in chunks] == [1000] + [c.end for c in chunks[:-1]]
+    assert events[-1] == Ended("SUCCESS", 0, None)
+
+
+def test_a_log_neither_local_nor_archived_is_reported_not_ended_as_empty(app: Context) -> None:
+    """An outside audit: ``logs --follow`` and the stream of a finished run whose log was
+    lost (gone from disk, never archived) ended as a clean, empty success — exit 0, no
+    ``log-error`` — while every other reader reports the loss."""
+    lost = seed_run(app, "lost", NOW - timedelta(days=1))
+    lost.log.unlink()
+    f = Follower(app, lost.id, 0, metrics=False)
+    with pytest.raises(LogNotAvailable, match="neither local nor archived"):
+        while not f.done:
+            f.poll()
+    f.close()
+    res = run_cli("logs", str(lost.id), "--follow", timeout=60)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "neither local nor archived" in res.stderr and "Traceback" not in res.stderr
+    # a run that never had a log (no file named) still just ends
+    never = seed_run(app, "never", NOW - timedelta(days=1), write_log=False)
+    with app.db.session() as s:
+        row = s.get(PipelineRun, never.id)
+        assert row is not None
+        row.log_file = None
+    f = Follower(app, never.id, 0, metrics=False)
+    events: list[logstream.Event] = []
+    while not f.done:
+        events += f.poll()
     assert events[-1] == Ended("SUCCESS", 0, None)
 
 

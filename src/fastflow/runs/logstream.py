@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fastflow.context import Context
-from fastflow.db.models import FINAL_STATUSES
+from fastflow.db.models import FINAL_STATUSES, PipelineRun
 from fastflow.errors import LogNotAvailable, RunNotFound, UnsafePath
 from fastflow.runs import files as logfiles
 from fastflow.runs import readback
@@ -176,7 +176,7 @@ class Follower:
             if entry is None:
                 raise RunNotFound(f"run {self.run_id} not found")
             self._ended = Ended(entry.status, entry.exit_code, None)
-            self._open_archived()
+            self._open_archived(None, had_log=entry.log_key is not None)
             return
         root = self.ctx.settings.logs_root
         if self._log is None and run.log_file:
@@ -190,17 +190,24 @@ class Follower:
             self._ended = Ended(run.status, run.exit_code, run.failure_reason)
             if self._log is None or not self._log.path.exists():
                 self._log = None
-                self._open_archived()
+                self._open_archived(run, had_log=bool(run.log_file))
         elif run.status != self._status:
             self._status = run.status
             events.append(StatusChanged(run.status))
 
-    def _open_archived(self) -> None:
-        """A finished run whose log is no longer local: read it back from the archive."""
+    def _open_archived(self, run: PipelineRun | None, *, had_log: bool) -> None:
+        """A finished run whose log is no longer local: read it back from the archive.
+        A run that never had a log ends without more; one whose log is neither local
+        nor archived raises ``LogNotAvailable`` (an outside audit: it ended as a clean,
+        empty success, while every other reader reports the loss)."""
         try:
-            source = readback.open_log(self.ctx, self.run_id, None, start=self.offset)
-        except (RunNotFound, LogNotAvailable):
-            return  # nothing left to send: the run ends without more log
+            source = readback.open_log(self.ctx, self.run_id, run, start=self.offset)
+        except RunNotFound:
+            return  # its row and entry went meanwhile: nothing left to send
+        except LogNotAvailable:
+            if had_log:
+                raise
+            return  # it never had a log
         self._archived = iter(source.chunks)
 
     # --- reading ---------------------------------------------------------------------
