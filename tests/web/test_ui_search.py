@@ -210,3 +210,52 @@ def test_search_page_groups_results_by_run_and_links_to_the_line(server: Server)
         )
 
     browse(server, body, start="/search")
+
+
+TURKISH = "print('city: İstanbul')\nfor i in range(1, 6):\n    print(f'step {i}: ERROR code {i}')\n"
+
+
+def test_a_letter_whose_lower_case_is_longer_does_not_stop_the_search(
+    server: Server, make_pipeline: MakePipeline
+) -> None:
+    """An outside audit: one "İ" (two characters in lower case) anywhere in the page's
+    log made its search box answer "no match" for every text."""
+    make_pipeline("turkish", TURKISH)
+    run = _run_id(run_cli("run", "turkish", env=server.env))
+    first = _line_of(server, run, "step 1: ERROR code 1")
+
+    def body(page: Any, server: Server) -> None:
+        page.goto(f"{server.url}/runs/{run}")
+        view = page.locator("#log-view")
+        expect(view).to_contain_text("İstanbul")
+        page.fill("#log-search-q", "error")
+        expect(page.locator("#log-search-count")).to_have_text(f"1 of 5 matches · line {first}")
+        expect(view.locator("mark")).to_have_count(5)
+        page.fill("#log-search-q", "STANBUL")
+        expect(page.locator("#log-search-count")).to_have_text(f"1 of 1 matches · line {first - 1}")
+        expect(view.locator("mark")).to_have_text(["stanbul"])
+        # the Search page highlights in such a line too
+        page.goto(f"{server.url}/search?q=stanbul")
+        expect(page.locator("#search-status-line.done")).to_have_text("1 match in 1 run")
+        expect(page.locator(".search-run li mark")).to_have_text(["stanbul"])
+
+    browse(server, body)
+
+
+def test_a_regex_result_links_to_its_line(server: Server) -> None:
+    """An outside audit: a regular expression's result linked to the run page with the
+    pattern in its plain-text search box, which found nothing and dropped the line."""
+    big_run = server.env["BIG_RUN"]
+    line = str(_line_of(server, big_run, "the NEEDLE at 1500"))
+
+    def body(page: Any, server: Server) -> None:
+        page.goto(f"{server.url}/search?q=NEEDL.%20at%201500&regex=true")
+        expect(page.locator("#search-status-line.done")).to_have_text("1 match in 1 run")
+        page.locator(".search-run li .ln", has_text=line).click()
+        page.wait_for_url(re.compile(rf".*/runs/{big_run}#L{line}$"))
+        expect(page.locator("#log-target")).to_have_text(_needle(1500))
+        # a plain-text link whose search finds nothing there still opens at its line
+        page.goto(f"{server.url}/runs/{big_run}?q=nowhere#L{line}")
+        expect(page.locator("#log-target")).to_have_text(_needle(1500))
+
+    browse(server, body, start="/search")

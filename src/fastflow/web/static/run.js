@@ -94,12 +94,25 @@
     return pos <= text.length ? pos : -1;
   }
 
+  // lower case, one character for one: a character whose lower case is longer ("İ")
+  // stays as it is, so offsets in the folded text are offsets in the text (one such
+  // character made the whole page's search find nothing, an outside audit found)
+  function fold(text) {
+    const lower = text.toLowerCase();
+    if (lower.length === text.length) return lower;
+    let out = "";
+    for (const ch of text) {
+      const l = ch.toLowerCase();
+      out += l.length === ch.length ? l : ch;
+    }
+    return out;
+  }
+
   function occurrences(text) { // [start, end) of every match of the search text
     const out = [];
     if (!search.q) return out;
-    const hay = text.toLowerCase();
-    const needle = search.q.toLowerCase();
-    if (hay.length !== text.length) return out; // case folding changed lengths: no marks
+    const hay = fold(text);
+    const needle = fold(search.q);
     for (let i = hay.indexOf(needle); i >= 0; i = hay.indexOf(needle, i + needle.length)) {
       out.push([i, i + needle.length]);
     }
@@ -500,6 +513,7 @@
     if (params.get("q")) {
       qInput.value = params.get("q");
       await runSearch({ near: line });
+      if (line && !search.hits.length) await jumpToLine(line); // the line, at least
     } else if (line) {
       await jumpToLine(line);
     }
