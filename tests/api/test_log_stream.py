@@ -291,6 +291,13 @@ def test_a_log_neither_local_nor_archived_is_reported_not_ended_as_empty(app: Co
     while not f.done:
         events += f.poll()
     assert events[-1] == Ended("SUCCESS", 0, None)
+    # nor does a run cancelled while it was queued: its log file was never created
+    queued = seed_run(app, "queued", NOW - timedelta(days=1), status="CANCELLED", write_log=False)
+    f = Follower(app, queued.id, 0, metrics=False)
+    events = []
+    while not f.done:
+        events += f.poll()
+    assert isinstance(events[-1], Ended) and events[-1].status == "CANCELLED"
 
 
 @pytest.mark.parametrize("char", ["é", "€", "𝄞"])

@@ -190,7 +190,9 @@ class Follower:
             self._ended = Ended(run.status, run.exit_code, run.failure_reason)
             if self._log is None or not self._log.path.exists():
                 self._log = None
-                self._open_archived(run, had_log=bool(run.log_file))
+                # a run that wrote a log has its size recorded; one cancelled while it
+                # was queued names a log file that was never created
+                self._open_archived(run, had_log=bool(run.log_file and run.log_size))
         elif run.status != self._status:
             self._status = run.status
             events.append(StatusChanged(run.status))
