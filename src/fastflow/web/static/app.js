@@ -330,5 +330,20 @@ const fastflow = (() => {
     setInterval(pollFailures, POLL_MS);
   });
 
-  return { api, toast, pollFailures, role };
+  // lower case, one character for one: a character whose lower case is longer ("İ")
+  // stays as it is, so offsets in the folded text are offsets in the text (the pages'
+  // searches mark matches by those offsets; one such character made the run page's
+  // search find nothing, an outside audit found)
+  function fold(text) {
+    const lower = text.toLowerCase();
+    if (lower.length === text.length) return lower;
+    let out = "";
+    for (const ch of text) {
+      const l = ch.toLowerCase();
+      out += l.length === ch.length ? l : ch;
+    }
+    return out;
+  }
+
+  return { api, toast, pollFailures, role, fold };
 })();

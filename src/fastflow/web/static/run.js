@@ -94,25 +94,11 @@
     return pos <= text.length ? pos : -1;
   }
 
-  // lower case, one character for one: a character whose lower case is longer ("İ")
-  // stays as it is, so offsets in the folded text are offsets in the text (one such
-  // character made the whole page's search find nothing, an outside audit found)
-  function fold(text) {
-    const lower = text.toLowerCase();
-    if (lower.length === text.length) return lower;
-    let out = "";
-    for (const ch of text) {
-      const l = ch.toLowerCase();
-      out += l.length === ch.length ? l : ch;
-    }
-    return out;
-  }
-
   function occurrences(text) { // [start, end) of every match of the search text
     const out = [];
     if (!search.q) return out;
-    const hay = fold(text);
-    const needle = fold(search.q);
+    const hay = fastflow.fold(text);
+    const needle = fastflow.fold(search.q);
     for (let i = hay.indexOf(needle); i >= 0; i = hay.indexOf(needle, i + needle.length)) {
       out.push([i, i + needle.length]);
     }

@@ -26,24 +26,11 @@
   let matches = 0;
   const skipped = [];
 
-  // lower case, one character for one ("İ", whose lower case is longer, stays): offsets
-  // in the folded text are offsets in the text
-  function fold(text) {
-    const lower = text.toLowerCase();
-    if (lower.length === text.length) return lower;
-    let out = "";
-    for (const ch of text) {
-      const l = ch.toLowerCase();
-      out += l.length === ch.length ? l : ch;
-    }
-    return out;
-  }
-
   function highlighted(text) { // plain text: every occurrence of q in a <mark>
     const frag = document.createDocumentFragment();
     if (regex) { frag.append(text); return frag; }
-    const hay = caseSensitive ? text : fold(text);
-    const needle = caseSensitive ? q : fold(q);
+    const hay = caseSensitive ? text : fastflow.fold(text);
+    const needle = caseSensitive ? q : fastflow.fold(q);
     let pos = 0;
     for (let i = hay.indexOf(needle); i >= 0; i = hay.indexOf(needle, i + needle.length)) {
       if (i > pos) frag.append(text.slice(pos, i));
