@@ -62,9 +62,9 @@ MAX_RECIPIENTS = 100
 NOT_UTF8 = "must be valid UTF-8 text (it holds bytes or a lone surrogate that are not)"
 
 
-def _has_surrogate(text: str) -> bool:
+def has_surrogate(text: str) -> bool:
     """Undecodable bytes in the environment (Python's ``surrogateescape``) or a lone
-    ``\\ud800`` from JSON: text that fails only when it is sent."""
+    ``\\ud800`` from JSON: text that fails only when it is sent (``NOT_UTF8`` says so)."""
     return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
@@ -368,7 +368,7 @@ class Settings(BaseSettings):
         # "invalid header value" error then showed the header (an outside audit)
         if v is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in v.get_secret_value()):
             raise ValueError("must not contain control characters (a pasted line break?)")
-        if v is not None and _has_surrogate(v.get_secret_value()):
+        if v is not None and has_surrogate(v.get_secret_value()):
             raise ValueError(NOT_UTF8)
         return v
 
@@ -377,7 +377,7 @@ class Settings(BaseSettings):
     def _smtp_user(cls, v: str | None) -> str | None:
         if v is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in v):
             raise ValueError("must not contain control characters (a pasted line break?)")
-        if v is not None and _has_surrogate(v):
+        if v is not None and has_surrogate(v):
             raise ValueError(NOT_UTF8)
         return v
 

@@ -91,6 +91,8 @@ def _naive(data: bytes, matcher: Matcher, pattern: str, context: int, fold: bool
         (r"(?<=x\n)\[", True, False),
         (r"(?<=a)\n?\[", True, False),
         (r"GAMMA\Z", True, True),
+        (r"(?-m)^\[", True, False),
+        (r"(?i-m:\] x$)", True, False),
     ],
 )
 def test_the_same_hits_as_a_naive_search_whatever_the_boundaries(

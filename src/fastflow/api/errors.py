@@ -81,7 +81,8 @@ def install(app: FastAPI) -> None:
         # FastAPI answers a JSON body that ``json.loads`` rejects with anything but a
         # decode error (nesting too deep, an integer of > 4,300 digits, bytes that are not
         # UTF-8) with a bare 400; it is as invalid as any other bad JSON: the same 422
-        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+        unparsed = exc.status_code == 400 and exc.detail == BODY_NOT_PARSED
+        if unparsed and isinstance(exc.__cause__, ValueError | RecursionError):
             return _unstorable(request, "json_invalid", UNPARSABLE, loc="body")
         return await http_exception_handler(request, exc)
 
@@ -103,6 +104,7 @@ def install(app: FastAPI) -> None:
 
 UNENCODABLE = "text must be valid Unicode (it holds a lone surrogate)"
 WITH_NUL = "text must not contain NUL characters"
+BODY_NOT_PARSED = "There was an error parsing the body"  # FastAPI's text for them
 UNPARSABLE = (
     "JSON decode error: the body is nested too deeply, holds a number too long, or is not UTF-8"
 )

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from fastflow import security
-from fastflow.config import SECRET_FIELDS, Settings, load_settings
+from fastflow.config import NOT_UTF8, SECRET_FIELDS, Settings, has_surrogate, load_settings
 from fastflow.db.engine import Database
 from fastflow.db.models import SettingOverride, utcnow
 from fastflow.errors import ConfigError, InvalidInput
@@ -143,9 +143,9 @@ def _normalise(changes: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, A
             raise InvalidInput(f"{key.upper()} must be a number or text, not {str(value).lower()}")
         if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise InvalidInput(f"{key.upper()} must not contain control characters")
-        if isinstance(value, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        if isinstance(value, str) and has_surrogate(value):
             # stored, it would fail only when used (an SMTP login, a signed request)
-            raise InvalidInput(f"{key.upper()} must be valid Unicode (it holds a lone surrogate)")
+            raise InvalidInput(f"{key.upper()} {NOT_UTF8}")
         if isinstance(value, str) and key not in SECRET_FIELDS:
             value = value.strip()
             if value == "":

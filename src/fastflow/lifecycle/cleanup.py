@@ -121,7 +121,7 @@ def current_pass_started(ctx: Context) -> datetime | None:
 
 def busy_with_start(ctx: Context, e: PassAlreadyRunning) -> PassAlreadyRunning:
     """``e`` saying when the running pass started (message and ``started_at``), as the
-    API's 409 and ``fastflow cleanup`` (exit 4) both report it."""
+    API's 409 and ``fastflow cleanup`` (exit 3) both report it."""
     started = current_pass_started(ctx)
     if started is None:
         return e

@@ -41,8 +41,9 @@ MAX_CONTEXT_LINE = 4096  # characters of one context line (the matching line: MA
 LINE_TIME_LIMIT_S = 1.0
 SLOW_BUDGET_S = 10.0
 SLOW_LINE_S = 0.01  # a line matched on its own this slowly counts against the budget
-# what in a regular expression can look past the start or end of its line
-_SEES_CONTEXT = regex.compile(r"\\[AZzG]|\(\?<[=!]|\(\?[a-zA-Z]*r")
+# what in a regular expression can look past the start or end of its line: ``\A``,
+# ``\Z``, ``\G``, a lookbehind, a reverse search, ``^``/``$`` turned to the block's ends
+_SEES_CONTEXT = regex.compile(r"\\[AZzG]|\(\?<[=!]|\(\?[a-zA-Z]*r|\(\?[a-zA-Z]*-[a-zA-Z]*m")
 
 
 class SearchError(InvalidInput):
