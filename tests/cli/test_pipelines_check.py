@@ -114,6 +114,30 @@ def test_every_cycle_a_broken_link_and_a_silent_cron_are_reported(
     assert "schedule 'never': cron '0 0 30 2 *' matches no date; it never fires" in err
 
 
+def test_a_fifo_a_device_or_a_huge_pipeline_json_is_refused_without_reading_it(
+    make_pipeline: MakePipeline, cli: Cli
+) -> None:
+    """An outside audit: a FIFO as pipeline.json hung ``pipelines check`` (and the server,
+    health included) for ever, and a link to /dev/zero read without bound."""
+    import os
+
+    from fastflow.runs.pipelines import MAX_CONFIG_BYTES
+
+    os.mkfifo(make_pipeline("piped") / "pipeline.json")
+    (make_pipeline("zeros") / "pipeline.json").symlink_to("/dev/zero")
+    big = make_pipeline("big") / "pipeline.json"
+    big.write_text('{"description": "' + "x" * MAX_CONFIG_BYTES + '"}')
+    make_pipeline("fine", config='{"description": "ok"}')
+    res = cli("pipelines", "check", "--json", timeout=30)
+    assert res.returncode == 1, res.stderr
+    report = json.loads(res.stdout)
+    messages = {p["pipeline"]: p["message"] for p in report["problems"]}
+    assert "not a regular file" in messages["piped"]
+    assert "not a regular file" in messages["zeros"]
+    assert f"more than the {MAX_CONFIG_BYTES} allowed" in messages["big"]
+    assert "fine" not in messages
+
+
 def test_trigger_cycles_finds_one_cycle_per_group() -> None:
     from fastflow.runs.pipelines import trigger_cycles
 

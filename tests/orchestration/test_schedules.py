@@ -155,6 +155,20 @@ def test_interval_ticks_do_not_depend_on_where_a_server_starts_looking() -> None
     assert a[-len(b) :] == b
 
 
+def test_interval_ticks_end_where_dates_end() -> None:
+    """An outside audit: a huge interval overflowed ``anchor + k × step`` into a traceback
+    in ``fastflow schedules``, the API and every scheduler tick."""
+    from fastflow.runs.pipeline_config import MAX_INTERVAL_SECONDS
+
+    start = datetime(9998, 12, 31, tzinfo=UTC)
+    spec = ScheduleSpec("k", interval_seconds=MAX_INTERVAL_SECONDS, start=start)
+    assert next_fire(spec, utc(2026, 1, 1), "UTC") == start
+    assert next_fire(spec, start, "UTC") is None
+    assert ticks(spec, utc(2026, 1, 1), datetime(9999, 12, 31, tzinfo=UTC)) == [start]
+    century = ScheduleSpec("k", interval_seconds=MAX_INTERVAL_SECONDS)
+    assert next_fire(century, utc(2026, 1, 1), "UTC") is not None
+
+
 def test_interval_with_start_is_anchored_at_start_and_never_before_it() -> None:
     start = utc(2026, 5, 1, 10, 0, 5)
     spec = ScheduleSpec("k", interval_seconds=60, start=start)

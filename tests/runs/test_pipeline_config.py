@@ -138,6 +138,9 @@ def test_custom_retry_schedule_native_and_alias() -> None:
             "5-field cron expression (minute hour day month weekday), not 4 fields",
         ),
         ({"schedules": [{"interval_seconds": 0}]}, "interval_seconds must be an integer >= 1"),
+        # found by an outside audit: 10**12 passed and overflowed every date later
+        ({"schedules": [{"interval_seconds": 10**12}]}, "interval_seconds must be at most"),
+        ({"schedule_interval_seconds": 10**10}, "schedule_interval_seconds must be at most"),
         ({"schedules": [{"cron": "* * * * *", "interval_seconds": 5}]}, "exclude each other"),
         ({"schedules": [{"timezone": "UTC"}]}, "cron or interval_seconds is required"),
         ({"schedules": [{"cron": "* * * * *", "timezone": "Mars/Olympus"}]}, "IANA time zone"),

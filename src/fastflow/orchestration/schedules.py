@@ -183,9 +183,15 @@ def _interval_range(spec: ScheduleSpec, lo: datetime, hi: datetime) -> range:
 
 
 def _interval_ticks(spec: ScheduleSpec, lo: datetime, hi: datetime | None) -> Iterator[datetime]:
+    """The ticks in ``(lo, hi]``; they end where dates end (the year 9999)."""
     step, anchor = _interval(spec)
     ks = itertools.count(_first_k(spec, lo)) if hi is None else _interval_range(spec, lo, hi)
-    return (anchor + k * step for k in ks)
+    for k in ks:
+        try:
+            tick = anchor + k * step
+        except OverflowError:
+            return
+        yield tick
 
 
 # --- cron on the local wall clock -----------------------------------------------------

@@ -112,6 +112,7 @@ MAX_RETRIES = 100
 MAX_INSTANCES = 1000
 MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
 MAX_CPUS = 1024
+MAX_INTERVAL_SECONDS = 100 * 366 * 86400  # a century: larger steps overflow every date
 MIN_YEAR, MAX_YEAR = 1970, 9998  # schedule start/end: room for a time zone either side
 SECRET_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}(\.\d{1,2})?$")
@@ -178,8 +179,10 @@ class _Reader:
             raise self.fail(key, f"is too large (got {raw!r})")
         return float(raw)
 
-    def integer(self, key: str, *, minimum: int) -> int | None:
+    def integer(self, key: str, *, minimum: int, maximum: int | None = None) -> int | None:
         value = self.number(key, minimum=minimum, integer=True)
+        if value is not None and maximum is not None and value > maximum:
+            raise self.fail(key, f"must be at most {maximum} (got {int(value)})")
         return None if value is None else int(value)
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -341,9 +344,9 @@ def _one_schedule(r: _Reader, key: str) -> ScheduleSpec:
     """One ``schedules[]`` entry, native or Fast-Flow names."""
     r.unknown(SCHEDULE_KEYS)
     cron = r.text("cron") or r.text("schedule_cron")
-    interval = r.integer("interval_seconds", minimum=1)
+    interval = r.integer("interval_seconds", minimum=1, maximum=MAX_INTERVAL_SECONDS)
     if interval is None:
-        interval = r.integer("schedule_interval_seconds", minimum=1)
+        interval = r.integer("schedule_interval_seconds", minimum=1, maximum=MAX_INTERVAL_SECONDS)
     if cron is not None and interval is not None:
         if r.has("cron") or r.has("interval_seconds"):
             raise r.fail("cron", "and interval_seconds exclude each other: give one")

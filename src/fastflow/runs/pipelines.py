@@ -9,6 +9,8 @@ characters.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ MAX_NAME_LENGTH = 100
 # (``archive.manifests.DIRECTORY``), next to the pipelines' folders
 RESERVED_NAMES = frozenset({"_manifests"})
 _CRON_PROBE = 1767225600.0  # 2026-01-01 UTC: where a cron's next match is looked for
+MAX_CONFIG_BYTES = 1024 * 1024  # pipeline.json at most (a real one is a few hundred bytes)
 MIN_WEBHOOK_KEY = 16  # characters: shorter keys in pipeline.json are warned about
 _ALLOWED_PUNCT = frozenset(" -_.")
 
@@ -132,6 +135,26 @@ def _bool_or_none(raw: Any, what: str, where: Path) -> bool | None:
 RETENTION_KEYS = frozenset({"runs", "days", "max_size_mb", "keep_last_success", "keep_failed"})
 
 
+def _config_bytes(cfg_file: Path) -> bytes:
+    """``pipeline.json``'s bytes: a regular file of at most ``MAX_CONFIG_BYTES``. A FIFO
+    or a link to ``/dev/zero`` is refused without reading, since the server reads every
+    pipeline's file and would otherwise wait for ever or fill the memory."""
+    fd = os.open(cfg_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{st.st_size} bytes, more than the {MAX_CONFIG_BYTES} allowed")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(f"it grew past the {MAX_CONFIG_BYTES} bytes allowed")
+    return data
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     cfg_file = path / "pipeline.json"
     if not cfg_file.exists():
@@ -141,7 +164,7 @@ def _read_config(path: Path) -> dict[str, Any]:
             )
         return {}
     try:
-        data = strict_json.loads(cfg_file.read_text(encoding="utf-8"), unique_keys=True)
+        data = strict_json.loads(_config_bytes(cfg_file).decode("utf-8"), unique_keys=True)
     except (OSError, ValueError) as e:  # (also invalid UTF-8, NaN, a key given twice)
         raise InvalidPipelineConfig(f"{cfg_file}: cannot read pipeline.json: {e}") from e
     if not isinstance(data, dict):
