@@ -157,3 +157,8 @@ class EnvBuildError(FastflowError):
     """A pipeline's virtual environment could not be built (uv failed: resolver, index,
     interpreter); the message is one line with uv's key message, the full output went to
     the build log. No half-built environment is ever reused after it."""
+
+
+class BuildStopped(EnvBuildError):
+    """An environment build was stopped because its run was cancelled; uv and whatever
+    it started are killed and nothing of the build is kept."""

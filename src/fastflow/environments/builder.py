@@ -23,7 +23,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 
 from fastflow.environments.interpreters import Interpreter
 from fastflow.environments.sources import PYPROJECT, REQUIREMENTS, REQUIREMENTS_LOCK, Dependencies
-from fastflow.errors import EnvBuildError
+from fastflow.errors import BuildStopped, EnvBuildError
 
 Log = Callable[[str], None]
 
@@ -75,6 +74,7 @@ NOT_PASSED = frozenset(
     }
 )
 REAPER = Path(__file__).with_name("reaper.py")
+_STOP_POLL_S = 0.2  # how often a build looks at its stop event and its deadline
 _URL_AUTH_RE = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
 _TAIL_LINES = 200
 _MAX_MESSAGE = 600
@@ -168,14 +168,17 @@ def _run(
     log: Log,
     timeout: float | None = None,
     user: tuple[int, int] | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[int | None, list[str]]:
-    """Run ``cmd`` (as ``user``, (uid, gid), when given), calling ``log`` per output line
-    as it comes: (exit status, last lines); the status is None when ``timeout`` passed
-    first (its process group is killed: uv and the build backends it started)."""
+    """Run ``cmd`` (as ``user``, (uid, gid), when given, else as this process) under the
+    reaper, calling ``log`` per output line as it comes: (exit status, last lines). The
+    status is None when ``timeout`` passed first; ``BuildStopped`` when ``stop`` was set
+    first. Either way the reaper kills the command and everything it started, as it
+    does when this process dies."""
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-    expired = threading.Event()
-    if user is not None:  # under the reaper: nothing the build starts outlives it
-        cmd = [sys.executable, "-I", str(REAPER), str(user[0]), str(user[1]), *cmd]
+    expired, stopped, done = threading.Event(), threading.Event(), threading.Event()
+    uid, gid = user if user is not None else (os.geteuid(), os.getegid())
+    cmd = [sys.executable, "-I", str(REAPER), str(uid), str(gid), *cmd]
     with subprocess.Popen(
         cmd,
         cwd=cwd,
@@ -184,21 +187,27 @@ def _run(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         umask=0o022,
-        start_new_session=True,  # its own process group: killed whole at the deadline
+        start_new_session=True,
     ) as proc:
 
         def kill() -> None:
-            expired.set()
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                if user is not None:
-                    proc.terminate()  # the reaper kills everything of the build, then exits
-                else:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.terminate()  # the reaper kills everything of the build, then exits
 
-        timer = threading.Timer(timeout, kill) if timeout is not None else None
-        if timer is not None:
-            timer.daemon = True
-            timer.start()
+        def watch() -> None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not done.wait(_STOP_POLL_S):
+                if stop is not None and stop.is_set():
+                    stopped.set()
+                elif deadline is not None and time.monotonic() >= deadline:
+                    expired.set()
+                else:
+                    continue
+                kill()
+                return
+
+        watcher = threading.Thread(target=watch, name="env-build-watch", daemon=True)
+        watcher.start()
         assert proc.stdout is not None
         try:
             for raw in proc.stdout:
@@ -209,8 +218,10 @@ def _run(
             kill()
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            done.set()
+            watcher.join()
+    if stopped.is_set():
+        raise BuildStopped("the environment build was stopped: the run was cancelled")
     return (None if expired.is_set() else proc.returncode), list(tail)
 
 
@@ -345,21 +356,23 @@ def build(
     timeout: float | None = None,
     user: tuple[int, int] | None = None,
     reserved: frozenset[str] = frozenset(),
+    stop: threading.Event | None = None,
 ) -> None:
     """Build the environment into ``target`` (which must not exist yet, or be an empty
     directory ``user`` owns), within ``timeout`` seconds in all (``EnvBuildError`` past
-    it: uv and whatever it started are killed); as ``user`` (uid, gid) when given, then
-    ``seal``ed — also when the build fails, so that nothing of it stays the user's."""
+    it: uv and whatever it started are killed; ``BuildStopped`` as soon as ``stop`` is
+    set); as ``user`` (uid, gid) when given, then ``seal``ed — also when the build
+    fails, so that nothing of it stays the user's."""
     uv = uv_binary()
     deadline = None if timeout is None else time.monotonic() + timeout
     if user is None:
         for cmd in commands(uv, target, interp, deps):
-            _step(cmd, target, folder, env, log, timeout, deadline, user)
+            _step(cmd, target, folder, env, log, timeout, deadline, user, stop)
         seal(target)
         return
     try:
         for cmd in commands(uv, target, interp, deps):
-            _step(cmd, target, folder, env, log, timeout, deadline, user)
+            _step(cmd, target, folder, env, log, timeout, deadline, user, stop)
     except BaseException:
         with contextlib.suppress(OSError, EnvBuildError, RecursionError):
             seal(target, user[0])  # a failed build's files stop being the user's too
@@ -382,13 +395,16 @@ def _step(
     timeout: float | None,
     deadline: float | None,
     user: tuple[int, int] | None,
+    stop: threading.Event | None = None,
 ) -> None:
+    if stop is not None and stop.is_set():
+        raise BuildStopped("the environment build was stopped: the run was cancelled")
     step_env = dict(env)
     if cmd[1] == "sync":
         step_env["UV_PROJECT_ENVIRONMENT"] = str(target)
     left = None if deadline is None else max(0.0, deadline - time.monotonic())
     try:
-        status, tail = _run(cmd, folder, step_env, log, left, user)
+        status, tail = _run(cmd, folder, step_env, log, left, user, stop)
     except OSError as e:
         raise EnvBuildError(f"cannot run uv: {e}") from e
     if status is None:

@@ -12,8 +12,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from fastflow.errors import BuildStopped
+
+_STOP_POLL_S = 0.2  # how often a wait for a build lock looks at its stop event
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -26,10 +32,16 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def _acquire(
-    path: Path, mode: int, *, wait: bool, on_wait: Callable[[], None] | None
+    path: Path,
+    mode: int,
+    *,
+    wait: bool,
+    on_wait: Callable[[], None] | None,
+    stop: threading.Event | None = None,
 ) -> int | None:
     """An fd holding ``mode`` on ``path``, or ``None`` when ``wait`` is false and another
-    process holds a conflicting lock."""
+    process holds a conflicting lock; with ``stop``, the wait looks at it every
+    ``_STOP_POLL_S`` and raises ``BuildStopped`` once it is set."""
     told = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
@@ -45,7 +57,10 @@ def _acquire(
                 if on_wait is not None and not told:
                     told = True
                     on_wait()
-                fcntl.flock(fd, mode)
+                if stop is None:
+                    fcntl.flock(fd, mode)
+                else:
+                    _flock_unless(fd, mode, stop)
             if _same_file(fd, path):
                 return fd
         except BaseException:
@@ -54,11 +69,26 @@ def _acquire(
         os.close(fd)  # unlinked by gc while we waited: lock the new file
 
 
+def _flock_unless(fd: int, mode: int, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise BuildStopped("the environment build was stopped: the run was cancelled")
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(_STOP_POLL_S)  # (flock has no timeout; a poll bounds the wait)
+
+
 @contextlib.contextmanager
-def exclusive(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+def exclusive(
+    path: Path,
+    on_wait: Callable[[], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[None]:
     """Hold an exclusive lock on ``path``, waiting for it (``on_wait`` is called once if
-    another process holds it)."""
-    fd = _acquire(path, fcntl.LOCK_EX, wait=True, on_wait=on_wait)
+    another process holds it; ``BuildStopped`` once ``stop`` is set while waiting)."""
+    fd = _acquire(path, fcntl.LOCK_EX, wait=True, on_wait=on_wait, stop=stop)
     assert fd is not None
     try:
         yield

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from fastflow.config import Settings
 from fastflow.environments import builder, interpreters, keys, locks, registry, sources
-from fastflow.errors import EnvBuildError
+from fastflow.errors import BuildStopped, EnvBuildError
 
 Log = Callable[[str], None]
 
@@ -84,12 +85,14 @@ def prepare(
     python: str | None,
     log: Log,
     user: tuple[int, int] | None = None,
+    stop: threading.Event | None = None,
 ) -> PreparedEnv:
     """The environment for a pipeline in ``folder`` with interpreter version ``python``
     (``None``: the interpreter fastflow runs on): reused when it exists, else built with
     uv, its output streamed to ``log`` line by line; with ``user`` (uid, gid) from an
     interpreter that user can execute. Raises ``ConfigError`` (interpreter not
-    installed) or ``EnvBuildError``."""
+    installed) or ``EnvBuildError`` (``BuildStopped`` once ``stop`` is set: while
+    waiting for another process's build of the same environment too)."""
     interp = interpreters.find(python, user)
     reader = _reader(user)
     deps = sources.read(folder, reader)
@@ -103,7 +106,7 @@ def prepare(
     def waiting() -> None:
         log(f"waiting for environment {key} (another process holds its lock)")
 
-    with locks.exclusive(registry.build_lock(envs, key), on_wait=waiting):
+    with locks.exclusive(registry.build_lock(envs, key), on_wait=waiting, stop=stop):
         record = registry.read(env_dir)
         problem = _usable(record, env_dir, digest)
         if record is not None and problem is None:
@@ -129,9 +132,12 @@ def prepare(
         )
         try:
             timeout = settings.env_build_timeout_seconds
-            _build(env_dir, interp, deps, folder, log, timeout, user, fresh=bool(local))
+            _build(env_dir, interp, deps, folder, log, timeout, user, fresh=bool(local), stop=stop)
             record.build_seconds = round(time.monotonic() - started, 3)
             registry.write(env_dir, record)  # the completion marker: last
+        except BuildStopped:
+            _wipe_quietly(env_dir)
+            raise
         except EnvBuildError as e:
             _wipe_quietly(env_dir)
             raise EnvBuildError(
@@ -154,6 +160,7 @@ def _build(
     user: tuple[int, int] | None = None,
     *,
     fresh: bool = False,
+    stop: threading.Event | None = None,
 ) -> None:
     """Build with uv (within ``timeout`` seconds), as ``user`` when that is another user
     than fastflow's; ``fresh``: without uv's shared cache (it would install the wheel it
@@ -161,7 +168,7 @@ def _build(
     Fail if the dependency files changed meanwhile (the environment would not match its
     key)."""
     if user is not None and user[0] != os.geteuid():
-        _build_as(env_dir, interp, deps, folder, log, timeout, user, fresh)
+        _build_as(env_dir, interp, deps, folder, log, timeout, user, fresh, stop)
     else:
         cache = env_dir.parent / ".uv-cache"
         uv_env = builder.uv_environ(os.environ, cache)
@@ -169,7 +176,7 @@ def _build(
             uv_env["UV_NO_CACHE"] = "1"
         elif uv_env["UV_CACHE_DIR"] == str(cache):
             _private_folder(cache)
-        builder.build(env_dir, interp, deps, folder, uv_env, log, timeout)
+        builder.build(env_dir, interp, deps, folder, uv_env, log, timeout, stop=stop)
     if sources.read(folder, _reader(user)) != deps:
         raise EnvBuildError(f"the dependency files of {folder} changed during the build; run again")
 
@@ -183,6 +190,7 @@ def _build_as(
     timeout: float | None,
     user: tuple[int, int],
     fresh: bool = False,
+    stop: threading.Event | None = None,
 ) -> None:
     """Build as the run's user (``RUN_AS_USER``): the build backends of the pipeline's
     dependencies never run as fastflow's user. The user gets an empty ``env_dir`` and
@@ -209,7 +217,7 @@ def _build_as(
             builder.remove_tree(path)
             path.mkdir(mode=0o700)
             os.chown(path, uid, gid)
-        builder.build(env_dir, interp, deps, folder, uv_env, log, timeout, user, reserved)
+        builder.build(env_dir, interp, deps, folder, uv_env, log, timeout, user, reserved, stop)
     except EnvBuildError as e:
         if "Permission denied" not in str(e):
             raise

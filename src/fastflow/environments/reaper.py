@@ -1,17 +1,18 @@
 """Run a command as another user and leave nothing of it behind:
 ``python -I reaper.py UID GID COMMAND...`` (standard library only: started by path).
 
-Guarantees (Linux): the command runs as UID, GID and no supplementary groups, in a
-process group of its own; this process, still privileged, is its child subreaper, so
-every process the command starts — also one that detaches with ``setsid`` or a double
-fork — stays a descendant of it. When the command ends, every process still left is
-killed with SIGKILL and reaped before this process exits, with the command's exit
-status (128 + N when a signal N ended it). SIGTERM (or the death of the parent, through
-``PR_SET_PDEATHSIG``) kills the command and everything it started the same way, then
-exits with 143.
+Guarantees (Linux): the command runs as UID, GID and no supplementary groups (as this
+process, unchanged, when UID and GID are its own), in a process group of its own; this
+process is its child subreaper, so every process the command starts — also one that
+detaches with ``setsid`` or a double fork — stays a descendant of it. When the command
+ends, every process still left is killed with SIGKILL and reaped before this process
+exits, with the command's exit status (128 + N when a signal N ended it). SIGTERM (or
+the death of the parent, through ``PR_SET_PDEATHSIG``) kills the command and everything
+it started the same way, then exits with 143.
 
-An environment build as ``RUN_AS_USER`` runs under it: once it returns, no process of
-the build is alive to change the environment while fastflow takes it over.
+Every environment build runs under it: once it returns, no process of the build is
+alive to change the environment (while fastflow takes over one built as
+``RUN_AS_USER``), and a fastflow killed with SIGKILL leaves no uv building on.
 """
 
 from __future__ import annotations
@@ -104,9 +105,10 @@ def main(argv: list[str]) -> int:
     if pid == 0:
         try:
             os.setpgid(0, 0)
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
+            if (uid, gid) != (os.geteuid(), os.getegid()):  # else: a build as fastflow
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
             os.execv(cmd[0], cmd)
         except OSError as e:
             os.write(2, f"fastflow: cannot start {cmd[0]}: {e.strerror}\n".encode())

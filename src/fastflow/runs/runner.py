@@ -45,7 +45,7 @@ from fastflow import environments
 from fastflow.config import Settings
 from fastflow.db.engine import Database
 from fastflow.db.models import PipelineRun, RunStatus
-from fastflow.errors import FastflowError, InvalidPipelineConfig, UnsafePath
+from fastflow.errors import BuildStopped, FastflowError, InvalidPipelineConfig, UnsafePath
 from fastflow.runs import files as logfiles
 from fastflow.runs import isolation, logsdir, pipelines, secret_store
 from fastflow.runs import store as runs
@@ -370,10 +370,12 @@ def _prepare(
     *,
     clock: Callable[[], float] | None = None,
     local: bool = True,
+    stop: threading.Event | None = None,
 ) -> tuple[LogCapture, _Prepared | None, str | None]:
     """Secrets, limits, user and environment, in that order; the first problem ends the
     run before it starts, with its reason (in the log too). A run that is not ``local``
-    gets its secrets only: its executor owns the rest."""
+    gets its secrets only: its executor owns the rest. ``stop`` set during the build
+    stops it (uv and all it started are killed)."""
     when = clock or time.time
     try:
         values = secret_store.values_for(db, settings, pipeline.config.secrets)
@@ -405,15 +407,24 @@ def _prepare(
     except FastflowError as e:
         capture.write_note(f"not started: {e}")
         return capture, None, str(e)
+
+    def env_line(line: str) -> None:
+        capture.write_line(f"[env] {line}")
+        log_out.flush()  # a build can take minutes: its lines are followed as they come
+
     try:
         prepared.env = environments.prepare(
             settings,
             pipeline.name,
             pipeline.path,
             pipeline.config.python,
-            lambda line: capture.write_line(f"[env] {line}"),
+            env_line,
             user=(prepared.user.uid, prepared.user.gid) if prepared.user else None,
+            stop=stop,
         )
+    except BuildStopped as e:
+        capture.write_note(f"not started: {e}")
+        return capture, None, str(e)
     except FastflowError as e:
         # the reason is stored and printed too: masked like the log
         reason = capture.masked(f"environment build failed: {e}")
@@ -590,10 +601,22 @@ def execute(
 
             frame_clock = FrameClock()
         capture, prepared, reason = _prepare(
-            db, settings, pipeline, log_out, echo, clock=frame_clock, local=executor == "local"
+            db,
+            settings,
+            pipeline,
+            log_out,
+            echo,
+            clock=frame_clock,
+            local=executor == "local",
+            stop=stop,
         )
         if prepared is not None and guard.full.is_set():
             prepared = None  # the disk filled up while the environment was prepared
+        if cancel is not None and cancel.is_set() and not guard.full.is_set():
+            if prepared is not None:  # cancelled as the build ended: main.py never starts
+                capture.write_note("not started: the run was cancelled")
+            prepared = None
+            status, reason = RunStatus.CANCELLED, "cancelled"
         if prepared is not None and frame_clock is not None:
             from fastflow.executors import container
 
