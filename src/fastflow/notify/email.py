@@ -6,7 +6,10 @@ server and what went wrong, never the password. Transport security follows
 plain. With STARTTLS the message is never sent in clear when the server does not offer
 it. Login happens only when both ``SMTP_USER`` and ``SMTP_PASSWORD`` are set, and only over
 TLS — unless ``SMTP_SECURITY=none`` *and* ``SMTP_ALLOW_PLAINTEXT_AUTH=true``; otherwise the
-delivery fails before connecting, and no credential leaves the process.
+delivery fails before connecting, and no credential leaves the process. The connection
+ends with the delivery's time budget, however slowly the server answers; once the
+message itself was sent, its confirmation is awaited until then (servers may scan it
+for minutes) and a message sent but unconfirmed is never sent again (a duplicate).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from datetime import datetime
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from typing import Literal
+from typing import Any, Literal, cast
 
 from fastflow.config import Settings
-from fastflow.notify.retry import Budget, DeliveryOptions, Outcome
+from fastflow.notify.retry import Budget, Deadline, DeliveryOptions, Outcome
 from fastflow.security import redact
 
 log = logging.getLogger("fastflow.notify.email")
@@ -33,6 +36,7 @@ Security = Literal["ssl", "starttls", "none"]
 # then show with a leading space; RFC 5322 allows lines up to 998 characters.
 _POLICY = policy.SMTP.clone(max_line_length=998)
 IMPLICIT_TLS_PORT = 465
+_BUDGET_SPENT = "no answer within the delivery time budget"
 STARTTLS_PORT = 587
 
 
@@ -118,34 +122,117 @@ def send(settings: Settings, message: EmailMessage, options: DeliveryOptions) ->
             error += "; gave up: delivery time budget spent"
             break
         attempt += 1
-        try:
-            _send_once(settings, message, budget.timeout(), options.ssl_context)
-            return Outcome(True, None, attempt)
-        except _Permanent as e:
-            return Outcome(False, redact(f"{where}: {e}", settings), attempt)
-        except Exception as e:  # every other failure may be transient: try again
-            error = _describe(e)
-            log.info("e-mail attempt %d failed: %s", attempt, redact(error, settings))
+        with Deadline(budget) as deadline:
+            try:
+                _send_once(settings, message, budget.timeout(), options.ssl_context, deadline)
+                return Outcome(True, None, attempt)
+            except _Permanent as e:
+                return Outcome(False, redact(f"{where}: {e}", settings), attempt)
+            except _Unconfirmed as e:
+                return Outcome(False, redact(f"{where}: {e}", settings), attempt)
+            except Exception as e:  # every other failure may be transient: try again
+                error = _BUDGET_SPENT if deadline.expired else _describe(e)
+                log.info("e-mail attempt %d failed: %s", attempt, redact(error, settings))
+                if deadline.expired:
+                    break
     tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
     return Outcome(False, redact(f"{where}: {error} ({tries})", settings), attempt)
 
 
+class _Unconfirmed(Exception):
+    """The message was sent whole but the server's answer did not come in time: it may
+    have been delivered, so it is not sent again (a duplicate to every recipient)."""
+
+
+class _Client(smtplib.SMTP):
+    """``smtplib.SMTP`` whose connection ends at ``deadline``, and which knows whether
+    the message itself was sent (then waits for the final answer until the deadline,
+    not one read timeout: RFC 5321 gives servers minutes for it)."""
+
+    deadline: Deadline | None = None
+    message_sent = False
+    _in_data = False
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        if self.deadline is not None:
+            self.deadline.watch(sock)
+        return cast(socket.socket, sock)
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        self._in_data = True
+        try:
+            return super().data(msg)
+        finally:
+            self._in_data = False
+
+    def send(self, s: Any) -> None:
+        super().send(s)
+        if self._in_data and isinstance(s, bytes):  # the message (commands are text)
+            self.message_sent = True
+            if self.deadline is not None and self.sock is not None:
+                self.sock.settimeout(self.deadline.remaining())
+
+
+class _TLSClient(_Client, smtplib.SMTP_SSL):
+    """``_Client`` over implicit TLS."""
+
+
+def _connect(
+    settings: Settings, mode: Security, timeout: float, tls: ssl.SSLContext, deadline: Deadline
+) -> _Client:
+    assert settings.smtp_host is not None
+    client = _TLSClient(timeout=timeout, context=tls) if mode == "ssl" else _Client(timeout=timeout)
+    client.deadline = deadline
+    # the name TLS checks the certificate against (smtplib sets it when __init__ connects)
+    client._host = settings.smtp_host  # type: ignore[attr-defined]
+    try:
+        code, msg = client.connect(settings.smtp_host, settings.smtp_port)
+    except BaseException:
+        client.close()
+        raise
+    if code != 220:
+        client.close()
+        raise smtplib.SMTPConnectError(code, msg)
+    return client
+
+
 def _send_once(
-    settings: Settings, message: EmailMessage, timeout: float, context: ssl.SSLContext | None
+    settings: Settings,
+    message: EmailMessage,
+    timeout: float,
+    context: ssl.SSLContext | None,
+    deadline: Deadline,
 ) -> None:
     assert settings.smtp_host is not None and settings.smtp_from is not None
     mode = security(settings)
     tls = context if context is not None else ssl.create_default_context()
-    client: smtplib.SMTP
     try:
-        if mode == "ssl":
-            client = smtplib.SMTP_SSL(
-                settings.smtp_host, settings.smtp_port, timeout=timeout, context=tls
-            )
-        else:
-            client = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout)
+        client = _connect(settings, mode, timeout, tls, deadline)
     except ssl.SSLCertVerificationError as e:
         raise _Permanent(f"TLS certificate not trusted: {e.verify_message}") from None
+    try:
+        _converse(settings, client, message, mode, tls)
+    except (smtplib.SMTPResponseException, _Permanent):
+        raise
+    except Exception as e:
+        if client.message_sent:
+            why = _BUDGET_SPENT if deadline.expired else _describe(e)
+            raise _Unconfirmed(
+                f"the message was sent but the server did not confirm it ({why}); "
+                "not sent again, since it may have arrived"
+            ) from None
+        raise
+
+
+def _converse(
+    settings: Settings,
+    client: _Client,
+    message: EmailMessage,
+    mode: Security,
+    tls: ssl.SSLContext,
+) -> None:
+    assert settings.smtp_from is not None
     with client:
         client.ehlo()
         if mode == "starttls":

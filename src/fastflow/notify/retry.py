@@ -1,13 +1,16 @@
 """Attempts, pauses and the time budget that every channel shares.
 
-A delivery on one channel never takes longer than ``budget_s`` (plus at most one socket
-timeout's rounding): each attempt's timeout is cut to what is left of the budget, and no
-attempt starts once the budget is spent. That is what lets ``fastflow cleanup`` wait for
+A delivery on one channel never takes longer than ``budget_s`` (plus a moment): each
+attempt's timeout is cut to what is left of the budget, no attempt starts once the budget
+is spent, and at its end ``Deadline`` shuts the attempt's connection down — also when
+the server drips its answer a byte at a time. That is what lets ``fastflow cleanup`` wait for
 delivery a bounded time and still record how it ended.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -76,3 +79,55 @@ class Budget:
         if seconds > 0:
             threading.Event().wait(seconds)
         return True
+
+
+class Deadline:
+    """Ends an attempt's connections when the budget runs out: their sockets are shut
+    down (both ways), which wakes a read blocked on them at once. A server that answers
+    one byte at a time — each within the read timeout — thus cannot hold a delivery past
+    its budget. Sockets are watched through a duplicate of their descriptor, so a
+    socket later wrapped in TLS is still reached; ``close`` releases the duplicates."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.expired = False
+        self._budget = budget
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._timer = threading.Timer(max(0.0, budget.remaining()), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return max(_MIN_ATTEMPT_S, self._budget.remaining())
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut ``sock``'s connection down at the deadline (at once when it is past)."""
+        dup = socket.fromfd(sock.fileno(), sock.family, sock.type, sock.proto)
+        with self._lock:
+            self._socks.append(dup)
+            if self.expired:
+                _shut(dup)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._socks:
+                _shut(sock)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for sock in self._socks:
+                sock.close()
+            self._socks.clear()
+
+    def __enter__(self) -> Deadline:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)

@@ -1,7 +1,9 @@
 """Microsoft Teams: POST an Adaptive Card message to ``TEAMS_WEBHOOK_URL``.
 
 Best-effort: ``post`` never raises. It retries on 429 and 5xx (honouring ``Retry-After``,
-capped) and on network errors, up to ``options.attempts`` tries within the time budget.
+capped) and on network errors, up to ``options.attempts`` tries within the time budget;
+at the budget's end the connection is shut, however slowly the server answers. An
+answer's body is not read, except the first 4 KiB of an error answer for the debug log.
 The URL must be https, except http on a loopback address (local testing), and never a
 link-local or cloud metadata address. The webhook URL carries its credential in the path
 and query, so it is only ever shown masked (``https://host/first-segment/***``) — in
@@ -25,6 +27,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from fastflow.config import Settings, is_loopback_host, metadata_host_refusal
+from fastflow.notify import retry
 from fastflow.notify.retry import Budget, DeliveryOptions, Outcome
 from fastflow.security import mask_url, redact
 
@@ -32,6 +35,8 @@ log = logging.getLogger("fastflow.notify.teams")
 
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _MAX_BODY_CHARS = 200
+_MAX_BODY_BYTES = 4096  # of an error answer, read for the debug log; a 2xx body is not read
+_BUDGET_SPENT = "no answer within the delivery time budget"
 
 
 class _MaskWebhookUrls(logging.Filter):
@@ -129,32 +134,56 @@ def post(settings: Settings, card: dict[str, Any], options: DeliveryOptions) -> 
                     break
             attempt += 1
             wait = None
-            try:
-                response = client.post(
-                    url,
-                    content=body,
-                    headers={"Content-Type": "application/json; charset=utf-8"},
-                    timeout=httpx.Timeout(budget.timeout()),
-                )
-            except httpx.TimeoutException:
-                error = "timed out"
-            except httpx.HTTPError as e:
-                error = _network_error(e)
-            else:
-                if 200 <= response.status_code < 300:
-                    return Outcome(True, None, attempt)
-                error = f"HTTP {response.status_code}"
-                log.debug("Teams answered %s: %r", error, redact(_excerpt(response), settings))
-                if response.status_code not in _RETRY_STATUSES:
-                    return Outcome(False, redact(f"{where}: {error}", settings), attempt)
-                wait = retry_after(
-                    response.headers.get("Retry-After"),
-                    datetime.now(UTC),
-                    options.max_retry_after_s,
-                )
+            with retry.Deadline(budget) as deadline:
+                try:
+                    with client.stream(
+                        "POST",
+                        url,
+                        content=body,
+                        headers={"Content-Type": "application/json; charset=utf-8"},
+                        timeout=httpx.Timeout(budget.timeout()),
+                        extensions={"trace": _tracer(deadline)},
+                    ) as response:
+                        status = response.status_code
+                        headers = response.headers
+                        excerpt = _excerpt(response) if not 200 <= status < 300 else ""
+                except httpx.HTTPError as e:
+                    error = (
+                        _BUDGET_SPENT
+                        if deadline.expired
+                        else "timed out"
+                        if isinstance(e, httpx.TimeoutException)
+                        else _network_error(e)
+                    )
+                    log.info("Teams attempt %d failed: %s", attempt, redact(error, settings))
+                    if deadline.expired:
+                        break
+                    continue
+            if 200 <= status < 300:
+                return Outcome(True, None, attempt)
+            error = f"HTTP {status}"
+            log.debug("Teams answered %s: %r", error, redact(excerpt, settings))
+            if status not in _RETRY_STATUSES:
+                return Outcome(False, redact(f"{where}: {error}", settings), attempt)
+            wait = retry_after(
+                headers.get("Retry-After"), datetime.now(UTC), options.max_retry_after_s
+            )
             log.info("Teams attempt %d failed: %s", attempt, redact(error, settings))
     tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
     return Outcome(False, redact(f"{where}: {error} ({tries})", settings), attempt)
+
+
+def _tracer(deadline: retry.Deadline) -> Any:
+    """httpcore's ``trace`` hook: the connection's socket is watched by ``deadline`` as
+    soon as it is connected (a proxy's too)."""
+
+    def trace(name: str, info: dict[str, Any]) -> None:
+        if name == "connection.connect_tcp.complete":
+            sock = info["return_value"].get_extra_info("socket")
+            if sock is not None:
+                deadline.watch(sock)
+
+    return trace
 
 
 def _network_error(e: httpx.HTTPError) -> str:
@@ -177,8 +206,16 @@ def _network_error(e: httpx.HTTPError) -> str:
 
 
 def _excerpt(response: httpx.Response) -> str:
-    """The start of an error answer, for the debug log only."""
+    """The start of an error answer, for the debug log only: at most
+    ``_MAX_BODY_BYTES`` are read (an answer may be endless), the rest is dropped with
+    the connection."""
+    got = b""
     try:
-        return " ".join(response.text.split())[:_MAX_BODY_CHARS]
-    except Exception:
-        return ""
+        for chunk in response.iter_raw():
+            got += chunk
+            if len(got) >= _MAX_BODY_BYTES:
+                break
+    except httpx.HTTPError:
+        pass
+    text = got[:_MAX_BODY_BYTES].decode("utf-8", "replace")
+    return " ".join(text.split())[:_MAX_BODY_CHARS]

@@ -1,0 +1,142 @@
+"""Servers that answer too slowly: a delivery ends with its time budget however the
+server drips its answer, an endless answer body is not read, and an e-mail whose
+confirmation comes late is neither given up early nor sent twice. Found by an outside
+audit: every read got its own timeout, so a server sending a byte every few seconds held
+a delivery (and the notification worker behind it) for ever; a late ``250`` after the
+message was taken for a failure and the mail sent again; Teams' answer was read whole."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+from fastflow import notify
+from fastflow.config import load_settings
+from fastflow.context import Context
+from tests.harness.drip import RawServer, drip, read_until
+from tests.notify.test_notify_email import mail_ctx
+
+BUDGET = 2.0
+SLACK = 1.5  # the deadline's thread, a socket's shutdown, the record written
+
+
+def _options(**changes: Any) -> notify.DeliveryOptions:
+    base: dict[str, Any] = {"timeout_s": 0.5, "attempts": 3, "backoff_s": (0.05,)}
+    return notify.DeliveryOptions(**{**base, "budget_s": BUDGET, **changes})
+
+
+def _mail(app: Context, port: int, **options: Any) -> tuple[notify.ChannelResult, float]:
+    ctx = mail_ctx(app, None, smtp_port=port)
+    t0 = time.monotonic()
+    (result,) = notify.send_test(ctx, email=True, teams=False, options=_options(**options))
+    return result, time.monotonic() - t0
+
+
+def _teams(app: Context, port: int) -> tuple[notify.ChannelResult, float]:
+    data = app.settings.model_dump()
+    data.update(teams_enabled=True, teams_webhook_url=f"http://127.0.0.1:{port}/webhook/k")
+    ctx = Context(settings=load_settings(**data), db=app.db)
+    t0 = time.monotonic()
+    (result,) = notify.send_test(ctx, email=False, teams=True, options=_options())
+    return result, time.monotonic() - t0
+
+
+class SmtpDialogue:
+    """A minimal SMTP server that takes every message and confirms it ``late`` seconds
+    after the final dot (``None``: never)."""
+
+    def __init__(self, late: float | None) -> None:
+        self.late = late
+        self.messages = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, conn: socket.socket, stopped: threading.Event) -> None:
+        f = conn.makefile("rb")
+        conn.sendall(b"220 slow.example ESMTP\r\n")
+        for raw in f:
+            verb = raw[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                conn.sendall(b"250-slow.example\r\n250 SMTPUTF8\r\n")
+            elif verb == b"DATA":
+                conn.sendall(b"354 go on\r\n")
+                for line in f:
+                    if line == b".\r\n":
+                        break
+                with self._lock:
+                    self.messages += 1
+                if self.late is None or stopped.wait(self.late):
+                    stopped.wait()
+                    return
+                conn.sendall(b"250 2.0.0 queued\r\n")
+            elif verb == b"QUIT":
+                conn.sendall(b"221 bye\r\n")
+                return
+            else:
+                conn.sendall(b"250 OK\r\n")
+
+
+def test_an_smtp_greeting_dripped_byte_by_byte_ends_with_the_budget(app: Context) -> None:
+    def greet(conn: socket.socket, stopped: threading.Event) -> None:
+        drip(conn, b"220-", b"still here\r\n220-", 0.1, stopped)
+
+    with RawServer(greet) as server:
+        result, took = _mail(app, server.port)
+    assert not result.ok
+    assert result.error is not None and "no answer within the delivery time budget" in result.error
+    assert took < BUDGET + SLACK, took
+
+
+def test_a_late_confirmation_is_awaited_and_the_mail_sent_once(app: Context) -> None:
+    dialogue = SmtpDialogue(late=1.2)  # longer than a read timeout (0.5 s), within budget
+    with RawServer(dialogue) as server:
+        result, _ = _mail(app, server.port, budget_s=4.0)
+    assert result.ok and result.attempts == 1, result
+    assert dialogue.messages == 1
+
+
+def test_a_mail_never_confirmed_is_reported_and_not_sent_again(app: Context) -> None:
+    dialogue = SmtpDialogue(late=None)
+    with RawServer(dialogue) as server:
+        result, took = _mail(app, server.port)
+    assert not result.ok and result.attempts == 1
+    assert result.error is not None
+    assert "sent but the server did not confirm it" in result.error
+    assert "no answer within the delivery time budget" in result.error
+    assert dialogue.messages == 1
+    assert took < BUDGET + SLACK, took
+
+
+def test_teams_headers_dripped_byte_by_byte_end_with_the_budget(app: Context) -> None:
+    def answer(conn: socket.socket, stopped: threading.Event) -> None:
+        read_until(conn, b"\r\n\r\n")
+        drip(conn, b"HTTP/1.1 200 OK\r\n", b"X-Slow: yes\r\n", 0.1, stopped)
+
+    with RawServer(answer) as server:
+        result, took = _teams(app, server.port)
+    assert not result.ok
+    assert result.error is not None and "no answer within the delivery time budget" in result.error
+    assert took < BUDGET + SLACK, took
+
+
+def test_an_endless_teams_error_body_is_not_read(app: Context) -> None:
+    sent: list[int] = []
+
+    def endless(conn: socket.socket, stopped: threading.Event) -> None:
+        read_until(conn, b"\r\n\r\n")
+        conn.sendall(b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+        total = 0
+        try:
+            while not stopped.is_set():
+                conn.sendall(chunk)
+                total += 65536
+        finally:
+            sent.append(total)
+
+    with RawServer(endless) as server:
+        result, took = _teams(app, server.port)
+    assert not result.ok and result.attempts == 3
+    assert result.error is not None and "HTTP 500" in result.error
+    assert took < BUDGET + SLACK, took
