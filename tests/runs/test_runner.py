@@ -104,6 +104,26 @@ def test_stdout_and_stderr_keep_order(app: Context, make_pipeline: MakePipeline)
     assert _payloads(result.log_path) == [f"line {i}" for i in range(3000)]
 
 
+@pytest.mark.parametrize(
+    "end",
+    ["os._exit(3)", "import ctypes; ctypes.string_at(0)", "os.kill(os.getpid(), 9)"],
+)
+def test_a_stderr_line_is_in_the_log_however_abruptly_the_pipeline_ends(
+    app: Context, make_pipeline: MakePipeline, end: str
+) -> None:
+    """An outside audit: stderr was buffered with stdout and flushed every 0.2 s, so the
+    last lines — the error a pipeline prints before ``os._exit`` or a crash — were lost.
+    A line written to stderr now reaches the log at once, with the stdout written
+    before it (their order is kept), as plain Python's line-buffered stderr does."""
+    make_pipeline(
+        "abrupt",
+        f"import os, sys\nprint('working')\nsys.stderr.write('fatal: giving up\\n')\n{end}\n",
+    )
+    result = run_pipeline(app.db, app.settings, "abrupt", "cli")
+    assert result.status == RunStatus.FAILED
+    assert _payloads(result.log_path)[:2] == ["working", "fatal: giving up"]
+
+
 def test_a_pipeline_that_rewraps_stdout_keeps_both_streams(
     app: Context, make_pipeline: MakePipeline
 ) -> None:

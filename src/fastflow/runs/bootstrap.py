@@ -4,8 +4,11 @@ container.
 stdout and stderr share one locked BufferedWriter on fd 1; the text layers write through
 to it. So the log keeps the exact order in which the pipeline wrote, a line written with
 one write() is never split or mixed (TextIOWrapper's own pending buffer is not
-thread-safe on Python 3.11, hence write-through), and output is block-buffered for
-speed. A daemon thread flushes every 0.2 s so output shows up live; it is stopped before
+thread-safe on Python 3.11, hence write-through), and stdout is block-buffered for
+speed. stderr is line-buffered, as in plain Python: a write that holds a line end
+flushes the shared writer (so with the stdout written before it, in order), and the
+error a pipeline prints before ``os._exit`` or a crash is never lost. A daemon thread
+flushes every 0.2 s so output shows up live; it is stopped before
 the interpreter's final flush (a daemon thread inside flush() then — a full pipe — would
 make that flush a fatal error). The two text layers are also ``sys.__stdout__`` and
 ``sys.__stderr__``, as in plain Python: a pipeline that replaces ``sys.stdout`` (say,
@@ -81,6 +84,8 @@ class _Stderr(io.BufferedIOBase):
         else:
             try:
                 _buf.write(data)
+                if b'\\n' in data or b'\\r' in data:  # (b may be a memoryview)
+                    _buf.flush()
             except ValueError:
                 if not _buf.closed:
                     raise
