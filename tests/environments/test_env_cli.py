@@ -175,3 +175,27 @@ def test_env_build_masks_uv_credentials_a_backend_prints(
     assert built.returncode == 1
     assert "password: ***" in built.stderr
     assert "idx-pass-9876" not in built.stderr + built.stdout
+
+
+STORED = "stored-Secret-4412xq"
+# a backend that prints a value that is also a stored secret, then fails
+STORED_PRELUDE = f"""
+    print("token:", {STORED!r})
+    raise SystemExit("failing with {STORED}")
+"""
+
+
+def test_env_build_masks_every_stored_secret(
+    make_pipeline: MakePipeline, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an outside audit: a run's build lines are masked for every stored secret,
+    ``fastflow env build`` printed them in clear (and in its error message)."""
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    assert cli("secret", "set", "API_TOKEN", input=STORED + "\n").returncode == 0
+    folder = make_pipeline("leaky")
+    (folder / "requirements.txt").write_text("./pkg\n")
+    write_source_package(folder / "pkg", "leaky", STORED_PRELUDE)
+    built = cli("env", "build", "leaky")
+    assert built.returncode == 1
+    assert "token: ***" in built.stderr
+    assert STORED not in built.stderr + built.stdout

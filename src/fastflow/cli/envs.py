@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from fastflow.cli import _settings
+from fastflow.cli import _context, _settings
 
 if TYPE_CHECKING:
     from fastflow.config import Settings
@@ -64,24 +64,31 @@ def env_build(ctx: click.Context, pipeline: str) -> None:
     environment's path on stdout. Exit 1 when the build fails. With RUN_AS_USER the
     build runs as that user, as it does before a run."""
     from fastflow.environments import prepare
-    from fastflow.runs import isolation, pipelines
+    from fastflow.errors import EnvBuildError
+    from fastflow.runs import isolation, pipelines, secret_store
     from fastflow.runs.masking import Masker
-    from fastflow.security import own_secrets
+    from fastflow.security import install_log_redaction
 
-    settings = _env_settings(ctx)
+    app = _context(ctx)
+    settings = app.settings
+    install_log_redaction(settings)
     p = pipelines.load(settings.pipelines_dir, pipeline)
     user = isolation.run_as(settings)
     isolation.secure_data_dir(settings)  # 0711 with RUN_AS_USER: the build's user passes
-    # masked as a run's build lines are: a build backend may print uv's index password
-    masker = Masker(own_secrets(settings))
-    env = prepare(
-        settings,
-        p.name,
-        p.path,
-        p.config.python,
-        lambda line: click.echo(f"[env] {masker.mask(line)}", err=True),
-        user=(user.uid, user.gid) if user else None,
-    )
+    # masked as a run's build lines are: every stored secret and fastflow's own (a build
+    # backend may print uv's index password, or a file it was pointed at)
+    masker = Masker(secret_store.masked_for(app.db, settings, {}))
+    try:
+        env = prepare(
+            settings,
+            p.name,
+            p.path,
+            p.config.python,
+            lambda line: click.echo(f"[env] {masker.mask(line)}", err=True),
+            user=(user.uid, user.gid) if user else None,
+        )
+    except EnvBuildError as e:  # its message quotes uv's last lines
+        raise EnvBuildError(masker.mask(str(e))) from None
     click.echo(str(env.path))
 
 
