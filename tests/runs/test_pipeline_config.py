@@ -138,6 +138,27 @@ def test_custom_retry_schedule_native_and_alias() -> None:
             "5-field cron expression (minute hour day month weekday), not 4 fields",
         ),
         ({"schedules": [{"interval_seconds": 0}]}, "interval_seconds must be an integer >= 1"),
+        # found by an outside audit: each of these was taken, one value silently dropped
+        ({"schedules": {}}, "schedules must be a list of objects"),
+        ({"schedules": False}, "schedules must be a list of objects"),
+        (
+            {"schedules": [{"cron": "0 * * * *", "schedule_cron": "5 * * * *"}]},
+            "schedules[0].cron and schedule_cron (Fast-Flow's name) differ",
+        ),
+        (
+            {"schedules": [{"interval_seconds": 60, "schedule_interval_seconds": 30}]},
+            "schedules[0].interval_seconds and schedule_interval_seconds",
+        ),
+        (
+            {"schedules": [{"cron": "* * * * *", "env": {"A": "1"}, "default_env": {"A": "2"}}]},
+            "schedules[0].env and default_env (Fast-Flow's name) give 'A' different values",
+        ),
+        (
+            {"schedules": [{"cron": "* * * * *", "env": {}, "default_env": {"BAD NAME": "x"}}]},
+            "schedules[0].default_env",
+        ),
+        ({"description": {"text": "x"}}, "description must be a string (got a dict)"),
+        ({"description": False}, "description must be a string (got a bool)"),
         # found by an outside audit: 10**12 passed and overflowed every date later
         ({"schedules": [{"interval_seconds": 10**12}]}, "interval_seconds must be at most"),
         ({"schedule_interval_seconds": 10**10}, "schedule_interval_seconds must be at most"),
@@ -231,3 +252,16 @@ def test_aliases_that_agree_are_taken_together() -> None:
     )
     assert config.env == {"MODE": "full", "A": "1", "B": "2"}
     assert [s.key for s in config.schedules] == ["0", "once"]
+
+
+def test_a_zero_given_is_kept_and_aliases_that_agree_in_a_schedule_are_taken() -> None:
+    """An outside audit: ``initial_delay: 0`` became 60 s (``0 or 60``)."""
+    data = {
+        "retry_attempts": 2,
+        "retry_strategy": {"type": "exponential_backoff", "initial_delay": 0},
+        "schedules": [{"cron": "0 * * * *", "schedule_cron": "0 * * * *", "env": {"A": "1"}}],
+    }
+    cfg = parse(data, WHERE)
+    assert cfg.retries.delay_seconds == 0 and cfg.retries.backoff == "exponential"
+    assert cfg.schedules[0].cron == "0 * * * *" and cfg.schedules[0].env == {"A": "1"}
+    assert parse({"description": None}, WHERE).description == ""

@@ -285,9 +285,9 @@ def _retry_strategy(r: _Reader, attempts: int | None) -> RetrySpec:
         return RetrySpec(
             max=base.max,
             backoff="exponential",
-            delay_seconds=s.number("initial_delay", minimum=0) or 60.0,
+            delay_seconds=_or(s.number("initial_delay", minimum=0), 60.0),
             max_delay_seconds=s.number("max_delay", minimum=0),
-            multiplier=s.number("multiplier", minimum=1) or 2.0,
+            multiplier=_or(s.number("multiplier", minimum=1), 2.0),
         )
     if kind == "fixed_delay":
         delay = s.number("delay", minimum=0)
@@ -295,6 +295,11 @@ def _retry_strategy(r: _Reader, attempts: int | None) -> RetrySpec:
     if kind == "custom_schedule":
         return RetrySpec(max=base.max, backoff="custom_schedule", delays=_delays(s))
     raise s.fail("type", f"must be exponential_backoff, fixed_delay or custom_schedule ({kind!r})")
+
+
+def _or(value: float | None, default: float) -> float:
+    """``value`` unless it was not given (a 0 given is a 0)."""
+    return default if value is None else value
 
 
 def _delays(r: _Reader) -> tuple[float, ...]:
@@ -343,6 +348,9 @@ def _limit_retries(r: _Reader, spec: RetrySpec) -> RetrySpec:
 def _one_schedule(r: _Reader, key: str) -> ScheduleSpec:
     """One ``schedules[]`` entry, native or Fast-Flow names."""
     r.unknown(SCHEDULE_KEYS)
+    for native, fast_flow in _SCHEDULE_ALIASES:
+        if r.has(native) and r.has(fast_flow) and r.data[native] != r.data[fast_flow]:
+            raise r.fail(native, f"and {fast_flow} (Fast-Flow's name) differ: keep one")
     cron = r.text("cron") or r.text("schedule_cron")
     interval = r.integer("interval_seconds", minimum=1, maximum=MAX_INTERVAL_SECONDS)
     if interval is None:
@@ -357,7 +365,7 @@ def _one_schedule(r: _Reader, key: str) -> ScheduleSpec:
     end = r.when("end") or r.when("schedule_end")
     if start is not None and end is not None and end < start:
         raise r.fail("end", "is before start")
-    env = r.env("env") if r.has("env") else r.env("default_env")
+    env = _env(r)
     config_id = r.text("id")
     return ScheduleSpec(
         key=config_id or key,
@@ -385,10 +393,20 @@ def _max_instances(r: _Reader) -> int:
     return n or 1
 
 
+# a schedule's keys and their Fast-Flow names: both given must agree (``env`` and
+# ``default_env`` are merged, see ``_env``)
+_SCHEDULE_ALIASES = (
+    ("cron", "schedule_cron"),
+    ("interval_seconds", "schedule_interval_seconds"),
+    ("start", "schedule_start"),
+    ("end", "schedule_end"),
+)
+
+
 def _schedules(r: _Reader) -> tuple[ScheduleSpec, ...]:
     raw = r.data.get("schedules")
     out: list[ScheduleSpec] = []
-    if raw:
+    if raw is not None:
         if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
             raise r.fail("schedules", "must be a list of objects")
         out = [
@@ -600,11 +618,14 @@ def parse(data: dict[str, Any], where: Path) -> PipelineConfig:
     tags = data.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise r.fail("tags", "must be a list of strings")
-    description = data.get("description", "")
+    description = data.get("description")
+    description = "" if description is None else description
+    if not isinstance(description, str):
+        raise r.fail("description", f"must be a string (got a {type(description).__name__})")
     schedules = _schedules(r)  # first: the per-schedule readers below assume its shape
     timeouts, per_schedule_retries = _per_schedule(r)
     return PipelineConfig(
-        description=description if isinstance(description, str) else str(description),
+        description=description,
         timeout=_timeout(r),
         env=_env(r),
         enabled=r.boolean("enabled", True),
