@@ -47,9 +47,10 @@ class SmtpDialogue:
     """A minimal SMTP server that takes every message and confirms it ``late`` seconds
     after the final dot (``None``: never)."""
 
-    def __init__(self, late: float | None) -> None:
+    def __init__(self, late: float | None, refuse_rcpt: int = 0) -> None:
         self.late = late
         self.messages = 0
+        self.refuse_rcpt = refuse_rcpt  # the first this many RCPTs get a 450
         self._lock = threading.Lock()
 
     def __call__(self, conn: socket.socket, stopped: threading.Event) -> None:
@@ -70,6 +71,9 @@ class SmtpDialogue:
                     stopped.wait()
                     return
                 conn.sendall(b"250 2.0.0 queued\r\n")
+            elif verb == b"RCPT" and self.refuse_rcpt > 0:
+                self.refuse_rcpt -= 1
+                conn.sendall(b"450 4.2.0 greylisted, come back later\r\n")
             elif verb == b"QUIT":
                 conn.sendall(b"221 bye\r\n")
                 return
@@ -140,3 +144,23 @@ def test_an_endless_teams_error_body_is_not_read(app: Context) -> None:
     assert not result.ok and result.attempts == 3
     assert result.error is not None and "HTTP 500" in result.error
     assert took < BUDGET + SLACK, took
+
+
+def test_every_recipient_refused_for_now_is_tried_again(app: Context) -> None:
+    """An outside audit: a 4xx to every RCPT (greylisting) was taken as final."""
+    dialogue = SmtpDialogue(late=0, refuse_rcpt=3)  # mail_ctx has three recipients
+    with RawServer(dialogue) as server:
+        result, _ = _mail(app, server.port, budget_s=5.0)
+    assert result.ok and result.attempts == 2, result
+    assert dialogue.messages == 1
+
+
+def test_every_recipient_refused_for_now_until_the_end_is_reported_by_code(
+    app: Context,
+) -> None:
+    dialogue = SmtpDialogue(late=0, refuse_rcpt=1000)
+    with RawServer(dialogue) as server:
+        result, _ = _mail(app, server.port, budget_s=5.0)
+    assert not result.ok and result.attempts == 3
+    assert result.error is not None and "(450 4.2.0)" in result.error
+    assert "greylisted" not in result.error  # the server's own words are not kept

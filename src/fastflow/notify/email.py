@@ -265,6 +265,8 @@ def _converse(
         except smtplib.SMTPNotSupportedError as e:  # e.g. non-ASCII address, no SMTPUTF8
             raise _Permanent(str(e)) from None
         except smtplib.SMTPRecipientsRefused as e:
+            if all(400 <= code < 500 for code, _ in e.recipients.values()):
+                raise  # each refused for now (greylisting, a full mailbox): try again
             raise _Permanent(f"every recipient was refused: {_refused(e.recipients)}") from None
         except smtplib.SMTPResponseException as e:
             if e.smtp_code >= 500:
@@ -298,6 +300,8 @@ def _refused(recipients: dict[str, tuple[int, bytes]]) -> str:
 
 
 def _describe(e: BaseException) -> str:
+    if isinstance(e, smtplib.SMTPRecipientsRefused):
+        return f"every recipient was refused for now: {_refused(e.recipients)}"
     if isinstance(e, smtplib.SMTPResponseException):
         return f"the server answered {_reply(e)}"
     if isinstance(e, smtplib.SMTPServerDisconnected):
