@@ -559,3 +559,35 @@ def test_tail_lines_are_cleaned_cut_and_bounded() -> None:
     assert len(lines) == 20 and lines[0] == "line 11" and lines[-2] == "line 29"
     assert len(lines[-1]) == MAX_LOG_LINE_CHARS and lines[-1].endswith("…")
     assert tail_lines("only\n", partial_first=False) == ("only",)
+
+
+def test_a_last_line_longer_than_the_tail_is_shown_by_its_end(
+    world: World, make_pipeline: MakePipeline
+) -> None:
+    """An outside audit: a log whose last line is longer than the 64 KiB tail read made
+    the message say "the log is empty"."""
+    make_pipeline("etl")
+    log = b"starting\n" + b"y" * 100_000 + b" ValueError: the real cause\n"
+    world.end(world.failed("etl", log=log), "FAILED")
+    (mail,), (post,) = world.sent(1)
+    for text in (_plain(mail), _html(mail), _card(post)):
+        assert "the log is empty" not in text
+        assert "…yyy" in text and "ValueError: the real cause" in text
+
+
+def test_hidden_controls_never_reach_a_message(world: World, make_pipeline: MakePipeline) -> None:
+    """An outside audit: C1 controls and bidirectional overrides in a log line (or a
+    reason) went into the mail and the card, where U+202E shows text reversed."""
+    make_pipeline("etl")
+    log = "fine\nsaved report\u202etxt.exe\u202c here\x85 and \x9b31m\u2066x\u2069\n".encode()
+    world.end(world.failed("etl", log=log), "FAILED")
+    (mail,), (post,) = world.sent(1)
+    raw = mail.message.as_string() + json.dumps(post.json)
+    for hidden in ("\u202e", "\u202c", "\x85", "\x9b", "\u2066", "\u2069"):
+        assert hidden not in raw and hidden not in _plain(mail) + _card(post)
+    assert "saved reporttxt.exe here and 31mx" in _plain(mail)
+
+
+def test_tail_lines_keep_the_end_of_a_single_partial_line() -> None:
+    lines = tail_lines("z" * 5000 + "END\n", partial_first=True)
+    assert lines == ("…" + ("z" * 5000 + "END")[-(MAX_LOG_LINE_CHARS - 1) :],)

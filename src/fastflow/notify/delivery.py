@@ -27,7 +27,7 @@ from typing import Any
 from fastflow.context import Context
 from fastflow.db.engine import Database
 from fastflow.db.models import utcnow
-from fastflow.notify import records
+from fastflow.notify import messages, records
 from fastflow.notify.incidents import Kind
 from fastflow.notify.messages import Message
 from fastflow.notify.retry import DeliveryOptions, Outcome
@@ -156,6 +156,7 @@ def enabled_channels(ctx: Context) -> list[str]:
 def _send(ctx: Context, channel: str, message: Message, options: DeliveryOptions) -> Outcome:
     settings = ctx.settings
     try:
+        message = messages.cleaned(message)
         # the transports (smtplib, httpx) are imported only when a message goes out
         if channel == "email":
             from fastflow.notify import email

@@ -8,7 +8,9 @@ reasonable message.
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +34,35 @@ class Message:
     text: str
     html: str
     card: dict[str, Any]
+
+
+# controls a reader does not see but that change what is shown: C0 (but tab and line
+# ends), DEL, C1, and the bidirectional embeddings, overrides and isolates (U+202E shows
+# "exe.txt" as "txt.exe")
+_HIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str):
+        return _HIDDEN.sub("", value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def cleaned(message: Message) -> Message:
+    """``message`` without hidden controls anywhere (its subject, texts and card): a
+    pipeline's log line, a failure reason or a server's error text cannot make a message
+    read otherwise than it says."""
+    return dataclasses.replace(
+        message,
+        subject=_plain(message.subject),
+        text=_plain(message.text),
+        html=_plain(message.html),
+        card=_plain(message.card),
+    )
 
 
 @dataclass(frozen=True)

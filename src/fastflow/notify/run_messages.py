@@ -56,12 +56,17 @@ class RunNotice:
 
 def tail_lines(text: str, *, partial_first: bool) -> tuple[str, ...]:
     """The last ``MAX_LOG_LINES`` non-empty lines of ``text`` (a log's tail), cleaned and cut;
-    ``partial_first``: the tail starts in the middle of a line, which is dropped."""
+    ``partial_first``: the tail starts in the middle of a line, which is dropped — unless
+    it is the only one (a last line longer than the tail): then its end is shown, after
+    an ``…``."""
     lines = text.splitlines()
-    if partial_first:
+    only_part = partial_first and len(lines) == 1
+    if partial_first and not only_part:
         lines = lines[1:]
     cleaned = [_CONTROL.sub("", _ANSI.sub("", line)).rstrip() for line in lines]
     kept = [line for line in cleaned if line][-MAX_LOG_LINES:]
+    if only_part and kept:
+        return ("…" + kept[0][-(MAX_LOG_LINE_CHARS - 1) :],)
     return tuple(
         line if len(line) <= MAX_LOG_LINE_CHARS else line[: MAX_LOG_LINE_CHARS - 1] + "…"
         for line in kept
