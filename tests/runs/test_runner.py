@@ -124,6 +124,30 @@ def test_a_stderr_line_is_in_the_log_however_abruptly_the_pipeline_ends(
     assert _payloads(result.log_path)[:2] == ["working", "fatal: giving up"]
 
 
+def test_a_log_its_pipeline_deletes_is_restored_with_a_note(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """An outside audit: a pipeline that deleted its own run.log (and metrics) ended
+    SUCCESS without a word, its log gone. fastflow holds both open: it writes them back."""
+    folder = app.settings.logs_root / "vandal"
+    make_pipeline(
+        "vandal",
+        "import glob, shutil\n"
+        "print('before the deletion', flush=True)\n"
+        f"for d in glob.glob({str(folder)!r} + '/*'):\n"
+        "    shutil.rmtree(d)\n"
+        "print('after the deletion')\n",
+    )
+    result = run_pipeline(app.db, app.settings, "vandal", "cli")
+    assert result.status == RunStatus.SUCCESS
+    assert result.log_path.is_file() and result.metrics_path.is_file()
+    payloads = _payloads(result.log_path)
+    assert payloads[:2] == ["before the deletion", "after the deletion"]
+    assert "the run's log file was deleted while the run ran" in result.log_path.read_text()
+    row = runs.get(app.db, result.run_id)
+    assert row is not None and row.log_size == result.log_path.stat().st_size
+
+
 def test_a_pipeline_that_rewraps_stdout_keeps_both_streams(
     app: Context, make_pipeline: MakePipeline
 ) -> None:

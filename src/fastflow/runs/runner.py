@@ -27,6 +27,7 @@ never with an exception that would leave the run unrecorded.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import subprocess
 import sys
@@ -58,6 +59,8 @@ from fastflow.runs.sampler import TreeSampler
 
 # the pipeline's output order, buffering and death with its supervisor: see ``bootstrap``
 _BOOTSTRAP = bootstrap(DIE_WITH_PARENT)
+
+log = logging.getLogger(__name__)
 
 
 MIN_FREE_BYTES = 16 * 1024 * 1024  # a run needs this much free space in LOGS_DIR to start
@@ -654,8 +657,16 @@ def execute(
                     )
                 finally:
                     isolation.remove_workdir(workdir)
+        if prepared is not None and not guard.full.is_set() and _unlinked(log_out):
+            capture.write_note(
+                "the run's log file was deleted while the run ran; fastflow restored it "
+                "from the copy it held open"
+            )
         _close(log_out)
         _close(metrics_out)
+        if not guard.full.is_set():
+            for f, rel in ((log_out, log_rel), (metrics_out, metrics_rel)):
+                _restore_if_unlinked(logs_root, pipeline.name, run_id, f, rel)
         size = _size_of(log_out)  # the file written, wherever its path now leads
     if guard.full.is_set():  # the log is incomplete: the run failed for lack of space
         status, reason = RunStatus.FAILED, guard.reason(logs_root)
@@ -763,6 +774,46 @@ def _make_run_folder(
         if not root_opened:
             return None
     return None
+
+
+def _unlinked(f: TextIO) -> bool:
+    """True when the open file ``f`` has no name any more (its run deleted it)."""
+    try:
+        return os.fstat(f.fileno()).st_nlink == 0
+    except (OSError, ValueError):
+        return False
+
+
+def _restore_if_unlinked(
+    logs_root: Path, pipeline_name: str, run_id: uuid.UUID, f: TextIO, rel: str
+) -> None:
+    """Write the bytes of ``f`` — a run file its pipeline deleted while it still ran
+    (fastflow's descriptor kept them) — back to its place, made again as at the start
+    (a file put there instead is replaced). Best effort: a failure is logged."""
+    if not _unlinked(f):
+        return
+    try:
+        src = os.open(f"/proc/self/fd/{f.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        log.error("run %s: cannot restore its deleted %s: %s", run_id, rel, e)
+        return
+    try:
+        folder = _make_run_folder(logs_root, pipeline_name, run_id)
+        if folder is None:
+            raise FileNotFoundError(f"LOGS_DIR ({logs_root}) is gone")
+        with folder:
+            dst = logfiles.open_for_writing_in(folder, rel, append=False)
+        try:
+            while os.sendfile(dst, src, None, 1 << 20):
+                pass
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+        log.warning("run %s: its pipeline deleted %s; restored", run_id, rel)
+    except (OSError, UnsafePath) as e:
+        log.error("run %s: cannot restore its deleted %s: %s", run_id, rel, e)
+    finally:
+        os.close(src)
 
 
 def _size_of(f: TextIO) -> int | None:
