@@ -152,9 +152,11 @@ def _counts(summary: PassSummary) -> str:
 
 
 def _summary_line(summary: PassSummary) -> str:
+    first = summary.archived_before_truncation
     return (
         f"cleanup: {summary.archived_runs} archived ({summary.bytes_archived} bytes), "
-        f"{summary.deleted_runs} runs deleted, {summary.truncated_logs} logs truncated, "
+        f"{summary.deleted_runs} runs deleted, {summary.truncated_logs} logs truncated"
+        f"{f' ({first} archived whole first)' if first else ''}, "
         f"{summary.backup_failures} failures, {summary.skipped_runs} skipped "
         f"in {summary.duration_s:.1f} s"
     )
