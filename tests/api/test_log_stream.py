@@ -38,6 +38,7 @@ for i in range(200):
     time.sleep(0.05)
 """
 PASSWORD = "stream-test-password"
+BAR = "print('before')\nprint('10%\\r50%\\rdone', flush=True)\nprint('after')\n"
 LINE = re.compile(r"\] line (\d{4})$")
 
 
@@ -83,6 +84,7 @@ class Server:
 def server(ff_env: dict[str, str], make_pipeline: MakePipeline) -> Iterator[Server]:
     make_pipeline("ticker", TICKER)
     make_pipeline("quick", "print('quick one')\n")
+    make_pipeline("bar", BAR)
     env = {**os.environ, **ff_env}
     res = run_cli("token", "create", "--name", "t", "--role", "admin", env=env)
     assert res.returncode == 0, res.stderr
@@ -154,6 +156,22 @@ def test_the_stream_needs_authentication_and_takes_sessions(server: Server) -> N
     assert "quick one" in "".join(e.data for e in events if e.name == "log")
     bad = httpx.get(url, headers={**server.admin, "Last-Event-ID": "abc"})
     assert bad.status_code == 422 and "not a byte offset" in bad.json()["detail"]
+
+
+def test_a_carriage_return_in_a_line_is_not_a_line_break_on_the_stream(server: Server) -> None:
+    """An outside audit: a progress bar's CR ended the SSE data field like a line feed,
+    so the run page live showed more lines than the log has and numbered every later
+    line wrong. A CR travels as U+240D; turned back, the text is the log's, byte for
+    byte."""
+    run_id = _start(server, "bar")
+    url = f"{server.url}/api/runs/{run_id}/logs/stream"
+    with httpx.stream("GET", url, headers=server.admin, timeout=60) as res:
+        events = list(sse(res.iter_lines()))
+    text = "".join(e.data for e in events if e.name == "log")
+    assert "10%\u240d50%\u240ddone" in text and "\r" not in text
+    full = httpx.get(f"{server.url}/api/runs/{run_id}/logs", headers=server.admin)
+    assert text.replace("\u240d", "\r") == full.text
+    assert len(text.splitlines()) == full.content.count(b"\n")
 
 
 # --- the follower on files written by the test --------------------------------------------

@@ -103,6 +103,12 @@ def server(ff_env: dict[str, str], make_pipeline: MakePipeline, tmp_path: Path) 
         "    sum(range(20000))\nprint('released')\n",
     )
     make_pipeline("quick", "print('done')\n")
+    make_pipeline(  # a progress bar's CRs, live until the gate opens
+        "bar",
+        "import pathlib, time\nprint('10%\\r50%\\rbar done', flush=True)\nend = time.time() + 60\n"
+        f"while not pathlib.Path({str(gate)!r}).exists() and time.time() < end:\n"
+        "    time.sleep(0.05)\nprint('after the bar')\n",
+    )
     make_pipeline("big", BIG_LOG)
     env = {**os.environ, **ff_env, "UI_TEST_GATE": str(gate)}
     res = run_cli("user", "create", "admin", "--role", "admin", env=env, input=PASSWORD + "\n")
@@ -199,3 +205,25 @@ def test_the_log_tail_starts_at_a_line_and_load_earlier_reads_the_rest(server: S
         assert view.text_content() == full.decode()
 
     browse(server, body)
+
+
+def test_a_progress_bars_carriage_returns_stay_in_their_line_live(server: Server) -> None:
+    """An outside audit: live, each CR of a line became a line break (SSE ends a data
+    field at a CR), so the page showed more lines than the log has."""
+    browse(server, _carriage_returns_stay_in_their_line_live)
+
+
+def _carriage_returns_stay_in_their_line_live(page: Any, server: Server) -> None:
+    res = api(server, "POST", "/api/pipelines/bar/run")
+    assert res.status_code == 202, res.text
+    run_id = res.json()["run_id"]
+    page.goto(f"{server.url}/runs/{run_id}")
+    view = page.locator("#log-view")
+    expect(view).to_contain_text("bar done", timeout=60_000)
+    assert api(server, "GET", f"/api/runs/{run_id}").json()["status"] == "RUNNING"  # live
+    live = view.text_content() or ""
+    assert "10%\r50%\rbar done" in live and "10%\n" not in live
+    full = api(server, "GET", f"/api/runs/{run_id}/logs").text
+    assert live == full  # the same lines as the log, so the same line numbers
+    Path(server.env["UI_TEST_GATE"]).write_text("go")
+    expect(page.locator("#run-status .st-success")).to_be_visible(timeout=60_000)

@@ -308,9 +308,14 @@ def _sse(event: str, data: str, event_id: int | None = None) -> bytes:
     return (head + body + "\n").encode("utf-8")
 
 
+# an SSE data field cannot hold a carriage return (it ends the field, as a line feed
+# does): a log's CR (a progress bar's) is sent as U+240D, which the run page turns back
+CR_IN_SSE = "\u240d"
+
+
 def _format(ev: logstream.Event, settings: Settings) -> bytes:
     if isinstance(ev, logstream.LogChunk):
-        return _sse("log", ev.text, ev.end)
+        return _sse("log", ev.text.replace("\r", CR_IN_SSE), ev.end)
     if isinstance(ev, logstream.Samples):
         return _sse("metrics", json.dumps({"from": ev.first, "samples": ev.samples}))
     if isinstance(ev, logstream.StatusChanged):

@@ -428,8 +428,9 @@
     live = es;
     es.addEventListener("log", (e) => {
       if (!tail.loaded) Object.assign(tail, { loaded: true, error: null, source: "local" });
-      tail.text += e.data;
-      tail.size = Number(e.lastEventId) || tail.size + encoder.encode(e.data).length;
+      const text = e.data.replace(/\u240d/g, "\r"); // a CR travels as U+240D (see logs.md)
+      tail.text += text;
+      tail.size = Number(e.lastEventId) || tail.size + encoder.encode(text).length;
       tailGrew();
     });
     es.addEventListener("metrics", (e) => {
