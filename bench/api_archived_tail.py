@@ -30,7 +30,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "bench"):
 import boto3  # noqa: E402
 import httpx  # noqa: E402
 from botocore.config import Config  # noqa: E402
-from goals import goal, ratios  # noqa: E402
+from goals import goal, instance_env, ratios, viewer_token  # noqa: E402
 from tests.harness.s3server import MotoS3Server  # noqa: E402
 from tests.harness.serve import fastflow_serve  # noqa: E402
 
@@ -126,31 +126,19 @@ def main() -> dict[str, Any]:
             config=Config(max_pool_connections=CLIENTS + 10),
         )
         raw.create_bucket(Bucket=bucket)
-        env = {
-            **os.environ,
-            "DATA_DIR": str(root / "data"),
-            "LOGS_DIR": str(root / "logs"),
-            "PIPELINES_DIR": str(root / "pipelines"),
-            "DATABASE_URL": f"sqlite:///{root / 'data' / 'fastflow.db'}",
-            "S3_BACKUP_ENABLED": "true",
-            "S3_ENDPOINT_URL": server.url,
-            "S3_BUCKET": bucket,
-            "S3_ACCESS_KEY": server.access_key,
-            "S3_SECRET_ACCESS_KEY": server.secret_key,
-            "LOG_RETENTION_RUNS": "1",
-        }
+        env = instance_env(
+            root,
+            S3_BACKUP_ENABLED="true",
+            S3_ENDPOINT_URL=server.url,
+            S3_BUCKET=bucket,
+            S3_ACCESS_KEY=server.access_key,
+            S3_SECRET_ACCESS_KEY=server.secret_key,
+            LOG_RETENTION_RUNS="1",
+        )
         run_id = _archived_run(env, root)
         key = f"pipeline-logs/chatty/{run_id}/run.log"
         size = raw.head_object(Bucket=bucket, Key=key)["ContentLength"]
-        create = ("token", "create", "--name", "bench", "--role", "viewer")
-        token = subprocess.run(
-            [sys.executable, "-m", "fastflow", *create],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=root,
-        ).stdout.strip()
+        token = viewer_token(env, cwd=root)
         with fastflow_serve(env) as url:
             http = httpx.Client(
                 base_url=url,

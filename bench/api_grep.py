@@ -22,7 +22,7 @@ for _path in (REPO_ROOT / "src", REPO_ROOT / "bench", REPO_ROOT):
         sys.path.insert(0, str(_path))
 
 import httpx  # noqa: E402
-from goals import ratios, spread  # noqa: E402
+from goals import instance_env, ratios, spread, viewer_token  # noqa: E402
 from tests.harness.serve import fastflow_serve  # noqa: E402
 from tests.seeding import seed_run  # noqa: E402
 
@@ -45,27 +45,13 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-api-grep-") as tmp:
         root = Path(tmp)
-        env = {
-            **os.environ,
-            "DATA_DIR": str(root / "data"),
-            "LOGS_DIR": str(root / "logs"),
-            "PIPELINES_DIR": str(root / "pipelines"),
-            "DATABASE_URL": f"sqlite:///{root / 'data' / 'fastflow.db'}",
-            "S3_BACKUP_ENABLED": "false",
-        }
+        env = instance_env(root, S3_BACKUP_ENABLED="false")
         (root / "pipelines").mkdir()
         os.environ.update(env)
         ctx = bootstrap(load_settings())
         run_id = str(seed_run(ctx, "etl", datetime.now(UTC) - timedelta(hours=1), log=_log()).id)
         ctx.db.dispose()
-        create = ["token", "create", "--name", "bench", "--role", "viewer"]
-        token = subprocess.run(
-            [sys.executable, "-m", "fastflow", *create],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        token = viewer_token(env)
         with fastflow_serve(env) as url:
             http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})
 

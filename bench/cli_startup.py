@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from goals import goal, ratios
+from goals import goal, instance_env, ratios
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 STARTS = int(os.environ.get("BENCH_STARTS", "10"))
@@ -44,13 +44,7 @@ def main() -> dict[str, Any]:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="ff-bench-cli-") as tmp:
         root = Path(tmp)
-        env = {
-            **os.environ,
-            "DATA_DIR": str(root / "data"),
-            "LOGS_DIR": str(root / "logs"),
-            "PIPELINES_DIR": str(root / "pipelines"),
-            "DATABASE_URL": f"sqlite:///{root / 'data' / 'fastflow.db'}",
-        }
+        env = instance_env(root)
         (root / "pipelines" / "hello").mkdir(parents=True)
         (root / "pipelines" / "hello" / "main.py").write_text("print('hi')\n")
         fastflow = [sys.executable, "-m", "fastflow"]

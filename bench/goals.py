@@ -4,7 +4,11 @@ prints them as one table with PASS/FAIL. Nothing here is asserted in tests."""
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -56,3 +60,29 @@ def table(goals: list[dict[str, Any]]) -> str:
     out = ["| goal (issue 14) | median [min-max] | target | verdict |", "|---|---|---|---|"]
     out += [row(g) for g in goals]
     return "\n".join(out)
+
+
+def instance_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a throwaway fastflow instance under ``root`` (SQLite), with
+    ``extra`` over it."""
+    return {
+        **os.environ,
+        "DATA_DIR": str(root / "data"),
+        "LOGS_DIR": str(root / "logs"),
+        "PIPELINES_DIR": str(root / "pipelines"),
+        "DATABASE_URL": f"sqlite:///{root / 'data' / 'fastflow.db'}",
+        **extra,
+    }
+
+
+def viewer_token(env: dict[str, str], cwd: Path | None = None) -> str:
+    """A new API token with the viewer role, made by the CLI."""
+    create = ("token", "create", "--name", "bench", "--role", "viewer")
+    return subprocess.run(
+        [sys.executable, "-m", "fastflow", *create],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=cwd,
+    ).stdout.strip()
