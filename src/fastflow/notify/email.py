@@ -131,9 +131,9 @@ def send(settings: Settings, message: EmailMessage, options: DeliveryOptions) ->
             except _Unconfirmed as e:
                 return Outcome(False, redact(f"{where}: {e}", settings), attempt)
             except Exception as e:  # every other failure may be transient: try again
-                error = _BUDGET_SPENT if deadline.expired else _describe(e)
+                error = _BUDGET_SPENT if deadline.spent() else _describe(e)
                 log.info("e-mail attempt %d failed: %s", attempt, redact(error, settings))
-                if deadline.expired:
+                if deadline.spent():
                     break
     tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
     return Outcome(False, redact(f"{where}: {error} ({tries})", settings), attempt)
@@ -217,7 +217,7 @@ def _send_once(
         raise
     except Exception as e:
         if client.message_sent:
-            why = _BUDGET_SPENT if deadline.expired else _describe(e)
+            why = _BUDGET_SPENT if deadline.spent() else _describe(e)
             raise _Unconfirmed(
                 f"the message was sent but the server did not confirm it ({why}); "
                 "not sent again, since it may have arrived"

@@ -100,6 +100,11 @@ class Deadline:
     def remaining(self) -> float:
         return max(_MIN_ATTEMPT_S, self._budget.remaining())
 
+    def spent(self) -> bool:
+        """True once the budget is (about) over: the connection was shut, or a socket
+        timeout set to end with the budget fired a moment before the shutdown."""
+        return self.expired or self._budget.remaining() <= _MIN_ATTEMPT_S
+
     def watch(self, sock: socket.socket) -> None:
         """Shut ``sock``'s connection down at the deadline (at once when it is past)."""
         dup = socket.fromfd(sock.fileno(), sock.family, sock.type, sock.proto)

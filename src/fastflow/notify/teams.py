@@ -150,13 +150,13 @@ def post(settings: Settings, card: dict[str, Any], options: DeliveryOptions) -> 
                 except httpx.HTTPError as e:
                     error = (
                         _BUDGET_SPENT
-                        if deadline.expired
+                        if deadline.spent()
                         else "timed out"
                         if isinstance(e, httpx.TimeoutException)
                         else _network_error(e)
                     )
                     log.info("Teams attempt %d failed: %s", attempt, redact(error, settings))
-                    if deadline.expired:
+                    if deadline.spent():
                         break
                     continue
             if 200 <= status < 300:
