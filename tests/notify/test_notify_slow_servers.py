@@ -164,3 +164,27 @@ def test_every_recipient_refused_for_now_until_the_end_is_reported_by_code(
     assert not result.ok and result.attempts == 3
     assert result.error is not None and "(450 4.2.0)" in result.error
     assert "greylisted" not in result.error  # the server's own words are not kept
+
+
+def test_a_teams_retry_on_a_kept_alive_connection_still_ends_with_the_budget(
+    app: Context,
+) -> None:
+    """The first answer (a 500 with a short body, the connection kept alive) is read
+    whole; the retry must not go out on that connection, which no deadline watched."""
+    first = threading.Event()
+
+    def answer(conn: socket.socket, stopped: threading.Event) -> None:
+        while not stopped.is_set():
+            if not read_until(conn, b"\r\n\r\n"):
+                return
+            if not first.is_set():
+                first.set()
+                conn.sendall(b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nno")
+                continue
+            drip(conn, b"HTTP/1.1 200 OK\r\n", b"X-Slow: yes\r\n", 0.1, stopped)
+
+    with RawServer(answer) as server:
+        result, took = _teams(app, server.port)
+    assert first.is_set() and not result.ok
+    assert result.error is not None and "no answer within the delivery time budget" in result.error
+    assert took < BUDGET + SLACK, took

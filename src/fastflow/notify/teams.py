@@ -125,7 +125,10 @@ def post(settings: Settings, card: dict[str, Any], options: DeliveryOptions) -> 
     error = "not attempted"
     wait: float | None = None
     attempt = 0
-    with httpx.Client(follow_redirects=False) as client:
+    # no connection kept between attempts: each attempt's deadline watches the socket
+    # it connects (a reused one would escape it)
+    limits = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(follow_redirects=False, limits=limits) as client:
         while attempt < options.attempts:
             if attempt:
                 pause = wait if wait is not None else options.pause_before(attempt + 1)

@@ -84,12 +84,16 @@ class _Stderr(io.BufferedIOBase):
         else:
             try:
                 _buf.write(data)
-                if b'\\n' in data or b'\\r' in data:  # (b may be a memoryview)
-                    _buf.flush()
             except ValueError:
                 if not _buf.closed:
                     raise
                 _write_fd(data)
+            else:
+                if b'\\n' in data or b'\\r' in data:  # (b may be a memoryview)
+                    try:
+                        _buf.flush()
+                    except ValueError:  # closed meanwhile: its close flushed it
+                        pass
         return len(b) if b.__class__ is bytes else memoryview(b).nbytes
     def flush(self):
         if not _direct and not _buf.closed:
