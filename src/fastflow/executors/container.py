@@ -249,6 +249,9 @@ def run(
         prepared = _image(executor, settings, pipeline, capture)
         if isinstance(prepared, Outcome):
             return prepared
+        if stop is not None and stop.is_set():  # cancelled while the image was built
+            capture.write_note("not started: the run was cancelled")
+            return Outcome(RunStatus.CANCELLED, None, "cancelled")
         runs.mark_container(db, run_id, image=prepared.image)
         config = pipeline.config
         env = run_env(settings, pipeline, run_id, extra_env, secrets)
