@@ -100,3 +100,38 @@ def test_a_fastflow_killed_during_the_build_leaves_no_uv_running(
         proc.kill()
         proc.communicate(timeout=30)
         wait_until(lambda: not builders(envs), 30, "the orphaned build's processes to end")
+
+
+def test_a_cancel_through_the_api_during_the_build_never_starts_main(
+    ff_env: dict[str, str], settings: Settings, make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    """The same through a server: ``POST /api/runs/{id}/cancel`` while the run's
+    environment is built (the audit's first way in)."""
+    import httpx
+
+    from tests.conftest import run_cli
+    from tests.harness.serve import fastflow_serve
+
+    marker = tmp_path / "main-ran"
+    folder = make_pipeline("p", MAIN.format(marker=str(marker)))
+    (folder / "requirements.txt").write_text("ffdemo==1.0\n")
+    envs = registry.root(settings)
+    env = {**os.environ, **ff_env}
+    made = run_cli("token", "create", "--name", "t", "--role", "admin", env=env)
+    assert made.returncode == 0, made.stderr
+    admin = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    with uv_cache_held(settings), fastflow_serve(env) as url:
+        started = httpx.post(f"{url}/api/pipelines/p/run", headers=admin)
+        assert started.status_code == 202, started.text
+        run_id = started.json()["run_id"]
+        wait_until(lambda: _building(ff_env, "p"), 60, "the environment build to start")
+        wait_until(lambda: builders(envs), 30, "uv to run")
+        res = httpx.post(f"{url}/api/runs/{run_id}/cancel", headers=admin)
+        assert res.status_code == 200, res.text
+
+        def status() -> str:
+            return str(httpx.get(f"{url}/api/runs/{run_id}", headers=admin).json()["status"])
+
+        wait_until(lambda: status() == "CANCELLED", 30, "the run to end CANCELLED")
+        wait_until(lambda: not builders(envs), 30, "the build's processes to end")
+    assert not marker.exists(), "main.py ran after the run was cancelled"
