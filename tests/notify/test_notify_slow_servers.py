@@ -188,3 +188,20 @@ def test_a_teams_retry_on_a_kept_alive_connection_still_ends_with_the_budget(
     assert first.is_set() and not result.ok
     assert result.error is not None and "no answer within the delivery time budget" in result.error
     assert took < BUDGET + SLACK, took
+
+
+def test_a_short_lived_commands_waits_share_one_budget(monkeypatch: Any) -> None:
+    """An outside audit: ``fastflow run`` waited CLI_WAIT_S for the run's message and
+    then CLI_WAIT_S again at exit (and a command retiring interrupted runs once per
+    run). Every wait of one process now comes out of one CLI_WAIT_S."""
+    from fastflow.notify import delivery
+
+    monkeypatch.setattr(delivery, "CLI_WAIT_S", 0.6)
+    monkeypatch.setattr(delivery, "_cli_waited", 0.0)
+    never = [delivery.Delivery() for _ in range(3)]  # deliveries that never end
+    t0 = time.monotonic()
+    assert [delivery.cli_wait(d) for d in never] == [False, False, False]
+    took = time.monotonic() - t0
+    assert 0.6 <= took < 1.0, took  # not 3 x 0.6
+    assert delivery.cli_wait_left() == 0.0
+    assert delivery.cli_wait(delivery.Delivery.nothing()) is True  # done ones still count

@@ -48,10 +48,9 @@ def _context(ctx: click.Context) -> Context:
     if ctx.find_root().invoked_subcommand not in LONG_RUNNING:
         _opened.append(app)
     if app.interrupted:  # runs of a process that died: what their end would have done
-        from fastflow import notify
         from fastflow.orchestration.followup import after_interrupted
 
-        after_interrupted(app, app.interrupted, wait_s=notify.CLI_WAIT_S)
+        after_interrupted(app, app.interrupted, cli=True)
     return app
 
 
@@ -115,10 +114,9 @@ def _drain_notifications() -> None:
         return
     import time
 
-    from fastflow.notify.delivery import drain
-    from fastflow.notify.dispatch import CLI_WAIT_S
+    from fastflow.notify.delivery import cli_wait_left, drain
 
-    deadline = time.monotonic() + CLI_WAIT_S
+    deadline = time.monotonic() + cli_wait_left()
     for app in opened:
         drain(app.db, max(0.0, deadline - time.monotonic()))
 

@@ -123,12 +123,12 @@ def _verify_manifests(app: Any, tty: bool, as_json: bool) -> None:
 
 def _verify_and_record(app: Any, as_json: bool) -> None:
     from fastflow.lifecycle.verify_schedule import verify_and_notify
-    from fastflow.notify import CLI_WAIT_S
+    from fastflow.notify import cli_wait
 
     if not app.settings.s3_backup_enabled:
         _fail("S3 backup is disabled (S3_BACKUP_ENABLED): there is no archive to verify")
     result, delivery = verify_and_notify(app, "cli")
-    delivery.wait(CLI_WAIT_S)
+    cli_wait(delivery)
     if result is None:
         _fail("the verification could not be recorded")
     if as_json:

@@ -82,7 +82,7 @@ def cleanup_cmd(ctx: click.Context, dry_run: bool, as_json: bool, adopt_logs_dir
         from fastflow import notify
 
         # delivery runs in the background; wait a bounded time so it can finish
-        notify.after_pass(app, summary).wait(notify.CLI_WAIT_S)
+        notify.cli_wait(notify.after_pass(app, summary))
     if summary.error and not dry_run:
         # the pass stopped early (crashed or lost its lock): one line, recorded and notified
         if as_json:

@@ -19,9 +19,8 @@ Entry points:
 """
 
 from fastflow.notify import models as models  # registers the tables on Base.metadata
-from fastflow.notify.delivery import ChannelResult, Delivery
+from fastflow.notify.delivery import CLI_WAIT_S, ChannelResult, Delivery, cli_wait
 from fastflow.notify.dispatch import (
-    CLI_WAIT_S,
     after_pass,
     last_results,
     send_test,
@@ -40,6 +39,7 @@ __all__ = [
     "Kind",
     "after_pass",
     "after_run",
+    "cli_wait",
     "last_results",
     "open_incidents",
     "open_run_incidents",

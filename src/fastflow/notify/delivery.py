@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -82,6 +83,34 @@ class Delivery:
     def _finish(self, results: list[ChannelResult]) -> None:
         self.results = results
         self._done.set()
+
+
+# --- a short-lived command's wait ---------------------------------------------------------
+
+CLI_WAIT_S = 20.0  # what a short-lived command waits for its notifications, in all
+_cli_lock = threading.Lock()
+_cli_waited = 0.0
+
+
+def cli_wait_left() -> float:
+    """What this process may still spend waiting for notifications (``CLI_WAIT_S``
+    minus every ``cli_wait`` so far)."""
+    with _cli_lock:
+        return max(0.0, CLI_WAIT_S - _cli_waited)
+
+
+def cli_wait(delivery: Delivery) -> bool:
+    """Wait for ``delivery`` as a short-lived command does: all its waits together — a
+    run's message, those of interrupted runs, the drain at exit — take at most
+    ``CLI_WAIT_S`` (time spent waiting; time between waits does not count). True when
+    the delivery has finished."""
+    global _cli_waited
+    started = time.monotonic()
+    try:
+        return delivery.wait(cli_wait_left())
+    finally:
+        with _cli_lock:
+            _cli_waited += time.monotonic() - started
 
 
 # --- one worker per database: deliveries leave in order ---------------------------------

@@ -9,7 +9,8 @@ Guarantees (guarantee 6 of DESIGN.md; pinned by ``tests/notify/test_notify_pass.
 - no exception escapes ``after_pass``, ``send_test`` or ``last_results``: failures are
   logged and recorded as a delivery with ``ok = False``;
 - one delivery per channel takes at most ``DeliveryOptions.budget_s`` (18 s by default),
-  so ``fastflow cleanup`` can wait ``CLI_WAIT_S`` and still see the outcome recorded;
+  so ``fastflow cleanup`` can wait ``CLI_WAIT_S`` (``cli_wait``) and still see the
+  outcome recorded;
 - deliveries of one database leave in the order of their passes (one worker per database);
 - nothing logged, recorded or sent contains a secret (``redact``).
 """
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from fastflow.config import Settings
     from fastflow.lifecycle.cleanup import PassSummary
 
-CLI_WAIT_S = 20.0  # how long ``fastflow cleanup`` waits for delivery before exiting
 _LABELS = {"email": ("e-mail", "EMAIL_ENABLED"), "teams": ("Teams", "TEAMS_ENABLED")}
 
 
@@ -86,7 +86,7 @@ def after_pass(
 ) -> Delivery:
     """Announce what the committed pass ``summary`` means for the incident, in the background.
 
-    Returns at once with a handle; ``handle.wait(CLI_WAIT_S)`` lets a short-lived process
+    Returns at once with a handle; ``cli_wait(handle)`` lets a short-lived process
     give the delivery time to finish. Never raises.
     """
     try:

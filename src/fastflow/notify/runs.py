@@ -69,7 +69,7 @@ def after_run(
     counts (it closes an open incident).
 
     Returns at once with a handle; a short-lived process (a foreground ``fastflow run``)
-    can give the delivery time with ``handle.wait(CLI_WAIT_S)``. Never raises.
+    can give the delivery time with ``cli_wait(handle)``. Never raises.
     """
     try:
         if status not in (RUN_SUCCESS_STATUS, *RUN_FAILED_STATUSES):

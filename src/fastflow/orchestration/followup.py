@@ -288,10 +288,11 @@ def ended_of(run: PipelineRun) -> Ended:
     )
 
 
-def after_interrupted(ctx: Context, interrupted: list[PipelineRun], wait_s: float = 0.0) -> None:
+def after_interrupted(ctx: Context, interrupted: list[PipelineRun], *, cli: bool = False) -> None:
     """What the end of each run retired as interrupted (its fastflow process died) would
-    have done: its next attempt or its triggers, and its failure notification — waiting
-    at most ``wait_s`` for the deliveries (a short-lived command). Never raises."""
+    have done: its next attempt or its triggers, and its failure notification — in a
+    short-lived command (``cli``), waiting for the deliveries within its shared wait
+    (``notify.cli_wait``). Never raises."""
     from fastflow import notify
 
     deliveries = []
@@ -305,5 +306,5 @@ def after_interrupted(ctx: Context, interrupted: list[PipelineRun], wait_s: floa
         except Exception:
             log.exception("follow-up of interrupted run %s failed", run.id)
         deliveries.append(notify.after_run(ctx, run.id, run.status, final))
-    for delivery in deliveries:
-        delivery.wait(wait_s)
+    for delivery in deliveries if cli else []:
+        notify.cli_wait(delivery)

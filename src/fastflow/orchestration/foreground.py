@@ -85,9 +85,8 @@ def run_in_foreground(
             if on_attempt is not None:
                 on_attempt(result, delay)
             # a foreground process exits soon: give the delivery a bounded time to go out
-            notify.after_run(ctx, result.run_id, result.status.value, delay is None).wait(
-                notify.CLI_WAIT_S
-            )
+            final = delay is None
+            notify.cli_wait(notify.after_run(ctx, result.run_id, result.status.value, final))
             if delay is None:
                 break
             if _wait(ctx, pause, delay):  # stopped: no further attempt, no trigger
