@@ -135,3 +135,40 @@ def test_a_cancel_through_the_api_during_the_build_never_starts_main(
         wait_until(lambda: status() == "CANCELLED", 30, "the run to end CANCELLED")
         wait_until(lambda: not builders(envs), 30, "the build's processes to end")
     assert not marker.exists(), "main.py ran after the run was cancelled"
+
+
+def test_a_run_waiting_for_another_build_of_its_environment_is_cancelled_at_once(
+    app: Context,
+    ff_env: dict[str, str],
+    settings: Settings,
+    make_pipeline: MakePipeline,
+    tmp_path: Path,
+) -> None:
+    """Cancelled while it waits for the build lock another process holds (the same new
+    environment built elsewhere), the run ends at once: it does not wait for that build."""
+    from fastflow.environments import interpreters, keys, locks, sources
+
+    marker = tmp_path / "main-ran"
+    folder = make_pipeline("p", MAIN.format(marker=str(marker)))
+    (folder / "requirements.txt").write_text("ffdemo==1.0\n")
+    deps = sources.read(folder)
+    key = keys.key_of(keys.digest(interpreters.find(None).version, deps.kind, deps.files))
+    envs = registry.ensure_root(settings)
+
+    def waiting() -> bool:
+        return any(
+            b"waiting for environment" in f.read_bytes()
+            for f in (Path(ff_env["LOGS_DIR"]) / "p").glob("*/run.log")
+        )
+
+    with (
+        locks.exclusive(registry.build_lock(envs, key)),
+        cli_process("run", "p", env=ff_env) as proc,
+    ):
+        wait_until(waiting, 60, "the run to wait for the build lock")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, err
+    assert not marker.exists()
+    with app.db.session() as s:
+        assert [r.status for r in s.query(PipelineRun).all()] == ["CANCELLED"]
