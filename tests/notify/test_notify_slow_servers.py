@@ -27,8 +27,10 @@ def _options(**changes: Any) -> notify.DeliveryOptions:
     return notify.DeliveryOptions(**{**base, "budget_s": BUDGET, **changes})
 
 
-def _mail(app: Context, port: int, **options: Any) -> tuple[notify.ChannelResult, float]:
-    ctx = mail_ctx(app, None, smtp_port=port)
+def _mail(
+    app: Context, port: int, security: str = "none", **options: Any
+) -> tuple[notify.ChannelResult, float]:
+    ctx = mail_ctx(app, None, smtp_port=port, smtp_security=security)
     t0 = time.monotonic()
     (result,) = notify.send_test(ctx, email=True, teams=False, options=_options(**options))
     return result, time.monotonic() - t0
@@ -205,3 +207,32 @@ def test_a_short_lived_commands_waits_share_one_budget(monkeypatch: Any) -> None
     assert 0.6 <= took < 1.0, took  # not 3 x 0.6
     assert delivery.cli_wait_left() == 0.0
     assert delivery.cli_wait(delivery.Delivery.nothing()) is True  # done ones still count
+
+
+def test_a_drip_after_starttls_still_ends_with_the_budget(app: Context) -> None:
+    """The deadline watches the TCP connection, so a socket wrapped in TLS by STARTTLS
+    is shut down all the same."""
+    import ssl
+
+    from tests.harness.smtp import self_signed_cert
+
+    cert, key = self_signed_cert()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+
+    def starttls_then_drip(conn: socket.socket, stopped: threading.Event) -> None:
+        conn.sendall(b"220 slow.example ESMTP\r\n")
+        read_until(conn, b"\r\n")  # EHLO
+        conn.sendall(b"250-slow.example\r\n250 STARTTLS\r\n")
+        read_until(conn, b"\r\n")  # STARTTLS
+        conn.sendall(b"220 go ahead\r\n")
+        tls = server_tls.wrap_socket(conn, server_side=True)
+        read_until(tls, b"\r\n")  # EHLO again, over TLS
+        drip(tls, b"250-", b"still here\r\n250-", 0.1, stopped)
+
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    with RawServer(starttls_then_drip) as server:
+        result, took = _mail(app, server.port, "starttls", ssl_context=client_tls, attempts=1)
+    assert not result.ok
+    assert result.error is not None and "no answer within the delivery time budget" in result.error
+    assert took < BUDGET + SLACK, took
