@@ -235,3 +235,26 @@ def test_teams_network_errors_are_shown_as_classes(
     teams_endpoint.release()
     assert result.error is not None and "timed out" in result.error
     ctx.db.dispose()
+
+
+def test_changing_only_the_port_never_sends_the_password_there(
+    two_hosts: tuple[Api, SmtpCapture, SmtpCapture], smtp_factory: SmtpFactory
+) -> None:
+    """An outside audit: the password stayed when only ``smtp_port`` changed, so it went
+    to whatever listens on that port of the same host."""
+    api, a, _ = two_hosts
+    other = smtp_factory(username="fastflow", password=PASSWORD)  # 127.0.0.1 too
+    view = api.put({"smtp_port": other.port})
+    assert any("SMTP_PORT" in n and "cleared" in n for n in view["notices"]), view["notices"]
+    assert view["smtp_password_configured"] is False
+    assert api.send_test_mail()["ok"] is True
+    assert other.wait_for(1)[0].auth_login is None  # the password did not travel
+    view = api.put({"smtp_port": None})  # the environment's port: its password again
+    assert view["smtp_password_configured"] is True
+    assert view["sources"]["smtp_password"] == "environment"
+    assert api.send_test_mail()["ok"] is True
+    assert a.wait_for(1)[0].auth_login == "fastflow"
+    api.put({"smtp_port": other.port})
+    res = api.client.put("/api/settings", json={"smtp_password": None}, headers=api.admin)
+    assert res.status_code == 422 and "SMTP_PORT" in res.json()["detail"]
+    assert PASSWORD not in res.text

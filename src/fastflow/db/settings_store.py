@@ -10,9 +10,10 @@ Guarantees:
 - secrets are stored encrypted and never returned — the public view only says
   ``<name>_configured: true/false``; every field's ``sources`` entry says whether its
   value comes from the ``environment``, the ``ui`` or the ``default``;
-- SMTP credentials stay with their host: a change of ``smtp_host`` that does not give
-  ``smtp_password`` again drops the password in effect (the environment's password
-  applies again only together with the environment's host).
+- SMTP credentials stay with their server: a change of ``smtp_host`` or ``smtp_port``
+  that does not give ``smtp_password`` again drops the password in effect (the
+  environment's password applies again only together with the environment's host and
+  port).
 """
 
 from __future__ import annotations
@@ -66,10 +67,11 @@ PUBLIC = (
 )
 ENVIRONMENT, UI, DEFAULT = "environment", "ui", "default"
 PASSWORD_CLEARED = (
-    "SMTP_HOST changed: the SMTP password was cleared, enter it again for the new host"
+    "SMTP_HOST or SMTP_PORT changed: the SMTP password was cleared, enter it again for "
+    "the new server"
 )
 PASSWORD_FROM_ENVIRONMENT = (
-    "SMTP_HOST is the environment's again: so is the SMTP password (SMTP_PASSWORD)"
+    "SMTP_HOST and SMTP_PORT are the environment's again: so is the SMTP password (SMTP_PASSWORD)"
 )
 
 
@@ -160,11 +162,21 @@ def _takes_bool(key: str) -> bool:
     return annotation is bool or bool in typing.get_args(annotation)
 
 
-def _same_host(a: object, b: object) -> bool:
-    def norm(h: object) -> str:  # not yet validated: any JSON value
-        return (h if isinstance(h, str) else repr(h) if h is not None else "").strip(" .").lower()
+def _endpoint(base: Settings, current: dict[str, Any], changes: dict[str, Any]) -> tuple[str, str]:
+    """The SMTP server (host, port) in effect with ``changes`` over ``current`` over the
+    environment (``base``), normalised for comparison (values not yet validated: any
+    JSON value; null: the environment's)."""
 
-    return norm(a) == norm(b)
+    def pick(key: str, env: object) -> object:
+        for layer in (changes, current):
+            if key in layer:
+                return layer[key] if layer[key] is not None else env
+        return env
+
+    def norm(v: object) -> str:
+        return (v if isinstance(v, str) else repr(v) if v is not None else "").strip(" .").lower()
+
+    return norm(pick("smtp_host", base.smtp_host)), norm(pick("smtp_port", base.smtp_port))
 
 
 def _plan(
@@ -174,13 +186,14 @@ def _plan(
     deletes an override and ``CLEARED`` stores an explicit null."""
     rows = dict(changes)
     notices: list[str] = []
-    if "smtp_host" in changes and "smtp_password" not in changes:
-        old_host = current.get("smtp_host", base.smtp_host)
-        new_host = changes["smtp_host"] if changes["smtp_host"] is not None else base.smtp_host
-        if not _same_host(old_host, new_host):
+    moved = "smtp_host" in changes or "smtp_port" in changes
+    if moved and "smtp_password" not in changes:
+        old = _endpoint(base, current, {})
+        new = _endpoint(base, current, changes)
+        if old != new:
             before = current.get("smtp_password", base.smtp_password)
-            if _same_host(new_host, base.smtp_host):
-                rows["smtp_password"] = None  # the environment's password, with its host
+            if new == _endpoint(base, {}, {}):
+                rows["smtp_password"] = None  # the environment's password, with its server
                 if base.smtp_password is not None and "smtp_password" in current:
                     notices.append(PASSWORD_FROM_ENVIRONMENT)
             elif before is not None or base.smtp_password is not None:
@@ -188,11 +201,12 @@ def _plan(
             if before is not None and rows.get("smtp_password") is CLEARED:
                 notices.append(PASSWORD_CLEARED)
     elif "smtp_password" in changes and changes["smtp_password"] is None:
-        host = changes["smtp_host"] if "smtp_host" in changes else current.get("smtp_host")
-        if host is not None and not _same_host(host, base.smtp_host) and base.smtp_password:
+        server = _endpoint(base, current, changes)
+        if server != _endpoint(base, {}, {}) and base.smtp_password:
             raise InvalidInput(
-                "SMTP_PASSWORD from the environment belongs to SMTP_HOST from the "
-                f"environment: reset SMTP_HOST too, or enter the password for {host}"
+                "SMTP_PASSWORD from the environment belongs to SMTP_HOST and SMTP_PORT from "
+                f"the environment: reset them too, or enter the password for {server[0]}:"
+                f"{server[1]}"
             )
     merged = dict(current)
     for key, value in rows.items():
