@@ -79,3 +79,27 @@ def test_sigterm_kills_the_command_and_everything_it_started() -> None:
     proc.terminate()
     assert proc.wait(timeout=60) == 143
     assert _alive_with(token) == []
+
+
+PID1_PARENT = """
+import os, subprocess, sys
+reaper, env = sys.argv[1], {**os.environ, "FASTFLOW_REAPER_PARENT": str(os.getpid())}
+cmd = [sys.executable, "-I", reaper, str(os.geteuid()), str(os.getegid()), "/bin/sh", "-c",
+       'echo ran; echo "${FASTFLOW_REAPER_PARENT:-unset}"']
+r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+print(os.getpid(), r.returncode, *r.stdout.split())
+"""
+
+
+def test_a_build_started_by_process_1_runs() -> None:
+    """Found by a review: the reaper took a parent pid of 1 for "my parent died", so
+    with fastflow as process 1 (a container without an init) every build exited 143.
+    It now compares with the pid its parent gave, and takes that variable out."""
+    out = subprocess.run(
+        ["unshare", "-pf", "--mount-proc", sys.executable, "-c", PID1_PARENT, str(REAPER)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "0", "ran", "unset"]

@@ -49,8 +49,11 @@ class SmtpDialogue:
     """A minimal SMTP server that takes every message and confirms it ``late`` seconds
     after the final dot (``None``: never)."""
 
-    def __init__(self, late: float | None, refuse_rcpt: int = 0) -> None:
+    def __init__(
+        self, late: float | None, refuse_rcpt: int = 0, quit_reply: bytes = b"221 bye\r\n"
+    ) -> None:
         self.late = late
+        self.quit_reply = quit_reply
         self.messages = 0
         self.refuse_rcpt = refuse_rcpt  # the first this many RCPTs get a 450
         self._lock = threading.Lock()
@@ -77,7 +80,7 @@ class SmtpDialogue:
                 self.refuse_rcpt -= 1
                 conn.sendall(b"450 4.2.0 greylisted, come back later\r\n")
             elif verb == b"QUIT":
-                conn.sendall(b"221 bye\r\n")
+                conn.sendall(self.quit_reply)
                 return
             else:
                 conn.sendall(b"250 OK\r\n")
@@ -236,3 +239,13 @@ def test_a_drip_after_starttls_still_ends_with_the_budget(app: Context) -> None:
     assert not result.ok
     assert result.error is not None and "no answer within the delivery time budget" in result.error
     assert took < BUDGET + SLACK, took
+
+
+def test_a_bad_answer_to_quit_after_the_message_was_taken_is_no_failure(app: Context) -> None:
+    """Found by a review: a 250 to the message and then anything but 221 to QUIT was
+    raised, counted as a failure and the mail sent again on every attempt."""
+    dialogue = SmtpDialogue(late=0, quit_reply=b"500 5.5.1 what?\r\n")
+    with RawServer(dialogue) as server:
+        result, _ = _mail(app, server.port)
+    assert result.ok and result.attempts == 1, result
+    assert dialogue.messages == 1

@@ -179,6 +179,7 @@ def _run(
     expired, stopped, done = threading.Event(), threading.Event(), threading.Event()
     uid, gid = user if user is not None else (os.geteuid(), os.getegid())
     cmd = [sys.executable, "-I", str(REAPER), str(uid), str(gid), *cmd]
+    env = {**env, "FASTFLOW_REAPER_PARENT": str(os.getpid())}  # (the reaper takes it out)
     with subprocess.Popen(
         cmd,
         cwd=cwd,

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 
+PARENT_ENV = "FASTFLOW_REAPER_PARENT"  # the pid of the process that started the reaper
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -99,7 +100,11 @@ def main(argv: list[str]) -> int:
                 pass
 
     signal.signal(signal.SIGTERM, stop)
-    if os.getppid() == 1:  # the parent died before PDEATHSIG was set
+    # the parent died before PDEATHSIG was set: compared with the pid it gave (a parent
+    # that is itself process 1, as fastflow in a container without an init, is alive)
+    expected = os.environ.pop(PARENT_ENV, None)
+    gone = os.getppid() != int(expected) if expected else os.getppid() == 1
+    if gone:
         return 143
     pid = os.fork()
     if pid == 0:

@@ -14,6 +14,7 @@ for minutes) and a message sent but unconfirmed is never sent again (a duplicate
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import smtplib
@@ -233,7 +234,7 @@ def _converse(
     tls: ssl.SSLContext,
 ) -> None:
     assert settings.smtp_from is not None
-    with client:
+    try:
         client.ehlo()
         if mode == "starttls":
             if not client.has_extn("starttls"):
@@ -275,6 +276,14 @@ def _converse(
         if refused:
             # the others got it: another attempt would send them a duplicate
             raise _Permanent(f"some recipients were refused: {_refused(refused)}")
+    except BaseException:
+        client.close()
+        raise
+    # the message was taken: an answer to QUIT other than 221 (or none) changes nothing
+    # (raised, it would count as a failure and the message be sent again)
+    with contextlib.suppress(smtplib.SMTPException, OSError):
+        client.quit()
+    client.close()
 
 
 _ENHANCED_STATUS = re.compile(rb"\s*([245]\.\d{1,3}\.\d{1,3})\b")

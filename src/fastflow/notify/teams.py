@@ -181,7 +181,7 @@ def _tracer(deadline: retry.Deadline) -> Any:
     soon as it is connected (a proxy's too)."""
 
     def trace(name: str, info: dict[str, Any]) -> None:
-        if name == "connection.connect_tcp.complete":
+        if name.endswith(".connect_tcp.complete"):  # (``socks.…`` through a SOCKS proxy)
             sock = info["return_value"].get_extra_info("socket")
             if sock is not None:
                 deadline.watch(sock)
