@@ -149,3 +149,14 @@ def test_fastflows_own_tokens_and_keys_are_masked_by_their_form(ff_env: dict[str
     # names that merely start like one stay: a pipeline "ff_daily", a longer identifier
     for kept in ("ff_daily_report", "ff_" + "a" * 44, "xff_" + "a" * 43):
         assert redact(f"run of {kept} failed", settings) == f"run of {kept} failed"
+
+
+def test_a_pipeline_json_webhook_key_in_the_path_is_masked_whatever_its_form() -> None:
+    """An outside audit: a ``webhook_key`` from pipeline.json (any text, not fastflow's
+    ``ffwh_`` form) reached the access log in clear through ``/api/webhooks/{p}/{key}``."""
+    from fastflow.security import redact
+
+    settings = load_settings()
+    line = '127.0.0.1:5 - "POST /api/webhooks/etl/My-Own%20Key-123?x=1 HTTP/1.1" 202'
+    assert redact(line, settings) == '127.0.0.1:5 - "POST /api/webhooks/etl/***?x=1 HTTP/1.1" 202'
+    assert redact("GET /api/webhooks/etl HTTP/1.1", settings) == "GET /api/webhooks/etl HTTP/1.1"

@@ -219,6 +219,9 @@ def url_secrets(url: str) -> list[str]:
 # ``token_urlsafe(32)``) or a webhook key (``ffwh_`` + the same), wherever they appear —
 # a webhook key in the path of ``/api/webhooks/{pipeline}/{key}`` reached the access log
 _OWN_CREDENTIAL = re.compile(r"(?<![A-Za-z0-9_-])(ffwh_|ff_)[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+# the key segment of Fast-Flow's ``/api/webhooks/{pipeline}/{key}``, whatever its form (a
+# ``webhook_key`` from pipeline.json is any text, percent-encoded or not)
+_WEBHOOK_PATH_KEY = re.compile(r"(/api/webhooks/[^/\s?#\"]+/)[^/\s?#\"]+")
 
 
 def redact(text: str, settings: Settings) -> str:
@@ -226,6 +229,11 @@ def redact(text: str, settings: Settings) -> str:
     fastflow's form, replaced by ``***`` (a token keeps its ``ff_``/``ffwh_``)."""
     if "ff" in text:
         text = _OWN_CREDENTIAL.sub(lambda m: m.group(1) + MASK, text)
+    if "/api/webhooks/" in text:
+        # (a key of fastflow's form is ``ffwh_***`` by now, and stays so)
+        text = _WEBHOOK_PATH_KEY.sub(
+            lambda m: m.group(0) if m.group(0).endswith(MASK) else m.group(1) + MASK, text
+        )
     if settings.teams_webhook_url is not None:
         url = settings.teams_webhook_url.get_secret_value()
         text = text.replace(url, mask_url(url))
