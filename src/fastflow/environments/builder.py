@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from fastflow.environments.interpreters import Interpreter
+from fastflow.environments.reaper import PARENT_ENV
 from fastflow.environments.sources import PYPROJECT, REQUIREMENTS, REQUIREMENTS_LOCK, Dependencies
 from fastflow.errors import BuildStopped, EnvBuildError
 
@@ -179,7 +180,7 @@ def _run(
     expired, stopped, done = threading.Event(), threading.Event(), threading.Event()
     uid, gid = user if user is not None else (os.geteuid(), os.getegid())
     cmd = [sys.executable, "-I", str(REAPER), str(uid), str(gid), *cmd]
-    env = {**env, "FASTFLOW_REAPER_PARENT": str(os.getpid())}  # (the reaper takes it out)
+    env = {**env, PARENT_ENV: str(os.getpid())}  # (the reaper takes it out)
     with subprocess.Popen(
         cmd,
         cwd=cwd,

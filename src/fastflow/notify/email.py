@@ -27,7 +27,7 @@ from email.utils import format_datetime, make_msgid
 from typing import Any, Literal, cast
 
 from fastflow.config import Settings
-from fastflow.notify.retry import Budget, Deadline, DeliveryOptions, Outcome
+from fastflow.notify.retry import BUDGET_SPENT, Budget, Deadline, DeliveryOptions, Outcome
 from fastflow.security import redact
 
 log = logging.getLogger("fastflow.notify.email")
@@ -37,7 +37,6 @@ Security = Literal["ssl", "starttls", "none"]
 # then show with a leading space; RFC 5322 allows lines up to 998 characters.
 _POLICY = policy.SMTP.clone(max_line_length=998)
 IMPLICIT_TLS_PORT = 465
-_BUDGET_SPENT = "no answer within the delivery time budget"
 STARTTLS_PORT = 587
 
 
@@ -127,12 +126,10 @@ def send(settings: Settings, message: EmailMessage, options: DeliveryOptions) ->
             try:
                 _send_once(settings, message, budget.timeout(), options.ssl_context, deadline)
                 return Outcome(True, None, attempt)
-            except _Permanent as e:
-                return Outcome(False, redact(f"{where}: {e}", settings), attempt)
-            except _Unconfirmed as e:
+            except (_Permanent, _Unconfirmed) as e:  # another attempt would not help
                 return Outcome(False, redact(f"{where}: {e}", settings), attempt)
             except Exception as e:  # every other failure may be transient: try again
-                error = _BUDGET_SPENT if deadline.spent() else _describe(e)
+                error = BUDGET_SPENT if deadline.spent() else _describe(e)
                 log.info("e-mail attempt %d failed: %s", attempt, redact(error, settings))
                 if deadline.spent():
                     break
@@ -218,7 +215,7 @@ def _send_once(
         raise
     except Exception as e:
         if client.message_sent:
-            why = _BUDGET_SPENT if deadline.spent() else _describe(e)
+            why = BUDGET_SPENT if deadline.spent() else _describe(e)
             raise _Unconfirmed(
                 f"the message was sent but the server did not confirm it ({why}); "
                 "not sent again, since it may have arrived"

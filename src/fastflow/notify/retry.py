@@ -25,6 +25,7 @@ DEFAULT_BACKOFF_S = (1.0, 3.0)
 DEFAULT_MAX_RETRY_AFTER_S = 10.0
 DEFAULT_BUDGET_S = 18.0  # below the ~20 s that ``fastflow cleanup`` waits for delivery
 _MIN_ATTEMPT_S = 0.05
+BUDGET_SPENT = "no answer within the delivery time budget"  # an attempt its deadline ended
 
 
 @dataclass(frozen=True)

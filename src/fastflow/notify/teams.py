@@ -36,7 +36,6 @@ log = logging.getLogger("fastflow.notify.teams")
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _MAX_BODY_CHARS = 200
 _MAX_BODY_BYTES = 4096  # of an error answer, read for the debug log; a 2xx body is not read
-_BUDGET_SPENT = "no answer within the delivery time budget"
 
 
 class _MaskWebhookUrls(logging.Filter):
@@ -151,13 +150,12 @@ def post(settings: Settings, card: dict[str, Any], options: DeliveryOptions) -> 
                         headers = response.headers
                         excerpt = _excerpt(response) if not 200 <= status < 300 else ""
                 except httpx.HTTPError as e:
-                    error = (
-                        _BUDGET_SPENT
-                        if deadline.spent()
-                        else "timed out"
-                        if isinstance(e, httpx.TimeoutException)
-                        else _network_error(e)
-                    )
+                    if deadline.spent():
+                        error = retry.BUDGET_SPENT
+                    elif isinstance(e, httpx.TimeoutException):
+                        error = "timed out"
+                    else:
+                        error = _network_error(e)
                     log.info("Teams attempt %d failed: %s", attempt, redact(error, settings))
                     if deadline.spent():
                         break

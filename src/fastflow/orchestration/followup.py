@@ -306,5 +306,6 @@ def after_interrupted(ctx: Context, interrupted: list[PipelineRun], *, cli: bool
         except Exception:
             log.exception("follow-up of interrupted run %s failed", run.id)
         deliveries.append(notify.after_run(ctx, run.id, run.status, final))
-    for delivery in deliveries if cli else []:
-        notify.cli_wait(delivery)
+    if cli:
+        for delivery in deliveries:
+            notify.cli_wait(delivery)

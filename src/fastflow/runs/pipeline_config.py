@@ -290,8 +290,7 @@ def _retry_strategy(r: _Reader, attempts: int | None) -> RetrySpec:
             multiplier=_or(s.number("multiplier", minimum=1), 2.0),
         )
     if kind == "fixed_delay":
-        delay = s.number("delay", minimum=0)
-        return RetrySpec(max=base.max, delay_seconds=60.0 if delay is None else delay)
+        return RetrySpec(max=base.max, delay_seconds=_or(s.number("delay", minimum=0), 60.0))
     if kind == "custom_schedule":
         return RetrySpec(max=base.max, backoff="custom_schedule", delays=_delays(s))
     raise s.fail("type", f"must be exponential_backoff, fixed_delay or custom_schedule ({kind!r})")
