@@ -47,11 +47,13 @@ def builders(envs: Path) -> list[int]:
     return found
 
 
+def _log_says(ff_env: dict[str, str], name: str, text: bytes) -> bool:
+    """Some run log of pipeline ``name`` holds ``text`` (build lines are written live)."""
+    return any(text in f.read_bytes() for f in (Path(ff_env["LOGS_DIR"]) / name).glob("*/run.log"))
+
+
 def _building(ff_env: dict[str, str], name: str) -> bool:
-    return any(
-        b"building environment" in f.read_bytes()
-        for f in (Path(ff_env["LOGS_DIR"]) / name).glob("*/run.log")
-    )
+    return _log_says(ff_env, name, b"building environment")
 
 
 def test_sigterm_during_the_build_ends_the_run_cancelled_without_starting_main(
@@ -155,17 +157,15 @@ def test_a_run_waiting_for_another_build_of_its_environment_is_cancelled_at_once
     key = keys.key_of(keys.digest(interpreters.find(None).version, deps.kind, deps.files))
     envs = registry.ensure_root(settings)
 
-    def waiting() -> bool:
-        return any(
-            b"waiting for environment" in f.read_bytes()
-            for f in (Path(ff_env["LOGS_DIR"]) / "p").glob("*/run.log")
-        )
-
     with (
         locks.exclusive(registry.build_lock(envs, key)),
         cli_process("run", "p", env=ff_env) as proc,
     ):
-        wait_until(waiting, 60, "the run to wait for the build lock")
+        wait_until(
+            lambda: _log_says(ff_env, "p", b"waiting for environment"),
+            60,
+            "the run to wait for the build lock",
+        )
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, err
