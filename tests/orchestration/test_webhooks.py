@@ -516,3 +516,29 @@ def test_a_key_in_the_path_never_reaches_the_servers_access_log(
     text = log.read_text(encoding="utf-8", errors="replace")
     assert key not in text and key[len(webhooks.KEY_PREFIX) :] not in text
     assert "/api/webhooks/hello/ffwh_***" in text
+
+
+def test_a_pipeline_json_key_in_the_path_never_reaches_the_servers_access_log(
+    ff_env: dict[str, str], make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    """An outside audit: a Fast-Flow ``webhook_key`` from pipeline.json (any text, not
+    fastflow's ``ffwh_`` form) was logged in clear by ``fastflow serve``."""
+    import os
+
+    import httpx
+
+    from tests.harness.serve import fastflow_serve
+
+    key = "my-own-Fast-Flow-key-7731"
+    make_pipeline("hello", config=f'{{"webhook_key": "{key}"}}')
+    log = tmp_path / "serve.log"
+    with (
+        open(log, "wb") as err,
+        fastflow_serve({**os.environ, **ff_env}, stderr=err, stdout=err) as url,
+    ):
+        res = httpx.post(f"{url}/api/webhooks/hello/{key}", timeout=30)
+        assert res.status_code == 202, res.text
+        wait_until(lambda: b"/api/webhooks/hello/" in log.read_bytes(), 30, "the access log")
+    text = log.read_text(encoding="utf-8", errors="replace")
+    assert key not in text
+    assert "/api/webhooks/hello/***" in text
