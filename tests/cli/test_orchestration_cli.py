@@ -30,6 +30,11 @@ def test_run_with_parameters(make_pipeline: MakePipeline, cli: Cli) -> None:
     assert "exit code 1; exit code 1" not in failed.stderr  # said once (outside audit)
     bad = cli("run", "p", "--env", "NOEQUALS")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+    # an item without a name or without '=' may be the secret itself: never echoed
+    for item in ("=topsecret-1", "topsecret-1"):
+        leaked = cli("run", "p", "--env", "A=1", "--env", item)
+        assert leaked.returncode == 2 and "item 2" in leaked.stderr
+        assert "topsecret" not in leaked.stderr + leaked.stdout
     reserved = cli("run", "p", "--env", "FASTFLOW_RUN_ID=mine")
     assert reserved.returncode == 2 and "set by fastflow" in reserved.stderr
 

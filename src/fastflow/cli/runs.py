@@ -17,11 +17,22 @@ from fastflow.cli.pins import COMMANDS as PIN_COMMANDS
 
 
 def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``--env`` items as a dict; an error names the item's key part, never a value (the
+    text of an item without ``=`` may be the value itself)."""
     env: dict[str, str] = {}
-    for pair in pairs:
+    for number, pair in enumerate(pairs, 1):
         key, sep, value = pair.partition("=")
-        if not sep or not key or not key.replace("_", "").isalnum():
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--env")
+        if not sep:
+            raise click.BadParameter(
+                f"item {number} has no '=': write KEY=VALUE (the item is not shown, it "
+                "may be a secret)",
+                param_hint="--env",
+            )
+        if not key:
+            raise click.BadParameter(
+                f"item {number} has no name before '=': write KEY=VALUE",
+                param_hint="--env",
+            )
         env[key] = value
     from fastflow.errors import InvalidInput
     from fastflow.runs import params
