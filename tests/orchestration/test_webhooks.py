@@ -542,3 +542,38 @@ def test_a_pipeline_json_key_in_the_path_never_reaches_the_servers_access_log(
     text = log.read_text(encoding="utf-8", errors="replace")
     assert key not in text
     assert "/api/webhooks/hello/***" in text
+
+
+def test_a_caller_that_leaves_mid_body_queues_nothing_and_logs_no_traceback(
+    ff_env: dict[str, str], make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    """An outside audit: a caller that closed its connection in the middle of the body
+    gave an unhandled ``ClientDisconnect`` traceback in ``fastflow serve``'s log."""
+    import os
+    import socket
+
+    from tests.harness.serve import fastflow_serve
+
+    key = "k-mid-body-4411"
+    make_pipeline("hello", config=f'{{"webhook_key": "{key}"}}')
+    log = tmp_path / "serve.log"
+    with (
+        open(log, "wb") as err,
+        fastflow_serve({**os.environ, **ff_env}, stderr=err, stdout=err) as url,
+    ):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                f"POST /api/webhooks/hello/{key} HTTP/1.1\r\nHost: x\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode()
+                + b'{"half": '
+            )
+        wait_until(lambda: b"before its body ended" in log.read_bytes(), 30, "the log line")
+    text = log.read_text(encoding="utf-8", errors="replace")
+    assert "Traceback" not in text and "ClientDisconnect" not in text
+    ctx = bootstrap(load_settings())
+    try:
+        with ctx.db.session() as s:
+            assert s.scalars(select(PipelineRun)).all() == []
+    finally:
+        ctx.db.dispose()

@@ -8,6 +8,7 @@ key is the credential. A wrong key, no key and an unknown pipeline get the same 
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from fastflow import strict_json
 from fastflow.api.deps import CtxDep, LauncherDep
@@ -23,6 +25,7 @@ from fastflow.errors import AuthError, InvalidInput
 from fastflow.orchestration import webhooks
 
 router = APIRouter(tags=["webhooks"])
+log = logging.getLogger("fastflow.api")
 
 KEY_HEADER = "X-Fastflow-Key"
 UNAUTHORIZED = "missing or wrong webhook key"
@@ -43,6 +46,7 @@ class WebhookErrorOut(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": WebhookErrorOut, "description": "missing or wrong key, or unknown pipeline"},
     409: {"model": WebhookErrorOut, "description": "the pipeline is disabled"},
+    400: {"model": WebhookErrorOut, "description": "the caller left before its body ended"},
     413: {"model": WebhookErrorOut, "description": "the body is larger than 1 MiB"},
     422: {"model": WebhookErrorOut, "description": "the body is not JSON"},
     429: {"model": WebhookErrorOut, "description": "rate limit; see the Retry-After header"},
@@ -120,6 +124,9 @@ async def _trigger(
         body = await _body(request, webhooks.MAX_PAYLOAD_BYTES)
     except _TooLarge:
         return _error(413, f"the body is larger than {webhooks.MAX_PAYLOAD_BYTES} bytes")
+    except ClientDisconnect:  # no run is queued from half a body; nobody reads the answer
+        log.info("webhook call for %r: the caller left before its body ended", pipeline)
+        return _error(400, "the connection closed before the body was complete")
     payload = _payload(body)
     run_id = await run_in_threadpool(webhooks.queue_run, ctx.db, settings.logs_root, match, payload)
     launcher.ensure_running()
