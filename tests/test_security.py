@@ -147,8 +147,28 @@ def test_fastflows_own_tokens_and_keys_are_masked_by_their_form(ff_env: dict[str
     assert token not in clean and key not in clean
     assert clean == 'POST /api/webhooks/etl/ffwh_*** 202; Authorization: Bearer ff_***; "ff_***"'
     # names that merely start like one stay: a pipeline "ff_daily", a longer identifier
-    for kept in ("ff_daily_report", "ff_" + "a" * 44, "xff_" + "a" * 43):
+    for kept in ("ff_daily_report", "ff_" + "a" * 39, "xff_" + "a" * 43):
         assert redact(f"run of {kept} failed", settings) == f"run of {kept} failed"
+
+
+def test_a_credential_close_to_fastflows_form_is_masked_too(ff_env: dict[str, str]) -> None:
+    """An outside audit: a key or token with one character more (mistyped, or with
+    something glued to it), or an ``f`` percent-encoded, was written in clear — and gave
+    the real credential away."""
+    from fastflow.security import new_token
+
+    settings = load_settings()
+    body = new_token().removeprefix("ff_")
+    for text, prefix in (
+        (f"ff_{body}X", "ff_"),
+        (f"ffwh_{body}-", "ffwh_"),
+        (f"ffwh_{body[:-3]}", "ffwh_"),
+        (f"%66fwh_{body}", "%66fwh_"),
+        (f"f%66_{body}", "f%66_"),
+        (f"FFWH_{body}", "FFWH_"),
+    ):
+        line = f'"GET /api/runs?token={text} HTTP/1.1" 401'
+        assert redact(line, settings) == f'"GET /api/runs?token={prefix}*** HTTP/1.1" 401'
 
 
 def test_a_pipeline_json_webhook_key_in_the_path_is_masked_whatever_its_form() -> None:

@@ -218,7 +218,14 @@ def url_secrets(url: str) -> list[str]:
 # fastflow's own credentials by their form: an API token (``ff_`` + 43 characters of
 # ``token_urlsafe(32)``) or a webhook key (``ffwh_`` + the same), wherever they appear —
 # a webhook key in the path of ``/api/webhooks/{pipeline}/{key}`` reached the access log
-_OWN_CREDENTIAL = re.compile(r"(?<![A-Za-z0-9_-])(ffwh_|ff_)[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+# a token or key of fastflow's form (43 characters after the prefix) — and anything close
+# to one: a few characters more or less (a mistyped or cut credential still gives the real
+# one away) and an ``f`` written ``%66``/``%46`` (a percent-encoded path). ``redact``
+# tests for the endings ``f_ h_ F_ H_ 6_`` before it runs the regex.
+_F = r"(?:f|%66|%46)"
+_OWN_CREDENTIAL = re.compile(
+    rf"(?<![A-Za-z0-9_-])({_F}{_F}(?:wh)?_)[A-Za-z0-9_-]{{40,}}(?![A-Za-z0-9_-])", re.IGNORECASE
+)
 # the key segment of Fast-Flow's ``/api/webhooks/{pipeline}/{key}``, whatever its form (a
 # ``webhook_key`` from pipeline.json is any text, percent-encoded or not)
 _WEBHOOK_PATH_KEY = re.compile(r"(/api/webhooks/[^/\s?#\"]+/)[^/\s?#\"]+")
@@ -227,7 +234,7 @@ _WEBHOOK_PATH_KEY = re.compile(r"(/api/webhooks/[^/\s?#\"]+/)[^/\s?#\"]+")
 def redact(text: str, settings: Settings) -> str:
     """``text`` with every secret of ``settings``, and every API token or webhook key of
     fastflow's form, replaced by ``***`` (a token keeps its ``ff_``/``ffwh_``)."""
-    if "ff" in text:
+    if "f_" in text or "h_" in text or "F_" in text or "H_" in text or "6_" in text:
         text = _OWN_CREDENTIAL.sub(lambda m: m.group(1) + MASK, text)
     if "/api/webhooks/" in text:
         # (a key of fastflow's form is ``ffwh_***`` by now, and stays so)
