@@ -5,6 +5,7 @@ MAX_CONCURRENT_RUNS, cancelling queued and running runs."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -346,3 +347,57 @@ def test_a_long_backlog_at_its_limit_holds_back_no_other_pipeline(
 
     assert [r.id for r in claimed] == [quick]
     assert len([r for r in _runs(app, "busy") if r.status == "QUEUED"]) == 25
+
+
+HALF_SAVED = '{"retries": {"max": 1, "del'
+
+
+def test_a_run_picked_up_while_its_pipeline_json_is_half_saved_waits_for_the_file(
+    app: Context,
+    dispatcher: Dispatcher,
+    make_pipeline: MakePipeline,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outside audit: a queued run picked up just as an editor saved ``pipeline.json``
+    ended FAILED "not started" (with a traceback in the server's log) and used up a
+    retry. The start now reads the file again for a few seconds, as a follow-up does."""
+    folder = make_pipeline("pay", "print('paid')\n", '{"retries": {"max": 1}}')
+    (folder / "pipeline.json").write_text(HALF_SAVED, encoding="utf-8")
+    caplog.set_level(logging.INFO, logger="fastflow.orchestration")
+    run_id = queue.enqueue(app.db, "pay", "api")
+    dispatcher.ensure_running()
+    wait_until(lambda: "before it starts" in caplog.text, 30, "the first failed read")
+    (folder / "pipeline.json").write_text('{"retries": {"max": 1}}', encoding="utf-8")
+    (run,) = _final(app, "pay", 1)
+    assert (run.id, run.status, run.attempt) == (run_id, "SUCCESS", 1)
+    assert "paid" in _log(app, run).read_text(encoding="utf-8")
+    assert "Traceback" not in caplog.text
+
+
+def test_a_run_whose_pipeline_json_stays_invalid_fails_without_a_traceback_or_is_cancelled(
+    app: Context,
+    dispatcher: Dispatcher,
+    make_pipeline: MakePipeline,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fastflow.runs import pipelines
+
+    folder = make_pipeline("pay", "print('paid')\n")
+    (folder / "pipeline.json").write_text(HALF_SAVED, encoding="utf-8")
+    caplog.set_level(logging.INFO, logger="fastflow.orchestration")
+    monkeypatch.setattr(pipelines, "SETTLE_S", 0.5)
+    queue.enqueue(app.db, "pay", "api")
+    dispatcher.ensure_running()
+    (failed,) = _final(app, "pay", 1)
+    assert failed.status == "FAILED" and (failed.failure_reason or "").startswith("not started")
+    assert "Traceback" not in caplog.text and "pipeline.json" in caplog.text
+
+    monkeypatch.setattr(pipelines, "SETTLE_S", 60.0)
+    caplog.clear()
+    cancelled = queue.enqueue(app.db, "pay", "api")
+    dispatcher.wake()
+    wait_until(lambda: "before it starts" in caplog.text, 30, "the wait for the file")
+    assert dispatcher.cancel(cancelled) == "requested"
+    runs = _final(app, "pay", 2)
+    assert [r.status for r in runs if r.id == cancelled] == ["CANCELLED"]

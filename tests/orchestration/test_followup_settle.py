@@ -15,6 +15,7 @@ from fastflow.context import Context
 from fastflow.db.models import PipelineRun
 from fastflow.orchestration import followup
 from fastflow.orchestration.followup import Ended, FollowUp
+from fastflow.runs import pipelines
 from tests.conftest import MakePipeline, wait_until
 
 CONFIG = '{"retries": {"max": 1, "delay_seconds": 0}}'
@@ -51,7 +52,7 @@ def test_a_pipeline_json_that_stays_invalid_gives_up_after_the_settle_time(
 ) -> None:
     folder = make_pipeline("pay", "raise SystemExit(1)\n", CONFIG)
     (folder / "pipeline.json").write_text('{"bogus": 1}', encoding="utf-8")
-    monkeypatch.setattr(followup, "SETTLE_S", 0.3)
+    monkeypatch.setattr(pipelines, "SETTLE_S", 0.3)
     done = followup.follow_up(
         app.db, Path(app.settings.pipelines_dir), Ended(uuid.uuid4(), "pay", "FAILED", 1, None)
     )

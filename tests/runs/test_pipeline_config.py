@@ -118,6 +118,13 @@ def test_custom_retry_schedule_native_and_alias() -> None:
     )
     assert native.retries.delays == alias.retries.delays == (1.0, 5.0)
     assert native.retries.backoff == alias.retries.backoff == "custom_schedule"
+    # an outside audit: ``delays`` without a backoff was ignored (the default is fixed)
+    implied = parse({"retries": {"max": 3, "delays": [1, 5]}}, WHERE).retries
+    assert (implied.backoff, implied.delays) == ("custom_schedule", (1.0, 5.0))
+    assert parse({"retries": {"max": 3}}, WHERE).retries.backoff == "fixed"
+    for other in ("fixed", "exponential"):
+        with pytest.raises(InvalidPipelineConfig, match="used only with backoff custom_schedule"):
+            parse({"retries": {"max": 3, "backoff": other, "delays": [1, 5]}}, WHERE)
 
 
 @pytest.mark.parametrize(

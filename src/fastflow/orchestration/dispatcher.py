@@ -26,6 +26,7 @@ from datetime import timedelta
 
 from fastflow import notify
 from fastflow.context import Context
+from fastflow.errors import FastflowError
 from fastflow.db.models import PipelineRun, RunStatus, utcnow
 from fastflow.lifecycle import disk
 from fastflow.orchestration import queue
@@ -315,7 +316,17 @@ class Dispatcher:
         settings = self._ctx.settings
         status = RunStatus.FAILED.value
         try:
-            pipeline = pipelines.load(settings.pipelines_dir, run.pipeline_name)
+            pipeline = pipelines.load_settled(
+                settings.pipelines_dir,
+                run.pipeline_name,
+                waiting=lambda e: log.info(
+                    "run %s: %s; reading it again for up to %g s before it starts",
+                    run.id,
+                    e,
+                    pipelines.SETTLE_S,
+                ),
+                stop=cancel,
+            )
             timeouts = pipeline.config.schedule_timeouts
             if run.run_config_id is not None and run.run_config_id in timeouts:
                 # a Fast-Flow named schedule's own timeout (None = unlimited)
@@ -332,9 +343,17 @@ class Dispatcher:
             )
             status = result.status.value
         except Exception as e:
-            log.exception("run %s of %s failed to execute", run.id, run.pipeline_name)
+            if isinstance(e, FastflowError):  # an invalid pipeline.json: no traceback
+                log.warning("run %s of %s not started: %s", run.id, run.pipeline_name, e)
+            else:
+                log.exception("run %s of %s failed to execute", run.id, run.pipeline_name)
+            end = RunStatus.CANCELLED if cancel.is_set() else RunStatus.FAILED
+            why = "the run was cancelled" if cancel.is_set() else str(e)
+            status = end.value
             try:
-                runs.fail_with_note(self._ctx.db, settings.logs_root, run.id, f"not started: {e}")
+                runs.fail_with_note(
+                    self._ctx.db, settings.logs_root, run.id, f"not started: {why}", status=end
+                )
             except Exception:  # the database away: the sweep retires it (``_retire_lost``)
                 log.exception("run %s: its end cannot be recorded", run.id)
         finally:

@@ -8,7 +8,7 @@ final FAILED/TIMEOUT; each triggered run gets ``triggered_by = "upstream"``,
 ``upstream_run_id`` and ``FASTFLOW_UPSTREAM_RUN_ID``/``FASTFLOW_UPSTREAM_STATUS`` in its
 environment. Triggers are not followed while the pipelines have a trigger cycle, nor to
 a disabled pipeline (``"enabled": false``). An invalid ``pipeline.json`` is read again
-for up to ``SETTLE_S`` before the follow-up is given up (logged).
+for up to ``pipelines.SETTLE_S`` before the follow-up is given up (logged).
 
 The follow-up survives its process: a run's final status is committed with
 ``follow_up_due`` set, and the runs it queues commit with that mark cleared (``commit``).
@@ -77,31 +77,19 @@ def retry_spec(pipeline: pipelines.Pipeline, run_config_id: str | None) -> Retry
     )
 
 
-SETTLE_S = 5.0  # how long an invalid pipeline.json is read again (an editor saving it)
-SETTLE_POLL_S = 0.25
-
-
 def _load_settled(pipelines_dir: Path, ended: Ended) -> pipelines.Pipeline:
-    """The pipeline, read again for up to ``SETTLE_S`` while its ``pipeline.json`` is
-    invalid: a file caught half-saved as the run ended must not cost it its retries and
-    triggers (an outside audit). A missing pipeline is not waited for."""
-    deadline = time.monotonic() + SETTLE_S
-    said = False
-    while True:
-        try:
-            return pipelines.load(pipelines_dir, ended.pipeline_name)
-        except InvalidPipelineConfig as e:
-            if time.monotonic() >= deadline:
-                raise
-            if not said:
-                log.info(
-                    "run %s: %s; reading it again for up to %g s (a file being saved?)",
-                    ended.run_id,
-                    e,
-                    SETTLE_S,
-                )
-                said = True
-            threading.Event().wait(SETTLE_POLL_S)
+    """The pipeline, waiting for an invalid ``pipeline.json`` to settle: a file caught
+    half-saved as the run ended must not cost it its retries and triggers."""
+
+    def waiting(e: InvalidPipelineConfig) -> None:
+        log.info(
+            "run %s: %s; reading it again for up to %g s (a file being saved?)",
+            ended.run_id,
+            e,
+            pipelines.SETTLE_S,
+        )
+
+    return pipelines.load_settled(pipelines_dir, ended.pipeline_name, waiting=waiting)
 
 
 @dataclass(frozen=True)

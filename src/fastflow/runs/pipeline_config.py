@@ -322,9 +322,17 @@ def _retries(r: _Reader) -> RetrySpec:
             )
         n = _Reader(r.obj("retries"), r.where, "retries.")
         n.unknown(frozenset({"max", "delay_seconds", "backoff", "max_delay_seconds", "delays"}))
-        backoff = n.data.get("backoff", "fixed")
+        # ``delays`` alone means a custom schedule; next to another backoff it would be
+        # ignored, so it is refused (an outside audit)
+        backoff = n.data.get("backoff", "custom_schedule" if n.has("delays") else "fixed")
         if backoff not in ("exponential", "fixed", "custom_schedule"):
             raise n.fail("backoff", f"must be exponential, fixed or custom_schedule ({backoff!r})")
+        if n.has("delays") and backoff != "custom_schedule":
+            raise n.fail(
+                "delays",
+                f"is used only with backoff custom_schedule (backoff is {backoff!r}): "
+                "remove one of them",
+            )
         return RetrySpec(
             max=n.integer("max", minimum=0) or 0,
             delay_seconds=n.number("delay_seconds", minimum=0) or 0.0,

@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
+import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +173,35 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidPipelineConfig(f"{cfg_file}: pipeline.json must hold a JSON object")
     return data
+
+
+SETTLE_S = 5.0  # how long an invalid pipeline.json is read again (an editor saving it)
+SETTLE_POLL_S = 0.25
+
+
+def load_settled(
+    pipelines_dir: Path,
+    name: str,
+    *,
+    waiting: Callable[[InvalidPipelineConfig], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Pipeline:
+    """``load``, read again for up to ``SETTLE_S`` while ``pipeline.json`` is invalid: a
+    file caught half-saved by an editor must not fail a run or cost it its retries (an
+    outside audit). ``waiting`` is told once, at the first invalid read; a set ``stop``
+    ends the wait with the last error. A missing pipeline is not waited for."""
+    deadline = time.monotonic() + SETTLE_S
+    said = False
+    while True:
+        try:
+            return load(pipelines_dir, name)
+        except InvalidPipelineConfig as e:
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                raise
+            if not said and waiting is not None:
+                waiting(e)
+            said = True
+            (stop or threading.Event()).wait(SETTLE_POLL_S)
 
 
 def load(pipelines_dir: Path, name: str) -> Pipeline:

@@ -691,17 +691,24 @@ def kill_orphaned_group(pgid: int | None, started: float | None) -> int:
 
 
 def fail_with_note(
-    db: Database, logs_root: Path, run_id: uuid.UUID, text: str, *, note: bool = True
+    db: Database,
+    logs_root: Path,
+    run_id: uuid.UUID,
+    text: str,
+    *,
+    note: bool = True,
+    status: RunStatus = RunStatus.FAILED,
 ) -> None:
-    """End a run that could not be executed as FAILED, with the reason in its log (and,
-    ``note=False`` when nothing may be written to ``LOGS_DIR``, only in its row)."""
+    """End a run that could not be executed as FAILED (or ``status``), with the reason in
+    its log (and, ``note=False`` when nothing may be written to ``LOGS_DIR``, only in
+    its row)."""
     # nothing is written to a LOGS_DIR that is not this installation's (``logsdir``)
     note = note and logsdir.problem(db, logs_root, mark=False) is None
     with db.session() as s:
         run = s.get(PipelineRun, run_id)
         if run is None or run.status in FINAL_STATUSES:
             return
-        run.status = RunStatus.FAILED.value
+        run.status = status.value
         run.finished_at = utcnow()
         run.failure_reason = text
         run.follow_up_due = True
