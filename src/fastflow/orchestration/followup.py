@@ -6,7 +6,7 @@ next attempt, queued with ``not_before`` = end + the retry delay, ``attempt`` + 
 last attempt are triggers queued: ``on_success`` after SUCCESS, ``on_failure`` after a
 final FAILED/TIMEOUT; each triggered run gets ``triggered_by = "upstream"``,
 ``upstream_run_id`` and ``FASTFLOW_UPSTREAM_RUN_ID``/``FASTFLOW_UPSTREAM_STATUS`` in its
-environment. Triggers are not followed while the pipelines have a trigger cycle, nor to
+environment. Triggers are not followed while they lead into a trigger cycle, nor to
 a disabled pipeline (``"enabled": false``). An invalid ``pipeline.json`` is read again
 for up to ``pipelines.SETTLE_S`` before the follow-up is given up (logged).
 
@@ -208,9 +208,9 @@ def follow_triggers(
 
 
 def trigger_plan(pipelines_dir: Path, pipeline: pipelines.Pipeline, ended: Ended) -> list[Queued]:
-    """The runs that the end of the last attempt ``ended`` triggers (none while the
-    pipelines have a trigger cycle; a missing, invalid or disabled target is skipped,
-    logged)."""
+    """The runs that the end of the last attempt ``ended`` triggers (none while its
+    triggers lead into a trigger cycle — other pipelines' triggers are followed; a
+    missing, invalid or disabled target is skipped, logged)."""
     if ended.status == RunStatus.SUCCESS.value:
         targets = pipeline.config.triggers.on_success
     elif ended.status in (RunStatus.FAILED.value, RunStatus.TIMEOUT.value):
@@ -219,10 +219,14 @@ def trigger_plan(pipelines_dir: Path, pipeline: pipelines.Pipeline, ended: Ended
         return []
     if not targets:
         return []
-    _, problems = pipelines.check_all(pipelines_dir)
-    cycles = [p for p in problems if p.message.startswith("trigger cycle")]
-    if cycles:
-        log.error("triggers of %s not followed: %s", pipeline.name, cycles[0].message)
+    found, _ = pipelines.scan(pipelines_dir)
+    cycle = pipelines.cycle_reached_from(pipelines.trigger_graph(found), pipeline.name)
+    if cycle is not None:
+        log.error(
+            "triggers of %s not followed: they lead into the trigger cycle %s",
+            pipeline.name,
+            " -> ".join(cycle),
+        )
         return []
     env = {"FASTFLOW_UPSTREAM_RUN_ID": str(ended.run_id), "FASTFLOW_UPSTREAM_STATUS": ended.status}
     out = []

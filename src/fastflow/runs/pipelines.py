@@ -302,6 +302,34 @@ def trigger_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
     return cycles[0] if cycles else None
 
 
+def trigger_graph(found: list[Pipeline]) -> dict[str, tuple[str, ...]]:
+    """Each pipeline's trigger targets (on success and on failure, each once)."""
+    return {
+        p.name: tuple(dict.fromkeys((*p.config.triggers.on_success, *p.config.triggers.on_failure)))
+        for p in found
+    }
+
+
+def cycle_reached_from(graph: dict[str, tuple[str, ...]], name: str) -> list[str] | None:
+    """The trigger cycle that a chain of triggers starting at ``name`` can reach (one
+    ``name`` is part of, or one downstream of it), or None: only such a chain could run
+    for ever, so only its triggers are held back."""
+    cycles = trigger_cycles(graph)
+    if not cycles:
+        return None
+    on_cycle = {node: cycle for cycle in cycles for node in cycle}
+    seen, todo = {name}, [name]
+    while todo:  # a member of a cycle's group not on its path reaches that path too
+        node = todo.pop()
+        if node in on_cycle:
+            return on_cycle[node]
+        for target in graph.get(node, ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return None
+
+
 def trigger_cycles(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:
     """One cycle of each group of pipelines that trigger each other (each strongly
     connected part of the trigger graph with a cycle), in name order: every independent
@@ -370,10 +398,8 @@ def check_all(pipelines_dir: Path) -> tuple[list[Pipeline], list[Problem]]:
     found, skipped = scan(pipelines_dir)
     problems = [Problem(name, "error", why) for name, why in skipped.items()]
     names = {p.name for p in found}
-    graph: dict[str, tuple[str, ...]] = {}
+    graph = trigger_graph(found)
     for p in found:
-        targets = (*p.config.triggers.on_success, *p.config.triggers.on_failure)
-        graph[p.name] = tuple(dict.fromkeys(targets))
         for target in graph[p.name]:
             if target not in names:
                 problems.append(Problem(p.name, "error", f"triggers unknown pipeline {target!r}"))
