@@ -408,6 +408,24 @@ def test_fast_flow_path_with_keys_from_pipeline_json(
     assert top not in json.dumps(listed) and nightly not in json.dumps(listed)
 
 
+def test_a_disabled_schedules_key_queues_nothing(hooks: Hooks, make_pipeline: MakePipeline) -> None:
+    """An outside audit: the key of a schedule with ``"enabled": false`` still queued runs
+    of that schedule's configuration. It is refused like a disabled pipeline's (409); the
+    pipeline's own key still works."""
+    top, nightly = "top-secret-0123456789", "nightly-secret-9876543210"
+    config = {
+        "webhook_key": top,
+        "schedules": [
+            {"id": "nightly", "cron": "0 3 * * *", "webhook_key": nightly, "enabled": False}
+        ],
+    }
+    make_pipeline("legacy", config=json.dumps(config))
+    res = hooks.post_path("legacy", nightly)
+    assert res.status_code == 409 and "schedule 'nightly'" in res.json()["detail"]
+    assert hooks.runs() == []
+    assert hooks.post_path("legacy", top).status_code == 202
+
+
 # --- the routes -------------------------------------------------------------------------
 
 

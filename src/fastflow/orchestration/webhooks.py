@@ -188,6 +188,18 @@ def verify(db: Database, pipelines_dir: Path, pipeline_name: str, key: str | Non
     return None
 
 
+def disabled_schedule(match: Match) -> str | None:
+    """The id of the schedule whose run configuration ``match`` runs when that schedule
+    is disabled (``"enabled": false``): its key queues nothing, as its timer fires
+    nothing. None otherwise."""
+    if match.run_config_id is None:
+        return None
+    for spec in match.pipeline.config.schedules:
+        if spec.run_config_id == match.run_config_id and not spec.enabled:
+            return match.run_config_id
+    return None
+
+
 # --- the queued run and its payload ------------------------------------------------------
 
 

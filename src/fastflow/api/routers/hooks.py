@@ -45,7 +45,10 @@ class WebhookErrorOut(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": WebhookErrorOut, "description": "missing or wrong key, or unknown pipeline"},
-    409: {"model": WebhookErrorOut, "description": "the pipeline is disabled"},
+    409: {
+        "model": WebhookErrorOut,
+        "description": "the pipeline, or the schedule whose key was used, is disabled",
+    },
     400: {"model": WebhookErrorOut, "description": "the caller left before its body ended"},
     413: {"model": WebhookErrorOut, "description": "the body is larger than 1 MiB"},
     422: {"model": WebhookErrorOut, "description": "the body is not JSON"},
@@ -120,6 +123,13 @@ async def _trigger(
         raise AuthError(UNAUTHORIZED)
     if not match.pipeline.config.enabled:
         return _error(409, f"pipeline {match.pipeline.name!r} is disabled in its pipeline.json")
+    disabled = webhooks.disabled_schedule(match)
+    if disabled is not None:
+        return _error(
+            409,
+            f"schedule {disabled!r} of pipeline {match.pipeline.name!r} (the key's run "
+            "configuration) is disabled in its pipeline.json",
+        )
     try:
         body = await _body(request, webhooks.MAX_PAYLOAD_BYTES)
     except _TooLarge:
