@@ -223,7 +223,7 @@ def _run(
             done.set()
             watcher.join()
     if stopped.is_set():
-        raise BuildStopped("the environment build was stopped: the run was cancelled")
+        raise BuildStopped("the environment build was stopped")
     return (None if expired.is_set() else proc.returncode), list(tail)
 
 
@@ -400,7 +400,7 @@ def _step(
     stop: threading.Event | None = None,
 ) -> None:
     if stop is not None and stop.is_set():
-        raise BuildStopped("the environment build was stopped: the run was cancelled")
+        raise BuildStopped("the environment build was stopped")
     step_env = dict(env)
     if cmd[1] == "sync":
         step_env["UV_PROJECT_ENVIRONMENT"] = str(target)

@@ -72,7 +72,7 @@ def _acquire(
 def _flock_unless(fd: int, mode: int, stop: threading.Event) -> None:
     while True:
         if stop.is_set():
-            raise BuildStopped("the environment build was stopped: the run was cancelled")
+            raise BuildStopped("the environment build was stopped")
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
             return

@@ -374,6 +374,7 @@ def _prepare(
     clock: Callable[[], float] | None = None,
     local: bool = True,
     stop: threading.Event | None = None,
+    stopped_because: Callable[[], str] = lambda: "the run was cancelled",
 ) -> tuple[LogCapture, _Prepared | None, str | None]:
     """Secrets, limits, user and environment, in that order; the first problem ends the
     run before it starts, with its reason (in the log too). A run that is not ``local``
@@ -426,8 +427,9 @@ def _prepare(
             stop=stop,
         )
     except BuildStopped as e:
-        capture.write_note(f"not started: {e}")
-        return capture, None, str(e)
+        why = f"{e}: {stopped_because()}"
+        capture.write_note(f"not started: {why}")
+        return capture, None, why
     except FastflowError as e:
         # the reason is stored and printed too: masked like the log
         reason = capture.masked(f"environment build failed: {e}")
@@ -612,6 +614,9 @@ def execute(
             clock=frame_clock,
             local=executor == "local",
             stop=stop,
+            stopped_because=lambda: (
+                "LOGS_DIR's disk is full" if guard.full.is_set() else "the run was cancelled"
+            ),
         )
         if prepared is not None and guard.full.is_set():
             prepared = None  # the disk filled up while the environment was prepared
