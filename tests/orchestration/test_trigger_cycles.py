@@ -4,6 +4,7 @@ first cycle found instead of the one involved."""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from pathlib import Path
@@ -25,7 +26,7 @@ def test_only_triggers_that_lead_into_a_cycle_are_held_back(
     ff_env: dict[str, str], make_pipeline: MakePipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
     def triggers(*targets: str) -> str:
-        return '{"triggers": {"on_success": [%s]}}' % ", ".join(f'"{t}"' for t in targets)
+        return json.dumps({"triggers": {"on_success": list(targets)}})
 
     make_pipeline("a-extract", config=triggers("b-load"))
     make_pipeline("b-load")

@@ -26,8 +26,8 @@ from datetime import timedelta
 
 from fastflow import notify
 from fastflow.context import Context
-from fastflow.errors import FastflowError
 from fastflow.db.models import PipelineRun, RunStatus, utcnow
+from fastflow.errors import FastflowError
 from fastflow.lifecycle import disk
 from fastflow.orchestration import queue
 from fastflow.orchestration.followup import Ended, follow_up

@@ -20,8 +20,6 @@ process and follows it up then, once, whichever process sweeps first.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
