@@ -272,3 +272,39 @@ def test_a_zero_given_is_kept_and_aliases_that_agree_in_a_schedule_are_taken() -
     assert cfg.retries.delay_seconds == 0 and cfg.retries.backoff == "exponential"
     assert cfg.schedules[0].cron == "0 * * * *" and cfg.schedules[0].env == {"A": "1"}
     assert parse({"description": None}, WHERE).description == ""
+
+
+def test_aliases_that_mean_the_same_written_differently_agree() -> None:
+    """A review: the native key and its Fast-Flow alias were compared as raw JSON, so the
+    same instant in two notations (or a cron with other spacing) was refused."""
+    spec = parse(
+        {
+            "schedules": [
+                {
+                    "cron": "0  9 * * *",
+                    "schedule_cron": "0 9 * * *",
+                    "start": "2026-01-01T00:00:00Z",
+                    "schedule_start": "2026-01-01T01:00:00+01:00",
+                    "end": "2027-01-01T00:00:00",
+                    "schedule_end": "2027-01-01T00:00:00+00:00",
+                }
+            ]
+        },
+        WHERE,
+    ).schedules[0]
+    assert spec.start == datetime(2026, 1, 1, tzinfo=UTC)
+    assert spec.end == datetime(2027, 1, 1, tzinfo=UTC)
+    with pytest.raises(InvalidPipelineConfig, match="differ: keep one"):
+        parse(
+            {
+                "schedules": [
+                    {"cron": "0 9 * * *", "start": "2026-01-01", "schedule_start": "2026-01-02"}
+                ]
+            },
+            WHERE,
+        )
+    with pytest.raises(InvalidPipelineConfig, match="must be an ISO 8601 time"):
+        parse(
+            {"schedules": [{"cron": "0 9 * * *", "start": "2026-01-01", "schedule_start": "soon"}]},
+            WHERE,
+        )

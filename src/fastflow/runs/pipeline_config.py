@@ -356,7 +356,7 @@ def _one_schedule(r: _Reader, key: str) -> ScheduleSpec:
     """One ``schedules[]`` entry, native or Fast-Flow names."""
     r.unknown(SCHEDULE_KEYS)
     for native, fast_flow in _SCHEDULE_ALIASES:
-        if r.has(native) and r.has(fast_flow) and r.data[native] != r.data[fast_flow]:
+        if r.has(native) and r.has(fast_flow) and _meaning(r, native) != _meaning(r, fast_flow):
             raise r.fail(native, f"and {fast_flow} (Fast-Flow's name) differ: keep one")
     cron = r.text("cron") or r.text("schedule_cron")
     interval = r.integer("interval_seconds", minimum=1, maximum=MAX_INTERVAL_SECONDS)
@@ -402,6 +402,17 @@ def _max_instances(r: _Reader) -> int:
 
 # a schedule's keys and their Fast-Flow names: both given must agree (``env`` and
 # ``default_env`` are merged, see ``_env``)
+def _meaning(r: _Reader, key: str) -> object:
+    """What a schedule key says, for comparing a native key with its alias: the same
+    instant written two ways, or a cron with other spacing, agree (each value is also
+    validated here)."""
+    if key.endswith("interval_seconds"):
+        return r.integer(key, minimum=1, maximum=MAX_INTERVAL_SECONDS)
+    if key.endswith(("start", "end")):
+        return r.when(key)
+    return " ".join(str(r.text(key)).split())
+
+
 _SCHEDULE_ALIASES = (
     ("cron", "schedule_cron"),
     ("interval_seconds", "schedule_interval_seconds"),
