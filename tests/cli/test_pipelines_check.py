@@ -4,9 +4,12 @@ unknown key, an unknown trigger target and a trigger cycle are errors (exit 1)."
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
+
+import pytest
 
 from tests.conftest import MakePipeline
 
@@ -166,3 +169,36 @@ def test_nan_a_key_given_twice_and_absurd_nesting_are_errors_not_tracebacks(
     run = cli("run", "deep")
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "nested too deeply" in run.stderr
+
+
+_opened: list[str] | None = None
+
+
+def _note_opens(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and _opened is not None and args and isinstance(args[0], str | bytes):
+        _opened.append(os.fsdecode(args[0]))
+
+
+def test_a_device_or_fifo_as_pipeline_json_is_never_opened(make_pipeline: MakePipeline) -> None:
+    """A review: a device was opened (O_NONBLOCK) before it was refused; opening a device
+    can have effects of its own. Every open is seen by an audit hook."""
+    import sys
+
+    from fastflow.errors import InvalidPipelineConfig
+    from fastflow.runs import pipelines
+
+    global _opened
+    fifo = make_pipeline("piped") / "pipeline.json"
+    os.mkfifo(fifo)
+    zeros = make_pipeline("zeros") / "pipeline.json"
+    zeros.symlink_to("/dev/zero")
+    sys.addaudithook(_note_opens)  # (hooks stay: it records only while _opened is a list)
+    _opened = []
+    try:
+        for name in ("piped", "zeros"):
+            with pytest.raises(InvalidPipelineConfig, match="not a regular file"):
+                pipelines.load(fifo.parent.parent, name)
+        seen = list(_opened)
+    finally:
+        _opened = None
+    assert not [p for p in seen if p.endswith("pipeline.json") or p == "/dev/zero"], seen

@@ -141,8 +141,12 @@ RETENTION_KEYS = frozenset({"runs", "days", "max_size_mb", "keep_last_success", 
 def _config_bytes(cfg_file: Path) -> bytes:
     """``pipeline.json``'s bytes: a regular file of at most ``MAX_CONFIG_BYTES``. A FIFO
     or a link to ``/dev/zero`` is refused without reading, since the server reads every
-    pipeline's file and would otherwise wait for ever or fill the memory."""
-    fd = os.open(cfg_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    pipeline's file and would otherwise wait for ever or fill the memory. A device is
+    refused before it is opened (opening one can have effects, a tape rewinds); the
+    descriptor is checked again, for a file swapped in between."""
+    if not stat.S_ISREG(os.stat(cfg_file).st_mode):
+        raise ValueError("not a regular file")
+    fd = os.open(cfg_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
