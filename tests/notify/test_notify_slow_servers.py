@@ -249,3 +249,29 @@ def test_a_bad_answer_to_quit_after_the_message_was_taken_is_no_failure(app: Con
         result, _ = _mail(app, server.port)
     assert result.ok and result.attempts == 1, result
     assert dialogue.messages == 1
+
+
+def test_a_connection_that_cannot_be_watched_is_closed_not_left_unbounded(
+    app: Context, monkeypatch: Any, caplog: Any
+) -> None:
+    """A review: with no descriptor left to duplicate the socket (EMFILE), the deadline's
+    ``watch`` raised out of Teams' own error handling. The attempt now fails as a broken
+    connection, at once, and is retried like one; nothing runs without a deadline."""
+    import errno
+    import logging
+
+    def no_descriptor_left(*_: Any) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    def answer(conn: socket.socket, stopped: threading.Event) -> None:
+        read_until(conn, b"\r\n\r\n")
+        drip(conn, b"HTTP/1.1 200 OK\r\n", b"X-Slow: yes\r\n", 0.1, stopped)
+
+    caplog.set_level(logging.INFO, logger="fastflow.notify")
+    monkeypatch.setattr(socket, "fromfd", no_descriptor_left)
+    with RawServer(answer) as server:
+        result, took = _teams(app, server.port)
+    assert not result.ok and result.attempts == 3, result
+    assert result.error is not None and "Teams webhook" in result.error
+    assert "cannot be watched, closed: [Errno 24]" in caplog.text
+    assert took < BUDGET + SLACK, took

@@ -10,6 +10,7 @@ delivery a bounded time and still record how it ended.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ DEFAULT_BACKOFF_S = (1.0, 3.0)
 DEFAULT_MAX_RETRY_AFTER_S = 10.0
 DEFAULT_BUDGET_S = 18.0  # below the ~20 s that ``fastflow cleanup`` waits for delivery
 _MIN_ATTEMPT_S = 0.05
+log = logging.getLogger("fastflow.notify")
 BUDGET_SPENT = "no answer within the delivery time budget"  # an attempt its deadline ended
 
 
@@ -107,8 +109,15 @@ class Deadline:
         return self.expired or self._budget.remaining() <= _MIN_ATTEMPT_S
 
     def watch(self, sock: socket.socket) -> None:
-        """Shut ``sock``'s connection down at the deadline (at once when it is past)."""
-        dup = socket.fromfd(sock.fileno(), sock.family, sock.type, sock.proto)
+        """Shut ``sock``'s connection down at the deadline (at once when it is past, or
+        when it cannot be watched: no descriptor left to duplicate it — the attempt then
+        fails as a broken connection instead of running without a deadline)."""
+        try:
+            dup = socket.fromfd(sock.fileno(), sock.family, sock.type, sock.proto)
+        except OSError as e:
+            log.warning("a notification's connection cannot be watched, closed: %s", e)
+            _shut(sock)
+            return
         with self._lock:
             self._socks.append(dup)
             if self.expired:
