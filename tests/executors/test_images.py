@@ -133,3 +133,66 @@ def test_a_build_that_fails_fails_the_run_with_pips_reason(
     assert reason.startswith("environment build failed: cannot build image fastflow/needs-more:")
     assert "ffdemo==9.9" in reason
     assert "Traceback" not in result.log_path.read_text()
+
+
+def test_a_run_cancelled_while_its_image_is_built_ends_at_once(
+    docker_ctx: Context, make_pipeline: MakePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel during a long image build (pip waiting on a slow index) ended the run
+    only after the build. It now ends CANCELLED at once, main.py never starts, and the
+    build is left to finish in the background."""
+    import socket
+
+    from tests.conftest import wait_until
+
+    release = threading.Event()
+    asked = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def hold_every_request() -> None:  # an index that never answers while the test runs
+        listener.settimeout(0.2)
+        while not release.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+            asked.set()
+
+    server = threading.Thread(target=hold_every_request, daemon=True)
+    server.start()
+    for name in ("PIP_INDEX_URL", "UV_INDEX_URL", "PIP_EXTRA_INDEX_URL", "UV_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIP_FIND_LINKS", f"http://127.0.0.1:{listener.getsockname()[1]}/")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    marker = docker_ctx.settings.logs_root.parent / "main-ran"
+    folder = make_pipeline("slow-image", f"open({str(marker)!r}, 'w')\n", '{"network": "none"}')
+    (folder / "requirements.txt").write_text("ffdemo==2.0\n")
+    settings = docker_ctx.settings.model_copy(update={"docker_network": "host"})
+    cancel = threading.Event()
+    results: list[runner.RunResult] = []
+    worker = threading.Thread(
+        target=lambda: results.append(
+            runner.run_pipeline(docker_ctx.db, settings, "slow-image", "cli", cancel=cancel)
+        )
+    )
+    worker.start()
+    try:
+        wait_until(asked.is_set, 300, "pip asking the index during the image build")
+        cancel.set()
+        worker.join(10)  # a cancel ends the run within its poll, not with the build
+        assert not worker.is_alive(), "the run waited for the image build"
+    finally:
+        release.set()
+        for conn in held:
+            conn.close()
+        server.join(10)
+        listener.close()
+        worker.join(120)
+    (result,) = results
+    assert result.status is RunStatus.CANCELLED, result
+    text = result.log_path.read_text()
+    assert "[env] building image fastflow/slow-image:" in text
+    assert "not started: the run was cancelled while its image was prepared" in text
+    assert not marker.exists()

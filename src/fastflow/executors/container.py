@@ -246,10 +246,10 @@ def run(
         capture.write_note(f"not started: {e}")
         return Outcome(RunStatus.FAILED, None, str(e))
     try:
-        prepared = _image(executor, settings, pipeline, capture)
+        prepared = _image_unless_stopped(executor, settings, pipeline, capture, stop)
         if isinstance(prepared, Outcome):
             return prepared
-        if stop is not None and stop.is_set():  # cancelled while the image was built
+        if stop is not None and stop.is_set():  # cancelled as the image became ready
             capture.write_note("not started: the run was cancelled")
             return Outcome(RunStatus.CANCELLED, None, "cancelled")
         runs.mark_container(db, run_id, image=prepared.image)
@@ -294,13 +294,82 @@ def run(
         executor.close()
 
 
-def _image(
+IMAGE_POLL_S = 0.2  # how often a run waiting for its image looks at its stop event
+CANCELLED_DURING_BUILD = (
+    "not started: the run was cancelled while its image was prepared; the image build "
+    "goes on in the background and its image is kept for the next run"
+)
+_Refused = tuple[Outcome, str]  # the run's outcome and the note for its log
+
+
+def _image_unless_stopped(
     executor: DockerExecutor,
     settings: Settings,
     pipeline: pipelines.Pipeline,
     capture: LogCapture,
+    stop: threading.Event | None,
 ) -> images.Prepared | Outcome:
-    """The image to run (derived when the pipeline has requirements), or why not."""
+    """The image to run (derived when the pipeline has requirements), or why not (noted
+    in the log). Left behind as soon as ``stop`` is set: the run ends CANCELLED at once
+    instead of after the build (Docker's API cannot stop a build). The build goes on in
+    a daemon thread on its own client and writes nothing more into the run's log (when
+    this process exits first, its connection to the daemon goes with it)."""
+    if stop is None:
+        found = _image(executor, settings, pipeline, capture.write_line)
+    else:
+        found = _image_in_thread(settings, pipeline, capture, stop)
+    if isinstance(found, tuple):
+        capture.write_note(found[1])
+        return found[0]
+    return found
+
+
+def _image_in_thread(
+    settings: Settings, pipeline: pipelines.Pipeline, capture: LogCapture, stop: threading.Event
+) -> images.Prepared | _Refused:
+    lock = threading.Lock()
+    left = False
+    result: list[images.Prepared | _Refused] = []
+
+    def line(text: str) -> None:
+        with lock:  # never after the run was left: its log is closed by then
+            if not left:
+                capture.write_line(text)
+
+    def build() -> None:
+        try:
+            own = DockerExecutor(settings)
+        except ExecutorError as e:
+            result.append((Outcome(RunStatus.FAILED, None, str(e)), f"not started: {e}"))
+            return
+        try:
+            result.append(_image(own, settings, pipeline, line))
+        except BaseException as e:  # never lost silently: the run reports it
+            why = f"image preparation failed: {e}"
+            result.append((Outcome(RunStatus.FAILED, None, why), f"not started: {why}"))
+        finally:
+            own.close()
+
+    worker = threading.Thread(target=build, name=f"image-{pipeline.name}", daemon=True)
+    worker.start()
+    while True:
+        worker.join(IMAGE_POLL_S)
+        with lock:
+            if not worker.is_alive():
+                return result[0]
+            if stop.is_set():
+                left = True
+                return Outcome(RunStatus.CANCELLED, None, "cancelled"), CANCELLED_DURING_BUILD
+
+
+def _image(
+    executor: DockerExecutor,
+    settings: Settings,
+    pipeline: pipelines.Pipeline,
+    write_line: Callable[[str], None],
+) -> images.Prepared | _Refused:
+    """The image to run, or the outcome and note of a run that cannot have one; build
+    lines go to ``write_line`` as ``[env] …``."""
     try:
         return images.prepare(
             executor.client,
@@ -308,15 +377,13 @@ def _image(
             pipeline.name,
             pipeline.path,
             pipeline.config.image or settings.docker_default_image,
-            lambda line: capture.write_line(f"[env] {line}"),
+            lambda text: write_line(f"[env] {text}"),
         )
     except images.ImageBuildError as e:
         reason = f"environment build failed: {e}"
-        capture.write_note(reason)
-        return Outcome(RunStatus.FAILED, None, reason)
+        return Outcome(RunStatus.FAILED, None, reason), reason
     except FastflowError as e:
-        capture.write_note(f"not started: {e}")
-        return Outcome(RunStatus.FAILED, None, str(e))
+        return Outcome(RunStatus.FAILED, None, str(e)), f"not started: {e}"
 
 
 def _outcome(
