@@ -172,3 +172,32 @@ def test_a_run_waiting_for_another_build_of_its_environment_is_cancelled_at_once
     assert not marker.exists()
     with app.db.session() as s:
         assert [r.status for r in s.query(PipelineRun).all()] == ["CANCELLED"]
+
+
+def test_a_cancel_after_the_build_just_before_the_start_never_starts_main(
+    app: Context, make_pipeline: MakePipeline, tmp_path: Path, monkeypatch: object
+) -> None:
+    """A review: a cancel landing after the check that follows the build, while the run's
+    working directory and environment were made, still started ``main.py`` (and stopped
+    it at once). The cancel is set exactly there: when the working directory is made."""
+    import threading
+
+    import pytest
+
+    from fastflow.runs import isolation, runner
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    marker = tmp_path / "ran"
+    make_pipeline("late", MAIN.format(marker=str(marker)))
+    cancel = threading.Event()
+    made = isolation.make_workdir
+
+    def make_then_cancel(*args: object, **kwargs: object) -> Path:
+        cancel.set()
+        return made(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(isolation, "make_workdir", make_then_cancel)
+    result = runner.run_pipeline(app.db, app.settings, "late", "cli", cancel=cancel)
+    assert result.status.value == "CANCELLED"
+    assert not marker.exists(), "main.py started after the run was cancelled"
+    assert "not started: the run was cancelled" in result.log_path.read_text()

@@ -725,6 +725,9 @@ def _run_process(
 ) -> tuple[RunStatus, int | None, str | None]:
     assert prepared.env is not None
     env = {**env, OUTPUT_MARK_ENV: capture.split_streams(mark_for(run_id))}  # see capture
+    if cancel is not None and cancel.is_set():  # the last moment a cancel can prevent
+        capture.write_note("not started: the run was cancelled")  # the start (a review)
+        return RunStatus.CANCELLED, None, "cancelled"
     try:
         proc = _start(prepared.env.python, pipeline, env, workdir, prepared.user)
     except OSError as e:
