@@ -169,6 +169,10 @@ def test_a_credential_close_to_fastflows_form_is_masked_too(ff_env: dict[str, st
     ):
         line = f'"GET /api/runs?token={text} HTTP/1.1" 401'
         assert redact(line, settings) == f'"GET /api/runs?token={prefix}*** HTTP/1.1" 401'
+    # a review: a percent-encoded or escaped separator just before it
+    for before in ("token%3D", "Bearer%20", "next=%2Fapi%2Fwebhooks%2Fp%2F", "'a\\n"):
+        line = f"GET /login?{before}ffwh_{body} 302"
+        assert redact(line, settings) == f"GET /login?{before}ffwh_*** 302", before
 
 
 def test_a_pipeline_json_webhook_key_in_the_path_is_masked_whatever_its_form() -> None:

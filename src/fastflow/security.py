@@ -223,8 +223,11 @@ def url_secrets(url: str) -> list[str]:
 # one away) and an ``f`` written ``%66``/``%46`` (a percent-encoded path). ``redact``
 # tests for the endings ``f_ h_ F_ H_ 6_`` before it runs the regex.
 _F = r"(?:f|%66|%46)"
+# Its start: no token character before it — or one that ends a percent-encoded or
+# backslash-escaped separator (``%3D``, ``%20``, ``%2F``, ``\n`` in a repr).
+_START = r"(?:(?<![A-Za-z0-9_-])|(?<=%[0-9A-Fa-f]{2})|(?<=\\[nrt]))"
 _OWN_CREDENTIAL = re.compile(
-    rf"(?<![A-Za-z0-9_-])({_F}{_F}(?:wh)?_)[A-Za-z0-9_-]{{40,}}(?![A-Za-z0-9_-])", re.IGNORECASE
+    rf"{_START}({_F}{_F}(?:wh)?_)[A-Za-z0-9_-]{{40,}}(?![A-Za-z0-9_-])", re.IGNORECASE
 )
 # the key segment of Fast-Flow's ``/api/webhooks/{pipeline}/{key}``, whatever its form (a
 # ``webhook_key`` from pipeline.json is any text, percent-encoded or not)

@@ -413,15 +413,20 @@ def test_a_disabled_schedules_key_queues_nothing(hooks: Hooks, make_pipeline: Ma
     of that schedule's configuration. It is refused like a disabled pipeline's (409); the
     pipeline's own key still works."""
     top, nightly = "top-secret-0123456789", "nightly-secret-9876543210"
+    unnamed = "unnamed-secret-5555555555"
     config = {
         "webhook_key": top,
         "schedules": [
-            {"id": "nightly", "cron": "0 3 * * *", "webhook_key": nightly, "enabled": False}
+            {"id": "nightly", "cron": "0 3 * * *", "webhook_key": nightly, "enabled": False},
+            # no id: the schedule is known by its index (a review found it slipped through)
+            {"cron": "0 4 * * *", "webhook_key": unnamed, "enabled": False},
         ],
     }
     make_pipeline("legacy", config=json.dumps(config))
     res = hooks.post_path("legacy", nightly)
     assert res.status_code == 409 and "schedule 'nightly'" in res.json()["detail"]
+    res = hooks.post_path("legacy", unnamed)
+    assert res.status_code == 409 and "schedule '1'" in res.json()["detail"]
     assert hooks.runs() == []
     assert hooks.post_path("legacy", top).status_code == 202
 

@@ -17,8 +17,12 @@ from fastflow.cli.pins import COMMANDS as PIN_COMMANDS
 
 
 def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
-    """``--env`` items as a dict; an error names the item's key part, never a value (the
-    text of an item without ``=`` may be the value itself)."""
+    """``--env`` items as a dict. An error shows a name only when it has the form of one;
+    otherwise it names the item by its position: the text of a malformed item may be the
+    value itself (``--env SECRET``, ``--env 'postgresql://u:pw@h/db?x=y'``)."""
+    from fastflow.errors import InvalidInput
+    from fastflow.runs import params
+
     env: dict[str, str] = {}
     for number, pair in enumerate(pairs, 1):
         key, sep, value = pair.partition("=")
@@ -33,10 +37,13 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
                 f"item {number} has no name before '=': write KEY=VALUE",
                 param_hint="--env",
             )
+        if not params.is_name(key):  # a value with '=' in it, its KEY= forgotten
+            raise click.BadParameter(
+                f"item {number}: the part before the first '=' is not a variable name "
+                f"({params.NAME_RULE}); the item is not shown, it may be a secret",
+                param_hint="--env",
+            )
         env[key] = value
-    from fastflow.errors import InvalidInput
-    from fastflow.runs import params
-
     try:
         return params.check(env)
     except InvalidInput as e:

@@ -316,8 +316,44 @@ class Dispatcher:
         settings = self._ctx.settings
         status = RunStatus.FAILED.value
         try:
-            pipeline = pipelines.load_settled(
-                settings.pipelines_dir,
+            pipeline = self._settled(run, cancel)
+            if isinstance(pipeline, str):
+                status = self._not_started(run, cancel, pipeline)
+            else:
+                timeouts = pipeline.config.schedule_timeouts
+                if run.run_config_id is not None and run.run_config_id in timeouts:
+                    # a Fast-Flow named schedule's own timeout (None = unlimited)
+                    pipeline = replace(pipeline, timeout=timeouts[run.run_config_id])
+                disk.check_soon(self._ctx)  # the disk-pressure incident (issue 16); cheap
+                result = runner.execute(
+                    self._ctx.db,
+                    settings,
+                    pipeline,
+                    run.id,
+                    cancel=cancel,
+                    extra_env=queue.env_of(run),
+                    kill_grace=settings.cancel_grace_seconds,
+                )
+                status = result.status.value
+        except Exception as e:
+            log.exception("run %s of %s failed to execute", run.id, run.pipeline_name)
+            try:
+                runs.fail_with_note(self._ctx.db, settings.logs_root, run.id, f"not started: {e}")
+            except Exception:  # the database away: the sweep retires it (``_retire_lost``)
+                log.exception("run %s: its end cannot be recorded", run.id)
+        finally:
+            with self._lock:
+                self._active.pop(run.id, None)
+        self._after(run, status)
+
+    def _settled(self, run: PipelineRun, cancel: threading.Event) -> pipelines.Pipeline | str:
+        """The run's pipeline, its ``pipeline.json`` read again for up to
+        ``pipelines.SETTLE_S`` while invalid (an editor saving it; an outside audit: the
+        run failed and used up a retry); why not — logged, without a traceback — when it
+        stays invalid, is gone, or the run is cancelled meanwhile."""
+        try:
+            return pipelines.load_settled(
+                self._ctx.settings.pipelines_dir,
                 run.pipeline_name,
                 waiting=lambda e: log.info(
                     "run %s: %s; reading it again for up to %g s before it starts",
@@ -327,39 +363,26 @@ class Dispatcher:
                 ),
                 stop=cancel,
             )
-            timeouts = pipeline.config.schedule_timeouts
-            if run.run_config_id is not None and run.run_config_id in timeouts:
-                # a Fast-Flow named schedule's own timeout (None = unlimited)
-                pipeline = replace(pipeline, timeout=timeouts[run.run_config_id])
-            disk.check_soon(self._ctx)  # the disk-pressure incident (issue 16); cheap
-            result = runner.execute(
+        except FastflowError as e:
+            log.warning("run %s of %s not started: %s", run.id, run.pipeline_name, e)
+            return str(e)
+
+    def _not_started(self, run: PipelineRun, cancel: threading.Event, why: str) -> str:
+        """End ``run``, whose pipeline could not be loaded (``why``): CANCELLED when it was
+        cancelled meanwhile, else FAILED; its final status."""
+        end = RunStatus.CANCELLED if cancel.is_set() else RunStatus.FAILED
+        note = "the run was cancelled" if cancel.is_set() else why
+        try:
+            runs.fail_with_note(
                 self._ctx.db,
-                settings,
-                pipeline,
+                self._ctx.settings.logs_root,
                 run.id,
-                cancel=cancel,
-                extra_env=queue.env_of(run),
-                kill_grace=settings.cancel_grace_seconds,
+                f"not started: {note}",
+                status=end,
             )
-            status = result.status.value
-        except Exception as e:
-            if isinstance(e, FastflowError):  # an invalid pipeline.json: no traceback
-                log.warning("run %s of %s not started: %s", run.id, run.pipeline_name, e)
-            else:
-                log.exception("run %s of %s failed to execute", run.id, run.pipeline_name)
-            end = RunStatus.CANCELLED if cancel.is_set() else RunStatus.FAILED
-            why = "the run was cancelled" if cancel.is_set() else str(e)
-            status = end.value
-            try:
-                runs.fail_with_note(
-                    self._ctx.db, settings.logs_root, run.id, f"not started: {why}", status=end
-                )
-            except Exception:  # the database away: the sweep retires it (``_retire_lost``)
-                log.exception("run %s: its end cannot be recorded", run.id)
-        finally:
-            with self._lock:
-                self._active.pop(run.id, None)
-        self._after(run, status)
+        except Exception:  # the database away: the sweep retires it (``_retire_lost``)
+            log.exception("run %s: its end cannot be recorded", run.id)
+        return end.value
 
     def _after(self, run: PipelineRun, status: str, *, swept: bool = False) -> None:
         """Queue the retry or triggers of a finished run and notify (never raises);

@@ -194,8 +194,8 @@ def disabled_schedule(match: Match) -> str | None:
     nothing. None otherwise."""
     if match.run_config_id is None:
         return None
-    for spec in match.pipeline.config.schedules:
-        if spec.run_config_id == match.run_config_id and not spec.enabled:
+    for spec in match.pipeline.config.schedules:  # (``key``: the id, or the index)
+        if spec.key == match.run_config_id and not spec.enabled:
             return match.run_config_id
     return None
 
@@ -232,8 +232,8 @@ def schedule_env(match: Match) -> dict[str, str]:
     such a webhook runs that configuration), as a scheduled tick of it gets; {} else."""
     if match.run_config_id is None:
         return {}
-    for spec in match.pipeline.config.schedules:
-        if spec.run_config_id == match.run_config_id:
+    for spec in match.pipeline.config.schedules:  # (``key``: the id, or the index)
+        if spec.key == match.run_config_id:
             return dict(spec.env)
     return {}
 

@@ -19,15 +19,20 @@ RESERVED_PREFIX = "FASTFLOW_"
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+NAME_RULE = f"letters, digits and _, not starting with a digit, at most {MAX_NAME} characters"
+
+
+def is_name(name: str) -> bool:
+    """``name`` has the form of a variable name (``NAME_RULE``)."""
+    return len(name) <= MAX_NAME and _NAME_RE.fullmatch(name) is not None
+
+
 def problem(name: str, value: str) -> str | None:
     """What makes ``name=value`` unusable as a process's environment variable (the
     variable named, never its value), or None."""
     shown = repr(name[:MAX_NAME]) + ("…" if len(name) > MAX_NAME else "")
-    if len(name) > MAX_NAME or not _NAME_RE.fullmatch(name):
-        return (
-            f"{shown} is not a variable name: letters, digits and _, not starting with a "
-            f"digit, at most {MAX_NAME} characters"
-        )
+    if not is_name(name):
+        return f"{shown} is not a variable name: {NAME_RULE}"
     if name.upper().startswith(RESERVED_PREFIX):
         return f"{shown}: {RESERVED_PREFIX}* variables are set by fastflow"
     if "\x00" in value:

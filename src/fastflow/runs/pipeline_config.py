@@ -524,7 +524,7 @@ def _webhook_keys(r: _Reader) -> dict[str | None, str]:
         if key:
             if key in keys.values():
                 raise r.fail(f"schedules[{i}].webhook_key", "is used twice in this pipeline")
-            keys[str(item.get("id", i))] = key
+            keys[str(item.get("id") or i)] = key  # the schedule's ``key`` (its id, or index)
     return keys
 
 
@@ -533,7 +533,7 @@ def _per_schedule(r: _Reader) -> tuple[dict[str, float | None], dict[str, RetryS
     retries: dict[str, RetrySpec] = {}
     for i, item in enumerate(r.data.get("schedules") or []):
         s = _Reader(item, r.where, f"schedules[{i}].")
-        key = str(item.get("id", i))
+        key = str(item.get("id") or i)  # the schedule's ``key`` (its id, or its index)
         if s.has("timeout"):
             timeouts[key] = _timeout(s)
         if s.has("retry_attempts") or s.has("retry_strategy"):
