@@ -45,7 +45,7 @@ def test_only_triggers_that_lead_into_a_cycle_are_held_back(
     assert "x-ping -> y-pong -> x-ping" in caplog.text and "a-cycle" not in caplog.text
     caplog.clear()
 
-    assert _plan(folder, "z-feeder") == []  # downstream of a cycle: held back as well
+    assert _plan(folder, "z-feeder") == []  # upstream of a cycle: held back as well
     assert "lead into the trigger cycle x-ping -> y-pong -> x-ping" in caplog.text
 
 

@@ -278,8 +278,12 @@ def _check_tz(r: _Reader, key: str, name: str | None) -> str | None:
 def _retry_strategy(r: _Reader, attempts: int | None) -> RetrySpec:
     """Fast-Flow's ``retry_attempts`` + ``retry_strategy``."""
     s = _Reader(r.obj("retry_strategy"), r.where, f"{r.prefix}retry_strategy.")
-    kind = s.data.get("type", "fixed_delay")
+    kind = s.data.get("type", "custom_schedule" if s.has("delays") else "fixed_delay")
     s.unknown(frozenset({"type", "initial_delay", "max_delay", "multiplier", "delay", "delays"}))
+    if s.has("delays") and kind != "custom_schedule":
+        raise s.fail(
+            "delays", f"is used only with type custom_schedule (type is {kind!r}): remove one"
+        )
     base = RetrySpec(max=attempts or 0, delay_seconds=60.0)
     if kind == "exponential_backoff":
         return RetrySpec(

@@ -143,7 +143,8 @@ def _config_bytes(cfg_file: Path) -> bytes:
     or a link to ``/dev/zero`` is refused without reading, since the server reads every
     pipeline's file and would otherwise wait for ever or fill the memory. A device is
     refused before it is opened (opening one can have effects, a tape rewinds); the
-    descriptor is checked again, for a file swapped in between."""
+    descriptor is checked again, so a device swapped in between is not read (it was
+    opened, though: that race is not closed)."""
     if not stat.S_ISREG(os.stat(cfg_file).st_mode):
         raise ValueError("not a regular file")
     fd = os.open(cfg_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
