@@ -201,3 +201,28 @@ def test_a_malformed_pipeline_json_stops_no_other_schedule(
     assert loop.run_once(T0 + timedelta(seconds=10)) == 1
     (run,) = _runs(app)
     assert run.pipeline_name == "good"
+
+
+def test_a_schedule_without_an_id_keeps_its_own_timeout_and_retries(
+    app: Context, make_pipeline: MakePipeline
+) -> None:
+    """A schedule's own ``timeout`` and ``retry_attempts`` (Fast-Flow's per-schedule
+    keys) were kept under its index but looked up by its ``id``: without an id, its runs
+    got the pipeline's instead."""
+    from fastflow.orchestration.followup import retry_spec
+
+    config = '{"schedules": [{"interval_seconds": 10, "timeout": 7, "retry_attempts": 2}]}'
+    make_pipeline("own", config=config)
+    p = _load(app, "own")
+    (spec,) = p.config.schedules
+    assert fire_due(app, p, spec, T0) == "baseline"
+    assert fire_due(app, p, spec, T0 + timedelta(seconds=10)) == "queued"
+    (run,) = _runs(app)
+    assert run.run_config_id == "0"
+    assert p.config.schedule_timeouts[run.run_config_id] == 7
+    assert retry_spec(p, run.run_config_id).max == 2
+    make_pipeline("plain", config='{"schedules": [{"interval_seconds": 10}]}')
+    q = _load(app, "plain")
+    assert fire_due(app, q, q.config.schedules[0], T0) == "baseline"
+    assert fire_due(app, q, q.config.schedules[0], T0 + timedelta(seconds=10)) == "queued"
+    assert [r.run_config_id for r in _runs(app) if r.pipeline_name == "plain"] == [None]

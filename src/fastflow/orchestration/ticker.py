@@ -54,6 +54,16 @@ def last_tick(ctx: Context, pipeline: str, key: str) -> datetime | None:
         )
 
 
+def _config_id(pipeline: pipelines.Pipeline, spec: ScheduleSpec) -> str | None:
+    """The run configuration a tick's run carries: the schedule's ``id``; for a schedule
+    without one that has its own ``timeout`` or retries, its key (its index), under which
+    those are kept — so that its runs, and their retries, get them."""
+    if spec.run_config_id is not None:
+        return spec.run_config_id
+    config = pipeline.config
+    return spec.key if spec.key in {*config.schedule_timeouts, *config.schedule_retries} else None
+
+
 def _record(
     ctx: Context, pipeline: pipelines.Pipeline, spec: ScheduleSpec, at: datetime, outcome: str
 ) -> bool:
@@ -70,7 +80,7 @@ def _record(
                     env=spec.env or None,
                     scheduled_for=at,
                     schedule_key=spec.key,
-                    run_config_id=spec.run_config_id,
+                    run_config_id=_config_id(pipeline, spec),
                     session=s,
                 )
             s.add(
