@@ -390,3 +390,36 @@ def test_a_second_ctrl_c_as_an_attempt_ends_drops_its_retry(
     assert (only.status, only.follow_up_due) == ("FAILED", False)
     Dispatcher(app)._follow_up_left_over()
     assert len(_rows(app, "flaky")) == 1
+
+
+def test_notices_of_interrupted_runs_do_not_hold_up_the_start_of_a_run(
+    app: Context, ff_env: dict[str, str], make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    """A review: a command first waited (up to its whole 20 s) for the failure messages of
+    the interrupted runs it retired, so ``fastflow run`` started its pipeline only after
+    a slow mail server had used up that time. The messages now go out while it works."""
+    from tests.harness.drip import RawServer
+
+    def silent(conn: object, stopped: threading.Event) -> None:
+        stopped.wait()  # connects, never greets: a delivery takes its whole budget
+
+    marker = tmp_path / "started"
+    make_pipeline("quick", f"open({str(marker)!r}, 'w')\n")
+    run = runs.create(app.db, "quick", "manual", pid=_dead_pid())  # left RUNNING: interrupted
+    with RawServer(silent) as server:
+        mail = {
+            "EMAIL_ENABLED": "true",
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(server.port),
+            "SMTP_SECURITY": "none",
+            "SMTP_FROM": "fastflow@example.org",
+            "EMAIL_RECIPIENTS": "ops@example.org",
+        }
+        with cli_process("run", "quick", env={**ff_env, **mail}) as proc:
+            wait_until(lambda: server.connections > 0, 30, "the interrupted run's mail")
+            wait_until(marker.exists, 12, "the pipeline to start while the mail waits")
+            assert server.connections == 1  # the first delivery still held by the server
+            proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    row = runs.get(app.db, run.id)
+    assert row is not None and row.status == "FAILED"

@@ -50,7 +50,7 @@ def _context(ctx: click.Context) -> Context:
     if app.interrupted:  # runs of a process that died: what their end would have done
         from fastflow.orchestration.followup import after_interrupted
 
-        after_interrupted(app, app.interrupted, cli=True)
+        after_interrupted(app, app.interrupted)
     return app
 
 
