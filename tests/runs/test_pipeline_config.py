@@ -126,8 +126,8 @@ def test_custom_retry_schedule_native_and_alias() -> None:
         with pytest.raises(InvalidPipelineConfig, match="used only with backoff custom_schedule"):
             parse({"retries": {"max": 3, "backoff": other, "delays": [1, 5]}}, WHERE)
     # and Fast-Flow's form the same way (a review)
-    alias = parse({"retry_attempts": 2, "retry_strategy": {"delays": [4, 9]}}, WHERE).retries
-    assert (alias.backoff, alias.delays) == ("custom_schedule", (4.0, 9.0))
+    alias_spec = parse({"retry_attempts": 2, "retry_strategy": {"delays": [4, 9]}}, WHERE).retries
+    assert (alias_spec.backoff, alias_spec.delays) == ("custom_schedule", (4.0, 9.0))
     with pytest.raises(InvalidPipelineConfig, match="used only with type custom_schedule"):
         parse(
             {"retry_attempts": 2, "retry_strategy": {"type": "fixed_delay", "delays": [4]}}, WHERE
