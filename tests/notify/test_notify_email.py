@@ -324,3 +324,17 @@ def test_utf8_subject_and_body_survive_smtp(app: Context, smtp_server: SmtpCaptu
     )
     text, html = _parts(msg)
     assert "Lohnabrechnung-Übersicht" in text and "Lohnabrechnung-Übersicht" in html
+
+
+@pytest.mark.parametrize("mode", ["ssl", "starttls"])
+def test_a_host_name_is_resolved_and_tls_checks_that_name(
+    app: Context, smtp_factory: SmtpFactory, mode: str
+) -> None:
+    """The host is resolved by fastflow (within the delivery's deadline) and each address
+    tried in turn — ``localhost`` may give ``::1`` first, where the test server does not
+    listen — while TLS still checks the certificate against the name."""
+    server = smtp_factory(implicit_tls=mode == "ssl", require_starttls=mode == "starttls")
+    ctx = mail_ctx(app, server, smtp_host="localhost", smtp_security=mode)
+    result = _test_result(ctx, ssl_context=server.client_context())
+    assert result.ok and result.attempts == 1, result.error
+    assert _one(server).tls

@@ -275,3 +275,31 @@ def test_a_connection_that_cannot_be_watched_is_closed_not_left_unbounded(
     assert result.error is not None and "Teams webhook" in result.error
     assert "cannot be watched, closed: [Errno 24]" in caplog.text
     assert took < BUDGET + SLACK, took
+
+
+def test_a_name_lookup_that_never_answers_ends_with_the_budget(
+    app: Context, monkeypatch: Any
+) -> None:
+    """A review: the SMTP host's name lookup was not bounded by the delivery's deadline
+    (the resolver's own timeouts, per name server, can outlast it). The lookup that never
+    answers is given up when the budget ends."""
+    released = threading.Event()
+    real = socket.getaddrinfo
+
+    def hanging(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "mail.hangs.example":
+            released.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    ctx = mail_ctx(app, None, smtp_host="mail.hangs.example")
+    t0 = time.monotonic()
+    try:
+        (result,) = notify.send_test(ctx, email=True, teams=False, options=_options())
+    finally:
+        released.set()
+    took = time.monotonic() - t0
+    assert not result.ok
+    assert result.error is not None and "no answer within the delivery time budget" in result.error
+    assert took < BUDGET + SLACK, took

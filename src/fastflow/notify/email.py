@@ -27,7 +27,14 @@ from email.utils import format_datetime, make_msgid
 from typing import Any, Literal, cast
 
 from fastflow.config import Settings
-from fastflow.notify.retry import BUDGET_SPENT, Budget, Deadline, DeliveryOptions, Outcome
+from fastflow.notify.retry import (
+    BUDGET_SPENT,
+    Budget,
+    Deadline,
+    DeliveryOptions,
+    Outcome,
+    addresses,
+)
 from fastflow.security import redact
 
 log = logging.getLogger("fastflow.notify.email")
@@ -185,7 +192,19 @@ def _connect(
     # the name TLS checks the certificate against (smtplib sets it when __init__ connects)
     client._host = settings.smtp_host  # type: ignore[attr-defined]
     try:
-        code, msg = client.connect(settings.smtp_host, settings.smtp_port)
+        # resolved within the deadline, then each address in turn, each connect
+        # bounded by what is left of it (smtplib would resolve without a bound)
+        code, msg = 0, b""
+        found = addresses(settings.smtp_host, settings.smtp_port, deadline)
+        for number, address in enumerate(found, 1):
+            client.timeout = min(timeout, deadline.remaining())
+            try:
+                code, msg = client.connect(address, settings.smtp_port)
+                break
+            except OSError:
+                client.close()
+                if number == len(found) or deadline.spent():
+                    raise
     except BaseException:
         client.close()
         raise

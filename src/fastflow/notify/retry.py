@@ -10,6 +10,7 @@ delivery a bounded time and still record how it ended.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import socket
 import threading
@@ -141,6 +142,37 @@ class Deadline:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def addresses(host: str, port: int, deadline: Deadline) -> list[str]:
+    """The IP addresses of ``host`` to connect to, in the resolver's order; the lookup
+    runs in a daemon thread and is given up at the deadline (``TimeoutError``): the
+    resolver's own timeouts, tried per name server, can outlast a delivery's budget.
+    An IP address is returned as it is; ``socket.gaierror`` when the name is unknown."""
+    try:
+        ipaddress.ip_address(host)
+        return [host]
+    except ValueError:
+        pass
+    found: list[list[str] | OSError] = []
+    done = threading.Event()
+
+    def resolve() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found.append(list(dict.fromkeys(str(info[4][0]) for info in infos)))
+        except OSError as e:
+            found.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=resolve, name="resolve", daemon=True).start()
+    if not done.wait(deadline.remaining()):
+        raise TimeoutError(f"no address for {host} within the delivery time budget")
+    result = found[0]
+    if isinstance(result, OSError):
+        raise result
+    return result
 
 
 def _shut(sock: socket.socket) -> None:
