@@ -16,6 +16,10 @@ from fastflow.cli import _context, _fail, _settings
 from fastflow.cli.pins import COMMANDS as PIN_COMMANDS
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
     """``--env`` items as a dict. An error shows a name only when it has the form of one;
     otherwise it names the item by its position: the text of a malformed item may be the
@@ -447,7 +451,9 @@ def pipelines_check_cmd(ctx: click.Context, as_json: bool) -> None:
     else:
         for p in problems:
             click.echo(f"{p.level}: {p.pipeline}: {p.message}", err=True)
-        click.echo(f"{len(found)} pipelines valid, {len(errors)} errors", err=True)
+        click.echo(
+            f"{_count(len(found), 'pipeline')} valid, {_count(len(errors), 'error')}", err=True
+        )
     if errors:
         sys.exit(exit_codes.FAILED)
 
