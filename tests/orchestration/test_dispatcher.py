@@ -401,3 +401,33 @@ def test_a_run_whose_pipeline_json_stays_invalid_fails_without_a_traceback_or_is
     assert dispatcher.cancel(cancelled) == "requested"
     runs = _final(app, "pay", 2)
     assert [r.status for r in runs if r.id == cancelled] == ["CANCELLED"]
+
+
+def test_an_error_while_executing_a_cancelled_run_leaves_it_cancelled(
+    app: Context,
+    dispatcher: Dispatcher,
+    make_pipeline: MakePipeline,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: an error raised while a run was executed ended it FAILED even when it
+    had been cancelled meanwhile — so it was retried and reported as a failure."""
+    from fastflow.runs import runner
+
+    make_pipeline("pay", "print('paid')\n", '{"retries": {"max": 2, "delay_seconds": 0}}')
+    cancelled = queue.enqueue(app.db, "pay", "api")
+
+    def cancelled_then_broken(*args: object, **kwargs: object) -> None:
+        event = kwargs["cancel"]
+        assert isinstance(event, threading.Event)
+        event.set()  # the cancel arrives, then something breaks
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(runner, "execute", cancelled_then_broken)
+    dispatcher.ensure_running()
+    (run,) = _final(app, "pay", 1)
+    assert (run.id, run.status) == (cancelled, "CANCELLED")
+    assert "fastflow could not execute the run: the database went away" in (
+        run.failure_reason or ""
+    )
+    wait_until(lambda: dispatcher.active == 0, 30, "the dispatcher to finish the run")
+    assert len(_runs(app, "pay")) == 1  # no retry of a cancelled run

@@ -337,8 +337,17 @@ class Dispatcher:
                 status = result.status.value
         except Exception as e:
             log.exception("run %s of %s failed to execute", run.id, run.pipeline_name)
+            # a run asked to stop stays stopped (no retry, no failure message)
+            end = RunStatus.CANCELLED if cancel.is_set() else RunStatus.FAILED
+            status = end.value
             try:
-                runs.fail_with_note(self._ctx.db, settings.logs_root, run.id, f"not started: {e}")
+                runs.fail_with_note(
+                    self._ctx.db,
+                    settings.logs_root,
+                    run.id,
+                    f"fastflow could not execute the run: {e}",
+                    status=end,
+                )
             except Exception:  # the database away: the sweep retires it (``_retire_lost``)
                 log.exception("run %s: its end cannot be recorded", run.id)
         finally:
