@@ -163,16 +163,21 @@ def test_a_credential_close_to_fastflows_form_is_masked_too(ff_env: dict[str, st
         (f"ff_{body}X", "ff_"),
         (f"ffwh_{body}-", "ffwh_"),
         (f"ffwh_{body[:-3]}", "ffwh_"),
-        (f"%66fwh_{body}", "%66fwh_"),
-        (f"f%66_{body}", "f%66_"),
+        (f"%66fwh_{body}", "ffwh_"),  # (shown decoded: see the test below)
+        (f"f%66_{body}", "ff_"),
         (f"FFWH_{body}", "FFWH_"),
     ):
         line = f'"GET /api/runs?token={text} HTTP/1.1" 401'
         assert redact(line, settings) == f'"GET /api/runs?token={prefix}*** HTTP/1.1" 401'
     # a review: a percent-encoded or escaped separator just before it
-    for before in ("token%3D", "Bearer%20", "next=%2Fapi%2Fwebhooks%2Fp%2F", "'a\\n"):
+    for before, shown in (
+        ("token%3D", "token="),  # (shown decoded)
+        ("Bearer%20", "Bearer%20"),
+        ("next=%2Fapi%2Fwebhooks%2Fp%2F", "next=%2Fapi%2Fwebhooks%2Fp%2F"),
+        ("'a\\n", "'a\\n"),
+    ):
         line = f"GET /login?{before}ffwh_{body} 302"
-        assert redact(line, settings) == f"GET /login?{before}ffwh_*** 302", before
+        assert redact(line, settings) == f"GET /login?{shown}ffwh_*** 302", before
 
 
 def test_a_pipeline_json_webhook_key_in_the_path_is_masked_whatever_its_form() -> None:
@@ -184,3 +189,27 @@ def test_a_pipeline_json_webhook_key_in_the_path_is_masked_whatever_its_form() -
     line = '127.0.0.1:5 - "POST /api/webhooks/etl/My-Own%20Key-123?x=1 HTTP/1.1" 202'
     assert redact(line, settings) == '127.0.0.1:5 - "POST /api/webhooks/etl/***?x=1 HTTP/1.1" 202'
     assert redact("GET /api/webhooks/etl HTTP/1.1", settings) == "GET /api/webhooks/etl HTTP/1.1"
+
+
+def test_a_credential_percent_encoded_in_a_routed_path_is_masked(ff_env: dict[str, str]) -> None:
+    """A second outside audit: the server routes the decoded path, so
+    ``/api/%77ebhooks/p/ffwh%5F…`` queued a run — and was logged as sent, key and all.
+    Such a line is shown decoded and masked; decoding never adds a line break."""
+    from fastflow.security import new_token
+
+    settings = load_settings()
+    body = new_token().removeprefix("ff_")
+    cases = {
+        f'"POST /api/%77ebhooks/p/ffwh%5F{body} HTTP/1.1" 202': (
+            '"POST /api/webhooks/p/ffwh_*** HTTP/1.1" 202'
+        ),
+        '"POST /api/%77ebhooks/p/my-own-key-1234 HTTP/1.1" 202': (
+            '"POST /api/webhooks/p/*** HTTP/1.1" 202'
+        ),
+        f'"GET /api/health?t=ff%255F{body}%0A HTTP/1.1" 200': (
+            '"GET /api/health?t=ff_***%0A HTTP/1.1" 200'
+        ),
+        '"GET /api/runs?q=a%20b%0A HTTP/1.1" 200': '"GET /api/runs?q=a%20b%0A HTTP/1.1" 200',
+    }
+    for line, shown in cases.items():
+        assert redact(line, settings) == shown

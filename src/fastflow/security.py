@@ -234,9 +234,42 @@ _OWN_CREDENTIAL = re.compile(
 _WEBHOOK_PATH_KEY = re.compile(r"(/api/webhooks/[^/\s?#\"]+/)[^/\s?#\"]+")
 
 
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+_KEPT_ENCODED = frozenset('/?#"')  # (and space): they end a path segment or a log field
+
+
+def _printable_decoded(text: str) -> str:
+    """``text`` with each percent-encoded printable ASCII character decoded, up to three
+    times over (a double-encoded path too); other escapes (controls, UTF-8 bytes, space
+    and ``_KEPT_ENCODED``) stay as they are, so decoding never puts a line break into a
+    log line nor splits a path segment."""
+
+    def one(m: re.Match[str]) -> str:
+        char = chr(int(m.group(1), 16))
+        return char if 0x20 < ord(char) < 0x7F and char not in _KEPT_ENCODED else m.group(0)
+
+    for _ in range(3):
+        decoded = _PERCENT.sub(one, text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
 def redact(text: str, settings: Settings) -> str:
     """``text`` with every secret of ``settings``, and every API token or webhook key of
-    fastflow's form, replaced by ``***`` (a token keeps its ``ff_``/``ffwh_``)."""
+    fastflow's form, replaced by ``***`` (a token keeps its ``ff_``/``ffwh_``). A text
+    whose percent-decoded form gives one away is shown decoded and masked: the server
+    routes ``/api/%77ebhooks/p/ffwh%5F…`` as the plain path (an outside audit found such
+    keys in the access log in clear)."""
+    if "%" in text:
+        decoded = _printable_decoded(text)
+        if decoded != text and _redact(decoded, settings) != decoded:
+            text = decoded
+    return _redact(text, settings)
+
+
+def _redact(text: str, settings: Settings) -> str:
     if "f_" in text or "h_" in text or "F_" in text or "H_" in text or "6_" in text:
         text = _OWN_CREDENTIAL.sub(lambda m: m.group(1) + MASK, text)
     if "/api/webhooks/" in text:

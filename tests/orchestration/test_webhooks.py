@@ -554,6 +554,11 @@ def test_a_pipeline_json_key_in_the_path_never_reaches_the_servers_access_log(
 
     key = "my-own-Fast-Flow-key-7731"
     make_pipeline("hello", config=f'{{"webhook_key": "{key}"}}')
+    ctx = bootstrap(load_settings())
+    try:
+        made = webhooks.create_key(ctx.db, ctx.settings.pipelines_dir, "hello")
+    finally:
+        ctx.db.dispose()
     log = tmp_path / "serve.log"
     with (
         open(log, "wb") as err,
@@ -562,9 +567,19 @@ def test_a_pipeline_json_key_in_the_path_never_reaches_the_servers_access_log(
         res = httpx.post(f"{url}/api/webhooks/hello/{key}", timeout=30)
         assert res.status_code == 202, res.text
         wait_until(lambda: b"/api/webhooks/hello/" in log.read_bytes(), 30, "the access log")
+        # a second outside audit: percent-encoded, the path is routed the same (202) but
+        # was logged as sent, key and all
+        for path in (
+            f"/api/%77ebhooks/hello/{key.replace('-', '%2D')}",
+            f"/api/%77ebhooks/hello/{made.replace('_', '%5F')}",
+        ):
+            res = httpx.post(url + path, timeout=30)
+            assert res.status_code == 202, (path, res.text)
+        wait_until(lambda: log.read_bytes().count(b"/api/webhooks/hello/") >= 3, 30, "the log")
     text = log.read_text(encoding="utf-8", errors="replace")
-    assert key not in text
-    assert "/api/webhooks/hello/***" in text
+    assert key not in text and made not in text
+    assert made.removeprefix("ffwh_")[:20] not in text
+    assert "/api/webhooks/hello/***" in text and "/api/webhooks/hello/ffwh_***" in text
 
 
 def test_a_caller_that_leaves_mid_body_queues_nothing_and_logs_no_traceback(
