@@ -121,6 +121,7 @@ class CapturedMail:
     auth_login: str | None = None
     tls: bool = False
     peer: Any = field(default=None, repr=False)
+    ehlo_name: str | None = None  # what the client said in EHLO/HELO
 
 
 def _is_tls(server: SMTP) -> bool:
@@ -161,6 +162,7 @@ class _Handler:
                 auth_login=login,
                 tls=_is_tls(server),
                 peer=session.peer,
+                ehlo_name=session.host_name,
             )
         )
         return "250 Message accepted for delivery"

@@ -338,3 +338,55 @@ def test_a_host_name_is_resolved_and_tls_checks_that_name(
     result = _test_result(ctx, ssl_context=server.client_context())
     assert result.ok and result.attempts == 1, result.error
     assert _one(server).tls
+
+
+def test_an_unreachable_address_is_skipped_but_a_tls_failure_is_not_hidden(
+    app: Context, smtp_factory: SmtpFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: each address of the host is tried in turn — but only when it cannot be
+    reached; a certificate failure on the first one is reported as it is, not as the
+    "connection refused" of the next (nothing listens on 127.0.0.2 here)."""
+    from fastflow.notify import email
+
+    server = smtp_factory(implicit_tls=True)
+    ctx = mail_ctx(app, server, smtp_host="localhost", smtp_security="ssl")
+    monkeypatch.setattr(email, "addresses", lambda *_: ["127.0.0.2", "127.0.0.1"])
+    result = _test_result(ctx, ssl_context=server.client_context())
+    assert result.ok and result.attempts == 1, result.error  # 127.0.0.2 refused, then .1
+    # the certificate is checked against the name, not the address connected to
+    other = mail_ctx(app, server, smtp_host="mail.example.test", smtp_security="ssl")
+    mismatch = _test_result(other, ssl_context=server.client_context())
+    assert not mismatch.ok and "Hostname mismatch" in (mismatch.error or "")
+
+    monkeypatch.setattr(email, "addresses", lambda *_: ["127.0.0.1", "127.0.0.2"])
+    untrusted = _test_result(ctx)  # the default context does not trust the certificate
+    assert not untrusted.ok and untrusted.attempts == 1
+    assert untrusted.error is not None and "certificate" in untrusted.error
+    assert len(server.messages) == 1
+
+
+def test_a_hung_lookup_of_this_hosts_own_name_holds_no_delivery(
+    app: Context, smtp_server: SmtpCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: smtplib looks up this host's name for EHLO (reverse DNS) without any
+    bound. fastflow looks it up once in the background; until it is known, EHLO says the
+    connection's address."""
+    import socket
+    import threading
+    import time
+
+    from fastflow.notify import email
+
+    released = threading.Event()
+    monkeypatch.setattr(socket, "getfqdn", lambda *_: released.wait(30) and "late.example")
+    monkeypatch.setattr(email, "_fqdn", [])
+    monkeypatch.setattr(email, "_fqdn_looked_up", threading.Event())
+    try:
+        t0 = time.monotonic()
+        result = _test_result(mail_ctx(app, smtp_server))
+        took = time.monotonic() - t0
+    finally:
+        released.set()
+    assert result.ok, result.error
+    assert took < 5, took
+    assert _one(smtp_server).ehlo_name == "[127.0.0.1]"

@@ -20,6 +20,7 @@ import re
 import smtplib
 import socket
 import ssl
+import threading
 from datetime import datetime
 from email import policy
 from email.message import EmailMessage
@@ -183,11 +184,47 @@ class _TLSClient(_Client, smtplib.SMTP_SSL):
     """``_Client`` over implicit TLS."""
 
 
+_fqdn: list[str] = []  # this host's name for EHLO, looked up once, in the background
+_fqdn_lock = threading.Lock()
+_fqdn_looked_up = threading.Event()
+_FQDN_WAIT_S = 1.0  # what the first delivery waits for it; then an address literal
+
+
+def _own_name(deadline: Deadline) -> str | None:
+    """This host's fully qualified name as smtplib would send it in EHLO, or None while
+    it is unknown: smtplib looks it up (reverse DNS) without any bound, so a hung
+    resolver held a delivery beyond its budget. Looked up once per process in a daemon
+    thread; the first delivery waits for it a moment."""
+    with _fqdn_lock:
+        if not _fqdn_looked_up.is_set() and not _fqdn:
+            _fqdn.append("")  # (looking)
+
+            def look_up() -> None:
+                try:
+                    name = socket.getfqdn()
+                    _fqdn[0] = name if "." in name else ""
+                finally:
+                    _fqdn_looked_up.set()
+
+            threading.Thread(target=look_up, name="fqdn", daemon=True).start()
+    _fqdn_looked_up.wait(min(_FQDN_WAIT_S, deadline.remaining() / 4))
+    return _fqdn[0] or None
+
+
+def _address_literal(sock: socket.socket) -> str:
+    """The EHLO name of a host without a known name: its address on this connection."""
+    host = str(sock.getsockname()[0])
+    return f"[IPv6:{host}]" if ":" in host else f"[{host}]"
+
+
 def _connect(
     settings: Settings, mode: Security, timeout: float, tls: ssl.SSLContext, deadline: Deadline
 ) -> _Client:
     assert settings.smtp_host is not None
-    client = _TLSClient(timeout=timeout, context=tls) if mode == "ssl" else _Client(timeout=timeout)
+    name = _own_name(deadline)
+    # a local_hostname given: smtplib does not look one up itself (see ``_own_name``)
+    kwargs: dict[str, Any] = {"timeout": timeout, "local_hostname": name or "localhost"}
+    client = _TLSClient(context=tls, **kwargs) if mode == "ssl" else _Client(**kwargs)
     client.deadline = deadline
     # the name TLS checks the certificate against (smtplib sets it when __init__ connects)
     client._host = settings.smtp_host  # type: ignore[attr-defined]
@@ -201,10 +238,15 @@ def _connect(
             try:
                 code, msg = client.connect(address, settings.smtp_port)
                 break
-            except OSError:
+            except OSError as e:
                 client.close()
-                if number == len(found) or deadline.spent():
+                # the next address only when this one could not be reached: a TLS or
+                # SMTP failure is the server's answer, reported as it is
+                reached = isinstance(e, ssl.SSLError | smtplib.SMTPException)
+                if reached or number == len(found) or deadline.spent():
                     raise
+        if name is None and client.sock is not None:
+            client.local_hostname = _address_literal(client.sock)
     except BaseException:
         client.close()
         raise
