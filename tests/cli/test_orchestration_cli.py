@@ -31,7 +31,12 @@ def test_run_with_parameters(make_pipeline: MakePipeline, cli: Cli) -> None:
     bad = cli("run", "p", "--env", "NOEQUALS")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
     # an item without a name or without '=' may be the secret itself: never echoed
-    for item in ("=topsecret-1", "topsecret-1", "postgresql://app:topsecret@db/x?ssl=on"):
+    for item in (
+        "=topsecret-1",
+        "topsecret-1",
+        "postgresql://app:topsecret@db/x?ssl=on",
+        "topsecretAAAA==",  # base64 with its padding: not KEY "topsecretAAAA", VALUE "="
+    ):
         leaked = cli("run", "p", "--env", "A=1", "--env", item)
         assert leaked.returncode == 2 and "item 2" in leaked.stderr
         assert "topsecret" not in leaked.stderr + leaked.stdout

@@ -47,6 +47,12 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
                 f"({params.NAME_RULE}); the item is not shown, it may be a secret",
                 param_hint="--env",
             )
+        if value and not value.strip("="):  # ``dGVzdA==``: base64 with its padding
+            raise click.BadParameter(
+                f"item {number}: its value is only '=' signs — a base64 value without "
+                "its KEY=? Write KEY=VALUE; the item is not shown, it may be a secret",
+                param_hint="--env",
+            )
         env[key] = value
     try:
         return params.check(env)
