@@ -151,3 +151,26 @@ def test_another_runs_secret_read_from_its_environment_is_masked(
     log = next(Path(ff_env["LOGS_DIR"]).glob(f"snoop/{run_id}/run.log")).read_text()
     assert "found API_TOKEN=***" in log  # it did read it: the masking is what kept it out
     assert TOKEN not in log
+
+
+def test_a_multi_line_secret_printed_with_crlf_line_ends_is_masked(
+    ff_env: dict[str, str], make_pipeline: MakePipeline
+) -> None:
+    """An outside audit: a multi-line secret (a PEM key, say) written with CRLF line ends
+    reached the log in clear; with LF it was masked."""
+    value = "line1-MULTI-secret\nline2-MULTI-secret"
+    make_pipeline(
+        "crlf",
+        "import os, sys\n"
+        "v = os.environ['PEM']\n"
+        "sys.stdout.buffer.write(b'lf: ' + v.encode() + b'\\n')\n"
+        "sys.stdout.buffer.write(b'crlf: ' + v.replace('\\n', '\\r\\n').encode() + b'\\r\\n')\n",
+        config='{"secrets": ["PEM"]}',
+    )
+    assert run_cli("secret", "set", "PEM", input=value + "\n").returncode == 0
+    res = run_cli("run", "crlf")
+    assert res.returncode == 0, res.stderr
+    run_id = res.stdout.strip().splitlines()[-1]
+    log = next(Path(ff_env["LOGS_DIR"]).glob(f"crlf/{run_id}/run.log")).read_bytes()
+    assert b"MULTI-secret" not in log, log
+    assert log.count(b"***") == 2
