@@ -339,7 +339,7 @@ def _image_in_thread(
     def build() -> None:
         try:
             own = DockerExecutor(settings)
-        except ExecutorError as e:
+        except Exception as e:  # (an ExecutorError names the daemon and why)
             result.append((Outcome(RunStatus.FAILED, None, str(e)), f"not started: {e}"))
             return
         try:
