@@ -168,6 +168,7 @@ def test_bad_patterns_and_a_pathological_regex_end_with_a_clear_error(app: Conte
     }
     for params, words in [
         ({"grep": "(unclosed", "regex": "true"}, "invalid regular expression"),
+        ({"grep": "(?V1)a", "regex": "true"}, "invalid regular expression"),
         ({"grep": "(?:a|b){99999999}", "regex": "true"}, "too large"),
         ({"grep": "x" * 1001}, "at most 1000"),
         ({"grep": ""}, "empty"),

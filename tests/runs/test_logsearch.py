@@ -156,6 +156,9 @@ def test_invalid_patterns_are_refused_with_one_line() -> None:
         ("x" * (logsearch.MAX_PATTERN + 1), False, "at most"),
         ("a\nb", False, "line break"),
         ("(unclosed", True, "invalid regular expression"),
+        # an outside audit: inline flags that clash raised a bare ValueError (HTTP 500)
+        ("(?V1)a", True, "invalid regular expression"),
+        ("(?au)a", True, "invalid regular expression"),
         # outside audit: compiled, these took the server's memory (the kernel killed it)
         ("(?:a|b){99999999}", True, "too large"),
         ("(?P<x>a)(?P=x){99999999}", True, "too large"),

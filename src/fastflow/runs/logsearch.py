@@ -142,7 +142,7 @@ class Matcher:
         flags = regex.MULTILINE | regex.V0 | (0 if case_sensitive else regex.IGNORECASE)
         try:
             self._rx = regex.compile(source, flags)
-        except (regex.error, OverflowError, RecursionError) as e:
+        except (regex.error, ValueError, OverflowError, RecursionError) as e:  # (flags)
             raise PatternError(f"invalid regular expression {pattern!r}: {e}") from None
         except MemoryError:
             raise PatternError(f"regular expression {pattern!r} is too large") from None
