@@ -114,6 +114,27 @@ def test_archive_get_writes_with_fastflows_umask(
     assert mode(private) == 0o600
     assert mode(shared) == 0o644
 
+    # an outside audit: ``-o /dev/full`` as root replaced the device with a file. An
+    # existing device or pipe is written into, and stays what it was
+    import stat
+    import threading
+
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # as /dev/null
+    before = os.stat(null).st_mode
+    res = run_cli("archive", "get", str(old.id), "-o", str(null), env=s3.env())
+    assert res.returncode == 0, res.stderr
+    assert os.stat(null).st_mode == before and stat.S_ISCHR(before)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    res = run_cli("archive", "get", str(old.id), "-o", str(fifo), env=s3.env())
+    reader.join(30)
+    assert res.returncode == 0, res.stderr
+    assert got == [old.log_bytes] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
 
 # --- RUN_AS_USER: the run reaches its webhook payload, not LOGS_DIR -------------------------
 

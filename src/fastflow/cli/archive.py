@@ -291,13 +291,23 @@ def _download_to(output: str, chunks: Iterator[bytes], mode: int) -> None:
     """Write ``chunks`` to a private temporary file next to ``output`` (created with
     O_EXCL by ``mkstemp``: a planted symlink is never followed), then rename it over
     ``output`` atomically; on any failure the temporary file is removed and one line is
-    printed. The file gets ``mode`` (the umask's), or the mode of the file it replaces."""
+    printed. The file gets ``mode`` (the umask's), or the mode of the file it replaces.
+    An existing device or pipe is written into instead (``_stream_into``)."""
     import os
     import stat
     import tempfile
     from pathlib import Path
 
     target = Path(output)
+    try:
+        existing = os.stat(target).st_mode
+    except OSError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing) and not stat.S_ISDIR(existing):
+        # a device or a pipe (``-o /dev/null``, ``/dev/stdout``): written into, never
+        # replaced — a rename over it replaced /dev/full, run as root (an outside audit)
+        _stream_into(output, chunks)
+        return
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         _fail(f"cannot write {output}: folder {folder} does not exist")
@@ -324,6 +334,23 @@ def _download_to(output: str, chunks: Iterator[bytes], mode: int) -> None:
         if isinstance(e, OSError):
             _fail(f"cannot write {output}: {e.strerror or e}")
         raise
+
+
+def _stream_into(output: str, chunks: Iterator[bytes]) -> None:
+    """Write ``chunks`` into the existing device or pipe ``output`` as they come (nothing
+    atomic about it: a read that fails midway has written its start)."""
+    import os
+
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        _fail(f"cannot write {output}: {e.strerror or e}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+    except OSError as e:
+        _fail(f"cannot write {output}: {e.strerror or e}")
 
 
 @archive_group.command("ls")
