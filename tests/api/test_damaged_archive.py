@@ -211,3 +211,34 @@ def test_the_damage_names_the_recorded_size_of_the_whole_log(s3_app: Context, s3
     _tamper(s3_app, s3, run_id, _append)
     with pytest.raises(ArchiveDamaged, match=f"longer than the {len(LOG):,} bytes recorded"):
         b"".join(readback.open_log(s3_app, run_id, None, 50).chunks)
+
+
+def test_a_transfer_broken_off_by_damage_logs_one_line_not_tracebacks(
+    s3_app: Context, s3: S3Env, ff_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An outside audit: every full read of a damaged archived log (the error comes after
+    the answer started, so the transfer breaks off, as documented) wrote two tracebacks
+    of ~40 lines into ``fastflow serve``'s log — any viewer could fill it. It is now one
+    warning line naming the run."""
+    import os
+
+    import httpx
+
+    from tests.conftest import wait_until
+    from tests.harness.serve import fastflow_serve
+
+    run_id = archived_run(s3_app, "gzip", LOG * 8)
+    _tamper(s3_app, s3, run_id, _corrupt)
+    viewer = _viewer(s3_app)
+    log = tmp_path / "serve.log"
+    with (
+        open(log, "wb") as err,
+        fastflow_serve({**os.environ, **ff_env, **s3.env()}, stderr=err, stdout=err) as url,
+    ):
+        for _ in range(2):
+            with pytest.raises(httpx.HTTPError):  # broken off: never a complete-looking log
+                httpx.get(f"{url}/api/runs/{run_id}/logs", headers=viewer, timeout=30)
+        wait_until(lambda: log.read_bytes().count(b"broke off") >= 2, 30, "the log lines")
+    text = log.read_text(encoding="utf-8", errors="replace")
+    assert "Traceback" not in text and "Exception in ASGI application" not in text
+    assert f"run {run_id}" in text and "cannot be read as archived" in text

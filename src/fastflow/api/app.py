@@ -95,6 +95,24 @@ class BodySizeLimit:
         await self.app(scope, limited, send)
 
 
+class QuietBrokenTransfers(logging.Filter):
+    """Drops the server's report of an exception that is a ``TransferBrokenOff`` (or
+    caused by one): the route logged that transfer as one line already, and the report
+    — two tracebacks per request — let any viewer fill the log (an outside audit)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        seen = 0
+        while exc is not None and seen < 10:
+            if isinstance(exc, runs.TransferBrokenOff):
+                return False
+            exc, seen = exc.__cause__ or exc.__context__, seen + 1
+        return True
+
+
+_QUIET = QuietBrokenTransfers()
+
+
 def _after_scheduled_pass(ctx: Context) -> Callable[[PassSummary], None]:
     def hook(summary: PassSummary) -> None:
         notify.after_pass(ctx, summary)
@@ -110,6 +128,7 @@ def create_app(
 ) -> FastAPI:
     """The JSON API; with ``schedule`` it runs cleanup passes on ``CLEANUP_SCHEDULE``.
     ``extend`` adds more routes (``fastflow.server`` adds the web UI this way)."""
+    logging.getLogger("uvicorn.error").addFilter(_QUIET)  # (once: the same filter object)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

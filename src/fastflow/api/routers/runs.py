@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import uuid
 from collections.abc import AsyncGenerator, Iterator
@@ -42,6 +43,15 @@ from fastflow.runs.readback import open_log
 from fastflow.security import public_text
 
 router = APIRouter(prefix="/api", tags=["runs"])
+log = logging.getLogger("fastflow.api")
+
+
+class TransferBrokenOff(Exception):
+    """A log's transfer ended early on purpose (its archived copy failed to read after
+    the answer started): logged as one line here, so the server's own report of the
+    escaping exception is dropped (``app.QuietBrokenTransfers``)."""
+
+
 MAX_OFFSET = 2**31 - 1  # larger offsets overflow the database's integer (a 422, not a 500)
 MAX_WINDOW_LINES = 5000  # lines of one ``from_line`` window
 GREP_CHUNK = 1024 * 1024  # local reads of a search
@@ -185,15 +195,15 @@ def get_logs(
             b"".join(source.chunks), media_type="text/plain; charset=utf-8", headers=headers
         )
     return StreamingResponse(
-        _primed(source.chunks), media_type="text/plain; charset=utf-8", headers=headers
+        _primed(source.chunks, run_id), media_type="text/plain; charset=utf-8", headers=headers
     )
 
 
-def _primed(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def _primed(chunks: Iterator[bytes], run_id: uuid.UUID) -> Iterator[bytes]:
     """The stream with its first chunk read now: an error at its start (an unreachable
     or damaged archived object) becomes an error response instead of a 200 that breaks
-    off at once. An error later still breaks the transfer off: never a complete-looking
-    log."""
+    off at once. An error later still breaks the transfer off — never a complete-looking
+    log — with one warning line in the server's log (``TransferBrokenOff``)."""
     try:
         first = next(chunks)
     except StopIteration:
@@ -201,13 +211,16 @@ def _primed(chunks: Iterator[bytes]) -> Iterator[bytes]:
     except BaseException:
         _close(chunks)
         raise
-    return _after_first(first, chunks)
+    return _after_first(first, chunks, run_id)
 
 
-def _after_first(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+def _after_first(first: bytes, rest: Iterator[bytes], run_id: uuid.UUID) -> Iterator[bytes]:
     try:
         yield first
         yield from rest
+    except FastflowError as e:
+        log.warning("run %s: the transfer of its log broke off: %s", run_id, e)
+        raise TransferBrokenOff(str(e)) from None
     finally:
         _close(rest)
 
