@@ -159,6 +159,10 @@ def test_invalid_patterns_are_refused_with_one_line() -> None:
         # an outside audit: inline flags that clash raised a bare ValueError (HTTP 500)
         ("(?V1)a", True, "invalid regular expression"),
         ("(?au)a", True, "invalid regular expression"),
+        # an outside audit: a recursive pattern took ~0.5 GB per search
+        ("a(?R)?b", True, "recursive patterns are not supported"),
+        ("(x)(?1)", True, "recursive patterns are not supported"),
+        ("(?P<n>a)(?P>n)", True, "recursive patterns are not supported"),
         # outside audit: compiled, these took the server's memory (the kernel killed it)
         ("(?:a|b){99999999}", True, "too large"),
         ("(?P<x>a)(?P=x){99999999}", True, "too large"),

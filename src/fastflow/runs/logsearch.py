@@ -44,6 +44,9 @@ SLOW_LINE_S = 0.01  # a line matched on its own this slowly counts against the b
 # what in a regular expression can look past the start or end of its line: ``\A``,
 # ``\Z``, ``\G``, a lookbehind, a reverse search, ``^``/``$`` turned to the block's ends
 _SEES_CONTEXT = regex.compile(r"\\[AZzG]|\(\?<[=!]|\(\?[a-zA-Z]*r|\(\?[a-zA-Z]*-[a-zA-Z]*m")
+# a recursive call of the pattern or of a group: ``(?R)``, ``(?0)``, ``(?1)``, ``(?&n)``,
+# ``(?P>n)`` — its memory grows with the input (an outside audit: ~0.5 GB a search)
+_RECURSES = regex.compile(r"(?<!\\)\(\?(?:R|[+-]?\d+|&\w+|P>\w+)\)")
 
 
 class SearchError(InvalidInput):
@@ -133,6 +136,11 @@ class Matcher:
             if not case_sensitive:  # ASCII case folding, searched on the bytes
                 self._folded = regex.compile(regex.escape(self._needle), regex.IGNORECASE)
             return
+        if is_regex and _RECURSES.search(pattern):
+            raise PatternError(
+                f"regular expression {pattern!r} calls itself or a group recursively "
+                "((?R), (?1), (?&name), (?P>name)): recursive patterns are not supported"
+            )
         if is_regex and unrolled_size(pattern) > MAX_UNROLLED:
             raise PatternError(
                 f"regular expression {pattern!r} is too large: its counted repeats ({{n}}) "
