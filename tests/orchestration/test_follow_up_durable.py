@@ -417,7 +417,7 @@ def test_notices_of_interrupted_runs_do_not_hold_up_the_start_of_a_run(
         }
         with cli_process("run", "quick", env={**ff_env, **mail}) as proc:
             wait_until(lambda: server.connections > 0, 30, "the interrupted run's mail")
-            wait_until(marker.exists, 12, "the pipeline to start while the mail waits")
+            wait_until(marker.exists, 15, "the pipeline to start while the mail waits")
             assert server.connections == 1  # the first delivery still held by the server
             proc.communicate(timeout=60)
     assert proc.returncode == 0
