@@ -310,6 +310,9 @@ def test_a_failed_pipeline_shows_in_the_bell(in_browser: InBrowser) -> None:
 
 def _a_failed_pipeline_shows_in_the_bell(page: Any, server: Server) -> None:
     page.locator('tr[data-pipeline="flaky"] button.run-now').click()
+    # the button opens the new run's page: wait for it, or that navigation can land on
+    # top of the goto below (seen once in CI on a loaded machine)
+    page.wait_for_url(re.compile(r".*/runs/[0-9a-f-]{36}$"))
     wait_until(
         lambda: [r["status"] for r in _runs(server, "flaky")] == ["FAILED"] * 3,
         60,
