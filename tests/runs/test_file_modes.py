@@ -134,6 +134,17 @@ def test_archive_get_writes_with_fastflows_umask(
     reader.join(30)
     assert res.returncode == 0, res.stderr
     assert got == [old.log_bytes] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    # nobody reads the pipe: an error, not a wait for ever
+    res = run_cli("archive", "get", str(old.id), "-o", str(fifo), env=s3.env())
+    assert res.returncode == 1 and "no process reads from" in res.stderr
+    # a link (``-o /dev/stdout`` with stdout sent to a file): written through, kept a link
+    real = tmp_path / "real.log"
+    real.write_bytes(b"older and longer content " * 1000)
+    link = tmp_path / "link.log"
+    link.symlink_to(real)
+    res = run_cli("archive", "get", str(old.id), "-o", str(link), env=s3.env())
+    assert res.returncode == 0, res.stderr
+    assert link.is_symlink() and real.read_bytes() == old.log_bytes
 
 
 # --- RUN_AS_USER: the run reaches its webhook payload, not LOGS_DIR -------------------------

@@ -3,6 +3,7 @@ rebuild the index of, check, read back and list the S3 archive."""
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from collections.abc import Iterator
@@ -300,12 +301,13 @@ def _download_to(output: str, chunks: Iterator[bytes], mode: int) -> None:
 
     target = Path(output)
     try:
-        existing = os.stat(target).st_mode
+        existing = os.lstat(target).st_mode
     except OSError:
         existing = None
     if existing is not None and not stat.S_ISREG(existing) and not stat.S_ISDIR(existing):
-        # a device or a pipe (``-o /dev/null``, ``/dev/stdout``): written into, never
-        # replaced — a rename over it replaced /dev/full, run as root (an outside audit)
+        # a device, a pipe or a link (``-o /dev/null``, ``/dev/stdout``): written into or
+        # through, never replaced — a rename over it replaced /dev/full, run as root (an
+        # outside audit), and the /dev/stdout link itself (a review)
         _stream_into(output, chunks)
         return
     folder = target.parent if str(target.parent) else Path(".")
@@ -337,16 +339,26 @@ def _download_to(output: str, chunks: Iterator[bytes], mode: int) -> None:
 
 
 def _stream_into(output: str, chunks: Iterator[bytes]) -> None:
-    """Write ``chunks`` into the existing device or pipe ``output`` as they come (nothing
-    atomic about it: a read that fails midway has written its start)."""
+    """Write ``chunks`` into the existing device, pipe or link ``output`` as they come, as
+    a shell's ``>`` does (a regular file at the end of a link is emptied first). Opened
+    without blocking: a pipe that nobody reads is an error, not a wait for ever. Nothing
+    atomic about it: a read that fails midway has written its start."""
+    import fcntl
     import os
+    import stat
 
+    flags = os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        fd = os.open(output, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(output, flags)
     except OSError as e:
+        if e.errno == errno.ENXIO:
+            _fail(f"cannot write {output}: it is a pipe that no process reads from")
         _fail(f"cannot write {output}: {e.strerror or e}")
     try:
         with os.fdopen(fd, "wb") as f:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.ftruncate(fd, 0)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
             for chunk in chunks:
                 f.write(chunk)
     except OSError as e:
