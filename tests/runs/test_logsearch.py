@@ -163,6 +163,7 @@ def test_invalid_patterns_are_refused_with_one_line() -> None:
         ("a(?R)?b", True, "recursive patterns are not supported"),
         ("(x)(?1)", True, "recursive patterns are not supported"),
         ("(?P<n>a)(?P>n)", True, "recursive patterns are not supported"),
+        ("\\\\(?R)?x", True, "recursive patterns are not supported"),  # an escaped \ first
         # outside audit: compiled, these took the server's memory (the kernel killed it)
         ("(?:a|b){99999999}", True, "too large"),
         ("(?P<x>a)(?P=x){99999999}", True, "too large"),

@@ -162,12 +162,21 @@ def test_a_multi_line_secret_printed_with_crlf_line_ends_is_masked(
     make_pipeline(
         "crlf",
         "import os, sys\n"
-        "v = os.environ['PEM']\n"
+        "v = os.environ['PEM'].replace('\\r\\n', '\\n')\n"
         "sys.stdout.buffer.write(b'lf: ' + v.encode() + b'\\n')\n"
         "sys.stdout.buffer.write(b'crlf: ' + v.replace('\\n', '\\r\\n').encode() + b'\\r\\n')\n",
         config='{"secrets": ["PEM"]}',
     )
     assert run_cli("secret", "set", "PEM", input=value + "\n").returncode == 0
+    res = run_cli("run", "crlf")
+    assert res.returncode == 0, res.stderr
+    run_id = res.stdout.strip().splitlines()[-1]
+    log = next(Path(ff_env["LOGS_DIR"]).glob(f"crlf/{run_id}/run.log")).read_bytes()
+    assert b"MULTI-secret" not in log, log
+    assert log.count(b"***") == 2
+    assert log.count(b"***") == 2
+    # stored with CRLF (a browser's text box), printed with LF: the same
+    assert run_cli("secret", "set", "PEM", input=value.replace("\n", "\r\n") + "\n").returncode == 0
     res = run_cli("run", "crlf")
     assert res.returncode == 0, res.stderr
     run_id = res.stdout.strip().splitlines()[-1]

@@ -102,12 +102,20 @@ class QuietBrokenTransfers(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        seen = 0
-        while exc is not None and seen < 10:
-            if isinstance(exc, runs.TransferBrokenOff):
-                return False
-            exc, seen = exc.__cause__ or exc.__context__, seen + 1
+        return exc is None or not _broken_off(exc)
+
+
+def _broken_off(exc: BaseException, depth: int = 0) -> bool:
+    """``exc`` is a ``TransferBrokenOff``, raised from one (``__cause__``: a framework
+    wrapping it), or a group of only such: an error merely seen while one was being
+    handled (``__context__``) is reported as usual."""
+    if isinstance(exc, runs.TransferBrokenOff):
         return True
+    if depth > 10:
+        return False
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_broken_off(e, depth + 1) for e in exc.exceptions)
+    return exc.__cause__ is not None and _broken_off(exc.__cause__, depth + 1)
 
 
 _QUIET = QuietBrokenTransfers()

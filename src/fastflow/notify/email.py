@@ -213,7 +213,7 @@ def _own_name(deadline: Deadline) -> str | None:
 
 def _address_literal(sock: socket.socket) -> str:
     """The EHLO name of a host without a known name: its address on this connection."""
-    host = str(sock.getsockname()[0])
+    host = str(sock.getsockname()[0]).partition("%")[0]  # (no link-local scope id)
     return f"[IPv6:{host}]" if ":" in host else f"[{host}]"
 
 

@@ -46,7 +46,9 @@ SLOW_LINE_S = 0.01  # a line matched on its own this slowly counts against the b
 _SEES_CONTEXT = regex.compile(r"\\[AZzG]|\(\?<[=!]|\(\?[a-zA-Z]*r|\(\?[a-zA-Z]*-[a-zA-Z]*m")
 # a recursive call of the pattern or of a group: ``(?R)``, ``(?0)``, ``(?1)``, ``(?&n)``,
 # ``(?P>n)`` — its memory grows with the input (an outside audit: ~0.5 GB a search)
-_RECURSES = regex.compile(r"(?<!\\)\(\?(?:R|[+-]?\d+|&\w+|P>\w+)\)")
+# (looked for once every escaped character is taken out: ``\\(?R)`` recurses)
+_RECURSES = regex.compile(r"\(\?(?:R|[+-]?\d+|&\w+|P>\w+)\)")
+_ESCAPED = regex.compile(r"\\.", regex.DOTALL)
 
 
 class SearchError(InvalidInput):
@@ -136,7 +138,7 @@ class Matcher:
             if not case_sensitive:  # ASCII case folding, searched on the bytes
                 self._folded = regex.compile(regex.escape(self._needle), regex.IGNORECASE)
             return
-        if is_regex and _RECURSES.search(pattern):
+        if is_regex and _RECURSES.search(_ESCAPED.sub("", pattern)):
             raise PatternError(
                 f"regular expression {pattern!r} calls itself or a group recursively "
                 "((?R), (?1), (?&name), (?P>name)): recursive patterns are not supported"

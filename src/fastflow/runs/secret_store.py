@@ -222,13 +222,14 @@ def masked_for(db: Database, settings: Settings, values: dict[str, str]) -> list
     that share one OS user can read each other's environment: a pipeline printing
     ``/proc/*/environ`` must not put another run's secret in its log) and fastflow's own
     (a build tool may be made to print a file the run's user cannot read, such as
-    ``-r DATA_DIR/secret.key`` in requirements.txt). A multi-line value is also masked
-    with CRLF line ends."""
+    ``-r DATA_DIR/secret.key`` in requirements.txt). A multi-line value is masked with LF
+    and with CRLF line ends, whichever it was stored with."""
     found = [*values.values(), *every_value(db, settings), *security.own_secrets(settings)]
     # a multi-line value printed with CRLF line ends (a Windows-style writer, a file read
     # in binary) is the same secret (an outside audit found it in clear)
-    crlf = [v.replace("\n", "\r\n") for v in found if "\n" in v and "\r\n" not in v]
-    return [*found, *crlf]
+    lf = [v.replace("\r\n", "\n") for v in found if "\n" in v]  # (CRLF from a text box)
+    crlf = [v.replace("\n", "\r\n") for v in lf]
+    return list(dict.fromkeys([*found, *lf, *crlf]))
 
 
 def values_for(db: Database, settings: Settings, names: Sequence[str]) -> dict[str, str]:
