@@ -431,3 +431,27 @@ def test_an_error_while_executing_a_cancelled_run_leaves_it_cancelled(
     )
     wait_until(lambda: dispatcher.active == 0, 30, "the dispatcher to finish the run")
     assert len(_runs(app, "pay")) == 1  # no retry of a cancelled run
+
+
+def test_an_error_after_a_cancel_asked_in_the_database_leaves_the_run_cancelled(
+    app: Context,
+    dispatcher: Dispatcher,
+    make_pipeline: MakePipeline,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: a cancel requested in the database (another server's API) but not yet
+    seen by this dispatcher's watch was lost when an error ended the run: FAILED, and
+    retried."""
+    from fastflow.runs import runner
+
+    make_pipeline("pay", "print('paid')\n", '{"retries": {"max": 2, "delay_seconds": 0}}')
+    run_id = queue.enqueue(app.db, "pay", "api")
+
+    def asked_then_broken(*args: object, **kwargs: object) -> None:
+        assert queue.cancel(app.db, run_id) == "requested"  # claimed: its server must stop it
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(runner, "execute", asked_then_broken)
+    dispatcher.ensure_running()
+    (run,) = _final(app, "pay", 1)
+    assert (run.id, run.status) == (run_id, "CANCELLED")

@@ -337,23 +337,33 @@ class Dispatcher:
                 status = result.status.value
         except Exception as e:
             log.exception("run %s of %s failed to execute", run.id, run.pipeline_name)
-            # a run asked to stop stays stopped (no retry, no failure message)
-            end = RunStatus.CANCELLED if cancel.is_set() else RunStatus.FAILED
-            status = end.value
-            try:
-                runs.fail_with_note(
-                    self._ctx.db,
-                    settings.logs_root,
-                    run.id,
-                    f"fastflow could not execute the run: {e}",
-                    status=end,
-                )
-            except Exception:  # the database away: the sweep retires it (``_retire_lost``)
-                log.exception("run %s: its end cannot be recorded", run.id)
+            status = self._end_after_error(run, cancel, e)
         finally:
             with self._lock:
                 self._active.pop(run.id, None)
         self._after(run, status)
+
+    def _end_after_error(self, run: PipelineRun, cancel: threading.Event, e: Exception) -> str:
+        """End ``run`` after an error escaped its execution; its status as recorded. A run
+        asked to stop (here or in the database) ends CANCELLED, not retried; a status
+        the run already reached stays (the error came after it)."""
+        db = self._ctx.db
+        try:
+            row = runs.get(db, run.id)
+            asked = cancel.is_set() or (row is not None and row.cancel_requested_at is not None)
+            end = RunStatus.CANCELLED if asked else RunStatus.FAILED
+            runs.fail_with_note(
+                db,
+                self._ctx.settings.logs_root,
+                run.id,
+                f"fastflow could not execute the run: {e}",
+                status=end,
+            )
+            row = runs.get(db, run.id)
+            return row.status if row is not None else end.value
+        except Exception:  # the database away: the sweep retires it (``_retire_lost``)
+            log.exception("run %s: its end cannot be recorded", run.id)
+            return RunStatus.CANCELLED.value if cancel.is_set() else RunStatus.FAILED.value
 
     def _settled(self, run: PipelineRun, cancel: threading.Event) -> pipelines.Pipeline | str:
         """The run's pipeline, its ``pipeline.json`` read again for up to
