@@ -194,7 +194,7 @@ def _own_name(deadline: Deadline) -> str | None:
     """This host's fully qualified name as smtplib would send it in EHLO, or None while
     it is unknown: smtplib looks it up (reverse DNS) without any bound, so a hung
     resolver held a delivery beyond its budget. Looked up once per process in a daemon
-    thread; the first delivery waits for it a moment."""
+    thread; the delivery that starts the lookup waits for it a moment, later ones not."""
     with _fqdn_lock:
         if not _fqdn_looked_up.is_set() and not _fqdn:
             _fqdn.append("")  # (looking)
@@ -207,7 +207,11 @@ def _own_name(deadline: Deadline) -> str | None:
                     _fqdn_looked_up.set()
 
             threading.Thread(target=look_up, name="fqdn", daemon=True).start()
-    _fqdn_looked_up.wait(min(_FQDN_WAIT_S, deadline.remaining() / 4))
+            first = True
+        else:
+            first = False
+    if first:  # only the delivery that started the lookup waits for it
+        _fqdn_looked_up.wait(min(_FQDN_WAIT_S, deadline.remaining() / 4))
     return _fqdn[0] or None
 
 
