@@ -220,14 +220,13 @@ def url_secrets(url: str) -> list[str]:
 # a webhook key in the path of ``/api/webhooks/{pipeline}/{key}`` reached the access log
 # a token or key of fastflow's form (43 characters after the prefix) — and anything close
 # to one: a few characters more or less (a mistyped or cut credential still gives the real
-# one away) and an ``f`` written ``%66``/``%46`` (a percent-encoded path). ``redact``
-# tests for the endings ``f_ h_ F_ H_ 6_`` before it runs the regex.
-_F = r"(?:f|%66|%46)"
+# one away). A percent-encoded one is found in the line's decoded form (``redact``), which
+# tests for the endings ``f_ h_ F_ H_`` before it runs the regex.
 # Its start: no token character before it — or one that ends a percent-encoded or
-# backslash-escaped separator (``%3D``, ``%20``, ``%2F``, ``\n`` in a repr).
+# backslash-escaped separator (``%20``, ``%2F``: kept encoded; ``\n`` in a repr).
 _START = r"(?:(?<![A-Za-z0-9_-])|(?<=%[0-9A-Fa-f]{2})|(?<=\\[nrt]))"
 _OWN_CREDENTIAL = re.compile(
-    rf"{_START}({_F}{_F}(?:wh)?_)[A-Za-z0-9_-]{{40,}}(?![A-Za-z0-9_-])", re.IGNORECASE
+    rf"{_START}(ff(?:wh)?_)[A-Za-z0-9_-]{{40,}}(?![A-Za-z0-9_-])", re.IGNORECASE
 )
 # the key segment of Fast-Flow's ``/api/webhooks/{pipeline}/{key}``, whatever its form (a
 # ``webhook_key`` from pipeline.json is any text, percent-encoded or not)
@@ -270,7 +269,7 @@ def redact(text: str, settings: Settings) -> str:
 
 
 def _redact(text: str, settings: Settings) -> str:
-    if "f_" in text or "h_" in text or "F_" in text or "H_" in text or "6_" in text:
+    if "f_" in text or "h_" in text or "F_" in text or "H_" in text:
         text = _OWN_CREDENTIAL.sub(lambda m: m.group(1) + MASK, text)
     if "/api/webhooks/" in text:
         # (a key of fastflow's form is ``ffwh_***`` by now, and stays so)

@@ -514,10 +514,6 @@ def test_a_key_in_the_path_never_reaches_the_servers_access_log(
     tokens and webhook keys by their form."""
     import os
 
-    import httpx
-
-    from tests.harness.serve import fastflow_serve
-
     make_pipeline("hello")
     created = subprocess.run(
         [sys.executable, "-m", "fastflow", "webhook", "create", "hello"],
@@ -528,15 +524,7 @@ def test_a_key_in_the_path_never_reaches_the_servers_access_log(
     )
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith(webhooks.KEY_PREFIX)
-    log = tmp_path / "serve.log"
-    with (
-        open(log, "wb") as err,
-        fastflow_serve({**os.environ, **ff_env}, stderr=err, stdout=err) as url,
-    ):
-        res = httpx.post(f"{url}/api/webhooks/hello/{key}", timeout=30)
-        assert res.status_code == 202, res.text
-        wait_until(lambda: b"/api/webhooks/hello/" in log.read_bytes(), 30, "the access log")
-    text = log.read_text(encoding="utf-8", errors="replace")
+    text = _server_log_of_calls(ff_env, tmp_path, [f"/api/webhooks/hello/{key}"])
     assert key not in text and key[len(webhooks.KEY_PREFIX) :] not in text
     assert "/api/webhooks/hello/ffwh_***" in text
 
@@ -546,12 +534,6 @@ def test_a_pipeline_json_key_in_the_path_never_reaches_the_servers_access_log(
 ) -> None:
     """An outside audit: a Fast-Flow ``webhook_key`` from pipeline.json (any text, not
     fastflow's ``ffwh_`` form) was logged in clear by ``fastflow serve``."""
-    import os
-
-    import httpx
-
-    from tests.harness.serve import fastflow_serve
-
     key = "my-own-Fast-Flow-key-7731"
     make_pipeline("hello", config=f'{{"webhook_key": "{key}"}}')
     ctx = bootstrap(load_settings())
@@ -559,24 +541,17 @@ def test_a_pipeline_json_key_in_the_path_never_reaches_the_servers_access_log(
         made = webhooks.create_key(ctx.db, ctx.settings.pipelines_dir, "hello")
     finally:
         ctx.db.dispose()
-    log = tmp_path / "serve.log"
-    with (
-        open(log, "wb") as err,
-        fastflow_serve({**os.environ, **ff_env}, stderr=err, stdout=err) as url,
-    ):
-        res = httpx.post(f"{url}/api/webhooks/hello/{key}", timeout=30)
-        assert res.status_code == 202, res.text
-        wait_until(lambda: b"/api/webhooks/hello/" in log.read_bytes(), 30, "the access log")
-        # a second outside audit: percent-encoded, the path is routed the same (202) but
-        # was logged as sent, key and all
-        for path in (
+    # a second outside audit: percent-encoded, the path is routed the same (202) but
+    # was logged as sent, key and all
+    text = _server_log_of_calls(
+        ff_env,
+        tmp_path,
+        [
+            f"/api/webhooks/hello/{key}",
             f"/api/%77ebhooks/hello/{key.replace('-', '%2D')}",
             f"/api/%77ebhooks/hello/{made.replace('_', '%5F')}",
-        ):
-            res = httpx.post(url + path, timeout=30)
-            assert res.status_code == 202, (path, res.text)
-        wait_until(lambda: log.read_bytes().count(b"/api/webhooks/hello/") >= 3, 30, "the log")
-    text = log.read_text(encoding="utf-8", errors="replace")
+        ],
+    )
     assert key not in text and made not in text
     assert made.removeprefix("ffwh_")[:20] not in text
     assert "/api/webhooks/hello/***" in text and "/api/webhooks/hello/ffwh_***" in text
@@ -615,3 +590,28 @@ def test_a_caller_that_leaves_mid_body_queues_nothing_and_logs_no_traceback(
             assert s.scalars(select(PipelineRun)).all() == []
     finally:
         ctx.db.dispose()
+
+
+def _server_log_of_calls(ff_env: dict[str, str], tmp_path: Path, paths: list[str]) -> str:
+    """What a real ``fastflow serve`` logged (access lines included) while each of
+    ``paths`` was POSTed and answered 202."""
+    import os
+
+    import httpx
+
+    from tests.harness.serve import fastflow_serve
+
+    log = tmp_path / "serve.log"
+    with (
+        open(log, "wb") as err,
+        fastflow_serve({**os.environ, **ff_env}, stderr=err, stdout=err) as url,
+    ):
+        for path in paths:
+            res = httpx.post(url + path, timeout=30)
+            assert res.status_code == 202, (path, res.text)
+        wait_until(
+            lambda: log.read_bytes().count(b"/api/webhooks/hello/") >= len(paths),
+            30,
+            "the access lines",
+        )
+    return log.read_text(encoding="utf-8", errors="replace")
