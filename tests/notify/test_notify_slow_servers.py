@@ -303,3 +303,65 @@ def test_a_name_lookup_that_never_answers_ends_with_the_budget(
     assert not result.ok
     assert result.error is not None and "no answer within the delivery time budget" in result.error
     assert took < BUDGET + SLACK, took
+
+
+def _teams_at(app: Context, url: str) -> tuple[notify.ChannelResult, float]:
+    data = app.settings.model_dump()
+    data.update(teams_enabled=True, teams_webhook_url=url)
+    ctx = Context(settings=load_settings(**data), db=app.db)
+    t0 = time.monotonic()
+    (result,) = notify.send_test(ctx, email=False, teams=True, options=_options())
+    return result, time.monotonic() - t0
+
+
+def test_a_teams_name_lookup_that_never_answers_ends_with_the_budget(
+    app: Context, monkeypatch: Any
+) -> None:
+    """As for e-mail: httpx resolves the webhook's host without a bound of its own; a
+    lookup that never answers is given up when the budget ends (no proxy set)."""
+    released = threading.Event()
+    real = socket.getaddrinfo
+    looked_up: list[str] = []
+
+    def hanging(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "teams.hangs.example":
+            looked_up.append(host)
+            released.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    try:
+        result, took = _teams_at(app, "https://teams.hangs.example/webhookb2/k?sig=s3cr3t")
+    finally:
+        released.set()
+    assert looked_up == ["teams.hangs.example"]  # one attempt: the budget went on it
+    assert not result.ok and result.attempts == 1, result
+    assert result.error is not None and "no answer within the delivery time budget" in result.error
+    assert "s3cr3t" not in result.error
+    assert took < BUDGET + SLACK, took
+
+
+def test_a_teams_host_that_does_not_resolve_is_retried_and_reported(
+    app: Context, monkeypatch: Any
+) -> None:
+    """An unknown name is an error of each attempt (retried: a resolver may fail for a
+    moment), reported in fixed words."""
+    real = socket.getaddrinfo
+    looked_up: list[str] = []
+
+    def unknown(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "teams.unknown.example":
+            looked_up.append(host)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    result, took = _teams_at(app, "https://teams.unknown.example/webhookb2/k")
+    assert not result.ok and result.attempts == 3, result
+    assert len(looked_up) == 3
+    assert result.error is not None and "cannot resolve the host name" in result.error
+    assert took < BUDGET + SLACK, took

@@ -9,7 +9,8 @@ link-local or cloud metadata address. The webhook URL carries its credential in 
 and query, so it is only ever shown masked (``https://host/first-segment/***``) — in
 errors, records and log lines, including httpx's own request log line. An error records
 only a status and an error class (``HTTP 500``, ``timed out``, ``connection refused``),
-never the remote server's answer: the delivery record is readable by viewers.
+never the remote server's answer: the delivery record is readable by viewers. The host's
+name lookup is bounded by the budget too (unless a proxy is set: it looks the name up).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import socket
 import ssl
 import threading
+import urllib.request
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -137,6 +139,13 @@ def post(settings: Settings, card: dict[str, Any], options: DeliveryOptions) -> 
             attempt += 1
             wait = None
             with retry.Deadline(budget) as deadline:
+                lookup = _lookup_failure(url, deadline)
+                if lookup is not None:
+                    error = lookup
+                    log.info("Teams attempt %d failed: %s", attempt, error)
+                    if lookup == retry.BUDGET_SPENT:
+                        break
+                    continue
                 try:
                     with client.stream(
                         "POST",
@@ -172,6 +181,28 @@ def post(settings: Settings, card: dict[str, Any], options: DeliveryOptions) -> 
             log.info("Teams attempt %d failed: %s", attempt, redact(error, settings))
     tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
     return Outcome(False, redact(f"{where}: {error} ({tries})", settings), attempt)
+
+
+def _lookup_failure(url: str, deadline: retry.Deadline) -> str | None:
+    """Why the webhook's host cannot be looked up within ``deadline`` (None: it can, or
+    a proxy is set, which looks it up itself). httpx resolves without a bound of its
+    own, and the resolver's timeouts, per name server, can outlast a delivery's budget:
+    the name is resolved first in a thread given up at the deadline (httpx's own lookup
+    that follows is then answered at once by any cache in between)."""
+    if urllib.request.getproxies():  # HTTPS_PROXY, ALL_PROXY, ...: the proxy resolves
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname
+    if not host:
+        return None  # (check_url refused such a URL before)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        retry.addresses(host, port, deadline)
+    except TimeoutError:
+        return retry.BUDGET_SPENT
+    except (OSError, ValueError):
+        return "cannot resolve the host name"
+    return None
 
 
 def _tracer(deadline: retry.Deadline) -> Any:
