@@ -148,6 +148,45 @@ def test_a_log_its_pipeline_deletes_is_restored_with_a_note(
     assert row is not None and row.log_size == result.log_path.stat().st_size
 
 
+def test_a_log_its_pipeline_replaces_by_a_link_is_restored_and_the_target_untouched(
+    app: Context, make_pipeline: MakePipeline, tmp_path: Path
+) -> None:
+    """An outside audit: a pipeline that replaced its run.log and metrics.jsonl by
+    symbolic links (to a file outside LOGS_DIR) lost its whole log — the restore refused
+    the link and left it there. The links are replaced now, never followed: the target
+    keeps its bytes, the run's folder holds its log again."""
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("not fastflow's\n")
+    folder = app.settings.logs_root / "linker"
+    make_pipeline(
+        "linker",
+        "import os\n"
+        "print('before the link', flush=True)\n"
+        f"d = os.path.join({str(folder)!r}, os.environ['FASTFLOW_RUN_ID'])\n"
+        "for name in ('run.log', 'metrics.jsonl'):\n"
+        "    os.unlink(os.path.join(d, name))\n"
+        f"    os.symlink({str(target)!r}, os.path.join(d, name))\n"
+        "print('after the link')\n",
+    )
+    result = run_pipeline(app.db, app.settings, "linker", "cli")
+    assert result.status == RunStatus.SUCCESS
+    assert target.read_text() == "not fastflow's\n"
+    for path in (result.log_path, result.metrics_path):
+        assert not path.is_symlink() and path.is_file()
+    assert _payloads(result.log_path)[:2] == ["before the link", "after the link"]
+    assert "the run's log file was deleted while the run ran" in result.log_path.read_text()
+    assert result.log_path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert not [p for p in result.log_path.parent.iterdir() if p.name.startswith(".")]
+    row = runs.get(app.db, result.run_id)
+    assert row is not None and row.log_size == result.log_path.stat().st_size
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def test_a_pipeline_that_rewraps_stdout_keeps_both_streams(
     app: Context, make_pipeline: MakePipeline
 ) -> None:

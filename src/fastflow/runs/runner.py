@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -796,8 +797,10 @@ def _restore_if_unlinked(
     logs_root: Path, pipeline_name: str, run_id: uuid.UUID, f: TextIO, rel: str
 ) -> None:
     """Write the bytes of ``f`` — a run file its pipeline deleted while it still ran
-    (fastflow's descriptor kept them) — back to its place, made again as at the start
-    (a file put there instead is replaced). Best effort: a failure is logged."""
+    (fastflow's descriptor kept them) — back to its place, made again as at the start.
+    Whatever the pipeline put there instead (a file, a symbolic link, a FIFO) is
+    replaced, never followed or opened: the copy is written to a temporary file in the
+    run's folder and renamed over the name. Best effort: a failure is logged."""
     if not _unlinked(f):
         return
     try:
@@ -810,18 +813,31 @@ def _restore_if_unlinked(
         if folder is None:
             raise FileNotFoundError(f"LOGS_DIR ({logs_root}) is gone")
         with folder:
-            dst = logfiles.open_for_writing_in(folder, rel, append=False)
-        try:
-            while os.sendfile(dst, src, None, 1 << 20):
-                pass
-            os.fsync(dst)
-        finally:
-            os.close(dst)
+            _copy_into_place(folder, src, logfiles.parts(rel)[-1])
         log.warning("run %s: its pipeline deleted %s; restored", run_id, rel)
     except (OSError, UnsafePath) as e:
         log.error("run %s: cannot restore its deleted %s: %s", run_id, rel, e)
     finally:
         os.close(src)
+
+
+def _copy_into_place(folder: logfiles.RunFolder, src: int, name: str) -> None:
+    """The bytes of ``src`` as the file ``name`` of ``folder``, with ``src``'s mode: a
+    temporary file, filled and synced, renamed over ``name`` (the name's old entry,
+    whatever it is, is replaced; a folder there is an error)."""
+    dst, temp = folder.create_temp()
+    try:
+        try:
+            os.fchmod(dst, stat.S_IMODE(os.fstat(src).st_mode))
+            while os.sendfile(dst, src, None, 1 << 20):
+                pass
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+        os.rename(temp, name, src_dir_fd=folder.fd, dst_dir_fd=folder.fd)
+    except BaseException:
+        folder.unlink(temp)
+        raise
 
 
 def _size_of(f: TextIO) -> int | None:
