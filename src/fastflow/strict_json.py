@@ -17,11 +17,15 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+class DuplicateKey(ValueError):
+    """An object gives a key twice (``unique_keys``)."""
+
+
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"the key {key!r} is given twice")
+            raise DuplicateKey(f"the key {key!r} is given twice")
         out[key] = value
     return out
 

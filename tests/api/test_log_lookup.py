@@ -68,7 +68,13 @@ def _check_locate(ctx: Context) -> None:
         if row is None:
             assert run is None
         else:
-            assert run == (row.pipeline_name, row.log_file, row.metrics_file)
+            assert run == (
+                row.pipeline_name,
+                row.log_file,
+                row.metrics_file,
+                row.status,
+                row.failure_reason,
+            )
         if stored is None:
             assert entry is None
         else:

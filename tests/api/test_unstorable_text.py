@@ -104,3 +104,45 @@ def test_json_the_parser_refuses_is_a_422_like_any_bad_json(any_api: Api, body: 
     denied = api.client.get("/api/runs")
     assert denied.status_code == 401 and denied.headers.get("www-authenticate") == "Bearer"
     assert api.client.delete("/api/health").status_code == 405
+
+
+@pytest.mark.parametrize("query", ["q=%FF", "q=%ED%A0%80", "grep=a%C3", "q=ok&x=%80"])
+def test_a_query_string_that_is_not_utf8_is_a_422_on_every_route(any_api: Api, query: str) -> None:
+    """An outside audit: ``%FF`` in a query became U+FFFD, and a search for it matched
+    every line holding any invalid byte (the CLI found nothing for the same byte). It is
+    a 422 in the validation errors' shape now — also where no parameter reads it."""
+    api = any_api
+    run = seed_run(api.ctx, "etl", NOW - timedelta(days=1), log=b"caf\xff\n")
+    for path in ("/api/search", f"/api/runs/{run.id}/logs", "/api/health", "/api/runs"):
+        res = api.client.get(f"{path}?{query}", headers=api.viewer)
+        assert _is_unstorable(res.status_code, res.json(), "string_unicode"), (path, res.text)
+        assert res.json()["detail"][0]["loc"] == ["query"]
+    # valid UTF-8, escaped or not, passes
+    ok = api.client.get("/api/search?q=caf%C3%A9+x", headers=api.viewer)
+    assert ok.status_code == 200, ok.text
+    found = api.client.get(f"/api/runs/{run.id}/logs?grep=caf", headers=api.viewer)
+    assert found.status_code == 200 and "caf" in found.text
+
+
+def test_a_json_body_that_gives_a_key_twice_is_a_422_and_starts_nothing(any_api: Api) -> None:
+    """An outside audit: ``{"env": {"A": "first", "A": "second"}}`` started a run with
+    ``A=second`` (and ``{"env": {...}, "env": {...}}`` dropped the first object): the last
+    value won silently, where pipeline.json refuses a key given twice. A 422 now, naming
+    the key, never a value; a webhook's payload is still passed on as it came."""
+    from fastflow.db.models import PipelineRun
+
+    api = any_api
+    folder = api.ctx.settings.pipelines_dir / "envp"
+    folder.mkdir(parents=True)
+    (folder / "main.py").write_text("print('hi')\n")
+    for body in (
+        '{"env": {"A": "first", "A": "s3cret-second"}}',
+        '{"env": {"A": "first"}, "env": {"B": "s3cret-second"}}',
+    ):
+        status, answer = _raw(api, "POST", "/api/pipelines/envp/run", body)
+        assert _is_unstorable(status, answer, "json_invalid"), (status, answer)
+        assert "given twice" in str(answer) and "s3cret" not in str(answer)
+    with api.ctx.db.session() as s:
+        assert s.query(PipelineRun).count() == 0
+    status, answer = _raw(api, "POST", "/api/pipelines/envp/run", '{"env": {"A": "1", "B": "2"}}')
+    assert status == 202, answer

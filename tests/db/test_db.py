@@ -223,3 +223,30 @@ def test_a_first_sqlite_migration_killed_half_way_starts_again(tmp_path: Path) -
     db.migrate()
     _check_schema(db)
     db.dispose()
+
+
+def test_a_database_a_newer_fastflow_upgraded_is_refused_in_one_line(tmp_path: Path) -> None:
+    """An outside audit: started on a database whose schema revision it does not know
+    (a rollback after an upgrade), every command died with ~90 lines of Alembic
+    traceback. It is a configuration error now (exit 2), one line, nothing migrated."""
+    import os
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path}/ff.db"
+    db = Database(load_settings(database_url=url))
+    db.migrate()
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+    db.dispose()
+    env = {**os.environ, "DATABASE_URL": url, "DATA_DIR": str(tmp_path / "data")}
+    res = subprocess.run(
+        [sys.executable, "-m", "fastflow", "runs"], env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "schema revision '0999'" in res.stderr and "a newer fastflow upgraded it" in res.stderr
+    check = Database(load_settings(database_url=url))
+    with check.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0999"
+    check.dispose()

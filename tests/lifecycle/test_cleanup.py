@@ -496,6 +496,69 @@ def test_local_file_changed_after_archiving_is_not_deleted(s3_app: Context, s3: 
     assert object_bytes(s3.client(), s3.bucket, stored.key) == old.log_bytes
 
 
+def _pending_entry(ctx: Context, s3: S3Env, run: Any) -> Any:
+    """``run``'s log archived and recorded as by a pass killed before it deleted (the
+    run has no metrics file)."""
+    from fastflow.db.models import ArchivedRun
+
+    run.metrics.unlink()
+    store = archive.open_store(ctx.settings)
+    stored = store.put_verified(_key(run.id, "p"), run.log, {"run_id": str(run.id)})
+    with ctx.db.session() as s:
+        s.add(
+            ArchivedRun(
+                run_id=run.id,
+                pipeline_name="p",
+                status="SUCCESS",
+                triggered_by="schedule",
+                started_at=NOW,
+                bucket=s3.bucket,
+                log_key=stored.key,
+                log_size=stored.size,
+                log_sha256=stored.sha256,
+                reason="archive_and_delete_run",
+            )
+        )
+    return stored
+
+
+def test_a_pending_deletion_is_not_finished_when_the_object_holds_other_bytes(
+    s3_app: Context, s3: S3Env
+) -> None:
+    """An outside audit: finishing an interrupted deletion checked the object's size and
+    the SHA-256 in its metadata — which fastflow wrote itself — and deleted the local
+    log although the object had been replaced by other bytes of the same size with that
+    metadata copied. The server's MD5 ETag of what it holds is compared with the local
+    copy's MD5 now: the local file is kept, the failure says why, the object is left."""
+    ctx = tune(s3_app, log_retention_runs=1)
+    old, _ = seed_series(ctx, "p", 2)
+    stored = _pending_entry(ctx, s3, old)
+    client = s3.client()
+    head = client.head_object(Bucket=s3.bucket, Key=stored.key)
+    other = bytes(b ^ 0x01 for b in old.log_bytes)  # same size, every byte changed
+    client.put_object(Bucket=s3.bucket, Key=stored.key, Body=other, Metadata=head["Metadata"])
+    summary = _pass(ctx)
+    assert old.log.read_bytes() == old.log_bytes
+    assert run_row(ctx, old.id) is not None
+    assert summary.backup_failures == 1 and summary.deleted_runs == 0
+    error = failures(ctx)[0].error_message
+    assert "the object holds other bytes than the ones archived" in error, error
+    assert object_bytes(client, s3.bucket, stored.key) == other  # left as it is
+
+
+def test_a_pending_deletion_whose_object_holds_the_bytes_is_finished(
+    s3_app: Context, s3: S3Env
+) -> None:
+    """The same check passes for the object as archived: the local files are deleted."""
+    ctx = tune(s3_app, log_retention_runs=1)
+    old, _ = seed_series(ctx, "p", 2)
+    stored = _pending_entry(ctx, s3, old)
+    summary = _pass(ctx)
+    assert summary.backup_failures == 0, failures(ctx)
+    assert not old.log.exists() and run_row(ctx, old.id) is None
+    assert object_bytes(s3.client(), s3.bucket, stored.key) == old.log_bytes
+
+
 # --- names, active runs, dry run ----------------------------------------------------------
 
 

@@ -651,6 +651,9 @@ def test_immutable_file_does_not_block_later_passes(ctx: Context, s3: S3Env) -> 
         summary = run_pass(ctx, "test", now=NOW)  # the resume phase meets it again
         assert summary.backup_failures == 1 and summary.error is None
         assert "Operation not permitted" in summary.failures[0].error
+        # (an outside audit: the message named no file)
+        rel = stuck.log.relative_to(ctx.settings.logs_root)
+        assert f"local file error on {rel}: " in summary.failures[0].error
         assert summary.deleted_runs == 3  # every other due run was processed
         assert stuck.log.exists() and run_row(ctx, stuck.id) is not None
         assert later[-1].log.exists()

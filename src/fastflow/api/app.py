@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from urllib.parse import unquote_to_bytes
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
@@ -95,6 +96,44 @@ class BodySizeLimit:
         await self.app(scope, limited, send)
 
 
+QUERY_NOT_UTF8 = {
+    "detail": [
+        {
+            "type": "string_unicode",
+            "loc": ["query"],
+            "msg": "the query string is not valid UTF-8 once its %-escapes are decoded",
+        }
+    ]
+}
+
+
+class QueryText:
+    """A query string whose %-escapes decode to bytes that are not UTF-8 (``%FF``, an
+    encoded surrogate ``%ED%A0%80``) is answered 422, on every route: the framework
+    would turn them into U+FFFD, and a search for that would match every line holding
+    any invalid byte (an outside audit)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _utf8_query(scope.get("query_string", b"")):
+            await JSONResponse(QUERY_NOT_UTF8, status_code=422)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _utf8_query(raw: bytes) -> bool:
+    """Whether ``raw`` (a query string as sent) is UTF-8 once %-decoded."""
+    if b"%" not in raw and raw.isascii():
+        return True  # the usual query: nothing to decode
+    try:
+        unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class QuietBrokenTransfers(logging.Filter):
     """Drops the server's report of an exception that is a ``TransferBrokenOff`` (or
     caused by one): the route logged that transfer as one line already, and the report
@@ -166,6 +205,7 @@ def create_app(
     )
     app.state.ctx = ctx
     app.add_middleware(BodySizeLimit)  # every route, also the web UI's
+    app.add_middleware(QueryText)
     dispatcher = Dispatcher(ctx)
     app.state.launcher = dispatcher
     errors.install(app)
@@ -190,14 +230,15 @@ def create_app(
         runs.router,
         pipelines.router,
         settings.router,
-        hooks.router,
         secrets.router,
         search.router,
         stats.router,
         pins.router,
         integrity.router,
     ):
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(errors.unique_json_keys)])
+    # a webhook's payload is the caller's: passed on as it came (keys given twice too)
+    app.include_router(hooks.router)
     _install_metrics(app, ctx)
     _install_docs(app, ctx)
     if extend is not None:

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import DataError, StatementError
 from starlette.exceptions import HTTPException
 
+from fastflow import strict_json
 from fastflow.errors import (
     ArchiveError,
     AuthError,
@@ -100,6 +101,28 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, DataError) and "NUL" in str(cause):
             return _unstorable(request, "string_nul", WITH_NUL)
         raise exc
+
+
+async def unique_json_keys(request: Request) -> None:
+    """A JSON body that gives a key twice (``{"env": {"A": "1", "A": "2"}}``) is a 422,
+    as for ``pipeline.json``: Python's parser keeps the last value silently, so a run
+    started with the first one in mind got the other (an outside audit). Only the key's
+    name is quoted, never a value."""
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return
+    if "json" not in request.headers.get("content-type", ""):
+        return
+    body = await request.body()  # (kept by the request: the route reads it again)
+    if not body:
+        return
+    try:
+        strict_json.loads(body, unique_keys=True)
+    except strict_json.DuplicateKey as e:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ["body"], "msg": f"JSON decode error: {e}"}]
+        ) from None
+    except (ValueError, RecursionError):
+        return  # any other fault: the route's own parsing answers it
 
 
 UNENCODABLE = "text must be valid Unicode (it holds a lone surrogate)"

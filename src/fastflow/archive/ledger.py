@@ -52,6 +52,8 @@ class RunFiles(NamedTuple):
     pipeline_name: str
     log_file: str | None
     metrics_file: str | None
+    status: str | None = None
+    failure_reason: str | None = None
 
 
 # ``locate``: the wanted id as a one-row table, the run row and the ledger entry joined to
@@ -64,6 +66,8 @@ _LOCATE = (
         PipelineRun.pipeline_name.label("row_pipeline_name"),
         PipelineRun.log_file.label("row_log_file"),
         PipelineRun.metrics_file.label("row_metrics_file"),
+        PipelineRun.status.label("row_status"),
+        PipelineRun.failure_reason.label("row_failure_reason"),
         *(column.label(f"entry_{key}") for key, column in _ENTRY_ATTRS),
     )
     .select_from(_WANTED)
@@ -83,7 +87,13 @@ def locate(db: Database, run_id: uuid.UUID) -> tuple[RunFiles | None, ArchivedRu
         row = conn.execute(_LOCATE, {"run_id": run_id}).one()
     m = row._mapping
     run = (
-        RunFiles(m["row_pipeline_name"], m["row_log_file"], m["row_metrics_file"])
+        RunFiles(
+            m["row_pipeline_name"],
+            m["row_log_file"],
+            m["row_metrics_file"],
+            m["row_status"],
+            m["row_failure_reason"],
+        )
         if m["row_id"] is not None
         else None
     )

@@ -666,6 +666,41 @@ class S3Store:
         was compared (and matched)."""
         return self._verify_head(key, size, sha256, etag)[0]
 
+    def verify_copy_of(self, key: str, path: Path, size: int, sha256: str) -> None:
+        """``verify`` of an uncompressed object that must hold exactly the bytes of the
+        local file ``path`` (hashed before: ``size``, ``sha256``). The SHA-256 in the
+        object's metadata is what fastflow wrote: an object replaced by other bytes of
+        the same size with that metadata copied would pass on it alone. So where the
+        server's ETag is an MD5 it computed (``S3_VERIFY_ETAG``, no SSE-KMS/SSE-C), it is
+        compared with the MD5 of ``path`` — or of its parts, cut as an upload of this
+        store cuts them (an object cut into another number of parts cannot be told and
+        is not compared). Reads ``path`` once more; raises ``ArchiveError``."""
+        info = self._verify_head(key, size, sha256, None)[1]
+        etag = info.etag
+        if not self.settings.s3_verify_etag or info.keyed or etag is None:
+            return
+        if not _MD5_ETAG.fullmatch(etag):
+            return
+        parts = etag.partition("-")[2]
+        try:
+            if parts:
+                chunk = self._transfer.multipart_chunksize
+                local_size, digest, local = _digests_in_parts(path, chunk)
+                if local.partition("-")[2] != parts:
+                    return
+            else:
+                local_size, digest, local = _sha256_and_md5(path)
+        except OSError as e:
+            raise ArchiveError(f"cannot read local file {path.name}: {e}") from e
+        if (local_size, digest) != (size, sha256):
+            raise ArchiveError(f"local file {path.name} changed while it was checked; kept")
+        if local != etag:
+            raise ArchiveError(
+                f"verification failed: the server's ETag of s3://{self.bucket}/{key} is "
+                f"{etag}, not {local}, the MD5 of the local copy: the object holds other "
+                "bytes than the ones archived; the local file is kept"
+            )
+
     def _verify_head(
         self, key: str, size: int, sha256: str, etag: str | None
     ) -> tuple[bool, ObjectInfo]:
@@ -699,7 +734,10 @@ class S3Store:
             raise ArchiveError(
                 f"verification failed: the server's ETag of s3://{self.bucket}/{key} is "
                 f"{info.etag}, not {etag}, the MD5 of the bytes sent: it stored other bytes "
-                "(S3_VERIFY_ETAG=false only for a server whose ETags are not MD5s)"
+                "on the way; the local file is kept (do not turn S3_VERIFY_ETAG off for "
+                "this: that is only for a gateway whose ETags are not MD5s of the bytes, "
+                "and on a server that does not check the SHA-256 it is sent it would let "
+                "such an upload count as verified)"
             )
         return md5, info
 

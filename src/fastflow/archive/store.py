@@ -58,6 +58,12 @@ class ArchiveStore(Protocol):
         server computed itself (an MD5 ETag) was compared as well."""
         ...
 
+    def verify_copy_of(self, key: str, path: Path, size: int, sha256: str) -> None:
+        """``verify`` of an uncompressed object that must hold exactly the bytes of the
+        local file ``path``, with whatever the server computed of them (its MD5 ETag)
+        compared too; raise unless it does."""
+        ...
+
     def ping(self) -> None: ...
 
     def begin_pass(self) -> None:

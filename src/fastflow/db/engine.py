@@ -157,12 +157,35 @@ def migrate(engine: Engine) -> None:
     each ``CREATE TABLE`` on its own, so its transaction cannot serialise them); whoever
     comes second finds the database at head. Alembic's INFO lines are silenced; its
     warnings still show."""
-    if current_revision(engine) == head_revision():
+    current = current_revision(engine)
+    if current == head_revision():
         return
+    _refuse_unknown(current)
     with _sqlite_migration_lock(engine):
         if current_revision(engine) == head_revision():
             return  # another process migrated while this one waited
         _upgrade(engine)
+
+
+def _refuse_unknown(revision: str | None) -> None:
+    """A clear error for a schema this build has no migration for (a newer fastflow
+    upgraded the database, and this older one was started on it): Alembic's own error
+    is a long traceback, and no migration may run on that schema."""
+    if revision is None:
+        return
+    known = {p.name[:4] for p in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")}
+    if revision in known:
+        return
+    newer = revision.isdigit() and revision > head_revision()
+    raise ConfigError(
+        f"the database is at schema revision {revision!r}, which this fastflow does not "
+        f"know (its newest is {head_revision()!r})"
+        + (
+            ": a newer fastflow upgraded it; run that version (the schema is never downgraded)"
+            if newer
+            else ""
+        )
+    )
 
 
 @contextmanager

@@ -314,9 +314,24 @@ class PassRun:
         elif isinstance(e, UnsafePath):
             self.record_failure(run, ArchiveError(str(e)))
         elif isinstance(e, OSError):
-            self.record_failure(run, ArchiveError(f"local file error: {e.strerror or e}"))
+            where = self._file_of(run, e)
+            on = f" on {where}" if where else ""
+            self.record_failure(run, ArchiveError(f"local file error{on}: {e.strerror or e}"))
         else:
             raise e
+
+    def _file_of(self, run: RunRef, e: OSError) -> str | None:
+        """The file an OS error was about, as a path below ``LOGS_DIR`` (an error of a
+        call through a folder's descriptor names only the file: it is in the run's
+        folder); None when it names none."""
+        if e.filename is None:
+            return None
+        name = os.fsdecode(e.filename)
+        if os.path.isabs(name):
+            root = str(self.logs_root).rstrip("/") + "/"
+            return name[len(root) :] if name.startswith(root) else os.path.basename(name)
+        folder = os.path.dirname(run.log_file or run.metrics_file or "")
+        return f"{folder}/{name}" if folder and "/" not in name else name
 
     def reachable(self, run: RunRef) -> bool:
         """Ask the server once per pass (short timeouts, no retry). A server that does

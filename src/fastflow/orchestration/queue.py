@@ -179,7 +179,7 @@ def cancel(db: Database, run_id: uuid.UUID) -> str:
         if run.status == RunStatus.QUEUED.value:
             run.status = RunStatus.CANCELLED.value
             run.finished_at = now
-            run.failure_reason = "cancelled before it started"
+            run.failure_reason = runs.CANCELLED_BEFORE_START
             outcome = "cancelled"
         else:
             run.cancel_requested_at = run.cancel_requested_at or now

@@ -17,7 +17,9 @@ A locally truncated log is searched as it is on disk (its full copy stays in the
 
 from __future__ import annotations
 
+import pickle
 import re
+import tempfile
 import threading
 import uuid
 from collections import deque
@@ -25,14 +27,14 @@ from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import and_, func, or_, select, union_all
 
 from fastflow.archive import ledger
 from fastflow.context import Context
 from fastflow.db.models import ArchivedRun, PipelineRun
-from fastflow.errors import FastflowError, InvalidInput
+from fastflow.errors import FastflowError, InvalidInput, LogNotAvailable
 from fastflow.runs import logsearch, readback
 from fastflow.runs import store as runs
 
@@ -202,12 +204,51 @@ def select_runs(ctx: Context, f: Filters, batch: int = BATCH) -> Generator[RunRe
 # --- searching ----------------------------------------------------------------------------
 
 
+SPILL_AFTER = 4 * 1024 * 1024  # characters of hit text one run's result keeps in memory
+
+
 @dataclass
 class _Result:
+    """One run's search: its hits are held until the runs before it were sent (results
+    come out in run order). Past ``SPILL_AFTER`` characters of hit text they go to an
+    unnamed temporary file instead, so that memory does not grow with a log's matches
+    (an outside audit: a run with many long matching lines held them all, 167 MB for a
+    157 MB log, times the runs in flight)."""
+
     hits: list[logsearch.Hit]
     size: int
     archived: bool
     error: str | None = None
+    count: int = 0
+    held: int = 0
+    spill: IO[bytes] | None = None
+
+    def add(self, hit: logsearch.Hit) -> None:
+        self.count += 1
+        if self.spill is None and self.held + len(hit.text) <= SPILL_AFTER:
+            self.hits.append(hit)
+            self.held += len(hit.text)
+            return
+        if self.spill is None:
+            # closed by ``all_hits`` (or when a result never sent is collected)
+            self.spill = tempfile.TemporaryFile(prefix="fastflow-search-")  # noqa: SIM115
+        pickle.dump((hit.line, hit.text), self.spill, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def all_hits(self) -> Generator[logsearch.Hit, None, None]:
+        """The hits in order (read back from the file past the memory's share), then
+        the file is gone."""
+        yield from self.hits
+        spill, self.spill = self.spill, None
+        if spill is None:
+            return
+        with spill:
+            spill.seek(0)
+            while True:
+                try:
+                    line, text = pickle.load(spill)  # (this process's own file)
+                except EOFError:
+                    return
+                yield logsearch.Hit(line, text)
 
 
 def _search_one(
@@ -220,6 +261,10 @@ def _search_one(
     except logsearch.SearchError:
         raise
     except FastflowError as e:
+        row = ref.row
+        never = row is not None and runs.no_log_yet(row.status, row.failure_reason)
+        if isinstance(e, LogNotAvailable) and never:
+            return _Result([], 0, False)  # nothing to search, nothing lost
         return _Result([], 0, False, str(e))
     result = _Result([], 0, source.origin == "archive")
     steps = logsearch.search_steps(source.chunks, matcher)
@@ -230,8 +275,8 @@ def _search_one(
                 if stop.is_set():
                     break
             else:
-                result.hits.append(step)
-                if len(result.hits) >= cap:
+                result.add(step)
+                if result.count >= cap:
                     break
     except logsearch.SearchError:
         raise
@@ -294,10 +339,14 @@ def _drain_one(
     if result.error is not None:
         progress.skipped += 1
         yield RunSkipped(ref, result.error)
-    for hit in result.hits:
-        yield SearchHit(ref, hit.line, hit.text)
-        progress.hits += 1
-        if progress.hits >= limit:
-            progress.limited = True
-            break
+    hits = result.all_hits()
+    try:
+        for hit in hits:
+            yield SearchHit(ref, hit.line, hit.text)
+            progress.hits += 1
+            if progress.hits >= limit:
+                progress.limited = True
+                break
+    finally:
+        hits.close()
     yield progress

@@ -20,6 +20,7 @@ from fastflow.context import Context
 from fastflow.db.models import ArchivedRun, PipelineRun
 from fastflow.errors import ArchiveNotConfigured, LogNotAvailable, RunNotFound
 from fastflow.runs import files as logfiles
+from fastflow.runs import store as runs
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,10 @@ def open_log(
         entry_known=entry_known,
     )
     if source is None:
-        raise LogNotAvailable(f"run {run_id} has no log: it is neither local nor archived")
+        why = None if run is None else runs.no_log_yet(run.status, run.failure_reason)
+        raise LogNotAvailable(
+            f"run {run_id} has no log: {why or 'it is neither local nor archived'}"
+        )
     return source
 
 

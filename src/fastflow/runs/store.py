@@ -37,6 +37,20 @@ from fastflow.runs import isolation, logsdir
 HOSTNAME = socket.gethostname()
 log = logging.getLogger("fastflow.runs")
 RUNNING_STATES = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+# the failure reason of a QUEUED run cancelled before any server took it: it has no log
+CANCELLED_BEFORE_START = "cancelled before it started"
+
+
+def no_log_yet(status: str | None, failure_reason: str | None) -> str | None:
+    """Why a run in this state may have no log at all (None: it should have one): still
+    QUEUED (a log is made when a server takes the run), or cancelled while queued."""
+    if status == RunStatus.QUEUED.value:
+        return "it has not started yet"
+    if status == RunStatus.CANCELLED.value and failure_reason == CANCELLED_BEFORE_START:
+        return "it was cancelled before it started"
+    return None
+
+
 # the final statuses with something to follow: a retry, or on_success/on_failure triggers
 FOLLOWED_UP = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.TIMEOUT})
 CLAIM_LOCK_KEY = 0x66666C71  # "fflq": one claim of a run slot at a time (PostgreSQL)
