@@ -94,7 +94,7 @@ def _fill(path: str) -> str:
     return path.replace("{run_id}", str(uuid.uuid4())).replace("{name}", "nothing")
 
 
-PUBLIC = {("GET", "/api/health"), ("POST", "/api/auth/login")}
+PUBLIC = {("GET", "/api/health"), ("HEAD", "/api/health"), ("POST", "/api/auth/login")}
 
 
 def test_every_route_needs_auth_and_admin_routes_refuse_viewers(api: Api) -> None:
@@ -118,6 +118,9 @@ def test_every_route_needs_auth_and_admin_routes_refuse_viewers(api: Api) -> Non
         else:
             assert res.status_code != 403, (method, path)
     assert api.client.get("/api/health").status_code == 200
+    # (an outside audit: monitors probing with HEAD got 405)
+    head = api.client.head("/api/health")
+    assert head.status_code == 200 and head.content == b""
 
 
 def test_revoked_token_is_refused(api: Api) -> None:

@@ -18,7 +18,7 @@ def test_the_default_database_lives_in_data_dir(
 ) -> None:
     monkeypatch.delenv("DATABASE_URL")
     data = tmp_path / "elsewhere" / "state"
-    res = run_cli("runs", env={"DATA_DIR": str(data)})
+    res = run_cli("user", "list", env={"DATA_DIR": str(data)})
     assert res.returncode == 0, res.stderr
     assert (data / "fastflow.db").is_file()
     assert not (tmp_path / "data" / "fastflow.db").exists()

@@ -25,7 +25,7 @@ def test_a_new_database_is_announced_once_with_its_path(
 ) -> None:
     monkeypatch.delenv("DATABASE_URL")
     monkeypatch.delenv("DATA_DIR")  # the defaults: ./data/fastflow.db
-    first = run_cli("runs")
+    first = run_cli("user", "list")
     assert first.returncode == 0, first.stderr
     database = tmp_path / "data" / "fastflow.db"
     assert f"{NOTICE}{database}\n" in first.stderr
@@ -35,8 +35,34 @@ def test_a_new_database_is_announced_once_with_its_path(
     assert "creating a new database" not in again.stderr
     elsewhere = tmp_path / "other-folder"
     elsewhere.mkdir()
-    moved = run_cli("runs", env={"DATA_DIR": str(elsewhere / "state")})
+    moved = run_cli("user", "list", env={"DATA_DIR": str(elsewhere / "state")})
     assert f"{NOTICE}{elsewhere / 'state' / 'fastflow.db'}\n" in moved.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "out"),
+    [
+        (("runs", "--json"), 0, "[]"),
+        (("logs", "abcd1234"), 1, ""),
+        (("search", "needle"), 1, ""),
+        (("cancel", "abcd1234"), 1, ""),
+    ],
+)
+def test_a_read_only_command_never_creates_a_database(
+    ff_env: dict[str, str], tmp_path: Path, args: tuple[str, ...], code: int, out: str
+) -> None:
+    """An outside audit: a mistyped ``DATABASE_URL`` made ``fastflow runs`` create an
+    empty database, its folders included, and print "no runs". Commands that only read
+    what was recorded answer as for an empty database, say that there is none, and
+    create nothing (not the file, its folders, nor ``DATA_DIR``)."""
+    typo = tmp_path / "nowhere" / "deeper" / "fastflow.db"
+    data = tmp_path / "fresh-data"
+    res = run_cli(*args, env={"DATABASE_URL": f"sqlite:///{typo}", "DATA_DIR": str(data)})
+    assert res.returncode == code, res.stderr
+    assert res.stdout.strip() == out
+    assert f"fastflow: no database at {typo}: nothing has been recorded there" in res.stderr
+    assert "creating a new database" not in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "nowhere").exists() and not data.exists()
 
 
 def test_serve_logs_the_new_database_and_no_alembic_lines(

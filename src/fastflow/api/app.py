@@ -212,8 +212,13 @@ def create_app(
 
     docker_health = DockerHealth(lambda: ctx.settings)
 
-    @app.get(
-        "/api/health", tags=["health"], response_model=HealthOut, response_model_exclude_none=True
+    # HEAD too: load balancers and uptime monitors probe with it (the body is dropped)
+    @app.api_route(
+        "/api/health",
+        methods=["GET", "HEAD"],
+        tags=["health"],
+        response_model=HealthOut,
+        response_model_exclude_none=True,
     )
     def health() -> dict[str, object]:
         """Liveness; the only route that needs no authentication. ``status`` is always

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -44,7 +45,10 @@ _opened: list[Context] = []
 def _context(ctx: click.Context) -> Context:
     from fastflow.context import bootstrap
 
-    app = bootstrap(_settings(ctx))
+    settings = _settings(ctx)
+    if ctx.find_root().invoked_subcommand in READ_ONLY:
+        settings = _nothing_recorded(settings)
+    app = bootstrap(settings)
     if ctx.find_root().invoked_subcommand not in LONG_RUNNING:
         _opened.append(app)
     if app.interrupted:  # runs of a process that died: what their end would have done
@@ -67,6 +71,39 @@ def cli(ctx: click.Context) -> None:
 
 
 LONG_RUNNING = frozenset({"serve"})  # its start-up time does not matter: nothing frozen
+# commands that only read what was recorded: they never create a database
+READ_ONLY = frozenset({"runs", "logs", "search", "cancel"})
+
+
+def _nothing_recorded(settings: Settings) -> Settings:
+    """``settings`` as they are, unless ``DATABASE_URL`` names a SQLite file that does
+    not exist: then a read-only command answers as for an empty database (a private,
+    temporary one, removed at exit) and says so on stderr — it creates neither that
+    file nor its folders (a mistyped ``DATABASE_URL`` made ``fastflow runs`` create an
+    empty database, folders included, and print "no runs": an outside audit)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from fastflow.db.engine import sqlite_file
+    from fastflow.runs.isolation import check_data_dir
+
+    path = sqlite_file(settings.database_url)
+    if path is None or path.exists():
+        return settings
+    check_data_dir(settings)  # a DATA_DIR that cannot be one is still refused (exit 2)
+    print(
+        f"fastflow: no database at {path}: nothing has been recorded there (check "
+        "DATABASE_URL, DATA_DIR and the folder you are in); nothing was created",
+        file=sys.stderr,
+        flush=True,
+    )
+    empty = tempfile.mkdtemp(prefix="fastflow-empty-")
+    atexit.register(shutil.rmtree, empty, True)
+    (Path(empty) / "empty.db").touch()  # (an empty file is a new SQLite database)
+    return settings.model_copy(
+        update={"database_url": f"sqlite:///{empty}/empty.db", "data_dir": Path(empty)}
+    )
 
 
 def _end_start_up(*, freeze: bool) -> None:

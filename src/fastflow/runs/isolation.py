@@ -193,6 +193,20 @@ def ensure_data_dir(settings: Settings) -> Path:
     return data
 
 
+def check_data_dir(settings: Settings) -> None:
+    """``ensure_data_dir``'s refusal (``ConfigError``, exit 2) of a ``DATA_DIR`` that is
+    a file or below one, without creating anything."""
+    data = settings.data_dir.expanduser().absolute()
+    for place in (data, *data.parents):
+        if place.exists() or place.is_symlink():
+            if not place.is_dir():
+                raise ConfigError(
+                    f"invalid configuration: DATA_DIR={settings.data_dir}: cannot be used as "
+                    "a folder (Not a directory)"
+                )
+            return
+
+
 def secure_data_dir(settings: Settings) -> None:
     """Create ``DATA_DIR`` with fastflow-only modes (0711 with ``RUN_AS_USER``, so that
     runs reach their environments — and kept 0711 once set, whichever process comes
