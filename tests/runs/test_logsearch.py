@@ -66,7 +66,19 @@ def _naive(data: bytes, matcher: Matcher, pattern: str, context: int, fold: bool
         if found:
             before = lines[max(0, i - context) : i] if context else []
             after = lines[i + 1 : i + 1 + context] if context else []
-            hits.append(Hit(i + 1, line, before, after))
+            # entries are lines here (no line is cut into pieces): entry j is line j + 1
+            first = i - len(before)
+            hits.append(
+                Hit(
+                    i + 1,
+                    line,
+                    before,
+                    after,
+                    entry=i,
+                    before_at=[(first + j, first + j + 1) for j in range(len(before))],
+                    after_at=[(i + 1 + j, i + 2 + j) for j in range(len(after))],
+                )
+            )
     return hits
 
 
@@ -353,3 +365,28 @@ def test_a_line_of_exactly_max_line_bytes(extra: bytes) -> None:
         piece.decode("utf-8")  # never cut inside a character
     hits = list(logsearch.search([data[:100], data[100:]], Matcher("yyy")))
     assert [h.line for h in hits] == [1]
+
+
+def test_pieces_of_a_long_line_keep_its_number_in_context_and_in_the_cli() -> None:
+    """An outside audit: ``fastflow logs --grep after -C 3 -n`` on a log with a 50 MiB line
+    numbered a 1 MiB piece of line 2 as line 1 and dropped another (the printer counted
+    context entries back from the match). Each context entry carries its entry and line
+    number now: the pieces of line 2 are ``2-`` lines, all of them printed."""
+    from fastflow.cli.runs import GrepPrinter
+
+    mib = logsearch.MAX_LINE
+    data = b"first\n" + b"A" * (3 * mib + mib // 2) + b"NEEDLE\nafter\n"
+    matcher = Matcher("after", is_regex=False, case_sensitive=False)
+    (hit,) = list(logsearch.search(_chunks(data, random.Random(7)), matcher, context=3))
+    assert (hit.line, hit.entry) == (3, 5)
+    assert hit.before_at == [(2, 2), (3, 2), (4, 2)]  # the last three pieces of line 2
+    printer = GrepPrinter(numbers=True, context=3)
+    out = printer.lines(hit) + printer.finish()
+    numbers = [line.split("-", 1)[0].split(":", 1)[0] for line in out.splitlines()]
+    assert numbers == ["2", "2", "2", "3"], out[:300]
+    assert out.splitlines()[-1] == "3:after"
+    # a match in a piece: its context after holds the next pieces, with the same number
+    needle = Matcher("NEEDLE", is_regex=False, case_sensitive=False)
+    (piece,) = list(logsearch.search(_chunks(data, random.Random(8)), needle, context=2))
+    assert (piece.line, piece.entry) == (2, 4)
+    assert piece.before_at == [(2, 2), (3, 2)] and piece.after_at == [(5, 3)]

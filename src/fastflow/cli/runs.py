@@ -372,40 +372,42 @@ def _grep(
 class GrepPrinter:
     """Matches and their context the way grep prints them: ``N:`` before a matching
     line and ``N-`` before a context line with ``-n``; ``--`` between groups that are not
-    adjacent; a line printed once even when two contexts overlap."""
+    adjacent; a line printed once even when two contexts overlap. Pieces of a line
+    longer than ``logsearch.MAX_LINE`` are lines of their own with that line's number
+    (told apart by their entry: ``Hit.entry``, ``Hit.before_at``, ``Hit.after_at``)."""
 
     def __init__(self, numbers: bool, context: int) -> None:
         self.numbers = numbers
         self.context = context
         self.matches = 0
-        self._last = 0
-        self._after: list[tuple[int, str]] = []
+        self._last = -1  # entry printed last
+        self._after: list[tuple[tuple[int, int], str]] = []
 
-    def _emit(self, out: list[str], n: int, text: str, sep: str) -> None:
-        if n <= self._last:
+    def _emit(self, out: list[str], at: tuple[int, int], text: str, sep: str) -> None:
+        entry, line = at
+        if entry <= self._last:
             return
-        if self.context and self._last and n > self._last + 1:
+        if self.context and self._last >= 0 and entry > self._last + 1:
             out.append("--\n")
-        out.append((f"{n}{sep}" if self.numbers else "") + text + "\n")
-        self._last = n
+        out.append((f"{line}{sep}" if self.numbers else "") + text + "\n")
+        self._last = entry
 
     def lines(self, hit: Any) -> str:
         out: list[str] = []
-        for n, text in self._after:
-            if n < hit.line:
-                self._emit(out, n, text, "-")
-        first = hit.line - len(hit.context_before)
-        for i, text in enumerate(hit.context_before):
-            self._emit(out, first + i, text, "-")
-        self._emit(out, hit.line, hit.text, ":")
+        for at, text in self._after:
+            if at[0] < hit.entry:
+                self._emit(out, at, text, "-")
+        for at, text in zip(hit.before_at, hit.context_before, strict=True):
+            self._emit(out, at, text, "-")
+        self._emit(out, (hit.entry, hit.line), hit.text, ":")
         self.matches += 1
-        self._after = [(hit.line + 1 + i, t) for i, t in enumerate(hit.context_after)]
+        self._after = list(zip(hit.after_at, hit.context_after, strict=True))
         return "".join(out)
 
     def finish(self) -> str:
         out: list[str] = []
-        for n, text in self._after:
-            self._emit(out, n, text, "-")
+        for at, text in self._after:
+            self._emit(out, at, text, "-")
         self._after = []
         return "".join(out)
 

@@ -73,14 +73,23 @@ class _LineTimeout(Exception):
         self.total = total
 
 
+Place = tuple[int, int]  # (entry number: lines and pieces counted from 0, line number)
+
+
 @dataclass
 class Hit:
-    """One matching line, with up to ``context`` lines around it."""
+    """One matching line, with up to ``context`` lines around it. ``entry`` and the
+    ``*_at`` lists place each of them in the log's entries (its lines, and each piece of
+    a line longer than ``MAX_LINE`` counted on its own) with its line number: pieces of
+    one line share the number, so a printer tells them apart by the entry."""
 
     line: int
     text: str
     context_before: list[str] = field(default_factory=list)
     context_after: list[str] = field(default_factory=list)
+    entry: int = 0
+    before_at: list[Place] = field(default_factory=list)
+    after_at: list[Place] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -344,7 +353,8 @@ class _Grep:
         self.matcher = matcher
         self.context = context
         self.line = 1  # number of the next block's first line
-        self.history: deque[str] = deque(maxlen=context or 1)
+        self.entry = 0  # entry number of the next block's first line (or piece)
+        self.history: deque[tuple[Place, str]] = deque(maxlen=context or 1)
         self.pending: deque[Hit] = deque()
 
     def block(self, raw: bytes) -> list[Hit]:
@@ -358,8 +368,11 @@ class _Grep:
         c = self.context
         if self.pending:
             head = _lines_after(block, 0, c, nl)
+            at = [(self.entry + j, self.line + j) for j in range(len(head))]
             for hit in self.pending:
-                hit.context_after.extend(head[: c - len(hit.context_after)])
+                take = c - len(hit.context_after)
+                hit.context_after.extend(head[:take])
+                hit.after_at.extend(at[:take])
             while self.pending and len(self.pending[0].context_after) >= c:
                 ready.append(self.pending.popleft())
         counted, line = 0, self.line
@@ -367,13 +380,21 @@ class _Grep:
             for start, end in self.matcher.lines(block):
                 line += block.count(nl, counted, start)
                 counted = start
-                hit = Hit(line, _text(block[start:end]))
+                # in a block, each line but its last ends with a newline: the k-th
+                # entry of the block is line ``self.line + k``
+                entry = self.entry + line - self.line
+                hit = Hit(line, _text(block[start:end]), entry=entry)
                 if c:
                     hit.context_before, reached = _lines_before(block, start, c, nl)
-                    if reached and len(hit.context_before) < c:
-                        missing = c - len(hit.context_before)
-                        hit.context_before[:0] = list(self.history)[-missing:]
+                    n = len(hit.context_before)
+                    hit.before_at = [(entry - n + j, line - n + j) for j in range(n)]
+                    if reached and n < c:
+                        older = list(self.history)[-(c - n) :]
+                        hit.context_before[:0] = [text for _, text in older]
+                        hit.before_at[:0] = [at for at, _ in older]
                     hit.context_after = _lines_after(block, end + 1, c, nl)
+                    k = len(hit.context_after)
+                    hit.after_at = [(entry + 1 + j, line + 1 + j) for j in range(k)]
                 if self.pending or len(hit.context_after) < c:
                     self.pending.append(hit)
                 else:
@@ -392,9 +413,17 @@ class _Grep:
                 f"{self.matcher.time_limit:g} s on line {where}; simplify it (nested "
                 "repeats such as (a+)+ or (a|aa)+ backtrack exponentially)"
             ) from None
-        self.line += block.count(nl)
+        newlines = block.count(nl)
+        entries = newlines + (0 if not block or block[-1:] == nl else 1)
         if c:
-            self.history.extend(_tail_lines(block, c, nl))
+            tail = _tail_lines(block, c, nl)
+            last = (self.entry + entries - 1, self.line + entries - 1)
+            n = len(tail)
+            self.history.extend(
+                ((last[0] - n + 1 + j, last[1] - n + 1 + j), text) for j, text in enumerate(tail)
+            )
+        self.line += newlines
+        self.entry += entries
         return ready
 
     def finish(self) -> list[Hit]:
