@@ -226,6 +226,7 @@ class Settings(BaseSettings):
     s3_compression: Literal["none", "gzip", "zstd"] = "none"
     s3_checksum: Literal["sha256", "none"] = "sha256"
     s3_verify_etag: bool = True
+    s3_head_every_upload: bool = False
     s3_sse: Literal["AES256", "aws:kms"] | None = None
     s3_sse_kms_key_id: str | None = None
     s3_storage_class: str | None = None

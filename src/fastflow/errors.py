@@ -90,6 +90,11 @@ class ObjectMissing(ArchiveError):
     """An archived object the ledger names does not exist (any more)."""
 
 
+class ObjectChanged(ArchiveError):
+    """An archived object holds other bytes than the ones archived (its server's MD5
+    ETag says so, whatever its metadata says)."""
+
+
 class ArchiveDamaged(ArchiveError):
     """An archived object read back does not decompress, or is not as long as the ledger
     says: it was damaged or replaced after it was verified (never served as complete)."""

@@ -146,3 +146,13 @@ def test_a_json_body_that_gives_a_key_twice_is_a_422_and_starts_nothing(any_api:
         assert s.query(PipelineRun).count() == 0
     status, answer = _raw(api, "POST", "/api/pipelines/envp/run", '{"env": {"A": "1", "B": "2"}}')
     assert status == 202, answer
+    # a webhook's payload is the caller's: passed on as it came, with its query string
+    from fastflow.orchestration import webhooks
+
+    key = webhooks.create_key(api.ctx.db, api.ctx.settings.pipelines_dir, "envp")
+    res = api.client.post(
+        "/api/hooks/envp?source=caf%E9",
+        content=b'{"a": 1, "a": 2}',
+        headers={"Content-Type": "application/json", "X-Fastflow-Key": key},
+    )
+    assert res.status_code == 202, res.text

@@ -229,3 +229,25 @@ def test_a_put_whose_answer_is_lost_is_sent_again_and_confirmed_by_the_second_an
     s3.proxy.drop_answer(match=lambda method, _: method == "PUT")
     with pytest.raises(ArchiveError):
         store.put_verified("lost/third.log", _log(tmp_path, "third.log"), {})
+
+
+def test_with_a_head_for_every_upload_an_acknowledged_but_lost_put_is_caught(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    """An outside audit: a gateway that answers a PUT with the right MD5 ETag and does
+    not store it passes once the answers are trusted (documented). With
+    ``S3_HEAD_EVERY_UPLOAD`` every upload gets its HEAD, and that one finds nothing."""
+    store = _store(s3, tmp_path, s3_head_every_upload=True)
+    s3.proxy.clear_requests()
+    for i in range(3):
+        store.put_verified(f"each/{i}.log", _log(tmp_path, f"{i}.log"), {})
+    assert _heads(s3) == 3
+    s3.proxy.swallow(times=1, match=lambda method, _: method == "PUT")
+    with pytest.raises(ObjectMissing, match="does not exist"):
+        store.put_verified("each/lost.log", _log(tmp_path, "lost.log"), {})
+    # without the setting, the same answer is trusted (the documented window)
+    trusting = _store(s3, tmp_path)
+    trusting.put_verified("each/first.log", _log(tmp_path, "first.log"), {})
+    s3.proxy.swallow(times=1, match=lambda method, _: method == "PUT")
+    trusting.put_verified("each/lost-too.log", _log(tmp_path, "lost-too.log"), {})
+    assert s3.client().list_objects_v2(Bucket=s3.bucket, Prefix="each/lost")["KeyCount"] == 0

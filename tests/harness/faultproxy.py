@@ -99,6 +99,7 @@ class _Rule:
         "no_metadata",
         "cut",
         "check_sha256",
+        "swallow",
     ]
     times: int | None
     match: Matcher | None
@@ -164,6 +165,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             checked = "check_sha256" in flags
             if terminal is None and checked and not _matches_its_sha256(self.headers, body):
                 terminal = _Rule("fail", 1, None, status=400, body=s3_error_body(400, "BadDigest"))
+            if terminal is not None and terminal.kind == "swallow":
+                # what a failing write-behind cache does: the right answer, nothing kept
+                etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
+                self._respond(200, "", [("ETag", f'"{etag}"')], b"")
+                return
             if terminal is not None:
                 xml = [("Content-Type", "application/xml")]
                 self._respond(terminal.status, "", xml, terminal.body)
@@ -443,6 +449,11 @@ class FaultProxy(ThreadingHTTPServer):
         """
         payload = body.encode() if body is not None else s3_error_body(status, code)
         self._add(_Rule("fail", times, match, status=status, body=payload))
+
+    def swallow(self, times: int | None = None, match: Matcher | None = None) -> None:
+        """Answer matching requests 200 with the MD5 ETag of their body, without forwarding
+        them: an upload acknowledged as stored, and lost."""
+        self._add(_Rule("swallow", times, match))
 
     def delay(self, seconds: float, times: int | None = None, match: Matcher | None = None) -> None:
         """Wait ``seconds`` before handling matching requests (cut short by clear()/stop())."""

@@ -522,14 +522,15 @@ def _pending_entry(ctx: Context, s3: S3Env, run: Any) -> Any:
     return stored
 
 
-def test_a_pending_deletion_is_not_finished_when_the_object_holds_other_bytes(
+def test_a_pending_deletion_whose_object_holds_other_bytes_archives_the_local_copy_again(
     s3_app: Context, s3: S3Env
 ) -> None:
     """An outside audit: finishing an interrupted deletion checked the object's size and
     the SHA-256 in its metadata — which fastflow wrote itself — and deleted the local
     log although the object had been replaced by other bytes of the same size with that
     metadata copied. The server's MD5 ETag of what it holds is compared with the local
-    copy's MD5 now: the local file is kept, the failure says why, the object is left."""
+    copy's MD5 now: the local copy (the bytes the ledger recorded) is archived again and
+    verified, and only then deleted."""
     ctx = tune(s3_app, log_retention_runs=1)
     old, _ = seed_series(ctx, "p", 2)
     stored = _pending_entry(ctx, s3, old)
@@ -538,12 +539,31 @@ def test_a_pending_deletion_is_not_finished_when_the_object_holds_other_bytes(
     other = bytes(b ^ 0x01 for b in old.log_bytes)  # same size, every byte changed
     client.put_object(Bucket=s3.bucket, Key=stored.key, Body=other, Metadata=head["Metadata"])
     summary = _pass(ctx)
-    assert old.log.read_bytes() == old.log_bytes
-    assert run_row(ctx, old.id) is not None
-    assert summary.backup_failures == 1 and summary.deleted_runs == 0
-    error = failures(ctx)[0].error_message
-    assert "the object holds other bytes than the ones archived" in error, error
-    assert object_bytes(client, s3.bucket, stored.key) == other  # left as it is
+    assert summary.backup_failures == 0, failures(ctx)
+    assert summary.rearchived_runs == 1 and summary.deleted_runs == 1
+    assert object_bytes(client, s3.bucket, stored.key) == old.log_bytes
+    assert not old.log.exists() and run_row(ctx, old.id) is None
+
+
+def test_a_pending_deletion_whose_object_cannot_be_replaced_keeps_the_local_copy(
+    s3_app: Context, s3: S3Env
+) -> None:
+    """The same, with the server refusing the new upload: nothing is deleted, the
+    failure is reported, and the object is left as it is."""
+    ctx = tune(s3_app, log_retention_runs=1)
+    old, _ = seed_series(ctx, "p", 2)
+    stored = _pending_entry(ctx, s3, old)
+    client = s3.client()
+    head = client.head_object(Bucket=s3.bucket, Key=stored.key)
+    other = bytes(b ^ 0x01 for b in old.log_bytes)
+    client.put_object(Bucket=s3.bucket, Key=stored.key, Body=other, Metadata=head["Metadata"])
+    s3.proxy.fail(403, match=method_is("PUT"))
+    summary = _pass(ctx)
+    # (the resume phase's failure, and the main path's for the same due run)
+    assert summary.backup_failures >= 1 and summary.deleted_runs == 0
+    assert all("AccessDenied" in f.error_message for f in failures(ctx))
+    assert old.log.read_bytes() == old.log_bytes and run_row(ctx, old.id) is not None
+    assert object_bytes(client, s3.bucket, stored.key) == other
 
 
 def test_a_pending_deletion_whose_object_holds_the_bytes_is_finished(

@@ -305,6 +305,12 @@ def test_a_name_lookup_that_never_answers_ends_with_the_budget(
     assert took < BUDGET + SLACK, took
 
 
+def _no_proxy(monkeypatch: Any) -> None:
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
 def _teams_at(app: Context, url: str) -> tuple[notify.ChannelResult, float]:
     data = app.settings.model_dump()
     data.update(teams_enabled=True, teams_webhook_url=url)
@@ -330,9 +336,9 @@ def test_a_teams_name_lookup_that_never_answers_ends_with_the_budget(
             raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
         return real(host, *args, **kwargs)
 
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("all_proxy", raising=False)
+    _no_proxy(monkeypatch)
+    monkeypatch.setenv("NO_PROXY", "localhost")  # (alone, it sets no proxy)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # (not for an https URL)
     monkeypatch.setattr(socket, "getaddrinfo", hanging)
     try:
         result, took = _teams_at(app, "https://teams.hangs.example/webhookb2/k?sig=s3cr3t")
@@ -359,6 +365,7 @@ def test_a_teams_host_that_does_not_resolve_is_retried_and_reported(
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return real(host, *args, **kwargs)
 
+    _no_proxy(monkeypatch)
     monkeypatch.setattr(socket, "getaddrinfo", unknown)
     result, took = _teams_at(app, "https://teams.unknown.example/webhookb2/k")
     assert not result.ok and result.attempts == 3, result

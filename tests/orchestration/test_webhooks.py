@@ -34,7 +34,7 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 # the /api routes that take no Bearer token or session: the key is their credential
 KEY_AUTH_ROUTES = {("POST", "/api/hooks/{pipeline}"), ("POST", "/api/webhooks/{pipeline}/{key}")}
-NO_LOGIN_ROUTES = {("GET", "/api/health"), ("POST", "/api/auth/login")}
+NO_LOGIN_ROUTES = {("GET", "/api/health"), ("HEAD", "/api/health"), ("POST", "/api/auth/login")}
 FINAL = ("SUCCESS", "FAILED", "TIMEOUT", "CANCELLED")
 KEY_RE = re.compile(r"^ffwh_[A-Za-z0-9_-]{43}$")
 MIB = 1024 * 1024

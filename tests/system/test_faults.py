@@ -91,7 +91,8 @@ def test_database_locked_in_the_cli_is_one_clear_line(
 ) -> None:
     db_file = Path(ff_env["DATA_DIR"]) / "fastflow.db"
     env = {**s3.env(), "DATABASE_URL": f"sqlite:///{db_file}?timeout=1"}
-    assert cli("runs", env=env).returncode == 0  # type: ignore[operator]
+    # (a command that writes: it makes the database)
+    assert cli("user", "list", env=env).returncode == 0  # type: ignore[operator]
     blocker = sqlite3.connect(db_file, timeout=0)
     blocker.execute("BEGIN EXCLUSIVE")
     try:

@@ -110,8 +110,9 @@ async def unique_json_keys(request: Request) -> None:
     name is quoted, never a value."""
     if request.method not in ("POST", "PUT", "PATCH"):
         return
-    if "json" not in request.headers.get("content-type", ""):
-        return
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if not (media == "application/json" or media.endswith("+json")):
+        return  # (what FastAPI parses as JSON)
     body = await request.body()  # (kept by the request: the route reads it again)
     if not body:
         return

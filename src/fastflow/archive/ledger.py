@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Uuid,
     bindparam,
+    case,
     exists,
     func,
     insert,
@@ -34,7 +35,13 @@ from sqlalchemy.sql.dml import Update
 
 from fastflow.archive.store import StoredObject
 from fastflow.db.engine import Database
-from fastflow.db.models import TRUNCATION_REASON, ArchivedRun, PipelineRun, utcnow
+from fastflow.db.models import (
+    CANCELLED_BEFORE_START,
+    TRUNCATION_REASON,
+    ArchivedRun,
+    PipelineRun,
+    utcnow,
+)
 from fastflow.runs import files as logfiles
 from fastflow.runs.refs import RunRef
 
@@ -67,7 +74,11 @@ _LOCATE = (
         PipelineRun.log_file.label("row_log_file"),
         PipelineRun.metrics_file.label("row_metrics_file"),
         PipelineRun.status.label("row_status"),
-        PipelineRun.failure_reason.label("row_failure_reason"),
+        # only the one reason that tells a run without a log (the column is free text)
+        case(
+            (PipelineRun.failure_reason == CANCELLED_BEFORE_START, PipelineRun.failure_reason),
+            else_=None,
+        ).label("row_failure_reason"),
         *(column.label(f"entry_{key}") for key, column in _ENTRY_ATTRS),
     )
     .select_from(_WANTED)

@@ -50,7 +50,13 @@ from fastflow.archive.store import ObjectInfo as ObjectInfo
 from fastflow.archive.store import StoredObject as StoredObject
 from fastflow.archive.store import sha256_of as sha256_of
 from fastflow.config import Settings
-from fastflow.errors import ArchiveError, ArchiveNotConfigured, FileChanged, ObjectMissing
+from fastflow.errors import (
+    ArchiveError,
+    ArchiveNotConfigured,
+    FileChanged,
+    ObjectChanged,
+    ObjectMissing,
+)
 from fastflow.runs.files import FileIdentity
 from fastflow.security import redact
 
@@ -526,10 +532,11 @@ class S3Store:
         it — size, stored SHA-256 metadata and ETag: the server's answers are then what
         it stores. An answer that proves nothing (no ETag, an ETag that is not the MD5
         of the bytes sent, SSE-KMS) and every multipart upload get a HEAD, as does the
-        first upload of each pass. That HEAD costs as much client CPU as the upload
-        itself for a small file (42 % of the GIL time of a pass of 20 KB logs)."""
+        first upload of each pass — and every upload with ``S3_HEAD_EVERY_UPLOAD``. That
+        HEAD costs as much client CPU as the upload itself for a small file (42 % of the
+        GIL time of a pass of 20 KB logs)."""
         proves = answer is not None and self._answer_proves(answer, sha256, etag)
-        if proves and self._answers_trusted:
+        if proves and self._answers_trusted and not self.settings.s3_head_every_upload:
             return True
         md5, info = self._verify_head(key, size, sha256, etag)
         if proves and answer is not None and info.etag == _etag(answer):
@@ -668,13 +675,15 @@ class S3Store:
 
     def verify_copy_of(self, key: str, path: Path, size: int, sha256: str) -> None:
         """``verify`` of an uncompressed object that must hold exactly the bytes of the
-        local file ``path`` (hashed before: ``size``, ``sha256``). The SHA-256 in the
-        object's metadata is what fastflow wrote: an object replaced by other bytes of
-        the same size with that metadata copied would pass on it alone. So where the
-        server's ETag is an MD5 it computed (``S3_VERIFY_ETAG``, no SSE-KMS/SSE-C), it is
-        compared with the MD5 of ``path`` — or of its parts, cut as an upload of this
-        store cuts them (an object cut into another number of parts cannot be told and
-        is not compared). Reads ``path`` once more; raises ``ArchiveError``."""
+        local file ``path`` (hashed before: ``size``, ``sha256``; a path that opens the
+        held file, ``HeldFile.path``). The SHA-256 in the object's metadata is what
+        fastflow wrote: an object replaced by other bytes of the same size with that
+        metadata copied would pass on it alone. So where the server's ETag is an MD5 it
+        computed (``S3_VERIFY_ETAG``, no SSE-KMS/SSE-C), it is compared with the MD5 of
+        ``path`` — or of its parts, cut as an upload of this store cuts them (an object
+        cut into another number of parts cannot be told and is not compared). Reads
+        ``path`` once more; ``ObjectChanged`` when the ETag shows other bytes, else
+        ``ArchiveError``."""
         info = self._verify_head(key, size, sha256, None)[1]
         etag = info.etag
         if not self.settings.s3_verify_etag or info.keyed or etag is None:
@@ -695,10 +704,9 @@ class S3Store:
         if (local_size, digest) != (size, sha256):
             raise ArchiveError(f"local file {path.name} changed while it was checked; kept")
         if local != etag:
-            raise ArchiveError(
-                f"verification failed: the server's ETag of s3://{self.bucket}/{key} is "
-                f"{etag}, not {local}, the MD5 of the local copy: the object holds other "
-                "bytes than the ones archived; the local file is kept"
+            raise ObjectChanged(
+                f"the server's ETag of s3://{self.bucket}/{key} is {etag}, not {local}, the "
+                "MD5 of the local copy: the object holds other bytes than the ones archived"
             )
 
     def _verify_head(
@@ -1103,6 +1111,7 @@ _STORE_FIELDS = (
     "s3_compression",
     "s3_checksum",
     "s3_verify_etag",
+    "s3_head_every_upload",
     "s3_sse",
     "s3_sse_kms_key_id",
     "s3_storage_class",

@@ -88,10 +88,13 @@ def _nothing_recorded(settings: Settings) -> Settings:
     from fastflow.db.engine import sqlite_file
     from fastflow.runs.isolation import check_data_dir
 
-    path = sqlite_file(settings.database_url)
-    if path is None or path.exists():
-        return settings
-    check_data_dir(settings)  # a DATA_DIR that cannot be one is still refused (exit 2)
+    try:
+        path = sqlite_file(settings.database_url)
+        if path is None or path.exists():
+            return settings
+        check_data_dir(settings)  # a DATA_DIR that cannot be one is still refused (exit 2)
+    except OSError:
+        return settings  # (a folder that cannot be searched: opening it says so)
     print(
         f"fastflow: no database at {path}: nothing has been recorded there (check "
         "DATABASE_URL, DATA_DIR and the folder you are in); nothing was created",

@@ -63,6 +63,8 @@ class RunStatus(enum.StrEnum):
 
 ACTIVE_STATUSES = (RunStatus.QUEUED.value, RunStatus.PENDING.value, RunStatus.RUNNING.value)
 FINAL_STATUSES = ("SUCCESS", "FAILED", "TIMEOUT", "CANCELLED")
+# the failure reason of a QUEUED run cancelled before any server took it: it has no log
+CANCELLED_BEFORE_START = "cancelled before it started"
 
 
 class Trigger(enum.StrEnum):

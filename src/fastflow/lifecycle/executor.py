@@ -328,8 +328,11 @@ class PassRun:
             return None
         name = os.fsdecode(e.filename)
         if os.path.isabs(name):
-            root = str(self.logs_root).rstrip("/") + "/"
-            return name[len(root) :] if name.startswith(root) else os.path.basename(name)
+            for base in (str(self.logs_root), os.path.realpath(self.logs_root)):
+                root = base.rstrip("/") + "/"
+                if name.startswith(root):
+                    return name[len(root) :]
+            return os.path.basename(name)
         folder = os.path.dirname(run.log_file or run.metrics_file or "")
         return f"{folder}/{name}" if folder and "/" not in name else name
 

@@ -6,8 +6,9 @@ pending entry it checks every local file against the ledger, HEADs the object, a
 then deletes (identity-checked, like the main path). Guarantees:
 - a local file identical to its archived bytes is deleted once its object verifies;
 - a file that only grew since (the archived bytes are its prefix), or whose object
-  vanished from the bucket, is archived again from the local copy, then deleted — the
-  new object holds everything the old one did;
+  vanished from the bucket or holds other bytes than the ones archived (the server's
+  MD5 ETag of an uncompressed object against the local copy's), is archived again
+  from the local copy, then deleted — the new object holds everything the old one did;
 - a file rewritten otherwise is kept and reported; its archived copy is never replaced;
 - one run's problem (an immutable file, a permission error) is recorded for that run and
   never stops the others;
@@ -25,6 +26,7 @@ from fastflow.errors import (
     ArchiveError,
     FileChanged,
     LogsDirUnavailable,
+    ObjectChanged,
     ObjectMissing,
     PassLockLost,
 )
@@ -114,6 +116,18 @@ def resume_one(p: PassRun, entry: ArchivedRun) -> None:
         p.fail_from(ref, e)
 
 
+def _verify_copy(
+    p: PassRun, key: str, path: Path, ident: FileIdentity, size: int, sha: str
+) -> None:
+    """``verify_copy_of`` reading the local file through its held run folder (no link
+    followed, no FIFO opened), the very file that was identified."""
+    assert p.store is not None
+    with logfiles.held(p.logs_root, logfiles.rel_below(p.logs_root, path)) as f:
+        if f.identity() != ident:
+            raise FileChanged(f"{path.name} changed while it was checked; kept for the next pass")
+        p.store.verify_copy_of(key, f.path, size, sha)
+
+
 def _check_one(p: PassRun, entry: ArchivedRun, name: str, path: Path) -> tuple[FileIdentity, bool]:
     """The identity of ``path`` as it was checked, and whether it must be archived again
     (that very version; else the identity to delete it with)."""
@@ -133,7 +147,7 @@ def _check_one(p: PassRun, entry: ArchivedRun, name: str, path: Path) -> tuple[F
             if entry.encoding is None and (size, sha) == stored:
                 # the object holds the local bytes: what the server computed of the
                 # bytes it holds (its MD5 ETag) must agree too, not only the metadata
-                p.store.verify_copy_of(key, path, size, sha)
+                _verify_copy(p, key, path, ident, size, sha)
             else:
                 p.store.verify(key, *stored)
         except ObjectMissing as e:
@@ -143,6 +157,11 @@ def _check_one(p: PassRun, entry: ArchivedRun, name: str, path: Path) -> tuple[F
                     "local truncated copy is kept"
                 ) from e
             return ident, True  # the object vanished: archive the local file again
+        except ObjectChanged as e:
+            # the local file is the one archived (its SHA-256 is the ledger's): it
+            # replaces the object's other bytes, verified as any upload, then goes
+            log.warning("run %s: %s; archiving the local copy again", entry.run_id, e)
+            return ident, True
         return ident, False
     # the archived full log plus lines after it — also when the ledger says truncated
     # and the truncation did not happen (an append in its last instant, or a crash)

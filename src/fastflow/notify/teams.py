@@ -189,12 +189,12 @@ def _lookup_failure(url: str, deadline: retry.Deadline) -> str | None:
     own, and the resolver's timeouts, per name server, can outlast a delivery's budget:
     the name is resolved first in a thread given up at the deadline (httpx's own lookup
     that follows is then answered at once by any cache in between)."""
-    if urllib.request.getproxies():  # HTTPS_PROXY, ALL_PROXY, ...: the proxy resolves
-        return None
     parts = urlsplit(url)
     host = parts.hostname
     if not host:
         return None  # (check_url refused such a URL before)
+    if _through_proxy(parts.scheme, host):  # the proxy looks the name up
+        return None
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         retry.addresses(host, port, deadline)
@@ -203,6 +203,15 @@ def _lookup_failure(url: str, deadline: retry.Deadline) -> str | None:
     except (OSError, ValueError):
         return "cannot resolve the host name"
     return None
+
+
+def _through_proxy(scheme: str, host: str) -> bool:
+    """Whether httpx sends a request to ``host`` through a proxy: one set for the URL's
+    scheme (``HTTPS_PROXY``) or for all (``ALL_PROXY``), the host not in ``NO_PROXY``."""
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(host)
 
 
 def _tracer(deadline: retry.Deadline) -> Any:

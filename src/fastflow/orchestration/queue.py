@@ -25,7 +25,13 @@ from sqlalchemy import func, select
 
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database, begin_write, is_postgres
-from fastflow.db.models import FINAL_STATUSES, PipelineRun, RunStatus, utcnow
+from fastflow.db.models import (
+    CANCELLED_BEFORE_START,
+    FINAL_STATUSES,
+    PipelineRun,
+    RunStatus,
+    utcnow,
+)
 from fastflow.errors import RunNotFound
 from fastflow.runs import files as logfiles
 from fastflow.runs import store as runs
@@ -179,7 +185,7 @@ def cancel(db: Database, run_id: uuid.UUID) -> str:
         if run.status == RunStatus.QUEUED.value:
             run.status = RunStatus.CANCELLED.value
             run.finished_at = now
-            run.failure_reason = runs.CANCELLED_BEFORE_START
+            run.failure_reason = CANCELLED_BEFORE_START
             outcome = "cancelled"
         else:
             run.cancel_requested_at = run.cancel_requested_at or now

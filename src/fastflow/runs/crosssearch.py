@@ -276,7 +276,7 @@ def _search_one(
                     break
             else:
                 result.add(step)
-                if result.count >= cap:
+                if result.count >= cap or stop.is_set():
                     break
     except logsearch.SearchError:
         raise

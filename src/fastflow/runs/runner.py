@@ -828,7 +828,7 @@ def _copy_into_place(folder: logfiles.RunFolder, src: int, name: str) -> None:
     dst, temp = folder.create_temp()
     try:
         try:
-            os.fchmod(dst, stat.S_IMODE(os.fstat(src).st_mode))
+            os.fchmod(dst, stat.S_IMODE(os.fstat(src).st_mode) & 0o666)
             while os.sendfile(dst, src, None, 1 << 20):
                 pass
             os.fsync(dst)

@@ -24,6 +24,7 @@ from fastflow.archive import ledger
 from fastflow.db import cache as readcache
 from fastflow.db.engine import Database, begin_write
 from fastflow.db.models import (
+    CANCELLED_BEFORE_START,
     FINAL_STATUSES,
     FOLLOW_UP_DUE_WHERE,
     PipelineRun,
@@ -37,8 +38,6 @@ from fastflow.runs import isolation, logsdir
 HOSTNAME = socket.gethostname()
 log = logging.getLogger("fastflow.runs")
 RUNNING_STATES = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
-# the failure reason of a QUEUED run cancelled before any server took it: it has no log
-CANCELLED_BEFORE_START = "cancelled before it started"
 
 
 def no_log_yet(status: str | None, failure_reason: str | None) -> str | None:
