@@ -145,6 +145,22 @@ def test_credentials_in_the_s3_endpoint_are_refused_and_not_shown(
     assert "SECRETS3INURL" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "tail", ["/?k=testing-secret", "/#testing-secret", "?a=1&k=testing-secret"]
+)
+def test_a_query_in_the_s3_endpoint_is_refused_and_not_shown(
+    monkeypatch: pytest.MonkeyPatch, tail: str
+) -> None:
+    """An outside audit: the refusal of a query string in S3_ENDPOINT_URL printed it, a
+    token in it included (the user:password part was masked)."""
+    monkeypatch.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:1{tail}")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "S3_ENDPOINT_URL=http://127.0.0.1:1" in str(err.value)
+    assert "must not have a query string" in str(err.value)
+    assert "testing-secret" not in str(err.value)
+
+
 @pytest.mark.parametrize("var", ["TEAMS_WEBHOOK_URL", "S3_SECRET_ACCESS_KEY"])
 def test_bad_secret_value_is_masked(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
     monkeypatch.setenv("TEAMS_WEBHOOK_URL", "no-scheme/secret-token-123")

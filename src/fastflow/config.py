@@ -538,6 +538,9 @@ def _describe(loc: tuple[int | str, ...], value: Any) -> str:
     shown = "***" if field in SECRET_FIELDS else value
     if field in ("database_url", "s3_endpoint_url") and isinstance(shown, str):
         shown = mask_url_password(shown)
+        if field == "s3_endpoint_url" and ("?" in shown or "#" in shown):
+            # (refused for having them: a query may carry a token, never shown)
+            shown = re.split(r"[?#]", shown, maxsplit=1)[0] + "?***"
     if isinstance(shown, str):
         return f"{field.upper()}={_printable(shown)}"
     if isinstance(shown, int | float | bool):
