@@ -37,6 +37,31 @@ def _restore_umask() -> Iterator[None]:
     os.umask(old)
 
 
+@pytest.fixture(autouse=True)
+def _stop_dispatchers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every dispatcher loop a test started (an app's run route starts one) ends with the
+    test: left running, its thread polled a database the test had dropped and logged a
+    traceback every few seconds — into later tests' captured logs (a CI run failed on
+    it)."""
+    from fastflow.orchestration import dispatcher
+
+    started: list[Any] = []
+    real = dispatcher.Dispatcher.ensure_running
+
+    def tracked(self: Any) -> None:
+        started.append(self)
+        real(self)
+
+    monkeypatch.setattr(dispatcher.Dispatcher, "ensure_running", tracked)
+    yield
+    for d in started:
+        d.stop()
+    for d in started:
+        thread = d._thread
+        if thread is not None:
+            thread.join(timeout=10)
+
+
 @pytest.fixture
 def ff_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """A clean fastflow environment rooted in ``tmp_path`` (also the working directory)."""

@@ -200,7 +200,9 @@ def test_a_pathological_regex_is_stopped_by_the_time_limit() -> None:
 
 @pytest.mark.parametrize("prefix", ["", "(?<=^)"])  # matched in blocks / on each line alone
 def test_a_pathological_regex_is_stopped_either_way(prefix: str) -> None:
-    slow = b"fine line\n" * 100 + (b"a" * 23 + b"b\n") * 400 + b"after\n"
+    # each slow line well above ``SLOW_LINE_S`` (10 ms) and below the 0.5 s line limit on
+    # any machine (23 a's took 7 ms on a fast one: they never counted, and a CI run failed)
+    slow = b"fine line\n" * 100 + (b"a" * 26 + b"b\n") * 400 + b"after\n"
     matcher = Matcher(prefix + r"(a|aa)+$", is_regex=True, time_limit=0.5, slow_budget=1.0)
     t0 = time.monotonic()
     with pytest.raises(RegexTimeout, match=r"more than 1 s in all"):
@@ -215,7 +217,7 @@ def test_a_pathological_regex_is_stopped_either_way(prefix: str) -> None:
 def test_a_regex_slow_on_many_lines_is_stopped_by_the_budget() -> None:
     """Found by an outside audit: lines each just under the per-line limit had a request
     run for minutes (on after its client left). Slow matching has a budget in all."""
-    data = b"fine line\n" * 100 + (b"a" * 23 + b"b\n") * 400 + b"after\n"
+    data = b"fine line\n" * 100 + (b"a" * 26 + b"b\n") * 400 + b"after\n"  # ~30 ms a line
     matcher = Matcher(r"(a|aa)+$", is_regex=True, time_limit=0.5, slow_budget=1.0)
     t0 = time.monotonic()
     with pytest.raises(RegexTimeout, match=r"more than 1 s in all") as info:
