@@ -130,3 +130,21 @@ def test_missing_pipeline(ff_env: dict[str, str]) -> None:
 def test_load_refuses_traversal_names(ff_env: dict[str, str]) -> None:
     with pytest.raises(InvalidPipelineName):
         pipelines.load(Path(ff_env["PIPELINES_DIR"]), "../outside")
+
+
+def test_a_name_typed_decomposed_loads_its_composed_folder(
+    ff_env: dict[str, str], make_pipeline: MakePipeline
+) -> None:
+    """An outside audit: ``u`` + U+0308 (how macOS keyboards send ``ü``) was refused as
+    holding a bare combining mark, although the folder ``ünï code`` exists. It is taken
+    in its composed form; a combining mark alone is still refused, and messages show the
+    name readably (not ``'\\xfc…'``) with unprintable characters escaped."""
+    make_pipeline("ünï code", "print('hi')\n")
+    root = Path(ff_env["PIPELINES_DIR"])
+    loaded = pipelines.load(root, "u\u0308ni\u0308 code")
+    assert loaded.name == "ünï code" and loaded.path == root / "ünï code"
+    with pytest.raises(InvalidPipelineName, match="contains '\u0308'"):
+        pipelines.load(root, "\u0308x")
+    with pytest.raises(InvalidPipelineName) as err:
+        pipelines.validate_name("é" * 101 + "\u202e")
+    assert "'ééé" in str(err.value) and "\u202e" not in str(err.value)

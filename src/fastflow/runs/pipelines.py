@@ -42,7 +42,8 @@ _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
 
 def validate_name(name: str) -> str:
     """Return ``name`` unchanged if it is a valid pipeline name, else raise."""
-    shown = ascii(name) if len(name) <= 120 else ascii(name[:117]) + "..."
+    # repr: readable letters (``'ünï'``), every unprintable or invisible one escaped
+    shown = repr(name) if len(name) <= 120 else repr(name[:117]) + "..."
     if not name:
         raise InvalidPipelineName("pipeline name must not be empty")
     if len(name) > MAX_NAME_LENGTH:
@@ -209,9 +210,27 @@ def load_settled(
             (stop or threading.Event()).wait(SETTLE_POLL_S)
 
 
+def canonical_name(name: str) -> str:
+    """``name``, or its composed form (NFC) when only that is a valid name: a name typed
+    decomposed (``u`` + U+0308, as macOS keyboards give ``ü``) names the folder ``ü``."""
+    try:
+        return validate_name(name)
+    except InvalidPipelineName:
+        composed = unicodedata.normalize("NFC", name)
+        if composed == name:
+            return name
+        try:
+            return validate_name(composed)
+        except InvalidPipelineName:
+            return name
+
+
 def load(pipelines_dir: Path, name: str) -> Pipeline:
-    """Load one pipeline by name; raise if the name is invalid or it does not exist."""
-    validate_name(name)
+    """Load one pipeline by name; raise if the name is invalid or it does not exist. A
+    name typed in decomposed form (``u`` + U+0308, as macOS keyboards give it) is taken
+    in its composed form (NFC), as its folder is named; a combining mark is never valid
+    in a name otherwise."""
+    name = validate_name(canonical_name(name))
     path = pipelines_dir / name
     if not (path / "main.py").is_file():
         raise PipelineNotFound(

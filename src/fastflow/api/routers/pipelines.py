@@ -66,6 +66,7 @@ def start_run(
 ) -> JSONResponse:
     """Queue a run (it starts when a slot is free); 202 with its id."""
     env = run_params.check(params.env) if params is not None else None
+    name = pipelines.canonical_name(name)  # (as the run records it)
     run_id = launcher.start(name, Trigger.API.value, env=env)
     return JSONResponse(
         {"run_id": str(run_id), "pipeline_name": name, "status": "QUEUED"}, status_code=202
