@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -301,6 +301,11 @@ def without_paths(text: str, settings: Settings) -> str:
     or a web page shows never tells where the server keeps its files. A longer folder is
     replaced first (``DATA_DIR`` inside ``LOGS_DIR`` stays ``DATA_DIR``); only whole path
     components match (``/srv/logs2`` is not ``LOGS_DIR2``)."""
+    return path_masker(settings)(text)
+
+
+def path_masker(settings: Settings) -> Callable[[str], str]:
+    """``without_paths`` for many texts: the folders are resolved once."""
     names: dict[str, str] = {}
     for field in _FOLDER_SETTINGS:
         folder = getattr(settings, field, None)
@@ -315,9 +320,14 @@ def without_paths(text: str, settings: Settings) -> str:
             form = form.rstrip("/")
             if form.startswith("/") and len(form) > 1:
                 names.setdefault(form, field.upper())
-    for form in sorted(names, key=len, reverse=True):
-        text = re.sub(re.escape(form) + r"(?![^/\s'\"(),:;\]\[{}<>`])", names[form], text)
-    return text
+    if not names:
+        return lambda text: text
+    ordered = sorted(names, key=len, reverse=True)
+    pattern = re.compile(
+        "(?:" + "|".join(re.escape(form) for form in ordered) + ")"
+        r"(?![^/\s'\"(),:;\]\[{}<>`])"
+    )
+    return lambda text: pattern.sub(lambda m: names[m.group(0)], text)
 
 
 def public_text(text: str, settings: Settings) -> str:

@@ -35,8 +35,13 @@ def test_conflicting_pins_reuse_and_rebuild(
     first_old = _log(ff_env, _run("old pandas")[1])
     first_new = _log(ff_env, _run("new pandas")[1])
     assert "ffdemo 1.0" in first_old and "ffdemo 2.0" in first_new
+    data_dir = str(Path(ff_env["DATA_DIR"]).resolve())
     for log in (first_old, first_new):
         assert "[env] building environment" in log
+        # the build's lines name DATA_DIR by its setting: viewers read run logs (audit)
+        env_lines = [line for line in log.splitlines() if "[env] " in line]
+        assert not any(data_dir in line for line in env_lines), env_lines
+        assert any("DATA_DIR/envs/" in line for line in env_lines), env_lines  # (uv's line)
         env_end = log.index("environment ready")
         assert env_end < log.index("ffdemo ")  # the build comes before the first line
     again = _log(ff_env, _run("old pandas")[1])

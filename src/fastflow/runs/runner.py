@@ -57,6 +57,7 @@ from fastflow.runs.masking import Masker
 from fastflow.runs.output_streams import mark_for
 from fastflow.runs.pump import Outcome, Pump
 from fastflow.runs.sampler import TreeSampler
+from fastflow.security import path_masker as without_paths_of
 
 # the pipeline's output order, buffering and death with its supervisor: see ``bootstrap``
 _BOOTSTRAP = bootstrap(DIE_WITH_PARENT)
@@ -413,8 +414,13 @@ def _prepare(
         capture.write_note(f"not started: {e}")
         return capture, None, str(e)
 
+    # the build's lines name the server's folders (``Creating virtual environment at:
+    # /srv/…/envs/…``): a run's log is read by viewers, who are never told where the
+    # server keeps its files — named by their settings, as in error text
+    unplaced = without_paths_of(settings)
+
     def env_line(line: str) -> None:
-        capture.write_line(f"[env] {line}")
+        capture.write_line(f"[env] {unplaced(line)}")
         log_out.flush()  # a build can take minutes: its lines are followed as they come
 
     try:
