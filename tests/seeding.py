@@ -123,3 +123,30 @@ def unchanged(path: Path) -> Iterator[None]:
     before = path.read_bytes()
     yield
     assert path.read_bytes() == before
+
+
+def pending_entry(ctx: Context, bucket: str, run: Seeded, pipeline: str) -> str:
+    """Archive ``run``'s log (key ``pipeline-logs/<pipeline>/<id>/run.log``) and record it
+    in the ledger as archived but not yet deleted locally — what a pass killed between
+    the two leaves; the object's key."""
+    from fastflow.archive import s3 as archive
+
+    store = archive.open_store(ctx.settings)
+    key = f"pipeline-logs/{pipeline}/{run.id}/run.log"
+    stored = store.put_verified(key, run.log, {"run_id": str(run.id)})
+    with ctx.db.session() as s:
+        s.add(
+            ArchivedRun(
+                run_id=run.id,
+                pipeline_name=pipeline,
+                status="SUCCESS",
+                triggered_by="schedule",
+                started_at=NOW,
+                bucket=bucket,
+                log_key=stored.key,
+                log_size=stored.size,
+                log_sha256=stored.sha256,
+                reason="archive_and_delete_run",
+            )
+        )
+    return stored.key

@@ -27,6 +27,7 @@ from tests.seeding import (
     keys,
     ledger,
     object_bytes,
+    pending_entry,
     run_row,
     seed_run,
     seed_series,
@@ -467,25 +468,7 @@ def test_local_file_changed_after_archiving_is_not_deleted(s3_app: Context, s3: 
     ctx = tune(s3_app, log_retention_runs=1)
     old, _ = seed_series(ctx, "p", 2)
     s3.proxy.fail(500, match=lambda m, p: m == "DELETE")  # irrelevant; keep proxy in path
-    store = archive.open_store(ctx.settings)
-    stored = store.put_verified(_key(old.id, "p"), old.log, {"run_id": str(old.id)})
-    from fastflow.db.models import ArchivedRun
-
-    with ctx.db.session() as s:
-        s.add(
-            ArchivedRun(
-                run_id=old.id,
-                pipeline_name="p",
-                status="SUCCESS",
-                triggered_by="schedule",
-                started_at=NOW,
-                bucket=s3.bucket,
-                log_key=stored.key,
-                log_size=stored.size,
-                log_sha256=stored.sha256,
-                reason="archive_and_delete_run",
-            )
-        )
+    key = pending_entry(ctx, s3.bucket, old, "p")
     old.log.write_bytes(b"rewritten after archiving\n")
     summary = _pass(ctx)
     assert old.log.read_bytes() == b"rewritten after archiving\n"
@@ -493,33 +476,14 @@ def test_local_file_changed_after_archiving_is_not_deleted(s3_app: Context, s3: 
     assert "changed since it was archived" in failures(ctx)[0].error_message
     assert summary.backup_failures == 1
     # the archived copy was not overwritten
-    assert object_bytes(s3.client(), s3.bucket, stored.key) == old.log_bytes
+    assert object_bytes(s3.client(), s3.bucket, key) == old.log_bytes
 
 
-def _pending_entry(ctx: Context, s3: S3Env, run: Any) -> Any:
+def _pending_entry(ctx: Context, s3: S3Env, run: Any) -> str:
     """``run``'s log archived and recorded as by a pass killed before it deleted (the
-    run has no metrics file)."""
-    from fastflow.db.models import ArchivedRun
-
+    run has no metrics file); the object's key."""
     run.metrics.unlink()
-    store = archive.open_store(ctx.settings)
-    stored = store.put_verified(_key(run.id, "p"), run.log, {"run_id": str(run.id)})
-    with ctx.db.session() as s:
-        s.add(
-            ArchivedRun(
-                run_id=run.id,
-                pipeline_name="p",
-                status="SUCCESS",
-                triggered_by="schedule",
-                started_at=NOW,
-                bucket=s3.bucket,
-                log_key=stored.key,
-                log_size=stored.size,
-                log_sha256=stored.sha256,
-                reason="archive_and_delete_run",
-            )
-        )
-    return stored
+    return pending_entry(ctx, s3.bucket, run, "p")
 
 
 def test_a_pending_deletion_whose_object_holds_other_bytes_archives_the_local_copy_again(
@@ -533,15 +497,15 @@ def test_a_pending_deletion_whose_object_holds_other_bytes_archives_the_local_co
     verified, and only then deleted."""
     ctx = tune(s3_app, log_retention_runs=1)
     old, _ = seed_series(ctx, "p", 2)
-    stored = _pending_entry(ctx, s3, old)
+    key = _pending_entry(ctx, s3, old)
     client = s3.client()
-    head = client.head_object(Bucket=s3.bucket, Key=stored.key)
+    head = client.head_object(Bucket=s3.bucket, Key=key)
     other = bytes(b ^ 0x01 for b in old.log_bytes)  # same size, every byte changed
-    client.put_object(Bucket=s3.bucket, Key=stored.key, Body=other, Metadata=head["Metadata"])
+    client.put_object(Bucket=s3.bucket, Key=key, Body=other, Metadata=head["Metadata"])
     summary = _pass(ctx)
     assert summary.backup_failures == 0, failures(ctx)
     assert summary.rearchived_runs == 1 and summary.deleted_runs == 1
-    assert object_bytes(client, s3.bucket, stored.key) == old.log_bytes
+    assert object_bytes(client, s3.bucket, key) == old.log_bytes
     assert not old.log.exists() and run_row(ctx, old.id) is None
 
 
@@ -552,18 +516,18 @@ def test_a_pending_deletion_whose_object_cannot_be_replaced_keeps_the_local_copy
     failure is reported, and the object is left as it is."""
     ctx = tune(s3_app, log_retention_runs=1)
     old, _ = seed_series(ctx, "p", 2)
-    stored = _pending_entry(ctx, s3, old)
+    key = _pending_entry(ctx, s3, old)
     client = s3.client()
-    head = client.head_object(Bucket=s3.bucket, Key=stored.key)
+    head = client.head_object(Bucket=s3.bucket, Key=key)
     other = bytes(b ^ 0x01 for b in old.log_bytes)
-    client.put_object(Bucket=s3.bucket, Key=stored.key, Body=other, Metadata=head["Metadata"])
+    client.put_object(Bucket=s3.bucket, Key=key, Body=other, Metadata=head["Metadata"])
     s3.proxy.fail(403, match=method_is("PUT"))
     summary = _pass(ctx)
     # (the resume phase's failure, and the main path's for the same due run)
     assert summary.backup_failures >= 1 and summary.deleted_runs == 0
     assert all("AccessDenied" in f.error_message for f in failures(ctx))
     assert old.log.read_bytes() == old.log_bytes and run_row(ctx, old.id) is not None
-    assert object_bytes(client, s3.bucket, stored.key) == other
+    assert object_bytes(client, s3.bucket, key) == other
 
 
 def test_a_pending_deletion_whose_object_holds_the_bytes_is_finished(
@@ -572,11 +536,11 @@ def test_a_pending_deletion_whose_object_holds_the_bytes_is_finished(
     """The same check passes for the object as archived: the local files are deleted."""
     ctx = tune(s3_app, log_retention_runs=1)
     old, _ = seed_series(ctx, "p", 2)
-    stored = _pending_entry(ctx, s3, old)
+    key = _pending_entry(ctx, s3, old)
     summary = _pass(ctx)
     assert summary.backup_failures == 0, failures(ctx)
     assert not old.log.exists() and run_row(ctx, old.id) is None
-    assert object_bytes(s3.client(), s3.bucket, stored.key) == old.log_bytes
+    assert object_bytes(s3.client(), s3.bucket, key) == old.log_bytes
 
 
 # --- names, active runs, dry run ----------------------------------------------------------

@@ -33,6 +33,7 @@ from tests.seeding import (
     failures,
     keys,
     object_bytes,
+    pending_entry,
     run_row,
     seed_run,
     seed_series,
@@ -687,24 +688,7 @@ def test_silent_server_gives_up_in_seconds_not_minutes(ctx: Context, s3: S3Env) 
 
 def _pending_entry(ctx: Context, s3: S3Env, run: Any, pipeline: str) -> str:
     """Archive the run's log and record it as archived but not yet deleted locally."""
-    store = archive.open_store(ctx.settings)
-    stored = store.put_verified(_key(run.id, pipeline), run.log, {"run_id": str(run.id)})
-    with ctx.db.session() as s:
-        s.add(
-            ArchivedRun(
-                run_id=run.id,
-                pipeline_name=pipeline,
-                status="SUCCESS",
-                triggered_by="schedule",
-                started_at=NOW,
-                bucket=s3.bucket,
-                log_key=stored.key,
-                log_size=stored.size,
-                log_sha256=stored.sha256,
-                reason="archive_and_delete_run",
-            )
-        )
-    return stored.key
+    return pending_entry(ctx, s3.bucket, run, pipeline)
 
 
 def test_vanished_object_is_archived_again_from_the_local_copy(ctx: Context, s3: S3Env) -> None:
