@@ -509,6 +509,53 @@ def test_a_pending_deletion_whose_object_holds_other_bytes_archives_the_local_co
     assert not old.log.exists() and run_row(ctx, old.id) is None
 
 
+def test_a_pending_deletion_of_a_compressed_object_reads_it_back(
+    s3_app: Context, s3: S3Env
+) -> None:
+    """A compressed object's ETag cannot be computed from the local copy: finishing the
+    deletion reads the object back and hashes it. Replaced by other compressed bytes
+    (metadata copied), the local copy is archived again; as archived, it is deleted."""
+    from fastflow.db.models import ArchivedRun
+
+    ctx = tune(s3_app, log_retention_runs=1, s3_compression="zstd")
+    old, _ = seed_series(ctx, "p", 2)
+    old.metrics.unlink()
+    store = archive.open_store(ctx.settings)
+    stored = store.put_verified(_key(old.id, "p") + ".zst", old.log, {"run_id": str(old.id)})
+    assert stored.encoding == "zstd"
+    with ctx.db.session() as s:
+        s.add(
+            ArchivedRun(
+                run_id=old.id,
+                pipeline_name="p",
+                status="SUCCESS",
+                triggered_by="schedule",
+                started_at=NOW,
+                bucket=s3.bucket,
+                log_key=stored.key,
+                log_size=stored.size,
+                log_sha256=stored.sha256,
+                encoding="zstd",
+                log_original_size=stored.original_size,
+                log_original_sha256=stored.original_sha256,
+                reason="archive_and_delete_run",
+            )
+        )
+    client = s3.client()
+    archived = object_bytes(client, s3.bucket, stored.key)
+    head = client.head_object(Bucket=s3.bucket, Key=stored.key)
+    import zstandard
+
+    other = zstandard.ZstdCompressor().compress(bytes(b ^ 0x01 for b in old.log_bytes))
+    other = (other + b"\0" * len(archived))[: len(archived)]  # (the same size)
+    client.put_object(Bucket=s3.bucket, Key=stored.key, Body=other, Metadata=head["Metadata"])
+    summary = _pass(ctx)
+    assert summary.backup_failures == 0, failures(ctx)
+    assert summary.rearchived_runs == 1 and summary.deleted_runs == 1
+    assert object_bytes(client, s3.bucket, stored.key) == archived
+    assert not old.log.exists() and run_row(ctx, old.id) is None
+
+
 def test_a_pending_deletion_whose_object_cannot_be_replaced_keeps_the_local_copy(
     s3_app: Context, s3: S3Env
 ) -> None:

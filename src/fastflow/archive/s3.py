@@ -51,6 +51,7 @@ from fastflow.archive.store import StoredObject as StoredObject
 from fastflow.archive.store import sha256_of as sha256_of
 from fastflow.config import Settings
 from fastflow.errors import (
+    ArchiveDamaged,
     ArchiveError,
     ArchiveNotConfigured,
     FileChanged,
@@ -696,6 +697,9 @@ class S3Store:
                 chunk = self._transfer.multipart_chunksize
                 local_size, digest, local = _digests_in_parts(path, chunk)
                 if local.partition("-")[2] != parts:
+                    # cut into another number of parts (another tool, another part
+                    # size): its ETag cannot be computed here; its bytes are read back
+                    self.verify_content(key, None, size, sha256)
                     return
             else:
                 local_size, digest, local = _sha256_and_md5(path)
@@ -707,6 +711,29 @@ class S3Store:
             raise ObjectChanged(
                 f"the server's ETag of s3://{self.bucket}/{key} is {etag}, not {local}, the "
                 "MD5 of the local copy: the object holds other bytes than the ones archived"
+            )
+
+    def verify_content(
+        self, key: str, encoding: str | None, original_size: int, original_sha256: str
+    ) -> None:
+        """Read the object back (decompressed) and hash it: ``ObjectChanged`` unless it
+        gives exactly the original bytes the ledger recorded (``ArchiveError`` when it
+        cannot be read; a damaged object, one that does not decompress or is not as long
+        as recorded, is ``ObjectChanged`` too). What a HEAD cannot show of an object
+        whose ETag is not the MD5 of the local bytes (compressed, or cut into parts
+        otherwise)."""
+        sha = hashlib.sha256()
+        try:
+            for chunk in self.open_original(key, encoding, original_size):
+                sha.update(chunk)
+        except ArchiveDamaged as e:
+            raise ObjectChanged(
+                f"s3://{self.bucket}/{key} does not give the archived bytes: {e}"
+            ) from e
+        if sha.hexdigest() != original_sha256:
+            raise ObjectChanged(
+                f"s3://{self.bucket}/{key} holds other bytes than the ones archived (read "
+                f"back, its SHA-256 is {sha.hexdigest()}, not {original_sha256})"
             )
 
     def _verify_head(

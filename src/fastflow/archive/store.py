@@ -64,6 +64,13 @@ class ArchiveStore(Protocol):
         compared too; raise unless it does."""
         ...
 
+    def verify_content(
+        self, key: str, encoding: str | None, original_size: int, original_sha256: str
+    ) -> None:
+        """Read the object back (decompressed) and raise unless it gives exactly the
+        original bytes."""
+        ...
+
     def ping(self) -> None: ...
 
     def begin_pass(self) -> None:
