@@ -61,6 +61,10 @@ class LogNotAvailable(FastflowError):
     """A run exists but its log is neither local nor archived."""
 
 
+class LogNotStarted(LogNotAvailable):
+    """A run has no log because it never started (still queued, or cancelled so)."""
+
+
 class UnsafePath(FastflowError):
     """A path would resolve outside ``LOGS_DIR``."""
 

@@ -136,7 +136,7 @@ def _utf8_query(raw: bytes) -> bool:
     if b"%" not in raw and raw.isascii():
         return True  # the usual query: nothing to decode
     try:
-        unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+        unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
         return False
     return True

@@ -682,9 +682,9 @@ class S3Store:
         metadata copied would pass on it alone. So where the server's ETag is an MD5 it
         computed (``S3_VERIFY_ETAG``, no SSE-KMS/SSE-C), it is compared with the MD5 of
         ``path`` — or of its parts, cut as an upload of this store cuts them (an object
-        cut into another number of parts cannot be told and is not compared). Reads
-        ``path`` once more; ``ObjectChanged`` when the ETag shows other bytes, else
-        ``ArchiveError``."""
+        cut into another number of parts is read back and hashed: ``verify_content``).
+        Reads ``path`` once more; ``ObjectChanged`` when the object holds other bytes,
+        else ``ArchiveError``."""
         info = self._verify_head(key, size, sha256, None)[1]
         etag = info.etag
         if not self.settings.s3_verify_etag or info.keyed or etag is None:

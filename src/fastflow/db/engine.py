@@ -29,8 +29,14 @@ def head_revision() -> str:
     Cheap on purpose: when the database is already there, start-up skips importing
     Alembic (a tenth of a second); a test keeps this equal to Alembic's own head.
     """
-    names = sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
-    return names[-1][:4]
+    return _revisions()[-1]
+
+
+def _revisions() -> list[str]:
+    """Every migration's revision, oldest first (from the file names ``NNNN_*.py``)."""
+    return sorted(
+        p.name[:4] for p in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")
+    )
 
 
 _MIGRATION_LOCK_KEY = 0x66617374  # "fast": serialises concurrent start-ups on PostgreSQL
@@ -171,15 +177,13 @@ def _refuse_unknown(revision: str | None) -> None:
     """A clear error for a schema this build has no migration for (a newer fastflow
     upgraded the database, and this older one was started on it): Alembic's own error
     is a long traceback, and no migration may run on that schema."""
-    if revision is None:
+    known = _revisions()
+    if revision is None or revision in known:
         return
-    known = {p.name[:4] for p in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")}
-    if revision in known:
-        return
-    newer = revision.isdigit() and revision > head_revision()
+    newer = revision.isdigit() and revision > known[-1]
     raise ConfigError(
         f"the database is at schema revision {revision!r}, which this fastflow does not "
-        f"know (its newest is {head_revision()!r})"
+        f"know (its newest is {known[-1]!r})"
         + (
             ": a newer fastflow upgraded it; run that version (the schema is never downgraded)"
             if newer

@@ -34,7 +34,7 @@ from sqlalchemy import and_, func, or_, select, union_all
 from fastflow.archive import ledger
 from fastflow.context import Context
 from fastflow.db.models import ArchivedRun, PipelineRun
-from fastflow.errors import FastflowError, InvalidInput, LogNotAvailable
+from fastflow.errors import FastflowError, InvalidInput, LogNotStarted
 from fastflow.runs import logsearch, readback
 from fastflow.runs import store as runs
 
@@ -260,11 +260,9 @@ def _search_one(
         source = readback.open_log(ctx, ref.run_id, ref.row, chunk=READ_CHUNK, entry=ref.entry)
     except logsearch.SearchError:
         raise
+    except LogNotStarted:
+        return _Result([], 0, False)  # nothing to search, nothing lost
     except FastflowError as e:
-        row = ref.row
-        never = row is not None and runs.no_log_yet(row.status, row.failure_reason)
-        if isinstance(e, LogNotAvailable) and never:
-            return _Result([], 0, False)  # nothing to search, nothing lost
         return _Result([], 0, False, str(e))
     result = _Result([], 0, source.origin == "archive")
     steps = logsearch.search_steps(source.chunks, matcher)

@@ -185,12 +185,14 @@ def ensure_data_dir(settings: Settings) -> Path:
         if not data.is_dir():
             raise NotADirectoryError(20, "Not a directory")
     except OSError as e:  # a file, a path below a file, an unwritable place: exit 2
-        why = e.strerror or type(e).__name__
-        raise ConfigError(
-            f"invalid configuration: DATA_DIR={settings.data_dir}: cannot be used as a "
-            f"folder ({why})"
-        ) from None
+        raise _not_a_folder(settings, e.strerror or type(e).__name__) from None
     return data
+
+
+def _not_a_folder(settings: Settings, why: str) -> ConfigError:
+    return ConfigError(
+        f"invalid configuration: DATA_DIR={settings.data_dir}: cannot be used as a folder ({why})"
+    )
 
 
 def check_data_dir(settings: Settings) -> None:
@@ -200,10 +202,7 @@ def check_data_dir(settings: Settings) -> None:
     for place in (data, *data.parents):
         if place.exists() or place.is_symlink():
             if not place.is_dir():
-                raise ConfigError(
-                    f"invalid configuration: DATA_DIR={settings.data_dir}: cannot be used as "
-                    "a folder (Not a directory)"
-                )
+                raise _not_a_folder(settings, "Not a directory")
             return
 
 

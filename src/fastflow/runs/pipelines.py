@@ -213,16 +213,14 @@ def load_settled(
 def canonical_name(name: str) -> str:
     """``name``, or its composed form (NFC) when only that is a valid name: a name typed
     decomposed (``u`` + U+0308, as macOS keyboards give ``ü``) names the folder ``ü``."""
+    if unicodedata.is_normalized("NFC", name):
+        return name
+    composed = unicodedata.normalize("NFC", name)
     try:
-        return validate_name(name)
+        validate_name(name)
     except InvalidPipelineName:
-        composed = unicodedata.normalize("NFC", name)
-        if composed == name:
-            return name
-        try:
-            return validate_name(composed)
-        except InvalidPipelineName:
-            return name
+        return composed  # (its own error, if any, is the one load then raises)
+    return name  # valid as typed (a folder may be named so)
 
 
 def load(pipelines_dir: Path, name: str) -> Pipeline:

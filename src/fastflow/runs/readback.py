@@ -18,7 +18,7 @@ from typing import BinaryIO, Literal
 from fastflow.archive import compression, ledger
 from fastflow.context import Context
 from fastflow.db.models import ArchivedRun, PipelineRun
-from fastflow.errors import ArchiveNotConfigured, LogNotAvailable, RunNotFound
+from fastflow.errors import ArchiveNotConfigured, LogNotAvailable, LogNotStarted, RunNotFound
 from fastflow.runs import files as logfiles
 from fastflow.runs import store as runs
 
@@ -163,9 +163,9 @@ def open_log(
     )
     if source is None:
         why = None if run is None else runs.no_log_yet(run.status, run.failure_reason)
-        raise LogNotAvailable(
-            f"run {run_id} has no log: {why or 'it is neither local nor archived'}"
-        )
+        if why is not None:
+            raise LogNotStarted(f"run {run_id} has no log: {why}")
+        raise LogNotAvailable(f"run {run_id} has no log: it is neither local nor archived")
     return source
 
 
